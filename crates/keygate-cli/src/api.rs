@@ -1,0 +1,380 @@
+//! Commands that talk to a running server's admin API.
+
+use clap::{Args, Subcommand};
+use reqwest::{Client, Method};
+use serde_json::{json, Map, Value};
+
+use crate::output;
+
+#[derive(Args, Clone)]
+pub struct Connection {
+    /// Admin API base URL.
+    #[arg(long, env = "KEYGATE_URL", default_value = "http://127.0.0.1:8081", global = true)]
+    url: String,
+    /// Admin key (prefer the environment variable: flags show up in process lists).
+    #[arg(long, env = "KEYGATE_ADMIN_KEY", hide_env_values = true, global = true)]
+    admin_key: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; its plaintext is printed once.
+    Create {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        environment: Option<String>,
+        /// Repeat for several scopes. None means full access to the workspace.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// e.g. 90d
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Repeat for several CIDRs.
+        #[arg(long = "ip")]
+        ip_allowlist: Vec<String>,
+    },
+    /// List a workspace's keys.
+    List {
+        #[arg(long)]
+        workspace: String,
+        /// active, revoked, expired or deleted
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        environment: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    Get {
+        id: String,
+    },
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Issue a successor key; the old one works for the grace period.
+    Rotate {
+        id: String,
+        /// 0, 1h, 24h (default), 7d
+        #[arg(long)]
+        grace: Option<String>,
+    },
+    /// Requests per bucket, by outcome.
+    Usage {
+        id: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        /// minute, hour or day
+        #[arg(long)]
+        granularity: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct WorkspacesArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: WorkspacesCommand,
+}
+
+#[derive(Subcommand)]
+enum WorkspacesCommand {
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long = "ip")]
+        ip_allowlist: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    Get {
+        id: String,
+    },
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long)]
+        disabled: Option<bool>,
+        /// Replaces the allowlist; repeat for several CIDRs.
+        #[arg(long = "ip")]
+        ip_allowlist: Option<Vec<String>>,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+const KEY_COLUMNS: &[&str] = &[
+    "id",
+    "name",
+    "environment",
+    "masked",
+    "scopes",
+    "status",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+];
+const WORKSPACE_COLUMNS: &[&str] = &["id", "name", "plan", "disabled", "created_at"];
+const USAGE_COLUMNS: &[&str] = &["start", "total", "outcomes"];
+
+struct Api {
+    client: Client,
+    base: String,
+    key: String,
+}
+
+impl Api {
+    fn new(connection: &Connection) -> Result<Self, String> {
+        let key = connection
+            .admin_key
+            .clone()
+            .ok_or("no admin key: set KEYGATE_ADMIN_KEY (or --admin-key)")?;
+        Ok(Self {
+            client: Client::new(),
+            base: connection.url.trim_end_matches('/').to_owned(),
+            key,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, Option<String>)],
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let query: Vec<(&str, String)> = query.iter().filter_map(|(k, v)| v.clone().map(|v| (*k, v))).collect();
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("X-API-Key", &self.key)
+            .query(&query);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {}: {e}", self.base))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let code = value.get("code").and_then(Value::as_str).unwrap_or("ERROR");
+        let message = value.get("message").and_then(Value::as_str).unwrap_or("request failed");
+        Err(format!("{} {code}: {message}", status.as_u16()))
+    }
+}
+
+fn object(pairs: Vec<(&str, Option<Value>)>) -> Value {
+    let map: Map<String, Value> = pairs
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+        .collect();
+    Value::Object(map)
+}
+
+fn print_created_key(value: &Value, json: bool) {
+    if json {
+        output::print(value, true, &[]);
+        return;
+    }
+    let key = value.get("key").and_then(Value::as_str).unwrap_or_default();
+    println!(
+        "Created {} ({}). The key is shown once; store it now:",
+        value["id"].as_str().unwrap_or_default(),
+        value["name"].as_str().unwrap_or_default()
+    );
+    println!();
+    println!("    {key}");
+    println!();
+}
+
+pub async fn keys(args: KeysArgs) -> Result<(), String> {
+    let api = Api::new(&args.connection)?;
+    let json = args.connection.json;
+    match args.command {
+        KeysCommand::Create {
+            workspace,
+            name,
+            environment,
+            scopes,
+            expires_in,
+            ip_allowlist,
+        } => {
+            let body = object(vec![
+                ("name", Some(json!(name))),
+                ("environment", environment.map(Value::from)),
+                ("scopes", Some(json!(scopes))),
+                ("expires_in", expires_in.map(Value::from)),
+                ("ip_allowlist", Some(json!(ip_allowlist))),
+            ]);
+            let created = api
+                .call(
+                    Method::POST,
+                    &format!("/v1/workspaces/{workspace}/keys"),
+                    &[],
+                    Some(body),
+                )
+                .await?;
+            print_created_key(&created, json);
+        }
+        KeysCommand::List {
+            workspace,
+            status,
+            environment,
+            limit,
+            cursor,
+        } => {
+            let query = [
+                ("status", status),
+                ("environment", environment),
+                ("limit", limit.map(|l| l.to_string())),
+                ("cursor", cursor),
+            ];
+            let list = api
+                .call(Method::GET, &format!("/v1/workspaces/{workspace}/keys"), &query, None)
+                .await?;
+            output::print(&list, json, KEY_COLUMNS);
+        }
+        KeysCommand::Get { id } => output::print(
+            &api.call(Method::GET, &format!("/v1/keys/{id}"), &[], None).await?,
+            json,
+            &[],
+        ),
+        KeysCommand::Revoke { id, reason } => {
+            let body = object(vec![("reason", reason.map(Value::from))]);
+            output::print(
+                &api.call(Method::POST, &format!("/v1/keys/{id}/revoke"), &[], Some(body))
+                    .await?,
+                json,
+                &[],
+            );
+        }
+        KeysCommand::Rotate { id, grace } => {
+            let body = object(vec![("grace", grace.map(Value::from))]);
+            let created = api
+                .call(Method::POST, &format!("/v1/keys/{id}/rotate"), &[], Some(body))
+                .await?;
+            print_created_key(&created, json);
+        }
+        KeysCommand::Usage {
+            id,
+            from,
+            to,
+            granularity,
+        } => {
+            let query = [("from", from), ("to", to), ("granularity", granularity)];
+            output::print(
+                &api.call(Method::GET, &format!("/v1/keys/{id}/usage"), &query, None)
+                    .await?,
+                json,
+                USAGE_COLUMNS,
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn workspaces(args: WorkspacesArgs) -> Result<(), String> {
+    let api = Api::new(&args.connection)?;
+    let json = args.connection.json;
+    match args.command {
+        WorkspacesCommand::Create {
+            name,
+            plan,
+            ip_allowlist,
+        } => {
+            let body = object(vec![
+                ("name", Some(json!(name))),
+                ("plan", plan.map(Value::from)),
+                ("ip_allowlist", Some(json!(ip_allowlist))),
+            ]);
+            output::print(
+                &api.call(Method::POST, "/v1/workspaces", &[], Some(body)).await?,
+                json,
+                &[],
+            );
+        }
+        WorkspacesCommand::List { limit, cursor } => {
+            let query = [("limit", limit.map(|l| l.to_string())), ("cursor", cursor)];
+            output::print(
+                &api.call(Method::GET, "/v1/workspaces", &query, None).await?,
+                json,
+                WORKSPACE_COLUMNS,
+            );
+        }
+        WorkspacesCommand::Get { id } => output::print(
+            &api.call(Method::GET, &format!("/v1/workspaces/{id}"), &[], None)
+                .await?,
+            json,
+            &[],
+        ),
+        WorkspacesCommand::Update {
+            id,
+            name,
+            plan,
+            disabled,
+            ip_allowlist,
+        } => {
+            let body = object(vec![
+                ("name", name.map(Value::from)),
+                ("plan", plan.map(Value::from)),
+                ("disabled", disabled.map(Value::from)),
+                ("ip_allowlist", ip_allowlist.map(|l| json!(l))),
+            ]);
+            output::print(
+                &api.call(Method::PATCH, &format!("/v1/workspaces/{id}"), &[], Some(body))
+                    .await?,
+                json,
+                &[],
+            );
+        }
+        WorkspacesCommand::Delete { id } => {
+            api.call(Method::DELETE, &format!("/v1/workspaces/{id}"), &[], None)
+                .await?;
+            if json {
+                println!("{}", json!({"id": id, "deleted": true}));
+            } else {
+                println!("Deleted workspace {id}; its keys are revoked.");
+            }
+        }
+    }
+    Ok(())
+}

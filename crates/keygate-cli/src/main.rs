@@ -1,0 +1,107 @@
+//! `keygate`: run a node, bootstrap admin keys, and drive the admin API from a terminal.
+
+mod api;
+mod local;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "API keys, scopes, IP allowlists and rate limits in front of your API"
+)]
+struct Cli {
+    /// Config file (TOML). Default: ./keygate.toml if present, else built-in defaults.
+    #[arg(long, global = true, env = "KEYGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the gateway and the admin API.
+    Serve {
+        /// Add a catch-all route that forwards authenticated requests to this URL.
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Work directly on the configured store (no server needed).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Manage API keys through a running server's admin API.
+    Keys(api::KeysArgs),
+    /// Manage workspaces through a running server's admin API.
+    Workspaces(api::WorkspacesArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Validate the configuration and exit.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin key and print it once.
+    CreateKey {
+        #[arg(long, default_value = "Admin key")]
+        name: String,
+        #[command(flatten)]
+        output: JsonFlag,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the configuration, naming any bad field.
+    Check,
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = cli.config.clone();
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { upstream } => local::serve(config.as_deref(), upstream).await,
+            Command::Admin {
+                command: AdminCommand::CreateKey { name, output },
+            } => local::create_admin_key(config.as_deref(), &name, output.json).await,
+            Command::Migrate => local::migrate(config.as_deref()).await,
+            Command::Config {
+                command: ConfigCommand::Check,
+            } => local::check_config(config.as_deref()),
+            Command::Keys(args) => api::keys(args).await,
+            Command::Workspaces(args) => api::workspaces(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The `keygate` binary as a user runs it: config check, migrate, bootstrap,
+//! serve, the CLI against a running server, and the promise that no key ever
+//! reaches a log line or the database file.
+
+// Test code: a failed expectation should panic where it happened.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Deployment {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    admin_url: String,
+    gateway_url: String,
+}
+
+impl Deployment {
+    fn new(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, admin) = (free_port(), free_port());
+        let config = dir.path().join("keygate.toml");
+        let text = format!(
+            "[server]\ngateway_addr = \"127.0.0.1:{gateway}\"\nadmin_addr = \"127.0.0.1:{admin}\"\n\
+             [store]\nurl = \"sqlite://{}/data/keygate.db\"\n{extra}",
+            dir.path().display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Self {
+            dir,
+            config,
+            admin_url: format!("http://127.0.0.1:{admin}"),
+            gateway_url: format!("http://127.0.0.1:{gateway}"),
+        }
+    }
+
+    fn keygate(&self, args: &[&str], admin_key: Option<&str>) -> Output {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .env("KEYGATE_CONFIG", &self.config)
+            .env("KEYGATE_URL", &self.admin_url)
+            .env_remove("KEYGATE_ADMIN_KEY");
+        if let Some(key) = admin_key {
+            command.env("KEYGATE_ADMIN_KEY", key);
+        }
+        command.output().unwrap()
+    }
+
+    fn ok_json(&self, args: &[&str], admin_key: Option<&str>) -> Value {
+        let out = self.keygate(args, admin_key);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn ok_text(&self, args: &[&str], admin_key: Option<&str>) -> String {
+        let out = self.keygate(args, admin_key);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn serve(&self, name: &str) -> Server {
+        let stdout = self.dir.path().join(format!("{name}.stdout"));
+        let stderr = self.dir.path().join(format!("{name}.stderr"));
+        let child = Command::new(BIN)
+            .arg("serve")
+            .env("KEYGATE_CONFIG", &self.config)
+            .env("KEYGATE_LOG", "debug")
+            .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
+            .spawn()
+            .unwrap();
+        let server = Server { child, stdout, stderr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.admin_url.trim_start_matches("http://")).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {}",
+                server.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The banner is printed after both listeners are up and bootstrap is done.
+        while !server.stdout_text().contains("Stop with Ctrl-C") {
+            assert!(Instant::now() < deadline, "no banner: {}", server.stderr_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn data_files(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path().join("data")).unwrap() {
+            all.extend(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+        all
+    }
+}
+
+struct Server {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Server {
+    fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait: graceful shutdown must finish on its own.
+    fn stop(mut self) -> (String, String) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status}: {}", self.stderr_text());
+                break;
+            }
+            assert!(Instant::now() < deadline, "no graceful exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (self.stdout_text(), self.stderr_text())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// The secret part of a key: everything after `{prefix}_{env}_`.
+fn secret_part(key: &str) -> &str {
+    &key[key.len() - 38..]
+}
+
+#[tokio::test]
+async fn first_start_prints_an_admin_key_once_and_never_logs_it() {
+    let deployment = Deployment::new("");
+    let server = deployment.serve("first");
+    let banner = server.stdout_text();
+    let admin_key = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("kg_admin_"))
+        .expect("banner shows a key")
+        .to_owned();
+    assert!(banner.contains(&deployment.admin_url), "{banner}");
+    assert!(banner.contains("curl"), "the banner shows a curl line to try");
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/workspaces", deployment.admin_url))
+        .header("X-API-Key", &admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (_, logs) = server.stop();
+    assert!(!logs.contains(secret_part(&admin_key)));
+
+    let again = deployment.serve("second");
+    let (banner, _) = again.stop();
+    assert!(
+        !banner.contains("kg_admin_"),
+        "only the first start prints a key: {banner}"
+    );
+    assert!(!contains(&deployment.data_files(), secret_part(&admin_key)));
+}
+
+#[tokio::test]
+async fn cli_drives_a_running_server_and_no_key_reaches_logs_or_the_database() {
+    let deployment = Deployment::new("");
+    assert!(deployment
+        .ok_text(&["config", "check"], None)
+        .contains("Configuration OK"));
+    assert!(deployment.ok_text(&["migrate"], None).contains("Migrations applied"));
+    let admin = deployment.ok_json(&["admin", "create-key", "--name", "automation", "--json"], None);
+    let admin_key = admin["key"].as_str().unwrap().to_owned();
+    assert!(admin_key.starts_with("kg_admin_"));
+
+    let server = deployment.serve("cli");
+    assert!(
+        !server.stdout_text().contains("kg_admin_"),
+        "a store with an admin key needs no bootstrap"
+    );
+    let key = Some(admin_key.as_str());
+    let workspace = deployment.ok_json(&["workspaces", "create", "--name", "Acme", "--json"], key);
+    let ws = workspace["id"].as_str().unwrap();
+    let created = deployment.ok_json(
+        &[
+            "keys",
+            "create",
+            "--workspace",
+            ws,
+            "--name",
+            "Production Server",
+            "--scope",
+            "invoices:read",
+            "--json",
+        ],
+        key,
+    );
+    let (key_id, first) = (
+        created["id"].as_str().unwrap(),
+        created["key"].as_str().unwrap().to_owned(),
+    );
+
+    let http = reqwest::Client::new();
+    let whoami = |k: String| {
+        let http = http.clone();
+        let url = format!("{}/v1/whoami", deployment.gateway_url);
+        async move { http.get(url).bearer_auth(k).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(whoami(first.clone()).await, 200);
+    assert_eq!(whoami(format!("{first}x")).await, 401);
+    let verify: Value = http
+        .post(format!("{}/v1/keys/verify", deployment.admin_url))
+        .header("X-API-Key", &admin_key)
+        .json(&serde_json::json!({"key": first}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verify["valid"], true);
+
+    let rotated = deployment.ok_json(&["keys", "rotate", key_id, "--grace", "1h", "--json"], key);
+    let (second_id, second) = (
+        rotated["id"].as_str().unwrap(),
+        rotated["key"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(whoami(second.clone()).await, 200);
+    let revoked = deployment.ok_text(&["keys", "revoke", second_id, "--reason", "test"], key);
+    assert!(revoked.contains("revoked"), "{revoked}");
+    assert_eq!(whoami(second.clone()).await, 401);
+
+    let listing = deployment.ok_text(&["keys", "list", "--workspace", ws], key);
+    assert!(
+        listing.contains("Production Server") && listing.contains(&first[..12]),
+        "{listing}"
+    );
+    let listed = deployment.ok_json(
+        &["keys", "list", "--workspace", ws, "--status", "active", "--json"],
+        key,
+    );
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    let usage = deployment.ok_json(&["keys", "usage", key_id, "--granularity", "day", "--json"], key);
+    assert_eq!(usage["key_id"], key_id);
+    for output in [
+        listing,
+        listed.to_string(),
+        deployment.ok_text(&["keys", "get", key_id], key),
+    ] {
+        assert!(!output.contains(secret_part(&first)) && !output.contains(secret_part(&second)));
+    }
+
+    let unauthorized = deployment.keygate(&["workspaces", "list"], Some("kg_admin_wrong"));
+    assert!(!unauthorized.status.success());
+    assert!(String::from_utf8_lossy(&unauthorized.stderr).contains("INVALID_API_KEY"));
+
+    let (stdout, logs) = server.stop();
+    assert!(logs.contains("keygate stopped"), "graceful shutdown: {logs}");
+    assert!(logs.contains(key_id), "logs do mention key ids");
+    let data = deployment.data_files();
+    for secret in [&admin_key, &first, &second] {
+        let part = secret_part(secret);
+        assert!(!logs.contains(part), "a key reached the logs");
+        assert!(!stdout.contains(part), "a key reached the server's stdout");
+        assert!(!contains(&data, part), "a key reached the database files");
+    }
+    assert!(
+        contains(&data, &first[..12]),
+        "sanity: the masked hint is stored, so the grep can find text"
+    );
+}
+
+#[test]
+fn bad_config_names_the_field_and_file() {
+    let deployment = Deployment::new("[limits]\nwhatever = 1\n");
+    let out = deployment.keygate(&["config", "check"], None);
+    assert!(!out.status.success());
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("limits") && message.contains("keygate.toml"),
+        "{message}"
+    );
+
+    let deployment = Deployment::new("[[routes]]\npath = \"/api\"\n");
+    let message = String::from_utf8_lossy(&deployment.keygate(&["config", "check"], None).stderr).into_owned();
+    assert!(
+        message.contains("routes[0]") && message.contains("upstream"),
+        "{message}"
+    );
+
+    let missing = Command::new(BIN)
+        .args(["--config", "/nonexistent.toml", "config", "check"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.toml"));
+}
+
+#[test]
+fn environment_overrides_config() {
+    let deployment = Deployment::new("");
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .env("KEYGATE_CONFIG", &deployment.config)
+        .env("KEYGATE_KEYS__PREFIX", "evon")
+        .env("KEYGATE_SERVER__GATEWAY_ADDR", "127.0.0.1:9080")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("`evon`") && text.contains("127.0.0.1:9080"), "{text}");
+    let bad = Command::new(BIN)
+        .args(["config", "check"])
+        .env("KEYGATE_CONFIG", &deployment.config)
+        .env("KEYGATE_ERRORS__FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let message = String::from_utf8_lossy(&bad.stderr).to_lowercase();
+    assert!(
+        message.contains("errors.format") && message.contains("xml"),
+        "{message}"
+    );
+}

@@ -1,0 +1,202 @@
+//! The checks of a request against a known key: steps 4 to 6 of the request flow.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::ErrorCode;
+use crate::model::{ApiKey, Workspace};
+use crate::scope::first_missing;
+
+/// Why a known key may not make this request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    Revoked,
+    Expired,
+    WorkspaceDisabled,
+    IpNotAllowed,
+    InsufficientScope(String),
+}
+
+impl Denial {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Revoked => ErrorCode::ApiKeyRevoked,
+            Self::Expired => ErrorCode::ApiKeyExpired,
+            Self::WorkspaceDisabled => ErrorCode::WorkspaceDisabled,
+            Self::IpNotAllowed => ErrorCode::IpNotAllowed,
+            Self::InsufficientScope(_) => ErrorCode::InsufficientScope,
+        }
+    }
+
+    /// The scope to name in the message, for `INSUFFICIENT_SCOPE`.
+    pub fn missing_scope(&self) -> Option<&str> {
+        match self {
+            Self::InsufficientScope(scope) => Some(scope),
+            _ => None,
+        }
+    }
+}
+
+/// State first (revoked, expired, disabled), then where the request comes from,
+/// then what it asks for: the cheapest and most fundamental answer wins.
+/// An unknown client IP (`None`, e.g. a verify call without `ip`) passes only
+/// empty allowlists, so forgetting to pass it never opens an allowlist.
+pub fn check_access(
+    key: &ApiKey,
+    workspace: &Workspace,
+    client_ip: Option<IpAddr>,
+    required_scopes: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), Denial> {
+    if key.revoked_at.is_some() || key.deleted_at.is_some() {
+        return Err(Denial::Revoked);
+    }
+    if key.is_expired(now) {
+        return Err(Denial::Expired);
+    }
+    if workspace.disabled {
+        return Err(Denial::WorkspaceDisabled);
+    }
+    if !key.ip_allowlist.allows_opt(client_ip) || !workspace.ip_allowlist.allows_opt(client_ip) {
+        return Err(Denial::IpNotAllowed);
+    }
+    if let Some(missing) = first_missing(&key.scopes, required_scopes) {
+        return Err(Denial::InsufficientScope(missing.to_owned()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ip::IpAllowlist;
+    use crate::key::KeyHash;
+    use chrono::Duration;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    fn workspace() -> Workspace {
+        Workspace {
+            id: "ws_1".into(),
+            name: "Acme".into(),
+            plan: None,
+            ip_allowlist: IpAllowlist::default(),
+            limits: vec![],
+            disabled: false,
+            created_at: t(0),
+            updated_at: t(0),
+        }
+    }
+
+    fn key() -> ApiKey {
+        ApiKey {
+            id: "key_1".into(),
+            workspace_id: "ws_1".into(),
+            lineage_id: "key_1".into(),
+            name: "Production Server".into(),
+            environment: "live".into(),
+            hash: KeyHash::of("x"),
+            hint: "kg_live_abcd...wxyz".into(),
+            scopes: vec![],
+            ip_allowlist: IpAllowlist::default(),
+            expires_at: None,
+            metadata: Default::default(),
+            limits: vec![],
+            created_at: t(0),
+            created_by: None,
+            last_used_at: None,
+            last_used_ip: None,
+            revoked_at: None,
+            revoked_reason: None,
+            rotated_from: None,
+            rotated_to: None,
+            deleted_at: None,
+        }
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    fn allow(v: &[&str]) -> IpAllowlist {
+        IpAllowlist::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn a_plain_key_passes() {
+        assert_eq!(
+            check_access(&key(), &workspace(), ip("1.2.3.4"), &["x:y".into()], t(1)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn expiry_is_exact_to_the_instant() {
+        let k = ApiKey {
+            expires_at: Some(t(60)),
+            ..key()
+        };
+        assert_eq!(
+            check_access(&k, &workspace(), ip("1.2.3.4"), &[], t(60) - Duration::milliseconds(1)),
+            Ok(())
+        );
+        assert_eq!(
+            check_access(&k, &workspace(), ip("1.2.3.4"), &[], t(60)),
+            Err(Denial::Expired)
+        );
+    }
+
+    #[test]
+    fn revoked_beats_expired_and_disabled() {
+        let k = ApiKey {
+            revoked_at: Some(t(0)),
+            expires_at: Some(t(0)),
+            ..key()
+        };
+        let ws = Workspace {
+            disabled: true,
+            ..workspace()
+        };
+        assert_eq!(check_access(&k, &ws, ip("1.2.3.4"), &[], t(5)), Err(Denial::Revoked));
+    }
+
+    #[test]
+    fn both_allowlists_apply() {
+        let k = ApiKey {
+            ip_allowlist: allow(&["10.0.0.0/8"]),
+            ..key()
+        };
+        let ws = Workspace {
+            ip_allowlist: allow(&["10.1.0.0/16"]),
+            ..workspace()
+        };
+        assert_eq!(check_access(&k, &ws, ip("10.1.2.3"), &[], t(0)), Ok(()));
+        assert_eq!(
+            check_access(&k, &ws, ip("10.2.2.3"), &[], t(0)),
+            Err(Denial::IpNotAllowed)
+        );
+        assert_eq!(
+            check_access(&k, &workspace(), ip("11.0.0.1"), &[], t(0)),
+            Err(Denial::IpNotAllowed)
+        );
+        assert_eq!(
+            check_access(&k, &workspace(), None, &[], t(0)),
+            Err(Denial::IpNotAllowed)
+        );
+        assert_eq!(check_access(&key(), &workspace(), None, &[], t(0)), Ok(()));
+    }
+
+    #[test]
+    fn scope_denial_names_the_scope() {
+        let k = ApiKey {
+            scopes: vec!["invoices:read".into()],
+            ..key()
+        };
+        let denial = check_access(&k, &workspace(), ip("1.2.3.4"), &["invoices:write".into()], t(0)).unwrap_err();
+        assert_eq!(denial.missing_scope(), Some("invoices:write"));
+        assert_eq!(denial.code(), ErrorCode::InsufficientScope);
+    }
+}

@@ -1,0 +1,548 @@
+//! The error catalog: every error a client can see, with a stable code, an
+//! HTTP status and a message that says what to do, rendered in the format a
+//! deployment chose. Rendering is pure so the gateway, the verify API and the
+//! admin API answer identically; the HTTP layer only copies the result out.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    // Data plane.
+    MissingApiKey,
+    AmbiguousApiKey,
+    InvalidApiKey,
+    ApiKeyExpired,
+    ApiKeyRevoked,
+    WorkspaceDisabled,
+    IpNotAllowed,
+    InsufficientScope,
+    RateLimitExceeded,
+    ConcurrencyLimitExceeded,
+    TooManyFailedAttempts,
+    RouteNotFound,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    ServiceUnavailable,
+    PayloadTooLarge,
+    // Control plane.
+    ValidationError,
+    InvalidJson,
+    UnsupportedMediaType,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    Forbidden,
+    InternalError,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 24] = [
+        Self::MissingApiKey,
+        Self::AmbiguousApiKey,
+        Self::InvalidApiKey,
+        Self::ApiKeyExpired,
+        Self::ApiKeyRevoked,
+        Self::WorkspaceDisabled,
+        Self::IpNotAllowed,
+        Self::InsufficientScope,
+        Self::RateLimitExceeded,
+        Self::ConcurrencyLimitExceeded,
+        Self::TooManyFailedAttempts,
+        Self::RouteNotFound,
+        Self::UpstreamUnavailable,
+        Self::UpstreamTimeout,
+        Self::ServiceUnavailable,
+        Self::PayloadTooLarge,
+        Self::ValidationError,
+        Self::InvalidJson,
+        Self::UnsupportedMediaType,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Conflict,
+        Self::Forbidden,
+        Self::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingApiKey => "MISSING_API_KEY",
+            Self::AmbiguousApiKey => "AMBIGUOUS_API_KEY",
+            Self::InvalidApiKey => "INVALID_API_KEY",
+            Self::ApiKeyExpired => "API_KEY_EXPIRED",
+            Self::ApiKeyRevoked => "API_KEY_REVOKED",
+            Self::WorkspaceDisabled => "WORKSPACE_DISABLED",
+            Self::IpNotAllowed => "IP_NOT_ALLOWED",
+            Self::InsufficientScope => "INSUFFICIENT_SCOPE",
+            Self::RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
+            Self::ConcurrencyLimitExceeded => "CONCURRENCY_LIMIT_EXCEEDED",
+            Self::TooManyFailedAttempts => "TOO_MANY_FAILED_ATTEMPTS",
+            Self::RouteNotFound => "ROUTE_NOT_FOUND",
+            Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::ValidationError => "VALIDATION_ERROR",
+            Self::InvalidJson => "INVALID_JSON",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::Conflict => "CONFLICT",
+            Self::Forbidden => "FORBIDDEN",
+            Self::InternalError => "INTERNAL_ERROR",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    pub fn default_status(self) -> u16 {
+        match self {
+            Self::AmbiguousApiKey | Self::InvalidJson => 400,
+            Self::MissingApiKey | Self::InvalidApiKey | Self::ApiKeyExpired | Self::ApiKeyRevoked => 401,
+            Self::WorkspaceDisabled | Self::IpNotAllowed | Self::InsufficientScope | Self::Forbidden => 403,
+            Self::RouteNotFound | Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::Conflict => 409,
+            Self::PayloadTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
+            Self::ValidationError => 422,
+            Self::RateLimitExceeded | Self::ConcurrencyLimitExceeded | Self::TooManyFailedAttempts => 429,
+            Self::InternalError => 500,
+            Self::UpstreamUnavailable => 502,
+            Self::ServiceUnavailable => 503,
+            Self::UpstreamTimeout => 504,
+        }
+    }
+
+    /// `{scope}` is replaced by the missing scope; deployments may use it too.
+    pub fn default_message(self) -> &'static str {
+        match self {
+            Self::MissingApiKey => {
+                "API key is required. Send it in the X-API-Key header or as Authorization: Bearer <key>."
+            }
+            Self::AmbiguousApiKey => {
+                "Two different API keys were sent. Send one key, in X-API-Key or Authorization: Bearer."
+            }
+            Self::InvalidApiKey => "The API key is invalid. Check that it was copied completely.",
+            Self::ApiKeyExpired => "The API key has expired. Use a current key or create a new one.",
+            Self::ApiKeyRevoked => "The API key has been revoked. Use a current key or create a new one.",
+            Self::WorkspaceDisabled => "The workspace of this API key is disabled. Contact support.",
+            Self::IpNotAllowed => "Requests from this IP address are not allowed for this API key.",
+            Self::InsufficientScope => "The API key lacks the scope this request needs: {scope}.",
+            Self::RateLimitExceeded => "Too many requests. Please try again later.",
+            Self::ConcurrencyLimitExceeded => "Too many open connections for this API key. Close one and retry.",
+            Self::TooManyFailedAttempts => {
+                "Too many requests with invalid API keys from this address. Wait before retrying."
+            }
+            Self::RouteNotFound => "No route matches this request.",
+            Self::UpstreamUnavailable => "The upstream service is unavailable. Please retry shortly.",
+            Self::UpstreamTimeout => "The upstream service did not answer in time. Please retry shortly.",
+            Self::ServiceUnavailable => "The service is temporarily unavailable. Please retry shortly.",
+            Self::PayloadTooLarge => "The request body is too large.",
+            Self::ValidationError => "The request is not valid.",
+            Self::InvalidJson => "The request body is not valid JSON.",
+            Self::UnsupportedMediaType => "Send the request body as JSON with Content-Type: application/json.",
+            Self::NotFound => "Not found.",
+            Self::MethodNotAllowed => "This method is not allowed on this path.",
+            Self::Conflict => "The request conflicts with the current state of the object.",
+            Self::Forbidden => "This API key may not perform this operation.",
+            Self::InternalError => "An unexpected error occurred. It has been logged.",
+        }
+    }
+
+    /// Errors that answer "the key you sent is not usable" (RFC 6750 `invalid_token`).
+    fn is_invalid_token(self) -> bool {
+        matches!(self, Self::InvalidApiKey | Self::ApiKeyExpired | Self::ApiKeyRevoked)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body shape a deployment promises its clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorFormat {
+    /// `{"success": false, "status", "code", "message", "data"?}`
+    #[default]
+    Envelope,
+    /// `{"error": "<message>"}`
+    Simple,
+    /// RFC 9457 `application/problem+json`, with `code` as an extension member.
+    Problem,
+}
+
+/// One error occurrence: the code plus what its message and data need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorInstance {
+    pub code: ErrorCode,
+    /// Replaces `{scope}` in the message.
+    pub scope: Option<String>,
+    /// Replaces the message entirely (admin validation errors name the field).
+    pub message: Option<String>,
+    /// Boxed: most errors carry none, and rejections travel by value on the hot path.
+    pub data: Option<Box<Map<String, Value>>>,
+}
+
+impl ErrorInstance {
+    pub fn new(code: ErrorCode) -> Self {
+        Self {
+            code,
+            scope: None,
+            message: None,
+            data: None,
+        }
+    }
+
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    pub fn with_data(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.data
+            .get_or_insert_with(Default::default)
+            .insert(name.to_owned(), value.into());
+        self
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        self.data.as_ref()?.get("retry_after").and_then(Value::as_u64)
+    }
+}
+
+impl From<ErrorCode> for ErrorInstance {
+    fn from(code: ErrorCode) -> Self {
+        Self::new(code)
+    }
+}
+
+/// What the HTTP layer sends: status, headers and body, already decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedError {
+    pub status: u16,
+    pub code: ErrorCode,
+    pub content_type: &'static str,
+    pub www_authenticate: Option<String>,
+    pub retry_after: Option<u64>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CatalogError {
+    #[error("errors.invalid_key_status must be 401 or 403, not {0}")]
+    InvalidKeyStatus(u16),
+    #[error("errors.messages: unknown error code `{0}`")]
+    UnknownCode(String),
+    #[error("errors.realm must be printable ASCII without quotes or backslashes")]
+    Realm,
+}
+
+/// A deployment's error settings, validated once at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorCatalog {
+    format: ErrorFormat,
+    messages: HashMap<ErrorCode, String>,
+    invalid_key_status: u16,
+    hide_key_state: bool,
+    realm: String,
+}
+
+impl Default for ErrorCatalog {
+    fn default() -> Self {
+        Self {
+            format: ErrorFormat::Envelope,
+            messages: HashMap::new(),
+            invalid_key_status: 401,
+            hide_key_state: false,
+            realm: "keygate".to_owned(),
+        }
+    }
+}
+
+impl ErrorCatalog {
+    pub fn new(
+        format: ErrorFormat,
+        messages: &HashMap<String, String>,
+        invalid_key_status: u16,
+        hide_key_state: bool,
+        realm: &str,
+    ) -> Result<Self, CatalogError> {
+        if invalid_key_status != 401 && invalid_key_status != 403 {
+            return Err(CatalogError::InvalidKeyStatus(invalid_key_status));
+        }
+        if realm.is_empty()
+            || !realm
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            return Err(CatalogError::Realm);
+        }
+        let messages = messages
+            .iter()
+            .map(|(code, message)| {
+                ErrorCode::parse(code)
+                    .map(|c| (c, message.clone()))
+                    .ok_or_else(|| CatalogError::UnknownCode(code.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            format,
+            messages,
+            invalid_key_status,
+            hide_key_state,
+            realm: realm.to_owned(),
+        })
+    }
+
+    pub fn format(&self) -> ErrorFormat {
+        self.format
+    }
+
+    /// The same settings with another body format (the verify API always uses the envelope).
+    pub fn with_format(mut self, format: ErrorFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// The code a client is shown: revoked and expired keys look invalid when
+    /// the deployment prefers not to reveal that a key existed.
+    pub fn public_code(&self, code: ErrorCode) -> ErrorCode {
+        match code {
+            ErrorCode::ApiKeyExpired | ErrorCode::ApiKeyRevoked if self.hide_key_state => ErrorCode::InvalidApiKey,
+            other => other,
+        }
+    }
+
+    pub fn status(&self, code: ErrorCode) -> u16 {
+        match code {
+            ErrorCode::InvalidApiKey => self.invalid_key_status,
+            other => other.default_status(),
+        }
+    }
+
+    pub fn message(&self, error: &ErrorInstance) -> String {
+        let code = self.public_code(error.code);
+        if let Some(message) = &error.message {
+            return message.clone();
+        }
+        let template = self.messages.get(&code).map_or(code.default_message(), String::as_str);
+        template.replace("{scope}", error.scope.as_deref().unwrap_or("unknown"))
+    }
+
+    pub fn render(&self, error: &ErrorInstance) -> RenderedError {
+        let code = self.public_code(error.code);
+        let status = self.status(code);
+        let message = self.message(error);
+        let no_data = Map::new();
+        let data = error.data.as_deref().unwrap_or(&no_data);
+        let (content_type, body) = match self.format {
+            ErrorFormat::Envelope => ("application/json", envelope_body(status, code, &message, data)),
+            ErrorFormat::Simple => ("application/json", simple_body(&message, data)),
+            ErrorFormat::Problem => ("application/problem+json", problem_body(status, code, &message, data)),
+        };
+        RenderedError {
+            status,
+            code,
+            content_type,
+            www_authenticate: self.www_authenticate(status, code, error.scope.as_deref()),
+            retry_after: error.retry_after(),
+            body,
+        }
+    }
+
+    /// RFC 6750: 401 always challenges; `invalid_token` when a key was sent;
+    /// 403 for a missing scope says `insufficient_scope` and names it.
+    fn www_authenticate(&self, status: u16, code: ErrorCode, scope: Option<&str>) -> Option<String> {
+        let realm = &self.realm;
+        if code == ErrorCode::InsufficientScope {
+            let scope = scope.filter(|s| !s.contains('"')).unwrap_or_default();
+            return Some(format!(
+                r#"Bearer realm="{realm}", error="insufficient_scope", scope="{scope}""#
+            ));
+        }
+        if status != 401 {
+            return None;
+        }
+        if code.is_invalid_token() {
+            Some(format!(r#"Bearer realm="{realm}", error="invalid_token""#))
+        } else {
+            Some(format!(r#"Bearer realm="{realm}""#))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    success: bool,
+    status: u16,
+    code: ErrorCode,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    data: &'a Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct Simple<'a> {
+    error: &'a str,
+    #[serde(flatten)]
+    data: &'a Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    code: ErrorCode,
+    #[serde(flatten)]
+    data: &'a Map<String, Value>,
+}
+
+fn envelope_body(status: u16, code: ErrorCode, message: &str, data: &Map<String, Value>) -> Vec<u8> {
+    to_json(&Envelope {
+        success: false,
+        status,
+        code,
+        message,
+        data,
+    })
+}
+
+fn simple_body(message: &str, data: &Map<String, Value>) -> Vec<u8> {
+    to_json(&Simple { error: message, data })
+}
+
+fn problem_body(status: u16, code: ErrorCode, message: &str, data: &Map<String, Value>) -> Vec<u8> {
+    to_json(&Problem {
+        kind: "about:blank",
+        title: reason_phrase(status),
+        status,
+        detail: message,
+        code,
+        data,
+    })
+}
+
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    // These structs hold only strings, numbers and JSON values: serialising cannot fail.
+    serde_json::to_vec(value).unwrap_or_else(|_| br#"{"error":"internal error"}"#.to_vec())
+}
+
+/// RFC 9457 says a problem with type `about:blank` has the status's phrase as title.
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Internal Server Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn every_code_round_trips_and_has_a_message() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert_eq!(serde_json::to_value(code).unwrap(), Value::String(code.as_str().into()));
+            assert!(!code.default_message().is_empty());
+            assert_ne!(reason_phrase(code.default_status()), "", "{code}");
+        }
+    }
+
+    #[test]
+    fn envelope_matches_the_contract() {
+        let catalog = ErrorCatalog::default();
+        let rendered =
+            catalog.render(&ErrorInstance::new(ErrorCode::TooManyFailedAttempts).with_data("retry_after", 60));
+        assert_eq!(rendered.status, 429);
+        assert_eq!(rendered.retry_after, Some(60));
+        assert_eq!(
+            json(&rendered.body),
+            serde_json::json!({"success": false, "status": 429, "code": "TOO_MANY_FAILED_ATTEMPTS",
+                "message": ErrorCode::TooManyFailedAttempts.default_message(), "data": {"retry_after": 60}})
+        );
+    }
+
+    #[test]
+    fn simple_format_and_overridden_messages_reproduce_a_seed() {
+        let messages = HashMap::from([("MISSING_API_KEY".to_string(), "Missing X-API-Key header".to_string())]);
+        let catalog = ErrorCatalog::new(ErrorFormat::Simple, &messages, 401, false, "keygate").unwrap();
+        let rendered = catalog.render(&ErrorCode::MissingApiKey.into());
+        assert_eq!(
+            json(&rendered.body),
+            serde_json::json!({"error": "Missing X-API-Key header"})
+        );
+        assert_eq!(rendered.www_authenticate.as_deref(), Some(r#"Bearer realm="keygate""#));
+    }
+
+    #[test]
+    fn hidden_key_state_answers_invalid_with_the_configured_status() {
+        let catalog = ErrorCatalog::new(ErrorFormat::Envelope, &HashMap::new(), 403, true, "keygate").unwrap();
+        let rendered = catalog.render(&ErrorCode::ApiKeyRevoked.into());
+        assert_eq!((rendered.status, rendered.code), (403, ErrorCode::InvalidApiKey));
+        assert_eq!(rendered.www_authenticate, None);
+    }
+
+    #[test]
+    fn problem_format_has_code_extension_and_scope_challenge() {
+        let catalog = ErrorCatalog::new(ErrorFormat::Problem, &HashMap::new(), 401, false, "api").unwrap();
+        let rendered = catalog.render(&ErrorInstance::new(ErrorCode::InsufficientScope).with_scope("invoices:write"));
+        assert_eq!(rendered.content_type, "application/problem+json");
+        let body = json(&rendered.body);
+        assert_eq!(body["code"], "INSUFFICIENT_SCOPE");
+        assert_eq!(body["title"], "Forbidden");
+        assert!(body["detail"].as_str().unwrap().contains("invoices:write"));
+        assert_eq!(
+            rendered.www_authenticate.as_deref(),
+            Some(r#"Bearer realm="api", error="insufficient_scope", scope="invoices:write""#)
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let none = HashMap::new();
+        assert_eq!(
+            ErrorCatalog::new(ErrorFormat::Simple, &none, 500, false, "k"),
+            Err(CatalogError::InvalidKeyStatus(500))
+        );
+        let unknown = HashMap::from([("NOPE".to_string(), "x".to_string())]);
+        assert_eq!(
+            ErrorCatalog::new(ErrorFormat::Simple, &unknown, 401, false, "k"),
+            Err(CatalogError::UnknownCode("NOPE".into()))
+        );
+    }
+}

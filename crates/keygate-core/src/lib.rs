@@ -1,0 +1,23 @@
+//! The pure domain of keygate.
+//!
+//! Nothing in this crate performs I/O, reads the clock or spawns tasks: time and
+//! randomness are parameters. That is what lets expiry, windows and key
+//! generation be tested exactly, and lets the same rules run in the gateway, the
+//! verify API and in-process users.
+
+pub mod credential;
+pub mod decision;
+pub mod duration;
+pub mod error;
+pub mod id;
+pub mod ip;
+pub mod key;
+pub mod limits;
+pub mod model;
+pub mod scope;
+pub mod throttle;
+
+pub use decision::{check_access, Denial};
+pub use error::{ErrorCatalog, ErrorCode, ErrorFormat, ErrorInstance, RenderedError};
+pub use key::{KeyFormat, KeyHash, MalformedKey, ParsedKey, PlaintextKey};
+pub use model::{ApiKey, KeyStatus, Workspace};

@@ -1,0 +1,102 @@
+//! Workspaces and keys as the domain sees them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::id::ADMIN_WORKSPACE_ID;
+use crate::ip::IpAllowlist;
+use crate::key::KeyHash;
+use crate::limits::LimitSpec;
+
+/// A customer team. Its allowlist applies to all its keys, in addition to each key's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+    pub plan: Option<String>,
+    pub ip_allowlist: IpAllowlist,
+    pub limits: Vec<LimitSpec>,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Workspace {
+    pub fn is_admin(&self) -> bool {
+        self.id == ADMIN_WORKSPACE_ID
+    }
+}
+
+/// A stored key. It holds the hash, never the plaintext.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub id: String,
+    pub workspace_id: String,
+    /// The first key of a rotation chain; rate-limit counters are kept per lineage.
+    pub lineage_id: String,
+    pub name: String,
+    pub environment: String,
+    pub hash: KeyHash,
+    /// `kg_live_AbCd...wxyz`.
+    pub hint: String,
+    pub scopes: Vec<String>,
+    pub ip_allowlist: IpAllowlist,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub limits: Vec<LimitSpec>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_used_ip: Option<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_reason: Option<String>,
+    pub rotated_from: Option<String>,
+    pub rotated_to: Option<String>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// What a person sees in the key list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+    Expired,
+    Deleted,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Active, Self::Revoked, Self::Expired, Self::Deleted]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
+}
+
+impl ApiKey {
+    pub fn status(&self, now: DateTime<Utc>) -> KeyStatus {
+        if self.deleted_at.is_some() {
+            KeyStatus::Deleted
+        } else if self.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if self.is_expired(now) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+
+    /// A key expires at `expires_at` exactly: at that instant it no longer works.
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}

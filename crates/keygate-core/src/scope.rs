@@ -1,0 +1,124 @@
+//! Scopes: `invoices:write`; `invoices:*` grants every `invoices:` scope; `*`
+//! grants everything. A key with no scopes has full access to its workspace
+//! (the echowin model), except for admin scopes, which must be granted
+//! explicitly (see [`grants_explicitly`]).
+
+/// Longest accepted scope string.
+pub const MAX_SCOPE_LEN: usize = 128;
+/// Most scopes one key may carry.
+pub const MAX_SCOPES: usize = 64;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScopeError {
+    #[error(
+        "scope `{0}` must be 1 to 128 characters of letters, digits and `:_.-`, with `*` only as a whole last segment"
+    )]
+    Invalid(String),
+    #[error("at most 64 scopes are allowed")]
+    TooMany,
+}
+
+/// Validates scopes and returns them deduplicated, in the given order.
+pub fn validate_scopes(scopes: &[String]) -> Result<Vec<String>, ScopeError> {
+    if scopes.len() > MAX_SCOPES {
+        return Err(ScopeError::TooMany);
+    }
+    let mut out: Vec<String> = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        if !is_valid_scope(scope) {
+            return Err(ScopeError::Invalid(scope.clone()));
+        }
+        if !out.contains(scope) {
+            out.push(scope.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn is_valid_scope(scope: &str) -> bool {
+    if scope == "*" {
+        return true;
+    }
+    if scope.is_empty() || scope.len() > MAX_SCOPE_LEN {
+        return false;
+    }
+    let segments: Vec<&str> = scope.split(':').collect();
+    let last = segments.len() - 1;
+    segments.iter().enumerate().all(|(i, seg)| {
+        (*seg == "*" && i == last && i > 0)
+            || (!seg.is_empty()
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')))
+    })
+}
+
+/// Does a key holding `granted` have `required`? No scopes means full access.
+pub fn grants(granted: &[String], required: &str) -> bool {
+    granted.is_empty() || grants_explicitly(granted, required)
+}
+
+/// Like [`grants`], but an empty scope list grants nothing. Used for admin
+/// scopes such as `keys:manage`, which a plain workspace key must not get by default.
+pub fn grants_explicitly(granted: &[String], required: &str) -> bool {
+    granted.iter().any(|g| scope_matches(g, required))
+}
+
+fn scope_matches(granted: &str, required: &str) -> bool {
+    if granted == "*" || granted == required {
+        return true;
+    }
+    match granted.strip_suffix('*') {
+        Some(stem) if stem.ends_with(':') => required.starts_with(stem),
+        _ => false,
+    }
+}
+
+/// The first required scope the key lacks, for the error message.
+pub fn first_missing<'a>(granted: &[String], required: &'a [String]) -> Option<&'a str> {
+    required.iter().map(String::as_str).find(|r| !grants(granted, r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn wildcards_and_empty_lists() {
+        assert!(grants(&[], "invoices:write"));
+        assert!(!grants_explicitly(&[], "keys:manage"));
+        assert!(grants(&s(&["*"]), "anything:at:all"));
+        assert!(grants(&s(&["invoices:*"]), "invoices:write"));
+        assert!(grants(&s(&["invoices:*"]), "invoices:line:read"));
+        assert!(!grants(&s(&["invoices:*"]), "invoicesx:write"));
+        assert!(!grants(&s(&["invoices:*"]), "invoices"));
+        assert!(!grants(&s(&["invoices:read"]), "invoices:write"));
+        assert!(grants(&s(&["invoices:read", "invoices:write"]), "invoices:write"));
+    }
+
+    #[test]
+    fn first_missing_names_the_scope() {
+        let granted = s(&["contacts:read"]);
+        assert_eq!(
+            first_missing(&granted, &s(&["contacts:read", "contacts:write"])),
+            Some("contacts:write")
+        );
+        assert_eq!(first_missing(&granted, &s(&["contacts:read"])), None);
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(
+            validate_scopes(&s(&["a:b", "a:*", "*", "a:b"])).unwrap(),
+            s(&["a:b", "a:*", "*"])
+        );
+        for bad in ["", "a b", "a:*:b", "*:a", "a::b", "<script>", &"a".repeat(129)] {
+            assert!(validate_scopes(&s(&[bad])).is_err(), "{bad}");
+        }
+        assert_eq!(validate_scopes(&vec!["a".to_string(); 65]), Err(ScopeError::TooMany));
+    }
+}

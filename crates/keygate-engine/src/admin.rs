@@ -1,0 +1,680 @@
+//! The operations of the admin API: validation, authorization, the store
+//! write with its audit event, and cache eviction, in that order.
+//!
+//! Authorization: keys of the built-in admin workspace act on everything. A
+//! workspace key whose scopes explicitly grant `keys:manage` acts on its own
+//! workspace's keys only and gets `NotFound` for anything else; an empty scope
+//! list ("full access" on the data plane) does not grant it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use keygate_core::error::ErrorInstance;
+use keygate_core::id::{self, ADMIN_WORKSPACE_ID, AUDIT_PREFIX, KEY_PREFIX, WORKSPACE_PREFIX};
+use keygate_core::ip::IpAllowlist;
+use keygate_core::key::ADMIN_ENVIRONMENT;
+use keygate_core::limits::{validate_limits, LimitSpec};
+use keygate_core::model::{ApiKey, KeyStatus, Workspace};
+use keygate_core::scope::{grants_explicitly, validate_scopes};
+use keygate_core::{duration::parse_duration, ErrorCode, PlaintextKey};
+use keygate_store::{AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome, UsageCount};
+use serde_json::{json, Map, Value};
+
+use crate::verifier::{Engine, Rejection, Verified, VerifyRequest};
+use crate::AdminError;
+
+/// The scope a workspace key needs to manage its workspace's keys.
+pub const MANAGE_SCOPE: &str = "keys:manage";
+pub const MAX_NAME_LEN: usize = 200;
+/// Longest usage range one call may ask for.
+pub const MAX_USAGE_RANGE_DAYS: i64 = 31;
+
+/// What an admin caller may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActorScope {
+    Admin,
+    Workspace(String),
+}
+
+/// Who is making an admin call, for authorization and the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// A key id, or `cli` for direct store access.
+    pub id: String,
+    pub ip: Option<String>,
+    pub scope: ActorScope,
+}
+
+impl Actor {
+    /// The operator at a terminal with direct access to the store.
+    pub fn cli() -> Self {
+        Self {
+            id: "cli".into(),
+            ip: None,
+            scope: ActorScope::Admin,
+        }
+    }
+
+    fn can_see(&self, workspace_id: &str) -> bool {
+        match &self.scope {
+            ActorScope::Admin => true,
+            ActorScope::Workspace(own) => own == workspace_id,
+        }
+    }
+
+    fn require_admin(&self) -> Result<(), AdminError> {
+        match self.scope {
+            ActorScope::Admin => Ok(()),
+            ActorScope::Workspace(_) => Err(AdminError::Forbidden("this operation needs an admin key")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewWorkspace {
+    pub name: String,
+    pub plan: Option<String>,
+    pub ip_allowlist: Vec<String>,
+    pub limits: Vec<LimitSpec>,
+}
+
+/// Fields a PATCH may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct WorkspacePatch {
+    pub name: Option<String>,
+    pub plan: Option<Option<String>>,
+    pub ip_allowlist: Option<Vec<String>>,
+    pub limits: Option<Vec<LimitSpec>>,
+    pub disabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    pub name: String,
+    pub environment: Option<String>,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub expires_in: Option<String>,
+    pub ip_allowlist: Vec<String>,
+    pub metadata: Option<Map<String, Value>>,
+    pub limits: Vec<LimitSpec>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub ip_allowlist: Option<Vec<String>>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub metadata: Option<Map<String, Value>>,
+    pub limits: Option<Vec<LimitSpec>>,
+}
+
+/// Buckets of a usage series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Granularity {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "minute" => Some(Self::Minute),
+            "hour" => Some(Self::Hour),
+            "day" => Some(Self::Day),
+            _ => None,
+        }
+    }
+
+    fn seconds(self) -> i64 {
+        match self {
+            Self::Minute => 60,
+            Self::Hour => 3_600,
+            Self::Day => 86_400,
+        }
+    }
+}
+
+/// Requests in one bucket, by outcome (`admitted` or an error code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageBucket {
+    pub start: DateTime<Utc>,
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+/// Stores keep milliseconds; truncating first makes responses equal later reads.
+fn to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
+}
+
+fn validate_name(field: &str, name: &str) -> Result<String, AdminError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(AdminError::validation(field, "must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(AdminError::validation(
+            field,
+            format!("must be at most {MAX_NAME_LEN} characters"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(AdminError::validation(field, "must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+fn validate_allowlist(field: &str, entries: &[String]) -> Result<IpAllowlist, AdminError> {
+    IpAllowlist::parse(entries).map_err(|e| AdminError::validation(field, e))
+}
+
+fn validate_limit_list(field: &str, limits: &[LimitSpec]) -> Result<Vec<LimitSpec>, AdminError> {
+    validate_limits(limits).map_err(|e| AdminError::validation(field, e))
+}
+
+impl Engine {
+    /// Authenticates an admin API call: the key must be valid for the caller's
+    /// address and be an admin key or hold `keys:manage`.
+    pub async fn authenticate_admin(&self, presented: &str, client_ip: IpAddr) -> Result<Actor, Rejection> {
+        let request = VerifyRequest {
+            presented,
+            client_ip: Some(client_ip),
+            required_scopes: &[],
+            record: true,
+        };
+        let verified = self.verify(request).await?;
+        let cached = &verified.key;
+        let scope = if cached.workspace.is_admin() {
+            ActorScope::Admin
+        } else if grants_explicitly(&cached.key.scopes, MANAGE_SCOPE) {
+            ActorScope::Workspace(cached.workspace.id.clone())
+        } else {
+            return Err(Rejection {
+                error: ErrorInstance::new(ErrorCode::Forbidden)
+                    .with_message("This API key may not use the admin API: it needs the keys:manage scope."),
+                key: Some(verified.key.clone()),
+            });
+        };
+        Ok(Actor {
+            id: cached.key.id.clone(),
+            ip: Some(client_ip.to_string()),
+            scope,
+        })
+    }
+
+    /// The verify API: the gateway's decision for a key, seen by a caller that
+    /// may only learn about keys of the workspaces it can see.
+    pub async fn verify_for(
+        &self,
+        actor: &Actor,
+        presented: &str,
+        required_scopes: &[String],
+        client_ip: Option<IpAddr>,
+        dry_run: bool,
+    ) -> Result<Verified, Rejection> {
+        let request = VerifyRequest {
+            presented,
+            client_ip,
+            required_scopes,
+            record: !dry_run,
+        };
+        let visible = |workspace_id: &str| actor.can_see(workspace_id);
+        match self.verify(request).await {
+            Ok(verified) if visible(&verified.key.workspace.id) => Ok(verified),
+            Err(rejection) if rejection.key.as_ref().is_none_or(|k| visible(&k.workspace.id)) => Err(rejection),
+            _ => Err(Rejection {
+                error: ErrorInstance::new(ErrorCode::InvalidApiKey),
+                key: None,
+            }),
+        }
+    }
+
+    fn audit_event(
+        &self,
+        actor: &Actor,
+        action: &str,
+        object_id: &str,
+        workspace_id: &str,
+        details: Value,
+        now: DateTime<Utc>,
+    ) -> AuditEvent {
+        AuditEvent {
+            id: self.new_id(AUDIT_PREFIX, now),
+            at: now,
+            actor: actor.id.clone(),
+            actor_ip: actor.ip.clone(),
+            action: action.to_owned(),
+            object_type: action.split('.').next().unwrap_or_default().to_owned(),
+            object_id: object_id.to_owned(),
+            workspace_id: Some(workspace_id.to_owned()),
+            details,
+        }
+    }
+
+    fn validate_plan(&self, plan: Option<String>) -> Result<Option<String>, AdminError> {
+        match plan {
+            Some(plan) if !self.settings.plans.contains(&plan) => {
+                let known: Vec<&str> = self.settings.plans.iter().map(String::as_str).collect();
+                Err(AdminError::validation(
+                    "plan",
+                    format!("unknown plan `{plan}`; configured plans: [{}]", known.join(", ")),
+                ))
+            }
+            other => Ok(other),
+        }
+    }
+
+    // ----- workspaces -----
+
+    pub async fn create_workspace(&self, actor: &Actor, input: NewWorkspace) -> Result<Workspace, AdminError> {
+        actor.require_admin()?;
+        let now = self.now();
+        let workspace = Workspace {
+            id: self.new_id(WORKSPACE_PREFIX, now),
+            name: validate_name("name", &input.name)?,
+            plan: self.validate_plan(input.plan)?,
+            ip_allowlist: validate_allowlist("ip_allowlist", &input.ip_allowlist)?,
+            limits: validate_limit_list("limits", &input.limits)?,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        let details = json!({"name": workspace.name, "plan": workspace.plan});
+        let event = self.audit_event(actor, "workspace.created", &workspace.id, &workspace.id, details, now);
+        self.store.insert_workspace(&workspace, &event).await?;
+        Ok(workspace)
+    }
+
+    pub async fn get_workspace(&self, actor: &Actor, id: &str) -> Result<Workspace, AdminError> {
+        if !id::looks_like(WORKSPACE_PREFIX, id) || !actor.can_see(id) {
+            return Err(AdminError::NotFound);
+        }
+        self.store.get_workspace(id).await?.ok_or(AdminError::NotFound)
+    }
+
+    pub async fn list_workspaces(&self, actor: &Actor, page: &Page) -> Result<Paged<Workspace>, AdminError> {
+        match &actor.scope {
+            ActorScope::Admin => Ok(self.store.list_workspaces(page).await?),
+            ActorScope::Workspace(own) => {
+                let items = self.store.get_workspace(own).await?.into_iter().collect();
+                Ok(Paged {
+                    items,
+                    next_cursor: None,
+                })
+            }
+        }
+    }
+
+    pub async fn update_workspace(
+        &self,
+        actor: &Actor,
+        id: &str,
+        patch: WorkspacePatch,
+    ) -> Result<Workspace, AdminError> {
+        let mut workspace = self.get_workspace(actor, id).await?;
+        actor.require_admin()?;
+        let now = self.now();
+        let mut changed = Vec::new();
+        if let Some(name) = patch.name {
+            workspace.name = validate_name("name", &name)?;
+            changed.push("name");
+        }
+        if let Some(plan) = patch.plan {
+            workspace.plan = self.validate_plan(plan)?;
+            changed.push("plan");
+        }
+        if let Some(entries) = patch.ip_allowlist {
+            workspace.ip_allowlist = validate_allowlist("ip_allowlist", &entries)?;
+            changed.push("ip_allowlist");
+        }
+        if let Some(limits) = patch.limits {
+            workspace.limits = validate_limit_list("limits", &limits)?;
+            changed.push("limits");
+        }
+        if let Some(disabled) = patch.disabled {
+            if workspace.is_admin() && disabled {
+                return Err(AdminError::Conflict("the admin workspace cannot be disabled".into()));
+            }
+            workspace.disabled = disabled;
+            changed.push("disabled");
+        }
+        workspace.updated_at = now;
+        let event = self.audit_event(actor, "workspace.updated", id, id, json!({"changed": changed}), now);
+        self.store.update_workspace(&workspace, &event).await?;
+        self.forget_all_keys();
+        Ok(workspace)
+    }
+
+    pub async fn delete_workspace(&self, actor: &Actor, id: &str) -> Result<(), AdminError> {
+        self.get_workspace(actor, id).await?;
+        actor.require_admin()?;
+        if id == ADMIN_WORKSPACE_ID {
+            return Err(AdminError::Conflict("the admin workspace cannot be deleted".into()));
+        }
+        let now = self.now();
+        let event = self.audit_event(actor, "workspace.deleted", id, id, json!({}), now);
+        self.store.delete_workspace(id, now, &event).await?;
+        self.forget_all_keys();
+        Ok(())
+    }
+
+    // ----- keys -----
+
+    /// Creates a key; the plaintext exists only in the returned value.
+    pub async fn create_key(
+        &self,
+        actor: &Actor,
+        workspace_id: &str,
+        input: NewKey,
+    ) -> Result<(ApiKey, PlaintextKey), AdminError> {
+        let workspace = self.get_workspace(actor, workspace_id).await?;
+        let now = self.now();
+        let environment = self.key_environment(&workspace, input.environment)?;
+        let expires_at = match (input.expires_at, input.expires_in) {
+            (Some(_), Some(_)) => {
+                return Err(AdminError::validation(
+                    "expires_in",
+                    "give expires_at or expires_in, not both",
+                ))
+            }
+            (Some(at), None) => Some(to_millis(at)),
+            (None, Some(text)) => {
+                let after = parse_duration(&text).map_err(|e| AdminError::validation("expires_in", e))?;
+                Some(now + chrono::Duration::from_std(after).map_err(|e| AdminError::validation("expires_in", e))?)
+            }
+            (None, None) => None,
+        };
+        if expires_at.is_some_and(|at| at <= now) {
+            return Err(AdminError::validation("expires_at", "must be in the future"));
+        }
+        let plaintext = self
+            .settings
+            .key_format
+            .generate(&environment, &mut rand::thread_rng())
+            .map_err(|e| AdminError::validation("environment", e))?;
+        let id = self.new_id(KEY_PREFIX, now);
+        let key = ApiKey {
+            lineage_id: id.clone(),
+            id,
+            workspace_id: workspace.id.clone(),
+            name: validate_name("name", &input.name)?,
+            environment,
+            hash: plaintext.hash(),
+            hint: plaintext.hint(),
+            scopes: validate_scopes(&input.scopes).map_err(|e| AdminError::validation("scopes", e))?,
+            ip_allowlist: validate_allowlist("ip_allowlist", &input.ip_allowlist)?,
+            expires_at,
+            metadata: self.validate_metadata(input.metadata.unwrap_or_default())?,
+            limits: validate_limit_list("limits", &input.limits)?,
+            created_at: now,
+            created_by: Some(actor.id.clone()),
+            last_used_at: None,
+            last_used_ip: None,
+            revoked_at: None,
+            revoked_reason: None,
+            rotated_from: None,
+            rotated_to: None,
+            deleted_at: None,
+        };
+        let details = json!({"name": key.name, "environment": key.environment, "scopes": key.scopes});
+        let event = self.audit_event(actor, "key.created", &key.id, &key.workspace_id, details, now);
+        self.store.insert_key(&key, &event).await?;
+        self.forget_key(&key.hash);
+        Ok((key, plaintext))
+    }
+
+    /// Admin keys always live in the `admin` environment; other keys in a configured one.
+    fn key_environment(&self, workspace: &Workspace, requested: Option<String>) -> Result<String, AdminError> {
+        let format = &self.settings.key_format;
+        match (workspace.is_admin(), requested) {
+            (true, None) => Ok(ADMIN_ENVIRONMENT.to_owned()),
+            (true, Some(env)) if env == ADMIN_ENVIRONMENT => Ok(env),
+            (false, None) => Ok(format.default_environment().to_owned()),
+            (false, Some(env)) if env != ADMIN_ENVIRONMENT && format.is_known_environment(&env) => Ok(env),
+            (_, Some(env)) => Err(AdminError::validation(
+                "environment",
+                format!(
+                    "unknown environment `{env}`; this workspace uses [{}]",
+                    if workspace.is_admin() {
+                        ADMIN_ENVIRONMENT.to_owned()
+                    } else {
+                        format.environments().join(", ")
+                    }
+                ),
+            )),
+        }
+    }
+
+    fn validate_metadata(&self, metadata: Map<String, Value>) -> Result<Map<String, Value>, AdminError> {
+        let size = serde_json::to_vec(&metadata).map_or(usize::MAX, |bytes| bytes.len());
+        if size > self.settings.max_metadata_bytes {
+            return Err(AdminError::validation(
+                "metadata",
+                format!("must be at most {} bytes as JSON", self.settings.max_metadata_bytes),
+            ));
+        }
+        Ok(metadata)
+    }
+
+    pub async fn get_key(&self, actor: &Actor, id: &str) -> Result<ApiKey, AdminError> {
+        if !id::looks_like(KEY_PREFIX, id) {
+            return Err(AdminError::NotFound);
+        }
+        match self.store.get_key(id).await? {
+            Some(key) if actor.can_see(&key.workspace_id) => Ok(key),
+            _ => Err(AdminError::NotFound),
+        }
+    }
+
+    pub async fn list_keys(
+        &self,
+        actor: &Actor,
+        workspace_id: &str,
+        filter: &KeyFilter,
+        page: &Page,
+    ) -> Result<Paged<ApiKey>, AdminError> {
+        self.get_workspace(actor, workspace_id).await?;
+        Ok(self.store.list_keys(workspace_id, filter, page, self.now()).await?)
+    }
+
+    pub async fn update_key(&self, actor: &Actor, id: &str, patch: KeyPatch) -> Result<ApiKey, AdminError> {
+        let mut key = self.get_key(actor, id).await?;
+        if key.status(self.now()) == KeyStatus::Deleted {
+            return Err(AdminError::NotFound);
+        }
+        let now = self.now();
+        let mut changed = Vec::new();
+        if let Some(name) = patch.name {
+            key.name = validate_name("name", &name)?;
+            changed.push("name");
+        }
+        if let Some(scopes) = patch.scopes {
+            key.scopes = validate_scopes(&scopes).map_err(|e| AdminError::validation("scopes", e))?;
+            changed.push("scopes");
+        }
+        if let Some(entries) = patch.ip_allowlist {
+            key.ip_allowlist = validate_allowlist("ip_allowlist", &entries)?;
+            changed.push("ip_allowlist");
+        }
+        if let Some(expires_at) = patch.expires_at {
+            key.expires_at = expires_at.map(to_millis);
+            changed.push("expires_at");
+        }
+        if let Some(metadata) = patch.metadata {
+            key.metadata = self.validate_metadata(metadata)?;
+            changed.push("metadata");
+        }
+        if let Some(limits) = patch.limits {
+            key.limits = validate_limit_list("limits", &limits)?;
+            changed.push("limits");
+        }
+        let event = self.audit_event(
+            actor,
+            "key.updated",
+            id,
+            &key.workspace_id,
+            json!({"changed": changed}),
+            now,
+        );
+        self.store.update_key(&key, &event).await?;
+        self.forget_key(&key.hash);
+        Ok(key)
+    }
+
+    /// Revokes a key; revoking a revoked key returns it unchanged.
+    pub async fn revoke_key(&self, actor: &Actor, id: &str, reason: Option<String>) -> Result<ApiKey, AdminError> {
+        let key = self.get_key(actor, id).await?;
+        let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+        if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+            return Err(AdminError::validation("reason", "must be at most 500 characters"));
+        }
+        let now = self.now();
+        let event = self.audit_event(
+            actor,
+            "key.revoked",
+            id,
+            &key.workspace_id,
+            json!({"reason": reason}),
+            now,
+        );
+        let outcome = self.store.revoke_key(id, now, reason.as_deref(), &event).await?;
+        self.forget_key(&key.hash);
+        Ok(match outcome {
+            RevokeOutcome::Revoked(key) | RevokeOutcome::AlreadyRevoked(key) => key,
+        })
+    }
+
+    /// Revokes if needed and hides the key from lists; the row stays for the audit trail.
+    pub async fn delete_key(&self, actor: &Actor, id: &str) -> Result<ApiKey, AdminError> {
+        let key = self.get_key(actor, id).await?;
+        let now = self.now();
+        let event = self.audit_event(actor, "key.deleted", id, &key.workspace_id, json!({}), now);
+        let deleted = self.store.delete_key(id, now, &event).await?;
+        self.forget_key(&key.hash);
+        Ok(deleted)
+    }
+
+    /// Issues a successor with the same name, scopes, limits and metadata; the
+    /// old key keeps working until now + `grace`. Returns the new key and its plaintext.
+    pub async fn rotate_key(
+        &self,
+        actor: &Actor,
+        id: &str,
+        grace: Option<&str>,
+    ) -> Result<(ApiKey, PlaintextKey), AdminError> {
+        let old = self.get_key(actor, id).await?;
+        let grace = match grace {
+            Some(text) => parse_duration(text).map_err(|e| AdminError::validation("grace", e))?,
+            None => self.settings.default_rotation_grace,
+        };
+        let now = self.now();
+        let grace_end = now + chrono::Duration::from_std(grace).map_err(|e| AdminError::validation("grace", e))?;
+        let plaintext = self
+            .settings
+            .key_format
+            .generate(&old.environment, &mut rand::thread_rng())
+            .map_err(|e| AdminError::validation("environment", e))?;
+        let new = ApiKey {
+            id: self.new_id(KEY_PREFIX, now),
+            hash: plaintext.hash(),
+            hint: plaintext.hint(),
+            created_at: now,
+            created_by: Some(actor.id.clone()),
+            last_used_at: None,
+            last_used_ip: None,
+            revoked_at: None,
+            revoked_reason: None,
+            rotated_from: Some(old.id.clone()),
+            rotated_to: None,
+            deleted_at: None,
+            ..old.clone()
+        };
+        let details = json!({"new_key_id": new.id, "old_key_expires_at": grace_end});
+        let event = self.audit_event(actor, "key.rotated", id, &old.workspace_id, details, now);
+        self.store.rotate_key(id, grace_end, &new, &event).await?;
+        self.forget_key(&old.hash);
+        Ok((new, plaintext))
+    }
+
+    /// Usage of a key in `[from, to)`, bucketed; empty buckets are omitted.
+    pub async fn key_usage(
+        &self,
+        actor: &Actor,
+        id: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        granularity: Granularity,
+    ) -> Result<Vec<UsageBucket>, AdminError> {
+        let key = self.get_key(actor, id).await?;
+        let to = to.unwrap_or_else(|| self.now());
+        let from = from.unwrap_or(to - chrono::Duration::hours(24));
+        if from >= to {
+            return Err(AdminError::validation("from", "must be before `to`"));
+        }
+        if to - from > chrono::Duration::days(MAX_USAGE_RANGE_DAYS) {
+            return Err(AdminError::validation(
+                "from",
+                format!("the range may span at most {MAX_USAGE_RANGE_DAYS} days"),
+            ));
+        }
+        let rows = self.store.key_usage(&key.id, from, to).await?;
+        Ok(bucket_usage(&rows, granularity))
+    }
+
+    pub async fn audit_events(
+        &self,
+        actor: &Actor,
+        mut filter: AuditFilter,
+        page: &Page,
+    ) -> Result<Paged<AuditEvent>, AdminError> {
+        if let ActorScope::Workspace(own) = &actor.scope {
+            if filter.workspace_id.as_ref().is_some_and(|ws| ws != own) {
+                return Err(AdminError::NotFound);
+            }
+            filter.workspace_id = Some(own.clone());
+        }
+        Ok(self.store.list_audit_events(&filter, page).await?)
+    }
+
+    /// Creates an admin key directly on the store: how automation and the
+    /// first start bootstrap access.
+    pub async fn create_admin_key(&self, name: &str) -> Result<(ApiKey, PlaintextKey), AdminError> {
+        let input = NewKey {
+            name: name.to_owned(),
+            ..NewKey::default()
+        };
+        self.create_key(&Actor::cli(), ADMIN_WORKSPACE_ID, input).await
+    }
+
+    /// True when no admin key was ever created: the first start.
+    pub async fn needs_bootstrap(&self) -> Result<bool, AdminError> {
+        Ok(self.store.count_keys(ADMIN_WORKSPACE_ID).await? == 0)
+    }
+}
+
+fn bucket_usage(rows: &[UsageCount], granularity: Granularity) -> Vec<UsageBucket> {
+    let size = granularity.seconds();
+    let mut buckets: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
+    for row in rows {
+        let start = row.minute.div_euclid(size) * size;
+        *buckets
+            .entry(start)
+            .or_default()
+            .entry(row.outcome.clone())
+            .or_default() += row.count;
+    }
+    buckets
+        .into_iter()
+        .map(|(start, outcomes)| UsageBucket {
+            start: DateTime::from_timestamp(start, 0).unwrap_or_default(),
+            outcomes,
+        })
+        .collect()
+}
+
+/// Default rotation grace when a request names none.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);

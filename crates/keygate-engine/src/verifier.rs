@@ -1,0 +1,320 @@
+//! The verify path: presented key -> decision.
+//!
+//! Steps 2 to 6 of the request flow. A cached key costs a SHA-256, one cache
+//! lookup and the pure checks, with no store round trip and no lock held
+//! across an await.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use keygate_core::error::ErrorInstance;
+use keygate_core::id::IdGenerator;
+use keygate_core::model::{ApiKey, Workspace};
+use keygate_core::throttle::{FailurePolicy, FailureWindow};
+use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
+use keygate_store::Store;
+use moka::sync::Cache;
+
+use crate::clock::Clock;
+use crate::usage::{UsageRecorder, ADMITTED};
+
+/// Engine settings, from the deployment's config.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub key_format: KeyFormat,
+    /// Most keys held in the positive cache.
+    pub cache_capacity: u64,
+    /// Safety net: a cached key is re-read from the store at least this often.
+    pub cache_ttl: Duration,
+    /// How long an unknown hash is remembered, so a flood of bad keys costs nothing.
+    pub negative_cache_ttl: Duration,
+    pub failed_attempts: FailurePolicy,
+    pub default_rotation_grace: Duration,
+    pub max_metadata_bytes: usize,
+    /// Plan names a workspace may reference.
+    pub plans: std::collections::BTreeSet<String>,
+}
+
+/// A key and its workspace as the verify path needs them.
+#[derive(Debug)]
+pub struct CachedKey {
+    pub key: ApiKey,
+    pub workspace: Workspace,
+    /// Shared ids, so recording usage does not allocate.
+    pub key_id: Arc<str>,
+    pub workspace_id: Arc<str>,
+}
+
+impl CachedKey {
+    pub fn new(key: ApiKey, workspace: Workspace) -> Self {
+        let key_id = Arc::from(key.id.as_str());
+        let workspace_id = Arc::from(workspace.id.as_str());
+        Self {
+            key,
+            workspace,
+            key_id,
+            workspace_id,
+        }
+    }
+}
+
+/// An admitted request: who it is.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub key: Arc<CachedKey>,
+}
+
+/// A refused request: the error to answer, and the key when one was identified
+/// (so the response can carry its headers and usage is attributed).
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub error: ErrorInstance,
+    pub key: Option<Arc<CachedKey>>,
+}
+
+impl Rejection {
+    fn anonymous(code: ErrorCode) -> Self {
+        Self {
+            error: ErrorInstance::new(code),
+            key: None,
+        }
+    }
+}
+
+/// What a caller asks of one verification.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyRequest<'a> {
+    pub presented: &'a str,
+    /// The client's address: checked against allowlists and used for throttling.
+    pub client_ip: Option<IpAddr>,
+    pub required_scopes: &'a [String],
+    /// Record usage for this request (false for dry runs).
+    pub record: bool,
+}
+
+pub struct Engine {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) settings: EngineSettings,
+    cache: Cache<KeyHash, Arc<CachedKey>>,
+    unknown: Cache<KeyHash, ()>,
+    failures: Cache<IpAddr, Arc<Mutex<FailureWindow>>>,
+    usage: UsageRecorder,
+    ids: Mutex<IdGenerator>,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: EngineSettings) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(settings.cache_capacity)
+            .time_to_live(settings.cache_ttl)
+            .build();
+        let unknown = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(settings.negative_cache_ttl)
+            .build();
+        let failures = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_idle(settings.failed_attempts.window)
+            .build();
+        Self {
+            store,
+            clock,
+            settings,
+            cache,
+            unknown,
+            failures,
+            usage: UsageRecorder::default(),
+            ids: Mutex::new(IdGenerator::new()),
+        }
+    }
+
+    /// Now, at the millisecond precision stores keep, so that what a write
+    /// returns equals what a later read returns.
+    pub fn now(&self) -> DateTime<Utc> {
+        let now = self.clock.now();
+        DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+    }
+
+    /// A new object id, in creation order on this node.
+    pub(crate) fn new_id(&self, prefix: &str, now: DateTime<Utc>) -> String {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        ids.next(prefix, now)
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Decides one request. Never touches the store for a cached key or a
+    /// malformed one.
+    pub async fn verify(&self, request: VerifyRequest<'_>) -> Result<Verified, Rejection> {
+        let now = self.clock.now();
+        let parsed = match self.settings.key_format.parse(request.presented) {
+            Ok(parsed) => parsed,
+            Err(_) => return Err(self.invalid_key(request.client_ip, now)),
+        };
+        let hash = parsed.hash();
+        let cached = match self.cache.get(&hash) {
+            Some(cached) => cached,
+            None => self.load(hash, request.client_ip, now).await?,
+        };
+        self.decide(cached, &request, now)
+    }
+
+    fn decide(
+        &self,
+        cached: Arc<CachedKey>,
+        request: &VerifyRequest<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Verified, Rejection> {
+        let checked = check_access(
+            &cached.key,
+            &cached.workspace,
+            request.client_ip,
+            request.required_scopes,
+            now,
+        );
+        let outcome = match &checked {
+            Ok(()) => ADMITTED,
+            Err(denial) => denial.code().as_str(),
+        };
+        if request.record {
+            self.usage
+                .record(&cached.key_id, &cached.workspace_id, outcome, request.client_ip, now);
+        }
+        match checked {
+            Ok(()) => Ok(Verified { key: cached }),
+            Err(denial) => {
+                let mut error = ErrorInstance::new(denial.code());
+                error.scope = denial.missing_scope().map(str::to_owned);
+                Err(Rejection {
+                    error,
+                    key: Some(cached),
+                })
+            }
+        }
+    }
+
+    /// A cache miss: refuse throttled clients and remembered unknown hashes
+    /// before asking the store.
+    async fn load(
+        &self,
+        hash: KeyHash,
+        client_ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<CachedKey>, Rejection> {
+        if let Some(rejection) = self.throttled(client_ip, now) {
+            return Err(rejection);
+        }
+        if self.unknown.contains_key(&hash) {
+            return Err(self.invalid_key(client_ip, now));
+        }
+        match self.store.find_key_by_hash(&hash).await {
+            Ok(Some((key, workspace))) => {
+                let cached = Arc::new(CachedKey::new(key, workspace));
+                self.cache.insert(hash, cached.clone());
+                Ok(cached)
+            }
+            Ok(None) => {
+                self.unknown.insert(hash, ());
+                Err(self.invalid_key(client_ip, now))
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, key_hash = ?hash, "key lookup failed");
+                Err(Rejection::anonymous(ErrorCode::ServiceUnavailable))
+            }
+        }
+    }
+
+    /// Counts a failure against the client and answers `INVALID_API_KEY`, or
+    /// `TOO_MANY_FAILED_ATTEMPTS` once the client is over the threshold.
+    fn invalid_key(&self, client_ip: Option<IpAddr>, now: DateTime<Utc>) -> Rejection {
+        if let Some(rejection) = self.throttled(client_ip, now) {
+            return rejection;
+        }
+        if let Some(ip) = client_ip {
+            let policy = self.settings.failed_attempts;
+            let window = self
+                .failures
+                .get_with(ip, || Arc::new(Mutex::new(FailureWindow::new(now))));
+            window
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record_failure(&policy, now);
+        }
+        Rejection::anonymous(ErrorCode::InvalidApiKey)
+    }
+
+    /// A credential that could not even be read (not UTF-8, oversized) counts
+    /// as a failed attempt like any other invalid key.
+    pub fn reject_unreadable(&self, client_ip: Option<IpAddr>) -> Rejection {
+        self.invalid_key(client_ip, self.clock.now())
+    }
+
+    fn throttled(&self, client_ip: Option<IpAddr>, now: DateTime<Utc>) -> Option<Rejection> {
+        let window = self.failures.get(&client_ip?)?;
+        let blocked_for = window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .blocked_for(&self.settings.failed_attempts, now)?;
+        Some(Rejection {
+            error: ErrorInstance::new(ErrorCode::TooManyFailedAttempts).with_data("retry_after", blocked_for),
+            key: None,
+        })
+    }
+
+    /// Drops a key from this node's cache so its next request reads the store.
+    pub(crate) fn forget_key(&self, hash: &KeyHash) {
+        self.cache.invalidate(hash);
+        self.unknown.invalidate(hash);
+    }
+
+    /// Workspace changes affect every cached key of the workspace; they are rare,
+    /// so the whole cache is dropped rather than indexed by workspace.
+    pub(crate) fn forget_all_keys(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Writes recorded usage to the store; see [`UsageRecorder::flush`].
+    pub async fn flush_usage(&self) -> Result<usize, keygate_store::StoreError> {
+        self.usage.flush(self.store.as_ref()).await
+    }
+
+    /// Counts not yet written to the store.
+    pub fn pending_usage(&self) -> usize {
+        self.usage.pending()
+    }
+
+    /// Flushes usage every `interval` until `shutdown` resolves, then once more.
+    pub async fn run_usage_flusher(
+        self: Arc<Self>,
+        interval: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.flush_logged().await,
+                () = &mut shutdown => break,
+            }
+        }
+        self.flush_logged().await;
+    }
+
+    async fn flush_logged(&self) {
+        match self.flush_usage().await {
+            Ok(0) => {}
+            Ok(rows) => tracing::debug!(rows, "usage flushed"),
+            Err(err) => tracing::warn!(error = %err, pending = self.pending_usage(), "usage flush failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Starting and stopping a keygate node: both planes, the usage flusher, and
+//! a graceful shutdown that finishes in-flight requests and flushes usage.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate_engine::{Clock, Engine};
+use keygate_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::http::admin::{self, AdminState};
+use crate::http::gateway::{self, GatewayState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr} ({plane}): {source}")]
+    Bind {
+        plane: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running node. Dropping it does not stop it; call [`App::shutdown`].
+pub struct App {
+    pub gateway_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+impl App {
+    pub async fn start(settings: Settings, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self, ServeError> {
+        let engine = Arc::new(Engine::new(store, clock, settings.engine.clone()));
+        let gateway_listener = bind("gateway", settings.gateway_addr).await?;
+        let admin_listener = bind("admin", settings.admin_addr).await?;
+        let gateway_addr = local_addr(&gateway_listener, settings.gateway_addr);
+        let admin_addr = local_addr(&admin_listener, settings.admin_addr);
+        let (stop, stopped) = watch::channel(false);
+
+        let gateway_router = gateway::router(GatewayState::new(
+            engine.clone(),
+            settings.errors.clone(),
+            settings.routes.clone(),
+            settings.trusted_proxies.clone(),
+        ));
+        let admin_router = admin::router(AdminState::new(
+            engine.clone(),
+            &settings.errors,
+            settings.trusted_proxies.clone(),
+        ));
+
+        let tasks = vec![
+            tokio::spawn(serve("gateway", gateway_listener, gateway_router, stopped.clone())),
+            tokio::spawn(serve("admin", admin_listener, admin_router, stopped.clone())),
+            tokio::spawn(
+                engine
+                    .clone()
+                    .run_usage_flusher(settings.usage_flush_interval, wait_for_stop(stopped)),
+            ),
+        ];
+        tracing::info!(%gateway_addr, %admin_addr, "keygate started");
+        Ok(Self {
+            gateway_addr,
+            admin_addr,
+            engine,
+            stop,
+            tasks,
+            shutdown_timeout: settings.shutdown_timeout,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded by
+    /// `server.shutdown_timeout`), then flushes usage.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let all = futures_join(self.tasks);
+        if tokio::time::timeout(self.shutdown_timeout, all).await.is_err() {
+            tracing::warn!("shutdown timed out; flushing usage and exiting");
+            if let Err(err) = self.engine.flush_usage().await {
+                tracing::error!(error = %err, "final usage flush failed");
+            }
+        }
+        tracing::info!("keygate stopped");
+    }
+}
+
+async fn futures_join(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+async fn bind(plane: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { plane, addr, source })
+}
+
+fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(fallback)
+}
+
+async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+async fn serve(plane: &'static str, listener: TcpListener, router: axum::Router, stopped: watch::Receiver<bool>) {
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, service)
+        .with_graceful_shutdown(wait_for_stop(stopped))
+        .await;
+    if let Err(err) = result {
+        tracing::error!(plane, error = %err, "server stopped with an error");
+    }
+}

@@ -1,0 +1,546 @@
+//! Configuration: one TOML file plus `KEYGATE_SECTION__FIELD` environment
+//! overrides, validated once at start into [`Settings`]. Unknown fields and bad
+//! values are errors that name the field and where it came from.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use keygate_core::duration::parse_duration;
+use keygate_core::error::CatalogError;
+use keygate_core::limits::{validate_limits, LimitSpec};
+use keygate_core::scope::validate_scopes;
+use keygate_core::throttle::FailurePolicy;
+use keygate_core::{ErrorCatalog, ErrorFormat, KeyFormat};
+use keygate_engine::EngineSettings;
+use serde::{Deserialize, Serialize};
+
+/// The file read when no `--config` or `KEYGATE_CONFIG` is given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "keygate.toml";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub keys: KeysConfig,
+    pub cache: CacheConfig,
+    pub security: SecurityConfig,
+    pub errors: ErrorsConfig,
+    pub usage: UsageConfig,
+    pub plans: BTreeMap<String, PlanConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub gateway_addr: String,
+    pub admin_addr: String,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs or addresses).
+    pub trusted_proxies: Vec<String>,
+    /// How long graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            gateway_addr: "127.0.0.1:8080".into(),
+            admin_addr: "127.0.0.1:8081".into(),
+            trusted_proxies: vec![],
+            shutdown_timeout: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://keygate-data/keygate.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    pub prefix: String,
+    pub environments: Vec<String>,
+    /// How long a rotated key keeps working when the request names no grace.
+    pub rotation_grace: String,
+    pub max_metadata_bytes: usize,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "kg".into(),
+            environments: vec!["live".into(), "test".into()],
+            rotation_grace: "24h".into(),
+            max_metadata_bytes: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub capacity: u64,
+    pub ttl: String,
+    pub negative_ttl: String,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 100_000,
+            ttl: "60s".into(),
+            negative_ttl: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Invalid keys one client IP may send per window before it is throttled.
+    pub max_failed_attempts: u32,
+    pub failed_attempts_window: String,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            max_failed_attempts: 20,
+            failed_attempts_window: "1m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErrorsConfig {
+    pub format: ErrorFormat,
+    /// Replacement messages by code, so a deployment matches its own documentation.
+    pub messages: HashMap<String, String>,
+    pub invalid_key_status: u16,
+    /// Answer revoked and expired keys as `INVALID_API_KEY`.
+    pub hide_key_state: bool,
+    pub realm: String,
+}
+
+impl Default for ErrorsConfig {
+    fn default() -> Self {
+        Self {
+            format: ErrorFormat::Envelope,
+            messages: HashMap::new(),
+            invalid_key_status: 401,
+            hide_key_state: false,
+            realm: "keygate".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    pub flush_interval: String,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval: "5s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlanConfig {
+    pub limits: Vec<LimitSpec>,
+    pub concurrency: Vec<ConcurrencySpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencySpec {
+    #[serde(default = "default_resource")]
+    pub resource: String,
+    pub max: u32,
+}
+
+fn default_resource() -> String {
+    keygate_core::limits::DEFAULT_RESOURCE.to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub path: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub upstream: Option<String>,
+    #[serde(default = "default_resource")]
+    pub resource: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default = "yes")]
+    pub auth: bool,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Whole-request timeout towards the upstream.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_upstream_timeout() -> String {
+    "30s".into()
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path: String,
+    pub methods: Vec<axum::http::Method>,
+    pub upstream: axum::http::Uri,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub auth: bool,
+    pub strip_prefix: bool,
+    pub preserve_host: bool,
+    pub timeout: Duration,
+}
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub gateway_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub trusted_proxies: Vec<IpNet>,
+    pub shutdown_timeout: Duration,
+    pub store_url: String,
+    pub engine: EngineSettings,
+    pub errors: ErrorCatalog,
+    pub usage_flush_interval: Duration,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("{origin}: {field}: {message}")]
+    Invalid {
+        origin: String,
+        field: String,
+        message: String,
+    },
+}
+
+/// Where settings came from, for error messages.
+fn origin(file: Option<&Path>) -> String {
+    match file {
+        Some(path) => format!("{} (or its KEYGATE_* overrides)", path.display()),
+        None => "built-in defaults (or KEYGATE_* overrides)".into(),
+    }
+}
+
+/// Which file to read: the explicit one, else `keygate.toml` if present.
+pub fn resolve_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    match explicit {
+        Some(path) if path.is_file() => Ok(Some(path.to_owned())),
+        Some(path) => Err(ConfigError::MissingFile(path.to_owned())),
+        None => Ok(Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file())),
+    }
+}
+
+/// Reads the file (if any) and the environment, then validates.
+pub fn load(file: Option<&Path>) -> Result<(Config, Settings), ConfigError> {
+    let config = read(file)?;
+    let settings = validate(&config, file)?;
+    Ok((config, settings))
+}
+
+pub fn read(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = file {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    // Only `SECTION__FIELD` variables are config; KEYGATE_URL and friends belong to the CLI.
+    // The filter must run before `split`, which turns `__` into `.`.
+    let env = Env::prefixed("KEYGATE_")
+        .filter(|key| key.as_str().contains("__"))
+        .split("__");
+    figment.merge(env).extract().map_err(|e| ConfigError::Load(Box::new(e)))
+}
+
+pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, ConfigError> {
+    let origin = origin(file);
+    let invalid = |field: &str, message: String| ConfigError::Invalid {
+        origin: origin.clone(),
+        field: field.to_owned(),
+        message,
+    };
+    let duration = |field: &str, text: &str| parse_duration(text).map_err(|e| invalid(field, e.to_string()));
+    let addr = |field: &str, text: &str| {
+        text.parse::<SocketAddr>()
+            .map_err(|_| invalid(field, format!("`{text}` is not an address like 127.0.0.1:8080")))
+    };
+
+    let trusted_proxies = config
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|entry| {
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        "server.trusted_proxies",
+                        format!("`{entry}` is not an IP address or CIDR"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let key_format =
+        KeyFormat::new(&config.keys.prefix, &config.keys.environments).map_err(|e| invalid("keys", e.to_string()))?;
+
+    let mut plans = BTreeSet::new();
+    for (name, plan) in &config.plans {
+        validate_limits(&plan.limits).map_err(|e| invalid(&format!("plans.{name}.limits"), e.to_string()))?;
+        if let Some(bad) = plan.concurrency.iter().find(|c| c.max == 0) {
+            return Err(invalid(
+                &format!("plans.{name}.concurrency"),
+                format!("`max` for `{}` must be at least 1", bad.resource),
+            ));
+        }
+        plans.insert(name.clone());
+    }
+
+    let errors = ErrorCatalog::new(
+        config.errors.format,
+        &config.errors.messages,
+        config.errors.invalid_key_status,
+        config.errors.hide_key_state,
+        &config.errors.realm,
+    )
+    .map_err(|e| match e {
+        CatalogError::InvalidKeyStatus(_) => invalid("errors.invalid_key_status", e.to_string()),
+        CatalogError::UnknownCode(_) => invalid("errors.messages", e.to_string()),
+        CatalogError::Realm => invalid("errors.realm", e.to_string()),
+    })?;
+
+    let failed_window = duration(
+        "security.failed_attempts_window",
+        &config.security.failed_attempts_window,
+    )?;
+    if config.security.max_failed_attempts == 0 || failed_window.is_zero() {
+        return Err(invalid(
+            "security",
+            "max_failed_attempts and failed_attempts_window must be positive".into(),
+        ));
+    }
+    let cache_ttl = duration("cache.ttl", &config.cache.ttl)?;
+    if cache_ttl.is_zero() || config.cache.capacity == 0 {
+        return Err(invalid("cache", "capacity and ttl must be positive".into()));
+    }
+    let usage_flush_interval = duration("usage.flush_interval", &config.usage.flush_interval)?;
+    if usage_flush_interval.is_zero() {
+        return Err(invalid("usage.flush_interval", "must be positive".into()));
+    }
+
+    let routes = config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(index, route)| validate_route(index, route).map_err(|(field, message)| invalid(&field, message)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(Settings {
+        gateway_addr: addr("server.gateway_addr", &config.server.gateway_addr)?,
+        admin_addr: addr("server.admin_addr", &config.server.admin_addr)?,
+        trusted_proxies,
+        shutdown_timeout: duration("server.shutdown_timeout", &config.server.shutdown_timeout)?,
+        store_url: config.store.url.clone(),
+        engine: EngineSettings {
+            key_format,
+            cache_capacity: config.cache.capacity,
+            cache_ttl,
+            negative_cache_ttl: duration("cache.negative_ttl", &config.cache.negative_ttl)?,
+            failed_attempts: FailurePolicy {
+                max_failures: config.security.max_failed_attempts,
+                window: failed_window,
+            },
+            default_rotation_grace: duration("keys.rotation_grace", &config.keys.rotation_grace)?,
+            max_metadata_bytes: config.keys.max_metadata_bytes,
+            plans,
+        },
+        errors,
+        usage_flush_interval,
+        routes,
+    })
+}
+
+fn validate_route(index: usize, route: &RouteConfig) -> Result<Route, (String, String)> {
+    let name = format!("routes[{index}] (path \"{}\")", route.path);
+    let fail = |field: &str, message: String| (format!("{name}.{field}"), message);
+    if !route.path.starts_with('/') {
+        return Err(fail("path", "must start with `/`".into()));
+    }
+    let upstream_text = route
+        .upstream
+        .as_deref()
+        .ok_or_else(|| fail("upstream", "is required".into()))?;
+    let upstream: axum::http::Uri = upstream_text
+        .parse()
+        .map_err(|_| fail("upstream", format!("`{upstream_text}` is not a URL")))?;
+    if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
+        return Err(fail(
+            "upstream",
+            format!("`{upstream_text}` must be an http:// URL with a host"),
+        ));
+    }
+    let methods = route
+        .methods
+        .iter()
+        .map(|m| {
+            axum::http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| fail("methods", format!("`{m}` is not an HTTP method")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let scopes = validate_scopes(&route.scopes).map_err(|e| fail("scopes", e.to_string()))?;
+    let timeout = parse_duration(&route.timeout).map_err(|e| fail("timeout", e.to_string()))?;
+    Ok(Route {
+        path: route.path.trim_end_matches('/').to_owned(),
+        methods,
+        upstream,
+        resource: route.resource.clone(),
+        scopes,
+        auth: route.auth,
+        strip_prefix: route.strip_prefix,
+        preserve_host: route.preserve_host,
+        timeout,
+    })
+}
+
+/// The catch-all route `keygate serve --upstream URL` adds.
+pub fn catch_all_route(upstream: &str) -> RouteConfig {
+    RouteConfig {
+        path: "/".into(),
+        methods: vec![],
+        upstream: Some(upstream.to_owned()),
+        resource: default_resource(),
+        scopes: vec![],
+        auth: true,
+        strip_prefix: false,
+        preserve_host: false,
+        timeout: default_upstream_timeout(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn load_text(text: &str) -> Result<(Config, Settings), ConfigError> {
+        let f = file(text);
+        load(Some(f.path()))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = validate(&Config::default(), None).unwrap();
+        assert_eq!(settings.gateway_addr.port(), 8080);
+        assert_eq!(settings.admin_addr.port(), 8081);
+        assert_eq!(settings.engine.key_format.prefix(), "kg");
+    }
+
+    #[test]
+    fn unknown_fields_name_the_field_and_file() {
+        let err = load_text("[server]\ngateway_adr = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gateway_adr"), "{err}");
+        assert!(err.contains(".toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let err = load_text("[plans.free]\nlimits = [{ requests = 100, per = \"5x\" }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("plans.free.limits") && err.contains("5x"), "{err}");
+        let err = load_text("[plans.free]\nlimits = [{ requests = -1, per = \"1m\" }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("requests"), "{err}");
+        let err = load_text("[[routes]]\npath = \"/api\"\n").unwrap_err().to_string();
+        assert!(err.contains("routes[0]") && err.contains("upstream"), "{err}");
+        let err = load_text("[errors]\ninvalid_key_status = 400\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("errors.invalid_key_status"), "{err}");
+    }
+
+    #[test]
+    fn seed_style_config_loads() {
+        let (config, settings) = load_text(
+            r#"
+            [keys]
+            prefix = "evon"
+            environments = ["dev", "staging", "prod"]
+            [errors]
+            format = "simple"
+            [errors.messages]
+            MISSING_API_KEY = "API key is required"
+            [[routes]]
+            path = "/api/v1/invoices/upload"
+            methods = ["POST"]
+            upstream = "http://127.0.0.1:9000"
+            resource = "uploads"
+            scopes = ["invoices:write"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.errors.format, ErrorFormat::Simple);
+        assert_eq!(settings.routes[0].methods, vec![axum::http::Method::POST]);
+        assert_eq!(settings.engine.key_format.default_environment(), "dev");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        assert!(matches!(
+            resolve_file(Some(Path::new("/nonexistent/k.toml"))),
+            Err(ConfigError::MissingFile(_))
+        ));
+    }
+}

@@ -1,0 +1,481 @@
+//! The control plane: admin REST API under `/v1/`, health, readiness and the
+//! OpenAPI document. Handlers translate HTTP to engine calls and back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ipnet::IpNet;
+use keygate_core::model::KeyStatus;
+use keygate_core::{ErrorCatalog, ErrorCode, ErrorFormat};
+use keygate_engine::admin::Granularity;
+use keygate_engine::{Actor, Engine};
+use keygate_store::{AuditFilter, KeyFilter, Page, MAX_PAGE_SIZE};
+use serde_json::json;
+use utoipa::OpenApi;
+
+use crate::http::dto::*;
+use crate::http::error::{self, render, ApiError};
+use crate::http::extract::{client_ip, credential, credential_error_code, JsonBody, PathParam, QueryParams};
+
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub engine: Arc<Engine>,
+    /// The deployment's catalog in envelope form: the verify API answers with
+    /// the gateway's statuses and messages.
+    pub verify_catalog: Arc<ErrorCatalog>,
+    pub trusted_proxies: Arc<Vec<IpNet>>,
+}
+
+impl AdminState {
+    pub fn new(engine: Arc<Engine>, catalog: &ErrorCatalog, trusted_proxies: Vec<IpNet>) -> Self {
+        Self {
+            engine,
+            verify_catalog: Arc::new(catalog.clone().with_format(ErrorFormat::Envelope)),
+            trusted_proxies: Arc::new(trusted_proxies),
+        }
+    }
+}
+
+/// The authenticated caller of an admin route.
+pub struct Caller(pub Actor);
+
+impl FromRequestParts<AdminState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| *addr)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let ip = client_ip(peer, &parts.headers, &state.trusted_proxies);
+        let presented = match credential(&parts.headers) {
+            Ok(presented) => presented,
+            Err(err) => {
+                let code = credential_error_code(err);
+                return Err(match code {
+                    ErrorCode::InvalidApiKey => state.engine.reject_unreadable(Some(ip)).into(),
+                    other => ApiError::new(other),
+                });
+            }
+        };
+        let actor = state.engine.authenticate_admin(presented, ip).await?;
+        Ok(Caller(actor))
+    }
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .route("/v1/workspaces", post(create_workspace).get(list_workspaces))
+        .route(
+            "/v1/workspaces/{id}",
+            get(get_workspace).patch(update_workspace).delete(delete_workspace),
+        )
+        .route("/v1/workspaces/{id}/keys", post(create_key).get(list_keys))
+        .route("/v1/keys/verify", post(verify_key))
+        .route("/v1/keys/{id}", get(get_key).patch(update_key).delete(delete_key))
+        .route("/v1/keys/{id}/revoke", post(revoke_key))
+        .route("/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/keys/{id}/usage", get(key_usage))
+        .route("/v1/audit-events", get(audit_events))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::http::extract::MAX_ADMIN_BODY,
+        ))
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// One log line per admin request. The path names ids only; the query string
+/// is left out, and keys never travel in either.
+async fn log_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(target: "keygate::admin", %method, %path, status, latency_ms, "admin request");
+    response
+}
+
+fn page(limit: Option<u32>, cursor: Option<String>) -> Result<Page, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if limit == 0 || limit > MAX_PAGE_SIZE {
+        return Err(ApiError::validation(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE_SIZE}"),
+        ));
+    }
+    Ok(Page { limit, cursor })
+}
+
+async fn index() -> Json<serde_json::Value> {
+    Json(json!({
+        "name": "keygate",
+        "version": env!("CARGO_PKG_VERSION"),
+        "admin_api": "/v1/",
+        "openapi": "/openapi.json",
+        "health": "/healthz",
+        "readiness": "/readyz",
+    }))
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when every dependency answers; the body names each and its state.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Every dependency is reachable"),
+    (status = 503, description = "A dependency is down; the body says which")))]
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let started = Instant::now();
+    let store = tokio::time::timeout(std::time::Duration::from_secs(2), state.engine.store().ping()).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (store_state, error) = match store {
+        Ok(Ok(())) => ("up", None),
+        Ok(Err(err)) => ("down", Some(err.to_string())),
+        Err(_) => ("down", Some("timed out after 2s".to_owned())),
+    };
+    if let Some(error) = &error {
+        tracing::warn!(%error, "readiness: store is down");
+    }
+    let ready = error.is_none();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "dependencies": {
+            "store": {"state": store_state, "latency_ms": (latency_ms * 100.0).round() / 100.0},
+            "usage": {"state": "up", "pending_rows": state.engine.pending_usage()},
+        }
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[utoipa::path(post, path = "/v1/workspaces", tag = "workspaces", request_body = CreateWorkspace,
+    security(("api_key" = []), ("bearer" = [])),
+    responses((status = 201, body = WorkspaceView), (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+async fn create_workspace(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    JsonBody(body): JsonBody<CreateWorkspace>,
+) -> Result<(StatusCode, Json<WorkspaceView>), ApiError> {
+    let workspace = state.engine.create_workspace(&actor, body.into()).await?;
+    Ok((StatusCode::CREATED, Json(WorkspaceView::from(&workspace))))
+}
+
+#[utoipa::path(get, path = "/v1/workspaces", tag = "workspaces", params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = WorkspaceList)))]
+async fn list_workspaces(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    QueryParams(query): QueryParams<PageQuery>,
+) -> Result<Json<WorkspaceList>, ApiError> {
+    let paged = state
+        .engine
+        .list_workspaces(&actor, &page(query.limit, query.cursor)?)
+        .await?;
+    Ok(Json(WorkspaceList {
+        data: paged.items.iter().map(WorkspaceView::from).collect(),
+        next_cursor: paged.next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{id}", tag = "workspaces", params(("id" = String, Path)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = WorkspaceView), (status = 404, body = ErrorEnvelope)))]
+async fn get_workspace(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<WorkspaceView>, ApiError> {
+    let workspace = state.engine.get_workspace(&actor, &id).await?;
+    Ok(Json(WorkspaceView::from(&workspace)))
+}
+
+#[utoipa::path(patch, path = "/v1/workspaces/{id}", tag = "workspaces", params(("id" = String, Path)), request_body = UpdateWorkspace,
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = WorkspaceView), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+async fn update_workspace(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+    JsonBody(body): JsonBody<UpdateWorkspace>,
+) -> Result<Json<WorkspaceView>, ApiError> {
+    let workspace = state.engine.update_workspace(&actor, &id, body.into()).await?;
+    Ok(Json(WorkspaceView::from(&workspace)))
+}
+
+/// Hides the workspace and revokes all its keys.
+#[utoipa::path(delete, path = "/v1/workspaces/{id}", tag = "workspaces", params(("id" = String, Path)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 204), (status = 404, body = ErrorEnvelope)))]
+async fn delete_workspace(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
+    state.engine.delete_workspace(&actor, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Creates a key. The response is the only place its plaintext ever appears.
+#[utoipa::path(post, path = "/v1/workspaces/{id}/keys", tag = "keys", params(("id" = String, Path)), request_body = CreateKey,
+    security(("api_key" = []), ("bearer" = [])), responses((status = 201, body = CreatedKey), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+async fn create_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(workspace_id): PathParam<String>,
+    JsonBody(body): JsonBody<CreateKey>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let (key, plaintext) = state.engine.create_key(&actor, &workspace_id, body.into()).await?;
+    let details = KeyView::new(&key, state.engine.now());
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key: plaintext.expose().to_owned(),
+            details,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{id}/keys", tag = "keys",
+    params(("id" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("status" = Option<String>, Query), ("environment" = Option<String>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyList), (status = 404, body = ErrorEnvelope)))]
+async fn list_keys(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(workspace_id): PathParam<String>,
+    QueryParams(query): QueryParams<KeyListQuery>,
+) -> Result<Json<KeyList>, ApiError> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(KeyStatus::parse(text).ok_or_else(|| {
+            ApiError::validation(
+                "status",
+                format!("`{text}` is not one of active, revoked, expired, deleted"),
+            )
+        })?),
+    };
+    let filter = KeyFilter {
+        status,
+        environment: query.environment,
+    };
+    let paged = state
+        .engine
+        .list_keys(&actor, &workspace_id, &filter, &page(query.limit, query.cursor)?)
+        .await?;
+    let now = state.engine.now();
+    Ok(Json(KeyList {
+        data: paged.items.iter().map(|k| KeyView::new(k, now)).collect(),
+        next_cursor: paged.next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
+async fn get_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key = state.engine.get_key(&actor, &id).await?;
+    Ok(Json(KeyView::new(&key, state.engine.now())))
+}
+
+#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)), request_body = UpdateKey,
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+async fn update_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+    JsonBody(body): JsonBody<UpdateKey>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key = state.engine.update_key(&actor, &id, body.into()).await?;
+    Ok(Json(KeyView::new(&key, state.engine.now())))
+}
+
+/// Revokes the key (idempotent) and hides it from lists; the row stays for the audit trail.
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
+async fn delete_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key = state.engine.delete_key(&actor, &id).await?;
+    Ok(Json(KeyView::new(&key, state.engine.now())))
+}
+
+/// Revokes the key. Takes effect on this node's next request. Revoking twice is harmless.
+#[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path)), request_body = RevokeKey,
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
+async fn revoke_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+    JsonBody(body): JsonBody<RevokeKey>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key = state.engine.revoke_key(&actor, &id, body.reason).await?;
+    Ok(Json(KeyView::new(&key, state.engine.now())))
+}
+
+/// Issues a successor key (shown once); the old key works until now + grace.
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path)), request_body = RotateKey,
+    security(("api_key" = []), ("bearer" = [])), responses((status = 201, body = CreatedKey), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+async fn rotate_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+    JsonBody(body): JsonBody<RotateKey>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let (key, plaintext) = state.engine.rotate_key(&actor, &id, body.grace.as_deref()).await?;
+    let details = KeyView::new(&key, state.engine.now());
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key: plaintext.expose().to_owned(),
+            details,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/keys/{id}/usage", tag = "keys",
+    params(("id" = String, Path), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("granularity" = Option<String>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyUsage), (status = 404, body = ErrorEnvelope)))]
+async fn key_usage(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+    QueryParams(query): QueryParams<UsageQuery>,
+) -> Result<Json<KeyUsage>, ApiError> {
+    let granularity_text = query.granularity.unwrap_or_else(|| "minute".into());
+    let granularity = Granularity::parse(&granularity_text)
+        .ok_or_else(|| ApiError::validation("granularity", "must be minute, hour or day"))?;
+    let to = query.to.unwrap_or_else(|| state.engine.now());
+    let from = query.from.unwrap_or(to - chrono::Duration::hours(24));
+    let buckets = state
+        .engine
+        .key_usage(&actor, &id, Some(from), Some(to), granularity)
+        .await?;
+    Ok(Json(KeyUsage {
+        key_id: id,
+        granularity: granularity_text,
+        from,
+        to,
+        data: buckets.iter().map(UsagePoint::from).collect(),
+    }))
+}
+
+/// The gateway's decision for a key, without sending a request through it.
+#[utoipa::path(post, path = "/v1/keys/verify", tag = "keys", request_body = VerifyKey,
+    security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = VerifyResult), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)))]
+async fn verify_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    JsonBody(body): JsonBody<VerifyKey>,
+) -> Result<Response, ApiError> {
+    let ip = match body.ip.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|_| ApiError::validation("ip", format!("`{text}` is not an IP address")))?,
+        ),
+    };
+    let scopes = keygate_core::scope::validate_scopes(&body.scopes)
+        .map_err(|e| ApiError::validation("scopes", e.to_string()))?;
+    match state
+        .engine
+        .verify_for(&actor, &body.key.0, &scopes, ip, body.dry_run)
+        .await
+    {
+        Ok(verified) => {
+            let cached = &verified.key;
+            let result = VerifyResult {
+                valid: true,
+                key: KeyView::new(&cached.key, state.engine.now()),
+                workspace: WorkspaceSummary {
+                    id: cached.workspace.id.clone(),
+                    name: cached.workspace.name.clone(),
+                    plan: cached.workspace.plan.clone(),
+                },
+            };
+            Ok(Json(result).into_response())
+        }
+        Err(rejection) => Ok(render(&state.verify_catalog, &rejection.error)),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/audit-events", tag = "audit",
+    params(("workspace_id" = Option<String>, Query), ("key_id" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = AuditEventList)))]
+async fn audit_events(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    QueryParams(query): QueryParams<AuditQuery>,
+) -> Result<Json<AuditEventList>, ApiError> {
+    let filter = AuditFilter {
+        workspace_id: query.workspace_id,
+        key_id: query.key_id,
+    };
+    let paged = state
+        .engine
+        .audit_events(&actor, filter, &page(query.limit, query.cursor)?)
+        .await?;
+    Ok(Json(AuditEventList {
+        data: paged.items.iter().map(AuditEventView::from).collect(),
+        next_cursor: paged.next_cursor,
+    }))
+}
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "keygate admin API", description = "Workspaces, API keys, verification and audit events."),
+    paths(
+        healthz, readyz, create_workspace, list_workspaces, get_workspace, update_workspace, delete_workspace,
+        create_key, list_keys, get_key, update_key, delete_key, revoke_key, rotate_key, key_usage, verify_key,
+        audit_events
+    ),
+    components(schemas(ErrorEnvelope)),
+    modifiers(&SecuritySchemes)
+)]
+pub struct ApiDoc;

@@ -1,0 +1,440 @@
+//! The admin API's JSON shapes. Requests refuse unknown fields; responses
+//! never carry a plaintext key except `CreatedKey`, the one response that creates it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use keygate_core::limits::{LimitScope, LimitSpec};
+use keygate_core::model::{ApiKey, Workspace};
+use keygate_engine::admin::UsageBucket;
+use keygate_store::AuditEvent;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// Distinguishes "absent" (`None`) from "null" (`Some(None)`) in PATCH bodies.
+fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A key sent in a request body; `Debug` never prints it.
+#[derive(Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = String)]
+pub struct SecretKeyText(pub String);
+
+impl fmt::Debug for SecretKeyText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKeyText(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// What the limit counts; routes name their resource. Default `default`.
+    #[serde(default = "default_resource")]
+    pub resource: String,
+    pub requests: u64,
+    /// Window: `1s`, `1m`, `1h`, `1d`, `30d`.
+    pub per: String,
+    /// `key` (per key lineage, default) or `workspace` (shared).
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub scope: LimitScope,
+}
+
+fn default_resource() -> String {
+    keygate_core::limits::DEFAULT_RESOURCE.to_owned()
+}
+
+impl From<Limit> for LimitSpec {
+    fn from(l: Limit) -> Self {
+        LimitSpec {
+            resource: l.resource,
+            requests: l.requests,
+            per: l.per,
+            scope: l.scope,
+        }
+    }
+}
+
+impl From<&LimitSpec> for Limit {
+    fn from(l: &LimitSpec) -> Self {
+        Limit {
+            resource: l.resource.clone(),
+            requests: l.requests,
+            per: l.per.clone(),
+            scope: l.scope,
+        }
+    }
+}
+
+fn limits_in(limits: Option<Vec<Limit>>) -> Option<Vec<LimitSpec>> {
+    limits.map(|l| l.into_iter().map(LimitSpec::from).collect())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    pub name: String,
+    pub plan: Option<String>,
+    #[serde(default)]
+    pub ip_allowlist: Vec<String>,
+    #[serde(default)]
+    pub limits: Vec<Limit>,
+}
+
+impl From<CreateWorkspace> for keygate_engine::admin::NewWorkspace {
+    fn from(r: CreateWorkspace) -> Self {
+        Self {
+            name: r.name,
+            plan: r.plan,
+            ip_allowlist: r.ip_allowlist,
+            limits: r.limits.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWorkspace {
+    pub name: Option<String>,
+    /// A plan name, or null to clear it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub plan: Option<Option<String>>,
+    pub ip_allowlist: Option<Vec<String>>,
+    pub limits: Option<Vec<Limit>>,
+    pub disabled: Option<bool>,
+}
+
+impl From<UpdateWorkspace> for keygate_engine::admin::WorkspacePatch {
+    fn from(r: UpdateWorkspace) -> Self {
+        Self {
+            name: r.name,
+            plan: r.plan,
+            ip_allowlist: r.ip_allowlist,
+            limits: limits_in(r.limits),
+            disabled: r.disabled,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// A descriptive name, e.g. "Production Server".
+    pub name: String,
+    /// One of the configured environments; default the first.
+    pub environment: Option<String>,
+    /// Empty means full access to the workspace.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// A duration such as `90d`; exclusive with `expires_at`.
+    pub expires_in: Option<String>,
+    #[serde(default)]
+    pub ip_allowlist: Vec<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub limits: Vec<Limit>,
+}
+
+impl From<CreateKey> for keygate_engine::admin::NewKey {
+    fn from(r: CreateKey) -> Self {
+        Self {
+            name: r.name,
+            environment: r.environment,
+            scopes: r.scopes,
+            expires_at: r.expires_at,
+            expires_in: r.expires_in,
+            ip_allowlist: r.ip_allowlist,
+            metadata: r.metadata,
+            limits: r.limits.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    pub name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub ip_allowlist: Option<Vec<String>>,
+    /// A time, or null to remove the expiry.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    pub limits: Option<Vec<Limit>>,
+}
+
+impl From<UpdateKey> for keygate_engine::admin::KeyPatch {
+    fn from(r: UpdateKey) -> Self {
+        Self {
+            name: r.name,
+            scopes: r.scopes,
+            ip_allowlist: r.ip_allowlist,
+            expires_at: r.expires_at,
+            metadata: r.metadata,
+            limits: limits_in(r.limits),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeKey {
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// How long the old key keeps working: `0`, `1h`, `24h` (default), `7d`.
+    pub grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyKey {
+    /// The key to check, as the client sent it.
+    pub key: SecretKeyText,
+    /// Scopes the operation needs.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The rate-limit resource the operation counts against.
+    pub resource: Option<String>,
+    /// The client's IP, checked against allowlists. Without it, keys with an allowlist are refused.
+    pub ip: Option<String>,
+    /// Check without recording usage.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkspaceView {
+    pub id: String,
+    pub name: String,
+    pub plan: Option<String>,
+    pub ip_allowlist: Vec<String>,
+    pub limits: Vec<Limit>,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&Workspace> for WorkspaceView {
+    fn from(w: &Workspace) -> Self {
+        Self {
+            id: w.id.clone(),
+            name: w.name.clone(),
+            plan: w.plan.clone(),
+            ip_allowlist: w.ip_allowlist.to_strings(),
+            limits: w.limits.iter().map(Limit::from).collect(),
+            disabled: w.disabled,
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    pub id: String,
+    pub workspace_id: String,
+    pub name: String,
+    pub environment: String,
+    /// `kg_live_AbCd...wxyz`: the first and last four characters of the random part.
+    pub masked: String,
+    /// `active`, `revoked`, `expired` or `deleted`.
+    pub status: String,
+    pub scopes: Vec<String>,
+    pub ip_allowlist: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    pub limits: Vec<Limit>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_used_ip: Option<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_reason: Option<String>,
+    pub rotated_from: Option<String>,
+    pub rotated_to: Option<String>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl KeyView {
+    pub fn new(k: &ApiKey, now: DateTime<Utc>) -> Self {
+        Self {
+            id: k.id.clone(),
+            workspace_id: k.workspace_id.clone(),
+            name: k.name.clone(),
+            environment: k.environment.clone(),
+            masked: k.hint.clone(),
+            status: k.status(now).as_str().to_owned(),
+            scopes: k.scopes.clone(),
+            ip_allowlist: k.ip_allowlist.to_strings(),
+            expires_at: k.expires_at,
+            metadata: k.metadata.clone(),
+            limits: k.limits.iter().map(Limit::from).collect(),
+            created_at: k.created_at,
+            created_by: k.created_by.clone(),
+            last_used_at: k.last_used_at,
+            last_used_ip: k.last_used_ip.clone(),
+            revoked_at: k.revoked_at,
+            revoked_reason: k.revoked_reason.clone(),
+            rotated_from: k.rotated_from.clone(),
+            rotated_to: k.rotated_to.clone(),
+            deleted_at: k.deleted_at,
+        }
+    }
+}
+
+/// The one response that carries a key's plaintext. It is not stored anywhere.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedKey {
+    /// The key itself. Shown once: store it now.
+    pub key: String,
+    #[serde(flatten)]
+    pub details: KeyView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkspaceSummary {
+    pub id: String,
+    pub name: String,
+    pub plan: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyResult {
+    pub valid: bool,
+    pub key: KeyView,
+    pub workspace: WorkspaceSummary,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEventView {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    /// A key id, `cli`, or a dashboard session.
+    pub actor: String,
+    pub actor_ip: Option<String>,
+    pub action: String,
+    pub object_type: String,
+    pub object_id: String,
+    pub workspace_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
+
+impl From<&AuditEvent> for AuditEventView {
+    fn from(e: &AuditEvent) -> Self {
+        Self {
+            id: e.id.clone(),
+            at: e.at,
+            actor: e.actor.clone(),
+            actor_ip: e.actor_ip.clone(),
+            action: e.action.clone(),
+            object_type: e.object_type.clone(),
+            object_id: e.object_id.clone(),
+            workspace_id: e.workspace_id.clone(),
+            details: e.details.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkspaceList {
+    pub data: Vec<WorkspaceView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    pub data: Vec<KeyView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEventList {
+    pub data: Vec<AuditEventView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsagePoint {
+    pub start: DateTime<Utc>,
+    pub total: u64,
+    /// Requests by outcome: `admitted` or the rejection's error code.
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+impl From<&UsageBucket> for UsagePoint {
+    fn from(b: &UsageBucket) -> Self {
+        Self {
+            start: b.start,
+            total: b.outcomes.values().sum(),
+            outcomes: b.outcomes.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyUsage {
+    pub key_id: String,
+    pub granularity: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub data: Vec<UsagePoint>,
+}
+
+/// Every error of the admin API.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub success: bool,
+    pub status: u16,
+    /// A stable code such as `VALIDATION_ERROR` or `NOT_FOUND`.
+    pub code: String,
+    pub message: String,
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PageQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct KeyListQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    /// `active`, `revoked`, `expired` or `deleted`; default all but deleted.
+    pub status: Option<String>,
+    pub environment: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AuditQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    pub workspace_id: Option<String>,
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UsageQuery {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// `minute` (default), `hour` or `day`.
+    pub granularity: Option<String>,
+}

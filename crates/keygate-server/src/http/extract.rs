@@ -1,0 +1,166 @@
+//! Extractors that turn every malformed input into a stable 4xx code:
+//! JSON bodies (415, 400, 413, 422 naming the field), queries and paths.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::HeaderMap;
+use ipnet::IpNet;
+use keygate_core::credential::{select_credential, CredentialError};
+use keygate_core::ErrorCode;
+use serde::de::DeserializeOwned;
+
+use crate::http::error::ApiError;
+
+/// Largest admin request body: far above any valid request, far below harm.
+pub const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// A JSON body. An empty body reads as `{}`, so optional-only bodies may be omitted.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json_content = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json" || mime.ends_with("+json")
+            });
+        let bytes = Bytes::from_request(req, state).await?;
+        if bytes.is_empty() {
+            return parse(b"{}").map(JsonBody);
+        }
+        if json_content != Some(true) {
+            return Err(ApiError::new(ErrorCode::UnsupportedMediaType));
+        }
+        parse(&bytes).map(JsonBody)
+    }
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let message = strip_position(&inner.to_string());
+                ApiError::validation(&field_name(&path, &message), message)
+            }
+            _ => ApiError(
+                keygate_core::error::ErrorInstance::new(ErrorCode::InvalidJson).with_message(format!(
+                    "The request body is not valid JSON: {}.",
+                    strip_position(&inner.to_string())
+                )),
+            ),
+        }
+    })?;
+    deserializer.end().map_err(|_| {
+        ApiError(
+            keygate_core::error::ErrorInstance::new(ErrorCode::InvalidJson)
+                .with_message("The request body has trailing characters after the JSON value."),
+        )
+    })?;
+    Ok(value)
+}
+
+/// The field an error is about: the path, or for unknown and missing fields
+/// the name serde puts in backticks.
+fn field_name(path: &str, message: &str) -> String {
+    let named = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))
+        .and_then(|rest| rest.split('`').next());
+    match (path, named) {
+        (".", Some(name)) => name.to_owned(),
+        // Unknown fields are already the last segment of the path.
+        (_, Some(name)) if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
+        (_, Some(name)) => format!("{path}.{name}"),
+        (".", None) => "body".to_owned(),
+        (_, None) => path.to_owned(),
+    }
+}
+
+/// serde_json appends " at line 1 column 17"; clients do not need it twice.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// A query string whose errors are `VALIDATION_ERROR`s.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct QueryParams<T>(pub T);
+
+/// A path parameter; a malformed one is simply `NOT_FOUND`.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct PathParam<T>(pub T);
+
+/// The credential of a request, from `X-API-Key` or `Authorization: Bearer`.
+pub fn credential(headers: &HeaderMap) -> Result<&str, CredentialError> {
+    select_credential(
+        headers.get_all("x-api-key").iter().map(|v| v.as_bytes()),
+        headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()),
+    )
+}
+
+pub fn credential_error_code(err: CredentialError) -> ErrorCode {
+    match err {
+        CredentialError::Missing => ErrorCode::MissingApiKey,
+        CredentialError::Ambiguous => ErrorCode::AmbiguousApiKey,
+        CredentialError::Invalid => ErrorCode::InvalidApiKey,
+    }
+}
+
+/// The client address, believing `X-Forwarded-For` only from trusted proxies.
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
+    if trusted_proxies.is_empty() {
+        return keygate_core::ip::canonical(peer.ip());
+    }
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = values.join(",");
+    keygate_core::ip::client_ip(
+        peer.ip(),
+        Some(joined.as_str()).filter(|s| !s.is_empty()),
+        trusted_proxies,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_from_serde_messages() {
+        assert_eq!(field_name(".", "unknown field `nme`, expected one of `name`"), "nme");
+        assert_eq!(field_name(".", "missing field `name`"), "name");
+        assert_eq!(
+            field_name("colour", "unknown field `colour`, expected `name`"),
+            "colour"
+        );
+        assert_eq!(field_name("limits[0]", "missing field `per`"), "limits[0].per");
+        assert_eq!(
+            field_name("limits[0].x", "unknown field `x`, expected `per`"),
+            "limits[0].x"
+        );
+        assert_eq!(
+            field_name("scopes[0]", "invalid type: integer `1`, expected a string"),
+            "scopes[0]"
+        );
+        assert_eq!(field_name(".", "invalid type: string, expected a map"), "body");
+    }
+}

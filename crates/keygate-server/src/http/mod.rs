@@ -1,0 +1,7 @@
+//! HTTP only: translation between requests and the engine. No decisions here.
+
+pub mod admin;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod gateway;

@@ -1,0 +1,9 @@
+//! keygate's HTTP layer: the gateway (data plane), the admin API (control
+//! plane) and config loading. It translates; the engine decides.
+
+pub mod app;
+pub mod config;
+pub mod http;
+
+pub use app::{App, ServeError};
+pub use config::{Config, ConfigError, Settings};

@@ -1,0 +1,207 @@
+//! A key's life: creation, use, rotation with grace, revocation, expiry,
+//! usage counters and last use. Time is moved with the manual clock, never slept.
+
+use axum::http::Method;
+use chrono::Duration;
+use serde_json::{json, Value};
+
+use crate::support::{echo_upstream, TestApp};
+
+async fn code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    (status, body["code"].as_str().unwrap_or("OK").to_owned())
+}
+
+#[tokio::test]
+async fn rotation_keeps_the_old_key_until_its_grace_deadline() {
+    let app = TestApp::start().await;
+    let ws = app.workspace("Acme").await;
+    let (old_id, old) = app
+        .key(
+            &ws,
+            json!({"name": "Production Server", "scopes": ["invoices:*"], "metadata": {"team": "billing"}}),
+        )
+        .await;
+    let rotated = app
+        .admin_ok(
+            Method::POST,
+            &format!("/v1/keys/{old_id}/rotate"),
+            Some(json!({"grace": "1h"})),
+            201,
+        )
+        .await;
+    let new = rotated["key"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(rotated["name"], "Production Server");
+    assert_eq!(rotated["scopes"], json!(["invoices:*"]));
+    assert_eq!(rotated["metadata"], json!({"team": "billing"}));
+    assert_eq!(rotated["rotated_from"], old_id.as_str());
+
+    assert_eq!(app.whoami(&old).await.status(), 200);
+    assert_eq!(app.whoami(&new).await.status(), 200);
+    let old_view = app
+        .admin_ok(Method::GET, &format!("/v1/keys/{old_id}"), None, 200)
+        .await;
+    assert_eq!(old_view["rotated_to"], rotated["id"]);
+    assert!(old_view["expires_at"].is_string());
+
+    app.clock.advance(Duration::minutes(59));
+    assert_eq!(app.whoami(&old).await.status(), 200, "still inside the grace period");
+    app.clock.advance(Duration::minutes(1));
+    assert_eq!(code(app.whoami(&old).await).await, (401, "API_KEY_EXPIRED".into()));
+    assert_eq!(app.whoami(&new).await.status(), 200);
+
+    let again = app
+        .admin_call(Method::POST, &format!("/v1/keys/{old_id}/rotate"), None)
+        .await;
+    assert_eq!(code(again).await, (409, "CONFLICT".into()));
+}
+
+#[tokio::test]
+async fn rotation_with_zero_grace_ends_the_old_key_now() {
+    let app = TestApp::start().await;
+    let ws = app.workspace("Acme").await;
+    let (old_id, old) = app.key(&ws, json!({"name": "k"})).await;
+    assert_eq!(app.whoami(&old).await.status(), 200);
+    app.admin_ok(
+        Method::POST,
+        &format!("/v1/keys/{old_id}/rotate"),
+        Some(json!({"grace": "0"})),
+        201,
+    )
+    .await;
+    assert_eq!(code(app.whoami(&old).await).await, (401, "API_KEY_EXPIRED".into()));
+}
+
+#[tokio::test]
+async fn revocation_applies_to_the_very_next_request() {
+    let app = TestApp::start().await;
+    let ws = app.workspace("Acme").await;
+    let (id, key) = app.key(&ws, json!({"name": "k"})).await;
+    assert_eq!(app.whoami(&key).await.status(), 200, "now cached");
+    let revoked = app
+        .admin_ok(
+            Method::POST,
+            &format!("/v1/keys/{id}/revoke"),
+            Some(json!({"reason": "leaked"})),
+            200,
+        )
+        .await;
+    assert_eq!(revoked["status"], "revoked");
+    assert_eq!(revoked["revoked_reason"], "leaked");
+    assert_eq!(code(app.whoami(&key).await).await, (401, "API_KEY_REVOKED".into()));
+}
+
+#[tokio::test]
+async fn concurrent_revokes_all_succeed_and_are_audited_once() {
+    let app = TestApp::start().await;
+    let ws = app.workspace("Acme").await;
+    let (id, key) = app.key(&ws, json!({"name": "k"})).await;
+    let path = format!("/v1/keys/{id}/revoke");
+    let calls = (0..10).map(|_| app.admin_call(Method::POST, &path, None));
+    for response in futures::future::join_all(calls).await {
+        assert_eq!(response.status(), 200);
+    }
+    let events = app
+        .admin_ok(Method::GET, &format!("/v1/audit-events?key_id={id}"), None, 200)
+        .await;
+    let revokes = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "key.revoked")
+        .count();
+    assert_eq!(revokes, 1);
+    assert_eq!(code(app.whoami(&key).await).await, (401, "API_KEY_REVOKED".into()));
+}
+
+#[tokio::test]
+async fn expiry_is_exact() {
+    let app = TestApp::start().await;
+    let ws = app.workspace("Acme").await;
+    let at = app.clock_now() + Duration::minutes(10);
+    let (_, key) = app.key(&ws, json!({"name": "k", "expires_at": at})).await;
+    app.clock.set(at - Duration::milliseconds(1));
+    assert_eq!(app.whoami(&key).await.status(), 200);
+    app.clock.set(at);
+    assert_eq!(code(app.whoami(&key).await).await, (401, "API_KEY_EXPIRED".into()));
+}
+
+#[tokio::test]
+async fn usage_counts_and_last_use_are_recorded_off_the_request_path() {
+    let upstream = echo_upstream().await;
+    let app = TestApp::builder()
+        .config(&format!(
+            "[[routes]]\npath = \"/api/write\"\nupstream = \"{}\"\nscopes = [\"data:write\"]\n",
+            upstream.url
+        ))
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (id, key) = app.key(&ws, json!({"name": "k", "scopes": ["data:read"]})).await;
+    for _ in 0..3 {
+        let ok = app
+            .http
+            .get(app.gateway_url("/v1/whoami"))
+            .header("X-API-Key", &key)
+            .header("X-Forwarded-For", "203.0.113.9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+    }
+    for _ in 0..2 {
+        let denied = app
+            .http
+            .post(app.gateway_url("/api/write"))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(denied.status(), 403);
+    }
+    let before = app.admin_ok(Method::GET, &format!("/v1/keys/{id}"), None, 200).await;
+    assert!(
+        before["last_used_at"].is_null(),
+        "nothing is written on the request path"
+    );
+
+    app.app.engine.flush_usage().await.unwrap();
+    let usage = app
+        .admin_ok(Method::GET, &format!("/v1/keys/{id}/usage?granularity=hour"), None, 200)
+        .await;
+    let points = usage["data"].as_array().unwrap();
+    assert_eq!(points.len(), 1, "{usage}");
+    assert_eq!(points[0]["outcomes"], json!({"INSUFFICIENT_SCOPE": 2, "admitted": 3}));
+    assert_eq!(points[0]["total"], 5);
+    let after = app.admin_ok(Method::GET, &format!("/v1/keys/{id}"), None, 200).await;
+    assert!(after["last_used_at"].is_string());
+    assert_eq!(
+        after["last_used_ip"], "127.0.0.1",
+        "the last request came without X-Forwarded-For"
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_flushes_usage() {
+    let app = TestApp::start().await;
+    let ws = app.workspace("Acme").await;
+    let (id, key) = app.key(&ws, json!({"name": "k"})).await;
+    assert_eq!(app.whoami(&key).await.status(), 200);
+    let store = app.store.clone();
+    let from = app.clock_now() - Duration::hours(1);
+    let to = app.clock_now() + Duration::hours(1);
+    app.stop().await;
+    let usage = keygate_store::Store::key_usage(store.as_ref(), &id, from, to)
+        .await
+        .unwrap();
+    let total: u64 = usage.iter().map(|u| u.count).sum();
+    assert_eq!(total, 1, "the one whoami request was flushed at shutdown: {usage:?}");
+}
+
+impl TestApp {
+    pub fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
+        keygate_engine::Clock::now(self.clock.as_ref())
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests of keygate-server: real nodes on loopback, real HTTP.
+
+// Test code: a failed expectation should panic where it happened.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin_api;
+mod bad_input;
+mod error_catalog;
+mod lifecycle;
+mod seeds;
+mod support;

@@ -1,0 +1,195 @@
+//! `TestApp`: a real keygate node on free loopback ports, with a manual clock
+//! and its own SQLite file, driven by a real HTTP client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, Uri};
+use chrono::Utc;
+use keygate_engine::ManualClock;
+use keygate_server::config::{self, Config};
+use keygate_server::App;
+use keygate_store::sqlite::SqliteStore;
+use reqwest::Response;
+use serde_json::{json, Value};
+
+pub struct TestApp {
+    pub gateway: String,
+    pub admin: String,
+    pub admin_key: String,
+    pub clock: Arc<ManualClock>,
+    pub http: reqwest::Client,
+    pub app: App,
+    pub store: Arc<SqliteStore>,
+    /// Holds the database file; removed when the app is dropped.
+    _dir: tempfile::TempDir,
+}
+
+pub struct TestAppBuilder {
+    toml: String,
+}
+
+impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder { toml: String::new() }
+    }
+
+    pub async fn start() -> Self {
+        Self::builder().start().await
+    }
+
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway)
+    }
+
+    pub async fn admin_call(&self, method: Method, path: &str, body: Option<Value>) -> Response {
+        self.admin_call_as(&self.admin_key, method, path, body).await
+    }
+
+    pub async fn admin_call_as(&self, key: &str, method: Method, path: &str, body: Option<Value>) -> Response {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.admin))
+            .header("X-API-Key", key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Calls the admin API and asserts the status, returning the JSON body.
+    pub async fn admin_ok(&self, method: Method, path: &str, body: Option<Value>, status: u16) -> Value {
+        let response = self.admin_call(method, path, body).await;
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        response.json().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn workspace(&self, name: &str) -> String {
+        let body = self
+            .admin_ok(Method::POST, "/v1/workspaces", Some(json!({"name": name})), 201)
+            .await;
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a key and returns `(id, plaintext)`.
+    pub async fn key(&self, workspace: &str, body: Value) -> (String, String) {
+        let created = self
+            .admin_ok(
+                Method::POST,
+                &format!("/v1/workspaces/{workspace}/keys"),
+                Some(body),
+                201,
+            )
+            .await;
+        (
+            created["id"].as_str().unwrap().to_owned(),
+            created["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn whoami(&self, key: &str) -> Response {
+        self.http
+            .get(self.gateway_url("/v1/whoami"))
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.app.shutdown().await;
+    }
+}
+
+impl TestAppBuilder {
+    /// Adds TOML to the node's config; addresses and store are always the test's own.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.toml.push_str(toml);
+        self.toml.push('\n');
+        self
+    }
+
+    pub async fn start(self) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, &self.toml).unwrap();
+        let mut config: Config = config::read(Some(&path)).unwrap();
+        config.server.gateway_addr = "127.0.0.1:0".into();
+        config.server.admin_addr = "127.0.0.1:0".into();
+        if config.server.trusted_proxies.is_empty() {
+            // Lets tests act as many clients through X-Forwarded-For.
+            config.server.trusted_proxies = vec!["127.0.0.1".into()];
+        }
+        config.store.url = format!("sqlite://{}/keygate.db", dir.path().display());
+        let settings = config::validate(&config, Some(&path)).unwrap();
+        let store = Arc::new(SqliteStore::open(&settings.store_url).await.unwrap());
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let app = App::start(settings, store.clone(), clock.clone()).await.unwrap();
+        let (_, admin_key) = app.engine.create_admin_key("test admin").await.unwrap();
+        TestApp {
+            gateway: format!("http://{}", app.gateway_addr),
+            admin: format!("http://{}", app.admin_addr),
+            admin_key: admin_key.expose().to_owned(),
+            clock,
+            http: reqwest::Client::new(),
+            app,
+            store,
+            _dir: dir,
+        }
+    }
+}
+
+/// An upstream that answers every request with what it received, as JSON.
+pub struct EchoUpstream {
+    pub url: String,
+}
+
+pub async fn echo_upstream() -> EchoUpstream {
+    async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+        let headers: serde_json::Map<String, Value> = headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    json!(String::from_utf8_lossy(value.as_bytes())),
+                )
+            })
+            .collect();
+        let body = json!({
+            "method": method.as_str(),
+            "path": uri.path(),
+            "query": uri.query(),
+            "headers": headers,
+            "body_len": body.len(),
+        });
+        axum::response::Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .header("x-upstream", "echo")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let router = axum::Router::new().fallback(echo);
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    EchoUpstream {
+        url: format!("http://{addr}"),
+    }
+}
+
+/// Status, the headers clients rely on, and the body: what error snapshots hold.
+pub async fn error_snapshot(response: Response) -> Value {
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    let snapshot = json!({
+        "status": response.status().as_u16(),
+        "content_type": header("content-type"),
+        "www_authenticate": header("www-authenticate"),
+        "retry_after": header("retry-after"),
+    });
+    let body: Value = response.json().await.unwrap();
+    let mut snapshot = snapshot;
+    snapshot["body"] = body;
+    snapshot
+}

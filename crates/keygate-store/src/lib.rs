@@ -1,0 +1,200 @@
+//! Persistence for keygate behind the [`Store`] trait.
+//!
+//! Every change is written together with its audit event in one transaction,
+//! so an acknowledged change always has its audit trail and a failed one has
+//! neither. Implementations: [`sqlite::SqliteStore`] (embedded default).
+//! `testsuite` holds the behaviour every implementation must pass.
+
+mod error;
+pub mod sqlite;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keygate_core::model::{ApiKey, KeyStatus, Workspace};
+use keygate_core::KeyHash;
+
+pub use error::StoreError;
+
+/// Largest page any list returns.
+pub const MAX_PAGE_SIZE: u32 = 200;
+
+/// A page request: newest first, starting after `cursor` (the last id of the previous page).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+impl Page {
+    pub fn first(limit: u32) -> Self {
+        Self { limit, cursor: None }
+    }
+
+    /// The limit clamped to `1..=MAX_PAGE_SIZE`.
+    pub fn size(&self) -> u32 {
+        self.limit.clamp(1, MAX_PAGE_SIZE)
+    }
+}
+
+/// One page of results and the cursor of the next, if there is one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Which keys of a workspace to list. `status: None` lists all but deleted keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyFilter {
+    pub status: Option<KeyStatus>,
+    pub environment: Option<String>,
+}
+
+/// Who did what to which object, when, from where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    /// A key id, `cli`, or a dashboard session.
+    pub actor: String,
+    pub actor_ip: Option<String>,
+    /// `workspace.created`, `key.revoked`, ...
+    pub action: String,
+    pub object_type: String,
+    pub object_id: String,
+    pub workspace_id: Option<String>,
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub workspace_id: Option<String>,
+    pub key_id: Option<String>,
+}
+
+/// Requests of one key in one minute with one outcome (`admitted` or an error code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageCount {
+    pub key_id: String,
+    pub workspace_id: String,
+    /// Unix seconds at the start of the minute.
+    pub minute: i64,
+    pub outcome: String,
+    pub count: u64,
+}
+
+/// The latest use of a key seen by a node since its last flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastUse {
+    pub key_id: String,
+    pub at: DateTime<Utc>,
+    pub ip: String,
+}
+
+/// What a usage flush writes, in one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageBatch {
+    pub counts: Vec<UsageCount>,
+    pub last_uses: Vec<LastUse>,
+}
+
+impl UsageBatch {
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty() && self.last_uses.is_empty()
+    }
+}
+
+/// What happened to a revoke request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RevokeOutcome {
+    /// This call revoked the key.
+    Revoked(ApiKey),
+    /// The key was already revoked (e.g. by a concurrent call); nothing changed.
+    AlreadyRevoked(ApiKey),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn insert_workspace(&self, workspace: &Workspace, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Deleted workspaces are not returned.
+    async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError>;
+    async fn list_workspaces(&self, page: &Page) -> Result<Paged<Workspace>, StoreError>;
+    /// Writes name, plan, allowlist, limits and disabled. `NotFound` if absent or deleted.
+    async fn update_workspace(&self, workspace: &Workspace, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Hides the workspace and revokes its keys, in one transaction.
+    async fn delete_workspace(&self, id: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<(), StoreError>;
+
+    async fn insert_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Returns deleted keys too; they stay for the audit trail.
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// The verify path's lookup: the key and its workspace in one query.
+    async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<(ApiKey, Workspace)>, StoreError>;
+    async fn list_keys(
+        &self,
+        workspace_id: &str,
+        filter: &KeyFilter,
+        page: &Page,
+        now: DateTime<Utc>,
+    ) -> Result<Paged<ApiKey>, StoreError>;
+    async fn count_keys(&self, workspace_id: &str) -> Result<u64, StoreError>;
+    /// Writes only what a PATCH may change: name, scopes, allowlist, expiry,
+    /// metadata, limits. Never touches revocation, so it cannot undo a concurrent revoke.
+    async fn update_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Idempotent: a second revoke changes nothing and writes no audit event.
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        reason: Option<&str>,
+        audit: &AuditEvent,
+    ) -> Result<RevokeOutcome, StoreError>;
+    /// Revokes if needed and hides the key from default lists.
+    async fn delete_key(&self, id: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<ApiKey, StoreError>;
+    /// Links `old` to `new`, shortens `old`'s expiry to `old_expires_at` and
+    /// inserts `new`, atomically. `Conflict` if `old` was revoked or already rotated.
+    async fn rotate_key(
+        &self,
+        old_id: &str,
+        old_expires_at: DateTime<Utc>,
+        new: &ApiKey,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    async fn list_audit_events(&self, filter: &AuditFilter, page: &Page) -> Result<Paged<AuditEvent>, StoreError>;
+
+    /// Adds counts (never overwrites) and moves `last_used_*` forward only.
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError>;
+    /// Per-minute counts of one key in `[from, to)`, oldest first.
+    async fn key_usage(
+        &self,
+        key_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageCount>, StoreError>;
+}
+
+/// Opens the store a URL names. Only `sqlite://` is built in so far.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
+    if url.starts_with("sqlite:") {
+        let store = sqlite::SqliteStore::open(url).await?;
+        return Ok(Arc::new(store));
+    }
+    Err(OpenError::UnsupportedUrl(
+        url.split(':').next().unwrap_or_default().to_owned(),
+    ))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("store.url scheme `{0}` is not supported; use sqlite://PATH")]
+    UnsupportedUrl(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,505 @@
+//! The behaviour every [`Store`] implementation must have. Run it for an
+//! implementation with `keygate_store::store_suite!(factory)`, where `factory`
+//! is an async fn returning a fresh `Arc<dyn Store>`.
+
+// Test code: a failed expectation should panic with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use keygate_core::id::{new_id, ADMIN_WORKSPACE_ID, AUDIT_PREFIX, KEY_PREFIX, WORKSPACE_PREFIX};
+use keygate_core::ip::IpAllowlist;
+use keygate_core::model::{ApiKey, KeyStatus, Workspace};
+use keygate_core::KeyHash;
+use rand::RngCore;
+
+use crate::AuditEvent;
+use crate::{AuditFilter, KeyFilter, LastUse, Page, RevokeOutcome, Store, StoreError, UsageBatch, UsageCount};
+
+/// Generates one `#[tokio::test]` per suite case for a store factory.
+#[macro_export]
+macro_rules! store_suite {
+    ($factory:path) => {
+        $crate::store_suite!(@cases $factory;
+            workspace_round_trip,
+            deleting_a_workspace_revokes_its_keys,
+            key_round_trip_and_lookup_by_hash,
+            duplicate_hash_is_a_conflict,
+            list_keys_filters_and_pages,
+            concurrent_revokes_apply_once,
+            update_never_undoes_a_revoke,
+            rotation_links_keys_and_refuses_twice,
+            delete_key_hides_and_revokes,
+            usage_counts_add_up_and_last_use_moves_forward,
+            audit_events_filter_by_workspace_and_key
+        );
+    };
+    (@cases $factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let store = $factory().await;
+                $crate::testsuite::$case(store).await;
+            }
+        )*
+    };
+}
+
+fn now() -> DateTime<Utc> {
+    // Millisecond precision, as stores keep it.
+    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_default()
+}
+
+fn audit(action: &str, object_id: &str, workspace_id: Option<&str>) -> AuditEvent {
+    AuditEvent {
+        id: new_id(AUDIT_PREFIX, now(), &mut rand::thread_rng()),
+        at: now(),
+        actor: "testsuite".into(),
+        actor_ip: Some("127.0.0.1".into()),
+        action: action.into(),
+        object_type: object_id.split('_').next().unwrap_or_default().into(),
+        object_id: object_id.into(),
+        workspace_id: workspace_id.map(str::to_owned),
+        details: serde_json::json!({}),
+    }
+}
+
+pub fn sample_workspace(name: &str) -> Workspace {
+    Workspace {
+        id: new_id(WORKSPACE_PREFIX, now(), &mut rand::thread_rng()),
+        name: name.into(),
+        plan: Some("free".into()),
+        ip_allowlist: IpAllowlist::parse(&["10.0.0.0/8".into()]).unwrap_or_default(),
+        limits: vec![],
+        disabled: false,
+        created_at: now(),
+        updated_at: now(),
+    }
+}
+
+pub fn sample_key(workspace_id: &str, name: &str) -> ApiKey {
+    let mut hash = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut hash);
+    let id = new_id(KEY_PREFIX, now(), &mut rand::thread_rng());
+    ApiKey {
+        lineage_id: id.clone(),
+        id,
+        workspace_id: workspace_id.into(),
+        name: name.into(),
+        environment: "live".into(),
+        hash: KeyHash::from_bytes(hash),
+        hint: "kg_live_AbCd...wxyz".into(),
+        scopes: vec!["invoices:*".into()],
+        ip_allowlist: IpAllowlist::parse(&["2001:db8::/32".into()]).unwrap_or_default(),
+        expires_at: None,
+        metadata: serde_json::from_str(r#"{"team":"billing","n":1}"#).unwrap_or_default(),
+        limits: vec![],
+        created_at: now(),
+        created_by: Some("key_creator".into()),
+        last_used_at: None,
+        last_used_ip: None,
+        revoked_at: None,
+        revoked_reason: None,
+        rotated_from: None,
+        rotated_to: None,
+        deleted_at: None,
+    }
+}
+
+async fn workspace_with_key(store: &dyn Store) -> (Workspace, ApiKey) {
+    let ws = sample_workspace("Acme");
+    store
+        .insert_workspace(&ws, &audit("workspace.created", &ws.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    let key = sample_key(&ws.id, "Production Server");
+    store
+        .insert_key(&key, &audit("key.created", &key.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    (ws, key)
+}
+
+pub async fn workspace_round_trip(store: Arc<dyn Store>) {
+    assert!(
+        store.get_workspace(ADMIN_WORKSPACE_ID).await.unwrap().is_some(),
+        "migrations create ws_admin"
+    );
+    let mut ws = sample_workspace("Acme");
+    store
+        .insert_workspace(&ws, &audit("workspace.created", &ws.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    assert_eq!(store.get_workspace(&ws.id).await.unwrap(), Some(ws.clone()));
+
+    ws.name = "Acme Inc".into();
+    ws.disabled = true;
+    ws.plan = None;
+    ws.updated_at = now() + Duration::seconds(1);
+    store
+        .update_workspace(&ws, &audit("workspace.updated", &ws.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    assert_eq!(store.get_workspace(&ws.id).await.unwrap(), Some(ws.clone()));
+
+    let missing = Workspace {
+        id: "ws_missing".into(),
+        ..ws.clone()
+    };
+    let err = store
+        .update_workspace(&missing, &audit("workspace.updated", "ws_missing", None))
+        .await;
+    assert!(matches!(err, Err(StoreError::NotFound)));
+
+    for i in 0..3 {
+        let extra = sample_workspace(&format!("extra {i}"));
+        store
+            .insert_workspace(&extra, &audit("workspace.created", &extra.id, None))
+            .await
+            .unwrap();
+    }
+    let first = store.list_workspaces(&Page::first(2)).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    let cursor = first.next_cursor.clone().unwrap();
+    let second = store
+        .list_workspaces(&Page {
+            limit: 200,
+            cursor: Some(cursor),
+        })
+        .await
+        .unwrap();
+    assert!(second.items.iter().all(|w| first.items.iter().all(|f| f.id != w.id)));
+    assert!(first.items[0].id > first.items[1].id, "newest first");
+}
+
+pub async fn deleting_a_workspace_revokes_its_keys(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    store
+        .delete_workspace(&ws.id, now(), &audit("workspace.deleted", &ws.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    assert_eq!(store.get_workspace(&ws.id).await.unwrap(), None);
+    let key = store.get_key(&key.id).await.unwrap().unwrap();
+    assert!(key.revoked_at.is_some());
+    let again = store
+        .delete_workspace(&ws.id, now(), &audit("workspace.deleted", &ws.id, Some(&ws.id)))
+        .await;
+    assert!(matches!(again, Err(StoreError::NotFound)));
+}
+
+pub async fn key_round_trip_and_lookup_by_hash(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    assert_eq!(store.get_key(&key.id).await.unwrap(), Some(key.clone()));
+    let (found, found_ws) = store.find_key_by_hash(&key.hash).await.unwrap().unwrap();
+    assert_eq!(found, key);
+    assert_eq!(found_ws, ws);
+    assert_eq!(store.find_key_by_hash(&KeyHash::of("unknown")).await.unwrap(), None);
+    assert_eq!(store.get_key("key_missing").await.unwrap(), None);
+    assert_eq!(store.count_keys(&ws.id).await.unwrap(), 1);
+}
+
+pub async fn duplicate_hash_is_a_conflict(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    let twin = ApiKey {
+        hash: key.hash,
+        ..sample_key(&ws.id, "twin")
+    };
+    let err = store
+        .insert_key(&twin, &audit("key.created", &twin.id, Some(&ws.id)))
+        .await;
+    assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
+    let events = store
+        .list_audit_events(
+            &AuditFilter {
+                key_id: Some(twin.id.clone()),
+                ..Default::default()
+            },
+            &Page::first(10),
+        )
+        .await
+        .unwrap();
+    assert!(events.items.is_empty(), "a failed write leaves no audit event");
+}
+
+pub async fn list_keys_filters_and_pages(store: Arc<dyn Store>) {
+    let ws = sample_workspace("Lister");
+    store
+        .insert_workspace(&ws, &audit("workspace.created", &ws.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    let t = now();
+    let active = sample_key(&ws.id, "active");
+    let expired = ApiKey {
+        expires_at: Some(t - Duration::seconds(1)),
+        ..sample_key(&ws.id, "expired")
+    };
+    let future = ApiKey {
+        expires_at: Some(t + Duration::hours(1)),
+        environment: "test".into(),
+        ..sample_key(&ws.id, "future")
+    };
+    let revoked = sample_key(&ws.id, "revoked");
+    let deleted = sample_key(&ws.id, "deleted");
+    for key in [&active, &expired, &future, &revoked, &deleted] {
+        store
+            .insert_key(key, &audit("key.created", &key.id, Some(&ws.id)))
+            .await
+            .unwrap();
+    }
+    store
+        .revoke_key(
+            &revoked.id,
+            t,
+            Some("leaked"),
+            &audit("key.revoked", &revoked.id, Some(&ws.id)),
+        )
+        .await
+        .unwrap();
+    store
+        .delete_key(&deleted.id, t, &audit("key.deleted", &deleted.id, Some(&ws.id)))
+        .await
+        .unwrap();
+
+    let names = |status: Option<KeyStatus>, env: Option<&str>| {
+        let store = store.clone();
+        let ws_id = ws.id.clone();
+        let filter = KeyFilter {
+            status,
+            environment: env.map(str::to_owned),
+        };
+        async move {
+            let page = store.list_keys(&ws_id, &filter, &Page::first(50), t).await.unwrap();
+            let mut names: Vec<String> = page.items.into_iter().map(|k| k.name).collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(names(None, None).await, ["active", "expired", "future", "revoked"]);
+    assert_eq!(names(Some(KeyStatus::Active), None).await, ["active", "future"]);
+    assert_eq!(names(Some(KeyStatus::Expired), None).await, ["expired"]);
+    assert_eq!(names(Some(KeyStatus::Revoked), None).await, ["revoked"]);
+    assert_eq!(names(Some(KeyStatus::Deleted), None).await, ["deleted"]);
+    assert_eq!(names(None, Some("test")).await, ["future"]);
+
+    let mut seen = Vec::new();
+    let mut page = Page::first(1);
+    loop {
+        let result = store.list_keys(&ws.id, &KeyFilter::default(), &page, t).await.unwrap();
+        assert!(result.items.len() <= 1);
+        seen.extend(result.items.into_iter().map(|k| k.id));
+        match result.next_cursor {
+            Some(cursor) => page.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, sorted, "pages are newest first with no gaps or repeats");
+    assert_eq!(seen.len(), 4);
+}
+
+pub async fn concurrent_revokes_apply_once(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            let (id, ws_id) = (key.id.clone(), ws.id.clone());
+            tokio::spawn(async move {
+                let reason = format!("reason {i}");
+                store
+                    .revoke_key(&id, now(), Some(&reason), &audit("key.revoked", &id, Some(&ws_id)))
+                    .await
+            })
+        })
+        .collect();
+    let mut revoked = 0;
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            RevokeOutcome::Revoked(k) => {
+                revoked += 1;
+                assert!(k.revoked_at.is_some());
+            }
+            RevokeOutcome::AlreadyRevoked(k) => assert!(k.revoked_at.is_some()),
+        }
+    }
+    assert_eq!(revoked, 1);
+    let filter = AuditFilter {
+        key_id: Some(key.id.clone()),
+        ..Default::default()
+    };
+    let events = store.list_audit_events(&filter, &Page::first(50)).await.unwrap().items;
+    assert_eq!(events.iter().filter(|e| e.action == "key.revoked").count(), 1);
+}
+
+pub async fn update_never_undoes_a_revoke(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    store
+        .revoke_key(&key.id, now(), None, &audit("key.revoked", &key.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    let stale = ApiKey {
+        name: "renamed".into(),
+        scopes: vec![],
+        ..key.clone()
+    };
+    store
+        .update_key(&stale, &audit("key.updated", &key.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    let stored = store.get_key(&key.id).await.unwrap().unwrap();
+    assert_eq!(stored.name, "renamed");
+    assert!(stored.revoked_at.is_some());
+}
+
+pub async fn rotation_links_keys_and_refuses_twice(store: Arc<dyn Store>) {
+    let (ws, old) = workspace_with_key(store.as_ref()).await;
+    let grace_end = now() + Duration::hours(24);
+    let new = ApiKey {
+        lineage_id: old.lineage_id.clone(),
+        rotated_from: Some(old.id.clone()),
+        ..sample_key(&ws.id, &old.name)
+    };
+    store
+        .rotate_key(&old.id, grace_end, &new, &audit("key.rotated", &old.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    let old_now = store.get_key(&old.id).await.unwrap().unwrap();
+    assert_eq!(old_now.rotated_to.as_deref(), Some(new.id.as_str()));
+    assert_eq!(old_now.expires_at, Some(grace_end));
+    assert_eq!(store.get_key(&new.id).await.unwrap(), Some(new.clone()));
+
+    let newer = sample_key(&ws.id, "again");
+    let again = store
+        .rotate_key(&old.id, grace_end, &newer, &audit("key.rotated", &old.id, Some(&ws.id)))
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))));
+    assert_eq!(store.get_key(&newer.id).await.unwrap(), None, "nothing half-written");
+    let missing = store
+        .rotate_key(
+            "key_missing",
+            grace_end,
+            &newer,
+            &audit("key.rotated", "key_missing", None),
+        )
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound)));
+
+    // A grace beyond an existing, earlier expiry never extends the key's life.
+    let short = ApiKey {
+        expires_at: Some(now() + Duration::minutes(5)),
+        ..sample_key(&ws.id, "short")
+    };
+    store
+        .insert_key(&short, &audit("key.created", &short.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    let successor = sample_key(&ws.id, "short");
+    store
+        .rotate_key(
+            &short.id,
+            now() + Duration::days(7),
+            &successor,
+            &audit("key.rotated", &short.id, Some(&ws.id)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_key(&short.id).await.unwrap().unwrap().expires_at,
+        short.expires_at
+    );
+}
+
+pub async fn delete_key_hides_and_revokes(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    let deleted = store
+        .delete_key(&key.id, now(), &audit("key.deleted", &key.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    assert!(deleted.deleted_at.is_some() && deleted.revoked_at.is_some());
+    assert_eq!(deleted.revoked_reason.as_deref(), Some("deleted"));
+    let missing = store
+        .delete_key("key_missing", now(), &audit("key.deleted", "key_missing", None))
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound)));
+}
+
+pub async fn usage_counts_add_up_and_last_use_moves_forward(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    let minute = (now().timestamp() / 60) * 60;
+    let row = |outcome: &str, count| UsageCount {
+        key_id: key.id.clone(),
+        workspace_id: ws.id.clone(),
+        minute,
+        outcome: outcome.into(),
+        count,
+    };
+    let later = now() + Duration::seconds(30);
+    let batch = UsageBatch {
+        counts: vec![row("admitted", 3), row("IP_NOT_ALLOWED", 1)],
+        last_uses: vec![LastUse {
+            key_id: key.id.clone(),
+            at: later,
+            ip: "203.0.113.9".into(),
+        }],
+    };
+    store.record_usage(&batch).await.unwrap();
+    let older = UsageBatch {
+        counts: vec![row("admitted", 2)],
+        last_uses: vec![LastUse {
+            key_id: key.id.clone(),
+            at: later - Duration::seconds(10),
+            ip: "198.51.100.1".into(),
+        }],
+    };
+    store.record_usage(&older).await.unwrap();
+
+    let from = DateTime::from_timestamp(minute, 0).unwrap_or_default();
+    let usage = store
+        .key_usage(&key.id, from, from + Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(usage, vec![row("IP_NOT_ALLOWED", 1), row("admitted", 5)]);
+    assert!(store
+        .key_usage(&key.id, from + Duration::minutes(1), from + Duration::minutes(2))
+        .await
+        .unwrap()
+        .is_empty());
+    let stored = store.get_key(&key.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_used_at, Some(later));
+    assert_eq!(stored.last_used_ip.as_deref(), Some("203.0.113.9"));
+}
+
+pub async fn audit_events_filter_by_workspace_and_key(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    let (other_ws, _) = workspace_with_key(store.as_ref()).await;
+    let by_ws = store
+        .list_audit_events(
+            &AuditFilter {
+                workspace_id: Some(ws.id.clone()),
+                key_id: None,
+            },
+            &Page::first(50),
+        )
+        .await
+        .unwrap();
+    let actions: Vec<_> = by_ws.items.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["key.created", "workspace.created"]);
+    assert!(by_ws
+        .items
+        .iter()
+        .all(|e| e.workspace_id.as_deref() == Some(ws.id.as_str())));
+    let by_key = store
+        .list_audit_events(
+            &AuditFilter {
+                workspace_id: None,
+                key_id: Some(key.id.clone()),
+            },
+            &Page::first(50),
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_key.items.len(), 1);
+    assert_eq!(by_key.items[0].actor_ip.as_deref(), Some("127.0.0.1"));
+    assert_ne!(other_ws.id, ws.id);
+}

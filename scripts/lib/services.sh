@@ -1,0 +1,74 @@
+# Local services for the test suite: PostgreSQL on 127.0.0.1:5432 (database
+# `test`) and Redis on 127.0.0.1:6379. Each is started if it is installed but
+# not running, and installed with apt-get where that is possible.
+# KEYGATE_REQUIRE_SERVICES=1 (set by CI) turns a missing service into a failure.
+
+log() { printf 'services: %s\n' "$*" >&2; }
+
+can_install() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
+
+apt_install() {
+  if [ -z "${KEYGATE_APT_UPDATED:-}" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    export KEYGATE_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+postgres_up() { command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432; }
+redis_up() { command -v redis-cli >/dev/null 2>&1 && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; }
+
+wait_for() {
+  local check=$1
+  for _ in $(seq 1 50); do "$check" && return 0; sleep 0.2; done
+  return 1
+}
+
+ensure_postgres() {
+  postgres_up && return 0
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 && can_install; then
+    log "installing PostgreSQL"
+    apt_install postgresql
+  fi
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    log "starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start >/dev/null 2>&1 || true
+    wait_for postgres_up || return 1
+    if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1; then
+      runuser -u postgres -- psql -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" 2>/dev/null | grep -q 1 ||
+        runuser -u postgres -- createdb test 2>/dev/null || true
+    fi
+    return 0
+  fi
+  return 1
+}
+
+ensure_redis() {
+  redis_up && return 0
+  if ! command -v redis-server >/dev/null 2>&1 && can_install; then
+    log "installing Redis"
+    apt_install redis-server
+  fi
+  if command -v redis-server >/dev/null 2>&1; then
+    log "starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+    wait_for redis_up && return 0
+  fi
+  return 1
+}
+
+ensure_services() {
+  local missing=()
+  ensure_postgres || missing+=("PostgreSQL on 127.0.0.1:5432")
+  ensure_redis || missing+=("Redis on 127.0.0.1:6379")
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "${KEYGATE_REQUIRE_SERVICES:-0}" = 1 ]; then
+      log "missing: ${missing[*]} (KEYGATE_REQUIRE_SERVICES=1 forbids skipping)"
+      return 1
+    fi
+    log "missing: ${missing[*]}; tests that need them will say so"
+  fi
+  return 0
+}
