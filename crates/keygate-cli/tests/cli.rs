@@ -285,6 +285,37 @@ async fn cli_drives_a_running_server_and_no_key_reaches_logs_or_the_database() {
         assert!(!output.contains(secret_part(&first)) && !output.contains(secret_part(&second)));
     }
 
+    let other = deployment.ok_json(&["workspaces", "create", "--name", "Temp", "--json"], key);
+    let other_id = other["id"].as_str().unwrap();
+    let updated = deployment.ok_json(
+        &[
+            "workspaces",
+            "update",
+            other_id,
+            "--disabled",
+            "true",
+            "--name",
+            "Temp 2",
+            "--json",
+        ],
+        key,
+    );
+    assert_eq!(
+        (updated["disabled"].as_bool(), updated["name"].as_str()),
+        (Some(true), Some("Temp 2"))
+    );
+    assert_eq!(
+        deployment.ok_json(&["workspaces", "get", other_id, "--json"], key)["name"],
+        "Temp 2"
+    );
+    let table = deployment.ok_text(&["workspaces", "list"], key);
+    assert!(table.contains("Acme") && table.contains("Temp 2"), "{table}");
+    assert!(deployment
+        .ok_text(&["workspaces", "delete", other_id], key)
+        .contains("Deleted"));
+    let gone = deployment.keygate(&["workspaces", "get", other_id], key);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("404 NOT_FOUND"));
+
     let unauthorized = deployment.keygate(&["workspaces", "list"], Some("kg_admin_wrong"));
     assert!(!unauthorized.status.success());
     assert!(String::from_utf8_lossy(&unauthorized.stderr).contains("INVALID_API_KEY"));

@@ -127,17 +127,19 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted_proxies: &[IpNet
     if trusted_proxies.is_empty() {
         return keygate_core::ip::canonical(peer.ip());
     }
-    let values: Vec<&str> = headers
+    let mut values = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let joined = values.join(",");
-    keygate_core::ip::client_ip(
-        peer.ip(),
-        Some(joined.as_str()).filter(|s| !s.is_empty()),
-        trusted_proxies,
-    )
+        .filter_map(|v| v.to_str().ok());
+    match (values.next(), values.next()) {
+        (None, _) => keygate_core::ip::client_ip(peer.ip(), None, trusted_proxies),
+        (Some(only), None) => keygate_core::ip::client_ip(peer.ip(), Some(only), trusted_proxies),
+        // Several headers are one list, in order (RFC 9110 section 5.3).
+        (Some(first), Some(second)) => {
+            let joined = [first, second].into_iter().chain(values).collect::<Vec<_>>().join(",");
+            keygate_core::ip::client_ip(peer.ip(), Some(&joined), trusted_proxies)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -50,12 +50,16 @@ impl GatewayState {
         }
     }
 
-    /// Longest path prefix wins; a route with methods matches only those.
+    /// Longest path prefix wins (`/api` matches `/api` and `/api/x`, not
+    /// `/apix`); a route with methods matches only those.
     fn route_for(&self, method: &Method, path: &str) -> Option<&Route> {
         self.routes
             .iter()
             .filter(|r| r.methods.is_empty() || r.methods.contains(method))
-            .filter(|r| path == r.path || path.starts_with(&format!("{}/", r.path)) || r.path.is_empty())
+            .filter(|r| {
+                path.strip_prefix(r.path.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
             .max_by_key(|r| r.path.len())
     }
 
@@ -73,7 +77,7 @@ async fn handle(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let route = gw.route_for(request.method(), request.uri().path()).cloned();
+    let route = gw.route_for(request.method(), request.uri().path());
     let is_whoami = route.is_none()
         && request.uri().path() == WHOAMI_PATH
         && matches!(*request.method(), Method::GET | Method::HEAD);
@@ -81,8 +85,8 @@ async fn handle(
         return gw.error(&ErrorCode::RouteNotFound.into());
     }
     let client = client_ip(peer, request.headers(), &gw.trusted_proxies);
-    let required_scopes: &[String] = route.as_ref().map_or(&[], |r| &r.scopes);
-    let verified = if route.as_ref().is_none_or(|r| r.auth) {
+    let required_scopes: &[String] = route.map_or(&[], |r| &r.scopes);
+    let verified = if route.is_none_or(|r| r.auth) {
         match authenticate(&gw, request.headers(), client, required_scopes).await {
             Ok(verified) => Some(verified),
             Err(response) => return response,
@@ -91,7 +95,7 @@ async fn handle(
         None
     };
     match (route, verified) {
-        (Some(route), verified) => forward(&gw, &route, request, verified.as_ref(), client).await,
+        (Some(route), verified) => forward(&gw, route, request, verified.as_ref(), client).await,
         (None, Some(verified)) => whoami(&verified),
         (None, None) => gw.error(&ErrorCode::RouteNotFound.into()),
     }

@@ -6,6 +6,7 @@
 mod admin_api;
 mod bad_input;
 mod error_catalog;
+mod forwarding;
 mod lifecycle;
 mod seeds;
 mod support;

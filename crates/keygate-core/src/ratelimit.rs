@@ -1,0 +1,314 @@
+//! Rolling-window rate limits, as pure arithmetic over a clock value.
+//!
+//! # Algorithm: a bucketed sliding window
+//!
+//! A limit of `L` requests per window `W` keeps its counts in buckets of
+//! `g = W / 60` (at least 1 ms). At time `t` the counted requests are those of
+//! every bucket that overlaps `(t - W, t]`, including the oldest bucket that has
+//! only partly left the window. A request is admitted when that count plus its
+//! cost is at most `L`.
+//!
+//! Error bound, in both directions:
+//! - **Never over-admits.** The counted region contains the whole rolling
+//!   window, so in every interval of length `W` at most `L` requests are
+//!   admitted. This is a hard guarantee, checked by a property test against an
+//!   exact log of timestamps.
+//! - **Under-admits by at most about one bucket.** Requests in the oldest
+//!   bucket are still counted for up to one bucket after they have left the
+//!   window. Precisely: with `N = ceil(W / g)`, every counted request is younger
+//!   than the lookback `(N + 1) * g`, which is `W + g` when 60 divides `W` (every
+//!   window in whole minutes: 1 s more for a minute, 1 min more for an hour) and
+//!   below `W + 2g` otherwise. A refusal is therefore always justified by at
+//!   least `L` requests within the lookback.
+//!
+//! The classic "previous window weighted plus current" counter needs only two
+//! numbers but can admit up to `2L` in a rolling window when traffic bunches at
+//! a window edge; the seeds promise a rolling window, so keygate spends 61
+//! counters per active limit to keep that promise exactly.
+
+/// Buckets per window: the granularity is 1/60 of the window.
+pub const BUCKETS: u64 = 60;
+
+/// One limit, ready for arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub requests: u64,
+    pub window_ms: u64,
+}
+
+impl Rule {
+    pub fn new(requests: u64, window_ms: u64) -> Self {
+        Self {
+            requests,
+            window_ms: window_ms.max(1),
+        }
+    }
+
+    pub fn bucket_ms(&self) -> u64 {
+        (self.window_ms / BUCKETS).max(1)
+    }
+
+    /// Whole buckets in one window (`N`); `N + 1` buckets are counted.
+    fn span(&self) -> u64 {
+        self.window_ms.div_ceil(self.bucket_ms())
+    }
+
+    /// How far back counted requests can lie: see the module's error bound.
+    pub fn lookback_ms(&self) -> u64 {
+        (self.span() + 1) * self.bucket_ms()
+    }
+
+    fn bucket_of(&self, now_ms: u64) -> u64 {
+        now_ms / self.bucket_ms()
+    }
+}
+
+/// The counts of one limit: a ring of `N + 1` buckets, allocated on first use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// `(bucket index, count)`; slot `i` holds the bucket whose index is `i` modulo the ring size.
+    slots: Vec<(u64, u64)>,
+}
+
+impl Counter {
+    /// Requests counted against the limit at `now_ms`.
+    pub fn count(&self, rule: &Rule, now_ms: u64) -> u64 {
+        let current = rule.bucket_of(now_ms);
+        let oldest = current.saturating_sub(rule.span());
+        self.slots
+            .iter()
+            .filter(|(index, _)| *index >= oldest && *index <= current)
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    pub fn add(&mut self, rule: &Rule, now_ms: u64, cost: u64) {
+        let size = rule.span() + 1;
+        if self.slots.len() as u64 != size {
+            self.slots = vec![(u64::MAX, 0); size as usize];
+        }
+        let current = rule.bucket_of(now_ms);
+        let slot = &mut self.slots[(current % size) as usize];
+        if slot.0 == current {
+            slot.1 += cost;
+        } else {
+            *slot = (current, cost);
+        }
+    }
+
+    /// The earliest time at which `cost` more requests fit. `now_ms` if they fit now.
+    pub fn admits_at(&self, rule: &Rule, now_ms: u64, cost: u64) -> u64 {
+        let mut count = self.count(rule, now_ms);
+        if count + cost <= rule.requests {
+            return now_ms;
+        }
+        if cost > rule.requests {
+            return u64::MAX;
+        }
+        let current = rule.bucket_of(now_ms);
+        let oldest = current.saturating_sub(rule.span());
+        let mut live: Vec<(u64, u64)> = self
+            .slots
+            .iter()
+            .copied()
+            .filter(|(index, count)| *index >= oldest && *index <= current && *count > 0)
+            .collect();
+        live.sort_unstable();
+        for (index, bucket_count) in live {
+            count -= bucket_count;
+            if count + cost <= rule.requests {
+                return self.leaves_at(rule, index);
+            }
+        }
+        now_ms
+    }
+
+    /// When the oldest counted request stops counting (the limit regains
+    /// capacity), or `now_ms` if nothing is counted.
+    pub fn next_release(&self, rule: &Rule, now_ms: u64) -> u64 {
+        let current = rule.bucket_of(now_ms);
+        let oldest = current.saturating_sub(rule.span());
+        self.slots
+            .iter()
+            .filter(|(index, count)| *index >= oldest && *index <= current && *count > 0)
+            .map(|(index, _)| self.leaves_at(rule, *index))
+            .min()
+            .unwrap_or(now_ms)
+    }
+
+    /// Bucket `b` is counted while the current bucket is at most `b + N`.
+    fn leaves_at(&self, rule: &Rule, index: u64) -> u64 {
+        (index + rule.span() + 1) * rule.bucket_ms()
+    }
+
+    /// True when nothing is counted any more: the counter can be dropped.
+    pub fn is_idle(&self, rule: &Rule, now_ms: u64) -> bool {
+        self.count(rule, now_ms) == 0
+    }
+}
+
+/// How one limit stands after a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitState {
+    pub rule: Rule,
+    /// Requests that still fit now.
+    pub remaining: u64,
+    /// When the limit next admits a request (if exhausted) or regains capacity.
+    pub reset_ms: u64,
+}
+
+/// The decision on one request across every limit that applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// One per limit, in the order given.
+    pub limits: Vec<LimitState>,
+    /// When refused: the time at which every refusing limit admits again.
+    pub retry_at_ms: Option<u64>,
+}
+
+impl Decision {
+    /// The limit closest to exhaustion: the one the `X-RateLimit-*` headers describe.
+    pub fn tightest(&self) -> Option<&LimitState> {
+        self.limits
+            .iter()
+            .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset_ms.cmp(&a.reset_ms)))
+    }
+}
+
+/// Decides a request against several limits as one: either every limit admits
+/// and every counter is charged, or nothing is charged.
+pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64) -> Decision {
+    let allowed = limits
+        .iter()
+        .all(|(rule, counter)| counter.count(rule, now_ms) + cost <= rule.requests);
+    if allowed {
+        for (rule, counter) in limits.iter_mut() {
+            counter.add(rule, now_ms, cost);
+        }
+    }
+    let retry_at_ms = if allowed {
+        None
+    } else {
+        limits
+            .iter()
+            .map(|(rule, counter)| counter.admits_at(rule, now_ms, cost))
+            .max()
+    };
+    let states = limits
+        .iter()
+        .map(|(rule, counter)| {
+            let count = counter.count(rule, now_ms);
+            let remaining = rule.requests.saturating_sub(count);
+            let reset_ms = if remaining == 0 {
+                counter.admits_at(rule, now_ms, 1)
+            } else {
+                counter.next_release(rule, now_ms)
+            };
+            LimitState {
+                rule: *rule,
+                remaining,
+                reset_ms,
+            }
+        })
+        .collect();
+    Decision {
+        allowed,
+        limits: states,
+        retry_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    const MINUTE: u64 = 60_000;
+
+    #[test]
+    fn admits_exactly_the_limit_then_refuses() {
+        let rule = Rule::new(100, MINUTE);
+        let mut counter = Counter::default();
+        let t0 = 1_700_000_000_000;
+        for i in 0..100 {
+            assert!(decide(&mut [(rule, &mut counter)], t0 + i, 1).allowed);
+        }
+        let refused = decide(&mut [(rule, &mut counter)], t0 + 100, 1);
+        assert!(!refused.allowed);
+        assert_eq!(refused.limits[0].remaining, 0);
+        // Everything was admitted within one bucket: it stops counting one
+        // bucket after the window has passed.
+        let retry = refused.retry_at_ms.unwrap();
+        assert!(
+            retry >= t0 + MINUTE && retry <= t0 + MINUTE + rule.bucket_ms(),
+            "{retry}"
+        );
+        assert!(!decide(&mut [(rule, &mut counter)], retry - 1, 1).allowed);
+        assert!(decide(&mut [(rule, &mut counter)], retry, 1).allowed);
+    }
+
+    #[test]
+    fn lookback_is_one_bucket_past_whole_minute_windows() {
+        assert_eq!(Rule::new(1, MINUTE).lookback_ms(), MINUTE + 1_000);
+        assert_eq!(Rule::new(1, 60 * MINUTE).lookback_ms(), 61 * MINUTE);
+    }
+
+    #[test]
+    fn a_refusal_by_one_limit_charges_no_other() {
+        let burst = Rule::new(2, MINUTE);
+        let hourly = Rule::new(1000, 60 * MINUTE);
+        let (mut b, mut h) = (Counter::default(), Counter::default());
+        let t = 5 * 60 * MINUTE;
+        for _ in 0..2 {
+            assert!(decide(&mut [(burst, &mut b), (hourly, &mut h)], t, 1).allowed);
+        }
+        let refused = decide(&mut [(burst, &mut b), (hourly, &mut h)], t, 1);
+        assert!(!refused.allowed);
+        assert_eq!(h.count(&hourly, t), 2);
+        assert_eq!(refused.tightest().unwrap().rule, burst);
+    }
+
+    /// The exact reference: a log of admitted timestamps.
+    struct Log(VecDeque<u64>);
+
+    impl Log {
+        fn in_window(&self, window: u64, end: u64) -> usize {
+            self.0.iter().filter(|&&t| t + window > end && t <= end).count()
+        }
+    }
+
+    proptest! {
+        /// Never more than `L` admitted in any rolling window, and every refusal
+        /// is justified by `L` requests within the lookback.
+        #[test]
+        fn never_over_admits_and_under_admits_by_at_most_one_bucket(
+            requests in 1u64..20,
+            window_s in 1u64..120,
+            gaps in proptest::collection::vec(0u64..5_000, 1..400),
+        ) {
+            let rule = Rule::new(requests, window_s * 1000);
+            let mut counter = Counter::default();
+            let mut log = Log(VecDeque::new());
+            let mut now = 1_000_000_000u64;
+            for gap in gaps {
+                now += gap;
+                let decision = decide(&mut [(rule, &mut counter)], now, 1);
+                if decision.allowed {
+                    log.0.push_back(now);
+                    // Check every rolling window ending at an admitted request.
+                    prop_assert!(log.in_window(rule.window_ms, now) as u64 <= requests);
+                } else {
+                    let justified = log.in_window(rule.lookback_ms(), now) as u64;
+                    prop_assert!(justified >= requests, "refused with only {justified} in the lookback");
+                    prop_assert!(rule.lookback_ms() < rule.window_ms + 2 * rule.bucket_ms());
+                    let retry = decision.retry_at_ms.unwrap();
+                    prop_assert!(retry > now);
+                    let mut probe = counter.clone();
+                    prop_assert!(decide(&mut [(rule, &mut probe)], retry, 1).allowed, "retry time admits");
+                }
+            }
+        }
+    }
+}
