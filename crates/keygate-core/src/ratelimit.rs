@@ -71,6 +71,15 @@ pub struct Counter {
 }
 
 impl Counter {
+    /// Rebuilds a counter from `(bucket index, count)` pairs, as a shared store returns them.
+    pub fn from_buckets(rule: &Rule, buckets: impl IntoIterator<Item = (u64, u64)>) -> Self {
+        let mut counter = Self::default();
+        for (index, count) in buckets {
+            counter.add(rule, index * rule.bucket_ms(), count);
+        }
+        counter
+    }
+
     /// Requests counted against the limit at `now_ms`.
     pub fn count(&self, rule: &Rule, now_ms: u64) -> u64 {
         let current = rule.bucket_of(now_ms);
@@ -177,12 +186,14 @@ impl Decision {
 }
 
 /// Decides a request against several limits as one: either every limit admits
-/// and every counter is charged, or nothing is charged.
-pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64) -> Decision {
+/// and (when `charge`) every counter is charged, or nothing is charged. Without
+/// `charge` it only reports, for dry runs and for the headers of requests
+/// refused for another reason.
+pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charge: bool) -> Decision {
     let allowed = limits
         .iter()
         .all(|(rule, counter)| counter.count(rule, now_ms) + cost <= rule.requests);
-    if allowed {
+    if allowed && charge {
         for (rule, counter) in limits.iter_mut() {
             counter.add(rule, now_ms, cost);
         }
@@ -233,9 +244,9 @@ mod tests {
         let mut counter = Counter::default();
         let t0 = 1_700_000_000_000;
         for i in 0..100 {
-            assert!(decide(&mut [(rule, &mut counter)], t0 + i, 1).allowed);
+            assert!(decide(&mut [(rule, &mut counter)], t0 + i, 1, true).allowed);
         }
-        let refused = decide(&mut [(rule, &mut counter)], t0 + 100, 1);
+        let refused = decide(&mut [(rule, &mut counter)], t0 + 100, 1, true);
         assert!(!refused.allowed);
         assert_eq!(refused.limits[0].remaining, 0);
         // Everything was admitted within one bucket: it stops counting one
@@ -245,8 +256,20 @@ mod tests {
             retry >= t0 + MINUTE && retry <= t0 + MINUTE + rule.bucket_ms(),
             "{retry}"
         );
-        assert!(!decide(&mut [(rule, &mut counter)], retry - 1, 1).allowed);
-        assert!(decide(&mut [(rule, &mut counter)], retry, 1).allowed);
+        assert!(!decide(&mut [(rule, &mut counter)], retry - 1, 1, true).allowed);
+        assert!(decide(&mut [(rule, &mut counter)], retry, 1, true).allowed);
+    }
+
+    #[test]
+    fn a_counter_rebuilt_from_its_buckets_counts_the_same() {
+        let rule = Rule::new(10, MINUTE);
+        let mut counter = Counter::default();
+        counter.add(&rule, 5_000, 2);
+        counter.add(&rule, 30_000, 3);
+        let rebuilt = Counter::from_buckets(&rule, [(5, 2), (30, 3)]);
+        for now in [30_000, 61_000, 65_999, 66_000, 91_000] {
+            assert_eq!(rebuilt.count(&rule, now), counter.count(&rule, now), "{now}");
+        }
     }
 
     #[test]
@@ -262,9 +285,9 @@ mod tests {
         let (mut b, mut h) = (Counter::default(), Counter::default());
         let t = 5 * 60 * MINUTE;
         for _ in 0..2 {
-            assert!(decide(&mut [(burst, &mut b), (hourly, &mut h)], t, 1).allowed);
+            assert!(decide(&mut [(burst, &mut b), (hourly, &mut h)], t, 1, true).allowed);
         }
-        let refused = decide(&mut [(burst, &mut b), (hourly, &mut h)], t, 1);
+        let refused = decide(&mut [(burst, &mut b), (hourly, &mut h)], t, 1, true);
         assert!(!refused.allowed);
         assert_eq!(h.count(&hourly, t), 2);
         assert_eq!(refused.tightest().unwrap().rule, burst);
@@ -294,7 +317,7 @@ mod tests {
             let mut now = 1_000_000_000u64;
             for gap in gaps {
                 now += gap;
-                let decision = decide(&mut [(rule, &mut counter)], now, 1);
+                let decision = decide(&mut [(rule, &mut counter)], now, 1, true);
                 if decision.allowed {
                     log.0.push_back(now);
                     // Check every rolling window ending at an admitted request.
@@ -306,7 +329,7 @@ mod tests {
                     let retry = decision.retry_at_ms.unwrap();
                     prop_assert!(retry > now);
                     let mut probe = counter.clone();
-                    prop_assert!(decide(&mut [(rule, &mut probe)], retry, 1).allowed, "retry time admits");
+                    prop_assert!(decide(&mut [(rule, &mut probe)], retry, 1, true).allowed, "retry time admits");
                 }
             }
         }

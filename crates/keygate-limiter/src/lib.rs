@@ -1,0 +1,131 @@
+//! Rate limiters behind one [`Limiter`] trait.
+//!
+//! - [`memory::MemoryLimiter`]: one node; a mutex per counter, bounded memory,
+//!   idle counters evicted.
+//! - [`redis::RedisLimiter`]: many nodes; every limit of a request decided in one
+//!   Lua round trip, on Redis's clock.
+//! - [`resilient::ResilientLimiter`]: Redis with a short timeout and a circuit
+//!   breaker, falling back to the `on_failure` policy when Redis is unreachable.
+//!
+//! Both backends run the same arithmetic (`keygate_core::ratelimit`): Redis
+//! only stores and returns bucket counts, and the decision's details (remaining,
+//! reset, retry) are computed here from them.
+
+pub mod memory;
+pub mod redis;
+pub mod resilient;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use keygate_core::ratelimit::{Decision, Rule};
+
+/// Whose counter a limit charges, for which resource and window.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    /// A key lineage id (limits per key) or a workspace id (`scope = "workspace"`).
+    pub owner: Arc<str>,
+    pub resource: Arc<str>,
+    pub window_ms: u64,
+}
+
+impl CounterKey {
+    pub fn redis_key(&self) -> String {
+        format!("kg:rl:{}:{}:{}", self.owner, self.resource, self.window_ms)
+    }
+}
+
+/// One limit to decide: its counter and its rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitCheck {
+    pub key: CounterKey,
+    pub rule: Rule,
+}
+
+/// Charge the counters (a real request) or only look (a dry run, or headers
+/// for a request refused for another reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    Consume,
+    DryRun,
+}
+
+/// Whose permits a concurrency limit counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PermitKey {
+    pub owner: Arc<str>,
+    pub resource: Arc<str>,
+}
+
+impl PermitKey {
+    pub fn redis_key(&self) -> String {
+        format!("kg:cc:{}:{}", self.owner, self.resource)
+    }
+}
+
+/// A held concurrency permit; dropping it releases the slot.
+pub struct Permit {
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Permit {
+    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Permit")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LimiterError {
+    #[error("rate-limit backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What `/readyz` says about the limiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimiterHealth {
+    pub backend: &'static str,
+    /// `up`, or `degraded` while a fallback is in use.
+    pub state: &'static str,
+    pub detail: Option<String>,
+}
+
+#[async_trait]
+pub trait Limiter: Send + Sync + 'static {
+    /// Decides every check as one: all admit and all are charged, or nothing is
+    /// charged. `now_ms` is the caller's clock; the Redis backend uses Redis's.
+    async fn check(
+        &self,
+        checks: &[LimitCheck],
+        cost: u64,
+        charge: Charge,
+        now_ms: u64,
+    ) -> Result<Decision, LimiterError>;
+
+    /// Takes a concurrency slot if fewer than `max` are held.
+    async fn acquire(&self, key: &PermitKey, max: u32) -> Result<Option<Permit>, LimiterError>;
+
+    /// The state as last seen, without I/O.
+    fn health(&self) -> LimiterHealth;
+
+    /// Probes the backend (bounded) and reports, for `/readyz`.
+    async fn readiness(&self) -> LimiterHealth {
+        self.health()
+    }
+}

@@ -1,0 +1,355 @@
+//! Both backends against the contract: exact under concurrency, atomic across
+//! limits, shared between instances, and resilient when Redis is cut. Redis
+//! tests use the real local Redis (`KEYGATE_REDIS_URL`, default
+//! `redis://127.0.0.1:6379`) and a TCP proxy the test can cut.
+
+// Test code: a failed expectation should panic where it happened.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keygate_core::ratelimit::Rule;
+use keygate_limiter::memory::MemoryLimiter;
+use keygate_limiter::redis::RedisLimiter;
+use keygate_limiter::resilient::{OnFailure, ResilientLimiter};
+use keygate_limiter::{Charge, CounterKey, LimitCheck, Limiter, PermitKey};
+use tokio::net::{TcpListener, TcpStream};
+
+const MINUTE: u64 = 60_000;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// The local Redis, or `None` (skip) unless KEYGATE_REQUIRE_SERVICES=1 demands it.
+async fn redis_url() -> Option<String> {
+    let url = std::env::var("KEYGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let probe = RedisLimiter::new(&url, Duration::from_secs(2)).unwrap();
+    match probe.ping().await {
+        Ok(()) => Some(url),
+        Err(err) if std::env::var("KEYGATE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("Redis is required (KEYGATE_REQUIRE_SERVICES=1) but unreachable at {url}: {err}")
+        }
+        Err(err) => {
+            eprintln!("skipped: Redis unreachable at {url}: {err}");
+            None
+        }
+    }
+}
+
+/// A fresh owner per test run, so runs never share counters.
+fn owner(name: &str) -> Arc<str> {
+    Arc::from(format!("test-{name}-{:x}", rand::random::<u64>()))
+}
+
+fn check(owner: &Arc<str>, requests: u64, window_ms: u64) -> LimitCheck {
+    LimitCheck {
+        key: CounterKey {
+            owner: owner.clone(),
+            resource: Arc::from("default"),
+            window_ms,
+        },
+        rule: Rule::new(requests, window_ms),
+    }
+}
+
+/// 64 tasks hammer the same limits; returns how many requests were admitted.
+async fn hammer(limiters: Vec<Arc<dyn Limiter>>, checks: Vec<LimitCheck>, attempts_per_task: usize) -> usize {
+    let checks = Arc::new(checks);
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let limiter = limiters[i % limiters.len()].clone();
+            let checks = checks.clone();
+            tokio::spawn(async move {
+                let mut admitted = 0;
+                for _ in 0..attempts_per_task {
+                    if limiter
+                        .check(&checks, 1, Charge::Consume, now_ms())
+                        .await
+                        .unwrap()
+                        .allowed
+                    {
+                        admitted += 1;
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total
+}
+
+async fn exact_under_concurrency(limiter: Arc<dyn Limiter>) {
+    let owner = owner("exact");
+    assert_eq!(
+        hammer(vec![limiter.clone()], vec![check(&owner, 100, MINUTE)], 4).await,
+        100
+    );
+
+    let two = owner.to_string() + "-two";
+    let two: Arc<str> = Arc::from(two);
+    let checks = vec![check(&two, 100, MINUTE), check(&two, 1000, 60 * MINUTE)];
+    assert_eq!(
+        hammer(vec![limiter.clone()], checks.clone(), 4).await,
+        100,
+        "the tighter limit decides"
+    );
+    let after = limiter.check(&checks, 1, Charge::DryRun, now_ms()).await.unwrap();
+    assert_eq!(
+        after.limits[1].remaining, 900,
+        "refused requests consumed nothing from the hourly limit"
+    );
+    assert_eq!(after.tightest().unwrap().rule.window_ms, MINUTE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_is_exact_under_concurrency() {
+    exact_under_concurrency(Arc::new(MemoryLimiter::new(10_000))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_is_exact_under_concurrency() {
+    let Some(url) = redis_url().await else { return };
+    exact_under_concurrency(Arc::new(RedisLimiter::new(&url, Duration::from_secs(2)).unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_redis_limiters_share_one_limit() {
+    let Some(url) = redis_url().await else { return };
+    let a: Arc<dyn Limiter> = Arc::new(RedisLimiter::new(&url, Duration::from_secs(2)).unwrap());
+    let b: Arc<dyn Limiter> = Arc::new(RedisLimiter::new(&url, Duration::from_secs(2)).unwrap());
+    let owner = owner("shared");
+    assert_eq!(hammer(vec![a, b], vec![check(&owner, 100, MINUTE)], 4).await, 100);
+}
+
+#[tokio::test]
+async fn backends_agree_on_the_details() {
+    let Some(url) = redis_url().await else { return };
+    let owner = owner("agree");
+    let memory = MemoryLimiter::new(100);
+    let redis = RedisLimiter::new(&url, Duration::from_secs(2)).unwrap();
+    let checks = vec![check(&owner, 3, MINUTE)];
+    for _ in 0..3 {
+        assert!(
+            redis
+                .check(&checks, 1, Charge::Consume, now_ms())
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            memory
+                .check(&checks, 1, Charge::Consume, now_ms())
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    let (r, m) = (
+        redis.check(&checks, 1, Charge::Consume, now_ms()).await.unwrap(),
+        memory.check(&checks, 1, Charge::Consume, now_ms()).await.unwrap(),
+    );
+    assert!(!r.allowed && !m.allowed);
+    assert_eq!((r.limits[0].remaining, m.limits[0].remaining), (0, 0));
+    let (r_retry, m_retry) = (r.retry_at_ms.unwrap(), m.retry_at_ms.unwrap());
+    assert!(
+        r_retry.abs_diff(m_retry) <= 2_000,
+        "both retry about a minute later: {r_retry} vs {m_retry}"
+    );
+}
+
+async fn permits_are_bounded_and_released(limiter: Arc<dyn Limiter>) {
+    let key = PermitKey {
+        owner: owner("permits"),
+        resource: Arc::from("websocket"),
+    };
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(limiter.acquire(&key, 5).await.unwrap().expect("a slot"));
+    }
+    assert!(
+        limiter.acquire(&key, 5).await.unwrap().is_none(),
+        "the sixth is refused"
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(50)).await; // Redis releases asynchronously.
+    let again = limiter.acquire(&key, 5).await.unwrap();
+    assert!(again.is_some(), "a released slot is reusable");
+}
+
+#[tokio::test]
+async fn memory_permits() {
+    permits_are_bounded_and_released(Arc::new(MemoryLimiter::new(100))).await;
+}
+
+#[tokio::test]
+async fn redis_permits() {
+    let Some(url) = redis_url().await else { return };
+    permits_are_bounded_and_released(Arc::new(RedisLimiter::new(&url, Duration::from_secs(2)).unwrap())).await;
+}
+
+/// A TCP proxy in front of Redis that the test can cut: while cut, it accepts
+/// connections and forwards nothing, like a hung network.
+struct CuttableProxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl CuttableProxy {
+    async fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+        // Let every connection task see the change before the test goes on.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn hang_forever() {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+}
+
+async fn cuttable_proxy(target: &str) -> CuttableProxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cut, watch) = tokio::sync::watch::channel(false);
+    let target = target.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let (mut watch, target) = (watch.clone(), target.clone());
+            tokio::spawn(async move {
+                let already_cut = *watch.borrow_and_update();
+                if already_cut {
+                    return hang_forever().await;
+                }
+                let Ok(mut upstream) = TcpStream::connect(&target).await else {
+                    return;
+                };
+                let cut = async move {
+                    let _ = watch.wait_for(|cut| *cut).await;
+                };
+                let forwarding_ended = tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => true,
+                    () = cut => false,
+                };
+                if !forwarding_ended {
+                    hang_forever().await;
+                }
+            });
+        }
+    });
+    CuttableProxy { addr, cut }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_redis_falls_back_quickly_and_recovers() {
+    let Some(url) = redis_url().await else { return };
+    let target = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    let proxy = cuttable_proxy(&target).await;
+    let through_proxy = format!("redis://{}", proxy.addr);
+    let timeout = Duration::from_millis(50);
+    let local = Arc::new(MemoryLimiter::new(1_000));
+    let limiter = ResilientLimiter::new(
+        RedisLimiter::new(&through_proxy, timeout).unwrap(),
+        local,
+        OnFailure::Local,
+        timeout,
+    )
+    .with_cool_down(Duration::from_millis(300));
+    let owner = owner("cut");
+    let checks = vec![check(&owner, 10, MINUTE)];
+    let direct = RedisLimiter::new(&url, Duration::from_secs(2)).unwrap();
+
+    for _ in 0..3 {
+        assert!(
+            limiter
+                .check(&checks, 1, Charge::Consume, now_ms())
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    assert_eq!(limiter.fallbacks(), 0);
+    assert_eq!(limiter.readiness().await.state, "up");
+    let in_redis = direct.check(&checks, 1, Charge::DryRun, now_ms()).await.unwrap();
+    assert_eq!(in_redis.limits[0].remaining, 7, "enforced in Redis before the cut");
+
+    proxy.set_cut(true).await;
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut admitted = 0;
+    for _ in 0..20 {
+        let call = Instant::now();
+        let decision = limiter
+            .check(&checks, 1, Charge::Consume, now_ms())
+            .await
+            .expect("never an error with on_failure = local");
+        slowest = slowest.max(call.elapsed());
+        admitted += usize::from(decision.allowed);
+    }
+    assert_eq!(admitted, 10, "local enforcement of the same limit during the cut");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "each answer is bounded by the timeout, not the TCP timeout: {slowest:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the breaker stops waiting on Redis: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(limiter.health().state, "degraded");
+    assert!(limiter.fallbacks() >= 20);
+
+    proxy.set_cut(false).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let _ = limiter.check(&checks, 1, Charge::DryRun, now_ms()).await;
+        if limiter.readiness().await.state == "up" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery after Redis came back");
+    }
+    let before = direct.check(&checks, 1, Charge::DryRun, now_ms()).await.unwrap().limits[0].remaining;
+    assert!(
+        limiter
+            .check(&checks, 1, Charge::Consume, now_ms())
+            .await
+            .unwrap()
+            .allowed
+    );
+    let after = direct.check(&checks, 1, Charge::DryRun, now_ms()).await.unwrap().limits[0].remaining;
+    assert_eq!(after + 1, before, "enforcement is back in Redis");
+}
+
+#[tokio::test]
+async fn allow_and_deny_policies() {
+    let Some(_) = redis_url().await else { return };
+    let dead = "redis://127.0.0.1:1";
+    let checks = vec![check(&owner("policy"), 1, MINUTE)];
+    let timeout = Duration::from_millis(50);
+    let allow = ResilientLimiter::new(
+        RedisLimiter::new(dead, timeout).unwrap(),
+        Arc::new(MemoryLimiter::new(10)),
+        OnFailure::Allow,
+        timeout,
+    );
+    for _ in 0..3 {
+        let decision = allow.check(&checks, 1, Charge::Consume, now_ms()).await.unwrap();
+        assert!(decision.allowed && decision.limits.is_empty());
+    }
+    let deny = ResilientLimiter::new(
+        RedisLimiter::new(dead, timeout).unwrap(),
+        Arc::new(MemoryLimiter::new(10)),
+        OnFailure::Deny,
+        timeout,
+    );
+    assert!(deny.check(&checks, 1, Charge::Consume, now_ms()).await.is_err());
+    assert_eq!(deny.readiness().await.state, "degraded");
+}
