@@ -46,6 +46,21 @@ enum KeysCommand {
         /// Repeat for several CIDRs.
         #[arg(long = "ip")]
         ip_allowlist: Vec<String>,
+        /// Per-key limit override: `100/1m`, `uploads:100/1h`, `workspace:1000/1d`... Repeatable.
+        #[arg(long = "limit", value_parser = parse_limit)]
+        limits: Vec<Value>,
+    },
+    /// Change a key's name, scopes or limit overrides.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Replaces the scopes; repeat for several.
+        #[arg(long = "scope")]
+        scopes: Option<Vec<String>>,
+        /// Replaces the limit overrides; repeat for several (`100/1m`, `uploads:100/1h`).
+        #[arg(long = "limit", value_parser = parse_limit)]
+        limits: Option<Vec<Value>>,
     },
     /// List a workspace's keys.
     List {
@@ -106,6 +121,9 @@ enum WorkspacesCommand {
         plan: Option<String>,
         #[arg(long = "ip")]
         ip_allowlist: Vec<String>,
+        /// Workspace limit override ("enterprise: custom"): `5000/1m`, `uploads:1000/1h`. Repeatable.
+        #[arg(long = "limit", value_parser = parse_limit)]
+        limits: Vec<Value>,
     },
     List {
         #[arg(long)]
@@ -127,6 +145,9 @@ enum WorkspacesCommand {
         /// Replaces the allowlist; repeat for several CIDRs.
         #[arg(long = "ip")]
         ip_allowlist: Option<Vec<String>>,
+        /// Replaces the limit overrides; repeat for several.
+        #[arg(long = "limit", value_parser = parse_limit)]
+        limits: Option<Vec<Value>>,
     },
     Delete {
         id: String,
@@ -202,6 +223,27 @@ impl Api {
     }
 }
 
+/// `[scope:][resource:]REQUESTS/PER`, e.g. `100/1m`, `uploads:100/1h`,
+/// `workspace:uploads:1000/1d`. The server validates the values.
+fn parse_limit(text: &str) -> Result<Value, String> {
+    let (prefix, rate) = match text.rsplit_once(':') {
+        Some((prefix, rate)) => (Some(prefix), rate),
+        None => (None, text),
+    };
+    let (requests, per) = rate.split_once('/').ok_or("expected REQUESTS/PER, e.g. 100/1m")?;
+    let requests: u64 = requests
+        .parse()
+        .map_err(|_| format!("`{requests}` is not a number of requests"))?;
+    let mut limit = json!({"requests": requests, "per": per});
+    for part in prefix.into_iter().flat_map(|p| p.split(':')) {
+        match part {
+            "workspace" | "key" => limit["scope"] = json!(part),
+            resource => limit["resource"] = json!(resource),
+        }
+    }
+    Ok(limit)
+}
+
 fn object(pairs: Vec<(&str, Option<Value>)>) -> Value {
     let map: Map<String, Value> = pairs
         .into_iter()
@@ -237,6 +279,7 @@ pub async fn keys(args: KeysArgs) -> Result<(), String> {
             scopes,
             expires_in,
             ip_allowlist,
+            limits,
         } => {
             let body = object(vec![
                 ("name", Some(json!(name))),
@@ -244,6 +287,7 @@ pub async fn keys(args: KeysArgs) -> Result<(), String> {
                 ("scopes", Some(json!(scopes))),
                 ("expires_in", expires_in.map(Value::from)),
                 ("ip_allowlist", Some(json!(ip_allowlist))),
+                ("limits", Some(json!(limits))),
             ]);
             let created = api
                 .call(
@@ -272,6 +316,24 @@ pub async fn keys(args: KeysArgs) -> Result<(), String> {
                 .call(Method::GET, &format!("/v1/workspaces/{workspace}/keys"), &query, None)
                 .await?;
             output::print(&list, json, KEY_COLUMNS);
+        }
+        KeysCommand::Update {
+            id,
+            name,
+            scopes,
+            limits,
+        } => {
+            let body = object(vec![
+                ("name", name.map(Value::from)),
+                ("scopes", scopes.map(|s| json!(s))),
+                ("limits", limits.map(|l| json!(l))),
+            ]);
+            output::print(
+                &api.call(Method::PATCH, &format!("/v1/keys/{id}"), &[], Some(body))
+                    .await?,
+                json,
+                &[],
+            );
         }
         KeysCommand::Get { id } => output::print(
             &api.call(Method::GET, &format!("/v1/keys/{id}"), &[], None).await?,
@@ -320,11 +382,13 @@ pub async fn workspaces(args: WorkspacesArgs) -> Result<(), String> {
             name,
             plan,
             ip_allowlist,
+            limits,
         } => {
             let body = object(vec![
                 ("name", Some(json!(name))),
                 ("plan", plan.map(Value::from)),
                 ("ip_allowlist", Some(json!(ip_allowlist))),
+                ("limits", Some(json!(limits))),
             ]);
             output::print(
                 &api.call(Method::POST, "/v1/workspaces", &[], Some(body)).await?,
@@ -352,12 +416,14 @@ pub async fn workspaces(args: WorkspacesArgs) -> Result<(), String> {
             plan,
             disabled,
             ip_allowlist,
+            limits,
         } => {
             let body = object(vec![
                 ("name", name.map(Value::from)),
                 ("plan", plan.map(Value::from)),
                 ("disabled", disabled.map(Value::from)),
                 ("ip_allowlist", ip_allowlist.map(|l| json!(l))),
+                ("limits", limits.map(|l| json!(l))),
             ]);
             output::print(
                 &api.call(Method::PATCH, &format!("/v1/workspaces/{id}"), &[], Some(body))

@@ -127,7 +127,9 @@ async fn wait_for_signal() {
 pub async fn create_admin_key(explicit: Option<&Path>, name: &str, json: bool) -> Result<(), String> {
     let (_, settings) = load_settings(explicit, None)?;
     let store = open_store(&settings.store_url).await?;
-    let engine = Engine::new(store, Arc::new(SystemClock), settings.engine);
+    // Creating a key charges no limits; the memory limiter satisfies the engine.
+    let limiter = Arc::new(keygate_limiter::memory::MemoryLimiter::new(1));
+    let engine = Engine::new(store, Arc::new(SystemClock), limiter, settings.engine);
     let (key, plaintext) = engine.create_admin_key(name).await.map_err(|e| e.to_string())?;
     if json {
         println!(

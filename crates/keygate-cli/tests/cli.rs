@@ -285,7 +285,34 @@ async fn cli_drives_a_running_server_and_no_key_reaches_logs_or_the_database() {
         assert!(!output.contains(secret_part(&first)) && !output.contains(secret_part(&second)));
     }
 
-    let other = deployment.ok_json(&["workspaces", "create", "--name", "Temp", "--json"], key);
+    let limited = deployment.ok_json(
+        &[
+            "keys",
+            "update",
+            key_id,
+            "--limit",
+            "100/1m",
+            "--limit",
+            "workspace:uploads:1000/1d",
+            "--json",
+        ],
+        key,
+    );
+    assert_eq!(
+        limited["limits"],
+        serde_json::json!([
+            {"resource": "default", "requests": 100, "per": "1m", "scope": "key"},
+            {"resource": "uploads", "requests": 1000, "per": "1d", "scope": "workspace"}
+        ])
+    );
+    let bad_limit = deployment.keygate(&["keys", "update", key_id, "--limit", "100/5x"], key);
+    assert!(String::from_utf8_lossy(&bad_limit.stderr).contains("422 VALIDATION_ERROR"));
+
+    let other = deployment.ok_json(
+        &["workspaces", "create", "--name", "Temp", "--limit", "5000/1m", "--json"],
+        key,
+    );
+    assert_eq!(other["limits"][0]["requests"], 5000);
     let other_id = other["id"].as_str().unwrap();
     let updated = deployment.ok_json(
         &[

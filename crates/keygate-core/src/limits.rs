@@ -52,6 +52,71 @@ pub enum LimitError {
     Resource(String),
     #[error("at most 32 limits are allowed")]
     TooMany,
+    #[error("two limits for resource `{resource}` per {per} with the same scope; keep one")]
+    Duplicate { resource: String, per: String },
+    #[error("concurrency `max` for `{0}` must be at least 1")]
+    ZeroConcurrency(String),
+}
+
+/// At most `max` requests of `resource` in flight per key lineage (WebSocket
+/// connections, long downloads).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencySpec {
+    #[serde(default = "default_resource")]
+    pub resource: String,
+    pub max: u32,
+}
+
+/// A plan from the config: the limits every workspace on it gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Plan {
+    pub limits: Vec<LimitSpec>,
+    pub concurrency: Vec<ConcurrencySpec>,
+}
+
+impl Plan {
+    pub fn validate(&self) -> Result<Plan, LimitError> {
+        if let Some(zero) = self.concurrency.iter().find(|c| c.max == 0) {
+            return Err(LimitError::ZeroConcurrency(zero.resource.clone()));
+        }
+        if let Some(bad) = self.concurrency.iter().find(|c| !is_resource_name(&c.resource)) {
+            return Err(LimitError::Resource(bad.resource.clone()));
+        }
+        Ok(Plan {
+            limits: validate_limits(&self.limits)?,
+            concurrency: self.concurrency.clone(),
+        })
+    }
+
+    pub fn concurrency_for(&self, resource: &str) -> Option<u32> {
+        self.concurrency.iter().find(|c| c.resource == resource).map(|c| c.max)
+    }
+}
+
+/// The limits a request to `resource` counts against. Layers, most specific
+/// first: the key's overrides, the workspace's overrides, the plan. For each
+/// resource the first layer that names it wins entirely. A resource no layer
+/// names falls back to the `default` resource's limits.
+pub fn effective_limits<'a>(
+    plan: &'a [LimitSpec],
+    workspace: &'a [LimitSpec],
+    key: &'a [LimitSpec],
+    resource: &str,
+) -> Vec<&'a LimitSpec> {
+    let for_resource = |resource: &str| -> Vec<&'a LimitSpec> {
+        [key, workspace, plan]
+            .into_iter()
+            .map(|layer| layer.iter().filter(|l| l.resource == resource).collect::<Vec<_>>())
+            .find(|found| !found.is_empty())
+            .unwrap_or_default()
+    };
+    let found = for_resource(resource);
+    if found.is_empty() && resource != DEFAULT_RESOURCE {
+        return for_resource(DEFAULT_RESOURCE);
+    }
+    found
 }
 
 impl LimitSpec {
@@ -70,7 +135,7 @@ pub fn validate_limits(limits: &[LimitSpec]) -> Result<Vec<LimitSpec>, LimitErro
     if limits.len() > MAX_LIMITS {
         return Err(LimitError::TooMany);
     }
-    limits
+    let validated: Vec<LimitSpec> = limits
         .iter()
         .map(|limit| {
             if limit.requests == 0 {
@@ -84,7 +149,20 @@ pub fn validate_limits(limits: &[LimitSpec]) -> Result<Vec<LimitSpec>, LimitErro
                 ..limit.clone()
             })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    // Two limits on one counter would share it; refuse rather than guess.
+    for (i, a) in validated.iter().enumerate() {
+        if validated[..i]
+            .iter()
+            .any(|b| a.resource == b.resource && a.per == b.per && a.scope == b.scope)
+        {
+            return Err(LimitError::Duplicate {
+                resource: a.resource.clone(),
+                per: a.per.clone(),
+            });
+        }
+    }
+    Ok(validated)
 }
 
 fn is_resource_name(s: &str) -> bool {
@@ -105,6 +183,56 @@ mod tests {
             per: per.into(),
             scope: LimitScope::Key,
         }
+    }
+
+    #[test]
+    fn the_most_specific_layer_wins_per_resource() {
+        let plan = [
+            spec(100, "1m"),
+            LimitSpec {
+                resource: "uploads".into(),
+                ..spec(100, "1h")
+            },
+        ];
+        let workspace = [spec(1000, "1m")];
+        let key = [LimitSpec {
+            resource: "uploads".into(),
+            ..spec(5, "1h")
+        }];
+        let requests = |v: Vec<&LimitSpec>| v.iter().map(|l| l.requests).collect::<Vec<_>>();
+        assert_eq!(requests(effective_limits(&plan, &workspace, &key, "default")), [1000]);
+        assert_eq!(requests(effective_limits(&plan, &workspace, &key, "uploads")), [5]);
+        assert_eq!(requests(effective_limits(&plan, &[], &[], "uploads")), [100]);
+        assert_eq!(
+            requests(effective_limits(&plan, &[], &[], "exports")),
+            [100],
+            "falls back to default"
+        );
+        assert!(effective_limits(&[], &[], &[], "default").is_empty());
+    }
+
+    #[test]
+    fn duplicates_and_bad_plans_are_refused() {
+        assert!(matches!(
+            validate_limits(&[spec(1, "1m"), spec(2, "60s")]),
+            Err(LimitError::Duplicate { .. })
+        ));
+        let both_scopes = [
+            spec(1, "1m"),
+            LimitSpec {
+                scope: LimitScope::Workspace,
+                ..spec(2, "1m")
+            },
+        ];
+        assert!(validate_limits(&both_scopes).is_ok());
+        let plan = Plan {
+            limits: vec![],
+            concurrency: vec![ConcurrencySpec {
+                resource: "websocket".into(),
+                max: 0,
+            }],
+        };
+        assert!(matches!(plan.validate(), Err(LimitError::ZeroConcurrency(_))));
     }
 
     #[test]

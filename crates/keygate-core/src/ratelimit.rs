@@ -170,6 +170,8 @@ pub struct LimitState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
+    /// The time of the decision on the deciding clock (Redis's for the Redis backend).
+    pub now_ms: u64,
     /// One per limit, in the order given.
     pub limits: Vec<LimitState>,
     /// When refused: the time at which every refusing limit admits again.
@@ -177,6 +179,20 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The refusing limit that admits last: the one a 429 names.
+    pub fn refusing(&self) -> Option<&LimitState> {
+        self.limits
+            .iter()
+            .filter(|l| l.remaining == 0)
+            .max_by_key(|l| l.reset_ms)
+    }
+
+    /// Whole seconds to wait, rounded up so a client never retries too early.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_at_ms
+            .map(|at| at.saturating_sub(self.now_ms).div_ceil(1000).max(1))
+    }
+
     /// The limit closest to exhaustion: the one the `X-RateLimit-*` headers describe.
     pub fn tightest(&self) -> Option<&LimitState> {
         self.limits
@@ -225,6 +241,7 @@ pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charg
         .collect();
     Decision {
         allowed,
+        now_ms,
         limits: states,
         retry_at_ms,
     }

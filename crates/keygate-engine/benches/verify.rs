@@ -1,27 +1,52 @@
-//! The hot path: `Engine::verify` for a cached valid key, an unknown key
-//! (answered by the negative cache) and a malformed key (answered by the
-//! checksum, before any hashing or lookup).
+//! The hot path: `Engine::verify` for a cached valid key (without limits, and
+//! with two memory-backed rate limits), an unknown key (answered by the
+//! negative cache) and a malformed key (answered by the checksum, before any
+//! hashing or lookup).
 //!
 //! Run: `cargo bench -p keygate-engine --bench verify`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::executor::block_on;
+use keygate_core::limits::{LimitScope, LimitSpec, Plan};
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::KeyFormat;
 use keygate_engine::admin::{NewKey, NewWorkspace};
 use keygate_engine::{Actor, Engine, EngineSettings, SystemClock, VerifyRequest};
+use keygate_limiter::memory::MemoryLimiter;
 use keygate_store::sqlite::SqliteStore;
 
-fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, String) {
+fn limit(requests: u64, per: &str) -> LimitSpec {
+    LimitSpec {
+        resource: "default".into(),
+        requests,
+        per: per.into(),
+        scope: LimitScope::Key,
+    }
+}
+
+/// An engine with a key on a plan without limits and a key on a plan with
+/// 1000/hour and 100/minute (never reached: the bench measures admitted requests).
+fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, String, String) {
     runtime.block_on(async {
         let store = SqliteStore::open(&format!("sqlite://{}/bench.db", dir.display()))
             .await
             .unwrap();
+        let plans = BTreeMap::from([
+            ("unlimited".to_owned(), Plan::default()),
+            (
+                "team".to_owned(),
+                Plan {
+                    limits: vec![limit(u64::MAX / 2, "1h"), limit(u64::MAX / 4, "1m")],
+                    concurrency: vec![],
+                },
+            ),
+        ]);
         let settings = EngineSettings {
             key_format: KeyFormat::new("kg", &["live".into()]).unwrap(),
             cache_capacity: 100_000,
@@ -33,27 +58,36 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
             },
             default_rotation_grace: Duration::from_secs(3600),
             max_metadata_bytes: 4096,
-            plans: Default::default(),
+            plans,
+            default_plan: None,
         };
-        let engine = Engine::new(Arc::new(store), Arc::new(SystemClock), settings);
-        let ws = engine
-            .create_workspace(
-                &Actor::cli(),
-                NewWorkspace {
-                    name: "bench".into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let input = NewKey {
-            name: "bench".into(),
-            scopes: vec!["invoices:*".into()],
-            ..Default::default()
-        };
-        let (_, key) = engine.create_key(&Actor::cli(), &ws.id, input).await.unwrap();
-        (engine, key.expose().to_owned())
+        let limiter = Arc::new(MemoryLimiter::new(100_000));
+        let engine = Engine::new(Arc::new(store), Arc::new(SystemClock), limiter, settings);
+        let mut keys = Vec::new();
+        for plan in ["unlimited", "team"] {
+            let input = NewWorkspace {
+                name: plan.into(),
+                plan: Some(plan.into()),
+                ..Default::default()
+            };
+            let ws = engine.create_workspace(&Actor::cli(), input).await.unwrap();
+            let input = NewKey {
+                name: "bench".into(),
+                scopes: vec!["invoices:*".into()],
+                ..Default::default()
+            };
+            let (_, key) = engine.create_key(&Actor::cli(), &ws.id, input).await.unwrap();
+            keys.push(key.expose().to_owned());
+        }
+        (engine, keys.remove(0), keys.remove(0))
     })
+}
+
+fn with_scopes<'a>(key: &'a str, scopes: &'a [String], ip: Option<std::net::IpAddr>) -> VerifyRequest<'a> {
+    VerifyRequest {
+        required_scopes: scopes,
+        ..VerifyRequest::new(key, ip)
+    }
 }
 
 fn verify(c: &mut Criterion) {
@@ -62,74 +96,40 @@ fn verify(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (engine, key) = engine(&runtime, dir.path());
+    let (engine, unlimited, limited) = engine(&runtime, dir.path());
     let scopes = vec!["invoices:write".to_owned()];
     let ip = Some([203, 0, 113, 7].into());
     let unknown = KeyFormat::new("kg", &["live".into()])
         .unwrap()
         .generate("live", &mut rand::thread_rng())
         .unwrap();
-    let mut malformed = key.clone();
+    let mut malformed = unlimited.clone();
     malformed.pop();
     malformed.push('!');
+    let request = |key| with_scopes(key, &scopes, ip);
 
     // Warm the caches: the benchmarks measure the steady state.
     runtime.block_on(async {
-        engine
-            .verify(VerifyRequest {
-                presented: &key,
-                client_ip: ip,
-                required_scopes: &scopes,
-                record: true,
-            })
-            .await
-            .unwrap();
-        let _ = engine
-            .verify(VerifyRequest {
-                presented: unknown.expose(),
-                client_ip: None,
-                required_scopes: &[],
-                record: true,
-            })
-            .await;
+        engine.verify(request(&unlimited)).await.unwrap();
+        engine.verify(request(&limited)).await.unwrap();
+        let _ = engine.verify(VerifyRequest::new(unknown.expose(), None)).await;
     });
 
     let mut group = c.benchmark_group("verify");
     group.bench_function("cached_valid_key", |b| {
-        b.iter(|| {
-            let request = VerifyRequest {
-                presented: &key,
-                client_ip: ip,
-                required_scopes: &scopes,
-                record: true,
-            };
-            block_on(engine.verify(request)).unwrap()
-        })
+        b.iter(|| block_on(engine.verify(request(&unlimited))).unwrap())
+    });
+    group.bench_function("cached_valid_key_two_limits", |b| {
+        b.iter(|| block_on(engine.verify(request(&limited))).unwrap())
     });
     group.bench_function("unknown_key", |b| {
-        b.iter(|| {
-            let request = VerifyRequest {
-                presented: unknown.expose(),
-                client_ip: None,
-                required_scopes: &[],
-                record: true,
-            };
-            block_on(engine.verify(request)).unwrap_err()
-        })
+        b.iter(|| block_on(engine.verify(VerifyRequest::new(unknown.expose(), None))).unwrap_err())
     });
     group.bench_function("malformed_key", |b| {
-        b.iter(|| {
-            let request = VerifyRequest {
-                presented: &malformed,
-                client_ip: None,
-                required_scopes: &[],
-                record: true,
-            };
-            block_on(engine.verify(request)).unwrap_err()
-        })
+        b.iter(|| block_on(engine.verify(VerifyRequest::new(&malformed, None))).unwrap_err())
     });
     group.bench_function("sha256_of_a_key", |b| {
-        b.iter(|| keygate_core::KeyHash::of(std::hint::black_box(&key)))
+        b.iter(|| keygate_core::KeyHash::of(std::hint::black_box(&unlimited)))
     });
     group.finish();
 }

@@ -22,7 +22,7 @@ use keygate_core::{duration::parse_duration, ErrorCode, PlaintextKey};
 use keygate_store::{AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome, UsageCount};
 use serde_json::{json, Map, Value};
 
-use crate::verifier::{Engine, Rejection, Verified, VerifyRequest};
+use crate::verifier::{Engine, LimitMode, Rejection, Verified, VerifyRequest};
 use crate::AdminError;
 
 /// The scope a workspace key needs to manage its workspace's keys.
@@ -180,11 +180,10 @@ impl Engine {
     /// Authenticates an admin API call: the key must be valid for the caller's
     /// address and be an admin key or hold `keys:manage`.
     pub async fn authenticate_admin(&self, presented: &str, client_ip: IpAddr) -> Result<Actor, Rejection> {
+        // The control plane is not rate-limited by plans: limits are for the API behind the gateway.
         let request = VerifyRequest {
-            presented,
-            client_ip: Some(client_ip),
-            required_scopes: &[],
-            record: true,
+            limits: LimitMode::Skip,
+            ..VerifyRequest::new(presented, Some(client_ip))
         };
         let verified = self.verify(request).await?;
         let cached = &verified.key;
@@ -197,6 +196,7 @@ impl Engine {
                 error: ErrorInstance::new(ErrorCode::Forbidden)
                     .with_message("This API key may not use the admin API: it needs the keys:manage scope."),
                 key: Some(verified.key.clone()),
+                limits: None,
             });
         };
         Ok(Actor {
@@ -214,12 +214,15 @@ impl Engine {
         presented: &str,
         required_scopes: &[String],
         client_ip: Option<IpAddr>,
+        resource: &str,
         dry_run: bool,
     ) -> Result<Verified, Rejection> {
         let request = VerifyRequest {
             presented,
             client_ip,
             required_scopes,
+            resource,
+            limits: if dry_run { LimitMode::DryRun } else { LimitMode::Enforce },
             record: !dry_run,
         };
         let visible = |workspace_id: &str| actor.can_see(workspace_id);
@@ -229,6 +232,7 @@ impl Engine {
             _ => Err(Rejection {
                 error: ErrorInstance::new(ErrorCode::InvalidApiKey),
                 key: None,
+                limits: None,
             }),
         }
     }
@@ -257,8 +261,8 @@ impl Engine {
 
     fn validate_plan(&self, plan: Option<String>) -> Result<Option<String>, AdminError> {
         match plan {
-            Some(plan) if !self.settings.plans.contains(&plan) => {
-                let known: Vec<&str> = self.settings.plans.iter().map(String::as_str).collect();
+            Some(plan) if !self.settings.plans.contains_key(&plan) => {
+                let known: Vec<&str> = self.settings.plans.keys().map(String::as_str).collect();
                 Err(AdminError::validation(
                     "plan",
                     format!("unknown plan `{plan}`; configured plans: [{}]", known.join(", ")),

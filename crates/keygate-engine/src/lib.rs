@@ -8,10 +8,13 @@
 pub mod admin;
 pub mod clock;
 mod error;
+mod limits;
+
+pub use limits::RateLimits;
 pub mod usage;
 mod verifier;
 
 pub use admin::{Actor, ActorScope};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::AdminError;
-pub use verifier::{CachedKey, Engine, EngineSettings, Rejection, Verified, VerifyRequest};
+pub use verifier::{CachedKey, Engine, EngineSettings, LimitMode, Rejection, Verified, VerifyRequest};

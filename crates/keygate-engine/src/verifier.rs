@@ -1,9 +1,10 @@
 //! The verify path: presented key -> decision.
 //!
-//! Steps 2 to 6 of the request flow. A cached key costs a SHA-256, one cache
-//! lookup and the pure checks, with no store round trip and no lock held
-//! across an await.
+//! Steps 2 to 7 of the request flow. A cached key costs a SHA-256, one cache
+//! lookup, the pure checks and the limiter, with no store round trip and no
+//! lock held across an await.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,13 +12,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use keygate_core::error::ErrorInstance;
 use keygate_core::id::IdGenerator;
+use keygate_core::limits::{Plan, DEFAULT_RESOURCE};
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::throttle::{FailurePolicy, FailureWindow};
 use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
+use keygate_limiter::{Limiter, Permit};
 use keygate_store::Store;
 use moka::sync::Cache;
 
 use crate::clock::Clock;
+use crate::limits::RateLimits;
 use crate::usage::{UsageRecorder, ADMITTED};
 
 /// Engine settings, from the deployment's config.
@@ -33,8 +37,10 @@ pub struct EngineSettings {
     pub failed_attempts: FailurePolicy,
     pub default_rotation_grace: Duration,
     pub max_metadata_bytes: usize,
-    /// Plan names a workspace may reference.
-    pub plans: std::collections::BTreeSet<String>,
+    /// Plans by name, from the config.
+    pub plans: BTreeMap<String, Plan>,
+    /// The plan of workspaces that name none.
+    pub default_plan: Option<String>,
 }
 
 /// A key and its workspace as the verify path needs them.
@@ -42,45 +48,64 @@ pub struct EngineSettings {
 pub struct CachedKey {
     pub key: ApiKey,
     pub workspace: Workspace,
-    /// Shared ids, so recording usage does not allocate.
+    /// Shared ids, so recording usage and naming counters do not allocate.
     pub key_id: Arc<str>,
     pub workspace_id: Arc<str>,
+    pub lineage_id: Arc<str>,
 }
 
 impl CachedKey {
     pub fn new(key: ApiKey, workspace: Workspace) -> Self {
         let key_id = Arc::from(key.id.as_str());
         let workspace_id = Arc::from(workspace.id.as_str());
+        let lineage_id = Arc::from(key.lineage_id.as_str());
         Self {
             key,
             workspace,
             key_id,
             workspace_id,
+            lineage_id,
         }
     }
 }
 
-/// An admitted request: who it is.
-#[derive(Debug, Clone)]
+/// An admitted request: who it is, how its limits stand, and the concurrency
+/// permit it holds (if its resource has a concurrency limit) until dropped.
+#[derive(Debug)]
 pub struct Verified {
     pub key: Arc<CachedKey>,
+    pub limits: Option<RateLimits>,
+    pub permit: Option<Permit>,
 }
 
-/// A refused request: the error to answer, and the key when one was identified
-/// (so the response can carry its headers and usage is attributed).
+/// A refused request: the error to answer, the key when one was identified
+/// (so usage is attributed) and its limits (so the response carries the headers).
 #[derive(Debug, Clone)]
 pub struct Rejection {
     pub error: ErrorInstance,
     pub key: Option<Arc<CachedKey>>,
+    pub limits: Option<RateLimits>,
 }
 
 impl Rejection {
-    fn anonymous(code: ErrorCode) -> Self {
+    pub(crate) fn anonymous(code: ErrorCode) -> Self {
         Self {
             error: ErrorInstance::new(code),
             key: None,
+            limits: None,
         }
     }
+}
+
+/// How a verification treats rate limits and concurrency permits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitMode {
+    /// A real request: charge the limits and take a permit.
+    Enforce,
+    /// Report what would happen without charging anything (verify `dry_run`).
+    DryRun,
+    /// No limits (admin API authentication).
+    Skip,
 }
 
 /// What a caller asks of one verification.
@@ -90,14 +115,32 @@ pub struct VerifyRequest<'a> {
     /// The client's address: checked against allowlists and used for throttling.
     pub client_ip: Option<IpAddr>,
     pub required_scopes: &'a [String],
+    /// The rate-limit resource the request counts against (`default` for most routes).
+    pub resource: &'a str,
+    pub limits: LimitMode,
     /// Record usage for this request (false for dry runs).
     pub record: bool,
+}
+
+impl<'a> VerifyRequest<'a> {
+    /// A plain request: no scopes, the `default` resource, limits enforced.
+    pub fn new(presented: &'a str, client_ip: Option<IpAddr>) -> Self {
+        Self {
+            presented,
+            client_ip,
+            required_scopes: &[],
+            resource: DEFAULT_RESOURCE,
+            limits: LimitMode::Enforce,
+            record: true,
+        }
+    }
 }
 
 pub struct Engine {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: EngineSettings,
+    pub(crate) limiter: Arc<dyn Limiter>,
     cache: Cache<KeyHash, Arc<CachedKey>>,
     unknown: Cache<KeyHash, ()>,
     failures: Cache<IpAddr, Arc<Mutex<FailureWindow>>>,
@@ -106,7 +149,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: EngineSettings) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        limiter: Arc<dyn Limiter>,
+        settings: EngineSettings,
+    ) -> Self {
         let cache = Cache::builder()
             .max_capacity(settings.cache_capacity)
             .time_to_live(settings.cache_ttl)
@@ -123,6 +171,7 @@ impl Engine {
             store,
             clock,
             settings,
+            limiter,
             cache,
             unknown,
             failures,
@@ -165,10 +214,12 @@ impl Engine {
             Some(cached) => cached,
             None => self.load(hash, request.client_ip, now).await?,
         };
-        self.decide(cached, &request, now)
+        self.decide(cached, &request, now).await
     }
 
-    fn decide(
+    /// Steps 4 to 7 for an identified key: state, address and scopes, then
+    /// the concurrency permit, then every rate limit as one decision.
+    async fn decide(
         &self,
         cached: Arc<CachedKey>,
         request: &VerifyRequest<'_>,
@@ -181,24 +232,41 @@ impl Engine {
             request.required_scopes,
             now,
         );
-        let outcome = match &checked {
-            Ok(()) => ADMITTED,
-            Err(denial) => denial.code().as_str(),
-        };
-        if request.record {
-            self.usage
-                .record(&cached.key_id, &cached.workspace_id, outcome, request.client_ip, now);
+        if let Err(denial) = checked {
+            self.record(&cached, request, denial.code().as_str(), now);
+            let mut error = ErrorInstance::new(denial.code());
+            error.scope = denial.missing_scope().map(str::to_owned);
+            let limits = self.peek_limits(&cached, request.resource, now).await;
+            return Err(Rejection {
+                error,
+                key: Some(cached),
+                limits,
+            });
         }
-        match checked {
-            Ok(()) => Ok(Verified { key: cached }),
-            Err(denial) => {
-                let mut error = ErrorInstance::new(denial.code());
-                error.scope = denial.missing_scope().map(str::to_owned);
+        match self.apply_limits(&cached, request, now).await {
+            Ok((limits, permit)) => {
+                self.record(&cached, request, ADMITTED, now);
+                Ok(Verified {
+                    key: cached,
+                    limits,
+                    permit,
+                })
+            }
+            Err((error, limits)) => {
+                self.record(&cached, request, error.code.as_str(), now);
                 Err(Rejection {
                     error,
                     key: Some(cached),
+                    limits,
                 })
             }
+        }
+    }
+
+    fn record(&self, cached: &CachedKey, request: &VerifyRequest<'_>, outcome: &'static str, now: DateTime<Utc>) {
+        if request.record {
+            self.usage
+                .record(&cached.key_id, &cached.workspace_id, outcome, request.client_ip, now);
         }
     }
 
@@ -267,6 +335,7 @@ impl Engine {
         Some(Rejection {
             error: ErrorInstance::new(ErrorCode::TooManyFailedAttempts).with_data("retry_after", blocked_for),
             key: None,
+            limits: None,
         })
     }
 

@@ -36,6 +36,7 @@ fn settings() -> EngineSettings {
         default_rotation_grace: Duration::from_secs(3600),
         max_metadata_bytes: 4096,
         plans: Default::default(),
+        default_plan: None,
     }
 }
 
@@ -46,7 +47,13 @@ async fn fixture() -> Fixture {
             .await
             .unwrap(),
     );
-    let engine = Engine::new(store.clone(), Arc::new(ManualClock::new(Utc::now())), settings());
+    let limiter = Arc::new(keygate_limiter::memory::MemoryLimiter::new(1_000));
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(ManualClock::new(Utc::now())),
+        limiter,
+        settings(),
+    );
     Fixture {
         engine,
         store,
@@ -80,12 +87,7 @@ async fn new_key(engine: &Engine) -> (String, String) {
 }
 
 fn request(presented: &str, ip: Option<IpAddr>) -> VerifyRequest<'_> {
-    VerifyRequest {
-        presented,
-        client_ip: ip,
-        required_scopes: &[],
-        record: true,
-    }
+    VerifyRequest::new(presented, ip)
 }
 
 fn code(result: Result<keygate_engine::Verified, keygate_engine::Rejection>) -> Option<ErrorCode> {

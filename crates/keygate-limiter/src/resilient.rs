@@ -147,6 +147,7 @@ impl Limiter for ResilientLimiter {
             OnFailure::Local => Ok(self.local.decide_now(checks, cost, charge, now_ms)),
             OnFailure::Allow => Ok(Decision {
                 allowed: true,
+                now_ms,
                 limits: vec![],
                 retry_at_ms: None,
             }),

@@ -11,12 +11,18 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Settings;
+use crate::config::{LimiterSettings, Settings};
 use crate::http::admin::{self, AdminState};
 use crate::http::gateway::{self, GatewayState};
+use keygate_limiter::memory::MemoryLimiter;
+use keygate_limiter::redis::RedisLimiter;
+use keygate_limiter::resilient::ResilientLimiter;
+use keygate_limiter::Limiter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("limiter.url: {0}")]
+    Limiter(#[from] keygate_limiter::LimiterError),
     #[error("cannot listen on {addr} ({plane}): {source}")]
     Bind {
         plane: &'static str,
@@ -38,7 +44,8 @@ pub struct App {
 
 impl App {
     pub async fn start(settings: Settings, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self, ServeError> {
-        let engine = Arc::new(Engine::new(store, clock, settings.engine.clone()));
+        let limiter = build_limiter(&settings.limiter)?;
+        let engine = Arc::new(Engine::new(store, clock, limiter, settings.engine.clone()));
         let gateway_listener = bind("gateway", settings.gateway_addr).await?;
         let admin_listener = bind("admin", settings.admin_addr).await?;
         let gateway_addr = local_addr(&gateway_listener, settings.gateway_addr);
@@ -48,12 +55,14 @@ impl App {
         let gateway_router = gateway::router(GatewayState::new(
             engine.clone(),
             settings.errors.clone(),
+            settings.headers,
             settings.routes.clone(),
             settings.trusted_proxies.clone(),
         ));
         let admin_router = admin::router(AdminState::new(
             engine.clone(),
             &settings.errors,
+            settings.headers,
             settings.trusted_proxies.clone(),
         ));
 
@@ -90,6 +99,23 @@ impl App {
         }
         tracing::info!("keygate stopped");
     }
+}
+
+/// `memory://`, or Redis with a local fallback behind a circuit breaker.
+pub fn build_limiter(settings: &LimiterSettings) -> Result<Arc<dyn Limiter>, ServeError> {
+    let local = Arc::new(MemoryLimiter::new(settings.max_counters));
+    Ok(match &settings.redis_url {
+        None => local,
+        Some(url) => {
+            let redis = RedisLimiter::new(url, settings.timeout)?;
+            Arc::new(ResilientLimiter::new(
+                redis,
+                local,
+                settings.on_failure,
+                settings.timeout,
+            ))
+        }
+    })
 }
 
 async fn futures_join(tasks: Vec<JoinHandle<()>>) {

@@ -2,7 +2,7 @@
 //! overrides, validated once at start into [`Settings`]. Unknown fields and bad
 //! values are errors that name the field and where it came from.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,11 +12,12 @@ use figment::Figment;
 use ipnet::IpNet;
 use keygate_core::duration::parse_duration;
 use keygate_core::error::CatalogError;
-use keygate_core::limits::{validate_limits, LimitSpec};
+use keygate_core::limits::Plan;
 use keygate_core::scope::validate_scopes;
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCatalog, ErrorFormat, KeyFormat};
 use keygate_engine::EngineSettings;
+use keygate_limiter::resilient::OnFailure;
 use serde::{Deserialize, Serialize};
 
 /// The file read when no `--config` or `KEYGATE_CONFIG` is given, if it exists.
@@ -32,8 +33,69 @@ pub struct Config {
     pub security: SecurityConfig,
     pub errors: ErrorsConfig,
     pub usage: UsageConfig,
-    pub plans: BTreeMap<String, PlanConfig>,
+    pub limiter: LimiterConfig,
+    pub headers: HeadersConfig,
+    pub plans: BTreeMap<String, Plan>,
     pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimiterConfig {
+    /// `memory://` (one node) or `redis://host:port` (shared by many nodes).
+    pub url: String,
+    /// When Redis is unreachable: `local`, `allow` or `deny`.
+    pub on_failure: String,
+    /// The longest a request waits on Redis before `on_failure` applies.
+    pub timeout: String,
+    /// Most counters held in memory (the memory backend, and the local fallback).
+    pub max_counters: u64,
+    /// The plan of workspaces that name none.
+    pub default_plan: Option<String>,
+}
+
+impl Default for LimiterConfig {
+    fn default() -> Self {
+        Self {
+            url: "memory://".into(),
+            on_failure: "local".into(),
+            timeout: "50ms".into(),
+            max_counters: 1_000_000,
+            default_plan: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadersConfig {
+    /// Rate-limit header styles: `x-ratelimit` (X-RateLimit-*) and `ietf` (RateLimit-Policy, RateLimit).
+    pub ratelimit: Vec<String>,
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        Self {
+            ratelimit: vec!["x-ratelimit".into()],
+        }
+    }
+}
+
+/// Which rate-limit headers responses carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitHeaderStyle {
+    pub x_ratelimit: bool,
+    pub ietf: bool,
+}
+
+/// The validated limiter settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimiterSettings {
+    /// `None` for memory, the Redis URL otherwise.
+    pub redis_url: Option<String>,
+    pub on_failure: OnFailure,
+    pub timeout: Duration,
+    pub max_counters: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,21 +228,6 @@ impl Default for UsageConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PlanConfig {
-    pub limits: Vec<LimitSpec>,
-    pub concurrency: Vec<ConcurrencySpec>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConcurrencySpec {
-    #[serde(default = "default_resource")]
-    pub resource: String,
-    pub max: u32,
-}
-
 fn default_resource() -> String {
     keygate_core::limits::DEFAULT_RESOURCE.to_owned()
 }
@@ -240,6 +287,8 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub errors: ErrorCatalog,
     pub usage_flush_interval: Duration,
+    pub limiter: LimiterSettings,
+    pub headers: RateLimitHeaderStyle,
     pub routes: Vec<Route>,
 }
 
@@ -327,16 +376,37 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
     let key_format =
         KeyFormat::new(&config.keys.prefix, &config.keys.environments).map_err(|e| invalid("keys", e.to_string()))?;
 
-    let mut plans = BTreeSet::new();
+    let mut plans = BTreeMap::new();
     for (name, plan) in &config.plans {
-        validate_limits(&plan.limits).map_err(|e| invalid(&format!("plans.{name}.limits"), e.to_string()))?;
-        if let Some(bad) = plan.concurrency.iter().find(|c| c.max == 0) {
+        let plan = plan
+            .validate()
+            .map_err(|e| invalid(&format!("plans.{name}"), e.to_string()))?;
+        plans.insert(name.clone(), plan);
+    }
+    if let Some(default) = &config.limiter.default_plan {
+        if !plans.contains_key(default) {
             return Err(invalid(
-                &format!("plans.{name}.concurrency"),
-                format!("`max` for `{}` must be at least 1", bad.resource),
+                "limiter.default_plan",
+                format!("no plan named `{default}` in [plans]"),
             ));
         }
-        plans.insert(name.clone());
+    }
+    let limiter = validate_limiter(&config.limiter).map_err(|(field, message)| invalid(&field, message))?;
+    let mut headers = RateLimitHeaderStyle {
+        x_ratelimit: false,
+        ietf: false,
+    };
+    for style in &config.headers.ratelimit {
+        match style.as_str() {
+            "x-ratelimit" => headers.x_ratelimit = true,
+            "ietf" => headers.ietf = true,
+            other => {
+                return Err(invalid(
+                    "headers.ratelimit",
+                    format!("`{other}` is not `x-ratelimit` or `ietf`"),
+                ))
+            }
+        }
     }
 
     let errors = ErrorCatalog::new(
@@ -396,10 +466,51 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             default_rotation_grace: duration("keys.rotation_grace", &config.keys.rotation_grace)?,
             max_metadata_bytes: config.keys.max_metadata_bytes,
             plans,
+            default_plan: config.limiter.default_plan.clone(),
         },
         errors,
         usage_flush_interval,
+        limiter,
+        headers,
         routes,
+    })
+}
+
+fn validate_limiter(config: &LimiterConfig) -> Result<LimiterSettings, (String, String)> {
+    let fail = |field: &str, message: String| (format!("limiter.{field}"), message);
+    let on_failure = match config.on_failure.as_str() {
+        "local" => OnFailure::Local,
+        "allow" => OnFailure::Allow,
+        "deny" => OnFailure::Deny,
+        other => {
+            return Err(fail(
+                "on_failure",
+                format!("`{other}` is not `local`, `allow` or `deny`"),
+            ))
+        }
+    };
+    let timeout = parse_duration(&config.timeout).map_err(|e| fail("timeout", e.to_string()))?;
+    if timeout.is_zero() {
+        return Err(fail("timeout", "must be positive".into()));
+    }
+    if config.max_counters == 0 {
+        return Err(fail("max_counters", "must be positive".into()));
+    }
+    let redis_url = match config.url.split_once("://") {
+        Some(("memory", "")) => None,
+        Some(("redis", rest)) if !rest.is_empty() => Some(config.url.clone()),
+        _ => {
+            return Err(fail(
+                "url",
+                format!("`{}` must be memory:// or redis://HOST:PORT", config.url),
+            ))
+        }
+    };
+    Ok(LimiterSettings {
+        redis_url,
+        on_failure,
+        timeout,
+        max_counters: config.max_counters,
     })
 }
 
@@ -498,7 +609,7 @@ mod tests {
         let err = load_text("[plans.free]\nlimits = [{ requests = 100, per = \"5x\" }]\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("plans.free.limits") && err.contains("5x"), "{err}");
+        assert!(err.contains("plans.free") && err.contains("5x"), "{err}");
         let err = load_text("[plans.free]\nlimits = [{ requests = -1, per = \"1m\" }]\n")
             .unwrap_err()
             .to_string();

@@ -29,6 +29,7 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 #[derive(Clone)]
 pub struct AdminState {
     pub engine: Arc<Engine>,
+    pub headers: crate::config::RateLimitHeaderStyle,
     /// The deployment's catalog in envelope form: the verify API answers with
     /// the gateway's statuses and messages.
     pub verify_catalog: Arc<ErrorCatalog>,
@@ -36,9 +37,15 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn new(engine: Arc<Engine>, catalog: &ErrorCatalog, trusted_proxies: Vec<IpNet>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        catalog: &ErrorCatalog,
+        headers: crate::config::RateLimitHeaderStyle,
+        trusted_proxies: Vec<IpNet>,
+    ) -> Self {
         Self {
             engine,
+            headers,
             verify_catalog: Arc::new(catalog.clone().with_format(ErrorFormat::Envelope)),
             trusted_proxies: Arc::new(trusted_proxies),
         }
@@ -156,11 +163,19 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if let Some(error) = &error {
         tracing::warn!(%error, "readiness: store is down");
     }
+    let limiter = state.engine.limiter_readiness().await;
     let ready = error.is_none();
+    // A degraded limiter still serves (by its on_failure policy): ready, but said so.
+    let status_text = match (ready, limiter.state) {
+        (false, _) => "not_ready",
+        (true, "up") => "ready",
+        (true, _) => "degraded",
+    };
     let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
+        "status": status_text,
         "dependencies": {
             "store": {"state": store_state, "latency_ms": (latency_ms * 100.0).round() / 100.0},
+            "limiter": {"state": limiter.state, "backend": limiter.backend, "detail": limiter.detail},
             "usage": {"state": "up", "pending_rows": state.engine.pending_usage()},
         }
     });
@@ -404,11 +419,15 @@ async fn verify_key(
                 .map_err(|_| ApiError::validation("ip", format!("`{text}` is not an IP address")))?,
         ),
     };
+    let resource = body
+        .resource
+        .as_deref()
+        .unwrap_or(keygate_core::limits::DEFAULT_RESOURCE);
     let scopes = keygate_core::scope::validate_scopes(&body.scopes)
         .map_err(|e| ApiError::validation("scopes", e.to_string()))?;
     match state
         .engine
-        .verify_for(&actor, &body.key.0, &scopes, ip, body.dry_run)
+        .verify_for(&actor, &body.key.0, &scopes, ip, resource, body.dry_run)
         .await
     {
         Ok(verified) => {
@@ -421,10 +440,23 @@ async fn verify_key(
                     name: cached.workspace.name.clone(),
                     plan: cached.workspace.plan.clone(),
                 },
+                ratelimit: RateLimitView {
+                    limits: verified
+                        .limits
+                        .as_ref()
+                        .map(crate::http::ratelimit::views)
+                        .unwrap_or_default(),
+                },
             };
             Ok(Json(result).into_response())
         }
-        Err(rejection) => Ok(render(&state.verify_catalog, &rejection.error)),
+        Err(rejection) => {
+            let mut response = render(&state.verify_catalog, &rejection.error);
+            if let Some(limits) = &rejection.limits {
+                crate::http::ratelimit::add_headers(response.headers_mut(), limits, state.headers);
+            }
+            Ok(response)
+        }
     }
 }
 

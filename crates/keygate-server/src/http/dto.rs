@@ -318,6 +318,13 @@ pub struct VerifyResult {
     pub valid: bool,
     pub key: KeyView,
     pub workspace: WorkspaceSummary,
+    pub ratelimit: RateLimitView,
+}
+
+/// The key's limits for the checked resource, after this check.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RateLimitView {
+    pub limits: Vec<crate::http::ratelimit::LimitView>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

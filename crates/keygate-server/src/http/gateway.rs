@@ -11,18 +11,22 @@ use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use keygate_core::error::ErrorInstance;
+use keygate_core::limits::DEFAULT_RESOURCE;
 use keygate_core::{ErrorCatalog, ErrorCode};
-use keygate_engine::{Engine, Verified, VerifyRequest};
+use keygate_engine::{CachedKey, Engine, RateLimits, Verified, VerifyRequest};
+use keygate_limiter::Permit;
 use serde_json::json;
 
-use crate::config::Route;
+use crate::config::{RateLimitHeaderStyle, Route};
 use crate::http::error::render;
 use crate::http::extract::{client_ip, credential, credential_error_code};
+use crate::http::ratelimit::{add_headers, views};
 
 pub const WHOAMI_PATH: &str = "/v1/whoami";
 
@@ -30,13 +34,20 @@ pub const WHOAMI_PATH: &str = "/v1/whoami";
 pub struct GatewayState {
     pub engine: Arc<Engine>,
     pub catalog: Arc<ErrorCatalog>,
+    pub headers: RateLimitHeaderStyle,
     pub routes: Arc<Vec<Route>>,
     pub trusted_proxies: Arc<Vec<IpNet>>,
     pub client: Client<HttpConnector, Body>,
 }
 
 impl GatewayState {
-    pub fn new(engine: Arc<Engine>, catalog: ErrorCatalog, routes: Vec<Route>, trusted_proxies: Vec<IpNet>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        catalog: ErrorCatalog,
+        headers: RateLimitHeaderStyle,
+        routes: Vec<Route>,
+        trusted_proxies: Vec<IpNet>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
@@ -44,6 +55,7 @@ impl GatewayState {
         Self {
             engine,
             catalog: Arc::new(catalog),
+            headers,
             routes: Arc::new(routes),
             trusted_proxies: Arc::new(trusted_proxies),
             client,
@@ -66,6 +78,14 @@ impl GatewayState {
     fn error(&self, error: &ErrorInstance) -> Response {
         render(&self.catalog, error)
     }
+
+    /// Adds the rate-limit headers of an identified key to any response.
+    fn with_limits(&self, mut response: Response, limits: Option<&RateLimits>) -> Response {
+        if let Some(limits) = limits {
+            add_headers(response.headers_mut(), limits, self.headers);
+        }
+        response
+    }
 }
 
 pub fn router(state: GatewayState) -> Router {
@@ -86,8 +106,9 @@ async fn handle(
     }
     let client = client_ip(peer, request.headers(), &gw.trusted_proxies);
     let required_scopes: &[String] = route.map_or(&[], |r| &r.scopes);
+    let resource = route.map_or(DEFAULT_RESOURCE, |r| r.resource.as_str());
     let verified = if route.is_none_or(|r| r.auth) {
-        match authenticate(&gw, request.headers(), client, required_scopes).await {
+        match authenticate(&gw, request.headers(), client, required_scopes, resource).await {
             Ok(verified) => Some(verified),
             Err(response) => return response,
         }
@@ -95,8 +116,8 @@ async fn handle(
         None
     };
     match (route, verified) {
-        (Some(route), verified) => forward(&gw, route, request, verified.as_ref(), client).await,
-        (None, Some(verified)) => whoami(&verified),
+        (Some(route), verified) => forward(&gw, route, request, verified, client).await,
+        (None, Some(verified)) => gw.with_limits(whoami(&verified), verified.limits.as_ref()),
         (None, None) => gw.error(&ErrorCode::RouteNotFound.into()),
     }
 }
@@ -106,6 +127,7 @@ async fn authenticate(
     headers: &HeaderMap,
     client: IpAddr,
     required_scopes: &[String],
+    resource: &str,
 ) -> Result<Verified, Response> {
     let presented = match credential(headers) {
         Ok(presented) => presented,
@@ -119,15 +141,14 @@ async fn authenticate(
         }
     };
     let request = VerifyRequest {
-        presented,
-        client_ip: Some(client),
         required_scopes,
-        record: true,
+        resource,
+        ..VerifyRequest::new(presented, Some(client))
     };
     gw.engine
         .verify(request)
         .await
-        .map_err(|rejection| gw.error(&rejection.error))
+        .map_err(|rejection| gw.with_limits(gw.error(&rejection.error), rejection.limits.as_ref()))
 }
 
 /// `GET /v1/whoami`: the key's workspace and metadata, the "test your key" call.
@@ -145,6 +166,7 @@ fn whoami(verified: &Verified) -> Response {
             "created_at": key.created_at,
         },
         "workspace": {"id": workspace.id, "name": workspace.name, "plan": workspace.plan},
+        "ratelimit": {"limits": verified.limits.as_ref().map(views).unwrap_or_default()},
     }))
     .into_response()
 }
@@ -208,7 +230,23 @@ async fn forward(
     gw: &GatewayState,
     route: &Route,
     request: Request,
-    verified: Option<&Verified>,
+    verified: Option<Verified>,
+    client: IpAddr,
+) -> Response {
+    let (identity, limits, permit) = match verified {
+        Some(Verified { key, limits, permit }) => (Some(key), limits, permit),
+        None => (None, None, None),
+    };
+    let response = forward_to_upstream(gw, route, request, identity.as_deref(), permit, client).await;
+    gw.with_limits(response, limits.as_ref())
+}
+
+async fn forward_to_upstream(
+    gw: &GatewayState,
+    route: &Route,
+    request: Request,
+    identity: Option<&CachedKey>,
+    permit: Option<Permit>,
     client: IpAddr,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
@@ -229,8 +267,8 @@ async fn forward(
     for name in ["x-keygate-key-id", "x-keygate-workspace-id", "x-keygate-environment"] {
         headers.remove(name);
     }
-    if let Some(verified) = verified {
-        let key = &verified.key.key;
+    if let Some(cached) = identity {
+        let key = &cached.key;
         let pairs = [
             ("x-keygate-key-id", key.id.as_str()),
             ("x-keygate-workspace-id", key.workspace_id.as_str()),
@@ -255,6 +293,12 @@ async fn forward(
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // The concurrency permit lives as long as the response body: it is
+            // released when the body ends, fails, or the client goes away.
+            let body = body.map_frame(move |frame| {
+                let _held = &permit;
+                frame
+            });
             Response::from_parts(parts, Body::new(body))
         }
         Ok(Err(err)) => {

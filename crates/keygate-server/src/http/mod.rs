@@ -5,3 +5,4 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod gateway;
+pub mod ratelimit;

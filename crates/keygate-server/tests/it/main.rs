@@ -8,5 +8,6 @@ mod bad_input;
 mod error_catalog;
 mod forwarding;
 mod lifecycle;
+mod ratelimits;
 mod seeds;
 mod support;

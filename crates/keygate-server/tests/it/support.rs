@@ -22,17 +22,22 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub app: App,
     pub store: Arc<SqliteStore>,
+    pub store_url: String,
     /// Holds the database file; removed when the app is dropped.
     _dir: tempfile::TempDir,
 }
 
 pub struct TestAppBuilder {
     toml: String,
+    store_url: Option<String>,
 }
 
 impl TestApp {
     pub fn builder() -> TestAppBuilder {
-        TestAppBuilder { toml: String::new() }
+        TestAppBuilder {
+            toml: String::new(),
+            store_url: None,
+        }
     }
 
     pub async fn start() -> Self {
@@ -110,6 +115,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Shares another node's SQLite store: two nodes, one database.
+    pub fn store_of(mut self, other: &TestApp) -> Self {
+        self.store_url = Some(other.store_url.clone());
+        self
+    }
+
     pub async fn start(self) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keygate.toml");
@@ -121,8 +132,11 @@ impl TestAppBuilder {
             // Lets tests act as many clients through X-Forwarded-For.
             config.server.trusted_proxies = vec!["127.0.0.1".into()];
         }
-        config.store.url = format!("sqlite://{}/keygate.db", dir.path().display());
+        config.store.url = self
+            .store_url
+            .unwrap_or_else(|| format!("sqlite://{}/keygate.db", dir.path().display()));
         let settings = config::validate(&config, Some(&path)).unwrap();
+        let settings_store_url = settings.store_url.clone();
         let store = Arc::new(SqliteStore::open(&settings.store_url).await.unwrap());
         let clock = Arc::new(ManualClock::new(Utc::now()));
         let app = App::start(settings, store.clone(), clock.clone()).await.unwrap();
@@ -134,6 +148,7 @@ impl TestAppBuilder {
             clock,
             http: reqwest::Client::new(),
             app,
+            store_url: settings_store_url,
             store,
             _dir: dir,
         }

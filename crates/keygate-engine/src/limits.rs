@@ -1,0 +1,165 @@
+//! Step 7 of the request flow: which limits apply to a request, the
+//! concurrency permit, and the one atomic decision over every rate limit.
+
+use chrono::{DateTime, Utc};
+use keygate_core::duration::format_duration;
+use keygate_core::error::ErrorInstance;
+use keygate_core::limits::{effective_limits, LimitScope, Plan};
+use keygate_core::ratelimit::{Decision, Rule};
+use keygate_core::ErrorCode;
+use keygate_limiter::{Charge, CounterKey, LimitCheck, Permit, PermitKey};
+use std::sync::Arc;
+
+use crate::verifier::{CachedKey, Engine, LimitMode, VerifyRequest};
+
+/// How a request's rate limits stand, with the resource of each limit (same order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    pub decision: Decision,
+    pub resources: Vec<Arc<str>>,
+}
+
+impl RateLimits {
+    fn new(decision: Decision, checks: &[LimitCheck]) -> Self {
+        Self {
+            decision,
+            resources: checks.iter().map(|c| c.key.resource.clone()).collect(),
+        }
+    }
+}
+
+fn millis(now: DateTime<Utc>) -> u64 {
+    u64::try_from(now.timestamp_millis()).unwrap_or(0)
+}
+
+impl Engine {
+    /// The workspace's plan, or the default plan for workspaces without one.
+    pub fn plan_of(&self, cached: &CachedKey) -> Option<&Plan> {
+        let name = cached.workspace.plan.as_ref().or(self.settings.default_plan.as_ref())?;
+        self.settings.plans.get(name)
+    }
+
+    /// The counters a request to `resource` charges: per key lineage (so
+    /// rotation keeps them) or per workspace for `scope = "workspace"` limits.
+    pub fn limit_checks(&self, cached: &CachedKey, resource: &str) -> Vec<LimitCheck> {
+        let plan_limits = self.plan_of(cached).map_or(&[][..], |plan| &plan.limits[..]);
+        effective_limits(plan_limits, &cached.workspace.limits, &cached.key.limits, resource)
+            .into_iter()
+            .filter_map(|spec| {
+                let window = spec.window().ok()?;
+                let owner = match spec.scope {
+                    LimitScope::Key => cached.lineage_id.clone(),
+                    LimitScope::Workspace => cached.workspace_id.clone(),
+                };
+                let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+                Some(LimitCheck {
+                    key: CounterKey {
+                        owner,
+                        resource: Arc::from(spec.resource.as_str()),
+                        window_ms,
+                    },
+                    rule: Rule::new(spec.requests, window_ms),
+                })
+            })
+            .collect()
+    }
+
+    /// The permit first (a refusal there charges nothing), then every rate
+    /// limit as one decision; a refused rate limit releases the permit.
+    pub(crate) async fn apply_limits(
+        &self,
+        cached: &CachedKey,
+        request: &VerifyRequest<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(Option<RateLimits>, Option<Permit>), (ErrorInstance, Option<RateLimits>)> {
+        let charge = match request.limits {
+            LimitMode::Skip => return Ok((None, None)),
+            LimitMode::DryRun => Charge::DryRun,
+            LimitMode::Enforce => Charge::Consume,
+        };
+        let permit = if charge == Charge::Consume {
+            self.take_permit(cached, request.resource).await?
+        } else {
+            None
+        };
+        let checks = self.limit_checks(cached, request.resource);
+        if checks.is_empty() {
+            return Ok((None, permit));
+        }
+        let decision = match self.limiter.check(&checks, 1, charge, millis(now)).await {
+            Ok(decision) => decision,
+            Err(err) => {
+                tracing::warn!(error = %err, "rate limits could not be checked");
+                return Err((ErrorInstance::new(ErrorCode::ServiceUnavailable), None));
+            }
+        };
+        if decision.allowed {
+            Ok((Some(RateLimits::new(decision, &checks)), permit))
+        } else {
+            Err((rate_limited(&decision), Some(RateLimits::new(decision, &checks))))
+        }
+    }
+
+    async fn take_permit(
+        &self,
+        cached: &CachedKey,
+        resource: &str,
+    ) -> Result<Option<Permit>, (ErrorInstance, Option<RateLimits>)> {
+        let Some(max) = self.plan_of(cached).and_then(|plan| plan.concurrency_for(resource)) else {
+            return Ok(None);
+        };
+        let key = PermitKey {
+            owner: cached.lineage_id.clone(),
+            resource: Arc::from(resource),
+        };
+        match self.limiter.acquire(&key, max).await {
+            Ok(Some(permit)) => Ok(Some(permit)),
+            Ok(None) => Err((
+                ErrorInstance::new(ErrorCode::ConcurrencyLimitExceeded)
+                    .with_data("limit", max)
+                    .with_data("resource", resource),
+                None,
+            )),
+            Err(err) => {
+                tracing::warn!(error = %err, "concurrency permit could not be taken");
+                Err((ErrorInstance::new(ErrorCode::ServiceUnavailable), None))
+            }
+        }
+    }
+
+    /// How the limits stand without charging them: for the headers of a
+    /// request refused for another reason. Failures just mean no headers.
+    pub(crate) async fn peek_limits(
+        &self,
+        cached: &CachedKey,
+        resource: &str,
+        now: DateTime<Utc>,
+    ) -> Option<RateLimits> {
+        let checks = self.limit_checks(cached, resource);
+        if checks.is_empty() {
+            return None;
+        }
+        let decision = self.limiter.check(&checks, 1, Charge::DryRun, millis(now)).await.ok()?;
+        Some(RateLimits::new(decision, &checks))
+    }
+
+    /// Readiness of the rate-limit backend, for `/readyz`.
+    pub async fn limiter_readiness(&self) -> keygate_limiter::LimiterHealth {
+        self.limiter.readiness().await
+    }
+}
+
+/// `RATE_LIMIT_EXCEEDED` naming the limit that admits last and when.
+fn rate_limited(decision: &Decision) -> ErrorInstance {
+    let mut error = ErrorInstance::new(ErrorCode::RateLimitExceeded);
+    if let Some(seconds) = decision.retry_after_secs() {
+        error = error.with_data("retry_after", seconds);
+    }
+    if let Some(limit) = decision.refusing() {
+        let window = std::time::Duration::from_millis(limit.rule.window_ms);
+        error = error
+            .with_data("limit", limit.rule.requests)
+            .with_data("window", format_duration(window));
+    }
+    error
+}

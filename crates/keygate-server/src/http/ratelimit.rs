@@ -1,0 +1,97 @@
+//! Rate-limit headers and JSON: `X-RateLimit-*` for the limit closest to
+//! exhaustion, and optionally the IETF draft-11 `RateLimit-Policy` and
+//! `RateLimit` fields for every limit.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use keygate_core::duration::format_duration;
+use keygate_core::ratelimit::LimitState;
+use keygate_engine::RateLimits;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::config::RateLimitHeaderStyle;
+
+fn seconds_until(at_ms: u64, now_ms: u64) -> u64 {
+    at_ms.saturating_sub(now_ms).div_ceil(1000)
+}
+
+fn policy_name(resource: &str, limit: &LimitState) -> String {
+    format!(
+        "{resource}-{}",
+        format_duration(std::time::Duration::from_millis(limit.rule.window_ms))
+    )
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: String) {
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: RateLimitHeaderStyle) {
+    let decision = &limits.decision;
+    if style.x_ratelimit {
+        if let Some(tightest) = decision.tightest() {
+            insert(headers, "x-ratelimit-limit", tightest.rule.requests.to_string());
+            insert(headers, "x-ratelimit-remaining", tightest.remaining.to_string());
+            insert(
+                headers,
+                "x-ratelimit-reset",
+                tightest.reset_ms.div_ceil(1000).to_string(),
+            );
+        }
+    }
+    if style.ietf && !decision.limits.is_empty() {
+        let named = || decision.limits.iter().zip(limits.resources.iter());
+        let policy: Vec<String> = named()
+            .map(|(l, r)| {
+                format!(
+                    "\"{}\";q={};w={}",
+                    policy_name(r, l),
+                    l.rule.requests,
+                    l.rule.window_ms / 1000
+                )
+            })
+            .collect();
+        let current: Vec<String> = named()
+            .map(|(l, r)| {
+                format!(
+                    "\"{}\";r={};t={}",
+                    policy_name(r, l),
+                    l.remaining,
+                    seconds_until(l.reset_ms, decision.now_ms)
+                )
+            })
+            .collect();
+        insert(headers, "ratelimit-policy", policy.join(", "));
+        insert(headers, "ratelimit", current.join(", "));
+    }
+}
+
+/// One limit as `whoami` and the verify API show it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LimitView {
+    pub resource: String,
+    pub limit: u64,
+    /// `1m`, `1h`, ...
+    pub window: String,
+    pub remaining: u64,
+    /// Unix seconds at which the limit next regains capacity.
+    pub reset: u64,
+}
+
+pub fn views(limits: &RateLimits) -> Vec<LimitView> {
+    limits
+        .decision
+        .limits
+        .iter()
+        .zip(limits.resources.iter())
+        .map(|(l, resource)| LimitView {
+            resource: resource.to_string(),
+            limit: l.rule.requests,
+            window: format_duration(std::time::Duration::from_millis(l.rule.window_ms)),
+            remaining: l.remaining,
+            reset: l.reset_ms.div_ceil(1000),
+        })
+        .collect()
+}

@@ -1,0 +1,529 @@
+//! Each seed's rate limits, configured as the seed describes, on real nodes:
+//! headers on every response, 429 bodies in each format, rolling windows
+//! (moved with the manual clock), resources, concurrency, overrides.
+
+use std::time::Duration;
+
+use axum::http::Method;
+use chrono::Duration as Span;
+use serde_json::{json, Value};
+
+use crate::support::{echo_upstream, TestApp};
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
+}
+
+fn number(response: &reqwest::Response, name: &str) -> u64 {
+    header(response, name)
+        .unwrap_or_else(|| panic!("no {name}"))
+        .parse()
+        .unwrap()
+}
+
+async fn whoami_n(app: &TestApp, key: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::with_capacity(n);
+    for _ in 0..n {
+        statuses.push(app.whoami(key).await.status().as_u16());
+    }
+    statuses
+}
+
+/// Evon: 100 requests per minute per key, rolling 60-second window.
+#[tokio::test]
+async fn evon_rolling_minute() {
+    let app = TestApp::builder()
+        .config("[limiter]\ndefault_plan = \"standard\"\n[plans.standard]\nlimits = [{ requests = 100, per = \"1m\" }]\n[errors]\nformat = \"simple\"")
+        .start()
+        .await;
+    let ws = app.workspace("Evon customer").await;
+    let (_, key) = app.key(&ws, json!({"name": "crm"})).await;
+    let t0 = app.clock_now();
+
+    let first = app.whoami(&key).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(number(&first, "x-ratelimit-limit"), 100);
+    assert_eq!(number(&first, "x-ratelimit-remaining"), 99);
+    let reset = number(&first, "x-ratelimit-reset") as i64;
+    assert!(
+        (t0.timestamp() + 60..=t0.timestamp() + 62).contains(&reset),
+        "reset {reset} vs now {}",
+        t0.timestamp()
+    );
+    let body: Value = first.json().await.unwrap();
+    assert_eq!(body["ratelimit"]["limits"][0]["remaining"], 99);
+
+    assert!(whoami_n(&app, &key, 49).await.iter().all(|s| *s == 200));
+    app.clock.advance(Span::seconds(30));
+    assert!(whoami_n(&app, &key, 50).await.iter().all(|s| *s == 200));
+
+    let refused = app.whoami(&key).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(number(&refused, "x-ratelimit-remaining"), 0);
+    let retry_after = number(&refused, "retry-after");
+    assert!(
+        (30..=32).contains(&retry_after),
+        "the oldest 50 leave the window about 30 s from now: {retry_after}"
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "Too many requests. Please try again later.");
+    assert_eq!(body["retry_after"], retry_after);
+    assert_eq!(
+        (body["limit"].as_u64(), body["window"].as_str()),
+        (Some(100), Some("1m"))
+    );
+
+    app.clock.advance(Span::seconds(retry_after as i64 - 1));
+    assert_eq!(
+        app.whoami(&key).await.status(),
+        429,
+        "Retry-After never points too early... minus one second is too early"
+    );
+    app.clock.advance(Span::seconds(1));
+    let statuses = whoami_n(&app, &key, 51).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        50,
+        "only the first 50 have left the rolling window"
+    );
+}
+
+/// echowin: 1000 per hour plus a burst limit of 100 per minute.
+#[tokio::test]
+async fn echowin_hourly_and_burst() {
+    let app = TestApp::builder()
+        .config(
+            "[limiter]\ndefault_plan = \"team\"\n\
+             [plans.team]\nlimits = [{ requests = 1000, per = \"1h\" }, { requests = 100, per = \"1m\" }]\n\
+             [errors]\nformat = \"simple\"\n[errors.messages]\nRATE_LIMIT_EXCEEDED = \"Rate limit exceeded. Please try again later.\"",
+        )
+        .start()
+        .await;
+    let ws = app.workspace("Team").await;
+    let (_, key) = app.key(&ws, json!({"name": "portal key"})).await;
+    let first = app.whoami(&key).await;
+    assert_eq!(
+        number(&first, "x-ratelimit-limit"),
+        100,
+        "the headers describe the limit closest to exhaustion"
+    );
+
+    let mut admitted = 1;
+    for _ in 0..11 {
+        admitted += whoami_n(&app, &key, 120).await.iter().filter(|s| **s == 200).count();
+        app.clock.advance(Span::seconds(61));
+    }
+    assert_eq!(admitted, 1000, "ten bursts of 100 exhaust the hour");
+    let refused = app.whoami(&key).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        number(&refused, "x-ratelimit-limit"),
+        1000,
+        "now the hourly limit is the tightest"
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "Rate limit exceeded. Please try again later.");
+    assert_eq!(
+        (body["limit"].as_u64(), body["window"].as_str()),
+        (Some(1000), Some("1h"))
+    );
+}
+
+/// Evaligo: free 100/min, pro 1000/min, enterprise custom per workspace.
+#[tokio::test]
+async fn evaligo_plan_tiers() {
+    let app = TestApp::builder()
+        .config(
+            "[limiter]\ndefault_plan = \"free\"\n\
+             [plans.free]\nlimits = [{ requests = 100, per = \"1m\" }]\n\
+             [plans.pro]\nlimits = [{ requests = 1000, per = \"1m\" }]\n\
+             [plans.enterprise]\nlimits = [{ requests = 10000, per = \"1m\" }]",
+        )
+        .start()
+        .await;
+    let limit_of = |ws: String| async {
+        let ws = ws;
+        let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+        number(&app.whoami(&key).await, "x-ratelimit-limit")
+    };
+    let free = app.workspace("Free").await;
+    assert_eq!(limit_of(free.clone()).await, 100);
+    let pro = app
+        .admin_ok(
+            Method::POST,
+            "/v1/workspaces",
+            Some(json!({"name": "Pro", "plan": "pro"})),
+            201,
+        )
+        .await;
+    assert_eq!(limit_of(pro["id"].as_str().unwrap().to_owned()).await, 1000);
+    let enterprise = app
+        .admin_ok(
+            Method::POST,
+            "/v1/workspaces",
+            Some(json!({"name": "Big", "plan": "enterprise", "limits": [{"requests": 25000, "per": "1m"}]})),
+            201,
+        )
+        .await;
+    assert_eq!(
+        limit_of(enterprise["id"].as_str().unwrap().to_owned()).await,
+        25000,
+        "custom limits beat the plan"
+    );
+
+    let (_, key) = app.key(&free, json!({"name": "burst"})).await;
+    whoami_n(&app, &key, 100).await;
+    let refused = app
+        .http
+        .get(app.gateway_url("/v1/whoami"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(number(&refused, "retry-after") >= 1);
+}
+
+/// A slow upstream that streams for ten seconds, standing for a WebSocket or a long download.
+async fn streaming_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().fallback(|| async {
+        let ticks = futures::stream::unfold(0u32, |n| async move {
+            if n >= 100 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((
+                Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"tick\n")),
+                n + 1,
+            ))
+        });
+        axum::body::Body::from_stream(ticks)
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// EnvoyX: 100/minute general, 100 uploads/hour, 5 WebSocket connections per key.
+#[tokio::test]
+async fn envoyx_resources_and_connections() {
+    let upstream = echo_upstream().await;
+    let stream = streaming_upstream().await;
+    let app = TestApp::builder()
+        .config(&format!(
+            r#"
+            [limiter]
+            default_plan = "standard"
+            [plans.standard]
+            limits = [{{ requests = 100, per = "1m" }}, {{ resource = "uploads", requests = 100, per = "1h" }}]
+            concurrency = [{{ resource = "websocket", max = 5 }}]
+            [errors]
+            format = "envelope"
+            [[routes]]
+            path = "/api/v1/invoices/upload"
+            methods = ["POST"]
+            upstream = "{}"
+            resource = "uploads"
+            [[routes]]
+            path = "/api/v1/ws"
+            upstream = "{stream}"
+            resource = "websocket"
+            [[routes]]
+            path = "/api/v1/broken-ws"
+            upstream = "http://127.0.0.1:1"
+            resource = "websocket"
+            "#,
+            upstream.url
+        ))
+        .start()
+        .await;
+    let ws = app.workspace("EnvoyX customer").await;
+    let (_, key) = app.key(&ws, json!({"name": "Production Server"})).await;
+    let upload = || {
+        app.http
+            .post(app.gateway_url("/api/v1/invoices/upload"))
+            .header("X-API-Key", &key)
+            .body("pdf")
+            .send()
+    };
+
+    for i in 0..100 {
+        let response = upload().await.unwrap();
+        assert_eq!(response.status(), 200, "upload {i}");
+        if i == 0 {
+            assert_eq!(number(&response, "x-ratelimit-limit"), 100);
+            assert_eq!(
+                header(&response, "x-upstream").as_deref(),
+                Some("echo"),
+                "upstream headers pass through"
+            );
+        }
+        if i % 20 == 19 {
+            app.clock.advance(Span::seconds(61)); // stay under the general 100/min on the way
+        }
+    }
+    let refused = upload().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
+    assert_eq!(body["message"], "Too many requests. Please try again later.");
+    assert_eq!(
+        (body["data"]["limit"].as_u64(), body["data"]["window"].as_str()),
+        (Some(100), Some("1h"))
+    );
+    assert!(body["data"]["retry_after"].as_u64().unwrap() > 60);
+    assert_eq!(
+        app.whoami(&key).await.status(),
+        200,
+        "the general limit is not used up by uploads"
+    );
+
+    let open = |path: &'static str| app.http.get(app.gateway_url(path)).header("X-API-Key", &key).send();
+    for _ in 0..3 {
+        assert_eq!(
+            open("/api/v1/broken-ws").await.unwrap().status(),
+            502,
+            "an upstream error releases its permit"
+        );
+    }
+    let mut connections = Vec::new();
+    for _ in 0..5 {
+        let response = open("/api/v1/ws").await.unwrap();
+        assert_eq!(response.status(), 200);
+        connections.push(response);
+    }
+    let sixth = open("/api/v1/ws").await.unwrap();
+    assert_eq!(sixth.status(), 429);
+    let body: Value = sixth.json().await.unwrap();
+    assert_eq!(body["code"], "CONCURRENCY_LIMIT_EXCEEDED");
+    for connection in &mut connections {
+        assert!(connection.chunk().await.unwrap().is_some(), "the first five stay open");
+    }
+    drop(connections.pop());
+    let mut admitted = false;
+    for _ in 0..40 {
+        let response = open("/api/v1/ws").await.unwrap();
+        if response.status() == 200 {
+            admitted = true;
+            connections.push(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "closing a connection frees its slot");
+}
+
+#[tokio::test]
+async fn ietf_headers_list_every_limit() {
+    let app = TestApp::builder()
+        .config(
+            "[headers]\nratelimit = [\"x-ratelimit\", \"ietf\"]\n[limiter]\ndefault_plan = \"team\"\n\
+             [plans.team]\nlimits = [{ requests = 1000, per = \"1h\" }, { requests = 100, per = \"1m\" }]",
+        )
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let response = app.whoami(&key).await;
+    assert_eq!(
+        header(&response, "ratelimit-policy").unwrap(),
+        r#""default-1h";q=1000;w=3600, "default-1m";q=100;w=60"#
+    );
+    let current = header(&response, "ratelimit").unwrap();
+    assert!(
+        current.starts_with(r#""default-1h";r=999;t="#) && current.contains(r#""default-1m";r=99;t="#),
+        "{current}"
+    );
+    assert_eq!(number(&response, "x-ratelimit-remaining"), 99);
+}
+
+#[tokio::test]
+async fn rotation_keeps_counters_and_workspace_limits_are_shared() {
+    let app = TestApp::builder()
+        .config(
+            "[limiter]\ndefault_plan = \"p\"\n[plans.p]\nlimits = [{ requests = 5, per = \"1m\" }, \
+             { requests = 8, per = \"1h\", scope = \"workspace\" }]",
+        )
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (old_id, old) = app.key(&ws, json!({"name": "k"})).await;
+    assert!(whoami_n(&app, &old, 5).await.iter().all(|s| *s == 200));
+    let rotated = app
+        .admin_ok(Method::POST, &format!("/v1/keys/{old_id}/rotate"), None, 201)
+        .await;
+    let new = rotated["key"].as_str().unwrap();
+    assert_eq!(app.whoami(new).await.status(), 429, "rotating never resets a limit");
+
+    let (_, other) = app.key(&ws, json!({"name": "other"})).await;
+    assert_eq!(
+        whoami_n(&app, &other, 5).await,
+        [200, 200, 200, 429, 429],
+        "8 per hour for the whole workspace"
+    );
+}
+
+#[tokio::test]
+async fn key_overrides_apply_at_once_and_errors_carry_headers() {
+    let upstream = echo_upstream().await;
+    let app = TestApp::builder()
+        .config(&format!(
+            "[limiter]\ndefault_plan = \"p\"\n[plans.p]\nlimits = [{{ requests = 100, per = \"1m\" }}]\n\
+             [[routes]]\npath = \"/admin-only\"\nupstream = \"{}\"\nscopes = [\"admin:write\"]",
+            upstream.url
+        ))
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (id, key) = app.key(&ws, json!({"name": "k", "scopes": ["data:read"]})).await;
+    assert_eq!(number(&app.whoami(&key).await, "x-ratelimit-limit"), 100);
+    app.admin_ok(
+        Method::PATCH,
+        &format!("/v1/keys/{id}"),
+        Some(json!({"limits": [{"requests": 3, "per": "1m"}]})),
+        200,
+    )
+    .await;
+    let after = app.whoami(&key).await;
+    assert_eq!(number(&after, "x-ratelimit-limit"), 3);
+    assert_eq!(
+        number(&after, "x-ratelimit-remaining"),
+        1,
+        "changing a limit keeps its counter: 2 of 3 used"
+    );
+
+    let denied = app
+        .http
+        .get(app.gateway_url("/admin-only"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    assert_eq!(
+        number(&denied, "x-ratelimit-remaining"),
+        1,
+        "a denied request shows the limits and charges nothing"
+    );
+
+    let bad = app
+        .admin_call(
+            Method::PATCH,
+            &format!("/v1/keys/{id}"),
+            Some(json!({"limits": [{"requests": 3, "per": "1m"}, {"requests": 4, "per": "60s"}]})),
+        )
+        .await;
+    assert_eq!(bad.status(), 422, "two limits on one counter are refused");
+}
+
+#[tokio::test]
+async fn verify_api_applies_the_same_limits() {
+    let app = TestApp::builder()
+        .config("[limiter]\ndefault_plan = \"p\"\n[plans.p]\nlimits = [{ requests = 2, per = \"1m\" }, { resource = \"exports\", requests = 1, per = \"1d\" }]")
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let verify = |body: Value| app.admin_call(Method::POST, "/v1/keys/verify", Some(body));
+    for _ in 0..3 {
+        let dry: Value = verify(json!({"key": key, "dry_run": true})).await.json().await.unwrap();
+        assert_eq!(
+            dry["ratelimit"]["limits"][0]["remaining"], 2,
+            "dry runs consume nothing"
+        );
+    }
+    let real: Value = verify(json!({"key": key})).await.json().await.unwrap();
+    assert_eq!(real["ratelimit"]["limits"][0]["remaining"], 1);
+    let export: Value = verify(json!({"key": key, "resource": "exports"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        export["ratelimit"]["limits"][0],
+        json!({"resource": "exports", "limit": 1, "window": "1d", "remaining": 0, "reset": export["ratelimit"]["limits"][0]["reset"]})
+    );
+    let refused = verify(json!({"key": key, "resource": "exports"})).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("retry-after").is_some());
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
+}
+
+fn redis_url() -> Option<String> {
+    let url = std::env::var("KEYGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let address = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    match std::net::TcpStream::connect(&address) {
+        Ok(_) => Some(url),
+        Err(err) if std::env::var("KEYGATE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("Redis is required (KEYGATE_REQUIRE_SERVICES=1) but unreachable at {url}: {err}")
+        }
+        Err(err) => {
+            eprintln!("skipped: Redis unreachable at {url}: {err}");
+            None
+        }
+    }
+}
+
+/// Two nodes sharing one store and one Redis admit exactly the limit between them.
+#[tokio::test]
+async fn two_nodes_on_redis_share_limits() {
+    let Some(url) = redis_url() else { return };
+    let config = format!(
+        "[limiter]\nurl = \"{url}\"\ndefault_plan = \"p\"\n[plans.p]\nlimits = [{{ requests = 10, per = \"1m\" }}]"
+    );
+    let a = TestApp::builder().config(&config).start().await;
+    let b = TestApp::builder().config(&config).store_of(&a).start().await;
+    let ws = a.workspace("Acme").await;
+    let (_, key) = a.key(&ws, json!({"name": "k"})).await;
+    let mut admitted = 0;
+    for i in 0..16 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let response = node.whoami(&key).await;
+        assert!(
+            response.status() == 200 || response.status() == 429,
+            "{}",
+            response.status()
+        );
+        if response.status() == 200 {
+            admitted += 1;
+            assert_eq!(number(&response, "x-ratelimit-limit"), 10);
+        }
+    }
+    assert_eq!(admitted, 10, "one counter in Redis for both nodes");
+    let readiness: Value = b
+        .http
+        .get(format!("{}/readyz", b.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        readiness["dependencies"]["limiter"],
+        json!({"state": "up", "backend": "redis", "detail": null})
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_never_causes_a_5xx() {
+    let app = TestApp::builder()
+        .config("[limiter]\nurl = \"redis://127.0.0.1:1\"\ntimeout = \"50ms\"\ndefault_plan = \"p\"\n[plans.p]\nlimits = [{ requests = 5, per = \"1m\" }]")
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let statuses = whoami_n(&app, &key, 8).await;
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429, 429, 429],
+        "on_failure = local enforces the same limit"
+    );
+    let readiness = app.http.get(format!("{}/readyz", app.admin)).send().await.unwrap();
+    assert_eq!(readiness.status(), 200);
+    let readiness: Value = readiness.json().await.unwrap();
+    assert_eq!(readiness["status"], "degraded");
+    assert_eq!(readiness["dependencies"]["limiter"]["state"], "degraded");
+}
