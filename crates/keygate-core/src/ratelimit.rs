@@ -63,16 +63,29 @@ impl Rule {
     }
 }
 
-/// The counts of one limit: a ring of `N + 1` buckets, allocated on first use.
+/// The counts of one limit: a ring of `N + 1` buckets, allocated on first use,
+/// plus a running total of the live buckets so a decision costs O(1) amortised
+/// instead of a scan of every bucket.
+///
+/// A counter's clock never runs backwards: a `now` earlier than the latest
+/// bucket it has seen is treated as that bucket's time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counter {
     /// `(bucket index, count)`; slot `i` holds the bucket whose index is `i` modulo the ring size.
     slots: Vec<(u64, u64)>,
+    /// Sum of the buckets from `horizon` to `latest`.
+    total: u64,
+    /// The oldest bucket index still included in `total`.
+    horizon: u64,
+    /// The newest bucket index seen.
+    latest: u64,
 }
 
 impl Counter {
     /// Rebuilds a counter from `(bucket index, count)` pairs, as a shared store returns them.
     pub fn from_buckets(rule: &Rule, buckets: impl IntoIterator<Item = (u64, u64)>) -> Self {
+        let mut buckets: Vec<(u64, u64)> = buckets.into_iter().collect();
+        buckets.sort_unstable();
         let mut counter = Self::default();
         for (index, count) in buckets {
             counter.add(rule, index * rule.bucket_ms(), count);
@@ -80,9 +93,14 @@ impl Counter {
         counter
     }
 
-    /// Requests counted against the limit at `now_ms`.
+    fn current(&self, rule: &Rule, now_ms: u64) -> u64 {
+        rule.bucket_of(now_ms).max(self.latest)
+    }
+
+    /// Requests counted against the limit at `now_ms`, by scanning every bucket.
+    /// [`Counter::live`] gives the same answer in O(1) amortised.
     pub fn count(&self, rule: &Rule, now_ms: u64) -> u64 {
-        let current = rule.bucket_of(now_ms);
+        let current = self.current(rule, now_ms);
         let oldest = current.saturating_sub(rule.span());
         self.slots
             .iter()
@@ -91,18 +109,65 @@ impl Counter {
             .sum()
     }
 
+    /// Drops the buckets that have left the window from the running total.
+    fn advance(&mut self, rule: &Rule, now_ms: u64) {
+        let current = self.current(rule, now_ms);
+        let oldest = current.saturating_sub(rule.span());
+        if oldest <= self.horizon || self.slots.is_empty() {
+            self.horizon = self.horizon.max(oldest);
+            return;
+        }
+        let size = self.slots.len() as u64;
+        if oldest - self.horizon >= size {
+            // Idle for longer than the ring: everything has expired.
+            self.total = 0;
+        } else {
+            while self.horizon < oldest {
+                let (index, count) = self.slots[(self.horizon % size) as usize];
+                if index == self.horizon {
+                    self.total -= count;
+                }
+                self.horizon += 1;
+            }
+        }
+        self.horizon = oldest;
+        self.latest = current;
+    }
+
+    /// Requests counted at `now_ms`; the same as [`Counter::count`].
+    pub fn live(&mut self, rule: &Rule, now_ms: u64) -> u64 {
+        self.advance(rule, now_ms);
+        self.total
+    }
+
     pub fn add(&mut self, rule: &Rule, now_ms: u64, cost: u64) {
         let size = rule.span() + 1;
         if self.slots.len() as u64 != size {
-            self.slots = vec![(u64::MAX, 0); size as usize];
+            *self = Self {
+                slots: vec![(u64::MAX, 0); size as usize],
+                ..Self::default()
+            };
         }
-        let current = rule.bucket_of(now_ms);
+        self.advance(rule, now_ms);
+        let current = self.current(rule, now_ms);
+        self.latest = current;
+        // The slot's previous bucket is older than the window, so it already left `total`.
         let slot = &mut self.slots[(current % size) as usize];
         if slot.0 == current {
             slot.1 += cost;
         } else {
             *slot = (current, cost);
         }
+        self.total += cost;
+    }
+
+    fn live_buckets(&self, rule: &Rule, now_ms: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let current = self.current(rule, now_ms);
+        let oldest = current.saturating_sub(rule.span());
+        self.slots
+            .iter()
+            .copied()
+            .filter(move |(index, count)| *index >= oldest && *index <= current && *count > 0)
     }
 
     /// The earliest time at which `cost` more requests fit. `now_ms` if they fit now.
@@ -114,14 +179,7 @@ impl Counter {
         if cost > rule.requests {
             return u64::MAX;
         }
-        let current = rule.bucket_of(now_ms);
-        let oldest = current.saturating_sub(rule.span());
-        let mut live: Vec<(u64, u64)> = self
-            .slots
-            .iter()
-            .copied()
-            .filter(|(index, count)| *index >= oldest && *index <= current && *count > 0)
-            .collect();
+        let mut live: Vec<(u64, u64)> = self.live_buckets(rule, now_ms).collect();
         live.sort_unstable();
         for (index, bucket_count) in live {
             count -= bucket_count;
@@ -135,14 +193,19 @@ impl Counter {
     /// When the oldest counted request stops counting (the limit regains
     /// capacity), or `now_ms` if nothing is counted.
     pub fn next_release(&self, rule: &Rule, now_ms: u64) -> u64 {
-        let current = rule.bucket_of(now_ms);
+        let current = self.current(rule, now_ms);
         let oldest = current.saturating_sub(rule.span());
-        self.slots
-            .iter()
-            .filter(|(index, count)| *index >= oldest && *index <= current && *count > 0)
-            .map(|(index, _)| self.leaves_at(rule, *index))
-            .min()
-            .unwrap_or(now_ms)
+        let size = self.slots.len() as u64;
+        // Walk forward from the oldest live bucket: under steady traffic the
+        // first one is occupied, so this is usually a single step.
+        (oldest..=current)
+            .find(|&index| {
+                size > 0 && {
+                    let (slot_index, count) = self.slots[(index % size) as usize];
+                    slot_index == index && count > 0
+                }
+            })
+            .map_or(now_ms, |index| self.leaves_at(rule, index))
     }
 
     /// Bucket `b` is counted while the current bucket is at most `b + N`.
@@ -207,8 +270,8 @@ impl Decision {
 /// refused for another reason.
 pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charge: bool) -> Decision {
     let allowed = limits
-        .iter()
-        .all(|(rule, counter)| counter.count(rule, now_ms) + cost <= rule.requests);
+        .iter_mut()
+        .all(|(rule, counter)| counter.live(rule, now_ms) + cost <= rule.requests);
     if allowed && charge {
         for (rule, counter) in limits.iter_mut() {
             counter.add(rule, now_ms, cost);
@@ -223,10 +286,9 @@ pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charg
             .max()
     };
     let states = limits
-        .iter()
+        .iter_mut()
         .map(|(rule, counter)| {
-            let count = counter.count(rule, now_ms);
-            let remaining = rule.requests.saturating_sub(count);
+            let remaining = rule.requests.saturating_sub(counter.live(rule, now_ms));
             let reset_ms = if remaining == 0 {
                 counter.admits_at(rule, now_ms, 1)
             } else {
@@ -335,6 +397,7 @@ mod tests {
             for gap in gaps {
                 now += gap;
                 let decision = decide(&mut [(rule, &mut counter)], now, 1, true);
+                prop_assert_eq!(counter.live(&rule, now), counter.count(&rule, now), "running total = full scan");
                 if decision.allowed {
                     log.0.push_back(now);
                     // Check every rolling window ending at an admitted request.

@@ -12,21 +12,24 @@ use std::sync::Arc;
 
 use crate::verifier::{CachedKey, Engine, LimitMode, VerifyRequest};
 
-/// How a request's rate limits stand, with the resource of each limit (same order).
+/// How a request's rate limits stand, with the checks decided (same order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimits {
     pub decision: Decision,
-    pub resources: Vec<Arc<str>>,
+    pub checks: Arc<[LimitCheck]>,
 }
 
 impl RateLimits {
-    fn new(decision: Decision, checks: &[LimitCheck]) -> Self {
+    fn new(decision: Decision, checks: &Arc<[LimitCheck]>) -> Self {
         Self {
             decision,
-            resources: checks.iter().map(|c| c.key.resource.clone()).collect(),
+            checks: checks.clone(),
         }
     }
 }
+
+/// Resources remembered per cached key; routes name a handful.
+const MAX_MEMOIZED_RESOURCES: usize = 16;
 
 fn millis(now: DateTime<Utc>) -> u64 {
     u64::try_from(now.timestamp_millis()).unwrap_or(0)
@@ -39,9 +42,24 @@ impl Engine {
         self.settings.plans.get(name)
     }
 
+    /// The checks for `resource`, computed once per cached key: plans come from
+    /// the config and overrides from the cached rows, so they change only when
+    /// the key leaves the cache.
+    pub fn limit_checks(&self, cached: &CachedKey, resource: &str) -> Arc<[LimitCheck]> {
+        let mut memo = cached.limit_checks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, checks)) = memo.iter().find(|(name, _)| &**name == resource) {
+            return checks.clone();
+        }
+        let checks: Arc<[LimitCheck]> = self.compute_limit_checks(cached, resource).into();
+        if memo.len() < MAX_MEMOIZED_RESOURCES {
+            memo.push((Arc::from(resource), checks.clone()));
+        }
+        checks
+    }
+
     /// The counters a request to `resource` charges: per key lineage (so
     /// rotation keeps them) or per workspace for `scope = "workspace"` limits.
-    pub fn limit_checks(&self, cached: &CachedKey, resource: &str) -> Vec<LimitCheck> {
+    fn compute_limit_checks(&self, cached: &CachedKey, resource: &str) -> Vec<LimitCheck> {
         let plan_limits = self.plan_of(cached).map_or(&[][..], |plan| &plan.limits[..]);
         effective_limits(plan_limits, &cached.workspace.limits, &cached.key.limits, resource)
             .into_iter()

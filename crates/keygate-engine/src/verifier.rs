@@ -16,7 +16,7 @@ use keygate_core::limits::{Plan, DEFAULT_RESOURCE};
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::throttle::{FailurePolicy, FailureWindow};
 use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
-use keygate_limiter::{Limiter, Permit};
+use keygate_limiter::{LimitCheck, Limiter, Permit};
 use keygate_store::Store;
 use moka::sync::Cache;
 
@@ -52,6 +52,8 @@ pub struct CachedKey {
     pub key_id: Arc<str>,
     pub workspace_id: Arc<str>,
     pub lineage_id: Arc<str>,
+    /// Limit checks per resource, computed on first use.
+    pub(crate) limit_checks: Mutex<Vec<(Arc<str>, Arc<[LimitCheck]>)>>,
 }
 
 impl CachedKey {
@@ -65,6 +67,7 @@ impl CachedKey {
             key_id,
             workspace_id,
             lineage_id,
+            limit_checks: Mutex::new(Vec::new()),
         }
     }
 }

@@ -10,10 +10,13 @@ use dashmap::DashMap;
 use keygate_core::ratelimit::{decide, Counter, Decision, Rule};
 use moka::sync::Cache;
 use moka::Expiry;
+use smallvec::SmallVec;
 
 use crate::{Charge, CounterKey, LimitCheck, Limiter, LimiterError, LimiterHealth, Permit, PermitKey};
 
 type Shared = Arc<Mutex<Counter>>;
+/// Requests have a handful of limits: keep them on the stack.
+type Few<T> = SmallVec<[T; 4]>;
 
 /// Drops a counter once nothing in it can count any more.
 struct IdleAfterLookback;
@@ -67,21 +70,32 @@ impl MemoryLimiter {
 
     pub fn decide_now(&self, checks: &[LimitCheck], cost: u64, charge: Charge, now_ms: u64) -> Decision {
         // A counter may appear once per decision; locking it twice would deadlock.
-        let mut checks: Vec<&LimitCheck> = checks.iter().collect();
-        let mut seen = std::collections::HashSet::with_capacity(checks.len());
-        checks.retain(|check| seen.insert(&check.key));
-        let shared: Vec<Shared> = checks
+        // Callers pass distinct counters (limits are validated), so this is a cheap check.
+        let distinct = checks
+            .iter()
+            .enumerate()
+            .all(|(i, a)| checks[..i].iter().all(|b| a.key != b.key));
+        if !distinct {
+            let mut unique: Vec<LimitCheck> = Vec::with_capacity(checks.len());
+            for check in checks {
+                if !unique.iter().any(|u| u.key == check.key) {
+                    unique.push(check.clone());
+                }
+            }
+            return self.decide_now(&unique, cost, charge, now_ms);
+        }
+        let shared: Few<Shared> = checks
             .iter()
             .map(|check| self.counters.get_with_by_ref(&check.key, Default::default))
             .collect();
         // Lock in address order so concurrent multi-limit decisions never deadlock.
-        let mut order: Vec<usize> = (0..shared.len()).collect();
-        order.sort_by_key(|&i| Arc::as_ptr(&shared[i]) as usize);
-        let mut guards: Vec<Option<MutexGuard<'_, Counter>>> = (0..shared.len()).map(|_| None).collect();
+        let mut order: Few<usize> = (0..shared.len()).collect();
+        order.sort_unstable_by_key(|&i| Arc::as_ptr(&shared[i]) as usize);
+        let mut guards: Few<Option<MutexGuard<'_, Counter>>> = (0..shared.len()).map(|_| None).collect();
         for i in order {
             guards[i] = Some(shared[i].lock().unwrap_or_else(|p| p.into_inner()));
         }
-        let mut limits: Vec<(Rule, &mut Counter)> = checks
+        let mut limits: Few<(Rule, &mut Counter)> = checks
             .iter()
             .zip(guards.iter_mut())
             .filter_map(|(check, guard)| guard.as_deref_mut().map(|counter| (check.rule, counter)))

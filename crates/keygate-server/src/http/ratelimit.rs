@@ -42,7 +42,12 @@ pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: RateLimi
         }
     }
     if style.ietf && !decision.limits.is_empty() {
-        let named = || decision.limits.iter().zip(limits.resources.iter());
+        let named = || {
+            decision
+                .limits
+                .iter()
+                .zip(limits.checks.iter().map(|c| &c.key.resource))
+        };
         let policy: Vec<String> = named()
             .map(|(l, r)| {
                 format!(
@@ -85,7 +90,7 @@ pub fn views(limits: &RateLimits) -> Vec<LimitView> {
         .decision
         .limits
         .iter()
-        .zip(limits.resources.iter())
+        .zip(limits.checks.iter().map(|c| &c.key.resource))
         .map(|(l, resource)| LimitView {
             resource: resource.to_string(),
             limit: l.rule.requests,
