@@ -29,28 +29,35 @@
 /// Buckets per window: the granularity is 1/60 of the window.
 pub const BUCKETS: u64 = 60;
 
-/// One limit, ready for arithmetic.
+/// One limit, ready for arithmetic. The bucket size and span are derived once
+/// here: divisions are the costliest part of a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Rule {
     pub requests: u64,
     pub window_ms: u64,
+    bucket_ms: u64,
+    span: u64,
 }
 
 impl Rule {
     pub fn new(requests: u64, window_ms: u64) -> Self {
+        let window_ms = window_ms.max(1);
+        let bucket_ms = (window_ms / BUCKETS).max(1);
         Self {
             requests,
-            window_ms: window_ms.max(1),
+            window_ms,
+            bucket_ms,
+            span: window_ms.div_ceil(bucket_ms),
         }
     }
 
     pub fn bucket_ms(&self) -> u64 {
-        (self.window_ms / BUCKETS).max(1)
+        self.bucket_ms
     }
 
     /// Whole buckets in one window (`N`); `N + 1` buckets are counted.
     fn span(&self) -> u64 {
-        self.window_ms.div_ceil(self.bucket_ms())
+        self.span
     }
 
     /// How far back counted requests can lie: see the module's error bound.
@@ -79,6 +86,9 @@ pub struct Counter {
     horizon: u64,
     /// The newest bucket index seen.
     latest: u64,
+    /// No live bucket lies in `[horizon, first_live)`; only moves forward, so
+    /// finding the oldest live bucket is amortised O(1).
+    first_live: u64,
 }
 
 impl Counter {
@@ -132,6 +142,24 @@ impl Counter {
         }
         self.horizon = oldest;
         self.latest = current;
+        self.skip_empty_buckets();
+    }
+
+    /// Moves `first_live` to the oldest occupied bucket (or past `latest`).
+    fn skip_empty_buckets(&mut self) {
+        let size = self.slots.len() as u64;
+        self.first_live = self.first_live.max(self.horizon);
+        if self.total == 0 {
+            self.first_live = self.latest + 1;
+            return;
+        }
+        while self.first_live <= self.latest {
+            let (index, count) = self.slots[(self.first_live % size) as usize];
+            if index == self.first_live && count > 0 {
+                return;
+            }
+            self.first_live += 1;
+        }
     }
 
     /// Requests counted at `now_ms`; the same as [`Counter::count`].
@@ -157,6 +185,9 @@ impl Counter {
             slot.1 += cost;
         } else {
             *slot = (current, cost);
+        }
+        if self.total == 0 {
+            self.first_live = current;
         }
         self.total += cost;
     }
@@ -192,20 +223,11 @@ impl Counter {
 
     /// When the oldest counted request stops counting (the limit regains
     /// capacity), or `now_ms` if nothing is counted.
-    pub fn next_release(&self, rule: &Rule, now_ms: u64) -> u64 {
-        let current = self.current(rule, now_ms);
-        let oldest = current.saturating_sub(rule.span());
-        let size = self.slots.len() as u64;
-        // Walk forward from the oldest live bucket: under steady traffic the
-        // first one is occupied, so this is usually a single step.
-        (oldest..=current)
-            .find(|&index| {
-                size > 0 && {
-                    let (slot_index, count) = self.slots[(index % size) as usize];
-                    slot_index == index && count > 0
-                }
-            })
-            .map_or(now_ms, |index| self.leaves_at(rule, index))
+    pub fn next_release(&mut self, rule: &Rule, now_ms: u64) -> u64 {
+        if self.live(rule, now_ms) == 0 {
+            return now_ms;
+        }
+        self.leaves_at(rule, self.first_live)
     }
 
     /// Bucket `b` is counted while the current bucket is at most `b + N`.
@@ -398,6 +420,9 @@ mod tests {
                 now += gap;
                 let decision = decide(&mut [(rule, &mut counter)], now, 1, true);
                 prop_assert_eq!(counter.live(&rule, now), counter.count(&rule, now), "running total = full scan");
+                let oldest_live = counter.live_buckets(&rule, now).map(|(index, _)| index).min();
+                let expected_release = oldest_live.map_or(now, |index| counter.leaves_at(&rule, index));
+                prop_assert_eq!(counter.next_release(&rule, now), expected_release, "first_live = oldest live bucket");
                 if decision.allowed {
                     log.0.push_back(now);
                     // Check every rolling window ending at an admitted request.

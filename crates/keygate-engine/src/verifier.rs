@@ -43,6 +43,9 @@ pub struct EngineSettings {
     pub default_plan: Option<String>,
 }
 
+/// The limit checks of one resource for one cached key.
+pub(crate) type MemoizedChecks = (Arc<str>, Arc<[LimitCheck]>);
+
 /// A key and its workspace as the verify path needs them.
 #[derive(Debug)]
 pub struct CachedKey {
@@ -53,7 +56,7 @@ pub struct CachedKey {
     pub workspace_id: Arc<str>,
     pub lineage_id: Arc<str>,
     /// Limit checks per resource, computed on first use.
-    pub(crate) limit_checks: Mutex<Vec<(Arc<str>, Arc<[LimitCheck]>)>>,
+    pub(crate) limit_checks: Mutex<Vec<MemoizedChecks>>,
 }
 
 impl CachedKey {

@@ -1,15 +1,13 @@
 //! The single-node limiter: a mutex per counter, taken in a fixed order when a
 //! request has several limits, so the decision is atomic without a global lock.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
 use keygate_core::ratelimit::{decide, Counter, Decision, Rule};
-use moka::sync::Cache;
-use moka::Expiry;
+use rustc_hash::FxBuildHasher;
 use smallvec::SmallVec;
 
 use crate::{Charge, CounterKey, LimitCheck, Limiter, LimiterError, LimiterHealth, Permit, PermitKey};
@@ -18,54 +16,64 @@ type Shared = Arc<Mutex<Counter>>;
 /// Requests have a handful of limits: keep them on the stack.
 type Few<T> = SmallVec<[T; 4]>;
 
-/// Drops a counter once nothing in it can count any more.
-struct IdleAfterLookback;
-
-impl Expiry<CounterKey, Shared> for IdleAfterLookback {
-    fn expire_after_create(&self, key: &CounterKey, _: &Shared, _: Instant) -> Option<Duration> {
-        Some(lookback(key))
-    }
-
-    fn expire_after_read(
-        &self,
-        key: &CounterKey,
-        _: &Shared,
-        _: Instant,
-        _: Option<Duration>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(lookback(key))
-    }
-}
-
-fn lookback(key: &CounterKey) -> Duration {
-    let rule = Rule::new(1, key.window_ms);
-    Duration::from_millis(rule.lookback_ms())
-}
+/// Sweep idle counters after this many new ones.
+const SWEEP_EVERY: u64 = 1024;
 
 pub struct MemoryLimiter {
-    counters: Cache<CounterKey, Shared>,
+    /// FxHash: counter keys are server-generated ids and configured resource
+    /// names, not attacker-chosen strings, so HashDoS resistance buys nothing here.
+    counters: DashMap<CounterKey, Shared, FxBuildHasher>,
+    max_counters: usize,
+    created: AtomicU64,
     permits: Arc<DashMap<PermitKey, Arc<AtomicU32>>>,
 }
 
 impl MemoryLimiter {
-    /// `max_counters` bounds memory; under pressure the least recently used
-    /// counters are dropped first (a dropped counter forgets its counts).
+    /// `max_counters` bounds memory. Idle counters (nothing left in their
+    /// window) are swept every 1024 new counters and whenever the table is
+    /// full; if it is still full, an arbitrary counter is dropped, which
+    /// forgets its counts (logged).
     pub fn new(max_counters: u64) -> Self {
-        let counters = Cache::builder()
-            .max_capacity(max_counters)
-            .expire_after(IdleAfterLookback)
-            .build();
         Self {
-            counters,
+            counters: DashMap::with_hasher(FxBuildHasher),
+            max_counters: usize::try_from(max_counters).unwrap_or(usize::MAX).max(1),
+            created: AtomicU64::new(0),
             permits: Arc::new(DashMap::new()),
         }
     }
 
-    /// Counters currently held (approximate).
-    pub fn counters(&self) -> u64 {
-        self.counters.run_pending_tasks();
-        self.counters.entry_count()
+    /// Counters currently held.
+    pub fn counters(&self) -> usize {
+        self.counters.len()
+    }
+
+    /// Drops every counter with nothing left in its window at `now_ms`.
+    pub fn sweep(&self, now_ms: u64) {
+        self.counters.retain(|key, counter| {
+            let rule = Rule::new(1, key.window_ms);
+            !counter.lock().unwrap_or_else(|p| p.into_inner()).is_idle(&rule, now_ms)
+        });
+    }
+
+    fn counter(&self, key: &CounterKey, now_ms: u64) -> Shared {
+        if let Some(counter) = self.counters.get(key) {
+            return counter.clone();
+        }
+        let created = self.created.fetch_add(1, Ordering::Relaxed) + 1;
+        if created.is_multiple_of(SWEEP_EVERY) || self.counters.len() >= self.max_counters {
+            self.sweep(now_ms);
+        }
+        if self.counters.len() >= self.max_counters {
+            let victim = self.counters.iter().next().map(|entry| entry.key().clone());
+            if let Some(victim) = victim {
+                tracing::warn!(
+                    max = self.max_counters,
+                    "rate-limit counters full; dropping one (raise limiter.max_counters)"
+                );
+                self.counters.remove(&victim);
+            }
+        }
+        self.counters.entry(key.clone()).or_default().clone()
     }
 
     pub fn decide_now(&self, checks: &[LimitCheck], cost: u64, charge: Charge, now_ms: u64) -> Decision {
@@ -84,10 +92,7 @@ impl MemoryLimiter {
             }
             return self.decide_now(&unique, cost, charge, now_ms);
         }
-        let shared: Few<Shared> = checks
-            .iter()
-            .map(|check| self.counters.get_with_by_ref(&check.key, Default::default))
-            .collect();
+        let shared: Few<Shared> = checks.iter().map(|check| self.counter(&check.key, now_ms)).collect();
         // Lock in address order so concurrent multi-limit decisions never deadlock.
         let mut order: Few<usize> = (0..shared.len()).collect();
         order.sort_unstable_by_key(|&i| Arc::as_ptr(&shared[i]) as usize);

@@ -353,3 +353,28 @@ async fn allow_and_deny_policies() {
     assert!(deny.check(&checks, 1, Charge::Consume, now_ms()).await.is_err());
     assert_eq!(deny.readiness().await.state, "degraded");
 }
+
+#[tokio::test]
+async fn idle_counters_are_swept() {
+    let limiter = MemoryLimiter::new(10_000);
+    let owner = owner("idle");
+    let now = now_ms();
+    for i in 0..50 {
+        let checks = vec![check(&Arc::from(format!("{owner}-{i}")), 10, MINUTE)];
+        limiter.check(&checks, 1, Charge::Consume, now).await.unwrap();
+    }
+    limiter.sweep(now + MINUTE);
+    assert_eq!(limiter.counters(), 50, "still counting inside the window");
+    limiter.sweep(now + Rule::new(1, MINUTE).lookback_ms());
+    assert_eq!(limiter.counters(), 0, "nothing left to count: dropped");
+}
+
+#[tokio::test]
+async fn memory_is_bounded() {
+    let limiter = MemoryLimiter::new(100);
+    for i in 0..1_000 {
+        let checks = vec![check(&Arc::from(format!("bounded-{i}")), 10, MINUTE)];
+        limiter.check(&checks, 1, Charge::Consume, now_ms()).await.unwrap();
+    }
+    assert!(limiter.counters() <= 100, "{}", limiter.counters());
+}

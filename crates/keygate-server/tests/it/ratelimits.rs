@@ -527,3 +527,26 @@ async fn an_unreachable_redis_never_causes_a_5xx() {
     assert_eq!(readiness["status"], "degraded");
     assert_eq!(readiness["dependencies"]["limiter"]["state"], "degraded");
 }
+
+#[tokio::test]
+async fn a_429_in_problem_format_carries_the_limit() {
+    let app = TestApp::builder()
+        .config("[errors]\nformat = \"problem\"\n[limiter]\ndefault_plan = \"p\"\n[plans.p]\nlimits = [{ requests = 1, per = \"1h\" }]")
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    assert_eq!(app.whoami(&key).await.status(), 200);
+    let refused = app.whoami(&key).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        header(&refused, "content-type").as_deref(),
+        Some("application/problem+json")
+    );
+    let retry_after = number(&refused, "retry-after");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
+    assert_eq!(body["retry_after"], retry_after);
+    assert_eq!((body["limit"].as_u64(), body["window"].as_str()), (Some(1), Some("1h")));
+    assert!((3600..=3661).contains(&retry_after), "{retry_after}");
+}
