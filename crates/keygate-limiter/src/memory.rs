@@ -16,7 +16,7 @@ type Shared = Arc<Mutex<Counter>>;
 /// Requests have a handful of limits: keep them on the stack.
 type Few<T> = SmallVec<[T; 4]>;
 
-/// Sweep idle counters after this many new ones.
+/// Sweep idle counters after at least this many new ones.
 const SWEEP_EVERY: u64 = 1024;
 
 pub struct MemoryLimiter {
@@ -30,9 +30,9 @@ pub struct MemoryLimiter {
 
 impl MemoryLimiter {
     /// `max_counters` bounds memory. Idle counters (nothing left in their
-    /// window) are swept every 1024 new counters and whenever the table is
-    /// full; if it is still full, an arbitrary counter is dropped, which
-    /// forgets its counts (logged).
+    /// window) are swept after as many new counters as the table holds, and
+    /// whenever it is full; if it is still full, an arbitrary counter is
+    /// dropped, which forgets its counts (logged).
     pub fn new(max_counters: u64) -> Self {
         Self {
             counters: DashMap::with_hasher(FxBuildHasher),
@@ -59,8 +59,12 @@ impl MemoryLimiter {
         if let Some(counter) = self.counters.get(key) {
             return counter.clone();
         }
+        // Sweep after as many new counters as the table holds (at least 1024):
+        // each sweep is O(table), so this keeps it O(1) per new counter.
         let created = self.created.fetch_add(1, Ordering::Relaxed) + 1;
-        if created.is_multiple_of(SWEEP_EVERY) || self.counters.len() >= self.max_counters {
+        let due = created >= (self.counters.len() as u64).max(SWEEP_EVERY);
+        if due || self.counters.len() >= self.max_counters {
+            self.created.store(0, Ordering::Relaxed);
             self.sweep(now_ms);
         }
         if self.counters.len() >= self.max_counters {
