@@ -445,19 +445,10 @@ async fn verify_api_gives_the_gateway_decision() {
 #[tokio::test]
 async fn health_readiness_and_openapi() {
     let app = TestApp::start().await;
-    let health: Value = app
-        .http
-        .get(format!("{}/healthz", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, health) = app.control_json("/healthz").await;
     assert_eq!(health["status"], "ok");
-    let ready = app.http.get(format!("{}/readyz", app.admin)).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
-    let ready: Value = ready.json().await.unwrap();
+    let (status, ready) = app.control_json("/readyz").await;
+    assert_eq!(status, 200);
     assert_eq!(ready["dependencies"]["store"]["state"], "up");
 
     let spec: Value = app
@@ -489,9 +480,8 @@ async fn health_readiness_and_openapi() {
     assert!(spec["components"]["schemas"].get("CreatedKey").is_some());
 
     app.store.close().await;
-    let down = app.http.get(format!("{}/readyz", app.admin)).send().await.unwrap();
-    assert_eq!(down.status(), 503);
-    let down: Value = down.json().await.unwrap();
+    let (status, down) = app.control_json("/readyz").await;
+    assert_eq!(status, 503);
     assert_eq!(down["dependencies"]["store"]["state"], "down");
     let write = app
         .admin_call(Method::POST, "/v1/workspaces", Some(json!({"name": "x"})))

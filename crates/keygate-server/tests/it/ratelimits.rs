@@ -492,15 +492,7 @@ async fn two_nodes_on_redis_share_limits() {
         }
     }
     assert_eq!(admitted, 10, "one counter in Redis for both nodes");
-    let readiness: Value = b
-        .http
-        .get(format!("{}/readyz", b.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, readiness) = b.control_json("/readyz").await;
     assert_eq!(
         readiness["dependencies"]["limiter"],
         json!({"state": "up", "backend": "redis", "detail": null})
@@ -521,9 +513,8 @@ async fn an_unreachable_redis_never_causes_a_5xx() {
         [200, 200, 200, 200, 200, 429, 429, 429],
         "on_failure = local enforces the same limit"
     );
-    let readiness = app.http.get(format!("{}/readyz", app.admin)).send().await.unwrap();
-    assert_eq!(readiness.status(), 200);
-    let readiness: Value = readiness.json().await.unwrap();
+    let (status, readiness) = app.control_json("/readyz").await;
+    assert_eq!(status, 200);
     assert_eq!(readiness["status"], "degraded");
     assert_eq!(readiness["dependencies"]["limiter"]["state"], "degraded");
 }

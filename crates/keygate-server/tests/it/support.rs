@@ -70,6 +70,13 @@ impl TestApp {
         response.json().await.unwrap_or(Value::Null)
     }
 
+    /// An unauthenticated control-plane GET (`/healthz`, `/readyz`): status and JSON body.
+    pub async fn control_json(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(format!("{}{path}", self.admin)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
     pub async fn workspace(&self, name: &str) -> String {
         let body = self
             .admin_ok(Method::POST, "/v1/workspaces", Some(json!({"name": name})), 201)
