@@ -237,12 +237,6 @@ impl KeyHash {
         Self(bytes)
     }
 
-    pub fn from_hex(hex_str: &str) -> Option<Self> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_str, &mut out).ok()?;
-        Some(Self(out))
-    }
-
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

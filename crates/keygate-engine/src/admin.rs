@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keygate_core::error::ErrorInstance;
@@ -605,17 +604,16 @@ impl Engine {
     }
 
     /// Usage of a key in `[from, to)`, bucketed; empty buckets are omitted.
+    /// The caller resolves defaults, since it reports the range it used.
     pub async fn key_usage(
         &self,
         actor: &Actor,
         id: &str,
-        from: Option<DateTime<Utc>>,
-        to: Option<DateTime<Utc>>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
         granularity: Granularity,
     ) -> Result<Vec<UsageBucket>, AdminError> {
         let key = self.get_key(actor, id).await?;
-        let to = to.unwrap_or_else(|| self.now());
-        let from = from.unwrap_or(to - chrono::Duration::hours(24));
         if from >= to {
             return Err(AdminError::validation("from", "must be before `to`"));
         }
@@ -679,6 +677,3 @@ fn bucket_usage(rows: &[UsageCount], granularity: Granularity) -> Vec<UsageBucke
         })
         .collect()
 }
-
-/// Default rotation grace when a request names none.
-pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);

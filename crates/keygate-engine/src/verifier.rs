@@ -199,10 +199,6 @@ impl Engine {
         ids.next(prefix, now)
     }
 
-    pub fn settings(&self) -> &EngineSettings {
-        &self.settings
-    }
-
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

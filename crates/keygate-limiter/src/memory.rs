@@ -122,11 +122,6 @@ impl MemoryLimiter {
             slot.fetch_sub(1, Ordering::AcqRel);
         }))
     }
-
-    /// Permits held for a key, for tests and `/readyz`.
-    pub fn held(&self, key: &PermitKey) -> u32 {
-        self.permits.get(key).map_or(0, |slot| slot.load(Ordering::Acquire))
-    }
 }
 
 #[async_trait]

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ipnet::IpNet;
 use keygate_core::model::KeyStatus;
-use keygate_core::{ErrorCatalog, ErrorCode, ErrorFormat};
+use keygate_core::{ErrorCatalog, ErrorFormat};
 use keygate_engine::admin::Granularity;
 use keygate_engine::{Actor, Engine};
 use keygate_store::{AuditFilter, KeyFilter, Page, MAX_PAGE_SIZE};
@@ -22,7 +22,7 @@ use utoipa::OpenApi;
 
 use crate::http::dto::*;
 use crate::http::error::{self, render, ApiError};
-use crate::http::extract::{client_ip, credential, credential_error_code, JsonBody, PathParam, QueryParams};
+use crate::http::extract::{client_ip, credential, credential_rejection, JsonBody, PathParam, QueryParams};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 
@@ -67,13 +67,7 @@ impl FromRequestParts<AdminState> for Caller {
         let ip = client_ip(peer, &parts.headers, &state.trusted_proxies);
         let presented = match credential(&parts.headers) {
             Ok(presented) => presented,
-            Err(err) => {
-                let code = credential_error_code(err);
-                return Err(match code {
-                    ErrorCode::InvalidApiKey => state.engine.reject_unreadable(Some(ip)).into(),
-                    other => ApiError::new(other),
-                });
-            }
+            Err(err) => return Err(ApiError(credential_rejection(&state.engine, err, ip))),
         };
         let actor = state.engine.authenticate_admin(presented, ip).await?;
         Ok(Caller(actor))
@@ -390,10 +384,7 @@ async fn key_usage(
         .ok_or_else(|| ApiError::validation("granularity", "must be minute, hour or day"))?;
     let to = query.to.unwrap_or_else(|| state.engine.now());
     let from = query.from.unwrap_or(to - chrono::Duration::hours(24));
-    let buckets = state
-        .engine
-        .key_usage(&actor, &id, Some(from), Some(to), granularity)
-        .await?;
+    let buckets = state.engine.key_usage(&actor, &id, from, to, granularity).await?;
     Ok(Json(KeyUsage {
         key_id: id,
         granularity: granularity_text,

@@ -9,7 +9,9 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::HeaderMap;
 use ipnet::IpNet;
 use keygate_core::credential::{select_credential, CredentialError};
+use keygate_core::error::ErrorInstance;
 use keygate_core::ErrorCode;
+use keygate_engine::Engine;
 use serde::de::DeserializeOwned;
 
 use crate::http::error::ApiError;
@@ -114,11 +116,13 @@ pub fn credential(headers: &HeaderMap) -> Result<&str, CredentialError> {
     )
 }
 
-pub fn credential_error_code(err: CredentialError) -> ErrorCode {
+/// The error for a credential that could not be selected. An unreadable one
+/// (not UTF-8, oversized) counts as a failed attempt, like any invalid key.
+pub fn credential_rejection(engine: &Engine, err: CredentialError, client: IpAddr) -> ErrorInstance {
     match err {
-        CredentialError::Missing => ErrorCode::MissingApiKey,
-        CredentialError::Ambiguous => ErrorCode::AmbiguousApiKey,
-        CredentialError::Invalid => ErrorCode::InvalidApiKey,
+        CredentialError::Missing => ErrorCode::MissingApiKey.into(),
+        CredentialError::Ambiguous => ErrorCode::AmbiguousApiKey.into(),
+        CredentialError::Invalid => engine.reject_unreadable(Some(client)).error,
     }
 }
 

@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::config::{RateLimitHeaderStyle, Route};
 use crate::http::error::render;
-use crate::http::extract::{client_ip, credential, credential_error_code};
+use crate::http::extract::{client_ip, credential, credential_rejection};
 use crate::http::ratelimit::{add_headers, views};
 
 pub const WHOAMI_PATH: &str = "/v1/whoami";
@@ -131,14 +131,7 @@ async fn authenticate(
 ) -> Result<Verified, Response> {
     let presented = match credential(headers) {
         Ok(presented) => presented,
-        Err(err) => {
-            let code = credential_error_code(err);
-            let rejection = match code {
-                ErrorCode::InvalidApiKey => gw.engine.reject_unreadable(Some(client)).error,
-                other => other.into(),
-            };
-            return Err(gw.error(&rejection));
-        }
+        Err(err) => return Err(gw.error(&credential_rejection(&gw.engine, err, client))),
     };
     let request = VerifyRequest {
         required_scopes,
