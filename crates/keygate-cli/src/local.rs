@@ -71,7 +71,7 @@ pub async fn serve(explicit: Option<&Path>, upstream: Option<String>) -> Result<
 }
 
 fn print_banner(app: &App, file: Option<&Path>, routes: usize, admin_key: Option<&str>) {
-    let gateway = format!("http://{}", app.gateway_addr);
+    let gateway = format!("{}://{}", app.gateway_scheme, app.gateway_addr);
     let admin = format!("http://{}", app.admin_addr);
     let config = file.map_or("built-in defaults".to_owned(), |f| f.display().to_string());
     println!("keygate is running ({config}).");

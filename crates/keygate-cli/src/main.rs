@@ -9,6 +9,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// glibc's malloc showed up as about 15% of the CPU time of a proxied request;
+/// mimalloc's thread-local free lists suit a server that allocates per request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "keygate",

@@ -413,3 +413,84 @@ fn environment_overrides_config() {
         "{message}"
     );
 }
+
+/// Peak resident memory of a process, from `/proc/<pid>/status` (Linux).
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test]
+async fn a_256_mib_multipart_upload_streams_through_in_bounded_memory() {
+    use futures::StreamExt;
+
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 4096; // 256 MiB
+    static DATA: [u8; CHUNK] = [b'x'; CHUNK];
+    // The upstream counts what arrives without keeping it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = axum::Router::new().fallback(|body: axum::body::Body| async move {
+        let mut stream = body.into_data_stream();
+        let mut total = 0u64;
+        while let Some(chunk) = stream.next().await {
+            total += chunk.unwrap().len() as u64;
+        }
+        total.to_string()
+    });
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+
+    let deployment = Deployment::new(&format!(
+        "[access_log]\ntarget = \"off\"\n\
+         [[routes]]\npath = \"/api/v1/invoices/upload\"\nmethods = [\"POST\"]\nupstream = \"{sink}\"\n\
+         max_body_size = \"1GiB\"\ntimeout = \"5m\"\n"
+    ));
+    let admin = deployment.ok_json(&["admin", "create-key", "--name", "t", "--json"], None);
+    let admin_key = admin["key"].as_str().unwrap().to_owned();
+    let server = deployment.serve("upload");
+    let auth = Some(admin_key.as_str());
+    let workspace = deployment.ok_json(&["workspaces", "create", "--name", "EnvoyX", "--json"], auth);
+    let created = deployment.ok_json(
+        &[
+            "keys",
+            "create",
+            "--workspace",
+            workspace["id"].as_str().unwrap(),
+            "--name",
+            "k",
+            "--json",
+        ],
+        auth,
+    );
+    let key = created["key"].as_str().unwrap().to_owned();
+
+    let chunks = futures::stream::iter((0..CHUNKS).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from_static(&DATA))));
+    let file =
+        reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(chunks), (CHUNK * CHUNKS) as u64)
+            .file_name("invoice.pdf")
+            .mime_str("application/pdf")
+            .unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/invoices/upload", deployment.gateway_url))
+        .header("X-API-Key", &key)
+        .multipart(reqwest::multipart::Form::new().part("file", file))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let received: u64 = response.text().await.unwrap().parse().unwrap();
+    assert!(
+        received > (CHUNK * CHUNKS) as u64,
+        "the whole file and the multipart framing arrived"
+    );
+
+    let peak = peak_rss_bytes(server.child.id());
+    assert!(
+        peak < 96 * 1024 * 1024,
+        "the gateway's peak memory was {} MiB for a 256 MiB upload",
+        peak / (1024 * 1024)
+    );
+    server.stop();
+}

@@ -29,6 +29,7 @@ pub enum ErrorCode {
     UpstreamTimeout,
     ServiceUnavailable,
     PayloadTooLarge,
+    HttpsRequired,
     // Control plane.
     ValidationError,
     InvalidJson,
@@ -41,7 +42,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::MissingApiKey,
         Self::AmbiguousApiKey,
         Self::InvalidApiKey,
@@ -58,6 +59,7 @@ impl ErrorCode {
         Self::UpstreamTimeout,
         Self::ServiceUnavailable,
         Self::PayloadTooLarge,
+        Self::HttpsRequired,
         Self::ValidationError,
         Self::InvalidJson,
         Self::UnsupportedMediaType,
@@ -86,6 +88,7 @@ impl ErrorCode {
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::HttpsRequired => "HTTPS_REQUIRED",
             Self::ValidationError => "VALIDATION_ERROR",
             Self::InvalidJson => "INVALID_JSON",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
@@ -105,7 +108,11 @@ impl ErrorCode {
         match self {
             Self::AmbiguousApiKey | Self::InvalidJson => 400,
             Self::MissingApiKey | Self::InvalidApiKey | Self::ApiKeyExpired | Self::ApiKeyRevoked => 401,
-            Self::WorkspaceDisabled | Self::IpNotAllowed | Self::InsufficientScope | Self::Forbidden => 403,
+            Self::WorkspaceDisabled
+            | Self::IpNotAllowed
+            | Self::InsufficientScope
+            | Self::Forbidden
+            | Self::HttpsRequired => 403,
             Self::RouteNotFound | Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
@@ -145,6 +152,7 @@ impl ErrorCode {
             Self::UpstreamTimeout => "The upstream service did not answer in time. Please retry shortly.",
             Self::ServiceUnavailable => "The service is temporarily unavailable. Please retry shortly.",
             Self::PayloadTooLarge => "The request body is too large.",
+            Self::HttpsRequired => "This API is served over HTTPS only. Send the request to the https:// address.",
             Self::ValidationError => "The request is not valid.",
             Self::InvalidJson => "The request body is not valid JSON.",
             Self::UnsupportedMediaType => "Send the request body as JSON with Content-Type: application/json.",

@@ -69,12 +69,18 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether `peer` is one of the proxies whose forwarding headers are believed.
+pub fn is_trusted_proxy(peer: IpAddr, trusted_proxies: &[IpNet]) -> bool {
+    let peer = canonical(peer);
+    trusted_proxies.iter().any(|net| net.contains(&peer))
+}
+
 /// The client's address: the TCP peer, unless the peer is a trusted proxy, in
 /// which case `X-Forwarded-For` is walked from the right, skipping trusted
 /// hops; the first untrusted hop is the client. Unparsable entries stop the walk,
 /// so a client cannot inject an address past a hop that is not a proxy.
 pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted_proxies: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+    let is_trusted = |ip: &IpAddr| is_trusted_proxy(*ip, trusted_proxies);
     let mut client = canonical(peer);
     if !is_trusted(&client) {
         return client;

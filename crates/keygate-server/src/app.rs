@@ -12,8 +12,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{LimiterSettings, Settings};
+use crate::http::access_log::{AccessLog, AccessLogGuard};
 use crate::http::admin::{self, AdminState};
 use crate::http::gateway::{self, GatewayState};
+use crate::http::transport::{self, ServeOptions, TlsError};
 use keygate_limiter::memory::MemoryLimiter;
 use keygate_limiter::redis::RedisLimiter;
 use keygate_limiter::resilient::ResilientLimiter;
@@ -23,6 +25,14 @@ use keygate_limiter::Limiter;
 pub enum ServeError {
     #[error("limiter.url: {0}")]
     Limiter(#[from] keygate_limiter::LimiterError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("access_log.target: cannot open {target:?}: {source}")]
+    AccessLog {
+        target: crate::config::AccessLogTarget,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr} ({plane}): {source}")]
     Bind {
         plane: &'static str,
@@ -35,16 +45,28 @@ pub enum ServeError {
 /// A running node. Dropping it does not stop it; call [`App::shutdown`].
 pub struct App {
     pub gateway_addr: SocketAddr,
+    /// `https` when the data plane terminates TLS, else `http`.
+    pub gateway_scheme: &'static str,
     pub admin_addr: SocketAddr,
     pub engine: Arc<Engine>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     shutdown_timeout: Duration,
+    access_log: AccessLogGuard,
 }
 
 impl App {
     pub async fn start(settings: Settings, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self, ServeError> {
         let limiter = build_limiter(&settings.limiter)?;
+        let tls = match &settings.tls {
+            Some(files) => Some(transport::tls_acceptor(&files.cert, &files.key)?),
+            None => None,
+        };
+        let (access_log, access_log_guard) =
+            AccessLog::open(&settings.access_log).map_err(|source| ServeError::AccessLog {
+                target: settings.access_log.clone(),
+                source,
+            })?;
         let engine = Arc::new(Engine::new(store, clock, limiter, settings.engine.clone()));
         let gateway_listener = bind("gateway", settings.gateway_addr).await?;
         let admin_listener = bind("admin", settings.admin_addr).await?;
@@ -52,13 +74,18 @@ impl App {
         let admin_addr = local_addr(&admin_listener, settings.admin_addr);
         let (stop, stopped) = watch::channel(false);
 
-        let gateway_router = gateway::router(GatewayState::new(
-            engine.clone(),
-            settings.errors.clone(),
-            settings.headers,
-            settings.routes.clone(),
-            settings.trusted_proxies.clone(),
-        ));
+        let gateway_threads = transport::serve_on_threads(
+            "gateway",
+            gateway_listener.into_std().map_err(gateway_error(gateway_addr))?,
+            settings.gateway_threads,
+            || gateway::router(GatewayState::new(engine.clone(), &settings, access_log.clone())),
+            ServeOptions {
+                tls,
+                max_header_bytes: settings.max_header_bytes,
+            },
+            stopped.clone(),
+        )
+        .map_err(gateway_error(gateway_addr))?;
         let admin_router = admin::router(AdminState::new(
             engine.clone(),
             &settings.errors,
@@ -66,23 +93,38 @@ impl App {
             settings.trusted_proxies.clone(),
         ));
 
-        let tasks = vec![
-            tokio::spawn(serve("gateway", gateway_listener, gateway_router, stopped.clone())),
-            tokio::spawn(serve("admin", admin_listener, admin_router, stopped.clone())),
+        let mut tasks = vec![
+            tokio::spawn(transport::serve(
+                "admin",
+                admin_listener,
+                admin_router,
+                ServeOptions {
+                    tls: None,
+                    max_header_bytes: settings.max_header_bytes,
+                },
+                stopped.clone(),
+            )),
             tokio::spawn(
                 engine
                     .clone()
                     .run_usage_flusher(settings.usage_flush_interval, wait_for_stop(stopped)),
             ),
         ];
+        tasks.extend(gateway_threads.into_iter().map(|finished| {
+            tokio::spawn(async move {
+                let _ = finished.await;
+            })
+        }));
         tracing::info!(%gateway_addr, %admin_addr, "keygate started");
         Ok(Self {
             gateway_addr,
+            gateway_scheme: if settings.tls.is_some() { "https" } else { "http" },
             admin_addr,
             engine,
             stop,
             tasks,
             shutdown_timeout: settings.shutdown_timeout,
+            access_log: access_log_guard,
         })
     }
 
@@ -97,6 +139,8 @@ impl App {
                 tracing::error!(error = %err, "final usage flush failed");
             }
         }
+        // Flushes the access-log lines still queued.
+        drop(self.access_log);
         tracing::info!("keygate stopped");
     }
 }
@@ -118,6 +162,14 @@ pub fn build_limiter(settings: &LimiterSettings) -> Result<Arc<dyn Limiter>, Ser
     })
 }
 
+fn gateway_error(addr: SocketAddr) -> impl Fn(std::io::Error) -> ServeError {
+    move |source| ServeError::Bind {
+        plane: "gateway",
+        addr,
+        source,
+    }
+}
+
 async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     for task in tasks {
         let _ = task.await;
@@ -136,14 +188,4 @@ fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
 
 async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
-}
-
-async fn serve(plane: &'static str, listener: TcpListener, router: axum::Router, stopped: watch::Receiver<bool>) {
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(wait_for_stop(stopped))
-        .await;
-    if let Err(err) = result {
-        tracing::error!(plane, error = %err, "server stopped with an error");
-    }
 }

@@ -35,6 +35,7 @@ pub struct Config {
     pub usage: UsageConfig,
     pub limiter: LimiterConfig,
     pub headers: HeadersConfig,
+    pub access_log: AccessLogConfig,
     pub plans: BTreeMap<String, Plan>,
     pub routes: Vec<RouteConfig>,
 }
@@ -107,6 +108,61 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     /// How long graceful shutdown waits for in-flight requests.
     pub shutdown_timeout: String,
+    /// Refuse data-plane requests that arrived over plain HTTP, unless a
+    /// trusted proxy says (`X-Forwarded-Proto: https`) that it terminated TLS.
+    pub require_https: bool,
+    /// Largest request body the gateway forwards (`10MiB`, `1GiB`); routes may override.
+    pub max_body_size: String,
+    /// Largest request head (request line and headers) on both planes; larger ones get 431.
+    pub max_header_size: String,
+    /// Serve the data plane over TLS from these PEM files.
+    pub tls: Option<TlsConfig>,
+    /// Threads serving the data plane, each with its own runtime; 0 = one per CPU.
+    pub gateway_threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// `stdout`, `stderr`, `off`, or a file path (appended to).
+    pub target: String,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self {
+            target: "stdout".into(),
+        }
+    }
+}
+
+/// Where the one-JSON-line-per-request access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Off,
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+impl AccessLogTarget {
+    fn parse(text: &str) -> Self {
+        match text {
+            "off" | "" => Self::Off,
+            "stdout" => Self::Stdout,
+            "stderr" => Self::Stderr,
+            path => Self::File(PathBuf::from(path)),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -116,6 +172,11 @@ impl Default for ServerConfig {
             admin_addr: "127.0.0.1:8081".into(),
             trusted_proxies: vec![],
             shutdown_timeout: "10s".into(),
+            require_https: false,
+            max_body_size: "10MiB".into(),
+            max_header_size: "64KiB".into(),
+            tls: None,
+            gateway_threads: 0,
         }
     }
 }
@@ -249,9 +310,23 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     #[serde(default)]
     pub preserve_host: bool,
-    /// Whole-request timeout towards the upstream.
+    /// How long the upstream may take to send its response headers (the
+    /// request body included); the response body then streams without limit.
     #[serde(default = "default_upstream_timeout")]
     pub timeout: String,
+    /// How long connecting to the upstream may take.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Overrides `server.max_body_size` for this route.
+    #[serde(default)]
+    pub max_body_size: Option<String>,
+    /// Forward `X-API-Key` and `Authorization: Bearer` to the upstream (stripped by default).
+    #[serde(default)]
+    pub forward_key: bool,
+}
+
+fn default_connect_timeout() -> String {
+    "5s".into()
 }
 
 fn yes() -> bool {
@@ -274,6 +349,9 @@ pub struct Route {
     pub strip_prefix: bool,
     pub preserve_host: bool,
     pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub forward_key: bool,
 }
 
 /// Everything the server needs, validated.
@@ -290,6 +368,12 @@ pub struct Settings {
     pub limiter: LimiterSettings,
     pub headers: RateLimitHeaderStyle,
     pub routes: Vec<Route>,
+    pub require_https: bool,
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    pub tls: Option<TlsConfig>,
+    pub access_log: AccessLogTarget,
+    pub gateway_threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -441,11 +525,22 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         return Err(invalid("usage.flush_interval", "must be positive".into()));
     }
 
+    let max_body_bytes = parse_size(&config.server.max_body_size).map_err(|e| invalid("server.max_body_size", e))?;
+    let max_header_bytes =
+        parse_size(&config.server.max_header_size).map_err(|e| invalid("server.max_header_size", e))?;
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
+        return Err(invalid(
+            "server.max_header_size",
+            format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES} bytes"),
+        ));
+    }
     let routes = config
         .routes
         .iter()
         .enumerate()
-        .map(|(index, route)| validate_route(index, route).map_err(|(field, message)| invalid(&field, message)))
+        .map(|(index, route)| {
+            validate_route(index, route, max_body_bytes).map_err(|(field, message)| invalid(&field, message))
+        })
         .collect::<Result<Vec<_>, _>>()?;
 
     Ok(Settings {
@@ -473,7 +568,28 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         limiter,
         headers,
         routes,
+        require_https: config.server.require_https,
+        max_body_bytes,
+        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+        tls: config.server.tls.clone(),
+        access_log: AccessLogTarget::parse(&config.access_log.target),
+        gateway_threads: match config.server.gateway_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            threads => threads,
+        },
     })
+}
+
+/// hyper needs at least 8 KiB of read buffer; above 1 MiB a header block is an attack, not an API call.
+const MIN_HEADER_BYTES: u64 = 8 * 1024;
+const MAX_HEADER_BYTES: u64 = 1024 * 1024;
+
+/// `10MiB`, `1 GiB`, `512KB` or plain bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| format!("`{text}` is not a size like 10MiB or 1GiB"))
 }
 
 fn validate_limiter(config: &LimiterConfig) -> Result<LimiterSettings, (String, String)> {
@@ -514,7 +630,7 @@ fn validate_limiter(config: &LimiterConfig) -> Result<LimiterSettings, (String, 
     })
 }
 
-fn validate_route(index: usize, route: &RouteConfig) -> Result<Route, (String, String)> {
+fn validate_route(index: usize, route: &RouteConfig, default_max_body: u64) -> Result<Route, (String, String)> {
     let name = format!("routes[{index}] (path \"{}\")", route.path);
     let fail = |field: &str, message: String| (format!("{name}.{field}"), message);
     if !route.path.starts_with('/') {
@@ -543,6 +659,14 @@ fn validate_route(index: usize, route: &RouteConfig) -> Result<Route, (String, S
         .collect::<Result<Vec<_>, _>>()?;
     let scopes = validate_scopes(&route.scopes).map_err(|e| fail("scopes", e.to_string()))?;
     let timeout = parse_duration(&route.timeout).map_err(|e| fail("timeout", e.to_string()))?;
+    let connect_timeout = parse_duration(&route.connect_timeout).map_err(|e| fail("connect_timeout", e.to_string()))?;
+    if timeout.is_zero() || connect_timeout.is_zero() {
+        return Err(fail("timeout", "timeouts must be positive".into()));
+    }
+    let max_body_bytes = match &route.max_body_size {
+        Some(text) => parse_size(text).map_err(|e| fail("max_body_size", e))?,
+        None => default_max_body,
+    };
     Ok(Route {
         path: route.path.trim_end_matches('/').to_owned(),
         methods,
@@ -553,6 +677,9 @@ fn validate_route(index: usize, route: &RouteConfig) -> Result<Route, (String, S
         strip_prefix: route.strip_prefix,
         preserve_host: route.preserve_host,
         timeout,
+        connect_timeout,
+        max_body_bytes,
+        forward_key: route.forward_key,
     })
 }
 
@@ -568,6 +695,9 @@ pub fn catch_all_route(upstream: &str) -> RouteConfig {
         strip_prefix: false,
         preserve_host: false,
         timeout: default_upstream_timeout(),
+        connect_timeout: default_connect_timeout(),
+        max_body_size: None,
+        forward_key: false,
     }
 }
 
@@ -620,6 +750,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("errors.invalid_key_status"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse_and_routes_inherit_the_server_body_limit() {
+        let (_, settings) = load_text(
+            r#"
+            [server]
+            max_body_size = "2MiB"
+            max_header_size = "16KiB"
+            [[routes]]
+            path = "/a"
+            upstream = "http://127.0.0.1:9000"
+            [[routes]]
+            path = "/upload"
+            upstream = "http://127.0.0.1:9000"
+            max_body_size = "1GiB"
+            connect_timeout = "250ms"
+            forward_key = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(settings.max_body_bytes, 2 * 1024 * 1024);
+        assert_eq!(settings.max_header_bytes, 16 * 1024);
+        assert_eq!(settings.routes[0].max_body_bytes, 2 * 1024 * 1024);
+        assert_eq!(settings.routes[1].max_body_bytes, 1024 * 1024 * 1024);
+        assert_eq!(settings.routes[1].connect_timeout, Duration::from_millis(250));
+        assert!(settings.routes[1].forward_key && !settings.routes[0].forward_key);
+        assert_eq!(settings.access_log, AccessLogTarget::Stdout);
+    }
+
+    #[test]
+    fn bad_sizes_name_the_field_and_the_route() {
+        let err = load_text("[server]\nmax_body_size = \"ten\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.max_body_size") && err.contains("ten"), "{err}");
+        let err = load_text("[server]\nmax_header_size = \"1KiB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.max_header_size"), "{err}");
+        let err = load_text("[[routes]]\npath = \"/up\"\nupstream = \"http://127.0.0.1:1\"\nmax_body_size = \"-3\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("routes[0] (path \"/up\").max_body_size"), "{err}");
+        let err = load_text("[[routes]]\npath = \"/up\"\nupstream = \"http://127.0.0.1:1\"\nconnect_timeout = \"0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("routes[0]") && err.contains("timeout"), "{err}");
+        let err = load_text("[server.tls]\ncert = \"a.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("key"), "{err}");
+    }
+
+    #[test]
+    fn access_log_targets() {
+        assert_eq!(AccessLogTarget::parse("off"), AccessLogTarget::Off);
+        assert_eq!(AccessLogTarget::parse("stderr"), AccessLogTarget::Stderr);
+        assert_eq!(
+            AccessLogTarget::parse("/var/log/keygate.log"),
+            AccessLogTarget::File(PathBuf::from("/var/log/keygate.log"))
+        );
     }
 
     #[test]

@@ -1,95 +1,144 @@
-//! The data plane: find the route, authenticate, then answer (`/v1/whoami`) or
-//! forward to the upstream. Everything here is translation; decisions are the
-//! engine's.
+//! The data plane: find the route, check transport and body size, then
+//! authenticate and answer (`/v1/whoami`) or hand over to [`proxy`]. Every
+//! response gets an `X-Request-Id` and one access-log line. Everything here is
+//! translation; decisions are the engine's.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{self, HeaderName, HeaderValue};
-use axum::http::{HeaderMap, Method, Uri};
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use keygate_core::error::ErrorInstance;
+use keygate_core::ip::is_trusted_proxy;
 use keygate_core::limits::DEFAULT_RESOURCE;
 use keygate_core::{ErrorCatalog, ErrorCode};
 use keygate_engine::{CachedKey, Engine, RateLimits, Verified, VerifyRequest};
-use keygate_limiter::Permit;
 use serde_json::json;
 
-use crate::config::{RateLimitHeaderStyle, Route};
+use crate::config::{RateLimitHeaderStyle, Settings};
+use crate::http::access_log::{AccessEntry, AccessLog};
 use crate::http::error::render;
 use crate::http::extract::{client_ip, credential, credential_rejection};
+use crate::http::proxy::{self, Upstream};
 use crate::http::ratelimit::{add_headers, views};
+use crate::http::transport::Transport;
 
 pub const WHOAMI_PATH: &str = "/v1/whoami";
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// An incoming request id longer than this is replaced, not forwarded.
+const MAX_REQUEST_ID_LEN: usize = 128;
 
 #[derive(Clone)]
 pub struct GatewayState {
     pub engine: Arc<Engine>,
     pub catalog: Arc<ErrorCatalog>,
     pub headers: RateLimitHeaderStyle,
-    pub routes: Arc<Vec<Route>>,
     pub trusted_proxies: Arc<Vec<IpNet>>,
-    pub client: Client<HttpConnector, Body>,
+    upstreams: Arc<[Upstream]>,
+    require_https: bool,
+    access_log: AccessLog,
 }
 
 impl GatewayState {
-    pub fn new(
-        engine: Arc<Engine>,
-        catalog: ErrorCatalog,
-        headers: RateLimitHeaderStyle,
-        routes: Vec<Route>,
-        trusted_proxies: Vec<IpNet>,
-    ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+    pub fn new(engine: Arc<Engine>, settings: &Settings, access_log: AccessLog) -> Self {
         Self {
             engine,
-            catalog: Arc::new(catalog),
-            headers,
-            routes: Arc::new(routes),
-            trusted_proxies: Arc::new(trusted_proxies),
-            client,
+            catalog: Arc::new(settings.errors.clone()),
+            headers: settings.headers,
+            trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
+            upstreams: settings.routes.iter().cloned().map(Upstream::new).collect(),
+            require_https: settings.require_https,
+            access_log,
         }
     }
 
     /// Longest path prefix wins (`/api` matches `/api` and `/api/x`, not
     /// `/apix`); a route with methods matches only those.
-    fn route_for(&self, method: &Method, path: &str) -> Option<&Route> {
-        self.routes
+    fn upstream_for(&self, method: &Method, path: &str) -> Option<&Upstream> {
+        self.upstreams
             .iter()
-            .filter(|r| r.methods.is_empty() || r.methods.contains(method))
-            .filter(|r| {
-                path.strip_prefix(r.path.as_str())
+            .filter(|u| u.route.methods.is_empty() || u.route.methods.contains(method))
+            .filter(|u| {
+                path.strip_prefix(u.route.path.as_str())
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
             })
-            .max_by_key(|r| r.path.len())
+            .max_by_key(|u| u.route.path.len())
     }
 
-    fn error(&self, error: &ErrorInstance) -> Response {
+    pub(crate) fn error(&self, error: &ErrorInstance) -> Response {
         render(&self.catalog, error)
     }
 
     /// Adds the rate-limit headers of an identified key to any response.
-    fn with_limits(&self, mut response: Response, limits: Option<&RateLimits>) -> Response {
+    pub(crate) fn with_limits(&self, mut response: Response, limits: Option<&RateLimits>) -> Response {
         if let Some(limits) = limits {
             add_headers(response.headers_mut(), limits, self.headers);
         }
         response
     }
+
+    /// 413 with `Connection: close`: the rest of the body is never read, so
+    /// the connection cannot carry another request and the client must not
+    /// try (nginx does the same).
+    pub(crate) fn body_too_large(&self) -> Response {
+        let mut response = self.error(&ErrorCode::PayloadTooLarge.into());
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+
+    pub(crate) fn is_trusted(&self, peer: IpAddr) -> bool {
+        is_trusted_proxy(peer, &self.trusted_proxies)
+    }
+
+    /// TLS terminated here, or by a trusted proxy that says so.
+    fn arrived_over_https(&self, transport: Transport, peer: IpAddr, headers: &HeaderMap) -> bool {
+        transport.tls
+            || (self.is_trusted(peer)
+                && headers
+                    .get("x-forwarded-proto")
+                    .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https")))
+    }
+
+    /// A trusted proxy's id is kept so one id follows the request end to end;
+    /// anyone else's is replaced, since clients could use it to forge log lines.
+    fn request_id(&self, peer: IpAddr, headers: &HeaderMap) -> HeaderValue {
+        let incoming = headers
+            .get(&X_REQUEST_ID)
+            .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.to_str().is_ok());
+        match incoming {
+            Some(id) if self.is_trusted(peer) => id.clone(),
+            _ => new_request_id(),
+        }
+    }
+}
+
+/// `req_` and a lowercase ULID, built on the stack: this runs on every request.
+fn new_request_id() -> HeaderValue {
+    let mut id = [0u8; 4 + ulid::ULID_LEN];
+    id[..4].copy_from_slice(b"req_");
+    let mut encoded = [0u8; ulid::ULID_LEN];
+    ulid::Ulid::new().array_to_str(&mut encoded);
+    encoded.make_ascii_lowercase();
+    id[4..].copy_from_slice(&encoded);
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
 }
 
 pub fn router(state: GatewayState) -> Router {
     Router::new().fallback(handle).with_state(state)
+}
+
+/// What one request needs besides its headers and body.
+pub(crate) struct Exchange {
+    pub peer: SocketAddr,
+    pub transport: Transport,
+    pub request_id: HeaderValue,
 }
 
 async fn handle(
@@ -97,29 +146,86 @@ async fn handle(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let route = gw.route_for(request.method(), request.uri().path());
-    let is_whoami = route.is_none()
+    let started = Instant::now();
+    let transport = request.extensions().get::<Transport>().copied().unwrap_or_default();
+    let exchange = Exchange {
+        peer,
+        transport,
+        request_id: gw.request_id(peer.ip(), request.headers()),
+    };
+    let logged = gw
+        .access_log
+        .enabled()
+        .then(|| (request.method().clone(), request.uri().path().to_owned()));
+    let client = client_ip(peer, request.headers(), &gw.trusted_proxies);
+    let (mut response, key) = process(&gw, &exchange, client, request).await;
+    if let Some((method, path)) = logged {
+        gw.access_log.record(&AccessEntry {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            request_id: exchange.request_id.to_str().unwrap_or_default(),
+            method: method.as_str(),
+            path: &path,
+            status: response.status().as_u16(),
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            key_id: key.as_ref().map(|k| k.key.id.as_str()),
+            workspace_id: key.as_ref().map(|k| k.key.workspace_id.as_str()),
+            client_ip: client,
+        });
+    }
+    response.headers_mut().insert(X_REQUEST_ID, exchange.request_id);
+    response
+}
+
+/// The request flow of DESIGN.md section 4. Returns the key that was
+/// identified, if any, for the access log.
+async fn process(
+    gw: &GatewayState,
+    exchange: &Exchange,
+    client: IpAddr,
+    request: Request,
+) -> (Response, Option<Arc<CachedKey>>) {
+    let upstream = gw.upstream_for(request.method(), request.uri().path());
+    let is_whoami = upstream.is_none()
         && request.uri().path() == WHOAMI_PATH
         && matches!(*request.method(), Method::GET | Method::HEAD);
-    if route.is_none() && !is_whoami {
-        return gw.error(&ErrorCode::RouteNotFound.into());
+    if upstream.is_none() && !is_whoami {
+        return (gw.error(&ErrorCode::RouteNotFound.into()), None);
     }
-    let client = client_ip(peer, request.headers(), &gw.trusted_proxies);
-    let required_scopes: &[String] = route.map_or(&[], |r| &r.scopes);
-    let resource = route.map_or(DEFAULT_RESOURCE, |r| r.resource.as_str());
-    let verified = if route.is_none_or(|r| r.auth) {
-        match authenticate(&gw, request.headers(), client, required_scopes, resource).await {
+    // Before the key is looked at: a key sent in clear text must not be honoured.
+    if gw.require_https && !gw.arrived_over_https(exchange.transport, exchange.peer.ip(), request.headers()) {
+        return (gw.error(&ErrorCode::HttpsRequired.into()), None);
+    }
+    // A declared length over the limit is refused before it costs a lookup or a limit.
+    if let Some(upstream) = upstream {
+        if declared_length(request.headers()).is_some_and(|len| len > upstream.route.max_body_bytes) {
+            return (gw.body_too_large(), None);
+        }
+    }
+    let required_scopes: &[String] = upstream.map_or(&[], |u| &u.route.scopes);
+    let resource = upstream.map_or(DEFAULT_RESOURCE, |u| u.route.resource.as_str());
+    let verified = if upstream.is_none_or(|u| u.route.auth) {
+        match authenticate(gw, request.headers(), client, required_scopes, resource).await {
             Ok(verified) => Some(verified),
-            Err(response) => return response,
+            Err(refused) => return refused,
         }
     } else {
         None
     };
-    match (route, verified) {
-        (Some(route), verified) => forward(&gw, route, request, verified, client).await,
+    let key = verified.as_ref().map(|v| v.key.clone());
+    let response = match (upstream, verified) {
+        (Some(upstream), Some(Verified { key, limits, permit })) => {
+            let response = proxy::forward(gw, upstream, exchange, client, request, Some(&key), permit).await;
+            gw.with_limits(response, limits.as_ref())
+        }
+        (Some(upstream), None) => proxy::forward(gw, upstream, exchange, client, request, None, None).await,
         (None, Some(verified)) => gw.with_limits(whoami(&verified), verified.limits.as_ref()),
         (None, None) => gw.error(&ErrorCode::RouteNotFound.into()),
-    }
+    };
+    (response, key)
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 async fn authenticate(
@@ -128,20 +234,20 @@ async fn authenticate(
     client: IpAddr,
     required_scopes: &[String],
     resource: &str,
-) -> Result<Verified, Response> {
+) -> Result<Verified, (Response, Option<Arc<CachedKey>>)> {
     let presented = match credential(headers) {
         Ok(presented) => presented,
-        Err(err) => return Err(gw.error(&credential_rejection(&gw.engine, err, client))),
+        Err(err) => return Err((gw.error(&credential_rejection(&gw.engine, err, client)), None)),
     };
     let request = VerifyRequest {
         required_scopes,
         resource,
         ..VerifyRequest::new(presented, Some(client))
     };
-    gw.engine
-        .verify(request)
-        .await
-        .map_err(|rejection| gw.with_limits(gw.error(&rejection.error), rejection.limits.as_ref()))
+    gw.engine.verify(request).await.map_err(|rejection| {
+        let response = gw.with_limits(gw.error(&rejection.error), rejection.limits.as_ref());
+        (response, rejection.key)
+    })
 }
 
 /// `GET /v1/whoami`: the key's workspace and metadata, the "test your key" call.
@@ -162,142 +268,4 @@ fn whoami(verified: &Verified) -> Response {
         "ratelimit": {"limits": verified.limits.as_ref().map(views).unwrap_or_default()},
     }))
     .into_response()
-}
-
-/// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
-}
-
-fn upstream_uri(route: &Route, uri: &Uri) -> Option<Uri> {
-    let path = uri.path();
-    let rest = if route.strip_prefix {
-        path.strip_prefix(route.path.as_str()).unwrap_or(path)
-    } else {
-        path
-    };
-    let mut target = route.upstream.path().trim_end_matches('/').to_owned();
-    if !rest.starts_with('/') {
-        target.push('/');
-    }
-    target.push_str(rest);
-    if let Some(query) = uri.query() {
-        target.push('?');
-        target.push_str(query);
-    }
-    Uri::builder()
-        .scheme(route.upstream.scheme_str().unwrap_or("http"))
-        .authority(route.upstream.authority()?.as_str())
-        .path_and_query(target)
-        .build()
-        .ok()
-}
-
-/// Streams the request to the upstream and its answer back, with the
-/// credential removed and the identity headers added.
-async fn forward(
-    gw: &GatewayState,
-    route: &Route,
-    request: Request,
-    verified: Option<Verified>,
-    client: IpAddr,
-) -> Response {
-    let (identity, limits, permit) = match verified {
-        Some(Verified { key, limits, permit }) => (Some(key), limits, permit),
-        None => (None, None, None),
-    };
-    let response = forward_to_upstream(gw, route, request, identity.as_deref(), permit, client).await;
-    gw.with_limits(response, limits.as_ref())
-}
-
-async fn forward_to_upstream(
-    gw: &GatewayState,
-    route: &Route,
-    request: Request,
-    identity: Option<&CachedKey>,
-    permit: Option<Permit>,
-    client: IpAddr,
-) -> Response {
-    let (mut parts, body) = request.into_parts();
-    let Some(uri) = upstream_uri(route, &parts.uri) else {
-        return gw.error(&ErrorCode::UpstreamUnavailable.into());
-    };
-    let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
-    headers.remove("x-api-key");
-    let is_bearer = headers.get(header::AUTHORIZATION).is_some_and(|v| {
-        v.as_bytes()
-            .get(..7)
-            .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
-    });
-    if is_bearer {
-        headers.remove(header::AUTHORIZATION);
-    }
-    for name in ["x-keygate-key-id", "x-keygate-workspace-id", "x-keygate-environment"] {
-        headers.remove(name);
-    }
-    if let Some(cached) = identity {
-        let key = &cached.key;
-        let pairs = [
-            ("x-keygate-key-id", key.id.as_str()),
-            ("x-keygate-workspace-id", key.workspace_id.as_str()),
-            ("x-keygate-environment", key.environment.as_str()),
-        ];
-        for (name, value) in pairs {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                headers.insert(name, value);
-            }
-        }
-    }
-    if let Ok(value) = HeaderValue::from_str(&client.to_string()) {
-        headers.insert("x-forwarded-for", value);
-    }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if !route.preserve_host {
-        headers.remove(header::HOST);
-    }
-    parts.uri = uri;
-    let upstream_request = axum::http::Request::from_parts(parts, body);
-    match tokio::time::timeout(route.timeout, gw.client.request(upstream_request)).await {
-        Ok(Ok(response)) => {
-            let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            // The concurrency permit lives as long as the response body: it is
-            // released when the body ends, fails, or the client goes away.
-            let body = body.map_frame(move |frame| {
-                let _held = &permit;
-                frame
-            });
-            Response::from_parts(parts, Body::new(body))
-        }
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, upstream = %route.upstream, "upstream request failed");
-            gw.error(&ErrorCode::UpstreamUnavailable.into())
-        }
-        Err(_) => gw.error(&ErrorCode::UpstreamTimeout.into()),
-    }
 }

@@ -1,8 +1,11 @@
 //! HTTP only: translation between requests and the engine. No decisions here.
 
+pub mod access_log;
 pub mod admin;
 pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod gateway;
+pub mod proxy;
 pub mod ratelimit;
+pub mod transport;

@@ -21,6 +21,7 @@ async fn snapshot_every_error(format: &str) {
             path = "/api/invoices"
             upstream = "{}"
             scopes = ["invoices:write"]
+            max_body_size = "1KiB"
             "#,
             upstream.url
         ))
@@ -99,6 +100,27 @@ async fn snapshot_every_error(format: &str) {
         "ROUTE_NOT_FOUND",
         error_snapshot(get("/nowhere").send().await.unwrap()).await,
     );
+
+    let (_, writer) = app
+        .key(&ws, json!({"name": "writer", "scopes": ["invoices:write"]}))
+        .await;
+    let too_large = app
+        .http
+        .post(app.gateway_url("/api/invoices"))
+        .header("X-API-Key", &writer)
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    snap("PAYLOAD_TOO_LARGE", error_snapshot(too_large).await);
+
+    let https_only = TestApp::builder()
+        .config(&format!(
+            "[errors]\nformat = \"{format}\"\n[server]\nrequire_https = true\ntrusted_proxies = [\"10.0.0.0/8\"]\n"
+        ))
+        .start()
+        .await;
+    snap("HTTPS_REQUIRED", error_snapshot(https_only.whoami(&good).await).await);
 
     let other_ws = app.workspace("Disabled Inc").await;
     let (_, disabled_key) = app.key(&other_ws, json!({"name": "disabled"})).await;

@@ -46,8 +46,8 @@ async fn the_upstream_gets_identity_headers_and_never_the_key() {
     assert_eq!(headers["x-keygate-key-id"], key_id.as_str());
     assert_eq!(headers["x-keygate-workspace-id"], ws.as_str());
     assert_eq!(headers["x-keygate-environment"], "test");
-    // 127.0.0.1 is a trusted proxy in TestApp, so the client is 6.6.6.6.
-    assert_eq!(headers["x-forwarded-for"], "6.6.6.6");
+    // 127.0.0.1 is a trusted proxy in TestApp: its chain is extended with itself.
+    assert_eq!(headers["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(headers["host"], upstream.url.trim_start_matches("http://"));
     for absent in ["x-api-key", "authorization", "x-private", "connection"] {

@@ -192,7 +192,7 @@ async fn graceful_shutdown_flushes_usage() {
     let store = app.store.clone();
     let from = app.clock_now() - Duration::hours(1);
     let to = app.clock_now() + Duration::hours(1);
-    app.stop().await;
+    let _database = app.stop().await;
     let usage = keygate_store::Store::key_usage(store.as_ref(), &id, from, to)
         .await
         .unwrap();

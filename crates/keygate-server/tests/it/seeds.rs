@@ -11,6 +11,34 @@ async fn body(response: reqwest::Response) -> (u16, Value) {
     (status, response.json().await.unwrap())
 }
 
+/// The upstream's answer came back unchanged (its status, its own header,
+/// its body) plus keygate's rate-limit headers; returns what the upstream saw.
+async fn passed_through(response: reqwest::Response, limit: &str) -> Value {
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["x-upstream"], "echo");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["x-ratelimit-limit"], limit);
+    assert!(headers.contains_key("x-ratelimit-remaining") && headers.contains_key("x-ratelimit-reset"));
+    assert!(headers.contains_key("x-request-id"));
+    let seen: Value = response.json().await.unwrap();
+    for stripped in ["x-api-key", "authorization"] {
+        assert!(
+            seen["headers"].get(stripped).is_none(),
+            "{stripped} reached the upstream"
+        );
+    }
+    assert!(seen["headers"]["x-keygate-key-id"]
+        .as_str()
+        .unwrap()
+        .starts_with("key_"));
+    assert!(seen["headers"]["x-keygate-workspace-id"]
+        .as_str()
+        .unwrap()
+        .starts_with("ws_"));
+    seen
+}
+
 /// Evon CRM: `X-API-Key`, `{"error": ...}` bodies, `GET /organization`.
 #[tokio::test]
 async fn evon_crm() {
@@ -28,6 +56,10 @@ async fn evon_crm() {
             INVALID_API_KEY = "Invalid API key"
             API_KEY_REVOKED = "Invalid API key"
             INSUFFICIENT_SCOPE = "Insufficient permissions"
+            [plans.standard]
+            limits = [{{ requests = 100, per = "1m" }}]
+            [limiter]
+            default_plan = "standard"
             [[routes]]
             path = "/organization"
             upstream = "{0}"
@@ -85,9 +117,9 @@ async fn evon_crm() {
         .send()
         .await
         .unwrap();
-    let (status, echoed) = body(ok).await;
-    assert_eq!(status, 200);
+    let echoed = passed_through(ok, "100").await;
     assert_eq!(echoed["path"], "/organization");
+    assert_eq!(echoed["headers"]["x-keygate-environment"], "prod");
 }
 
 /// echowin: `X-API-Key`, full-access keys (no scopes), its own messages.
@@ -142,6 +174,10 @@ async fn evaligo() {
             r#"
             [keys]
             environments = ["production", "staging", "development"]
+            [plans.free]
+            limits = [{{ requests = 100, per = "1m" }}]
+            [limiter]
+            default_plan = "free"
             [[routes]]
             path = "/flows"
             methods = ["POST"]
@@ -161,9 +197,9 @@ async fn evaligo() {
         app.http.post(&url).header("X-API-Key", &key),
     ] {
         let response = request.json(&json!({"input": "value"})).send().await.unwrap();
-        let (status, echoed) = body(response).await;
-        assert_eq!(status, 200);
+        let echoed = passed_through(response, "100").await;
         assert_eq!(echoed["method"], "POST");
+        assert_eq!(echoed["path"], "/flows/your-flow-id/execute");
         assert_eq!(echoed["headers"]["x-keygate-environment"], "production");
         assert!(echoed["headers"].get("authorization").is_none());
         assert!(echoed["headers"].get("x-api-key").is_none());
@@ -196,6 +232,10 @@ async fn envoyx() {
             [errors.messages]
             MISSING_API_KEY = "API key is required. Include it in the X-API-Key header."
             INVALID_API_KEY = "The provided API key is invalid or has been revoked."
+            [plans.standard]
+            limits = [{{ requests = 1000, per = "1h" }}]
+            [limiter]
+            default_plan = "standard"
             [[routes]]
             path = "/api/v1/invoices/upload"
             methods = ["POST"]
@@ -242,8 +282,7 @@ async fn envoyx() {
         .send()
         .await
         .unwrap();
-    let (status, echoed) = body(uploaded).await;
-    assert_eq!(status, 200);
+    let echoed = passed_through(uploaded, "1000").await;
     assert!(echoed["headers"]["content-type"]
         .as_str()
         .unwrap()

@@ -109,8 +109,10 @@ impl TestApp {
             .unwrap()
     }
 
-    pub async fn stop(self) {
+    /// Shuts the node down; the returned directory holds its database until dropped.
+    pub async fn stop(self) -> tempfile::TempDir {
         self.app.shutdown().await;
+        self._dir
     }
 }
 

@@ -1,0 +1,341 @@
+//! Forwarding one request to a route's upstream: the credential removed, the
+//! identity and forwarding headers added, bodies streamed both ways (never
+//! buffered), `Upgrade` connections tunnelled, and upstream failures turned
+//! into catalog errors. A concurrency permit lives as long as the exchange:
+//! the response body, or the tunnel of an upgraded connection.
+
+use std::error::Error as StdError;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::header::{self, HeaderName, HeaderValue};
+use axum::http::uri::{Authority, Scheme};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keygate_core::ErrorCode;
+use keygate_engine::CachedKey;
+use keygate_limiter::Permit;
+
+use crate::config::Route;
+use crate::http::gateway::{Exchange, GatewayState, X_REQUEST_ID};
+
+/// Idle pooled connections to an upstream are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A route with its own connection pool, so one slow upstream's connect
+/// timeout and pool never affect another's.
+pub struct Upstream {
+    pub route: Route,
+    client: Client<HttpConnector, Body>,
+    /// Parsed once: cloning these is a reference-count increment.
+    scheme: Scheme,
+    authority: Option<Authority>,
+}
+
+impl Upstream {
+    pub fn new(route: Route) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(route.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        let scheme = route.upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let authority = route.upstream.authority().cloned();
+        Self {
+            route,
+            client,
+            scheme,
+            authority,
+        }
+    }
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
+/// `expect` is answered by this node's HTTP layer, not the upstream's.
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::EXPECT,
+];
+
+const IDENTITY_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-keygate-key-id"),
+    HeaderName::from_static("x-keygate-workspace-id"),
+    HeaderName::from_static("x-keygate-environment"),
+];
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The `Upgrade` protocol a client asks for, if it asks (HTTP/1.1 only).
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    wants.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
+    let route = &upstream.route;
+    let path = uri.path();
+    let rest = if route.strip_prefix {
+        path.strip_prefix(route.path.as_str()).unwrap_or(path)
+    } else {
+        path
+    };
+    let base = route.upstream.path().trim_end_matches('/');
+    let mut target = String::with_capacity(base.len() + rest.len() + uri.query().map_or(0, |q| q.len() + 1) + 1);
+    target.push_str(base);
+    if !rest.starts_with('/') {
+        target.push('/');
+    }
+    target.push_str(rest);
+    if let Some(query) = uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone()?)
+        .path_and_query(target)
+        .build()
+        .ok()
+}
+
+/// Rewrites the client's headers into the upstream's: no credential (unless
+/// the route forwards it), no spoofed identity, and the forwarding headers.
+fn upstream_headers(
+    gw: &GatewayState,
+    route: &Route,
+    exchange: &Exchange,
+    client: IpAddr,
+    headers: &mut HeaderMap,
+    identity: Option<&CachedKey>,
+) {
+    let peer = exchange.peer.ip();
+    let trusted = gw.is_trusted(peer);
+    strip_hop_by_hop(headers);
+    if !route.forward_key {
+        headers.remove(X_API_KEY);
+        let is_bearer = headers.get(header::AUTHORIZATION).is_some_and(|v| {
+            v.as_bytes()
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
+        });
+        if is_bearer {
+            headers.remove(header::AUTHORIZATION);
+        }
+    }
+    for name in &IDENTITY_HEADERS {
+        headers.remove(name);
+    }
+    if let Some(cached) = identity {
+        let key = &cached.key;
+        let values = [key.id.as_str(), key.workspace_id.as_str(), key.environment.as_str()];
+        for (name, value) in IDENTITY_HEADERS.iter().zip(values) {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    let forwarded_for = forwarded_for(headers, trusted, peer, client);
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    let proto_from_proxy = trusted && headers.contains_key(&X_FORWARDED_PROTO);
+    if !proto_from_proxy {
+        let proto = if exchange.transport.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    headers.insert(X_REQUEST_ID, exchange.request_id.clone());
+    if !route.preserve_host {
+        headers.remove(header::HOST);
+    }
+}
+
+/// A trusted proxy's chain is extended with the proxy itself; anyone else's
+/// is replaced by the address this node sees, so clients cannot plant hops.
+fn forwarded_for(headers: &HeaderMap, trusted: bool, peer: IpAddr, client: IpAddr) -> String {
+    let chain: Vec<&str> = if trusted {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if chain.is_empty() {
+        return client.to_string();
+    }
+    format!("{}, {}", chain.join(", "), keygate_core::ip::canonical(peer))
+}
+
+/// Streams the request to the upstream and its answer back.
+pub(crate) async fn forward(
+    gw: &GatewayState,
+    upstream: &Upstream,
+    exchange: &Exchange,
+    client: IpAddr,
+    mut request: Request,
+    identity: Option<&CachedKey>,
+    permit: Option<Permit>,
+) -> Response {
+    let route = &upstream.route;
+    let upgrade = requested_upgrade(request.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
+    let (mut parts, body) = request.into_parts();
+    let Some(uri) = upstream_uri(upstream, &parts.uri) else {
+        return gw.error(&ErrorCode::UpstreamUnavailable.into());
+    };
+    upstream_headers(gw, route, exchange, client, &mut parts.headers, identity);
+    let body = match &upgrade {
+        Some((protocol, _)) => {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+            Body::empty()
+        }
+        None => limited(body, route.max_body_bytes),
+    };
+    parts.uri = uri;
+    let sent = upstream.client.request(axum::http::Request::from_parts(parts, body));
+    let mut response = match tokio::time::timeout(route.timeout, sent).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) if caused_by::<LengthLimitError>(&err) => {
+            return gw.body_too_large();
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, upstream = %route.upstream, "upstream request failed");
+            return gw.error(&ErrorCode::UpstreamUnavailable.into());
+        }
+        Err(_) => {
+            tracing::warn!(upstream = %route.upstream, timeout = ?route.timeout, "upstream timed out");
+            return gw.error(&ErrorCode::UpstreamTimeout.into());
+        }
+    };
+    if let (Some((_, client_side)), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
+        let upstream_side = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(client_side, upstream_side, permit));
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, Body::empty());
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = body.map_frame(move |frame| {
+        // The permit is released when the body ends, fails, or the client goes away.
+        let _held = &permit;
+        frame
+    });
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// Bodies past the route's limit fail mid-stream; the failure surfaces as
+/// [`LengthLimitError`] in the upstream request's error.
+fn limited(body: Body, max_bytes: u64) -> Body {
+    match usize::try_from(max_bytes) {
+        Ok(max) => Body::new(Limited::new(body, max)),
+        Err(_) => body,
+    }
+}
+
+fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if err.is::<E>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+/// Copies bytes both ways until either side closes; the permit is held for
+/// the connection's lifetime.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, permit: Option<Permit>) {
+    let _held = permit;
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(client), Ok(upstream)) => (client, upstream),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::debug!(error = %err, "upgrade failed");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %err, "upgraded connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn upgrade_needs_both_connection_and_upgrade() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(requested_upgrade(&headers), None);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert_eq!(requested_upgrade(&headers), Some(HeaderValue::from_static("websocket")));
+    }
+
+    #[test]
+    fn forwarded_for_is_extended_only_for_trusted_proxies() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(forwarded_for(&headers, true, proxy, client), "203.0.113.7, 10.0.0.2");
+        assert_eq!(forwarded_for(&headers, false, proxy, proxy), "10.0.0.2");
+        assert_eq!(forwarded_for(&HeaderMap::new(), true, proxy, proxy), "10.0.0.2");
+    }
+}

@@ -1,0 +1,267 @@
+//! Accepting connections for one plane: plain TCP or TLS, HTTP/1.1 and
+//! HTTP/2, `Upgrade` (WebSocket), a bounded request head, and a graceful
+//! shutdown that stops accepting and lets open requests finish.
+//!
+//! `axum::serve` would be shorter, but it neither terminates TLS nor exposes
+//! hyper's header limit, so the planes use hyper-util's server directly and
+//! keep axum for routing.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
+use tower::Service;
+
+/// How a request reached this node, put in each request's extensions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transport {
+    /// The connection was TLS, terminated here.
+    pub tls: bool,
+}
+
+/// A client that connects and never finishes its TLS handshake must not hold a task forever.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Slow-loris protection: a request head must arrive within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub tls: Option<TlsAcceptor>,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("server.tls.cert: cannot read {path}: {source}")]
+    Cert {
+        path: String,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("server.tls.cert: {path} holds no certificate")]
+    NoCert { path: String },
+    #[error("server.tls.key: cannot read a private key from {path}: {source}")]
+    Key {
+        path: String,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("server.tls: the certificate and key do not make a TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// Reads the PEM files once at start; HTTP/2 is offered by ALPN, HTTP/1.1 otherwise.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let cert_path = cert.display().to_string();
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Cert {
+            path: cert_path.clone(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCert { path: cert_path });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+        path: key.display().to_string(),
+        source,
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves the data plane on `threads` OS threads, each with its own
+/// single-threaded runtime accepting from the same socket, like nginx's
+/// workers. A request then never leaves the thread that accepted it, and
+/// each thread has its own upstream pools (`make_router` runs once per
+/// thread): on a two-core machine this proxied about 1.4 times as many
+/// requests per second as one multi-threaded runtime (BENCHMARKS.md).
+/// Each returned receiver resolves when its thread has finished.
+pub fn serve_on_threads(
+    plane: &'static str,
+    listener: std::net::TcpListener,
+    threads: usize,
+    make_router: impl Fn() -> Router,
+    options: ServeOptions,
+    stopped: watch::Receiver<bool>,
+) -> std::io::Result<Vec<oneshot::Receiver<()>>> {
+    listener.set_nonblocking(true)?;
+    let mut finished = Vec::with_capacity(threads);
+    for index in 0..threads.max(1) {
+        let listener = listener.try_clone()?;
+        let (router, options, stopped) = (make_router(), options.clone(), stopped.clone());
+        let (done, done_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("keygate-{plane}-{index}"))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => serve(plane, listener, router, options, stopped).await,
+                            Err(err) => tracing::error!(plane, error = %err, "cannot listen"),
+                        }
+                    }),
+                    Err(err) => tracing::error!(plane, error = %err, "cannot start a runtime"),
+                }
+                let _ = done.send(());
+            })?;
+        finished.push(done_rx);
+    }
+    Ok(finished)
+}
+
+/// Serves `router` on `listener` until `stopped` turns true, then waits for
+/// open requests to finish (the caller bounds that wait).
+pub async fn serve(
+    plane: &'static str,
+    listener: TcpListener,
+    router: Router,
+    options: ServeOptions,
+    stopped: watch::Receiver<bool>,
+) {
+    let builder = connection_builder(options.max_header_bytes);
+    let graceful = GracefulShutdown::new();
+    let stop = wait_for_stop(stopped);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let connection = Connection {
+                        stream,
+                        peer,
+                        router: router.clone(),
+                        builder: builder.clone(),
+                        tls: options.tls.clone(),
+                    };
+                    tokio::spawn(connection.run(graceful.watcher()));
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(plane, error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut stop => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Connection {
+    async fn run(self, watcher: Watcher) {
+        let _ = self.stream.set_nodelay(true);
+        let transport = Transport {
+            tls: self.tls.is_some(),
+        };
+        let (peer, router) = (self.peer, self.router);
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(transport);
+            router.clone().call(request)
+        });
+        let result = match self.tls {
+            None => {
+                let connection = self
+                    .builder
+                    .serve_connection_with_upgrades(TokioIo::new(self.stream), service);
+                watcher.watch(connection.into_owned()).await
+            }
+            Some(acceptor) => {
+                let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(self.stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let connection = self
+                    .builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                watcher.watch(connection.into_owned()).await
+            }
+        };
+        if let Err(err) = result {
+            // Clients that reset or send garbage end up here; it is theirs, not ours.
+            tracing::debug!(%peer, error = %err, "connection ended with an error");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_errors_name_the_setting_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = tls_acceptor(&missing, &missing).err().unwrap().to_string();
+        assert!(
+            err.starts_with("server.tls.cert") && err.contains("missing.pem"),
+            "{err}"
+        );
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let err = tls_acceptor(&empty, &empty).err().unwrap().to_string();
+        assert!(err.contains("holds no certificate"), "{err}");
+
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        let err = tls_acceptor(&cert, &cert).err().unwrap().to_string();
+        assert!(err.starts_with("server.tls.key"), "{err}");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+        assert!(tls_acceptor(&cert, &key).is_ok());
+    }
+}

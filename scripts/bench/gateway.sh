@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# keygate's gateway against nginx, in one run, with wrk on loopback.
+#
+# Five cases against the same tiny upstream (an nginx `return 200`):
+#   1. direct to the upstream;
+#   2. nginx as a plain reverse proxy;
+#   3. nginx doing API-key auth: `map` over 10,000 keys plus `limit_req` per key;
+#   4. keygate with 10,000 valid keys cycling, each checked for scope and rate limit;
+#   5. keygate rejecting invalid keys (bad checksum).
+# The proxy under test gets one CPU (taskset), wrk and the upstream the other,
+# so nginx (one worker) and keygate (tokio sees one CPU) compete on equal terms.
+# Access logs are off on both sides: this measures the proxy, not the disk.
+#
+# Usage: bash scripts/bench/gateway.sh        (DURATION=10s CONNECTIONS=64 KEYS=10000)
+# Everything it starts listens on 127.0.0.1 and is stopped on exit.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+KEYS=${KEYS:-10000}
+BASE_PORT=${BASE_PORT:-18100}
+UPSTREAM_PORT=$BASE_PORT
+NGINX_PROXY_PORT=$((BASE_PORT + 1))
+NGINX_AUTH_PORT=$((BASE_PORT + 2))
+KEYGATE_PORT=$((BASE_PORT + 3))
+KEYGATE_ADMIN_PORT=$((BASE_PORT + 4))
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=$(mktemp -d /tmp/keygate-bench.XXXXXX)
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+install_missing() {
+  local missing=()
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  command -v python3 >/dev/null || missing+=(python3)
+  [ ${#missing[@]} -eq 0 ] && return
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing ${missing[*]} with apt-get" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+PIN_PROXY=()
+PIN_LOAD=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  PIN_PROXY=(taskset -c 1)
+  PIN_LOAD=(taskset -c 0)
+fi
+
+wait_for_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2
+  exit 1
+}
+
+start_nginx() { # name, server block(s), pin
+  local name=$1 servers=$2
+  shift 2
+  mkdir -p "$WORK/$name"
+  cat >"$WORK/$name/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/$name/nginx.pid;
+error_log $WORK/$name/error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/$name/body;
+  proxy_temp_path $WORK/$name/proxy;
+  fastcgi_temp_path $WORK/$name/fastcgi;
+  uwsgi_temp_path $WORK/$name/uwsgi;
+  scgi_temp_path $WORK/$name/scgi;
+  keepalive_requests 100000;
+  upstream tiny { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
+  $servers
+}
+EOF
+  "$@" "$NGINX" -c "$WORK/$name/nginx.conf" -e "$WORK/$name/error.log" &
+  PIDS+=($!)
+}
+
+PROXY_LOCATION='proxy_pass http://tiny; proxy_http_version 1.1; proxy_set_header Connection "";'
+
+run_wrk() { # label, url, [lua script]
+  local label=$1 url=$2 script=${3:-}
+  local args=(-t1 -c"$CONNECTIONS" -d"$DURATION" --latency)
+  [ -n "$script" ] && args+=(-s "$script")
+  "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d2s ${script:+-s "$script"} "$url" >/dev/null # warm-up
+  "${PIN_LOAD[@]}" wrk "${args[@]}" "$url" >"$WORK/$label.wrk"
+  local rps p50 p99 non2xx
+  rps=$(awk '/^Requests\/sec/ {print $2}' "$WORK/$label.wrk")
+  p50=$(awk '$1 == "50%" {print $2}' "$WORK/$label.wrk")
+  p99=$(awk '$1 == "99%" {print $2}' "$WORK/$label.wrk")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' "$WORK/$label.wrk")
+  printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$rps" "$p50" "$p99" "${non2xx:-0}" >>"$WORK/results.tsv"
+  echo "  $label: $rps req/s, p50 $p50, p99 $p99, non-2xx ${non2xx:-0}" >&2
+}
+
+install_missing
+echo "building keygate (release)" >&2
+(cd "$ROOT" && cargo build --release --bin keygate -q)
+KEYGATE="$ROOT/target/release/keygate"
+
+# The tiny upstream, shared by every case.
+start_nginx upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'ok\n'; } }" "${PIN_LOAD[@]}"
+wait_for_port "$UPSTREAM_PORT"
+
+# keygate: one plan with a limit that is never reached, a route that needs a scope.
+cat >"$WORK/keygate.toml" <<EOF
+[server]
+gateway_addr = "127.0.0.1:$KEYGATE_PORT"
+admin_addr = "127.0.0.1:$KEYGATE_ADMIN_PORT"
+[store]
+url = "sqlite://$WORK/keygate/keygate.db"
+[access_log]
+target = "off"
+[cache]
+capacity = 100000
+[security]
+max_failed_attempts = 1000000000
+[plans.bench]
+limits = [{ requests = 100000000, per = "1h" }]
+[limiter]
+default_plan = "bench"
+[[routes]]
+path = "/"
+upstream = "http://127.0.0.1:$UPSTREAM_PORT"
+scopes = ["bench:read"]
+EOF
+mkdir -p "$WORK/keygate"
+KEYGATE_CONFIG="$WORK/keygate.toml" "$KEYGATE" migrate >/dev/null
+ADMIN_KEY=$(KEYGATE_CONFIG="$WORK/keygate.toml" "$KEYGATE" admin create-key --name bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+KEYGATE_CONFIG="$WORK/keygate.toml" KEYGATE_LOG=warn "${PIN_PROXY[@]}" "$KEYGATE" serve >"$WORK/keygate.out" 2>"$WORK/keygate.err" &
+PIDS+=($!)
+wait_for_port "$KEYGATE_ADMIN_PORT"
+wait_for_port "$KEYGATE_PORT"
+
+echo "creating $KEYS keys" >&2
+python3 - "$KEYGATE_ADMIN_PORT" "$ADMIN_KEY" "$KEYS" "$WORK/keys.txt" <<'EOF'
+import http.client, json, sys
+port, admin, count, out = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+conn = http.client.HTTPConnection("127.0.0.1", port)
+def call(method, path, body):
+    conn.request(method, path, json.dumps(body), {"X-API-Key": admin, "Content-Type": "application/json"})
+    response = conn.getresponse()
+    data = json.loads(response.read())
+    assert response.status == 201, data
+    return data
+ws = call("POST", "/v1/workspaces", {"name": "bench"})["id"]
+with open(out, "w") as f:
+    for i in range(count):
+        f.write(call("POST", f"/v1/workspaces/{ws}/keys", {"name": f"k{i}", "scopes": ["bench:read"]})["key"] + "\n")
+EOF
+
+# Invalid keys: the right shape, a wrong checksum.
+python3 - "$WORK/keys.txt" "$WORK/invalid.txt" <<'EOF'
+import sys
+keys = open(sys.argv[1]).read().split()
+with open(sys.argv[2], "w") as f:
+    for key in keys:
+        f.write(key[:-1] + ("A" if key[-1] != "A" else "B") + "\n")
+EOF
+
+# nginx with auth: the same keys in a map, limit_req per key (never reached).
+{
+  echo "map_hash_max_size 262144; map_hash_bucket_size 128;"
+  echo "map \$http_x_api_key \$api_client { default \"\";"
+  awk '{printf "  \"%s\" \"k%d\";\n", $1, NR}' "$WORK/keys.txt"
+  echo "}"
+  echo "limit_req_zone \$api_client zone=perkey:10m rate=100000r/s;"
+  echo "server { listen 127.0.0.1:$NGINX_AUTH_PORT; location / {"
+  echo "  if (\$api_client = \"\") { return 401; }"
+  echo "  limit_req zone=perkey burst=100000 nodelay;"
+  echo "  proxy_set_header X-API-Key \"\"; $PROXY_LOCATION } }"
+} >"$WORK/auth-servers.conf"
+start_nginx nginx-proxy "server { listen 127.0.0.1:$NGINX_PROXY_PORT; location / { $PROXY_LOCATION } }" "${PIN_PROXY[@]}"
+start_nginx nginx-auth "include $WORK/auth-servers.conf;" "${PIN_PROXY[@]}"
+wait_for_port "$NGINX_PROXY_PORT"
+wait_for_port "$NGINX_AUTH_PORT"
+
+cat >"$WORK/keys.lua" <<'EOF'
+local keys = {}
+for line in io.lines(os.getenv("BENCH_KEYS")) do keys[#keys + 1] = line end
+local i = 0
+request = function()
+  i = i % #keys + 1
+  return wrk.format("GET", "/bench", { ["X-API-Key"] = keys[i] })
+end
+EOF
+
+# Sanity: each case answers as intended before it is measured.
+first_key=$(head -1 "$WORK/keys.txt")
+for check in "$NGINX_AUTH_PORT 200 $first_key" "$KEYGATE_PORT 200 $first_key" "$NGINX_AUTH_PORT 401 wrong" "$KEYGATE_PORT 401 wrong"; do
+  set -- $check
+  status=$(python3 -c 'import http.client,sys; c=http.client.HTTPConnection("127.0.0.1",int(sys.argv[1])); c.request("GET","/bench",headers={"X-API-Key":sys.argv[2]}); print(c.getresponse().status)' "$1" "$3")
+  [ "$status" = "$2" ] || { echo "port $1 with key $3 answered $status, expected $2" >&2; exit 1; }
+done
+
+echo "measuring: $DURATION per case, $CONNECTIONS connections, one wrk thread" >&2
+: >"$WORK/results.tsv"
+run_wrk "1. direct upstream" "http://127.0.0.1:$UPSTREAM_PORT/bench"
+run_wrk "2. nginx proxy" "http://127.0.0.1:$NGINX_PROXY_PORT/bench"
+BENCH_KEYS="$WORK/keys.txt" run_wrk "3. nginx map+limit_req" "http://127.0.0.1:$NGINX_AUTH_PORT/bench" "$WORK/keys.lua"
+BENCH_KEYS="$WORK/keys.txt" run_wrk "4. keygate valid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
+BENCH_KEYS="$WORK/invalid.txt" run_wrk "5. keygate invalid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
+
+echo
+echo "| case | req/s | p50 | p99 | non-2xx |"
+echo "|---|---:|---:|---:|---:|"
+awk -F'\t' '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}' "$WORK/results.tsv"
+awk -F'\t' '
+  NR == 3 { nginx = $2 }
+  NR == 4 { keygate = $2 }
+  END { if (nginx > 0) printf "\nkeygate (case 4) / nginx with auth (case 3): %.2f\n", keygate / nginx }
+' "$WORK/results.tsv"
