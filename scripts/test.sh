@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Starts (or installs) the local services the suite
-# uses, then runs every crate's unit and integration tests.
+# uses, then runs every crate's unit and integration tests, and the server's
+# integration tests a second time on PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,3 +10,7 @@ source scripts/lib/services.sh
 ensure_services
 
 cargo test --workspace --locked "$@"
+
+# The server's integration tests again, every node on PostgreSQL instead of SQLite.
+echo "== keygate-server integration tests on PostgreSQL (KEYGATE_TEST_STORE=postgres)"
+KEYGATE_TEST_STORE=postgres cargo test --locked -p keygate-server --test it "$@"

@@ -6,6 +6,8 @@
 //! `testsuite` holds the behaviour every implementation must pass.
 
 mod error;
+pub mod postgres;
+mod sql;
 pub mod sqlite;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
@@ -121,6 +123,9 @@ pub enum RevokeOutcome {
 pub trait Store: Send + Sync + 'static {
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Closes every connection; later calls fail with `Unavailable`. Tests use it
+    /// to take the store away; SQLite also checkpoints its WAL.
+    async fn close(&self);
 
     async fn insert_workspace(&self, workspace: &Workspace, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Deleted workspaces are not returned.
@@ -180,10 +185,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<UsageCount>, StoreError>;
 }
 
-/// Opens the store a URL names. Only `sqlite://` is built in so far.
+/// Opens the store a URL names: `sqlite://PATH` or `postgres://...`.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
     if url.starts_with("sqlite:") {
         let store = sqlite::SqliteStore::open(url).await?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let store = postgres::PostgresStore::open(url).await?;
         return Ok(Arc::new(store));
     }
     Err(OpenError::UnsupportedUrl(
@@ -193,7 +202,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("store.url scheme `{0}` is not supported; use sqlite://PATH")]
+    #[error("store.url scheme `{0}` is not supported; use sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
     #[error(transparent)]
     Store(#[from] StoreError),

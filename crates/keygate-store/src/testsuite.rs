@@ -1,11 +1,16 @@
 //! The behaviour every [`Store`] implementation must have. Run it for an
 //! implementation with `keygate_store::store_suite!(factory)`, where `factory`
-//! is an async fn returning a fresh `Arc<dyn Store>`.
+//! is an async fn returning a fresh `Arc<dyn Store>`, or `None` when its
+//! database is not available and the run does not require it (the case passes
+//! without running; the factory says so on stderr).
 
 // Test code: a failed expectation should panic with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::{Connection, PgConnection};
 
 use chrono::{DateTime, Duration, Utc};
 use keygate_core::id::{new_id, ADMIN_WORKSPACE_ID, AUDIT_PREFIX, KEY_PREFIX, WORKSPACE_PREFIX};
@@ -39,11 +44,87 @@ macro_rules! store_suite {
         $(
             #[tokio::test]
             async fn $case() {
-                let store = $factory().await;
+                // `None`: the database is not there and the run does not require it.
+                let Some(store) = $factory().await else { return };
                 $crate::testsuite::$case(store).await;
             }
         )*
     };
+}
+
+// PostgreSQL for the suites of other crates: a fresh schema per test.
+
+const SCHEMA_PREFIX: &str = "kg_test_";
+/// Schemas of earlier runs older than this are dropped, so the database does not fill up.
+const SCHEMA_MAX_AGE_SECS: u64 = 3600;
+
+pub fn postgres_url() -> String {
+    std::env::var("KEYGATE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn services_required() -> bool {
+    std::env::var("KEYGATE_REQUIRE_SERVICES").as_deref() == Ok("1")
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A connection to the test database, or `None` (skip) unless the run requires PostgreSQL.
+pub async fn postgres_admin_connection() -> Option<PgConnection> {
+    match PgConnection::connect(&postgres_url()).await {
+        Ok(connection) => Some(connection),
+        Err(err) if services_required() => {
+            panic!(
+                "PostgreSQL is required (KEYGATE_REQUIRE_SERVICES=1) but unreachable at {}: {err}",
+                postgres_url()
+            )
+        }
+        Err(err) => {
+            eprintln!("skipped: PostgreSQL unreachable at {}: {err}", postgres_url());
+            None
+        }
+    }
+}
+
+async fn drop_old_schemas(connection: &mut PgConnection) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::TEXT FROM pg_namespace WHERE nspname LIKE 'kg_test_%'")
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap();
+    let now = unix_secs();
+    for name in names {
+        let created = name
+            .trim_start_matches(SCHEMA_PREFIX)
+            .split('_')
+            .next()
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|secs| now.saturating_sub(secs) > SCHEMA_MAX_AGE_SECS) {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .execute(&mut *connection)
+                .await;
+        }
+    }
+}
+
+/// A new, empty schema in the test database (older test schemas are dropped),
+/// or `None` when PostgreSQL is unreachable and the run does not require it.
+pub async fn fresh_postgres_schema() -> Option<String> {
+    let mut connection = postgres_admin_connection().await?;
+    drop_old_schemas(&mut connection).await;
+    let schema = format!("{SCHEMA_PREFIX}{}_{:x}", unix_secs(), rand::random::<u64>());
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    Some(schema)
+}
+
+/// `store.url` for a schema of the test database: sqlx passes `options` to
+/// the server, which then resolves every table in that schema.
+pub fn postgres_url_for_schema(schema: &str) -> String {
+    format!("{}?options=-c%20search_path%3D{schema}", postgres_url())
 }
 
 fn now() -> DateTime<Utc> {

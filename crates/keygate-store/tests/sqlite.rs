@@ -8,12 +8,12 @@ use std::sync::Arc;
 use keygate_store::sqlite::SqliteStore;
 use keygate_store::Store;
 
-async fn fresh_sqlite() -> Arc<dyn Store> {
+async fn fresh_sqlite() -> Option<Arc<dyn Store>> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/keygate.db", dir.path().display());
     // The folder must outlive the test; it is removed with the OS temp dir.
     std::mem::forget(dir);
-    Arc::new(SqliteStore::open(&url).await.unwrap())
+    Some(Arc::new(SqliteStore::open(&url).await.unwrap()))
 }
 
 keygate_store::store_suite!(fresh_sqlite);

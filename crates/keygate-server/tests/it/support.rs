@@ -10,7 +10,8 @@ use chrono::Utc;
 use keygate_engine::ManualClock;
 use keygate_server::config::{self, Config};
 use keygate_server::App;
-use keygate_store::sqlite::SqliteStore;
+use keygate_store::testsuite::{fresh_postgres_schema, postgres_url_for_schema};
+use keygate_store::Store;
 use reqwest::Response;
 use serde_json::{json, Value};
 
@@ -21,7 +22,7 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub http: reqwest::Client,
     pub app: App,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
     pub store_url: String,
     /// Holds the database file; removed when the app is dropped.
     _dir: tempfile::TempDir,
@@ -141,12 +142,13 @@ impl TestAppBuilder {
             // Lets tests act as many clients through X-Forwarded-For.
             config.server.trusted_proxies = vec!["127.0.0.1".into()];
         }
-        config.store.url = self
-            .store_url
-            .unwrap_or_else(|| format!("sqlite://{}/keygate.db", dir.path().display()));
+        config.store.url = match self.store_url {
+            Some(shared) => shared,
+            None => fresh_store_url(dir.path()).await,
+        };
         let settings = config::validate(&config, Some(&path)).unwrap();
         let settings_store_url = settings.store_url.clone();
-        let store = Arc::new(SqliteStore::open(&settings.store_url).await.unwrap());
+        let store = keygate_store::open(&settings.store_url).await.unwrap();
         let clock = Arc::new(ManualClock::new(Utc::now()));
         let app = App::start(settings, store.clone(), clock.clone()).await.unwrap();
         let (_, admin_key) = app.engine.create_admin_key("test admin").await.unwrap();
@@ -161,6 +163,20 @@ impl TestAppBuilder {
             store,
             _dir: dir,
         }
+    }
+}
+
+/// SQLite in the test's folder, or with `KEYGATE_TEST_STORE=postgres` (the
+/// second pass of `scripts/test.sh`) a fresh schema of the local PostgreSQL.
+async fn fresh_store_url(dir: &std::path::Path) -> String {
+    match std::env::var("KEYGATE_TEST_STORE").as_deref() {
+        Ok("postgres") => {
+            let schema = fresh_postgres_schema()
+                .await
+                .expect("KEYGATE_TEST_STORE=postgres, but PostgreSQL is unreachable");
+            postgres_url_for_schema(&schema)
+        }
+        _ => format!("sqlite://{}/keygate.db", dir.display()),
     }
 }
 

@@ -1,0 +1,598 @@
+//! What the SQL stores share: the schema's column lists, the mapping between
+//! rows and the domain types, and [`sql_store!`], which writes the `Store`
+//! implementation once for every sqlx database. The SQL is the same on
+//! SQLite and PostgreSQL (timestamps as Unix milliseconds, lists as JSON
+//! text); only the placeholder syntax differs, which each backend's `sql_text`
+//! translates.
+
+pub(crate) use chrono::{DateTime, Utc};
+pub(crate) use keygate_core::ip::IpAllowlist;
+pub(crate) use keygate_core::model::{ApiKey, KeyStatus, Workspace};
+pub(crate) use keygate_core::KeyHash;
+pub(crate) use sqlx::Row;
+
+pub(crate) use crate::{
+    AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome, StoreError, UsageBatch, UsageCount,
+};
+
+pub(crate) const KEY_COLUMNS: &str = "k.id, k.workspace_id, k.lineage_id, k.name, k.environment, k.key_hash, k.hint, \
+    k.scopes, k.ip_allowlist, k.expires_at, k.metadata, k.limits, k.created_at, k.created_by, k.last_used_at, \
+    k.last_used_ip, k.revoked_at, k.revoked_reason, k.rotated_from, k.rotated_to, k.deleted_at";
+pub(crate) const WORKSPACE_COLUMNS: &str = "w.id AS w_id, w.name AS w_name, w.plan AS w_plan, \
+    w.ip_allowlist AS w_ip_allowlist, w.limits AS w_limits, w.disabled AS w_disabled, \
+    w.created_at AS w_created_at, w.updated_at AS w_updated_at";
+
+/// The column reads the row mappers need, for any backend's row type.
+pub(crate) trait StoreRow {
+    fn get_col<T: ColumnValue>(&self, column: &str) -> Result<T, StoreError>
+    where
+        Self: Sized,
+    {
+        T::read(self, column)
+    }
+    fn text(&self, column: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, column: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError>;
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError>;
+}
+
+/// The Rust types stored columns decode to.
+pub(crate) trait ColumnValue: Sized {
+    fn read<R: StoreRow + ?Sized>(row: &R, column: &str) -> Result<Self, StoreError>;
+}
+
+impl ColumnValue for String {
+    fn read<R: StoreRow + ?Sized>(row: &R, column: &str) -> Result<Self, StoreError> {
+        row.text(column)
+    }
+}
+
+impl ColumnValue for Option<String> {
+    fn read<R: StoreRow + ?Sized>(row: &R, column: &str) -> Result<Self, StoreError> {
+        row.opt_text(column)
+    }
+}
+
+impl ColumnValue for i64 {
+    fn read<R: StoreRow + ?Sized>(row: &R, column: &str) -> Result<Self, StoreError> {
+        row.int(column)
+    }
+}
+
+impl ColumnValue for Option<i64> {
+    fn read<R: StoreRow + ?Sized>(row: &R, column: &str) -> Result<Self, StoreError> {
+        row.opt_int(column)
+    }
+}
+
+macro_rules! impl_store_row {
+    ($row:ty) => {
+        impl StoreRow for $row {
+            fn text(&self, column: &str) -> Result<String, StoreError> {
+                Ok(self.try_get(column)?)
+            }
+            fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+                Ok(self.try_get(column)?)
+            }
+            fn int(&self, column: &str) -> Result<i64, StoreError> {
+                Ok(self.try_get(column)?)
+            }
+            fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+                Ok(self.try_get(column)?)
+            }
+            fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError> {
+                Ok(self.try_get(column)?)
+            }
+        }
+    };
+}
+
+impl_store_row!(sqlx::sqlite::SqliteRow);
+impl_store_row!(sqlx::postgres::PgRow);
+
+pub(crate) fn ms(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+pub(crate) fn from_ms(millis: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(millis).ok_or_else(|| StoreError::Corrupt(format!("timestamp {millis}")))
+}
+
+pub(crate) fn opt_from_ms(millis: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    millis.map(from_ms).transpose()
+}
+
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: String, column: &str) -> Result<T, StoreError> {
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+pub(crate) fn allowlist_from_json(text: String, column: &str) -> Result<IpAllowlist, StoreError> {
+    let entries: Vec<String> = from_json(text, column)?;
+    IpAllowlist::parse(&entries).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+pub(crate) fn workspace_from_row<R: StoreRow>(row: &R) -> Result<Workspace, StoreError> {
+    Ok(Workspace {
+        id: row.get_col("w_id")?,
+        name: row.get_col("w_name")?,
+        plan: row.get_col("w_plan")?,
+        ip_allowlist: allowlist_from_json(row.get_col("w_ip_allowlist")?, "workspaces.ip_allowlist")?,
+        limits: from_json(row.get_col("w_limits")?, "workspaces.limits")?,
+        disabled: row.int("w_disabled")? != 0,
+        created_at: from_ms(row.get_col("w_created_at")?)?,
+        updated_at: from_ms(row.get_col("w_updated_at")?)?,
+    })
+}
+
+pub(crate) fn key_from_row<R: StoreRow>(row: &R) -> Result<ApiKey, StoreError> {
+    let hash: Vec<u8> = row.bytes("key_hash")?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("api_keys.key_hash is not 32 bytes".into()))?;
+    Ok(ApiKey {
+        id: row.get_col("id")?,
+        workspace_id: row.get_col("workspace_id")?,
+        lineage_id: row.get_col("lineage_id")?,
+        name: row.get_col("name")?,
+        environment: row.get_col("environment")?,
+        hash: KeyHash::from_bytes(hash),
+        hint: row.get_col("hint")?,
+        scopes: from_json(row.get_col("scopes")?, "api_keys.scopes")?,
+        ip_allowlist: allowlist_from_json(row.get_col("ip_allowlist")?, "api_keys.ip_allowlist")?,
+        expires_at: opt_from_ms(row.get_col("expires_at")?)?,
+        metadata: from_json(row.get_col("metadata")?, "api_keys.metadata")?,
+        limits: from_json(row.get_col("limits")?, "api_keys.limits")?,
+        created_at: from_ms(row.get_col("created_at")?)?,
+        created_by: row.get_col("created_by")?,
+        last_used_at: opt_from_ms(row.get_col("last_used_at")?)?,
+        last_used_ip: row.get_col("last_used_ip")?,
+        revoked_at: opt_from_ms(row.get_col("revoked_at")?)?,
+        revoked_reason: row.get_col("revoked_reason")?,
+        rotated_from: row.get_col("rotated_from")?,
+        rotated_to: row.get_col("rotated_to")?,
+        deleted_at: opt_from_ms(row.get_col("deleted_at")?)?,
+    })
+}
+
+pub(crate) fn audit_from_row<R: StoreRow>(row: &R) -> Result<AuditEvent, StoreError> {
+    Ok(AuditEvent {
+        id: row.get_col("id")?,
+        at: from_ms(row.get_col("at")?)?,
+        actor: row.get_col("actor")?,
+        actor_ip: row.get_col("actor_ip")?,
+        action: row.get_col("action")?,
+        object_type: row.get_col("object_type")?,
+        object_id: row.get_col("object_id")?,
+        workspace_id: row.get_col("workspace_id")?,
+        details: from_json(row.get_col("details")?, "audit_events.details")?,
+    })
+}
+
+/// Turns `size + 1` fetched rows into a page and the cursor of the next one.
+pub(crate) fn paged<T>(mut items: Vec<T>, size: u32, id_of: impl Fn(&T) -> &str) -> Paged<T> {
+    let has_more = items.len() > size as usize;
+    items.truncate(size as usize);
+    let next_cursor = if has_more {
+        items.last().map(|item| id_of(item).to_owned())
+    } else {
+        None
+    };
+    Paged { items, next_cursor }
+}
+
+/// Implements `Store` for `$store` (a struct with a `pool` of database `$db`),
+/// passing every static SQL text through `$sql` for the backend's placeholders.
+macro_rules! sql_store {
+    ($store:ident, $db:ty, $sql:path) => {
+        mod sql_store_impl {
+            use super::$store;
+            use $crate::sql::*;
+
+            #[async_trait::async_trait]
+            impl $crate::Store for $store {
+                async fn close(&self) {
+                    self.pool.close().await;
+                }
+
+                async fn ping(&self) -> Result<(), StoreError> {
+                    sqlx::query(&$sql("SELECT 1")).execute(&self.pool).await?;
+                    Ok(())
+                }
+
+                async fn insert_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> Result<(), StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query(&$sql("INSERT INTO workspaces (id, name, plan, ip_allowlist, limits, disabled, created_at, updated_at) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
+                    .bind(&ws.id)
+                    .bind(&ws.name)
+                    .bind(&ws.plan)
+                    .bind(to_json(&ws.ip_allowlist.to_strings())?)
+                    .bind(to_json(&ws.limits)?)
+                    .bind(i64::from(ws.disabled))
+                    .bind(ms(ws.created_at))
+                    .bind(ms(ws.updated_at))
+                    .execute(&mut *tx)
+                    .await?;
+                    Self::insert_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
+                    let row = sqlx::query(&$sql(&format!(
+                        "SELECT {WORKSPACE_COLUMNS} FROM workspaces w WHERE w.id = ? AND w.deleted_at IS NULL"
+                    )))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    row.as_ref().map(workspace_from_row).transpose()
+                }
+
+                async fn list_workspaces(&self, page: &Page) -> Result<Paged<Workspace>, StoreError> {
+                    let size = page.size();
+                    let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                        "SELECT {WORKSPACE_COLUMNS} FROM workspaces w WHERE w.deleted_at IS NULL"
+                    ));
+                    if let Some(cursor) = &page.cursor {
+                        q.push(" AND w.id < ").push_bind(cursor);
+                    }
+                    q.push(" ORDER BY w.id DESC LIMIT ").push_bind(i64::from(size) + 1);
+                    let rows = q.build().fetch_all(&self.pool).await?;
+                    let items = rows.iter().map(workspace_from_row).collect::<Result<Vec<_>, _>>()?;
+                    Ok(paged(items, size, |w| &w.id))
+                }
+
+                async fn update_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> Result<(), StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query(&$sql("UPDATE workspaces SET name = ?, plan = ?, ip_allowlist = ?, limits = ?, disabled = ?, updated_at = ? \
+                         WHERE id = ? AND deleted_at IS NULL"))
+                    .bind(&ws.name)
+                    .bind(&ws.plan)
+                    .bind(to_json(&ws.ip_allowlist.to_strings())?)
+                    .bind(to_json(&ws.limits)?)
+                    .bind(i64::from(ws.disabled))
+                    .bind(ms(ws.updated_at))
+                    .bind(&ws.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    Self::insert_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn delete_workspace(&self, id: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<(), StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query(&$sql("UPDATE workspaces SET deleted_at = ?, disabled = 1, updated_at = ? WHERE id = ? AND deleted_at IS NULL"))
+                    .bind(ms(at))
+                    .bind(ms(at))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    sqlx::query(&$sql("UPDATE api_keys SET revoked_at = ?, revoked_reason = 'workspace deleted' \
+                         WHERE workspace_id = ? AND revoked_at IS NULL"))
+                    .bind(ms(at))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    Self::insert_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn insert_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    Self::insert_key_row(&mut tx, key).await?;
+                    Self::insert_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+                    let row = sqlx::query(&$sql(&format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = ?")))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.as_ref().map(key_from_row).transpose()
+                }
+
+                async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<(ApiKey, Workspace)>, StoreError> {
+                    let row = sqlx::query(&$sql(&format!(
+                        "SELECT {KEY_COLUMNS}, {WORKSPACE_COLUMNS} FROM api_keys k \
+                         JOIN workspaces w ON w.id = k.workspace_id WHERE k.key_hash = ?"
+                    )))
+                    .bind(&hash.as_bytes()[..])
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    row.map(|row| Ok((key_from_row(&row)?, workspace_from_row(&row)?)))
+                        .transpose()
+                }
+
+                async fn list_keys(
+                    &self,
+                    workspace_id: &str,
+                    filter: &KeyFilter,
+                    page: &Page,
+                    now: DateTime<Utc>,
+                ) -> Result<Paged<ApiKey>, StoreError> {
+                    let size = page.size();
+                    let now = ms(now);
+                    let mut q =
+                        sqlx::QueryBuilder::<$db>::new(format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.workspace_id = "));
+                    q.push_bind(workspace_id);
+                    match filter.status {
+                        None => {
+                            q.push(" AND k.deleted_at IS NULL");
+                        }
+                        Some(KeyStatus::Deleted) => {
+                            q.push(" AND k.deleted_at IS NOT NULL");
+                        }
+                        Some(KeyStatus::Revoked) => {
+                            q.push(" AND k.deleted_at IS NULL AND k.revoked_at IS NOT NULL");
+                        }
+                        Some(KeyStatus::Expired) => {
+                            q.push(" AND k.deleted_at IS NULL AND k.revoked_at IS NULL AND k.expires_at <= ")
+                                .push_bind(now);
+                        }
+                        Some(KeyStatus::Active) => {
+                            q.push(
+                                " AND k.deleted_at IS NULL AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ",
+                            )
+                            .push_bind(now)
+                            .push(")");
+                        }
+                    }
+                    if let Some(env) = &filter.environment {
+                        q.push(" AND k.environment = ").push_bind(env);
+                    }
+                    if let Some(cursor) = &page.cursor {
+                        q.push(" AND k.id < ").push_bind(cursor);
+                    }
+                    q.push(" ORDER BY k.id DESC LIMIT ").push_bind(i64::from(size) + 1);
+                    let rows = q.build().fetch_all(&self.pool).await?;
+                    let items = rows.iter().map(key_from_row).collect::<Result<Vec<_>, _>>()?;
+                    Ok(paged(items, size, |k| &k.id))
+                }
+
+                async fn count_keys(&self, workspace_id: &str) -> Result<u64, StoreError> {
+                    let count: i64 = sqlx::query_scalar(&$sql("SELECT COUNT(*) FROM api_keys WHERE workspace_id = ?"))
+                        .bind(workspace_id)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    Ok(count.unsigned_abs())
+                }
+
+                async fn update_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query(&$sql("UPDATE api_keys SET name = ?, scopes = ?, ip_allowlist = ?, expires_at = ?, metadata = ?, limits = ? \
+                         WHERE id = ? AND deleted_at IS NULL"))
+                    .bind(&key.name)
+                    .bind(to_json(&key.scopes)?)
+                    .bind(to_json(&key.ip_allowlist.to_strings())?)
+                    .bind(key.expires_at.map(ms))
+                    .bind(to_json(&key.metadata)?)
+                    .bind(to_json(&key.limits)?)
+                    .bind(&key.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    Self::insert_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn revoke_key(
+                    &self,
+                    id: &str,
+                    at: DateTime<Utc>,
+                    reason: Option<&str>,
+                    audit: &AuditEvent,
+                ) -> Result<RevokeOutcome, StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    let done =
+                        sqlx::query(&$sql("UPDATE api_keys SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL"))
+                            .bind(ms(at))
+                            .bind(reason)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                    let key = Self::fetch_key(&mut tx, id).await?;
+                    if done.rows_affected() == 0 {
+                        return Ok(RevokeOutcome::AlreadyRevoked(key));
+                    }
+                    Self::insert_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(RevokeOutcome::Revoked(key))
+                }
+
+                async fn delete_key(&self, id: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<ApiKey, StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query(&$sql("UPDATE api_keys SET deleted_at = ?, revoked_at = COALESCE(revoked_at, ?), \
+                         revoked_reason = CASE WHEN revoked_at IS NULL THEN 'deleted' ELSE revoked_reason END \
+                         WHERE id = ? AND deleted_at IS NULL"))
+                    .bind(ms(at))
+                    .bind(ms(at))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    let key = Self::fetch_key(&mut tx, id).await?;
+                    if done.rows_affected() > 0 {
+                        Self::insert_audit(&mut tx, audit).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(key)
+                }
+
+                async fn rotate_key(
+                    &self,
+                    old_id: &str,
+                    old_expires_at: DateTime<Utc>,
+                    new: &ApiKey,
+                    audit: &AuditEvent,
+                ) -> Result<(), StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query(&$sql("UPDATE api_keys SET rotated_to = ?, \
+                         expires_at = CASE WHEN expires_at IS NULL OR expires_at > ? THEN ? ELSE expires_at END \
+                         WHERE id = ? AND rotated_to IS NULL AND revoked_at IS NULL AND deleted_at IS NULL"))
+                    .bind(&new.id)
+                    .bind(ms(old_expires_at))
+                    .bind(ms(old_expires_at))
+                    .bind(old_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        Self::fetch_key(&mut tx, old_id).await?;
+                        return Err(StoreError::Conflict("the key is revoked or was already rotated".into()));
+                    }
+                    Self::insert_key_row(&mut tx, new).await?;
+                    Self::insert_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn list_audit_events(&self, filter: &AuditFilter, page: &Page) -> Result<Paged<AuditEvent>, StoreError> {
+                    let size = page.size();
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT id, at, actor, actor_ip, action, object_type, object_id, workspace_id, details \
+                         FROM audit_events WHERE 1 = 1",
+                    );
+                    if let Some(ws) = &filter.workspace_id {
+                        q.push(" AND workspace_id = ").push_bind(ws);
+                    }
+                    if let Some(key) = &filter.key_id {
+                        q.push(" AND object_id = ").push_bind(key);
+                    }
+                    if let Some(cursor) = &page.cursor {
+                        q.push(" AND id < ").push_bind(cursor);
+                    }
+                    q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(size) + 1);
+                    let rows = q.build().fetch_all(&self.pool).await?;
+                    let items = rows.iter().map(audit_from_row).collect::<Result<Vec<_>, _>>()?;
+                    Ok(paged(items, size, |e| &e.id))
+                }
+
+                async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
+                    if batch.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = self.pool.begin().await?;
+                    for row in &batch.counts {
+                        sqlx::query(&$sql("INSERT INTO usage_minutes (key_id, workspace_id, minute, outcome, count) VALUES (?, ?, ?, ?, ?) \
+                             ON CONFLICT (key_id, minute, outcome) DO UPDATE SET count = usage_minutes.count + excluded.count"))
+                        .bind(&row.key_id)
+                        .bind(&row.workspace_id)
+                        .bind(row.minute)
+                        .bind(&row.outcome)
+                        .bind(i64::try_from(row.count).unwrap_or(i64::MAX))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    for used in &batch.last_uses {
+                        sqlx::query(&$sql("UPDATE api_keys SET last_used_at = ?, last_used_ip = ? \
+                             WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)"))
+                        .bind(ms(used.at))
+                        .bind(&used.ip)
+                        .bind(&used.key_id)
+                        .bind(ms(used.at))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn key_usage(
+                    &self,
+                    key_id: &str,
+                    from: DateTime<Utc>,
+                    to: DateTime<Utc>,
+                ) -> Result<Vec<UsageCount>, StoreError> {
+                    let rows = sqlx::query(&$sql("SELECT key_id, workspace_id, minute, outcome, count FROM usage_minutes \
+                         WHERE key_id = ? AND minute >= ? AND minute < ? ORDER BY minute, outcome"))
+                    .bind(key_id)
+                    .bind(from.timestamp())
+                    .bind(to.timestamp())
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(UsageCount {
+                                key_id: row.try_get("key_id")?,
+                                workspace_id: row.try_get("workspace_id")?,
+                                minute: row.try_get("minute")?,
+                                outcome: row.try_get("outcome")?,
+                                count: row.try_get::<i64, _>("count")?.unsigned_abs(),
+                            })
+                        })
+                        .collect()
+                }
+            }
+
+            impl $store {
+                async fn insert_audit(tx: &mut sqlx::Transaction<'_, $db>, event: &AuditEvent) -> Result<(), StoreError> {
+                    sqlx::query(&$sql("INSERT INTO audit_events (id, at, actor, actor_ip, action, object_type, object_id, workspace_id, details) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+                    .bind(&event.id)
+                    .bind(ms(event.at))
+                    .bind(&event.actor)
+                    .bind(&event.actor_ip)
+                    .bind(&event.action)
+                    .bind(&event.object_type)
+                    .bind(&event.object_id)
+                    .bind(&event.workspace_id)
+                    .bind(to_json(&event.details)?)
+                    .execute(&mut **tx)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn fetch_key(tx: &mut sqlx::Transaction<'_, $db>, id: &str) -> Result<ApiKey, StoreError> {
+                    let row = sqlx::query(&$sql(&format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = ?")))
+                        .bind(id)
+                        .fetch_optional(&mut **tx)
+                        .await?
+                        .ok_or(StoreError::NotFound)?;
+                    key_from_row(&row)
+                }
+
+                async fn insert_key_row(tx: &mut sqlx::Transaction<'_, $db>, key: &ApiKey) -> Result<(), StoreError> {
+                    sqlx::query(&$sql("INSERT INTO api_keys (id, workspace_id, lineage_id, name, environment, key_hash, hint, scopes, \
+                         ip_allowlist, expires_at, metadata, limits, created_at, created_by, rotated_from) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+                    .bind(&key.id)
+                    .bind(&key.workspace_id)
+                    .bind(&key.lineage_id)
+                    .bind(&key.name)
+                    .bind(&key.environment)
+                    .bind(&key.hash.as_bytes()[..])
+                    .bind(&key.hint)
+                    .bind(to_json(&key.scopes)?)
+                    .bind(to_json(&key.ip_allowlist.to_strings())?)
+                    .bind(key.expires_at.map(ms))
+                    .bind(to_json(&key.metadata)?)
+                    .bind(to_json(&key.limits)?)
+                    .bind(ms(key.created_at))
+                    .bind(&key.created_by)
+                    .bind(&key.rotated_from)
+                    .execute(&mut **tx)
+                    .await?;
+                    Ok(())
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use sql_store;
