@@ -13,4 +13,5 @@ cargo test --workspace --locked "$@"
 
 # The server's integration tests again, every node on PostgreSQL instead of SQLite.
 echo "== keygate-server integration tests on PostgreSQL (KEYGATE_TEST_STORE=postgres)"
-KEYGATE_TEST_STORE=postgres cargo test --locked -p keygate-server --test it "$@"
+# `--workspace` keeps the feature set of the first run, so nothing is rebuilt.
+KEYGATE_TEST_STORE=postgres cargo test --workspace --locked --test it "$@"
