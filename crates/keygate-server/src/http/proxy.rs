@@ -286,8 +286,8 @@ fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
     false
 }
 
-/// Copies bytes both ways until either side closes; the permit is held for
-/// the connection's lifetime.
+/// Copies bytes both ways until both sides have closed (a half-close is
+/// passed on); the permit is held for the connection's lifetime.
 async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, permit: Option<Permit>) {
     let _held = permit;
     let (client, upstream) = match tokio::join!(client, upstream) {
