@@ -93,14 +93,10 @@ impl GatewayState {
         response
     }
 
-    pub(crate) fn is_trusted(&self, peer: IpAddr) -> bool {
-        is_trusted_proxy(peer, &self.trusted_proxies)
-    }
-
     /// TLS terminated here, or by a trusted proxy that says so.
-    fn arrived_over_https(&self, transport: Transport, peer: IpAddr, headers: &HeaderMap) -> bool {
-        transport.tls
-            || (self.is_trusted(peer)
+    fn arrived_over_https(exchange: &Exchange, headers: &HeaderMap) -> bool {
+        exchange.transport.tls
+            || (exchange.from_trusted_proxy
                 && headers
                     .get("x-forwarded-proto")
                     .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https")))
@@ -108,12 +104,12 @@ impl GatewayState {
 
     /// A trusted proxy's id is kept so one id follows the request end to end;
     /// anyone else's is replaced, since clients could use it to forge log lines.
-    fn request_id(&self, peer: IpAddr, headers: &HeaderMap) -> HeaderValue {
+    fn request_id(from_trusted_proxy: bool, headers: &HeaderMap) -> HeaderValue {
         let incoming = headers
             .get(&X_REQUEST_ID)
             .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.to_str().is_ok());
         match incoming {
-            Some(id) if self.is_trusted(peer) => id.clone(),
+            Some(id) if from_trusted_proxy => id.clone(),
             _ => new_request_id(),
         }
     }
@@ -137,6 +133,8 @@ pub fn router(state: GatewayState) -> Router {
 /// What one request needs besides its headers and body.
 pub(crate) struct Exchange {
     pub peer: SocketAddr,
+    /// Decided once per request: several headers are believed only from trusted proxies.
+    pub from_trusted_proxy: bool,
     pub transport: Transport,
     pub request_id: HeaderValue,
 }
@@ -148,10 +146,12 @@ async fn handle(
 ) -> Response {
     let started = Instant::now();
     let transport = request.extensions().get::<Transport>().copied().unwrap_or_default();
+    let from_trusted_proxy = is_trusted_proxy(peer.ip(), &gw.trusted_proxies);
     let exchange = Exchange {
         peer,
+        from_trusted_proxy,
         transport,
-        request_id: gw.request_id(peer.ip(), request.headers()),
+        request_id: GatewayState::request_id(from_trusted_proxy, request.headers()),
     };
     let logged = gw
         .access_log
@@ -192,7 +192,7 @@ async fn process(
         return (gw.error(&ErrorCode::RouteNotFound.into()), None);
     }
     // Before the key is looked at: a key sent in clear text must not be honoured.
-    if gw.require_https && !gw.arrived_over_https(exchange.transport, exchange.peer.ip(), request.headers()) {
+    if gw.require_https && !GatewayState::arrived_over_https(exchange, request.headers()) {
         return (gw.error(&ErrorCode::HttpsRequired.into()), None);
     }
     // A declared length over the limit is refused before it costs a lookup or a limit.

@@ -82,14 +82,20 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// The comma-separated tokens of every `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -102,12 +108,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The `Upgrade` protocol a client asks for, if it asks (HTTP/1.1 only).
 fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let wants = connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("upgrade"));
     wants.then(|| headers.get(header::UPGRADE).cloned()).flatten()
 }
 
@@ -141,15 +142,13 @@ fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
 /// Rewrites the client's headers into the upstream's: no credential (unless
 /// the route forwards it), no spoofed identity, and the forwarding headers.
 fn upstream_headers(
-    gw: &GatewayState,
     route: &Route,
     exchange: &Exchange,
     client: IpAddr,
     headers: &mut HeaderMap,
     identity: Option<&CachedKey>,
 ) {
-    let peer = exchange.peer.ip();
-    let trusted = gw.is_trusted(peer);
+    let (peer, trusted) = (exchange.peer.ip(), exchange.from_trusted_proxy);
     strip_hop_by_hop(headers);
     if !route.forward_key {
         headers.remove(X_API_KEY);
@@ -223,7 +222,7 @@ pub(crate) async fn forward(
     let Some(uri) = upstream_uri(upstream, &parts.uri) else {
         return gw.error(&ErrorCode::UpstreamUnavailable.into());
     };
-    upstream_headers(gw, route, exchange, client, &mut parts.headers, identity);
+    upstream_headers(route, exchange, client, &mut parts.headers, identity);
     let body = match &upgrade {
         Some((protocol, _)) => {
             parts

@@ -205,12 +205,7 @@ impl Connection {
             router.clone().call(request)
         });
         let result = match self.tls {
-            None => {
-                let connection = self
-                    .builder
-                    .serve_connection_with_upgrades(TokioIo::new(self.stream), service);
-                watcher.watch(connection.into_owned()).await
-            }
+            None => serve_io(&self.builder, self.stream, service, watcher).await,
             Some(acceptor) => {
                 let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(self.stream)).await {
                     Ok(Ok(stream)) => stream,
@@ -223,10 +218,7 @@ impl Connection {
                         return;
                     }
                 };
-                let connection = self
-                    .builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                watcher.watch(connection.into_owned()).await
+                serve_io(&self.builder, stream, service, watcher).await
             }
         };
         if let Err(err) = result {
@@ -234,6 +226,23 @@ impl Connection {
             tracing::debug!(%peer, error = %err, "connection ended with an error");
         }
     }
+}
+
+/// One connection, plain or TLS, watched for graceful shutdown.
+async fn serve_io<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    watcher: Watcher,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    watcher.watch(connection.into_owned()).await
 }
 
 #[cfg(test)]
