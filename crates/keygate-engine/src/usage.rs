@@ -2,9 +2,12 @@
 //!
 //! The request path only bumps an in-memory counter; a background task flushes
 //! the totals every few seconds (and at shutdown) in one store transaction. A
-//! failed flush puts the counts back, so they are written when the store returns.
+//! failed batch is kept and retried, with its id, before anything newer: the
+//! store applies a batch id once, so a retry after a commit whose answer was
+//! lost does not count twice, and nothing is lost while the store is down.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -26,6 +29,10 @@ struct Slot {
 pub struct UsageRecorder {
     counts: DashMap<Slot, u64>,
     last_uses: DashMap<Arc<str>, (DateTime<Utc>, IpAddr)>,
+    /// The batch whose write failed, retried as it is. The lock also keeps
+    /// two flushes (the ticker and shutdown) from running at once.
+    unsent: tokio::sync::Mutex<Option<UsageBatch>>,
+    unsent_rows: AtomicUsize,
 }
 
 impl UsageRecorder {
@@ -59,7 +66,7 @@ impl UsageRecorder {
 
     /// Takes everything recorded so far. Increments racing with this call
     /// land either in this batch or the next, never nowhere.
-    fn take(&self) -> UsageBatch {
+    fn take(&self, id: String, at: DateTime<Utc>) -> UsageBatch {
         let slots: Vec<Slot> = self.counts.iter().map(|entry| entry.key().clone()).collect();
         let counts = slots
             .into_iter()
@@ -82,61 +89,47 @@ impl UsageRecorder {
                 ip: ip.to_string(),
             })
             .collect();
-        UsageBatch { counts, last_uses }
-    }
-
-    /// Puts a batch back after a failed write so that nothing is lost.
-    fn restore(&self, batch: UsageBatch) {
-        for row in batch.counts {
-            let Some(outcome) = outcome_name(&row.outcome) else {
-                continue;
-            };
-            let slot = Slot {
-                key_id: row.key_id.into(),
-                workspace_id: row.workspace_id.into(),
-                minute: row.minute,
-                outcome,
-            };
-            *self.counts.entry(slot).or_insert(0) += row.count;
-        }
-        for used in batch.last_uses {
-            if let Ok(ip) = used.ip.parse() {
-                self.last_uses
-                    .entry(used.key_id.into())
-                    .and_modify(|last| {
-                        if used.at > last.0 {
-                            *last = (used.at, ip);
-                        }
-                    })
-                    .or_insert((used.at, ip));
-            }
+        UsageBatch {
+            id,
+            at,
+            counts,
+            last_uses,
         }
     }
 
-    /// Writes what was recorded. On failure the counts stay in memory.
-    pub async fn flush(&self, store: &dyn Store) -> Result<usize, StoreError> {
-        let batch = self.take();
+    /// Writes the batch that failed last time (if any), then what was recorded
+    /// since, as a new batch named by `new_id`. Returns the rows written. On
+    /// failure the failed batch is kept for the next call.
+    pub async fn flush(
+        &self,
+        store: &dyn Store,
+        now: DateTime<Utc>,
+        new_id: impl FnOnce() -> String,
+    ) -> Result<usize, StoreError> {
+        let mut unsent = self.unsent.lock().await;
+        let mut rows = 0;
+        if let Some(batch) = unsent.as_ref() {
+            store.record_usage(batch).await?;
+            rows += batch.counts.len();
+            *unsent = None;
+            self.unsent_rows.store(0, Ordering::Release);
+        }
+        let batch = self.take(new_id(), now);
         if batch.is_empty() {
-            return Ok(0);
+            return Ok(rows);
         }
-        let rows = batch.counts.len();
         match store.record_usage(&batch).await {
-            Ok(()) => Ok(rows),
+            Ok(()) => Ok(rows + batch.counts.len()),
             Err(err) => {
-                self.restore(batch);
+                self.unsent_rows.store(batch.counts.len(), Ordering::Release);
+                *unsent = Some(batch);
                 Err(err)
             }
         }
     }
 
+    /// Rows not yet written: recorded since the last flush, plus a failed batch.
     pub fn pending(&self) -> usize {
-        self.counts.len()
+        self.counts.len() + self.unsent_rows.load(Ordering::Acquire)
     }
-}
-
-fn outcome_name(outcome: &str) -> Option<&'static str> {
-    if outcome == ADMITTED {
-        return Some(ADMITTED);
-    }
-    keygate_core::ErrorCode::parse(outcome).map(keygate_core::ErrorCode::as_str)
 }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,8 +21,10 @@ use keygate_limiter::{LimitCheck, Limiter, Permit};
 use keygate_store::Store;
 use moka::sync::Cache;
 
+use crate::changes::{Hearing, HearingState};
 use crate::clock::Clock;
 use crate::limits::RateLimits;
+use crate::store_health::StoreHealth;
 use crate::usage::{UsageRecorder, ADMITTED};
 
 /// Engine settings, from the deployment's config.
@@ -32,6 +35,14 @@ pub struct EngineSettings {
     pub cache_capacity: u64,
     /// Safety net: a cached key is re-read from the store at least this often.
     pub cache_ttl: Duration,
+    /// The same while this node cannot hear other nodes' changes: it bounds
+    /// how late a revocation made elsewhere is seen.
+    pub cache_ttl_unheard: Duration,
+    /// How long a cached key keeps verifying after its last successful read,
+    /// while the store does not answer.
+    pub max_stale: Duration,
+    /// The longest the verify path waits for the store.
+    pub store_timeout: Duration,
     /// How long an unknown hash is remembered, so a flood of bad keys costs nothing.
     pub negative_cache_ttl: Duration,
     pub failed_attempts: FailurePolicy,
@@ -55,12 +66,14 @@ pub struct CachedKey {
     pub key_id: Arc<str>,
     pub workspace_id: Arc<str>,
     pub lineage_id: Arc<str>,
+    /// When the store last confirmed this key (Unix ms, engine clock).
+    pub loaded_at_ms: i64,
     /// Limit checks per resource, computed on first use.
     pub(crate) limit_checks: Mutex<Vec<MemoizedChecks>>,
 }
 
 impl CachedKey {
-    pub fn new(key: ApiKey, workspace: Workspace) -> Self {
+    pub fn new(key: ApiKey, workspace: Workspace, loaded_at: DateTime<Utc>) -> Self {
         let key_id = Arc::from(key.id.as_str());
         let workspace_id = Arc::from(workspace.id.as_str());
         let lineage_id = Arc::from(key.lineage_id.as_str());
@@ -70,6 +83,7 @@ impl CachedKey {
             key_id,
             workspace_id,
             lineage_id,
+            loaded_at_ms: loaded_at.timestamp_millis(),
             limit_checks: Mutex::new(Vec::new()),
         }
     }
@@ -148,10 +162,14 @@ pub struct Engine {
     pub(crate) settings: EngineSettings,
     pub(crate) limiter: Arc<dyn Limiter>,
     cache: Cache<KeyHash, Arc<CachedKey>>,
+    /// Bumped by every eviction, so a store read that raced with one is not cached.
+    evictions: AtomicU64,
     unknown: Cache<KeyHash, ()>,
     failures: Cache<IpAddr, Arc<Mutex<FailureWindow>>>,
     usage: UsageRecorder,
     ids: Mutex<IdGenerator>,
+    pub(crate) store_health: StoreHealth,
+    pub(crate) hearing: HearingState,
 }
 
 impl Engine {
@@ -161,9 +179,11 @@ impl Engine {
         limiter: Arc<dyn Limiter>,
         settings: EngineSettings,
     ) -> Self {
+        // Freshness is decided on the engine's clock (see `is_fresh`); moka's
+        // own expiry only bounds how long a stale entry can still serve.
         let cache = Cache::builder()
             .max_capacity(settings.cache_capacity)
-            .time_to_live(settings.cache_ttl)
+            .time_to_live(settings.cache_ttl.max(settings.max_stale))
             .build();
         let unknown = Cache::builder()
             .max_capacity(100_000)
@@ -179,10 +199,13 @@ impl Engine {
             settings,
             limiter,
             cache,
+            evictions: AtomicU64::new(0),
             unknown,
             failures,
             usage: UsageRecorder::default(),
             ids: Mutex::new(IdGenerator::new()),
+            store_health: StoreHealth::default(),
+            hearing: HearingState::new(),
         }
     }
 
@@ -213,10 +236,24 @@ impl Engine {
         };
         let hash = parsed.hash();
         let cached = match self.cache.get(&hash) {
-            Some(cached) => cached,
+            Some(cached) if self.is_fresh(&cached, now) => cached,
+            Some(stale) => self.reload(hash, stale, now).await?,
             None => self.load(hash, request.client_ip, now).await?,
         };
         self.decide(cached, &request, now).await
+    }
+
+    /// Read from the store less than a TTL ago: `cache.ttl` while this node
+    /// hears other nodes' changes (or needs not), `cache.ttl_unheard` otherwise.
+    fn is_fresh(&self, cached: &CachedKey, now: DateTime<Utc>) -> bool {
+        now.timestamp_millis() - cached.loaded_at_ms < millis_of(self.current_cache_ttl())
+    }
+
+    pub(crate) fn current_cache_ttl(&self) -> Duration {
+        match self.hearing.get() {
+            Hearing::NotListening => self.settings.cache_ttl_unheard.min(self.settings.cache_ttl),
+            Hearing::Listening | Hearing::NotNeeded => self.settings.cache_ttl,
+        }
     }
 
     /// Steps 4 to 7 for an identified key: state, address and scopes, then
@@ -286,21 +323,71 @@ impl Engine {
         if self.unknown.contains_key(&hash) {
             return Err(self.invalid_key(client_ip, now));
         }
-        match self.store.find_key_by_hash(&hash).await {
-            Ok(Some((key, workspace))) => {
-                let cached = Arc::new(CachedKey::new(key, workspace));
-                self.cache.insert(hash, cached.clone());
-                Ok(cached)
-            }
+        match self.read_key(hash, now).await {
+            Ok(Some(cached)) => Ok(cached),
             Ok(None) => {
                 self.unknown.insert(hash, ());
                 Err(self.invalid_key(client_ip, now))
             }
-            Err(err) => {
-                tracing::warn!(error = %err, key_hash = ?hash, "key lookup failed");
-                Err(Rejection::anonymous(ErrorCode::ServiceUnavailable))
-            }
+            Err(()) => Err(Rejection::anonymous(ErrorCode::ServiceUnavailable)),
         }
+    }
+
+    /// A cached key past its TTL: re-read it, or keep using it for up to
+    /// `store.max_stale` while the store does not answer.
+    async fn reload(
+        &self,
+        hash: KeyHash,
+        stale: Arc<CachedKey>,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<CachedKey>, Rejection> {
+        match self.read_key(hash, now).await {
+            Ok(Some(fresh)) => Ok(fresh),
+            // Keys are never removed from the store, so this is a hand-edited database.
+            Ok(None) => {
+                self.forget_key(&hash);
+                Err(Rejection::anonymous(ErrorCode::InvalidApiKey))
+            }
+            Err(()) if now.timestamp_millis() - stale.loaded_at_ms <= millis_of(self.settings.max_stale) => Ok(stale),
+            Err(()) => Err(Rejection::anonymous(ErrorCode::ServiceUnavailable)),
+        }
+    }
+
+    /// Reads a key from the store (bounded by `store.timeout`) and caches it,
+    /// unless an eviction raced with the read. `Err` when the store did not
+    /// answer or is known to be down and this is not the request that probes it.
+    async fn read_key(&self, hash: KeyHash, now: DateTime<Utc>) -> Result<Option<Arc<CachedKey>>, ()> {
+        let now_ms = now.timestamp_millis();
+        if !self.store_health.may_try(now_ms) {
+            return Err(());
+        }
+        let evictions = self.evictions.load(Ordering::SeqCst);
+        let read = tokio::time::timeout(self.settings.store_timeout, self.store.find_key_by_hash(&hash)).await;
+        let found = match read {
+            Ok(Ok(found)) => found,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, key_hash = ?hash, "key lookup failed");
+                self.store_health.failed(now_ms);
+                return Err(());
+            }
+            Err(_) => {
+                tracing::warn!(key_hash = ?hash, timeout = ?self.settings.store_timeout, "key lookup timed out");
+                self.store_health.failed(now_ms);
+                return Err(());
+            }
+        };
+        self.store_health.succeeded();
+        let Some((key, workspace)) = found else {
+            return Ok(None);
+        };
+        let cached = Arc::new(CachedKey::new(key, workspace, now));
+        self.cache.insert(hash, cached.clone());
+        // An eviction since the read began may have been for this key: the read
+        // may predate the change, so it must not stay cached.
+        if self.evictions.load(Ordering::SeqCst) != evictions {
+            self.cache.invalidate(&hash);
+        }
+        Ok(Some(cached))
     }
 
     /// Counts a failure against the client and answers `INVALID_API_KEY`, or
@@ -343,6 +430,7 @@ impl Engine {
 
     /// Drops a key from this node's cache so its next request reads the store.
     pub(crate) fn forget_key(&self, hash: &KeyHash) {
+        self.evictions.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate(hash);
         self.unknown.invalidate(hash);
     }
@@ -350,12 +438,22 @@ impl Engine {
     /// Workspace changes affect every cached key of the workspace; they are rare,
     /// so the whole cache is dropped rather than indexed by workspace.
     pub(crate) fn forget_all_keys(&self) {
+        self.evictions.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate_all();
     }
 
     /// Writes recorded usage to the store; see [`UsageRecorder::flush`].
     pub async fn flush_usage(&self) -> Result<usize, keygate_store::StoreError> {
-        self.usage.flush(self.store.as_ref()).await
+        let now = self.now();
+        let flushed = self
+            .usage
+            .flush(self.store.as_ref(), now, || self.new_id("ub", now))
+            .await;
+        match &flushed {
+            Ok(_) => self.store_health.succeeded(),
+            Err(_) => self.store_health.failed(now.timestamp_millis()),
+        }
+        flushed
     }
 
     /// Counts not yet written to the store.
@@ -388,4 +486,8 @@ impl Engine {
             Err(err) => tracing::warn!(error = %err, pending = self.pending_usage(), "usage flush failed; will retry"),
         }
     }
+}
+
+fn millis_of(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

@@ -20,6 +20,7 @@ use keygate_store::Store;
 struct Fixture {
     engine: Engine,
     store: Arc<SqliteStore>,
+    clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
 
@@ -28,6 +29,9 @@ fn settings() -> EngineSettings {
         key_format: KeyFormat::new("kg", &["live".into(), "test".into()]).unwrap(),
         cache_capacity: 1_000,
         cache_ttl: Duration::from_secs(60),
+        cache_ttl_unheard: Duration::from_secs(1),
+        max_stale: Duration::from_secs(300),
+        store_timeout: Duration::from_secs(2),
         negative_cache_ttl: Duration::from_secs(10),
         failed_attempts: FailurePolicy {
             max_failures: 3,
@@ -48,15 +52,12 @@ async fn fixture() -> Fixture {
             .unwrap(),
     );
     let limiter = Arc::new(keygate_limiter::memory::MemoryLimiter::new(1_000));
-    let engine = Engine::new(
-        store.clone(),
-        Arc::new(ManualClock::new(Utc::now())),
-        limiter,
-        settings(),
-    );
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let engine = Engine::new(store.clone(), clock.clone(), limiter, settings());
     Fixture {
         engine,
         store,
+        clock,
         _dir: dir,
     }
 }
@@ -175,12 +176,24 @@ async fn usage_survives_a_failed_flush() {
 
     let down = fixture().await;
     down.store.close().await;
-    assert!(recorder.flush(down.store.as_ref()).await.is_err());
-    assert_eq!(recorder.pending(), 2, "the counts were put back");
+    assert!(recorder
+        .flush(down.store.as_ref(), now, || "ub_1".into())
+        .await
+        .is_err());
+    assert_eq!(recorder.pending(), 2, "the failed batch is kept");
     recorder.record(&key_id, &ws_id, ADMITTED, None, now);
+    assert!(recorder
+        .flush(down.store.as_ref(), now, || "ub_2".into())
+        .await
+        .is_err());
+    assert_eq!(recorder.pending(), 3, "the failed batch, and the count recorded since");
 
     let up = fixture().await;
-    assert_eq!(recorder.flush(up.store.as_ref()).await.unwrap(), 2);
+    assert_eq!(
+        recorder.flush(up.store.as_ref(), now, || "ub_3".into()).await.unwrap(),
+        3,
+        "the failed batch, then the one recorded since"
+    );
     assert_eq!(recorder.pending(), 0);
     let rows = up
         .store
@@ -193,4 +206,64 @@ async fn usage_survives_a_failed_flush() {
         .unwrap();
     let counts: Vec<(String, u64)> = rows.into_iter().map(|r| (r.outcome, r.count)).collect();
     assert_eq!(counts, [("IP_NOT_ALLOWED".to_owned(), 1), ("admitted".to_owned(), 5)]);
+}
+
+/// The TTL is the safety net for a missed announcement: a change made behind
+/// this engine's back (another node, no broadcast) is seen once it passes.
+#[tokio::test]
+async fn a_cached_key_is_read_again_after_the_ttl() {
+    let f = fixture().await;
+    let (key_id, key) = new_key(&f.engine).await;
+    assert_eq!(code(f.engine.verify(request(&key, None)).await), None);
+    let event = keygate_store::AuditEvent {
+        id: "evt_elsewhere".into(),
+        at: Utc::now(),
+        actor: "another node".into(),
+        actor_ip: None,
+        action: "key.revoked".into(),
+        object_type: "key".into(),
+        object_id: key_id.clone(),
+        workspace_id: None,
+        details: serde_json::json!({}),
+    };
+    f.store.revoke_key(&key_id, Utc::now(), None, &event).await.unwrap();
+    f.clock.advance(chrono::Duration::seconds(59));
+    assert_eq!(code(f.engine.verify(request(&key, None)).await), None, "still cached");
+    f.clock.advance(chrono::Duration::seconds(2));
+    assert_eq!(
+        code(f.engine.verify(request(&key, None)).await),
+        Some(ErrorCode::ApiKeyRevoked)
+    );
+}
+
+/// With the store down, a cached key keeps verifying for `max_stale` after
+/// its last read, then gets 503; an uncached key gets 503 at once.
+#[tokio::test]
+async fn cached_keys_outlive_the_store_for_max_stale() {
+    let f = fixture().await;
+    let (_, key) = new_key(&f.engine).await;
+    let (_, never_used) = new_key(&f.engine).await;
+    assert_eq!(code(f.engine.verify(request(&key, None)).await), None);
+    f.store.close().await;
+    f.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(
+        code(f.engine.verify(request(&key, None)).await),
+        None,
+        "past the TTL, the store does not answer: the cached key still serves"
+    );
+    assert_eq!(
+        code(f.engine.verify(request(&never_used, None)).await),
+        Some(ErrorCode::ServiceUnavailable)
+    );
+    let status = f.engine.store_status().await;
+    assert!(status.ping.is_err());
+    assert!(status.down_since.is_some());
+    f.clock.advance(chrono::Duration::seconds(300 - 61));
+    assert_eq!(code(f.engine.verify(request(&key, None)).await), None, "at max_stale");
+    f.clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(
+        code(f.engine.verify(request(&key, None)).await),
+        Some(ErrorCode::ServiceUnavailable),
+        "past max_stale"
+    );
 }

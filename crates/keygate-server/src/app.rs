@@ -1,5 +1,6 @@
-//! Starting and stopping a keygate node: both planes, the usage flusher, and
-//! a graceful shutdown that finishes in-flight requests and flushes usage.
+//! Starting and stopping a keygate node: both planes, the usage flusher, the
+//! listener for other nodes' changes, and a graceful shutdown that finishes
+//! in-flight requests and flushes usage.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,8 +108,9 @@ impl App {
             tokio::spawn(
                 engine
                     .clone()
-                    .run_usage_flusher(settings.usage_flush_interval, wait_for_stop(stopped)),
+                    .run_usage_flusher(settings.usage_flush_interval, wait_for_stop(stopped.clone())),
             ),
+            tokio::spawn(engine.clone().run_change_listener(wait_for_stop(stopped))),
         ];
         tasks.extend(gateway_threads.into_iter().map(|finished| {
             tokio::spawn(async move {

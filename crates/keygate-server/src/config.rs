@@ -185,12 +185,19 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub url: String,
+    /// How long cached keys keep verifying while the store does not answer.
+    pub max_stale: String,
+    /// The longest a request waits for the store before it is answered
+    /// from the cache or with 503.
+    pub timeout: String,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://keygate-data/keygate.db".into(),
+            max_stale: "5m".into(),
+            timeout: "2s".into(),
         }
     }
 }
@@ -220,7 +227,12 @@ impl Default for KeysConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     pub capacity: u64,
+    /// A cached key is re-read at least this often: the safety net for a
+    /// change announcement that was missed.
     pub ttl: String,
+    /// The same, while this node cannot hear other nodes' changes (many nodes
+    /// on PostgreSQL, feed reconnecting).
+    pub ttl_unheard: String,
     pub negative_ttl: String,
 }
 
@@ -229,6 +241,7 @@ impl Default for CacheConfig {
         Self {
             capacity: 100_000,
             ttl: "60s".into(),
+            ttl_unheard: "1s".into(),
             negative_ttl: "10s".into(),
         }
     }
@@ -435,6 +448,10 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         message,
     };
     let duration = |field: &str, text: &str| parse_duration(text).map_err(|e| invalid(field, e.to_string()));
+    let positive_duration = |field: &str, text: &str| match duration(field, text)? {
+        zero if zero.is_zero() => Err(invalid(field, "must be positive".into())),
+        positive => Ok(positive),
+    };
     let addr = |field: &str, text: &str| {
         text.parse::<SocketAddr>()
             .map_err(|_| invalid(field, format!("`{text}` is not an address like 127.0.0.1:8080")))
@@ -520,6 +537,9 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
     if cache_ttl.is_zero() || config.cache.capacity == 0 {
         return Err(invalid("cache", "capacity and ttl must be positive".into()));
     }
+    let cache_ttl_unheard = positive_duration("cache.ttl_unheard", &config.cache.ttl_unheard)?;
+    let store_timeout = positive_duration("store.timeout", &config.store.timeout)?;
+    let max_stale = duration("store.max_stale", &config.store.max_stale)?;
     let usage_flush_interval = duration("usage.flush_interval", &config.usage.flush_interval)?;
     if usage_flush_interval.is_zero() {
         return Err(invalid("usage.flush_interval", "must be positive".into()));
@@ -553,6 +573,9 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             key_format,
             cache_capacity: config.cache.capacity,
             cache_ttl,
+            cache_ttl_unheard,
+            max_stale,
+            store_timeout,
             negative_cache_ttl: duration("cache.negative_ttl", &config.cache.negative_ttl)?,
             failed_attempts: FailurePolicy {
                 max_failures: config.security.max_failed_attempts,

@@ -2,9 +2,12 @@
 //!
 //! Every change is written together with its audit event in one transaction,
 //! so an acknowledged change always has its audit trail and a failed one has
-//! neither. Implementations: [`sqlite::SqliteStore`] (embedded default).
-//! `testsuite` holds the behaviour every implementation must pass.
+//! neither. Implementations: [`sqlite::SqliteStore`] (embedded default, one
+//! node) and [`postgres::PostgresStore`] (shared by many nodes, which hear
+//! each other's changes through [`ChangeFeed`]). `testsuite` holds the
+//! behaviour every implementation must pass.
 
+pub mod changes;
 mod error;
 pub mod postgres;
 mod sql;
@@ -19,6 +22,7 @@ use chrono::{DateTime, Utc};
 use keygate_core::model::{ApiKey, KeyStatus, Workspace};
 use keygate_core::KeyHash;
 
+pub use changes::{Change, ChangeFeed, FeedEvent};
 pub use error::StoreError;
 
 /// Largest page any list returns.
@@ -98,8 +102,13 @@ pub struct LastUse {
 }
 
 /// What a usage flush writes, in one transaction.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageBatch {
+    /// Unique per batch: a batch retried after a failure that did commit
+    /// (the answer was lost) is applied once, not twice.
+    pub id: String,
+    /// When the node took the batch.
+    pub at: DateTime<Utc>,
     pub counts: Vec<UsageCount>,
     pub last_uses: Vec<LastUse>,
 }
@@ -126,6 +135,11 @@ pub trait Store: Send + Sync + 'static {
     /// Closes every connection; later calls fail with `Unavailable`. Tests use it
     /// to take the store away; SQLite also checkpoints its WAL.
     async fn close(&self);
+    /// The changes every node commits, for dropping stale cache entries. `None`
+    /// for a store that serves one node, where the writer evicts its own cache.
+    async fn change_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        Ok(None)
+    }
 
     async fn insert_workspace(&self, workspace: &Workspace, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Deleted workspaces are not returned.
@@ -175,6 +189,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_audit_events(&self, filter: &AuditFilter, page: &Page) -> Result<Paged<AuditEvent>, StoreError>;
 
     /// Adds counts (never overwrites) and moves `last_used_*` forward only.
+    /// A batch id already applied is skipped, so a retry never counts twice.
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError>;
     /// Per-minute counts of one key in `[from, to)`, oldest first.
     async fn key_usage(

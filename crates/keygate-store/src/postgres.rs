@@ -6,13 +6,17 @@ use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
+use crate::changes::{channel_for_schema, Change, ChangeFeed, FeedEvent};
 use crate::StoreError;
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Where this deployment's changes are announced (see [`channel_for_schema`]).
+    channel: String,
 }
 
 impl PostgresStore {
@@ -30,7 +34,64 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        let schema: String = sqlx::query_scalar("SELECT current_schema()::TEXT")
+            .fetch_one(&pool)
+            .await?;
+        Ok(Self {
+            pool,
+            channel: channel_for_schema(&schema),
+        })
+    }
+
+    /// NOTIFY inside the writing transaction: delivered on commit, never on rollback.
+    fn announcement(&self) -> Option<(&'static str, &str)> {
+        Some(("SELECT pg_notify(?, ?)", &self.channel))
+    }
+
+    async fn open_change_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        Ok(Some(Box::new(PgChangeFeed {
+            pool: self.pool.clone(),
+            channel: self.channel.clone(),
+            listener: None,
+        })))
+    }
+}
+
+/// LISTEN on a connection of its own. A lost connection is dropped and a new
+/// one made, rather than left to sqlx's silent reconnect, so the node knows
+/// when it may have missed changes ([`FeedEvent::Connected`]).
+struct PgChangeFeed {
+    pool: PgPool,
+    channel: String,
+    listener: Option<PgListener>,
+}
+
+#[async_trait]
+impl ChangeFeed for PgChangeFeed {
+    async fn next(&mut self) -> Result<FeedEvent, StoreError> {
+        let Some(listener) = self.listener.as_mut() else {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(&self.channel).await?;
+            self.listener = Some(listener);
+            return Ok(FeedEvent::Connected);
+        };
+        match listener.try_recv().await {
+            Ok(Some(notification)) => Ok(match Change::decode(notification.payload()) {
+                Some(change) => FeedEvent::Changed(change),
+                None => FeedEvent::Unreadable,
+            }),
+            Ok(None) => {
+                self.listener = None;
+                Err(StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the change feed's connection was lost",
+                ))))
+            }
+            Err(err) => {
+                self.listener = None;
+                Err(err.into())
+            }
+        }
     }
 }
 

@@ -11,9 +11,14 @@ pub(crate) use keygate_core::model::{ApiKey, KeyStatus, Workspace};
 pub(crate) use keygate_core::KeyHash;
 pub(crate) use sqlx::Row;
 
+pub(crate) use crate::changes::Change;
 pub(crate) use crate::{
     AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome, StoreError, UsageBatch, UsageCount,
 };
+
+/// How long applied usage batch ids are remembered: far longer than any
+/// retry of a failed flush (a node retries until the store answers).
+pub(crate) const USAGE_BATCH_MEMORY_MS: i64 = 7 * 24 * 3600 * 1000;
 
 pub(crate) const KEY_COLUMNS: &str = "k.id, k.workspace_id, k.lineage_id, k.name, k.environment, k.key_hash, k.hint, \
     k.scopes, k.ip_allowlist, k.expires_at, k.metadata, k.limits, k.created_at, k.created_by, k.last_used_at, \
@@ -187,6 +192,9 @@ pub(crate) fn paged<T>(mut items: Vec<T>, size: u32, id_of: impl Fn(&T) -> &str)
 
 /// Implements `Store` for `$store` (a struct with a `pool` of database `$db`),
 /// passing every static SQL text through `$sql` for the backend's placeholders.
+/// `$store` also has `open_change_feed` and `announcement`, the statement and
+/// channel that tell other nodes of a [`Change`](crate::Change) inside the
+/// writing transaction (`None` for a single-node store).
 macro_rules! sql_store {
     ($store:ident, $db:ty, $sql:path) => {
         mod sql_store_impl {
@@ -197,6 +205,10 @@ macro_rules! sql_store {
             impl $crate::Store for $store {
                 async fn close(&self) {
                     self.pool.close().await;
+                }
+
+                async fn change_feed(&self) -> Result<Option<Box<dyn $crate::ChangeFeed>>, StoreError> {
+                    self.open_change_feed().await
                 }
 
                 async fn ping(&self) -> Result<(), StoreError> {
@@ -264,6 +276,7 @@ macro_rules! sql_store {
                         return Err(StoreError::NotFound);
                     }
                     Self::insert_audit(&mut tx, audit).await?;
+                    self.announce(&mut tx, &Change::Workspace(ws.id.clone())).await?;
                     tx.commit().await?;
                     Ok(())
                 }
@@ -286,6 +299,7 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                     Self::insert_audit(&mut tx, audit).await?;
+                    self.announce(&mut tx, &Change::Workspace(id.to_owned())).await?;
                     tx.commit().await?;
                     Ok(())
                 }
@@ -389,6 +403,7 @@ macro_rules! sql_store {
                         return Err(StoreError::NotFound);
                     }
                     Self::insert_audit(&mut tx, audit).await?;
+                    self.announce(&mut tx, &Change::Key(key.hash)).await?;
                     tx.commit().await?;
                     Ok(())
                 }
@@ -413,6 +428,7 @@ macro_rules! sql_store {
                         return Ok(RevokeOutcome::AlreadyRevoked(key));
                     }
                     Self::insert_audit(&mut tx, audit).await?;
+                    self.announce(&mut tx, &Change::Key(key.hash)).await?;
                     tx.commit().await?;
                     Ok(RevokeOutcome::Revoked(key))
                 }
@@ -430,6 +446,7 @@ macro_rules! sql_store {
                     let key = Self::fetch_key(&mut tx, id).await?;
                     if done.rows_affected() > 0 {
                         Self::insert_audit(&mut tx, audit).await?;
+                        self.announce(&mut tx, &Change::Key(key.hash)).await?;
                     }
                     tx.commit().await?;
                     Ok(key)
@@ -452,12 +469,13 @@ macro_rules! sql_store {
                     .bind(old_id)
                     .execute(&mut *tx)
                     .await?;
+                    let old = Self::fetch_key(&mut tx, old_id).await?;
                     if done.rows_affected() == 0 {
-                        Self::fetch_key(&mut tx, old_id).await?;
                         return Err(StoreError::Conflict("the key is revoked or was already rotated".into()));
                     }
                     Self::insert_key_row(&mut tx, new).await?;
                     Self::insert_audit(&mut tx, audit).await?;
+                    self.announce(&mut tx, &Change::Key(old.hash)).await?;
                     tx.commit().await?;
                     Ok(())
                 }
@@ -488,7 +506,26 @@ macro_rules! sql_store {
                         return Ok(());
                     }
                     let mut tx = self.pool.begin().await?;
-                    for row in &batch.counts {
+                    // A retried batch whose first attempt did commit is applied once.
+                    let first = sqlx::query(&$sql("INSERT INTO usage_batches (id, applied_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"))
+                        .bind(&batch.id)
+                        .bind(ms(batch.at))
+                        .execute(&mut *tx)
+                        .await?;
+                    if first.rows_affected() == 0 {
+                        return Ok(());
+                    }
+                    sqlx::query(&$sql("DELETE FROM usage_batches WHERE applied_at < ?"))
+                        .bind(ms(batch.at) - USAGE_BATCH_MEMORY_MS)
+                        .execute(&mut *tx)
+                        .await?;
+                    // Rows in one global order, so that flushes of many nodes
+                    // touching the same rows wait for each other instead of deadlocking.
+                    let mut counts: Vec<&UsageCount> = batch.counts.iter().collect();
+                    counts.sort_by(|a, b| (&a.key_id, a.minute, &a.outcome).cmp(&(&b.key_id, b.minute, &b.outcome)));
+                    let mut last_uses: Vec<&crate::LastUse> = batch.last_uses.iter().collect();
+                    last_uses.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+                    for row in counts {
                         sqlx::query(&$sql("INSERT INTO usage_minutes (key_id, workspace_id, minute, outcome, count) VALUES (?, ?, ?, ?, ?) \
                              ON CONFLICT (key_id, minute, outcome) DO UPDATE SET count = usage_minutes.count + excluded.count"))
                         .bind(&row.key_id)
@@ -499,7 +536,7 @@ macro_rules! sql_store {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    for used in &batch.last_uses {
+                    for used in last_uses {
                         sqlx::query(&$sql("UPDATE api_keys SET last_used_at = ?, last_used_ip = ? \
                              WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)"))
                         .bind(ms(used.at))
@@ -555,6 +592,17 @@ macro_rules! sql_store {
                     .bind(to_json(&event.details)?)
                     .execute(&mut **tx)
                     .await?;
+                    Ok(())
+                }
+
+                async fn announce(&self, tx: &mut sqlx::Transaction<'_, $db>, change: &Change) -> Result<(), StoreError> {
+                    if let Some((statement, channel)) = self.announcement() {
+                        sqlx::query(&$sql(statement))
+                            .bind(channel)
+                            .bind(change.encode())
+                            .execute(&mut **tx)
+                            .await?;
+                    }
                     Ok(())
                 }
 

@@ -37,6 +37,16 @@ impl SqliteStore {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
     }
+
+    /// One node per SQLite file: the node that writes evicts its own cache,
+    /// so nothing is announced and there is nobody to hear from.
+    async fn open_change_feed(&self) -> Result<Option<Box<dyn crate::ChangeFeed>>, StoreError> {
+        Ok(None)
+    }
+
+    fn announcement(&self) -> Option<(&'static str, &str)> {
+        None
+    }
 }
 
 /// SQLite takes the `?` placeholders the shared SQL is written with.

@@ -37,6 +37,7 @@ macro_rules! store_suite {
             rotation_links_keys_and_refuses_twice,
             delete_key_hides_and_revokes,
             usage_counts_add_up_and_last_use_moves_forward,
+            a_retried_usage_batch_counts_once,
             audit_events_filter_by_workspace_and_key
         );
     };
@@ -517,6 +518,8 @@ pub async fn usage_counts_add_up_and_last_use_moves_forward(store: Arc<dyn Store
     };
     let later = now() + Duration::seconds(30);
     let batch = UsageBatch {
+        id: "ub_first".into(),
+        at: now(),
         counts: vec![row("admitted", 3), row("IP_NOT_ALLOWED", 1)],
         last_uses: vec![LastUse {
             key_id: key.id.clone(),
@@ -526,6 +529,8 @@ pub async fn usage_counts_add_up_and_last_use_moves_forward(store: Arc<dyn Store
     };
     store.record_usage(&batch).await.unwrap();
     let older = UsageBatch {
+        id: "ub_second".into(),
+        at: now(),
         counts: vec![row("admitted", 2)],
         last_uses: vec![LastUse {
             key_id: key.id.clone(),
@@ -549,6 +554,35 @@ pub async fn usage_counts_add_up_and_last_use_moves_forward(store: Arc<dyn Store
     let stored = store.get_key(&key.id).await.unwrap().unwrap();
     assert_eq!(stored.last_used_at, Some(later));
     assert_eq!(stored.last_used_ip.as_deref(), Some("203.0.113.9"));
+}
+
+/// A flush whose commit succeeded but whose answer was lost is retried with
+/// the same batch id: it must count once. A new batch still adds up.
+pub async fn a_retried_usage_batch_counts_once(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    let minute = (now().timestamp() / 60) * 60;
+    let batch = |id: &str, count| UsageBatch {
+        id: id.into(),
+        at: now(),
+        counts: vec![UsageCount {
+            key_id: key.id.clone(),
+            workspace_id: ws.id.clone(),
+            minute,
+            outcome: "admitted".into(),
+            count,
+        }],
+        last_uses: vec![],
+    };
+    store.record_usage(&batch("ub_retried", 7)).await.unwrap();
+    store.record_usage(&batch("ub_retried", 7)).await.unwrap();
+    store.record_usage(&batch("ub_next", 1)).await.unwrap();
+    let from = DateTime::from_timestamp(minute, 0).unwrap_or_default();
+    let usage = store
+        .key_usage(&key.id, from, from + Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].count, 8);
 }
 
 pub async fn audit_events_filter_by_workspace_and_key(store: Arc<dyn Store>) {

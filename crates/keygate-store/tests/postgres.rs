@@ -45,7 +45,107 @@ async fn open_by_url_migrates_once_and_reopens() {
         .await
         .unwrap();
     assert_eq!(
-        tables, 5,
-        "four tables and sqlx's migration table, in the test's own schema"
+        tables, 6,
+        "five tables and sqlx's migration table, in the test's own schema"
     );
+}
+
+fn event(action: &str, object_id: &str) -> keygate_store::AuditEvent {
+    keygate_store::AuditEvent {
+        id: format!("evt_{}", rand::random::<u64>()),
+        at: chrono::Utc::now(),
+        actor: "test".into(),
+        actor_ip: None,
+        action: action.into(),
+        object_type: "test".into(),
+        object_id: object_id.into(),
+        workspace_id: None,
+        details: serde_json::json!({}),
+    }
+}
+
+async fn next_event(feed: &mut Box<dyn keygate_store::ChangeFeed>) -> keygate_store::FeedEvent {
+    tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
+        .await
+        .expect("no change announced within 5 s")
+        .unwrap()
+}
+
+/// Committed changes reach the feed in commit order; a write that changes
+/// nothing announces nothing; another schema's changes are not heard.
+#[tokio::test]
+async fn committed_changes_are_announced_to_the_feed_of_the_same_schema_only() {
+    use keygate_store::testsuite::{sample_key, sample_workspace};
+    use keygate_store::{Change, FeedEvent};
+    let (Some(schema), Some(other_schema)) = (fresh_postgres_schema().await, fresh_postgres_schema().await) else {
+        return;
+    };
+    let store = keygate_store::open(&postgres_url_for_schema(&schema)).await.unwrap();
+    let other = keygate_store::open(&postgres_url_for_schema(&other_schema))
+        .await
+        .unwrap();
+    let mut feed = store.change_feed().await.unwrap().expect("PostgreSQL has a feed");
+    assert_eq!(next_event(&mut feed).await, FeedEvent::Connected);
+
+    let mut ws = sample_workspace("Announced");
+    store
+        .insert_workspace(&ws, &event("workspace.created", &ws.id))
+        .await
+        .unwrap();
+    let key = sample_key(&ws.id, "announced");
+    store.insert_key(&key, &event("key.created", &key.id)).await.unwrap();
+    let other_ws = sample_workspace("Elsewhere");
+    other
+        .insert_workspace(&other_ws, &event("workspace.created", &other_ws.id))
+        .await
+        .unwrap();
+    let mut other_changed = other_ws.clone();
+    other_changed.name = "Elsewhere, renamed".into();
+    other
+        .update_workspace(&other_changed, &event("workspace.updated", &other_ws.id))
+        .await
+        .unwrap();
+
+    store
+        .revoke_key(&key.id, chrono::Utc::now(), None, &event("key.revoked", &key.id))
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut feed).await, FeedEvent::Changed(Change::Key(key.hash)));
+    // Already revoked: nothing changes, nothing is announced.
+    store
+        .revoke_key(&key.id, chrono::Utc::now(), None, &event("key.revoked", &key.id))
+        .await
+        .unwrap();
+    ws.name = "Renamed".into();
+    store
+        .update_workspace(&ws, &event("workspace.updated", &ws.id))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut feed).await,
+        FeedEvent::Changed(Change::Workspace(ws.id.clone()))
+    );
+}
+
+/// Closing the pool under the feed is noticed as an error, not a hang.
+#[tokio::test]
+async fn a_lost_feed_connection_is_reported() {
+    let Some(schema) = fresh_postgres_schema().await else {
+        return;
+    };
+    let store = keygate_store::open(&postgres_url_for_schema(&schema)).await.unwrap();
+    let mut feed = store.change_feed().await.unwrap().unwrap();
+    assert_eq!(next_event(&mut feed).await, keygate_store::FeedEvent::Connected);
+    let mut admin = postgres_admin_connection().await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND query LIKE $1")
+        .bind(format!("%{schema}%"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let lost = tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
+        .await
+        .unwrap();
+    assert!(lost.is_err(), "{lost:?}");
+    // The next call connects again and says so.
+    assert_eq!(next_event(&mut feed).await, keygate_store::FeedEvent::Connected);
 }

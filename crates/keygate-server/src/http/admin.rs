@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use keygate_core::model::KeyStatus;
 use keygate_core::{ErrorCatalog, ErrorFormat};
 use keygate_engine::admin::Granularity;
-use keygate_engine::{Actor, Engine};
+use keygate_engine::{Actor, Engine, Hearing};
 use keygate_store::{AuditFilter, KeyFilter, Page, MAX_PAGE_SIZE};
 use serde_json::json;
 use utoipa::OpenApi;
@@ -146,31 +146,41 @@ async fn healthz() -> Json<serde_json::Value> {
     (status = 200, description = "Every dependency is reachable"),
     (status = 503, description = "A dependency is down; the body says which")))]
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let started = Instant::now();
-    let store = tokio::time::timeout(std::time::Duration::from_secs(2), state.engine.store().ping()).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (store_state, error) = match store {
-        Ok(Ok(())) => ("up", None),
-        Ok(Err(err)) => ("down", Some(err.to_string())),
-        Err(_) => ("down", Some("timed out after 2s".to_owned())),
-    };
-    if let Some(error) = &error {
+    let store = state.engine.store_status().await;
+    if let Err(error) = &store.ping {
         tracing::warn!(%error, "readiness: store is down");
     }
     let limiter = state.engine.limiter_readiness().await;
-    let ready = error.is_none();
-    // A degraded limiter still serves (by its on_failure policy): ready, but said so.
-    let status_text = match (ready, limiter.state) {
-        (false, _) => "not_ready",
-        (true, "up") => "ready",
-        (true, _) => "degraded",
+    let ready = store.ping.is_ok();
+    // A degraded limiter or a node that cannot hear other nodes still serves
+    // (by on_failure, with a short cache TTL): ready, but said so.
+    let status_text = match (ready, limiter.state, store.hearing) {
+        (false, _, _) => "not_ready",
+        (true, "up", Hearing::Listening | Hearing::NotNeeded) => "ready",
+        (true, _, _) => "degraded",
+    };
+    let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let store_json = match &store.ping {
+        Ok(latency) => json!({
+            "state": "up",
+            "latency_ms": (latency.as_secs_f64() * 100_000.0).round() / 100.0,
+        }),
+        Err(error) => json!({
+            "state": "down",
+            "error": error,
+            "down_since": store.down_since,
+            // Cached keys keep verifying until max_stale after their last read; others get 503.
+            "max_stale_ms": millis(store.max_stale),
+        }),
     };
     let body = json!({
         "status": status_text,
         "dependencies": {
-            "store": {"state": store_state, "latency_ms": (latency_ms * 100.0).round() / 100.0},
+            "store": store_json,
+            "changes": {"state": store.hearing.as_str(), "cache_ttl_ms": millis(store.cache_ttl)},
             "limiter": {"state": limiter.state, "backend": limiter.backend, "detail": limiter.detail},
-            "usage": {"state": "up", "pending_rows": state.engine.pending_usage()},
+            // Kept in memory while the store is down, written when it returns.
+            "usage": {"state": if ready { "up" } else { "buffering" }, "pending_rows": state.engine.pending_usage()},
         }
     });
     let status = if ready {

@@ -1,6 +1,7 @@
 //! The `keygate` binary as a user runs it: config check, migrate, bootstrap,
 //! serve, the CLI against a running server, and the promise that no key ever
-//! reaches a log line or the database file.
+//! reaches a log line or the database file. `multinode` runs several nodes on
+//! one PostgreSQL and Redis, cut by `tcp_cut`.
 
 // Test code: a failed expectation should panic where it happened.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,6 +12,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod multinode;
+mod tcp_cut;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 
@@ -26,14 +30,24 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// One node on its own SQLite file; `extra` is appended to its config.
     fn new(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let store = format!("url = \"sqlite://{}/data/keygate.db\"", dir.path().display());
+        Self::in_dir(dir, &store, extra)
+    }
+
+    /// A node whose `[store]` table is `store` (several nodes can share one).
+    fn with_store(store: &str, extra: &str) -> Self {
+        Self::in_dir(tempfile::tempdir().unwrap(), store, extra)
+    }
+
+    fn in_dir(dir: tempfile::TempDir, store: &str, extra: &str) -> Self {
         let (gateway, admin) = (free_port(), free_port());
         let config = dir.path().join("keygate.toml");
         let text = format!(
             "[server]\ngateway_addr = \"127.0.0.1:{gateway}\"\nadmin_addr = \"127.0.0.1:{admin}\"\n\
-             [store]\nurl = \"sqlite://{}/data/keygate.db\"\n{extra}",
-            dir.path().display()
+             [store]\n{store}\n{extra}"
         );
         std::fs::write(&config, text).unwrap();
         Self {
@@ -122,6 +136,12 @@ struct Server {
 }
 
 impl Server {
+    /// `kill -9`: no shutdown, no final flush.
+    fn kill_hard(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     fn stdout_text(&self) -> String {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
