@@ -25,94 +25,10 @@ NGINX_AUTH_PORT=$((BASE_PORT + 2))
 KEYGATE_PORT=$((BASE_PORT + 3))
 KEYGATE_ADMIN_PORT=$((BASE_PORT + 4))
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-WORK=$(mktemp -d /tmp/keygate-bench.XXXXXX)
-PIDS=()
-
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-install_missing() {
-  local missing=()
-  command -v wrk >/dev/null || missing+=(wrk)
-  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-  command -v python3 >/dev/null || missing+=(python3)
-  [ ${#missing[@]} -eq 0 ] && return
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "installing ${missing[*]} with apt-get" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-}
-
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-PIN_PROXY=()
-PIN_LOAD=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  PIN_PROXY=(taskset -c 1)
-  PIN_LOAD=(taskset -c 0)
-fi
-
-wait_for_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2
-  exit 1
-}
-
-start_nginx() { # name, server block(s), pin
-  local name=$1 servers=$2
-  shift 2
-  mkdir -p "$WORK/$name"
-  cat >"$WORK/$name/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/$name/nginx.pid;
-error_log $WORK/$name/error.log warn;
-daemon off;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/$name/body;
-  proxy_temp_path $WORK/$name/proxy;
-  fastcgi_temp_path $WORK/$name/fastcgi;
-  uwsgi_temp_path $WORK/$name/uwsgi;
-  scgi_temp_path $WORK/$name/scgi;
-  keepalive_requests 100000;
-  upstream tiny { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
-  $servers
-}
-EOF
-  "$@" "$NGINX" -c "$WORK/$name/nginx.conf" -e "$WORK/$name/error.log" &
-  PIDS+=($!)
-}
-
-PROXY_LOCATION='proxy_pass http://tiny; proxy_http_version 1.1; proxy_set_header Connection "";'
-
-run_wrk() { # label, url, [lua script]
-  local label=$1 url=$2 script=${3:-}
-  local args=(-t1 -c"$CONNECTIONS" -d"$DURATION" --latency)
-  [ -n "$script" ] && args+=(-s "$script")
-  "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d2s ${script:+-s "$script"} "$url" >/dev/null # warm-up
-  "${PIN_LOAD[@]}" wrk "${args[@]}" "$url" >"$WORK/$label.wrk"
-  local rps p50 p99 non2xx
-  rps=$(awk '/^Requests\/sec/ {print $2}' "$WORK/$label.wrk")
-  p50=$(awk '$1 == "50%" {print $2}' "$WORK/$label.wrk")
-  p99=$(awk '$1 == "99%" {print $2}' "$WORK/$label.wrk")
-  non2xx=$(awk '/Non-2xx/ {print $NF}' "$WORK/$label.wrk")
-  printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$rps" "$p50" "$p99" "${non2xx:-0}" >>"$WORK/results.tsv"
-  echo "  $label: $rps req/s, p50 $p50, p99 $p99, non-2xx ${non2xx:-0}" >&2
-}
+source "$(dirname "$0")/common.sh"
 
 install_missing
-echo "building keygate (release)" >&2
-(cd "$ROOT" && cargo build --release --bin keygate -q)
-KEYGATE="$ROOT/target/release/keygate"
+build_keygate
 
 # The tiny upstream, shared by every case.
 start_nginx upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'ok\n'; } }" "${PIN_LOAD[@]}"
@@ -148,22 +64,7 @@ PIDS+=($!)
 wait_for_port "$KEYGATE_ADMIN_PORT"
 wait_for_port "$KEYGATE_PORT"
 
-echo "creating $KEYS keys" >&2
-python3 - "$KEYGATE_ADMIN_PORT" "$ADMIN_KEY" "$KEYS" "$WORK/keys.txt" <<'EOF'
-import http.client, json, sys
-port, admin, count, out = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-conn = http.client.HTTPConnection("127.0.0.1", port)
-def call(method, path, body):
-    conn.request(method, path, json.dumps(body), {"X-API-Key": admin, "Content-Type": "application/json"})
-    response = conn.getresponse()
-    data = json.loads(response.read())
-    assert response.status == 201, data
-    return data
-ws = call("POST", "/v1/workspaces", {"name": "bench"})["id"]
-with open(out, "w") as f:
-    for i in range(count):
-        f.write(call("POST", f"/v1/workspaces/{ws}/keys", {"name": f"k{i}", "scopes": ["bench:read"]})["key"] + "\n")
-EOF
+create_keys "$KEYGATE_ADMIN_PORT" "$ADMIN_KEY" "$KEYS" "$WORK/keys.txt"
 
 # Invalid keys: the right shape, a wrong checksum.
 python3 - "$WORK/keys.txt" "$WORK/invalid.txt" <<'EOF'
@@ -191,15 +92,7 @@ start_nginx nginx-auth "include $WORK/auth-servers.conf;" "${PIN_PROXY[@]}"
 wait_for_port "$NGINX_PROXY_PORT"
 wait_for_port "$NGINX_AUTH_PORT"
 
-cat >"$WORK/keys.lua" <<'EOF'
-local keys = {}
-for line in io.lines(os.getenv("BENCH_KEYS")) do keys[#keys + 1] = line end
-local i = 0
-request = function()
-  i = i % #keys + 1
-  return wrk.format("GET", "/bench", { ["X-API-Key"] = keys[i] })
-end
-EOF
+write_keys_lua
 
 # Sanity: each case answers as intended before it is measured.
 first_key=$(head -1 "$WORK/keys.txt")

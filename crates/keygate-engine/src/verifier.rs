@@ -329,7 +329,7 @@ impl Engine {
                 self.unknown.insert(hash, ());
                 Err(self.invalid_key(client_ip, now))
             }
-            Err(()) => Err(Rejection::anonymous(ErrorCode::ServiceUnavailable)),
+            Err(Unanswered) => Err(Rejection::anonymous(ErrorCode::ServiceUnavailable)),
         }
     }
 
@@ -348,18 +348,20 @@ impl Engine {
                 self.forget_key(&hash);
                 Err(Rejection::anonymous(ErrorCode::InvalidApiKey))
             }
-            Err(()) if now.timestamp_millis() - stale.loaded_at_ms <= millis_of(self.settings.max_stale) => Ok(stale),
-            Err(()) => Err(Rejection::anonymous(ErrorCode::ServiceUnavailable)),
+            Err(Unanswered) if now.timestamp_millis() - stale.loaded_at_ms <= millis_of(self.settings.max_stale) => {
+                Ok(stale)
+            }
+            Err(Unanswered) => Err(Rejection::anonymous(ErrorCode::ServiceUnavailable)),
         }
     }
 
     /// Reads a key from the store (bounded by `store.timeout`) and caches it,
     /// unless an eviction raced with the read. `Err` when the store did not
     /// answer or is known to be down and this is not the request that probes it.
-    async fn read_key(&self, hash: KeyHash, now: DateTime<Utc>) -> Result<Option<Arc<CachedKey>>, ()> {
+    async fn read_key(&self, hash: KeyHash, now: DateTime<Utc>) -> Result<Option<Arc<CachedKey>>, Unanswered> {
         let now_ms = now.timestamp_millis();
         if !self.store_health.may_try(now_ms) {
-            return Err(());
+            return Err(Unanswered);
         }
         let evictions = self.evictions.load(Ordering::SeqCst);
         let read = tokio::time::timeout(self.settings.store_timeout, self.store.find_key_by_hash(&hash)).await;
@@ -368,12 +370,12 @@ impl Engine {
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, key_hash = ?hash, "key lookup failed");
                 self.store_health.failed(now_ms);
-                return Err(());
+                return Err(Unanswered);
             }
             Err(_) => {
                 tracing::warn!(key_hash = ?hash, timeout = ?self.settings.store_timeout, "key lookup timed out");
                 self.store_health.failed(now_ms);
-                return Err(());
+                return Err(Unanswered);
             }
         };
         self.store_health.succeeded();
@@ -487,6 +489,10 @@ impl Engine {
         }
     }
 }
+
+/// The store did not answer a key read (or is known to be down and this
+/// request is not the one that probes it).
+struct Unanswered;
 
 fn millis_of(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)

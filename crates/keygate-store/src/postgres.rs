@@ -17,6 +17,7 @@ pub struct PostgresStore {
     pool: PgPool,
     /// Where this deployment's changes are announced (see [`channel_for_schema`]).
     channel: String,
+    feed_timing: FeedTiming,
 }
 
 impl PostgresStore {
@@ -40,6 +41,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             channel: channel_for_schema(&schema),
+            feed_timing: FeedTiming::default(),
         })
     }
 
@@ -52,10 +54,40 @@ impl PostgresStore {
         Ok(Some(Box::new(PgChangeFeed {
             pool: self.pool.clone(),
             channel: self.channel.clone(),
+            timing: self.feed_timing,
             listener: None,
+            heartbeat: None,
         })))
     }
+
+    /// Changes the feed's heartbeat and silence limit (tests shorten them).
+    pub fn with_feed_timing(mut self, timing: FeedTiming) -> Self {
+        self.feed_timing = timing;
+        self
+    }
 }
+
+/// A LISTEN connection can die without an error: a NAT or proxy that drops an
+/// idle connection leaves it half-open, and the node would stop hearing
+/// revocations without knowing. So every node announces a heartbeat on the
+/// channel, and a feed that hears nothing at all for `silence_limit` presumes
+/// its connection dead and connects anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedTiming {
+    pub heartbeat: Duration,
+    pub silence_limit: Duration,
+}
+
+impl Default for FeedTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(5),
+            silence_limit: Duration::from_secs(12),
+        }
+    }
+}
+
+const HEARTBEAT: &str = "heartbeat";
 
 /// LISTEN on a connection of its own. A lost connection is dropped and a new
 /// one made, rather than left to sqlx's silent reconnect, so the node knows
@@ -63,7 +95,43 @@ impl PostgresStore {
 struct PgChangeFeed {
     pool: PgPool,
     channel: String,
+    timing: FeedTiming,
     listener: Option<PgListener>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PgChangeFeed {
+    fn start_heartbeat(&mut self) {
+        let (pool, channel, every) = (self.pool.clone(), self.channel.clone(), self.timing.heartbeat);
+        self.heartbeat = Some(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            loop {
+                ticker.tick().await;
+                // A failure is the feed's to notice, by its silence.
+                let _ = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(&channel)
+                    .bind(HEARTBEAT)
+                    .execute(&pool)
+                    .await;
+            }
+        }));
+    }
+
+    fn lost(&mut self, why: &str) -> StoreError {
+        self.listener = None;
+        StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            format!("the change feed's connection was lost: {why}"),
+        )))
+    }
+}
+
+impl Drop for PgChangeFeed {
+    fn drop(&mut self) {
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.abort();
+        }
+    }
 }
 
 #[async_trait]
@@ -73,24 +141,27 @@ impl ChangeFeed for PgChangeFeed {
             let mut listener = PgListener::connect_with(&self.pool).await?;
             listener.listen(&self.channel).await?;
             self.listener = Some(listener);
+            if self.heartbeat.is_none() {
+                self.start_heartbeat();
+            }
             return Ok(FeedEvent::Connected);
         };
-        match listener.try_recv().await {
-            Ok(Some(notification)) => Ok(match Change::decode(notification.payload()) {
-                Some(change) => FeedEvent::Changed(change),
-                None => FeedEvent::Unreadable,
-            }),
-            Ok(None) => {
-                self.listener = None;
-                Err(StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "the change feed's connection was lost",
-                ))))
-            }
-            Err(err) => {
-                self.listener = None;
-                Err(err.into())
-            }
+        loop {
+            // On silence the listener is dropped, never used again after the cancelled wait.
+            let received = tokio::time::timeout(self.timing.silence_limit, listener.try_recv()).await;
+            return match received {
+                Ok(Ok(Some(notification))) if notification.payload() == HEARTBEAT => continue,
+                Ok(Ok(Some(notification))) => Ok(match Change::decode(notification.payload()) {
+                    Some(change) => FeedEvent::Changed(change),
+                    None => FeedEvent::Unreadable,
+                }),
+                Ok(Ok(None)) => Err(self.lost("closed")),
+                Ok(Err(err)) => {
+                    self.listener = None;
+                    Err(err.into())
+                }
+                Err(_) => Err(self.lost("nothing heard, not even a heartbeat")),
+            };
         }
     }
 }

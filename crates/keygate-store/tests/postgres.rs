@@ -149,3 +149,46 @@ async fn a_lost_feed_connection_is_reported() {
     // The next call connects again and says so.
     assert_eq!(next_event(&mut feed).await, keygate_store::FeedEvent::Connected);
 }
+
+async fn store_with_timing(heartbeat_ms: u64, silence_ms: u64) -> Option<keygate_store::postgres::PostgresStore> {
+    let schema = fresh_postgres_schema().await?;
+    let store = keygate_store::postgres::PostgresStore::open(&postgres_url_for_schema(&schema))
+        .await
+        .unwrap()
+        .with_feed_timing(keygate_store::postgres::FeedTiming {
+            heartbeat: std::time::Duration::from_millis(heartbeat_ms),
+            silence_limit: std::time::Duration::from_millis(silence_ms),
+        });
+    Some(store)
+}
+
+/// A half-open connection raises no error; silence is how it is noticed.
+/// With no heartbeat in time, the feed gives up on the connection and connects anew.
+#[tokio::test]
+async fn a_silent_feed_presumes_its_connection_dead() {
+    let Some(store) = store_with_timing(3_600_000, 300).await else {
+        return;
+    };
+    let mut feed = store.change_feed().await.unwrap().unwrap();
+    assert_eq!(next_event(&mut feed).await, keygate_store::FeedEvent::Connected);
+    let silent = tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
+        .await
+        .unwrap();
+    assert!(silent.is_err(), "{silent:?}");
+    assert_eq!(next_event(&mut feed).await, keygate_store::FeedEvent::Connected);
+}
+
+/// Heartbeats keep a quiet feed alive and never surface as changes.
+#[tokio::test]
+async fn heartbeats_keep_a_quiet_feed_alive_and_are_not_changes() {
+    let Some(store) = store_with_timing(50, 300).await else {
+        return;
+    };
+    let mut feed = store.change_feed().await.unwrap().unwrap();
+    assert_eq!(next_event(&mut feed).await, keygate_store::FeedEvent::Connected);
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(1_500), feed.next()).await;
+    assert!(
+        quiet.is_err(),
+        "nothing to report for 1.5 s, five times the silence limit: {quiet:?}"
+    );
+}

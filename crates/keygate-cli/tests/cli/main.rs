@@ -27,6 +27,10 @@ struct Deployment {
     config: PathBuf,
     admin_url: String,
     gateway_url: String,
+    /// The config's `[store]` table and what follows it, kept to rewrite the
+    /// config with other ports.
+    store: String,
+    extra: String,
 }
 
 impl Deployment {
@@ -43,19 +47,30 @@ impl Deployment {
     }
 
     fn in_dir(dir: tempfile::TempDir, store: &str, extra: &str) -> Self {
-        let (gateway, admin) = (free_port(), free_port());
         let config = dir.path().join("keygate.toml");
-        let text = format!(
-            "[server]\ngateway_addr = \"127.0.0.1:{gateway}\"\nadmin_addr = \"127.0.0.1:{admin}\"\n\
-             [store]\n{store}\n{extra}"
-        );
-        std::fs::write(&config, text).unwrap();
-        Self {
+        let mut deployment = Self {
             dir,
             config,
-            admin_url: format!("http://127.0.0.1:{admin}"),
-            gateway_url: format!("http://127.0.0.1:{gateway}"),
-        }
+            admin_url: String::new(),
+            gateway_url: String::new(),
+            store: store.to_owned(),
+            extra: extra.to_owned(),
+        };
+        deployment.pick_ports();
+        deployment
+    }
+
+    /// Writes the config with two ports that were free a moment ago.
+    fn pick_ports(&mut self) {
+        let (gateway, admin) = (free_port(), free_port());
+        let text = format!(
+            "[server]\ngateway_addr = \"127.0.0.1:{gateway}\"\nadmin_addr = \"127.0.0.1:{admin}\"\n\
+             [store]\n{}\n{}",
+            self.store, self.extra
+        );
+        std::fs::write(&self.config, text).unwrap();
+        self.admin_url = format!("http://127.0.0.1:{admin}");
+        self.gateway_url = format!("http://127.0.0.1:{gateway}");
     }
 
     fn keygate(&self, args: &[&str], admin_key: Option<&str>) -> Output {
@@ -91,7 +106,21 @@ impl Deployment {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    fn serve(&self, name: &str) -> Server {
+    /// Starts `keygate serve` and waits for its banner. A port picked free
+    /// can be taken before the node binds it (tests run in parallel, and
+    /// outgoing connections use the same range): then other ports are tried.
+    fn serve(&mut self, name: &str) -> Server {
+        for _ in 0..4 {
+            match self.try_serve(name) {
+                Ok(server) => return server,
+                Err(stderr) if stderr.contains("Address already in use") => self.pick_ports(),
+                Err(stderr) => panic!("server did not start: {stderr}"),
+            }
+        }
+        panic!("no free ports after 4 attempts");
+    }
+
+    fn try_serve(&self, name: &str) -> Result<Server, String> {
         let stdout = self.dir.path().join(format!("{name}.stdout"));
         let stderr = self.dir.path().join(format!("{name}.stderr"));
         let child = Command::new(BIN)
@@ -102,22 +131,17 @@ impl Deployment {
             .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
             .spawn()
             .unwrap();
-        let server = Server { child, stdout, stderr };
+        let mut server = Server { child, stdout, stderr };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(self.admin_url.trim_start_matches("http://")).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "server did not start: {}",
-                server.stderr_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
         // The banner is printed after both listeners are up and bootstrap is done.
         while !server.stdout_text().contains("Stop with Ctrl-C") {
+            if server.child.try_wait().unwrap().is_some() {
+                return Err(server.stderr_text());
+            }
             assert!(Instant::now() < deadline, "no banner: {}", server.stderr_text());
             std::thread::sleep(Duration::from_millis(50));
         }
-        server
+        Ok(server)
     }
 
     fn data_files(&self) -> Vec<u8> {
@@ -188,7 +212,7 @@ fn secret_part(key: &str) -> &str {
 
 #[tokio::test]
 async fn first_start_prints_an_admin_key_once_and_never_logs_it() {
-    let deployment = Deployment::new("");
+    let mut deployment = Deployment::new("");
     let server = deployment.serve("first");
     let banner = server.stdout_text();
     let admin_key = banner
@@ -219,7 +243,7 @@ async fn first_start_prints_an_admin_key_once_and_never_logs_it() {
 
 #[tokio::test]
 async fn cli_drives_a_running_server_and_no_key_reaches_logs_or_the_database() {
-    let deployment = Deployment::new("");
+    let mut deployment = Deployment::new("");
     assert!(deployment
         .ok_text(&["config", "check"], None)
         .contains("Configuration OK"));
@@ -462,7 +486,7 @@ async fn a_256_mib_multipart_upload_streams_through_in_bounded_memory() {
     });
     tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
 
-    let deployment = Deployment::new(&format!(
+    let mut deployment = Deployment::new(&format!(
         "[access_log]\ntarget = \"off\"\n\
          [[routes]]\npath = \"/api/v1/invoices/upload\"\nmethods = [\"POST\"]\nupstream = \"{sink}\"\n\
          max_body_size = \"1GiB\"\ntimeout = \"5m\"\n"

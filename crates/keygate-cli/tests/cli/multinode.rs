@@ -90,7 +90,7 @@ impl Cluster {
         let nodes = deployments
             .into_iter()
             .enumerate()
-            .map(|(i, deployment)| {
+            .map(|(i, mut deployment)| {
                 let server = deployment.serve(&format!("node{i}"));
                 Node {
                     deployment,
@@ -576,7 +576,7 @@ async fn kill_9_during_creates_loses_no_acknowledged_key_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_creates_loses_no_acknowledged_key_on_sqlite() {
     let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let deployment = Deployment::new("[access_log]\ntarget = \"off\"\n");
+    let mut deployment = Deployment::new("[access_log]\ntarget = \"off\"\n");
     let admin = deployment.ok_json(&["admin", "create-key", "--name", "t", "--json"], None);
     let admin_key = admin["key"].as_str().unwrap().to_owned();
     let server = deployment.serve("before");

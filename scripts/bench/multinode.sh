@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# keygate on shared PostgreSQL and Redis, in one run, with wrk on loopback and
+# the same keys, route and Lua script as scripts/bench/gateway.sh:
+#   1. one node on the embedded defaults (SQLite, in-memory limiter);
+#   2. one node on PostgreSQL and Redis;
+#   3. two nodes on PostgreSQL and Redis, one wrk per node at the same time;
+#   4. revocation propagation: REVOCATIONS revocations on a 3-node cluster
+#      (the cluster test `keys_are_shared_and_revocations_reach_every_node_within_a_second`,
+#      which prints p50, p90 and max).
+# Cases 1 and 2 pin the node to one CPU and wrk to the other. Case 3 cannot
+# give each node a CPU of its own on a 2-core machine: both nodes, both wrk
+# processes, the upstream, PostgreSQL and Redis share the 2 cores.
+#
+# Usage: bash scripts/bench/multinode.sh   (DURATION=10s CONNECTIONS=64 KEYS=10000 REVOCATIONS=100)
+# Needs PostgreSQL (KEYGATE_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/test)
+# and Redis (KEYGATE_REDIS_URL, default redis://127.0.0.1:6379). It works in a
+# schema of its own, dropped on exit; everything it starts is stopped on exit.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+KEYS=${KEYS:-10000}
+REVOCATIONS=${REVOCATIONS:-100}
+BASE_PORT=${BASE_PORT:-18200}
+UPSTREAM_PORT=$BASE_PORT
+POSTGRES_URL=${KEYGATE_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
+REDIS_URL=${KEYGATE_REDIS_URL:-redis://127.0.0.1:6379}
+
+source "$(dirname "$0")/common.sh"
+
+SCHEMA="kg_bench_$(date +%s)"
+psql "$POSTGRES_URL" -qc "CREATE SCHEMA $SCHEMA"
+trap 'psql "$POSTGRES_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true; cleanup' EXIT
+SHARED_STORE="$POSTGRES_URL?options=-c%20search_path%3D$SCHEMA"
+
+install_missing
+build_keygate
+
+start_nginx upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'ok\n'; } }" "${PIN_LOAD[@]}"
+wait_for_port "$UPSTREAM_PORT"
+
+write_config() { # name, gateway port, admin port, store url, limiter url
+  cat >"$WORK/$1.toml" <<EOF
+[server]
+gateway_addr = "127.0.0.1:$2"
+admin_addr = "127.0.0.1:$3"
+[store]
+url = "$4"
+[access_log]
+target = "off"
+[cache]
+capacity = 100000
+[security]
+max_failed_attempts = 1000000000
+[plans.bench]
+limits = [{ requests = 100000000, per = "1h" }]
+[limiter]
+url = "$5"
+default_plan = "bench"
+[[routes]]
+path = "/"
+upstream = "http://127.0.0.1:$UPSTREAM_PORT"
+scopes = ["bench:read"]
+EOF
+}
+
+start_node() { # name, gateway port, admin port, command prefix (pinning)...
+  local name=$1 gateway=$2 admin=$3
+  shift 3
+  KEYGATE_CONFIG="$WORK/$name.toml" KEYGATE_LOG=warn "$@" "$KEYGATE" serve >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  PIDS+=($!)
+  NODE_PID=$!
+  wait_for_port "$admin"
+  wait_for_port "$gateway"
+}
+
+admin_key_for() { # config name
+  KEYGATE_CONFIG="$WORK/$1.toml" "$KEYGATE" admin create-key --name bench --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
+}
+
+write_keys_lua
+: >"$WORK/results.tsv"
+echo "measuring: $DURATION per case, $CONNECTIONS connections" >&2
+
+# 1. The embedded defaults.
+mkdir -p "$WORK/embedded"
+write_config embedded $((BASE_PORT + 1)) $((BASE_PORT + 2)) "sqlite://$WORK/embedded/keygate.db" "memory://"
+ADMIN_KEY=$(admin_key_for embedded)
+start_node embedded $((BASE_PORT + 1)) $((BASE_PORT + 2)) "${PIN_PROXY[@]}"
+create_keys $((BASE_PORT + 2)) "$ADMIN_KEY" "$KEYS" "$WORK/embedded-keys.txt"
+BENCH_KEYS="$WORK/embedded-keys.txt" run_wrk "1. one node, SQLite + memory" "http://127.0.0.1:$((BASE_PORT + 1))/bench" "$WORK/keys.lua"
+kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
+
+# 2. One node on PostgreSQL and Redis.
+write_config shared-a $((BASE_PORT + 3)) $((BASE_PORT + 4)) "$SHARED_STORE" "$REDIS_URL"
+write_config shared-b $((BASE_PORT + 5)) $((BASE_PORT + 6)) "$SHARED_STORE" "$REDIS_URL"
+ADMIN_KEY=$(admin_key_for shared-a)
+start_node shared-a $((BASE_PORT + 3)) $((BASE_PORT + 4)) "${PIN_PROXY[@]}"
+create_keys $((BASE_PORT + 4)) "$ADMIN_KEY" "$KEYS" "$WORK/shared-keys.txt"
+BENCH_KEYS="$WORK/shared-keys.txt" run_wrk "2. one node, PostgreSQL + Redis" "http://127.0.0.1:$((BASE_PORT + 3))/bench" "$WORK/keys.lua"
+kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
+
+# 3. Two nodes, unpinned, each loaded by its own wrk with half the connections.
+start_node shared-a $((BASE_PORT + 3)) $((BASE_PORT + 4))
+start_node shared-b $((BASE_PORT + 5)) $((BASE_PORT + 6))
+half=$((CONNECTIONS / 2))
+for port in $((BASE_PORT + 3)) $((BASE_PORT + 5)); do # warm both caches
+  BENCH_KEYS="$WORK/shared-keys.txt" wrk -t1 -c"$half" -d2s -s "$WORK/keys.lua" "http://127.0.0.1:$port/bench" >/dev/null
+done
+BENCH_KEYS="$WORK/shared-keys.txt" wrk -t1 -c"$half" -d"$DURATION" --latency -s "$WORK/keys.lua" "http://127.0.0.1:$((BASE_PORT + 3))/bench" >"$WORK/node-a.wrk" &
+first=$!
+BENCH_KEYS="$WORK/shared-keys.txt" wrk -t1 -c"$half" -d"$DURATION" --latency -s "$WORK/keys.lua" "http://127.0.0.1:$((BASE_PORT + 5))/bench" >"$WORK/node-b.wrk"
+wait "$first"
+aggregate=$(awk '/^Requests\/sec/ {sum += $2} END {printf "%.2f", sum}' "$WORK/node-a.wrk" "$WORK/node-b.wrk")
+p99s=$(awk '$1 == "99%" {printf "%s ", $2}' "$WORK/node-a.wrk" "$WORK/node-b.wrk")
+non2xx=$(awk '/Non-2xx/ {sum += $NF} END {print sum + 0}' "$WORK/node-a.wrk" "$WORK/node-b.wrk")
+printf '%s\t%s\t%s\t%s\t%s\n' "3. two nodes, PostgreSQL + Redis (sum)" "$aggregate" "-" "$p99s" "$non2xx" >>"$WORK/results.tsv"
+echo "  3. two nodes: $aggregate req/s in total, p99 per node $p99s" >&2
+for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+
+echo
+echo "| case | req/s | p50 | p99 | non-2xx |"
+echo "|---|---:|---:|---:|---:|"
+awk -F'\t' '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}' "$WORK/results.tsv"
+awk -F'\t' '
+  NR == 1 { embedded = $2 }
+  NR == 2 { shared = $2 }
+  NR == 3 { two = $2 }
+  END {
+    if (embedded > 0) printf "\none node: PostgreSQL + Redis / SQLite + memory: %.2f\n", shared / embedded
+    if (shared > 0) printf "two nodes / one node (PostgreSQL + Redis): %.2f\n", two / shared
+  }
+' "$WORK/results.tsv"
+
+echo
+echo "revocation propagation ($REVOCATIONS revocations, 3 nodes, debug build of the cluster test):"
+(cd "$ROOT" && KEYGATE_REQUIRE_SERVICES=1 KEYGATE_REVOCATIONS="$REVOCATIONS" \
+  cargo test -q -p keygate-cli --test cli keys_are_shared_and_revocations -- --nocapture 2>&1 |
+  grep "revocation propagation")
