@@ -122,3 +122,42 @@ build_keygate() {
   (cd "$ROOT" && cargo build --release --bin keygate -q)
   KEYGATE="$ROOT/target/release/keygate"
 }
+
+# A node for the benchmarks: one plan with a limit that is never reached, and
+# one route to the upstream on $UPSTREAM_PORT that needs a scope.
+write_keygate_config() { # file, gateway port, admin port, store url, limiter url
+  cat >"$1" <<EOF
+[server]
+gateway_addr = "127.0.0.1:$2"
+admin_addr = "127.0.0.1:$3"
+[store]
+url = "$4"
+[access_log]
+target = "off"
+[cache]
+capacity = 100000
+[security]
+max_failed_attempts = 1000000000
+[plans.bench]
+limits = [{ requests = 100000000, per = "1h" }]
+[limiter]
+url = "$5"
+default_plan = "bench"
+[[routes]]
+path = "/"
+upstream = "http://127.0.0.1:$UPSTREAM_PORT"
+scopes = ["bench:read"]
+EOF
+}
+
+admin_key_for() { # config file
+  KEYGATE_CONFIG="$1" "$KEYGATE" admin create-key --name bench --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
+}
+
+print_results() { # the rows run_wrk (and the scripts) wrote to results.tsv, as a Markdown table
+  echo
+  echo "| case | req/s | p50 | p99 | non-2xx |"
+  echo "|---|---:|---:|---:|---:|"
+  awk -F'\t' '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}' "$WORK/results.tsv"
+}

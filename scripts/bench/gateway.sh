@@ -35,30 +35,10 @@ start_nginx upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { ret
 wait_for_port "$UPSTREAM_PORT"
 
 # keygate: one plan with a limit that is never reached, a route that needs a scope.
-cat >"$WORK/keygate.toml" <<EOF
-[server]
-gateway_addr = "127.0.0.1:$KEYGATE_PORT"
-admin_addr = "127.0.0.1:$KEYGATE_ADMIN_PORT"
-[store]
-url = "sqlite://$WORK/keygate/keygate.db"
-[access_log]
-target = "off"
-[cache]
-capacity = 100000
-[security]
-max_failed_attempts = 1000000000
-[plans.bench]
-limits = [{ requests = 100000000, per = "1h" }]
-[limiter]
-default_plan = "bench"
-[[routes]]
-path = "/"
-upstream = "http://127.0.0.1:$UPSTREAM_PORT"
-scopes = ["bench:read"]
-EOF
+write_keygate_config "$WORK/keygate.toml" "$KEYGATE_PORT" "$KEYGATE_ADMIN_PORT" "sqlite://$WORK/keygate/keygate.db" "memory://"
 mkdir -p "$WORK/keygate"
 KEYGATE_CONFIG="$WORK/keygate.toml" "$KEYGATE" migrate >/dev/null
-ADMIN_KEY=$(KEYGATE_CONFIG="$WORK/keygate.toml" "$KEYGATE" admin create-key --name bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+ADMIN_KEY=$(admin_key_for "$WORK/keygate.toml")
 KEYGATE_CONFIG="$WORK/keygate.toml" KEYGATE_LOG=warn "${PIN_PROXY[@]}" "$KEYGATE" serve >"$WORK/keygate.out" 2>"$WORK/keygate.err" &
 PIDS+=($!)
 wait_for_port "$KEYGATE_ADMIN_PORT"
@@ -110,10 +90,7 @@ BENCH_KEYS="$WORK/keys.txt" run_wrk "3. nginx map+limit_req" "http://127.0.0.1:$
 BENCH_KEYS="$WORK/keys.txt" run_wrk "4. keygate valid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
 BENCH_KEYS="$WORK/invalid.txt" run_wrk "5. keygate invalid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
 
-echo
-echo "| case | req/s | p50 | p99 | non-2xx |"
-echo "|---|---:|---:|---:|---:|"
-awk -F'\t' '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}' "$WORK/results.tsv"
+print_results
 awk -F'\t' '
   NR == 3 { nginx = $2 }
   NR == 4 { keygate = $2 }

@@ -39,31 +39,6 @@ build_keygate
 start_nginx upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'ok\n'; } }" "${PIN_LOAD[@]}"
 wait_for_port "$UPSTREAM_PORT"
 
-write_config() { # name, gateway port, admin port, store url, limiter url
-  cat >"$WORK/$1.toml" <<EOF
-[server]
-gateway_addr = "127.0.0.1:$2"
-admin_addr = "127.0.0.1:$3"
-[store]
-url = "$4"
-[access_log]
-target = "off"
-[cache]
-capacity = 100000
-[security]
-max_failed_attempts = 1000000000
-[plans.bench]
-limits = [{ requests = 100000000, per = "1h" }]
-[limiter]
-url = "$5"
-default_plan = "bench"
-[[routes]]
-path = "/"
-upstream = "http://127.0.0.1:$UPSTREAM_PORT"
-scopes = ["bench:read"]
-EOF
-}
-
 start_node() { # name, gateway port, admin port, command prefix (pinning)...
   local name=$1 gateway=$2 admin=$3
   shift 3
@@ -74,28 +49,23 @@ start_node() { # name, gateway port, admin port, command prefix (pinning)...
   wait_for_port "$gateway"
 }
 
-admin_key_for() { # config name
-  KEYGATE_CONFIG="$WORK/$1.toml" "$KEYGATE" admin create-key --name bench --json |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
-}
-
 write_keys_lua
 : >"$WORK/results.tsv"
 echo "measuring: $DURATION per case, $CONNECTIONS connections" >&2
 
 # 1. The embedded defaults.
 mkdir -p "$WORK/embedded"
-write_config embedded $((BASE_PORT + 1)) $((BASE_PORT + 2)) "sqlite://$WORK/embedded/keygate.db" "memory://"
-ADMIN_KEY=$(admin_key_for embedded)
+write_keygate_config "$WORK/embedded.toml" $((BASE_PORT + 1)) $((BASE_PORT + 2)) "sqlite://$WORK/embedded/keygate.db" "memory://"
+ADMIN_KEY=$(admin_key_for "$WORK/embedded.toml")
 start_node embedded $((BASE_PORT + 1)) $((BASE_PORT + 2)) "${PIN_PROXY[@]}"
 create_keys $((BASE_PORT + 2)) "$ADMIN_KEY" "$KEYS" "$WORK/embedded-keys.txt"
 BENCH_KEYS="$WORK/embedded-keys.txt" run_wrk "1. one node, SQLite + memory" "http://127.0.0.1:$((BASE_PORT + 1))/bench" "$WORK/keys.lua"
 kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
 
 # 2. One node on PostgreSQL and Redis.
-write_config shared-a $((BASE_PORT + 3)) $((BASE_PORT + 4)) "$SHARED_STORE" "$REDIS_URL"
-write_config shared-b $((BASE_PORT + 5)) $((BASE_PORT + 6)) "$SHARED_STORE" "$REDIS_URL"
-ADMIN_KEY=$(admin_key_for shared-a)
+write_keygate_config "$WORK/shared-a.toml" $((BASE_PORT + 3)) $((BASE_PORT + 4)) "$SHARED_STORE" "$REDIS_URL"
+write_keygate_config "$WORK/shared-b.toml" $((BASE_PORT + 5)) $((BASE_PORT + 6)) "$SHARED_STORE" "$REDIS_URL"
+ADMIN_KEY=$(admin_key_for "$WORK/shared-a.toml")
 start_node shared-a $((BASE_PORT + 3)) $((BASE_PORT + 4)) "${PIN_PROXY[@]}"
 create_keys $((BASE_PORT + 4)) "$ADMIN_KEY" "$KEYS" "$WORK/shared-keys.txt"
 BENCH_KEYS="$WORK/shared-keys.txt" run_wrk "2. one node, PostgreSQL + Redis" "http://127.0.0.1:$((BASE_PORT + 3))/bench" "$WORK/keys.lua"
@@ -119,10 +89,7 @@ printf '%s\t%s\t%s\t%s\t%s\n' "3. two nodes, PostgreSQL + Redis (sum)" "$aggrega
 echo "  3. two nodes: $aggregate req/s in total, p99 per node $p99s" >&2
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 
-echo
-echo "| case | req/s | p50 | p99 | non-2xx |"
-echo "|---|---:|---:|---:|---:|"
-awk -F'\t' '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}' "$WORK/results.tsv"
+print_results
 awk -F'\t' '
   NR == 1 { embedded = $2 }
   NR == 2 { shared = $2 }
