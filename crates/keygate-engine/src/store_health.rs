@@ -70,36 +70,6 @@ impl StoreHealth {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn up_always_tries_and_down_probes_once_per_interval() {
-        let health = StoreHealth::default();
-        assert!(health.may_try(0) && health.may_try(0));
-        health.failed(10_000);
-        assert_eq!(health.down_since_ms(), Some(10_000));
-        assert!(
-            !health.may_try(10_500),
-            "the failure itself was the probe of this interval"
-        );
-        assert!(health.may_try(11_000), "one probe when the interval ends");
-        assert!(!health.may_try(11_000), "and only one");
-        health.failed(11_200);
-        assert_eq!(
-            health.down_since_ms(),
-            Some(10_000),
-            "the outage started at the first failure"
-        );
-        assert!(!health.may_try(12_000));
-        assert!(health.may_try(12_200));
-        health.succeeded();
-        assert_eq!(health.down_since_ms(), None);
-        assert!(health.may_try(12_200) && health.may_try(12_200));
-    }
-}
-
 /// What `/readyz` reports about the store and the cache in front of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreStatus {
@@ -141,5 +111,35 @@ impl crate::Engine {
             cache_ttl: self.current_cache_ttl(),
             max_stale: self.settings.max_stale,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_always_tries_and_down_probes_once_per_interval() {
+        let health = StoreHealth::default();
+        assert!(health.may_try(0) && health.may_try(0));
+        health.failed(10_000);
+        assert_eq!(health.down_since_ms(), Some(10_000));
+        assert!(
+            !health.may_try(10_500),
+            "the failure itself was the probe of this interval"
+        );
+        assert!(health.may_try(11_000), "one probe when the interval ends");
+        assert!(!health.may_try(11_000), "and only one");
+        health.failed(11_200);
+        assert_eq!(
+            health.down_since_ms(),
+            Some(10_000),
+            "the outage started at the first failure"
+        );
+        assert!(!health.may_try(12_000));
+        assert!(health.may_try(12_200));
+        health.succeeded();
+        assert_eq!(health.down_since_ms(), None);
+        assert!(health.may_try(12_200) && health.may_try(12_200));
     }
 }

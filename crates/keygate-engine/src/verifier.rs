@@ -452,6 +452,8 @@ impl Engine {
             .flush(self.store.as_ref(), now, || self.new_id("ub", now))
             .await;
         match &flushed {
+            // Ok(0) may mean there was nothing to write, so the store was not asked.
+            Ok(0) => {}
             Ok(_) => self.store_health.succeeded(),
             Err(_) => self.store_health.failed(now.timestamp_millis()),
         }

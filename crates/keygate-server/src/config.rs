@@ -776,6 +776,24 @@ mod tests {
     }
 
     #[test]
+    fn store_outage_settings_have_defaults_and_refuse_zero() {
+        let settings = validate(&Config::default(), None).unwrap();
+        assert_eq!(settings.engine.max_stale, Duration::from_secs(300));
+        assert_eq!(settings.engine.store_timeout, Duration::from_secs(2));
+        assert_eq!(settings.engine.cache_ttl_unheard, Duration::from_secs(1));
+        let (_, settings) = load_text("[store]\nmax_stale = \"0s\"\n").unwrap();
+        assert!(settings.engine.max_stale.is_zero(), "0: no serving from a stale cache");
+        for (text, field) in [
+            ("[store]\ntimeout = \"0s\"\n", "store.timeout"),
+            ("[cache]\nttl_unheard = \"0s\"\n", "cache.ttl_unheard"),
+            ("[store]\nmax_stale = \"soon\"\n", "store.max_stale"),
+        ] {
+            let err = load_text(text).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn sizes_parse_and_routes_inherit_the_server_body_limit() {
         let (_, settings) = load_text(
             r#"
