@@ -12,6 +12,7 @@ mod changes;
 pub mod clock;
 mod error;
 mod limits;
+pub mod metrics;
 
 pub use limits::RateLimits;
 mod store_health;

@@ -104,7 +104,10 @@ impl Engine {
         if checks.is_empty() {
             return Ok((None, permit));
         }
-        let decision = match self.limiter.check(&checks, 1, charge, millis(now)).await {
+        let started = std::time::Instant::now();
+        let decided = self.limiter.check(&checks, 1, charge, millis(now)).await;
+        self.metrics.limiter_took(started.elapsed());
+        let decision = match decided {
             Ok(decision) => decision,
             Err(err) => {
                 tracing::warn!(error = %err, "rate limits could not be checked");

@@ -88,7 +88,13 @@ impl crate::Engine {
     /// verify path that a store that was down answers again.
     pub async fn store_status(&self) -> StoreStatus {
         let started = std::time::Instant::now();
-        let ping = match tokio::time::timeout(self.settings.store_timeout, self.store.ping()).await {
+        let answer = tokio::time::timeout(self.settings.store_timeout, self.store.ping()).await;
+        self.metrics.store_call(
+            crate::metrics::StoreOperation::Ping,
+            started.elapsed(),
+            !matches!(answer, Ok(Ok(()))),
+        );
+        let ping = match answer {
             Ok(Ok(())) => Ok(started.elapsed()),
             Ok(Err(err)) => Err(err.to_string()),
             Err(_) => Err(format!(

@@ -24,6 +24,7 @@ use moka::sync::Cache;
 use crate::changes::{Hearing, HearingState};
 use crate::clock::Clock;
 use crate::limits::RateLimits;
+use crate::metrics::{CacheResult, Metrics, ScrapeValues, StoreOperation};
 use crate::store_health::StoreHealth;
 use crate::usage::{UsageRecorder, ADMITTED};
 
@@ -170,6 +171,7 @@ pub struct Engine {
     ids: Mutex<IdGenerator>,
     pub(crate) store_health: StoreHealth,
     pub(crate) hearing: HearingState,
+    pub(crate) metrics: Metrics,
 }
 
 impl Engine {
@@ -206,6 +208,7 @@ impl Engine {
             ids: Mutex::new(IdGenerator::new()),
             store_health: StoreHealth::default(),
             hearing: HearingState::new(),
+            metrics: Metrics::default(),
         }
     }
 
@@ -236,9 +239,18 @@ impl Engine {
         };
         let hash = parsed.hash();
         let cached = match self.cache.get(&hash) {
-            Some(cached) if self.is_fresh(&cached, now) => cached,
-            Some(stale) => self.reload(hash, stale, now).await?,
-            None => self.load(hash, request.client_ip, now).await?,
+            Some(cached) if self.is_fresh(&cached, now) => {
+                self.metrics.cache_lookup(CacheResult::Hit);
+                cached
+            }
+            Some(stale) => {
+                self.metrics.cache_lookup(CacheResult::Stale);
+                self.reload(hash, stale, now).await?
+            }
+            None => {
+                self.metrics.cache_lookup(CacheResult::Miss);
+                self.load(hash, request.client_ip, now).await?
+            }
         };
         self.decide(cached, &request, now).await
     }
@@ -364,7 +376,11 @@ impl Engine {
             return Err(Unanswered);
         }
         let evictions = self.evictions.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
         let read = tokio::time::timeout(self.settings.store_timeout, self.store.find_key_by_hash(&hash)).await;
+        let failed = !matches!(read, Ok(Ok(_)));
+        self.metrics
+            .store_call(StoreOperation::FindKey, started.elapsed(), failed);
         let found = match read {
             Ok(Ok(found)) => found,
             Ok(Err(err)) => {
@@ -447,6 +463,7 @@ impl Engine {
     /// Writes recorded usage to the store; see [`UsageRecorder::flush`].
     pub async fn flush_usage(&self) -> Result<usize, keygate_store::StoreError> {
         let now = self.now();
+        let started = std::time::Instant::now();
         let flushed = self
             .usage
             .flush(self.store.as_ref(), now, || self.new_id("ub", now))
@@ -454,10 +471,30 @@ impl Engine {
         match &flushed {
             // Ok(0) may mean there was nothing to write, so the store was not asked.
             Ok(0) => {}
-            Ok(_) => self.store_health.succeeded(),
-            Err(_) => self.store_health.failed(now.timestamp_millis()),
+            Ok(_) => {
+                self.store_health.succeeded();
+                self.metrics
+                    .store_call(StoreOperation::RecordUsage, started.elapsed(), false);
+            }
+            Err(_) => {
+                self.store_health.failed(now.timestamp_millis());
+                self.metrics
+                    .store_call(StoreOperation::RecordUsage, started.elapsed(), true);
+            }
         }
         flushed
+    }
+
+    /// The request counters the gateway records into, and the rest of `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// `/metrics` in the Prometheus text format.
+    pub fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
+        self.metrics.encode(ScrapeValues {
+            limiter_fallbacks: self.limiter.fallbacks(),
+        })
     }
 
     /// Counts not yet written to the store.

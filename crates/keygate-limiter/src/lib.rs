@@ -128,4 +128,9 @@ pub trait Limiter: Send + Sync + 'static {
     async fn readiness(&self) -> LimiterHealth {
         self.health()
     }
+
+    /// Calls answered by a fallback policy since start, for `/metrics`.
+    fn fallbacks(&self) -> u64 {
+        0
+    }
 }

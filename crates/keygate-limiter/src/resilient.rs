@@ -98,11 +98,6 @@ impl ResilientLimiter {
         self
     }
 
-    /// Requests answered by the fallback policy so far.
-    pub fn fallbacks(&self) -> u64 {
-        self.fallbacks.load(Ordering::Relaxed)
-    }
-
     async fn bounded<T>(&self, call: impl std::future::Future<Output = Result<T, LimiterError>>) -> Option<T> {
         if self.breaker.is_open() {
             return None;
@@ -169,6 +164,10 @@ impl Limiter for ResilientLimiter {
                 "redis is unreachable and on_failure = \"deny\"".into(),
             )),
         }
+    }
+
+    fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
     }
 
     async fn readiness(&self) -> LimiterHealth {

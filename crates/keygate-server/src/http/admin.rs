@@ -79,6 +79,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/v1/workspaces", post(create_workspace).get(list_workspaces))
         .route(
@@ -189,6 +190,22 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// Prometheus metrics (OpenMetrics text). Unauthenticated like `/readyz`:
+/// the control plane listens on a private address, and no label names a key.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Requests by outcome, route and workspace; verify, limiter and store latency; cache lookups; limiter fallbacks; store errors", content_type = "application/openmetrics-text")))]
+async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    // Writing to a String cannot fail; the error is mapped rather than unwrapped.
+    let text = state.engine.encode_metrics().map_err(|err| {
+        tracing::error!(error = %err, "metrics could not be encoded");
+        ApiError(keygate_core::error::ErrorInstance::new(
+            keygate_core::ErrorCode::ServiceUnavailable,
+        ))
+    })?;
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
@@ -504,7 +521,7 @@ impl utoipa::Modify for SecuritySchemes {
 #[openapi(
     info(title = "keygate admin API", description = "Workspaces, API keys, verification and audit events."),
     paths(
-        healthz, readyz, create_workspace, list_workspaces, get_workspace, update_workspace, delete_workspace,
+        healthz, readyz, metrics, create_workspace, list_workspaces, get_workspace, update_workspace, delete_workspace,
         create_key, list_keys, get_key, update_key, delete_key, revoke_key, rotate_key, key_usage, verify_key,
         audit_events
     ),

@@ -17,6 +17,8 @@ use keygate_core::error::ErrorInstance;
 use keygate_core::ip::is_trusted_proxy;
 use keygate_core::limits::DEFAULT_RESOURCE;
 use keygate_core::{ErrorCatalog, ErrorCode};
+use keygate_engine::metrics::{LabelText, RequestLabels};
+use keygate_engine::usage::ADMITTED;
 use keygate_engine::{CachedKey, Engine, RateLimits, Verified, VerifyRequest};
 use serde_json::json;
 
@@ -42,7 +44,20 @@ pub struct GatewayState {
     upstreams: Arc<[Upstream]>,
     require_https: bool,
     access_log: AccessLog,
+    labels: FixedLabels,
 }
+
+/// Label values made once, so recording a request does not allocate.
+#[derive(Clone)]
+struct FixedLabels {
+    whoami: LabelText,
+    empty: LabelText,
+}
+
+/// The error code a response stands for (`/metrics`); absent on responses
+/// that were admitted (or passed an `auth = false` route).
+#[derive(Clone, Copy)]
+struct Outcome(&'static str);
 
 impl GatewayState {
     pub fn new(engine: Arc<Engine>, settings: &Settings, access_log: AccessLog) -> Self {
@@ -54,6 +69,10 @@ impl GatewayState {
             upstreams: settings.routes.iter().cloned().map(Upstream::new).collect(),
             require_https: settings.require_https,
             access_log,
+            labels: FixedLabels {
+                whoami: LabelText(Arc::from(WHOAMI_PATH)),
+                empty: LabelText(Arc::from("")),
+            },
         }
     }
 
@@ -70,8 +89,21 @@ impl GatewayState {
             .max_by_key(|u| u.route.path.len())
     }
 
+    /// Every error response of the data plane is made here, and says which
+    /// error it is for `/metrics`.
     pub(crate) fn error(&self, error: &ErrorInstance) -> Response {
-        render(&self.catalog, error)
+        let mut response = render(&self.catalog, error);
+        response.extensions_mut().insert(Outcome(error.code.as_str()));
+        response
+    }
+
+    /// The `route` label: the matched route's path, `/v1/whoami`, or empty.
+    fn route_label(&self, method: &Method, path: &str) -> LabelText {
+        match self.upstream_for(method, path) {
+            Some(upstream) => upstream.label.clone(),
+            None if path == WHOAMI_PATH => self.labels.whoami.clone(),
+            None => self.labels.empty.clone(),
+        }
     }
 
     /// Adds the rate-limit headers of an identified key to any response.
@@ -158,7 +190,19 @@ async fn handle(
         .enabled()
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
     let client = client_ip(peer, request.headers(), &gw.trusted_proxies);
+    let route = gw.route_label(request.method(), request.uri().path());
     let (mut response, key) = process(&gw, &exchange, client, request).await;
+    gw.engine.metrics().request(&RequestLabels {
+        outcome: match response.extensions().get::<Outcome>() {
+            Some(Outcome(code)) => code,
+            None if key.is_some() => ADMITTED,
+            None => "unauthenticated",
+        },
+        route,
+        workspace: key
+            .as_ref()
+            .map_or_else(|| gw.labels.empty.clone(), |k| LabelText(k.workspace_id.clone())),
+    });
     if let Some((method, path)) = logged {
         gw.access_log.record(&AccessEntry {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -244,7 +288,10 @@ async fn authenticate(
         resource,
         ..VerifyRequest::new(presented, Some(client))
     };
-    gw.engine.verify(request).await.map_err(|rejection| {
+    let started = Instant::now();
+    let verified = gw.engine.verify(request).await;
+    gw.engine.metrics().verify_took(started.elapsed());
+    verified.map_err(|rejection| {
         let response = gw.with_limits(gw.error(&rejection.error), rejection.limits.as_ref());
         (response, rejection.key)
     })

@@ -6,6 +6,7 @@
 
 use std::error::Error as StdError;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -20,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keygate_core::ErrorCode;
+use keygate_engine::metrics::LabelText;
 use keygate_engine::CachedKey;
 use keygate_limiter::Permit;
 
@@ -33,6 +35,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// timeout and pool never affect another's.
 pub struct Upstream {
     pub route: Route,
+    /// The route's path as the `route` label of `/metrics`.
+    pub label: LabelText,
     client: Client<HttpConnector, Body>,
     /// Parsed once: cloning these is a reference-count increment.
     scheme: Scheme,
@@ -50,6 +54,7 @@ impl Upstream {
         let scheme = route.upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = route.upstream.authority().cloned();
         Self {
+            label: LabelText(Arc::from(route.path.as_str())),
             route,
             client,
             scheme,

@@ -473,6 +473,7 @@ async fn health_readiness_and_openapi() {
         "/v1/audit-events",
         "/readyz",
         "/healthz",
+        "/metrics",
     ] {
         assert!(spec["paths"].get(path).is_some(), "{path} is documented");
     }

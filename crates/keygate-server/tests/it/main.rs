@@ -8,6 +8,7 @@ mod bad_input;
 mod error_catalog;
 mod forwarding;
 mod lifecycle;
+mod metrics;
 mod proxy;
 mod ratelimits;
 mod seeds;

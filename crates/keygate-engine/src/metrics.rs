@@ -1,0 +1,214 @@
+//! Prometheus metrics, served as `/metrics` on the control plane.
+//!
+//! No label ever carries a key or a key id: keys are secrets and would make
+//! one series per key. Per-key detail is the usage API's. The series are
+//! bounded by the error catalog, the configured routes and the workspaces.
+//! Recording is a few atomic increments; the text is built only when scraped.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A label value shared with the data it names (a workspace id, a route path),
+/// so recording a request does not allocate.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct LabelText(pub Arc<str>);
+
+impl EncodeLabelValue for LabelText {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `admitted`, `unauthenticated` (a route with `auth = false`), or the error code.
+    pub outcome: &'static str,
+    /// The matched route's path, `/v1/whoami`, or empty when no route matched.
+    pub route: LabelText,
+    /// Empty when no key was identified.
+    pub workspace: LabelText,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+/// What a key lookup found in this node's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    /// Cached but past its TTL: read again (or served stale while the store is down).
+    Stale,
+    Miss,
+}
+
+impl CacheResult {
+    const ALL: [Self; 3] = [Self::Hit, Self::Stale, Self::Miss];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Stale => "stale",
+            Self::Miss => "miss",
+        }
+    }
+}
+
+/// Store calls the metrics time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOperation {
+    FindKey,
+    RecordUsage,
+    Ping,
+}
+
+impl StoreOperation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::FindKey => "find_key",
+            Self::RecordUsage => "record_usage",
+            Self::Ping => "ping",
+        }
+    }
+}
+
+/// Latency buckets from 50 µs to about 0.8 s: a cached verify takes
+/// microseconds, a store or Redis round trip milliseconds.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 15))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    verify_seconds: Histogram,
+    cache: Family<CacheLabels, Counter>,
+    /// The cache family's three counters, held so a lookup costs one increment.
+    cache_results: [Counter; 3],
+    limiter_seconds: Histogram,
+    store_seconds: Family<OperationLabels, Histogram>,
+    store_errors: Family<OperationLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let cache = Family::<CacheLabels, Counter>::default();
+        let cache_results = CacheResult::ALL.map(|result| {
+            cache
+                .get_or_create(&CacheLabels {
+                    result: result.as_str(),
+                })
+                .clone()
+        });
+        let store_errors = Family::<OperationLabels, Counter>::default();
+        // Known label sets start at 0, so a rate over them exists from the first scrape.
+        for operation in [
+            StoreOperation::FindKey,
+            StoreOperation::RecordUsage,
+            StoreOperation::Ping,
+        ] {
+            let _ = store_errors.get_or_create(&OperationLabels {
+                operation: operation.as_str(),
+            });
+        }
+        Self {
+            requests: Family::default(),
+            verify_seconds: latency_histogram(),
+            cache,
+            cache_results,
+            limiter_seconds: latency_histogram(),
+            store_seconds: Family::new_with_constructor(latency_histogram),
+            store_errors,
+        }
+    }
+}
+
+/// Values read from other parts at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScrapeValues {
+    pub limiter_fallbacks: u64,
+}
+
+impl Metrics {
+    pub fn request(&self, labels: &RequestLabels) {
+        self.requests.get_or_create(labels).inc();
+    }
+
+    pub fn verify_took(&self, took: Duration) {
+        self.verify_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn cache_lookup(&self, result: CacheResult) {
+        self.cache_results[result as usize].inc();
+    }
+
+    pub(crate) fn limiter_took(&self, took: Duration) {
+        self.limiter_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn store_call(&self, operation: StoreOperation, took: Duration, failed: bool) {
+        let labels = OperationLabels {
+            operation: operation.as_str(),
+        };
+        self.store_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+        if failed {
+            self.store_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    /// The text format, as Prometheus scrapes it.
+    pub fn encode(&self, values: ScrapeValues) -> Result<String, fmt::Error> {
+        let mut registry = Registry::with_prefix("keygate");
+        registry.register(
+            "requests",
+            "Data-plane requests by outcome (admitted or error code), route and workspace",
+            self.requests.clone(),
+        );
+        registry.register(
+            "verify_duration_seconds",
+            "Time to decide a request: key, cache or store, checks and limits",
+            self.verify_seconds.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Key lookups in this node's cache: hit, stale (read again) or miss",
+            self.cache.clone(),
+        );
+        registry.register(
+            "limiter_duration_seconds",
+            "Time of one rate-limit decision by the limiter backend",
+            self.limiter_seconds.clone(),
+        );
+        registry.register(
+            "limiter_fallbacks",
+            "Limiter calls answered by limiter.on_failure because Redis did not answer",
+            ConstCounter::new(values.limiter_fallbacks),
+        );
+        registry.register(
+            "store_duration_seconds",
+            "Time of store calls by operation",
+            self.store_seconds.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Store calls that failed or timed out, by operation",
+            self.store_errors.clone(),
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)?;
+        Ok(text)
+    }
+}
