@@ -7,6 +7,10 @@
 #   3. nginx doing API-key auth: `map` over 10,000 keys plus `limit_req` per key;
 #   4. keygate with 10,000 valid keys cycling, each checked for scope and rate limit;
 #   5. keygate rejecting invalid keys (bad checksum).
+# With BASELINE=/path/to/another/keygate (e.g. built from the commit before a
+# change), two more cases on the same store, config and CPU:
+#   6. case 4 with the baseline binary;
+#   7. case 4 with this binary again, so that drift during the run shows.
 # The proxy under test gets one CPU (taskset), wrk and the upstream the other,
 # so nginx (one worker) and keygate (tokio sees one CPU) compete on equal terms.
 # Access logs are off on both sides: this measures the proxy, not the disk.
@@ -39,10 +43,20 @@ write_keygate_config "$WORK/keygate.toml" "$KEYGATE_PORT" "$KEYGATE_ADMIN_PORT" 
 mkdir -p "$WORK/keygate"
 KEYGATE_CONFIG="$WORK/keygate.toml" "$KEYGATE" migrate >/dev/null
 ADMIN_KEY=$(admin_key_for "$WORK/keygate.toml")
-KEYGATE_CONFIG="$WORK/keygate.toml" KEYGATE_LOG=warn "${PIN_PROXY[@]}" "$KEYGATE" serve >"$WORK/keygate.out" 2>"$WORK/keygate.err" &
-PIDS+=($!)
-wait_for_port "$KEYGATE_ADMIN_PORT"
-wait_for_port "$KEYGATE_PORT"
+start_keygate() { # binary
+  KEYGATE_CONFIG="$WORK/keygate.toml" KEYGATE_LOG=warn "${PIN_PROXY[@]}" "$1" serve >>"$WORK/keygate.out" 2>>"$WORK/keygate.err" &
+  PIDS+=($!)
+  KEYGATE_PID=$!
+  wait_for_port "$KEYGATE_ADMIN_PORT"
+  wait_for_port "$KEYGATE_PORT"
+}
+
+stop_keygate() {
+  kill "$KEYGATE_PID" && wait "$KEYGATE_PID" 2>/dev/null || true
+  sleep 0.5 # the ports are free again
+}
+
+start_keygate "$KEYGATE"
 
 create_keys "$KEYGATE_ADMIN_PORT" "$ADMIN_KEY" "$KEYS" "$WORK/keys.txt"
 
@@ -89,10 +103,23 @@ run_wrk "2. nginx proxy" "http://127.0.0.1:$NGINX_PROXY_PORT/bench"
 BENCH_KEYS="$WORK/keys.txt" run_wrk "3. nginx map+limit_req" "http://127.0.0.1:$NGINX_AUTH_PORT/bench" "$WORK/keys.lua"
 BENCH_KEYS="$WORK/keys.txt" run_wrk "4. keygate valid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
 BENCH_KEYS="$WORK/invalid.txt" run_wrk "5. keygate invalid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
+if [ -n "${BASELINE:-}" ]; then
+  stop_keygate
+  start_keygate "$BASELINE"
+  BENCH_KEYS="$WORK/keys.txt" run_wrk "6. baseline keygate valid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
+  stop_keygate
+  start_keygate "$KEYGATE"
+  BENCH_KEYS="$WORK/keys.txt" run_wrk "7. keygate valid keys again" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
+fi
 
 print_results
 awk -F'\t' '
   NR == 3 { nginx = $2 }
   NR == 4 { keygate = $2 }
-  END { if (nginx > 0) printf "\nkeygate (case 4) / nginx with auth (case 3): %.2f\n", keygate / nginx }
+  NR == 6 { baseline = $2 }
+  NR == 7 { again = $2 }
+  END {
+    if (nginx > 0) printf "\nkeygate (case 4) / nginx with auth (case 3): %.2f\n", keygate / nginx
+    if (baseline > 0) printf "keygate (mean of cases 4 and 7) / baseline (case 6): %.3f\n", (keygate + again) / 2 / baseline
+  }
 ' "$WORK/results.tsv"
