@@ -28,9 +28,9 @@ pub enum ServeError {
     Limiter(#[from] keygate_limiter::LimiterError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("access_log.target: cannot open {target:?}: {source}")]
+    #[error("access_log: cannot open {target:?}: {source}")]
     AccessLog {
-        target: crate::config::AccessLogTarget,
+        target: crate::config::AccessLogSettings,
         #[source]
         source: std::io::Error,
     },

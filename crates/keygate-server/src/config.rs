@@ -135,14 +135,65 @@ pub struct TlsConfig {
 pub struct AccessLogConfig {
     /// `stdout`, `stderr`, `off`, or a file path (appended to).
     pub target: String,
+    /// Also write to files in this folder that rotate (`access.YYYY-MM-DD.log`);
+    /// empty: no rotating files.
+    pub rotate_dir: String,
+    /// `daily` or `hourly`.
+    pub rotate_every: String,
+    /// Rotated files kept; older ones are deleted.
+    pub rotate_keep: usize,
 }
 
 impl Default for AccessLogConfig {
     fn default() -> Self {
         Self {
             target: "stdout".into(),
+            rotate_dir: String::new(),
+            rotate_every: "daily".into(),
+            rotate_keep: 14,
         }
     }
+}
+
+/// Where the access log goes: its target and, optionally, rotating files too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    pub target: AccessLogTarget,
+    pub rotating: Option<RotatingFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotatingFiles {
+    pub dir: PathBuf,
+    pub hourly: bool,
+    pub keep: usize,
+}
+
+fn validate_access_log(config: &AccessLogConfig) -> Result<AccessLogSettings, (String, String)> {
+    let rotating = if config.rotate_dir.is_empty() {
+        None
+    } else {
+        let hourly = match config.rotate_every.as_str() {
+            "daily" => false,
+            "hourly" => true,
+            other => {
+                let message = format!("`{other}` must be daily or hourly");
+                return Err(("access_log.rotate_every".into(), message));
+            }
+        };
+        if config.rotate_keep == 0 {
+            return Err(("access_log.rotate_keep".into(), "must be positive".into()));
+        }
+        Some(RotatingFiles {
+            dir: PathBuf::from(&config.rotate_dir),
+            hourly,
+            keep: config.rotate_keep,
+        })
+    };
+    Ok(AccessLogSettings {
+        target: AccessLogTarget::parse(&config.target),
+        rotating,
+    })
 }
 
 /// Where the one-JSON-line-per-request access log goes.
@@ -385,7 +436,7 @@ pub struct Settings {
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
     pub tls: Option<TlsConfig>,
-    pub access_log: AccessLogTarget,
+    pub access_log: AccessLogSettings,
     pub gateway_threads: usize,
 }
 
@@ -595,7 +646,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         max_body_bytes,
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
         tls: config.server.tls.clone(),
-        access_log: AccessLogTarget::parse(&config.access_log.target),
+        access_log: validate_access_log(&config.access_log).map_err(|(field, message)| invalid(&field, message))?,
         gateway_threads: match config.server.gateway_threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             threads => threads,
@@ -818,7 +869,7 @@ mod tests {
         assert_eq!(settings.routes[1].max_body_bytes, 1024 * 1024 * 1024);
         assert_eq!(settings.routes[1].connect_timeout, Duration::from_millis(250));
         assert!(settings.routes[1].forward_key && !settings.routes[0].forward_key);
-        assert_eq!(settings.access_log, AccessLogTarget::Stdout);
+        assert_eq!(settings.access_log.target, AccessLogTarget::Stdout);
     }
 
     #[test]
@@ -851,6 +902,21 @@ mod tests {
             AccessLogTarget::parse("/var/log/keygate.log"),
             AccessLogTarget::File(PathBuf::from("/var/log/keygate.log"))
         );
+        let (_, settings) =
+            load_text("[access_log]\ntarget = \"off\"\nrotate_dir = \"/var/log/keygate\"\nrotate_every = \"hourly\"\n")
+                .unwrap();
+        assert_eq!(
+            settings.access_log.rotating,
+            Some(RotatingFiles {
+                dir: PathBuf::from("/var/log/keygate"),
+                hourly: true,
+                keep: 14
+            })
+        );
+        let err = load_text("[access_log]\nrotate_dir = \"/tmp\"\nrotate_every = \"weekly\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("access_log.rotate_every"), "{err}");
     }
 
     #[test]

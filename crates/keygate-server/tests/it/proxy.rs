@@ -473,6 +473,46 @@ async fn request_ids_are_generated_forwarded_and_kept_only_from_trusted_proxies(
     assert!(missing.headers().contains_key("x-request-id"));
 }
 
+/// `rotate_dir` writes the same lines to a dated file as well as to the
+/// target; rotation and deletion of old files are tracing-appender's.
+#[tokio::test]
+async fn the_access_log_also_goes_to_a_dated_rotating_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target.log");
+    let rotating = dir.path().join("rotating");
+    let app = TestApp::builder()
+        .config(&format!(
+            "[access_log]\ntarget = \"{}\"\nrotate_dir = \"{}\"\nrotate_every = \"daily\"\nrotate_keep = 3\n",
+            target.display(),
+            rotating.display()
+        ))
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let day = || format!("access.{}.log", chrono::Utc::now().format("%Y-%m-%d"));
+    let before = day();
+    assert_eq!(app.whoami(&key).await.status(), 200);
+    let after = day();
+    app.stop().await;
+
+    let files: Vec<String> = std::fs::read_dir(&rotating)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0] == before || files[0] == after, "{files:?}: dated today (UTC)");
+    let rotated = std::fs::read_to_string(rotating.join(&files[0])).unwrap();
+    assert_eq!(
+        rotated,
+        std::fs::read_to_string(&target).unwrap(),
+        "the same lines in both"
+    );
+    let line: Value = serde_json::from_str(rotated.trim()).unwrap();
+    assert_eq!(line["path"], "/v1/whoami");
+    assert_eq!(line["status"], 200);
+}
+
 #[tokio::test]
 async fn the_access_log_has_one_line_per_request_without_key_or_query() {
     let upstream = echo_upstream().await;
