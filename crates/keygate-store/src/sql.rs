@@ -20,6 +20,12 @@ pub(crate) use crate::{
 /// retry of a failed flush (a node retries until the store answers).
 pub(crate) const USAGE_BATCH_MEMORY_MS: i64 = 7 * 24 * 3600 * 1000;
 
+/// `to` in whole seconds, rounded up: a minute that starts before `to` is in
+/// `[from, to)` even when `to` is a fraction of a second into that minute.
+pub(crate) fn seconds_rounded_up(at: DateTime<Utc>) -> i64 {
+    at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0)
+}
+
 pub(crate) const KEY_COLUMNS: &str = "k.id, k.workspace_id, k.lineage_id, k.name, k.environment, k.key_hash, k.hint, \
     k.scopes, k.ip_allowlist, k.expires_at, k.metadata, k.limits, k.created_at, k.created_by, k.last_used_at, \
     k.last_used_ip, k.revoked_at, k.revoked_reason, k.rotated_from, k.rotated_to, k.deleted_at";
@@ -560,7 +566,7 @@ macro_rules! sql_store {
                          WHERE key_id = ? AND minute >= ? AND minute < ? ORDER BY minute, outcome"))
                     .bind(key_id)
                     .bind(from.timestamp())
-                    .bind(to.timestamp())
+                    .bind(seconds_rounded_up(to))
                     .fetch_all(&self.pool)
                     .await?;
                     rows.iter()

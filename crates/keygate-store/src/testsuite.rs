@@ -546,6 +546,12 @@ pub async fn usage_counts_add_up_and_last_use_moves_forward(store: Arc<dyn Store
         .await
         .unwrap();
     assert_eq!(usage, vec![row("IP_NOT_ALLOWED", 1), row("admitted", 5)]);
+    // `to` a millisecond into the minute: the minute started before `to`, so it is in.
+    let just_after = store
+        .key_usage(&key.id, from, from + Duration::milliseconds(1))
+        .await
+        .unwrap();
+    assert_eq!(just_after, usage);
     assert!(store
         .key_usage(&key.id, from + Duration::minutes(1), from + Duration::minutes(2))
         .await
