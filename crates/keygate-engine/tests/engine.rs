@@ -215,17 +215,7 @@ async fn a_cached_key_is_read_again_after_the_ttl() {
     let f = fixture().await;
     let (key_id, key) = new_key(&f.engine).await;
     assert_eq!(code(f.engine.verify(request(&key, None)).await), None);
-    let event = keygate_store::AuditEvent {
-        id: "evt_elsewhere".into(),
-        at: Utc::now(),
-        actor: "another node".into(),
-        actor_ip: None,
-        action: "key.revoked".into(),
-        object_type: "key".into(),
-        object_id: key_id.clone(),
-        workspace_id: None,
-        details: serde_json::json!({}),
-    };
+    let event = keygate_store::testsuite::audit("key.revoked", &key_id, None);
     f.store.revoke_key(&key_id, Utc::now(), None, &event).await.unwrap();
     f.clock.advance(chrono::Duration::seconds(59));
     assert_eq!(code(f.engine.verify(request(&key, None)).await), None, "still cached");

@@ -133,7 +133,8 @@ fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_default()
 }
 
-fn audit(action: &str, object_id: &str, workspace_id: Option<&str>) -> AuditEvent {
+/// An audit event for a write made by a test.
+pub fn audit(action: &str, object_id: &str, workspace_id: Option<&str>) -> AuditEvent {
     AuditEvent {
         id: new_id(AUDIT_PREFIX, now(), &mut rand::thread_rng()),
         at: now(),

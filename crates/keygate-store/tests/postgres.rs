@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use keygate_store::testsuite::{fresh_postgres_schema, postgres_admin_connection, postgres_url_for_schema};
+use keygate_store::testsuite::{audit, fresh_postgres_schema, postgres_admin_connection, postgres_url_for_schema};
 use keygate_store::Store;
 
 async fn fresh_postgres() -> Option<Arc<dyn Store>> {
@@ -50,20 +50,6 @@ async fn open_by_url_migrates_once_and_reopens() {
     );
 }
 
-fn event(action: &str, object_id: &str) -> keygate_store::AuditEvent {
-    keygate_store::AuditEvent {
-        id: format!("evt_{}", rand::random::<u64>()),
-        at: chrono::Utc::now(),
-        actor: "test".into(),
-        actor_ip: None,
-        action: action.into(),
-        object_type: "test".into(),
-        object_id: object_id.into(),
-        workspace_id: None,
-        details: serde_json::json!({}),
-    }
-}
-
 async fn next_event(feed: &mut Box<dyn keygate_store::ChangeFeed>) -> keygate_store::FeedEvent {
     tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
         .await
@@ -89,36 +75,39 @@ async fn committed_changes_are_announced_to_the_feed_of_the_same_schema_only() {
 
     let mut ws = sample_workspace("Announced");
     store
-        .insert_workspace(&ws, &event("workspace.created", &ws.id))
+        .insert_workspace(&ws, &audit("workspace.created", &ws.id, None))
         .await
         .unwrap();
     let key = sample_key(&ws.id, "announced");
-    store.insert_key(&key, &event("key.created", &key.id)).await.unwrap();
+    store
+        .insert_key(&key, &audit("key.created", &key.id, None))
+        .await
+        .unwrap();
     let other_ws = sample_workspace("Elsewhere");
     other
-        .insert_workspace(&other_ws, &event("workspace.created", &other_ws.id))
+        .insert_workspace(&other_ws, &audit("workspace.created", &other_ws.id, None))
         .await
         .unwrap();
     let mut other_changed = other_ws.clone();
     other_changed.name = "Elsewhere, renamed".into();
     other
-        .update_workspace(&other_changed, &event("workspace.updated", &other_ws.id))
+        .update_workspace(&other_changed, &audit("workspace.updated", &other_ws.id, None))
         .await
         .unwrap();
 
     store
-        .revoke_key(&key.id, chrono::Utc::now(), None, &event("key.revoked", &key.id))
+        .revoke_key(&key.id, chrono::Utc::now(), None, &audit("key.revoked", &key.id, None))
         .await
         .unwrap();
     assert_eq!(next_event(&mut feed).await, FeedEvent::Changed(Change::Key(key.hash)));
     // Already revoked: nothing changes, nothing is announced.
     store
-        .revoke_key(&key.id, chrono::Utc::now(), None, &event("key.revoked", &key.id))
+        .revoke_key(&key.id, chrono::Utc::now(), None, &audit("key.revoked", &key.id, None))
         .await
         .unwrap();
     ws.name = "Renamed".into();
     store
-        .update_workspace(&ws, &event("workspace.updated", &ws.id))
+        .update_workspace(&ws, &audit("workspace.updated", &ws.id, None))
         .await
         .unwrap();
     assert_eq!(

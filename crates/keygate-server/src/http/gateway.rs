@@ -98,8 +98,8 @@ impl GatewayState {
     }
 
     /// The `route` label: the matched route's path, `/v1/whoami`, or empty.
-    fn route_label(&self, method: &Method, path: &str) -> LabelText {
-        match self.upstream_for(method, path) {
+    fn route_label(&self, upstream: Option<&Upstream>, path: &str) -> LabelText {
+        match upstream {
             Some(upstream) => upstream.label.clone(),
             None if path == WHOAMI_PATH => self.labels.whoami.clone(),
             None => self.labels.empty.clone(),
@@ -190,8 +190,10 @@ async fn handle(
         .enabled()
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
     let client = client_ip(peer, request.headers(), &gw.trusted_proxies);
-    let route = gw.route_label(request.method(), request.uri().path());
-    let (mut response, key) = process(&gw, &exchange, client, request).await;
+    // Matched once: the route decides the flow and names the metrics label.
+    let upstream = gw.upstream_for(request.method(), request.uri().path());
+    let route = gw.route_label(upstream, request.uri().path());
+    let (mut response, key) = process(&gw, upstream, &exchange, client, request).await;
     gw.engine.metrics().request(&RequestLabels {
         outcome: match response.extensions().get::<Outcome>() {
             Some(Outcome(code)) => code,
@@ -224,11 +226,11 @@ async fn handle(
 /// identified, if any, for the access log.
 async fn process(
     gw: &GatewayState,
+    upstream: Option<&Upstream>,
     exchange: &Exchange,
     client: IpAddr,
     request: Request,
 ) -> (Response, Option<Arc<CachedKey>>) {
-    let upstream = gw.upstream_for(request.method(), request.uri().path());
     let is_whoami = upstream.is_none()
         && request.uri().path() == WHOAMI_PATH
         && matches!(*request.method(), Method::GET | Method::HEAD);
