@@ -1,5 +1,6 @@
 # Local services for the test suite: PostgreSQL on 127.0.0.1:5432 (database
-# `test`) and Redis on 127.0.0.1:6379. Each is started if it is installed but
+# `test`), Redis on 127.0.0.1:6379, and Chromium with chromedriver for the
+# dashboard's browser tests. Each is started if it is installed but
 # not running, and installed with apt-get where that is possible.
 # KEYGATE_REQUIRE_SERVICES=1 (set by CI) turns a missing service into a failure.
 
@@ -59,10 +60,23 @@ ensure_redis() {
   return 1
 }
 
+browser_ready() { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }
+
+# The dashboard's browser tests drive Debian's Chromium through chromedriver.
+ensure_browser() {
+  browser_ready && return 0
+  if can_install; then
+    log "installing chromium and chromium-driver"
+    apt_install chromium chromium-driver || true
+  fi
+  browser_ready
+}
+
 ensure_services() {
   local missing=()
   ensure_postgres || missing+=("PostgreSQL on 127.0.0.1:5432")
   ensure_redis || missing+=("Redis on 127.0.0.1:6379")
+  ensure_browser || missing+=("chromium + chromedriver")
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "${KEYGATE_REQUIRE_SERVICES:-0}" = 1 ]; then
       log "missing: ${missing[*]} (KEYGATE_REQUIRE_SERVICES=1 forbids skipping)"

@@ -86,6 +86,9 @@ fn print_banner(app: &App, file: Option<&Path>, routes: usize, admin_key: Option
     );
     println!("  Admin API              {admin}/v1/");
     println!("  OpenAPI                {admin}/openapi.json");
+    if app.dashboard {
+        println!("  Dashboard              {admin}/dashboard   (sign in with the admin key)");
+    }
     println!();
     match admin_key {
         Some(key) => {

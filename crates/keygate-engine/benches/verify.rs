@@ -63,6 +63,7 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
             max_metadata_bytes: 4096,
             plans,
             default_plan: None,
+            dashboard: Default::default(),
         };
         let limiter = Arc::new(MemoryLimiter::new(100_000));
         let engine = Engine::new(Arc::new(store), Arc::new(SystemClock), limiter, settings);

@@ -13,6 +13,7 @@ pub mod clock;
 mod error;
 mod limits;
 pub mod metrics;
+pub mod sessions;
 
 pub use limits::RateLimits;
 mod store_health;

@@ -53,6 +53,7 @@ pub struct EngineSettings {
     pub plans: BTreeMap<String, Plan>,
     /// The plan of workspaces that name none.
     pub default_plan: Option<String>,
+    pub dashboard: crate::sessions::SessionSettings,
 }
 
 /// The limit checks of one resource for one cached key.
@@ -172,6 +173,7 @@ pub struct Engine {
     pub(crate) store_health: StoreHealth,
     pub(crate) hearing: HearingState,
     pub(crate) metrics: Metrics,
+    pub(crate) sessions: crate::sessions::SessionTable,
 }
 
 impl Engine {
@@ -195,6 +197,7 @@ impl Engine {
             .max_capacity(100_000)
             .time_to_idle(settings.failed_attempts.window)
             .build();
+        let sessions = crate::sessions::SessionTable::new(settings.dashboard);
         Self {
             store,
             clock,
@@ -209,6 +212,7 @@ impl Engine {
             store_health: StoreHealth::default(),
             hearing: HearingState::new(),
             metrics: Metrics::default(),
+            sessions,
         }
     }
 
@@ -223,6 +227,10 @@ impl Engine {
     pub(crate) fn new_id(&self, prefix: &str, now: DateTime<Utc>) -> String {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         ids.next(prefix, now)
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -41,6 +41,7 @@ fn settings() -> EngineSettings {
         max_metadata_bytes: 4096,
         plans: Default::default(),
         default_plan: None,
+        dashboard: Default::default(),
     }
 }
 

@@ -49,6 +49,8 @@ pub struct App {
     /// `https` when the data plane terminates TLS, else `http`.
     pub gateway_scheme: &'static str,
     pub admin_addr: SocketAddr,
+    /// Whether `/dashboard` is served on the control plane.
+    pub dashboard: bool,
     pub engine: Arc<Engine>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -92,6 +94,7 @@ impl App {
             &settings.errors,
             settings.headers,
             settings.trusted_proxies.clone(),
+            settings.dashboard.clone(),
         ));
 
         let mut tasks = vec![
@@ -122,6 +125,7 @@ impl App {
             gateway_addr,
             gateway_scheme: if settings.tls.is_some() { "https" } else { "http" },
             admin_addr,
+            dashboard: settings.dashboard.enabled,
             engine,
             stop,
             tasks,

@@ -16,6 +16,7 @@ use keygate_core::limits::Plan;
 use keygate_core::scope::validate_scopes;
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCatalog, ErrorFormat, KeyFormat};
+use keygate_engine::sessions::SessionSettings;
 use keygate_engine::EngineSettings;
 use keygate_limiter::resilient::OnFailure;
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,7 @@ pub struct Config {
     pub limiter: LimiterConfig,
     pub headers: HeadersConfig,
     pub access_log: AccessLogConfig,
+    pub dashboard: DashboardConfig,
     pub plans: BTreeMap<String, Plan>,
     pub routes: Vec<RouteConfig>,
 }
@@ -261,6 +263,8 @@ pub struct KeysConfig {
     /// How long a rotated key keeps working when the request names no grace.
     pub rotation_grace: String,
     pub max_metadata_bytes: usize,
+    /// Keys older than this are flagged for rotation in the dashboard; `0s` never flags.
+    pub max_age: String,
 }
 
 impl Default for KeysConfig {
@@ -270,8 +274,55 @@ impl Default for KeysConfig {
             environments: vec!["live".into(), "test".into()],
             rotation_grace: "24h".into(),
             max_metadata_bytes: 4096,
+            max_age: "90d".into(),
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Serve the dashboard under `/dashboard` on the control plane.
+    pub enabled: bool,
+    /// A signed-in session unused this long ends.
+    pub session_idle_timeout: String,
+    /// A session ends this long after sign-in, however busy.
+    pub session_lifetime: String,
+    /// How long a portal link from `POST /v1/portal-sessions` can be opened (once).
+    pub portal_link_ttl: String,
+    /// The control plane's address as browsers reach it (`https://keys.example.com`),
+    /// for portal links. Default: the `Host` the API call arrived with.
+    pub public_url: Option<String>,
+    /// The name in the dashboard's header and page titles: your product's.
+    pub product_name: String,
+    /// The button that creates a key, in your documentation's words
+    /// (`Generate New API Key`).
+    pub create_key_label: String,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            session_idle_timeout: "30m".into(),
+            session_lifetime: "12h".into(),
+            portal_link_ttl: "10m".into(),
+            public_url: None,
+            product_name: "keygate".into(),
+            create_key_label: "Create New Key".into(),
+        }
+    }
+}
+
+/// The dashboard's settings that the HTTP layer needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DashboardSettings {
+    pub enabled: bool,
+    pub public_url: Option<String>,
+    /// `None`: keys are never flagged for their age.
+    pub max_key_age: Option<chrono::Duration>,
+    pub product_name: String,
+    pub create_key_label: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -438,6 +489,7 @@ pub struct Settings {
     pub tls: Option<TlsConfig>,
     pub access_log: AccessLogSettings,
     pub gateway_threads: usize,
+    pub dashboard: DashboardSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -499,6 +551,17 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         message,
     };
     let duration = |field: &str, text: &str| parse_duration(text).map_err(|e| invalid(field, e.to_string()));
+    let label = |field: &str, text: &str| {
+        let text = text.trim();
+        if text.is_empty() || text.chars().count() > 60 || text.chars().any(char::is_control) {
+            Err(invalid(
+                field,
+                "must be 1 to 60 characters, without control characters".into(),
+            ))
+        } else {
+            Ok(text.to_owned())
+        }
+    };
     let positive_duration = |field: &str, text: &str| match duration(field, text)? {
         zero if zero.is_zero() => Err(invalid(field, "must be positive".into())),
         positive => Ok(positive),
@@ -636,6 +699,20 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             max_metadata_bytes: config.keys.max_metadata_bytes,
             plans,
             default_plan: config.limiter.default_plan.clone(),
+            dashboard: SessionSettings {
+                idle_timeout: chrono_duration(positive_duration(
+                    "dashboard.session_idle_timeout",
+                    &config.dashboard.session_idle_timeout,
+                )?),
+                lifetime: chrono_duration(positive_duration(
+                    "dashboard.session_lifetime",
+                    &config.dashboard.session_lifetime,
+                )?),
+                portal_link_ttl: chrono_duration(positive_duration(
+                    "dashboard.portal_link_ttl",
+                    &config.dashboard.portal_link_ttl,
+                )?),
+            },
         },
         errors,
         usage_flush_interval,
@@ -651,7 +728,33 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             threads => threads,
         },
+        dashboard: DashboardSettings {
+            enabled: config.dashboard.enabled,
+            public_url: validate_public_url(config.dashboard.public_url.as_deref())
+                .map_err(|message| invalid("dashboard.public_url", message))?,
+            max_key_age: Some(chrono_duration(duration("keys.max_age", &config.keys.max_age)?))
+                .filter(|age| !age.is_zero()),
+            product_name: label("dashboard.product_name", &config.dashboard.product_name)?,
+            create_key_label: label("dashboard.create_key_label", &config.dashboard.create_key_label)?,
+        },
     })
+}
+
+fn chrono_duration(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+/// An absolute http(s) URL without a trailing slash, so links can be appended.
+fn validate_public_url(url: Option<&str>) -> Result<Option<String>, String> {
+    let Some(url) = url else { return Ok(None) };
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    if rest.is_empty() || rest.contains(char::is_whitespace) || rest.contains(['?', '#']) {
+        return Err("must be a URL like https://keys.example.com, without query or fragment".into());
+    }
+    Ok(Some(url.trim_end_matches('/').to_owned()))
 }
 
 /// hyper needs at least 8 KiB of read buffer; above 1 MiB a header block is an attack, not an API call.
@@ -838,6 +941,61 @@ mod tests {
             ("[store]\ntimeout = \"0s\"\n", "store.timeout"),
             ("[cache]\nttl_unheard = \"0s\"\n", "cache.ttl_unheard"),
             ("[store]\nmax_stale = \"soon\"\n", "store.max_stale"),
+        ] {
+            let err = load_text(text).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn dashboard_settings_have_defaults_and_refuse_bad_values() {
+        let (_, settings) = load_text("").unwrap();
+        let dashboard = &settings.dashboard;
+        assert!(dashboard.enabled);
+        assert_eq!(dashboard.max_key_age, Some(chrono::Duration::days(90)));
+        assert_eq!(
+            (dashboard.product_name.as_str(), dashboard.create_key_label.as_str()),
+            ("keygate", "Create New Key")
+        );
+        assert_eq!(settings.engine.dashboard.idle_timeout, chrono::Duration::minutes(30));
+        assert_eq!(settings.engine.dashboard.lifetime, chrono::Duration::hours(12));
+        assert_eq!(settings.engine.dashboard.portal_link_ttl, chrono::Duration::minutes(10));
+
+        let (_, settings) = load_text(
+            "[keys]\nmax_age = \"0s\"\n[dashboard]\npublic_url = \"https://keys.example.com/\"\nsession_lifetime = \"1h\"\n",
+        )
+        .unwrap();
+        assert_eq!(settings.dashboard.max_key_age, None, "0s never flags");
+        assert_eq!(
+            settings.dashboard.public_url.as_deref(),
+            Some("https://keys.example.com")
+        );
+        assert_eq!(settings.engine.dashboard.lifetime, chrono::Duration::hours(1));
+
+        for (text, field) in [
+            (
+                "[dashboard]\nsession_idle_timeout = \"0s\"\n",
+                "dashboard.session_idle_timeout",
+            ),
+            (
+                "[dashboard]\nportal_link_ttl = \"later\"\n",
+                "dashboard.portal_link_ttl",
+            ),
+            (
+                "[dashboard]\npublic_url = \"keys.example.com\"\n",
+                "dashboard.public_url",
+            ),
+            (
+                "[dashboard]\npublic_url = \"https://x.example/?a=b\"\n",
+                "dashboard.public_url",
+            ),
+            ("[dashboard]\nproduct_name = \" \"\n", "dashboard.product_name"),
+            (
+                "[dashboard]\ncreate_key_label = \"a\\nb\"\n",
+                "dashboard.create_key_label",
+            ),
+            ("[keys]\nmax_age = \"ninety days\"\n", "keys.max_age"),
+            ("[dashboard]\ncolour = \"blue\"\n", "colour"),
         ] {
             let err = load_text(text).unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");

@@ -20,6 +20,7 @@ use keygate_store::{AuditFilter, KeyFilter, Page, MAX_PAGE_SIZE};
 use serde_json::json;
 use utoipa::OpenApi;
 
+use crate::http::dashboard::DashboardContext;
 use crate::http::dto::*;
 use crate::http::error::{self, render, ApiError};
 use crate::http::extract::{client_ip, credential, credential_rejection, JsonBody, PathParam, QueryParams};
@@ -34,6 +35,7 @@ pub struct AdminState {
     /// the gateway's statuses and messages.
     pub verify_catalog: Arc<ErrorCatalog>,
     pub trusted_proxies: Arc<Vec<IpNet>>,
+    pub dashboard: Arc<DashboardContext>,
 }
 
 impl AdminState {
@@ -42,12 +44,20 @@ impl AdminState {
         catalog: &ErrorCatalog,
         headers: crate::config::RateLimitHeaderStyle,
         trusted_proxies: Vec<IpNet>,
+        dashboard: crate::config::DashboardSettings,
     ) -> Self {
+        let engine_settings = engine.settings();
+        let dashboard = DashboardContext {
+            settings: dashboard,
+            environments: engine_settings.key_format.environments().to_vec(),
+            plans: engine_settings.plans.keys().cloned().collect(),
+        };
         Self {
             engine,
             headers,
             verify_catalog: Arc::new(catalog.clone().with_format(ErrorFormat::Envelope)),
             trusted_proxies: Arc::new(trusted_proxies),
+            dashboard: Arc::new(dashboard),
         }
     }
 }
@@ -75,6 +85,11 @@ impl FromRequestParts<AdminState> for Caller {
 }
 
 pub fn router(state: AdminState) -> Router {
+    let dashboard = if state.dashboard.settings.enabled {
+        crate::http::dashboard::routes().route("/v1/portal-sessions", post(create_portal_session))
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
@@ -93,6 +108,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/keys/{id}/rotate", post(rotate_key))
         .route("/v1/keys/{id}/usage", get(key_usage))
         .route("/v1/audit-events", get(audit_events))
+        .merge(dashboard)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(
@@ -500,6 +516,40 @@ async fn audit_events(
     }))
 }
 
+/// A one-time dashboard link for a customer: the provider's app calls this and
+/// sends its user to `url`.
+#[utoipa::path(post, path = "/v1/portal-sessions", tag = "dashboard", request_body = CreatePortalSession,
+    security(("api_key" = []), ("bearer" = [])), responses((status = 201, body = PortalSession), (status = 404, body = ErrorEnvelope)))]
+async fn create_portal_session(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    headers: axum::http::HeaderMap,
+    JsonBody(body): JsonBody<CreatePortalSession>,
+) -> Result<(StatusCode, Json<PortalSession>), ApiError> {
+    let link = state.engine.create_portal_link(&actor, &body.workspace_id).await?;
+    let base = match &state.dashboard.settings.public_url {
+        Some(url) => url.clone(),
+        None => {
+            let host = headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']))
+                .ok_or_else(|| {
+                    ApiError::validation("Host", "is needed to build the link; or set dashboard.public_url")
+                })?;
+            format!("http://{host}")
+        }
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(PortalSession {
+            url: format!("{base}/dashboard/portal/{}", link.token.expose()),
+            workspace_id: body.workspace_id,
+            expires_at: link.expires_at,
+        }),
+    ))
+}
+
 struct SecuritySchemes;
 
 impl utoipa::Modify for SecuritySchemes {
@@ -523,7 +573,7 @@ impl utoipa::Modify for SecuritySchemes {
     paths(
         healthz, readyz, metrics, create_workspace, list_workspaces, get_workspace, update_workspace, delete_workspace,
         create_key, list_keys, get_key, update_key, delete_key, revoke_key, rotate_key, key_usage, verify_key,
-        audit_events
+        audit_events, create_portal_session
     ),
     components(schemas(ErrorEnvelope)),
     modifiers(&SecuritySchemes)

@@ -201,6 +201,22 @@ pub struct RotateKey {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct CreatePortalSession {
+    /// The workspace the link opens, and the only one its session can see.
+    pub workspace_id: String,
+}
+
+/// A one-time link into one workspace's dashboard.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortalSession {
+    /// Open it once, before `expires_at`; it signs the browser in to the workspace.
+    pub url: String,
+    pub workspace_id: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VerifyKey {
     /// The key to check, as the client sent it.
     pub key: SecretKeyText,

@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod dashboard;
 pub mod dto;
 pub mod error;
 pub mod extract;

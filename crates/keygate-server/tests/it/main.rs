@@ -5,6 +5,7 @@
 
 mod admin_api;
 mod bad_input;
+mod dashboard;
 mod error_catalog;
 mod forwarding;
 mod lifecycle;

@@ -1,0 +1,346 @@
+//! The pages, as askama templates checked at compile time. Every value a
+//! user typed is HTML-escaped by askama; only the server-drawn SVG chart is
+//! inserted as markup.
+
+use askama::Template;
+use chrono::{DateTime, Duration, Utc};
+use keygate_core::model::{ApiKey, KeyStatus, Workspace};
+use keygate_engine::sessions::DashboardSession;
+use keygate_store::AuditEvent;
+
+/// What every page's frame needs: the title, and the signed-in navigation.
+pub struct Layout {
+    /// The deployment's product name (`dashboard.product_name`).
+    pub product: String,
+    pub title: String,
+    pub nav: Option<Nav>,
+}
+
+pub struct Nav {
+    pub operator: bool,
+    pub csrf: String,
+    /// The workspace being looked at: `(id, name)`.
+    pub workspace: Option<(String, String)>,
+    /// Which entry is highlighted: `workspaces`, `keys`, `settings`, `audit`.
+    pub section: &'static str,
+}
+
+impl Layout {
+    pub fn signed_out(product: &str, title: &str) -> Self {
+        Self {
+            product: product.to_owned(),
+            title: title.to_owned(),
+            nav: None,
+        }
+    }
+
+    pub fn signed_in(
+        product: &str,
+        title: impl Into<String>,
+        session: &DashboardSession,
+        workspace: Option<&Workspace>,
+        section: &'static str,
+    ) -> Self {
+        Self {
+            product: product.to_owned(),
+            title: title.into(),
+            nav: Some(Nav {
+                operator: session.is_operator(),
+                csrf: session.csrf_token.clone(),
+                workspace: workspace.map(|ws| (ws.id.clone(), ws.name.clone())),
+                section,
+            }),
+        }
+    }
+}
+
+pub fn when(at: Option<DateTime<Utc>>) -> String {
+    at.map_or_else(|| "—".to_owned(), |at| at.format("%Y-%m-%d %H:%M UTC").to_string())
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/sign_in.html")]
+pub struct SignInPage {
+    pub layout: Layout,
+    pub csrf: String,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/error.html")]
+pub struct ErrorPage {
+    pub layout: Layout,
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+pub struct WorkspaceRow {
+    pub id: String,
+    pub name: String,
+    pub plan: String,
+    pub allowlist: String,
+    pub created: String,
+    pub disabled: bool,
+}
+
+impl WorkspaceRow {
+    pub fn of(ws: &Workspace) -> Self {
+        Self {
+            id: ws.id.clone(),
+            name: ws.name.clone(),
+            plan: ws.plan.clone().unwrap_or_else(|| "default".into()),
+            allowlist: allowlist_text(&ws.ip_allowlist.to_strings(), ", "),
+            created: when(Some(ws.created_at)),
+            disabled: ws.disabled,
+        }
+    }
+}
+
+fn allowlist_text(entries: &[String], separator: &str) -> String {
+    if entries.is_empty() {
+        "any address".into()
+    } else {
+        entries.join(separator)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/workspaces.html")]
+pub struct WorkspacesPage {
+    pub layout: Layout,
+    pub rows: Vec<WorkspaceRow>,
+    pub plans: Vec<String>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/workspace.html")]
+pub struct WorkspacePage {
+    pub layout: Layout,
+    pub ws: WorkspaceRow,
+    pub plan: Option<String>,
+    pub plans: Vec<String>,
+    /// One CIDR per line, for the textarea.
+    pub allowlist_lines: String,
+}
+
+pub struct KeyRow {
+    pub id: String,
+    pub name: String,
+    pub environment: String,
+    pub hint: String,
+    pub scopes: String,
+    pub created: String,
+    pub last_used: String,
+    pub expires: String,
+    pub status: &'static str,
+    /// Older than `keys.max_age` and still active: time to rotate.
+    pub needs_rotation: bool,
+}
+
+impl KeyRow {
+    pub fn of(key: &ApiKey, now: DateTime<Utc>, max_age: Option<Duration>) -> Self {
+        let status = key.status(now);
+        Self {
+            id: key.id.clone(),
+            name: key.name.clone(),
+            environment: key.environment.clone(),
+            hint: key.hint.clone(),
+            scopes: if key.scopes.is_empty() {
+                "full access".into()
+            } else {
+                key.scopes.join(" ")
+            },
+            created: when(Some(key.created_at)),
+            last_used: when(key.last_used_at),
+            expires: key.expires_at.map_or_else(|| "never".to_owned(), |at| when(Some(at))),
+            status: status.as_str(),
+            needs_rotation: status == KeyStatus::Active && max_age.is_some_and(|age| now - key.created_at > age),
+        }
+    }
+}
+
+pub fn status_options(selected: &str) -> Vec<(&'static str, &'static str, bool)> {
+    [
+        ("", "All but deleted"),
+        ("active", "Active"),
+        ("revoked", "Revoked"),
+        ("expired", "Expired"),
+        ("deleted", "Deleted"),
+    ]
+    .into_iter()
+    .map(|(value, label)| (value, label, value == selected))
+    .collect()
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/keys.html")]
+pub struct KeysPage {
+    pub layout: Layout,
+    pub workspace_id: String,
+    pub rows: Vec<KeyRow>,
+    pub total: u64,
+    /// `(value, label, selected)` of the status filter.
+    pub status_options: Vec<(&'static str, &'static str, bool)>,
+    pub environment: String,
+    pub environments: Vec<String>,
+    pub next_page: Option<String>,
+    pub first_page: Option<String>,
+    pub max_age_days: Option<i64>,
+    pub create_label: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/new_key.html")]
+pub struct NewKeyPage {
+    pub layout: Layout,
+    pub create_label: String,
+    pub workspace_id: String,
+    pub environments: Vec<String>,
+}
+
+pub struct AuditRow {
+    pub at: String,
+    pub actor: String,
+    pub actor_ip: String,
+    pub action: String,
+    pub object_id: String,
+    pub workspace_id: String,
+    pub details: String,
+}
+
+impl AuditRow {
+    pub fn of(event: &AuditEvent) -> Self {
+        Self {
+            at: event.at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            actor: event.actor.clone(),
+            actor_ip: event.actor_ip.clone().unwrap_or_default(),
+            action: event.action.clone(),
+            object_id: event.object_id.clone(),
+            workspace_id: event.workspace_id.clone().unwrap_or_default(),
+            details: if event.details.as_object().is_some_and(|o| o.is_empty()) || event.details.is_null() {
+                String::new()
+            } else {
+                event.details.to_string()
+            },
+        }
+    }
+}
+
+pub struct KeyDetail {
+    pub row: KeyRow,
+    pub workspace_id: String,
+    pub allowlist: String,
+    pub created_by: String,
+    pub last_used_ip: String,
+    pub revoked: Option<(String, String)>,
+    pub rotated_from: Option<String>,
+    pub rotated_to: Option<String>,
+    pub metadata: String,
+    pub active: bool,
+    pub deleted: bool,
+    pub age_days: i64,
+}
+
+impl KeyDetail {
+    pub fn of(key: &ApiKey, now: DateTime<Utc>, max_age: Option<Duration>) -> Self {
+        Self {
+            row: KeyRow::of(key, now, max_age),
+            workspace_id: key.workspace_id.clone(),
+            allowlist: allowlist_text(&key.ip_allowlist.to_strings(), ", "),
+            created_by: key.created_by.clone().unwrap_or_default(),
+            last_used_ip: key.last_used_ip.clone().unwrap_or_default(),
+            revoked: key
+                .revoked_at
+                .map(|at| (when(Some(at)), key.revoked_reason.clone().unwrap_or_default())),
+            rotated_from: key.rotated_from.clone(),
+            rotated_to: key.rotated_to.clone(),
+            metadata: if key.metadata.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string_pretty(&key.metadata).unwrap_or_default()
+            },
+            active: key.status(now) == KeyStatus::Active,
+            deleted: key.deleted_at.is_some(),
+            age_days: (now - key.created_at).num_days(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/key.html")]
+pub struct KeyPage {
+    pub layout: Layout,
+    pub key: KeyDetail,
+    /// The plaintext, on the one page view after create or rotate.
+    pub revealed: Option<String>,
+    pub hourly_chart: String,
+    pub daily_chart: String,
+    pub hourly_total: u64,
+    pub daily_total: u64,
+    pub events: Vec<AuditRow>,
+    pub max_age_days: Option<i64>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/audit.html")]
+pub struct AuditPage {
+    pub layout: Layout,
+    pub rows: Vec<AuditRow>,
+    pub workspace_filter: String,
+    pub key_filter: String,
+    pub next_page: Option<String>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use keygate_core::ip::IpAllowlist;
+    use keygate_core::KeyHash;
+
+    use super::*;
+
+    fn key(created_at: DateTime<Utc>) -> ApiKey {
+        ApiKey {
+            id: "key_1".into(),
+            workspace_id: "ws_1".into(),
+            lineage_id: "key_1".into(),
+            name: "n".into(),
+            environment: "live".into(),
+            hash: KeyHash::of("kg_live_x"),
+            hint: "kg_live_AbCd...wxyz".into(),
+            scopes: vec![],
+            ip_allowlist: IpAllowlist::default(),
+            expires_at: None,
+            metadata: Default::default(),
+            limits: vec![],
+            created_at,
+            created_by: None,
+            last_used_at: None,
+            last_used_ip: None,
+            revoked_at: None,
+            revoked_reason: None,
+            rotated_from: None,
+            rotated_to: None,
+            deleted_at: None,
+        }
+    }
+
+    #[test]
+    fn only_active_keys_older_than_the_max_age_are_flagged() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let max_age = Some(Duration::days(90));
+        let old = key(now - Duration::days(91));
+        assert!(KeyRow::of(&old, now, max_age).needs_rotation);
+        assert!(!KeyRow::of(&old, now, None).needs_rotation, "no policy, no flag");
+        assert!(!KeyRow::of(&key(now - Duration::days(89)), now, max_age).needs_rotation);
+        let revoked = ApiKey {
+            revoked_at: Some(now),
+            ..old.clone()
+        };
+        assert!(!KeyRow::of(&revoked, now, max_age).needs_rotation, "nothing to rotate");
+        assert_eq!(KeyRow::of(&old, now, max_age).scopes, "full access");
+        assert_eq!(KeyRow::of(&old, now, max_age).last_used, "—");
+    }
+}

@@ -1,0 +1,1013 @@
+//! The dashboard in a real browser: Debian's Chromium, headless, driven
+//! through chromedriver (WebDriver). Each test starts its own chromedriver
+//! with a fresh profile; browsers run one at a time, as 2 cores are shared.
+//!
+//! Without chromedriver these tests say so and pass, unless
+//! `KEYGATE_REQUIRE_SERVICES=1` (CI), where a missing browser fails them.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::header::COOKIE;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use tokio::sync::{Mutex, MutexGuard};
+
+use keygate_engine::Clock;
+
+use crate::support::TestApp;
+
+static ONE_BROWSER_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+struct Browser {
+    client: Client,
+    _driver: Child,
+    _profile: tempfile::TempDir,
+    _turn: MutexGuard<'static, ()>,
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join(name))
+        .find(|path| path.is_file())
+}
+
+/// A headless Chromium, or `None` (after saying why) where there is none and CI does not require one.
+async fn browser() -> Option<Browser> {
+    browser_with(&[]).await
+}
+
+async fn browser_with(extra_args: &[&str]) -> Option<Browser> {
+    let (Some(driver), Some(chromium)) = (find_program("chromedriver"), find_program("chromium")) else {
+        assert!(
+            std::env::var("KEYGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "chromium and chromedriver are required (KEYGATE_REQUIRE_SERVICES=1); scripts/test.sh installs them"
+        );
+        eprintln!("skipped: chromium/chromedriver not installed (apt-get install chromium chromium-driver)");
+        return None;
+    };
+    let turn = ONE_BROWSER_AT_A_TIME.lock().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let driver = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let webdriver = format!("http://127.0.0.1:{port}");
+    let profile = tempfile::tempdir().unwrap();
+    let capabilities = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                format!("--user-data-dir={}", profile.path().display()),
+                "--window-size=1280,1000",
+            ],
+        },
+    });
+    let Value::Object(mut capabilities) = capabilities else {
+        unreachable!()
+    };
+    let args = capabilities["goog:chromeOptions"]["args"].as_array_mut().unwrap();
+    args.extend(extra_args.iter().map(|arg| json!(arg)));
+    let mut last_error = None;
+    for _ in 0..100 {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector)
+            .capabilities(capabilities.clone())
+            .connect(&webdriver)
+            .await
+        {
+            Ok(client) => {
+                return Some(Browser {
+                    client,
+                    _driver: driver,
+                    _profile: profile,
+                    _turn: turn,
+                })
+            }
+            Err(err) => last_error = Some(err.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("chromedriver did not start a session: {last_error:?}");
+}
+
+impl Browser {
+    async fn goto(&self, app: &TestApp, path: &str) {
+        self.client.goto(&format!("{}{path}", app.admin)).await.unwrap();
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        let field = self.client.find(Locator::Css(css)).await.unwrap();
+        field.clear().await.unwrap();
+        field.send_keys(text).await.unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.client.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+    }
+
+    async fn value(&self, css: &str) -> String {
+        let field = self.client.find(Locator::Css(css)).await.unwrap();
+        field.prop("value").await.unwrap().unwrap_or_default()
+    }
+
+    async fn source(&self) -> String {
+        self.client.source().await.unwrap()
+    }
+
+    async fn path(&self) -> String {
+        self.client.current_url().await.unwrap().path().to_owned()
+    }
+
+    /// Waits (up to 10 s) until `css` matches on the page: a click that
+    /// submits a form may return before the next page has loaded.
+    async fn wait_for(&self, css: &str) {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|err| panic!("{css} never appeared: {err}"));
+    }
+
+    async fn sign_in(&self, app: &TestApp, key: &str) {
+        self.goto(app, "/dashboard/sign-in").await;
+        self.fill("#key", key).await;
+        self.click("form[action='/dashboard/sign-in'] button[type=submit]")
+            .await;
+        // Signed in: the page has a sign-out form; refused: an error.
+        self.wait_for(".signout, .alert.error").await;
+    }
+
+    /// The session cookie (HttpOnly, so only WebDriver can read it), for requests outside the browser.
+    async fn session_cookie(&self) -> String {
+        let cookie = self.client.get_named_cookie("kg_session").await.unwrap();
+        format!("kg_session={}", cookie.value())
+    }
+
+    /// Creates a key through the form and returns `(key id, plaintext from the reveal panel)`.
+    async fn create_key(&self, app: &TestApp, workspace: &str, name: &str) -> (String, String) {
+        self.goto(app, &format!("/dashboard/workspaces/{workspace}/keys")).await;
+        self.click("a.button.primary").await;
+        self.wait_for("#key-name").await;
+        self.fill("#key-name", name).await;
+        self.click("form button[type=submit].primary").await;
+        self.wait_for("#revealed-key").await;
+        let plaintext = self.value("#revealed-key").await;
+        let id = self.path().await.rsplit('/').next().unwrap().to_owned();
+        (id, plaintext)
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn close(self) {
+        self.client.close().await.unwrap();
+    }
+}
+
+/// A client that shows redirects instead of following them, as the tests check where they lead.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn error_code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    let code = body
+        .split("\"code\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or(&body)
+        .to_owned();
+    (status, code)
+}
+
+#[tokio::test]
+async fn an_operator_creates_a_key_that_is_shown_once_and_revokes_it() {
+    let Some(browser) = browser().await else { return };
+    let app = TestApp::start().await;
+
+    // Signed out, every page leads to the sign-in form.
+    browser.goto(&app, "/dashboard/workspaces").await;
+    assert_eq!(browser.path().await, "/dashboard/sign-in");
+    browser.sign_in(&app, "kg_live_not_a_real_key").await;
+    assert!(browser.text(".alert.error").await.contains("INVALID_API_KEY"));
+
+    browser.sign_in(&app, &app.admin_key).await;
+    assert_eq!(browser.path().await, "/dashboard/workspaces");
+    browser.fill("#ws-name", "Acme Inc.").await;
+    browser
+        .click("form[action='/dashboard/workspaces'] button[type=submit]")
+        .await;
+    browser.wait_for("a.button.primary").await;
+    let keys_path = browser.path().await;
+    let workspace = keys_path.split('/').nth(3).unwrap().to_owned();
+    assert!(
+        workspace.starts_with("ws_") && keys_path.ends_with("/keys"),
+        "{keys_path}"
+    );
+
+    let (key_id, plaintext) = browser.create_key(&app, &workspace, "Production Server").await;
+    assert!(plaintext.starts_with("kg_live_"), "{plaintext}");
+    assert!(browser
+        .text("#reveal-panel")
+        .await
+        .contains("It will not be shown again"));
+    browser.screenshot("reveal-panel").await;
+    assert_eq!(app.whoami(&plaintext).await.status(), 200);
+
+    // Reload, back to the list, forward again: the key is on no page any more.
+    browser.client.refresh().await.unwrap();
+    assert!(!browser.source().await.contains(&plaintext));
+    assert!(browser.client.find(Locator::Css("#reveal-panel")).await.is_err());
+    browser
+        .goto(&app, &format!("/dashboard/workspaces/{workspace}/keys"))
+        .await;
+    let row = browser.text(&format!("tr[data-key-id='{key_id}']")).await;
+    assert!(row.contains("Production Server") && row.contains("active"), "{row}");
+    // The masked key: the first and last 4 characters of the random part (a 6-character checksum follows it).
+    let random = &plaintext["kg_live_".len()..plaintext.len() - 6];
+    let masked = format!("kg_live_{}...{}", &random[..4], &random[random.len() - 4..]);
+    assert!(row.contains(&masked), "{masked} in {row}");
+    assert!(!browser.source().await.contains(&plaintext));
+    browser.screenshot("key-list").await;
+    browser.client.back().await.unwrap();
+    assert!(!browser.source().await.contains(&plaintext));
+
+    // Revoke it, with the confirmation dialog and a reason.
+    browser.goto(&app, &format!("/dashboard/keys/{key_id}")).await;
+    browser.fill("#reason", "Leaked in a CI log").await;
+    browser.click("input[name=confirm]").await;
+    browser.click("button.danger").await;
+    browser.client.accept_alert().await.unwrap();
+    browser.wait_for(".page-head .badge.revoked").await;
+    assert_eq!(browser.text(".page-head .badge").await, "revoked");
+    assert!(browser.source().await.contains("Leaked in a CI log"));
+    let (status, code) = error_code(app.whoami(&plaintext).await).await;
+    assert_eq!((status, code.as_str()), (401, "API_KEY_REVOKED"));
+
+    // The audit log names the dashboard session's key as the actor.
+    let events = app
+        .admin_ok(
+            reqwest::Method::GET,
+            &format!("/v1/audit-events?key_id={key_id}"),
+            None,
+            200,
+        )
+        .await;
+    let actions: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["key.revoked", "key.created"]);
+    assert!(events["data"][0]["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("dashboard:key_"));
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn rotating_with_an_hour_of_grace_keeps_both_keys_working() {
+    let Some(browser) = browser().await else { return };
+    let app = TestApp::start().await;
+    let workspace = app.workspace("Rotation").await;
+    browser.sign_in(&app, &app.admin_key).await;
+    let (old_id, old_key) = browser.create_key(&app, &workspace, "Billing worker").await;
+
+    browser
+        .client
+        .find(Locator::Css("#grace"))
+        .await
+        .unwrap()
+        .select_by_value("1h")
+        .await
+        .unwrap();
+    browser.click("form[action$='/rotate'] button[type=submit]").await;
+    browser.wait_for("#revealed-key").await;
+    let new_key = browser.value("#revealed-key").await;
+    let new_id = browser.path().await.rsplit('/').next().unwrap().to_owned();
+    assert_ne!(new_id, old_id);
+    assert_ne!(new_key, old_key);
+    assert_eq!(app.whoami(&old_key).await.status(), 200);
+    assert_eq!(app.whoami(&new_key).await.status(), 200);
+
+    browser.goto(&app, &format!("/dashboard/keys/{old_id}")).await;
+    let expected = (app.clock.now() + chrono::Duration::hours(1))
+        .format("%Y-%m-%d %H:%M UTC")
+        .to_string();
+    assert_eq!(browser.text("#expires").await, expected);
+    assert_eq!(browser.text("#rotated-to").await, new_id);
+    // An hour later the old key is refused and the new one still works.
+    app.clock.advance(chrono::Duration::hours(1));
+    assert_eq!(error_code(app.whoami(&old_key).await).await.1, "API_KEY_EXPIRED");
+    assert_eq!(app.whoami(&new_key).await.status(), 200);
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_portal_link_opens_one_workspace_once() {
+    let Some(browser) = browser().await else { return };
+    let app = TestApp::start().await;
+    let mine = app.workspace("Customer One").await;
+    let theirs = app.workspace("Customer Two").await;
+    let (my_key, _) = app.key(&mine, json!({"name": "mine"})).await;
+    let (their_key, _) = app.key(&theirs, json!({"name": "theirs"})).await;
+
+    let link = app
+        .admin_ok(
+            reqwest::Method::POST,
+            "/v1/portal-sessions",
+            Some(json!({"workspace_id": mine})),
+            201,
+        )
+        .await;
+    let url = link["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with(&format!("{}/dashboard/portal/", app.admin)), "{url}");
+
+    browser.client.goto(&url).await.unwrap();
+    assert_eq!(browser.path().await, format!("/dashboard/workspaces/{mine}/keys"));
+    assert!(browser.source().await.contains(&my_key));
+    assert!(
+        !browser.source().await.contains("Workspaces</a>"),
+        "no operator navigation"
+    );
+    browser.goto(&app, &format!("/dashboard/keys/{my_key}")).await;
+    assert_eq!(browser.text("h1").await, "mine");
+
+    // Everything of another workspace, and the operator pages, are 404.
+    let cookie = browser.session_cookie().await;
+    let http = no_redirects();
+    for path in [
+        format!("/dashboard/keys/{their_key}"),
+        format!("/dashboard/workspaces/{theirs}/keys"),
+        format!("/dashboard/audit?workspace_id={theirs}"),
+        "/dashboard/workspaces".to_owned(),
+        format!("/dashboard/workspaces/{mine}"),
+    ] {
+        let response = http
+            .get(format!("{}{path}", app.admin))
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        assert!(response.text().await.unwrap().contains("NOT_FOUND"), "{path}");
+    }
+    browser.goto(&app, &format!("/dashboard/keys/{their_key}")).await;
+    assert_eq!(browser.text(".error-code").await, "NOT_FOUND");
+
+    // The link is used up.
+    let again = http.get(&url).send().await.unwrap();
+    assert_eq!(again.status(), 404);
+    assert!(again.headers().get("set-cookie").is_none());
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_form_post_without_the_csrf_token_is_rejected() {
+    let Some(browser) = browser().await else { return };
+    let app = TestApp::start().await;
+    let workspace = app.workspace("Forms").await;
+    browser.sign_in(&app, &app.admin_key).await;
+    let cookie = browser.session_cookie().await;
+    let csrf = browser.value("input[name=csrf]").await;
+    assert_eq!(csrf.len(), 64);
+    let http = no_redirects();
+
+    let post = |body: String| {
+        http.post(format!("{}/dashboard/workspaces/{workspace}/keys", app.admin))
+            .header(COOKIE, &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    for body in [
+        "name=Forged".to_owned(),
+        "name=Forged&csrf=".to_owned(),
+        format!("name=Forged&csrf={}", "0".repeat(64)),
+    ] {
+        let response = post(body.clone()).await.unwrap();
+        assert_eq!(response.status(), 403, "{body}");
+        assert!(response.text().await.unwrap().contains("FORBIDDEN"));
+    }
+    let listed = app
+        .admin_ok(
+            reqwest::Method::GET,
+            &format!("/v1/workspaces/{workspace}/keys"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 0, "nothing was created");
+
+    // The same post with the token works (303 to the new key's page).
+    let response = http
+        .post(format!("{}/dashboard/workspaces/{workspace}/keys", app.admin))
+        .header(COOKIE, &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("name=Genuine&csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().unwrap();
+    assert!(location.starts_with("/dashboard/keys/key_"), "{location}");
+
+    // Signing in needs the sign-in form's own token too.
+    let response = http
+        .post(format!("{}/dashboard/sign-in", app.admin))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("key={}&csrf=x", app.admin_key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(response.headers().get("set-cookie").is_none());
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_key_named_like_a_script_renders_as_text() {
+    let Some(browser) = browser().await else { return };
+    let app = TestApp::start().await;
+    let workspace = app.workspace("<b>Bold</b> & Co").await;
+    browser.sign_in(&app, &app.admin_key).await;
+    let name = "<script>alert(1)</script>";
+    let (key_id, _) = browser.create_key(&app, &workspace, name).await;
+    assert_eq!(browser.text("h1").await, name);
+    browser
+        .goto(&app, &format!("/dashboard/workspaces/{workspace}/keys"))
+        .await;
+    let link = browser.text(&format!("tr[data-key-id='{key_id}'] a")).await;
+    assert_eq!(link, name);
+    let source = browser.source().await;
+    assert!(source.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(!source.contains(name));
+    assert!(browser.text(".subnav .crumb").await.contains("<b>Bold</b> & Co"));
+    assert!(browser.client.get_alert_text().await.is_err(), "no script ran");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn the_usage_chart_shows_the_gateway_traffic() {
+    let Some(browser) = browser().await else { return };
+    let app = TestApp::builder()
+        .config("[limiter]\ndefault_plan = \"tiny\"\n[plans.tiny]\nlimits = [{ requests = 2, per = \"1m\" }]")
+        .start()
+        .await;
+    let workspace = app.workspace("Traffic").await;
+    let (key_id, key) = app
+        .key(&workspace, json!({"name": "busy", "ip_allowlist": ["10.0.0.1/32"]}))
+        .await;
+    let call = |ip: &'static str| {
+        app.http
+            .get(app.gateway_url("/v1/whoami"))
+            .header("X-API-Key", &key)
+            .header("X-Forwarded-For", ip)
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for ip in ["10.0.0.1", "10.0.0.1", "10.0.0.1", "10.9.9.9"] {
+        statuses.push(call(ip).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 403]);
+    app.app.engine.flush_usage().await.unwrap();
+
+    browser.sign_in(&app, &app.admin_key).await;
+    browser.goto(&app, &format!("/dashboard/keys/{key_id}")).await;
+    assert_eq!(browser.text("#hourly-total").await, "(4 requests)");
+    assert_eq!(browser.text("#daily-total").await, "(4 requests)");
+    for (class, count) in [("admitted", "2"), ("rate-limited", "1"), ("denied", "1")] {
+        let bars = browser
+            .client
+            .find_all(Locator::Css(&format!("#hourly-chart rect.{class}")))
+            .await
+            .unwrap();
+        assert_eq!(bars.len(), 1, "{class}");
+        assert_eq!(
+            bars[0].attr("data-count").await.unwrap().as_deref(),
+            Some(count),
+            "{class}"
+        );
+    }
+    // The last use is the last attempt, refused or not: who tried the key, from where.
+    assert!(browser.text("#last-used").await.contains("from 10.9.9.9"));
+    browser.client.set_window_size(1280, 1650).await.unwrap();
+    browser.screenshot("key-page").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn old_keys_are_flagged_for_rotation() {
+    let Some(browser) = browser().await else { return };
+    let app = TestApp::builder().config("[keys]\nmax_age = \"90d\"").start().await;
+    let workspace = app.workspace("Old keys").await;
+    let (old, _) = app.key(&workspace, json!({"name": "old"})).await;
+    app.clock.advance(chrono::Duration::days(91));
+    let (fresh, _) = app.key(&workspace, json!({"name": "fresh"})).await;
+    browser.sign_in(&app, &app.admin_key).await;
+    browser
+        .goto(&app, &format!("/dashboard/workspaces/{workspace}/keys"))
+        .await;
+    assert!(browser
+        .text(&format!("tr[data-key-id='{old}']"))
+        .await
+        .contains("rotate"));
+    assert!(!browser
+        .text(&format!("tr[data-key-id='{fresh}']"))
+        .await
+        .contains("rotate"));
+    browser.goto(&app, &format!("/dashboard/keys/{old}")).await;
+    assert!(browser.text(".alert.nudge").await.contains("91 days old"));
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn sessions_end_at_sign_out_when_idle_and_when_their_key_is_revoked() {
+    let Some(browser) = browser().await else { return };
+    let app = TestApp::start().await;
+    let workspace = app.workspace("Sessions").await;
+    let (manager_id, manager) = app
+        .key(&workspace, json!({"name": "manager", "scopes": ["keys:manage"]}))
+        .await;
+
+    // A workspace key with keys:manage signs in to its own workspace only.
+    browser.sign_in(&app, &manager).await;
+    assert_eq!(browser.path().await, format!("/dashboard/workspaces/{workspace}/keys"));
+    let cookie = browser.session_cookie().await;
+    let http = no_redirects();
+    let page = |cookie: String| {
+        http.get(format!("{}/dashboard/workspaces/{workspace}/keys", app.admin))
+            .header(COOKIE, cookie)
+            .send()
+    };
+    assert_eq!(page(cookie.clone()).await.unwrap().status(), 200);
+    app.admin_ok(
+        reqwest::Method::POST,
+        &format!("/v1/keys/{manager_id}/revoke"),
+        Some(json!({})),
+        200,
+    )
+    .await;
+    let response = page(cookie.clone()).await.unwrap();
+    assert_eq!(response.status(), 303, "revoking the key ends its sessions");
+    assert_eq!(response.headers()["location"], "/dashboard/sign-in");
+
+    // Idle for longer than the idle timeout (30m by default): signed out.
+    browser.sign_in(&app, &app.admin_key).await;
+    let cookie = browser.session_cookie().await;
+    app.clock.advance(chrono::Duration::minutes(29));
+    assert_eq!(page(cookie.clone()).await.unwrap().status(), 200);
+    app.clock.advance(chrono::Duration::minutes(31));
+    assert_eq!(page(cookie.clone()).await.unwrap().status(), 303);
+
+    // Sign-out ends the session at once.
+    browser.sign_in(&app, &app.admin_key).await;
+    let cookie = browser.session_cookie().await;
+    browser.click(".signout button").await;
+    browser.wait_for("#key").await;
+    assert_eq!(browser.path().await, "/dashboard/sign-in");
+    assert_eq!(page(cookie).await.unwrap().status(), 303);
+    browser.close().await;
+}
+
+/// A signed-in dashboard session driven over plain HTTP, for the cases a
+/// browser would never send.
+struct FormClient {
+    http: reqwest::Client,
+    base: String,
+    cookie: String,
+    csrf: String,
+}
+
+/// The value of the first `name="csrf"` field of a page.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned()
+}
+
+fn set_cookie_value(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap().to_owned())
+}
+
+impl FormClient {
+    async fn sign_in(app: &TestApp) -> Self {
+        let http = no_redirects();
+        let form = http
+            .get(format!("{}/dashboard/sign-in", app.admin))
+            .send()
+            .await
+            .unwrap();
+        let sign_in_cookie = set_cookie_value(&form, "kg_sign_in").unwrap();
+        let token = csrf_of(&form.text().await.unwrap());
+        let response = http
+            .post(format!("{}/dashboard/sign-in", app.admin))
+            .header(COOKIE, &sign_in_cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("key={}&csrf={token}", app.admin_key))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 303);
+        let cookie = set_cookie_value(&response, "kg_session").unwrap();
+        let page = http
+            .get(format!("{}/dashboard/workspaces", app.admin))
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        let csrf = csrf_of(&page.text().await.unwrap());
+        Self {
+            http,
+            base: app.admin.clone(),
+            cookie,
+            csrf,
+        }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header(COOKIE, &self.cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header(COOKIE, &self.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The status and the stable error code an HTML error page shows.
+async fn page_error(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    let code = body
+        .split("class=\"error-code\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap_or("(no error code)")
+        .to_owned();
+    (status, code)
+}
+
+#[tokio::test]
+async fn bad_dashboard_input_gets_a_clear_4xx_and_changes_nothing() {
+    let app = TestApp::start().await;
+    let workspace = app.workspace("Bad input").await;
+    let (key_id, _) = app.key(&workspace, json!({"name": "target"})).await;
+    let client = FormClient::sign_in(&app).await;
+    let csrf = client.csrf.clone();
+    let keys = format!("/dashboard/workspaces/{workspace}/keys");
+
+    let huge = format!("csrf={csrf}&name={}", "a".repeat(100 * 1024));
+    let cases: Vec<(&str, reqwest::Response, u16, &str)> = vec![
+        (
+            "oversized form",
+            client.post(&keys, huge).await,
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "missing name",
+            client.post(&keys, format!("csrf={csrf}")).await,
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "empty name",
+            client.post(&keys, format!("csrf={csrf}&name=+")).await,
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "name too long",
+            client
+                .post(&keys, format!("csrf={csrf}&name={}", "n".repeat(201)))
+                .await,
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "unknown environment",
+            client.post(&keys, format!("csrf={csrf}&name=x&environment=prod")).await,
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "bad allowlist",
+            client
+                .post(&keys, format!("csrf={csrf}&name=x&ip_allowlist=10.0.0.300"))
+                .await,
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "bad expiry",
+            client.post(&keys, format!("csrf={csrf}&name=x&expires_in=soon")).await,
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "unknown status filter",
+            client.get(&format!("{keys}?status=zombie")).await,
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "unknown workspace",
+            client.get("/dashboard/workspaces/ws_nope/keys").await,
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            "unknown key",
+            client.get("/dashboard/keys/key_nope").await,
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            "unknown asset",
+            client.get("/dashboard/assets/nope.js").await,
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            "escaping asset path",
+            client.get("/dashboard/assets/..%2F..%2FCargo.toml").await,
+            404,
+            "NOT_FOUND",
+        ),
+        ("unknown page", client.get("/dashboard/nowhere").await, 404, "NOT_FOUND"),
+        (
+            "garbage portal token",
+            client.get("/dashboard/portal/%FF%FE").await,
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            "rotate with an unlisted grace",
+            client
+                .post(
+                    &format!("/dashboard/keys/{key_id}/rotate"),
+                    format!("csrf={csrf}&grace=99y"),
+                )
+                .await,
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "revoke without confirmation",
+            client
+                .post(
+                    &format!("/dashboard/keys/{key_id}/revoke"),
+                    format!("csrf={csrf}&reason=x"),
+                )
+                .await,
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "plan that does not exist",
+            client
+                .post("/dashboard/workspaces", format!("csrf={csrf}&name=x&plan=gold"))
+                .await,
+            422,
+            "VALIDATION_ERROR",
+        ),
+    ];
+    for (case, response, status, code) in cases {
+        let (got_status, got_code) = page_error(response).await;
+        assert_eq!((got_status, got_code.as_str()), (status, code), "{case}");
+    }
+
+    // Invalid UTF-8, raw or percent-encoded, is decoded lossily, never a 500.
+    let mut raw = format!("csrf={csrf}&name=").into_bytes();
+    raw.extend_from_slice(&[0xff, 0xfe, b'k']);
+    let response = client.post(&keys, raw).await;
+    assert_eq!(response.status(), 303);
+
+    // Nothing above changed the target key, and only the lossy one was created.
+    let key = app
+        .admin_ok(reqwest::Method::GET, &format!("/v1/keys/{key_id}"), None, 200)
+        .await;
+    assert_eq!(key["status"], "active");
+    let listed = app
+        .admin_ok(
+            reqwest::Method::GET,
+            &format!("/v1/workspaces/{workspace}/keys"),
+            None,
+            200,
+        )
+        .await;
+    let names: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["\u{fffd}\u{fffd}k", "target"]);
+
+    // A cookie that names no session, empty or huge, leads to sign-in.
+    for cookie in [
+        "kg_session=",
+        "kg_session=nope",
+        &format!("kg_session={}", "x".repeat(4000)),
+    ] {
+        let response = client
+            .http
+            .get(format!("{}{keys}", app.admin))
+            .header(COOKIE, cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 303, "{}", &cookie[..cookie.len().min(20)]);
+        assert_eq!(response.headers()["location"], "/dashboard/sign-in");
+    }
+}
+
+#[tokio::test]
+async fn pages_are_not_cached_framed_or_scripted_from_elsewhere() {
+    let app = TestApp::start().await;
+    let client = FormClient::sign_in(&app).await;
+    let response = client.get("/dashboard/workspaces").await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    // The dashboard needs nothing from the network: every asset is served from the binary.
+    let body = response.text().await.unwrap();
+    let external: Vec<&str> = body.split(['"', '\'']).filter(|s| s.starts_with("http")).collect();
+    assert!(external.is_empty(), "external references in the page: {external:?}");
+    for asset in ["/dashboard/assets/app.css", "/dashboard/assets/app.js"] {
+        assert_eq!(client.get(asset).await.status(), 200, "{asset}");
+    }
+}
+
+#[tokio::test]
+async fn pages_read_without_javascript_and_fit_a_phone() {
+    let app = TestApp::start().await;
+    let workspace = app.workspace("Small screens").await;
+    let (key_id, _) = app
+        .key(
+            &workspace,
+            json!({"name": "Mobile app", "scopes": ["invoices:read", "invoices:write"]}),
+        )
+        .await;
+
+    // Scripts off: signing in and reading the key list and key page still work.
+    let Some(no_script) = browser_with(&["--blink-settings=scriptEnabled=false"]).await else {
+        return;
+    };
+    no_script.sign_in(&app, &app.admin_key).await;
+    no_script
+        .goto(&app, &format!("/dashboard/workspaces/{workspace}/keys"))
+        .await;
+    let row = no_script.text(&format!("tr[data-key-id='{key_id}']")).await;
+    assert!(
+        row.contains("Mobile app") && row.contains("invoices:read invoices:write"),
+        "{row}"
+    );
+    no_script.goto(&app, &format!("/dashboard/keys/{key_id}")).await;
+    assert_eq!(no_script.text("h1").await, "Mobile app");
+    no_script.close().await;
+
+    // A phone-sized window: nothing is wider than the screen (wide tables scroll in their own box).
+    let Some(browser) = browser().await else { return };
+    browser.client.set_window_size(390, 844).await.unwrap();
+    browser.sign_in(&app, &app.admin_key).await;
+    for path in [
+        format!("/dashboard/workspaces/{workspace}/keys"),
+        format!("/dashboard/keys/{key_id}"),
+    ] {
+        browser.goto(&app, &path).await;
+        let fits = browser
+            .client
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(fits, json!(true), "{path} is wider than a phone");
+    }
+    browser.screenshot("key-page-phone").await;
+    browser.close().await;
+}
+
+/// Evaligo's page, followed literally: "Navigate to Settings → API Keys in your
+/// Evaligo workspace", "Click Generate New API Key", "Copy the key immediately";
+/// and the fourth seed's "delete old ones".
+#[tokio::test]
+async fn a_seed_deployment_speaks_its_own_words_and_deletes_old_keys() {
+    let Some(browser) = browser().await else { return };
+    let app = TestApp::builder()
+        .config("[dashboard]\nproduct_name = \"Evaligo\"\ncreate_key_label = \"Generate New API Key\"")
+        .start()
+        .await;
+    let workspace = app.workspace("Flows team").await;
+    browser.sign_in(&app, &app.admin_key).await;
+    assert_eq!(browser.text(".brand").await, "Evaligo");
+    browser
+        .click(&format!("a[href='/dashboard/workspaces/{workspace}/keys']"))
+        .await;
+    browser.wait_for(".subnav").await;
+    assert_eq!(
+        browser.text(".subnav").await.split_whitespace().collect::<Vec<_>>()[..5],
+        ["Flows", "team", "/", "Settings", "/"]
+    );
+    browser.click(".subnav a[aria-current=page]").await;
+    assert_eq!(browser.text("#create-key").await, "Generate New API Key");
+    browser.click("#create-key").await;
+    browser.wait_for("#key-name").await;
+    assert_eq!(browser.text("h1").await, "Generate New API Key");
+    browser.fill("#key-name", "Staging Environment").await;
+    browser.click("form button[type=submit].primary").await;
+    browser.wait_for("#revealed-key").await;
+    let key = browser.value("#revealed-key").await;
+    let bearer = app
+        .http
+        .get(app.gateway_url("/v1/whoami"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+
+    // Delete: the key stops working and leaves the list, but not the audit trail.
+    let key_id = browser.path().await.rsplit('/').next().unwrap().to_owned();
+    browser.click("form[action$='/delete'] input[name=confirm]").await;
+    browser.click("#delete-key").await;
+    browser.client.accept_alert().await.unwrap();
+    browser.wait_for("#create-key").await;
+    assert!(browser
+        .client
+        .find(Locator::Css(&format!("tr[data-key-id='{key_id}']")))
+        .await
+        .is_err());
+    assert_eq!(error_code(app.whoami(&key).await).await.1, "API_KEY_REVOKED");
+    browser
+        .goto(&app, &format!("/dashboard/workspaces/{workspace}/keys?status=deleted"))
+        .await;
+    assert!(browser
+        .text(&format!("tr[data-key-id='{key_id}']"))
+        .await
+        .contains("deleted"));
+    browser.close().await;
+}
