@@ -119,16 +119,24 @@ pub fn router(state: AdminState) -> Router {
 }
 
 /// One log line per admin request. The path names ids only; the query string
-/// is left out, and keys never travel in either.
+/// is left out, and keys never travel in either. A portal link's path is a
+/// secret until it is used, so its token is not logged.
 async fn log_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let path = loggable_path(request.uri().path());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(target: "keygate::admin", %method, %path, status, latency_ms, "admin request");
     response
+}
+
+fn loggable_path(path: &str) -> String {
+    match path.strip_prefix(crate::http::dashboard::PORTAL_PATH) {
+        Some(_) => format!("{}<token>", crate::http::dashboard::PORTAL_PATH),
+        None => path.to_owned(),
+    }
 }
 
 fn page(limit: Option<u32>, cursor: Option<String>) -> Result<Page, ApiError> {
@@ -142,7 +150,8 @@ fn page(limit: Option<u32>, cursor: Option<String>) -> Result<Page, ApiError> {
     Ok(Page { limit, cursor })
 }
 
-async fn index() -> Json<serde_json::Value> {
+async fn index(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    let dashboard = state.dashboard.settings.enabled.then_some("/dashboard");
     Json(json!({
         "name": "keygate",
         "version": env!("CARGO_PKG_VERSION"),
@@ -150,6 +159,8 @@ async fn index() -> Json<serde_json::Value> {
         "openapi": "/openapi.json",
         "health": "/healthz",
         "readiness": "/readyz",
+        "metrics": "/metrics",
+        "dashboard": dashboard,
     }))
 }
 
@@ -543,7 +554,7 @@ async fn create_portal_session(
     Ok((
         StatusCode::CREATED,
         Json(PortalSession {
-            url: format!("{base}/dashboard/portal/{}", link.token.expose()),
+            url: format!("{base}{}{}", crate::http::dashboard::PORTAL_PATH, link.token.expose()),
             workspace_id: body.workspace_id,
             expires_at: link.expires_at,
         }),
@@ -579,3 +590,15 @@ impl utoipa::Modify for SecuritySchemes {
     modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::loggable_path;
+
+    #[test]
+    fn portal_link_tokens_are_not_logged() {
+        assert_eq!(loggable_path("/dashboard/portal/3f9c0a"), "/dashboard/portal/<token>");
+        assert_eq!(loggable_path("/dashboard/keys/key_1"), "/dashboard/keys/key_1");
+        assert_eq!(loggable_path("/v1/keys/key_1/rotate"), "/v1/keys/key_1/rotate");
+    }
+}

@@ -153,6 +153,17 @@ impl Browser {
             .unwrap_or_else(|err| panic!("{css} never appeared: {err}"));
     }
 
+    /// Waits (up to 10 s) until the browser is on another page than `path`.
+    async fn wait_to_leave(&self, path: &str) {
+        for _ in 0..200 {
+            if self.path().await != path {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("still on {path}");
+    }
+
     async fn sign_in(&self, app: &TestApp, key: &str) {
         self.goto(app, "/dashboard/sign-in").await;
         self.fill("#key", key).await;
@@ -245,6 +256,14 @@ async fn an_operator_creates_a_key_that_is_shown_once_and_revokes_it() {
         .await
         .contains("It will not be shown again"));
     browser.screenshot("reveal-panel").await;
+    browser.click("[data-copy='revealed-key']").await;
+    browser
+        .client
+        .wait()
+        .at_most(Duration::from_secs(5))
+        .for_element(Locator::XPath("//button[@data-copy and text()='Copied']"))
+        .await
+        .unwrap();
     assert_eq!(app.whoami(&plaintext).await.status(), 200);
 
     // Reload, back to the list, forward again: the key is on no page any more.
@@ -317,6 +336,8 @@ async fn rotating_with_an_hour_of_grace_keeps_both_keys_working() {
         .await
         .unwrap();
     browser.click("form[action$='/rotate'] button[type=submit]").await;
+    // The old key's page also had a reveal panel: wait for the new key's page.
+    browser.wait_to_leave(&format!("/dashboard/keys/{old_id}")).await;
     browser.wait_for("#revealed-key").await;
     let new_key = browser.value("#revealed-key").await;
     let new_id = browser.path().await.rsplit('/').next().unwrap().to_owned();
@@ -1010,4 +1031,61 @@ async fn a_seed_deployment_speaks_its_own_words_and_deletes_old_keys() {
         .await
         .contains("deleted"));
     browser.close().await;
+}
+
+#[tokio::test]
+async fn portal_links_are_authorized_validated_and_documented() {
+    let app = TestApp::builder()
+        .config("[dashboard]\npublic_url = \"https://keys.example.com/\"")
+        .start()
+        .await;
+    let mine = app.workspace("Mine").await;
+    let theirs = app.workspace("Theirs").await;
+    let (_, manager) = app
+        .key(&mine, json!({"name": "manager", "scopes": ["keys:manage"]}))
+        .await;
+    let (_, plain) = app.key(&mine, json!({"name": "plain"})).await;
+    let create = |key: String, body: Value| {
+        let app = &app;
+        async move {
+            let response = app
+                .admin_call_as(&key, reqwest::Method::POST, "/v1/portal-sessions", Some(body))
+                .await;
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+
+    let (status, link) = create(app.admin_key.clone(), json!({"workspace_id": mine})).await;
+    assert_eq!(status, 201);
+    let url = link["url"].as_str().unwrap();
+    assert!(url.starts_with("https://keys.example.com/dashboard/portal/"), "{url}");
+    assert_eq!(link["workspace_id"], mine.as_str());
+    let expires_at: chrono::DateTime<chrono::Utc> = link["expires_at"].as_str().unwrap().parse().unwrap();
+    // The engine keeps milliseconds, the test's clock microseconds.
+    let ten_minutes_on = app.clock.now() + chrono::Duration::minutes(10);
+    assert!(
+        (expires_at - ten_minutes_on).num_milliseconds().abs() <= 1,
+        "{expires_at}"
+    );
+
+    // A workspace key with keys:manage may open its own workspace, and sees no other.
+    assert_eq!(create(manager.clone(), json!({"workspace_id": mine})).await.0, 201);
+    let (status, body) = create(manager.clone(), json!({"workspace_id": theirs})).await;
+    assert_eq!((status, body["code"].as_str().unwrap()), (404, "NOT_FOUND"));
+    let (status, body) = create(plain, json!({"workspace_id": mine})).await;
+    assert_eq!((status, body["code"].as_str().unwrap()), (403, "FORBIDDEN"));
+
+    for (body, status, code) in [
+        (json!({"workspace_id": "ws_nope"}), 404, "NOT_FOUND"),
+        (json!({}), 422, "VALIDATION_ERROR"),
+        (json!({"workspace_id": 7}), 422, "VALIDATION_ERROR"),
+        (json!({"workspace_id": mine, "admin": true}), 422, "VALIDATION_ERROR"),
+    ] {
+        let (got, response) = create(app.admin_key.clone(), body.clone()).await;
+        assert_eq!((got, response["code"].as_str().unwrap()), (status, code), "{body}");
+    }
+
+    let (_, spec) = app.control_json("/openapi.json").await;
+    assert!(spec["paths"]["/v1/portal-sessions"]["post"].is_object());
 }

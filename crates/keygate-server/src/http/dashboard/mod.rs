@@ -27,6 +27,8 @@ use crate::http::admin::AdminState;
 use crate::http::error::DashboardError;
 
 pub const SIGN_IN_PATH: &str = "/dashboard/sign-in";
+/// Followed by a portal link's token.
+pub const PORTAL_PATH: &str = "/dashboard/portal/";
 
 /// A path segment; one that does not decode (invalid UTF-8) names nothing: 404.
 #[derive(axum::extract::FromRequestParts)]
@@ -54,7 +56,7 @@ pub fn routes() -> Router<AdminState> {
         .route("/dashboard/assets/{file}", get(asset))
         .route(SIGN_IN_PATH, get(sign_in_form).post(sign_in))
         .route("/dashboard/sign-out", post(sign_out))
-        .route("/dashboard/portal/{token}", get(portal))
+        .route(&format!("{PORTAL_PATH}{{token}}"), get(portal))
         .route("/dashboard/workspaces", get(workspaces).post(create_workspace))
         .route("/dashboard/workspaces/{id}", get(workspace).post(update_workspace))
         .route("/dashboard/workspaces/{id}/keys", get(keys).post(create_key))
