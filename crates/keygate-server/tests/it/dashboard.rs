@@ -204,6 +204,16 @@ impl Browser {
     }
 }
 
+/// One string field of every item of an admin API list.
+fn each<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[field].as_str().unwrap())
+        .collect()
+}
+
 /// A client that shows redirects instead of following them, as the tests check where they lead.
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
@@ -305,12 +315,7 @@ async fn an_operator_creates_a_key_that_is_shown_once_and_revokes_it() {
             200,
         )
         .await;
-    let actions: Vec<&str> = events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
+    let actions = each(&events, "action");
     assert_eq!(actions, ["key.revoked", "key.created"]);
     assert!(events["data"][0]["actor"]
         .as_str()
@@ -872,12 +877,7 @@ async fn bad_dashboard_input_gets_a_clear_4xx_and_changes_nothing() {
             200,
         )
         .await;
-    let names: Vec<&str> = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["name"].as_str().unwrap())
-        .collect();
+    let names = each(&listed, "name");
     assert_eq!(names, ["\u{fffd}\u{fffd}k", "target"]);
 
     // A cookie that names no session, empty or huge, leads to sign-in.

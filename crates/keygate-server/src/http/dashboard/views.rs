@@ -296,45 +296,24 @@ pub struct AuditPage {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use keygate_core::ip::IpAllowlist;
-    use keygate_core::KeyHash;
+    use keygate_store::testsuite::sample_key;
 
     use super::*;
-
-    fn key(created_at: DateTime<Utc>) -> ApiKey {
-        ApiKey {
-            id: "key_1".into(),
-            workspace_id: "ws_1".into(),
-            lineage_id: "key_1".into(),
-            name: "n".into(),
-            environment: "live".into(),
-            hash: KeyHash::of("kg_live_x"),
-            hint: "kg_live_AbCd...wxyz".into(),
-            scopes: vec![],
-            ip_allowlist: IpAllowlist::default(),
-            expires_at: None,
-            metadata: Default::default(),
-            limits: vec![],
-            created_at,
-            created_by: None,
-            last_used_at: None,
-            last_used_ip: None,
-            revoked_at: None,
-            revoked_reason: None,
-            rotated_from: None,
-            rotated_to: None,
-            deleted_at: None,
-        }
-    }
 
     #[test]
     fn only_active_keys_older_than_the_max_age_are_flagged() {
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let max_age = Some(Duration::days(90));
-        let old = key(now - Duration::days(91));
+        let key = |age: Duration| ApiKey {
+            created_at: now - age,
+            scopes: vec![],
+            last_used_at: None,
+            ..sample_key("ws_1", "n")
+        };
+        let old = key(Duration::days(91));
         assert!(KeyRow::of(&old, now, max_age).needs_rotation);
         assert!(!KeyRow::of(&old, now, None).needs_rotation, "no policy, no flag");
-        assert!(!KeyRow::of(&key(now - Duration::days(89)), now, max_age).needs_rotation);
+        assert!(!KeyRow::of(&key(Duration::days(89)), now, max_age).needs_rotation);
         let revoked = ApiKey {
             revoked_at: Some(now),
             ..old.clone()
