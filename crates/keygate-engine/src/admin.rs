@@ -18,7 +18,7 @@ use keygate_core::limits::{validate_limits, LimitSpec};
 use keygate_core::model::{ApiKey, KeyStatus, Workspace};
 use keygate_core::scope::{grants_explicitly, validate_scopes};
 use keygate_core::{duration::parse_duration, ErrorCode, PlaintextKey};
-use keygate_store::{AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome, UsageCount};
+use keygate_store::{AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome, UsageCount, UsageGrain};
 use serde_json::{json, Map, Value};
 
 use crate::verifier::{Engine, LimitMode, Rejection, Verified, VerifyRequest};
@@ -27,8 +27,10 @@ use crate::AdminError;
 /// The scope a workspace key needs to manage its workspace's keys.
 pub const MANAGE_SCOPE: &str = "keys:manage";
 pub const MAX_NAME_LEN: usize = 200;
-/// Longest usage range one call may ask for.
+/// Longest usage range one call may ask for, per minute or per hour.
 pub const MAX_USAGE_RANGE_DAYS: i64 = 31;
+/// Longest usage range one call may ask for, per day.
+pub const MAX_DAILY_USAGE_RANGE_DAYS: i64 = 366;
 
 /// What an admin caller may touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,11 +131,19 @@ impl Granularity {
         }
     }
 
-    fn seconds(self) -> i64 {
+    /// The stored counts this granularity is read from.
+    fn grain(self) -> UsageGrain {
         match self {
-            Self::Minute => 60,
-            Self::Hour => 3_600,
-            Self::Day => 86_400,
+            Self::Minute => UsageGrain::Minute,
+            Self::Hour => UsageGrain::Hour,
+            Self::Day => UsageGrain::Day,
+        }
+    }
+
+    fn max_range_days(self) -> i64 {
+        match self {
+            Self::Minute | Self::Hour => MAX_USAGE_RANGE_DAYS,
+            Self::Day => MAX_DAILY_USAGE_RANGE_DAYS,
         }
     }
 }
@@ -603,7 +613,7 @@ impl Engine {
         Ok((new, plaintext))
     }
 
-    /// Usage of a key in `[from, to)`, bucketed; empty buckets are omitted.
+    /// Usage of a key in the buckets that overlap `[from, to)`; empty buckets are omitted.
     /// The caller resolves defaults, since it reports the range it used.
     pub async fn key_usage(
         &self,
@@ -617,13 +627,17 @@ impl Engine {
         if from >= to {
             return Err(AdminError::validation("from", "must be before `to`"));
         }
-        if to - from > chrono::Duration::days(MAX_USAGE_RANGE_DAYS) {
+        let max_days = granularity.max_range_days();
+        if to - from > chrono::Duration::days(max_days) {
             return Err(AdminError::validation(
                 "from",
-                format!("the range may span at most {MAX_USAGE_RANGE_DAYS} days"),
+                format!("the range may span at most {max_days} days at this granularity"),
             ));
         }
-        let rows = self.store.key_usage(&key.id, from, to).await?;
+        // Every bucket that overlaps the range: the one `from` falls in too.
+        let grain = granularity.grain();
+        let first_bucket = DateTime::from_timestamp(grain.bucket_of(from.timestamp()), 0).unwrap_or(from);
+        let rows = self.store.key_usage(&key.id, grain, first_bucket, to).await?;
         Ok(bucket_usage(&rows, granularity))
     }
 
@@ -659,7 +673,7 @@ impl Engine {
 }
 
 fn bucket_usage(rows: &[UsageCount], granularity: Granularity) -> Vec<UsageBucket> {
-    let size = granularity.seconds();
+    let size = granularity.grain().seconds();
     let mut buckets: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
     for row in rows {
         let start = row.minute.div_euclid(size) * size;

@@ -12,10 +12,42 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use keygate_store::{LastUse, Store, StoreError, UsageBatch, UsageCount};
+use keygate_store::{LastUse, Store, StoreError, UsageBatch, UsageCount, UsageCutoffs};
 
 /// The outcome recorded for an admitted request; rejections use their error code.
 pub const ADMITTED: &str = "admitted";
+
+/// How long usage counts are kept at each grain (`usage.keep_*`). Old
+/// minutes go first; their hours and days stay for the longer views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageRetention {
+    pub minutes: chrono::Duration,
+    pub hours: chrono::Duration,
+    pub days: chrono::Duration,
+}
+
+impl Default for UsageRetention {
+    fn default() -> Self {
+        Self {
+            minutes: chrono::Duration::days(7),
+            hours: chrono::Duration::days(90),
+            days: chrono::Duration::days(400),
+        }
+    }
+}
+
+impl UsageRetention {
+    pub fn cutoffs(&self, now: DateTime<Utc>) -> UsageCutoffs {
+        UsageCutoffs {
+            minutes_before: now - self.minutes,
+            hours_before: now - self.hours,
+            days_before: now - self.days,
+        }
+    }
+}
+
+/// How often a node prunes old counts: deleting is cheap, but need not be frequent.
+pub const PRUNE_EVERY_MS: i64 = 3_600_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Slot {

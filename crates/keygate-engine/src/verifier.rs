@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,7 @@ pub struct EngineSettings {
     /// The plan of workspaces that name none.
     pub default_plan: Option<String>,
     pub dashboard: crate::sessions::SessionSettings,
+    pub usage_retention: crate::usage::UsageRetention,
 }
 
 /// The limit checks of one resource for one cached key.
@@ -174,6 +175,8 @@ pub struct Engine {
     pub(crate) hearing: HearingState,
     pub(crate) metrics: Metrics,
     pub(crate) sessions: crate::sessions::SessionTable,
+    /// When this node last pruned old usage counts (Unix ms, engine clock).
+    last_prune_ms: AtomicI64,
 }
 
 impl Engine {
@@ -213,6 +216,7 @@ impl Engine {
             hearing: HearingState::new(),
             metrics: Metrics::default(),
             sessions,
+            last_prune_ms: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -534,6 +538,21 @@ impl Engine {
             Ok(rows) => tracing::debug!(rows, "usage flushed"),
             Err(err) => tracing::warn!(error = %err, pending = self.pending_usage(), "usage flush failed; will retry"),
         }
+        let now_ms = self.now().timestamp_millis();
+        let last = self.last_prune_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= crate::usage::PRUNE_EVERY_MS {
+            self.last_prune_ms.store(now_ms, Ordering::Relaxed);
+            match self.prune_usage().await {
+                Ok(rows) => tracing::debug!(rows, "old usage counts pruned"),
+                Err(err) => tracing::warn!(error = %err, "pruning old usage counts failed; will retry in an hour"),
+            }
+        }
+    }
+
+    /// Deletes usage counts older than `usage.keep_*`; returns how many rows.
+    pub async fn prune_usage(&self) -> Result<u64, keygate_store::StoreError> {
+        let cutoffs = self.settings.usage_retention.cutoffs(self.now());
+        self.store.prune_usage(&cutoffs).await
     }
 }
 

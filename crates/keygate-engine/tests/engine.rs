@@ -42,6 +42,7 @@ fn settings() -> EngineSettings {
         plans: Default::default(),
         default_plan: None,
         dashboard: Default::default(),
+        usage_retention: Default::default(),
     }
 }
 
@@ -200,6 +201,7 @@ async fn usage_survives_a_failed_flush() {
         .store
         .key_usage(
             "key_1",
+            keygate_store::UsageGrain::Minute,
             now - chrono::Duration::minutes(1),
             now + chrono::Duration::minutes(1),
         )

@@ -17,6 +17,7 @@ use keygate_core::scope::validate_scopes;
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCatalog, ErrorFormat, KeyFormat};
 use keygate_engine::sessions::SessionSettings;
+use keygate_engine::usage::UsageRetention;
 use keygate_engine::EngineSettings;
 use keygate_limiter::resilient::OnFailure;
 use serde::{Deserialize, Serialize};
@@ -394,12 +395,21 @@ impl Default for ErrorsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UsageConfig {
     pub flush_interval: String,
+    /// How long per-minute counts are kept.
+    pub keep_minutes: String,
+    /// How long the hourly rollups are kept.
+    pub keep_hours: String,
+    /// How long the daily rollups are kept.
+    pub keep_days: String,
 }
 
 impl Default for UsageConfig {
     fn default() -> Self {
         Self {
             flush_interval: "5s".into(),
+            keep_minutes: "7d".into(),
+            keep_hours: "90d".into(),
+            keep_days: "400d".into(),
         }
     }
 }
@@ -699,6 +709,11 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             max_metadata_bytes: config.keys.max_metadata_bytes,
             plans,
             default_plan: config.limiter.default_plan.clone(),
+            usage_retention: UsageRetention {
+                minutes: chrono_duration(positive_duration("usage.keep_minutes", &config.usage.keep_minutes)?),
+                hours: chrono_duration(positive_duration("usage.keep_hours", &config.usage.keep_hours)?),
+                days: chrono_duration(positive_duration("usage.keep_days", &config.usage.keep_days)?),
+            },
             dashboard: SessionSettings {
                 idle_timeout: chrono_duration(positive_duration(
                     "dashboard.session_idle_timeout",
@@ -941,6 +956,8 @@ mod tests {
             ("[store]\ntimeout = \"0s\"\n", "store.timeout"),
             ("[cache]\nttl_unheard = \"0s\"\n", "cache.ttl_unheard"),
             ("[store]\nmax_stale = \"soon\"\n", "store.max_stale"),
+            ("[usage]\nkeep_minutes = \"0s\"\n", "usage.keep_minutes"),
+            ("[usage]\nkeep_days = \"forever\"\n", "usage.keep_days"),
         ] {
             let err = load_text(text).unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");
@@ -960,6 +977,15 @@ mod tests {
         assert_eq!(settings.engine.dashboard.idle_timeout, chrono::Duration::minutes(30));
         assert_eq!(settings.engine.dashboard.lifetime, chrono::Duration::hours(12));
         assert_eq!(settings.engine.dashboard.portal_link_ttl, chrono::Duration::minutes(10));
+        let retention = settings.engine.usage_retention;
+        assert_eq!(
+            (retention.minutes, retention.hours, retention.days),
+            (
+                chrono::Duration::days(7),
+                chrono::Duration::days(90),
+                chrono::Duration::days(400)
+            )
+        );
 
         let (_, settings) = load_text(
             "[keys]\nmax_age = \"0s\"\n[dashboard]\npublic_url = \"https://keys.example.com/\"\nsession_lifetime = \"1h\"\n",

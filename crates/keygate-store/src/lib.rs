@@ -82,12 +82,48 @@ pub struct AuditFilter {
     pub key_id: Option<String>,
 }
 
-/// Requests of one key in one minute with one outcome (`admitted` or an error code).
+/// The sizes usage counts are kept at: per minute as recorded, and rolled up
+/// to hours and days in the same transaction, so each can be kept for its own
+/// time and long ranges read few rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UsageGrain {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl UsageGrain {
+    pub const ALL: [Self; 3] = [Self::Minute, Self::Hour, Self::Day];
+
+    pub fn seconds(self) -> i64 {
+        match self {
+            Self::Minute => 60,
+            Self::Hour => 3_600,
+            Self::Day => 86_400,
+        }
+    }
+
+    /// The start (Unix seconds) of the bucket that holds `at` (Unix seconds).
+    pub fn bucket_of(self, at: i64) -> i64 {
+        at.div_euclid(self.seconds()) * self.seconds()
+    }
+}
+
+/// What `prune_usage` deletes: counts of buckets that start before each cutoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageCutoffs {
+    pub minutes_before: DateTime<Utc>,
+    pub hours_before: DateTime<Utc>,
+    pub days_before: DateTime<Utc>,
+}
+
+/// Requests of one key in one bucket with one outcome (`admitted` or an error code).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageCount {
     pub key_id: String,
     pub workspace_id: String,
-    /// Unix seconds at the start of the minute.
+    /// Unix seconds at the start of the bucket: the minute as recorded, or
+    /// the hour or day when read at those grains.
     pub minute: i64,
     pub outcome: String,
     pub count: u64,
@@ -191,13 +227,16 @@ pub trait Store: Send + Sync + 'static {
     /// Adds counts (never overwrites) and moves `last_used_*` forward only.
     /// A batch id already applied is skipped, so a retry never counts twice.
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError>;
-    /// Per-minute counts of one key in `[from, to)`, oldest first.
+    /// Counts of one key at one grain for the buckets that start in `[from, to)`, oldest first.
     async fn key_usage(
         &self,
         key_id: &str,
+        grain: UsageGrain,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<UsageCount>, StoreError>;
+    /// Deletes counts of buckets older than their grain's cutoff; returns how many rows.
+    async fn prune_usage(&self, cutoffs: &UsageCutoffs) -> Result<u64, StoreError>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` or `postgres://...`.

@@ -13,8 +13,25 @@ pub(crate) use sqlx::Row;
 
 pub(crate) use crate::changes::Change;
 pub(crate) use crate::{
-    AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome, StoreError, UsageBatch, UsageCount,
+    AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome, StoreError, UsageBatch, UsageCount, UsageCutoffs,
+    UsageGrain,
 };
+
+/// A batch's counts summed per `(key, bucket start, outcome)` at a coarser
+/// grain, in that order: the order rows are written in.
+pub(crate) fn roll_up(
+    counts: &[UsageCount],
+    grain: UsageGrain,
+) -> std::collections::BTreeMap<(&str, i64, &str), (&str, u64)> {
+    let mut rolled = std::collections::BTreeMap::new();
+    for row in counts {
+        let bucket = rolled
+            .entry((row.key_id.as_str(), grain.bucket_of(row.minute), row.outcome.as_str()))
+            .or_insert((row.workspace_id.as_str(), 0));
+        bucket.1 += row.count;
+    }
+    rolled
+}
 
 /// How long applied usage batch ids are remembered: far longer than any
 /// retry of a failed flush (a node retries until the store answers).
@@ -542,6 +559,21 @@ macro_rules! sql_store {
                         .execute(&mut *tx)
                         .await?;
                     }
+                    // The rollups, after every minute row, in the same global order.
+                    for grain in [UsageGrain::Hour, UsageGrain::Day] {
+                        for ((key_id, start, outcome), (workspace_id, count)) in roll_up(&batch.counts, grain) {
+                            sqlx::query(&$sql("INSERT INTO usage_rollups (key_id, workspace_id, grain, start, outcome, count) VALUES (?, ?, ?, ?, ?, ?) \
+                                 ON CONFLICT (key_id, grain, start, outcome) DO UPDATE SET count = usage_rollups.count + excluded.count"))
+                            .bind(key_id)
+                            .bind(workspace_id)
+                            .bind(grain.seconds())
+                            .bind(start)
+                            .bind(outcome)
+                            .bind(i64::try_from(count).unwrap_or(i64::MAX))
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
                     for used in last_uses {
                         sqlx::query(&$sql("UPDATE api_keys SET last_used_at = ?, last_used_ip = ? \
                              WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)"))
@@ -559,11 +591,21 @@ macro_rules! sql_store {
                 async fn key_usage(
                     &self,
                     key_id: &str,
+                    grain: UsageGrain,
                     from: DateTime<Utc>,
                     to: DateTime<Utc>,
                 ) -> Result<Vec<UsageCount>, StoreError> {
-                    let rows = sqlx::query(&$sql("SELECT key_id, workspace_id, minute, outcome, count FROM usage_minutes \
-                         WHERE key_id = ? AND minute >= ? AND minute < ? ORDER BY minute, outcome"))
+                    let sql = match grain {
+                        UsageGrain::Minute => $sql("SELECT key_id, workspace_id, minute, outcome, count FROM usage_minutes \
+                             WHERE key_id = ? AND minute >= ? AND minute < ? ORDER BY minute, outcome"),
+                        UsageGrain::Hour | UsageGrain::Day => $sql("SELECT key_id, workspace_id, start AS minute, outcome, count FROM usage_rollups \
+                             WHERE grain = ? AND key_id = ? AND start >= ? AND start < ? ORDER BY start, outcome"),
+                    };
+                    let mut query = sqlx::query(&sql);
+                    if grain != UsageGrain::Minute {
+                        query = query.bind(grain.seconds());
+                    }
+                    let rows = query
                     .bind(key_id)
                     .bind(from.timestamp())
                     .bind(seconds_rounded_up(to))
@@ -580,6 +622,23 @@ macro_rules! sql_store {
                             })
                         })
                         .collect()
+                }
+
+                async fn prune_usage(&self, cutoffs: &UsageCutoffs) -> Result<u64, StoreError> {
+                    let mut deleted = sqlx::query(&$sql("DELETE FROM usage_minutes WHERE minute < ?"))
+                        .bind(cutoffs.minutes_before.timestamp())
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                    for (grain, before) in [(UsageGrain::Hour, cutoffs.hours_before), (UsageGrain::Day, cutoffs.days_before)] {
+                        deleted += sqlx::query(&$sql("DELETE FROM usage_rollups WHERE grain = ? AND start < ?"))
+                            .bind(grain.seconds())
+                            .bind(before.timestamp())
+                            .execute(&self.pool)
+                            .await?
+                            .rows_affected();
+                    }
+                    Ok(deleted)
                 }
             }
 

@@ -20,7 +20,10 @@ use keygate_core::KeyHash;
 use rand::RngCore;
 
 use crate::AuditEvent;
-use crate::{AuditFilter, KeyFilter, LastUse, Page, RevokeOutcome, Store, StoreError, UsageBatch, UsageCount};
+use crate::{
+    AuditFilter, KeyFilter, LastUse, Page, RevokeOutcome, Store, StoreError, UsageBatch, UsageCount, UsageCutoffs,
+    UsageGrain,
+};
 
 /// Generates one `#[tokio::test]` per suite case for a store factory.
 #[macro_export]
@@ -38,6 +41,8 @@ macro_rules! store_suite {
             delete_key_hides_and_revokes,
             usage_counts_add_up_and_last_use_moves_forward,
             a_retried_usage_batch_counts_once,
+            usage_is_rolled_up_to_hours_and_days_exactly,
+            pruning_drops_old_minutes_and_keeps_their_rollups,
             audit_events_filter_by_workspace_and_key
         );
     };
@@ -543,18 +548,23 @@ pub async fn usage_counts_add_up_and_last_use_moves_forward(store: Arc<dyn Store
 
     let from = DateTime::from_timestamp(minute, 0).unwrap_or_default();
     let usage = store
-        .key_usage(&key.id, from, from + Duration::minutes(1))
+        .key_usage(&key.id, UsageGrain::Minute, from, from + Duration::minutes(1))
         .await
         .unwrap();
     assert_eq!(usage, vec![row("IP_NOT_ALLOWED", 1), row("admitted", 5)]);
     // `to` a millisecond into the minute: the minute started before `to`, so it is in.
     let just_after = store
-        .key_usage(&key.id, from, from + Duration::milliseconds(1))
+        .key_usage(&key.id, UsageGrain::Minute, from, from + Duration::milliseconds(1))
         .await
         .unwrap();
     assert_eq!(just_after, usage);
     assert!(store
-        .key_usage(&key.id, from + Duration::minutes(1), from + Duration::minutes(2))
+        .key_usage(
+            &key.id,
+            UsageGrain::Minute,
+            from + Duration::minutes(1),
+            from + Duration::minutes(2)
+        )
         .await
         .unwrap()
         .is_empty());
@@ -585,11 +595,158 @@ pub async fn a_retried_usage_batch_counts_once(store: Arc<dyn Store>) {
     store.record_usage(&batch("ub_next", 1)).await.unwrap();
     let from = DateTime::from_timestamp(minute, 0).unwrap_or_default();
     let usage = store
-        .key_usage(&key.id, from, from + Duration::minutes(1))
+        .key_usage(&key.id, UsageGrain::Minute, from, from + Duration::minutes(1))
         .await
         .unwrap();
     assert_eq!(usage.len(), 1);
     assert_eq!(usage[0].count, 8);
+}
+
+/// Batches spread over minutes of two hours and two days (and one retried)
+/// read back the same at every grain: each rollup is the sum of its minutes.
+pub async fn usage_is_rolled_up_to_hours_and_days_exactly(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    // 23:58 on some day: the minutes below cross an hour and a day.
+    let base = UsageGrain::Day.bucket_of(now().timestamp()) - 120;
+    let count = |minute: i64, outcome: &str, count| UsageCount {
+        key_id: key.id.clone(),
+        workspace_id: ws.id.clone(),
+        minute: base + minute * 60,
+        outcome: outcome.into(),
+        count,
+    };
+    let batches = [
+        (
+            "ub_a",
+            vec![
+                count(0, "admitted", 3),
+                count(1, "admitted", 2),
+                count(1, "RATE_LIMIT_EXCEEDED", 4),
+            ],
+        ),
+        ("ub_b", vec![count(2, "admitted", 5), count(3, "INVALID_API_KEY", 1)]),
+        (
+            "ub_a",
+            vec![
+                count(0, "admitted", 3),
+                count(1, "admitted", 2),
+                count(1, "RATE_LIMIT_EXCEEDED", 4),
+            ],
+        ),
+        ("ub_c", vec![count(1, "admitted", 1), count(62, "admitted", 7)]),
+    ];
+    for (id, counts) in batches {
+        let batch = UsageBatch {
+            id: id.into(),
+            at: now(),
+            counts,
+            last_uses: vec![],
+        };
+        store.record_usage(&batch).await.unwrap();
+    }
+    let from = DateTime::from_timestamp(base - 86_400, 0).unwrap();
+    let to = DateTime::from_timestamp(base + 2 * 86_400, 0).unwrap();
+    let read = |grain| {
+        let store = store.clone();
+        let key_id = key.id.clone();
+        async move {
+            let mut rows: Vec<_> = store
+                .key_usage(&key_id, grain, from, to)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|row| (row.minute - base, row.outcome, row.count))
+                .collect();
+            // Sorted here: the database's collation may order outcomes differently.
+            rows.sort();
+            rows
+        }
+    };
+    let owned = |rows: &[(i64, &str, u64)]| {
+        rows.iter()
+            .map(|(m, o, c)| (*m, (*o).to_owned(), *c))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        read(UsageGrain::Minute).await,
+        owned(&[
+            (0, "admitted", 3),
+            (60, "RATE_LIMIT_EXCEEDED", 4),
+            (60, "admitted", 3),
+            (120, "admitted", 5),
+            (180, "INVALID_API_KEY", 1),
+            (3_720, "admitted", 7),
+        ])
+    );
+    // 23:58 and 23:59 are the last hour of the first day; 00:00, 00:01 and 01:00 the next day.
+    assert_eq!(
+        read(UsageGrain::Hour).await,
+        owned(&[
+            (-3_480, "RATE_LIMIT_EXCEEDED", 4),
+            (-3_480, "admitted", 6),
+            (120, "INVALID_API_KEY", 1),
+            (120, "admitted", 5),
+            (3_720, "admitted", 7),
+        ])
+    );
+    assert_eq!(
+        read(UsageGrain::Day).await,
+        owned(&[
+            (-86_280, "RATE_LIMIT_EXCEEDED", 4),
+            (-86_280, "admitted", 6),
+            (120, "INVALID_API_KEY", 1),
+            (120, "admitted", 12),
+        ])
+    );
+}
+
+pub async fn pruning_drops_old_minutes_and_keeps_their_rollups(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    let today = UsageGrain::Day.bucket_of(now().timestamp());
+    let old = today - 10 * 86_400;
+    let batch = UsageBatch {
+        id: "ub_prune".into(),
+        at: now(),
+        counts: [old, today]
+            .into_iter()
+            .map(|minute| UsageCount {
+                key_id: key.id.clone(),
+                workspace_id: ws.id.clone(),
+                minute,
+                outcome: "admitted".into(),
+                count: 2,
+            })
+            .collect(),
+        last_uses: vec![],
+    };
+    store.record_usage(&batch).await.unwrap();
+    let at = |seconds| DateTime::from_timestamp(seconds, 0).unwrap();
+    let cutoffs = UsageCutoffs {
+        minutes_before: at(today - 86_400),
+        hours_before: at(old - 86_400),
+        days_before: at(old - 86_400),
+    };
+    assert_eq!(store.prune_usage(&cutoffs).await.unwrap(), 1, "the old minute only");
+    let range = (at(old - 86_400), at(today + 86_400));
+    let starts = |grain| {
+        let store = store.clone();
+        let key_id = key.id.clone();
+        async move {
+            let rows = store.key_usage(&key_id, grain, range.0, range.1).await.unwrap();
+            rows.into_iter().map(|row| row.minute).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(starts(UsageGrain::Minute).await, [today]);
+    assert_eq!(starts(UsageGrain::Hour).await, [old, today]);
+    assert_eq!(starts(UsageGrain::Day).await, [old, today]);
+
+    let later = UsageCutoffs {
+        hours_before: at(today),
+        ..cutoffs
+    };
+    assert_eq!(store.prune_usage(&later).await.unwrap(), 1, "the old hour");
+    assert_eq!(starts(UsageGrain::Hour).await, [today]);
+    assert_eq!(starts(UsageGrain::Day).await, [old, today]);
 }
 
 pub async fn audit_events_filter_by_workspace_and_key(store: Arc<dyn Store>) {

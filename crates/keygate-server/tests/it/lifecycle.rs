@@ -175,6 +175,25 @@ async fn usage_counts_and_last_use_are_recorded_off_the_request_path() {
     assert_eq!(points.len(), 1, "{usage}");
     assert_eq!(points[0]["outcomes"], json!({"INSUFFICIENT_SCOPE": 2, "admitted": 3}));
     assert_eq!(points[0]["total"], 5);
+    // Per minute (what was recorded) and per day (the rollup) add up to the same.
+    for granularity in ["minute", "day"] {
+        let usage = app
+            .admin_ok(
+                Method::GET,
+                &format!("/v1/keys/{id}/usage?granularity={granularity}"),
+                None,
+                200,
+            )
+            .await;
+        let mut sums = std::collections::BTreeMap::<String, u64>::new();
+        for point in usage["data"].as_array().unwrap() {
+            for (outcome, count) in point["outcomes"].as_object().unwrap() {
+                *sums.entry(outcome.clone()).or_default() += count.as_u64().unwrap();
+            }
+        }
+        let expected = [("INSUFFICIENT_SCOPE".to_owned(), 2), ("admitted".to_owned(), 3)];
+        assert_eq!(sums, expected.into_iter().collect(), "{granularity}: {usage}");
+    }
     let after = app.admin_ok(Method::GET, &format!("/v1/keys/{id}"), None, 200).await;
     assert!(after["last_used_at"].is_string());
     assert_eq!(
@@ -193,7 +212,7 @@ async fn graceful_shutdown_flushes_usage() {
     let from = app.clock_now() - Duration::hours(1);
     let to = app.clock_now() + Duration::hours(1);
     let _database = app.stop().await;
-    let usage = keygate_store::Store::key_usage(store.as_ref(), &id, from, to)
+    let usage = keygate_store::Store::key_usage(store.as_ref(), &id, keygate_store::UsageGrain::Minute, from, to)
         .await
         .unwrap();
     let total: u64 = usage.iter().map(|u| u.count).sum();
