@@ -39,6 +39,8 @@ struct PathParam<T>(T);
 #[derive(axum::extract::FromRequestParts)]
 #[from_request(via(Query), rejection(DashboardError))]
 struct QueryParam<T>(T);
+
+/// Keys, workspaces or audit events per page.
 const PAGE_SIZE: u32 = 50;
 
 /// What the dashboard needs beyond the admin API's state.
