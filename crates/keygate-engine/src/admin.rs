@@ -494,6 +494,21 @@ impl Engine {
         Ok(self.store.list_keys(workspace_id, filter, page, self.now()).await?)
     }
 
+    /// A page of a workspace's keys with the workspace and its key count, as
+    /// the dashboard shows them: one authorization, one workspace read.
+    pub async fn key_list_page(
+        &self,
+        actor: &Actor,
+        workspace_id: &str,
+        filter: &KeyFilter,
+        page: &Page,
+    ) -> Result<(Workspace, Paged<ApiKey>, u64), AdminError> {
+        let workspace = self.get_workspace(actor, workspace_id).await?;
+        let keys = self.store.list_keys(workspace_id, filter, page, self.now()).await?;
+        let total = self.store.count_keys(workspace_id).await?;
+        Ok((workspace, keys, total))
+    }
+
     pub async fn update_key(&self, actor: &Actor, id: &str, patch: KeyPatch) -> Result<ApiKey, AdminError> {
         let mut key = self.get_key(actor, id).await?;
         if key.status(self.now()) == KeyStatus::Deleted {
@@ -624,6 +639,17 @@ impl Engine {
         granularity: Granularity,
     ) -> Result<Vec<UsageBucket>, AdminError> {
         let key = self.get_key(actor, id).await?;
+        self.usage_of(&key, from, to, granularity).await
+    }
+
+    /// [`Self::key_usage`] of a key the caller has already read (and so may see).
+    pub async fn usage_of(
+        &self,
+        key: &ApiKey,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        granularity: Granularity,
+    ) -> Result<Vec<UsageBucket>, AdminError> {
         if from >= to {
             return Err(AdminError::validation("from", "must be before `to`"));
         }

@@ -1,11 +1,10 @@
 //! The control plane: admin REST API under `/v1/`, health, readiness and the
 //! OpenAPI document. Handlers translate HTTP to engine calls and back.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -23,7 +22,7 @@ use utoipa::OpenApi;
 use crate::http::dashboard::DashboardContext;
 use crate::http::dto::*;
 use crate::http::error::{self, render, ApiError};
-use crate::http::extract::{client_ip, credential, credential_rejection, JsonBody, PathParam, QueryParams};
+use crate::http::extract::{client_ip, credential, credential_rejection, peer_of, JsonBody, PathParam, QueryParams};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 
@@ -69,12 +68,7 @@ impl FromRequestParts<AdminState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| *addr)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let ip = client_ip(peer, &parts.headers, &state.trusted_proxies);
+        let ip = client_ip(peer_of(parts), &parts.headers, &state.trusted_proxies);
         let presented = match credential(&parts.headers) {
             Ok(presented) => presented,
             Err(err) => return Err(ApiError(credential_rejection(&state.engine, err, ip))),

@@ -53,6 +53,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The admin API's message for this error, as a person should read it.
+    pub fn message(&self) -> String {
+        ADMIN_CATALOG.message(&self.0)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         render(&ADMIN_CATALOG, &self.0)

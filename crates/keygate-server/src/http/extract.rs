@@ -126,6 +126,23 @@ pub fn credential_rejection(engine: &Engine, err: CredentialError, client: IpAdd
     }
 }
 
+/// The connection's peer, as the transport recorded it (loopback where none was).
+pub fn peer_of(parts: &axum::http::request::Parts) -> SocketAddr {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|axum::extract::ConnectInfo(addr)| *addr)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// A trusted proxy says it terminated TLS (`X-Forwarded-Proto: https`).
+pub fn forwarded_https(from_trusted_proxy: bool, headers: &HeaderMap) -> bool {
+    from_trusted_proxy
+        && headers
+            .get("x-forwarded-proto")
+            .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
 /// The client address, believing `X-Forwarded-For` only from trusted proxies.
 pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
     if trusted_proxies.is_empty() {

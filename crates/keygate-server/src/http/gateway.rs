@@ -127,11 +127,7 @@ impl GatewayState {
 
     /// TLS terminated here, or by a trusted proxy that says so.
     fn arrived_over_https(exchange: &Exchange, headers: &HeaderMap) -> bool {
-        exchange.transport.tls
-            || (exchange.from_trusted_proxy
-                && headers
-                    .get("x-forwarded-proto")
-                    .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https")))
+        exchange.transport.tls || crate::http::extract::forwarded_https(exchange.from_trusted_proxy, headers)
     }
 
     /// A trusted proxy's id is kept so one id follows the request end to end;

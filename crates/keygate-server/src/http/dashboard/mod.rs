@@ -221,12 +221,8 @@ async fn sign_in(State(state): State<AdminState>, parts: Parts, body: axum::body
             ))
         }
         Err(rejection) => {
-            let message = crate::http::error::ApiError::from(rejection).0;
-            let text = format!(
-                "{} ({})",
-                keygate_core::ErrorCatalog::default().message(&message),
-                message.code.as_str()
-            );
+            let error = crate::http::error::ApiError::from(rejection);
+            let text = format!("{} ({})", error.message(), error.0.code.as_str());
             sign_in_page(&parts, &state, Some(text), StatusCode::UNAUTHORIZED)
         }
     }
@@ -418,7 +414,6 @@ async fn keys(
     QueryParam(query): QueryParam<KeysQuery>,
 ) -> PageResult {
     let session = &signed_in.session;
-    let ws = state.engine.get_workspace(&session.actor, &id).await?;
     let status = match query.status.as_str() {
         "" => None,
         other => Some(KeyStatus::parse(other).ok_or_else(|| DashboardError::bad_form("Unknown status filter."))?),
@@ -431,13 +426,7 @@ async fn keys(
         limit: PAGE_SIZE,
         cursor: query.cursor.clone(),
     };
-    let listed = state.engine.list_keys(&session.actor, &id, &filter, &page).await?;
-    let total = state
-        .engine
-        .store()
-        .count_keys(&id)
-        .await
-        .map_err(|e| DashboardError::from(keygate_engine::AdminError::from(e)))?;
+    let (ws, listed, total) = state.engine.key_list_page(&session.actor, &id, &filter, &page).await?;
     let now = state.engine.now();
     let max_age = state.dashboard.settings.max_key_age;
     html(&KeysPage {
@@ -532,7 +521,7 @@ async fn key_page(
     let key = state.engine.get_key(&session.actor, &id).await?;
     let ws = state.engine.get_workspace(&session.actor, &key.workspace_id).await?;
     let now = state.engine.now();
-    let (hourly, daily) = usage_charts(&state, session, &key.id, now).await?;
+    let (hourly, daily) = usage_charts(&state, &key, now).await?;
     let events = state
         .engine
         .audit_events(
@@ -568,8 +557,7 @@ async fn key_page(
 /// Bars for the last 24 hours (per hour) and the last 30 days (per day), both ending now.
 async fn usage_charts(
     state: &AdminState,
-    session: &DashboardSession,
-    key_id: &str,
+    key: &keygate_core::model::ApiKey,
     now: DateTime<Utc>,
 ) -> Result<(Vec<chart::Bar>, Vec<chart::Bar>), DashboardError> {
     let this_hour = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
@@ -578,12 +566,8 @@ async fn usage_charts(
     let days_from = today - Duration::days(29);
     let to = now + Duration::seconds(1);
     let engine = &state.engine;
-    let hourly = engine
-        .key_usage(&session.actor, key_id, hours_from, to, Granularity::Hour)
-        .await?;
-    let daily = engine
-        .key_usage(&session.actor, key_id, days_from, to, Granularity::Day)
-        .await?;
+    let hourly = engine.usage_of(key, hours_from, to, Granularity::Hour).await?;
+    let daily = engine.usage_of(key, days_from, to, Granularity::Day).await?;
     Ok((
         chart::bars(&hourly, hours_from, Duration::hours(1), 24, |t| {
             t.format("%H:00").to_string()

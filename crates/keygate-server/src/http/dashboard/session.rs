@@ -6,9 +6,9 @@
 //! form, which has no session yet, uses a double-submit token in a cookie of
 //! its own.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
 use cookie::{Cookie, SameSite};
@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::http::admin::AdminState as DashboardState;
 use crate::http::error::DashboardError;
-use crate::http::extract::client_ip;
+use crate::http::extract::{client_ip, forwarded_https, peer_of};
 
 pub const SESSION_COOKIE: &str = "kg_session";
 pub const SIGN_IN_COOKIE: &str = "kg_sign_in";
@@ -52,27 +52,14 @@ pub fn set_cookie(name: &str, value: &str, secure: bool, max_age: Option<i64>) -
 
 /// The browser's address, as the admin API sees it (trusted proxies apply).
 pub fn browser_ip(parts: &Parts, state: &DashboardState) -> IpAddr {
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    client_ip(peer, &parts.headers, &state.trusted_proxies)
+    client_ip(peer_of(parts), &parts.headers, &state.trusted_proxies)
 }
 
 /// True when a trusted proxy terminated TLS for this request: cookies get `Secure`.
 pub fn over_https(parts: &Parts, state: &DashboardState) -> bool {
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
-    let trusted = peer.is_some_and(|ip| state.trusted_proxies.iter().any(|net| net.contains(&ip)));
-    trusted
-        && parts
-            .headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
+    let peer = peer_of(parts).ip();
+    let trusted = state.trusted_proxies.iter().any(|net| net.contains(&peer));
+    forwarded_https(trusted, &parts.headers)
 }
 
 /// Compares in time independent of where the strings differ.
