@@ -444,3 +444,159 @@ pub async fn workspaces(args: WorkspacesArgs) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[derive(Args)]
+pub struct WebhooksArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: WebhooksCommand,
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// Create an endpoint; its signing secret is printed once.
+    Create {
+        /// Where deliveries are POSTed (http:// or https://). Positional:
+        /// `--url` names the admin API.
+        #[arg(value_name = "URL")]
+        endpoint: String,
+        /// Only this workspace's events. Without it: every workspace's (admin keys only).
+        #[arg(long)]
+        workspace: Option<String>,
+        /// An event type to receive (key.revoked, usage.anomaly, ...); repeatable. None: all.
+        #[arg(long = "event")]
+        events: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        workspace: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Stop delivering to an endpoint.
+    Delete { id: String },
+    /// Deliveries to an endpoint, newest first, with their attempts.
+    Deliveries {
+        id: String,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+}
+
+const WEBHOOK_COLUMNS: &[&str] = &["id", "url", "workspace_id", "events", "created_at"];
+const DELIVERY_COLUMNS: &[&str] = &[
+    "id",
+    "event_type",
+    "status",
+    "created_at",
+    "next_attempt_at",
+    "delivered_at",
+];
+const EVENT_COLUMNS: &[&str] = &["id", "type", "at", "workspace_id"];
+
+pub async fn webhooks(args: WebhooksArgs) -> Result<(), String> {
+    let api = Api::new(&args.connection)?;
+    let json = args.connection.json;
+    match args.command {
+        WebhooksCommand::Create {
+            endpoint,
+            workspace,
+            events,
+            description,
+        } => {
+            let body = object(vec![
+                ("url", Some(json!(endpoint))),
+                ("workspace_id", workspace.map(Value::from)),
+                ("events", Some(json!(events))),
+                ("description", description.map(Value::from)),
+            ]);
+            let created = api.call(Method::POST, "/v1/webhooks", &[], Some(body)).await?;
+            if json {
+                output::print(&created, true, &[]);
+            } else {
+                println!(
+                    "Created {} for {}. Its signing secret is shown once; store it now:",
+                    created["id"].as_str().unwrap_or_default(),
+                    created["url"].as_str().unwrap_or_default()
+                );
+                println!();
+                println!("    {}", created["secret"].as_str().unwrap_or_default());
+                println!();
+            }
+        }
+        WebhooksCommand::List {
+            workspace,
+            limit,
+            cursor,
+        } => {
+            let query = [
+                ("workspace_id", workspace),
+                ("limit", limit.map(|l| l.to_string())),
+                ("cursor", cursor),
+            ];
+            output::print(
+                &api.call(Method::GET, "/v1/webhooks", &query, None).await?,
+                json,
+                WEBHOOK_COLUMNS,
+            );
+        }
+        WebhooksCommand::Delete { id } => {
+            api.call(Method::DELETE, &format!("/v1/webhooks/{id}"), &[], None)
+                .await?;
+            if json {
+                println!("{}", json!({"id": id, "deleted": true}));
+            } else {
+                println!("Deleted webhook {id}; nothing more is delivered to it.");
+            }
+        }
+        WebhooksCommand::Deliveries { id, limit, cursor } => {
+            let query = [("limit", limit.map(|l| l.to_string())), ("cursor", cursor)];
+            output::print(
+                &api.call(Method::GET, &format!("/v1/webhooks/{id}/deliveries"), &query, None)
+                    .await?,
+                json,
+                DELIVERY_COLUMNS,
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[arg(long)]
+    workspace: Option<String>,
+    /// One key's events.
+    #[arg(long)]
+    key: Option<String>,
+    #[arg(long)]
+    limit: Option<u32>,
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+/// The outbox, newest first: what webhooks receive.
+pub async fn events(args: EventsArgs) -> Result<(), String> {
+    let api = Api::new(&args.connection)?;
+    let query = [
+        ("workspace_id", args.workspace),
+        ("key_id", args.key),
+        ("limit", args.limit.map(|l| l.to_string())),
+        ("cursor", args.cursor),
+    ];
+    output::print(
+        &api.call(Method::GET, "/v1/events", &query, None).await?,
+        args.connection.json,
+        EVENT_COLUMNS,
+    );
+    Ok(())
+}

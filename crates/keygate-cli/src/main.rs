@@ -45,6 +45,10 @@ enum Command {
     Keys(api::KeysArgs),
     /// Manage workspaces through a running server's admin API.
     Workspaces(api::WorkspacesArgs),
+    /// Manage webhook endpoints and read their deliveries.
+    Webhooks(api::WebhooksArgs),
+    /// List events (what webhooks receive), newest first.
+    Events(api::EventsArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Validate the configuration and exit.
@@ -100,6 +104,8 @@ fn main() -> ExitCode {
             } => local::check_config(config.as_deref()),
             Command::Keys(args) => api::keys(args).await,
             Command::Workspaces(args) => api::workspaces(args).await,
+            Command::Webhooks(args) => api::webhooks(args).await,
+            Command::Events(args) => api::events(args).await,
         }
     });
     match result {

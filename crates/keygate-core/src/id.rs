@@ -10,6 +10,9 @@ use ulid::Ulid;
 pub const WORKSPACE_PREFIX: &str = "ws";
 pub const KEY_PREFIX: &str = "key";
 pub const AUDIT_PREFIX: &str = "evt";
+/// Outbox events: `msg_` as Standard Webhooks message ids are commonly named.
+pub const EVENT_PREFIX: &str = "msg";
+pub const WEBHOOK_PREFIX: &str = "wh";
 /// The built-in workspace whose keys administer every workspace.
 pub const ADMIN_WORKSPACE_ID: &str = "ws_admin";
 

@@ -9,6 +9,7 @@ pub mod credential;
 pub mod decision;
 pub mod duration;
 pub mod error;
+pub mod events;
 pub mod id;
 pub mod ip;
 pub mod key;
@@ -17,6 +18,7 @@ pub mod model;
 pub mod ratelimit;
 pub mod scope;
 pub mod throttle;
+pub mod webhook;
 
 pub use decision::{check_access, Denial};
 pub use error::{ErrorCatalog, ErrorCode, ErrorFormat, ErrorInstance, RenderedError};

@@ -29,11 +29,18 @@ impl FailureWindow {
         }
     }
 
-    pub fn record_failure(&mut self, policy: &FailurePolicy, now: DateTime<Utc>) {
+    /// Returns true for the failure that reaches the threshold: the moment
+    /// a client becomes a key-guessing burst (`auth.failure_burst`).
+    pub fn record_failure(&mut self, policy: &FailurePolicy, now: DateTime<Utc>) -> bool {
         if self.window_end(policy) <= now {
             *self = Self::new(now);
         }
         self.failures = self.failures.saturating_add(1);
+        self.failures == policy.max_failures
+    }
+
+    pub fn started(&self) -> DateTime<Utc> {
+        self.started
     }
 
     /// Seconds until the client may try again, or `None` if it may now.
@@ -64,13 +71,15 @@ mod tests {
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let mut w = FailureWindow::new(t0);
         for _ in 0..2 {
-            w.record_failure(&policy, t0);
+            assert!(!w.record_failure(&policy, t0));
         }
         assert_eq!(w.blocked_for(&policy, t0), None);
-        w.record_failure(&policy, t0);
+        assert!(w.record_failure(&policy, t0), "the third failure reaches the threshold");
+        assert!(!w.record_failure(&policy, t0), "and only the third");
         assert_eq!(w.blocked_for(&policy, t0 + chrono::Duration::seconds(10)), Some(50));
         assert_eq!(w.blocked_for(&policy, t0 + chrono::Duration::seconds(60)), None);
-        w.record_failure(&policy, t0 + chrono::Duration::seconds(61));
+        assert!(!w.record_failure(&policy, t0 + chrono::Duration::seconds(61)));
+        assert_eq!(w.started(), t0 + chrono::Duration::seconds(61));
         assert_eq!(w.blocked_for(&policy, t0 + chrono::Duration::seconds(61)), None);
     }
 }

@@ -65,6 +65,8 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
             default_plan: None,
             dashboard: Default::default(),
             usage_retention: Default::default(),
+            events: Default::default(),
+            webhooks: Default::default(),
         };
         let limiter = Arc::new(MemoryLimiter::new(100_000));
         let engine = Engine::new(Arc::new(store), Arc::new(SystemClock), limiter, settings);

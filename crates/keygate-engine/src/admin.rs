@@ -246,7 +246,7 @@ impl Engine {
         }
     }
 
-    fn audit_event(
+    pub(crate) fn audit_event(
         &self,
         actor: &Actor,
         action: &str,

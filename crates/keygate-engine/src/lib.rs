@@ -11,6 +11,7 @@ pub mod admin;
 mod changes;
 pub mod clock;
 mod error;
+pub mod events;
 mod limits;
 pub mod metrics;
 pub mod sessions;
@@ -19,6 +20,7 @@ pub use limits::RateLimits;
 mod store_health;
 pub mod usage;
 mod verifier;
+pub mod webhooks;
 
 pub use admin::{Actor, ActorScope};
 pub use changes::Hearing;

@@ -42,6 +42,12 @@ struct CacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    /// `delivered`, `failed` (will be retried) or `gave_up`.
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
 }
@@ -101,6 +107,8 @@ pub struct Metrics {
     limiter_seconds: Histogram,
     store_seconds: Family<OperationLabels, Histogram>,
     store_errors: Family<OperationLabels, Counter>,
+    webhook_attempts: Family<WebhookLabels, Counter>,
+    webhook_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -124,7 +132,14 @@ impl Default for Metrics {
                 operation: operation.as_str(),
             });
         }
+        let webhook_attempts = Family::<WebhookLabels, Counter>::default();
+        for result in ["delivered", "failed", "gave_up"] {
+            let _ = webhook_attempts.get_or_create(&WebhookLabels { result });
+        }
         Self {
+            webhook_attempts,
+            // A receiver answers in milliseconds to seconds; the timeout caps it.
+            webhook_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             requests: Family::default(),
             verify_seconds: latency_histogram(),
             cache,
@@ -169,6 +184,12 @@ impl Metrics {
         }
     }
 
+    /// One delivery attempt: `delivered`, `failed` (retried later) or `gave_up`.
+    pub(crate) fn webhook_attempt(&self, result: &'static str, took: Duration) {
+        self.webhook_attempts.get_or_create(&WebhookLabels { result }).inc();
+        self.webhook_seconds.observe(took.as_secs_f64());
+    }
+
     /// The text format, as Prometheus scrapes it.
     pub fn encode(&self, values: ScrapeValues) -> Result<String, fmt::Error> {
         let mut registry = Registry::with_prefix("keygate");
@@ -206,6 +227,16 @@ impl Metrics {
             "store_errors",
             "Store calls that failed or timed out, by operation",
             self.store_errors.clone(),
+        );
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts by result: delivered, failed (retried later) or gave_up",
+            self.webhook_attempts.clone(),
+        );
+        registry.register(
+            "webhook_attempt_duration_seconds",
+            "Time from sending a webhook to the receiver's answer (or the error)",
+            self.webhook_seconds.clone(),
         );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)?;

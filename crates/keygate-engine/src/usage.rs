@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use keygate_store::{LastUse, Store, StoreError, UsageBatch, UsageCount, UsageCutoffs};
+use keygate_store::{LastUse, NewEvent, Store, StoreError, UsageBatch, UsageCount, UsageCutoffs};
 
 /// The outcome recorded for an admitted request; rejections use their error code.
 pub const ADMITTED: &str = "admitted";
@@ -61,6 +61,8 @@ struct Slot {
 pub struct UsageRecorder {
     counts: DashMap<Slot, u64>,
     last_uses: DashMap<Arc<str>, (DateTime<Utc>, IpAddr)>,
+    /// Events the gateway decided, stored with the next flush.
+    events: std::sync::Mutex<Vec<NewEvent>>,
     /// The batch whose write failed, retried as it is. The lock also keeps
     /// two flushes (the ticker and shutdown) from running at once.
     unsent: tokio::sync::Mutex<Option<UsageBatch>>,
@@ -96,6 +98,10 @@ impl UsageRecorder {
         }
     }
 
+    pub fn record_event(&self, event: NewEvent) {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+    }
+
     /// Takes everything recorded so far. Increments racing with this call
     /// land either in this batch or the next, never nowhere.
     fn take(&self, id: String, at: DateTime<Utc>) -> UsageBatch {
@@ -121,11 +127,13 @@ impl UsageRecorder {
                 ip: ip.to_string(),
             })
             .collect();
+        let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
         UsageBatch {
             id,
             at,
             counts,
             last_uses,
+            events,
         }
     }
 
@@ -142,7 +150,7 @@ impl UsageRecorder {
         let mut rows = 0;
         if let Some(batch) = unsent.as_ref() {
             store.record_usage(batch).await?;
-            rows += batch.counts.len();
+            rows += batch.counts.len() + batch.events.len();
             *unsent = None;
             self.unsent_rows.store(0, Ordering::Release);
         }
@@ -151,9 +159,10 @@ impl UsageRecorder {
             return Ok(rows);
         }
         match store.record_usage(&batch).await {
-            Ok(()) => Ok(rows + batch.counts.len()),
+            Ok(()) => Ok(rows + batch.counts.len() + batch.events.len()),
             Err(err) => {
-                self.unsent_rows.store(batch.counts.len(), Ordering::Release);
+                self.unsent_rows
+                    .store(batch.counts.len() + batch.events.len(), Ordering::Release);
                 *unsent = Some(batch);
                 Err(err)
             }
@@ -162,6 +171,7 @@ impl UsageRecorder {
 
     /// Rows not yet written: recorded since the last flush, plus a failed batch.
     pub fn pending(&self) -> usize {
-        self.counts.len() + self.unsent_rows.load(Ordering::Acquire)
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.counts.len() + events + self.unsent_rows.load(Ordering::Acquire)
     }
 }

@@ -55,6 +55,8 @@ pub struct EngineSettings {
     pub default_plan: Option<String>,
     pub dashboard: crate::sessions::SessionSettings,
     pub usage_retention: crate::usage::UsageRetention,
+    pub events: crate::events::EventSettings,
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 /// The limit checks of one resource for one cached key.
@@ -169,7 +171,10 @@ pub struct Engine {
     evictions: AtomicU64,
     unknown: Cache<KeyHash, ()>,
     failures: Cache<IpAddr, Arc<Mutex<FailureWindow>>>,
-    usage: UsageRecorder,
+    pub(crate) usage: UsageRecorder,
+    /// `(key, resource, window length, window start)` of the refusals this
+    /// node has announced, so a flood of 429s makes one event, not one each.
+    pub(crate) announced_refusals: Cache<(Arc<str>, Arc<str>, u64, u64), ()>,
     ids: Mutex<IdGenerator>,
     pub(crate) store_health: StoreHealth,
     pub(crate) hearing: HearingState,
@@ -211,6 +216,10 @@ impl Engine {
             unknown,
             failures,
             usage: UsageRecorder::default(),
+            announced_refusals: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             ids: Mutex::new(IdGenerator::new()),
             store_health: StoreHealth::default(),
             hearing: HearingState::new(),
@@ -317,6 +326,12 @@ impl Engine {
             }
             Err((error, limits)) => {
                 self.record(&cached, request, error.code.as_str(), now);
+                let announce = error.code == ErrorCode::RateLimitExceeded
+                    && request.record
+                    && request.limits == LimitMode::Enforce;
+                if let Some(limits) = limits.as_ref().filter(|_| announce) {
+                    self.rate_limit_exceeded(&cached, request.resource, &limits.decision, now);
+                }
                 Err(Rejection {
                     error,
                     key: Some(cached),
@@ -431,10 +446,10 @@ impl Engine {
             let window = self
                 .failures
                 .get_with(ip, || Arc::new(Mutex::new(FailureWindow::new(now))));
-            window
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .record_failure(&policy, now);
+            let mut window = window.lock().unwrap_or_else(|p| p.into_inner());
+            if window.record_failure(&policy, now) {
+                self.failure_burst(ip, policy.max_failures, window.started(), now);
+            }
         }
         Rejection::anonymous(ErrorCode::InvalidApiKey)
     }

@@ -43,6 +43,8 @@ fn settings() -> EngineSettings {
         default_plan: None,
         dashboard: Default::default(),
         usage_retention: Default::default(),
+        events: Default::default(),
+        webhooks: Default::default(),
     }
 }
 

@@ -17,6 +17,8 @@ use crate::http::access_log::{AccessLog, AccessLogGuard};
 use crate::http::admin::{self, AdminState};
 use crate::http::gateway::{self, GatewayState};
 use crate::http::transport::{self, ServeOptions, TlsError};
+use crate::webhook_sender::HttpWebhookSender;
+use keygate_engine::webhooks::WebhookSender;
 use keygate_limiter::memory::MemoryLimiter;
 use keygate_limiter::redis::RedisLimiter;
 use keygate_limiter::resilient::ResilientLimiter;
@@ -34,6 +36,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the webhook client: {0}")]
+    WebhookClient(#[from] reqwest::Error),
     #[error("cannot listen on {addr} ({plane}): {source}")]
     Bind {
         plane: &'static str,
@@ -71,6 +75,7 @@ impl App {
                 source,
             })?;
         let engine = Arc::new(Engine::new(store, clock, limiter, settings.engine.clone()));
+        let sender: Arc<dyn WebhookSender> = Arc::new(HttpWebhookSender::new()?);
         let gateway_listener = bind("gateway", settings.gateway_addr).await?;
         let admin_listener = bind("admin", settings.admin_addr).await?;
         let gateway_addr = local_addr(&gateway_listener, settings.gateway_addr);
@@ -113,7 +118,8 @@ impl App {
                     .clone()
                     .run_usage_flusher(settings.usage_flush_interval, wait_for_stop(stopped.clone())),
             ),
-            tokio::spawn(engine.clone().run_change_listener(wait_for_stop(stopped))),
+            tokio::spawn(engine.clone().run_change_listener(wait_for_stop(stopped.clone()))),
+            tokio::spawn(engine.clone().run_event_workers(sender, wait_for_stop(stopped))),
         ];
         tasks.extend(gateway_threads.into_iter().map(|finished| {
             tokio::spawn(async move {

@@ -12,12 +12,15 @@ use figment::Figment;
 use ipnet::IpNet;
 use keygate_core::duration::parse_duration;
 use keygate_core::error::CatalogError;
+use keygate_core::events::AnomalyRule;
 use keygate_core::limits::Plan;
 use keygate_core::scope::validate_scopes;
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCatalog, ErrorFormat, KeyFormat};
+use keygate_engine::events::EventSettings;
 use keygate_engine::sessions::SessionSettings;
 use keygate_engine::usage::UsageRetention;
+use keygate_engine::webhooks::WebhookSettings;
 use keygate_engine::EngineSettings;
 use keygate_limiter::resilient::OnFailure;
 use serde::{Deserialize, Serialize};
@@ -35,6 +38,8 @@ pub struct Config {
     pub security: SecurityConfig,
     pub errors: ErrorsConfig,
     pub usage: UsageConfig,
+    pub events: EventsConfig,
+    pub webhooks: WebhooksConfig,
     pub limiter: LimiterConfig,
     pub headers: HeadersConfig,
     pub access_log: AccessLogConfig,
@@ -414,6 +419,62 @@ impl Default for UsageConfig {
     }
 }
 
+/// `[events]`: what keygate announces to webhooks (docs/decisions.md, "Events and webhooks").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Off: no gateway events, scans or deliveries; key lifecycle events are still stored.
+    pub enabled: bool,
+    /// `key.expiring` this long before a key expires.
+    pub expiring_within: String,
+    /// `usage.anomaly`: the last 5 minutes exceed `anomaly_factor` times the
+    /// rate of the hour before, and reach `anomaly_floor` requests.
+    pub anomaly_factor: f64,
+    pub anomaly_floor: u64,
+    /// At most one `usage.anomaly` per key in this long.
+    pub anomaly_cooldown: String,
+    /// How often keys are scanned for expiry, age and anomalies.
+    pub scan_interval: String,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            expiring_within: "7d".into(),
+            anomaly_factor: 5.0,
+            anomaly_floor: 100,
+            anomaly_cooldown: "1h".into(),
+            scan_interval: "1m".into(),
+        }
+    }
+}
+
+/// `[webhooks]`: how deliveries are sent and retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    pub timeout: String,
+    /// The wait after the first failure; doubled after each, up to `retry_max`.
+    pub retry_base: String,
+    pub retry_max: String,
+    /// A delivery still failing this long after its event is given up.
+    pub give_up_after: String,
+    pub poll_interval: String,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            timeout: "10s".into(),
+            retry_base: "30s".into(),
+            retry_max: "1h".into(),
+            give_up_after: "24h".into(),
+            poll_interval: "1s".into(),
+        }
+    }
+}
+
 fn default_resource() -> String {
     keygate_core::limits::DEFAULT_RESOURCE.to_owned()
 }
@@ -714,6 +775,9 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
                 hours: chrono_duration(positive_duration("usage.keep_hours", &config.usage.keep_hours)?),
                 days: chrono_duration(positive_duration("usage.keep_days", &config.usage.keep_days)?),
             },
+            events: validate_events(&config.events, &config.keys.max_age)
+                .map_err(|(field, message)| invalid(&field, message))?,
+            webhooks: validate_webhooks(&config.webhooks).map_err(|(field, message)| invalid(&field, message))?,
             dashboard: SessionSettings {
                 idle_timeout: chrono_duration(positive_duration(
                     "dashboard.session_idle_timeout",
@@ -752,6 +816,69 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             product_name: label("dashboard.product_name", &config.dashboard.product_name)?,
             create_key_label: label("dashboard.create_key_label", &config.dashboard.create_key_label)?,
         },
+    })
+}
+
+/// A field's error: its name and what is wrong.
+type FieldError = (String, String);
+
+fn field_duration(field: &str, text: &str) -> Result<Duration, FieldError> {
+    parse_duration(text).map_err(|e| (field.to_owned(), e.to_string()))
+}
+
+fn field_positive_duration(field: &str, text: &str) -> Result<Duration, FieldError> {
+    match field_duration(field, text)? {
+        zero if zero.is_zero() => Err((field.to_owned(), "must be positive".into())),
+        positive => Ok(positive),
+    }
+}
+
+fn validate_events(events: &EventsConfig, max_key_age: &str) -> Result<EventSettings, FieldError> {
+    if !(events.anomaly_factor.is_finite() && events.anomaly_factor >= 1.0) {
+        return Err(("events.anomaly_factor".into(), "must be a number of at least 1".into()));
+    }
+    if events.anomaly_floor == 0 {
+        return Err(("events.anomaly_floor".into(), "must be positive".into()));
+    }
+    Ok(EventSettings {
+        enabled: events.enabled,
+        expiring_within: chrono_duration(field_positive_duration(
+            "events.expiring_within",
+            &events.expiring_within,
+        )?),
+        max_key_age: Some(chrono_duration(field_duration("keys.max_age", max_key_age)?)).filter(|age| !age.is_zero()),
+        anomaly: AnomalyRule {
+            factor: events.anomaly_factor,
+            floor: events.anomaly_floor,
+            ..AnomalyRule::default()
+        },
+        anomaly_cooldown: chrono_duration(field_positive_duration(
+            "events.anomaly_cooldown",
+            &events.anomaly_cooldown,
+        )?),
+        scan_interval: field_positive_duration("events.scan_interval", &events.scan_interval)?,
+    })
+}
+
+fn validate_webhooks(webhooks: &WebhooksConfig) -> Result<WebhookSettings, FieldError> {
+    let retry_base = field_positive_duration("webhooks.retry_base", &webhooks.retry_base)?;
+    let retry_max = field_positive_duration("webhooks.retry_max", &webhooks.retry_max)?;
+    if retry_max < retry_base {
+        return Err((
+            "webhooks.retry_max".into(),
+            "must be at least webhooks.retry_base".into(),
+        ));
+    }
+    Ok(WebhookSettings {
+        timeout: field_positive_duration("webhooks.timeout", &webhooks.timeout)?,
+        retry_base,
+        retry_max,
+        give_up_after: chrono_duration(field_positive_duration(
+            "webhooks.give_up_after",
+            &webhooks.give_up_after,
+        )?),
+        poll_interval: field_positive_duration("webhooks.poll_interval", &webhooks.poll_interval)?,
+        ..WebhookSettings::default()
     })
 }
 

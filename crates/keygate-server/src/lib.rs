@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod webhook_sender;
 
 pub use app::{App, ServeError};
 pub use config::{Config, ConfigError, Settings};

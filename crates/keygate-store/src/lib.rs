@@ -1,8 +1,9 @@
 //! Persistence for keygate behind the [`Store`] trait.
 //!
-//! Every change is written together with its audit event in one transaction,
-//! so an acknowledged change always has its audit trail and a failed one has
-//! neither. Implementations: [`sqlite::SqliteStore`] (embedded default, one
+//! Every change is written together with its audit event (and, for the
+//! key lifecycle, its outbox event) in one transaction, so an acknowledged
+//! change always has its audit trail and its webhook event, and a failed one
+//! has neither. Implementations: [`sqlite::SqliteStore`] (embedded default, one
 //! node) and [`postgres::PostgresStore`] (shared by many nodes, which hear
 //! each other's changes through [`ChangeFeed`]). `testsuite` holds the
 //! behaviour every implementation must pass.
@@ -19,7 +20,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use keygate_core::events::{EventFilter, EventType};
 use keygate_core::model::{ApiKey, KeyStatus, Workspace};
+use keygate_core::webhook::WebhookSecret;
 use keygate_core::KeyHash;
 
 pub use changes::{Change, ChangeFeed, FeedEvent};
@@ -147,12 +150,162 @@ pub struct UsageBatch {
     pub at: DateTime<Utc>,
     pub counts: Vec<UsageCount>,
     pub last_uses: Vec<LastUse>,
+    /// Events the gateway decided (`ratelimit.exceeded`, `auth.failure_burst`).
+    pub events: Vec<NewEvent>,
 }
 
 impl UsageBatch {
     pub fn is_empty(&self) -> bool {
-        self.counts.is_empty() && self.last_uses.is_empty()
+        self.counts.is_empty() && self.last_uses.is_empty() && self.events.is_empty()
     }
+}
+
+/// An event to add to the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// `msg_<ulid>`: also the `webhook-id` of its deliveries.
+    pub id: String,
+    pub kind: EventType,
+    pub at: DateTime<Utc>,
+    pub workspace_id: Option<String>,
+    /// The key it is about, or the client IP for `auth.failure_burst`.
+    pub subject: Option<String>,
+    /// Names an event that may happen once: a second event with the same
+    /// name is dropped, by whichever node writes it.
+    pub dedup_key: Option<String>,
+    /// Dropped if an event of the same type and subject is stored at or after this time.
+    pub quiet_since: Option<DateTime<Utc>>,
+    /// What every delivery sends and signs, byte for byte.
+    pub body: String,
+}
+
+/// An event as stored in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub id: String,
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub workspace_id: Option<String>,
+    pub subject: Option<String>,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventListFilter {
+    pub workspace_id: Option<String>,
+    pub subject: Option<String>,
+}
+
+/// A webhook endpoint: where events of one workspace (or, without one, of
+/// every workspace) are delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookEndpoint {
+    pub id: String,
+    pub workspace_id: Option<String>,
+    pub url: String,
+    pub secret: WebhookSecret,
+    pub events: EventFilter,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Not delivered yet; will be (re)tried at `next_attempt_at`.
+    Pending,
+    Delivered,
+    /// Given up after the retry period.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Delivered, Self::Failed]
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+}
+
+/// One try at sending a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    /// 1 for the first try.
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    /// The receiver's HTTP status, `None` when no answer came.
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// One event on its way to one endpoint, with every attempt so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: String,
+    pub endpoint_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub attempts: Vec<DeliveryAttempt>,
+}
+
+/// A delivery this node has leased, with what sending it needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedDelivery {
+    pub id: String,
+    /// Proves the lease when the result is written.
+    pub lease_token: String,
+    /// Attempts before this one.
+    pub attempts: u32,
+    pub event_id: String,
+    pub event_at: DateTime<Utc>,
+    pub body: String,
+    pub endpoint_id: String,
+    pub url: String,
+    pub secret: WebhookSecret,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryNext {
+    Delivered,
+    RetryAt(DateTime<Utc>),
+    GiveUp,
+}
+
+/// Keys whose lifecycle events are due, and have not been stored yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyEventScan {
+    pub now: DateTime<Utc>,
+    /// `key.expiring` for keys that expire after `now` and before this.
+    pub expiring_before: DateTime<Utc>,
+    /// `key.expired` for keys that expired after this and by `now`.
+    pub expired_since: DateTime<Utc>,
+    /// `key.max_age_exceeded` for live keys created before this.
+    pub created_before: Option<DateTime<Utc>>,
+    pub limit: u32,
+}
+
+/// A key's requests in the recent window and in the baseline window before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyActivity {
+    pub key_id: String,
+    pub workspace_id: String,
+    pub key_created_at: DateTime<Utc>,
+    pub recent: u64,
+    pub baseline: u64,
 }
 
 /// What happened to a revoke request.
@@ -237,6 +390,60 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<UsageCount>, StoreError>;
     /// Deletes counts of buckets older than their grain's cutoff; returns how many rows.
     async fn prune_usage(&self, cutoffs: &UsageCutoffs) -> Result<u64, StoreError>;
+    /// Requests per key in `[recent_from, to)` and `[baseline_from, recent_from)`
+    /// (Unix seconds), for keys with at least `min_recent` in the first.
+    async fn key_activity(
+        &self,
+        baseline_from: i64,
+        recent_from: i64,
+        to: i64,
+        min_recent: u64,
+    ) -> Result<Vec<KeyActivity>, StoreError>;
+
+    /// Adds events to the outbox, dropping those `dedup_key` or
+    /// `quiet_since` rule out; returns how many were added.
+    async fn insert_events(&self, events: &[NewEvent]) -> Result<u64, StoreError>;
+    /// Newest first.
+    async fn list_events(&self, filter: &EventListFilter, page: &Page) -> Result<Paged<StoredEvent>, StoreError>;
+    /// Keys whose `key.expiring`, `key.expired` or `key.max_age_exceeded` is
+    /// due and not yet in the outbox, oldest first.
+    async fn keys_due_for_events(&self, scan: &KeyEventScan) -> Result<Vec<(EventType, ApiKey)>, StoreError>;
+
+    async fn insert_webhook(&self, endpoint: &WebhookEndpoint, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Deleted endpoints are not returned.
+    async fn get_webhook(&self, id: &str) -> Result<Option<WebhookEndpoint>, StoreError>;
+    /// `workspace_id: None` lists every endpoint, global ones included.
+    async fn list_webhooks(
+        &self,
+        workspace_id: Option<&str>,
+        page: &Page,
+    ) -> Result<Paged<WebhookEndpoint>, StoreError>;
+    /// Stops deliveries to the endpoint; pending ones are dropped as failed.
+    async fn delete_webhook(&self, id: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Creates the deliveries of up to `limit` events not yet fanned out, one
+    /// per matching endpoint that existed when the event happened. Idempotent:
+    /// returns how many deliveries were created.
+    async fn fan_out_events(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
+    /// Leases up to `limit` pending deliveries due by `now` until `lease_until`.
+    /// A delivery leased by another node is not returned until its lease ends.
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        lease_token: &str,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+    /// Records an attempt and what comes next, if the lease is still this
+    /// node's; returns false (and writes nothing) if it is not.
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        lease_token: &str,
+        attempt: &DeliveryAttempt,
+        next: DeliveryNext,
+    ) -> Result<bool, StoreError>;
+    /// Newest first, each with its attempts.
+    async fn list_deliveries(&self, endpoint_id: &str, page: &Page) -> Result<Paged<Delivery>, StoreError>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` or `postgres://...`.

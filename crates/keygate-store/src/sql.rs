@@ -12,10 +12,131 @@ pub(crate) use keygate_core::KeyHash;
 pub(crate) use sqlx::Row;
 
 pub(crate) use crate::changes::Change;
+pub(crate) use keygate_core::events::{EventFilter, EventType};
+pub(crate) use keygate_core::webhook::WebhookSecret;
+
 pub(crate) use crate::{
-    AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome, StoreError, UsageBatch, UsageCount, UsageCutoffs,
-    UsageGrain,
+    AuditEvent, AuditFilter, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus, EventListFilter,
+    KeyActivity, KeyEventScan, KeyFilter, NewEvent, Page, Paged, RevokeOutcome, StoreError, StoredEvent, UsageBatch,
+    UsageCount, UsageCutoffs, UsageGrain, WebhookEndpoint,
 };
+
+/// The outbox event of an audited change that is published (see
+/// [`EventType::published_for_action`]). Its id is the audit event's, so the
+/// two are easy to match, and its data carries the audit details.
+pub(crate) fn published_event(audit: &AuditEvent, kind: EventType) -> NewEvent {
+    let mut data = serde_json::Map::new();
+    data.insert("key_id".into(), audit.object_id.clone().into());
+    data.insert("workspace_id".into(), audit.workspace_id.clone().into());
+    data.insert("actor".into(), audit.actor.clone().into());
+    if let serde_json::Value::Object(details) = &audit.details {
+        for (name, value) in details {
+            data.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    let ulid = audit.id.split_once('_').map_or(audit.id.as_str(), |(_, ulid)| ulid);
+    NewEvent {
+        id: format!("msg_{ulid}"),
+        kind,
+        at: audit.at,
+        workspace_id: audit.workspace_id.clone(),
+        subject: Some(audit.object_id.clone()),
+        dedup_key: None,
+        quiet_since: None,
+        body: keygate_core::events::event_body(kind, audit.at, &serde_json::Value::Object(data)),
+    }
+}
+
+/// A delivery's id names its event and endpoint, so fanning out twice
+/// (two nodes, or a retry) creates it once.
+pub(crate) fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
+    let ulid_of = |id: &str| id.split_once('_').map_or(id, |(_, ulid)| ulid).to_owned();
+    format!("dlv_{}{}", ulid_of(event_id), ulid_of(endpoint_id))
+}
+
+/// The dedup name of a lifecycle event: per expiry time for expiry events
+/// (a key given a new expiry is announced again), once per key for age.
+pub(crate) const LIFECYCLE_DEDUP_SQL: [(EventType, &str); 3] = [
+    (EventType::KeyExpiring, "'key.expiring:' || k.id || ':' || k.expires_at"),
+    (EventType::KeyExpired, "'key.expired:' || k.id || ':' || k.expires_at"),
+    (EventType::KeyMaxAgeExceeded, "'key.max_age_exceeded:' || k.id"),
+];
+
+pub(crate) fn webhook_from_row<R: StoreRow>(row: &R) -> Result<WebhookEndpoint, StoreError> {
+    let names: Vec<String> = from_json(row.get_col("events")?, "webhook_endpoints.events")?;
+    Ok(WebhookEndpoint {
+        id: row.get_col("id")?,
+        workspace_id: row.get_col("workspace_id")?,
+        url: row.get_col("url")?,
+        secret: WebhookSecret::parse(&row.text("secret")?)
+            .map_err(|e| StoreError::Corrupt(format!("webhook_endpoints.secret: {e}")))?,
+        events: EventFilter::parse(&names)
+            .map_err(|e| StoreError::Corrupt(format!("webhook_endpoints.events: {e}")))?,
+        description: row.get_col("description")?,
+        created_at: from_ms(row.get_col("created_at")?)?,
+        created_by: row.get_col("created_by")?,
+    })
+}
+
+pub(crate) fn event_from_row<R: StoreRow>(row: &R) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        id: row.get_col("id")?,
+        kind: row.get_col("type")?,
+        at: from_ms(row.get_col("at")?)?,
+        workspace_id: row.get_col("workspace_id")?,
+        subject: row.get_col("subject")?,
+        body: row.get_col("body")?,
+    })
+}
+
+pub(crate) fn delivery_from_row<R: StoreRow>(row: &R) -> Result<Delivery, StoreError> {
+    let status = row.text("status")?;
+    let status = DeliveryStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("webhook_deliveries.status `{status}`")))?;
+    Ok(Delivery {
+        id: row.get_col("id")?,
+        endpoint_id: row.get_col("endpoint_id")?,
+        event_id: row.get_col("event_id")?,
+        event_type: row.get_col("type")?,
+        status,
+        created_at: from_ms(row.get_col("created_at")?)?,
+        next_attempt_at: match status {
+            DeliveryStatus::Pending => Some(from_ms(row.get_col("next_attempt_at")?)?),
+            DeliveryStatus::Delivered | DeliveryStatus::Failed => None,
+        },
+        delivered_at: opt_from_ms(row.get_col("delivered_at")?)?,
+        attempts: Vec::new(),
+    })
+}
+
+pub(crate) fn attempt_from_row<R: StoreRow>(row: &R) -> Result<(String, DeliveryAttempt), StoreError> {
+    let number = |column: &str| -> Result<i64, StoreError> { row.int(column) };
+    Ok((
+        row.get_col("delivery_id")?,
+        DeliveryAttempt {
+            attempt: u32::try_from(number("attempt")?).unwrap_or(u32::MAX),
+            at: from_ms(row.get_col("at")?)?,
+            status_code: row.opt_int("status_code")?.and_then(|code| u16::try_from(code).ok()),
+            error: row.get_col("error")?,
+            duration_ms: number("duration_ms")?.unsigned_abs(),
+        },
+    ))
+}
+
+pub(crate) fn claimed_from_row<R: StoreRow>(row: &R, lease_token: &str) -> Result<ClaimedDelivery, StoreError> {
+    Ok(ClaimedDelivery {
+        id: row.get_col("id")?,
+        lease_token: lease_token.to_owned(),
+        attempts: u32::try_from(row.int("attempts")?).unwrap_or(u32::MAX),
+        event_id: row.get_col("event_id")?,
+        event_at: from_ms(row.get_col("at")?)?,
+        body: row.get_col("body")?,
+        endpoint_id: row.get_col("endpoint_id")?,
+        url: row.get_col("url")?,
+        secret: WebhookSecret::parse(&row.text("secret")?)
+            .map_err(|e| StoreError::Corrupt(format!("webhook_endpoints.secret: {e}")))?,
+    })
+}
 
 /// A batch's counts summed per `(key, bucket start, outcome)` at a coarser
 /// grain, in that order: the order rows are written in.
@@ -584,6 +705,9 @@ macro_rules! sql_store {
                         .execute(&mut *tx)
                         .await?;
                     }
+                    for event in &batch.events {
+                        Self::insert_event(&mut tx, event).await?;
+                    }
                     tx.commit().await?;
                     Ok(())
                 }
@@ -640,9 +764,346 @@ macro_rules! sql_store {
                     }
                     Ok(deleted)
                 }
+
+                async fn key_activity(
+                    &self,
+                    baseline_from: i64,
+                    recent_from: i64,
+                    to: i64,
+                    min_recent: u64,
+                ) -> Result<Vec<KeyActivity>, StoreError> {
+                    let rows = sqlx::query(&$sql("SELECT u.key_id, u.workspace_id, k.created_at, \
+                         CAST(SUM(CASE WHEN u.minute >= ? THEN u.count ELSE 0 END) AS BIGINT) AS recent, \
+                         CAST(SUM(CASE WHEN u.minute < ? THEN u.count ELSE 0 END) AS BIGINT) AS baseline \
+                         FROM usage_minutes u JOIN api_keys k ON k.id = u.key_id \
+                         WHERE u.minute >= ? AND u.minute < ? \
+                         GROUP BY u.key_id, u.workspace_id, k.created_at \
+                         HAVING SUM(CASE WHEN u.minute >= ? THEN u.count ELSE 0 END) >= ? \
+                         ORDER BY u.key_id"))
+                    .bind(recent_from)
+                    .bind(recent_from)
+                    .bind(baseline_from)
+                    .bind(to)
+                    .bind(recent_from)
+                    .bind(i64::try_from(min_recent).unwrap_or(i64::MAX))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(KeyActivity {
+                                key_id: row.get_col("key_id")?,
+                                workspace_id: row.get_col("workspace_id")?,
+                                key_created_at: from_ms(row.get_col("created_at")?)?,
+                                recent: row.int("recent")?.unsigned_abs(),
+                                baseline: row.int("baseline")?.unsigned_abs(),
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn insert_events(&self, events: &[NewEvent]) -> Result<u64, StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    let mut added = 0;
+                    for event in events {
+                        added += Self::insert_event(&mut tx, event).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(added)
+                }
+
+                async fn list_events(&self, filter: &EventListFilter, page: &Page) -> Result<Paged<StoredEvent>, StoreError> {
+                    let size = page.size();
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT id, type, at, workspace_id, subject, body FROM events WHERE 1 = 1",
+                    );
+                    if let Some(ws) = &filter.workspace_id {
+                        q.push(" AND workspace_id = ").push_bind(ws);
+                    }
+                    if let Some(subject) = &filter.subject {
+                        q.push(" AND subject = ").push_bind(subject);
+                    }
+                    if let Some(cursor) = &page.cursor {
+                        q.push(" AND id < ").push_bind(cursor);
+                    }
+                    q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(size) + 1);
+                    let rows = q.build().fetch_all(&self.pool).await?;
+                    let items = rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?;
+                    Ok(paged(items, size, |e| &e.id))
+                }
+
+                async fn keys_due_for_events(&self, scan: &KeyEventScan) -> Result<Vec<(EventType, ApiKey)>, StoreError> {
+                    let live = "k.revoked_at IS NULL AND k.deleted_at IS NULL AND k.rotated_to IS NULL";
+                    let mut due = Vec::new();
+                    for (kind, dedup) in LIFECYCLE_DEDUP_SQL {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                            "SELECT {KEY_COLUMNS} FROM api_keys k WHERE {live} \
+                             AND NOT EXISTS (SELECT 1 FROM events e WHERE e.dedup_key = {dedup})"
+                        ));
+                        match kind {
+                            EventType::KeyExpiring => {
+                                q.push(" AND k.expires_at IS NOT NULL AND k.expires_at > ").push_bind(ms(scan.now));
+                                q.push(" AND k.expires_at <= ").push_bind(ms(scan.expiring_before));
+                                q.push(" ORDER BY k.expires_at");
+                            }
+                            EventType::KeyExpired => {
+                                q.push(" AND k.expires_at IS NOT NULL AND k.expires_at > ").push_bind(ms(scan.expired_since));
+                                q.push(" AND k.expires_at <= ").push_bind(ms(scan.now));
+                                q.push(" ORDER BY k.expires_at");
+                            }
+                            _ => {
+                                let Some(created_before) = scan.created_before else { continue };
+                                q.push(" AND k.created_at < ").push_bind(ms(created_before));
+                                q.push(" AND (k.expires_at IS NULL OR k.expires_at > ").push_bind(ms(scan.now)).push(")");
+                                q.push(" ORDER BY k.created_at");
+                            }
+                        }
+                        q.push(" LIMIT ").push_bind(i64::from(scan.limit));
+                        for row in q.build().fetch_all(&self.pool).await? {
+                            due.push((kind, key_from_row(&row)?));
+                        }
+                    }
+                    Ok(due)
+                }
+
+                async fn insert_webhook(&self, endpoint: &WebhookEndpoint, audit: &AuditEvent) -> Result<(), StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query(&$sql("INSERT INTO webhook_endpoints (id, workspace_id, url, secret, events, description, created_at, created_by) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
+                    .bind(&endpoint.id)
+                    .bind(&endpoint.workspace_id)
+                    .bind(&endpoint.url)
+                    .bind(endpoint.secret.expose())
+                    .bind(to_json(&endpoint.events.names())?)
+                    .bind(&endpoint.description)
+                    .bind(ms(endpoint.created_at))
+                    .bind(&endpoint.created_by)
+                    .execute(&mut *tx)
+                    .await?;
+                    Self::insert_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn get_webhook(&self, id: &str) -> Result<Option<WebhookEndpoint>, StoreError> {
+                    let row = sqlx::query(&$sql("SELECT * FROM webhook_endpoints WHERE id = ? AND deleted_at IS NULL"))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.as_ref().map(webhook_from_row).transpose()
+                }
+
+                async fn list_webhooks(&self, workspace_id: Option<&str>, page: &Page) -> Result<Paged<WebhookEndpoint>, StoreError> {
+                    let size = page.size();
+                    let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM webhook_endpoints WHERE deleted_at IS NULL");
+                    if let Some(ws) = workspace_id {
+                        q.push(" AND workspace_id = ").push_bind(ws);
+                    }
+                    if let Some(cursor) = &page.cursor {
+                        q.push(" AND id < ").push_bind(cursor);
+                    }
+                    q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(size) + 1);
+                    let rows = q.build().fetch_all(&self.pool).await?;
+                    let items = rows.iter().map(webhook_from_row).collect::<Result<Vec<_>, _>>()?;
+                    Ok(paged(items, size, |w| &w.id))
+                }
+
+                async fn delete_webhook(&self, id: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<(), StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query(&$sql("UPDATE webhook_endpoints SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL"))
+                        .bind(ms(at))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    sqlx::query(&$sql("UPDATE webhook_deliveries SET status = 'failed', lease_until = NULL, lease_token = NULL \
+                         WHERE endpoint_id = ? AND status = 'pending'"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    Self::insert_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn fan_out_events(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    let events = sqlx::query(&$sql("SELECT id, type, at, workspace_id FROM events WHERE fanned_out = 0 ORDER BY id LIMIT ?"))
+                        .bind(i64::from(limit))
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let mut created = 0;
+                    for event in &events {
+                        let event_id: String = event.get_col("id")?;
+                        let kind: String = event.get_col("type")?;
+                        let kind = kind.parse::<EventType>().ok();
+                        let endpoints = sqlx::query(&$sql("SELECT * FROM webhook_endpoints \
+                             WHERE deleted_at IS NULL AND created_at <= ? AND (workspace_id IS NULL OR workspace_id = ?) ORDER BY id"))
+                        .bind(event.int("at")?)
+                        .bind(event.opt_text("workspace_id")?)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        for endpoint in endpoints.iter().map(webhook_from_row) {
+                            let endpoint = endpoint?;
+                            if !kind.is_some_and(|kind| endpoint.events.matches(kind)) {
+                                continue;
+                            }
+                            created += sqlx::query(&$sql("INSERT INTO webhook_deliveries (id, endpoint_id, event_id, status, attempts, created_at, next_attempt_at) \
+                                 VALUES (?, ?, ?, 'pending', 0, ?, ?) ON CONFLICT DO NOTHING"))
+                            .bind(delivery_id(&event_id, &endpoint.id))
+                            .bind(&endpoint.id)
+                            .bind(&event_id)
+                            .bind(ms(now))
+                            .bind(ms(now))
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                        }
+                        sqlx::query(&$sql("UPDATE events SET fanned_out = 1 WHERE id = ?"))
+                            .bind(&event_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(created)
+                }
+
+                async fn claim_deliveries(
+                    &self,
+                    now: DateTime<Utc>,
+                    lease_until: DateTime<Utc>,
+                    lease_token: &str,
+                    limit: u32,
+                ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+                    // The outer conditions repeat the inner ones: a row another
+                    // node leased meanwhile is re-checked, and skipped, on PostgreSQL.
+                    let claimed: Vec<String> = sqlx::query_scalar(&$sql("UPDATE webhook_deliveries SET lease_until = ?, lease_token = ? \
+                         WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ? \
+                           AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at LIMIT ?) \
+                         AND status = 'pending' AND (lease_until IS NULL OR lease_until <= ?) RETURNING id"))
+                    .bind(ms(lease_until))
+                    .bind(lease_token)
+                    .bind(ms(now))
+                    .bind(ms(now))
+                    .bind(i64::from(limit))
+                    .bind(ms(now))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    if claimed.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT d.id, d.attempts, d.event_id, d.endpoint_id, e.at, e.body, w.url, w.secret \
+                         FROM webhook_deliveries d JOIN events e ON e.id = d.event_id \
+                         JOIN webhook_endpoints w ON w.id = d.endpoint_id WHERE d.lease_token = ",
+                    );
+                    q.push_bind(lease_token).push(" AND d.id IN (");
+                    let mut ids = q.separated(", ");
+                    for id in &claimed {
+                        ids.push_bind(id);
+                    }
+                    q.push(") ORDER BY d.next_attempt_at, d.id");
+                    let rows = q.build().fetch_all(&self.pool).await?;
+                    rows.iter().map(|row| claimed_from_row(row, lease_token)).collect()
+                }
+
+                async fn finish_delivery(
+                    &self,
+                    id: &str,
+                    lease_token: &str,
+                    attempt: &DeliveryAttempt,
+                    next: DeliveryNext,
+                ) -> Result<bool, StoreError> {
+                    let (status, next_attempt_at, delivered_at) = match next {
+                        DeliveryNext::Delivered => (DeliveryStatus::Delivered, attempt.at, Some(ms(attempt.at))),
+                        DeliveryNext::RetryAt(at) => (DeliveryStatus::Pending, at, None),
+                        DeliveryNext::GiveUp => (DeliveryStatus::Failed, attempt.at, None),
+                    };
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query(&$sql("UPDATE webhook_deliveries SET attempts = attempts + 1, status = ?, next_attempt_at = ?, \
+                         delivered_at = ?, lease_until = NULL, lease_token = NULL WHERE id = ? AND lease_token = ?"))
+                    .bind(status.as_str())
+                    .bind(ms(next_attempt_at))
+                    .bind(delivered_at)
+                    .bind(id)
+                    .bind(lease_token)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        return Ok(false);
+                    }
+                    sqlx::query(&$sql("INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, error, duration_ms) \
+                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"))
+                    .bind(id)
+                    .bind(i64::from(attempt.attempt))
+                    .bind(ms(attempt.at))
+                    .bind(attempt.status_code.map(i64::from))
+                    .bind(&attempt.error)
+                    .bind(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX))
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(true)
+                }
+
+                async fn list_deliveries(&self, endpoint_id: &str, page: &Page) -> Result<Paged<Delivery>, StoreError> {
+                    let size = page.size();
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT d.id, d.endpoint_id, d.event_id, e.type, d.status, d.created_at, d.next_attempt_at, d.delivered_at \
+                         FROM webhook_deliveries d JOIN events e ON e.id = d.event_id WHERE d.endpoint_id = ",
+                    );
+                    q.push_bind(endpoint_id);
+                    if let Some(cursor) = &page.cursor {
+                        q.push(" AND d.id < ").push_bind(cursor);
+                    }
+                    q.push(" ORDER BY d.id DESC LIMIT ").push_bind(i64::from(size) + 1);
+                    let rows = q.build().fetch_all(&self.pool).await?;
+                    let items = rows.iter().map(delivery_from_row).collect::<Result<Vec<_>, _>>()?;
+                    let mut page = paged(items, size, |d| &d.id);
+                    if page.items.is_empty() {
+                        return Ok(page);
+                    }
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT delivery_id, attempt, at, status_code, error, duration_ms FROM webhook_attempts WHERE delivery_id IN (",
+                    );
+                    let mut ids = q.separated(", ");
+                    for delivery in &page.items {
+                        ids.push_bind(&delivery.id);
+                    }
+                    q.push(") ORDER BY delivery_id, attempt");
+                    for row in q.build().fetch_all(&self.pool).await? {
+                        let (delivery_id, attempt) = attempt_from_row(&row)?;
+                        if let Some(delivery) = page.items.iter_mut().find(|d| d.id == delivery_id) {
+                            delivery.attempts.push(attempt);
+                        }
+                    }
+                    Ok(page)
+                }
             }
 
             impl $store {
+                /// Returns 1 if the event was added, 0 if its dedup key or
+                /// quiet period ruled it out.
+                async fn insert_event(tx: &mut sqlx::Transaction<'_, $db>, event: &NewEvent) -> Result<u64, StoreError> {
+                    let added = sqlx::query(&$sql("INSERT INTO events (id, type, at, workspace_id, subject, dedup_key, body) \
+                         SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS \
+                         (SELECT 1 FROM events WHERE subject = ? AND type = ? AND at >= ?) ON CONFLICT DO NOTHING"))
+                    .bind(&event.id)
+                    .bind(event.kind.as_str())
+                    .bind(ms(event.at))
+                    .bind(&event.workspace_id)
+                    .bind(&event.subject)
+                    .bind(&event.dedup_key)
+                    .bind(&event.body)
+                    .bind(&event.subject)
+                    .bind(event.kind.as_str())
+                    .bind(event.quiet_since.map_or(i64::MAX, ms))
+                    .execute(&mut **tx)
+                    .await?;
+                    Ok(added.rows_affected())
+                }
+
                 async fn insert_audit(tx: &mut sqlx::Transaction<'_, $db>, event: &AuditEvent) -> Result<(), StoreError> {
                     sqlx::query(&$sql("INSERT INTO audit_events (id, at, actor, actor_ip, action, object_type, object_id, workspace_id, details) \
                          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"))
@@ -657,6 +1118,9 @@ macro_rules! sql_store {
                     .bind(to_json(&event.details)?)
                     .execute(&mut **tx)
                     .await?;
+                    if let Some(kind) = EventType::published_for_action(&event.action) {
+                        Self::insert_event(tx, &published_event(event, kind)).await?;
+                    }
                     Ok(())
                 }
 

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 mod multinode;
 mod tcp_cut;
+mod webhooks;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 

@@ -15,7 +15,7 @@ use keygate_core::model::KeyStatus;
 use keygate_core::{ErrorCatalog, ErrorFormat};
 use keygate_engine::admin::Granularity;
 use keygate_engine::{Actor, Engine, Hearing};
-use keygate_store::{AuditFilter, KeyFilter, Page, MAX_PAGE_SIZE};
+use keygate_store::{AuditFilter, EventListFilter, KeyFilter, Page, MAX_PAGE_SIZE};
 use serde_json::json;
 use utoipa::OpenApi;
 
@@ -102,6 +102,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/keys/{id}/rotate", post(rotate_key))
         .route("/v1/keys/{id}/usage", get(key_usage))
         .route("/v1/audit-events", get(audit_events))
+        .route("/v1/events", get(list_events))
+        .route("/v1/webhooks", post(create_webhook).get(list_webhooks))
+        .route("/v1/webhooks/{id}", get(get_webhook).delete(delete_webhook))
+        .route("/v1/webhooks/{id}/deliveries", get(webhook_deliveries))
         .merge(dashboard)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -555,6 +559,108 @@ async fn create_portal_session(
     ))
 }
 
+/// The outbox: what webhooks receive, newest first.
+#[utoipa::path(get, path = "/v1/events", tag = "webhooks",
+    params(("workspace_id" = Option<String>, Query), ("key_id" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = EventList), (status = 404, body = ErrorEnvelope)))]
+async fn list_events(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    QueryParams(query): QueryParams<EventQuery>,
+) -> Result<Json<EventList>, ApiError> {
+    let filter = EventListFilter {
+        workspace_id: query.workspace_id,
+        subject: query.key_id,
+    };
+    let paged = state
+        .engine
+        .list_events(&actor, filter, &page(query.limit, query.cursor)?)
+        .await?;
+    Ok(Json(EventList {
+        data: paged.items.iter().map(EventView::from).collect(),
+        next_cursor: paged.next_cursor,
+    }))
+}
+
+/// Creates an endpoint. The response is the only place its signing secret appears.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
+    security(("api_key" = []), ("bearer" = [])), responses((status = 201, body = CreatedWebhook), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+async fn create_webhook(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    JsonBody(body): JsonBody<CreateWebhook>,
+) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
+    let endpoint = state.engine.create_webhook(&actor, body.into()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedWebhook {
+            secret: endpoint.secret.expose(),
+            webhook: WebhookView::from(&endpoint),
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
+    params(("workspace_id" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = WebhookList)))]
+async fn list_webhooks(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    QueryParams(query): QueryParams<WebhookListQuery>,
+) -> Result<Json<WebhookList>, ApiError> {
+    let paged = state
+        .engine
+        .list_webhooks(&actor, query.workspace_id.as_deref(), &page(query.limit, query.cursor)?)
+        .await?;
+    Ok(Json(WebhookList {
+        data: paged.items.iter().map(WebhookView::from).collect(),
+        next_cursor: paged.next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = WebhookView), (status = 404, body = ErrorEnvelope)))]
+async fn get_webhook(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let endpoint = state.engine.get_webhook(&actor, &id).await?;
+    Ok(Json(WebhookView::from(&endpoint)))
+}
+
+/// Stops deliveries to the endpoint; its pending deliveries are dropped as failed.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 204), (status = 404, body = ErrorEnvelope)))]
+async fn delete_webhook(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
+    state.engine.delete_webhook(&actor, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deliveries to the endpoint, newest first, each with every attempt.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    params(("id" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = DeliveryList), (status = 404, body = ErrorEnvelope)))]
+async fn webhook_deliveries(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+    QueryParams(query): QueryParams<PageQuery>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let paged = state
+        .engine
+        .webhook_deliveries(&actor, &id, &page(query.limit, query.cursor)?)
+        .await?;
+    Ok(Json(DeliveryList {
+        data: paged.items.iter().map(DeliveryView::from).collect(),
+        next_cursor: paged.next_cursor,
+    }))
+}
+
 struct SecuritySchemes;
 
 impl utoipa::Modify for SecuritySchemes {
@@ -574,11 +680,12 @@ impl utoipa::Modify for SecuritySchemes {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "keygate admin API", description = "Workspaces, API keys, verification and audit events."),
+    info(title = "keygate admin API", description = "Workspaces, API keys, verification, audit events, events and webhooks."),
     paths(
         healthz, readyz, metrics, create_workspace, list_workspaces, get_workspace, update_workspace, delete_workspace,
         create_key, list_keys, get_key, update_key, delete_key, revoke_key, rotate_key, key_usage, verify_key,
-        audit_events, create_portal_session
+        audit_events, create_portal_session, list_events, create_webhook, list_webhooks, get_webhook, delete_webhook,
+        webhook_deliveries
     ),
     components(schemas(ErrorEnvelope)),
     modifiers(&SecuritySchemes)

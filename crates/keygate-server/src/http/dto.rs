@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use keygate_core::limits::{LimitScope, LimitSpec};
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_engine::admin::UsageBucket;
-use keygate_store::AuditEvent;
+use keygate_store::{AuditEvent, Delivery, StoredEvent, WebhookEndpoint};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -460,4 +460,175 @@ pub struct UsageQuery {
     pub to: Option<DateTime<Utc>>,
     /// `minute` (default), `hour` or `day`.
     pub granularity: Option<String>,
+}
+
+// ----- events and webhooks -----
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// Where deliveries are POSTed: an `http://` or `https://` URL.
+    pub url: String,
+    /// The workspace whose events it receives; absent for every workspace's
+    /// (admin keys only).
+    pub workspace_id: Option<String>,
+    /// Event types to receive (`key.revoked`, `usage.anomaly`, ...); empty or absent for all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    pub description: Option<String>,
+}
+
+impl From<CreateWebhook> for keygate_engine::webhooks::NewWebhook {
+    fn from(w: CreateWebhook) -> Self {
+        Self {
+            url: w.url,
+            workspace_id: w.workspace_id,
+            events: w.events,
+            description: w.description,
+        }
+    }
+}
+
+/// A webhook endpoint. Its signing secret is shown only when it is created.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    pub workspace_id: Option<String>,
+    /// The event types it receives; empty means all.
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+}
+
+impl From<&WebhookEndpoint> for WebhookView {
+    fn from(w: &WebhookEndpoint) -> Self {
+        Self {
+            id: w.id.clone(),
+            url: w.url.clone(),
+            workspace_id: w.workspace_id.clone(),
+            events: w.events.names(),
+            description: w.description.clone(),
+            created_at: w.created_at,
+            created_by: w.created_by.clone(),
+        }
+    }
+}
+
+/// A new endpoint with its signing secret: the only response that carries it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedWebhook {
+    /// `whsec_...`: verify deliveries with it (Standard Webhooks). Shown once.
+    pub secret: String,
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookList {
+    pub data: Vec<WebhookView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct WebhookListQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    pub workspace_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    /// The receiver's HTTP status; absent when no answer came.
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// One event on its way to one endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    pub id: String,
+    /// The `webhook-id` header of every attempt.
+    pub event_id: String,
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed` (given up).
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub attempts: Vec<AttemptView>,
+}
+
+impl From<&Delivery> for DeliveryView {
+    fn from(d: &Delivery) -> Self {
+        Self {
+            id: d.id.clone(),
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.clone(),
+            status: d.status.as_str().to_owned(),
+            created_at: d.created_at,
+            next_attempt_at: d.next_attempt_at,
+            delivered_at: d.delivered_at,
+            attempts: d
+                .attempts
+                .iter()
+                .map(|a| AttemptView {
+                    attempt: a.attempt,
+                    at: a.at,
+                    status_code: a.status_code,
+                    error: a.error.clone(),
+                    duration_ms: a.duration_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    pub data: Vec<DeliveryView>,
+    pub next_cursor: Option<String>,
+}
+
+/// An event from the outbox, as its webhooks receive it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub workspace_id: Option<String>,
+    /// The body every delivery sends: `{type, timestamp, data}`.
+    #[schema(value_type = Object)]
+    pub payload: Value,
+}
+
+impl From<&StoredEvent> for EventView {
+    fn from(e: &StoredEvent) -> Self {
+        Self {
+            id: e.id.clone(),
+            kind: e.kind.clone(),
+            at: e.at,
+            workspace_id: e.workspace_id.clone(),
+            payload: serde_json::from_str(&e.body).unwrap_or(Value::Null),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    pub data: Vec<EventView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EventQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    pub workspace_id: Option<String>,
+    pub key_id: Option<String>,
 }

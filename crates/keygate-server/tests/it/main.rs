@@ -14,3 +14,4 @@ mod proxy;
 mod ratelimits;
 mod seeds;
 mod support;
+mod webhooks;

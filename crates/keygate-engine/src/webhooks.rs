@@ -1,0 +1,409 @@
+//! Webhook endpoints (admin operations) and the delivery loop.
+//!
+//! Delivery reads only the outbox: events are fanned out to one delivery row
+//! per matching endpoint, a node leases due rows, sends them signed, and
+//! writes each attempt's result under its lease. A node that dies mid-send
+//! leaves a lease that lapses, and another node (or itself, restarted) sends
+//! again; nothing is held only in memory. The delivery guarantee is at least
+//! once with a stable `webhook-id`; a repeat happens only if a node dies
+//! between the receiver's answer and recording it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keygate_core::events::EventFilter;
+use keygate_core::id::{self, ADMIN_WORKSPACE_ID, WEBHOOK_PREFIX};
+use keygate_core::webhook::{retry_delay, WebhookSecret};
+use keygate_store::{
+    ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryNext, EventListFilter, Page, Paged, StoreError, StoredEvent,
+    WebhookEndpoint,
+};
+use serde_json::json;
+
+use crate::admin::{Actor, ActorScope};
+use crate::verifier::Engine;
+use crate::AdminError;
+
+pub const MAX_URL_LEN: usize = 2_000;
+pub const MAX_DESCRIPTION_LEN: usize = 500;
+/// Events fanned out per round.
+const FAN_OUT_BATCH: u32 = 500;
+/// A lease outlives the send's timeout by this much, so a slow answer is
+/// recorded before another node may take the delivery over.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// `[webhooks]` of the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSettings {
+    /// The longest one attempt may take.
+    pub timeout: Duration,
+    /// The wait after the first failed attempt; it doubles after each.
+    pub retry_base: Duration,
+    /// The longest wait between attempts.
+    pub retry_max: Duration,
+    /// A delivery still failing this long after its event is given up.
+    pub give_up_after: chrono::Duration,
+    /// How often a node looks for due deliveries.
+    pub poll_interval: Duration,
+    /// Deliveries one node sends at once.
+    pub batch: u32,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            retry_base: Duration::from_secs(30),
+            retry_max: Duration::from_secs(3600),
+            give_up_after: chrono::Duration::hours(24),
+            poll_interval: Duration::from_secs(1),
+            batch: 32,
+        }
+    }
+}
+
+/// One signed POST to a receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRequest {
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+/// Sends a webhook and returns the receiver's HTTP status, or why no answer
+/// came. The HTTP layer implements it; tests can too.
+#[async_trait]
+pub trait WebhookSender: Send + Sync + 'static {
+    async fn send(&self, request: WebhookRequest, timeout: Duration) -> Result<u16, String>;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewWebhook {
+    pub url: String,
+    /// `None`: a global endpoint, for every workspace's events (admin keys only).
+    pub workspace_id: Option<String>,
+    pub events: Vec<String>,
+    pub description: Option<String>,
+}
+
+/// What one delivery round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryRound {
+    pub delivered: u32,
+    pub failed: u32,
+    pub gave_up: u32,
+}
+
+impl DeliveryRound {
+    pub fn attempts(&self) -> u32 {
+        self.delivered + self.failed + self.gave_up
+    }
+}
+
+fn validate_url(url: &str) -> Result<String, AdminError> {
+    let url = url.trim();
+    if url.len() > MAX_URL_LEN {
+        return Err(AdminError::validation(
+            "url",
+            format!("must be at most {MAX_URL_LEN} characters"),
+        ));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| AdminError::validation("url", format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(AdminError::validation(
+            "url",
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    Ok(parsed.to_string())
+}
+
+fn validate_description(description: Option<String>) -> Result<Option<String>, AdminError> {
+    let description = description.map(|d| d.trim().to_owned()).filter(|d| !d.is_empty());
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_LEN)
+    {
+        return Err(AdminError::validation(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_LEN} characters"),
+        ));
+    }
+    Ok(description)
+}
+
+impl Engine {
+    // ----- endpoints -----
+
+    /// Creates an endpoint; its secret is in the result, to be shown once.
+    pub async fn create_webhook(&self, actor: &Actor, input: NewWebhook) -> Result<WebhookEndpoint, AdminError> {
+        match &input.workspace_id {
+            None if actor.scope != ActorScope::Admin => {
+                return Err(AdminError::Forbidden("a global webhook needs an admin key"))
+            }
+            None => {}
+            Some(workspace_id) => {
+                self.get_workspace(actor, workspace_id).await?;
+            }
+        }
+        let events = EventFilter::parse(&input.events).map_err(|e| AdminError::validation("events", e))?;
+        let now = self.now();
+        let endpoint = WebhookEndpoint {
+            id: self.new_id(WEBHOOK_PREFIX, now),
+            workspace_id: input.workspace_id,
+            url: validate_url(&input.url)?,
+            secret: WebhookSecret::generate(&mut rand::thread_rng()),
+            events,
+            description: validate_description(input.description)?,
+            created_at: now,
+            created_by: Some(actor.id.clone()),
+        };
+        let details = json!({"url": endpoint.url, "events": endpoint.events.names()});
+        let audit_ws = endpoint.workspace_id.as_deref().unwrap_or(ADMIN_WORKSPACE_ID);
+        let event = self.audit_event(actor, "webhook.created", &endpoint.id, audit_ws, details, now);
+        self.store.insert_webhook(&endpoint, &event).await?;
+        Ok(endpoint)
+    }
+
+    /// An endpoint the caller may see: its workspace's, or any for an admin.
+    pub async fn get_webhook(&self, actor: &Actor, id: &str) -> Result<WebhookEndpoint, AdminError> {
+        if !id::looks_like(WEBHOOK_PREFIX, id) {
+            return Err(AdminError::NotFound);
+        }
+        match self.store.get_webhook(id).await? {
+            Some(endpoint) if self.may_see_webhook(actor, &endpoint) => Ok(endpoint),
+            _ => Err(AdminError::NotFound),
+        }
+    }
+
+    fn may_see_webhook(&self, actor: &Actor, endpoint: &WebhookEndpoint) -> bool {
+        match (&actor.scope, &endpoint.workspace_id) {
+            (ActorScope::Admin, _) => true,
+            (ActorScope::Workspace(own), Some(workspace_id)) => own == workspace_id,
+            (ActorScope::Workspace(_), None) => false,
+        }
+    }
+
+    /// A workspace key lists its workspace's endpoints; an admin lists one
+    /// workspace's, or every endpoint.
+    pub async fn list_webhooks(
+        &self,
+        actor: &Actor,
+        workspace_id: Option<&str>,
+        page: &Page,
+    ) -> Result<Paged<WebhookEndpoint>, AdminError> {
+        let workspace_id = match (&actor.scope, workspace_id) {
+            (ActorScope::Workspace(own), Some(asked)) if own != asked => return Err(AdminError::NotFound),
+            (ActorScope::Workspace(own), _) => Some(own.as_str()),
+            (ActorScope::Admin, asked) => asked,
+        };
+        Ok(self.store.list_webhooks(workspace_id, page).await?)
+    }
+
+    pub async fn delete_webhook(&self, actor: &Actor, id: &str) -> Result<(), AdminError> {
+        let endpoint = self.get_webhook(actor, id).await?;
+        let now = self.now();
+        let audit_ws = endpoint.workspace_id.as_deref().unwrap_or(ADMIN_WORKSPACE_ID);
+        let event = self.audit_event(
+            actor,
+            "webhook.deleted",
+            id,
+            audit_ws,
+            json!({"url": endpoint.url}),
+            now,
+        );
+        Ok(self.store.delete_webhook(id, now, &event).await?)
+    }
+
+    pub async fn webhook_deliveries(
+        &self,
+        actor: &Actor,
+        id: &str,
+        page: &Page,
+    ) -> Result<Paged<Delivery>, AdminError> {
+        self.get_webhook(actor, id).await?;
+        Ok(self.store.list_deliveries(id, page).await?)
+    }
+
+    /// The outbox, newest first: a workspace's events, or a key's.
+    pub async fn list_events(
+        &self,
+        actor: &Actor,
+        mut filter: EventListFilter,
+        page: &Page,
+    ) -> Result<Paged<StoredEvent>, AdminError> {
+        if let Some(key_id) = &filter.subject {
+            let key = self.get_key(actor, key_id).await?;
+            filter.workspace_id.get_or_insert(key.workspace_id);
+        }
+        if let ActorScope::Workspace(own) = &actor.scope {
+            if filter.workspace_id.as_ref().is_some_and(|ws| ws != own) {
+                return Err(AdminError::NotFound);
+            }
+            filter.workspace_id = Some(own.clone());
+        }
+        Ok(self.store.list_events(&filter, page).await?)
+    }
+
+    // ----- delivery -----
+
+    /// One round: fan out new events, lease the due deliveries, send them
+    /// concurrently and record every attempt.
+    pub async fn deliver_webhooks(&self, sender: &dyn WebhookSender) -> Result<DeliveryRound, StoreError> {
+        let now = self.now();
+        self.store.fan_out_events(now, FAN_OUT_BATCH).await?;
+        let settings = &self.settings.webhooks;
+        let lease = chrono::Duration::from_std(settings.timeout + LEASE_MARGIN).unwrap_or(chrono::Duration::MAX);
+        let token = self.new_id("lease", now);
+        let claimed = self
+            .store
+            .claim_deliveries(now, now + lease, &token, settings.batch)
+            .await?;
+        let results = futures::future::join_all(claimed.iter().map(|delivery| self.attempt(sender, delivery))).await;
+        let mut round = DeliveryRound::default();
+        for result in results {
+            match result? {
+                DeliveryNext::Delivered => round.delivered += 1,
+                DeliveryNext::RetryAt(_) => round.failed += 1,
+                DeliveryNext::GiveUp => round.gave_up += 1,
+            }
+        }
+        Ok(round)
+    }
+
+    async fn attempt(
+        &self,
+        sender: &dyn WebhookSender,
+        delivery: &ClaimedDelivery,
+    ) -> Result<DeliveryNext, StoreError> {
+        let sent_at = self.now();
+        let timestamp = sent_at.timestamp();
+        let request = WebhookRequest {
+            url: delivery.url.clone(),
+            headers: vec![
+                ("content-type", "application/json".to_owned()),
+                ("webhook-id", delivery.event_id.clone()),
+                ("webhook-timestamp", timestamp.to_string()),
+                (
+                    "webhook-signature",
+                    delivery.secret.sign(&delivery.event_id, timestamp, &delivery.body),
+                ),
+            ],
+            body: delivery.body.clone(),
+        };
+        let started = Instant::now();
+        let answer = sender.send(request, self.settings.webhooks.timeout).await;
+        let took = started.elapsed();
+        let (status_code, error) = match answer {
+            Ok(code) if (200..300).contains(&code) => (Some(code), None),
+            Ok(code) => (Some(code), Some(format!("the receiver answered HTTP {code}"))),
+            Err(error) => (None, Some(error)),
+        };
+        let next = if error.is_none() {
+            DeliveryNext::Delivered
+        } else {
+            self.next_try(delivery, self.now())
+        };
+        let attempt = DeliveryAttempt {
+            attempt: delivery.attempts + 1,
+            at: sent_at,
+            status_code,
+            error,
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        };
+        let result = match next {
+            DeliveryNext::Delivered => "delivered",
+            DeliveryNext::RetryAt(_) => "failed",
+            DeliveryNext::GiveUp => "gave_up",
+        };
+        self.metrics.webhook_attempt(result, took);
+        if !self
+            .store
+            .finish_delivery(&delivery.id, &delivery.lease_token, &attempt, next)
+            .await?
+        {
+            tracing::warn!(delivery = %delivery.id, "a webhook lease lapsed before its result was written");
+        }
+        Ok(next)
+    }
+
+    /// Backoff after a failure, with one last try at the give-up time.
+    fn next_try(&self, delivery: &ClaimedDelivery, now: DateTime<Utc>) -> DeliveryNext {
+        let settings = &self.settings.webhooks;
+        let give_up_at = delivery.event_at + settings.give_up_after;
+        if now >= give_up_at {
+            return DeliveryNext::GiveUp;
+        }
+        let wait = retry_delay(delivery.attempts + 1, settings.retry_base, settings.retry_max);
+        let retry_at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+        DeliveryNext::RetryAt(retry_at.min(give_up_at))
+    }
+
+    /// Scans for events every `events.scan_interval` and delivers webhooks
+    /// every `webhooks.poll_interval`, until `shutdown` resolves.
+    pub async fn run_event_workers(
+        self: Arc<Self>,
+        sender: Arc<dyn WebhookSender>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        if !self.settings.events.enabled {
+            return shutdown.await;
+        }
+        tokio::pin!(shutdown);
+        let mut ticker = tokio::time::interval(self.settings.webhooks.poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_scan: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = &mut shutdown => break,
+            }
+            if last_scan.is_none_or(|at| at.elapsed() >= self.settings.events.scan_interval) {
+                last_scan = Some(Instant::now());
+                if let Err(err) = self.scan_for_events().await {
+                    tracing::warn!(error = %err, "the event scan failed; will retry");
+                }
+            }
+            match self.deliver_webhooks(sender.as_ref()).await {
+                Ok(round) if round.attempts() > 0 => tracing::debug!(?round, "webhooks sent"),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "webhook delivery round failed; will retry"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_http_or_https_with_a_host() {
+        assert_eq!(
+            validate_url(" https://example.com/hook ").unwrap(),
+            "https://example.com/hook"
+        );
+        for bad in [
+            "ftp://example.com",
+            "not a url",
+            "https://",
+            "file:///etc/passwd",
+            "mailto:a@b.c",
+        ] {
+            assert!(validate_url(bad).is_err(), "{bad}");
+        }
+        assert!(validate_url(&format!("https://example.com/{}", "a".repeat(MAX_URL_LEN))).is_err());
+    }
+
+    #[test]
+    fn descriptions_are_trimmed_and_bounded() {
+        assert_eq!(validate_description(Some("  ".into())).unwrap(), None);
+        assert_eq!(
+            validate_description(Some(" ops ".into())).unwrap().as_deref(),
+            Some("ops")
+        );
+        assert!(validate_description(Some("x".repeat(MAX_DESCRIPTION_LEN + 1))).is_err());
+    }
+}
