@@ -14,6 +14,10 @@
 # The proxy under test gets one CPU (taskset), wrk and the upstream the other,
 # so nginx (one worker) and keygate (tokio sees one CPU) compete on equal terms.
 # Access logs are off on both sides: this measures the proxy, not the disk.
+# With EVENTS=compare, three more cases on the same store and keys (issue 7):
+#   8. case 4 with usage recording and events off (`usage.enabled = false`,
+#      `events.enabled = false`): no counters, no outbox, no scans;
+#   9. case 4 again, with both on, so that drift shows.
 #
 # Usage: bash scripts/bench/gateway.sh        (DURATION=10s CONNECTIONS=64 KEYS=10000)
 # Everything it starts listens on 127.0.0.1 and is stopped on exit.
@@ -43,8 +47,8 @@ write_keygate_config "$WORK/keygate.toml" "$KEYGATE_PORT" "$KEYGATE_ADMIN_PORT" 
 mkdir -p "$WORK/keygate"
 KEYGATE_CONFIG="$WORK/keygate.toml" "$KEYGATE" migrate >/dev/null
 ADMIN_KEY=$(admin_key_for "$WORK/keygate.toml")
-start_keygate() { # binary
-  KEYGATE_CONFIG="$WORK/keygate.toml" KEYGATE_LOG=warn "${PIN_PROXY[@]}" "$1" serve >>"$WORK/keygate.out" 2>>"$WORK/keygate.err" &
+start_keygate() { # binary, [config file]
+  KEYGATE_CONFIG="${2:-$WORK/keygate.toml}" KEYGATE_LOG=warn "${PIN_PROXY[@]}" "$1" serve >>"$WORK/keygate.out" 2>>"$WORK/keygate.err" &
   PIDS+=($!)
   KEYGATE_PID=$!
   wait_for_port "$KEYGATE_ADMIN_PORT"
@@ -111,14 +115,26 @@ if [ -n "${BASELINE:-}" ]; then
   start_keygate "$KEYGATE"
   BENCH_KEYS="$WORK/keys.txt" run_wrk "7. keygate valid keys again" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
 fi
+if [ "${EVENTS:-}" = compare ]; then
+  { cat "$WORK/keygate.toml"; printf '[usage]\nenabled = false\n[events]\nenabled = false\n'; } >"$WORK/keygate-quiet.toml"
+  stop_keygate
+  start_keygate "$KEYGATE" "$WORK/keygate-quiet.toml"
+  BENCH_KEYS="$WORK/keys.txt" run_wrk "8. keygate, usage and events off" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
+  stop_keygate
+  start_keygate "$KEYGATE"
+  BENCH_KEYS="$WORK/keys.txt" run_wrk "9. keygate, usage and events on" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
+fi
 
 print_results
 awk -F'\t' '
-  NR == 3 { nginx = $2 }
-  NR == 4 { keygate = $2 }
-  NR == 6 { baseline = $2 }
-  NR == 7 { again = $2 }
+  $1 ~ /^3\./ { nginx = $2 }
+  $1 ~ /^4\./ { keygate = $2 }
+  $1 ~ /^6\./ { baseline = $2 }
+  $1 ~ /^7\./ { again = $2 }
+  $1 ~ /^8\./ { quiet = $2 }
+  $1 ~ /^9\./ { on_again = $2 }
   END {
+    if (quiet > 0) printf "usage and events on (mean of cases 4 and 9) / off (case 8): %.3f\n", (keygate + on_again) / 2 / quiet
     if (nginx > 0) printf "\nkeygate (case 4) / nginx with auth (case 3): %.2f\n", keygate / nginx
     if (baseline > 0) printf "keygate (mean of cases 4 and 7) / baseline (case 6): %.3f\n", (keygate + again) / 2 / baseline
   }

@@ -117,7 +117,36 @@ impl DashboardSession {
 struct SessionEntry {
     session: DashboardSession,
     /// Plaintext keys waiting to be shown once, by key id.
-    reveals: Vec<(String, PlaintextKey)>,
+    reveals: Vec<(String, Revealed)>,
+}
+
+/// A secret shown once, on the next view of its page: a new key's
+/// plaintext or a new webhook's signing secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revealed {
+    Key(PlaintextKey),
+    WebhookSecret(keygate_core::webhook::WebhookSecret),
+}
+
+impl Revealed {
+    pub fn expose(&self) -> String {
+        match self {
+            Self::Key(plaintext) => plaintext.expose().to_owned(),
+            Self::WebhookSecret(secret) => secret.expose(),
+        }
+    }
+}
+
+impl From<PlaintextKey> for Revealed {
+    fn from(plaintext: PlaintextKey) -> Self {
+        Self::Key(plaintext)
+    }
+}
+
+impl From<keygate_core::webhook::WebhookSecret> for Revealed {
+    fn from(secret: keygate_core::webhook::WebhookSecret) -> Self {
+        Self::WebhookSecret(secret)
+    }
 }
 
 struct PortalGrant {
@@ -211,15 +240,15 @@ impl SessionTable {
     }
 
     /// Keeps a new key's plaintext until the page that shows it once asks for it.
-    pub fn hold_reveal(&self, secret: &BrowserSecret, key_id: &str, plaintext: PlaintextKey) {
+    pub fn hold_reveal(&self, secret: &BrowserSecret, key_id: &str, plaintext: impl Into<Revealed>) {
         if let Some(entry) = lock(&self.sessions).get_mut(&secret.digest()) {
             entry.reveals.retain(|(id, _)| id != key_id);
-            entry.reveals.push((key_id.to_owned(), plaintext));
+            entry.reveals.push((key_id.to_owned(), plaintext.into()));
         }
     }
 
     /// The held plaintext of `key_id`, removed: a second call (a reload) gets nothing.
-    pub fn take_reveal(&self, secret: &BrowserSecret, key_id: &str) -> Option<PlaintextKey> {
+    pub fn take_reveal(&self, secret: &BrowserSecret, key_id: &str) -> Option<Revealed> {
         let mut sessions = lock(&self.sessions);
         let entry = sessions.get_mut(&secret.digest())?;
         let position = entry.reveals.iter().position(|(id, _)| id == key_id)?;
@@ -406,7 +435,7 @@ mod tests {
         sessions.hold_reveal(&secret, "key_1", plaintext.clone());
         assert!(sessions.take_reveal(&other, "key_1").is_none());
         assert!(sessions.take_reveal(&secret, "key_2").is_none());
-        assert_eq!(sessions.take_reveal(&secret, "key_1"), Some(plaintext));
+        assert_eq!(sessions.take_reveal(&secret, "key_1"), Some(Revealed::Key(plaintext)));
         assert!(sessions.take_reveal(&secret, "key_1").is_none());
     }
 

@@ -54,6 +54,8 @@ pub struct EngineSettings {
     /// The plan of workspaces that name none.
     pub default_plan: Option<String>,
     pub dashboard: crate::sessions::SessionSettings,
+    /// Off (`usage.enabled = false`): no usage counts and no last use.
+    pub record_usage: bool,
     pub usage_retention: crate::usage::UsageRetention,
     pub events: crate::events::EventSettings,
     pub webhooks: crate::webhooks::WebhookSettings,
@@ -182,6 +184,8 @@ pub struct Engine {
     pub(crate) sessions: crate::sessions::SessionTable,
     /// When this node last pruned old usage counts (Unix ms, engine clock).
     last_prune_ms: AtomicI64,
+    /// The minute this node last rolled usage up to (Unix seconds).
+    last_roll_until: AtomicI64,
 }
 
 impl Engine {
@@ -226,6 +230,7 @@ impl Engine {
             metrics: Metrics::default(),
             sessions,
             last_prune_ms: AtomicI64::new(i64::MIN),
+            last_roll_until: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -342,7 +347,7 @@ impl Engine {
     }
 
     fn record(&self, cached: &CachedKey, request: &VerifyRequest<'_>, outcome: &'static str, now: DateTime<Utc>) {
-        if request.record {
+        if request.record && self.settings.record_usage {
             self.usage
                 .record(&cached.key_id, &cached.workspace_id, outcome, request.client_ip, now);
         }
@@ -553,6 +558,16 @@ impl Engine {
             Ok(rows) => tracing::debug!(rows, "usage flushed"),
             Err(err) => tracing::warn!(error = %err, pending = self.pending_usage(), "usage flush failed; will retry"),
         }
+        let until = self.now().timestamp().div_euclid(60) * 60;
+        if until > self.last_roll_until.load(Ordering::Relaxed) {
+            match self.roll_up_usage().await {
+                Ok(rows) => {
+                    self.last_roll_until.store(until, Ordering::Relaxed);
+                    tracing::debug!(rows, "usage rolled up to hours and days");
+                }
+                Err(err) => tracing::warn!(error = %err, "rolling usage up failed; will retry"),
+            }
+        }
         let now_ms = self.now().timestamp_millis();
         let last = self.last_prune_ms.load(Ordering::Relaxed);
         if now_ms.saturating_sub(last) >= crate::usage::PRUNE_EVERY_MS {
@@ -562,6 +577,14 @@ impl Engine {
                 Err(err) => tracing::warn!(error = %err, "pruning old usage counts failed; will retry in an hour"),
             }
         }
+    }
+
+    /// Rolls the complete minutes not rolled up yet into hours and days (any
+    /// node; the store does it once). Reads never wait for it: they add the
+    /// minutes not rolled up. Returns the rollup rows written.
+    pub async fn roll_up_usage(&self) -> Result<u64, keygate_store::StoreError> {
+        let until = self.now().timestamp().div_euclid(60) * 60;
+        self.store.roll_up_usage(until).await
     }
 
     /// Deletes usage counts older than `usage.keep_*`; returns how many rows.

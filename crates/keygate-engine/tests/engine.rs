@@ -42,6 +42,7 @@ fn settings() -> EngineSettings {
         plans: Default::default(),
         default_plan: None,
         dashboard: Default::default(),
+        record_usage: true,
         usage_retention: Default::default(),
         events: Default::default(),
         webhooks: Default::default(),

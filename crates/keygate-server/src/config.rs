@@ -399,6 +399,8 @@ impl Default for ErrorsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UsageConfig {
+    /// Off: no usage counts and no last use are recorded (the benchmark's baseline).
+    pub enabled: bool,
     pub flush_interval: String,
     /// How long per-minute counts are kept.
     pub keep_minutes: String,
@@ -411,6 +413,7 @@ pub struct UsageConfig {
 impl Default for UsageConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             flush_interval: "5s".into(),
             keep_minutes: "7d".into(),
             keep_hours: "90d".into(),
@@ -770,6 +773,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             max_metadata_bytes: config.keys.max_metadata_bytes,
             plans,
             default_plan: config.limiter.default_plan.clone(),
+            record_usage: config.usage.enabled,
             usage_retention: UsageRetention {
                 minutes: chrono_duration(positive_duration("usage.keep_minutes", &config.usage.keep_minutes)?),
                 hours: chrono_duration(positive_duration("usage.keep_hours", &config.usage.keep_hours)?),

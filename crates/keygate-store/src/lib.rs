@@ -380,7 +380,8 @@ pub trait Store: Send + Sync + 'static {
     /// Adds counts (never overwrites) and moves `last_used_*` forward only.
     /// A batch id already applied is skipped, so a retry never counts twice.
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError>;
-    /// Counts of one key at one grain for the buckets that start in `[from, to)`, oldest first.
+    /// Counts of one key at one grain for the buckets that start in `[from, to)`,
+    /// oldest first, one row per bucket and outcome.
     async fn key_usage(
         &self,
         key_id: &str,
@@ -388,8 +389,14 @@ pub trait Store: Send + Sync + 'static {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<UsageCount>, StoreError>;
-    /// Deletes counts of buckets older than their grain's cutoff; returns how many rows.
+    /// Deletes counts of buckets older than their grain's cutoff; returns how
+    /// many rows. Minutes not yet rolled up are kept.
     async fn prune_usage(&self, cutoffs: &UsageCutoffs) -> Result<u64, StoreError>;
+    /// Rolls the minutes before `until` (Unix seconds) that are not rolled up
+    /// yet into hours and days, once, whichever node asks; returns the rollup
+    /// rows written. Reads include the minutes not rolled up, so this changes
+    /// what is stored, never what is read.
+    async fn roll_up_usage(&self, until: i64) -> Result<u64, StoreError>;
     /// Requests per key in `[recent_from, to)` and `[baseline_from, recent_from)`
     /// (Unix seconds), for keys with at least `min_recent` in the first.
     async fn key_activity(

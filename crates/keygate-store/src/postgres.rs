@@ -50,6 +50,12 @@ impl PostgresStore {
         Some(("SELECT pg_notify(?, ?)", &self.channel))
     }
 
+    /// Conflicts with the flushes' inserts (ROW EXCLUSIVE) and with other
+    /// jobs: the job waits for running flushes, and new ones wait for it.
+    fn roll_up_lock(&self) -> &'static str {
+        "LOCK TABLE usage_minutes IN SHARE ROW EXCLUSIVE MODE"
+    }
+
     async fn open_change_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
         Ok(Some(Box::new(PgChangeFeed {
             pool: self.pool.clone(),

@@ -156,6 +156,10 @@ pub(crate) fn roll_up(
 
 /// How long applied usage batch ids are remembered: far longer than any
 /// retry of a failed flush (a node retries until the store answers).
+/// Rows per multi-row statement of a usage flush: 6 values each stays far
+/// below SQLite's and PostgreSQL's limits on bound parameters.
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
+
 pub(crate) const USAGE_BATCH_MEMORY_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// `to` in whole seconds, rounded up: a minute that starts before `to` is in
@@ -669,41 +673,59 @@ macro_rules! sql_store {
                     counts.sort_by(|a, b| (&a.key_id, a.minute, &a.outcome).cmp(&(&b.key_id, b.minute, &b.outcome)));
                     let mut last_uses: Vec<&crate::LastUse> = batch.last_uses.iter().collect();
                     last_uses.sort_by(|a, b| a.key_id.cmp(&b.key_id));
-                    for row in counts {
-                        sqlx::query(&$sql("INSERT INTO usage_minutes (key_id, workspace_id, minute, outcome, count) VALUES (?, ?, ?, ?, ?) \
-                             ON CONFLICT (key_id, minute, outcome) DO UPDATE SET count = usage_minutes.count + excluded.count"))
-                        .bind(&row.key_id)
-                        .bind(&row.workspace_id)
-                        .bind(row.minute)
-                        .bind(&row.outcome)
-                        .bind(i64::try_from(row.count).unwrap_or(i64::MAX))
-                        .execute(&mut *tx)
-                        .await?;
+                    // Many rows per statement: a flush of 10,000 keys is a
+                    // few dozen statements, not 40,000 round trips.
+                    for chunk in counts.chunks(ROWS_PER_STATEMENT) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO usage_minutes (key_id, workspace_id, minute, outcome, count) ",
+                        );
+                        q.push_values(chunk, |mut row, count| {
+                            row.push_bind(&count.key_id)
+                                .push_bind(&count.workspace_id)
+                                .push_bind(count.minute)
+                                .push_bind(&count.outcome)
+                                .push_bind(i64::try_from(count.count).unwrap_or(i64::MAX));
+                        });
+                        q.push(" ON CONFLICT (key_id, minute, outcome) DO UPDATE SET count = usage_minutes.count + excluded.count");
+                        q.build().execute(&mut *tx).await?;
                     }
-                    // The rollups, after every minute row, in the same global order.
-                    for grain in [UsageGrain::Hour, UsageGrain::Day] {
-                        for ((key_id, start, outcome), (workspace_id, count)) in roll_up(&batch.counts, grain) {
-                            sqlx::query(&$sql("INSERT INTO usage_rollups (key_id, workspace_id, grain, start, outcome, count) VALUES (?, ?, ?, ?, ?, ?) \
-                                 ON CONFLICT (key_id, grain, start, outcome) DO UPDATE SET count = usage_rollups.count + excluded.count"))
-                            .bind(key_id)
-                            .bind(workspace_id)
-                            .bind(grain.seconds())
-                            .bind(start)
-                            .bind(outcome)
-                            .bind(i64::try_from(count).unwrap_or(i64::MAX))
-                            .execute(&mut *tx)
+                    // The roll-up job rolls complete minutes into hours and
+                    // days; minutes it has already passed (a retried batch, a
+                    // node whose clock is behind) are rolled up here. Read
+                    // after the minutes are written: on PostgreSQL that waits
+                    // for a running job, whose result is then seen.
+                    let rolled_until: i64 =
+                        sqlx::query_scalar(&$sql("SELECT rolled_until FROM usage_rollup_progress WHERE id = 1"))
+                            .fetch_one(&mut *tx)
                             .await?;
+                    let late: Vec<UsageCount> =
+                        batch.counts.iter().filter(|count| count.minute < rolled_until).cloned().collect();
+                    for grain in [UsageGrain::Hour, UsageGrain::Day] {
+                        let rolled: Vec<_> = roll_up(&late, grain).into_iter().collect();
+                        for chunk in rolled.chunks(ROWS_PER_STATEMENT) {
+                            let mut q = sqlx::QueryBuilder::<$db>::new(
+                                "INSERT INTO usage_rollups (key_id, workspace_id, grain, start, outcome, count) ",
+                            );
+                            q.push_values(chunk, |mut row, ((key_id, start, outcome), (workspace_id, count))| {
+                                row.push_bind(*key_id)
+                                    .push_bind(*workspace_id)
+                                    .push_bind(grain.seconds())
+                                    .push_bind(*start)
+                                    .push_bind(*outcome)
+                                    .push_bind(i64::try_from(*count).unwrap_or(i64::MAX));
+                            });
+                            q.push(" ON CONFLICT (key_id, grain, start, outcome) DO UPDATE SET count = usage_rollups.count + excluded.count");
+                            q.build().execute(&mut *tx).await?;
                         }
                     }
-                    for used in last_uses {
-                        sqlx::query(&$sql("UPDATE api_keys SET last_used_at = ?, last_used_ip = ? \
-                             WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)"))
-                        .bind(ms(used.at))
-                        .bind(&used.ip)
-                        .bind(&used.key_id)
-                        .bind(ms(used.at))
-                        .execute(&mut *tx)
-                        .await?;
+                    for chunk in last_uses.chunks(ROWS_PER_STATEMENT) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("WITH used (id, at, ip) AS (");
+                        q.push_values(chunk, |mut row, used| {
+                            row.push_bind(&used.key_id).push_bind(ms(used.at)).push_bind(&used.ip);
+                        });
+                        q.push(") UPDATE api_keys SET last_used_at = used.at, last_used_ip = used.ip FROM used \
+                             WHERE api_keys.id = used.id AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < used.at)");
+                        q.build().execute(&mut *tx).await?;
                     }
                     for event in &batch.events {
                         Self::insert_event(&mut tx, event).await?;
@@ -719,37 +741,94 @@ macro_rules! sql_store {
                     from: DateTime<Utc>,
                     to: DateTime<Utc>,
                 ) -> Result<Vec<UsageCount>, StoreError> {
-                    let sql = match grain {
-                        UsageGrain::Minute => $sql("SELECT key_id, workspace_id, minute, outcome, count FROM usage_minutes \
-                             WHERE key_id = ? AND minute >= ? AND minute < ? ORDER BY minute, outcome"),
-                        UsageGrain::Hour | UsageGrain::Day => $sql("SELECT key_id, workspace_id, start AS minute, outcome, count FROM usage_rollups \
-                             WHERE grain = ? AND key_id = ? AND start >= ? AND start < ? ORDER BY start, outcome"),
+                    let size = grain.seconds();
+                    let to = seconds_rounded_up(to);
+                    let rows = match grain {
+                        UsageGrain::Minute => sqlx::query(&$sql("SELECT key_id, workspace_id, minute, outcome, count FROM usage_minutes \
+                             WHERE key_id = ? AND minute >= ? AND minute < ?"))
+                            .bind(key_id)
+                            .bind(from.timestamp())
+                            .bind(to)
+                            .fetch_all(&self.pool)
+                            .await?,
+                        // The rollups, and the minutes not rolled up yet, in one
+                        // statement: one snapshot, so a job committing meanwhile
+                        // is seen in neither or in both.
+                        UsageGrain::Hour | UsageGrain::Day => sqlx::query(&$sql(&format!(
+                            "SELECT key_id, workspace_id, start AS minute, outcome, count FROM usage_rollups \
+                             WHERE grain = ? AND key_id = ? AND start >= ? AND start < ? \
+                             UNION ALL \
+                             SELECT key_id, workspace_id, minute - minute % {size} AS minute, outcome, count FROM usage_minutes \
+                             WHERE key_id = ? AND minute >= (SELECT rolled_until FROM usage_rollup_progress WHERE id = 1) \
+                             AND minute >= ? AND minute - minute % {size} < ?"
+                        )))
+                        .bind(size)
+                        .bind(key_id)
+                        .bind(from.timestamp())
+                        .bind(to)
+                        .bind(key_id)
+                        .bind(from.timestamp())
+                        .bind(to)
+                        .fetch_all(&self.pool)
+                        .await?,
                     };
-                    let mut query = sqlx::query(&sql);
-                    if grain != UsageGrain::Minute {
-                        query = query.bind(grain.seconds());
+                    let mut summed: std::collections::BTreeMap<(i64, String), UsageCount> = std::collections::BTreeMap::new();
+                    for row in &rows {
+                        let count = UsageCount {
+                            key_id: row.try_get("key_id")?,
+                            workspace_id: row.try_get("workspace_id")?,
+                            minute: row.try_get("minute")?,
+                            outcome: row.try_get("outcome")?,
+                            count: row.try_get::<i64, _>("count")?.unsigned_abs(),
+                        };
+                        summed
+                            .entry((count.minute, count.outcome.clone()))
+                            .and_modify(|sum| sum.count += count.count)
+                            .or_insert(count);
                     }
-                    let rows = query
-                    .bind(key_id)
-                    .bind(from.timestamp())
-                    .bind(seconds_rounded_up(to))
-                    .fetch_all(&self.pool)
-                    .await?;
-                    rows.iter()
-                        .map(|row| {
-                            Ok(UsageCount {
-                                key_id: row.try_get("key_id")?,
-                                workspace_id: row.try_get("workspace_id")?,
-                                minute: row.try_get("minute")?,
-                                outcome: row.try_get("outcome")?,
-                                count: row.try_get::<i64, _>("count")?.unsigned_abs(),
-                            })
-                        })
-                        .collect()
+                    Ok(summed.into_values().collect())
+                }
+
+                async fn roll_up_usage(&self, until: i64) -> Result<u64, StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    // Flushes wait while the job runs, and it sees every flush committed before.
+                    sqlx::query(&$sql(self.roll_up_lock())).execute(&mut *tx).await?;
+                    let from: i64 =
+                        sqlx::query_scalar(&$sql("SELECT rolled_until FROM usage_rollup_progress WHERE id = 1"))
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    if until <= from {
+                        tx.commit().await?;
+                        return Ok(0);
+                    }
+                    let mut rows = 0;
+                    for grain in [UsageGrain::Hour, UsageGrain::Day] {
+                        let size = grain.seconds();
+                        rows += sqlx::query(&$sql(&format!(
+                            "INSERT INTO usage_rollups (key_id, workspace_id, grain, start, outcome, count) \
+                             SELECT key_id, workspace_id, {size}, minute - minute % {size}, outcome, SUM(count) \
+                             FROM usage_minutes WHERE minute >= ? AND minute < ? \
+                             GROUP BY key_id, workspace_id, minute - minute % {size}, outcome \
+                             ON CONFLICT (key_id, grain, start, outcome) DO UPDATE SET count = usage_rollups.count + excluded.count"
+                        )))
+                        .bind(from)
+                        .bind(until)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    }
+                    sqlx::query(&$sql("UPDATE usage_rollup_progress SET rolled_until = ? WHERE id = 1"))
+                        .bind(until)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(rows)
                 }
 
                 async fn prune_usage(&self, cutoffs: &UsageCutoffs) -> Result<u64, StoreError> {
-                    let mut deleted = sqlx::query(&$sql("DELETE FROM usage_minutes WHERE minute < ?"))
+                    // Only minutes the job has rolled up: their counts live on in the hours and days.
+                    let mut deleted = sqlx::query(&$sql("DELETE FROM usage_minutes WHERE minute < ? \
+                         AND minute < (SELECT rolled_until FROM usage_rollup_progress WHERE id = 1)"))
                         .bind(cutoffs.minutes_before.timestamp())
                         .execute(&self.pool)
                         .await?
@@ -933,37 +1012,59 @@ macro_rules! sql_store {
                         .bind(i64::from(limit))
                         .fetch_all(&mut *tx)
                         .await?;
-                    let mut created = 0;
+                    if events.is_empty() {
+                        return Ok(0);
+                    }
+                    // Endpoints are few: read them once, match every event in memory.
+                    let endpoints = sqlx::query(&$sql("SELECT * FROM webhook_endpoints WHERE deleted_at IS NULL ORDER BY id"))
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(webhook_from_row)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let mut deliveries = Vec::new();
                     for event in &events {
                         let event_id: String = event.get_col("id")?;
-                        let kind: String = event.get_col("type")?;
-                        let kind = kind.parse::<EventType>().ok();
-                        let endpoints = sqlx::query(&$sql("SELECT * FROM webhook_endpoints \
-                             WHERE deleted_at IS NULL AND created_at <= ? AND (workspace_id IS NULL OR workspace_id = ?) ORDER BY id"))
-                        .bind(event.int("at")?)
-                        .bind(event.opt_text("workspace_id")?)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                        for endpoint in endpoints.iter().map(webhook_from_row) {
-                            let endpoint = endpoint?;
-                            if !kind.is_some_and(|kind| endpoint.events.matches(kind)) {
-                                continue;
+                        let kind = event.text("type")?.parse::<EventType>().ok();
+                        let at = from_ms(event.int("at")?)?;
+                        let workspace_id = event.opt_text("workspace_id")?;
+                        for endpoint in &endpoints {
+                            let receives = endpoint.created_at <= at
+                                && (endpoint.workspace_id.is_none() || endpoint.workspace_id == workspace_id)
+                                && kind.is_some_and(|kind| endpoint.events.matches(kind));
+                            if receives {
+                                deliveries.push((delivery_id(&event_id, &endpoint.id), endpoint.id.clone(), event_id.clone()));
                             }
-                            created += sqlx::query(&$sql("INSERT INTO webhook_deliveries (id, endpoint_id, event_id, status, attempts, created_at, next_attempt_at) \
-                                 VALUES (?, ?, ?, 'pending', 0, ?, ?) ON CONFLICT DO NOTHING"))
-                            .bind(delivery_id(&event_id, &endpoint.id))
-                            .bind(&endpoint.id)
-                            .bind(&event_id)
-                            .bind(ms(now))
-                            .bind(ms(now))
-                            .execute(&mut *tx)
-                            .await?
-                            .rows_affected();
                         }
-                        sqlx::query(&$sql("UPDATE events SET fanned_out = 1 WHERE id = ?"))
-                            .bind(&event_id)
-                            .execute(&mut *tx)
-                            .await?;
+                    }
+                    let mut created = 0;
+                    for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, status, attempts, created_at, next_attempt_at) ",
+                        );
+                        q.push_values(chunk, |mut row, (id, endpoint_id, event_id)| {
+                            row.push_bind(id)
+                                .push_bind(endpoint_id)
+                                .push_bind(event_id)
+                                .push_bind("pending")
+                                .push_bind(0_i64)
+                                .push_bind(ms(now))
+                                .push_bind(ms(now));
+                        });
+                        q.push(" ON CONFLICT DO NOTHING");
+                        created += q.build().execute(&mut *tx).await?.rows_affected();
+                    }
+                    // Exactly the events read: one committed meanwhile with a
+                    // smaller id (another node's) is left for the next round.
+                    let ids = events.iter().map(|event| event.text("id")).collect::<Result<Vec<_>, _>>()?;
+                    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE events SET fanned_out = 1 WHERE id IN (");
+                        let mut list = q.separated(", ");
+                        for id in chunk {
+                            list.push_bind(id);
+                        }
+                        q.push(")");
+                        q.build().execute(&mut *tx).await?;
                     }
                     tx.commit().await?;
                     Ok(created)

@@ -47,6 +47,12 @@ impl SqliteStore {
     fn announcement(&self) -> Option<(&'static str, &str)> {
         None
     }
+
+    /// A write first: the job holds SQLite's one write lock from its start,
+    /// so nothing is flushed while it reads the minutes.
+    fn roll_up_lock(&self) -> &'static str {
+        "UPDATE usage_rollup_progress SET rolled_until = rolled_until WHERE id = 1"
+    }
 }
 
 /// SQLite takes the `?` placeholders the shared SQL is written with.

@@ -52,7 +52,9 @@ macro_rules! store_suite {
             webhook_deliveries_fan_out_lease_and_finish_once,
             deleting_a_webhook_stops_its_deliveries,
             lifecycle_events_are_due_once,
-            key_activity_splits_recent_from_baseline
+            key_activity_splits_recent_from_baseline,
+            a_flush_larger_than_one_statement_is_written_whole,
+            the_roll_up_job_rolls_each_minute_once_and_reads_stay_exact
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -740,6 +742,16 @@ pub async fn pruning_drops_old_minutes_and_keeps_their_rollups(store: Arc<dyn St
         hours_before: at(old - 86_400),
         days_before: at(old - 86_400),
     };
+    assert_eq!(
+        store.prune_usage(&cutoffs).await.unwrap(),
+        0,
+        "minutes not rolled up yet are kept"
+    );
+    assert_eq!(
+        store.roll_up_usage(today + 60).await.unwrap(),
+        4,
+        "two hours and two days"
+    );
     assert_eq!(store.prune_usage(&cutoffs).await.unwrap(), 1, "the old minute only");
     let range = (at(old - 86_400), at(today + 86_400));
     let starts = |grain| {
@@ -1226,4 +1238,132 @@ pub async fn key_activity_splits_recent_from_baseline(store: Arc<dyn Store>) {
     assert_eq!((mine[0].recent, mine[0].baseline), (42, 10));
     assert_eq!(mine[0].workspace_id, ws.id);
     assert_eq!(mine[0].key_created_at, key.created_at);
+}
+
+/// 1,201 keys and 2 outcomes: the counts span several multi-row statements.
+pub async fn a_flush_larger_than_one_statement_is_written_whole(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    let minute = (now().timestamp() / 60) * 60;
+    let mut key_ids: Vec<String> = (0..1_200).map(|n| format!("key_bulk{n:05}{}", &ws.id[3..])).collect();
+    key_ids.push(key.id.clone());
+    let counts = key_ids
+        .iter()
+        .enumerate()
+        .flat_map(|(n, key_id)| {
+            ["admitted", "RATE_LIMIT_EXCEEDED"].map(|outcome| UsageCount {
+                key_id: key_id.clone(),
+                workspace_id: ws.id.clone(),
+                minute,
+                outcome: outcome.into(),
+                count: n as u64 + 1,
+            })
+        })
+        .collect();
+    let used_at = now();
+    let batch = UsageBatch {
+        id: new_id("ub", now(), &mut rand::thread_rng()),
+        at: now(),
+        counts,
+        last_uses: vec![LastUse {
+            key_id: key.id.clone(),
+            at: used_at,
+            ip: "192.0.2.1".into(),
+        }],
+        events: vec![],
+    };
+    store.record_usage(&batch).await.unwrap();
+    let from = DateTime::from_timestamp(minute, 0).unwrap();
+    let to = from + Duration::days(1);
+    for (n, key_id) in key_ids.iter().enumerate() {
+        if n % 97 != 0 && n != key_ids.len() - 1 {
+            continue;
+        }
+        for grain in UsageGrain::ALL {
+            let rows = store
+                .key_usage(key_id, grain, from - Duration::days(1), to)
+                .await
+                .unwrap();
+            let counts: Vec<(&str, u64)> = rows.iter().map(|r| (r.outcome.as_str(), r.count)).collect();
+            let expected = n as u64 + 1;
+            assert_eq!(
+                counts,
+                [("RATE_LIMIT_EXCEEDED", expected), ("admitted", expected)],
+                "{key_id} at {grain:?}"
+            );
+        }
+    }
+    let stored = store.get_key(&key.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_used_at, Some(used_at));
+    assert_eq!(stored.last_used_ip.as_deref(), Some("192.0.2.1"));
+}
+
+/// Hours and days read the same before, during and after the job, for
+/// minutes recorded on time and for a late batch the job has passed.
+pub async fn the_roll_up_job_rolls_each_minute_once_and_reads_stay_exact(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    let hour = UsageGrain::Hour.bucket_of(now().timestamp()) - 3_600;
+    let (m0, m1) = (hour + 60, hour + 120);
+    let batch = |id: &str, minute: i64, count: u64| UsageBatch {
+        id: id.into(),
+        at: now(),
+        counts: vec![UsageCount {
+            key_id: key.id.clone(),
+            workspace_id: ws.id.clone(),
+            minute,
+            outcome: "admitted".into(),
+            count,
+        }],
+        last_uses: vec![],
+        events: vec![],
+    };
+    let totals = || {
+        let store = store.clone();
+        let key_id = key.id.clone();
+        async move {
+            let from = DateTime::from_timestamp(hour, 0).unwrap();
+            let to = from + Duration::days(1);
+            let mut totals = Vec::new();
+            for grain in [UsageGrain::Hour, UsageGrain::Day] {
+                let rows = store
+                    .key_usage(&key_id, grain, from - Duration::days(1), to)
+                    .await
+                    .unwrap();
+                assert_eq!(rows.len(), 1, "one row per bucket and outcome: {rows:?}");
+                totals.push(rows[0].count);
+            }
+            totals
+        }
+    };
+    store.record_usage(&batch("ub_m0", m0, 3)).await.unwrap();
+    store.record_usage(&batch("ub_m1", m1, 4)).await.unwrap();
+    assert_eq!(totals().await, [7, 7], "read from the minutes before any roll-up");
+    let rolled = store.roll_up_usage(m1).await.unwrap();
+    assert!(rolled > 0);
+    assert_eq!(totals().await, [7, 7], "m0 from the rollups, m1 from the minutes");
+    assert_eq!(store.roll_up_usage(m1).await.unwrap(), 0, "nothing twice");
+    assert_eq!(store.roll_up_usage(m0).await.unwrap(), 0, "never backwards");
+    // A late batch for a minute the job has passed goes to the rollups directly.
+    store.record_usage(&batch("ub_late", m0, 5)).await.unwrap();
+    assert_eq!(totals().await, [12, 12]);
+    store.roll_up_usage(m1 + 60).await.unwrap();
+    assert_eq!(totals().await, [12, 12]);
+    // With every minute pruned, the rollups alone still hold all of it.
+    let far = DateTime::from_timestamp(m1 + 3_600, 0).unwrap();
+    let cutoffs = UsageCutoffs {
+        minutes_before: far,
+        hours_before: far - Duration::days(30),
+        days_before: far - Duration::days(30),
+    };
+    assert!(store.prune_usage(&cutoffs).await.unwrap() >= 2);
+    let minutes = store
+        .key_usage(
+            &key.id,
+            UsageGrain::Minute,
+            DateTime::from_timestamp(hour, 0).unwrap(),
+            far,
+        )
+        .await
+        .unwrap();
+    assert!(minutes.is_empty(), "{minutes:?}");
+    assert_eq!(totals().await, [12, 12]);
 }

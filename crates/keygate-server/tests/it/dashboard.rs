@@ -1089,3 +1089,74 @@ async fn portal_links_are_authorized_validated_and_documented() {
     let (_, spec) = app.control_json("/openapi.json").await;
     assert!(spec["paths"]["/v1/portal-sessions"]["post"].is_object());
 }
+
+#[tokio::test]
+async fn alerts_and_webhooks_add_an_endpoint_that_receives_signed_events() {
+    let Some(browser) = browser().await else { return };
+    let app = TestApp::start().await;
+    let receiver = crate::webhooks::Receiver::start().await;
+    let workspace = app.workspace("Acme").await;
+    browser.sign_in(&app, &app.admin_key).await;
+    browser
+        .goto(&app, &format!("/dashboard/workspaces/{workspace}/keys"))
+        .await;
+    browser.click("nav.subnav a[href^='/dashboard/alerts']").await;
+    browser.wait_for("#new-webhook").await;
+    browser.fill("#webhook-url", &receiver.url).await;
+    browser.fill("#webhook-events", "key.created key.revoked").await;
+    browser.fill("#webhook-description", "Security pager").await;
+    browser.click("#new-webhook button[type=submit]").await;
+    browser.wait_for("#revealed-secret").await;
+    let secret = browser.value("#revealed-secret").await;
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let webhook_path = browser.path().await;
+    browser.client.refresh().await.unwrap();
+    assert!(!browser.source().await.contains(&secret), "the secret is shown once");
+
+    let (key_id, _) = browser.create_key(&app, &workspace, "Production Server").await;
+    // The key page lists what was announced about the key.
+    assert!(browser.text("#key-events").await.contains("key.created"));
+    // The node's own worker delivers it, signed with the secret shown once.
+    let mut delivered = Vec::new();
+    for _ in 0..100 {
+        delivered = receiver.received();
+        if !delivered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0].event_type(), "key.created");
+    assert_eq!(delivered[0].json()["data"]["key_id"], key_id.as_str());
+    assert!(crate::webhooks::signature_is_valid(&secret, &delivered[0]));
+
+    browser
+        .goto(&app, &format!("/dashboard/alerts?workspace_id={workspace}"))
+        .await;
+    let events = browser.text("#event-table").await;
+    assert!(events.contains("key.created") && events.contains(&key_id), "{events}");
+    let endpoints = browser.text("#webhook-table").await;
+    assert!(
+        endpoints.contains(&receiver.url) && endpoints.contains("Security pager"),
+        "{endpoints}"
+    );
+    browser.screenshot("alerts").await;
+    browser.goto(&app, &webhook_path).await;
+    let deliveries = browser.text("#delivery-table").await;
+    assert!(
+        deliveries.contains("delivered") && deliveries.contains("HTTP 200"),
+        "{deliveries}"
+    );
+    browser.screenshot("webhook").await;
+
+    // Delete, with the confirmation: it leaves the list and receives nothing more.
+    browser.click("input[name=confirm]").await;
+    browser.click("#delete-webhook").await;
+    browser.client.accept_alert().await.unwrap();
+    browser.wait_to_leave(&webhook_path).await;
+    browser.wait_for("#webhook-table").await;
+    assert!(!browser.text("#webhook-table").await.contains(&receiver.url));
+    let hooks = app.admin_ok(reqwest::Method::GET, "/v1/webhooks", None, 200).await;
+    assert!(hooks["data"].as_array().unwrap().is_empty());
+    browser.close().await;
+}

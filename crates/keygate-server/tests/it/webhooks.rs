@@ -26,30 +26,30 @@ const DRIVEN: &str = "[webhooks]\npoll_interval = \"1h\"\n";
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Received {
-    headers: BTreeMap<String, String>,
-    body: String,
+pub struct Received {
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
 }
 
 impl Received {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap()
     }
 
-    fn event_type(&self) -> String {
+    pub fn event_type(&self) -> String {
         self.json()["type"].as_str().unwrap().to_owned()
     }
 }
 
 /// A webhook receiver on loopback that answers with a settable status.
-struct Receiver {
-    url: String,
+pub struct Receiver {
+    pub url: String,
     received: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
 }
 
 impl Receiver {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
         let (log, answer) = (received.clone(), status.clone());
@@ -71,7 +71,7 @@ impl Receiver {
         Self { url, received, status }
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
@@ -83,7 +83,7 @@ impl Receiver {
 /// Standard Webhooks verification, written from the specification: the
 /// secret's bytes are the base64 after `whsec_`; the signature is base64
 /// HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{body}`, sent as `v1,<sig>`.
-fn signature_is_valid(secret: &str, received: &Received) -> bool {
+pub fn signature_is_valid(secret: &str, received: &Received) -> bool {
     let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
     let id = &received.headers["webhook-id"];
     let timestamp = &received.headers["webhook-timestamp"];

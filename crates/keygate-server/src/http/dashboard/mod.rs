@@ -3,6 +3,7 @@
 //! engine operations the admin API uses, with the session's actor, so the
 //! authorization and audit trail are the API's own.
 
+mod alerts;
 mod chart;
 pub mod session;
 mod views;
@@ -17,8 +18,8 @@ use axum::Router;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use keygate_core::model::{KeyStatus, Workspace};
 use keygate_engine::admin::{Granularity, NewKey, NewWorkspace, WorkspacePatch};
-use keygate_engine::sessions::{BrowserSecret, DashboardSession};
-use keygate_store::{AuditFilter, KeyFilter, Page};
+use keygate_engine::sessions::{BrowserSecret, DashboardSession, Revealed};
+use keygate_store::{AuditFilter, EventListFilter, KeyFilter, Page};
 use serde::Deserialize;
 
 use self::session::{browser_ip, cookie_value, over_https, set_cookie, tokens_match, Posted, SignedIn};
@@ -68,6 +69,7 @@ pub fn routes() -> Router<AdminState> {
         .route("/dashboard/keys/{id}/rotate", post(rotate_key))
         .route("/dashboard/keys/{id}/delete", post(delete_key))
         .route("/dashboard/audit", get(audit))
+        .merge(alerts::routes())
 }
 
 type PageResult = Result<Response, DashboardError>;
@@ -533,6 +535,17 @@ async fn key_page(
             &Page::first(10),
         )
         .await?;
+    let announced = state
+        .engine
+        .list_events(
+            &session.actor,
+            EventListFilter {
+                workspace_id: None,
+                subject: Some(key.id.clone()),
+            },
+            &Page::first(10),
+        )
+        .await?;
     let revealed = state.engine.sessions().take_reveal(&signed_in.secret, &key.id);
     let max_age = state.dashboard.settings.max_key_age;
     html(&KeyPage {
@@ -544,12 +557,13 @@ async fn key_page(
             "keys",
         ),
         key: KeyDetail::of(&key, now, max_age),
-        revealed: revealed.as_ref().map(|plaintext| plaintext.expose().to_owned()),
+        revealed: revealed.as_ref().map(Revealed::expose),
         hourly_total: hourly.iter().map(chart::Bar::total).sum(),
         daily_total: daily.iter().map(chart::Bar::total).sum(),
         hourly_chart: chart::stacked_svg("Requests per hour, last 24 hours", &hourly, 3),
         daily_chart: chart::stacked_svg("Requests per day, last 30 days", &daily, 5),
         events: events.items.iter().map(AuditRow::of).collect(),
+        announced: announced.items.iter().map(EventRow::of).collect(),
         max_age_days: max_age.map(|age| age.num_days()),
     })
 }

@@ -6,7 +6,7 @@ use askama::Template;
 use chrono::{DateTime, Duration, Utc};
 use keygate_core::model::{ApiKey, KeyStatus, Workspace};
 use keygate_engine::sessions::DashboardSession;
-use keygate_store::AuditEvent;
+use keygate_store::{AuditEvent, Delivery, StoredEvent, WebhookEndpoint};
 
 /// What every page's frame needs: the title, and the signed-in navigation.
 pub struct Layout {
@@ -280,6 +280,8 @@ pub struct KeyPage {
     pub hourly_total: u64,
     pub daily_total: u64,
     pub events: Vec<AuditRow>,
+    /// What was announced about the key (webhook events), newest first.
+    pub announced: Vec<EventRow>,
     pub max_age_days: Option<i64>,
 }
 
@@ -291,6 +293,122 @@ pub struct AuditPage {
     pub workspace_filter: String,
     pub key_filter: String,
     pub next_page: Option<String>,
+}
+
+/// An event from the outbox, as the alerts list and the key page show it.
+pub struct EventRow {
+    pub id: String,
+    pub at: String,
+    pub kind: String,
+    /// Set when the event is about a key, for the link.
+    pub key_id: Option<String>,
+    /// The event's `data`, as compact JSON.
+    pub data: String,
+}
+
+impl EventRow {
+    pub fn of(event: &StoredEvent) -> Self {
+        let body: serde_json::Value = serde_json::from_str(&event.body).unwrap_or_default();
+        Self {
+            id: event.id.clone(),
+            at: event.at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            kind: event.kind.clone(),
+            key_id: event.subject.clone().filter(|subject| subject.starts_with("key_")),
+            data: body.get("data").map(serde_json::Value::to_string).unwrap_or_default(),
+        }
+    }
+}
+
+pub struct WebhookRow {
+    pub id: String,
+    pub url: String,
+    /// `All workspaces`, or the workspace id.
+    pub scope: String,
+    pub events: String,
+    pub description: String,
+    pub created: String,
+}
+
+impl WebhookRow {
+    pub fn of(endpoint: &WebhookEndpoint) -> Self {
+        let events = endpoint.events.names();
+        Self {
+            id: endpoint.id.clone(),
+            url: endpoint.url.clone(),
+            scope: endpoint
+                .workspace_id
+                .clone()
+                .unwrap_or_else(|| "All workspaces".to_owned()),
+            events: if events.is_empty() {
+                "All events".to_owned()
+            } else {
+                events.join(", ")
+            },
+            description: endpoint.description.clone().unwrap_or_default(),
+            created: when(Some(endpoint.created_at)),
+        }
+    }
+}
+
+pub struct DeliveryRow {
+    pub event_id: String,
+    pub event_type: String,
+    pub status: &'static str,
+    pub created: String,
+    pub next_attempt: String,
+    /// One line per attempt: when, and the answer or the error.
+    pub attempts: Vec<String>,
+}
+
+impl DeliveryRow {
+    pub fn of(delivery: &Delivery) -> Self {
+        Self {
+            event_id: delivery.event_id.clone(),
+            event_type: delivery.event_type.clone(),
+            status: delivery.status.as_str(),
+            created: when(Some(delivery.created_at)),
+            next_attempt: when(delivery.next_attempt_at),
+            attempts: delivery
+                .attempts
+                .iter()
+                .map(|attempt| {
+                    let answer = match (attempt.status_code, &attempt.error) {
+                        (_, Some(error)) => error.clone(),
+                        (Some(code), None) => format!("HTTP {code}"),
+                        (None, None) => String::new(),
+                    };
+                    format!(
+                        "#{} {} · {answer} · {} ms",
+                        attempt.attempt,
+                        attempt.at.format("%H:%M:%S"),
+                        attempt.duration_ms
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/alerts.html")]
+pub struct AlertsPage {
+    pub layout: Layout,
+    pub events: Vec<EventRow>,
+    pub endpoints: Vec<WebhookRow>,
+    /// The workspace new endpoints belong to; empty for operators' global view.
+    pub workspace_id: String,
+    pub event_types: Vec<&'static str>,
+    pub next_page: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/webhook.html")]
+pub struct WebhookPage {
+    pub layout: Layout,
+    pub endpoint: WebhookRow,
+    /// The signing secret, on the one page view after creation.
+    pub revealed: Option<String>,
+    pub deliveries: Vec<DeliveryRow>,
 }
 
 #[cfg(test)]
