@@ -18,7 +18,7 @@ use keygate_core::limits::{validate_limits, LimitSpec};
 use keygate_core::model::{ApiKey, KeyStatus, Workspace};
 use keygate_core::scope::{grants_explicitly, validate_scopes};
 use keygate_core::{duration::parse_duration, ErrorCode, PlaintextKey};
-use keygate_store::{AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome, UsageCount, UsageGrain};
+use keygate_store::{AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome, UsageGrain};
 use serde_json::{json, Map, Value};
 
 use crate::verifier::{Engine, LimitMode, Rejection, Verified, VerifyRequest};
@@ -650,21 +650,38 @@ impl Engine {
         to: DateTime<Utc>,
         granularity: Granularity,
     ) -> Result<Vec<UsageBucket>, AdminError> {
-        if from >= to {
-            return Err(AdminError::validation("from", "must be before `to`"));
-        }
-        let max_days = granularity.max_range_days();
-        if to - from > chrono::Duration::days(max_days) {
-            return Err(AdminError::validation(
-                "from",
-                format!("the range may span at most {max_days} days at this granularity"),
-            ));
-        }
-        // Every bucket that overlaps the range: the one `from` falls in too.
-        let grain = granularity.grain();
-        let first_bucket = DateTime::from_timestamp(grain.bucket_of(from.timestamp()), 0).unwrap_or(from);
-        let rows = self.store.key_usage(&key.id, grain, first_bucket, to).await?;
-        Ok(bucket_usage(&rows, granularity))
+        let first_bucket = usage_range(from, to, granularity)?;
+        let rows = self
+            .store
+            .key_usage(&key.id, granularity.grain(), first_bucket, to)
+            .await?;
+        Ok(bucket_usage(
+            rows.iter().map(|row| (row.minute, row.outcome.as_str(), row.count)),
+            granularity,
+        ))
+    }
+
+    /// Usage of all of a workspace's keys in the buckets that overlap
+    /// `[from, to)`, from the workspace's own rollups: one row per bucket and
+    /// outcome, however many keys it has.
+    pub async fn workspace_usage(
+        &self,
+        actor: &Actor,
+        workspace_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        granularity: Granularity,
+    ) -> Result<Vec<UsageBucket>, AdminError> {
+        self.get_workspace(actor, workspace_id).await?;
+        let first_bucket = usage_range(from, to, granularity)?;
+        let rows = self
+            .store
+            .workspace_usage(workspace_id, granularity.grain(), first_bucket, to)
+            .await?;
+        Ok(bucket_usage(
+            rows.iter().map(|row| (row.start, row.outcome.as_str(), row.count)),
+            granularity,
+        ))
     }
 
     pub async fn audit_events(
@@ -698,16 +715,30 @@ impl Engine {
     }
 }
 
-fn bucket_usage(rows: &[UsageCount], granularity: Granularity) -> Vec<UsageBucket> {
+/// Checks a usage range and returns the start of the bucket `from` falls
+/// in: every bucket that overlaps the range is reported.
+fn usage_range(from: DateTime<Utc>, to: DateTime<Utc>, granularity: Granularity) -> Result<DateTime<Utc>, AdminError> {
+    if from >= to {
+        return Err(AdminError::validation("from", "must be before `to`"));
+    }
+    let max_days = granularity.max_range_days();
+    if to - from > chrono::Duration::days(max_days) {
+        return Err(AdminError::validation(
+            "from",
+            format!("the range may span at most {max_days} days at this granularity"),
+        ));
+    }
+    let grain = granularity.grain();
+    Ok(DateTime::from_timestamp(grain.bucket_of(from.timestamp()), 0).unwrap_or(from))
+}
+
+/// `(bucket start, outcome, count)` rows summed per bucket and outcome.
+fn bucket_usage<'a>(rows: impl Iterator<Item = (i64, &'a str, u64)>, granularity: Granularity) -> Vec<UsageBucket> {
     let size = granularity.grain().seconds();
     let mut buckets: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
-    for row in rows {
-        let start = row.minute.div_euclid(size) * size;
-        *buckets
-            .entry(start)
-            .or_default()
-            .entry(row.outcome.clone())
-            .or_default() += row.count;
+    for (start, outcome, count) in rows {
+        let start = start.div_euclid(size) * size;
+        *buckets.entry(start).or_default().entry(outcome.to_owned()).or_default() += count;
     }
     buckets
         .into_iter()

@@ -132,6 +132,15 @@ pub struct UsageCount {
     pub count: u64,
 }
 
+/// Requests in one bucket with one outcome, of whatever the query was about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketCount {
+    /// Unix seconds at the start of the bucket.
+    pub start: i64,
+    pub outcome: String,
+    pub count: u64,
+}
+
 /// The latest use of a key seen by a node since its last flush.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastUse {
@@ -397,6 +406,15 @@ pub trait Store: Send + Sync + 'static {
     /// rows written. Reads include the minutes not rolled up, so this changes
     /// what is stored, never what is read.
     async fn roll_up_usage(&self, until: i64) -> Result<u64, StoreError>;
+    /// Counts of all of a workspace's keys at one grain for the buckets that
+    /// start in `[from, to)`, oldest first, one row per bucket and outcome.
+    async fn workspace_usage(
+        &self,
+        workspace_id: &str,
+        grain: UsageGrain,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<BucketCount>, StoreError>;
     /// Requests per key in `[recent_from, to)` and `[baseline_from, recent_from)`
     /// (Unix seconds), for keys with at least `min_recent` in the first.
     async fn key_activity(

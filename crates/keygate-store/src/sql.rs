@@ -16,9 +16,9 @@ pub(crate) use keygate_core::events::{EventFilter, EventType};
 pub(crate) use keygate_core::webhook::WebhookSecret;
 
 pub(crate) use crate::{
-    AuditEvent, AuditFilter, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus, EventListFilter,
-    KeyActivity, KeyEventScan, KeyFilter, NewEvent, Page, Paged, RevokeOutcome, StoreError, StoredEvent, UsageBatch,
-    UsageCount, UsageCutoffs, UsageGrain, WebhookEndpoint,
+    AuditEvent, AuditFilter, BucketCount, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus,
+    EventListFilter, KeyActivity, KeyEventScan, KeyFilter, NewEvent, Page, Paged, RevokeOutcome, StoreError,
+    StoredEvent, UsageBatch, UsageCount, UsageCutoffs, UsageGrain, WebhookEndpoint,
 };
 
 /// The outbox event of an audited change that is published (see
@@ -150,6 +150,24 @@ pub(crate) fn roll_up(
             .entry((row.key_id.as_str(), grain.bucket_of(row.minute), row.outcome.as_str()))
             .or_insert((row.workspace_id.as_str(), 0));
         bucket.1 += row.count;
+    }
+    rolled
+}
+
+/// A batch's counts summed per `(workspace, bucket start, outcome)` at a grain.
+pub(crate) fn roll_up_workspaces(
+    counts: &[UsageCount],
+    grain: UsageGrain,
+) -> std::collections::BTreeMap<(&str, i64, &str), u64> {
+    let mut rolled = std::collections::BTreeMap::new();
+    for row in counts {
+        *rolled
+            .entry((
+                row.workspace_id.as_str(),
+                grain.bucket_of(row.minute),
+                row.outcome.as_str(),
+            ))
+            .or_insert(0) += row.count;
     }
     rolled
 }
@@ -718,6 +736,23 @@ macro_rules! sql_store {
                             q.build().execute(&mut *tx).await?;
                         }
                     }
+                    for grain in UsageGrain::ALL {
+                        let rolled: Vec<_> = roll_up_workspaces(&late, grain).into_iter().collect();
+                        for chunk in rolled.chunks(ROWS_PER_STATEMENT) {
+                            let mut q = sqlx::QueryBuilder::<$db>::new(
+                                "INSERT INTO usage_workspace_rollups (workspace_id, grain, start, outcome, count) ",
+                            );
+                            q.push_values(chunk, |mut row, ((workspace_id, start, outcome), count)| {
+                                row.push_bind(*workspace_id)
+                                    .push_bind(grain.seconds())
+                                    .push_bind(*start)
+                                    .push_bind(*outcome)
+                                    .push_bind(i64::try_from(*count).unwrap_or(i64::MAX));
+                            });
+                            q.push(" ON CONFLICT (workspace_id, grain, start, outcome) DO UPDATE SET count = usage_workspace_rollups.count + excluded.count");
+                            q.build().execute(&mut *tx).await?;
+                        }
+                    }
                     for chunk in last_uses.chunks(ROWS_PER_STATEMENT) {
                         let mut q = sqlx::QueryBuilder::<$db>::new("WITH used (id, at, ip) AS (");
                         q.push_values(chunk, |mut row, used| {
@@ -789,6 +824,45 @@ macro_rules! sql_store {
                     Ok(summed.into_values().collect())
                 }
 
+                async fn workspace_usage(
+                    &self,
+                    workspace_id: &str,
+                    grain: UsageGrain,
+                    from: DateTime<Utc>,
+                    to: DateTime<Utc>,
+                ) -> Result<Vec<BucketCount>, StoreError> {
+                    let size = grain.seconds();
+                    // The rollups and the minutes not rolled up yet, in one
+                    // statement (one snapshot). The latter are the last minute
+                    // or two, found by the minute index.
+                    let rows = sqlx::query(&$sql(&format!(
+                        "SELECT start, outcome, count FROM usage_workspace_rollups \
+                         WHERE workspace_id = ? AND grain = ? AND start >= ? AND start < ? \
+                         UNION ALL \
+                         SELECT minute - minute % {size} AS start, outcome, count FROM usage_minutes \
+                         WHERE minute >= (SELECT rolled_until FROM usage_rollup_progress WHERE id = 1) \
+                         AND workspace_id = ? AND minute >= ? AND minute - minute % {size} < ?"
+                    )))
+                    .bind(workspace_id)
+                    .bind(size)
+                    .bind(from.timestamp())
+                    .bind(seconds_rounded_up(to))
+                    .bind(workspace_id)
+                    .bind(from.timestamp())
+                    .bind(seconds_rounded_up(to))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let mut summed: std::collections::BTreeMap<(i64, String), u64> = std::collections::BTreeMap::new();
+                    for row in &rows {
+                        let count = row.int("count")?.unsigned_abs();
+                        *summed.entry((row.int("start")?, row.text("outcome")?)).or_insert(0) += count;
+                    }
+                    Ok(summed
+                        .into_iter()
+                        .map(|((start, outcome), count)| BucketCount { start, outcome, count })
+                        .collect())
+                }
+
                 async fn roll_up_usage(&self, until: i64) -> Result<u64, StoreError> {
                     let mut tx = self.pool.begin().await?;
                     // Flushes wait while the job runs, and it sees every flush committed before.
@@ -817,6 +891,22 @@ macro_rules! sql_store {
                         .await?
                         .rows_affected();
                     }
+                    for grain in UsageGrain::ALL {
+                        let size = grain.seconds();
+                        rows += sqlx::query(&$sql(&format!(
+                            "INSERT INTO usage_workspace_rollups (workspace_id, grain, start, outcome, count) \
+                             SELECT workspace_id, {size}, minute - minute % {size}, outcome, SUM(count) \
+                             FROM usage_minutes WHERE minute >= ? AND minute < ? \
+                             GROUP BY workspace_id, minute - minute % {size}, outcome \
+                             ON CONFLICT (workspace_id, grain, start, outcome) \
+                             DO UPDATE SET count = usage_workspace_rollups.count + excluded.count"
+                        )))
+                        .bind(from)
+                        .bind(until)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    }
                     sqlx::query(&$sql("UPDATE usage_rollup_progress SET rolled_until = ? WHERE id = 1"))
                         .bind(until)
                         .execute(&mut *tx)
@@ -833,6 +923,18 @@ macro_rules! sql_store {
                         .execute(&self.pool)
                         .await?
                         .rows_affected();
+                    for (grain, before) in [
+                        (UsageGrain::Minute, cutoffs.minutes_before),
+                        (UsageGrain::Hour, cutoffs.hours_before),
+                        (UsageGrain::Day, cutoffs.days_before),
+                    ] {
+                        deleted += sqlx::query(&$sql("DELETE FROM usage_workspace_rollups WHERE grain = ? AND start < ?"))
+                            .bind(grain.seconds())
+                            .bind(before.timestamp())
+                            .execute(&self.pool)
+                            .await?
+                            .rows_affected();
+                    }
                     for (grain, before) in [(UsageGrain::Hour, cutoffs.hours_before), (UsageGrain::Day, cutoffs.days_before)] {
                         deleted += sqlx::query(&$sql("DELETE FROM usage_rollups WHERE grain = ? AND start < ?"))
                             .bind(grain.seconds())

@@ -54,7 +54,8 @@ macro_rules! store_suite {
             lifecycle_events_are_due_once,
             key_activity_splits_recent_from_baseline,
             a_flush_larger_than_one_statement_is_written_whole,
-            the_roll_up_job_rolls_each_minute_once_and_reads_stay_exact
+            the_roll_up_job_rolls_each_minute_once_and_reads_stay_exact,
+            workspace_usage_sums_its_keys_before_and_after_the_roll_up
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -749,10 +750,14 @@ pub async fn pruning_drops_old_minutes_and_keeps_their_rollups(store: Arc<dyn St
     );
     assert_eq!(
         store.roll_up_usage(today + 60).await.unwrap(),
-        4,
-        "two hours and two days"
+        10,
+        "two hours and two days of the key; two minutes, hours and days of the workspace"
     );
-    assert_eq!(store.prune_usage(&cutoffs).await.unwrap(), 1, "the old minute only");
+    assert_eq!(
+        store.prune_usage(&cutoffs).await.unwrap(),
+        2,
+        "the old minute only, of the key and of the workspace"
+    );
     let range = (at(old - 86_400), at(today + 86_400));
     let starts = |grain| {
         let store = store.clone();
@@ -770,7 +775,11 @@ pub async fn pruning_drops_old_minutes_and_keeps_their_rollups(store: Arc<dyn St
         hours_before: at(today),
         ..cutoffs
     };
-    assert_eq!(store.prune_usage(&later).await.unwrap(), 1, "the old hour");
+    assert_eq!(
+        store.prune_usage(&later).await.unwrap(),
+        2,
+        "the old hour, of the key and of the workspace"
+    );
     assert_eq!(starts(UsageGrain::Hour).await, [today]);
     assert_eq!(starts(UsageGrain::Day).await, [old, today]);
 }
@@ -1366,4 +1375,82 @@ pub async fn the_roll_up_job_rolls_each_minute_once_and_reads_stay_exact(store: 
         .unwrap();
     assert!(minutes.is_empty(), "{minutes:?}");
     assert_eq!(totals().await, [12, 12]);
+}
+
+/// Two keys of one workspace and one of another: the workspace series is the
+/// sum of its keys, at every grain, read from the minutes, then from the
+/// rollups, then with a late batch.
+pub async fn workspace_usage_sums_its_keys_before_and_after_the_roll_up(store: Arc<dyn Store>) {
+    let (ws, first) = workspace_with_key(store.as_ref()).await;
+    let second = sample_key(&ws.id, "second");
+    store
+        .insert_key(&second, &audit("key.created", &second.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    let (other_ws, other) = workspace_with_key(store.as_ref()).await;
+    let hour = UsageGrain::Hour.bucket_of(now().timestamp()) - 3_600;
+    let count = |key: &ApiKey, minute: i64, outcome: &str, count: u64| UsageCount {
+        key_id: key.id.clone(),
+        workspace_id: key.workspace_id.clone(),
+        minute,
+        outcome: outcome.into(),
+        count,
+    };
+    let batch = |id: &str, counts: Vec<UsageCount>| UsageBatch {
+        id: id.into(),
+        at: now(),
+        counts,
+        last_uses: vec![],
+        events: vec![],
+    };
+    store
+        .record_usage(&batch(
+            "ub_ws1",
+            vec![
+                count(&first, hour, "admitted", 3),
+                count(&second, hour, "admitted", 4),
+                count(&second, hour + 60, "RATE_LIMIT_EXCEEDED", 2),
+                count(&other, hour, "admitted", 100),
+            ],
+        ))
+        .await
+        .unwrap();
+    let read = |workspace_id: String, grain: UsageGrain, from: i64| {
+        let store = store.clone();
+        async move {
+            let from = DateTime::from_timestamp(from, 0).unwrap();
+            let to = DateTime::from_timestamp(hour + 3_600, 0).unwrap();
+            let rows = store.workspace_usage(&workspace_id, grain, from, to).await.unwrap();
+            rows.into_iter()
+                .map(|r| (r.start, r.outcome, r.count))
+                .collect::<Vec<_>>()
+        }
+    };
+    let day = UsageGrain::Day.bucket_of(hour);
+    let expect = |admitted: u64| {
+        let rate_limited = |start: i64| (start, "RATE_LIMIT_EXCEEDED".to_owned(), 2);
+        let admitted = |start: i64| (start, "admitted".to_owned(), admitted);
+        (
+            vec![admitted(hour), rate_limited(hour + 60)],
+            vec![rate_limited(hour), admitted(hour)],
+            vec![rate_limited(day), admitted(day)],
+        )
+    };
+    let all_grains = || async {
+        (
+            read(ws.id.clone(), UsageGrain::Minute, hour).await,
+            read(ws.id.clone(), UsageGrain::Hour, hour).await,
+            read(ws.id.clone(), UsageGrain::Day, day).await,
+        )
+    };
+    assert_eq!(all_grains().await, expect(7), "read from the minutes");
+    store.roll_up_usage(hour + 120).await.unwrap();
+    assert_eq!(all_grains().await, expect(7), "read from the rollups");
+    store
+        .record_usage(&batch("ub_ws_late", vec![count(&first, hour, "admitted", 1)]))
+        .await
+        .unwrap();
+    assert_eq!(all_grains().await, expect(8), "with a late batch");
+    let theirs = read(other_ws.id.clone(), UsageGrain::Hour, hour).await;
+    assert_eq!(theirs, [(hour, "admitted".to_owned(), 100)]);
 }

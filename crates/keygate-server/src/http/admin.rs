@@ -96,6 +96,7 @@ pub fn router(state: AdminState) -> Router {
             get(get_workspace).patch(update_workspace).delete(delete_workspace),
         )
         .route("/v1/workspaces/{id}/keys", post(create_key).get(list_keys))
+        .route("/v1/workspaces/{id}/usage", get(workspace_usage))
         .route("/v1/keys/verify", post(verify_key))
         .route("/v1/keys/{id}", get(get_key).patch(update_key).delete(delete_key))
         .route("/v1/keys/{id}/revoke", post(revoke_key))
@@ -431,17 +432,64 @@ async fn key_usage(
     PathParam(id): PathParam<String>,
     QueryParams(query): QueryParams<UsageQuery>,
 ) -> Result<Json<KeyUsage>, ApiError> {
-    let granularity_text = query.granularity.unwrap_or_else(|| "minute".into());
-    let granularity = Granularity::parse(&granularity_text)
-        .ok_or_else(|| ApiError::validation("granularity", "must be minute, hour or day"))?;
-    let to = query.to.unwrap_or_else(|| state.engine.now());
-    let from = query.from.unwrap_or(to - chrono::Duration::hours(24));
-    let buckets = state.engine.key_usage(&actor, &id, from, to, granularity).await?;
+    let range = UsageRange::of(query, &state)?;
+    let buckets = state
+        .engine
+        .key_usage(&actor, &id, range.from, range.to, range.granularity)
+        .await?;
     Ok(Json(KeyUsage {
         key_id: id,
-        granularity: granularity_text,
-        from,
-        to,
+        granularity: range.granularity_text,
+        from: range.from,
+        to: range.to,
+        data: buckets.iter().map(UsagePoint::from).collect(),
+    }))
+}
+
+/// A usage query's range with its defaults: the last 24 hours, per minute.
+struct UsageRange {
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    granularity: Granularity,
+    granularity_text: String,
+}
+
+impl UsageRange {
+    fn of(query: UsageQuery, state: &AdminState) -> Result<Self, ApiError> {
+        let granularity_text = query.granularity.unwrap_or_else(|| "minute".into());
+        let granularity = Granularity::parse(&granularity_text)
+            .ok_or_else(|| ApiError::validation("granularity", "must be minute, hour or day"))?;
+        let to = query.to.unwrap_or_else(|| state.engine.now());
+        let from = query.from.unwrap_or(to - chrono::Duration::hours(24));
+        Ok(Self {
+            from,
+            to,
+            granularity,
+            granularity_text,
+        })
+    }
+}
+
+/// Requests of all of a workspace's keys per bucket, by outcome.
+#[utoipa::path(get, path = "/v1/workspaces/{id}/usage", tag = "workspaces",
+    params(("id" = String, Path), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("granularity" = Option<String>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = WorkspaceUsage), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+async fn workspace_usage(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+    QueryParams(query): QueryParams<UsageQuery>,
+) -> Result<Json<WorkspaceUsage>, ApiError> {
+    let range = UsageRange::of(query, &state)?;
+    let buckets = state
+        .engine
+        .workspace_usage(&actor, &id, range.from, range.to, range.granularity)
+        .await?;
+    Ok(Json(WorkspaceUsage {
+        workspace_id: id,
+        granularity: range.granularity_text,
+        from: range.from,
+        to: range.to,
         data: buckets.iter().map(UsagePoint::from).collect(),
     }))
 }
@@ -683,7 +731,7 @@ impl utoipa::Modify for SecuritySchemes {
     info(title = "keygate admin API", description = "Workspaces, API keys, verification, audit events, events and webhooks."),
     paths(
         healthz, readyz, metrics, create_workspace, list_workspaces, get_workspace, update_workspace, delete_workspace,
-        create_key, list_keys, get_key, update_key, delete_key, revoke_key, rotate_key, key_usage, verify_key,
+        create_key, list_keys, get_key, update_key, delete_key, revoke_key, rotate_key, key_usage, workspace_usage, verify_key,
         audit_events, create_portal_session, list_events, create_webhook, list_webhooks, get_webhook, delete_webhook,
         webhook_deliveries
     ),

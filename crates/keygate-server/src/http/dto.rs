@@ -419,6 +419,15 @@ pub struct KeyUsage {
     pub data: Vec<UsagePoint>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkspaceUsage {
+    pub workspace_id: String,
+    pub granularity: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub data: Vec<UsagePoint>,
+}
+
 /// Every error of the admin API.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorEnvelope {

@@ -202,6 +202,94 @@ async fn usage_counts_and_last_use_are_recorded_off_the_request_path() {
     );
 }
 
+/// Sums of every bucket of a usage response, by outcome.
+fn usage_sums(usage: &Value) -> std::collections::BTreeMap<String, u64> {
+    let mut sums = std::collections::BTreeMap::new();
+    for point in usage["data"].as_array().unwrap() {
+        for (outcome, count) in point["outcomes"].as_object().unwrap() {
+            *sums.entry(outcome.clone()).or_default() += count.as_u64().unwrap();
+        }
+    }
+    sums
+}
+
+#[tokio::test]
+async fn workspace_usage_is_the_sum_of_its_keys_before_and_after_the_roll_up() {
+    let app = TestApp::start().await;
+    let ws = app.workspace("Acme").await;
+    let other = app.workspace("Other").await;
+    let (_, reader) = app.key(&ws, json!({"name": "reader", "scopes": ["data:read"]})).await;
+    let (_, plain) = app.key(&ws, json!({"name": "plain"})).await;
+    let (_, theirs) = app.key(&other, json!({"name": "theirs"})).await;
+    for key in [&reader, &plain, &plain, &theirs] {
+        assert_eq!(app.whoami(key).await.status(), 200);
+    }
+    app.app.engine.flush_usage().await.unwrap();
+    let expected: std::collections::BTreeMap<String, u64> = [("admitted".to_owned(), 3)].into_iter().collect();
+    let read = |granularity: &'static str| {
+        let app = &app;
+        let ws = ws.clone();
+        async move {
+            app.admin_ok(
+                Method::GET,
+                &format!("/v1/workspaces/{ws}/usage?granularity={granularity}"),
+                None,
+                200,
+            )
+            .await
+        }
+    };
+    for granularity in ["minute", "hour", "day"] {
+        let usage = read(granularity).await;
+        assert_eq!(
+            usage_sums(&usage),
+            expected,
+            "{granularity} before the roll-up: {usage}"
+        );
+        assert_eq!(usage["workspace_id"], ws.as_str());
+    }
+    app.clock.advance(Duration::minutes(1));
+    assert!(app.app.engine.roll_up_usage().await.unwrap() > 0);
+    for granularity in ["minute", "hour", "day"] {
+        let usage = read(granularity).await;
+        assert_eq!(usage_sums(&usage), expected, "{granularity} after the roll-up: {usage}");
+    }
+    assert_eq!(app.app.engine.roll_up_usage().await.unwrap(), 0, "nothing twice");
+
+    let bad = app
+        .admin_call(
+            Method::GET,
+            &format!("/v1/workspaces/{ws}/usage?granularity=week"),
+            None,
+        )
+        .await;
+    assert_eq!(bad.status(), 422);
+    let backwards = app
+        .admin_call(
+            Method::GET,
+            &format!("/v1/workspaces/{ws}/usage?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z"),
+            None,
+        )
+        .await;
+    assert_eq!(backwards.status(), 422);
+    let (_, manager) = app.key(&other, json!({"name": "m", "scopes": ["keys:manage"]})).await;
+    let foreign = app
+        .admin_call_as(&manager, Method::GET, &format!("/v1/workspaces/{ws}/usage"), None)
+        .await;
+    assert_eq!(foreign.status(), 404, "another workspace's usage");
+    let own = app
+        .admin_call_as(
+            &manager,
+            Method::GET,
+            &format!("/v1/workspaces/{other}/usage?granularity=day"),
+            None,
+        )
+        .await;
+    assert_eq!(own.status(), 200);
+    let own: Value = own.json().await.unwrap();
+    assert_eq!(usage_sums(&own), [("admitted".to_owned(), 1)].into_iter().collect());
+}
+
 #[tokio::test]
 async fn graceful_shutdown_flushes_usage() {
     let app = TestApp::start().await;
