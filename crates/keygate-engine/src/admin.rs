@@ -661,6 +661,35 @@ impl Engine {
         ))
     }
 
+    /// The keys of a workspace with the most requests (or rejections) over
+    /// the last `days` whole UTC days (today included), most first. The
+    /// roll-up job runs first, so the windows start today and the answer is
+    /// exact. Returns the first day counted, and the keys.
+    pub async fn top_keys(
+        &self,
+        actor: &Actor,
+        workspace_id: &str,
+        days: u32,
+        by: keygate_store::TopBy,
+        limit: u32,
+    ) -> Result<(DateTime<Utc>, Vec<keygate_store::KeyTotals>), AdminError> {
+        self.get_workspace(actor, workspace_id).await?;
+        if !keygate_store::TOP_KEY_WINDOWS.contains(&days) {
+            return Err(AdminError::validation("window", "must be 1d, 7d or 30d"));
+        }
+        if !(1..=MAX_TOP_KEYS).contains(&limit) {
+            return Err(AdminError::validation(
+                "limit",
+                format!("must be between 1 and {MAX_TOP_KEYS}"),
+            ));
+        }
+        self.roll_up_usage().await?;
+        let today = UsageGrain::Day.bucket_of(self.now().timestamp());
+        let keys = self.store.top_keys(workspace_id, days, today, by, limit).await?;
+        let since = today - (i64::from(days) - 1) * 86_400;
+        Ok((DateTime::from_timestamp(since, 0).unwrap_or_default(), keys))
+    }
+
     /// Usage of all of a workspace's keys in the buckets that overlap
     /// `[from, to)`, from the workspace's own rollups: one row per bucket and
     /// outcome, however many keys it has.
@@ -714,6 +743,9 @@ impl Engine {
         Ok(self.store.count_keys(ADMIN_WORKSPACE_ID).await? == 0)
     }
 }
+
+/// Most keys one top-keys call returns.
+pub const MAX_TOP_KEYS: u32 = 100;
 
 /// Checks a usage range and returns the start of the bucket `from` falls
 /// in: every bucket that overlaps the range is reported.

@@ -352,7 +352,9 @@ impl Engine {
             return shutdown.await;
         }
         tokio::pin!(shutdown);
-        let mut ticker = tokio::time::interval(self.settings.webhooks.poll_interval);
+        // The first round one interval after start, like every later one.
+        let poll = self.settings.webhooks.poll_interval;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_scan: Option<Instant> = None;
         loop {

@@ -141,6 +141,27 @@ pub struct BucketCount {
     pub count: u64,
 }
 
+/// The trailing windows of whole UTC days (today and the days before it)
+/// that each key's totals are kept for, for top keys.
+pub const TOP_KEY_WINDOWS: [u32; 3] = [1, 7, 30];
+
+/// What top keys are ranked by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopBy {
+    Requests,
+    /// Requests refused for any reason: every outcome but `admitted`.
+    Rejections,
+}
+
+/// A key's requests and rejections over a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTotals {
+    pub key_id: String,
+    pub name: String,
+    pub requests: u64,
+    pub rejected: u64,
+}
+
 /// The latest use of a key seen by a node since its last flush.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastUse {
@@ -402,10 +423,24 @@ pub trait Store: Send + Sync + 'static {
     /// many rows. Minutes not yet rolled up are kept.
     async fn prune_usage(&self, cutoffs: &UsageCutoffs) -> Result<u64, StoreError>;
     /// Rolls the minutes before `until` (Unix seconds) that are not rolled up
-    /// yet into hours and days, once, whichever node asks; returns the rollup
-    /// rows written. Reads include the minutes not rolled up, so this changes
-    /// what is stored, never what is read.
+    /// yet into hours and days (per key and per workspace) and into the key
+    /// windows, once, whichever node asks, and moves the key windows forward
+    /// to the day of `until`. Returns the rows written. Reads include the
+    /// minutes not rolled up, so this changes what is stored, not what
+    /// series read.
     async fn roll_up_usage(&self, until: i64) -> Result<u64, StoreError>;
+    /// The `limit` keys of a workspace with the most requests (or rejections)
+    /// in the window of `days` whole UTC days ending with the day `today`
+    /// starts (Unix seconds), most first; ties by key id, newest first.
+    /// Exact once `roll_up_usage` has run on `today`: it moves the windows.
+    async fn top_keys(
+        &self,
+        workspace_id: &str,
+        days: u32,
+        today: i64,
+        by: TopBy,
+        limit: u32,
+    ) -> Result<Vec<KeyTotals>, StoreError>;
     /// Counts of all of a workspace's keys at one grain for the buckets that
     /// start in `[from, to)`, oldest first, one row per bucket and outcome.
     async fn workspace_usage(

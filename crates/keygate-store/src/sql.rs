@@ -17,8 +17,8 @@ pub(crate) use keygate_core::webhook::WebhookSecret;
 
 pub(crate) use crate::{
     AuditEvent, AuditFilter, BucketCount, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus,
-    EventListFilter, KeyActivity, KeyEventScan, KeyFilter, NewEvent, Page, Paged, RevokeOutcome, StoreError,
-    StoredEvent, UsageBatch, UsageCount, UsageCutoffs, UsageGrain, WebhookEndpoint,
+    EventListFilter, KeyActivity, KeyEventScan, KeyFilter, KeyTotals, NewEvent, Page, Paged, RevokeOutcome, StoreError,
+    StoredEvent, TopBy, UsageBatch, UsageCount, UsageCutoffs, UsageGrain, WebhookEndpoint, TOP_KEY_WINDOWS,
 };
 
 /// The outbox event of an audited change that is published (see
@@ -170,6 +170,32 @@ pub(crate) fn roll_up_workspaces(
             .or_insert(0) += row.count;
     }
     rolled
+}
+
+/// Adds a key's minutes of one day to its windows. A window whose first day
+/// is later than that day does not count them; a new row starts at the day.
+pub(crate) const KEY_WINDOW_UPSERT: &str = " ON CONFLICT (key_id, days) DO UPDATE SET \
+    requests = usage_key_windows.requests + CASE WHEN excluded.since >= usage_key_windows.since THEN excluded.requests ELSE 0 END, \
+    rejected = usage_key_windows.rejected + CASE WHEN excluded.since >= usage_key_windows.since THEN excluded.rejected ELSE 0 END";
+
+/// Per `(key id, workspace id)`: `(requests, rejected)`.
+pub(crate) type KeyDayTotals<'a> = std::collections::BTreeMap<(&'a str, &'a str), (u64, u64)>;
+
+/// A batch's late counts summed per day and key.
+pub(crate) fn per_day_and_key(counts: &[UsageCount]) -> std::collections::BTreeMap<i64, KeyDayTotals<'_>> {
+    let mut days: std::collections::BTreeMap<i64, KeyDayTotals<'_>> = std::collections::BTreeMap::new();
+    for row in counts {
+        let totals = days
+            .entry(UsageGrain::Day.bucket_of(row.minute))
+            .or_default()
+            .entry((row.key_id.as_str(), row.workspace_id.as_str()))
+            .or_default();
+        totals.0 += row.count;
+        if row.outcome != "admitted" {
+            totals.1 += row.count;
+        }
+    }
+    days
 }
 
 /// How long applied usage batch ids are remembered: far longer than any
@@ -753,6 +779,32 @@ macro_rules! sql_store {
                             q.build().execute(&mut *tx).await?;
                         }
                     }
+                    // One statement per day: a key appears once in each. A day
+                    // the job has moved a window past is not counted in it.
+                    let rolled_today = UsageGrain::Day.bucket_of(rolled_until);
+                    for (day, keys) in per_day_and_key(&late) {
+                        let keys: Vec<_> = keys.into_iter().collect();
+                        for days in TOP_KEY_WINDOWS {
+                            if day < rolled_today - (i64::from(days) - 1) * 86_400 {
+                                continue;
+                            }
+                            for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+                                let mut q = sqlx::QueryBuilder::<$db>::new(
+                                    "INSERT INTO usage_key_windows (key_id, workspace_id, days, since, requests, rejected) ",
+                                );
+                                q.push_values(chunk, |mut row, ((key_id, workspace_id), (requests, rejected))| {
+                                    row.push_bind(*key_id)
+                                        .push_bind(*workspace_id)
+                                        .push_bind(i64::from(days))
+                                        .push_bind(day)
+                                        .push_bind(i64::try_from(*requests).unwrap_or(i64::MAX))
+                                        .push_bind(i64::try_from(*rejected).unwrap_or(i64::MAX));
+                                });
+                                q.push(KEY_WINDOW_UPSERT);
+                                q.build().execute(&mut *tx).await?;
+                            }
+                        }
+                    }
                     for chunk in last_uses.chunks(ROWS_PER_STATEMENT) {
                         let mut q = sqlx::QueryBuilder::<$db>::new("WITH used (id, at, ip) AS (");
                         q.push_values(chunk, |mut row, used| {
@@ -871,48 +923,80 @@ macro_rules! sql_store {
                         sqlx::query_scalar(&$sql("SELECT rolled_until FROM usage_rollup_progress WHERE id = 1"))
                             .fetch_one(&mut *tx)
                             .await?;
-                    if until <= from {
-                        tx.commit().await?;
-                        return Ok(0);
-                    }
                     let mut rows = 0;
-                    for grain in [UsageGrain::Hour, UsageGrain::Day] {
-                        let size = grain.seconds();
-                        rows += sqlx::query(&$sql(&format!(
-                            "INSERT INTO usage_rollups (key_id, workspace_id, grain, start, outcome, count) \
-                             SELECT key_id, workspace_id, {size}, minute - minute % {size}, outcome, SUM(count) \
-                             FROM usage_minutes WHERE minute >= ? AND minute < ? \
-                             GROUP BY key_id, workspace_id, minute - minute % {size}, outcome \
-                             ON CONFLICT (key_id, grain, start, outcome) DO UPDATE SET count = usage_rollups.count + excluded.count"
-                        )))
-                        .bind(from)
-                        .bind(until)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
+                    if until > from {
+                        rows += Self::roll_up_minutes(&mut tx, from, until).await?;
                     }
-                    for grain in UsageGrain::ALL {
-                        let size = grain.seconds();
-                        rows += sqlx::query(&$sql(&format!(
-                            "INSERT INTO usage_workspace_rollups (workspace_id, grain, start, outcome, count) \
-                             SELECT workspace_id, {size}, minute - minute % {size}, outcome, SUM(count) \
-                             FROM usage_minutes WHERE minute >= ? AND minute < ? \
-                             GROUP BY workspace_id, minute - minute % {size}, outcome \
-                             ON CONFLICT (workspace_id, grain, start, outcome) \
-                             DO UPDATE SET count = usage_workspace_rollups.count + excluded.count"
-                        )))
-                        .bind(from)
-                        .bind(until)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    }
-                    sqlx::query(&$sql("UPDATE usage_rollup_progress SET rolled_until = ? WHERE id = 1"))
-                        .bind(until)
-                        .execute(&mut *tx)
-                        .await?;
+                    rows += Self::roll_key_windows_forward(&mut tx, UsageGrain::Day.bucket_of(until)).await?;
                     tx.commit().await?;
                     Ok(rows)
+                }
+
+                async fn top_keys(
+                    &self,
+                    workspace_id: &str,
+                    days: u32,
+                    today: i64,
+                    by: TopBy,
+                    limit: u32,
+                ) -> Result<Vec<KeyTotals>, StoreError> {
+                    let window_start = today - (i64::from(days) - 1) * 86_400;
+                    let column = match by {
+                        TopBy::Requests => "requests",
+                        TopBy::Rejections => "rejected",
+                    };
+                    // One statement, one snapshot: the stored top keys and the
+                    // keys active in the minutes not rolled up yet are the only
+                    // candidates (any other key's stored total is its total, and
+                    // no more than the stored top's), then each candidate's
+                    // stored total plus its recent minutes.
+                    let rows = sqlx::query(&$sql(&format!(
+                        "WITH recent AS ( \
+                           SELECT key_id, CAST(SUM(count) AS BIGINT) AS requests, \
+                                  CAST(SUM(CASE WHEN outcome <> 'admitted' THEN count ELSE 0 END) AS BIGINT) AS rejected \
+                           FROM usage_minutes \
+                           WHERE minute >= (SELECT rolled_until FROM usage_rollup_progress WHERE id = 1) \
+                             AND minute >= ? AND workspace_id = ? \
+                           GROUP BY key_id), \
+                         stored AS ( \
+                           SELECT key_id FROM usage_key_windows WHERE workspace_id = ? AND days = ? \
+                           ORDER BY {column} DESC, key_id DESC LIMIT ?), \
+                         candidates AS (SELECT key_id FROM stored UNION SELECT key_id FROM recent) \
+                         SELECT c.key_id, k.name, \
+                                COALESCE(w.requests, 0) + COALESCE(r.requests, 0) AS requests, \
+                                COALESCE(w.rejected, 0) + COALESCE(r.rejected, 0) AS rejected \
+                         FROM candidates c \
+                         JOIN api_keys k ON k.id = c.key_id \
+                         LEFT JOIN usage_key_windows w ON w.key_id = c.key_id AND w.days = ? \
+                         LEFT JOIN recent r ON r.key_id = c.key_id \
+                         ORDER BY {column} DESC, c.key_id DESC LIMIT ?"
+                    )))
+                    .bind(window_start)
+                    .bind(workspace_id)
+                    .bind(workspace_id)
+                    .bind(i64::from(days))
+                    .bind(i64::from(limit))
+                    .bind(i64::from(days))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(KeyTotals {
+                                key_id: row.get_col("key_id")?,
+                                name: row.get_col("name")?,
+                                requests: row.int("requests")?.unsigned_abs(),
+                                rejected: row.int("rejected")?.unsigned_abs(),
+                            })
+                        })
+                        // A key with nothing to rank by is not a top key.
+                        .filter(|totals: &Result<KeyTotals, StoreError>| {
+                            totals.as_ref().map_or(true, |t| match by {
+                                TopBy::Requests => t.requests > 0,
+                                TopBy::Rejections => t.rejected > 0,
+                            })
+                        })
+                        .collect()
                 }
 
                 async fn prune_usage(&self, cutoffs: &UsageCutoffs) -> Result<u64, StoreError> {
@@ -1286,6 +1370,110 @@ macro_rules! sql_store {
             }
 
             impl $store {
+                /// The job's work on `[from, until)`: per-key and per-workspace
+                /// rollups and the key windows, one statement each, in the database.
+                async fn roll_up_minutes(tx: &mut sqlx::Transaction<'_, $db>, from: i64, until: i64) -> Result<u64, StoreError> {
+                    let mut rows = 0;
+                    for grain in [UsageGrain::Hour, UsageGrain::Day] {
+                        let size = grain.seconds();
+                        rows += sqlx::query(&$sql(&format!(
+                            "INSERT INTO usage_rollups (key_id, workspace_id, grain, start, outcome, count) \
+                             SELECT key_id, workspace_id, {size}, minute - minute % {size}, outcome, SUM(count) \
+                             FROM usage_minutes WHERE minute >= ? AND minute < ? \
+                             GROUP BY key_id, workspace_id, minute - minute % {size}, outcome \
+                             ON CONFLICT (key_id, grain, start, outcome) DO UPDATE SET count = usage_rollups.count + excluded.count"
+                        )))
+                        .bind(from)
+                        .bind(until)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                    }
+                    for grain in UsageGrain::ALL {
+                        let size = grain.seconds();
+                        rows += sqlx::query(&$sql(&format!(
+                            "INSERT INTO usage_workspace_rollups (workspace_id, grain, start, outcome, count) \
+                             SELECT workspace_id, {size}, minute - minute % {size}, outcome, SUM(count) \
+                             FROM usage_minutes WHERE minute >= ? AND minute < ? \
+                             GROUP BY workspace_id, minute - minute % {size}, outcome \
+                             ON CONFLICT (workspace_id, grain, start, outcome) \
+                             DO UPDATE SET count = usage_workspace_rollups.count + excluded.count"
+                        )))
+                        .bind(from)
+                        .bind(until)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                    }
+                    let days: Vec<i64> = sqlx::query_scalar(&$sql(
+                        "SELECT DISTINCT minute - minute % 86400 FROM usage_minutes WHERE minute >= ? AND minute < ? ORDER BY 1",
+                    ))
+                    .bind(from)
+                    .bind(until)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                    for day in days {
+                        for window in TOP_KEY_WINDOWS {
+                            rows += sqlx::query(&$sql(&format!(
+                                "INSERT INTO usage_key_windows (key_id, workspace_id, days, since, requests, rejected) \
+                                 SELECT key_id, workspace_id, {window}, {day}, SUM(count), \
+                                        SUM(CASE WHEN outcome <> 'admitted' THEN count ELSE 0 END) \
+                                 FROM usage_minutes WHERE minute >= ? AND minute < ? \
+                                 GROUP BY key_id, workspace_id{KEY_WINDOW_UPSERT}"
+                            )))
+                            .bind(from.max(day))
+                            .bind(until.min(day + 86_400))
+                            .execute(&mut **tx)
+                            .await?
+                            .rows_affected();
+                        }
+                    }
+                    sqlx::query(&$sql("UPDATE usage_rollup_progress SET rolled_until = ? WHERE id = 1"))
+                        .bind(until)
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok(rows)
+                }
+
+                /// Moves every key window to start `days - 1` days before
+                /// `today`, subtracting the days that leave it (from the day
+                /// rollups, which hold exactly the rolled-up minutes).
+                async fn roll_key_windows_forward(tx: &mut sqlx::Transaction<'_, $db>, today: i64) -> Result<u64, StoreError> {
+                    let mut rows = 0;
+                    for window in TOP_KEY_WINDOWS {
+                        let start = today - (i64::from(window) - 1) * 86_400;
+                        let leaving = |rejected: &str| {
+                            format!(
+                                "CAST(COALESCE((SELECT SUM(r.count) FROM usage_rollups r \
+                                 WHERE r.key_id = usage_key_windows.key_id AND r.grain = 86400 \
+                                 AND r.start >= usage_key_windows.since AND r.start < ?{rejected}), 0) AS BIGINT)"
+                            )
+                        };
+                        let moved = sqlx::query(&$sql(&format!(
+                            "UPDATE usage_key_windows SET requests = requests - {}, rejected = rejected - {}, since = ? \
+                             WHERE days = ? AND since < ?",
+                            leaving(""),
+                            leaving(" AND r.outcome <> 'admitted'"),
+                        )))
+                        .bind(start)
+                        .bind(start)
+                        .bind(start)
+                        .bind(i64::from(window))
+                        .bind(start)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                        if moved > 0 {
+                            sqlx::query(&$sql("DELETE FROM usage_key_windows WHERE days = ? AND requests = 0 AND rejected = 0"))
+                                .bind(i64::from(window))
+                                .execute(&mut **tx)
+                                .await?;
+                        }
+                        rows += moved;
+                    }
+                    Ok(rows)
+                }
+
                 /// Returns 1 if the event was added, 0 if its dedup key or
                 /// quiet period ruled it out.
                 async fn insert_event(tx: &mut sqlx::Transaction<'_, $db>, event: &NewEvent) -> Result<u64, StoreError> {

@@ -97,6 +97,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/v1/workspaces/{id}/keys", post(create_key).get(list_keys))
         .route("/v1/workspaces/{id}/usage", get(workspace_usage))
+        .route("/v1/workspaces/{id}/top-keys", get(top_keys))
         .route("/v1/keys/verify", post(verify_key))
         .route("/v1/keys/{id}", get(get_key).patch(update_key).delete(delete_key))
         .route("/v1/keys/{id}/revoke", post(revoke_key))
@@ -470,6 +471,51 @@ impl UsageRange {
     }
 }
 
+/// The workspace's keys with the most requests (or rejections) over the last
+/// 1, 7 or 30 whole UTC days, today included.
+#[utoipa::path(get, path = "/v1/workspaces/{id}/top-keys", tag = "workspaces",
+    params(("id" = String, Path), ("window" = Option<String>, Query), ("by" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = TopKeys), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+async fn top_keys(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+    QueryParams(query): QueryParams<TopKeysQuery>,
+) -> Result<Json<TopKeys>, ApiError> {
+    let window = query.window.unwrap_or_else(|| "7d".into());
+    let days = match window.as_str() {
+        "1d" => 1,
+        "7d" => 7,
+        "30d" => 30,
+        _ => return Err(ApiError::validation("window", "must be 1d, 7d or 30d")),
+    };
+    let by_text = query.by.unwrap_or_else(|| "requests".into());
+    let by = match by_text.as_str() {
+        "requests" => keygate_store::TopBy::Requests,
+        "rejections" => keygate_store::TopBy::Rejections,
+        _ => return Err(ApiError::validation("by", "must be requests or rejections")),
+    };
+    let (since, keys) = state
+        .engine
+        .top_keys(&actor, &id, days, by, query.limit.unwrap_or(10))
+        .await?;
+    Ok(Json(TopKeys {
+        workspace_id: id,
+        window,
+        by: by_text,
+        since,
+        data: keys
+            .into_iter()
+            .map(|k| TopKey {
+                key_id: k.key_id,
+                name: k.name,
+                requests: k.requests,
+                rejected: k.rejected,
+            })
+            .collect(),
+    }))
+}
+
 /// Requests of all of a workspace's keys per bucket, by outcome.
 #[utoipa::path(get, path = "/v1/workspaces/{id}/usage", tag = "workspaces",
     params(("id" = String, Path), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("granularity" = Option<String>, Query)),
@@ -731,7 +777,7 @@ impl utoipa::Modify for SecuritySchemes {
     info(title = "keygate admin API", description = "Workspaces, API keys, verification, audit events, events and webhooks."),
     paths(
         healthz, readyz, metrics, create_workspace, list_workspaces, get_workspace, update_workspace, delete_workspace,
-        create_key, list_keys, get_key, update_key, delete_key, revoke_key, rotate_key, key_usage, workspace_usage, verify_key,
+        create_key, list_keys, get_key, update_key, delete_key, revoke_key, rotate_key, key_usage, workspace_usage, top_keys, verify_key,
         audit_events, create_portal_session, list_events, create_webhook, list_webhooks, get_webhook, delete_webhook,
         webhook_deliveries
     ),

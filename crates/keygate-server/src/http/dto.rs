@@ -428,6 +428,34 @@ pub struct WorkspaceUsage {
     pub data: Vec<UsagePoint>,
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TopKeysQuery {
+    /// `1d` (today), `7d` (default) or `30d`: whole UTC days, today included.
+    pub window: Option<String>,
+    /// `requests` (default) or `rejections` (every outcome but `admitted`).
+    pub by: Option<String>,
+    /// 1 to 100; default 10.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopKey {
+    pub key_id: String,
+    pub name: String,
+    pub requests: u64,
+    pub rejected: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopKeys {
+    pub workspace_id: String,
+    pub window: String,
+    pub by: String,
+    /// The first day counted (00:00 UTC).
+    pub since: DateTime<Utc>,
+    pub data: Vec<TopKey>,
+}
+
 /// Every error of the admin API.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorEnvelope {

@@ -136,6 +136,7 @@ async fn usage_counts_and_last_use_are_recorded_off_the_request_path() {
             "[[routes]]\npath = \"/api/write\"\nupstream = \"{}\"\nscopes = [\"data:write\"]\n",
             upstream.url
         ))
+        .config("[limiter]\ndefault_plan = \"three\"\n[plans.three]\nlimits = [{ requests = 3, per = \"1m\" }]")
         .start()
         .await;
     let ws = app.workspace("Acme").await;
@@ -161,6 +162,10 @@ async fn usage_counts_and_last_use_are_recorded_off_the_request_path() {
             .unwrap();
         assert_eq!(denied.status(), 403);
     }
+    // Over the limit of 3 a minute: refused before anything is forwarded.
+    for _ in 0..2 {
+        assert_eq!(app.whoami(&key).await.status(), 429);
+    }
     let before = app.admin_ok(Method::GET, &format!("/v1/keys/{id}"), None, 200).await;
     assert!(
         before["last_used_at"].is_null(),
@@ -173,10 +178,28 @@ async fn usage_counts_and_last_use_are_recorded_off_the_request_path() {
         .await;
     let points = usage["data"].as_array().unwrap();
     assert_eq!(points.len(), 1, "{usage}");
-    assert_eq!(points[0]["outcomes"], json!({"INSUFFICIENT_SCOPE": 2, "admitted": 3}));
-    assert_eq!(points[0]["total"], 5);
-    // Per minute (what was recorded) and per day (the rollup) add up to the same.
-    for granularity in ["minute", "day"] {
+    let expected_outcomes = json!({"INSUFFICIENT_SCOPE": 2, "RATE_LIMIT_EXCEEDED": 2, "admitted": 3});
+    assert_eq!(points[0]["outcomes"], expected_outcomes);
+    assert_eq!(points[0]["total"], 7);
+    // Per minute (what was recorded), per hour and per day add up to the
+    // same, before the roll-up job (read from the minutes) and after it
+    // (read from the rollups).
+    let expected = [
+        ("INSUFFICIENT_SCOPE".to_owned(), 2),
+        ("RATE_LIMIT_EXCEEDED".to_owned(), 2),
+        ("admitted".to_owned(), 3),
+    ];
+    for (granularity, rolled_up) in [
+        ("minute", false),
+        ("hour", false),
+        ("day", false),
+        ("hour", true),
+        ("day", true),
+    ] {
+        if rolled_up {
+            app.clock.advance(Duration::minutes(1));
+            app.app.engine.roll_up_usage().await.unwrap();
+        }
         let usage = app
             .admin_ok(
                 Method::GET,
@@ -191,8 +214,7 @@ async fn usage_counts_and_last_use_are_recorded_off_the_request_path() {
                 *sums.entry(outcome.clone()).or_default() += count.as_u64().unwrap();
             }
         }
-        let expected = [("INSUFFICIENT_SCOPE".to_owned(), 2), ("admitted".to_owned(), 3)];
-        assert_eq!(sums, expected.into_iter().collect(), "{granularity}: {usage}");
+        assert_eq!(sums, expected.clone().into_iter().collect(), "{granularity}: {usage}");
     }
     let after = app.admin_ok(Method::GET, &format!("/v1/keys/{id}"), None, 200).await;
     assert!(after["last_used_at"].is_string());
@@ -218,7 +240,7 @@ async fn workspace_usage_is_the_sum_of_its_keys_before_and_after_the_roll_up() {
     let app = TestApp::start().await;
     let ws = app.workspace("Acme").await;
     let other = app.workspace("Other").await;
-    let (_, reader) = app.key(&ws, json!({"name": "reader", "scopes": ["data:read"]})).await;
+    let (reader_id, reader) = app.key(&ws, json!({"name": "reader", "scopes": ["data:read"]})).await;
     let (_, plain) = app.key(&ws, json!({"name": "plain"})).await;
     let (_, theirs) = app.key(&other, json!({"name": "theirs"})).await;
     for key in [&reader, &plain, &plain, &theirs] {
@@ -256,6 +278,60 @@ async fn workspace_usage_is_the_sum_of_its_keys_before_and_after_the_roll_up() {
     }
     assert_eq!(app.app.engine.roll_up_usage().await.unwrap(), 0, "nothing twice");
 
+    // Top keys: plain made 2 requests, reader 1; then reader is revoked and refused once.
+    let top = |query: &'static str| {
+        let app = &app;
+        let ws = ws.clone();
+        async move {
+            let top = app
+                .admin_ok(Method::GET, &format!("/v1/workspaces/{ws}/top-keys?{query}"), None, 200)
+                .await;
+            top["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| {
+                    (
+                        k["name"].as_str().unwrap().to_owned(),
+                        k["requests"].as_u64().unwrap(),
+                        k["rejected"].as_u64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let row = |name: &str, requests, rejected| (name.to_owned(), requests, rejected);
+    assert_eq!(top("window=1d").await, [row("plain", 2, 0), row("reader", 1, 0)]);
+    assert_eq!(top("window=30d&by=rejections").await, []);
+    app.admin_ok(
+        Method::POST,
+        &format!("/v1/keys/{reader_id}/revoke"),
+        Some(json!({})),
+        200,
+    )
+    .await;
+    assert_eq!(app.whoami(&reader).await.status(), 401);
+    app.app.engine.flush_usage().await.unwrap();
+    assert_eq!(top("window=7d&by=rejections").await, [row("reader", 2, 1)]);
+    assert_eq!(
+        top("window=7d&limit=1").await,
+        [row("plain", 2, 0)],
+        "ties: the newer key first"
+    );
+    for (query, field) in [
+        ("window=2d", "window"),
+        ("by=fun", "by"),
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+    ] {
+        let bad = app
+            .admin_call(Method::GET, &format!("/v1/workspaces/{ws}/top-keys?{query}"), None)
+            .await;
+        assert_eq!(bad.status(), 422, "{query}");
+        let body: Value = bad.json().await.unwrap();
+        assert_eq!(body["data"]["field"], field, "{query}: {body}");
+    }
+
     let bad = app
         .admin_call(
             Method::GET,
@@ -273,10 +349,12 @@ async fn workspace_usage_is_the_sum_of_its_keys_before_and_after_the_roll_up() {
         .await;
     assert_eq!(backwards.status(), 422);
     let (_, manager) = app.key(&other, json!({"name": "m", "scopes": ["keys:manage"]})).await;
-    let foreign = app
-        .admin_call_as(&manager, Method::GET, &format!("/v1/workspaces/{ws}/usage"), None)
-        .await;
-    assert_eq!(foreign.status(), 404, "another workspace's usage");
+    for what in ["usage", "top-keys"] {
+        let foreign = app
+            .admin_call_as(&manager, Method::GET, &format!("/v1/workspaces/{ws}/{what}"), None)
+            .await;
+        assert_eq!(foreign.status(), 404, "another workspace's {what}");
+    }
     let own = app
         .admin_call_as(
             &manager,

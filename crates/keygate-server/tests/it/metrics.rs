@@ -94,6 +94,8 @@ async fn metrics_parse_and_count_a_scripted_burst_exactly() {
         "keygate_limiter_fallbacks counter",
         "keygate_store_duration_seconds histogram",
         "keygate_store_errors counter",
+        "keygate_webhook_attempts counter",
+        "keygate_webhook_attempt_duration_seconds histogram",
     ] {
         assert!(text.contains(&format!("# TYPE {family}\n")), "{family}\n{text}");
     }
