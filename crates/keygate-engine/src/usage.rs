@@ -46,8 +46,14 @@ impl UsageRetention {
     }
 }
 
-/// How often a node prunes old counts: deleting is cheap, but need not be frequent.
+/// How often a node prunes old usage counts: deleting is cheap, but need not be frequent.
 pub const PRUNE_EVERY_MS: i64 = 3_600_000;
+
+/// A key's last use is written again only once it is this much later than
+/// what this node last wrote, or from another address: a key in constant use
+/// costs one row update a minute, not one per flush (the events benchmark,
+/// BENCHMARKS.md). "Last used" is therefore exact to the minute.
+pub const LAST_USE_PRECISION: chrono::Duration = chrono::Duration::seconds(60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Slot {
@@ -57,10 +63,12 @@ struct Slot {
     outcome: &'static str,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UsageRecorder {
     counts: DashMap<Slot, u64>,
     last_uses: DashMap<Arc<str>, (DateTime<Utc>, IpAddr)>,
+    /// What this node last wrote per key (see [`LAST_USE_PRECISION`]).
+    written_last_uses: moka::sync::Cache<Arc<str>, (DateTime<Utc>, IpAddr)>,
     /// Events the gateway decided, stored with the next flush.
     events: std::sync::Mutex<Vec<NewEvent>>,
     /// The batch whose write failed, retried as it is. The lock also keeps
@@ -69,7 +77,31 @@ pub struct UsageRecorder {
     unsent_rows: AtomicUsize,
 }
 
+impl Default for UsageRecorder {
+    fn default() -> Self {
+        Self {
+            counts: DashMap::new(),
+            last_uses: DashMap::new(),
+            written_last_uses: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(600))
+                .build(),
+            events: std::sync::Mutex::new(Vec::new()),
+            unsent: tokio::sync::Mutex::new(None),
+            unsent_rows: AtomicUsize::new(0),
+        }
+    }
+}
+
 impl UsageRecorder {
+    /// Whether a use is news enough to write: see [`LAST_USE_PRECISION`].
+    fn worth_writing(&self, key_id: &Arc<str>, at: DateTime<Utc>, ip: IpAddr) -> bool {
+        match self.written_last_uses.get(key_id) {
+            Some((written_at, written_ip)) => written_ip != ip || at - written_at >= LAST_USE_PRECISION,
+            None => true,
+        }
+    }
+
     pub fn record(
         &self,
         key_id: &Arc<str>,
@@ -121,10 +153,14 @@ impl UsageRecorder {
         let last_uses = keys
             .into_iter()
             .filter_map(|key| self.last_uses.remove(&key))
-            .map(|(key_id, (at, ip))| LastUse {
-                key_id: key_id.to_string(),
-                at,
-                ip: ip.to_string(),
+            .filter(|(key_id, (at, ip))| self.worth_writing(key_id, *at, *ip))
+            .map(|(key_id, (at, ip))| {
+                self.written_last_uses.insert(key_id.clone(), (at, ip));
+                LastUse {
+                    key_id: key_id.to_string(),
+                    at,
+                    ip: ip.to_string(),
+                }
             })
             .collect();
         let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
@@ -173,5 +209,40 @@ impl UsageRecorder {
     pub fn pending(&self) -> usize {
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).len();
         self.counts.len() + events + self.unsent_rows.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_last_use_is_written_when_a_minute_later_or_from_another_address() {
+        let recorder = UsageRecorder::default();
+        let (key, ws): (Arc<str>, Arc<str>) = (Arc::from("key_1"), Arc::from("ws_1"));
+        let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let here: IpAddr = "192.0.2.1".parse().unwrap();
+        let there: IpAddr = "192.0.2.2".parse().unwrap();
+        let written = |at: DateTime<Utc>, ip: IpAddr| {
+            recorder.record(&key, &ws, ADMITTED, Some(ip), at);
+            let batch = recorder.take("ub".into(), at);
+            assert_eq!(batch.counts.len(), 1, "every request is counted");
+            batch.last_uses.iter().map(|u| (u.at, u.ip.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(written(t0, here), [(t0, "192.0.2.1".to_owned())], "the first use");
+        assert_eq!(written(t0 + chrono::Duration::seconds(59), here), [], "59 s later");
+        let moved = t0 + chrono::Duration::seconds(70);
+        assert_eq!(
+            written(moved, there),
+            [(moved, "192.0.2.2".to_owned())],
+            "another address"
+        );
+        let later = moved + chrono::Duration::seconds(60);
+        assert_eq!(
+            written(later, there),
+            [(later, "192.0.2.2".to_owned())],
+            "a minute later"
+        );
     }
 }
