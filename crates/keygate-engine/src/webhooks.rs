@@ -202,7 +202,8 @@ impl Engine {
         Ok(self.store.list_webhooks(workspace_id, page).await?)
     }
 
-    pub async fn delete_webhook(&self, actor: &Actor, id: &str) -> Result<(), AdminError> {
+    /// Returns the endpoint as it was, for callers that show where it belonged.
+    pub async fn delete_webhook(&self, actor: &Actor, id: &str) -> Result<WebhookEndpoint, AdminError> {
         let endpoint = self.get_webhook(actor, id).await?;
         let now = self.now();
         let audit_ws = endpoint.workspace_id.as_deref().unwrap_or(ADMIN_WORKSPACE_ID);
@@ -214,7 +215,8 @@ impl Engine {
             json!({"url": endpoint.url}),
             now,
         );
-        Ok(self.store.delete_webhook(id, now, &event).await?)
+        self.store.delete_webhook(id, now, &event).await?;
+        Ok(endpoint)
     }
 
     pub async fn webhook_deliveries(

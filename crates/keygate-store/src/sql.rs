@@ -1374,36 +1374,28 @@ macro_rules! sql_store {
                 /// rollups and the key windows, one statement each, in the database.
                 async fn roll_up_minutes(tx: &mut sqlx::Transaction<'_, $db>, from: i64, until: i64) -> Result<u64, StoreError> {
                     let mut rows = 0;
-                    for grain in [UsageGrain::Hour, UsageGrain::Day] {
-                        let size = grain.seconds();
-                        rows += sqlx::query(&$sql(&format!(
-                            "INSERT INTO usage_rollups (key_id, workspace_id, grain, start, outcome, count) \
-                             SELECT key_id, workspace_id, {size}, minute - minute % {size}, outcome, SUM(count) \
-                             FROM usage_minutes WHERE minute >= ? AND minute < ? \
-                             GROUP BY key_id, workspace_id, minute - minute % {size}, outcome \
-                             ON CONFLICT (key_id, grain, start, outcome) DO UPDATE SET count = usage_rollups.count + excluded.count"
-                        )))
-                        .bind(from)
-                        .bind(until)
-                        .execute(&mut **tx)
-                        .await?
-                        .rows_affected();
-                    }
-                    for grain in UsageGrain::ALL {
-                        let size = grain.seconds();
-                        rows += sqlx::query(&$sql(&format!(
-                            "INSERT INTO usage_workspace_rollups (workspace_id, grain, start, outcome, count) \
-                             SELECT workspace_id, {size}, minute - minute % {size}, outcome, SUM(count) \
-                             FROM usage_minutes WHERE minute >= ? AND minute < ? \
-                             GROUP BY workspace_id, minute - minute % {size}, outcome \
-                             ON CONFLICT (workspace_id, grain, start, outcome) \
-                             DO UPDATE SET count = usage_workspace_rollups.count + excluded.count"
-                        )))
-                        .bind(from)
-                        .bind(until)
-                        .execute(&mut **tx)
-                        .await?
-                        .rows_affected();
+                    // (table, what a row counts for, its key columns, grains):
+                    // per key in hours and days, per workspace at every grain.
+                    let rollups: [(&str, &str, &str, &[UsageGrain]); 2] = [
+                        ("usage_rollups", "key_id, workspace_id", "key_id", &[UsageGrain::Hour, UsageGrain::Day]),
+                        ("usage_workspace_rollups", "workspace_id", "workspace_id", &UsageGrain::ALL),
+                    ];
+                    for (table, owner, conflict, grains) in rollups {
+                        for grain in grains {
+                            let size = grain.seconds();
+                            rows += sqlx::query(&$sql(&format!(
+                                "INSERT INTO {table} ({owner}, grain, start, outcome, count) \
+                                 SELECT {owner}, {size}, minute - minute % {size}, outcome, SUM(count) \
+                                 FROM usage_minutes WHERE minute >= ? AND minute < ? \
+                                 GROUP BY {owner}, minute - minute % {size}, outcome \
+                                 ON CONFLICT ({conflict}, grain, start, outcome) DO UPDATE SET count = {table}.count + excluded.count"
+                            )))
+                            .bind(from)
+                            .bind(until)
+                            .execute(&mut **tx)
+                            .await?
+                            .rows_affected();
+                        }
                     }
                     let days: Vec<i64> = sqlx::query_scalar(&$sql(
                         "SELECT DISTINCT minute - minute % 86400 FROM usage_minutes WHERE minute >= ? AND minute < ? ORDER BY 1",

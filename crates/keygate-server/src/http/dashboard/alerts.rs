@@ -160,8 +160,7 @@ async fn delete_webhook(
         ));
     }
     let actor = &posted.signed_in.session.actor;
-    let endpoint = state.engine.get_webhook(actor, &id).await?;
-    state.engine.delete_webhook(actor, &id).await?;
+    let endpoint = state.engine.delete_webhook(actor, &id).await?;
     let back = match endpoint.workspace_id {
         Some(ws) => format!("/dashboard/alerts?workspace_id={ws}"),
         None => "/dashboard/alerts".to_owned(),
