@@ -14,12 +14,19 @@
 # The proxy under test gets one CPU (taskset), wrk and the upstream the other,
 # so nginx (one worker) and keygate (tokio sees one CPU) compete on equal terms.
 # Access logs are off on both sides: this measures the proxy, not the disk.
-# With EVENTS=compare, three more cases on the same store and keys (issue 7):
-#   8. case 4 with usage recording and events off (`usage.enabled = false`,
-#      `events.enabled = false`): no counters, no outbox, no scans;
-#   9. case 4 again, with both on, so that drift shows.
+# With EVENTS=compare (issue 7), case 4 with usage recording and events on
+# (the defaults) against a twin with both off (`usage.enabled = false`,
+# `events.enabled = false`: no counters, no outbox, no scans), each on its
+# own copy of the store, both on the proxy CPU *at the same time*, each
+# loaded by its own wrk with half the connections, in ROUNDS rounds (default
+# 3). Run one after the other, two runs of the same binary here differ by up
+# to 20 % (the machine's speed drifts); side by side, both see the same
+# drift. The figure compared is CPU time per request (all of each process's
+# threads, from /proc): on one CPU, throughput is its inverse. The result is
+# the median of the rounds' off / on ratios, i.e. on's throughput over off's.
 #
-# Usage: bash scripts/bench/gateway.sh        (DURATION=10s CONNECTIONS=64 KEYS=10000)
+# Usage: bash scripts/bench/gateway.sh        (DURATION=10s CONNECTIONS=64 KEYS=10000;
+#        BASELINE=path/to/keygate; EVENTS=compare ROUNDS=3)
 # Everything it starts listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 
@@ -116,13 +123,44 @@ if [ -n "${BASELINE:-}" ]; then
   BENCH_KEYS="$WORK/keys.txt" run_wrk "7. keygate valid keys again" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
 fi
 if [ "${EVENTS:-}" = compare ]; then
-  { cat "$WORK/keygate.toml"; printf '[usage]\nenabled = false\n[events]\nenabled = false\n'; } >"$WORK/keygate-quiet.toml"
-  stop_keygate
-  start_keygate "$KEYGATE" "$WORK/keygate-quiet.toml"
-  BENCH_KEYS="$WORK/keys.txt" run_wrk "8. keygate, usage and events off" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
-  stop_keygate
+  stop_keygate # the twin's store is a copy, taken while nothing writes
+  cp -r "$WORK/keygate" "$WORK/keygate-off"
+  write_keygate_config "$WORK/keygate-off.toml" $((BASE_PORT + 5)) $((BASE_PORT + 6)) "sqlite://$WORK/keygate-off/keygate.db" "memory://"
+  printf '[usage]\nenabled = false\n[events]\nenabled = false\n' >>"$WORK/keygate-off.toml"
   start_keygate "$KEYGATE"
-  BENCH_KEYS="$WORK/keys.txt" run_wrk "9. keygate, usage and events on" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
+  ON_PID=$KEYGATE_PID
+  KEYGATE_PORT=$((BASE_PORT + 5)) KEYGATE_ADMIN_PORT=$((BASE_PORT + 6)) start_keygate "$KEYGATE" "$WORK/keygate-off.toml"
+  OFF_PID=$KEYGATE_PID
+  cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  run_pair() { # round
+    local args=(-t1 -c$((CONNECTIONS / 2)) -s "$WORK/keys.lua" --latency) on_start off_start
+    # Warm-up, both at once; before the first round, long enough for both
+    # caches to fill and for the on twin to fan out the set-up's 10,000
+    # key.created events.
+    local warm_up=2s
+    [ "$1" = 1 ] && warm_up=8s
+    for port in "$KEYGATE_PORT" $((BASE_PORT + 5)); do
+      BENCH_KEYS="$WORK/keys.txt" "${PIN_LOAD[@]}" wrk "${args[@]}" -d$warm_up "http://127.0.0.1:$port/bench" >/dev/null &
+    done
+    wait_jobs
+    on_start=$(cpu_ticks "$ON_PID") off_start=$(cpu_ticks "$OFF_PID")
+    BENCH_KEYS="$WORK/keys.txt" "${PIN_LOAD[@]}" wrk "${args[@]}" -d"$DURATION" "http://127.0.0.1:$KEYGATE_PORT/bench" >"$WORK/on-$1.wrk" &
+    BENCH_KEYS="$WORK/keys.txt" "${PIN_LOAD[@]}" wrk "${args[@]}" -d"$DURATION" "http://127.0.0.1:$((BASE_PORT + 5))/bench" >"$WORK/off-$1.wrk" &
+    wait_jobs
+    for mode in on off; do
+      local pid_var=${mode^^}_PID start_var=${mode}_start
+      awk -v label="8. round $1, usage and events $mode" -v ticks=$(($(cpu_ticks "${!pid_var}") - ${!start_var})) '
+        /requests in/ { requests = $1 } /^Requests\/sec/ { rps = $2 } $1 == "50%" { p50 = $2 } $1 == "99%" { p99 = $2 } /Non-2xx/ { bad = $NF }
+        END { printf "%s\t%s\t%s\t%s\t%d\t%.2f\n", label, rps, p50, p99, bad, ticks * 10000 / requests }
+      ' "$WORK/$mode-$1.wrk" | tee -a "$WORK/results.tsv" | awk -F'\t' '{printf "  %s: %s req/s, p99 %s, %s CPU us per request\n", $1, $2, $4, $6}' >&2
+    done
+  }
+  wait_jobs() { # the wrk runs in the background, not the servers
+    for job in $(jobs -p); do
+      case " ${PIDS[*]} " in *" $job "*) ;; *) wait "$job" ;; esac
+    done
+  }
+  for round in $(seq 1 "${ROUNDS:-3}"); do run_pair "$round"; done
 fi
 
 print_results
@@ -131,10 +169,15 @@ awk -F'\t' '
   $1 ~ /^4\./ { keygate = $2 }
   $1 ~ /^6\./ { baseline = $2 }
   $1 ~ /^7\./ { again = $2 }
-  $1 ~ /^8\./ { quiet = $2 }
-  $1 ~ /^9\./ { on_again = $2 }
+  $1 ~ /^8\./ { split($1, words, " "); r = words[3]; sub(/,/, "", r); if ($1 ~ / on$/) on[r] = $6; else off[r] = $6 }
   END {
-    if (quiet > 0) printf "usage and events on (mean of cases 4 and 9) / off (case 8): %.3f\n", (keygate + on_again) / 2 / quiet
+    rounds = 0
+    for (r = 1; r in on; r++) if (on[r] > 0) { rounds++; ratio[rounds] = off[r] / on[r]; printf "round %s: CPU per request off / on = %.3f\n", r, ratio[rounds] }
+    if (rounds > 0) {
+      for (i = 1; i <= rounds; i++) for (j = i + 1; j <= rounds; j++) if (ratio[j] < ratio[i]) { t = ratio[i]; ratio[i] = ratio[j]; ratio[j] = t }
+      median = rounds % 2 ? ratio[(rounds + 1) / 2] : (ratio[rounds / 2] + ratio[rounds / 2 + 1]) / 2
+      printf "usage and events on / off (throughput on one CPU: CPU per request off / on), median of %d rounds: %.3f\n", rounds, median
+    }
     if (nginx > 0) printf "\nkeygate (case 4) / nginx with auth (case 3): %.2f\n", keygate / nginx
     if (baseline > 0) printf "keygate (mean of cases 4 and 7) / baseline (case 6): %.3f\n", (keygate + again) / 2 / baseline
   }

@@ -142,9 +142,28 @@ fn verify(c: &mut Criterion) {
     group.finish();
 }
 
+/// Recording a request's usage, with 10,000 keys in turn as in the gateway
+/// benchmark: every key's counter is touched again before the next flush.
+fn usage(c: &mut Criterion) {
+    use keygate_engine::usage::{KeyTally, UsageRecorder, ADMITTED};
+    let recorder = UsageRecorder::default();
+    let workspace: Arc<str> = Arc::from("ws_01J9ZK3Q4W8X2V5N7M0000AAAA");
+    let tallies: Vec<Arc<KeyTally>> = (0..10_000)
+        .map(|i| KeyTally::new(Arc::from(format!("key_01J9ZK3Q4W8X2V5N7M{i:08}")), workspace.clone()))
+        .collect();
+    let ip = Some([203, 0, 113, 7].into());
+    let now = chrono::Utc::now();
+    let mut next = tallies.iter().cycle();
+    let mut group = c.benchmark_group("usage");
+    group.bench_function("record_10000_keys_in_turn", |b| {
+        b.iter(|| recorder.record(next.next().unwrap(), ADMITTED, ip, now))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(2));
-    targets = verify
+    targets = verify, usage
 }
 criterion_main!(benches);

@@ -26,7 +26,7 @@ use crate::clock::Clock;
 use crate::limits::RateLimits;
 use crate::metrics::{CacheResult, Metrics, ScrapeValues, StoreOperation};
 use crate::store_health::StoreHealth;
-use crate::usage::{UsageRecorder, ADMITTED};
+use crate::usage::{KeyTally, UsageRecorder, ADMITTED};
 
 /// Engine settings, from the deployment's config.
 #[derive(Debug, Clone)]
@@ -77,6 +77,8 @@ pub struct CachedKey {
     pub loaded_at_ms: i64,
     /// Limit checks per resource, computed on first use.
     pub(crate) limit_checks: Mutex<Vec<MemoizedChecks>>,
+    /// Usage counted since the last flush.
+    pub(crate) usage: Arc<KeyTally>,
 }
 
 impl CachedKey {
@@ -84,6 +86,7 @@ impl CachedKey {
         let key_id = Arc::from(key.id.as_str());
         let workspace_id = Arc::from(workspace.id.as_str());
         let lineage_id = Arc::from(key.lineage_id.as_str());
+        let usage = KeyTally::new(Arc::clone(&key_id), Arc::clone(&workspace_id));
         Self {
             key,
             workspace,
@@ -92,6 +95,7 @@ impl CachedKey {
             lineage_id,
             loaded_at_ms: loaded_at.timestamp_millis(),
             limit_checks: Mutex::new(Vec::new()),
+            usage,
         }
     }
 }
@@ -348,8 +352,7 @@ impl Engine {
 
     fn record(&self, cached: &CachedKey, request: &VerifyRequest<'_>, outcome: &'static str, now: DateTime<Utc>) {
         if request.record && self.settings.record_usage {
-            self.usage
-                .record(&cached.key_id, &cached.workspace_id, outcome, request.client_ip, now);
+            self.usage.record(&cached.usage, outcome, request.client_ip, now);
         }
     }
 

@@ -12,7 +12,7 @@ use chrono::Utc;
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCode, KeyFormat};
 use keygate_engine::admin::NewKey;
-use keygate_engine::usage::{UsageRecorder, ADMITTED};
+use keygate_engine::usage::{KeyTally, UsageRecorder, ADMITTED};
 use keygate_engine::{Actor, Engine, EngineSettings, ManualClock, VerifyRequest};
 use keygate_store::sqlite::SqliteStore;
 use keygate_store::Store;
@@ -172,12 +172,12 @@ async fn failed_attempts_are_throttled_per_ip_and_spare_cached_keys() {
 #[tokio::test]
 async fn usage_survives_a_failed_flush() {
     let recorder = UsageRecorder::default();
-    let (key_id, ws_id): (Arc<str>, Arc<str>) = (Arc::from("key_1"), Arc::from("ws_1"));
+    let tally = KeyTally::new(Arc::from("key_1"), Arc::from("ws_1"));
     let now = Utc::now();
     for _ in 0..4 {
-        recorder.record(&key_id, &ws_id, ADMITTED, Some([10, 0, 0, 9].into()), now);
+        recorder.record(&tally, ADMITTED, Some([10, 0, 0, 9].into()), now);
     }
-    recorder.record(&key_id, &ws_id, ErrorCode::IpNotAllowed.as_str(), None, now);
+    recorder.record(&tally, ErrorCode::IpNotAllowed.as_str(), None, now);
 
     let down = fixture().await;
     down.store.close().await;
@@ -186,7 +186,7 @@ async fn usage_survives_a_failed_flush() {
         .await
         .is_err());
     assert_eq!(recorder.pending(), 2, "the failed batch is kept");
-    recorder.record(&key_id, &ws_id, ADMITTED, None, now);
+    recorder.record(&tally, ADMITTED, None, now);
     assert!(recorder
         .flush(down.store.as_ref(), now, || "ub_2".into())
         .await

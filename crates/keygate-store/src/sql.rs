@@ -724,10 +724,11 @@ macro_rules! sql_store {
                             "INSERT INTO usage_minutes (key_id, workspace_id, minute, outcome, count) ",
                         );
                         q.push_values(chunk, |mut row, count| {
-                            row.push_bind(&count.key_id)
-                                .push_bind(&count.workspace_id)
+                            // Borrowed, not cloned: SQLite binds a `&str` as it is.
+                            row.push_bind(count.key_id.as_str())
+                                .push_bind(count.workspace_id.as_str())
                                 .push_bind(count.minute)
-                                .push_bind(&count.outcome)
+                                .push_bind(count.outcome.as_str())
                                 .push_bind(i64::try_from(count.count).unwrap_or(i64::MAX));
                         });
                         q.push(" ON CONFLICT (key_id, minute, outcome) DO UPDATE SET count = usage_minutes.count + excluded.count");
@@ -808,7 +809,7 @@ macro_rules! sql_store {
                     for chunk in last_uses.chunks(ROWS_PER_STATEMENT) {
                         let mut q = sqlx::QueryBuilder::<$db>::new("WITH used (id, at, ip) AS (");
                         q.push_values(chunk, |mut row, used| {
-                            row.push_bind(&used.key_id).push_bind(ms(used.at)).push_bind(&used.ip);
+                            row.push_bind(used.key_id.as_str()).push_bind(ms(used.at)).push_bind(used.ip.as_str());
                         });
                         q.push(") UPDATE api_keys SET last_used_at = used.at, last_used_ip = used.ip FROM used \
                              WHERE api_keys.id = used.id AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < used.at)");
