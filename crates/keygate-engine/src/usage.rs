@@ -261,11 +261,10 @@ impl UsageRecorder {
     /// Rows not yet written: recorded since the last flush, plus a failed batch.
     pub fn pending(&self) -> usize {
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).len();
-        let counts: usize = self
-            .queued_tallies()
-            .iter()
-            .map(|tally| tally.state().counts.len())
-            .sum();
+        // A copy of the list, so that no tally is locked under the list's
+        // lock (`record` takes them the other way round).
+        let tallies = self.queued_tallies().clone();
+        let counts: usize = tallies.iter().map(|tally| tally.state().counts.len()).sum();
         counts + events + self.unsent_rows.load(Ordering::Acquire)
     }
 }
