@@ -104,7 +104,7 @@ pub struct UsageRecorder {
     /// back (see [`UsageRecorder::worth_writing`]).
     written_last_uses: Mutex<LastUses>,
     /// Events the gateway decided, stored with the next flush.
-    events: std::sync::Mutex<Vec<NewEvent>>,
+    events: Mutex<Vec<NewEvent>>,
     /// The batch whose write failed, retried as it is. The lock also keeps
     /// two flushes (the ticker and shutdown) from running at once.
     unsent: tokio::sync::Mutex<Option<UsageBatch>>,
@@ -116,7 +116,7 @@ impl Default for UsageRecorder {
         Self {
             queued: Mutex::new(Vec::new()),
             written_last_uses: Mutex::new(FxHashMap::default()),
-            events: std::sync::Mutex::new(Vec::new()),
+            events: Mutex::new(Vec::new()),
             unsent: tokio::sync::Mutex::new(None),
             unsent_rows: AtomicUsize::new(0),
         }
@@ -174,8 +174,12 @@ impl UsageRecorder {
         self.queued.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn events(&self) -> MutexGuard<'_, Vec<NewEvent>> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn record_event(&self, event: NewEvent) {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+        self.events().push(event);
     }
 
     /// Takes everything recorded so far. Counts racing with this call land
@@ -216,7 +220,7 @@ impl UsageRecorder {
             })
             .collect();
         let last_uses = self.worth_writing(last_uses);
-        let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
+        let events = std::mem::take(&mut *self.events());
         UsageBatch {
             id,
             at,
@@ -260,7 +264,7 @@ impl UsageRecorder {
 
     /// Rows not yet written: recorded since the last flush, plus a failed batch.
     pub fn pending(&self) -> usize {
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let events = self.events().len();
         // A copy of the list, so that no tally is locked under the list's
         // lock (`record` takes them the other way round).
         let tallies = self.queued_tallies().clone();
