@@ -1,6 +1,7 @@
 # Local services for the test suite: PostgreSQL on 127.0.0.1:5432 (database
-# `test`), Redis on 127.0.0.1:6379, and Chromium with chromedriver for the
-# dashboard's browser tests. Each is started if it is installed but
+# `test`), Redis on 127.0.0.1:6379, Chromium with chromedriver for the
+# dashboard's browser tests, and nginx and Python 3 as the real upstreams of
+# the canonical-path tests (each test starts its own on free ports). Each is started if it is installed but
 # not running, and installed with apt-get where that is possible.
 # KEYGATE_REQUIRE_SERVICES=1 (set by CI) turns a missing service into a failure.
 
@@ -72,11 +73,31 @@ ensure_browser() {
   browser_ready
 }
 
+nginx_ready() { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; }
+
+# Installed, never started here: the tests start nginx with their own config.
+ensure_nginx() {
+  nginx_ready && return 0
+  if can_install; then
+    log "installing nginx-light"
+    apt_install nginx-light || true
+  fi
+  nginx_ready
+}
+
+ensure_python() {
+  command -v python3 >/dev/null 2>&1 && return 0
+  can_install && { log "installing python3"; apt_install python3 || true; }
+  command -v python3 >/dev/null 2>&1
+}
+
 ensure_services() {
   local missing=()
   ensure_postgres || missing+=("PostgreSQL on 127.0.0.1:5432")
   ensure_redis || missing+=("Redis on 127.0.0.1:6379")
   ensure_browser || missing+=("chromium + chromedriver")
+  ensure_nginx || missing+=("nginx")
+  ensure_python || missing+=("python3")
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "${KEYGATE_REQUIRE_SERVICES:-0}" = 1 ]; then
       log "missing: ${missing[*]} (KEYGATE_REQUIRE_SERVICES=1 forbids skipping)"

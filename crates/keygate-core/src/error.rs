@@ -25,6 +25,8 @@ pub enum ErrorCode {
     ConcurrencyLimitExceeded,
     TooManyFailedAttempts,
     RouteNotFound,
+    InvalidPath,
+    MalformedRequest,
     UpstreamUnavailable,
     UpstreamTimeout,
     ServiceUnavailable,
@@ -42,7 +44,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 27] = [
         Self::MissingApiKey,
         Self::AmbiguousApiKey,
         Self::InvalidApiKey,
@@ -55,6 +57,8 @@ impl ErrorCode {
         Self::ConcurrencyLimitExceeded,
         Self::TooManyFailedAttempts,
         Self::RouteNotFound,
+        Self::InvalidPath,
+        Self::MalformedRequest,
         Self::UpstreamUnavailable,
         Self::UpstreamTimeout,
         Self::ServiceUnavailable,
@@ -84,6 +88,8 @@ impl ErrorCode {
             Self::ConcurrencyLimitExceeded => "CONCURRENCY_LIMIT_EXCEEDED",
             Self::TooManyFailedAttempts => "TOO_MANY_FAILED_ATTEMPTS",
             Self::RouteNotFound => "ROUTE_NOT_FOUND",
+            Self::InvalidPath => "INVALID_PATH",
+            Self::MalformedRequest => "MALFORMED_REQUEST",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
@@ -106,7 +112,7 @@ impl ErrorCode {
 
     pub fn default_status(self) -> u16 {
         match self {
-            Self::AmbiguousApiKey | Self::InvalidJson => 400,
+            Self::AmbiguousApiKey | Self::InvalidJson | Self::InvalidPath | Self::MalformedRequest => 400,
             Self::MissingApiKey | Self::InvalidApiKey | Self::ApiKeyExpired | Self::ApiKeyRevoked => 401,
             Self::WorkspaceDisabled
             | Self::IpNotAllowed
@@ -148,6 +154,12 @@ impl ErrorCode {
                 "Too many requests with invalid API keys from this address. Wait before retrying."
             }
             Self::RouteNotFound => "No route matches this request.",
+            Self::MalformedRequest => {
+                "The request is not well-formed HTTP: send one Host header and a correctly framed body."
+            }
+            Self::InvalidPath => {
+                "The request path is not valid: encoded slashes, control characters and `..` above the root are refused."
+            }
             Self::UpstreamUnavailable => "The upstream service is unavailable. Please retry shortly.",
             Self::UpstreamTimeout => "The upstream service did not answer in time. Please retry shortly.",
             Self::ServiceUnavailable => "The service is temporarily unavailable. Please retry shortly.",

@@ -15,6 +15,7 @@ pub mod ip;
 pub mod key;
 pub mod limits;
 pub mod model;
+pub mod path;
 pub mod ratelimit;
 pub mod scope;
 pub mod throttle;

@@ -14,6 +14,7 @@ use keygate_core::duration::parse_duration;
 use keygate_core::error::CatalogError;
 use keygate_core::events::AnomalyRule;
 use keygate_core::limits::Plan;
+use keygate_core::path::{canonicalize, EscapedSlashes, PathRules};
 use keygate_core::scope::validate_scopes;
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCatalog, ErrorFormat, KeyFormat};
@@ -127,6 +128,11 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Threads serving the data plane, each with its own runtime; 0 = one per CPU.
     pub gateway_threads: usize,
+    /// Merge repeated slashes in request paths (`//a` is `/a`) before routing
+    /// and forwarding (crates/keygate-core/src/path.rs).
+    pub merge_slashes: bool,
+    /// `reject` (400 `INVALID_PATH`) or `keep` `%2F`, `%5C` and `\` in request paths.
+    pub escaped_slashes: EscapedSlashes,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -236,6 +242,8 @@ impl Default for ServerConfig {
             max_header_size: "64KiB".into(),
             tls: None,
             gateway_threads: 0,
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Reject,
         }
     }
 }
@@ -563,6 +571,8 @@ pub struct Settings {
     pub tls: Option<TlsConfig>,
     pub access_log: AccessLogSettings,
     pub gateway_threads: usize,
+    /// How request paths are canonicalised before anything reads them.
+    pub path_rules: PathRules,
     pub dashboard: DashboardSettings,
 }
 
@@ -742,12 +752,17 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES} bytes"),
         ));
     }
+    let path_rules = PathRules {
+        merge_slashes: config.server.merge_slashes,
+        escaped_slashes: config.server.escaped_slashes,
+    };
     let routes = config
         .routes
         .iter()
         .enumerate()
         .map(|(index, route)| {
-            validate_route(index, route, max_body_bytes).map_err(|(field, message)| invalid(&field, message))
+            validate_route(index, route, max_body_bytes, path_rules)
+                .map_err(|(field, message)| invalid(&field, message))
         })
         .collect::<Result<Vec<_>, _>>()?;
 
@@ -811,6 +826,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             threads => threads,
         },
+        path_rules,
         dashboard: DashboardSettings {
             enabled: config.dashboard.enabled,
             public_url: validate_public_url(config.dashboard.public_url.as_deref())
@@ -953,12 +969,19 @@ fn validate_limiter(config: &LimiterConfig) -> Result<LimiterSettings, (String, 
     })
 }
 
-fn validate_route(index: usize, route: &RouteConfig, default_max_body: u64) -> Result<Route, (String, String)> {
+fn validate_route(
+    index: usize,
+    route: &RouteConfig,
+    default_max_body: u64,
+    path_rules: PathRules,
+) -> Result<Route, (String, String)> {
     let name = format!("routes[{index}] (path \"{}\")", route.path);
     let fail = |field: &str, message: String| (format!("{name}.{field}"), message);
     if !route.path.starts_with('/') {
         return Err(fail("path", "must start with `/`".into()));
     }
+    // Kept in the form requests are matched in: `/a/./b` is `/a/b`, `/café` is `/caf%C3%A9`.
+    let path = canonicalize(&route.path, path_rules).map_err(|reason| fail("path", reason.to_string()))?;
     let upstream_text = route
         .upstream
         .as_deref()
@@ -991,7 +1014,7 @@ fn validate_route(index: usize, route: &RouteConfig, default_max_body: u64) -> R
         None => default_max_body,
     };
     Ok(Route {
-        path: route.path.trim_end_matches('/').to_owned(),
+        path: path.trim_end_matches('/').to_owned(),
         methods,
         upstream,
         resource: route.resource.clone(),

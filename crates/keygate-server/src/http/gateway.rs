@@ -3,19 +3,22 @@
 //! response gets an `X-Request-Id` and one access-log line. Everything here is
 //! translation; decisions are the engine's.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{self, HeaderName, HeaderValue};
-use axum::http::{HeaderMap, Method};
+use axum::http::uri::PathAndQuery;
+use axum::http::{HeaderMap, Method, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use ipnet::IpNet;
 use keygate_core::error::ErrorInstance;
 use keygate_core::ip::is_trusted_proxy;
 use keygate_core::limits::DEFAULT_RESOURCE;
+use keygate_core::path::{canonicalize, InvalidPath, PathRules};
 use keygate_core::{ErrorCatalog, ErrorCode};
 use keygate_engine::metrics::{LabelText, RequestLabels};
 use keygate_engine::usage::ADMITTED;
@@ -43,6 +46,7 @@ pub struct GatewayState {
     pub trusted_proxies: Arc<Vec<IpNet>>,
     upstreams: Arc<[Upstream]>,
     require_https: bool,
+    path_rules: PathRules,
     access_log: AccessLog,
     labels: FixedLabels,
 }
@@ -68,6 +72,7 @@ impl GatewayState {
             trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
             upstreams: settings.routes.iter().cloned().map(Upstream::new).collect(),
             require_https: settings.require_https,
+            path_rules: settings.path_rules,
             access_log,
             labels: FixedLabels {
                 whoami: LabelText(Arc::from(WHOAMI_PATH)),
@@ -125,6 +130,16 @@ impl GatewayState {
         response
     }
 
+    /// 400 with `Connection: close`: a client that frames its requests wrongly
+    /// cannot be trusted to frame the next one on this connection.
+    pub(crate) fn malformed_request(&self) -> Response {
+        let mut response = self.error(&ErrorCode::MalformedRequest.into());
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+
     /// TLS terminated here, or by a trusted proxy that says so.
     fn arrived_over_https(exchange: &Exchange, headers: &HeaderMap) -> bool {
         exchange.transport.tls || crate::http::extract::forwarded_https(exchange.from_trusted_proxy, headers)
@@ -170,7 +185,7 @@ pub(crate) struct Exchange {
 async fn handle(
     State(gw): State<GatewayState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
 ) -> Response {
     let started = Instant::now();
     let transport = request.extensions().get::<Transport>().copied().unwrap_or_default();
@@ -181,15 +196,32 @@ async fn handle(
         transport,
         request_id: GatewayState::request_id(from_trusted_proxy, request.headers()),
     };
+    // First, before anything reads the head: its framing, then the path,
+    // which is canonical from here on.
+    let refused = if !has_one_host(&request) {
+        Some(ErrorCode::MalformedRequest)
+    } else if let Err(reason) = canonicalize_target(&mut request, gw.path_rules) {
+        tracing::debug!(%reason, path = request.uri().path(), "refused a request path");
+        Some(ErrorCode::InvalidPath)
+    } else {
+        None
+    };
     let logged = gw
         .access_log
         .enabled()
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
     let client = client_ip(peer, request.headers(), &gw.trusted_proxies);
-    // Matched once: the route decides the flow and names the metrics label.
-    let upstream = gw.upstream_for(request.method(), request.uri().path());
-    let route = gw.route_label(upstream, request.uri().path());
-    let (mut response, key) = process(&gw, upstream, &exchange, client, request).await;
+    let (mut response, key, route) = match refused {
+        None => {
+            // Matched once: the route decides the flow and names the metrics label.
+            let upstream = gw.upstream_for(request.method(), request.uri().path());
+            let route = gw.route_label(upstream, request.uri().path());
+            let (response, key) = process(&gw, upstream, &exchange, client, request).await;
+            (response, key, route)
+        }
+        Some(ErrorCode::MalformedRequest) => (gw.malformed_request(), None, gw.labels.empty.clone()),
+        Some(code) => (gw.error(&code.into()), None, gw.labels.empty.clone()),
+    };
     gw.engine.metrics().request(&RequestLabels {
         outcome: match response.extensions().get::<Outcome>() {
             Some(Outcome(code)) => code,
@@ -216,6 +248,38 @@ async fn handle(
     }
     response.headers_mut().insert(X_REQUEST_ID, exchange.request_id);
     response
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request has exactly one `Host`, and no
+/// request has two. (HTTP/2 names its authority in `:authority`.)
+fn has_one_host(request: &Request) -> bool {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    match request.version() {
+        Version::HTTP_11 => hosts == 1,
+        _ => hosts <= 1,
+    }
+}
+
+/// Replaces the request's path by its canonical form
+/// (crates/keygate-core/src/path.rs), keeping the query as it came, so the
+/// route, the scopes, the log, the metrics and the upstream all see one path.
+/// An already canonical path, the usual case, is left alone.
+fn canonicalize_target(request: &mut Request, rules: PathRules) -> Result<(), InvalidPath> {
+    let uri = request.uri();
+    let path = match canonicalize(uri.path(), rules)? {
+        Cow::Borrowed(_) => return Ok(()),
+        Cow::Owned(path) => path,
+    };
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    // The canonical path is visible ASCII and escapes, so this cannot fail; if
+    // it did, the request is refused rather than forwarded as it came.
+    parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| InvalidPath::MalformedEscape)?);
+    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| InvalidPath::MalformedEscape)?;
+    Ok(())
 }
 
 /// The request flow of DESIGN.md section 4. Returns the key that was

@@ -236,7 +236,7 @@ pub(crate) async fn forward(
             parts.headers.insert(header::UPGRADE, protocol.clone());
             Body::empty()
         }
-        None => limited(body, route.max_body_bytes),
+        None => limited(Body::new(body.map_err(ClientBodyError)), route.max_body_bytes),
     };
     parts.uri = uri;
     let sent = upstream.client.request(axum::http::Request::from_parts(parts, body));
@@ -244,6 +244,10 @@ pub(crate) async fn forward(
         Ok(Ok(response)) => response,
         Ok(Err(err)) if caused_by::<LengthLimitError>(&err) => {
             return gw.body_too_large();
+        }
+        Ok(Err(err)) if caused_by::<ClientBodyError>(&err) => {
+            tracing::info!(error = %err, "the client's request body was malformed or cut short");
+            return gw.malformed_request();
         }
         Ok(Err(err)) => {
             tracing::warn!(error = %err, upstream = %route.upstream, "upstream request failed");
@@ -269,6 +273,12 @@ pub(crate) async fn forward(
     });
     Response::from_parts(parts, Body::new(body))
 }
+
+/// A failure reading the client's body (bad chunk framing, a connection cut
+/// mid-body), marked so it is answered as the client's error, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body: {0}")]
+struct ClientBodyError(#[source] axum::Error);
 
 /// Bodies past the route's limit fail mid-stream; the failure surfaces as
 /// [`LengthLimitError`] in the upstream request's error.

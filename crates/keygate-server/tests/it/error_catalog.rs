@@ -101,6 +101,11 @@ async fn snapshot_every_error(format: &str) {
         error_snapshot(get("/nowhere").send().await.unwrap()).await,
     );
 
+    snap(
+        "INVALID_PATH",
+        error_snapshot(get("/api/invoices/a%2fb").send().await.unwrap()).await,
+    );
+
     let (_, writer) = app
         .key(&ws, json!({"name": "writer", "scopes": ["invoices:write"]}))
         .await;

@@ -593,3 +593,78 @@ async fn shutdown_lets_in_flight_requests_finish() {
         "a stopped node accepts no new connections"
     );
 }
+
+/// A status line and the error code of a raw response, for framing tests.
+fn status_and_code(response: &str) -> (String, String) {
+    let status = response.split(' ').nth(1).unwrap_or_default().to_owned();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    let code = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|body| body["code"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    (status, code)
+}
+
+#[tokio::test]
+async fn malformed_client_framing_is_the_clients_400_never_a_502() {
+    let (upstream, url) = CountingUpstream::start().await;
+    let app = TestApp::builder()
+        .config(&format!("[[routes]]\npath = \"/api\"\nupstream = \"{url}\"\n"))
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let chunked = |body: &str| {
+        format!("POST /api/chunked HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+    };
+    for (case, request) in [
+        (
+            "chunk size overflows",
+            chunked("fffffffffffffffffffff\r\nx\r\n0\r\n\r\n"),
+        ),
+        ("bare LF chunk lines", chunked("5\nhello\n0\n\n")),
+        ("extension ending in LF", chunked("5;ext\nhello\r\n0\r\n\r\n")),
+        (
+            "no Host",
+            format!("GET /api/nohost HTTP/1.1\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            "two Hosts",
+            format!("GET /api/twohosts HTTP/1.1\r\nHost: a\r\nHost: b\r\nX-API-Key: {key}\r\n\r\n"),
+        ),
+    ] {
+        let response = raw_exchange(&app.gateway, request.as_bytes()).await;
+        assert_eq!(
+            status_and_code(&response),
+            ("400".to_owned(), "MALFORMED_REQUEST".to_owned()),
+            "{case}: {response}"
+        );
+    }
+    // HTTP/1.0 may leave Host out.
+    let old = raw_exchange(
+        &app.gateway,
+        format!("GET /api/old HTTP/1.0\r\nX-API-Key: {key}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"),
+        "{old}"
+    );
+    let paths = upstream.paths();
+    assert!(!paths.iter().any(|p| p.contains("host")), "{paths:?}");
+    // Counted as the client's error, not the upstream's.
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("outcome=\"MALFORMED_REQUEST\""), "{metrics}");
+    assert!(!metrics.contains("outcome=\"UPSTREAM_UNAVAILABLE\""), "{metrics}");
+}
