@@ -105,14 +105,15 @@ with open(out, "w") as f:
 EOF
 }
 
-write_keys_lua() { # cycles through the keys in $BENCH_KEYS, one per request
+write_keys_lua() { # cycles through the keys in $BENCH_KEYS, one per request, to $BENCH_PATH (/bench)
 cat >"$WORK/keys.lua" <<'EOF'
+local path = os.getenv("BENCH_PATH") or "/bench"
 local keys = {}
 for line in io.lines(os.getenv("BENCH_KEYS")) do keys[#keys + 1] = line end
 local i = 0
 request = function()
   i = i % #keys + 1
-  return wrk.format("GET", "/bench", { ["X-API-Key"] = keys[i] })
+  return wrk.format("GET", path, { ["X-API-Key"] = keys[i] })
 end
 EOF
 }
@@ -123,8 +124,9 @@ build_keygate() {
   KEYGATE="$ROOT/target/release/keygate"
 }
 
-# A node for the benchmarks: one plan with a limit that is never reached, and
-# one route to the upstream on $UPSTREAM_PORT that needs a scope.
+# A node for the benchmarks: one plan with a limit that is never reached, one
+# route to the upstream on $UPSTREAM_PORT that needs a scope, and `/open`, the
+# same upstream with `auth = false`.
 write_keygate_config() { # file, gateway port, admin port, store url, limiter url
   cat >"$1" <<EOF
 [server]
@@ -147,6 +149,10 @@ default_plan = "bench"
 path = "/"
 upstream = "http://127.0.0.1:$UPSTREAM_PORT"
 scopes = ["bench:read"]
+[[routes]]
+path = "/open"
+upstream = "http://127.0.0.1:$UPSTREAM_PORT"
+auth = false
 EOF
 }
 

@@ -6,7 +6,9 @@
 #   2. nginx as a plain reverse proxy;
 #   3. nginx doing API-key auth: `map` over 10,000 keys plus `limit_req` per key;
 #   4. keygate with 10,000 valid keys cycling, each checked for scope and rate limit;
-#   5. keygate rejecting invalid keys (bad checksum).
+#   5. keygate rejecting invalid keys (bad checksum);
+#   4a. keygate on a route with `auth = false`, the same keys sent (and
+#       stripped), the same upstream: what auth and limits cost (issue 16).
 # With BASELINE=/path/to/another/keygate (e.g. built from the commit before a
 # change), two more cases on the same store, config and CPU:
 #   6. case 4 with the baseline binary;
@@ -113,6 +115,7 @@ run_wrk "1. direct upstream" "http://127.0.0.1:$UPSTREAM_PORT/bench"
 run_wrk "2. nginx proxy" "http://127.0.0.1:$NGINX_PROXY_PORT/bench"
 BENCH_KEYS="$WORK/keys.txt" run_wrk "3. nginx map+limit_req" "http://127.0.0.1:$NGINX_AUTH_PORT/bench" "$WORK/keys.lua"
 BENCH_KEYS="$WORK/keys.txt" run_wrk "4. keygate valid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
+BENCH_KEYS="$WORK/keys.txt" BENCH_PATH=/open/bench run_wrk "4a. keygate open route (auth = false)" "http://127.0.0.1:$KEYGATE_PORT/open/bench" "$WORK/keys.lua"
 BENCH_KEYS="$WORK/invalid.txt" run_wrk "5. keygate invalid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
 if [ -n "${BASELINE:-}" ]; then
   stop_keygate
@@ -167,6 +170,7 @@ print_results
 awk -F'\t' '
   $1 ~ /^3\./ { nginx = $2 }
   $1 ~ /^4\./ { keygate = $2 }
+  $1 ~ /^4a\./ { open = $2 }
   $1 ~ /^6\./ { baseline = $2 }
   $1 ~ /^7\./ { again = $2 }
   $1 ~ /^8\./ { split($1, words, " "); r = words[3]; sub(/,/, "", r); if ($1 ~ / on$/) on[r] = $6; else off[r] = $6 }
@@ -179,6 +183,7 @@ awk -F'\t' '
       printf "usage and events on / off (throughput on one CPU: CPU per request off / on), median of %d rounds: %.3f\n", rounds, median
     }
     if (nginx > 0) printf "\nkeygate (case 4) / nginx with auth (case 3): %.2f\n", keygate / nginx
+    if (open > 0) printf "keygate with auth (case 4) / keygate open route (case 4a): %.3f\n", keygate / open
     if (baseline > 0) printf "keygate (mean of cases 4 and 7) / baseline (case 6): %.3f\n", (keygate + again) / 2 / baseline
   }
 ' "$WORK/results.tsv"

@@ -27,6 +27,7 @@ use serde_json::json;
 
 use crate::config::{RateLimitHeaderStyle, Settings};
 use crate::http::access_log::{AccessEntry, AccessLog};
+use crate::http::client_body::discard_rest;
 use crate::http::error::render;
 use crate::http::extract::{client_ip, credential, credential_rejection};
 use crate::http::proxy::{self, Upstream};
@@ -119,9 +120,9 @@ impl GatewayState {
         response
     }
 
-    /// 413 with `Connection: close`: the rest of the body is never read, so
-    /// the connection cannot carry another request and the client must not
-    /// try (nginx does the same).
+    /// 413 with `Connection: close`: the rest of the body is only read to be
+    /// thrown away (crates/keygate-server/src/http/client_body.rs), so the
+    /// connection cannot carry another request (nginx does the same).
     pub(crate) fn body_too_large(&self) -> Response {
         let mut response = self.error(&ErrorCode::PayloadTooLarge.into());
         response
@@ -304,6 +305,10 @@ async fn process(
     // A declared length over the limit is refused before it costs a lookup or a limit.
     if let Some(upstream) = upstream {
         if declared_length(request.headers()).is_some_and(|len| len > upstream.route.max_body_bytes) {
+            // A client that waits for `100 Continue` sends nothing more.
+            if !request.headers().contains_key(header::EXPECT) {
+                discard_rest(request.into_body());
+            }
             return (gw.body_too_large(), None);
         }
     }

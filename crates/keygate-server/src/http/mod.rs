@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod client_body;
 pub mod dashboard;
 pub mod dto;
 pub mod error;

@@ -15,7 +15,7 @@ use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::uri::{Authority, Scheme};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -26,6 +26,7 @@ use keygate_engine::CachedKey;
 use keygate_limiter::Permit;
 
 use crate::config::Route;
+use crate::http::client_body::{BodyTooLarge, CappedBody, ClientBodyError, Leftover};
 use crate::http::gateway::{Exchange, GatewayState, X_REQUEST_ID};
 
 /// Idle pooled connections to an upstream are closed after this long.
@@ -228,21 +229,25 @@ pub(crate) async fn forward(
         return gw.error(&ErrorCode::UpstreamUnavailable.into());
     };
     upstream_headers(route, exchange, client, &mut parts.headers, identity);
-    let body = match &upgrade {
+    let (body, leftover) = match &upgrade {
         Some((protocol, _)) => {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
-            Body::empty()
+            (Body::empty(), Leftover::default())
         }
-        None => limited(Body::new(body.map_err(ClientBodyError)), route.max_body_bytes),
+        None => {
+            let (capped, leftover) = CappedBody::new(body, route.max_body_bytes);
+            (Body::new(capped), leftover)
+        }
     };
     parts.uri = uri;
     let sent = upstream.client.request(axum::http::Request::from_parts(parts, body));
     let mut response = match tokio::time::timeout(route.timeout, sent).await {
         Ok(Ok(response)) => response,
-        Ok(Err(err)) if caused_by::<LengthLimitError>(&err) => {
+        Ok(Err(err)) if caused_by::<BodyTooLarge>(&err) => {
+            leftover.discard();
             return gw.body_too_large();
         }
         Ok(Err(err)) if caused_by::<ClientBodyError>(&err) => {
@@ -272,21 +277,6 @@ pub(crate) async fn forward(
         frame
     });
     Response::from_parts(parts, Body::new(body))
-}
-
-/// A failure reading the client's body (bad chunk framing, a connection cut
-/// mid-body), marked so it is answered as the client's error, not the upstream's.
-#[derive(Debug, thiserror::Error)]
-#[error("reading the client's request body: {0}")]
-struct ClientBodyError(#[source] axum::Error);
-
-/// Bodies past the route's limit fail mid-stream; the failure surfaces as
-/// [`LengthLimitError`] in the upstream request's error.
-fn limited(body: Body, max_bytes: u64) -> Body {
-    match usize::try_from(max_bytes) {
-        Ok(max) => Body::new(Limited::new(body, max)),
-        Err(_) => body,
-    }
 }
 
 fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {

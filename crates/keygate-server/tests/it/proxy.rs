@@ -668,3 +668,55 @@ async fn malformed_client_framing_is_the_clients_400_never_a_502() {
     assert!(metrics.contains("outcome=\"MALFORMED_REQUEST\""), "{metrics}");
     assert!(!metrics.contains("outcome=\"UPSTREAM_UNAVAILABLE\""), "{metrics}");
 }
+
+/// Posts 8 MiB with Python's `http.client`, which writes the whole body
+/// before it reads a byte of the answer, as most client libraries do.
+const POST_8_MIB: &str = r#"
+import http.client, sys
+host, port = sys.argv[1].rsplit(":", 1)
+connection = http.client.HTTPConnection(host, int(port), timeout=30)
+body = b"x" * (8 * 1024 * 1024)
+headers = {"X-API-Key": sys.argv[2], "Content-Type": "application/octet-stream"}
+if sys.argv[3] == "chunked":
+    chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))
+    connection.request("POST", "/small/upload", body=chunks, headers=headers, encode_chunked=True)
+else:
+    connection.request("POST", "/small/upload", body=body, headers=headers)
+response = connection.getresponse()
+print(response.status, response.getheader("Connection"), response.read().decode())
+"#;
+
+#[tokio::test]
+async fn a_client_that_sends_too_much_reads_the_413_and_its_body() {
+    if !crate::real_upstreams::available("python3") {
+        return;
+    }
+    let (_, url) = CountingUpstream::start().await;
+    let app = TestApp::builder()
+        .config(&format!(
+            "[[routes]]\npath = \"/small\"\nupstream = \"{url}\"\nmax_body_size = \"1MiB\"\n"
+        ))
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let address = app.gateway.trim_start_matches("http://");
+    for framing in ["content-length", "chunked"] {
+        let output = tokio::process::Command::new("python3")
+            .args(["-c", POST_8_MIB, address, &key, framing])
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{framing}: the client failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let (status, rest) = stdout.trim().split_once(' ').unwrap();
+        let (connection, body) = rest.split_once(' ').unwrap();
+        assert_eq!((status, connection), ("413", "close"), "{framing}: {stdout}");
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["code"], "PAYLOAD_TOO_LARGE", "{framing}");
+    }
+}

@@ -37,7 +37,7 @@ impl Drop for RealUpstream {
 
 /// Required under `KEYGATE_REQUIRE_SERVICES=1` (CI; `scripts/test.sh`
 /// installs it); otherwise a missing program skips the test with a word.
-fn available(program: &str) -> bool {
+pub fn available(program: &str) -> bool {
     let found = Command::new(program)
         .arg(if program.contains("nginx") { "-v" } else { "--version" })
         .stdout(Stdio::null())
