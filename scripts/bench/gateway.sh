@@ -28,7 +28,7 @@
 # the median of the rounds' off / on ratios, i.e. on's throughput over off's.
 #
 # Usage: bash scripts/bench/gateway.sh        (DURATION=10s CONNECTIONS=64 KEYS=10000;
-#        BASELINE=path/to/keygate; EVENTS=compare ROUNDS=3)
+#        BASELINE=path/to/keygate; EVENTS=compare ROUNDS=3; SIDE_BY_SIDE=path/to/keygate)
 # Everything it starts listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 
@@ -125,14 +125,25 @@ if [ -n "${BASELINE:-}" ]; then
   start_keygate "$KEYGATE"
   BENCH_KEYS="$WORK/keys.txt" run_wrk "7. keygate valid keys again" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
 fi
+# SIDE_BY_SIDE=/path/to/another/keygate: the same side-by-side method, with
+# "on" this binary and "off" that one, on the same config (issue 16's
+# bake-off: on one noisy machine, only side by side is steady enough).
+if [ -n "${SIDE_BY_SIDE:-}" ]; then
+  EVENTS=compare
+  TWIN_BINARY=$SIDE_BY_SIDE
+  PAIR_WHAT="this binary / $SIDE_BY_SIDE"
+else
+  TWIN_BINARY=$KEYGATE
+  PAIR_WHAT="usage and events"
+fi
 if [ "${EVENTS:-}" = compare ]; then
   stop_keygate # the twin's store is a copy, taken while nothing writes
   cp -r "$WORK/keygate" "$WORK/keygate-off"
   write_keygate_config "$WORK/keygate-off.toml" $((BASE_PORT + 5)) $((BASE_PORT + 6)) "sqlite://$WORK/keygate-off/keygate.db" "memory://"
-  printf '[usage]\nenabled = false\n[events]\nenabled = false\n' >>"$WORK/keygate-off.toml"
+  [ -n "${SIDE_BY_SIDE:-}" ] || printf '[usage]\nenabled = false\n[events]\nenabled = false\n' >>"$WORK/keygate-off.toml"
   start_keygate "$KEYGATE"
   ON_PID=$KEYGATE_PID
-  KEYGATE_PORT=$((BASE_PORT + 5)) KEYGATE_ADMIN_PORT=$((BASE_PORT + 6)) start_keygate "$KEYGATE" "$WORK/keygate-off.toml"
+  KEYGATE_PORT=$((BASE_PORT + 5)) KEYGATE_ADMIN_PORT=$((BASE_PORT + 6)) start_keygate "$TWIN_BINARY" "$WORK/keygate-off.toml"
   OFF_PID=$KEYGATE_PID
   cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   run_pair() { # round
@@ -152,7 +163,7 @@ if [ "${EVENTS:-}" = compare ]; then
     wait_jobs
     for mode in on off; do
       local pid_var=${mode^^}_PID start_var=${mode}_start
-      awk -v label="8. round $1, usage and events $mode" -v ticks=$(($(cpu_ticks "${!pid_var}") - ${!start_var})) '
+      awk -v label="8. round $1, $PAIR_WHAT $mode" -v ticks=$(($(cpu_ticks "${!pid_var}") - ${!start_var})) '
         /requests in/ { requests = $1 } /^Requests\/sec/ { rps = $2 } $1 == "50%" { p50 = $2 } $1 == "99%" { p99 = $2 } /Non-2xx/ { bad = $NF }
         END { printf "%s\t%s\t%s\t%s\t%d\t%.2f\n", label, rps, p50, p99, bad, ticks * 10000 / requests }
       ' "$WORK/$mode-$1.wrk" | tee -a "$WORK/results.tsv" | awk -F'\t' '{printf "  %s: %s req/s, p99 %s, %s CPU us per request\n", $1, $2, $4, $6}' >&2
@@ -167,7 +178,7 @@ if [ "${EVENTS:-}" = compare ]; then
 fi
 
 print_results
-awk -F'\t' '
+awk -F'\t' -v what="${PAIR_WHAT:-usage and events}" '
   $1 ~ /^3\./ { nginx = $2 }
   $1 ~ /^4\./ { keygate = $2 }
   $1 ~ /^4a\./ { open = $2 }
@@ -180,7 +191,7 @@ awk -F'\t' '
     if (rounds > 0) {
       for (i = 1; i <= rounds; i++) for (j = i + 1; j <= rounds; j++) if (ratio[j] < ratio[i]) { t = ratio[i]; ratio[i] = ratio[j]; ratio[j] = t }
       median = rounds % 2 ? ratio[(rounds + 1) / 2] : (ratio[rounds / 2] + ratio[rounds / 2 + 1]) / 2
-      printf "usage and events on / off (throughput on one CPU: CPU per request off / on), median of %d rounds: %.3f\n", rounds, median
+      printf "%s, on / off (throughput on one CPU: CPU per request off / on), median of %d rounds: %.3f\n", what, rounds, median
     }
     if (nginx > 0) printf "\nkeygate (case 4) / nginx with auth (case 3): %.2f\n", keygate / nginx
     if (open > 0) printf "keygate with auth (case 4) / keygate open route (case 4a): %.3f\n", keygate / open

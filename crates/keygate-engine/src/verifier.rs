@@ -172,7 +172,13 @@ pub struct Engine {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: EngineSettings,
     pub(crate) limiter: Arc<dyn Limiter>,
-    cache: Cache<KeyHash, Arc<CachedKey>>,
+    /// Every request reads it, so it is quick_cache (one shard read lock and
+    /// a probe per hit) rather than moka, whose reads queue bookkeeping and
+    /// cost about 1.3 µs a request in the gateway's profile (BENCHMARKS.md).
+    /// Entries carry no time-to-live: freshness and `store.max_stale` are
+    /// decided on the engine's clock (`is_fresh`, `reload`), and capacity
+    /// bounds memory.
+    cache: quick_cache::sync::Cache<KeyHash, Arc<CachedKey>>,
     /// Bumped by every eviction, so a store read that raced with one is not cached.
     evictions: AtomicU64,
     unknown: Cache<KeyHash, ()>,
@@ -192,6 +198,20 @@ pub struct Engine {
     last_roll_until: AtomicI64,
 }
 
+/// Holds up to `capacity` keys; memory for the first few thousand is set
+/// aside up front, the rest as keys arrive.
+fn key_cache(capacity: u64) -> quick_cache::sync::Cache<KeyHash, Arc<CachedKey>> {
+    const PREALLOCATED: u64 = 4096;
+    let estimated = usize::try_from(capacity.min(PREALLOCATED)).unwrap_or(4096);
+    quick_cache::sync::Cache::with(
+        estimated,
+        capacity,
+        quick_cache::UnitWeighter,
+        quick_cache::DefaultHashBuilder::default(),
+        quick_cache::sync::DefaultLifecycle::default(),
+    )
+}
+
 impl Engine {
     pub fn new(
         store: Arc<dyn Store>,
@@ -199,12 +219,7 @@ impl Engine {
         limiter: Arc<dyn Limiter>,
         settings: EngineSettings,
     ) -> Self {
-        // Freshness is decided on the engine's clock (see `is_fresh`); moka's
-        // own expiry only bounds how long a stale entry can still serve.
-        let cache = Cache::builder()
-            .max_capacity(settings.cache_capacity)
-            .time_to_live(settings.cache_ttl.max(settings.max_stale))
-            .build();
+        let cache = key_cache(settings.cache_capacity);
         let unknown = Cache::builder()
             .max_capacity(100_000)
             .time_to_live(settings.negative_cache_ttl)
@@ -438,7 +453,7 @@ impl Engine {
         // An eviction since the read began may have been for this key: the read
         // may predate the change, so it must not stay cached.
         if self.evictions.load(Ordering::SeqCst) != evictions {
-            self.cache.invalidate(&hash);
+            self.cache.remove(&hash);
         }
         Ok(Some(cached))
     }
@@ -484,7 +499,7 @@ impl Engine {
     /// Drops a key from this node's cache so its next request reads the store.
     pub(crate) fn forget_key(&self, hash: &KeyHash) {
         self.evictions.fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate(hash);
+        self.cache.remove(hash);
         self.unknown.invalidate(hash);
     }
 
@@ -492,7 +507,7 @@ impl Engine {
     /// so the whole cache is dropped rather than indexed by workspace.
     pub(crate) fn forget_all_keys(&self) {
         self.evictions.fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate_all();
+        self.cache.clear();
     }
 
     /// Writes recorded usage to the store; see [`UsageRecorder::flush`].

@@ -90,6 +90,7 @@ impl App {
             ServeOptions {
                 tls,
                 max_header_bytes: settings.max_header_bytes,
+                upstream_connections: true,
             },
             stopped.clone(),
         )
@@ -110,6 +111,7 @@ impl App {
                 ServeOptions {
                     tls: None,
                     max_header_bytes: settings.max_header_bytes,
+                    upstream_connections: false,
                 },
                 stopped.clone(),
             )),

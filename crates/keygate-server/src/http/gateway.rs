@@ -71,7 +71,13 @@ impl GatewayState {
             catalog: Arc::new(settings.errors.clone()),
             headers: settings.headers,
             trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
-            upstreams: settings.routes.iter().cloned().map(Upstream::new).collect(),
+            upstreams: settings
+                .routes
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(index, route)| Upstream::new(index, route))
+                .collect(),
             require_https: settings.require_https,
             path_rules: settings.path_rules,
             access_log,

@@ -11,3 +11,4 @@ pub mod gateway;
 pub mod proxy;
 pub mod ratelimit;
 pub mod transport;
+pub mod upstream_conn;

@@ -7,19 +7,15 @@
 use std::error::Error as StdError;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header::{self, HeaderName, HeaderValue};
-use axum::http::uri::{Authority, Scheme};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use http_body_util::BodyExt;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use keygate_core::ErrorCode;
 use keygate_engine::metrics::LabelText;
 use keygate_engine::CachedKey;
@@ -28,38 +24,33 @@ use keygate_limiter::Permit;
 use crate::config::Route;
 use crate::http::client_body::{BodyTooLarge, CappedBody, ClientBodyError, Leftover};
 use crate::http::gateway::{Exchange, GatewayState, X_REQUEST_ID};
+use crate::http::upstream_conn::{Target, UpstreamConnections};
 
-/// Idle pooled connections to an upstream are closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A route with its own connection pool, so one slow upstream's connect
-/// timeout and pool never affect another's.
+/// A route and how to reach its upstream. Connections are not here: each
+/// client connection keeps its own ([`UpstreamConnections`]).
 pub struct Upstream {
     pub route: Route,
     /// The route's path as the `route` label of `/metrics`.
     pub label: LabelText,
-    client: Client<HttpConnector, Body>,
-    /// Parsed once: cloning these is a reference-count increment.
-    scheme: Scheme,
-    authority: Option<Authority>,
+    target: Target,
+    /// The upstream's `Host`, unless the route preserves the client's.
+    host: Option<HeaderValue>,
 }
 
 impl Upstream {
-    pub fn new(route: Route) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(route.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
-        let scheme = route.upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
-        let authority = route.upstream.authority().cloned();
+    /// `index` is the route's position in the config.
+    pub fn new(index: usize, route: Route) -> Self {
+        let authority = route.upstream.authority();
+        let address = authority.map_or_else(String::new, |a| format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)));
         Self {
             label: LabelText(Arc::from(route.path.as_str())),
+            target: Target {
+                route: index,
+                address: Arc::from(address),
+                connect_timeout: route.connect_timeout,
+            },
+            host: authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
             route,
-            client,
-            scheme,
-            authority,
         }
     }
 }
@@ -118,6 +109,7 @@ fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     wants.then(|| headers.get(header::UPGRADE).cloned()).flatten()
 }
 
+/// The request target the upstream gets, in origin form (`/base/rest?query`).
 fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
     let route = &upstream.route;
     let path = uri.path();
@@ -137,12 +129,7 @@ fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
         target.push('?');
         target.push_str(query);
     }
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone()?)
-        .path_and_query(target)
-        .build()
-        .ok()
+    Uri::try_from(target).ok()
 }
 
 /// Rewrites the client's headers into the upstream's: no credential (unless
@@ -189,8 +176,22 @@ fn upstream_headers(
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     headers.insert(X_REQUEST_ID, exchange.request_id.clone());
-    if !route.preserve_host {
-        headers.remove(header::HOST);
+}
+
+/// The upstream's own `Host`, unless the route keeps the client's (an
+/// HTTP/2 client's authority, which HTTP/1.1 needs as `Host`).
+fn upstream_host(upstream: &Upstream, client_uri: &Uri, headers: &mut HeaderMap) {
+    if upstream.route.preserve_host {
+        if !headers.contains_key(header::HOST) {
+            if let Some(host) = client_uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(header::HOST, host);
+            }
+        }
+    } else if let Some(host) = &upstream.host {
+        headers.insert(header::HOST, host.clone());
     }
 }
 
@@ -224,11 +225,18 @@ pub(crate) async fn forward(
 ) -> Response {
     let route = &upstream.route;
     let upgrade = requested_upgrade(request.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
+    let connections = request
+        .extensions_mut()
+        .remove::<UpstreamConnections>()
+        .unwrap_or_default();
     let (mut parts, body) = request.into_parts();
     let Some(uri) = upstream_uri(upstream, &parts.uri) else {
         return gw.error(&ErrorCode::UpstreamUnavailable.into());
     };
     upstream_headers(route, exchange, client, &mut parts.headers, identity);
+    upstream_host(upstream, &parts.uri, &mut parts.headers);
+    // The upstream connection speaks HTTP/1.1, whatever the client spoke.
+    parts.version = axum::http::Version::HTTP_11;
     let (body, leftover) = match &upgrade {
         Some((protocol, _)) => {
             parts
@@ -243,7 +251,7 @@ pub(crate) async fn forward(
         }
     };
     parts.uri = uri;
-    let sent = upstream.client.request(axum::http::Request::from_parts(parts, body));
+    let sent = connections.send(&upstream.target, axum::http::Request::from_parts(parts, body));
     let mut response = match tokio::time::timeout(route.timeout, sent).await {
         Ok(Ok(response)) => response,
         Ok(Err(err)) if caused_by::<BodyTooLarge>(&err) => {

@@ -11,6 +11,10 @@ use utoipa::ToSchema;
 
 use crate::config::RateLimitHeaderStyle;
 
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
 fn seconds_until(at_ms: u64, now_ms: u64) -> u64 {
     at_ms.saturating_sub(now_ms).div_ceil(1000)
 }
@@ -32,13 +36,11 @@ pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: RateLimi
     let decision = &limits.decision;
     if style.x_ratelimit {
         if let Some(tightest) = decision.tightest() {
-            insert(headers, "x-ratelimit-limit", tightest.rule.requests.to_string());
-            insert(headers, "x-ratelimit-remaining", tightest.remaining.to_string());
-            insert(
-                headers,
-                "x-ratelimit-reset",
-                tightest.reset_ms.div_ceil(1000).to_string(),
-            );
+            // Every identified request gets these: numbers straight into the
+            // header value, no `String` in between.
+            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(tightest.rule.requests));
+            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(tightest.remaining));
+            headers.insert(X_RATELIMIT_RESET, HeaderValue::from(tightest.reset_ms.div_ceil(1000)));
         }
     }
     if style.ietf && !decision.limits.is_empty() {

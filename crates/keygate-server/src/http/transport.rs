@@ -24,6 +24,8 @@ use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
+use crate::http::upstream_conn::UpstreamConnections;
+
 /// How a request reached this node, put in each request's extensions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Transport {
@@ -40,6 +42,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ServeOptions {
     pub tls: Option<TlsAcceptor>,
     pub max_header_bytes: usize,
+    /// Give each connection its own upstream connections (the data plane).
+    pub upstream_connections: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +93,9 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 
 /// Serves the data plane on `threads` OS threads, each with its own
 /// single-threaded runtime accepting from the same socket, like nginx's
-/// workers. A request then never leaves the thread that accepted it, and
-/// each thread has its own upstream pools (`make_router` runs once per
-/// thread): on a two-core machine this proxied about 1.4 times as many
+/// workers. A request then never leaves the thread that accepted it, nor
+/// do the upstream connections of its client connection (`make_router` runs
+/// once per thread): on a two-core machine this proxied about 1.4 times as many
 /// requests per second as one multi-threaded runtime (BENCHMARKS.md).
 /// Each returned receiver resolves when its thread has finished.
 pub fn serve_on_threads(
@@ -150,6 +154,7 @@ pub async fn serve(
                         router: router.clone(),
                         builder: builder.clone(),
                         tls: options.tls.clone(),
+                        upstream_connections: options.upstream_connections,
                     };
                     tokio::spawn(connection.run(graceful.watcher()));
                 }
@@ -190,6 +195,7 @@ struct Connection {
     router: Router,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
+    upstream_connections: bool,
 }
 
 impl Connection {
@@ -199,9 +205,14 @@ impl Connection {
             tls: self.tls.is_some(),
         };
         let (peer, router) = (self.peer, self.router);
+        // Lives as long as this connection: its upstream connections end with it.
+        let upstreams = self.upstream_connections.then(UpstreamConnections::default);
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             request.extensions_mut().insert(transport);
+            if let Some(upstreams) = &upstreams {
+                request.extensions_mut().insert(upstreams.clone());
+            }
             router.clone().call(request)
         });
         let result = match self.tls {

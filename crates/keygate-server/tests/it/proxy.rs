@@ -720,3 +720,64 @@ async fn a_client_that_sends_too_much_reads_the_413_and_its_body() {
         assert_eq!(body["code"], "PAYLOAD_TOO_LARGE", "{framing}");
     }
 }
+
+/// An upstream that answers one request per connection and then closes it,
+/// without saying so (no `Connection: close`): every idle connection a proxy
+/// keeps to it is stale by the time the next request comes. Counts connections.
+async fn closing_upstream() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                // Close at once, as an upstream whose keep-alive timeout fired would.
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn a_stale_upstream_connection_never_reaches_the_client_as_a_5xx() {
+    let (url, accepted) = closing_upstream().await;
+    let app = TestApp::builder()
+        .config(&format!(
+            "[[routes]]\npath = \"/api\"\nupstream = \"{url}\"\nauth = false\n"
+        ))
+        .start()
+        .await;
+    // One client connection to keygate, reused for every request.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+    let mut failures = Vec::new();
+    for i in 0..1000 {
+        let request = if i % 10 == 0 {
+            client.post(app.gateway_url("/api/write")).body("payload")
+        } else {
+            client.get(app.gateway_url("/api/read"))
+        };
+        let response = request.send().await.unwrap();
+        if response.status() != 200 {
+            failures.push((i, response.status()));
+        }
+    }
+    assert!(failures.is_empty(), "{} of 1000 failed: {failures:?}", failures.len());
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 1000,
+        "each request had its own upstream connection"
+    );
+}
