@@ -77,8 +77,12 @@ impl Cluster {
         store_url.set_host(Some("127.0.0.1")).unwrap();
         store_url.set_port(Some(postgres.addr.port())).unwrap();
         let store = format!("url = \"{store_url}\"\ntimeout = \"1s\"");
+        // A 1 s limiter timeout, not the 50 ms default: with a dozen clusters
+        // on two cores, a Redis round trip can take longer than 50 ms, and a
+        // timed-out call is decided locally (`on_failure`), which is not what
+        // these tests are about. Losing Redis is tested by cutting it.
         let extra = format!(
-            "[limiter]\nurl = \"redis://{}\"\ndefault_plan = \"standard\"\non_failure = \"local\"\n\
+            "[limiter]\nurl = \"redis://{}\"\ntimeout = \"1s\"\ndefault_plan = \"standard\"\non_failure = \"local\"\n\
              [plans.standard]\nlimits = [{{ requests = 100, per = \"1m\" }}]\n\
              [usage]\nflush_interval = \"200ms\"\n[access_log]\ntarget = \"off\"\n",
             redis.addr

@@ -57,7 +57,10 @@ pub enum SendError {
 /// Put in each request's extensions by the transport (one per client
 /// connection); the proxy takes an idle connection from it and gives it back.
 #[derive(Clone, Default)]
-pub struct UpstreamConnections(Arc<Mutex<Vec<(usize, SendRequest<Body>)>>>);
+pub struct UpstreamConnections(Arc<Mutex<Vec<Idle>>>);
+
+/// An idle connection and the route (config position) it belongs to.
+type Idle = (usize, SendRequest<Body>);
 
 impl UpstreamConnections {
     /// Sends `request` on an idle connection to `target`, or a new one. A
