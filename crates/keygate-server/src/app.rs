@@ -16,6 +16,7 @@ use crate::config::{LimiterSettings, Settings};
 use crate::http::access_log::{AccessLog, AccessLogGuard};
 use crate::http::admin::{self, AdminState};
 use crate::http::gateway::{self, GatewayState};
+use crate::http::proxy;
 use crate::http::transport::{self, ServeOptions, TlsError};
 use crate::webhook_sender::HttpWebhookSender;
 use keygate_engine::webhooks::WebhookSender;
@@ -81,12 +82,20 @@ impl App {
         let gateway_addr = local_addr(&gateway_listener, settings.gateway_addr);
         let admin_addr = local_addr(&admin_listener, settings.admin_addr);
         let (stop, stopped) = watch::channel(false);
+        let upstreams = proxy::upstreams(&settings.routes);
 
         let gateway_threads = transport::serve_on_threads(
             "gateway",
             gateway_listener.into_std().map_err(gateway_error(gateway_addr))?,
             settings.gateway_threads,
-            || gateway::router(GatewayState::new(engine.clone(), &settings, access_log.clone())),
+            || {
+                gateway::router(GatewayState::new(
+                    engine.clone(),
+                    &settings,
+                    upstreams.clone(),
+                    access_log.clone(),
+                ))
+            },
             ServeOptions {
                 tls,
                 max_header_bytes: settings.max_header_bytes,
@@ -95,13 +104,16 @@ impl App {
             stopped.clone(),
         )
         .map_err(gateway_error(gateway_addr))?;
-        let admin_router = admin::router(AdminState::new(
-            engine.clone(),
-            &settings.errors,
-            settings.headers,
-            settings.trusted_proxies.clone(),
-            settings.dashboard.clone(),
-        ));
+        let admin_router = admin::router(
+            AdminState::new(
+                engine.clone(),
+                &settings.errors,
+                settings.headers,
+                settings.trusted_proxies.clone(),
+                settings.dashboard.clone(),
+            )
+            .with_upstreams(upstreams),
+        );
 
         let mut tasks = vec![
             tokio::spawn(transport::serve(

@@ -496,7 +496,17 @@ pub struct RouteConfig {
     pub path: String,
     #[serde(default)]
     pub methods: Vec<String>,
-    pub upstream: Option<String>,
+    /// One URL, or several targets to balance between.
+    pub upstream: Option<UpstreamUrls>,
+    /// How requests are spread over several targets.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Consecutive connect failures or timeouts after which a target is left out.
+    #[serde(default = "default_eject_after")]
+    pub eject_after: u32,
+    /// How long a left-out target stays out before one request tries it again.
+    #[serde(default = "default_eject_for")]
+    pub eject_for: String,
     #[serde(default = "default_resource")]
     pub resource: String,
     #[serde(default)]
@@ -522,6 +532,42 @@ pub struct RouteConfig {
     pub forward_key: bool,
 }
 
+/// `upstream = "http://a:9000"` or `upstream = ["http://a:9000", "http://b:9000"]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UpstreamUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl UpstreamUrls {
+    fn urls(&self) -> &[String] {
+        match self {
+            Self::One(url) => std::slice::from_ref(url),
+            Self::Many(urls) => urls,
+        }
+    }
+}
+
+/// How a route with several targets picks one for a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each target in turn.
+    #[default]
+    RoundRobin,
+    /// The target with the fewest requests in flight.
+    LeastConnections,
+}
+
+fn default_eject_after() -> u32 {
+    3
+}
+
+fn default_eject_for() -> String {
+    "10s".into()
+}
+
 fn default_connect_timeout() -> String {
     "5s".into()
 }
@@ -539,7 +585,11 @@ fn default_upstream_timeout() -> String {
 pub struct Route {
     pub path: String,
     pub methods: Vec<axum::http::Method>,
-    pub upstream: axum::http::Uri,
+    /// At least one; each an `http://` URL with a host.
+    pub upstreams: Vec<axum::http::Uri>,
+    pub balance: Balance,
+    pub eject_after: u32,
+    pub eject_for: Duration,
     pub resource: String,
     pub scopes: Vec<String>,
     pub auth: bool,
@@ -982,19 +1032,26 @@ fn validate_route(
     }
     // Kept in the form requests are matched in: `/a/./b` is `/a/b`, `/café` is `/caf%C3%A9`.
     let path = canonicalize(&route.path, path_rules).map_err(|reason| fail("path", reason.to_string()))?;
-    let upstream_text = route
-        .upstream
-        .as_deref()
-        .ok_or_else(|| fail("upstream", "is required".into()))?;
-    let upstream: axum::http::Uri = upstream_text
-        .parse()
-        .map_err(|_| fail("upstream", format!("`{upstream_text}` is not a URL")))?;
-    if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
-        return Err(fail(
-            "upstream",
-            format!("`{upstream_text}` must be an http:// URL with a host"),
-        ));
+    let urls = route.upstream.as_ref().map_or(&[][..], UpstreamUrls::urls);
+    if urls.is_empty() {
+        return Err(fail("upstream", "is required".into()));
     }
+    let upstreams = urls
+        .iter()
+        .map(|text| {
+            let upstream: axum::http::Uri = text
+                .parse()
+                .map_err(|_| fail("upstream", format!("`{text}` is not a URL")))?;
+            if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
+                return Err(fail("upstream", format!("`{text}` must be an http:// URL with a host")));
+            }
+            Ok(upstream)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if route.eject_after == 0 {
+        return Err(fail("eject_after", "must be positive".into()));
+    }
+    let eject_for = parse_duration(&route.eject_for).map_err(|e| fail("eject_for", e.to_string()))?;
     let methods = route
         .methods
         .iter()
@@ -1016,7 +1073,10 @@ fn validate_route(
     Ok(Route {
         path: path.trim_end_matches('/').to_owned(),
         methods,
-        upstream,
+        upstreams,
+        balance: route.balance,
+        eject_after: route.eject_after,
+        eject_for,
         resource: route.resource.clone(),
         scopes,
         auth: route.auth,
@@ -1034,7 +1094,10 @@ pub fn catch_all_route(upstream: &str) -> RouteConfig {
     RouteConfig {
         path: "/".into(),
         methods: vec![],
-        upstream: Some(upstream.to_owned()),
+        upstream: Some(UpstreamUrls::One(upstream.to_owned())),
+        balance: Balance::default(),
+        eject_after: default_eject_after(),
+        eject_for: default_eject_for(),
         resource: default_resource(),
         scopes: vec![],
         auth: true,
@@ -1078,6 +1141,39 @@ mod tests {
             .to_string();
         assert!(err.contains("gateway_adr"), "{err}");
         assert!(err.contains(".toml"), "{err}");
+    }
+
+    #[test]
+    fn a_route_takes_one_upstream_or_several() {
+        let (_, settings) = load_text(
+            "[[routes]]\npath = \"/one\"\nupstream = \"http://10.0.0.1:9000\"\n\
+             [[routes]]\npath = \"/two\"\nupstream = [\"http://10.0.0.1:9000\", \"http://10.0.0.2:9000/base\"]\n\
+             balance = \"least_connections\"\neject_after = 5\neject_for = \"30s\"\n",
+        )
+        .unwrap();
+        let (one, two) = (&settings.routes[0], &settings.routes[1]);
+        assert_eq!(one.upstreams.len(), 1);
+        assert_eq!(
+            (one.balance, one.eject_after, one.eject_for),
+            (Balance::RoundRobin, 3, Duration::from_secs(10))
+        );
+        assert_eq!(two.upstreams[1].path(), "/base");
+        assert_eq!(
+            (two.balance, two.eject_after, two.eject_for),
+            (Balance::LeastConnections, 5, Duration::from_secs(30))
+        );
+        for (bad, field) in [
+            ("upstream = []", "upstream"),
+            ("upstream = [\"http://a:1\", \"ftp://b\"]", "upstream"),
+            ("upstream = \"http://a:1\"\neject_after = 0", "eject_after"),
+            ("upstream = \"http://a:1\"\neject_for = \"soon\"", "eject_for"),
+            ("upstream = \"http://a:1\"\nbalance = \"random\"", "balance"),
+        ] {
+            let err = load_text(&format!("[[routes]]\npath = \"/x\"\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::http::dashboard::DashboardContext;
 use crate::http::dto::*;
 use crate::http::error::{self, render, ApiError};
 use crate::http::extract::{client_ip, credential, credential_rejection, peer_of, JsonBody, PathParam, QueryParams};
+use crate::http::proxy::Upstream;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 
@@ -35,6 +36,8 @@ pub struct AdminState {
     pub verify_catalog: Arc<ErrorCatalog>,
     pub trusted_proxies: Arc<Vec<IpNet>>,
     pub dashboard: Arc<DashboardContext>,
+    /// The gateway's routes and targets, for `/readyz`.
+    upstreams: Arc<[Upstream]>,
 }
 
 impl AdminState {
@@ -57,7 +60,14 @@ impl AdminState {
             verify_catalog: Arc::new(catalog.clone().with_format(ErrorFormat::Envelope)),
             trusted_proxies: Arc::new(trusted_proxies),
             dashboard: Arc::new(dashboard),
+            upstreams: Arc::from([]),
         }
+    }
+
+    /// The gateway's upstreams, whose targets' health `/readyz` reports.
+    pub fn with_upstreams(mut self, upstreams: Arc<[Upstream]>) -> Self {
+        self.upstreams = upstreams;
+        self
     }
 }
 
@@ -209,7 +219,14 @@ async fn readyz(State(state): State<AdminState>) -> Response {
             "limiter": {"state": limiter.state, "backend": limiter.backend, "detail": limiter.detail},
             // Kept in memory while the store is down, written when it returns.
             "usage": {"state": if ready { "up" } else { "buffering" }, "pending_rows": state.engine.pending_usage()},
-        }
+        },
+        // Targets left out after failing (passive health); this node keeps
+        // serving other routes, so it does not change `status`.
+        "routes": state.upstreams.iter().map(|upstream| json!({
+            "path": upstream.route.path,
+            "targets": upstream.targets.count(),
+            "healthy": upstream.targets.healthy(),
+        })).collect::<Vec<_>>(),
     });
     let status = if ready {
         StatusCode::OK

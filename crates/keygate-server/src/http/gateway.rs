@@ -65,19 +65,14 @@ struct FixedLabels {
 struct Outcome(&'static str);
 
 impl GatewayState {
-    pub fn new(engine: Arc<Engine>, settings: &Settings, access_log: AccessLog) -> Self {
+    /// `upstreams` is built once ([`proxy::upstreams`]) and shared by every gateway thread.
+    pub fn new(engine: Arc<Engine>, settings: &Settings, upstreams: Arc<[Upstream]>, access_log: AccessLog) -> Self {
         Self {
             engine,
             catalog: Arc::new(settings.errors.clone()),
             headers: settings.headers,
             trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
-            upstreams: settings
-                .routes
-                .iter()
-                .cloned()
-                .enumerate()
-                .map(|(index, route)| Upstream::new(index, route))
-                .collect(),
+            upstreams,
             require_https: settings.require_https,
             path_rules: settings.path_rules,
             access_log,

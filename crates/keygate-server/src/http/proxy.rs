@@ -11,9 +11,10 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header::{self, HeaderName, HeaderValue};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use http_body_util::BodyExt;
+use hyper::body::Body as HttpBody;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use keygate_core::ErrorCode;
@@ -24,35 +25,35 @@ use keygate_limiter::Permit;
 use crate::config::Route;
 use crate::http::client_body::{BodyTooLarge, CappedBody, ClientBodyError, Leftover};
 use crate::http::gateway::{Exchange, GatewayState, X_REQUEST_ID};
-use crate::http::upstream_conn::{Target, UpstreamConnections};
+use crate::http::pool::{InFlight, TargetState, Targets, Tried};
+use crate::http::upstream_conn::UpstreamConnections;
 
-/// A route and how to reach its upstream. Connections are not here: each
-/// client connection keeps its own ([`UpstreamConnections`]).
+/// A route and its targets. Built once and shared by every gateway thread,
+/// so what one thread learns of a target's health all of them use.
+/// Connections are not here: each client connection keeps its own
+/// ([`UpstreamConnections`]).
 pub struct Upstream {
     pub route: Route,
     /// The route's path as the `route` label of `/metrics`.
     pub label: LabelText,
-    target: Target,
-    /// The upstream's `Host`, unless the route preserves the client's.
-    host: Option<HeaderValue>,
+    pub targets: Arc<Targets>,
 }
 
-impl Upstream {
-    /// `index` is the route's position in the config.
-    pub fn new(index: usize, route: Route) -> Self {
-        let authority = route.upstream.authority();
-        let address = authority.map_or_else(String::new, |a| format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)));
-        Self {
-            label: LabelText(Arc::from(route.path.as_str())),
-            target: Target {
-                route: index,
-                address: Arc::from(address),
-                connect_timeout: route.connect_timeout,
-            },
-            host: authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-            route,
-        }
-    }
+/// Every route's upstream, in config order, with targets numbered across routes.
+pub fn upstreams(routes: &[Route]) -> Arc<[Upstream]> {
+    let mut next_id = 0;
+    routes
+        .iter()
+        .map(|route| {
+            let targets = Arc::new(Targets::new(route, next_id));
+            next_id += targets.count();
+            Upstream {
+                label: LabelText(Arc::from(route.path.as_str())),
+                route: route.clone(),
+                targets,
+            }
+        })
+        .collect()
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
@@ -109,16 +110,16 @@ fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     wants.then(|| headers.get(header::UPGRADE).cloned()).flatten()
 }
 
-/// The request target the upstream gets, in origin form (`/base/rest?query`).
-fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
-    let route = &upstream.route;
+/// The request target a target gets, in origin form: its base path, then
+/// the client's path (less the route's, with `strip_prefix`), then the query.
+fn upstream_uri(route: &Route, base: &Uri, uri: &Uri) -> Option<Uri> {
     let path = uri.path();
     let rest = if route.strip_prefix {
         path.strip_prefix(route.path.as_str()).unwrap_or(path)
     } else {
         path
     };
-    let base = route.upstream.path().trim_end_matches('/');
+    let base = base.path().trim_end_matches('/');
     let mut target = String::with_capacity(base.len() + rest.len() + uri.query().map_or(0, |q| q.len() + 1) + 1);
     target.push_str(base);
     if !rest.starts_with('/') {
@@ -178,10 +179,16 @@ fn upstream_headers(
     headers.insert(X_REQUEST_ID, exchange.request_id.clone());
 }
 
-/// The upstream's own `Host`, unless the route keeps the client's (an
-/// HTTP/2 client's authority, which HTTP/1.1 needs as `Host`).
-fn upstream_host(upstream: &Upstream, client_uri: &Uri, headers: &mut HeaderMap) {
-    if upstream.route.preserve_host {
+/// Points a request at one target: its URI, and the target's own `Host`
+/// unless the route keeps the client's (an HTTP/2 client's authority, which
+/// HTTP/1.1 needs as `Host`). `false` if no URI can be made.
+fn aim(route: &Route, target: &TargetState, client_uri: &Uri, request: &mut axum::http::Request<Body>) -> bool {
+    let Some(uri) = upstream_uri(route, &target.url, client_uri) else {
+        return false;
+    };
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    if route.preserve_host {
         if !headers.contains_key(header::HOST) {
             if let Some(host) = client_uri
                 .authority()
@@ -190,8 +197,42 @@ fn upstream_host(upstream: &Upstream, client_uri: &Uri, headers: &mut HeaderMap)
                 headers.insert(header::HOST, host);
             }
         }
-    } else if let Some(host) = &upstream.host {
+    } else if let Some(host) = &target.host {
         headers.insert(header::HOST, host.clone());
+    }
+    true
+}
+
+/// Methods that may be sent twice (RFC 9110 section 9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// What is kept of a request, when its route has several targets, to send
+/// it again after a failure that may have come after its bytes reached a
+/// target: only idempotent requests without a body.
+struct Replay {
+    method: Method,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(parts: &axum::http::request::Parts, body: &Body, targets: usize) -> Option<Self> {
+        (targets > 1 && is_idempotent(&parts.method) && HttpBody::is_end_stream(body)).then(|| Self {
+            method: parts.method.clone(),
+            headers: parts.headers.clone(),
+        })
+    }
+
+    fn request(&self) -> axum::http::Request<Body> {
+        let mut request = axum::http::Request::new(Body::empty());
+        *request.method_mut() = self.method.clone();
+        *request.headers_mut() = self.headers.clone();
+        *request.version_mut() = axum::http::Version::HTTP_11;
+        request
     }
 }
 
@@ -213,7 +254,10 @@ fn forwarded_for(headers: &HeaderMap, trusted: bool, peer: IpAddr, client: IpAdd
     format!("{}, {}", chain.join(", "), keygate_core::ip::canonical(peer))
 }
 
-/// Streams the request to the upstream and its answer back.
+/// Streams the request to a target of the route and its answer back. A
+/// target that cannot be reached is counted against its health and the
+/// request goes once more, to another target, if it was never sent (or is
+/// an idempotent request without a body).
 pub(crate) async fn forward(
     gw: &GatewayState,
     upstream: &Upstream,
@@ -230,11 +274,8 @@ pub(crate) async fn forward(
         .remove::<UpstreamConnections>()
         .unwrap_or_default();
     let (mut parts, body) = request.into_parts();
-    let Some(uri) = upstream_uri(upstream, &parts.uri) else {
-        return gw.error(&ErrorCode::UpstreamUnavailable.into());
-    };
+    let client_uri = std::mem::take(&mut parts.uri);
     upstream_headers(route, exchange, client, &mut parts.headers, identity);
-    upstream_host(upstream, &parts.uri, &mut parts.headers);
     // The upstream connection speaks HTTP/1.1, whatever the client spoke.
     parts.version = axum::http::Version::HTTP_11;
     let (body, leftover) = match &upgrade {
@@ -250,38 +291,69 @@ pub(crate) async fn forward(
             (Body::new(capped), leftover)
         }
     };
-    parts.uri = uri;
-    let sent = connections.send(&upstream.target, axum::http::Request::from_parts(parts, body));
-    let mut response = match tokio::time::timeout(route.timeout, sent).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(err)) if caused_by::<BodyTooLarge>(&err) => {
+    let replay = Replay::of(&parts, &body, upstream.targets.count());
+    let mut request = axum::http::Request::from_parts(parts, body);
+    let mut tried = Tried::new();
+    let (mut response, in_flight) = loop {
+        let Some(index) = upstream.targets.choose(&tried) else {
+            tracing::warn!(route = %route.path, "no upstream target is in");
+            return gw.error(&ErrorCode::UpstreamUnavailable.into());
+        };
+        tried.push(index);
+        let target = upstream.targets.get(index);
+        if !aim(route, target, &client_uri, &mut request) {
+            return gw.error(&ErrorCode::UpstreamUnavailable.into());
+        }
+        let in_flight = upstream.targets.in_flight(index);
+        let address = &target.target.address;
+        let failure = match tokio::time::timeout(route.timeout, connections.send(&target.target, request)).await {
+            Ok(Ok(response)) => {
+                upstream.targets.succeeded(index);
+                break (response, in_flight);
+            }
+            Ok(Err(failure)) => failure,
+            Err(_) => {
+                upstream.targets.failed(index);
+                tracing::warn!(upstream = %address, timeout = ?route.timeout, "upstream timed out");
+                return gw.error(&ErrorCode::UpstreamTimeout.into());
+            }
+        };
+        let error = &failure.error;
+        if caused_by::<BodyTooLarge>(error) {
             leftover.discard();
             return gw.body_too_large();
         }
-        Ok(Err(err)) if caused_by::<ClientBodyError>(&err) => {
-            tracing::info!(error = %err, "the client's request body was malformed or cut short");
+        if caused_by::<ClientBodyError>(error) {
+            tracing::info!(error = %error, "the client's request body was malformed or cut short");
             return gw.malformed_request();
         }
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, upstream = %route.upstream, "upstream request failed");
-            return gw.error(&ErrorCode::UpstreamUnavailable.into());
+        if error.is_connect() {
+            upstream.targets.failed(index);
         }
-        Err(_) => {
-            tracing::warn!(upstream = %route.upstream, timeout = ?route.timeout, "upstream timed out");
-            return gw.error(&ErrorCode::UpstreamTimeout.into());
+        let may_retry = tried.len() < 2 && tried.len() < upstream.targets.count();
+        match failure.unsent.or_else(|| replay.as_ref().map(Replay::request)) {
+            Some(again) if may_retry => {
+                tracing::warn!(error = %failure.error, upstream = %address, "upstream request failed; trying another target");
+                request = again;
+            }
+            _ => {
+                tracing::warn!(error = %failure.error, upstream = %address, "upstream request failed");
+                return gw.error(&ErrorCode::UpstreamUnavailable.into());
+            }
         }
     };
     if let (Some((_, client_side)), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
         let upstream_side = hyper::upgrade::on(&mut response);
-        tokio::spawn(tunnel(client_side, upstream_side, permit));
+        tokio::spawn(tunnel(client_side, upstream_side, permit, in_flight));
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, Body::empty());
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = body.map_frame(move |frame| {
-        // The permit is released when the body ends, fails, or the client goes away.
-        let _held = &permit;
+        // The permit and the in-flight count end with the body, when it
+        // ends, fails, or the client goes away.
+        let _held = (&permit, &in_flight);
         frame
     });
     Response::from_parts(parts, Body::new(body))
@@ -300,8 +372,8 @@ fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
 
 /// Copies bytes both ways until both sides have closed (a half-close is
 /// passed on); the permit is held for the connection's lifetime.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, permit: Option<Permit>) {
-    let _held = permit;
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, permit: Option<Permit>, in_flight: Option<InFlight>) {
+    let _held = (permit, in_flight);
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(client), Ok(upstream)) => (client, upstream),
         (Err(err), _) | (_, Err(err)) => {

@@ -29,11 +29,11 @@ use tokio::net::TcpStream;
 /// HTTP/1.1 clients use one at a time; HTTP/2 clients may need a few.
 const MAX_IDLE: usize = 8;
 
-/// Where and how to connect for one route.
+/// Where and how to connect for one target of a route.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The route's position in the config: which idle connections are its.
-    pub route: usize,
+    /// Unique over all routes' targets: which idle connections are its.
+    pub id: usize,
     /// `host:port`, resolved when connecting.
     pub address: Arc<str>,
     pub connect_timeout: Duration,
@@ -54,27 +54,48 @@ pub enum SendError {
     Http(#[from] hyper::Error),
 }
 
+impl SendError {
+    /// The target could not be reached: it counts against its health, and
+    /// the request may go to another target.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. })
+    }
+}
+
+/// A failed send, with the request when it was provably never written.
+pub struct SendFailure {
+    pub error: SendError,
+    pub unsent: Option<hyper::Request<Body>>,
+}
+
+impl From<SendError> for SendFailure {
+    fn from(error: SendError) -> Self {
+        Self { error, unsent: None }
+    }
+}
+
 /// Put in each request's extensions by the transport (one per client
 /// connection); the proxy takes an idle connection from it and gives it back.
 #[derive(Clone, Default)]
 pub struct UpstreamConnections(Arc<Mutex<Vec<Idle>>>);
 
-/// An idle connection and the route (config position) it belongs to.
+/// An idle connection and the target it goes to.
 type Idle = (usize, SendRequest<Body>);
 
 impl UpstreamConnections {
     /// Sends `request` on an idle connection to `target`, or a new one. A
-    /// request hyper hands back unsent goes once more, on a new connection.
+    /// request hyper hands back unsent goes once more, on a new connection;
+    /// a connect failure hands it back to the caller, for another target.
     /// An upgraded connection is not kept: the tunnel owns it.
     pub async fn send(
         &self,
         target: &Target,
         request: hyper::Request<Body>,
-    ) -> Result<hyper::Response<Incoming>, SendError> {
-        let request = match self.take_idle(target.route) {
+    ) -> Result<hyper::Response<Incoming>, SendFailure> {
+        let request = match self.take_idle(target.id) {
             Some(mut sender) => match sender.try_send_request(request).await {
                 Ok(response) => {
-                    self.keep(target.route, sender, &response);
+                    self.keep(target.id, sender, &response);
                     return Ok(response);
                 }
                 Err(mut failed) => match failed.take_message() {
@@ -82,38 +103,53 @@ impl UpstreamConnections {
                         tracing::debug!(error = %failed.error(), "stale upstream connection; sending on a new one");
                         unsent
                     }
-                    None => return Err(failed.into_error().into()),
+                    None => return Err(SendError::from(failed.into_error()).into()),
                 },
             },
             None => request,
         };
-        let mut sender = connect(target).await?;
-        let response = sender
-            .try_send_request(request)
-            .await
-            .map_err(|failed| failed.into_error())?;
-        self.keep(target.route, sender, &response);
-        Ok(response)
+        let mut sender = match connect(target).await {
+            Ok(sender) => sender,
+            Err(error) => {
+                return Err(SendFailure {
+                    error,
+                    unsent: Some(request),
+                })
+            }
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                self.keep(target.id, sender, &response);
+                Ok(response)
+            }
+            Err(mut failed) => {
+                let unsent = failed.take_message();
+                Err(SendFailure {
+                    error: failed.into_error().into(),
+                    unsent,
+                })
+            }
+        }
     }
 
-    /// An open connection to `route` that can take a request now; closed
-    /// ones are dropped on the way.
-    fn take_idle(&self, route: usize) -> Option<SendRequest<Body>> {
+    /// An open connection to target `id` that can take a request now;
+    /// closed ones are dropped on the way.
+    fn take_idle(&self, id: usize) -> Option<SendRequest<Body>> {
         let mut idle = self.0.lock().ok()?;
         idle.retain(|(_, sender)| !sender.is_closed());
-        let at = idle.iter().position(|(r, sender)| *r == route && sender.is_ready())?;
+        let at = idle.iter().position(|(t, sender)| *t == id && sender.is_ready())?;
         Some(idle.swap_remove(at).1)
     }
 
     /// Keeps a connection for the next request, unless the response took it
     /// over (`101 Switching Protocols`) or it is closing.
-    fn keep(&self, route: usize, sender: SendRequest<Body>, response: &hyper::Response<Incoming>) {
+    fn keep(&self, id: usize, sender: SendRequest<Body>, response: &hyper::Response<Incoming>) {
         if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS || sender.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.0.lock() {
             if idle.len() < MAX_IDLE {
-                idle.push((route, sender));
+                idle.push((id, sender));
             }
         }
     }

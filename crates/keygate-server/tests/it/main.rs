@@ -11,6 +11,7 @@ mod forwarding;
 mod lifecycle;
 mod metrics;
 mod paths;
+mod pools;
 mod proxy;
 mod ratelimits;
 mod real_upstreams;

@@ -17,10 +17,32 @@ use tokio::net::TcpStream;
 pub struct RealUpstream {
     child: Child,
     ports: Vec<(String, u16)>,
+    /// How to start it again on the same ports.
+    command: Vec<std::ffi::OsString>,
     _dir: tempfile::TempDir,
 }
 
 impl RealUpstream {
+    /// Kills the process (by its PID): its ports refuse connections.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same ports (nginx only: the WSGI app picks its own).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for (_, port) in &self.ports {
+            wait_until_listening(*port).await;
+        }
+    }
+
     /// `http://127.0.0.1:<port>` of the listener called `name`.
     pub fn url(&self, name: &str) -> String {
         let (_, port) = self.ports.iter().find(|(n, _)| n == name).unwrap();
@@ -105,11 +127,15 @@ pub async fn nginx(names: &[&str]) -> Option<RealUpstream> {
     );
     let conf = dir.path().join("nginx.conf");
     std::fs::write(&conf, config).unwrap();
-    let child = Command::new(binary)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg(dir.path().join("error.log"))
+    let command: Vec<std::ffi::OsString> = vec![
+        binary.into(),
+        "-c".into(),
+        conf.into(),
+        "-e".into(),
+        dir.path().join("error.log").into(),
+    ];
+    let child = Command::new(&command[0])
+        .args(&command[1..])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -120,6 +146,7 @@ pub async fn nginx(names: &[&str]) -> Option<RealUpstream> {
     Some(RealUpstream {
         child,
         ports,
+        command,
         _dir: dir,
     })
 }
@@ -178,6 +205,7 @@ pub async fn wsgi(names: &[&str]) -> Option<RealUpstream> {
     Some(RealUpstream {
         child,
         ports,
+        command: Vec::new(),
         _dir: dir,
     })
 }
