@@ -112,6 +112,10 @@ impl Targets {
     /// target is out.
     pub fn choose(&self, tried: &Tried) -> Option<usize> {
         let n = self.targets.len();
+        if n == 1 {
+            // Most routes: no turn to take, nothing to order.
+            return (tried.is_empty() && self.admits(&self.targets[0])).then_some(0);
+        }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut order: SmallVec<[usize; 8]> = (0..n)
             .map(|offset| (start + offset) % n)
@@ -121,14 +125,15 @@ impl Targets {
             // Stable: targets equally busy keep their turn.
             order.sort_by_key(|&i| self.targets[i].in_flight.load(Ordering::Relaxed));
         }
-        let now = self.now_ms();
-        order.into_iter().find(|&i| self.admits(&self.targets[i], now))
+        order.into_iter().find(|&i| self.admits(&self.targets[i]))
     }
 
-    fn admits(&self, target: &TargetState, now: u64) -> bool {
+    /// In, or out with its time over and no other request trying it (this
+    /// one then does). The clock is read only for a target that is out.
+    fn admits(&self, target: &TargetState) -> bool {
         match target.out_until_ms.load(Ordering::Acquire) {
             0 => true,
-            until if until <= now => target
+            until if until <= self.now_ms() => target
                 .probing
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok(),
@@ -137,13 +142,19 @@ impl Targets {
     }
 
     /// The target answered: it is in, with a clean record.
+    /// Every answered request ends here, so the usual case (nothing to
+    /// clear) only reads.
     pub fn succeeded(&self, index: usize) {
         let target = &self.targets[index];
-        target.failures.store(0, Ordering::Release);
-        if target.out_until_ms.swap(0, Ordering::AcqRel) != 0 {
+        if target.failures.load(Ordering::Acquire) != 0 {
+            target.failures.store(0, Ordering::Release);
+        }
+        if target.out_until_ms.load(Ordering::Acquire) != 0 && target.out_until_ms.swap(0, Ordering::AcqRel) != 0 {
             tracing::info!(target = %target.target.address, "upstream target is back");
         }
-        target.probing.store(false, Ordering::Release);
+        if target.probing.load(Ordering::Acquire) {
+            target.probing.store(false, Ordering::Release);
+        }
     }
 
     /// The target refused a connection or timed out: out after

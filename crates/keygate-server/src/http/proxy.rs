@@ -26,7 +26,7 @@ use crate::config::Route;
 use crate::http::client_body::{BodyTooLarge, CappedBody, ClientBodyError, Leftover};
 use crate::http::gateway::{Exchange, GatewayState, X_REQUEST_ID};
 use crate::http::pool::{InFlight, TargetState, Targets, Tried};
-use crate::http::upstream_conn::UpstreamConnections;
+use crate::http::upstream_conn::{SendError, UpstreamConnections};
 
 /// A route and its targets. Built once and shared by every gateway thread,
 /// so what one thread learns of a target's health all of them use.
@@ -211,8 +211,8 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// What is kept of a request, when its route has several targets, to send
-/// it again after a failure that may have come after its bytes reached a
+/// What is kept of a request to a route with several targets, to send it
+/// again after a failure that may have come after its bytes reached a
 /// target: only idempotent requests without a body.
 struct Replay {
     method: Method,
@@ -220,10 +220,10 @@ struct Replay {
 }
 
 impl Replay {
-    fn of(parts: &axum::http::request::Parts, body: &Body, targets: usize) -> Option<Self> {
-        (targets > 1 && is_idempotent(&parts.method) && HttpBody::is_end_stream(body)).then(|| Self {
-            method: parts.method.clone(),
-            headers: parts.headers.clone(),
+    fn of(method: &Method, headers: &HeaderMap, body: &Body) -> Option<Self> {
+        (is_idempotent(method) && HttpBody::is_end_stream(body)).then(|| Self {
+            method: method.clone(),
+            headers: headers.clone(),
         })
     }
 
@@ -291,56 +291,29 @@ pub(crate) async fn forward(
             (Body::new(capped), leftover)
         }
     };
-    let replay = Replay::of(&parts, &body, upstream.targets.count());
     let mut request = axum::http::Request::from_parts(parts, body);
-    let mut tried = Tried::new();
-    let (mut response, in_flight) = loop {
-        let Some(index) = upstream.targets.choose(&tried) else {
-            tracing::warn!(route = %route.path, "no upstream target is in");
-            return gw.error(&ErrorCode::UpstreamUnavailable.into());
-        };
-        tried.push(index);
-        let target = upstream.targets.get(index);
-        if !aim(route, target, &client_uri, &mut request) {
+    let sent = if upstream.targets.count() == 1 {
+        // Most routes: one target, no retry to prepare for, a lean future.
+        if !aim(route, upstream.targets.get(0), &client_uri, &mut request) {
             return gw.error(&ErrorCode::UpstreamUnavailable.into());
         }
-        let in_flight = upstream.targets.in_flight(index);
-        let address = &target.target.address;
-        let failure = match tokio::time::timeout(route.timeout, connections.send(&target.target, request)).await {
-            Ok(Ok(response)) => {
-                upstream.targets.succeeded(index);
-                break (response, in_flight);
-            }
-            Ok(Err(failure)) => failure,
-            Err(_) => {
-                upstream.targets.failed(index);
-                tracing::warn!(upstream = %address, timeout = ?route.timeout, "upstream timed out");
-                return gw.error(&ErrorCode::UpstreamTimeout.into());
-            }
-        };
-        let error = &failure.error;
-        if caused_by::<BodyTooLarge>(error) {
-            leftover.discard();
-            return gw.body_too_large();
-        }
-        if caused_by::<ClientBodyError>(error) {
-            tracing::info!(error = %error, "the client's request body was malformed or cut short");
-            return gw.malformed_request();
-        }
-        if error.is_connect() {
-            upstream.targets.failed(index);
-        }
-        let may_retry = tried.len() < 2 && tried.len() < upstream.targets.count();
-        match failure.unsent.or_else(|| replay.as_ref().map(Replay::request)) {
-            Some(again) if may_retry => {
-                tracing::warn!(error = %failure.error, upstream = %address, "upstream request failed; trying another target");
-                request = again;
-            }
-            _ => {
-                tracing::warn!(error = %failure.error, upstream = %address, "upstream request failed");
-                return gw.error(&ErrorCode::UpstreamUnavailable.into());
-            }
-        }
+        send_to_one(gw, upstream, &connections, request, &leftover).await
+    } else {
+        let replay = Replay::of(request.method(), request.headers(), request.body());
+        Box::pin(send_to_targets(
+            gw,
+            upstream,
+            &connections,
+            &client_uri,
+            request,
+            &leftover,
+            replay,
+        ))
+        .await
+    };
+    let (mut response, in_flight) = match sent {
+        Ok(sent) => sent,
+        Err(refused) => return refused,
     };
     if let (Some((_, client_side)), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
         let upstream_side = hyper::upgrade::on(&mut response);
@@ -357,6 +330,118 @@ pub(crate) async fn forward(
         frame
     });
     Response::from_parts(parts, Body::new(body))
+}
+
+/// An upstream's answer, and the in-flight count it holds; or the error
+/// response for the client.
+type Sent = Result<(hyper::Response<hyper::body::Incoming>, Option<InFlight>), Response>;
+
+/// The request, already aimed, to a route's only target.
+async fn send_to_one(
+    gw: &GatewayState,
+    upstream: &Upstream,
+    connections: &UpstreamConnections,
+    request: axum::http::Request<Body>,
+    leftover: &Leftover,
+) -> Sent {
+    let targets = &upstream.targets;
+    if targets.choose(&Tried::new()).is_none() {
+        return Err(no_target_in(gw, upstream));
+    }
+    let target = targets.get(0);
+    let in_flight = targets.in_flight(0);
+    match tokio::time::timeout(upstream.route.timeout, connections.send(&target.target, request)).await {
+        Ok(Ok(response)) => {
+            targets.succeeded(0);
+            Ok((response, in_flight))
+        }
+        Ok(Err(failure)) => Err(client_fault(gw, &failure.error, leftover).unwrap_or_else(|| {
+            if failure.error.is_connect() {
+                targets.failed(0);
+            }
+            unavailable(gw, target, &failure.error)
+        })),
+        Err(_) => Err(timed_out(gw, upstream, 0)),
+    }
+}
+
+/// The request to one of a route's targets, and once more to another if it
+/// could not connect (or may have reached a target that failed, when it is
+/// idempotent and has no body).
+async fn send_to_targets(
+    gw: &GatewayState,
+    upstream: &Upstream,
+    connections: &UpstreamConnections,
+    client_uri: &Uri,
+    mut request: axum::http::Request<Body>,
+    leftover: &Leftover,
+    replay: Option<Replay>,
+) -> Sent {
+    let (route, targets) = (&upstream.route, &upstream.targets);
+    let mut tried = Tried::new();
+    loop {
+        let Some(index) = targets.choose(&tried) else {
+            return Err(no_target_in(gw, upstream));
+        };
+        tried.push(index);
+        let target = targets.get(index);
+        if !aim(route, target, client_uri, &mut request) {
+            return Err(gw.error(&ErrorCode::UpstreamUnavailable.into()));
+        }
+        let in_flight = targets.in_flight(index);
+        let failure = match tokio::time::timeout(route.timeout, connections.send(&target.target, request)).await {
+            Ok(Ok(response)) => {
+                targets.succeeded(index);
+                return Ok((response, in_flight));
+            }
+            Ok(Err(failure)) => failure,
+            Err(_) => return Err(timed_out(gw, upstream, index)),
+        };
+        if let Some(refused) = client_fault(gw, &failure.error, leftover) {
+            return Err(refused);
+        }
+        if failure.error.is_connect() {
+            targets.failed(index);
+        }
+        let may_retry = tried.len() < 2 && tried.len() < targets.count();
+        match failure.unsent.or_else(|| replay.as_ref().map(Replay::request)) {
+            Some(again) if may_retry => {
+                tracing::warn!(error = %failure.error, upstream = %target.target.address, "upstream request failed; trying another target");
+                request = again;
+            }
+            _ => return Err(unavailable(gw, target, &failure.error)),
+        }
+    }
+}
+
+/// A failure that is the client's: its body was too large or malformed.
+fn client_fault(gw: &GatewayState, error: &SendError, leftover: &Leftover) -> Option<Response> {
+    if caused_by::<BodyTooLarge>(error) {
+        leftover.discard();
+        return Some(gw.body_too_large());
+    }
+    if caused_by::<ClientBodyError>(error) {
+        tracing::info!(error = %error, "the client's request body was malformed or cut short");
+        return Some(gw.malformed_request());
+    }
+    None
+}
+
+fn unavailable(gw: &GatewayState, target: &TargetState, error: &SendError) -> Response {
+    tracing::warn!(error = %error, upstream = %target.target.address, "upstream request failed");
+    gw.error(&ErrorCode::UpstreamUnavailable.into())
+}
+
+fn timed_out(gw: &GatewayState, upstream: &Upstream, index: usize) -> Response {
+    upstream.targets.failed(index);
+    let address = &upstream.targets.get(index).target.address;
+    tracing::warn!(upstream = %address, timeout = ?upstream.route.timeout, "upstream timed out");
+    gw.error(&ErrorCode::UpstreamTimeout.into())
+}
+
+fn no_target_in(gw: &GatewayState, upstream: &Upstream) -> Response {
+    tracing::warn!(route = %upstream.route.path, "no upstream target is in");
+    gw.error(&ErrorCode::UpstreamUnavailable.into())
 }
 
 fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
