@@ -4,7 +4,10 @@
 //! Authorization: keys of the built-in admin workspace act on everything. A
 //! workspace key whose scopes explicitly grant `keys:manage` acts on its own
 //! workspace's keys only and gets `NotFound` for anything else; an empty scope
-//! list ("full access" on the data plane) does not grant it.
+//! list ("full access" on the data plane) does not grant it. Such a key
+//! changes only keys of its own environment (a `test` key cannot mint or
+//! revoke `live` keys, as Stripe's test mode cannot touch live data) unless
+//! it also holds `keys:manage:all`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -26,6 +29,8 @@ use crate::AdminError;
 
 /// The scope a workspace key needs to manage its workspace's keys.
 pub const MANAGE_SCOPE: &str = "keys:manage";
+/// The scope that lets a workspace key manage keys of every environment.
+pub const MANAGE_ALL_SCOPE: &str = "keys:manage:all";
 pub const MAX_NAME_LEN: usize = 200;
 /// Longest usage range one call may ask for, per minute or per hour.
 pub const MAX_USAGE_RANGE_DAYS: i64 = 31;
@@ -46,6 +51,8 @@ pub struct Actor {
     pub id: String,
     pub ip: Option<String>,
     pub scope: ActorScope,
+    /// The one environment whose keys it may create and change; `None`: all.
+    pub environment: Option<String>,
 }
 
 impl Actor {
@@ -55,6 +62,17 @@ impl Actor {
             id: "cli".into(),
             ip: None,
             scope: ActorScope::Admin,
+            environment: None,
+        }
+    }
+
+    /// Keys of `environment` may be created or changed by this caller.
+    fn may_manage(&self, environment: &str) -> Result<(), AdminError> {
+        match &self.environment {
+            Some(own) if own != environment => Err(AdminError::Forbidden(
+                "this API key manages keys of its own environment only; other environments need keys:manage:all",
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -208,10 +226,13 @@ impl Engine {
                 limits: None,
             });
         };
+        let all_environments =
+            matches!(scope, ActorScope::Admin) || grants_explicitly(&cached.key.scopes, MANAGE_ALL_SCOPE);
         Ok(Actor {
             id: cached.key.id.clone(),
             ip: Some(client_ip.to_string()),
             scope,
+            environment: (!all_environments).then(|| cached.key.environment.clone()),
         })
     }
 
@@ -386,7 +407,10 @@ impl Engine {
     ) -> Result<(ApiKey, PlaintextKey), AdminError> {
         let workspace = self.get_workspace(actor, workspace_id).await?;
         let now = self.now();
-        let environment = self.key_environment(&workspace, input.environment)?;
+        // A caller limited to one environment creates keys there unless it asks.
+        let requested = input.environment.or_else(|| actor.environment.clone());
+        let environment = self.key_environment(&workspace, requested)?;
+        actor.may_manage(&environment)?;
         let expires_at = match (input.expires_at, input.expires_in) {
             (Some(_), Some(_)) => {
                 return Err(AdminError::validation(
@@ -483,6 +507,13 @@ impl Engine {
         }
     }
 
+    /// A key the caller may change: visible to it, and of an environment it manages.
+    async fn managed_key(&self, actor: &Actor, id: &str) -> Result<ApiKey, AdminError> {
+        let key = self.get_key(actor, id).await?;
+        actor.may_manage(&key.environment)?;
+        Ok(key)
+    }
+
     pub async fn list_keys(
         &self,
         actor: &Actor,
@@ -510,7 +541,7 @@ impl Engine {
     }
 
     pub async fn update_key(&self, actor: &Actor, id: &str, patch: KeyPatch) -> Result<ApiKey, AdminError> {
-        let mut key = self.get_key(actor, id).await?;
+        let mut key = self.managed_key(actor, id).await?;
         if key.status(self.now()) == KeyStatus::Deleted {
             return Err(AdminError::NotFound);
         }
@@ -555,7 +586,7 @@ impl Engine {
 
     /// Revokes a key; revoking a revoked key returns it unchanged.
     pub async fn revoke_key(&self, actor: &Actor, id: &str, reason: Option<String>) -> Result<ApiKey, AdminError> {
-        let key = self.get_key(actor, id).await?;
+        let key = self.managed_key(actor, id).await?;
         let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
         if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
             return Err(AdminError::validation("reason", "must be at most 500 characters"));
@@ -578,7 +609,7 @@ impl Engine {
 
     /// Revokes if needed and hides the key from lists; the row stays for the audit trail.
     pub async fn delete_key(&self, actor: &Actor, id: &str) -> Result<ApiKey, AdminError> {
-        let key = self.get_key(actor, id).await?;
+        let key = self.managed_key(actor, id).await?;
         let now = self.now();
         let event = self.audit_event(actor, "key.deleted", id, &key.workspace_id, json!({}), now);
         let deleted = self.store.delete_key(id, now, &event).await?;
@@ -594,7 +625,7 @@ impl Engine {
         id: &str,
         grace: Option<&str>,
     ) -> Result<(ApiKey, PlaintextKey), AdminError> {
-        let old = self.get_key(actor, id).await?;
+        let old = self.managed_key(actor, id).await?;
         let grace = match grace {
             Some(text) => parse_duration(text).map_err(|e| AdminError::validation("grace", e))?,
             None => self.settings.default_rotation_grace,

@@ -359,6 +359,8 @@ impl Engine {
             id: format!("portal:{session_id}"),
             ip: Some(client_ip.to_string()),
             scope: ActorScope::Workspace(workspace_id),
+            // The provider opened the link for the whole workspace.
+            environment: None,
         };
         Ok(Some(self.sessions.open(session_id, actor, None, now)))
     }
@@ -382,6 +384,7 @@ mod tests {
             id: "dashboard:key_1".into(),
             ip: None,
             scope: ActorScope::Admin,
+            environment: None,
         }
     }
 

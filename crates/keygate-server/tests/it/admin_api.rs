@@ -489,3 +489,86 @@ async fn health_readiness_and_openapi() {
         .await;
     assert_eq!(write.status(), 503, "admin writes answer 503 while the store is down");
 }
+
+#[tokio::test]
+async fn a_test_key_manages_only_test_keys_unless_it_holds_keys_manage_all() {
+    let app = TestApp::start().await;
+    let ws = app.workspace("Acme").await;
+    let (_, tester) = app
+        .key(
+            &ws,
+            json!({"name": "test manager", "environment": "test", "scopes": ["keys:manage"]}),
+        )
+        .await;
+    let (live_id, _) = app.key(&ws, json!({"name": "production", "environment": "live"})).await;
+    let keys = format!("/v1/workspaces/{ws}/keys");
+
+    // It creates test keys, by default too.
+    let created = app
+        .admin_call_as(&tester, Method::POST, &keys, Some(json!({"name": "ci"})))
+        .await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["environment"], "test");
+    let test_id = created["id"].as_str().unwrap().to_owned();
+
+    // Never a live key, with `*` or without, and it changes none.
+    for scopes in [json!(["*"]), json!([])] {
+        let refused = app
+            .admin_call_as(
+                &tester,
+                Method::POST,
+                &keys,
+                Some(json!({"name": "escalate", "environment": "live", "scopes": scopes})),
+            )
+            .await;
+        assert_eq!(refused.status(), 403);
+        assert_eq!(refused.json::<Value>().await.unwrap()["code"], "FORBIDDEN");
+    }
+    for (method, path, body) in [
+        (Method::POST, format!("/v1/keys/{live_id}/revoke"), None),
+        (Method::POST, format!("/v1/keys/{live_id}/rotate"), None),
+        (
+            Method::PATCH,
+            format!("/v1/keys/{live_id}"),
+            Some(json!({"scopes": ["*"]})),
+        ),
+        (Method::DELETE, format!("/v1/keys/{live_id}"), None),
+    ] {
+        let refused = app.admin_call_as(&tester, method.clone(), &path, body).await;
+        assert_eq!(refused.status(), 403, "{method} {path}");
+    }
+    let live = app
+        .admin_ok(Method::GET, &format!("/v1/keys/{live_id}"), None, 200)
+        .await;
+    assert_eq!(live["status"], "active", "the live key is untouched");
+    assert_eq!(
+        app.admin_call_as(&tester, Method::POST, &format!("/v1/keys/{test_id}/revoke"), None)
+            .await
+            .status(),
+        200
+    );
+
+    // keys:manage:all manages every environment.
+    let (_, all) = app
+        .key(
+            &ws,
+            json!({"name": "all", "environment": "test", "scopes": ["keys:manage", "keys:manage:all"]}),
+        )
+        .await;
+    let live_by_all = app
+        .admin_call_as(
+            &all,
+            Method::POST,
+            &keys,
+            Some(json!({"name": "live", "environment": "live"})),
+        )
+        .await;
+    assert_eq!(live_by_all.status(), 201);
+    assert_eq!(
+        app.admin_call_as(&all, Method::POST, &format!("/v1/keys/{live_id}/revoke"), None)
+            .await
+            .status(),
+        200
+    );
+}
