@@ -125,17 +125,18 @@ impl GatewayState {
     /// thrown away (crates/keygate-server/src/http/client_body.rs), so the
     /// connection cannot carry another request (nginx does the same).
     pub(crate) fn body_too_large(&self) -> Response {
-        let mut response = self.error(&ErrorCode::PayloadTooLarge.into());
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        response
+        self.closing(ErrorCode::PayloadTooLarge)
     }
 
     /// 400 with `Connection: close`: a client that frames its requests wrongly
     /// cannot be trusted to frame the next one on this connection.
     pub(crate) fn malformed_request(&self) -> Response {
-        let mut response = self.error(&ErrorCode::MalformedRequest.into());
+        self.closing(ErrorCode::MalformedRequest)
+    }
+
+    /// An error after which the connection ends.
+    fn closing(&self, code: ErrorCode) -> Response {
+        let mut response = self.error(&code.into());
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

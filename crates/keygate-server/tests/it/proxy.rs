@@ -261,8 +261,8 @@ async fn bodies_over_the_limit_get_413_declared_or_streamed() {
     assert_eq!(allowed.text().await.unwrap(), (1024 * 1024).to_string());
 }
 
-#[tokio::test]
-async fn header_attacks_get_4xx_not_5xx() {
+/// A node with `/api` in front of a [`CountingUpstream`], and a key for it.
+async fn counting_api() -> (CountingUpstream, TestApp, String) {
     let (upstream, url) = CountingUpstream::start().await;
     let app = TestApp::builder()
         .config(&format!("[[routes]]\npath = \"/api\"\nupstream = \"{url}\"\n"))
@@ -270,6 +270,12 @@ async fn header_attacks_get_4xx_not_5xx() {
         .await;
     let ws = app.workspace("Acme").await;
     let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    (upstream, app, key)
+}
+
+#[tokio::test]
+async fn header_attacks_get_4xx_not_5xx() {
+    let (upstream, app, key) = counting_api().await;
 
     let huge = "a".repeat(100_000);
     let response = raw_exchange(
@@ -610,13 +616,7 @@ fn status_and_code(response: &str) -> (String, String) {
 
 #[tokio::test]
 async fn malformed_client_framing_is_the_clients_400_never_a_502() {
-    let (upstream, url) = CountingUpstream::start().await;
-    let app = TestApp::builder()
-        .config(&format!("[[routes]]\npath = \"/api\"\nupstream = \"{url}\"\n"))
-        .start()
-        .await;
-    let ws = app.workspace("Acme").await;
-    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let (upstream, app, key) = counting_api().await;
     let chunked = |body: &str| {
         format!("POST /api/chunked HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
     };
