@@ -11,7 +11,6 @@
 //! [`LINGER_FOR`] and [`LINGER_BYTES`].
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,44 +34,20 @@ pub struct BodyTooLarge;
 #[error("reading the client's request body: {0}")]
 pub struct ClientBodyError(#[source] axum::Error);
 
-/// Where a capped body leaves what it did not read, for [`discard_rest`].
-#[derive(Clone, Default)]
-pub struct Leftover(Arc<Mutex<Option<Body>>>);
-
-impl Leftover {
-    /// Starts discarding what the capped body left, if it left anything.
-    pub fn discard(&self) {
-        let rest = self.0.lock().ok().and_then(|mut slot| slot.take());
-        if let Some(rest) = rest {
-            discard_rest(rest);
-        }
-    }
-
-    fn keep(&self, body: Body) {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(body);
-        }
-    }
-}
-
-/// The client's body, failing with [`BodyTooLarge`] past `max_bytes` (the
-/// unread rest goes to its [`Leftover`]) and with [`ClientBodyError`] when
-/// the client's bytes are not a body.
+/// The client's body, failing with [`BodyTooLarge`] past `max_bytes` (and
+/// then discarding the unread rest itself, see [`discard_rest`]) and with
+/// [`ClientBodyError`] when the client's bytes are not a body.
 pub struct CappedBody {
     inner: Option<Body>,
     remaining: u64,
-    leftover: Leftover,
 }
 
 impl CappedBody {
-    pub fn new(body: Body, max_bytes: u64) -> (Self, Leftover) {
-        let leftover = Leftover::default();
-        let capped = Self {
+    pub fn new(body: Body, max_bytes: u64) -> Self {
+        Self {
             inner: Some(body),
             remaining: max_bytes,
-            leftover: leftover.clone(),
-        };
-        (capped, leftover)
+        }
     }
 }
 
@@ -93,8 +68,9 @@ impl HttpBody for CappedBody {
         };
         let len = frame.data_ref().map_or(0, |data| data.len() as u64);
         if len > this.remaining {
+            // The 413 is written while the rest is read and dropped.
             if let Some(rest) = this.inner.take() {
-                this.leftover.keep(rest);
+                discard_rest(rest);
             }
             return Poll::Ready(Some(Err(BodyTooLarge.into())));
         }

@@ -23,7 +23,7 @@ use keygate_engine::CachedKey;
 use keygate_limiter::Permit;
 
 use crate::config::Route;
-use crate::http::client_body::{BodyTooLarge, CappedBody, ClientBodyError, Leftover};
+use crate::http::client_body::{BodyTooLarge, CappedBody, ClientBodyError};
 use crate::http::gateway::{Exchange, GatewayState, X_REQUEST_ID};
 use crate::http::pool::{InFlight, TargetState, Targets, Tried};
 use crate::http::upstream_conn::{SendError, UpstreamConnections};
@@ -278,18 +278,15 @@ pub(crate) async fn forward(
     upstream_headers(route, exchange, client, &mut parts.headers, identity);
     // The upstream connection speaks HTTP/1.1, whatever the client spoke.
     parts.version = axum::http::Version::HTTP_11;
-    let (body, leftover) = match &upgrade {
+    let body = match &upgrade {
         Some((protocol, _)) => {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
-            (Body::empty(), Leftover::default())
+            Body::empty()
         }
-        None => {
-            let (capped, leftover) = CappedBody::new(body, route.max_body_bytes);
-            (Body::new(capped), leftover)
-        }
+        None => Body::new(CappedBody::new(body, route.max_body_bytes)),
     };
     let mut request = axum::http::Request::from_parts(parts, body);
     let sent = if upstream.targets.count() == 1 {
@@ -297,7 +294,7 @@ pub(crate) async fn forward(
         if !aim(route, upstream.targets.get(0), &client_uri, &mut request) {
             return gw.error(&ErrorCode::UpstreamUnavailable.into());
         }
-        send_to_one(gw, upstream, &connections, request, &leftover).await
+        send_to_one(gw, upstream, &connections, request).await
     } else {
         let replay = Replay::of(request.method(), request.headers(), request.body());
         Box::pin(send_to_targets(
@@ -306,7 +303,6 @@ pub(crate) async fn forward(
             &connections,
             &client_uri,
             request,
-            &leftover,
             replay,
         ))
         .await
@@ -342,7 +338,6 @@ async fn send_to_one(
     upstream: &Upstream,
     connections: &UpstreamConnections,
     request: axum::http::Request<Body>,
-    leftover: &Leftover,
 ) -> Sent {
     let targets = &upstream.targets;
     if targets.choose(&Tried::new()).is_none() {
@@ -355,7 +350,7 @@ async fn send_to_one(
             targets.succeeded(0);
             Ok((response, in_flight))
         }
-        Ok(Err(failure)) => Err(client_fault(gw, &failure.error, leftover).unwrap_or_else(|| {
+        Ok(Err(failure)) => Err(client_fault(gw, &failure.error).unwrap_or_else(|| {
             if failure.error.is_connect() {
                 targets.failed(0);
             }
@@ -374,7 +369,6 @@ async fn send_to_targets(
     connections: &UpstreamConnections,
     client_uri: &Uri,
     mut request: axum::http::Request<Body>,
-    leftover: &Leftover,
     replay: Option<Replay>,
 ) -> Sent {
     let (route, targets) = (&upstream.route, &upstream.targets);
@@ -397,7 +391,7 @@ async fn send_to_targets(
             Ok(Err(failure)) => failure,
             Err(_) => return Err(timed_out(gw, upstream, index)),
         };
-        if let Some(refused) = client_fault(gw, &failure.error, leftover) {
+        if let Some(refused) = client_fault(gw, &failure.error) {
             return Err(refused);
         }
         if failure.error.is_connect() {
@@ -415,9 +409,8 @@ async fn send_to_targets(
 }
 
 /// A failure that is the client's: its body was too large or malformed.
-fn client_fault(gw: &GatewayState, error: &SendError, leftover: &Leftover) -> Option<Response> {
+fn client_fault(gw: &GatewayState, error: &SendError) -> Option<Response> {
     if caused_by::<BodyTooLarge>(error) {
-        leftover.discard();
         return Some(gw.body_too_large());
     }
     if caused_by::<ClientBodyError>(error) {
