@@ -145,6 +145,20 @@ if [ "${EVENTS:-}" = compare ]; then
   ON_PID=$KEYGATE_PID
   KEYGATE_PORT=$((BASE_PORT + 5)) KEYGATE_ADMIN_PORT=$((BASE_PORT + 6)) start_keygate "$TWIN_BINARY" "$WORK/keygate-off.toml"
   OFF_PID=$KEYGATE_PID
+  # The twin answers as intended too: 200 with rate-limit headers, 401 without a key.
+  python3 - $((BASE_PORT + 5)) "$first_key" <<'PYCHECK'
+import http.client, sys
+port, key = int(sys.argv[1]), sys.argv[2]
+def get(headers):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    c.request("GET", "/bench", headers=headers)
+    r = c.getresponse()
+    return r.status, r.getheader("X-RateLimit-Limit"), r.read()
+ok, limit, _ = get({"X-API-Key": key})
+refused, _, body = get({})
+assert ok == 200 and limit, f"twin with a key: {ok}, X-RateLimit-Limit {limit}"
+assert refused == 401 and b"MISSING_API_KEY" in body, f"twin without a key: {refused} {body!r}"
+PYCHECK
   cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   run_pair() { # round
     local args=(-t1 -c$((CONNECTIONS / 2)) -s "$WORK/keys.lua" --latency) on_start off_start
