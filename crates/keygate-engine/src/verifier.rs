@@ -571,17 +571,22 @@ impl Engine {
     }
 
     async fn flush_logged(&self) {
+        // How long each pass took is logged (debug) so a benchmark can line
+        // the data plane's latency up with it (scripts/bench/tail.sh).
+        let started = std::time::Instant::now();
         match self.flush_usage().await {
             Ok(0) => {}
-            Ok(rows) => tracing::debug!(rows, "usage flushed"),
+            Ok(rows) => tracing::debug!(rows, took_us = started.elapsed().as_micros() as u64, "usage flushed"),
             Err(err) => tracing::warn!(error = %err, pending = self.pending_usage(), "usage flush failed; will retry"),
         }
         let until = self.now().timestamp().div_euclid(60) * 60;
         if until > self.last_roll_until.load(Ordering::Relaxed) {
+            let started = std::time::Instant::now();
             match self.roll_up_usage().await {
                 Ok(rows) => {
                     self.last_roll_until.store(until, Ordering::Relaxed);
-                    tracing::debug!(rows, "usage rolled up to hours and days");
+                    let took_us = started.elapsed().as_micros() as u64;
+                    tracing::debug!(rows, took_us, "usage rolled up to hours and days");
                 }
                 Err(err) => tracing::warn!(error = %err, "rolling usage up failed; will retry"),
             }

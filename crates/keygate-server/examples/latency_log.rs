@@ -1,0 +1,95 @@
+//! A load generator that writes down every request: when it was sent and how
+//! long its answer took, as the client saw it. wrk only reports the whole
+//! run's percentiles; the tail measurement of issue 16 (requests that overlap
+//! a usage flush against the others, scripts/bench/tail.sh) needs each one.
+//! Like `wrk -t1`: one thread, `connections` keep-alive connections, each
+//! sending the next request as soon as the last answer is read, cycling
+//! through the keys in `X-API-Key`.
+//!
+//! Usage: latency_log <host:port> <path> <keys file> <connections> <seconds> <output file>
+//! Output: one line per request, `sent_unix_us latency_us status`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+type Sample = (u64, u32, u16);
+
+fn usage() -> ! {
+    eprintln!("usage: latency_log <host:port> <path> <keys file> <connections> <seconds> <output file>");
+    std::process::exit(2)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [addr, path, keys, connections, seconds, output] = args.as_slice() else {
+        usage()
+    };
+    let keys: Arc<Vec<String>> = Arc::new(
+        std::fs::read_to_string(keys)?
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+    );
+    let connections: usize = connections.parse().unwrap_or_else(|_| usage());
+    let until = Instant::now() + Duration::from_secs(seconds.parse().unwrap_or_else(|_| usage()));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let samples = runtime.block_on(async {
+        let tasks: Vec<_> = (0..connections)
+            .map(|n| tokio::spawn(connection(addr.clone(), path.clone(), keys.clone(), n, until)))
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            match task.await {
+                Ok(Ok(samples)) => all.extend(samples),
+                Ok(Err(err)) => eprintln!("a connection failed: {err}"),
+                Err(err) => eprintln!("a connection panicked: {err}"),
+            }
+        }
+        all
+    });
+    let mut out = std::io::BufWriter::new(std::fs::File::create(output)?);
+    for (sent, latency, status) in &samples {
+        writeln!(out, "{sent} {latency} {status}")?;
+    }
+    out.flush()?;
+    eprintln!("{} requests", samples.len());
+    Ok(())
+}
+
+async fn connection(
+    addr: String,
+    path: String,
+    keys: Arc<Vec<String>>,
+    n: usize,
+    until: Instant,
+) -> Result<Vec<Sample>, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = TcpStream::connect(&addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut samples = Vec::with_capacity(200_000);
+    let mut turn = n;
+    while Instant::now() < until {
+        let key = &keys[turn % keys.len().max(1)];
+        turn += 1;
+        let request = hyper::Request::get(path.as_str())
+            .header(hyper::header::HOST, addr.as_str())
+            .header("x-api-key", key.as_str())
+            .body(Empty::<Bytes>::new())?;
+        let sent = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as u64;
+        let started = Instant::now();
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await?;
+        let latency = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        samples.push((sent, latency, status));
+    }
+    Ok(samples)
+}
