@@ -12,6 +12,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -153,8 +154,61 @@ impl Default for Metrics {
 
 /// Values read from other parts at scrape time.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ScrapeValues {
+pub struct ScrapeValues<'a> {
     pub limiter_fallbacks: u64,
+    /// The gateway's upstream targets (the server owns them).
+    pub targets: &'a [TargetSample],
+}
+
+/// One upstream target of a route as `/metrics` shows it. The labels come
+/// from config, so the series are bounded by it.
+#[derive(Debug, Clone)]
+pub struct TargetSample {
+    pub route: LabelText,
+    /// `host:port`.
+    pub target: LabelText,
+    /// In rotation (not left out after failures).
+    pub up: bool,
+    /// Requests the target answered.
+    pub answered: u64,
+    /// Connections it refused and requests that timed out.
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    route: LabelText,
+    target: LabelText,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetResultLabels {
+    route: LabelText,
+    target: LabelText,
+    result: &'static str,
+}
+
+/// The targets' gauges and counters, made from their samples at scrape time.
+fn target_families(targets: &[TargetSample]) -> (Family<TargetLabels, Gauge>, Family<TargetResultLabels, Counter>) {
+    let up = Family::<TargetLabels, Gauge>::default();
+    let requests = Family::<TargetResultLabels, Counter>::default();
+    for sample in targets {
+        let labels = TargetLabels {
+            route: sample.route.clone(),
+            target: sample.target.clone(),
+        };
+        up.get_or_create(&labels).set(i64::from(sample.up));
+        for (result, count) in [("answered", sample.answered), ("failed", sample.failed)] {
+            requests
+                .get_or_create(&TargetResultLabels {
+                    route: labels.route.clone(),
+                    target: labels.target.clone(),
+                    result,
+                })
+                .inc_by(count);
+        }
+    }
+    (up, requests)
 }
 
 impl Metrics {
@@ -237,6 +291,17 @@ impl Metrics {
             "webhook_attempt_duration_seconds",
             "Time from sending a webhook to the receiver's answer (or the error)",
             self.webhook_seconds.clone(),
+        );
+        let (target_up, target_requests) = target_families(values.targets);
+        registry.register(
+            "upstream_target_up",
+            "1 while an upstream target is in rotation, 0 while it is left out after failures",
+            target_up,
+        );
+        registry.register(
+            "upstream_target_requests",
+            "Requests to an upstream target by result: answered, or failed (connection refused or timed out)",
+            target_requests,
         );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)?;

@@ -24,7 +24,7 @@ use moka::sync::Cache;
 use crate::changes::{Hearing, HearingState};
 use crate::clock::Clock;
 use crate::limits::RateLimits;
-use crate::metrics::{CacheResult, Metrics, ScrapeValues, StoreOperation};
+use crate::metrics::{CacheResult, Metrics, ScrapeValues, StoreOperation, TargetSample};
 use crate::store_health::StoreHealth;
 use crate::usage::{KeyTally, UsageRecorder, ADMITTED};
 
@@ -541,9 +541,10 @@ impl Engine {
     }
 
     /// `/metrics` in the Prometheus text format.
-    pub fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
+    pub fn encode_metrics(&self, targets: &[TargetSample]) -> Result<String, std::fmt::Error> {
         self.metrics.encode(ScrapeValues {
             limiter_fallbacks: self.limiter.fallbacks(),
+            targets,
         })
     }
 

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use keygate_core::model::KeyStatus;
 use keygate_core::{ErrorCatalog, ErrorFormat};
 use keygate_engine::admin::Granularity;
+use keygate_engine::metrics::{LabelText, TargetSample};
 use keygate_engine::{Actor, Engine, Hearing};
 use keygate_store::{AuditFilter, EventListFilter, KeyFilter, Page, MAX_PAGE_SIZE};
 use serde_json::json;
@@ -242,14 +243,36 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     (status = 200, description = "Requests by outcome, route and workspace; verify, limiter and store latency; cache lookups; limiter fallbacks; store errors", content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiError> {
     // Writing to a String cannot fail; the error is mapped rather than unwrapped.
-    let text = state.engine.encode_metrics().map_err(|err| {
-        tracing::error!(error = %err, "metrics could not be encoded");
-        ApiError(keygate_core::error::ErrorInstance::new(
-            keygate_core::ErrorCode::ServiceUnavailable,
-        ))
-    })?;
+    let text = state
+        .engine
+        .encode_metrics(&target_samples(&state.upstreams))
+        .map_err(|err| {
+            tracing::error!(error = %err, "metrics could not be encoded");
+            ApiError(keygate_core::error::ErrorInstance::new(
+                keygate_core::ErrorCode::ServiceUnavailable,
+            ))
+        })?;
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
+}
+
+/// Each route's targets, for `/metrics`.
+fn target_samples(upstreams: &[Upstream]) -> Vec<TargetSample> {
+    upstreams
+        .iter()
+        .flat_map(|upstream| {
+            upstream.targets.iter().map(|target| {
+                let (up, answered, failed) = target.counts();
+                TargetSample {
+                    route: upstream.label.clone(),
+                    target: LabelText(target.target.address.clone()),
+                    up,
+                    answered,
+                    failed,
+                }
+            })
+        })
+        .collect()
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {

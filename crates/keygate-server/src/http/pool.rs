@@ -31,6 +31,20 @@ pub struct TargetState {
     /// A request is trying the target after its time out.
     probing: AtomicBool,
     in_flight: AtomicUsize,
+    /// For `/metrics`: requests answered, and failures (not reset by a success).
+    answered: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl TargetState {
+    /// What `/metrics` shows of this target.
+    pub fn counts(&self) -> (bool, u64, u64) {
+        (
+            self.out_until_ms.load(Ordering::Acquire) == 0,
+            self.answered.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// The targets of one route.
@@ -70,6 +84,8 @@ impl Targets {
                     out_until_ms: AtomicU64::new(0),
                     probing: AtomicBool::new(false),
                     in_flight: AtomicUsize::new(0),
+                    answered: AtomicU64::new(0),
+                    failed: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -90,6 +106,10 @@ impl Targets {
 
     pub fn get(&self, index: usize) -> &TargetState {
         &self.targets[index]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &TargetState> {
+        self.targets.iter()
     }
 
     /// How many targets are in (not left out) now, for `/readyz`.
@@ -146,6 +166,7 @@ impl Targets {
     /// clear) only reads.
     pub fn succeeded(&self, index: usize) {
         let target = &self.targets[index];
+        target.answered.fetch_add(1, Ordering::Relaxed);
         if target.failures.load(Ordering::Acquire) != 0 {
             target.failures.store(0, Ordering::Release);
         }
@@ -161,6 +182,7 @@ impl Targets {
     /// `eject_after` in a row, or at once if it was being tried again.
     pub fn failed(&self, index: usize) {
         let target = &self.targets[index];
+        target.failed.fetch_add(1, Ordering::Relaxed);
         let failures = target.failures.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         let was_probe = target.probing.swap(false, Ordering::AcqRel);
         if failures >= self.eject_after || was_probe {

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::support::TestApp;
 
-async fn scrape(app: &TestApp) -> (String, Scrape) {
+pub(crate) async fn scrape(app: &TestApp) -> (String, Scrape) {
     let response = app.http.get(format!("{}/metrics", app.admin)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
@@ -20,7 +20,7 @@ async fn scrape(app: &TestApp) -> (String, Scrape) {
 }
 
 /// The value of the sample `name` whose labels include `labels`; histograms by their count.
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     let matching: Vec<f64> = scrape
         .samples
         .iter()

@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::metrics::{scrape, value};
 use crate::real_upstreams::nginx;
 use crate::support::TestApp;
 
@@ -77,6 +78,28 @@ async fn targets_take_turns_a_dead_one_is_left_out_and_comes_back() {
         ),
         (Some(2), Some(1)),
         "{ready}"
+    );
+    // /metrics says the same, per target: b out after its failures, and
+    // every one of the 206 answers counted on the target that gave it.
+    let (_, scrape) = scrape(&app).await;
+    let (a_target, b_target) = (a.url("a").replace("http://", ""), b.url("b").replace("http://", ""));
+    let target = |name: &str, target: &str, result: Option<&str>| {
+        let mut labels = vec![("route", "/lb"), ("target", target)];
+        labels.extend(result.map(|result| ("result", result)));
+        value(&scrape, name, &labels)
+    };
+    assert_eq!(target("keygate_upstream_target_up", &a_target, None), 1.0);
+    assert_eq!(target("keygate_upstream_target_up", &b_target, None), 0.0);
+    let answered = |t: &str| target("keygate_upstream_target_requests_total", t, Some("answered"));
+    assert_eq!(answered(&a_target) + answered(&b_target), 206.0);
+    assert!(answered(&b_target) >= 3.0, "b answered before it died");
+    assert!(
+        target("keygate_upstream_target_requests_total", &b_target, Some("failed")) >= 3.0,
+        "b is out after eject_after (3) failures"
+    );
+    assert_eq!(
+        target("keygate_upstream_target_requests_total", &a_target, Some("failed")),
+        0.0
     );
     // a answers everything now.
     for _ in 0..10 {
