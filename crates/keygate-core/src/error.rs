@@ -9,171 +9,104 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
+/// Declares [`ErrorCode`] from one table: one row per code, with its wire
+/// name, its default HTTP status and its default message. The enum, the list
+/// of all codes, the name, the status and the message are all derived from
+/// it, so a new code is one row (meilisearch's `error.rs` is the model).
+macro_rules! error_codes {
+    ($($code:ident => $name:literal, $status:literal, $message:literal;)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum ErrorCode {
+            $(#[serde(rename = $name)] $code,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: [ErrorCode; [$($name),*].len()] = [$(Self::$code),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$code => $name,)*
+                }
+            }
+
+            pub fn default_status(self) -> u16 {
+                match self {
+                    $(Self::$code => $status,)*
+                }
+            }
+
+            /// `{scope}` is replaced by the missing scope; deployments may use it too.
+            pub fn default_message(self) -> &'static str {
+                match self {
+                    $(Self::$code => $message,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
     // Data plane.
-    MissingApiKey,
-    AmbiguousApiKey,
-    InvalidApiKey,
-    ApiKeyExpired,
-    ApiKeyRevoked,
-    WorkspaceDisabled,
-    IpNotAllowed,
-    InsufficientScope,
-    RateLimitExceeded,
-    ConcurrencyLimitExceeded,
-    TooManyFailedAttempts,
-    RouteNotFound,
-    InvalidPath,
-    MalformedRequest,
-    UpstreamUnavailable,
-    UpstreamTimeout,
-    ServiceUnavailable,
-    PayloadTooLarge,
-    HttpsRequired,
+    MissingApiKey => "MISSING_API_KEY", 401,
+        "API key is required. Send it in the X-API-Key header or as Authorization: Bearer <key>.";
+    AmbiguousApiKey => "AMBIGUOUS_API_KEY", 400,
+        "Two different API keys were sent. Send one key, in X-API-Key or Authorization: Bearer.";
+    InvalidApiKey => "INVALID_API_KEY", 401,
+        "The API key is invalid. Check that it was copied completely.";
+    ApiKeyExpired => "API_KEY_EXPIRED", 401,
+        "The API key has expired. Use a current key or create a new one.";
+    ApiKeyRevoked => "API_KEY_REVOKED", 401,
+        "The API key has been revoked. Use a current key or create a new one.";
+    WorkspaceDisabled => "WORKSPACE_DISABLED", 403,
+        "The workspace of this API key is disabled. Contact support.";
+    IpNotAllowed => "IP_NOT_ALLOWED", 403,
+        "Requests from this IP address are not allowed for this API key.";
+    InsufficientScope => "INSUFFICIENT_SCOPE", 403,
+        "The API key lacks the scope this request needs: {scope}.";
+    RateLimitExceeded => "RATE_LIMIT_EXCEEDED", 429,
+        "Too many requests. Please try again later.";
+    ConcurrencyLimitExceeded => "CONCURRENCY_LIMIT_EXCEEDED", 429,
+        "Too many open connections for this API key. Close one and retry.";
+    TooManyFailedAttempts => "TOO_MANY_FAILED_ATTEMPTS", 429,
+        "Too many requests with invalid API keys from this address. Wait before retrying.";
+    RouteNotFound => "ROUTE_NOT_FOUND", 404,
+        "No route matches this request.";
+    InvalidPath => "INVALID_PATH", 400,
+        "The request path is not valid: encoded slashes, control characters and `..` above the root are refused.";
+    MalformedRequest => "MALFORMED_REQUEST", 400,
+        "The request is not well-formed HTTP: send one Host header and a correctly framed body.";
+    UpstreamUnavailable => "UPSTREAM_UNAVAILABLE", 502,
+        "The upstream service is unavailable. Please retry shortly.";
+    UpstreamTimeout => "UPSTREAM_TIMEOUT", 504,
+        "The upstream service did not answer in time. Please retry shortly.";
+    ServiceUnavailable => "SERVICE_UNAVAILABLE", 503,
+        "The service is temporarily unavailable. Please retry shortly.";
+    PayloadTooLarge => "PAYLOAD_TOO_LARGE", 413,
+        "The request body is too large.";
+    HttpsRequired => "HTTPS_REQUIRED", 403,
+        "This API is served over HTTPS only. Send the request to the https:// address.";
     // Control plane.
-    ValidationError,
-    InvalidJson,
-    UnsupportedMediaType,
-    NotFound,
-    MethodNotAllowed,
-    Conflict,
-    Forbidden,
-    InternalError,
+    ValidationError => "VALIDATION_ERROR", 422,
+        "The request is not valid.";
+    InvalidJson => "INVALID_JSON", 400,
+        "The request body is not valid JSON.";
+    UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE", 415,
+        "Send the request body as JSON with Content-Type: application/json.";
+    NotFound => "NOT_FOUND", 404,
+        "Not found.";
+    MethodNotAllowed => "METHOD_NOT_ALLOWED", 405,
+        "This method is not allowed on this path.";
+    Conflict => "CONFLICT", 409,
+        "The request conflicts with the current state of the object.";
+    Forbidden => "FORBIDDEN", 403,
+        "This API key may not perform this operation.";
+    InternalError => "INTERNAL_ERROR", 500,
+        "An unexpected error occurred. It has been logged.";
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 27] = [
-        Self::MissingApiKey,
-        Self::AmbiguousApiKey,
-        Self::InvalidApiKey,
-        Self::ApiKeyExpired,
-        Self::ApiKeyRevoked,
-        Self::WorkspaceDisabled,
-        Self::IpNotAllowed,
-        Self::InsufficientScope,
-        Self::RateLimitExceeded,
-        Self::ConcurrencyLimitExceeded,
-        Self::TooManyFailedAttempts,
-        Self::RouteNotFound,
-        Self::InvalidPath,
-        Self::MalformedRequest,
-        Self::UpstreamUnavailable,
-        Self::UpstreamTimeout,
-        Self::ServiceUnavailable,
-        Self::PayloadTooLarge,
-        Self::HttpsRequired,
-        Self::ValidationError,
-        Self::InvalidJson,
-        Self::UnsupportedMediaType,
-        Self::NotFound,
-        Self::MethodNotAllowed,
-        Self::Conflict,
-        Self::Forbidden,
-        Self::InternalError,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::MissingApiKey => "MISSING_API_KEY",
-            Self::AmbiguousApiKey => "AMBIGUOUS_API_KEY",
-            Self::InvalidApiKey => "INVALID_API_KEY",
-            Self::ApiKeyExpired => "API_KEY_EXPIRED",
-            Self::ApiKeyRevoked => "API_KEY_REVOKED",
-            Self::WorkspaceDisabled => "WORKSPACE_DISABLED",
-            Self::IpNotAllowed => "IP_NOT_ALLOWED",
-            Self::InsufficientScope => "INSUFFICIENT_SCOPE",
-            Self::RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
-            Self::ConcurrencyLimitExceeded => "CONCURRENCY_LIMIT_EXCEEDED",
-            Self::TooManyFailedAttempts => "TOO_MANY_FAILED_ATTEMPTS",
-            Self::RouteNotFound => "ROUTE_NOT_FOUND",
-            Self::InvalidPath => "INVALID_PATH",
-            Self::MalformedRequest => "MALFORMED_REQUEST",
-            Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
-            Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
-            Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
-            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            Self::HttpsRequired => "HTTPS_REQUIRED",
-            Self::ValidationError => "VALIDATION_ERROR",
-            Self::InvalidJson => "INVALID_JSON",
-            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            Self::NotFound => "NOT_FOUND",
-            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            Self::Conflict => "CONFLICT",
-            Self::Forbidden => "FORBIDDEN",
-            Self::InternalError => "INTERNAL_ERROR",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-
-    pub fn default_status(self) -> u16 {
-        match self {
-            Self::AmbiguousApiKey | Self::InvalidJson | Self::InvalidPath | Self::MalformedRequest => 400,
-            Self::MissingApiKey | Self::InvalidApiKey | Self::ApiKeyExpired | Self::ApiKeyRevoked => 401,
-            Self::WorkspaceDisabled
-            | Self::IpNotAllowed
-            | Self::InsufficientScope
-            | Self::Forbidden
-            | Self::HttpsRequired => 403,
-            Self::RouteNotFound | Self::NotFound => 404,
-            Self::MethodNotAllowed => 405,
-            Self::Conflict => 409,
-            Self::PayloadTooLarge => 413,
-            Self::UnsupportedMediaType => 415,
-            Self::ValidationError => 422,
-            Self::RateLimitExceeded | Self::ConcurrencyLimitExceeded | Self::TooManyFailedAttempts => 429,
-            Self::InternalError => 500,
-            Self::UpstreamUnavailable => 502,
-            Self::ServiceUnavailable => 503,
-            Self::UpstreamTimeout => 504,
-        }
-    }
-
-    /// `{scope}` is replaced by the missing scope; deployments may use it too.
-    pub fn default_message(self) -> &'static str {
-        match self {
-            Self::MissingApiKey => {
-                "API key is required. Send it in the X-API-Key header or as Authorization: Bearer <key>."
-            }
-            Self::AmbiguousApiKey => {
-                "Two different API keys were sent. Send one key, in X-API-Key or Authorization: Bearer."
-            }
-            Self::InvalidApiKey => "The API key is invalid. Check that it was copied completely.",
-            Self::ApiKeyExpired => "The API key has expired. Use a current key or create a new one.",
-            Self::ApiKeyRevoked => "The API key has been revoked. Use a current key or create a new one.",
-            Self::WorkspaceDisabled => "The workspace of this API key is disabled. Contact support.",
-            Self::IpNotAllowed => "Requests from this IP address are not allowed for this API key.",
-            Self::InsufficientScope => "The API key lacks the scope this request needs: {scope}.",
-            Self::RateLimitExceeded => "Too many requests. Please try again later.",
-            Self::ConcurrencyLimitExceeded => "Too many open connections for this API key. Close one and retry.",
-            Self::TooManyFailedAttempts => {
-                "Too many requests with invalid API keys from this address. Wait before retrying."
-            }
-            Self::RouteNotFound => "No route matches this request.",
-            Self::MalformedRequest => {
-                "The request is not well-formed HTTP: send one Host header and a correctly framed body."
-            }
-            Self::InvalidPath => {
-                "The request path is not valid: encoded slashes, control characters and `..` above the root are refused."
-            }
-            Self::UpstreamUnavailable => "The upstream service is unavailable. Please retry shortly.",
-            Self::UpstreamTimeout => "The upstream service did not answer in time. Please retry shortly.",
-            Self::ServiceUnavailable => "The service is temporarily unavailable. Please retry shortly.",
-            Self::PayloadTooLarge => "The request body is too large.",
-            Self::HttpsRequired => "This API is served over HTTPS only. Send the request to the https:// address.",
-            Self::ValidationError => "The request is not valid.",
-            Self::InvalidJson => "The request body is not valid JSON.",
-            Self::UnsupportedMediaType => "Send the request body as JSON with Content-Type: application/json.",
-            Self::NotFound => "Not found.",
-            Self::MethodNotAllowed => "This method is not allowed on this path.",
-            Self::Conflict => "The request conflicts with the current state of the object.",
-            Self::Forbidden => "This API key may not perform this operation.",
-            Self::InternalError => "An unexpected error occurred. It has been logged.",
-        }
     }
 
     /// Errors that answer "the key you sent is not usable" (RFC 6750 `invalid_token`).
