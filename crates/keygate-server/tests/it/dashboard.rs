@@ -234,6 +234,33 @@ async fn error_code(response: reqwest::Response) -> (u16, String) {
     (status, code)
 }
 
+/// Behind a trusted proxy that terminated TLS, the sign-in cookie is
+/// `Secure`, also when the proxy's address reaches keygate IPv4-mapped
+/// (a control plane on `[::]`): the dashboard asks the core's trusted-proxy
+/// check, as the data plane does.
+#[tokio::test]
+async fn a_trusted_proxy_seen_as_an_ipv4_mapped_peer_gets_secure_cookies() {
+    let app = TestApp::builder().admin_addr("[::]:0").start().await;
+    let sign_in = format!("http://127.0.0.1:{}/dashboard/sign-in", app.app.admin_addr.port());
+    let cookie = |proto: &'static str| {
+        let (http, sign_in) = (&app.http, &sign_in);
+        async move {
+            let response = http
+                .get(sign_in)
+                .header("X-Forwarded-Proto", proto)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.headers()["set-cookie"].to_str().unwrap().to_owned()
+        }
+    };
+    let over_https = cookie("https").await;
+    assert!(over_https.contains("Secure"), "{over_https}");
+    let over_http = cookie("http").await;
+    assert!(!over_http.contains("Secure"), "{over_http}");
+}
+
 #[tokio::test]
 async fn an_operator_creates_a_key_that_is_shown_once_and_revokes_it() {
     let Some(browser) = browser().await else { return };

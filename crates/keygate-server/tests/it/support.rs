@@ -31,6 +31,7 @@ pub struct TestApp {
 pub struct TestAppBuilder {
     toml: String,
     store_url: Option<String>,
+    admin_addr: Option<String>,
 }
 
 impl TestApp {
@@ -38,6 +39,7 @@ impl TestApp {
         TestAppBuilder {
             toml: String::new(),
             store_url: None,
+            admin_addr: None,
         }
     }
 
@@ -125,6 +127,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// The control plane listens here instead of 127.0.0.1 (e.g. `[::]:0`,
+    /// where IPv4 clients arrive as IPv4-mapped IPv6 peers).
+    pub fn admin_addr(mut self, addr: &str) -> Self {
+        self.admin_addr = Some(addr.to_owned());
+        self
+    }
+
     /// Shares another node's SQLite store: two nodes, one database.
     pub fn store_of(mut self, other: &TestApp) -> Self {
         self.store_url = Some(other.store_url.clone());
@@ -137,7 +146,7 @@ impl TestAppBuilder {
         std::fs::write(&path, &self.toml).unwrap();
         let mut config: Config = config::read(Some(&path)).unwrap();
         config.server.gateway_addr = "127.0.0.1:0".into();
-        config.server.admin_addr = "127.0.0.1:0".into();
+        config.server.admin_addr = self.admin_addr.unwrap_or_else(|| "127.0.0.1:0".into());
         if config.server.trusted_proxies.is_empty() {
             // Lets tests act as many clients through X-Forwarded-For.
             config.server.trusted_proxies = vec!["127.0.0.1".into()];

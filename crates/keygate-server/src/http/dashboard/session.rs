@@ -12,6 +12,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
 use cookie::{Cookie, SameSite};
+use keygate_core::ip::is_trusted_proxy;
 use keygate_engine::sessions::{BrowserSecret, DashboardSession, SessionError};
 use serde::de::DeserializeOwned;
 
@@ -57,8 +58,9 @@ pub fn browser_ip(parts: &Parts, state: &DashboardState) -> IpAddr {
 
 /// True when a trusted proxy terminated TLS for this request: cookies get `Secure`.
 pub fn over_https(parts: &Parts, state: &DashboardState) -> bool {
-    let peer = peer_of(parts).ip();
-    let trusted = state.trusted_proxies.iter().any(|net| net.contains(&peer));
+    // The core's check, so an IPv4-mapped peer (`::ffff:10.0.0.1`) is
+    // matched against IPv4 ranges here as it is on the data plane.
+    let trusted = is_trusted_proxy(peer_of(parts).ip(), &state.trusted_proxies);
     forwarded_https(trusted, &parts.headers)
 }
 
