@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 source scripts/lib/services.sh
 ensure_services
 
+# The crate boundaries of docs/architecture.md.
+python3 scripts/check-boundaries.py
+
 cargo test --workspace --locked "$@"
 
 # The server's integration tests again, every node on PostgreSQL instead of SQLite.

@@ -285,8 +285,8 @@ fn canonicalize_target(request: &mut Request, rules: PathRules) -> Result<(), In
     Ok(())
 }
 
-/// The request flow of DESIGN.md section 4. Returns the key that was
-/// identified, if any, for the access log.
+/// The request flow (docs/architecture.md, "One request on the data plane").
+/// Returns the key that was identified, if any, for the access log.
 async fn process(
     gw: &GatewayState,
     upstream: Option<&Upstream>,
