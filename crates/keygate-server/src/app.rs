@@ -16,6 +16,7 @@ use crate::config::{LimiterSettings, Settings};
 use crate::http::access_log::{AccessLog, AccessLogGuard};
 use crate::http::admin::{self, AdminState};
 use crate::http::gateway::{self, GatewayState};
+use crate::http::health;
 use crate::http::proxy;
 use crate::http::transport::{self, ServeOptions, TlsError};
 use crate::webhook_sender::HttpWebhookSender;
@@ -104,6 +105,7 @@ impl App {
             stopped.clone(),
         )
         .map_err(gateway_error(gateway_addr))?;
+        let health_checks = tokio::spawn(health::run(upstreams.clone(), wait_for_stop(stopped.clone())));
         let admin_router = admin::router(
             AdminState::new(
                 engine.clone(),
@@ -116,6 +118,7 @@ impl App {
         );
 
         let mut tasks = vec![
+            health_checks,
             tokio::spawn(transport::serve(
                 "admin",
                 admin_listener,

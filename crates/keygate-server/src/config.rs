@@ -530,6 +530,30 @@ pub struct RouteConfig {
     /// Forward `X-API-Key` and `Authorization: Bearer` to the upstream (stripped by default).
     #[serde(default)]
     pub forward_key: bool,
+    /// Active health checks of every target, besides the passive ones.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// `health_check = { path = "/healthz", interval = "5s" }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    #[serde(default = "default_health_check_interval")]
+    pub interval: String,
+}
+
+fn default_health_check_interval() -> String {
+    "5s".into()
+}
+
+/// A route's active health check, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// Requested with `GET` on each target; a 2xx or 3xx answer passes.
+    pub path: String,
+    pub interval: Duration,
 }
 
 /// `upstream = "http://a:9000"` or `upstream = ["http://a:9000", "http://b:9000"]`.
@@ -599,6 +623,7 @@ pub struct Route {
     pub connect_timeout: Duration,
     pub max_body_bytes: u64,
     pub forward_key: bool,
+    pub health_check: Option<HealthCheck>,
 }
 
 /// Everything the server needs, validated.
@@ -1066,6 +1091,23 @@ fn validate_route(
     if timeout.is_zero() || connect_timeout.is_zero() {
         return Err(fail("timeout", "timeouts must be positive".into()));
     }
+    let health_check = route
+        .health_check
+        .as_ref()
+        .map(|check| {
+            if !check.path.starts_with('/') {
+                return Err(fail("health_check.path", "must start with `/`".into()));
+            }
+            let interval = parse_duration(&check.interval).map_err(|e| fail("health_check.interval", e.to_string()))?;
+            if interval.is_zero() {
+                return Err(fail("health_check.interval", "must be positive".into()));
+            }
+            Ok(HealthCheck {
+                path: check.path.clone(),
+                interval,
+            })
+        })
+        .transpose()?;
     let max_body_bytes = match &route.max_body_size {
         Some(text) => parse_size(text).map_err(|e| fail("max_body_size", e))?,
         None => default_max_body,
@@ -1086,6 +1128,7 @@ fn validate_route(
         connect_timeout,
         max_body_bytes,
         forward_key: route.forward_key,
+        health_check,
     })
 }
 
@@ -1107,6 +1150,7 @@ pub fn catch_all_route(upstream: &str) -> RouteConfig {
         connect_timeout: default_connect_timeout(),
         max_body_size: None,
         forward_key: false,
+        health_check: None,
     }
 }
 
@@ -1168,6 +1212,18 @@ mod tests {
             ("upstream = \"http://a:1\"\neject_after = 0", "eject_after"),
             ("upstream = \"http://a:1\"\neject_for = \"soon\"", "eject_for"),
             ("upstream = \"http://a:1\"\nbalance = \"random\"", "balance"),
+            (
+                "upstream = \"http://a:1\"\nhealth_check = { path = \"healthz\" }",
+                "health_check.path",
+            ),
+            (
+                "upstream = \"http://a:1\"\nhealth_check = { path = \"/h\", interval = \"0s\" }",
+                "health_check.interval",
+            ),
+            (
+                "upstream = \"http://a:1\"\nhealth_check = { path = \"/h\", every = \"1s\" }",
+                "every",
+            ),
         ] {
             let err = load_text(&format!("[[routes]]\npath = \"/x\"\n{bad}\n"))
                 .unwrap_err()

@@ -167,6 +167,26 @@ impl Targets {
     pub fn succeeded(&self, index: usize) {
         let target = &self.targets[index];
         target.answered.fetch_add(1, Ordering::Relaxed);
+        Self::bring_back(target);
+    }
+
+    /// An active health check passed: in, as after an answered request (but
+    /// not counted as one).
+    pub fn check_passed(&self, index: usize) {
+        Self::bring_back(&self.targets[index]);
+    }
+
+    /// An active health check failed: out until a check passes. No request
+    /// tries it in between: the checks decide.
+    pub fn check_failed(&self, index: usize) {
+        let target = &self.targets[index];
+        target.probing.store(false, Ordering::Release);
+        if target.out_until_ms.swap(u64::MAX, Ordering::AcqRel) != u64::MAX {
+            tracing::warn!(target = %target.target.address, "upstream target failed its health check; left out");
+        }
+    }
+
+    fn bring_back(target: &TargetState) {
         if target.failures.load(Ordering::Acquire) != 0 {
             target.failures.store(0, Ordering::Release);
         }
@@ -244,12 +264,27 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             max_body_bytes: 1024,
             forward_key: false,
+            health_check: None,
         };
         Arc::new(Targets::new(&route, 0))
     }
 
     fn choose(targets: &Targets) -> Option<usize> {
         targets.choose(&Tried::new())
+    }
+
+    #[test]
+    fn a_failed_health_check_leaves_a_target_out_until_a_check_passes() {
+        let targets = targets(2, Balance::RoundRobin, Duration::ZERO);
+        targets.check_failed(1);
+        assert_eq!(targets.healthy(), 1);
+        // eject_for is over at once, but no request may try it: the checks decide.
+        assert!((0..6).all(|_| choose(&targets) == Some(0)));
+        targets.check_failed(1);
+        targets.check_passed(1);
+        assert_eq!(targets.healthy(), 2);
+        assert!((0..4).any(|_| choose(&targets) == Some(1)));
+        assert_eq!(targets.get(1).counts(), (true, 0, 0), "checks are not requests");
     }
 
     #[test]

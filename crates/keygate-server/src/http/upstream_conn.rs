@@ -157,7 +157,7 @@ impl UpstreamConnections {
 
 /// A new HTTP/1.1 connection; its task runs until the connection closes or
 /// every handle to it is dropped.
-async fn connect(target: &Target) -> Result<SendRequest<Body>, SendError> {
+pub(crate) async fn connect(target: &Target) -> Result<SendRequest<Body>, SendError> {
     let connecting = TcpStream::connect(&*target.address);
     let stream = match tokio::time::timeout(target.connect_timeout, connecting).await {
         Ok(Ok(stream)) => stream,

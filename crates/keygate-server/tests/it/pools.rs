@@ -131,3 +131,64 @@ async fn targets_take_turns_a_dead_one_is_left_out_and_comes_back() {
         );
     }
 }
+
+/// How many of the route's targets `/readyz` calls healthy, once it says
+/// `want` (or after `within`, whatever it says then).
+async fn healthy_within(app: &TestApp, want: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, ready) = app.control_json("/readyz").await;
+        let healthy = ready["routes"][0]["healthy"].as_u64().unwrap();
+        if healthy == want || Instant::now() > deadline {
+            return healthy;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn active_health_checks_find_a_dead_target_and_its_return_without_traffic() {
+    let Some(a) = nginx(&["a"]).await else { return };
+    let Some(mut b) = nginx(&["b"]).await else { return };
+    // eject_for is an hour: only the checks can bring b back within the test.
+    let app = TestApp::builder()
+        .config(&format!(
+            "[[routes]]\npath = \"/lb\"\nupstream = [\"{}\", \"{}\"]\nauth = false\neject_for = \"1h\"\n\
+             health_check = {{ path = \"/healthz\", interval = \"100ms\" }}\n",
+            a.url("a"),
+            b.url("b")
+        ))
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    assert_eq!(healthy_within(&app, 2, Duration::from_secs(2)).await, 2);
+
+    // b dies; no request is sent, yet the checks leave it out.
+    b.kill();
+    assert_eq!(healthy_within(&app, 1, Duration::from_secs(2)).await, 1);
+    let (_, scrape) = scrape(&app).await;
+    let b_target = b.url("b").replace("http://", "");
+    let labels = [("route", "/lb"), ("target", b_target.as_str())];
+    assert_eq!(value(&scrape, "keygate_upstream_target_up", &labels), 0.0);
+    let answered = [("route", "/lb"), ("target", b_target.as_str()), ("result", "answered")];
+    assert_eq!(
+        value(&scrape, "keygate_upstream_target_requests_total", &answered),
+        0.0,
+        "checks are not requests"
+    );
+    // Requests go to a only, and none fails.
+    for _ in 0..6 {
+        assert_eq!(served_by(&app, &client).await, (200, "a".to_owned()));
+    }
+
+    // b is back: a check brings it in, long before eject_for.
+    b.restart().await;
+    assert_eq!(healthy_within(&app, 2, Duration::from_secs(3)).await, 2);
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        let (status, name) = served_by(&app, &client).await;
+        assert_eq!(status, 200);
+        names.push(name);
+    }
+    assert!(names.iter().any(|name| name == "b"), "b is in again: {names:?}");
+}
