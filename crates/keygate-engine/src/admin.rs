@@ -507,6 +507,22 @@ impl Engine {
         }
     }
 
+    /// The workspace of the key a list is filtered by (`/v1/audit-events`
+    /// and `/v1/events` alike): another workspace's key is not found, as its
+    /// own `GET` is; a key that is gone (deleted) still has its history, so
+    /// the filter stands (a workspace key still sees only its workspace's).
+    pub(crate) async fn workspace_of_filtered_key(
+        &self,
+        actor: &Actor,
+        key_id: &str,
+    ) -> Result<Option<String>, AdminError> {
+        match self.store.get_key(key_id).await? {
+            Some(key) if actor.can_see(&key.workspace_id) => Ok(Some(key.workspace_id)),
+            Some(_) => Err(AdminError::NotFound),
+            None => Ok(None),
+        }
+    }
+
     /// A key the caller may change: visible to it, and of an environment it manages.
     async fn managed_key(&self, actor: &Actor, id: &str) -> Result<ApiKey, AdminError> {
         let key = self.get_key(actor, id).await?;
@@ -750,6 +766,11 @@ impl Engine {
         mut filter: AuditFilter,
         page: &Page,
     ) -> Result<Paged<AuditEvent>, AdminError> {
+        if let Some(key_id) = &filter.key_id {
+            if let Some(workspace_id) = self.workspace_of_filtered_key(actor, key_id).await? {
+                filter.workspace_id.get_or_insert(workspace_id);
+            }
+        }
         if let ActorScope::Workspace(own) = &actor.scope {
             if filter.workspace_id.as_ref().is_some_and(|ws| ws != own) {
                 return Err(AdminError::NotFound);

@@ -237,8 +237,9 @@ impl Engine {
         page: &Page,
     ) -> Result<Paged<StoredEvent>, AdminError> {
         if let Some(key_id) = &filter.subject {
-            let key = self.get_key(actor, key_id).await?;
-            filter.workspace_id.get_or_insert(key.workspace_id);
+            if let Some(workspace_id) = self.workspace_of_filtered_key(actor, key_id).await? {
+                filter.workspace_id.get_or_insert(workspace_id);
+            }
         }
         if let ActorScope::Workspace(own) = &actor.scope {
             if filter.workspace_id.as_ref().is_some_and(|ws| ws != own) {

@@ -567,10 +567,23 @@ async fn webhook_admin_api_checks_input_and_who_may_do_what() {
     );
     assert!(!audit.to_string().contains(&secret));
 
-    // Events of another workspace's key are not a workspace key's to read.
+    // Events and audit events of another workspace's key are not a
+    // workspace key's to read: both lists answer 404, as the key's GET does.
     let (other_key, _) = app.key(&other, json!({"name": "theirs"})).await;
-    let theirs = as_manager(Method::GET, format!("/v1/events?key_id={other_key}"), None).await;
-    assert_eq!(theirs.status(), 404);
+    for list in ["events", "audit-events"] {
+        let theirs = as_manager(Method::GET, format!("/v1/{list}?key_id={other_key}"), None).await;
+        assert_eq!(theirs.status(), 404, "{list}");
+    }
+    // A deleted key's history stays readable in both, to whoever could see the key.
+    let (gone, _) = app.key(&other, json!({"name": "gone"})).await;
+    app.admin_ok(Method::DELETE, &format!("/v1/keys/{gone}"), None, 200)
+        .await;
+    let audit = app
+        .admin_ok(Method::GET, &format!("/v1/audit-events?key_id={gone}"), None, 200)
+        .await;
+    assert!(!audit["data"].as_array().unwrap().is_empty(), "{audit}");
+    app.admin_ok(Method::GET, &format!("/v1/events?key_id={gone}"), None, 200)
+        .await;
     let mine = as_manager(Method::GET, "/v1/events".into(), None).await;
     let mine: Value = mine.json().await.unwrap();
     assert!(mine["data"]
