@@ -400,18 +400,27 @@ async fn a_portal_link_opens_one_workspace_once() {
     let (my_key, _) = app.key(&mine, json!({"name": "mine"})).await;
     let (their_key, _) = app.key(&theirs, json!({"name": "theirs"})).await;
 
-    let link = app
-        .admin_ok(
-            reqwest::Method::POST,
-            "/v1/portal-sessions",
-            Some(json!({"workspace_id": mine})),
-            201,
-        )
-        .await;
-    let url = link["url"].as_str().unwrap().to_owned();
+    let url = portal_link(&app, &mine).await;
     assert!(url.starts_with(&format!("{}/dashboard/portal/", app.admin)), "{url}");
 
+    // A chat app's link preview GETs the link, twice: a page with one
+    // button, no session, and the link still works.
+    let http = no_redirects();
+    for _ in 0..2 {
+        let (status, cookie, _) = portal_get(&http, &url).await;
+        assert_eq!(status, 200);
+        assert!(cookie.starts_with("kg_sign_in="), "only the form's token: {cookie}");
+    }
+
     browser.client.goto(&url).await.unwrap();
+    assert_eq!(
+        browser.path().await,
+        url.replace(&app.admin, ""),
+        "the page, not yet redeemed"
+    );
+    let portal_path = browser.path().await;
+    browser.click("form[method=post] button[type=submit]").await;
+    browser.wait_to_leave(&portal_path).await;
     assert_eq!(browser.path().await, format!("/dashboard/workspaces/{mine}/keys"));
     assert!(browser.source().await.contains(&my_key));
     assert!(
@@ -423,7 +432,6 @@ async fn a_portal_link_opens_one_workspace_once() {
 
     // Everything of another workspace, and the operator pages, are 404.
     let cookie = browser.session_cookie().await;
-    let http = no_redirects();
     for path in [
         format!("/dashboard/keys/{their_key}"),
         format!("/dashboard/workspaces/{theirs}/keys"),
@@ -443,11 +451,76 @@ async fn a_portal_link_opens_one_workspace_once() {
     browser.goto(&app, &format!("/dashboard/keys/{their_key}")).await;
     assert_eq!(browser.text(".error-code").await, "NOT_FOUND");
 
-    // The link is used up.
-    let again = http.get(&url).send().await.unwrap();
+    // The link is used up: its button now answers 404 and signs nobody in.
+    let (_, cookie, csrf) = portal_get(&http, &url).await;
+    let again = portal_post(&http, &url, &cookie, &csrf).await;
     assert_eq!(again.status(), 404);
     assert!(again.headers().get("set-cookie").is_none());
     browser.close().await;
+}
+
+/// A one-time portal link to `workspace`, from the admin API.
+async fn portal_link(app: &TestApp, workspace: &str) -> String {
+    let link = app
+        .admin_ok(
+            reqwest::Method::POST,
+            "/v1/portal-sessions",
+            Some(json!({"workspace_id": workspace})),
+            201,
+        )
+        .await;
+    link["url"].as_str().unwrap().to_owned()
+}
+
+/// GETs a portal link: its status, the cookie it sets and its form's token.
+async fn portal_get(http: &reqwest::Client, url: &str) -> (u16, String, String) {
+    let response = http.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let page = response.text().await.unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    (status, cookie, csrf)
+}
+
+async fn portal_post(http: &reqwest::Client, url: &str, cookie: &str, csrf: &str) -> reqwest::Response {
+    http.post(url)
+        .header(COOKIE, cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A portal link's button needs its page's token: another site cannot post
+/// a link of its choosing to sign a browser in.
+#[tokio::test]
+async fn a_portal_link_is_redeemed_only_by_its_own_pages_form() {
+    let app = TestApp::start().await;
+    let mine = app.workspace("Customer One").await;
+    let url = portal_link(&app, &mine).await;
+    let http = no_redirects();
+    let (_, cookie, csrf) = portal_get(&http, &url).await;
+    for (what, cookie, csrf) in [
+        ("no cookie", "", csrf.as_str()),
+        ("no token", cookie.as_str(), ""),
+        ("another token", cookie.as_str(), "0000"),
+    ] {
+        let response = portal_post(&http, &url, cookie, csrf).await;
+        assert_eq!(response.status(), 403, "{what}");
+        assert!(response.headers().get("set-cookie").is_none(), "{what}");
+    }
+    // Refused posts used nothing up: the page's own form redeems it.
+    let redeemed = portal_post(&http, &url, &cookie, &csrf).await;
+    assert_eq!(redeemed.status(), 303);
+    let session = redeemed.headers()["set-cookie"].to_str().unwrap();
+    assert!(session.starts_with("kg_session="), "{session}");
 }
 
 #[tokio::test]

@@ -59,7 +59,7 @@ pub fn routes() -> Router<AdminState> {
         .route("/dashboard/assets/{file}", get(asset))
         .route(SIGN_IN_PATH, get(sign_in_form).post(sign_in))
         .route("/dashboard/sign-out", post(sign_out))
-        .route(&format!("{PORTAL_PATH}{{token}}"), get(portal))
+        .route(&format!("{PORTAL_PATH}{{token}}"), get(portal_page).post(portal))
         .route("/dashboard/workspaces", get(workspaces).post(create_workspace))
         .route("/dashboard/workspaces/{id}", get(workspace).post(update_workspace))
         .route("/dashboard/workspaces/{id}/keys", get(keys).post(create_key))
@@ -196,6 +196,16 @@ fn sign_in_page(parts: &Parts, state: &AdminState, error: Option<String>, status
     Ok(response)
 }
 
+/// A form posted before a session exists carries the token of the cookie set
+/// with the form (double submit).
+fn check_double_submit(parts: &Parts, csrf: &str) -> Result<(), DashboardError> {
+    let expected = cookie_value(&parts.headers, session::SIGN_IN_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !tokens_match(csrf, &expected) {
+        return Err(DashboardError::CsrfRejected);
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 struct SignInForm {
     key: String,
@@ -204,10 +214,7 @@ struct SignInForm {
 
 async fn sign_in(State(state): State<AdminState>, parts: Parts, body: axum::body::Bytes) -> PageResult {
     let form: SignInForm = serde_urlencoded::from_bytes(&body).map_err(|e| DashboardError::bad_form(e.to_string()))?;
-    let expected = cookie_value(&parts.headers, session::SIGN_IN_COOKIE).unwrap_or_default();
-    if expected.is_empty() || !tokens_match(&form.csrf, &expected) {
-        return Err(DashboardError::CsrfRejected);
-    }
+    check_double_submit(&parts, &form.csrf)?;
     let ip = browser_ip(&parts, &state);
     match state.engine.sign_in(form.key.trim(), ip).await {
         Ok((secret, session)) => {
@@ -233,6 +240,11 @@ async fn sign_in(State(state): State<AdminState>, parts: Parts, body: axum::body
 #[derive(Deserialize)]
 struct Empty {}
 
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
 async fn sign_out(State(state): State<AdminState>, posted: Posted<Empty>) -> Response {
     state.engine.sessions().close(&posted.signed_in.secret);
     redirect_with_cookie(
@@ -241,7 +253,33 @@ async fn sign_out(State(state): State<AdminState>, posted: Posted<Empty>) -> Res
     )
 }
 
-async fn portal(State(state): State<AdminState>, PathParam(token): PathParam<String>, parts: Parts) -> PageResult {
+/// `GET` a portal link: a page with one button, and the double-submit token
+/// its form needs (as the sign-in form has). Nothing is redeemed.
+async fn portal_page(State(state): State<AdminState>, PathParam(token): PathParam<String>, parts: Parts) -> PageResult {
+    let csrf = keygate_engine::sessions::random_token();
+    let mut response = html(&PortalPage {
+        layout: Layout::signed_out(&state.dashboard.settings.product_name, "Your API keys"),
+        csrf: csrf.clone(),
+        action: format!("{PORTAL_PATH}{token}"),
+    })?;
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(session::SIGN_IN_COOKIE, &csrf, over_https(&parts, &state), None),
+    );
+    Ok(response)
+}
+
+/// `POST` a portal link (its page's button): redeems it once. The form's
+/// token must match its cookie, so another site cannot sign a browser in to
+/// a workspace of the other site's choosing.
+async fn portal(
+    State(state): State<AdminState>,
+    PathParam(token): PathParam<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> PageResult {
+    let form: CsrfForm = serde_urlencoded::from_bytes(&body).map_err(|e| DashboardError::bad_form(e.to_string()))?;
+    check_double_submit(&parts, &form.csrf)?;
     let ip = browser_ip(&parts, &state);
     let token = BrowserSecret::from_presented(&token);
     let Some((secret, session)) = state.engine.redeem_portal_link(&token, ip).await? else {

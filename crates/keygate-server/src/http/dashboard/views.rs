@@ -66,6 +66,17 @@ pub struct SignInPage {
     pub error: Option<String>,
 }
 
+/// What a portal link shows before it is used: one button that redeems it
+/// (a POST), so a chat app's link preview, which only GETs, uses nothing up.
+#[derive(Template)]
+#[template(path = "dashboard/portal.html")]
+pub struct PortalPage {
+    pub layout: Layout,
+    pub csrf: String,
+    /// The link's own path, which the button posts to.
+    pub action: String,
+}
+
 #[derive(Template)]
 #[template(path = "dashboard/error.html")]
 pub struct ErrorPage {
