@@ -37,10 +37,15 @@ pub struct TargetState {
 }
 
 impl TargetState {
+    /// In rotation: not left out after failures.
+    fn is_in(&self) -> bool {
+        self.out_until_ms.load(Ordering::Acquire) == 0
+    }
+
     /// What `/metrics` shows of this target.
     pub fn counts(&self) -> (bool, u64, u64) {
         (
-            self.out_until_ms.load(Ordering::Acquire) == 0,
+            self.is_in(),
             self.answered.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
         )
@@ -114,10 +119,7 @@ impl Targets {
 
     /// How many targets are in (not left out) now, for `/readyz`.
     pub fn healthy(&self) -> usize {
-        self.targets
-            .iter()
-            .filter(|t| t.out_until_ms.load(Ordering::Acquire) == 0)
-            .count()
+        self.targets.iter().filter(|t| t.is_in()).count()
     }
 
     fn now_ms(&self) -> u64 {
