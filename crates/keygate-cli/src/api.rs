@@ -600,3 +600,30 @@ pub async fn events(args: EventsArgs) -> Result<(), String> {
     );
     Ok(())
 }
+
+#[derive(Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// `POST /v1/config/reload`: the server re-reads its own file, so this
+/// works from any machine that reaches the admin API.
+pub async fn reload_config(args: ReloadArgs) -> Result<(), String> {
+    let api = Api::new(&args.connection)?;
+    let reloaded = api.call(Method::POST, "/v1/config/reload", &[], None).await?;
+    if args.connection.json {
+        output::print(&reloaded, true, &[]);
+        return Ok(());
+    }
+    let changed: Vec<&str> = reloaded["changed"]
+        .as_array()
+        .map(|fields| fields.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let routes = reloaded["routes"].as_u64().unwrap_or_default();
+    match changed.as_slice() {
+        [] => println!("Config reloaded: nothing changed ({routes} routes)."),
+        fields => println!("Config reloaded: {} changed ({routes} routes).", fields.join(", ")),
+    }
+    Ok(())
+}

@@ -5,21 +5,22 @@ use std::sync::Arc;
 
 use keygate_engine::{Engine, SystemClock};
 use keygate_server::config::{self, catch_all_route};
-use keygate_server::{App, Settings};
+use keygate_server::{App, ConfigSource, Loaded, Settings};
 use keygate_store::Store;
 use tracing_subscriber::EnvFilter;
 
-fn load_settings(
-    explicit: Option<&Path>,
-    upstream: Option<String>,
-) -> Result<(Option<std::path::PathBuf>, Settings), String> {
+fn load_config(explicit: Option<&Path>, upstream: Option<String>) -> Result<Loaded, String> {
     let file = config::resolve_file(explicit).map_err(|e| e.to_string())?;
-    let mut config = config::read(file.as_deref()).map_err(|e| e.to_string())?;
-    if let Some(upstream) = upstream {
-        config.routes.push(catch_all_route(&upstream));
-    }
-    let settings = config::validate(&config, file.as_deref()).map_err(|e| e.to_string())?;
-    Ok((file, settings))
+    let source = ConfigSource {
+        file,
+        extra_routes: upstream.iter().map(|upstream| catch_all_route(upstream)).collect(),
+    };
+    source.load().map_err(|e| e.to_string())
+}
+
+fn load_settings(explicit: Option<&Path>) -> Result<(Option<std::path::PathBuf>, Settings), String> {
+    let loaded = load_config(explicit, None)?;
+    Ok((loaded.source.file, loaded.settings))
 }
 
 async fn open_store(url: &str) -> Result<Arc<dyn Store>, String> {
@@ -41,10 +42,12 @@ fn init_logging() {
 
 pub async fn serve(explicit: Option<&Path>, upstream: Option<String>) -> Result<(), String> {
     init_logging();
-    let (file, settings) = load_settings(explicit, upstream)?;
-    let store = open_store(&settings.store_url).await?;
-    let routes = settings.routes.len();
-    let app = App::start(settings, store, Arc::new(SystemClock))
+    let mut signals = Signals::install()?;
+    let loaded = load_config(explicit, upstream)?;
+    let file = loaded.source.file.clone();
+    let store = open_store(&loaded.settings.store_url).await?;
+    let routes = loaded.settings.routes.len();
+    let app = App::start(loaded, store, Arc::new(SystemClock))
         .await
         .map_err(|e| e.to_string())?;
     let bootstrap_key = if app.engine.needs_bootstrap().await.map_err(|e| e.to_string())? {
@@ -64,7 +67,7 @@ pub async fn serve(explicit: Option<&Path>, upstream: Option<String>) -> Result<
         routes,
         bootstrap_key.as_ref().map(|k| k.expose()),
     );
-    wait_for_signal().await;
+    signals.wait_for_stop(&app).await;
     tracing::info!("shutting down");
     app.shutdown().await;
     Ok(())
@@ -112,23 +115,56 @@ fn print_banner(app: &App, file: Option<&Path>, routes: usize, admin_key: Option
     println!("  Next: the walk-through in README.md. Stop with Ctrl-C.");
 }
 
-async fn wait_for_signal() {
+/// Ctrl-C and SIGTERM stop the node; SIGHUP reloads its config file. Made
+/// before the banner is printed, so a SIGHUP sent as soon as it shows
+/// reloads instead of ending the process.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let install = |kind| signal(kind).map_err(|e| format!("cannot listen for signals: {e}"));
+            Ok(Self {
+                term: install(SignalKind::terminate())?,
+                hangup: install(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Until Ctrl-C or SIGTERM; each SIGHUP meanwhile reloads the config
+    /// (the outcome is logged, and `/readyz` shows it).
+    async fn wait_for_stop(&mut self, app: &App) {
+        #[cfg(unix)]
+        loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => return,
+                _ = self.term.recv() => return,
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    // A refusal is logged by the reloader and shown by `/readyz`.
+                    let _ = app.reloader.clone().reload_now().await;
+                }
             }
-            return;
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = app;
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 pub async fn create_admin_key(explicit: Option<&Path>, name: &str, json: bool) -> Result<(), String> {
-    let (_, settings) = load_settings(explicit, None)?;
+    let (_, settings) = load_settings(explicit)?;
     let store = open_store(&settings.store_url).await?;
     // Creating a key charges no limits; the memory limiter satisfies the engine.
     let limiter = Arc::new(keygate_limiter::memory::MemoryLimiter::new(1));
@@ -151,14 +187,14 @@ pub async fn create_admin_key(explicit: Option<&Path>, name: &str, json: bool) -
 }
 
 pub async fn migrate(explicit: Option<&Path>) -> Result<(), String> {
-    let (_, settings) = load_settings(explicit, None)?;
+    let (_, settings) = load_settings(explicit)?;
     open_store(&settings.store_url).await?;
     println!("Migrations applied: {}", settings.store_url);
     Ok(())
 }
 
 pub fn check_config(explicit: Option<&Path>) -> Result<(), String> {
-    let (file, settings) = load_settings(explicit, None)?;
+    let (file, settings) = load_settings(explicit)?;
     let source = file.map_or("built-in defaults".to_owned(), |f| f.display().to_string());
     println!("Configuration OK ({source}).");
     println!(
@@ -169,7 +205,7 @@ pub fn check_config(explicit: Option<&Path>) -> Result<(), String> {
         "  key prefix `{}`, environments [{}], {} plans, {} routes, errors as {:?}",
         settings.engine.key_format.prefix(),
         settings.engine.key_format.environments().join(", "),
-        settings.engine.plans.len(),
+        settings.engine.plans.names().count(),
         settings.routes.len(),
         settings.errors.format()
     );

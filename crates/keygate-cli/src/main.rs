@@ -73,6 +73,8 @@ enum AdminCommand {
 enum ConfigCommand {
     /// Load and validate the configuration, naming any bad field.
     Check,
+    /// Make a running server re-read its config file (as SIGHUP does).
+    Reload(api::ReloadArgs),
 }
 
 #[derive(Args, Clone, Copy)]
@@ -102,6 +104,9 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Check,
             } => local::check_config(config.as_deref()),
+            Command::Config {
+                command: ConfigCommand::Reload(args),
+            } => api::reload_config(args).await,
             Command::Keys(args) => api::keys(args).await,
             Command::Workspaces(args) => api::workspaces(args).await,
             Command::Webhooks(args) => api::webhooks(args).await,

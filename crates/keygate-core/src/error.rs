@@ -100,6 +100,10 @@ error_codes! {
         "The request conflicts with the current state of the object.";
     Forbidden => "FORBIDDEN", 403,
         "This API key may not perform this operation.";
+    InvalidConfig => "INVALID_CONFIG", 422,
+        "The config file is not valid; the running config is unchanged.";
+    ConfigNeedsRestart => "CONFIG_NEEDS_RESTART", 409,
+        "Settings that cannot change while keygate runs were changed; the running config is unchanged. Restart to apply them.";
     InternalError => "INTERNAL_ERROR", 500,
         "An unexpected error occurred. It has been logged.";
 }

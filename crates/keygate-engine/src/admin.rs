@@ -83,7 +83,8 @@ impl Actor {
         }
     }
 
-    fn require_admin(&self) -> Result<(), AdminError> {
+    /// Operations on the whole node (a config reload, say) need an admin key.
+    pub fn require_admin(&self) -> Result<(), AdminError> {
         match self.scope {
             ActorScope::Admin => Ok(()),
             ActorScope::Workspace(_) => Err(AdminError::Forbidden("this operation needs an admin key")),
@@ -291,8 +292,9 @@ impl Engine {
 
     fn validate_plan(&self, plan: Option<String>) -> Result<Option<String>, AdminError> {
         match plan {
-            Some(plan) if !self.settings.plans.contains_key(&plan) => {
-                let known: Vec<&str> = self.settings.plans.keys().map(String::as_str).collect();
+            Some(plan) if !self.plans().contains(&plan) => {
+                let plans = self.plans();
+                let known: Vec<&str> = plans.names().collect();
                 Err(AdminError::validation(
                     "plan",
                     format!("unknown plan `{plan}`; configured plans: [{}]", known.join(", ")),

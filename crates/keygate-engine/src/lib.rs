@@ -14,6 +14,7 @@ mod error;
 pub mod events;
 mod limits;
 pub mod metrics;
+pub mod plans;
 pub mod sessions;
 
 pub use limits::RateLimits;

@@ -36,50 +36,27 @@ fn millis(now: DateTime<Utc>) -> u64 {
 }
 
 impl Engine {
-    /// The workspace's plan, or the default plan for workspaces without one.
-    pub fn plan_of(&self, cached: &CachedKey) -> Option<&Plan> {
-        let name = cached.workspace.plan.as_ref().or(self.settings.default_plan.as_ref())?;
-        self.settings.plans.get(name)
-    }
-
-    /// The checks for `resource`, computed once per cached key: plans come from
-    /// the config and overrides from the cached rows, so they change only when
-    /// the key leaves the cache.
+    /// The checks for `resource`, computed once per cached key and plan
+    /// generation: plans come from the config (a reload bumps the generation)
+    /// and overrides from the cached rows, which change only when the key
+    /// leaves the cache.
     pub fn limit_checks(&self, cached: &CachedKey, resource: &str) -> Arc<[LimitCheck]> {
+        let plans = self.plans();
         let mut memo = cached.limit_checks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, checks)) = memo.iter().find(|(name, _)| &**name == resource) {
+        let (generation, memoized) = &mut *memo;
+        if *generation != plans.generation() {
+            *generation = plans.generation();
+            memoized.clear();
+        }
+        if let Some((_, checks)) = memoized.iter().find(|(name, _)| &**name == resource) {
             return checks.clone();
         }
-        let checks: Arc<[LimitCheck]> = self.compute_limit_checks(cached, resource).into();
-        if memo.len() < MAX_MEMOIZED_RESOURCES {
-            memo.push((Arc::from(resource), checks.clone()));
+        let plan = plans.of(cached.workspace.plan.as_ref());
+        let checks: Arc<[LimitCheck]> = compute_limit_checks(plan, cached, resource).into();
+        if memoized.len() < MAX_MEMOIZED_RESOURCES {
+            memoized.push((Arc::from(resource), checks.clone()));
         }
         checks
-    }
-
-    /// The counters a request to `resource` charges: per key lineage (so
-    /// rotation keeps them) or per workspace for `scope = "workspace"` limits.
-    fn compute_limit_checks(&self, cached: &CachedKey, resource: &str) -> Vec<LimitCheck> {
-        let plan_limits = self.plan_of(cached).map_or(&[][..], |plan| &plan.limits[..]);
-        effective_limits(plan_limits, &cached.workspace.limits, &cached.key.limits, resource)
-            .into_iter()
-            .filter_map(|spec| {
-                let window = spec.window().ok()?;
-                let owner = match spec.scope {
-                    LimitScope::Key => cached.lineage_id.clone(),
-                    LimitScope::Workspace => cached.workspace_id.clone(),
-                };
-                let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-                Some(LimitCheck {
-                    key: CounterKey {
-                        owner,
-                        resource: Arc::from(spec.resource.as_str()),
-                        window_ms,
-                    },
-                    rule: Rule::new(spec.requests, window_ms),
-                })
-            })
-            .collect()
     }
 
     /// The permit first (a refusal there charges nothing), then every rate
@@ -126,7 +103,11 @@ impl Engine {
         cached: &CachedKey,
         resource: &str,
     ) -> Result<Option<Permit>, (ErrorInstance, Option<RateLimits>)> {
-        let Some(max) = self.plan_of(cached).and_then(|plan| plan.concurrency_for(resource)) else {
+        let max = self
+            .plans()
+            .of(cached.workspace.plan.as_ref())
+            .and_then(|plan| plan.concurrency_for(resource));
+        let Some(max) = max else {
             return Ok(None);
         };
         let key = PermitKey {
@@ -183,4 +164,29 @@ fn rate_limited(decision: &Decision) -> ErrorInstance {
             .with_data("window", format_duration(window));
     }
     error
+}
+
+/// The counters a request to `resource` charges: per key lineage (so
+/// rotation keeps them) or per workspace for `scope = "workspace"` limits.
+fn compute_limit_checks(plan: Option<&Plan>, cached: &CachedKey, resource: &str) -> Vec<LimitCheck> {
+    let plan_limits = plan.map_or(&[][..], |plan| &plan.limits[..]);
+    effective_limits(plan_limits, &cached.workspace.limits, &cached.key.limits, resource)
+        .into_iter()
+        .filter_map(|spec| {
+            let window = spec.window().ok()?;
+            let owner = match spec.scope {
+                LimitScope::Key => cached.lineage_id.clone(),
+                LimitScope::Workspace => cached.workspace_id.clone(),
+            };
+            let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+            Some(LimitCheck {
+                key: CounterKey {
+                    owner,
+                    resource: Arc::from(spec.resource.as_str()),
+                    window_ms,
+                },
+                rule: Rule::new(spec.requests, window_ms),
+            })
+        })
+        .collect()
 }

@@ -4,16 +4,16 @@
 //! lookup, the pure checks and the limiter, with no store round trip and no
 //! lock held across an await.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, Guard};
 use chrono::{DateTime, Utc};
 use keygate_core::error::ErrorInstance;
 use keygate_core::id::IdGenerator;
-use keygate_core::limits::{Plan, DEFAULT_RESOURCE};
+use keygate_core::limits::DEFAULT_RESOURCE;
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::throttle::{FailurePolicy, FailureWindow};
 use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
@@ -25,6 +25,7 @@ use crate::changes::{Hearing, HearingState};
 use crate::clock::Clock;
 use crate::limits::RateLimits;
 use crate::metrics::{CacheResult, Metrics, ScrapeValues, StoreOperation, TargetSample};
+use crate::plans::PlanBook;
 use crate::store_health::StoreHealth;
 use crate::usage::{KeyTally, UsageRecorder, ADMITTED};
 
@@ -49,10 +50,9 @@ pub struct EngineSettings {
     pub failed_attempts: FailurePolicy,
     pub default_rotation_grace: Duration,
     pub max_metadata_bytes: usize,
-    /// Plans by name, from the config.
-    pub plans: BTreeMap<String, Plan>,
-    /// The plan of workspaces that name none.
-    pub default_plan: Option<String>,
+    /// The plans of the config. Read by [`Engine::new`] only: from then on
+    /// [`Engine::plans`] holds them, and a config reload replaces them.
+    pub plans: PlanBook,
     pub dashboard: crate::sessions::SessionSettings,
     /// Off (`usage.enabled = false`): no usage counts and no last use.
     pub record_usage: bool,
@@ -75,8 +75,8 @@ pub struct CachedKey {
     pub lineage_id: Arc<str>,
     /// When the store last confirmed this key (Unix ms, engine clock).
     pub loaded_at_ms: i64,
-    /// Limit checks per resource, computed on first use.
-    pub(crate) limit_checks: Mutex<Vec<MemoizedChecks>>,
+    /// Limit checks per resource, computed on first use for one generation of plans.
+    pub(crate) limit_checks: Mutex<(u64, Vec<MemoizedChecks>)>,
     /// Usage counted since the last flush.
     pub(crate) usage: Arc<KeyTally>,
 }
@@ -94,7 +94,7 @@ impl CachedKey {
             workspace_id,
             lineage_id,
             loaded_at_ms: loaded_at.timestamp_millis(),
-            limit_checks: Mutex::new(Vec::new()),
+            limit_checks: Mutex::new((0, Vec::new())),
             usage,
         }
     }
@@ -171,6 +171,8 @@ pub struct Engine {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: EngineSettings,
+    /// Swapped whole by a config reload ([`Engine::replace_plans`]).
+    plans: ArcSwap<PlanBook>,
     pub(crate) limiter: Arc<dyn Limiter>,
     /// Every request reads it, so it is quick_cache (one shard read lock and
     /// a probe per hit) rather than moka, whose reads queue bookkeeping and
@@ -217,8 +219,9 @@ impl Engine {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         limiter: Arc<dyn Limiter>,
-        settings: EngineSettings,
+        mut settings: EngineSettings,
     ) -> Self {
+        let plans = ArcSwap::from_pointee(std::mem::take(&mut settings.plans));
         let cache = key_cache(settings.cache_capacity);
         let unknown = Cache::builder()
             .max_capacity(100_000)
@@ -233,6 +236,7 @@ impl Engine {
             store,
             clock,
             settings,
+            plans,
             limiter,
             cache,
             evictions: AtomicU64::new(0),
@@ -268,6 +272,18 @@ impl Engine {
 
     pub fn settings(&self) -> &EngineSettings {
         &self.settings
+    }
+
+    /// The plans now in force.
+    pub fn plans(&self) -> Guard<Arc<PlanBook>> {
+        self.plans.load()
+    }
+
+    /// A config reload's plans: requests from now on are limited by them
+    /// (each cached key recomputes its checks on its next request); requests
+    /// already past their limit check are not.
+    pub fn replace_plans(&self, plans: PlanBook) {
+        self.plans.rcu(|current| current.succeeded_by(plans.clone()));
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -40,7 +40,6 @@ fn settings() -> EngineSettings {
         default_rotation_grace: Duration::from_secs(3600),
         max_metadata_bytes: 4096,
         plans: Default::default(),
-        default_plan: None,
         dashboard: Default::default(),
         record_usage: true,
         usage_retention: Default::default(),
@@ -107,6 +106,36 @@ async fn a_cached_key_needs_no_store() {
     assert_eq!(code(f.engine.verify(request(&key, None)).await), None);
     f.store.close().await;
     assert_eq!(code(f.engine.verify(request(&key, None)).await), None);
+}
+
+/// Plans of one limit, `requests` a minute, as the default plan.
+fn default_plan_of(requests: u64) -> keygate_engine::plans::PlanBook {
+    let plan: keygate_core::limits::Plan = serde_json::from_value(serde_json::json!({
+        "limits": [{"requests": requests, "per": "1m"}]
+    }))
+    .unwrap();
+    keygate_engine::plans::PlanBook::new(
+        [("free".to_owned(), plan.validate().unwrap())].into(),
+        Some("free".into()),
+    )
+}
+
+#[tokio::test]
+async fn replaced_plans_limit_a_cached_key_from_its_next_request() {
+    let f = fixture().await;
+    f.engine.replace_plans(default_plan_of(100));
+    let (_, key) = new_key(&f.engine).await;
+    let limit_of = |verified: keygate_engine::Verified| verified.limits.unwrap().checks[0].rule.requests;
+    assert_eq!(limit_of(f.engine.verify(request(&key, None)).await.unwrap()), 100);
+    f.engine.replace_plans(default_plan_of(2));
+    // The key is still cached; its checks are recomputed for the new plans,
+    // and the counter it charged under the old ones counts on.
+    assert_eq!(limit_of(f.engine.verify(request(&key, None)).await.unwrap()), 2);
+    assert_eq!(
+        code(f.engine.verify(request(&key, None)).await),
+        Some(ErrorCode::RateLimitExceeded)
+    );
+    assert!(f.engine.plans().contains("free"));
 }
 
 #[tokio::test]

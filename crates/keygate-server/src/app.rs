@@ -12,13 +12,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{LimiterSettings, Settings};
+use crate::config::{LimiterSettings, Loaded};
 use crate::http::access_log::{AccessLog, AccessLogGuard};
 use crate::http::admin::{self, AdminState};
 use crate::http::gateway::{self, GatewayState};
 use crate::http::health;
-use crate::http::proxy;
 use crate::http::transport::{self, ServeOptions, TlsError};
+use crate::reload::{LiveConfig, Reloader};
 use crate::webhook_sender::HttpWebhookSender;
 use keygate_engine::webhooks::WebhookSender;
 use keygate_limiter::memory::MemoryLimiter;
@@ -58,6 +58,8 @@ pub struct App {
     /// Whether `/dashboard` is served on the control plane.
     pub dashboard: bool,
     pub engine: Arc<Engine>,
+    /// Applies a changed config file (SIGHUP, `POST /v1/config/reload`).
+    pub reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     shutdown_timeout: Duration,
@@ -65,7 +67,8 @@ pub struct App {
 }
 
 impl App {
-    pub async fn start(settings: Settings, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self, ServeError> {
+    pub async fn start(loaded: Loaded, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self, ServeError> {
+        let settings = &loaded.settings;
         let limiter = build_limiter(&settings.limiter)?;
         let tls = match &settings.tls {
             Some(files) => Some(transport::tls_acceptor(&files.cert, &files.key)?),
@@ -83,7 +86,8 @@ impl App {
         let gateway_addr = local_addr(&gateway_listener, settings.gateway_addr);
         let admin_addr = local_addr(&admin_listener, settings.admin_addr);
         let (stop, stopped) = watch::channel(false);
-        let upstreams = proxy::upstreams(&settings.routes);
+        let config = LiveConfig::new(settings);
+        let reloader = Arc::new(Reloader::new(&loaded, config.clone(), engine.clone()));
 
         let gateway_threads = transport::serve_on_threads(
             "gateway",
@@ -92,8 +96,8 @@ impl App {
             || {
                 gateway::router(GatewayState::new(
                     engine.clone(),
-                    &settings,
-                    upstreams.clone(),
+                    settings,
+                    config.clone(),
                     access_log.clone(),
                 ))
             },
@@ -105,17 +109,14 @@ impl App {
             stopped.clone(),
         )
         .map_err(gateway_error(gateway_addr))?;
-        let health_checks = tokio::spawn(health::run(upstreams.clone(), wait_for_stop(stopped.clone())));
-        let admin_router = admin::router(
-            AdminState::new(
-                engine.clone(),
-                &settings.errors,
-                settings.headers,
-                settings.trusted_proxies.clone(),
-                settings.dashboard.clone(),
-            )
-            .with_upstreams(upstreams),
-        );
+        let health_checks = tokio::spawn(health::run(config.clone(), wait_for_stop(stopped.clone())));
+        let admin_router = admin::router(AdminState::new(
+            engine.clone(),
+            config,
+            reloader.clone(),
+            settings.trusted_proxies.clone(),
+            settings.dashboard.clone(),
+        ));
 
         let mut tasks = vec![
             health_checks,
@@ -150,6 +151,7 @@ impl App {
             admin_addr,
             dashboard: settings.dashboard.enabled,
             engine,
+            reloader,
             stop,
             tasks,
             shutdown_timeout: settings.shutdown_timeout,

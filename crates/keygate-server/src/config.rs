@@ -19,6 +19,7 @@ use keygate_core::scope::validate_scopes;
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCatalog, ErrorFormat, KeyFormat};
 use keygate_engine::events::EventSettings;
+use keygate_engine::plans::PlanBook;
 use keygate_engine::sessions::SessionSettings;
 use keygate_engine::usage::UsageRetention;
 use keygate_engine::webhooks::WebhookSettings;
@@ -682,11 +683,48 @@ pub fn resolve_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigEr
     }
 }
 
-/// Reads the file (if any) and the environment, then validates.
-pub fn load(file: Option<&Path>) -> Result<(Config, Settings), ConfigError> {
-    let config = read(file)?;
-    let settings = validate(&config, file)?;
-    Ok((config, settings))
+/// Where a node's config comes from: kept so that a reload
+/// (crates/keygate-server/src/reload.rs) reads it exactly as the start did.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    /// Routes given on the command line (`keygate serve --upstream`), after the file's.
+    pub extra_routes: Vec<RouteConfig>,
+}
+
+/// A config as read, its validated settings, and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub source: ConfigSource,
+    pub config: Config,
+    pub settings: Settings,
+}
+
+impl ConfigSource {
+    pub fn file(file: Option<PathBuf>) -> Self {
+        Self {
+            file,
+            extra_routes: Vec::new(),
+        }
+    }
+
+    /// Reads the file (if any), the environment and the extra routes.
+    pub fn read(&self) -> Result<Config, ConfigError> {
+        let mut config = read(self.file.as_deref())?;
+        config.routes.extend(self.extra_routes.iter().cloned());
+        Ok(config)
+    }
+
+    /// Reads, then validates.
+    pub fn load(&self) -> Result<Loaded, ConfigError> {
+        let config = self.read()?;
+        let settings = validate(&config, self.file.as_deref())?;
+        Ok(Loaded {
+            source: self.clone(),
+            config,
+            settings,
+        })
+    }
 }
 
 pub fn read(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -861,8 +899,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             },
             default_rotation_grace: duration("keys.rotation_grace", &config.keys.rotation_grace)?,
             max_metadata_bytes: config.keys.max_metadata_bytes,
-            plans,
-            default_plan: config.limiter.default_plan.clone(),
+            plans: PlanBook::new(plans, config.limiter.default_plan.clone()),
             record_usage: config.usage.enabled,
             usage_retention: UsageRetention {
                 minutes: chrono_duration(positive_duration("usage.keep_minutes", &config.usage.keep_minutes)?),
@@ -1167,7 +1204,8 @@ mod tests {
 
     fn load_text(text: &str) -> Result<(Config, Settings), ConfigError> {
         let f = file(text);
-        load(Some(f.path()))
+        let loaded = ConfigSource::file(Some(f.path().to_owned())).load()?;
+        Ok((loaded.config, loaded.settings))
     }
 
     #[test]

@@ -4,7 +4,8 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod reload;
 pub mod webhook_sender;
 
 pub use app::{App, ServeError};
-pub use config::{Config, ConfigError, Settings};
+pub use config::{Config, ConfigError, ConfigSource, Loaded, Settings};

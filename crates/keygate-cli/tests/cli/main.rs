@@ -63,7 +63,17 @@ impl Deployment {
 
     /// Writes the config with two ports that were free a moment ago.
     fn pick_ports(&mut self) {
-        let (gateway, admin) = (free_port(), free_port());
+        self.write_config(free_port(), free_port());
+    }
+
+    /// Rewrites the config with other `extra` text, keeping the ports.
+    fn set_extra(&mut self, extra: &str) {
+        let port = |url: &str| url.rsplit(':').next().unwrap().parse().unwrap();
+        self.extra = extra.to_owned();
+        self.write_config(port(&self.gateway_url), port(&self.admin_url));
+    }
+
+    fn write_config(&mut self, gateway: u16, admin: u16) {
         let text = format!(
             "[server]\ngateway_addr = \"127.0.0.1:{gateway}\"\nadmin_addr = \"127.0.0.1:{admin}\"\n\
              [store]\n{}\n{}",
@@ -167,6 +177,15 @@ impl Server {
         self.child.wait().unwrap();
     }
 
+    /// The admin key a first start prints in its banner.
+    fn printed_admin_key(&self) -> String {
+        self.stdout_text()
+            .split_whitespace()
+            .find(|w| w.starts_with("kg_admin_"))
+            .expect("banner shows a key")
+            .to_owned()
+    }
+
     fn stdout_text(&self) -> String {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
@@ -216,11 +235,7 @@ async fn first_start_prints_an_admin_key_once_and_never_logs_it() {
     let mut deployment = Deployment::new("");
     let server = deployment.serve("first");
     let banner = server.stdout_text();
-    let admin_key = banner
-        .split_whitespace()
-        .find(|w| w.starts_with("kg_admin_"))
-        .expect("banner shows a key")
-        .to_owned();
+    let admin_key = server.printed_admin_key();
     assert!(banner.contains(&deployment.admin_url), "{banner}");
     assert!(banner.contains("curl"), "the banner shows a curl line to try");
     let response = reqwest::Client::new()
@@ -405,6 +420,70 @@ async fn cli_drives_a_running_server_and_no_key_reaches_logs_or_the_database() {
     assert!(
         contains(&data, &first[..12]),
         "sanity: the masked hint is stored, so the grep can find text"
+    );
+}
+
+/// SIGHUP and `keygate config reload` both make a running node re-read its
+/// file; a refused file is named on the terminal and changes nothing.
+#[tokio::test]
+async fn sighup_and_config_reload_apply_a_changed_file_without_a_restart() {
+    let mut deployment = Deployment::new("");
+    let server = deployment.serve("reload");
+    let admin_key = server.printed_admin_key();
+    let http = reqwest::Client::new();
+    let gateway = deployment.gateway_url.clone();
+    let status_of = |path: &str| {
+        let (http, url) = (http.clone(), format!("{gateway}{path}"));
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    // No route yet; a route that exists asks for a key first.
+    assert_eq!(status_of("/r/x").await, 404);
+    let one_route = "[[routes]]\npath = \"/r\"\nupstream = \"http://127.0.0.1:9\"\n";
+    deployment.set_extra(one_route);
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_of("/r/x").await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload: {}",
+            server.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A setting only a restart can change: refused by name, exit status 1.
+    deployment.set_extra(&format!("{one_route}[cache]\ncapacity = 5\n"));
+    let refused = deployment.keygate(&["config", "reload"], Some(&admin_key));
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("409 CONFIG_NEEDS_RESTART") && message.contains("cache.capacity"),
+        "{message}"
+    );
+
+    let two_routes = format!("{one_route}[[routes]]\npath = \"/s\"\nupstream = \"http://127.0.0.1:9\"\n");
+    deployment.set_extra(&two_routes);
+    let text = deployment.ok_text(&["config", "reload"], Some(&admin_key));
+    assert!(text.contains("Config reloaded: routes changed (2 routes)."), "{text}");
+    assert_eq!(status_of("/s/x").await, 401);
+    let ready: Value = http
+        .get(format!("{}/readyz", deployment.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["config"]["reloads"], 2, "{ready}");
+    assert!(ready["config"]["last_error"].is_null(), "{ready}");
+    let (_, logs) = server.stop();
+    assert!(
+        logs.contains("config reloaded") && logs.contains("config reload refused"),
+        "{logs}"
     );
 }
 

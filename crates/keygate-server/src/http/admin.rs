@@ -12,7 +12,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ipnet::IpNet;
 use keygate_core::model::KeyStatus;
-use keygate_core::{ErrorCatalog, ErrorFormat};
 use keygate_engine::admin::Granularity;
 use keygate_engine::metrics::{LabelText, TargetSample};
 use keygate_engine::{Actor, Engine, Hearing};
@@ -25,50 +24,46 @@ use crate::http::dto::*;
 use crate::http::error::{self, render, ApiError};
 use crate::http::extract::{client_ip, credential, credential_rejection, peer_of, JsonBody, PathParam, QueryParams};
 use crate::http::proxy::Upstream;
+use crate::reload::{LiveConfig, Reloader};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub engine: Arc<Engine>,
-    pub headers: crate::config::RateLimitHeaderStyle,
-    /// The deployment's catalog in envelope form: the verify API answers with
-    /// the gateway's statuses and messages.
-    pub verify_catalog: Arc<ErrorCatalog>,
+    /// The gateway's routes, targets, catalog and header policy: `/readyz`
+    /// and `/metrics` report the targets, and the verify API answers with the
+    /// gateway's statuses and messages.
+    pub config: LiveConfig,
     pub trusted_proxies: Arc<Vec<IpNet>>,
     pub dashboard: Arc<DashboardContext>,
-    /// The gateway's routes and targets, for `/readyz`.
-    upstreams: Arc<[Upstream]>,
+    reloader: Arc<Reloader>,
 }
 
 impl AdminState {
     pub fn new(
         engine: Arc<Engine>,
-        catalog: &ErrorCatalog,
-        headers: crate::config::RateLimitHeaderStyle,
+        config: LiveConfig,
+        reloader: Arc<Reloader>,
         trusted_proxies: Vec<IpNet>,
         dashboard: crate::config::DashboardSettings,
     ) -> Self {
-        let engine_settings = engine.settings();
         let dashboard = DashboardContext {
             settings: dashboard,
-            environments: engine_settings.key_format.environments().to_vec(),
-            plans: engine_settings.plans.keys().cloned().collect(),
+            environments: engine.settings().key_format.environments().to_vec(),
         };
         Self {
             engine,
-            headers,
-            verify_catalog: Arc::new(catalog.clone().with_format(ErrorFormat::Envelope)),
+            config,
             trusted_proxies: Arc::new(trusted_proxies),
             dashboard: Arc::new(dashboard),
-            upstreams: Arc::from([]),
+            reloader,
         }
     }
 
-    /// The gateway's upstreams, whose targets' health `/readyz` reports.
-    pub fn with_upstreams(mut self, upstreams: Arc<[Upstream]>) -> Self {
-        self.upstreams = upstreams;
-        self
+    /// The plans the dashboard offers: those in force now.
+    pub fn plan_names(&self) -> Vec<String> {
+        self.engine.plans().names().map(str::to_owned).collect()
     }
 }
 
@@ -119,6 +114,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/webhooks", post(create_webhook).get(list_webhooks))
         .route("/v1/webhooks/{id}", get(get_webhook).delete(delete_webhook))
         .route("/v1/webhooks/{id}/deliveries", get(webhook_deliveries))
+        .route("/v1/config/reload", post(reload_config))
         .merge(dashboard)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -221,9 +217,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
             // Kept in memory while the store is down, written when it returns.
             "usage": {"state": if ready { "up" } else { "buffering" }, "pending_rows": state.engine.pending_usage()},
         },
+        // A refused reload leaves the running config serving: said, not a reason to leave rotation.
+        "config": state.reloader.status(),
         // Targets left out after failing (passive health); this node keeps
         // serving other routes, so it does not change `status`.
-        "routes": state.upstreams.iter().map(|upstream| json!({
+        "routes": state.config.snapshot().upstreams.iter().map(|upstream| json!({
             "path": upstream.route.path,
             "targets": upstream.targets.count(),
             "healthy": upstream.targets.healthy(),
@@ -245,7 +243,7 @@ async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiError> 
     // Writing to a String cannot fail; the error is mapped rather than unwrapped.
     let text = state
         .engine
-        .encode_metrics(&target_samples(&state.upstreams))
+        .encode_metrics(&target_samples(&state.config.snapshot().upstreams))
         .map_err(|err| {
             tracing::error!(error = %err, "metrics could not be encoded");
             ApiError(keygate_core::error::ErrorInstance::new(
@@ -628,13 +626,37 @@ async fn verify_key(
             Ok(Json(result).into_response())
         }
         Err(rejection) => {
-            let mut response = render(&state.verify_catalog, &rejection.error);
+            let live = state.config.snapshot();
+            let mut response = render(&live.verify_catalog, &rejection.error);
             if let Some(limits) = &rejection.limits {
-                crate::http::ratelimit::add_headers(response.headers_mut(), limits, state.headers);
+                crate::http::ratelimit::add_headers(response.headers_mut(), limits, live.headers);
             }
             Ok(response)
         }
     }
+}
+
+/// Re-reads the config file (as SIGHUP does): routes, targets, plans, error
+/// messages and header policy change for new requests; requests in flight
+/// finish on the old ones. Refused whole, naming the field, when the file is
+/// invalid or changes a setting that needs a restart (crates/keygate-server/src/reload.rs).
+#[utoipa::path(post, path = "/v1/config/reload", tag = "operations",
+    security(("api_key" = []), ("bearer" = [])), responses(
+        (status = 200, body = ConfigReloaded),
+        (status = 403, description = "Not an admin key", body = ErrorEnvelope),
+        (status = 409, description = "`CONFIG_NEEDS_RESTART`: `data.fields` names the settings", body = ErrorEnvelope),
+        (status = 422, description = "`INVALID_CONFIG`: `data.field` names the field", body = ErrorEnvelope)))]
+async fn reload_config(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+) -> Result<Json<ConfigReloaded>, ApiError> {
+    actor.require_admin()?;
+    let reloaded = state.reloader.clone().reload_now().await?;
+    Ok(Json(ConfigReloaded {
+        status: "reloaded",
+        changed: reloaded.changed,
+        routes: reloaded.routes,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/audit-events", tag = "audit",
@@ -819,7 +841,7 @@ impl utoipa::Modify for SecuritySchemes {
         healthz, readyz, metrics, create_workspace, list_workspaces, get_workspace, update_workspace, delete_workspace,
         create_key, list_keys, get_key, update_key, delete_key, revoke_key, rotate_key, key_usage, workspace_usage, top_keys, verify_key,
         audit_events, create_portal_session, list_events, create_webhook, list_webhooks, get_webhook, delete_webhook,
-        webhook_deliveries
+        webhook_deliveries, reload_config
     ),
     components(schemas(ErrorEnvelope)),
     modifiers(&SecuritySchemes)

@@ -669,3 +669,14 @@ pub struct EventQuery {
     pub workspace_id: Option<String>,
     pub key_id: Option<String>,
 }
+
+/// `POST /v1/config/reload`: the config now in force.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConfigReloaded {
+    /// Always `reloaded`.
+    pub status: &'static str,
+    /// The live fields whose values changed (`routes`, `plans`, `limiter.default_plan`, `errors`, `headers`).
+    pub changed: Vec<&'static str>,
+    /// How many routes the gateway has now.
+    pub routes: usize,
+}

@@ -14,6 +14,9 @@ use keygate_core::error::ErrorInstance;
 use keygate_core::{ErrorCatalog, ErrorCode};
 use keygate_engine::{AdminError, Rejection};
 
+use crate::config::ConfigError;
+use crate::reload::ReloadError;
+
 /// The admin API's catalog: envelope bodies, default messages.
 static ADMIN_CATALOG: LazyLock<ErrorCatalog> = LazyLock::new(ErrorCatalog::default);
 
@@ -85,6 +88,29 @@ impl From<AdminError> for ApiError {
                     ErrorInstance::new(ErrorCode::ServiceUnavailable)
                         .with_message("The store is unavailable; nothing was changed. Retry shortly."),
                 )
+            }
+        }
+    }
+}
+
+impl From<ReloadError> for ApiError {
+    fn from(err: ReloadError) -> Self {
+        let message = format!("{err}. The running config is unchanged.");
+        match err {
+            ReloadError::Invalid(ConfigError::Invalid { field, .. }) => Self(
+                ErrorInstance::new(ErrorCode::InvalidConfig)
+                    .with_message(message)
+                    .with_data("field", field),
+            ),
+            ReloadError::Invalid(_) => Self(ErrorInstance::new(ErrorCode::InvalidConfig).with_message(message)),
+            ReloadError::NeedsRestart(fields) => Self(
+                ErrorInstance::new(ErrorCode::ConfigNeedsRestart)
+                    .with_message(message)
+                    .with_data("fields", fields),
+            ),
+            ReloadError::Interrupted => {
+                tracing::error!("a config reload did not finish");
+                Self::new(ErrorCode::InternalError)
             }
         }
     }

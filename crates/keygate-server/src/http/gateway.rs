@@ -19,13 +19,13 @@ use keygate_core::error::ErrorInstance;
 use keygate_core::ip::is_trusted_proxy;
 use keygate_core::limits::DEFAULT_RESOURCE;
 use keygate_core::path::{canonicalize, InvalidPath, PathRules};
-use keygate_core::{ErrorCatalog, ErrorCode};
+use keygate_core::ErrorCode;
 use keygate_engine::metrics::{LabelText, RequestLabels};
 use keygate_engine::usage::ADMITTED;
 use keygate_engine::{CachedKey, Engine, RateLimits, Verified, VerifyRequest};
 use serde_json::json;
 
-use crate::config::{RateLimitHeaderStyle, Settings};
+use crate::config::Settings;
 use crate::http::access_log::{AccessEntry, AccessLog};
 use crate::http::client_body::discard_rest;
 use crate::http::error::render;
@@ -33,6 +33,7 @@ use crate::http::extract::{client_ip, credential, credential_rejection};
 use crate::http::proxy::{self, Upstream};
 use crate::http::ratelimit::{add_headers, views};
 use crate::http::transport::Transport;
+use crate::reload::{Live, LiveConfig};
 
 pub const WHOAMI_PATH: &str = "/v1/whoami";
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -42,10 +43,12 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 #[derive(Clone)]
 pub struct GatewayState {
     pub engine: Arc<Engine>,
-    pub catalog: Arc<ErrorCatalog>,
-    pub headers: RateLimitHeaderStyle,
     pub trusted_proxies: Arc<Vec<IpNet>>,
-    upstreams: Arc<[Upstream]>,
+    /// Routes, targets, error catalog and header policy: swapped by a reload.
+    config: LiveConfig,
+    /// The [`Live`] this request uses from start to end: [`handle`] takes it
+    /// from `config` first, so a reload never changes a request half-way.
+    live: Arc<Live>,
     require_https: bool,
     path_rules: PathRules,
     access_log: AccessLog,
@@ -65,14 +68,13 @@ struct FixedLabels {
 struct Outcome(&'static str);
 
 impl GatewayState {
-    /// `upstreams` is built once ([`proxy::upstreams`]) and shared by every gateway thread.
-    pub fn new(engine: Arc<Engine>, settings: &Settings, upstreams: Arc<[Upstream]>, access_log: AccessLog) -> Self {
+    /// `config` is shared by every gateway thread and the control plane.
+    pub fn new(engine: Arc<Engine>, settings: &Settings, config: LiveConfig, access_log: AccessLog) -> Self {
         Self {
             engine,
-            catalog: Arc::new(settings.errors.clone()),
-            headers: settings.headers,
             trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
-            upstreams,
+            live: config.snapshot(),
+            config,
             require_https: settings.require_https,
             path_rules: settings.path_rules,
             access_log,
@@ -86,7 +88,8 @@ impl GatewayState {
     /// Longest path prefix wins (`/api` matches `/api` and `/api/x`, not
     /// `/apix`); a route with methods matches only those.
     fn upstream_for(&self, method: &Method, path: &str) -> Option<&Upstream> {
-        self.upstreams
+        self.live
+            .upstreams
             .iter()
             .filter(|u| u.route.methods.is_empty() || u.route.methods.contains(method))
             .filter(|u| {
@@ -99,7 +102,7 @@ impl GatewayState {
     /// Every error response of the data plane is made here, and says which
     /// error it is for `/metrics`.
     pub(crate) fn error(&self, error: &ErrorInstance) -> Response {
-        let mut response = render(&self.catalog, error);
+        let mut response = render(&self.live.catalog, error);
         response.extensions_mut().insert(Outcome(error.code.as_str()));
         response
     }
@@ -116,7 +119,7 @@ impl GatewayState {
     /// Adds the rate-limit headers of an identified key to any response.
     pub(crate) fn with_limits(&self, mut response: Response, limits: Option<&RateLimits>) -> Response {
         if let Some(limits) = limits {
-            add_headers(response.headers_mut(), limits, self.headers);
+            add_headers(response.headers_mut(), limits, self.live.headers);
         }
         response
     }
@@ -186,11 +189,12 @@ pub(crate) struct Exchange {
 }
 
 async fn handle(
-    State(gw): State<GatewayState>,
+    State(mut gw): State<GatewayState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut request: Request,
 ) -> Response {
     let started = Instant::now();
+    gw.live = gw.config.snapshot();
     let transport = request.extensions().get::<Transport>().copied().unwrap_or_default();
     let from_trusted_proxy = is_trusted_proxy(peer.ip(), &gw.trusted_proxies);
     let exchange = Exchange {

@@ -17,26 +17,35 @@ use tokio::task::JoinSet;
 
 use crate::config::HealthCheck;
 use crate::http::pool::{TargetState, Targets};
-use crate::http::proxy::Upstream;
 use crate::http::upstream_conn::connect;
+use crate::reload::LiveConfig;
 
-/// Checks every route that asks for it until `stop` resolves.
-pub async fn run(upstreams: Arc<[Upstream]>, stop: impl Future<Output = ()>) {
-    let mut checks = JoinSet::new();
-    for upstream in upstreams.iter() {
-        if let Some(check) = &upstream.route.health_check {
-            checks.spawn(check_route(
-                upstream.targets.clone(),
-                check.clone(),
-                upstream.route.timeout,
-            ));
+/// Checks every route that asks for it until `stop` resolves; after a
+/// config reload, the routes of the new config.
+pub async fn run(config: LiveConfig, stop: impl Future<Output = ()>) {
+    let mut reloads = config.subscribe();
+    tokio::pin!(stop);
+    loop {
+        let mut checks = JoinSet::new();
+        for upstream in config.snapshot().upstreams.iter() {
+            if let Some(check) = &upstream.route.health_check {
+                checks.spawn(check_route(
+                    upstream.targets.clone(),
+                    check.clone(),
+                    upstream.route.timeout,
+                ));
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            changed = reloads.changed() => {
+                checks.abort_all();
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
     }
-    if checks.is_empty() {
-        return;
-    }
-    stop.await;
-    checks.abort_all();
 }
 
 async fn check_route(targets: Arc<Targets>, check: HealthCheck, timeout: Duration) {

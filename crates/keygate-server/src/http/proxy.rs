@@ -6,6 +6,7 @@
 
 use std::error::Error as StdError;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -39,21 +40,31 @@ pub struct Upstream {
     pub targets: Arc<Targets>,
 }
 
-/// Every route's upstream, in config order, with targets numbered across routes.
-pub fn upstreams(routes: &[Route]) -> Arc<[Upstream]> {
-    let mut next_id = 0;
-    routes
-        .iter()
-        .map(|route| {
-            let targets = Arc::new(Targets::new(route, next_id));
-            next_id += targets.count();
-            Upstream {
-                label: LabelText(Arc::from(route.path.as_str())),
-                route: route.clone(),
-                targets,
-            }
-        })
-        .collect()
+/// Numbers targets over every route and every reload, so an idle
+/// connection a client connection kept for one target is never taken for another.
+static NEXT_TARGET_ID: AtomicUsize = AtomicUsize::new(0);
+
+impl Upstream {
+    /// A route with new targets (nothing known of their health yet).
+    pub fn new(route: Route) -> Self {
+        let count = route.upstreams.len();
+        let first_id = NEXT_TARGET_ID.fetch_add(count, Ordering::Relaxed);
+        Self {
+            label: LabelText(Arc::from(route.path.as_str())),
+            targets: Arc::new(Targets::new(&route, first_id)),
+            route,
+        }
+    }
+
+    /// The same targets (and their health) under a reloaded `route` whose
+    /// targets are unchanged (crates/keygate-server/src/reload.rs).
+    pub fn with_route(&self, route: Route) -> Self {
+        Self {
+            label: self.label.clone(),
+            targets: self.targets.clone(),
+            route,
+        }
+    }
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).

@@ -15,6 +15,7 @@ mod pools;
 mod proxy;
 mod ratelimits;
 mod real_upstreams;
+mod reload;
 mod seeds;
 mod support;
 mod webhooks;

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Method, Uri};
 use chrono::Utc;
 use keygate_engine::ManualClock;
 use keygate_server::config::{self, Config};
-use keygate_server::App;
+use keygate_server::{App, ConfigSource};
 use keygate_store::testsuite::{fresh_postgres_schema, postgres_url_for_schema};
 use keygate_store::Store;
 use reqwest::Response;
@@ -24,6 +24,8 @@ pub struct TestApp {
     pub app: App,
     pub store: Arc<dyn Store>,
     pub store_url: String,
+    /// The node's config file, as a reload reads it.
+    pub config_file: std::path::PathBuf,
     /// Holds the database file; removed when the app is dropped.
     _dir: tempfile::TempDir,
 }
@@ -112,6 +114,19 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Changes the node's config file (not the running config: reload for that).
+    pub fn edit_config(&self, change: impl FnOnce(&mut Config)) {
+        let mut config = config::read(Some(&self.config_file)).unwrap();
+        change(&mut config);
+        write_config(&self.config_file, &config);
+    }
+
+    /// `POST /v1/config/reload`: status and JSON body.
+    pub async fn reload(&self) -> (u16, Value) {
+        let response = self.admin_call(Method::POST, "/v1/config/reload", None).await;
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
     /// Shuts the node down; the returned directory holds its database until dropped.
     pub async fn stop(self) -> tempfile::TempDir {
         self.app.shutdown().await;
@@ -155,11 +170,13 @@ impl TestAppBuilder {
             Some(shared) => shared,
             None => fresh_store_url(dir.path()).await,
         };
-        let settings = config::validate(&config, Some(&path)).unwrap();
-        let settings_store_url = settings.store_url.clone();
-        let store = keygate_store::open(&settings.store_url).await.unwrap();
+        // The file holds the whole config, so a reload reads what the start did.
+        write_config(&path, &config);
+        let loaded = ConfigSource::file(Some(path.clone())).load().unwrap();
+        let settings_store_url = loaded.settings.store_url.clone();
+        let store = keygate_store::open(&settings_store_url).await.unwrap();
         let clock = Arc::new(ManualClock::new(Utc::now()));
-        let app = App::start(settings, store.clone(), clock.clone()).await.unwrap();
+        let app = App::start(loaded, store.clone(), clock.clone()).await.unwrap();
         let (_, admin_key) = app.engine.create_admin_key("test admin").await.unwrap();
         TestApp {
             gateway: format!("http://{}", app.gateway_addr),
@@ -170,9 +187,14 @@ impl TestAppBuilder {
             app,
             store_url: settings_store_url,
             store,
+            config_file: path,
             _dir: dir,
         }
     }
+}
+
+fn write_config(path: &std::path::Path, config: &Config) {
+    std::fs::write(path, toml::to_string(config).unwrap()).unwrap();
 }
 
 /// SQLite in the test's folder, or with `KEYGATE_TEST_STORE=postgres` (the

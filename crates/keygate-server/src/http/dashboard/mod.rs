@@ -49,7 +49,6 @@ const PAGE_SIZE: u32 = 50;
 pub struct DashboardContext {
     pub settings: crate::config::DashboardSettings,
     pub environments: Vec<String>,
-    pub plans: Vec<String>,
 }
 
 pub fn routes() -> Router<AdminState> {
@@ -333,7 +332,7 @@ async fn workspaces(
             .filter(|ws| !ws.is_admin())
             .map(WorkspaceRow::of)
             .collect(),
-        plans: state.dashboard.plans.clone(),
+        plans: state.plan_names(),
         next_cursor: listed.next_cursor,
     })
 }
@@ -398,7 +397,7 @@ async fn workspace(
         ),
         ws: WorkspaceRow::of(&ws),
         plan: ws.plan.clone(),
-        plans: state.dashboard.plans.clone(),
+        plans: state.plan_names(),
         allowlist_lines: ws.ip_allowlist.to_strings().join("\n"),
     })
 }
