@@ -168,7 +168,7 @@ impl Engine {
         if events.is_empty() {
             return Ok(0);
         }
-        self.store.insert_events(&events).await
+        self.background_store().insert_events(&events).await
     }
 
     async fn lifecycle_events(&self, now: DateTime<Utc>) -> Result<Vec<NewEvent>, StoreError> {
@@ -180,7 +180,7 @@ impl Engine {
             created_before: settings.max_key_age.map(|age| now - age),
             limit: SCAN_LIMIT,
         };
-        let due = self.store.keys_due_for_events(&scan).await?;
+        let due = self.background_store().keys_due_for_events(&scan).await?;
         Ok(due
             .into_iter()
             .map(|(kind, key)| self.lifecycle_event(kind, &key, now))
@@ -224,7 +224,7 @@ impl Engine {
         let recent_from = this_minute - 60 * (i64::from(rule.recent_minutes) - 1);
         let baseline_from = recent_from - 60 * i64::from(rule.baseline_minutes);
         let active = self
-            .store
+            .background_store()
             .key_activity(baseline_from, recent_from, this_minute + 60, rule.floor)
             .await?;
         let quiet_since = now - self.settings.events.anomaly_cooldown;

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
@@ -169,6 +169,10 @@ impl<'a> VerifyRequest<'a> {
 
 pub struct Engine {
     pub(crate) store: Arc<dyn Store>,
+    /// The store of background work (usage flushes, roll-ups and pruning,
+    /// event scans, webhook delivery), when it has one of its own
+    /// ([`Engine::use_background_store`]); else `store`.
+    background_store: OnceLock<Arc<dyn Store>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: EngineSettings,
     /// Swapped whole by a config reload ([`Engine::replace_plans`]).
@@ -234,6 +238,7 @@ impl Engine {
         let sessions = crate::sessions::SessionTable::new(settings.dashboard);
         Self {
             store,
+            background_store: OnceLock::new(),
             clock,
             settings,
             plans,
@@ -284,6 +289,18 @@ impl Engine {
     /// already past their limit check are not.
     pub fn replace_plans(&self, plans: PlanBook) {
         self.plans.rcu(|current| current.succeeded_by(plans.clone()));
+    }
+
+    /// Gives background work a store of its own, opened where that work runs
+    /// (crates/keygate-server/src/background.rs: a low-priority thread, so a
+    /// flush's database work waits for the data plane, not the other way
+    /// round). Once only; false if one was set already.
+    pub fn use_background_store(&self, store: Arc<dyn Store>) -> bool {
+        self.background_store.set(store).is_ok()
+    }
+
+    pub(crate) fn background_store(&self) -> &dyn Store {
+        self.background_store.get().unwrap_or(&self.store).as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -532,7 +549,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let flushed = self
             .usage
-            .flush(self.store.as_ref(), now, || self.new_id("ub", now))
+            .flush(self.background_store(), now, || self.new_id("ub", now))
             .await;
         match &flushed {
             // Ok(0) may mean there was nothing to write, so the store was not asked.
@@ -624,13 +641,13 @@ impl Engine {
     /// minutes not rolled up. Returns the rollup rows written.
     pub async fn roll_up_usage(&self) -> Result<u64, keygate_store::StoreError> {
         let until = self.now().timestamp().div_euclid(60) * 60;
-        self.store.roll_up_usage(until).await
+        self.background_store().roll_up_usage(until).await
     }
 
     /// Deletes usage counts older than `usage.keep_*`; returns how many rows.
     pub async fn prune_usage(&self) -> Result<u64, keygate_store::StoreError> {
         let cutoffs = self.settings.usage_retention.cutoffs(self.now());
-        self.store.prune_usage(&cutoffs).await
+        self.background_store().prune_usage(&cutoffs).await
     }
 }
 

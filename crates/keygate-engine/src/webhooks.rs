@@ -256,12 +256,12 @@ impl Engine {
     /// concurrently and record every attempt.
     pub async fn deliver_webhooks(&self, sender: &dyn WebhookSender) -> Result<DeliveryRound, StoreError> {
         let now = self.now();
-        self.store.fan_out_events(now, FAN_OUT_BATCH).await?;
+        self.background_store().fan_out_events(now, FAN_OUT_BATCH).await?;
         let settings = &self.settings.webhooks;
         let lease = chrono::Duration::from_std(settings.timeout + LEASE_MARGIN).unwrap_or(chrono::Duration::MAX);
         let token = self.new_id("lease", now);
         let claimed = self
-            .store
+            .background_store()
             .claim_deliveries(now, now + lease, &token, settings.batch)
             .await?;
         let results = futures::future::join_all(claimed.iter().map(|delivery| self.attempt(sender, delivery))).await;
@@ -323,7 +323,7 @@ impl Engine {
         };
         self.metrics.webhook_attempt(result, took);
         if !self
-            .store
+            .background_store()
             .finish_delivery(&delivery.id, &delivery.lease_token, &attempt, next)
             .await?
         {

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::background;
 use crate::config::{LimiterSettings, Loaded};
 use crate::http::access_log::{AccessLog, AccessLogGuard};
 use crate::http::admin::{self, AdminState};
@@ -40,6 +41,8 @@ pub enum ServeError {
     },
     #[error("cannot start the webhook client: {0}")]
     WebhookClient(#[from] reqwest::Error),
+    #[error("cannot start the background thread: {0}")]
+    Background(#[source] std::io::Error),
     #[error("cannot listen on {addr} ({plane}): {source}")]
     Bind {
         plane: &'static str,
@@ -131,14 +134,22 @@ impl App {
                 },
                 stopped.clone(),
             )),
-            tokio::spawn(
-                engine
-                    .clone()
-                    .run_usage_flusher(settings.usage_flush_interval, wait_for_stop(stopped.clone())),
-            ),
             tokio::spawn(engine.clone().run_change_listener(wait_for_stop(stopped.clone()))),
-            tokio::spawn(engine.clone().run_event_workers(sender, wait_for_stop(stopped))),
         ];
+        let background = background::run(
+            settings.background_priority,
+            background_work(
+                engine.clone(),
+                settings.store_url.clone(),
+                settings.usage_flush_interval,
+                sender,
+                stopped,
+            ),
+        )
+        .map_err(ServeError::Background)?;
+        tasks.push(tokio::spawn(async move {
+            let _ = background.await;
+        }));
         tasks.extend(gateway_threads.into_iter().map(|finished| {
             tokio::spawn(async move {
                 let _ = finished.await;
@@ -173,6 +184,34 @@ impl App {
         // Flushes the access-log lines still queued.
         drop(self.access_log);
         tracing::info!("keygate stopped");
+    }
+}
+
+/// The usage flusher and the event workers, on the background thread
+/// (crates/keygate-server/src/background.rs) with a store connection of
+/// their own, opened there so its threads run at that thread's priority.
+fn background_work(
+    engine: Arc<Engine>,
+    store_url: String,
+    flush_interval: Duration,
+    sender: Arc<dyn WebhookSender>,
+    stopped: watch::Receiver<bool>,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static {
+    move || {
+        Box::pin(async move {
+            match keygate_store::open(&store_url).await {
+                Ok(store) => {
+                    engine.use_background_store(store);
+                }
+                Err(err) => tracing::warn!(error = %err, "background work shares the request path's store connections"),
+            }
+            tokio::join!(
+                engine
+                    .clone()
+                    .run_usage_flusher(flush_interval, wait_for_stop(stopped.clone())),
+                engine.run_event_workers(sender, wait_for_stop(stopped)),
+            );
+        })
     }
 }
 

@@ -134,6 +134,23 @@ pub struct ServerConfig {
     pub merge_slashes: bool,
     /// `reject` (400 `INVALID_PATH`) or `keep` `%2F`, `%5C` and `\` in request paths.
     pub escaped_slashes: EscapedSlashes,
+    /// CPU priority of the background thread (usage flushes, roll-ups, event
+    /// scans, webhook delivery): below the data plane's by default.
+    pub background_priority: BackgroundPriority,
+}
+
+/// `server.background_priority` (crates/keygate-server/src/background.rs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackgroundPriority {
+    /// Linux `SCHED_IDLE`: runs only when the data plane leaves a CPU idle
+    /// (and a little under full load, so it never stops).
+    #[default]
+    Idle,
+    /// Nice 19: the lowest ordinary priority.
+    Low,
+    /// The same priority as the data plane.
+    Normal,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,6 +262,7 @@ impl Default for ServerConfig {
             gateway_threads: 0,
             merge_slashes: true,
             escaped_slashes: EscapedSlashes::Reject,
+            background_priority: BackgroundPriority::Idle,
         }
     }
 }
@@ -649,6 +667,7 @@ pub struct Settings {
     pub gateway_threads: usize,
     /// How request paths are canonicalised before anything reads them.
     pub path_rules: PathRules,
+    pub background_priority: BackgroundPriority,
     pub dashboard: DashboardSettings,
 }
 
@@ -939,6 +958,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             threads => threads,
         },
         path_rules,
+        background_priority: config.server.background_priority,
         dashboard: DashboardSettings {
             enabled: config.dashboard.enabled,
             public_url: validate_public_url(config.dashboard.public_url.as_deref())

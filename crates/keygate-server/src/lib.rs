@@ -2,6 +2,7 @@
 //! plane) and config loading. It translates; the engine decides.
 
 pub mod app;
+pub mod background;
 pub mod config;
 pub mod http;
 pub mod reload;

@@ -12,10 +12,9 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header::{self, HeaderName, HeaderValue};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use http_body_util::BodyExt;
-use hyper::body::Body as HttpBody;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use keygate_core::ErrorCode;
@@ -27,7 +26,7 @@ use crate::config::Route;
 use crate::http::client_body::{BodyTooLarge, CappedBody, ClientBodyError};
 use crate::http::gateway::{Exchange, GatewayState, X_REQUEST_ID};
 use crate::http::pool::{InFlight, TargetState, Targets, Tried};
-use crate::http::upstream_conn::{SendError, UpstreamConnections};
+use crate::http::upstream_conn::{Replay, SendError, UpstreamConnections};
 
 /// A route and its targets. Built once and shared by every gateway thread,
 /// so what one thread learns of a target's health all of them use.
@@ -214,39 +213,6 @@ fn aim(route: &Route, target: &TargetState, client_uri: &Uri, request: &mut axum
     true
 }
 
-/// Methods that may be sent twice (RFC 9110 section 9.2.2).
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// What is kept of a request to a route with several targets, to send it
-/// again after a failure that may have come after its bytes reached a
-/// target: only idempotent requests without a body.
-struct Replay {
-    method: Method,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn of(method: &Method, headers: &HeaderMap, body: &Body) -> Option<Self> {
-        (is_idempotent(method) && HttpBody::is_end_stream(body)).then(|| Self {
-            method: method.clone(),
-            headers: headers.clone(),
-        })
-    }
-
-    fn request(&self) -> axum::http::Request<Body> {
-        let mut request = axum::http::Request::new(Body::empty());
-        *request.method_mut() = self.method.clone();
-        *request.headers_mut() = self.headers.clone();
-        *request.version_mut() = axum::http::Version::HTTP_11;
-        request
-    }
-}
-
 /// A trusted proxy's chain is extended with the proxy itself; anyone else's
 /// is replaced by the address this node sees, so clients cannot plant hops.
 fn forwarded_for(headers: &HeaderMap, trusted: bool, peer: IpAddr, client: IpAddr) -> String {
@@ -300,14 +266,14 @@ pub(crate) async fn forward(
         None => Body::new(CappedBody::new(body, route.max_body_bytes)),
     };
     let mut request = axum::http::Request::from_parts(parts, body);
+    let replay = Replay::of(request.method(), request.headers(), request.body());
     let sent = if upstream.targets.count() == 1 {
-        // Most routes: one target, no retry to prepare for, a lean future.
+        // Most routes: one target, no other target to prepare for, a lean future.
         if !aim(route, upstream.targets.get(0), &client_uri, &mut request) {
             return gw.error(&ErrorCode::UpstreamUnavailable.into());
         }
-        send_to_one(gw, upstream, &connections, request).await
+        send_to_one(gw, upstream, &connections, request, replay.as_ref()).await
     } else {
-        let replay = Replay::of(request.method(), request.headers(), request.body());
         Box::pin(send_to_targets(
             gw,
             upstream,
@@ -349,6 +315,7 @@ async fn send_to_one(
     upstream: &Upstream,
     connections: &UpstreamConnections,
     request: axum::http::Request<Body>,
+    replay: Option<&Replay>,
 ) -> Sent {
     let targets = &upstream.targets;
     if targets.choose(&Tried::new()).is_none() {
@@ -356,7 +323,12 @@ async fn send_to_one(
     }
     let target = targets.get(0);
     let in_flight = targets.in_flight(0);
-    match tokio::time::timeout(upstream.route.timeout, connections.send(&target.target, request)).await {
+    match tokio::time::timeout(
+        upstream.route.timeout,
+        connections.send(&target.target, request, replay),
+    )
+    .await
+    {
         Ok(Ok(response)) => {
             targets.succeeded(0);
             Ok((response, in_flight))
@@ -394,7 +366,12 @@ async fn send_to_targets(
             return Err(gw.error(&ErrorCode::UpstreamUnavailable.into()));
         }
         let in_flight = targets.in_flight(index);
-        let failure = match tokio::time::timeout(route.timeout, connections.send(&target.target, request)).await {
+        let failure = match tokio::time::timeout(
+            route.timeout,
+            connections.send(&target.target, request, replay.as_ref()),
+        )
+        .await
+        {
             Ok(Ok(response)) => {
                 targets.succeeded(index);
                 return Ok((response, in_flight));

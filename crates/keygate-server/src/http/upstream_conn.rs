@@ -14,12 +14,17 @@
 //! - a request that hyper hands back unsent (the connection turned out
 //!   closed before any byte of it was written) is sent once more on a new
 //!   connection, so a keep-alive race never reaches the client as a 502;
+//! - so is an idempotent request without a body ([`Replay`]) that failed on
+//!   a reused connection after it was written: the upstream closed the
+//!   connection as it was taken, before its close was seen here;
 //! - connections end with the client connection that owns them.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http::{HeaderMap, Method, Uri};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -74,6 +79,46 @@ impl From<SendError> for SendFailure {
     }
 }
 
+/// Methods that may be sent twice (RFC 9110 section 9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// What is kept of a request to send it again after a failure that may
+/// have come after its bytes reached a target: only idempotent requests
+/// without a body have one.
+pub struct Replay {
+    method: Method,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    pub fn of(method: &Method, headers: &HeaderMap, body: &Body) -> Option<Self> {
+        (is_idempotent(method) && body.is_end_stream()).then(|| Self {
+            method: method.clone(),
+            headers: headers.clone(),
+        })
+    }
+
+    /// The request again, without its URI: the caller aims it at a target.
+    pub fn request(&self) -> hyper::Request<Body> {
+        let mut request = hyper::Request::new(Body::empty());
+        *request.method_mut() = self.method.clone();
+        *request.headers_mut() = self.headers.clone();
+        *request.version_mut() = axum::http::Version::HTTP_11;
+        request
+    }
+
+    fn request_to(&self, uri: Uri) -> hyper::Request<Body> {
+        let mut request = self.request();
+        *request.uri_mut() = uri;
+        request
+    }
+}
+
 /// Put in each request's extensions by the transport (one per client
 /// connection); the proxy takes an idle connection from it and gives it back.
 #[derive(Clone, Default)]
@@ -84,28 +129,38 @@ type Idle = (usize, SendRequest<Body>);
 
 impl UpstreamConnections {
     /// Sends `request` on an idle connection to `target`, or a new one. A
-    /// request hyper hands back unsent goes once more, on a new connection;
-    /// a connect failure hands it back to the caller, for another target.
-    /// An upgraded connection is not kept: the tunnel owns it.
+    /// request hyper hands back unsent goes once more, on a new connection,
+    /// and so does one with a `replay` that failed on the idle connection
+    /// after it was written; a connect failure hands the request back to the
+    /// caller, for another target. An upgraded connection is not kept: the
+    /// tunnel owns it.
     pub async fn send(
         &self,
         target: &Target,
         request: hyper::Request<Body>,
+        replay: Option<&Replay>,
     ) -> Result<hyper::Response<Incoming>, SendFailure> {
         let request = match self.take_idle(target.id) {
-            Some(mut sender) => match sender.try_send_request(request).await {
-                Ok(response) => {
-                    self.keep(target.id, sender, &response);
-                    return Ok(response);
-                }
-                Err(mut failed) => match failed.take_message() {
-                    Some(unsent) => {
-                        tracing::debug!(error = %failed.error(), "stale upstream connection; sending on a new one");
-                        unsent
+            Some(mut sender) => {
+                let uri = replay.map(|_| request.uri().clone());
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        self.keep(target.id, sender, &response);
+                        return Ok(response);
                     }
-                    None => return Err(SendError::from(failed.into_error()).into()),
-                },
-            },
+                    Err(mut failed) => match (failed.take_message(), replay.zip(uri)) {
+                        (Some(unsent), _) => {
+                            tracing::debug!(error = %failed.error(), "stale upstream connection; sending on a new one");
+                            unsent
+                        }
+                        (None, Some((replay, uri))) => {
+                            tracing::debug!(error = %failed.error(), "a reused upstream connection failed; sending the idempotent request again on a new one");
+                            replay.request_to(uri)
+                        }
+                        (None, None) => return Err(SendError::from(failed.into_error()).into()),
+                    },
+                }
+            }
             None => request,
         };
         let mut sender = match connect(target).await {

@@ -752,6 +752,66 @@ async fn closing_upstream() -> (String, Arc<AtomicUsize>) {
     (url, accepted)
 }
 
+/// An upstream that answers the first request of each connection and, when
+/// a second one arrives on it, reads it and closes without an answer: the
+/// race of a keep-alive timeout firing as a request is written, every time.
+async fn answers_once_then_closes_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                for answer in [true, false] {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if answer {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_idempotent_request_a_reused_connection_dropped_goes_again_on_a_new_one() {
+    let url = answers_once_then_closes_upstream().await;
+    let app = TestApp::builder()
+        .config(&format!(
+            "[[routes]]\npath = \"/api\"\nupstream = \"{url}\"\nauth = false\n"
+        ))
+        .start()
+        .await;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+    for i in 0..50 {
+        let response = client.get(app.gateway_url("/api/read")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {i}");
+    }
+    // A POST with a body may have been acted on: it is not sent twice.
+    assert_eq!(
+        client.get(app.gateway_url("/api/read")).send().await.unwrap().status(),
+        200
+    );
+    let post = client
+        .post(app.gateway_url("/api/write"))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 502);
+    assert_eq!(post.json::<Value>().await.unwrap()["code"], "UPSTREAM_UNAVAILABLE");
+}
+
 #[tokio::test]
 async fn a_stale_upstream_connection_never_reaches_the_client_as_a_5xx() {
     let (url, accepted) = closing_upstream().await;
