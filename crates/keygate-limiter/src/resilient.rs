@@ -22,10 +22,12 @@ pub const FAILURES_TO_OPEN: u32 = 3;
 /// Default time the breaker stays open before Redis is tried again.
 pub const COOL_DOWN: Duration = Duration::from_secs(2);
 
-/// What to do when the shared limiter cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to do when the shared limiter cannot be reached (`limiter.on_failure`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnFailure {
     /// Enforce the same limits with this node's own counters.
+    #[default]
     Local,
     /// Admit everything (no rate-limit headers) until Redis is back.
     Allow,

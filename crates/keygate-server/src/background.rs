@@ -74,6 +74,7 @@ mod tests {
     use super::*;
 
     /// The policy and nice value of the calling thread, from /proc.
+    #[allow(clippy::unwrap_used)]
     fn policy_and_nice() -> (u64, i64) {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
         // Fields after the command name, which is in parentheses.

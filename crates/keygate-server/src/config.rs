@@ -10,7 +10,6 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use ipnet::IpNet;
-use keygate_core::duration::parse_duration;
 use keygate_core::error::CatalogError;
 use keygate_core::events::AnomalyRule;
 use keygate_core::limits::Plan;
@@ -26,6 +25,15 @@ use keygate_engine::webhooks::WebhookSettings;
 use keygate_engine::EngineSettings;
 use keygate_limiter::resilient::OnFailure;
 use serde::{Deserialize, Serialize};
+
+mod values;
+
+pub use values::{ConfigDuration, ConfigSize, PositiveDuration};
+
+/// Time spans the defaults are written in.
+const MINUTE: u64 = 60;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
 
 /// The file read when no `--config` or `KEYGATE_CONFIG` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "keygate.toml";
@@ -56,9 +64,9 @@ pub struct LimiterConfig {
     /// `memory://` (one node) or `redis://host:port` (shared by many nodes).
     pub url: String,
     /// When Redis is unreachable: `local`, `allow` or `deny`.
-    pub on_failure: String,
+    pub on_failure: OnFailure,
     /// The longest a request waits on Redis before `on_failure` applies.
-    pub timeout: String,
+    pub timeout: PositiveDuration,
     /// Most counters held in memory (the memory backend, and the local fallback).
     pub max_counters: u64,
     /// The plan of workspaces that name none.
@@ -69,8 +77,8 @@ impl Default for LimiterConfig {
     fn default() -> Self {
         Self {
             url: "memory://".into(),
-            on_failure: "local".into(),
-            timeout: "50ms".into(),
+            on_failure: OnFailure::Local,
+            timeout: PositiveDuration::millis(50),
             max_counters: 1_000_000,
             default_plan: None,
         }
@@ -81,13 +89,24 @@ impl Default for LimiterConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HeadersConfig {
     /// Rate-limit header styles: `x-ratelimit` (X-RateLimit-*) and `ietf` (RateLimit-Policy, RateLimit).
-    pub ratelimit: Vec<String>,
+    pub ratelimit: Vec<HeaderStyle>,
+}
+
+/// One style of rate-limit headers (`headers.ratelimit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HeaderStyle {
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`.
+    #[serde(rename = "x-ratelimit")]
+    XRateLimit,
+    /// The IETF draft's `RateLimit-Policy` and `RateLimit`.
+    #[serde(rename = "ietf")]
+    Ietf,
 }
 
 impl Default for HeadersConfig {
     fn default() -> Self {
         Self {
-            ratelimit: vec!["x-ratelimit".into()],
+            ratelimit: vec![HeaderStyle::XRateLimit],
         }
     }
 }
@@ -117,14 +136,14 @@ pub struct ServerConfig {
     /// Proxies whose `X-Forwarded-For` is believed (CIDRs or addresses).
     pub trusted_proxies: Vec<String>,
     /// How long graceful shutdown waits for in-flight requests.
-    pub shutdown_timeout: String,
+    pub shutdown_timeout: ConfigDuration,
     /// Refuse data-plane requests that arrived over plain HTTP, unless a
     /// trusted proxy says (`X-Forwarded-Proto: https`) that it terminated TLS.
     pub require_https: bool,
     /// Largest request body the gateway forwards (`10MiB`, `1GiB`); routes may override.
-    pub max_body_size: String,
+    pub max_body_size: ConfigSize,
     /// Largest request head (request line and headers) on both planes; larger ones get 431.
-    pub max_header_size: String,
+    pub max_header_size: ConfigSize,
     /// Serve the data plane over TLS from these PEM files.
     pub tls: Option<TlsConfig>,
     /// Threads serving the data plane, each with its own runtime; 0 = one per CPU.
@@ -254,10 +273,10 @@ impl Default for ServerConfig {
             gateway_addr: "127.0.0.1:8080".into(),
             admin_addr: "127.0.0.1:8081".into(),
             trusted_proxies: vec![],
-            shutdown_timeout: "10s".into(),
+            shutdown_timeout: ConfigDuration::secs(10),
             require_https: false,
-            max_body_size: "10MiB".into(),
-            max_header_size: "64KiB".into(),
+            max_body_size: ConfigSize::mib(10),
+            max_header_size: ConfigSize::kib(64),
             tls: None,
             gateway_threads: 0,
             merge_slashes: true,
@@ -272,18 +291,18 @@ impl Default for ServerConfig {
 pub struct StoreConfig {
     pub url: String,
     /// How long cached keys keep verifying while the store does not answer.
-    pub max_stale: String,
+    pub max_stale: ConfigDuration,
     /// The longest a request waits for the store before it is answered
     /// from the cache or with 503.
-    pub timeout: String,
+    pub timeout: PositiveDuration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://keygate-data/keygate.db".into(),
-            max_stale: "5m".into(),
-            timeout: "2s".into(),
+            max_stale: ConfigDuration::secs(5 * MINUTE),
+            timeout: PositiveDuration::secs(2),
         }
     }
 }
@@ -294,10 +313,10 @@ pub struct KeysConfig {
     pub prefix: String,
     pub environments: Vec<String>,
     /// How long a rotated key keeps working when the request names no grace.
-    pub rotation_grace: String,
+    pub rotation_grace: ConfigDuration,
     pub max_metadata_bytes: usize,
     /// Keys older than this are flagged for rotation in the dashboard; `0s` never flags.
-    pub max_age: String,
+    pub max_age: ConfigDuration,
 }
 
 impl Default for KeysConfig {
@@ -305,9 +324,9 @@ impl Default for KeysConfig {
         Self {
             prefix: "kg".into(),
             environments: vec!["live".into(), "test".into()],
-            rotation_grace: "24h".into(),
+            rotation_grace: ConfigDuration::secs(DAY),
             max_metadata_bytes: 4096,
-            max_age: "90d".into(),
+            max_age: ConfigDuration::secs(90 * DAY),
         }
     }
 }
@@ -318,11 +337,11 @@ pub struct DashboardConfig {
     /// Serve the dashboard under `/dashboard` on the control plane.
     pub enabled: bool,
     /// A signed-in session unused this long ends.
-    pub session_idle_timeout: String,
+    pub session_idle_timeout: PositiveDuration,
     /// A session ends this long after sign-in, however busy.
-    pub session_lifetime: String,
+    pub session_lifetime: PositiveDuration,
     /// How long a portal link from `POST /v1/portal-sessions` can be opened (once).
-    pub portal_link_ttl: String,
+    pub portal_link_ttl: PositiveDuration,
     /// The control plane's address as browsers reach it (`https://keys.example.com`),
     /// for portal links. Default: the `Host` the API call arrived with.
     pub public_url: Option<String>,
@@ -337,9 +356,9 @@ impl Default for DashboardConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            session_idle_timeout: "30m".into(),
-            session_lifetime: "12h".into(),
-            portal_link_ttl: "10m".into(),
+            session_idle_timeout: PositiveDuration::secs(30 * MINUTE),
+            session_lifetime: PositiveDuration::secs(12 * HOUR),
+            portal_link_ttl: PositiveDuration::secs(10 * MINUTE),
             public_url: None,
             product_name: "keygate".into(),
             create_key_label: "Create New Key".into(),
@@ -364,20 +383,20 @@ pub struct CacheConfig {
     pub capacity: u64,
     /// A cached key is re-read at least this often: the safety net for a
     /// change announcement that was missed.
-    pub ttl: String,
+    pub ttl: PositiveDuration,
     /// The same, while this node cannot hear other nodes' changes (many nodes
     /// on PostgreSQL, feed reconnecting).
-    pub ttl_unheard: String,
-    pub negative_ttl: String,
+    pub ttl_unheard: PositiveDuration,
+    pub negative_ttl: ConfigDuration,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             capacity: 100_000,
-            ttl: "60s".into(),
-            ttl_unheard: "1s".into(),
-            negative_ttl: "10s".into(),
+            ttl: PositiveDuration::secs(60),
+            ttl_unheard: PositiveDuration::secs(1),
+            negative_ttl: ConfigDuration::secs(10),
         }
     }
 }
@@ -387,14 +406,14 @@ impl Default for CacheConfig {
 pub struct SecurityConfig {
     /// Invalid keys one client IP may send per window before it is throttled.
     pub max_failed_attempts: u32,
-    pub failed_attempts_window: String,
+    pub failed_attempts_window: PositiveDuration,
 }
 
 impl Default for SecurityConfig {
     fn default() -> Self {
         Self {
             max_failed_attempts: 20,
-            failed_attempts_window: "1m".into(),
+            failed_attempts_window: PositiveDuration::secs(MINUTE),
         }
     }
 }
@@ -428,23 +447,23 @@ impl Default for ErrorsConfig {
 pub struct UsageConfig {
     /// Off: no usage counts and no last use are recorded (the benchmark's baseline).
     pub enabled: bool,
-    pub flush_interval: String,
+    pub flush_interval: PositiveDuration,
     /// How long per-minute counts are kept.
-    pub keep_minutes: String,
+    pub keep_minutes: PositiveDuration,
     /// How long the hourly rollups are kept.
-    pub keep_hours: String,
+    pub keep_hours: PositiveDuration,
     /// How long the daily rollups are kept.
-    pub keep_days: String,
+    pub keep_days: PositiveDuration,
 }
 
 impl Default for UsageConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            flush_interval: "5s".into(),
-            keep_minutes: "7d".into(),
-            keep_hours: "90d".into(),
-            keep_days: "400d".into(),
+            flush_interval: PositiveDuration::secs(5),
+            keep_minutes: PositiveDuration::secs(7 * DAY),
+            keep_hours: PositiveDuration::secs(90 * DAY),
+            keep_days: PositiveDuration::secs(400 * DAY),
         }
     }
 }
@@ -456,26 +475,26 @@ pub struct EventsConfig {
     /// Off: no gateway events, scans or deliveries; key lifecycle events are still stored.
     pub enabled: bool,
     /// `key.expiring` this long before a key expires.
-    pub expiring_within: String,
+    pub expiring_within: PositiveDuration,
     /// `usage.anomaly`: the last 5 minutes exceed `anomaly_factor` times the
     /// rate of the hour before, and reach `anomaly_floor` requests.
     pub anomaly_factor: f64,
     pub anomaly_floor: u64,
     /// At most one `usage.anomaly` per key in this long.
-    pub anomaly_cooldown: String,
+    pub anomaly_cooldown: PositiveDuration,
     /// How often keys are scanned for expiry, age and anomalies.
-    pub scan_interval: String,
+    pub scan_interval: PositiveDuration,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            expiring_within: "7d".into(),
+            expiring_within: PositiveDuration::secs(7 * DAY),
             anomaly_factor: 5.0,
             anomaly_floor: 100,
-            anomaly_cooldown: "1h".into(),
-            scan_interval: "1m".into(),
+            anomaly_cooldown: PositiveDuration::secs(HOUR),
+            scan_interval: PositiveDuration::secs(MINUTE),
         }
     }
 }
@@ -484,23 +503,23 @@ impl Default for EventsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksConfig {
-    pub timeout: String,
+    pub timeout: PositiveDuration,
     /// The wait after the first failure; doubled after each, up to `retry_max`.
-    pub retry_base: String,
-    pub retry_max: String,
+    pub retry_base: PositiveDuration,
+    pub retry_max: PositiveDuration,
     /// A delivery still failing this long after its event is given up.
-    pub give_up_after: String,
-    pub poll_interval: String,
+    pub give_up_after: PositiveDuration,
+    pub poll_interval: PositiveDuration,
 }
 
 impl Default for WebhooksConfig {
     fn default() -> Self {
         Self {
-            timeout: "10s".into(),
-            retry_base: "30s".into(),
-            retry_max: "1h".into(),
-            give_up_after: "24h".into(),
-            poll_interval: "1s".into(),
+            timeout: PositiveDuration::secs(10),
+            retry_base: PositiveDuration::secs(30),
+            retry_max: PositiveDuration::secs(HOUR),
+            give_up_after: PositiveDuration::secs(DAY),
+            poll_interval: PositiveDuration::secs(1),
         }
     }
 }
@@ -525,7 +544,7 @@ pub struct RouteConfig {
     pub eject_after: u32,
     /// How long a left-out target stays out before one request tries it again.
     #[serde(default = "default_eject_for")]
-    pub eject_for: String,
+    pub eject_for: ConfigDuration,
     #[serde(default = "default_resource")]
     pub resource: String,
     #[serde(default)]
@@ -539,13 +558,13 @@ pub struct RouteConfig {
     /// How long the upstream may take to send its response headers (the
     /// request body included); the response body then streams without limit.
     #[serde(default = "default_upstream_timeout")]
-    pub timeout: String,
+    pub timeout: PositiveDuration,
     /// How long connecting to the upstream may take.
     #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: String,
+    pub connect_timeout: PositiveDuration,
     /// Overrides `server.max_body_size` for this route.
     #[serde(default)]
-    pub max_body_size: Option<String>,
+    pub max_body_size: Option<ConfigSize>,
     /// Forward `X-API-Key` and `Authorization: Bearer` to the upstream (stripped by default).
     #[serde(default)]
     pub forward_key: bool,
@@ -560,11 +579,11 @@ pub struct RouteConfig {
 pub struct HealthCheckConfig {
     pub path: String,
     #[serde(default = "default_health_check_interval")]
-    pub interval: String,
+    pub interval: PositiveDuration,
 }
 
-fn default_health_check_interval() -> String {
-    "5s".into()
+fn default_health_check_interval() -> PositiveDuration {
+    PositiveDuration::secs(5)
 }
 
 /// A route's active health check, validated.
@@ -607,20 +626,20 @@ fn default_eject_after() -> u32 {
     3
 }
 
-fn default_eject_for() -> String {
-    "10s".into()
+fn default_eject_for() -> ConfigDuration {
+    ConfigDuration::secs(10)
 }
 
-fn default_connect_timeout() -> String {
-    "5s".into()
+fn default_connect_timeout() -> PositiveDuration {
+    PositiveDuration::secs(5)
 }
 
 fn yes() -> bool {
     true
 }
 
-fn default_upstream_timeout() -> String {
-    "30s".into()
+fn default_upstream_timeout() -> PositiveDuration {
+    PositiveDuration::secs(30)
 }
 
 /// A validated route.
@@ -756,7 +775,46 @@ pub fn read(file: Option<&Path>) -> Result<Config, ConfigError> {
     let env = Env::prefixed("KEYGATE_")
         .filter(|key| key.as_str().contains("__"))
         .split("__");
-    figment.merge(env).extract().map_err(|e| ConfigError::Load(Box::new(e)))
+    let figment = figment.merge(env);
+    figment.extract().map_err(|error| load_error(&figment, file, error))
+}
+
+/// A value serde refused, named as `validate` names fields (a route by its
+/// index and path); an error without a field (bad TOML) as figment says it.
+fn load_error(figment: &Figment, file: Option<&Path>, error: figment::Error) -> ConfigError {
+    if error.path.is_empty() || error.count() > 1 {
+        return ConfigError::Load(Box::new(error));
+    }
+    let field = match error.path.as_slice() {
+        [routes, index, rest @ ..] if routes == "routes" => {
+            let path = figment
+                .find_value("routes")
+                .ok()
+                .and_then(|routes| routes.into_array())
+                .zip(index.parse::<usize>().ok())
+                .and_then(|(routes, index)| routes.into_iter().nth(index))
+                .and_then(|route| route.into_dict())
+                .and_then(|mut route| route.remove("path"))
+                .and_then(|path| path.into_string())
+                .unwrap_or_default();
+            let name = route_name(index, &path);
+            match rest {
+                [] => name,
+                rest => format!("{name}.{}", rest.join(".")),
+            }
+        }
+        path => path.join("."),
+    };
+    ConfigError::Invalid {
+        origin: origin(file),
+        field,
+        message: error.kind.to_string(),
+    }
+}
+
+/// How errors name a route: its index and path.
+fn route_name(index: impl std::fmt::Display, path: &str) -> String {
+    format!("routes[{index}] (path \"{path}\")")
 }
 
 pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -766,7 +824,6 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         field: field.to_owned(),
         message,
     };
-    let duration = |field: &str, text: &str| parse_duration(text).map_err(|e| invalid(field, e.to_string()));
     let label = |field: &str, text: &str| {
         let text = text.trim();
         if text.is_empty() || text.chars().count() > 60 || text.chars().any(char::is_control) {
@@ -777,10 +834,6 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         } else {
             Ok(text.to_owned())
         }
-    };
-    let positive_duration = |field: &str, text: &str| match duration(field, text)? {
-        zero if zero.is_zero() => Err(invalid(field, "must be positive".into())),
-        positive => Ok(positive),
     };
     let addr = |field: &str, text: &str| {
         text.parse::<SocketAddr>()
@@ -823,22 +876,10 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         }
     }
     let limiter = validate_limiter(&config.limiter).map_err(|(field, message)| invalid(&field, message))?;
-    let mut headers = RateLimitHeaderStyle {
-        x_ratelimit: false,
-        ietf: false,
+    let headers = RateLimitHeaderStyle {
+        x_ratelimit: config.headers.ratelimit.contains(&HeaderStyle::XRateLimit),
+        ietf: config.headers.ratelimit.contains(&HeaderStyle::Ietf),
     };
-    for style in &config.headers.ratelimit {
-        match style.as_str() {
-            "x-ratelimit" => headers.x_ratelimit = true,
-            "ietf" => headers.ietf = true,
-            other => {
-                return Err(invalid(
-                    "headers.ratelimit",
-                    format!("`{other}` is not `x-ratelimit` or `ietf`"),
-                ))
-            }
-        }
-    }
 
     let errors = ErrorCatalog::new(
         config.errors.format,
@@ -853,31 +894,14 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         CatalogError::Realm => invalid("errors.realm", e.to_string()),
     })?;
 
-    let failed_window = duration(
-        "security.failed_attempts_window",
-        &config.security.failed_attempts_window,
-    )?;
-    if config.security.max_failed_attempts == 0 || failed_window.is_zero() {
-        return Err(invalid(
-            "security",
-            "max_failed_attempts and failed_attempts_window must be positive".into(),
-        ));
+    if config.security.max_failed_attempts == 0 {
+        return Err(invalid("security.max_failed_attempts", "must be positive".into()));
     }
-    let cache_ttl = duration("cache.ttl", &config.cache.ttl)?;
-    if cache_ttl.is_zero() || config.cache.capacity == 0 {
-        return Err(invalid("cache", "capacity and ttl must be positive".into()));
+    if config.cache.capacity == 0 {
+        return Err(invalid("cache.capacity", "must be positive".into()));
     }
-    let cache_ttl_unheard = positive_duration("cache.ttl_unheard", &config.cache.ttl_unheard)?;
-    let store_timeout = positive_duration("store.timeout", &config.store.timeout)?;
-    let max_stale = duration("store.max_stale", &config.store.max_stale)?;
-    let usage_flush_interval = duration("usage.flush_interval", &config.usage.flush_interval)?;
-    if usage_flush_interval.is_zero() {
-        return Err(invalid("usage.flush_interval", "must be positive".into()));
-    }
-
-    let max_body_bytes = parse_size(&config.server.max_body_size).map_err(|e| invalid("server.max_body_size", e))?;
-    let max_header_bytes =
-        parse_size(&config.server.max_header_size).map_err(|e| invalid("server.max_header_size", e))?;
+    let max_body_bytes = config.server.max_body_size.bytes();
+    let max_header_bytes = config.server.max_header_size.bytes();
     if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
         return Err(invalid(
             "server.max_header_size",
@@ -902,49 +926,40 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         gateway_addr: addr("server.gateway_addr", &config.server.gateway_addr)?,
         admin_addr: addr("server.admin_addr", &config.server.admin_addr)?,
         trusted_proxies,
-        shutdown_timeout: duration("server.shutdown_timeout", &config.server.shutdown_timeout)?,
+        shutdown_timeout: config.server.shutdown_timeout.get(),
         store_url: config.store.url.clone(),
         engine: EngineSettings {
             key_format,
             cache_capacity: config.cache.capacity,
-            cache_ttl,
-            cache_ttl_unheard,
-            max_stale,
-            store_timeout,
-            negative_cache_ttl: duration("cache.negative_ttl", &config.cache.negative_ttl)?,
+            cache_ttl: config.cache.ttl.get(),
+            cache_ttl_unheard: config.cache.ttl_unheard.get(),
+            max_stale: config.store.max_stale.get(),
+            store_timeout: config.store.timeout.get(),
+            negative_cache_ttl: config.cache.negative_ttl.get(),
             failed_attempts: FailurePolicy {
                 max_failures: config.security.max_failed_attempts,
-                window: failed_window,
+                window: config.security.failed_attempts_window.get(),
             },
-            default_rotation_grace: duration("keys.rotation_grace", &config.keys.rotation_grace)?,
+            default_rotation_grace: config.keys.rotation_grace.get(),
             max_metadata_bytes: config.keys.max_metadata_bytes,
             plans: PlanBook::new(plans, config.limiter.default_plan.clone()),
             record_usage: config.usage.enabled,
             usage_retention: UsageRetention {
-                minutes: chrono_duration(positive_duration("usage.keep_minutes", &config.usage.keep_minutes)?),
-                hours: chrono_duration(positive_duration("usage.keep_hours", &config.usage.keep_hours)?),
-                days: chrono_duration(positive_duration("usage.keep_days", &config.usage.keep_days)?),
+                minutes: config.usage.keep_minutes.chrono(),
+                hours: config.usage.keep_hours.chrono(),
+                days: config.usage.keep_days.chrono(),
             },
-            events: validate_events(&config.events, &config.keys.max_age)
+            events: validate_events(&config.events, config.keys.max_age)
                 .map_err(|(field, message)| invalid(&field, message))?,
             webhooks: validate_webhooks(&config.webhooks).map_err(|(field, message)| invalid(&field, message))?,
             dashboard: SessionSettings {
-                idle_timeout: chrono_duration(positive_duration(
-                    "dashboard.session_idle_timeout",
-                    &config.dashboard.session_idle_timeout,
-                )?),
-                lifetime: chrono_duration(positive_duration(
-                    "dashboard.session_lifetime",
-                    &config.dashboard.session_lifetime,
-                )?),
-                portal_link_ttl: chrono_duration(positive_duration(
-                    "dashboard.portal_link_ttl",
-                    &config.dashboard.portal_link_ttl,
-                )?),
+                idle_timeout: config.dashboard.session_idle_timeout.chrono(),
+                lifetime: config.dashboard.session_lifetime.chrono(),
+                portal_link_ttl: config.dashboard.portal_link_ttl.chrono(),
             },
         },
         errors,
-        usage_flush_interval,
+        usage_flush_interval: config.usage.flush_interval.get(),
         limiter,
         headers,
         routes,
@@ -963,8 +978,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             enabled: config.dashboard.enabled,
             public_url: validate_public_url(config.dashboard.public_url.as_deref())
                 .map_err(|message| invalid("dashboard.public_url", message))?,
-            max_key_age: Some(chrono_duration(duration("keys.max_age", &config.keys.max_age)?))
-                .filter(|age| !age.is_zero()),
+            max_key_age: Some(config.keys.max_age.chrono()).filter(|age| !age.is_zero()),
             product_name: label("dashboard.product_name", &config.dashboard.product_name)?,
             create_key_label: label("dashboard.create_key_label", &config.dashboard.create_key_label)?,
         },
@@ -974,18 +988,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
 /// A field's error: its name and what is wrong.
 type FieldError = (String, String);
 
-fn field_duration(field: &str, text: &str) -> Result<Duration, FieldError> {
-    parse_duration(text).map_err(|e| (field.to_owned(), e.to_string()))
-}
-
-fn field_positive_duration(field: &str, text: &str) -> Result<Duration, FieldError> {
-    match field_duration(field, text)? {
-        zero if zero.is_zero() => Err((field.to_owned(), "must be positive".into())),
-        positive => Ok(positive),
-    }
-}
-
-fn validate_events(events: &EventsConfig, max_key_age: &str) -> Result<EventSettings, FieldError> {
+fn validate_events(events: &EventsConfig, max_key_age: ConfigDuration) -> Result<EventSettings, FieldError> {
     if !(events.anomaly_factor.is_finite() && events.anomaly_factor >= 1.0) {
         return Err(("events.anomaly_factor".into(), "must be a number of at least 1".into()));
     }
@@ -994,27 +997,20 @@ fn validate_events(events: &EventsConfig, max_key_age: &str) -> Result<EventSett
     }
     Ok(EventSettings {
         enabled: events.enabled,
-        expiring_within: chrono_duration(field_positive_duration(
-            "events.expiring_within",
-            &events.expiring_within,
-        )?),
-        max_key_age: Some(chrono_duration(field_duration("keys.max_age", max_key_age)?)).filter(|age| !age.is_zero()),
+        expiring_within: events.expiring_within.chrono(),
+        max_key_age: Some(max_key_age.chrono()).filter(|age| !age.is_zero()),
         anomaly: AnomalyRule {
             factor: events.anomaly_factor,
             floor: events.anomaly_floor,
             ..AnomalyRule::default()
         },
-        anomaly_cooldown: chrono_duration(field_positive_duration(
-            "events.anomaly_cooldown",
-            &events.anomaly_cooldown,
-        )?),
-        scan_interval: field_positive_duration("events.scan_interval", &events.scan_interval)?,
+        anomaly_cooldown: events.anomaly_cooldown.chrono(),
+        scan_interval: events.scan_interval.get(),
     })
 }
 
 fn validate_webhooks(webhooks: &WebhooksConfig) -> Result<WebhookSettings, FieldError> {
-    let retry_base = field_positive_duration("webhooks.retry_base", &webhooks.retry_base)?;
-    let retry_max = field_positive_duration("webhooks.retry_max", &webhooks.retry_max)?;
+    let (retry_base, retry_max) = (webhooks.retry_base.get(), webhooks.retry_max.get());
     if retry_max < retry_base {
         return Err((
             "webhooks.retry_max".into(),
@@ -1022,20 +1018,13 @@ fn validate_webhooks(webhooks: &WebhooksConfig) -> Result<WebhookSettings, Field
         ));
     }
     Ok(WebhookSettings {
-        timeout: field_positive_duration("webhooks.timeout", &webhooks.timeout)?,
+        timeout: webhooks.timeout.get(),
         retry_base,
         retry_max,
-        give_up_after: chrono_duration(field_positive_duration(
-            "webhooks.give_up_after",
-            &webhooks.give_up_after,
-        )?),
-        poll_interval: field_positive_duration("webhooks.poll_interval", &webhooks.poll_interval)?,
+        give_up_after: webhooks.give_up_after.chrono(),
+        poll_interval: webhooks.poll_interval.get(),
         ..WebhookSettings::default()
     })
-}
-
-fn chrono_duration(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
 /// An absolute http(s) URL without a trailing slash, so links can be appended.
@@ -1055,31 +1044,9 @@ fn validate_public_url(url: Option<&str>) -> Result<Option<String>, String> {
 const MIN_HEADER_BYTES: u64 = 8 * 1024;
 const MAX_HEADER_BYTES: u64 = 1024 * 1024;
 
-/// `10MiB`, `1 GiB`, `512KB` or plain bytes.
-fn parse_size(text: &str) -> Result<u64, String> {
-    text.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|size| size.as_u64())
-        .map_err(|_| format!("`{text}` is not a size like 10MiB or 1GiB"))
-}
-
 fn validate_limiter(config: &LimiterConfig) -> Result<LimiterSettings, (String, String)> {
     let fail = |field: &str, message: String| (format!("limiter.{field}"), message);
-    let on_failure = match config.on_failure.as_str() {
-        "local" => OnFailure::Local,
-        "allow" => OnFailure::Allow,
-        "deny" => OnFailure::Deny,
-        other => {
-            return Err(fail(
-                "on_failure",
-                format!("`{other}` is not `local`, `allow` or `deny`"),
-            ))
-        }
-    };
-    let timeout = parse_duration(&config.timeout).map_err(|e| fail("timeout", e.to_string()))?;
-    if timeout.is_zero() {
-        return Err(fail("timeout", "must be positive".into()));
-    }
+    let timeout = config.timeout.get();
     if config.max_counters == 0 {
         return Err(fail("max_counters", "must be positive".into()));
     }
@@ -1095,7 +1062,7 @@ fn validate_limiter(config: &LimiterConfig) -> Result<LimiterSettings, (String, 
     };
     Ok(LimiterSettings {
         redis_url,
-        on_failure,
+        on_failure: config.on_failure,
         timeout,
         max_counters: config.max_counters,
     })
@@ -1107,7 +1074,7 @@ fn validate_route(
     default_max_body: u64,
     path_rules: PathRules,
 ) -> Result<Route, (String, String)> {
-    let name = format!("routes[{index}] (path \"{}\")", route.path);
+    let name = route_name(index, &route.path);
     let fail = |field: &str, message: String| (format!("{name}.{field}"), message);
     if !route.path.starts_with('/') {
         return Err(fail("path", "must start with `/`".into()));
@@ -1133,7 +1100,6 @@ fn validate_route(
     if route.eject_after == 0 {
         return Err(fail("eject_after", "must be positive".into()));
     }
-    let eject_for = parse_duration(&route.eject_for).map_err(|e| fail("eject_for", e.to_string()))?;
     let methods = route
         .methods
         .iter()
@@ -1143,11 +1109,6 @@ fn validate_route(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let scopes = validate_scopes(&route.scopes).map_err(|e| fail("scopes", e.to_string()))?;
-    let timeout = parse_duration(&route.timeout).map_err(|e| fail("timeout", e.to_string()))?;
-    let connect_timeout = parse_duration(&route.connect_timeout).map_err(|e| fail("connect_timeout", e.to_string()))?;
-    if timeout.is_zero() || connect_timeout.is_zero() {
-        return Err(fail("timeout", "timeouts must be positive".into()));
-    }
     let health_check = route
         .health_check
         .as_ref()
@@ -1155,34 +1116,27 @@ fn validate_route(
             if !check.path.starts_with('/') {
                 return Err(fail("health_check.path", "must start with `/`".into()));
             }
-            let interval = parse_duration(&check.interval).map_err(|e| fail("health_check.interval", e.to_string()))?;
-            if interval.is_zero() {
-                return Err(fail("health_check.interval", "must be positive".into()));
-            }
             Ok(HealthCheck {
                 path: check.path.clone(),
-                interval,
+                interval: check.interval.get(),
             })
         })
         .transpose()?;
-    let max_body_bytes = match &route.max_body_size {
-        Some(text) => parse_size(text).map_err(|e| fail("max_body_size", e))?,
-        None => default_max_body,
-    };
+    let max_body_bytes = route.max_body_size.map_or(default_max_body, ConfigSize::bytes);
     Ok(Route {
         path: path.trim_end_matches('/').to_owned(),
         methods,
         upstreams,
         balance: route.balance,
         eject_after: route.eject_after,
-        eject_for,
+        eject_for: route.eject_for.get(),
         resource: route.resource.clone(),
         scopes,
         auth: route.auth,
         strip_prefix: route.strip_prefix,
         preserve_host: route.preserve_host,
-        timeout,
-        connect_timeout,
+        timeout: route.timeout.get(),
+        connect_timeout: route.connect_timeout.get(),
         max_body_bytes,
         forward_key: route.forward_key,
         health_check,

@@ -270,7 +270,7 @@ mod tests {
         let mut new = old.clone();
         new.server.gateway_addr = "0.0.0.0:9999".into();
         new.store.url = "postgres://elsewhere/db".into();
-        new.headers.ratelimit = vec!["ietf".into()];
+        new.headers.ratelimit = vec![crate::config::HeaderStyle::Ietf];
         new.limiter.default_plan = Some("free".into());
         new.routes.push(crate::config::catch_all_route("http://127.0.0.1:1"));
         assert_eq!(

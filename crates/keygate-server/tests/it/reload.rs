@@ -71,7 +71,7 @@ async fn a_reload_swaps_routes_plans_messages_and_headers_for_new_requests() {
             .errors
             .messages
             .insert("RATE_LIMIT_EXCEEDED".into(), "Slow down, reloaded.".into());
-        config.headers.ratelimit = vec!["ietf".into()];
+        config.headers.ratelimit = vec![keygate_server::config::HeaderStyle::Ietf];
     });
     let (status, body) = app.reload().await;
     assert_eq!(status, 200, "{body}");

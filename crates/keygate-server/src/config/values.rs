@@ -1,0 +1,195 @@
+//! The value types of the config file (issue 17): durations and sizes are
+//! read by serde, so a bad value is refused while the file is read, with
+//! its field and file named, and `validate` keeps only the checks that span
+//! fields. Each writes itself back in a form it reads (a reload compares
+//! configs through serde: crates/keygate-server/src/reload.rs).
+
+use std::fmt;
+use std::time::Duration;
+
+use keygate_core::duration::parse_duration;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration as the config writes it: `90s`, `15m`, `50ms`, `24h`, `90d`,
+/// or `0s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConfigDuration(Duration);
+
+impl ConfigDuration {
+    pub const fn secs(secs: u64) -> Self {
+        Self(Duration::from_secs(secs))
+    }
+
+    pub const fn millis(millis: u64) -> Self {
+        Self(Duration::from_millis(millis))
+    }
+
+    pub const fn get(self) -> Duration {
+        self.0
+    }
+
+    /// The same as a `chrono` duration, for times compared with timestamps.
+    pub fn chrono(self) -> chrono::Duration {
+        chrono::Duration::from_std(self.0).unwrap_or(chrono::Duration::MAX)
+    }
+}
+
+impl fmt::Display for ConfigDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `1h 30m` and `50ms` read back the same (humantime).
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+impl Serialize for ConfigDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text).map(Self).map_err(D::Error::custom)
+    }
+}
+
+/// A [`ConfigDuration`] that must be more than zero: timeouts, intervals,
+/// lifetimes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct PositiveDuration(ConfigDuration);
+
+impl PositiveDuration {
+    /// `secs` must be positive; the defaults are.
+    pub const fn secs(secs: u64) -> Self {
+        Self(ConfigDuration::secs(secs))
+    }
+
+    pub const fn millis(millis: u64) -> Self {
+        Self(ConfigDuration::millis(millis))
+    }
+
+    pub const fn get(self) -> Duration {
+        self.0.get()
+    }
+
+    pub fn chrono(self) -> chrono::Duration {
+        self.0.chrono()
+    }
+}
+
+impl<'de> Deserialize<'de> for PositiveDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let duration = ConfigDuration::deserialize(deserializer)?;
+        if duration.get().is_zero() {
+            return Err(D::Error::custom(format!("`{duration}` must be positive")));
+        }
+        Ok(Self(duration))
+    }
+}
+
+/// A size in bytes as the config writes it: `10MiB`, `1 GiB`, `512KB` or
+/// plain bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConfigSize(u64);
+
+impl ConfigSize {
+    pub const fn kib(kib: u64) -> Self {
+        Self(kib * 1024)
+    }
+
+    pub const fn mib(mib: u64) -> Self {
+        Self(mib * 1024 * 1024)
+    }
+
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl Serialize for ConfigSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Bytes(bytes) => Ok(Self(bytes)),
+            Written::Text(text) => text
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|size| Self(size.as_u64()))
+                .map_err(|_| D::Error::custom(format!("`{text}` is not a size like 10MiB or 1GiB"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Values {
+        any: ConfigDuration,
+        positive: PositiveDuration,
+        size: ConfigSize,
+    }
+
+    fn read(text: &str) -> Result<Values, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn values_are_read_from_their_written_forms() {
+        let values = read("any = \"0s\"\npositive = \"50ms\"\nsize = \"10MiB\"").unwrap();
+        assert_eq!(values.any.get(), Duration::ZERO);
+        assert_eq!(values.positive.get(), Duration::from_millis(50));
+        assert_eq!(values.size.bytes(), 10 * 1024 * 1024);
+        assert_eq!(
+            read("any = \"1s\"\npositive = \"1s\"\nsize = 4096")
+                .unwrap()
+                .size
+                .bytes(),
+            4096
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_what_is_wrong() {
+        let err = read("any = \"ninety\"\npositive = \"1s\"\nsize = 1").unwrap_err();
+        assert!(err.contains("is not a duration") && err.contains("any"), "{err}");
+        let err = read("any = \"1s\"\npositive = \"0s\"\nsize = 1").unwrap_err();
+        assert!(err.contains("must be positive") && err.contains("positive"), "{err}");
+        let err = read("any = \"1s\"\npositive = \"1s\"\nsize = \"lots\"").unwrap_err();
+        assert!(err.contains("is not a size"), "{err}");
+        assert!(
+            read("any = \"90\"\npositive = \"1s\"\nsize = 1").is_err(),
+            "a number needs a unit"
+        );
+    }
+
+    proptest! {
+        /// What is written back reads as the same values.
+        #[test]
+        fn written_values_read_back_the_same(millis in 0u64..10_000_000_000, positive in 1u64..10_000_000_000, size in any::<u64>()) {
+            let values = Values {
+                any: ConfigDuration::millis(millis),
+                positive: PositiveDuration::millis(positive),
+                size: ConfigSize(size >> 1),
+            };
+            let text = toml::to_string(&values).unwrap();
+            prop_assert_eq!(read(&text).unwrap(), values);
+        }
+    }
+}
