@@ -13,8 +13,7 @@ use ipnet::IpNet;
 use keygate_core::error::CatalogError;
 use keygate_core::events::AnomalyRule;
 use keygate_core::limits::Plan;
-use keygate_core::path::{canonicalize, EscapedSlashes, PathRules};
-use keygate_core::scope::validate_scopes;
+use keygate_core::path::{EscapedSlashes, PathRules};
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCatalog, ErrorFormat, KeyFormat};
 use keygate_engine::events::EventSettings;
@@ -26,8 +25,11 @@ use keygate_engine::EngineSettings;
 use keygate_limiter::resilient::OnFailure;
 use serde::{Deserialize, Serialize};
 
+mod routes;
 mod values;
 
+pub use routes::{catch_all_route, Balance, HealthCheck, HealthCheckConfig, Route, RouteConfig, UpstreamUrls};
+use routes::{route_name, validate_route};
 pub use values::{ConfigDuration, ConfigSize, PositiveDuration};
 
 /// Time spans the defaults are written in.
@@ -524,146 +526,6 @@ impl Default for WebhooksConfig {
     }
 }
 
-fn default_resource() -> String {
-    keygate_core::limits::DEFAULT_RESOURCE.to_owned()
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    pub path: String,
-    #[serde(default)]
-    pub methods: Vec<String>,
-    /// One URL, or several targets to balance between.
-    pub upstream: Option<UpstreamUrls>,
-    /// How requests are spread over several targets.
-    #[serde(default)]
-    pub balance: Balance,
-    /// Consecutive connect failures or timeouts after which a target is left out.
-    #[serde(default = "default_eject_after")]
-    pub eject_after: u32,
-    /// How long a left-out target stays out before one request tries it again.
-    #[serde(default = "default_eject_for")]
-    pub eject_for: ConfigDuration,
-    #[serde(default = "default_resource")]
-    pub resource: String,
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    #[serde(default = "yes")]
-    pub auth: bool,
-    #[serde(default)]
-    pub strip_prefix: bool,
-    #[serde(default)]
-    pub preserve_host: bool,
-    /// How long the upstream may take to send its response headers (the
-    /// request body included); the response body then streams without limit.
-    #[serde(default = "default_upstream_timeout")]
-    pub timeout: PositiveDuration,
-    /// How long connecting to the upstream may take.
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: PositiveDuration,
-    /// Overrides `server.max_body_size` for this route.
-    #[serde(default)]
-    pub max_body_size: Option<ConfigSize>,
-    /// Forward `X-API-Key` and `Authorization: Bearer` to the upstream (stripped by default).
-    #[serde(default)]
-    pub forward_key: bool,
-    /// Active health checks of every target, besides the passive ones.
-    #[serde(default)]
-    pub health_check: Option<HealthCheckConfig>,
-}
-
-/// `health_check = { path = "/healthz", interval = "5s" }`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HealthCheckConfig {
-    pub path: String,
-    #[serde(default = "default_health_check_interval")]
-    pub interval: PositiveDuration,
-}
-
-fn default_health_check_interval() -> PositiveDuration {
-    PositiveDuration::secs(5)
-}
-
-/// A route's active health check, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthCheck {
-    /// Requested with `GET` on each target; a 2xx or 3xx answer passes.
-    pub path: String,
-    pub interval: Duration,
-}
-
-/// `upstream = "http://a:9000"` or `upstream = ["http://a:9000", "http://b:9000"]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum UpstreamUrls {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl UpstreamUrls {
-    fn urls(&self) -> &[String] {
-        match self {
-            Self::One(url) => std::slice::from_ref(url),
-            Self::Many(urls) => urls,
-        }
-    }
-}
-
-/// How a route with several targets picks one for a request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    /// Each target in turn.
-    #[default]
-    RoundRobin,
-    /// The target with the fewest requests in flight.
-    LeastConnections,
-}
-
-fn default_eject_after() -> u32 {
-    3
-}
-
-fn default_eject_for() -> ConfigDuration {
-    ConfigDuration::secs(10)
-}
-
-fn default_connect_timeout() -> PositiveDuration {
-    PositiveDuration::secs(5)
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn default_upstream_timeout() -> PositiveDuration {
-    PositiveDuration::secs(30)
-}
-
-/// A validated route.
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub path: String,
-    pub methods: Vec<axum::http::Method>,
-    /// At least one; each an `http://` URL with a host.
-    pub upstreams: Vec<axum::http::Uri>,
-    pub balance: Balance,
-    pub eject_after: u32,
-    pub eject_for: Duration,
-    pub resource: String,
-    pub scopes: Vec<String>,
-    pub auth: bool,
-    pub strip_prefix: bool,
-    pub preserve_host: bool,
-    pub timeout: Duration,
-    pub connect_timeout: Duration,
-    pub max_body_bytes: u64,
-    pub forward_key: bool,
-    pub health_check: Option<HealthCheck>,
-}
-
 /// Everything the server needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -810,11 +672,6 @@ fn load_error(figment: &Figment, file: Option<&Path>, error: figment::Error) -> 
         field,
         message: error.kind.to_string(),
     }
-}
-
-/// How errors name a route: its index and path.
-fn route_name(index: impl std::fmt::Display, path: &str) -> String {
-    format!("routes[{index}] (path \"{path}\")")
 }
 
 pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -1066,103 +923,6 @@ fn validate_limiter(config: &LimiterConfig) -> Result<LimiterSettings, (String, 
         timeout,
         max_counters: config.max_counters,
     })
-}
-
-fn validate_route(
-    index: usize,
-    route: &RouteConfig,
-    default_max_body: u64,
-    path_rules: PathRules,
-) -> Result<Route, (String, String)> {
-    let name = route_name(index, &route.path);
-    let fail = |field: &str, message: String| (format!("{name}.{field}"), message);
-    if !route.path.starts_with('/') {
-        return Err(fail("path", "must start with `/`".into()));
-    }
-    // Kept in the form requests are matched in: `/a/./b` is `/a/b`, `/café` is `/caf%C3%A9`.
-    let path = canonicalize(&route.path, path_rules).map_err(|reason| fail("path", reason.to_string()))?;
-    let urls = route.upstream.as_ref().map_or(&[][..], UpstreamUrls::urls);
-    if urls.is_empty() {
-        return Err(fail("upstream", "is required".into()));
-    }
-    let upstreams = urls
-        .iter()
-        .map(|text| {
-            let upstream: axum::http::Uri = text
-                .parse()
-                .map_err(|_| fail("upstream", format!("`{text}` is not a URL")))?;
-            if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
-                return Err(fail("upstream", format!("`{text}` must be an http:// URL with a host")));
-            }
-            Ok(upstream)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if route.eject_after == 0 {
-        return Err(fail("eject_after", "must be positive".into()));
-    }
-    let methods = route
-        .methods
-        .iter()
-        .map(|m| {
-            axum::http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                .map_err(|_| fail("methods", format!("`{m}` is not an HTTP method")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let scopes = validate_scopes(&route.scopes).map_err(|e| fail("scopes", e.to_string()))?;
-    let health_check = route
-        .health_check
-        .as_ref()
-        .map(|check| {
-            if !check.path.starts_with('/') {
-                return Err(fail("health_check.path", "must start with `/`".into()));
-            }
-            Ok(HealthCheck {
-                path: check.path.clone(),
-                interval: check.interval.get(),
-            })
-        })
-        .transpose()?;
-    let max_body_bytes = route.max_body_size.map_or(default_max_body, ConfigSize::bytes);
-    Ok(Route {
-        path: path.trim_end_matches('/').to_owned(),
-        methods,
-        upstreams,
-        balance: route.balance,
-        eject_after: route.eject_after,
-        eject_for: route.eject_for.get(),
-        resource: route.resource.clone(),
-        scopes,
-        auth: route.auth,
-        strip_prefix: route.strip_prefix,
-        preserve_host: route.preserve_host,
-        timeout: route.timeout.get(),
-        connect_timeout: route.connect_timeout.get(),
-        max_body_bytes,
-        forward_key: route.forward_key,
-        health_check,
-    })
-}
-
-/// The catch-all route `keygate serve --upstream URL` adds.
-pub fn catch_all_route(upstream: &str) -> RouteConfig {
-    RouteConfig {
-        path: "/".into(),
-        methods: vec![],
-        upstream: Some(UpstreamUrls::One(upstream.to_owned())),
-        balance: Balance::default(),
-        eject_after: default_eject_after(),
-        eject_for: default_eject_for(),
-        resource: default_resource(),
-        scopes: vec![],
-        auth: true,
-        strip_prefix: false,
-        preserve_host: false,
-        timeout: default_upstream_timeout(),
-        connect_timeout: default_connect_timeout(),
-        max_body_size: None,
-        forward_key: false,
-        health_check: None,
-    }
 }
 
 #[cfg(test)]
