@@ -8,7 +8,9 @@
 use std::fmt;
 
 use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// Length of the random part: 32 base62 characters, about 190 bits.
 pub const RANDOM_LEN: usize = 32;
@@ -115,7 +117,7 @@ impl KeyFormat {
         }
         let checksum = encode_checksum(crc32fast::hash(key.as_bytes()));
         key.extend(checksum.iter().map(|&b| b as char));
-        Ok(PlaintextKey(key))
+        Ok(PlaintextKey(SecretString::from(key)))
     }
 
     /// Checks shape, prefix, environment and checksum without allocating.
@@ -170,28 +172,33 @@ fn encode_checksum(mut value: u32) -> [u8; CHECKSUM_LEN] {
 }
 
 /// A newly generated key: exists only in the response that creates it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PlaintextKey(String);
+/// `Debug` shows no part of it and its memory is zeroed when dropped
+/// (secrecy).
+#[derive(Clone, Debug)]
+pub struct PlaintextKey(SecretString);
+
+/// Compared in constant time, like every secret.
+impl PartialEq for PlaintextKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose().as_bytes().ct_eq(other.expose().as_bytes()).into()
+    }
+}
+
+impl Eq for PlaintextKey {}
 
 impl PlaintextKey {
     /// The only way to read the secret; every call site is a place it can leak.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     pub fn hash(&self) -> KeyHash {
-        KeyHash::of(&self.0)
+        KeyHash::of(self.expose())
     }
 
     /// `kg_live_AbCd...wxyz`: enough for a person to recognise a key.
     pub fn hint(&self) -> String {
-        hint_of(&self.0)
-    }
-}
-
-impl fmt::Debug for PlaintextKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PlaintextKey(<redacted>)")
+        hint_of(self.expose())
     }
 }
 

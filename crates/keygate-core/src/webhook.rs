@@ -6,14 +6,15 @@
 //! endpoint's secret (`whsec_` + base64), and rejects old timestamps. Any
 //! Standard Webhooks library verifies keygate's deliveries.
 
-use std::fmt;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
+use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 const SECRET_PREFIX: &str = "whsec_";
 /// 24 bytes, as the specification's examples use; more than HMAC-SHA256 needs
@@ -21,16 +22,20 @@ const SECRET_PREFIX: &str = "whsec_";
 const SECRET_BYTES: usize = 24;
 
 /// An endpoint's signing secret. Shown once when the endpoint is created;
-/// `Debug` never prints it. Unlike API keys it is stored as it is, because
-/// signing needs it, not just a check against it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct WebhookSecret(Vec<u8>);
+/// `Debug` never prints it and its memory is zeroed when dropped (secrecy).
+/// Unlike API keys it is stored as it is, because signing needs it, not
+/// just a check against it.
+#[derive(Clone, Debug)]
+pub struct WebhookSecret(SecretSlice<u8>);
 
-impl fmt::Debug for WebhookSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("WebhookSecret(..)")
+/// Compared in constant time, like every secret.
+impl PartialEq for WebhookSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.expose_secret().ct_eq(other.0.expose_secret()).into()
     }
 }
+
+impl Eq for WebhookSecret {}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a webhook secret is `whsec_` followed by base64")]
@@ -40,7 +45,7 @@ impl WebhookSecret {
     pub fn generate(rng: &mut impl RngCore) -> Self {
         let mut bytes = vec![0; SECRET_BYTES];
         rng.fill_bytes(&mut bytes);
-        Self(bytes)
+        Self(bytes.into())
     }
 
     pub fn parse(text: &str) -> Result<Self, MalformedSecret> {
@@ -49,19 +54,19 @@ impl WebhookSecret {
         if bytes.is_empty() {
             return Err(MalformedSecret);
         }
-        Ok(Self(bytes))
+        Ok(Self(bytes.into()))
     }
 
     /// The `whsec_...` form: what the endpoint's owner copies, and what is stored.
     pub fn expose(&self) -> String {
-        format!("{SECRET_PREFIX}{}", STANDARD.encode(&self.0))
+        format!("{SECRET_PREFIX}{}", STANDARD.encode(self.0.expose_secret()))
     }
 
     /// The `webhook-signature` header value for one delivery: `v1,` and the
     /// base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`.
     pub fn sign(&self, message_id: &str, timestamp: i64, body: &str) -> String {
         // HMAC accepts keys of any length, so this cannot fail.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.0.expose_secret()) else {
             return String::new();
         };
         mac.update(message_id.as_bytes());

@@ -10,7 +10,6 @@
 //! `docs/decisions.md`). The table itself is pure: every method takes `now`.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -18,6 +17,7 @@ use chrono::{DateTime, Duration, Utc};
 use keygate_core::model::KeyStatus;
 use keygate_core::PlaintextKey;
 use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::admin::{Actor, ActorScope};
@@ -49,9 +49,9 @@ impl Default for SessionSettings {
 }
 
 /// A random secret given to a browser: a session cookie or a portal link token.
-/// `Debug` prints nothing of it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct BrowserSecret(String);
+/// `Debug` prints nothing of it and its memory is zeroed when dropped (secrecy).
+#[derive(Clone, Debug)]
+pub struct BrowserSecret(SecretString);
 
 /// 256 random bits from the OS, hex-encoded: tokens nobody can guess.
 pub fn random_token() -> String {
@@ -62,27 +62,21 @@ pub fn random_token() -> String {
 
 impl BrowserSecret {
     fn generate() -> Self {
-        Self(random_token())
+        Self(random_token().into())
     }
 
     /// Wraps what a browser sent; anything is accepted and simply not found.
     pub fn from_presented(value: &str) -> Self {
-        Self(value.to_owned())
+        Self(value.into())
     }
 
     /// The only way to read the secret: for the cookie or the link.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     fn digest(&self) -> [u8; 32] {
-        Sha256::digest(self.0.as_bytes()).into()
-    }
-}
-
-impl fmt::Debug for BrowserSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BrowserSecret(<redacted>)")
+        Sha256::digest(self.expose().as_bytes()).into()
     }
 }
 

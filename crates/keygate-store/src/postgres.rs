@@ -50,6 +50,11 @@ impl PostgresStore {
         Some(("SELECT pg_notify(?, ?)", &self.channel))
     }
 
+    /// How the store's transactions start: PostgreSQL's row locks need nothing more.
+    fn begin_write(&self) -> &'static str {
+        "BEGIN"
+    }
+
     /// Conflicts with the flushes' inserts (ROW EXCLUSIVE) and with other
     /// jobs: the job waits for running flushes, and new ones wait for it.
     fn roll_up_lock(&self) -> &'static str {

@@ -409,7 +409,7 @@ macro_rules! sql_store {
                 }
 
                 async fn insert_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> Result<(), StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     sqlx::query(&$sql("INSERT INTO workspaces (id, name, plan, ip_allowlist, limits, disabled, created_at, updated_at) \
                          VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
                     .bind(&ws.id)
@@ -452,7 +452,7 @@ macro_rules! sql_store {
                 }
 
                 async fn update_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> Result<(), StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     let done = sqlx::query(&$sql("UPDATE workspaces SET name = ?, plan = ?, ip_allowlist = ?, limits = ?, disabled = ?, updated_at = ? \
                          WHERE id = ? AND deleted_at IS NULL"))
                     .bind(&ws.name)
@@ -474,7 +474,7 @@ macro_rules! sql_store {
                 }
 
                 async fn delete_workspace(&self, id: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<(), StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     let done = sqlx::query(&$sql("UPDATE workspaces SET deleted_at = ?, disabled = 1, updated_at = ? WHERE id = ? AND deleted_at IS NULL"))
                     .bind(ms(at))
                     .bind(ms(at))
@@ -497,7 +497,7 @@ macro_rules! sql_store {
                 }
 
                 async fn insert_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     Self::insert_key_row(&mut tx, key).await?;
                     Self::insert_audit(&mut tx, audit).await?;
                     tx.commit().await?;
@@ -579,7 +579,7 @@ macro_rules! sql_store {
                 }
 
                 async fn update_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     let done = sqlx::query(&$sql("UPDATE api_keys SET name = ?, scopes = ?, ip_allowlist = ?, expires_at = ?, metadata = ?, limits = ? \
                          WHERE id = ? AND deleted_at IS NULL"))
                     .bind(&key.name)
@@ -607,7 +607,7 @@ macro_rules! sql_store {
                     reason: Option<&str>,
                     audit: &AuditEvent,
                 ) -> Result<RevokeOutcome, StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     let done =
                         sqlx::query(&$sql("UPDATE api_keys SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL"))
                             .bind(ms(at))
@@ -626,7 +626,7 @@ macro_rules! sql_store {
                 }
 
                 async fn delete_key(&self, id: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<ApiKey, StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     let done = sqlx::query(&$sql("UPDATE api_keys SET deleted_at = ?, revoked_at = COALESCE(revoked_at, ?), \
                          revoked_reason = CASE WHEN revoked_at IS NULL THEN 'deleted' ELSE revoked_reason END \
                          WHERE id = ? AND deleted_at IS NULL"))
@@ -651,7 +651,7 @@ macro_rules! sql_store {
                     new: &ApiKey,
                     audit: &AuditEvent,
                 ) -> Result<(), StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     let done = sqlx::query(&$sql("UPDATE api_keys SET rotated_to = ?, \
                          expires_at = CASE WHEN expires_at IS NULL OR expires_at > ? THEN ? ELSE expires_at END \
                          WHERE id = ? AND rotated_to IS NULL AND revoked_at IS NULL AND deleted_at IS NULL"))
@@ -697,7 +697,7 @@ macro_rules! sql_store {
                     if batch.is_empty() {
                         return Ok(());
                     }
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     // A retried batch whose first attempt did commit is applied once.
                     let first = sqlx::query(&$sql("INSERT INTO usage_batches (id, applied_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"))
                         .bind(&batch.id)
@@ -917,7 +917,7 @@ macro_rules! sql_store {
                 }
 
                 async fn roll_up_usage(&self, until: i64) -> Result<u64, StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     // Flushes wait while the job runs, and it sees every flush committed before.
                     sqlx::query(&$sql(self.roll_up_lock())).execute(&mut *tx).await?;
                     let from: i64 =
@@ -1068,7 +1068,7 @@ macro_rules! sql_store {
                 }
 
                 async fn insert_events(&self, events: &[NewEvent]) -> Result<u64, StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     let mut added = 0;
                     for event in events {
                         added += Self::insert_event(&mut tx, event).await?;
@@ -1132,7 +1132,7 @@ macro_rules! sql_store {
                 }
 
                 async fn insert_webhook(&self, endpoint: &WebhookEndpoint, audit: &AuditEvent) -> Result<(), StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     sqlx::query(&$sql("INSERT INTO webhook_endpoints (id, workspace_id, url, secret, events, description, created_at, created_by) \
                          VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
                     .bind(&endpoint.id)
@@ -1174,7 +1174,7 @@ macro_rules! sql_store {
                 }
 
                 async fn delete_webhook(&self, id: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<(), StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     let done = sqlx::query(&$sql("UPDATE webhook_endpoints SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL"))
                         .bind(ms(at))
                         .bind(id)
@@ -1194,7 +1194,7 @@ macro_rules! sql_store {
                 }
 
                 async fn fan_out_events(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     let events = sqlx::query(&$sql("SELECT id, type, at, workspace_id FROM events WHERE fanned_out = 0 ORDER BY id LIMIT ?"))
                         .bind(i64::from(limit))
                         .fetch_all(&mut *tx)
@@ -1308,7 +1308,7 @@ macro_rules! sql_store {
                         DeliveryNext::RetryAt(at) => (DeliveryStatus::Pending, at, None),
                         DeliveryNext::GiveUp => (DeliveryStatus::Failed, attempt.at, None),
                     };
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with(self.begin_write()).await?;
                     let done = sqlx::query(&$sql("UPDATE webhook_deliveries SET attempts = attempts + 1, status = ?, next_attempt_at = ?, \
                          delivered_at = ?, lease_until = NULL, lease_token = NULL WHERE id = ? AND lease_token = ?"))
                     .bind(status.as_str())

@@ -48,6 +48,16 @@ impl SqliteStore {
         None
     }
 
+    /// How the store's transactions start. Each of them writes, and
+    /// `IMMEDIATE` takes SQLite's write lock at once: a transaction that read
+    /// first and then wrote would fail with `SQLITE_BUSY_SNAPSHOT` (not wait
+    /// for `busy_timeout`) when another connection had written in between.
+    /// The background thread's store connection makes that likelier
+    /// (crates/keygate-server/src/background.rs).
+    fn begin_write(&self) -> &'static str {
+        "BEGIN IMMEDIATE"
+    }
+
     /// A write first: the job holds SQLite's one write lock from its start,
     /// so nothing is flushed while it reads the minutes.
     fn roll_up_lock(&self) -> &'static str {

@@ -16,6 +16,7 @@ use keygate_engine::admin::Granularity;
 use keygate_engine::metrics::{LabelText, TargetSample};
 use keygate_engine::{Actor, Engine, Hearing};
 use keygate_store::{AuditFilter, EventListFilter, KeyFilter, Page, MAX_PAGE_SIZE};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use utoipa::OpenApi;
 
@@ -602,7 +603,7 @@ async fn verify_key(
         .map_err(|e| ApiError::validation("scopes", e.to_string()))?;
     match state
         .engine
-        .verify_for(&actor, &body.key.0, &scopes, ip, resource, body.dry_run)
+        .verify_for(&actor, body.key.0.expose_secret(), &scopes, ip, resource, body.dry_run)
         .await
     {
         Ok(verified) => {

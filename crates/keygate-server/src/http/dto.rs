@@ -2,13 +2,13 @@
 //! never carry a plaintext key except `CreatedKey`, the one response that creates it.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use chrono::{DateTime, Utc};
 use keygate_core::limits::{LimitScope, LimitSpec};
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_engine::admin::UsageBucket;
 use keygate_store::{AuditEvent, Delivery, StoredEvent, WebhookEndpoint};
+use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -18,17 +18,12 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Optio
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// A key sent in a request body; `Debug` never prints it.
-#[derive(Deserialize, ToSchema)]
+/// A key sent in a request body; `Debug` never prints it and its memory is
+/// zeroed when dropped (secrecy).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(transparent)]
 #[schema(value_type = String)]
-pub struct SecretKeyText(pub String);
-
-impl fmt::Debug for SecretKeyText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretKeyText(<redacted>)")
-    }
-}
+pub struct SecretKeyText(pub SecretString);
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

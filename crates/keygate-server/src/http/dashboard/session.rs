@@ -7,6 +7,7 @@
 //! its own.
 
 use std::net::IpAddr;
+use subtle::ConstantTimeEq;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -66,12 +67,7 @@ pub fn over_https(parts: &Parts, state: &DashboardState) -> bool {
 
 /// Compares in time independent of where the strings differ.
 pub fn tokens_match(presented: &str, expected: &str) -> bool {
-    presented.len() == expected.len()
-        && presented
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
+    presented.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
 /// A signed-in browser. Without a live session: a redirect to the sign-in page.
