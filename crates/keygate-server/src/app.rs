@@ -9,8 +9,8 @@ use std::time::Duration;
 use keygate_engine::{Clock, Engine};
 use keygate_store::Store;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::background;
 use crate::config::{LimiterSettings, Loaded};
@@ -63,8 +63,9 @@ pub struct App {
     pub engine: Arc<Engine>,
     /// Applies a changed config file (SIGHUP, `POST /v1/config/reload`).
     pub reloader: Arc<Reloader>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Cancelled by [`App::shutdown`]: every task and thread watches it.
+    stop: CancellationToken,
+    tasks: TaskTracker,
     shutdown_timeout: Duration,
     access_log: AccessLogGuard,
 }
@@ -88,7 +89,7 @@ impl App {
         let admin_listener = bind("admin", settings.admin_addr).await?;
         let gateway_addr = local_addr(&gateway_listener, settings.gateway_addr);
         let admin_addr = local_addr(&admin_listener, settings.admin_addr);
-        let (stop, stopped) = watch::channel(false);
+        let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
         let config = LiveConfig::new(settings);
         let reloader = Arc::new(Reloader::new(&loaded, config.clone(), engine.clone()));
 
@@ -109,10 +110,10 @@ impl App {
                 max_header_bytes: settings.max_header_bytes,
                 upstream_connections: true,
             },
-            stopped.clone(),
+            stop.clone(),
         )
         .map_err(gateway_error(gateway_addr))?;
-        let health_checks = tokio::spawn(health::run(config.clone(), wait_for_stop(stopped.clone())));
+        tasks.spawn(health::run(config.clone(), stop.clone().cancelled_owned()));
         let admin_router = admin::router(AdminState::new(
             engine.clone(),
             config,
@@ -121,21 +122,18 @@ impl App {
             settings.dashboard.clone(),
         ));
 
-        let mut tasks = vec![
-            health_checks,
-            tokio::spawn(transport::serve(
-                "admin",
-                admin_listener,
-                admin_router,
-                ServeOptions {
-                    tls: None,
-                    max_header_bytes: settings.max_header_bytes,
-                    upstream_connections: false,
-                },
-                stopped.clone(),
-            )),
-            tokio::spawn(engine.clone().run_change_listener(wait_for_stop(stopped.clone()))),
-        ];
+        tasks.spawn(transport::serve(
+            "admin",
+            admin_listener,
+            admin_router,
+            ServeOptions {
+                tls: None,
+                max_header_bytes: settings.max_header_bytes,
+                upstream_connections: false,
+            },
+            stop.clone(),
+        ));
+        tasks.spawn(engine.clone().run_change_listener(stop.clone().cancelled_owned()));
         let background = background::run(
             settings.background_priority,
             background_work(
@@ -143,18 +141,15 @@ impl App {
                 settings.store_url.clone(),
                 settings.usage_flush_interval,
                 sender,
-                stopped,
+                stop.clone(),
             ),
         )
         .map_err(ServeError::Background)?;
-        tasks.push(tokio::spawn(async move {
-            let _ = background.await;
-        }));
-        tasks.extend(gateway_threads.into_iter().map(|finished| {
-            tokio::spawn(async move {
-                let _ = finished.await;
-            })
-        }));
+        // Threads are waited for through the channel each closes when done.
+        for finished in gateway_threads.into_iter().chain([background]) {
+            tasks.spawn(finished);
+        }
+        tasks.close();
         tracing::info!(%gateway_addr, %admin_addr, "keygate started");
         Ok(Self {
             gateway_addr,
@@ -173,9 +168,11 @@ impl App {
     /// Stops accepting, lets in-flight requests finish (bounded by
     /// `server.shutdown_timeout`), then flushes usage.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let all = futures_join(self.tasks);
-        if tokio::time::timeout(self.shutdown_timeout, all).await.is_err() {
+        self.stop.cancel();
+        if tokio::time::timeout(self.shutdown_timeout, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown timed out; flushing usage and exiting");
             if let Err(err) = self.engine.flush_usage().await {
                 tracing::error!(error = %err, "final usage flush failed");
@@ -195,7 +192,7 @@ fn background_work(
     store_url: String,
     flush_interval: Duration,
     sender: Arc<dyn WebhookSender>,
-    stopped: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static {
     move || {
         Box::pin(async move {
@@ -208,8 +205,8 @@ fn background_work(
             tokio::join!(
                 engine
                     .clone()
-                    .run_usage_flusher(flush_interval, wait_for_stop(stopped.clone())),
-                engine.run_event_workers(sender, wait_for_stop(stopped)),
+                    .run_usage_flusher(flush_interval, stop.clone().cancelled_owned()),
+                engine.run_event_workers(sender, stop.cancelled_owned()),
             );
         })
     }
@@ -240,12 +237,6 @@ fn gateway_error(addr: SocketAddr) -> impl Fn(std::io::Error) -> ServeError {
     }
 }
 
-async fn futures_join(tasks: Vec<JoinHandle<()>>) {
-    for task in tasks {
-        let _ = task.await;
-    }
-}
-
 async fn bind(plane: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
@@ -254,8 +245,4 @@ async fn bind(plane: &'static str, addr: SocketAddr) -> Result<TcpListener, Serv
 
 fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
     listener.local_addr().unwrap_or(fallback)
-}
-
-async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|stop| *stop).await;
 }

@@ -20,8 +20,9 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use crate::http::upstream_conn::UpstreamConnections;
@@ -104,13 +105,13 @@ pub fn serve_on_threads(
     threads: usize,
     make_router: impl Fn() -> Router,
     options: ServeOptions,
-    stopped: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> std::io::Result<Vec<oneshot::Receiver<()>>> {
     listener.set_nonblocking(true)?;
     let mut finished = Vec::with_capacity(threads);
     for index in 0..threads.max(1) {
         let listener = listener.try_clone()?;
-        let (router, options, stopped) = (make_router(), options.clone(), stopped.clone());
+        let (router, options, stop) = (make_router(), options.clone(), stop.clone());
         let (done, done_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("keygate-{plane}-{index}"))
@@ -118,7 +119,7 @@ pub fn serve_on_threads(
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime.block_on(async move {
                         match TcpListener::from_std(listener) {
-                            Ok(listener) => serve(plane, listener, router, options, stopped).await,
+                            Ok(listener) => serve(plane, listener, router, options, stop).await,
                             Err(err) => tracing::error!(plane, error = %err, "cannot listen"),
                         }
                     }),
@@ -131,18 +132,18 @@ pub fn serve_on_threads(
     Ok(finished)
 }
 
-/// Serves `router` on `listener` until `stopped` turns true, then waits for
+/// Serves `router` on `listener` until `stop` is cancelled, then waits for
 /// open requests to finish (the caller bounds that wait).
 pub async fn serve(
     plane: &'static str,
     listener: TcpListener,
     router: Router,
     options: ServeOptions,
-    stopped: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let builder = connection_builder(options.max_header_bytes);
     let graceful = GracefulShutdown::new();
-    let stop = wait_for_stop(stopped);
+    let stop = stop.cancelled_owned();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -169,10 +170,6 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
-}
-
-async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {

@@ -724,6 +724,28 @@ async fn a_client_that_sends_too_much_reads_the_413_and_its_body() {
 /// An upstream that answers one request per connection and then closes it,
 /// without saying so (no `Connection: close`): every idle connection a proxy
 /// keeps to it is stale by the time the next request comes. Counts connections.
+/// Reads one request head; false if the connection ended first.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
+    let (mut head, mut buf) = (Vec::new(), [0u8; 4096]);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+/// A node with one open route, `/api`, to `url`.
+async fn open_route_to(url: &str) -> TestApp {
+    TestApp::builder()
+        .config(&format!(
+            "[[routes]]\npath = \"/api\"\nupstream = \"{url}\"\nauth = false\n"
+        ))
+        .start()
+        .await
+}
+
 async fn closing_upstream() -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -734,13 +756,8 @@ async fn closing_upstream() -> (String, Arc<AtomicUsize>) {
             let (mut stream, _) = listener.accept().await.unwrap();
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut stream).await {
+                    return;
                 }
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -762,14 +779,9 @@ async fn answers_once_then_closes_upstream() -> String {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
                 for answer in [true, false] {
-                    let mut head = Vec::new();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
+                    if !read_head(&mut stream).await {
+                        return;
                     }
                     if answer {
                         let _ = stream
@@ -785,13 +797,7 @@ async fn answers_once_then_closes_upstream() -> String {
 
 #[tokio::test]
 async fn an_idempotent_request_a_reused_connection_dropped_goes_again_on_a_new_one() {
-    let url = answers_once_then_closes_upstream().await;
-    let app = TestApp::builder()
-        .config(&format!(
-            "[[routes]]\npath = \"/api\"\nupstream = \"{url}\"\nauth = false\n"
-        ))
-        .start()
-        .await;
+    let app = open_route_to(&answers_once_then_closes_upstream().await).await;
     let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
     for i in 0..50 {
         let response = client.get(app.gateway_url("/api/read")).send().await.unwrap();
@@ -815,12 +821,7 @@ async fn an_idempotent_request_a_reused_connection_dropped_goes_again_on_a_new_o
 #[tokio::test]
 async fn a_stale_upstream_connection_never_reaches_the_client_as_a_5xx() {
     let (url, accepted) = closing_upstream().await;
-    let app = TestApp::builder()
-        .config(&format!(
-            "[[routes]]\npath = \"/api\"\nupstream = \"{url}\"\nauth = false\n"
-        ))
-        .start()
-        .await;
+    let app = open_route_to(&url).await;
     // One client connection to keygate, reused for every request.
     let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
     let mut failures = Vec::new();
