@@ -8,6 +8,7 @@
 //! once with a stable `webhook-id`; a repeat happens only if a node dies
 //! between the receiver's answer and recording it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -264,9 +265,14 @@ impl Engine {
             .background_store()
             .claim_deliveries(now, now + lease, &token, settings.batch)
             .await?;
-        let results = futures::future::join_all(claimed.iter().map(|delivery| self.attempt(sender, delivery))).await;
+        let results = futures::future::join_all(
+            in_order_per_endpoint(&claimed)
+                .into_iter()
+                .map(|deliveries| self.attempt_in_turn(sender, deliveries)),
+        )
+        .await;
         let mut round = DeliveryRound::default();
-        for result in results {
+        for result in results.into_iter().flatten() {
             match result? {
                 DeliveryNext::Delivered => round.delivered += 1,
                 DeliveryNext::RetryAt(_) => round.failed += 1,
@@ -274,6 +280,20 @@ impl Engine {
             }
         }
         Ok(round)
+    }
+
+    /// One endpoint's deliveries, one after another: a receiver sees the
+    /// first attempts of its events in the order the events happened.
+    async fn attempt_in_turn(
+        &self,
+        sender: &dyn WebhookSender,
+        deliveries: Vec<&ClaimedDelivery>,
+    ) -> Vec<Result<DeliveryNext, StoreError>> {
+        let mut results = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            results.push(self.attempt(sender, delivery).await);
+        }
+        results
     }
 
     async fn attempt(
@@ -378,6 +398,24 @@ impl Engine {
             }
         }
     }
+}
+
+/// The claimed deliveries grouped by endpoint, each group oldest event
+/// first (issue 15, section 4): endpoints are sent to in parallel, one
+/// endpoint's deliveries in turn.
+fn in_order_per_endpoint(claimed: &[ClaimedDelivery]) -> Vec<Vec<&ClaimedDelivery>> {
+    let mut by_endpoint: BTreeMap<&str, Vec<&ClaimedDelivery>> = BTreeMap::new();
+    for delivery in claimed {
+        by_endpoint
+            .entry(delivery.endpoint_id.as_str())
+            .or_default()
+            .push(delivery);
+    }
+    let mut groups: Vec<Vec<&ClaimedDelivery>> = by_endpoint.into_values().collect();
+    for group in &mut groups {
+        group.sort_by(|a, b| (a.event_at, &a.event_id).cmp(&(b.event_at, &b.event_id)));
+    }
+    groups
 }
 
 #[cfg(test)]

@@ -144,7 +144,11 @@ impl App {
                 stop.clone(),
             ),
         )
-        .map_err(ServeError::Background)?;
+        .map_err(|err| {
+            // The planes started above stop with it.
+            stop.cancel();
+            ServeError::Background(err)
+        })?;
         // Threads are waited for through the channel each closes when done.
         for finished in gateway_threads.into_iter().chain([background]) {
             tasks.spawn(finished);

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::http::{HeaderMap, Method};
 use base64::engine::general_purpose::STANDARD;
@@ -591,4 +592,57 @@ async fn webhook_admin_api_checks_input_and_who_may_do_what() {
         .unwrap()
         .iter()
         .all(|e| e["workspace_id"] == ws.as_str()));
+}
+
+/// A receiver that answers after 200 ms and notes each event's type, when
+/// it arrived and when it was answered.
+async fn slow_receiver() -> (String, Arc<Mutex<Vec<(String, Instant, Instant)>>>) {
+    let seen: Arc<Mutex<Vec<(String, Instant, Instant)>>> = Arc::default();
+    let log = seen.clone();
+    let handler = move |body: String| {
+        let log = log.clone();
+        async move {
+            let arrived = Instant::now();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let kind = serde_json::from_str::<Value>(&body).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            log.lock().unwrap().push((kind, arrived, Instant::now()));
+            axum::http::StatusCode::OK
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let router = axum::Router::new().route("/hooks", axum::routing::post(handler));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn one_endpoint_gets_its_first_attempts_in_event_order_one_at_a_time() {
+    let app = TestApp::builder().config(DRIVEN).start().await;
+    let (url, seen) = slow_receiver().await;
+    let ws = app.workspace("Acme").await;
+    webhook(&app, json!({"url": url, "workspace_id": ws})).await;
+    let (key_id, _) = app.key(&ws, json!({"name": "Production Server"})).await;
+    app.admin_ok(
+        Method::POST,
+        &format!("/v1/keys/{key_id}/revoke"),
+        Some(json!({"reason": "leaked"})),
+        200,
+    )
+    .await;
+    let round = deliver(&app).await;
+    assert_eq!((round.delivered, round.failed), (2, 0), "{round:?}");
+
+    let seen = seen.lock().unwrap().clone();
+    let kinds: Vec<&str> = seen.iter().map(|(kind, _, _)| kind.as_str()).collect();
+    assert_eq!(kinds, ["key.created", "key.revoked"]);
+    let (_, _, first_answered) = seen[0];
+    let (_, second_arrived, _) = seen[1];
+    assert!(
+        second_arrived >= first_answered,
+        "the second delivery waited for the answer to the first"
+    );
 }
