@@ -52,7 +52,9 @@ pub enum ServeError {
     },
 }
 
-/// A running node. Dropping it does not stop it; call [`App::shutdown`].
+/// A running node. [`App::shutdown`] stops it gracefully; dropping it
+/// stops it without waiting (its threads end, its background work flushes
+/// once more and closes its store connection).
 pub struct App {
     pub gateway_addr: SocketAddr,
     /// `https` when the data plane terminates TLS, else `http`.
@@ -63,8 +65,8 @@ pub struct App {
     pub engine: Arc<Engine>,
     /// Applies a changed config file (SIGHUP, `POST /v1/config/reload`).
     pub reloader: Arc<Reloader>,
-    /// Cancelled by [`App::shutdown`]: every task and thread watches it.
-    stop: CancellationToken,
+    /// Cancelled by [`App::shutdown`] or on drop: every task and thread watches it.
+    stop: StopOnDrop,
     tasks: TaskTracker,
     shutdown_timeout: Duration,
     access_log: AccessLogGuard,
@@ -162,7 +164,7 @@ impl App {
             dashboard: settings.dashboard.enabled,
             engine,
             reloader,
-            stop,
+            stop: StopOnDrop(stop),
             tasks,
             shutdown_timeout: settings.shutdown_timeout,
             access_log: access_log_guard,
@@ -172,7 +174,7 @@ impl App {
     /// Stops accepting, lets in-flight requests finish (bounded by
     /// `server.shutdown_timeout`), then flushes usage.
     pub async fn shutdown(self) {
-        self.stop.cancel();
+        self.stop.0.cancel();
         if tokio::time::timeout(self.shutdown_timeout, self.tasks.wait())
             .await
             .is_err()
@@ -188,9 +190,22 @@ impl App {
     }
 }
 
+/// Cancels its token when dropped, so a node dropped without
+/// [`App::shutdown`] (a test that ends) leaves no thread running.
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 /// The usage flusher and the event workers, on the background thread
 /// (crates/keygate-server/src/background.rs) with a store connection of
 /// their own, opened there so its threads run at that thread's priority.
+/// Store connections of background work: it runs one pass at a time.
+const BACKGROUND_CONNECTIONS: u32 = 2;
+
 fn background_work(
     engine: Arc<Engine>,
     store_url: String,
@@ -200,7 +215,7 @@ fn background_work(
 ) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static {
     move || {
         Box::pin(async move {
-            match keygate_store::open(&store_url).await {
+            match keygate_store::open_with_connections(&store_url, BACKGROUND_CONNECTIONS).await {
                 Ok(store) => {
                     engine.use_background_store(store);
                 }

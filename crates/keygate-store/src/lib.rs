@@ -508,12 +508,21 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store a URL names: `sqlite://PATH` or `postgres://...`.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
+    open_with_connections(url, DEFAULT_CONNECTIONS).await
+}
+
+/// Connections a store opens at most, unless told otherwise.
+pub const DEFAULT_CONNECTIONS: u32 = 16;
+
+/// [`open`] with at most `connections` connections to the database: a
+/// node's background work needs few (crates/keygate-server/src/app.rs).
+pub async fn open_with_connections(url: &str, connections: u32) -> Result<Arc<dyn Store>, OpenError> {
     if url.starts_with("sqlite:") {
-        let store = sqlite::SqliteStore::open(url).await?;
+        let store = sqlite::SqliteStore::open_with_connections(url, connections.min(sqlite::MAX_CONNECTIONS)).await?;
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let store = postgres::PostgresStore::open(url).await?;
+        let store = postgres::PostgresStore::open_with_connections(url, connections).await?;
         return Ok(Arc::new(store));
     }
     Err(OpenError::UnsupportedUrl(

@@ -26,10 +26,20 @@ impl PostgresStore {
         Self::connect(PgConnectOptions::from_str(url)?).await
     }
 
+    /// [`PostgresStore::open`] with at most `connections` connections.
+    pub async fn open_with_connections(url: &str, connections: u32) -> Result<Self, StoreError> {
+        Self::connect_with_connections(PgConnectOptions::from_str(url)?, connections).await
+    }
+
     /// Connects with explicit options (tests use them to pick a schema) and migrates.
     pub async fn connect(options: PgConnectOptions) -> Result<Self, StoreError> {
+        Self::connect_with_connections(options, crate::DEFAULT_CONNECTIONS).await
+    }
+
+    /// [`PostgresStore::connect`] with at most `connections` connections.
+    pub async fn connect_with_connections(options: PgConnectOptions, connections: u32) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(connections.max(1))
             // A store that does not answer must fail fast: callers turn this into a 503.
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)

@@ -15,9 +15,17 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+/// Connections to one SQLite file at most: it has one writer at a time.
+pub const MAX_CONNECTIONS: u32 = 8;
+
 impl SqliteStore {
     /// Opens (creating the file and its folder if needed) and migrates.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with_connections(url, MAX_CONNECTIONS).await
+    }
+
+    /// [`SqliteStore::open`] with at most `connections` connections.
+    pub async fn open_with_connections(url: &str, connections: u32) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -30,7 +38,7 @@ impl SqliteStore {
             }
         }
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(connections.max(1))
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
