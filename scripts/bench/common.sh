@@ -76,7 +76,15 @@ run_wrk() { # label, url, [lua script]
   local args=(-t1 -c"$CONNECTIONS" -d"$DURATION" --latency)
   [ -n "$script" ] && args+=(-s "$script")
   "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d2s ${script:+-s "$script"} "$url" >/dev/null # warm-up
+  local perf_pid=""
+  if [ -n "${PROFILE_DIR:-}" ] && [ -n "${PROFILE_AS:-}" ] && [ -n "${KEYGATE_PID:-}" ]; then
+    mkdir -p "$PROFILE_DIR"
+    # shellcheck disable=SC2086 # PERF_ARGS is a list of words
+    perf ${PERF_ARGS:-record -q -F 1999} -p "$KEYGATE_PID" -o "$PROFILE_DIR/$PROFILE_AS.data" -- sleep "${DURATION%s}" 2>/dev/null &
+    perf_pid=$!
+  fi
   "${PIN_LOAD[@]}" wrk "${args[@]}" "$url" >"$WORK/$label.wrk"
+  [ -z "$perf_pid" ] || wait "$perf_pid" || true
   local rps p50 p99 non2xx
   rps=$(awk '/^Requests\/sec/ {print $2}' "$WORK/$label.wrk")
   p50=$(awk '$1 == "50%" {print $2}' "$WORK/$label.wrk")

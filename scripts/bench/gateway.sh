@@ -26,9 +26,17 @@
 # drift. The figure compared is CPU time per request (all of each process's
 # threads, from /proc): on one CPU, throughput is its inverse. The result is
 # the median of the rounds' off / on ratios, i.e. on's throughput over off's.
+# With AUTH_COST=compare (issue 16), the same side-by-side method for what
+# auth and limits cost: two copies of this binary, one loaded on the route
+# that checks keys (case 4), the other on the `auth = false` route (case 4a).
+# Its median is case 4 / case 4a without the drift between two sequential cases.
+# With PROFILE_DIR=dir, `perf record` samples keygate during cases 4 and 4a
+# (dir/4.data, dir/4a.data; `perf report -i dir/4.data --sort dso,sym`);
+# PERF_ARGS replaces `record -q -F 1999`, e.g. `stat -e raw_syscalls:sys_enter`.
 #
 # Usage: bash scripts/bench/gateway.sh        (DURATION=10s CONNECTIONS=64 KEYS=10000;
-#        BASELINE=path/to/keygate; EVENTS=compare ROUNDS=3; SIDE_BY_SIDE=path/to/keygate)
+#        BASELINE=path/to/keygate; EVENTS=compare ROUNDS=3; SIDE_BY_SIDE=path/to/keygate;
+#        AUTH_COST=compare; PROFILE_DIR=dir)
 # Everything it starts listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 
@@ -114,8 +122,8 @@ echo "measuring: $DURATION per case, $CONNECTIONS connections, one wrk thread" >
 run_wrk "1. direct upstream" "http://127.0.0.1:$UPSTREAM_PORT/bench"
 run_wrk "2. nginx proxy" "http://127.0.0.1:$NGINX_PROXY_PORT/bench"
 BENCH_KEYS="$WORK/keys.txt" run_wrk "3. nginx map+limit_req" "http://127.0.0.1:$NGINX_AUTH_PORT/bench" "$WORK/keys.lua"
-BENCH_KEYS="$WORK/keys.txt" run_wrk "4. keygate valid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
-BENCH_KEYS="$WORK/keys.txt" BENCH_PATH=/open/bench run_wrk "4a. keygate open route (auth = false)" "http://127.0.0.1:$KEYGATE_PORT/open/bench" "$WORK/keys.lua"
+PROFILE_AS=4 BENCH_KEYS="$WORK/keys.txt" run_wrk "4. keygate valid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
+PROFILE_AS=4a BENCH_KEYS="$WORK/keys.txt" BENCH_PATH=/open/bench run_wrk "4a. keygate open route (auth = false)" "http://127.0.0.1:$KEYGATE_PORT/open/bench" "$WORK/keys.lua"
 BENCH_KEYS="$WORK/invalid.txt" run_wrk "5. keygate invalid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
 if [ -n "${BASELINE:-}" ]; then
   stop_keygate
@@ -132,6 +140,11 @@ if [ -n "${SIDE_BY_SIDE:-}" ]; then
   EVENTS=compare
   TWIN_BINARY=$SIDE_BY_SIDE
   PAIR_WHAT="this binary / $SIDE_BY_SIDE"
+elif [ "${AUTH_COST:-}" = compare ]; then
+  EVENTS=compare
+  TWIN_BINARY=$KEYGATE
+  TWIN_PATH=/open/bench
+  PAIR_WHAT="auth and limits (/bench) / open route (/open/bench)"
 else
   TWIN_BINARY=$KEYGATE
   PAIR_WHAT="usage and events"
@@ -140,7 +153,7 @@ if [ "${EVENTS:-}" = compare ]; then
   stop_keygate # the twin's store is a copy, taken while nothing writes
   cp -r "$WORK/keygate" "$WORK/keygate-off"
   write_keygate_config "$WORK/keygate-off.toml" $((BASE_PORT + 5)) $((BASE_PORT + 6)) "sqlite://$WORK/keygate-off/keygate.db" "memory://"
-  [ -n "${SIDE_BY_SIDE:-}" ] || printf '[usage]\nenabled = false\n[events]\nenabled = false\n' >>"$WORK/keygate-off.toml"
+  [ -n "${SIDE_BY_SIDE:-}${TWIN_PATH:-}" ] || printf '[usage]\nenabled = false\n[events]\nenabled = false\n' >>"$WORK/keygate-off.toml"
   start_keygate "$KEYGATE"
   ON_PID=$KEYGATE_PID
   KEYGATE_PORT=$((BASE_PORT + 5)) KEYGATE_ADMIN_PORT=$((BASE_PORT + 6)) start_keygate "$TWIN_BINARY" "$WORK/keygate-off.toml"
@@ -161,19 +174,18 @@ assert refused == 401 and b"MISSING_API_KEY" in body, f"twin without a key: {ref
 PYCHECK
   cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   run_pair() { # round
-    local args=(-t1 -c$((CONNECTIONS / 2)) -s "$WORK/keys.lua" --latency) on_start off_start
+    local args=(-t1 -c$((CONNECTIONS / 2)) -s "$WORK/keys.lua" --latency) on_start off_start twin_path=${TWIN_PATH:-/bench}
     # Warm-up, both at once; before the first round, long enough for both
     # caches to fill and for the on twin to fan out the set-up's 10,000
     # key.created events.
     local warm_up=2s
     [ "$1" = 1 ] && warm_up=8s
-    for port in "$KEYGATE_PORT" $((BASE_PORT + 5)); do
-      BENCH_KEYS="$WORK/keys.txt" "${PIN_LOAD[@]}" wrk "${args[@]}" -d$warm_up "http://127.0.0.1:$port/bench" >/dev/null &
-    done
+    BENCH_KEYS="$WORK/keys.txt" "${PIN_LOAD[@]}" wrk "${args[@]}" -d$warm_up "http://127.0.0.1:$KEYGATE_PORT/bench" >/dev/null &
+    BENCH_KEYS="$WORK/keys.txt" BENCH_PATH=$twin_path "${PIN_LOAD[@]}" wrk "${args[@]}" -d$warm_up "http://127.0.0.1:$((BASE_PORT + 5))$twin_path" >/dev/null &
     wait_jobs
     on_start=$(cpu_ticks "$ON_PID") off_start=$(cpu_ticks "$OFF_PID")
     BENCH_KEYS="$WORK/keys.txt" "${PIN_LOAD[@]}" wrk "${args[@]}" -d"$DURATION" "http://127.0.0.1:$KEYGATE_PORT/bench" >"$WORK/on-$1.wrk" &
-    BENCH_KEYS="$WORK/keys.txt" "${PIN_LOAD[@]}" wrk "${args[@]}" -d"$DURATION" "http://127.0.0.1:$((BASE_PORT + 5))/bench" >"$WORK/off-$1.wrk" &
+    BENCH_KEYS="$WORK/keys.txt" BENCH_PATH=$twin_path "${PIN_LOAD[@]}" wrk "${args[@]}" -d"$DURATION" "http://127.0.0.1:$((BASE_PORT + 5))$twin_path" >"$WORK/off-$1.wrk" &
     wait_jobs
     for mode in on off; do
       local pid_var=${mode^^}_PID start_var=${mode}_start

@@ -7,7 +7,7 @@ use keygate_core::error::ErrorInstance;
 use keygate_core::limits::{effective_limits, LimitScope, Plan};
 use keygate_core::ratelimit::{Decision, Rule};
 use keygate_core::ErrorCode;
-use keygate_limiter::{Charge, CounterKey, LimitCheck, Permit, PermitKey};
+use keygate_limiter::{Charge, CounterKey, LimitCheck, LimiterError, Permit, PermitKey};
 use std::sync::Arc;
 
 use crate::verifier::{CachedKey, Engine, LimitMode, VerifyRequest};
@@ -82,7 +82,7 @@ impl Engine {
             return Ok((None, permit));
         }
         let started = std::time::Instant::now();
-        let decided = self.limiter.check(&checks, 1, charge, millis(now)).await;
+        let decided = self.decide_limits(&checks, charge, now).await;
         self.metrics.limiter_took(started.elapsed());
         let decision = match decided {
             Ok(decision) => decision,
@@ -141,8 +141,22 @@ impl Engine {
         if checks.is_empty() {
             return None;
         }
-        let decision = self.limiter.check(&checks, 1, Charge::DryRun, millis(now)).await.ok()?;
+        let decision = self.decide_limits(&checks, Charge::DryRun, now).await.ok()?;
         Some(RateLimits::new(decision, &checks))
+    }
+
+    /// One decision over `checks`; a backend that decides without waiting
+    /// is called without a boxed future.
+    async fn decide_limits(
+        &self,
+        checks: &[LimitCheck],
+        charge: Charge,
+        now: DateTime<Utc>,
+    ) -> Result<Decision, LimiterError> {
+        match self.limiter.check_now(checks, 1, charge, millis(now)) {
+            Some(decision) => Ok(decision),
+            None => self.limiter.check(checks, 1, charge, millis(now)).await,
+        }
     }
 
     /// Readiness of the rate-limit backend, for `/readyz`.

@@ -118,6 +118,13 @@ pub trait Limiter: Send + Sync + 'static {
         now_ms: u64,
     ) -> Result<Decision, LimiterError>;
 
+    /// [`Limiter::check`] for a backend that decides without waiting (the
+    /// memory one): the verify path then polls no boxed future. `None` means
+    /// "call `check`".
+    fn check_now(&self, _checks: &[LimitCheck], _cost: u64, _charge: Charge, _now_ms: u64) -> Option<Decision> {
+        None
+    }
+
     /// Takes a concurrency slot if fewer than `max` are held.
     async fn acquire(&self, key: &PermitKey, max: u32) -> Result<Option<Permit>, LimiterError>;
 

@@ -136,6 +136,10 @@ impl Limiter for MemoryLimiter {
         Ok(self.decide_now(checks, cost, charge, now_ms))
     }
 
+    fn check_now(&self, checks: &[LimitCheck], cost: u64, charge: Charge, now_ms: u64) -> Option<Decision> {
+        Some(self.decide_now(checks, cost, charge, now_ms))
+    }
+
     async fn acquire(&self, key: &PermitKey, max: u32) -> Result<Option<Permit>, LimiterError> {
         Ok(self.acquire_now(key, max))
     }

@@ -16,7 +16,7 @@ use crate::background;
 use crate::config::{LimiterSettings, Loaded};
 use crate::http::access_log::{AccessLog, AccessLogGuard};
 use crate::http::admin::{self, AdminState};
-use crate::http::gateway::{self, GatewayState};
+use crate::http::gateway::Gateway;
 use crate::http::health;
 use crate::http::transport::{self, ServeOptions, TlsError};
 use crate::reload::{LiveConfig, Reloader};
@@ -99,18 +99,10 @@ impl App {
             "gateway",
             gateway_listener.into_std().map_err(gateway_error(gateway_addr))?,
             settings.gateway_threads,
-            || {
-                gateway::router(GatewayState::new(
-                    engine.clone(),
-                    settings,
-                    config.clone(),
-                    access_log.clone(),
-                ))
-            },
+            || Gateway::new(engine.clone(), settings, config.clone(), access_log.clone()),
             ServeOptions {
                 tls,
                 max_header_bytes: settings.max_header_bytes,
-                upstream_connections: true,
             },
             stop.clone(),
         )
@@ -131,7 +123,6 @@ impl App {
             ServeOptions {
                 tls: None,
                 max_header_bytes: settings.max_header_bytes,
-                upstream_connections: false,
             },
             stop.clone(),
         ));

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::{Connection, PgConnection};
 
 use chrono::{DateTime, Duration, Utc};
-use keygate_core::id::{new_id, ADMIN_WORKSPACE_ID, AUDIT_PREFIX, KEY_PREFIX, WORKSPACE_PREFIX};
+use keygate_core::id::{new_id, IdGenerator, ADMIN_WORKSPACE_ID, AUDIT_PREFIX, KEY_PREFIX, WORKSPACE_PREFIX};
 use keygate_core::ip::IpAllowlist;
 use keygate_core::model::{ApiKey, KeyStatus, Workspace};
 use keygate_core::KeyHash;
@@ -151,10 +151,19 @@ fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_default()
 }
 
+/// Audit ids in creation order even within one millisecond, as the engine
+/// makes them (`IdGenerator`): lists are newest first by id, and two writes
+/// of one test often fall in the same millisecond.
+fn ordered_audit_id() -> String {
+    static IDS: std::sync::Mutex<Option<IdGenerator>> = std::sync::Mutex::new(None);
+    let mut ids = IDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    ids.get_or_insert_with(IdGenerator::new).next(AUDIT_PREFIX, now())
+}
+
 /// An audit event for a write made by a test.
 pub fn audit(action: &str, object_id: &str, workspace_id: Option<&str>) -> AuditEvent {
     AuditEvent {
-        id: new_id(AUDIT_PREFIX, now(), &mut rand::thread_rng()),
+        id: ordered_audit_id(),
         at: now(),
         actor: "testsuite".into(),
         actor_ip: Some("127.0.0.1".into()),

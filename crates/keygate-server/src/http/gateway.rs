@@ -4,16 +4,21 @@
 //! translation; decisions are the engine's.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::body::Body;
+use axum::extract::Request;
 use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, Method, Uri, Version};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::Json;
+use hyper::body::Incoming;
 use ipnet::IpNet;
 use keygate_core::error::ErrorInstance;
 use keygate_core::ip::is_trusted_proxy;
@@ -30,9 +35,10 @@ use crate::http::access_log::{AccessEntry, AccessLog};
 use crate::http::client_body::discard_rest;
 use crate::http::error::render;
 use crate::http::extract::{client_ip, credential, credential_rejection};
-use crate::http::proxy::{self, Upstream};
+use crate::http::proxy::{self, ProxyError, Upstream};
 use crate::http::ratelimit::{add_headers, views};
-use crate::http::transport::Transport;
+use crate::http::transport::{Plane, Transport};
+use crate::http::upstream_conn::UpstreamConnections;
 use crate::reload::{Live, LiveConfig};
 
 pub const WHOAMI_PATH: &str = "/v1/whoami";
@@ -40,15 +46,13 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// An incoming request id longer than this is replaced, not forwarded.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-#[derive(Clone)]
-pub struct GatewayState {
-    pub engine: Arc<Engine>,
-    pub trusted_proxies: Arc<Vec<IpNet>>,
+/// The data plane's shared part, one per gateway thread; each request
+/// borrows it ([`GatewayConnection`]), nothing of it is cloned per request.
+pub struct Gateway {
+    engine: Arc<Engine>,
+    trusted_proxies: Vec<IpNet>,
     /// Routes, targets, error catalog and header policy: swapped by a reload.
     config: LiveConfig,
-    /// The [`Live`] this request uses from start to end: [`handle`] takes it
-    /// from `config` first, so a reload never changes a request half-way.
-    live: Arc<Live>,
     require_https: bool,
     path_rules: PathRules,
     access_log: AccessLog,
@@ -56,7 +60,6 @@ pub struct GatewayState {
 }
 
 /// Label values made once, so recording a request does not allocate.
-#[derive(Clone)]
 struct FixedLabels {
     whoami: LabelText,
     empty: LabelText,
@@ -67,13 +70,12 @@ struct FixedLabels {
 #[derive(Clone, Copy)]
 struct Outcome(&'static str);
 
-impl GatewayState {
+impl Gateway {
     /// `config` is shared by every gateway thread and the control plane.
-    pub fn new(engine: Arc<Engine>, settings: &Settings, config: LiveConfig, access_log: AccessLog) -> Self {
-        Self {
+    pub fn new(engine: Arc<Engine>, settings: &Settings, config: LiveConfig, access_log: AccessLog) -> Arc<Self> {
+        Arc::new(Self {
             engine,
-            trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
-            live: config.snapshot(),
+            trusted_proxies: settings.trusted_proxies.clone(),
             config,
             require_https: settings.require_https,
             path_rules: settings.path_rules,
@@ -82,12 +84,94 @@ impl GatewayState {
                 whoami: LabelText(Arc::from(WHOAMI_PATH)),
                 empty: LabelText(Arc::from("")),
             },
+        })
+    }
+
+    /// The `route` label: the matched route's path, `/v1/whoami`, or empty.
+    fn route_label(&self, upstream: Option<&Upstream>, path: &str) -> LabelText {
+        match upstream {
+            Some(upstream) => upstream.label.clone(),
+            None if path == WHOAMI_PATH => self.labels.whoami.clone(),
+            None => self.labels.empty.clone(),
+        }
+    }
+}
+
+/// The transport hands each accepted connection one of these
+/// (crates/keygate-server/src/http/transport.rs): the data plane answers
+/// without a router, so a request goes from hyper straight to [`handle`].
+impl Plane for Arc<Gateway> {
+    type Connection = GatewayConnection;
+
+    fn connection(&self, peer: SocketAddr, transport: Transport) -> GatewayConnection {
+        GatewayConnection {
+            gateway: self.clone(),
+            client: Arc::new(ClientConnection {
+                peer,
+                transport,
+                upstreams: UpstreamConnections::default(),
+            }),
+        }
+    }
+}
+
+/// One client connection of the data plane.
+pub struct GatewayConnection {
+    gateway: Arc<Gateway>,
+    client: Arc<ClientConnection>,
+}
+
+/// What a client connection knows of itself, for each of its requests.
+struct ClientConnection {
+    peer: SocketAddr,
+    transport: Transport,
+    /// Lives as long as the client connection: its upstream connections end with it.
+    upstreams: UpstreamConnections,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for GatewayConnection {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let (gateway, client) = (self.gateway.clone(), self.client.clone());
+        Box::pin(async move { Ok(handle(&gateway, &client, request.map(Body::new)).await) })
+    }
+}
+
+/// One request's head, read once as it arrives and passed down the flow:
+/// where it came from, the config it uses from start to end, and its id.
+pub(crate) struct Exchange {
+    pub peer: SocketAddr,
+    /// Decided once per request: several headers are believed only from trusted proxies.
+    pub from_trusted_proxy: bool,
+    /// The client's address: the peer's, or what a trusted proxy says it is.
+    pub client: IpAddr,
+    pub transport: Transport,
+    pub request_id: HeaderValue,
+    /// The routes, catalog and header policy of this request: a reload
+    /// never changes a request half-way.
+    live: Arc<Live>,
+}
+
+impl Exchange {
+    fn read(gw: &Gateway, connection: &ClientConnection, headers: &HeaderMap) -> Self {
+        let peer = connection.peer;
+        let from_trusted_proxy = is_trusted_proxy(peer.ip(), &gw.trusted_proxies);
+        Self {
+            peer,
+            from_trusted_proxy,
+            client: client_ip(peer, headers, &gw.trusted_proxies),
+            transport: connection.transport,
+            request_id: request_id(from_trusted_proxy, headers),
+            live: gw.config.snapshot(),
         }
     }
 
     /// Longest path prefix wins (`/api` matches `/api` and `/api/x`, not
     /// `/apix`); a route with methods matches only those.
-    fn upstream_for(&self, method: &Method, path: &str) -> Option<&Upstream> {
+    fn route(&self, method: &Method, path: &str) -> Option<&Upstream> {
         self.live
             .upstreams
             .iter()
@@ -99,25 +183,31 @@ impl GatewayState {
             .max_by_key(|u| u.route.path.len())
     }
 
+    /// TLS terminated here, or by a trusted proxy that says so.
+    fn arrived_over_https(&self, headers: &HeaderMap) -> bool {
+        self.transport.tls || crate::http::extract::forwarded_https(self.from_trusted_proxy, headers)
+    }
+
     /// Every error response of the data plane is made here, and says which
     /// error it is for `/metrics`.
-    pub(crate) fn error(&self, error: &ErrorInstance) -> Response {
+    fn error(&self, error: &ErrorInstance) -> Response {
         let mut response = render(&self.live.catalog, error);
         response.extensions_mut().insert(Outcome(error.code.as_str()));
         response
     }
 
-    /// The `route` label: the matched route's path, `/v1/whoami`, or empty.
-    fn route_label(&self, upstream: Option<&Upstream>, path: &str) -> LabelText {
-        match upstream {
-            Some(upstream) => upstream.label.clone(),
-            None if path == WHOAMI_PATH => self.labels.whoami.clone(),
-            None => self.labels.empty.clone(),
+    /// The upstream's response, or the error the proxy could not get past.
+    fn answer(&self, forwarded: Result<Response, ProxyError>) -> Response {
+        match forwarded {
+            Ok(response) => response,
+            Err(ProxyError::BodyTooLarge) => self.body_too_large(),
+            Err(ProxyError::MalformedBody) => self.malformed_request(),
+            Err(failed) => self.error(&failed.code().into()),
         }
     }
 
     /// Adds the rate-limit headers of an identified key to any response.
-    pub(crate) fn with_limits(&self, mut response: Response, limits: Option<&RateLimits>) -> Response {
+    fn with_limits(&self, mut response: Response, limits: Option<&RateLimits>) -> Response {
         if let Some(limits) = limits {
             add_headers(response.headers_mut(), limits, self.live.headers);
         }
@@ -127,13 +217,13 @@ impl GatewayState {
     /// 413 with `Connection: close`: the rest of the body is only read to be
     /// thrown away (crates/keygate-server/src/http/client_body.rs), so the
     /// connection cannot carry another request (nginx does the same).
-    pub(crate) fn body_too_large(&self) -> Response {
+    fn body_too_large(&self) -> Response {
         self.closing(ErrorCode::PayloadTooLarge)
     }
 
     /// 400 with `Connection: close`: a client that frames its requests wrongly
     /// cannot be trusted to frame the next one on this connection.
-    pub(crate) fn malformed_request(&self) -> Response {
+    fn malformed_request(&self) -> Response {
         self.closing(ErrorCode::MalformedRequest)
     }
 
@@ -145,22 +235,32 @@ impl GatewayState {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         response
     }
+}
 
-    /// TLS terminated here, or by a trusted proxy that says so.
-    fn arrived_over_https(exchange: &Exchange, headers: &HeaderMap) -> bool {
-        exchange.transport.tls || crate::http::extract::forwarded_https(exchange.from_trusted_proxy, headers)
-    }
-
-    /// A trusted proxy's id is kept so one id follows the request end to end;
-    /// anyone else's is replaced, since clients could use it to forge log lines.
-    fn request_id(from_trusted_proxy: bool, headers: &HeaderMap) -> HeaderValue {
-        let incoming = headers
-            .get(&X_REQUEST_ID)
-            .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.to_str().is_ok());
-        match incoming {
-            Some(id) if from_trusted_proxy => id.clone(),
-            _ => new_request_id(),
+#[cfg(test)]
+impl Exchange {
+    /// A request from `peer` under the config `live`, for tests that need no socket.
+    pub(crate) fn for_test(live: Arc<Live>, peer: SocketAddr, from_trusted_proxy: bool) -> Self {
+        Self {
+            peer,
+            from_trusted_proxy,
+            client: peer.ip(),
+            transport: Transport::default(),
+            request_id: HeaderValue::from_static("req_test"),
+            live,
         }
+    }
+}
+
+/// A trusted proxy's id is kept so one id follows the request end to end;
+/// anyone else's is replaced, since clients could use it to forge log lines.
+fn request_id(from_trusted_proxy: bool, headers: &HeaderMap) -> HeaderValue {
+    let incoming = headers
+        .get(&X_REQUEST_ID)
+        .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.to_str().is_ok());
+    match incoming {
+        Some(id) if from_trusted_proxy => id.clone(),
+        _ => new_request_id(),
     }
 }
 
@@ -175,34 +275,12 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
 }
 
-pub fn router(state: GatewayState) -> Router {
-    Router::new().fallback(handle).with_state(state)
-}
-
-/// What one request needs besides its headers and body.
-pub(crate) struct Exchange {
-    pub peer: SocketAddr,
-    /// Decided once per request: several headers are believed only from trusted proxies.
-    pub from_trusted_proxy: bool,
-    pub transport: Transport,
-    pub request_id: HeaderValue,
-}
-
-async fn handle(
-    State(mut gw): State<GatewayState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut request: Request,
-) -> Response {
+/// One request, top to bottom (docs/architecture.md, "One request on the
+/// data plane"): read the head, check its framing and path, match the
+/// route, then [`process`] it; count it and log it.
+async fn handle(gw: &Gateway, connection: &ClientConnection, mut request: Request) -> Response {
     let started = Instant::now();
-    gw.live = gw.config.snapshot();
-    let transport = request.extensions().get::<Transport>().copied().unwrap_or_default();
-    let from_trusted_proxy = is_trusted_proxy(peer.ip(), &gw.trusted_proxies);
-    let exchange = Exchange {
-        peer,
-        from_trusted_proxy,
-        transport,
-        request_id: GatewayState::request_id(from_trusted_proxy, request.headers()),
-    };
+    let exchange = Exchange::read(gw, connection, request.headers());
     // First, before anything reads the head: its framing, then the path,
     // which is canonical from here on.
     let refused = if !has_one_host(&request) {
@@ -217,17 +295,16 @@ async fn handle(
         .access_log
         .enabled()
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
-    let client = client_ip(peer, request.headers(), &gw.trusted_proxies);
     let (mut response, key, route) = match refused {
         None => {
             // Matched once: the route decides the flow and names the metrics label.
-            let upstream = gw.upstream_for(request.method(), request.uri().path());
+            let upstream = exchange.route(request.method(), request.uri().path());
             let route = gw.route_label(upstream, request.uri().path());
-            let (response, key) = process(&gw, upstream, &exchange, client, request).await;
+            let (response, key) = process(gw, &connection.upstreams, upstream, &exchange, request).await;
             (response, key, route)
         }
-        Some(ErrorCode::MalformedRequest) => (gw.malformed_request(), None, gw.labels.empty.clone()),
-        Some(code) => (gw.error(&code.into()), None, gw.labels.empty.clone()),
+        Some(ErrorCode::MalformedRequest) => (exchange.malformed_request(), None, gw.labels.empty.clone()),
+        Some(code) => (exchange.error(&code.into()), None, gw.labels.empty.clone()),
     };
     gw.engine.metrics().request(&RequestLabels {
         outcome: match response.extensions().get::<Outcome>() {
@@ -250,7 +327,7 @@ async fn handle(
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
             key_id: key.as_ref().map(|k| k.key.id.as_str()),
             workspace_id: key.as_ref().map(|k| k.key.workspace_id.as_str()),
-            client_ip: client,
+            client_ip: exchange.client,
         });
     }
     response.headers_mut().insert(X_REQUEST_ID, exchange.request_id);
@@ -292,21 +369,21 @@ fn canonicalize_target(request: &mut Request, rules: PathRules) -> Result<(), In
 /// The request flow (docs/architecture.md, "One request on the data plane").
 /// Returns the key that was identified, if any, for the access log.
 async fn process(
-    gw: &GatewayState,
+    gw: &Gateway,
+    connections: &UpstreamConnections,
     upstream: Option<&Upstream>,
     exchange: &Exchange,
-    client: IpAddr,
     request: Request,
 ) -> (Response, Option<Arc<CachedKey>>) {
     let is_whoami = upstream.is_none()
         && request.uri().path() == WHOAMI_PATH
         && matches!(*request.method(), Method::GET | Method::HEAD);
     if upstream.is_none() && !is_whoami {
-        return (gw.error(&ErrorCode::RouteNotFound.into()), None);
+        return (exchange.error(&ErrorCode::RouteNotFound.into()), None);
     }
     // Before the key is looked at: a key sent in clear text must not be honoured.
-    if gw.require_https && !GatewayState::arrived_over_https(exchange, request.headers()) {
-        return (gw.error(&ErrorCode::HttpsRequired.into()), None);
+    if gw.require_https && !exchange.arrived_over_https(request.headers()) {
+        return (exchange.error(&ErrorCode::HttpsRequired.into()), None);
     }
     // A declared length over the limit is refused before it costs a lookup or a limit.
     if let Some(upstream) = upstream {
@@ -315,13 +392,13 @@ async fn process(
             if !request.headers().contains_key(header::EXPECT) {
                 discard_rest(request.into_body());
             }
-            return (gw.body_too_large(), None);
+            return (exchange.body_too_large(), None);
         }
     }
     let required_scopes: &[String] = upstream.map_or(&[], |u| &u.route.scopes);
     let resource = upstream.map_or(DEFAULT_RESOURCE, |u| u.route.resource.as_str());
     let verified = if upstream.is_none_or(|u| u.route.auth) {
-        match authenticate(gw, request.headers(), client, required_scopes, resource).await {
+        match authenticate(gw, exchange, request.headers(), required_scopes, resource).await {
             Ok(verified) => Some(verified),
             Err(refused) => return refused,
         }
@@ -331,12 +408,15 @@ async fn process(
     let key = verified.as_ref().map(|v| v.key.clone());
     let response = match (upstream, verified) {
         (Some(upstream), Some(Verified { key, limits, permit })) => {
-            let response = proxy::forward(gw, upstream, exchange, client, request, Some(&key), permit).await;
-            gw.with_limits(response, limits.as_ref())
+            let forwarded = proxy::forward(upstream, connections, exchange, request, Some(&key), permit).await;
+            exchange.with_limits(exchange.answer(forwarded), limits.as_ref())
         }
-        (Some(upstream), None) => proxy::forward(gw, upstream, exchange, client, request, None, None).await,
-        (None, Some(verified)) => gw.with_limits(whoami(&verified), verified.limits.as_ref()),
-        (None, None) => gw.error(&ErrorCode::RouteNotFound.into()),
+        (Some(upstream), None) => {
+            let forwarded = proxy::forward(upstream, connections, exchange, request, None, None).await;
+            exchange.answer(forwarded)
+        }
+        (None, Some(verified)) => exchange.with_limits(whoami(&verified), verified.limits.as_ref()),
+        (None, None) => exchange.error(&ErrorCode::RouteNotFound.into()),
     };
     (response, key)
 }
@@ -346,26 +426,29 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 async fn authenticate(
-    gw: &GatewayState,
+    gw: &Gateway,
+    exchange: &Exchange,
     headers: &HeaderMap,
-    client: IpAddr,
     required_scopes: &[String],
     resource: &str,
 ) -> Result<Verified, (Response, Option<Arc<CachedKey>>)> {
     let presented = match credential(headers) {
         Ok(presented) => presented,
-        Err(err) => return Err((gw.error(&credential_rejection(&gw.engine, err, client)), None)),
+        Err(err) => {
+            let rejection = credential_rejection(&gw.engine, err, exchange.client);
+            return Err((exchange.error(&rejection), None));
+        }
     };
     let request = VerifyRequest {
         required_scopes,
         resource,
-        ..VerifyRequest::new(presented, Some(client))
+        ..VerifyRequest::new(presented, Some(exchange.client))
     };
     let started = Instant::now();
     let verified = gw.engine.verify(request).await;
     gw.engine.metrics().verify_took(started.elapsed());
     verified.map_err(|rejection| {
-        let response = gw.with_limits(gw.error(&rejection.error), rejection.limits.as_ref());
+        let response = exchange.with_limits(exchange.error(&rejection.error), rejection.limits.as_ref());
         (response, rejection.key)
     })
 }
@@ -388,4 +471,102 @@ fn whoami(verified: &Verified) -> Response {
         "ratelimit": {"limits": verified.limits.as_ref().map(views).unwrap_or_default()},
     }))
     .into_response()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::config::ConfigSource;
+
+    /// The live config of a config file whose text is `toml` (routes, mostly).
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn live_of(toml: &str) -> Arc<Live> {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(toml.as_bytes()).unwrap();
+        let loaded = ConfigSource::file(Some(file.path().to_owned())).load().unwrap();
+        LiveConfig::new(&loaded.settings).snapshot()
+    }
+
+    fn matched(exchange: &Exchange, method: Method, path: &str) -> Option<String> {
+        exchange.route(&method, path).map(|u| u.route.path.clone())
+    }
+
+    #[test]
+    fn the_longest_matching_prefix_wins_on_whole_segments_and_methods_narrow_a_route() {
+        let live = live_of(
+            r#"
+            [[routes]]
+            path = "/"
+            upstream = "http://127.0.0.1:9001"
+            [[routes]]
+            path = "/api"
+            upstream = "http://127.0.0.1:9002"
+            [[routes]]
+            path = "/api/admin"
+            upstream = "http://127.0.0.1:9003"
+            methods = ["GET"]
+            "#,
+        );
+        let exchange = Exchange::for_test(live, "127.0.0.1:5000".parse().unwrap(), false);
+        assert_eq!(
+            matched(&exchange, Method::GET, "/api/admin/x").as_deref(),
+            Some("/api/admin")
+        );
+        assert_eq!(
+            matched(&exchange, Method::GET, "/api/admin").as_deref(),
+            Some("/api/admin")
+        );
+        assert_eq!(
+            matched(&exchange, Method::POST, "/api/admin/x").as_deref(),
+            Some("/api")
+        );
+        assert_eq!(
+            matched(&exchange, Method::GET, "/api/administrator").as_deref(),
+            Some("/api")
+        );
+        // The root route is kept as the empty prefix, which every path has.
+        assert_eq!(matched(&exchange, Method::GET, "/apix").as_deref(), Some(""));
+        assert_eq!(matched(&exchange, Method::GET, "/").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn no_route_is_matched_outside_every_prefix() {
+        let live = live_of(
+            r#"
+            [[routes]]
+            path = "/api"
+            upstream = "http://127.0.0.1:9002"
+            "#,
+        );
+        let exchange = Exchange::for_test(live, "127.0.0.1:5000".parse().unwrap(), false);
+        assert_eq!(matched(&exchange, Method::GET, "/other"), None);
+        assert_eq!(matched(&exchange, Method::GET, "/ap"), None);
+    }
+
+    #[test]
+    fn proxy_errors_become_the_catalogs_responses_and_a_body_error_closes_the_connection() {
+        let live = live_of("");
+        let exchange = Exchange::for_test(live, "127.0.0.1:5000".parse().unwrap(), false);
+        let cases = [
+            (ProxyError::Unavailable, 502, false),
+            (ProxyError::Timeout, 504, false),
+            (ProxyError::BodyTooLarge, 413, true),
+            (ProxyError::MalformedBody, 400, true),
+        ];
+        for (failed, status, closes) in cases {
+            let response = exchange.answer(Err(failed));
+            assert_eq!(response.status().as_u16(), status, "{failed:?}");
+            assert_eq!(
+                response.extensions().get::<Outcome>().map(|o| o.0),
+                Some(failed.code().as_str())
+            );
+            assert_eq!(
+                response.headers().get(header::CONNECTION).is_some_and(|v| v == "close"),
+                closes,
+                "{failed:?}"
+            );
+        }
+    }
 }

@@ -24,7 +24,7 @@ use keygate_limiter::Permit;
 
 use crate::config::Route;
 use crate::http::client_body::{BodyTooLarge, CappedBody, ClientBodyError};
-use crate::http::gateway::{Exchange, GatewayState, X_REQUEST_ID};
+use crate::http::gateway::{Exchange, X_REQUEST_ID};
 use crate::http::pool::{InFlight, TargetState, Targets, Tried};
 use crate::http::upstream_conn::{Replay, SendError, UpstreamConnections};
 
@@ -62,6 +62,33 @@ impl Upstream {
             label: self.label.clone(),
             targets: self.targets.clone(),
             route,
+        }
+    }
+}
+
+/// Why a request got no answer from an upstream. The proxy logs the cause
+/// where it happens; the gateway renders this (`Exchange::proxy_error` in
+/// crates/keygate-server/src/http/gateway.rs), so the proxy knows nothing
+/// of error formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No target is in, none could be reached, or the exchange failed.
+    Unavailable,
+    /// No response headers within the route's `timeout`.
+    Timeout,
+    /// The client's body passed the route's `max_body_size` while streaming.
+    BodyTooLarge,
+    /// The client's body was malformed or cut short.
+    MalformedBody,
+}
+
+impl ProxyError {
+    pub fn code(self) -> ErrorCode {
+        match self {
+            Self::Unavailable => ErrorCode::UpstreamUnavailable,
+            Self::Timeout => ErrorCode::UpstreamTimeout,
+            Self::BodyTooLarge => ErrorCode::PayloadTooLarge,
+            Self::MalformedBody => ErrorCode::MalformedRequest,
         }
     }
 }
@@ -145,14 +172,8 @@ fn upstream_uri(route: &Route, base: &Uri, uri: &Uri) -> Option<Uri> {
 
 /// Rewrites the client's headers into the upstream's: no credential (unless
 /// the route forwards it), no spoofed identity, and the forwarding headers.
-fn upstream_headers(
-    route: &Route,
-    exchange: &Exchange,
-    client: IpAddr,
-    headers: &mut HeaderMap,
-    identity: Option<&CachedKey>,
-) {
-    let (peer, trusted) = (exchange.peer.ip(), exchange.from_trusted_proxy);
+fn upstream_headers(route: &Route, exchange: &Exchange, headers: &mut HeaderMap, identity: Option<&CachedKey>) {
+    let (peer, trusted, client) = (exchange.peer.ip(), exchange.from_trusted_proxy, exchange.client);
     strip_hop_by_hop(headers);
     if !route.forward_key {
         headers.remove(X_API_KEY);
@@ -236,23 +257,18 @@ fn forwarded_for(headers: &HeaderMap, trusted: bool, peer: IpAddr, client: IpAdd
 /// request goes once more, to another target, if it was never sent (or is
 /// an idempotent request without a body).
 pub(crate) async fn forward(
-    gw: &GatewayState,
     upstream: &Upstream,
+    connections: &UpstreamConnections,
     exchange: &Exchange,
-    client: IpAddr,
     mut request: Request,
     identity: Option<&CachedKey>,
     permit: Option<Permit>,
-) -> Response {
+) -> Result<Response, ProxyError> {
     let route = &upstream.route;
     let upgrade = requested_upgrade(request.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
-    let connections = request
-        .extensions_mut()
-        .remove::<UpstreamConnections>()
-        .unwrap_or_default();
     let (mut parts, body) = request.into_parts();
     let client_uri = std::mem::take(&mut parts.uri);
-    upstream_headers(route, exchange, client, &mut parts.headers, identity);
+    upstream_headers(route, exchange, &mut parts.headers, identity);
     // The upstream connection speaks HTTP/1.1, whatever the client spoke.
     parts.version = axum::http::Version::HTTP_11;
     let body = match &upgrade {
@@ -270,29 +286,18 @@ pub(crate) async fn forward(
     let sent = if upstream.targets.count() == 1 {
         // Most routes: one target, no other target to prepare for, a lean future.
         if !aim(route, upstream.targets.get(0), &client_uri, &mut request) {
-            return gw.error(&ErrorCode::UpstreamUnavailable.into());
+            return Err(ProxyError::Unavailable);
         }
-        send_to_one(gw, upstream, &connections, request, replay.as_ref()).await
+        send_to_one(upstream, connections, request, replay.as_ref()).await
     } else {
-        Box::pin(send_to_targets(
-            gw,
-            upstream,
-            &connections,
-            &client_uri,
-            request,
-            replay,
-        ))
-        .await
+        Box::pin(send_to_targets(upstream, connections, &client_uri, request, replay)).await
     };
-    let (mut response, in_flight) = match sent {
-        Ok(sent) => sent,
-        Err(refused) => return refused,
-    };
+    let (mut response, in_flight) = sent?;
     if let (Some((_, client_side)), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
         let upstream_side = hyper::upgrade::on(&mut response);
         tokio::spawn(tunnel(client_side, upstream_side, permit, in_flight));
         let (parts, _) = response.into_parts();
-        return Response::from_parts(parts, Body::empty());
+        return Ok(Response::from_parts(parts, Body::empty()));
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -302,16 +307,14 @@ pub(crate) async fn forward(
         let _held = (&permit, &in_flight);
         frame
     });
-    Response::from_parts(parts, Body::new(body))
+    Ok(Response::from_parts(parts, Body::new(body)))
 }
 
-/// An upstream's answer, and the in-flight count it holds; or the error
-/// response for the client.
-type Sent = Result<(hyper::Response<hyper::body::Incoming>, Option<InFlight>), Response>;
+/// An upstream's answer, and the in-flight count it holds.
+type Sent = Result<(hyper::Response<hyper::body::Incoming>, Option<InFlight>), ProxyError>;
 
 /// The request, already aimed, to a route's only target.
 async fn send_to_one(
-    gw: &GatewayState,
     upstream: &Upstream,
     connections: &UpstreamConnections,
     request: axum::http::Request<Body>,
@@ -319,7 +322,7 @@ async fn send_to_one(
 ) -> Sent {
     let targets = &upstream.targets;
     if targets.choose(&Tried::new()).is_none() {
-        return Err(no_target_in(gw, upstream));
+        return Err(no_target_in(upstream));
     }
     let target = targets.get(0);
     let in_flight = targets.in_flight(0);
@@ -333,13 +336,13 @@ async fn send_to_one(
             targets.succeeded(0);
             Ok((response, in_flight))
         }
-        Ok(Err(failure)) => Err(client_fault(gw, &failure.error).unwrap_or_else(|| {
+        Ok(Err(failure)) => Err(client_fault(&failure.error).unwrap_or_else(|| {
             if failure.error.is_connect() {
                 targets.failed(0);
             }
-            unavailable(gw, target, &failure.error)
+            unavailable(target, &failure.error)
         })),
-        Err(_) => Err(timed_out(gw, upstream, 0)),
+        Err(_) => Err(timed_out(upstream, 0)),
     }
 }
 
@@ -347,7 +350,6 @@ async fn send_to_one(
 /// could not connect (or may have reached a target that failed, when it is
 /// idempotent and has no body).
 async fn send_to_targets(
-    gw: &GatewayState,
     upstream: &Upstream,
     connections: &UpstreamConnections,
     client_uri: &Uri,
@@ -358,12 +360,12 @@ async fn send_to_targets(
     let mut tried = Tried::new();
     loop {
         let Some(index) = targets.choose(&tried) else {
-            return Err(no_target_in(gw, upstream));
+            return Err(no_target_in(upstream));
         };
         tried.push(index);
         let target = targets.get(index);
         if !aim(route, target, client_uri, &mut request) {
-            return Err(gw.error(&ErrorCode::UpstreamUnavailable.into()));
+            return Err(ProxyError::Unavailable);
         }
         let in_flight = targets.in_flight(index);
         let failure = match tokio::time::timeout(
@@ -377,9 +379,9 @@ async fn send_to_targets(
                 return Ok((response, in_flight));
             }
             Ok(Err(failure)) => failure,
-            Err(_) => return Err(timed_out(gw, upstream, index)),
+            Err(_) => return Err(timed_out(upstream, index)),
         };
-        if let Some(refused) = client_fault(gw, &failure.error) {
+        if let Some(refused) = client_fault(&failure.error) {
             return Err(refused);
         }
         if failure.error.is_connect() {
@@ -391,38 +393,38 @@ async fn send_to_targets(
                 tracing::warn!(error = %failure.error, upstream = %target.target.address, "upstream request failed; trying another target");
                 request = again;
             }
-            _ => return Err(unavailable(gw, target, &failure.error)),
+            _ => return Err(unavailable(target, &failure.error)),
         }
     }
 }
 
 /// A failure that is the client's: its body was too large or malformed.
-fn client_fault(gw: &GatewayState, error: &SendError) -> Option<Response> {
+fn client_fault(error: &SendError) -> Option<ProxyError> {
     if caused_by::<BodyTooLarge>(error) {
-        return Some(gw.body_too_large());
+        return Some(ProxyError::BodyTooLarge);
     }
     if caused_by::<ClientBodyError>(error) {
         tracing::info!(error = %error, "the client's request body was malformed or cut short");
-        return Some(gw.malformed_request());
+        return Some(ProxyError::MalformedBody);
     }
     None
 }
 
-fn unavailable(gw: &GatewayState, target: &TargetState, error: &SendError) -> Response {
+fn unavailable(target: &TargetState, error: &SendError) -> ProxyError {
     tracing::warn!(error = %error, upstream = %target.target.address, "upstream request failed");
-    gw.error(&ErrorCode::UpstreamUnavailable.into())
+    ProxyError::Unavailable
 }
 
-fn timed_out(gw: &GatewayState, upstream: &Upstream, index: usize) -> Response {
+fn timed_out(upstream: &Upstream, index: usize) -> ProxyError {
     upstream.targets.failed(index);
     let address = &upstream.targets.get(index).target.address;
     tracing::warn!(upstream = %address, timeout = ?upstream.route.timeout, "upstream timed out");
-    gw.error(&ErrorCode::UpstreamTimeout.into())
+    ProxyError::Timeout
 }
 
-fn no_target_in(gw: &GatewayState, upstream: &Upstream) -> Response {
+fn no_target_in(upstream: &Upstream) -> ProxyError {
     tracing::warn!(route = %upstream.route.path, "no upstream target is in");
-    gw.error(&ErrorCode::UpstreamUnavailable.into())
+    ProxyError::Unavailable
 }
 
 fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
@@ -476,6 +478,78 @@ mod tests {
         assert_eq!(requested_upgrade(&headers), None);
         headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
         assert_eq!(requested_upgrade(&headers), Some(HeaderValue::from_static("websocket")));
+    }
+
+    fn route_of(toml: &str) -> Route {
+        let live = crate::http::gateway::tests::live_of(toml);
+        live.upstreams[0].route.clone()
+    }
+
+    #[test]
+    fn the_upstream_gets_no_credential_no_spoofed_identity_no_hop_headers_and_forwarding_headers() {
+        let route = route_of("[[routes]]\npath = \"/api\"\nupstream = \"http://127.0.0.1:9001\"\n");
+        let live = crate::http::gateway::tests::live_of("");
+        let exchange = Exchange::for_test(live, "198.51.100.4:5000".parse().unwrap(), false);
+        let mut headers = HeaderMap::new();
+        headers.insert(X_API_KEY, HeaderValue::from_static("kg_live_secret"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer kg_live_secret"));
+        headers.insert("x-keygate-key-id", HeaderValue::from_static("key_forged"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("text/plain"));
+        upstream_headers(&route, &exchange, &mut headers, None);
+        for gone in [
+            X_API_KEY,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-keygate-key-id"),
+            header::CONNECTION,
+            HeaderName::from_static("x-hop"),
+        ] {
+            assert!(!headers.contains_key(&gone), "{gone} was forwarded");
+        }
+        // An untrusted peer's forwarding headers are replaced, not extended.
+        assert_eq!(headers[&X_FORWARDED_FOR], "198.51.100.4");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[&X_REQUEST_ID], "req_test");
+        assert_eq!(headers[header::ACCEPT], "text/plain");
+    }
+
+    #[test]
+    fn a_route_that_forwards_the_key_keeps_it_and_basic_auth_is_never_taken_for_a_key() {
+        let route = route_of("[[routes]]\npath = \"/api\"\nupstream = \"http://127.0.0.1:9001\"\nforward_key = true\n");
+        let exchange = Exchange::for_test(
+            crate::http::gateway::tests::live_of(""),
+            "127.0.0.1:5000".parse().unwrap(),
+            false,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(X_API_KEY, HeaderValue::from_static("kg_live_secret"));
+        upstream_headers(&route, &exchange, &mut headers, None);
+        assert_eq!(headers[&X_API_KEY], "kg_live_secret");
+
+        let route = route_of("[[routes]]\npath = \"/api\"\nupstream = \"http://127.0.0.1:9001\"\n");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjpwYXNz"));
+        upstream_headers(&route, &exchange, &mut headers, None);
+        assert_eq!(headers[header::AUTHORIZATION], "Basic dXNlcjpwYXNz");
+    }
+
+    #[test]
+    fn the_upstream_path_joins_the_targets_base_the_rest_of_the_path_and_the_query() {
+        let stripped =
+            route_of("[[routes]]\npath = \"/api\"\nupstream = \"http://127.0.0.1:9001/v2/\"\nstrip_prefix = true\n");
+        let kept = route_of("[[routes]]\npath = \"/api\"\nupstream = \"http://127.0.0.1:9001\"\n");
+        let base: Uri = "http://127.0.0.1:9001/v2/".parse().unwrap();
+        let uri = |text: &str| -> Uri { text.parse().unwrap() };
+        assert_eq!(
+            upstream_uri(&stripped, &base, &uri("/api/users?page=2")).unwrap(),
+            "/v2/users?page=2"
+        );
+        assert_eq!(upstream_uri(&stripped, &base, &uri("/api")).unwrap(), "/v2/");
+        let root: Uri = "http://127.0.0.1:9001".parse().unwrap();
+        assert_eq!(upstream_uri(&kept, &root, &uri("/api/users")).unwrap(), "/api/users");
     }
 
     #[test]

@@ -3,15 +3,18 @@
 //! shutdown that stops accepting and lets open requests finish.
 //!
 //! `axum::serve` would be shorter, but it neither terminates TLS nor exposes
-//! hyper's header limit, so the planes use hyper-util's server directly and
-//! keep axum for routing.
+//! hyper's header limit, so the planes use hyper-util's server directly. The
+//! control plane routes with axum; the data plane answers without a router
+//! (crates/keygate-server/src/http/gateway.rs). Both are a [`Plane`].
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use axum::response::Response;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,9 +28,53 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-use crate::http::upstream_conn::UpstreamConnections;
+/// What answers one plane's requests: it makes one service per accepted
+/// connection, which hyper calls for each of that connection's requests.
+pub trait Plane: Clone + Send + 'static {
+    type Connection: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static;
 
-/// How a request reached this node, put in each request's extensions.
+    fn connection(&self, peer: SocketAddr, transport: Transport) -> Self::Connection;
+}
+
+/// The control plane: an axum router, which finds the peer and transport in
+/// each request's extensions.
+impl Plane for Router {
+    type Connection = RouterConnection;
+
+    fn connection(&self, peer: SocketAddr, transport: Transport) -> RouterConnection {
+        RouterConnection {
+            router: self.clone(),
+            peer,
+            transport,
+        }
+    }
+}
+
+pub struct RouterConnection {
+    router: Router,
+    peer: SocketAddr,
+    transport: Transport,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for RouterConnection {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = axum::routing::future::RouteFuture<Infallible>;
+
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        request.extensions_mut().insert(self.transport);
+        self.router.clone().call(request)
+    }
+}
+
+/// How a request reached this node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Transport {
     /// The connection was TLS, terminated here.
@@ -43,8 +90,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ServeOptions {
     pub tls: Option<TlsAcceptor>,
     pub max_header_bytes: usize,
-    /// Give each connection its own upstream connections (the data plane).
-    pub upstream_connections: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,15 +140,15 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 /// Serves the data plane on `threads` OS threads, each with its own
 /// single-threaded runtime accepting from the same socket, like nginx's
 /// workers. A request then never leaves the thread that accepted it, nor
-/// do the upstream connections of its client connection (`make_router` runs
+/// do the upstream connections of its client connection (`make_plane` runs
 /// once per thread): on a two-core machine this proxied about 1.4 times as many
 /// requests per second as one multi-threaded runtime (BENCHMARKS.md).
 /// Each returned receiver resolves when its thread has finished.
-pub fn serve_on_threads(
+pub fn serve_on_threads<P: Plane>(
     plane: &'static str,
     listener: std::net::TcpListener,
     threads: usize,
-    make_router: impl Fn() -> Router,
+    make_plane: impl Fn() -> P,
     options: ServeOptions,
     stop: CancellationToken,
 ) -> std::io::Result<Vec<oneshot::Receiver<()>>> {
@@ -111,7 +156,7 @@ pub fn serve_on_threads(
     let mut finished = Vec::with_capacity(threads);
     for index in 0..threads.max(1) {
         let listener = listener.try_clone()?;
-        let (router, options, stop) = (make_router(), options.clone(), stop.clone());
+        let (answers, options, stop) = (make_plane(), options.clone(), stop.clone());
         let (done, done_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("keygate-{plane}-{index}"))
@@ -119,7 +164,7 @@ pub fn serve_on_threads(
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime.block_on(async move {
                         match TcpListener::from_std(listener) {
-                            Ok(listener) => serve(plane, listener, router, options, stop).await,
+                            Ok(listener) => serve(plane, listener, answers, options, stop).await,
                             Err(err) => tracing::error!(plane, error = %err, "cannot listen"),
                         }
                     }),
@@ -132,12 +177,12 @@ pub fn serve_on_threads(
     Ok(finished)
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled, then waits for
+/// Serves `answers` on `listener` until `stop` is cancelled, then waits for
 /// open requests to finish (the caller bounds that wait).
-pub async fn serve(
+pub async fn serve<P: Plane>(
     plane: &'static str,
     listener: TcpListener,
-    router: Router,
+    answers: P,
     options: ServeOptions,
     stop: CancellationToken,
 ) {
@@ -149,13 +194,13 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let transport = Transport { tls: options.tls.is_some() };
                     let connection = Connection {
                         stream,
                         peer,
-                        router: router.clone(),
+                        service: answers.connection(peer, transport),
                         builder: builder.clone(),
                         tls: options.tls.clone(),
-                        upstream_connections: options.upstream_connections,
                     };
                     tokio::spawn(connection.run(graceful.watcher()));
                 }
@@ -186,32 +231,27 @@ fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-struct Connection {
+struct Connection<S> {
     stream: TcpStream,
     peer: SocketAddr,
-    router: Router,
+    service: S,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
-    upstream_connections: bool,
 }
 
-impl Connection {
+impl<S> Connection<S>
+where
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static,
+{
     async fn run(self, watcher: Watcher) {
         let _ = self.stream.set_nodelay(true);
-        let transport = Transport {
-            tls: self.tls.is_some(),
-        };
-        let (peer, router) = (self.peer, self.router);
-        // Lives as long as this connection: its upstream connections end with it.
-        let upstreams = self.upstream_connections.then(UpstreamConnections::default);
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            request.extensions_mut().insert(transport);
-            if let Some(upstreams) = &upstreams {
-                request.extensions_mut().insert(upstreams.clone());
-            }
-            router.clone().call(request)
-        });
+        let (peer, service) = (self.peer, self.service);
         let result = match self.tls {
             None => serve_io(&self.builder, self.stream, service, watcher).await,
             Some(acceptor) => {
@@ -245,9 +285,13 @@ async fn serve_io<I, S>(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static,
 {
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     watcher.watch(connection.into_owned()).await

@@ -119,8 +119,9 @@ impl Replay {
     }
 }
 
-/// Put in each request's extensions by the transport (one per client
-/// connection); the proxy takes an idle connection from it and gives it back.
+/// One per client connection of the data plane
+/// (crates/keygate-server/src/http/gateway.rs, `ClientConnection`); the
+/// proxy takes an idle connection from it and gives it back.
 #[derive(Clone, Default)]
 pub struct UpstreamConnections(Arc<Mutex<Vec<Idle>>>);
 
