@@ -18,7 +18,7 @@ use crate::config::ConfigError;
 use crate::reload::ReloadError;
 
 /// The admin API's catalog: envelope bodies, default messages.
-static ADMIN_CATALOG: LazyLock<ErrorCatalog> = LazyLock::new(ErrorCatalog::default);
+pub(crate) static ADMIN_CATALOG: LazyLock<ErrorCatalog> = LazyLock::new(ErrorCatalog::default);
 
 /// Renders an error with a catalog: status, body, `WWW-Authenticate`, `Retry-After`.
 pub fn render(catalog: &ErrorCatalog, error: &ErrorInstance) -> Response {
@@ -153,71 +153,7 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// Unknown control-plane paths: an HTML page under `/dashboard`, else the envelope.
-pub async fn not_found(uri: axum::http::Uri) -> Response {
-    if uri.path().starts_with("/dashboard") {
-        DashboardError::not_found().into_response()
-    } else {
-        ApiError::new(ErrorCode::NotFound).into_response()
-    }
-}
-
 /// Known admin paths with the wrong method.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(ErrorCode::MethodNotAllowed)
-}
-
-/// Why a dashboard page is not shown. Rendered as an HTML page with the same
-/// stable code and message the admin API would give, or as a redirect to sign-in.
-#[derive(Debug)]
-pub enum DashboardError {
-    /// No session, or it ended: go to the sign-in page.
-    SignedOut,
-    /// A form post without this session's CSRF token.
-    CsrfRejected,
-    Page(ErrorInstance),
-}
-
-impl DashboardError {
-    pub fn not_found() -> Self {
-        Self::Page(ErrorInstance::new(ErrorCode::NotFound))
-    }
-
-    pub fn bad_form(message: impl Into<String>) -> Self {
-        Self::Page(ErrorInstance::new(ErrorCode::ValidationError).with_message(message))
-    }
-}
-
-impl From<PathRejection> for DashboardError {
-    fn from(_: PathRejection) -> Self {
-        Self::not_found()
-    }
-}
-
-impl From<QueryRejection> for DashboardError {
-    fn from(rejection: QueryRejection) -> Self {
-        Self::Page(ApiError::from(rejection).0)
-    }
-}
-
-impl From<AdminError> for DashboardError {
-    fn from(err: AdminError) -> Self {
-        Self::Page(ApiError::from(err).0)
-    }
-}
-
-impl IntoResponse for DashboardError {
-    fn into_response(self) -> Response {
-        let error = match self {
-            Self::SignedOut => return crate::http::dashboard::redirect(crate::http::dashboard::SIGN_IN_PATH),
-            Self::CsrfRejected => ErrorInstance::new(ErrorCode::Forbidden).with_message(
-                "This form did not come from your current dashboard session (its CSRF token is missing or wrong). \
-                 Reload the page and try again.",
-            ),
-            Self::Page(error) => error,
-        };
-        let status = StatusCode::from_u16(ADMIN_CATALOG.status(error.code)).unwrap_or(StatusCode::BAD_REQUEST);
-        let message = ADMIN_CATALOG.message(&error);
-        crate::http::dashboard::error_page(status, error.code.as_str(), &message)
-    }
 }

@@ -16,7 +16,7 @@ use super::session::{Posted, SignedIn};
 use super::views::{AlertsPage, DeliveryRow, EventRow, Layout, WebhookPage, WebhookRow};
 use super::{form_urlencoded_pairs, html, optional, redirect, PageResult, PathParam, QueryParam, PAGE_SIZE};
 use crate::http::admin::AdminState;
-use crate::http::error::DashboardError;
+use crate::http::dashboard::DashboardError;
 
 /// Endpoints listed on the page; more are a sign of a mistake, and the API lists them all.
 const ENDPOINTS_SHOWN: u32 = 100;

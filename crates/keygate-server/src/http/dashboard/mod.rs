@@ -5,6 +5,7 @@
 
 mod alerts;
 mod chart;
+mod error;
 pub mod session;
 mod views;
 
@@ -25,7 +26,7 @@ use serde::Deserialize;
 use self::session::{browser_ip, cookie_value, over_https, set_cookie, tokens_match, Posted, SignedIn};
 use self::views::*;
 use crate::http::admin::AdminState;
-use crate::http::error::DashboardError;
+pub use error::DashboardError;
 
 pub const SIGN_IN_PATH: &str = "/dashboard/sign-in";
 /// Followed by a portal link's token.

@@ -18,7 +18,7 @@ use keygate_engine::sessions::{BrowserSecret, DashboardSession, SessionError};
 use serde::de::DeserializeOwned;
 
 use crate::http::admin::AdminState as DashboardState;
-use crate::http::error::DashboardError;
+use crate::http::dashboard::DashboardError;
 use crate::http::extract::{client_ip, forwarded_https, peer_of};
 
 pub const SESSION_COOKIE: &str = "kg_session";

@@ -1,0 +1,194 @@
+//! API keys: a workspace's keys, and `/v1/keys` to read, change, revoke, rotate and verify one.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keygate_core::model::KeyStatus;
+use keygate_store::KeyFilter;
+use secrecy::ExposeSecret;
+
+use crate::http::dto::*;
+use crate::http::error::{render, ApiError};
+use crate::http::extract::{JsonBody, PathParam, QueryParams};
+
+use super::{page, AdminState, Caller};
+
+/// Creates a key. The response is the only place its plaintext ever appears.
+#[utoipa::path(post, path = "/v1/workspaces/{id}/keys", tag = "keys", params(("id" = String, Path)), request_body = CreateKey,
+    security(("api_key" = []), ("bearer" = [])), responses((status = 201, body = CreatedKey), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+pub(super) async fn create_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(workspace_id): PathParam<String>,
+    JsonBody(body): JsonBody<CreateKey>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let (key, plaintext) = state.engine.create_key(&actor, &workspace_id, body.into()).await?;
+    let details = KeyView::new(&key, state.engine.now());
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key: plaintext.expose().to_owned(),
+            details,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{id}/keys", tag = "keys",
+    params(("id" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("status" = Option<String>, Query), ("environment" = Option<String>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyList), (status = 404, body = ErrorEnvelope)))]
+pub(super) async fn list_keys(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(workspace_id): PathParam<String>,
+    QueryParams(query): QueryParams<KeyListQuery>,
+) -> Result<Json<KeyList>, ApiError> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(KeyStatus::parse(text).ok_or_else(|| {
+            ApiError::validation(
+                "status",
+                format!("`{text}` is not one of active, revoked, expired, deleted"),
+            )
+        })?),
+    };
+    let filter = KeyFilter {
+        status,
+        environment: query.environment,
+    };
+    let paged = state
+        .engine
+        .list_keys(&actor, &workspace_id, &filter, &page(query.limit, query.cursor)?)
+        .await?;
+    let now = state.engine.now();
+    Ok(Json(KeyList {
+        data: paged.items.iter().map(|k| KeyView::new(k, now)).collect(),
+        next_cursor: paged.next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
+pub(super) async fn get_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key = state.engine.get_key(&actor, &id).await?;
+    Ok(Json(KeyView::new(&key, state.engine.now())))
+}
+
+#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)), request_body = UpdateKey,
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+pub(super) async fn update_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+    JsonBody(body): JsonBody<UpdateKey>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key = state.engine.update_key(&actor, &id, body.into()).await?;
+    Ok(Json(KeyView::new(&key, state.engine.now())))
+}
+
+/// Revokes the key (idempotent) and hides it from lists; the row stays for the audit trail.
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
+pub(super) async fn delete_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key = state.engine.delete_key(&actor, &id).await?;
+    Ok(Json(KeyView::new(&key, state.engine.now())))
+}
+
+/// Revokes the key. Takes effect on this node's next request. Revoking twice is harmless.
+#[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path)), request_body = RevokeKey,
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
+pub(super) async fn revoke_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+    JsonBody(body): JsonBody<RevokeKey>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key = state.engine.revoke_key(&actor, &id, body.reason).await?;
+    Ok(Json(KeyView::new(&key, state.engine.now())))
+}
+
+/// Issues a successor key (shown once); the old key works until now + grace.
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path)), request_body = RotateKey,
+    security(("api_key" = []), ("bearer" = [])), responses((status = 201, body = CreatedKey), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+pub(super) async fn rotate_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+    JsonBody(body): JsonBody<RotateKey>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let (key, plaintext) = state.engine.rotate_key(&actor, &id, body.grace.as_deref()).await?;
+    let details = KeyView::new(&key, state.engine.now());
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key: plaintext.expose().to_owned(),
+            details,
+        }),
+    ))
+}
+
+/// The gateway's decision for a key, without sending a request through it.
+#[utoipa::path(post, path = "/v1/keys/verify", tag = "keys", request_body = VerifyKey,
+    security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = VerifyResult), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)))]
+pub(super) async fn verify_key(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    JsonBody(body): JsonBody<VerifyKey>,
+) -> Result<Response, ApiError> {
+    let ip = match body.ip.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|_| ApiError::validation("ip", format!("`{text}` is not an IP address")))?,
+        ),
+    };
+    let resource = body
+        .resource
+        .as_deref()
+        .unwrap_or(keygate_core::limits::DEFAULT_RESOURCE);
+    let scopes = keygate_core::scope::validate_scopes(&body.scopes)
+        .map_err(|e| ApiError::validation("scopes", e.to_string()))?;
+    match state
+        .engine
+        .verify_for(&actor, body.key.0.expose_secret(), &scopes, ip, resource, body.dry_run)
+        .await
+    {
+        Ok(verified) => {
+            let cached = &verified.key;
+            let result = VerifyResult {
+                valid: true,
+                key: KeyView::new(&cached.key, state.engine.now()),
+                workspace: WorkspaceSummary {
+                    id: cached.workspace.id.clone(),
+                    name: cached.workspace.name.clone(),
+                    plan: cached.workspace.plan.clone(),
+                },
+                ratelimit: RateLimitView {
+                    limits: verified
+                        .limits
+                        .as_ref()
+                        .map(crate::http::ratelimit::views)
+                        .unwrap_or_default(),
+                },
+            };
+            Ok(Json(result).into_response())
+        }
+        Err(rejection) => {
+            let live = state.config.snapshot();
+            let mut response = render(&live.verify_catalog, &rejection.error);
+            if let Some(limits) = &rejection.limits {
+                crate::http::ratelimit::add_headers(response.headers_mut(), limits, live.headers);
+            }
+            Ok(response)
+        }
+    }
+}

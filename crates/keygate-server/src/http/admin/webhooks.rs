@@ -1,0 +1,114 @@
+//! `/v1/events` and `/v1/webhooks`: events, endpoints and their deliveries.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use keygate_store::EventListFilter;
+
+use crate::http::dto::*;
+use crate::http::error::ApiError;
+use crate::http::extract::{JsonBody, PathParam, QueryParams};
+
+use super::{page, AdminState, Caller};
+
+/// The outbox: what webhooks receive, newest first.
+#[utoipa::path(get, path = "/v1/events", tag = "webhooks",
+    params(("workspace_id" = Option<String>, Query), ("key_id" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = EventList), (status = 404, body = ErrorEnvelope)))]
+pub(super) async fn list_events(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    QueryParams(query): QueryParams<EventQuery>,
+) -> Result<Json<EventList>, ApiError> {
+    let filter = EventListFilter {
+        workspace_id: query.workspace_id,
+        subject: query.key_id,
+    };
+    let paged = state
+        .engine
+        .list_events(&actor, filter, &page(query.limit, query.cursor)?)
+        .await?;
+    Ok(Json(EventList {
+        data: paged.items.iter().map(EventView::from).collect(),
+        next_cursor: paged.next_cursor,
+    }))
+}
+
+/// Creates an endpoint. The response is the only place its signing secret appears.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
+    security(("api_key" = []), ("bearer" = [])), responses((status = 201, body = CreatedWebhook), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+pub(super) async fn create_webhook(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    JsonBody(body): JsonBody<CreateWebhook>,
+) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
+    let endpoint = state.engine.create_webhook(&actor, body.into()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedWebhook {
+            secret: endpoint.secret.expose(),
+            webhook: WebhookView::from(&endpoint),
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
+    params(("workspace_id" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = WebhookList)))]
+pub(super) async fn list_webhooks(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    QueryParams(query): QueryParams<WebhookListQuery>,
+) -> Result<Json<WebhookList>, ApiError> {
+    let paged = state
+        .engine
+        .list_webhooks(&actor, query.workspace_id.as_deref(), &page(query.limit, query.cursor)?)
+        .await?;
+    Ok(Json(WebhookList {
+        data: paged.items.iter().map(WebhookView::from).collect(),
+        next_cursor: paged.next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = WebhookView), (status = 404, body = ErrorEnvelope)))]
+pub(super) async fn get_webhook(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let endpoint = state.engine.get_webhook(&actor, &id).await?;
+    Ok(Json(WebhookView::from(&endpoint)))
+}
+
+/// Stops deliveries to the endpoint; its pending deliveries are dropped as failed.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 204), (status = 404, body = ErrorEnvelope)))]
+pub(super) async fn delete_webhook(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
+    state.engine.delete_webhook(&actor, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deliveries to the endpoint, newest first, each with every attempt.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    params(("id" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = DeliveryList), (status = 404, body = ErrorEnvelope)))]
+pub(super) async fn webhook_deliveries(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(id): PathParam<String>,
+    QueryParams(query): QueryParams<PageQuery>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let paged = state
+        .engine
+        .webhook_deliveries(&actor, &id, &page(query.limit, query.cursor)?)
+        .await?;
+    Ok(Json(DeliveryList {
+        data: paged.items.iter().map(DeliveryView::from).collect(),
+        next_cursor: paged.next_cursor,
+    }))
+}
