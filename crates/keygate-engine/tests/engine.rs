@@ -15,7 +15,7 @@ use keygate_engine::admin::NewKey;
 use keygate_engine::usage::{KeyTally, UsageRecorder, ADMITTED};
 use keygate_engine::{Actor, Engine, EngineSettings, ManualClock, VerifyRequest};
 use keygate_store::sqlite::SqliteStore;
-use keygate_store::Store;
+use keygate_store::{KeyStore, Store, UsageStore};
 
 struct Fixture {
     engine: Engine,

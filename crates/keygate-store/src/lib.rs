@@ -347,8 +347,14 @@ pub enum RevokeOutcome {
     AlreadyRevoked(ApiKey),
 }
 
+/// Everything keygate keeps, one trait per aggregate, each written once for
+/// SQLite and PostgreSQL in its own file of crates/keygate-store/src/sql/.
+/// `dyn Store` offers every aggregate's methods; code holding a concrete
+/// store imports the aggregate traits it calls (`use keygate_store::KeyStore`).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    WorkspaceStore + KeyStore + AuditStore + UsageStore + EventStore + WebhookStore + Send + Sync + 'static
+{
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Closes every connection; later calls fail with `Unavailable`. Tests use it
@@ -359,7 +365,11 @@ pub trait Store: Send + Sync + 'static {
     async fn change_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
         Ok(None)
     }
+}
 
+/// Workspaces (crates/keygate-store/src/sql/workspaces.rs).
+#[async_trait]
+pub trait WorkspaceStore: Send + Sync {
     async fn insert_workspace(&self, workspace: &Workspace, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Deleted workspaces are not returned.
     async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError>;
@@ -368,7 +378,11 @@ pub trait Store: Send + Sync + 'static {
     async fn update_workspace(&self, workspace: &Workspace, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Hides the workspace and revokes its keys, in one transaction.
     async fn delete_workspace(&self, id: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<(), StoreError>;
+}
 
+/// API keys (crates/keygate-store/src/sql/keys.rs).
+#[async_trait]
+pub trait KeyStore: Send + Sync {
     async fn insert_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Returns deleted keys too; they stay for the audit trail.
     async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
@@ -404,9 +418,17 @@ pub trait Store: Send + Sync + 'static {
         new: &ApiKey,
         audit: &AuditEvent,
     ) -> Result<(), StoreError>;
+}
 
+/// The audit log (crates/keygate-store/src/sql/audit.rs).
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     async fn list_audit_events(&self, filter: &AuditFilter, page: &Page) -> Result<Paged<AuditEvent>, StoreError>;
+}
 
+/// Usage counts and their roll-ups (crates/keygate-store/src/sql/usage.rs).
+#[async_trait]
+pub trait UsageStore: Send + Sync {
     /// Adds counts (never overwrites) and moves `last_used_*` forward only.
     /// A batch id already applied is skipped, so a retry never counts twice.
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError>;
@@ -419,9 +441,15 @@ pub trait Store: Send + Sync + 'static {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<UsageCount>, StoreError>;
-    /// Deletes counts of buckets older than their grain's cutoff; returns how
-    /// many rows. Minutes not yet rolled up are kept.
-    async fn prune_usage(&self, cutoffs: &UsageCutoffs) -> Result<u64, StoreError>;
+    /// Counts of all of a workspace's keys at one grain for the buckets that
+    /// start in `[from, to)`, oldest first, one row per bucket and outcome.
+    async fn workspace_usage(
+        &self,
+        workspace_id: &str,
+        grain: UsageGrain,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<BucketCount>, StoreError>;
     /// Rolls the minutes before `until` (Unix seconds) that are not rolled up
     /// yet into hours and days (per key and per workspace) and into the key
     /// windows, once, whichever node asks, and moves the key windows forward
@@ -441,15 +469,9 @@ pub trait Store: Send + Sync + 'static {
         by: TopBy,
         limit: u32,
     ) -> Result<Vec<KeyTotals>, StoreError>;
-    /// Counts of all of a workspace's keys at one grain for the buckets that
-    /// start in `[from, to)`, oldest first, one row per bucket and outcome.
-    async fn workspace_usage(
-        &self,
-        workspace_id: &str,
-        grain: UsageGrain,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<BucketCount>, StoreError>;
+    /// Deletes counts of buckets older than their grain's cutoff; returns how
+    /// many rows. Minutes not yet rolled up are kept.
+    async fn prune_usage(&self, cutoffs: &UsageCutoffs) -> Result<u64, StoreError>;
     /// Requests per key in `[recent_from, to)` and `[baseline_from, recent_from)`
     /// (Unix seconds), for keys with at least `min_recent` in the first.
     async fn key_activity(
@@ -459,7 +481,11 @@ pub trait Store: Send + Sync + 'static {
         to: i64,
         min_recent: u64,
     ) -> Result<Vec<KeyActivity>, StoreError>;
+}
 
+/// The event outbox (crates/keygate-store/src/sql/events.rs).
+#[async_trait]
+pub trait EventStore: Send + Sync {
     /// Adds events to the outbox, dropping those `dedup_key` or
     /// `quiet_since` rule out; returns how many were added.
     async fn insert_events(&self, events: &[NewEvent]) -> Result<u64, StoreError>;
@@ -468,7 +494,11 @@ pub trait Store: Send + Sync + 'static {
     /// Keys whose `key.expiring`, `key.expired` or `key.max_age_exceeded` is
     /// due and not yet in the outbox, oldest first.
     async fn keys_due_for_events(&self, scan: &KeyEventScan) -> Result<Vec<(EventType, ApiKey)>, StoreError>;
+}
 
+/// Webhook endpoints and deliveries (crates/keygate-store/src/sql/webhooks.rs).
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
     async fn insert_webhook(&self, endpoint: &WebhookEndpoint, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Deleted endpoints are not returned.
     async fn get_webhook(&self, id: &str) -> Result<Option<WebhookEndpoint>, StoreError>;

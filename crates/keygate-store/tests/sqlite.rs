@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use keygate_store::sqlite::SqliteStore;
-use keygate_store::Store;
+use keygate_store::{Store, WorkspaceStore};
 
 async fn fresh_sqlite() -> Option<Arc<dyn Store>> {
     let dir = tempfile::tempdir().unwrap();

@@ -378,7 +378,7 @@ async fn graceful_shutdown_flushes_usage() {
     let from = app.clock_now() - Duration::hours(1);
     let to = app.clock_now() + Duration::hours(1);
     let _database = app.stop().await;
-    let usage = keygate_store::Store::key_usage(store.as_ref(), &id, keygate_store::UsageGrain::Minute, from, to)
+    let usage = keygate_store::UsageStore::key_usage(store.as_ref(), &id, keygate_store::UsageGrain::Minute, from, to)
         .await
         .unwrap();
     let total: u64 = usage.iter().map(|u| u.count).sum();

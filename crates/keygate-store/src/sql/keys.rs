@@ -1,0 +1,223 @@
+//! API keys: created, looked up by hash, listed, changed, revoked, deleted and rotated.
+//! Written once for both databases; `sql_store!` (crates/keygate-store/src/sql.rs) expands it.
+
+/// `KeyStore` for `$store`, as `sql_store!` describes.
+macro_rules! keys_sql {
+    ($store:ident, $db:ty, $sql:path) => {
+        #[async_trait::async_trait]
+        impl $crate::KeyStore for $store {
+        async fn insert_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError> {
+            let mut tx = self.pool.begin_with(self.begin_write()).await?;
+            Self::insert_key_row(&mut tx, key).await?;
+            Self::insert_audit(&mut tx, audit).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+            let row = sqlx::query(&$sql(&format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = ?")))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(key_from_row).transpose()
+        }
+
+        async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<(ApiKey, Workspace)>, StoreError> {
+            let row = sqlx::query(&$sql(&format!(
+                "SELECT {KEY_COLUMNS}, {WORKSPACE_COLUMNS} FROM api_keys k \
+                 JOIN workspaces w ON w.id = k.workspace_id WHERE k.key_hash = ?"
+            )))
+            .bind(&hash.as_bytes()[..])
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(|row| Ok((key_from_row(&row)?, workspace_from_row(&row)?)))
+                .transpose()
+        }
+
+        async fn list_keys(
+            &self,
+            workspace_id: &str,
+            filter: &KeyFilter,
+            page: &Page,
+            now: DateTime<Utc>,
+        ) -> Result<Paged<ApiKey>, StoreError> {
+            let size = page.size();
+            let now = ms(now);
+            let mut q =
+                sqlx::QueryBuilder::<$db>::new(format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.workspace_id = "));
+            q.push_bind(workspace_id);
+            match filter.status {
+                None => {
+                    q.push(" AND k.deleted_at IS NULL");
+                }
+                Some(KeyStatus::Deleted) => {
+                    q.push(" AND k.deleted_at IS NOT NULL");
+                }
+                Some(KeyStatus::Revoked) => {
+                    q.push(" AND k.deleted_at IS NULL AND k.revoked_at IS NOT NULL");
+                }
+                Some(KeyStatus::Expired) => {
+                    q.push(" AND k.deleted_at IS NULL AND k.revoked_at IS NULL AND k.expires_at <= ")
+                        .push_bind(now);
+                }
+                Some(KeyStatus::Active) => {
+                    q.push(
+                        " AND k.deleted_at IS NULL AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ",
+                    )
+                    .push_bind(now)
+                    .push(")");
+                }
+            }
+            if let Some(env) = &filter.environment {
+                q.push(" AND k.environment = ").push_bind(env);
+            }
+            if let Some(cursor) = &page.cursor {
+                q.push(" AND k.id < ").push_bind(cursor);
+            }
+            q.push(" ORDER BY k.id DESC LIMIT ").push_bind(i64::from(size) + 1);
+            let rows = q.build().fetch_all(&self.pool).await?;
+            let items = rows.iter().map(key_from_row).collect::<Result<Vec<_>, _>>()?;
+            Ok(paged(items, size, |k| &k.id))
+        }
+
+        async fn count_keys(&self, workspace_id: &str) -> Result<u64, StoreError> {
+            let count: i64 = sqlx::query_scalar(&$sql("SELECT COUNT(*) FROM api_keys WHERE workspace_id = ?"))
+                .bind(workspace_id)
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(count.unsigned_abs())
+        }
+
+        async fn update_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError> {
+            let mut tx = self.pool.begin_with(self.begin_write()).await?;
+            let done = sqlx::query(&$sql("UPDATE api_keys SET name = ?, scopes = ?, ip_allowlist = ?, expires_at = ?, metadata = ?, limits = ? \
+                 WHERE id = ? AND deleted_at IS NULL"))
+            .bind(&key.name)
+            .bind(to_json(&key.scopes)?)
+            .bind(to_json(&key.ip_allowlist.to_strings())?)
+            .bind(key.expires_at.map(ms))
+            .bind(to_json(&key.metadata)?)
+            .bind(to_json(&key.limits)?)
+            .bind(&key.id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Self::insert_audit(&mut tx, audit).await?;
+            self.announce(&mut tx, &Change::Key(key.hash)).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        async fn revoke_key(
+            &self,
+            id: &str,
+            at: DateTime<Utc>,
+            reason: Option<&str>,
+            audit: &AuditEvent,
+        ) -> Result<RevokeOutcome, StoreError> {
+            let mut tx = self.pool.begin_with(self.begin_write()).await?;
+            let done =
+                sqlx::query(&$sql("UPDATE api_keys SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL"))
+                    .bind(ms(at))
+                    .bind(reason)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            let key = Self::fetch_key(&mut tx, id).await?;
+            if done.rows_affected() == 0 {
+                return Ok(RevokeOutcome::AlreadyRevoked(key));
+            }
+            Self::insert_audit(&mut tx, audit).await?;
+            self.announce(&mut tx, &Change::Key(key.hash)).await?;
+            tx.commit().await?;
+            Ok(RevokeOutcome::Revoked(key))
+        }
+
+        async fn delete_key(&self, id: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<ApiKey, StoreError> {
+            let mut tx = self.pool.begin_with(self.begin_write()).await?;
+            let done = sqlx::query(&$sql("UPDATE api_keys SET deleted_at = ?, revoked_at = COALESCE(revoked_at, ?), \
+                 revoked_reason = CASE WHEN revoked_at IS NULL THEN 'deleted' ELSE revoked_reason END \
+                 WHERE id = ? AND deleted_at IS NULL"))
+            .bind(ms(at))
+            .bind(ms(at))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let key = Self::fetch_key(&mut tx, id).await?;
+            if done.rows_affected() > 0 {
+                Self::insert_audit(&mut tx, audit).await?;
+                self.announce(&mut tx, &Change::Key(key.hash)).await?;
+            }
+            tx.commit().await?;
+            Ok(key)
+        }
+
+        async fn rotate_key(
+            &self,
+            old_id: &str,
+            old_expires_at: DateTime<Utc>,
+            new: &ApiKey,
+            audit: &AuditEvent,
+        ) -> Result<(), StoreError> {
+            let mut tx = self.pool.begin_with(self.begin_write()).await?;
+            let done = sqlx::query(&$sql("UPDATE api_keys SET rotated_to = ?, \
+                 expires_at = CASE WHEN expires_at IS NULL OR expires_at > ? THEN ? ELSE expires_at END \
+                 WHERE id = ? AND rotated_to IS NULL AND revoked_at IS NULL AND deleted_at IS NULL"))
+            .bind(&new.id)
+            .bind(ms(old_expires_at))
+            .bind(ms(old_expires_at))
+            .bind(old_id)
+            .execute(&mut *tx)
+            .await?;
+            let old = Self::fetch_key(&mut tx, old_id).await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::Conflict("the key is revoked or was already rotated".into()));
+            }
+            Self::insert_key_row(&mut tx, new).await?;
+            Self::insert_audit(&mut tx, audit).await?;
+            self.announce(&mut tx, &Change::Key(old.hash)).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        }
+
+        impl $store {
+        async fn fetch_key(tx: &mut sqlx::Transaction<'_, $db>, id: &str) -> Result<ApiKey, StoreError> {
+            let row = sqlx::query(&$sql(&format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = ?")))
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            key_from_row(&row)
+        }
+
+        async fn insert_key_row(tx: &mut sqlx::Transaction<'_, $db>, key: &ApiKey) -> Result<(), StoreError> {
+            sqlx::query(&$sql("INSERT INTO api_keys (id, workspace_id, lineage_id, name, environment, key_hash, hint, scopes, \
+                 ip_allowlist, expires_at, metadata, limits, created_at, created_by, rotated_from) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+            .bind(&key.id)
+            .bind(&key.workspace_id)
+            .bind(&key.lineage_id)
+            .bind(&key.name)
+            .bind(&key.environment)
+            .bind(&key.hash.as_bytes()[..])
+            .bind(&key.hint)
+            .bind(to_json(&key.scopes)?)
+            .bind(to_json(&key.ip_allowlist.to_strings())?)
+            .bind(key.expires_at.map(ms))
+            .bind(to_json(&key.metadata)?)
+            .bind(to_json(&key.limits)?)
+            .bind(ms(key.created_at))
+            .bind(&key.created_by)
+            .bind(&key.rotated_from)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+        }
+    };
+}
+
+pub(crate) use keys_sql;
