@@ -11,6 +11,9 @@
 # give each node a CPU of its own on a 2-core machine: both nodes, both wrk
 # processes, the upstream, PostgreSQL and Redis share the 2 cores.
 #
+# With PROFILE_DIR=dir, `perf record` samples the node during cases 1 and 2
+# (dir/1.data, dir/2.data), as in scripts/bench/gateway.sh.
+#
 # Usage: bash scripts/bench/multinode.sh   (DURATION=10s CONNECTIONS=64 KEYS=10000 REVOCATIONS=100)
 # Needs PostgreSQL (KEYGATE_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/test)
 # and Redis (KEYGATE_REDIS_URL, default redis://127.0.0.1:6379). It works in a
@@ -59,7 +62,7 @@ write_keygate_config "$WORK/embedded.toml" $((BASE_PORT + 1)) $((BASE_PORT + 2))
 ADMIN_KEY=$(admin_key_for "$WORK/embedded.toml")
 start_node embedded $((BASE_PORT + 1)) $((BASE_PORT + 2)) "${PIN_PROXY[@]}"
 create_keys $((BASE_PORT + 2)) "$ADMIN_KEY" "$KEYS" "$WORK/embedded-keys.txt"
-BENCH_KEYS="$WORK/embedded-keys.txt" run_wrk "1. one node, SQLite + memory" "http://127.0.0.1:$((BASE_PORT + 1))/bench" "$WORK/keys.lua"
+KEYGATE_PID=$NODE_PID PROFILE_AS=1 BENCH_KEYS="$WORK/embedded-keys.txt" run_wrk "1. one node, SQLite + memory" "http://127.0.0.1:$((BASE_PORT + 1))/bench" "$WORK/keys.lua"
 kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
 
 # 2. One node on PostgreSQL and Redis.
@@ -68,7 +71,7 @@ write_keygate_config "$WORK/shared-b.toml" $((BASE_PORT + 5)) $((BASE_PORT + 6))
 ADMIN_KEY=$(admin_key_for "$WORK/shared-a.toml")
 start_node shared-a $((BASE_PORT + 3)) $((BASE_PORT + 4)) "${PIN_PROXY[@]}"
 create_keys $((BASE_PORT + 4)) "$ADMIN_KEY" "$KEYS" "$WORK/shared-keys.txt"
-BENCH_KEYS="$WORK/shared-keys.txt" run_wrk "2. one node, PostgreSQL + Redis" "http://127.0.0.1:$((BASE_PORT + 3))/bench" "$WORK/keys.lua"
+KEYGATE_PID=$NODE_PID PROFILE_AS=2 BENCH_KEYS="$WORK/shared-keys.txt" run_wrk "2. one node, PostgreSQL + Redis" "http://127.0.0.1:$((BASE_PORT + 3))/bench" "$WORK/keys.lua"
 kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
 
 # 3. Two nodes, unpinned, each loaded by its own wrk with half the connections.

@@ -91,7 +91,7 @@ impl fmt::Debug for Permit {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LimiterError {
     #[error("rate-limit backend unavailable: {0}")]
     Unavailable(String),

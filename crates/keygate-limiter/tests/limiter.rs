@@ -119,6 +119,57 @@ async fn redis_is_exact_under_concurrency() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_redis_decisions_share_calls_and_stay_exact() {
+    let Some(url) = redis_url().await else { return };
+    let redis = Arc::new(RedisLimiter::new(&url, Duration::from_secs(2)).unwrap());
+    let limiter: Arc<dyn Limiter> = redis.clone();
+    let owner = owner("coalesced");
+    // 64 tasks, 1,280 requests against a limit of 1,000: exactly 1,000 pass.
+    let admitted = hammer(vec![limiter], vec![check(&owner, 1000, MINUTE)], 20).await;
+    assert_eq!(admitted, 1000);
+    assert!(
+        redis.calls() < 1280,
+        "requests in flight together share a script call: {} calls for 1,280 requests",
+        redis.calls()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_dropped_while_it_waits_or_calls_stalls_no_other() {
+    let Some(url) = redis_url().await else { return };
+    let limiter = Arc::new(RedisLimiter::new(&url, Duration::from_secs(2)).unwrap());
+    let owner = owner("dropped");
+    let checks = Arc::new(vec![check(&owner, 1_000_000, MINUTE)]);
+    // Many requests given no time to finish: some drop while queued, some
+    // while making the call for others.
+    let impatient: Vec<_> = (0..200)
+        .map(|_| {
+            let (limiter, checks) = (limiter.clone(), checks.clone());
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_micros(50),
+                    limiter.check(&checks, 1, Charge::Consume, now_ms()),
+                )
+                .await;
+            })
+        })
+        .collect();
+    for task in impatient {
+        task.await.unwrap();
+    }
+    // Whoever was left waiting, the next requests are decided promptly.
+    for _ in 0..10 {
+        let decided = tokio::time::timeout(
+            Duration::from_secs(1),
+            limiter.check(&checks, 1, Charge::Consume, now_ms()),
+        )
+        .await
+        .expect("a request after dropped ones is decided within a second");
+        assert!(decided.unwrap().allowed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_redis_limiters_share_one_limit() {
     let Some(url) = redis_url().await else { return };
     let a: Arc<dyn Limiter> = Arc::new(RedisLimiter::new(&url, Duration::from_secs(2)).unwrap());
