@@ -23,8 +23,11 @@
 //!
 //! The classic "previous window weighted plus current" counter needs only two
 //! numbers but can admit up to `2L` in a rolling window when traffic bunches at
-//! a window edge; the seeds promise a rolling window, so keygate spends 61
-//! counters per active limit to keep that promise exactly.
+//! a window edge; the seeds promise a rolling window, so keygate spends up to
+//! 61 bucket counts per active limit (only the buckets that hold requests) to
+//! keep that promise exactly.
+
+use std::collections::VecDeque;
 
 /// Buckets per window: the granularity is 1/60 of the window.
 pub const BUCKETS: u64 = 60;
@@ -70,25 +73,22 @@ impl Rule {
     }
 }
 
-/// The counts of one limit: a ring of `N + 1` buckets, allocated on first use,
-/// plus a running total of the live buckets so a decision costs O(1) amortised
-/// instead of a scan of every bucket.
+/// The counts of one limit: its live buckets, oldest first, plus their
+/// running total, so a decision costs O(1) amortised instead of a scan. Only
+/// buckets that hold requests are kept: a key seen a few times an hour holds
+/// a few entries, not a slot for each of the window's `N + 1` buckets
+/// (memory per cached key, issue 18; BENCHMARKS.md).
 ///
 /// A counter's clock never runs backwards: a `now` earlier than the latest
 /// bucket it has seen is treated as that bucket's time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counter {
-    /// `(bucket index, count)`; slot `i` holds the bucket whose index is `i` modulo the ring size.
-    slots: Vec<(u64, u64)>,
-    /// Sum of the buckets from `horizon` to `latest`.
+    /// `(bucket index, count)`, indices increasing, every count above zero.
+    buckets: VecDeque<(u64, u64)>,
+    /// Sum of the counts in `buckets`.
     total: u64,
-    /// The oldest bucket index still included in `total`.
-    horizon: u64,
     /// The newest bucket index seen.
     latest: u64,
-    /// No live bucket lies in `[horizon, first_live)`; only moves forward, so
-    /// finding the oldest live bucket is amortised O(1).
-    first_live: u64,
 }
 
 impl Counter {
@@ -110,56 +110,21 @@ impl Counter {
     /// Requests counted against the limit at `now_ms`, by scanning every bucket.
     /// [`Counter::live`] gives the same answer in O(1) amortised.
     pub fn count(&self, rule: &Rule, now_ms: u64) -> u64 {
-        let current = self.current(rule, now_ms);
-        let oldest = current.saturating_sub(rule.span());
-        self.slots
-            .iter()
-            .filter(|(index, _)| *index >= oldest && *index <= current)
-            .map(|(_, count)| count)
-            .sum()
+        self.live_buckets(rule, now_ms).map(|(_, count)| count).sum()
     }
 
-    /// Drops the buckets that have left the window from the running total.
+    /// Drops the buckets that have left the window, and their counts from the total.
     fn advance(&mut self, rule: &Rule, now_ms: u64) {
         let current = self.current(rule, now_ms);
         let oldest = current.saturating_sub(rule.span());
-        if oldest <= self.horizon || self.slots.is_empty() {
-            self.horizon = self.horizon.max(oldest);
-            return;
-        }
-        let size = self.slots.len() as u64;
-        if oldest - self.horizon >= size {
-            // Idle for longer than the ring: everything has expired.
-            self.total = 0;
-        } else {
-            while self.horizon < oldest {
-                let (index, count) = self.slots[(self.horizon % size) as usize];
-                if index == self.horizon {
-                    self.total -= count;
-                }
-                self.horizon += 1;
+        while let Some(&(index, count)) = self.buckets.front() {
+            if index >= oldest {
+                break;
             }
+            self.total -= count;
+            self.buckets.pop_front();
         }
-        self.horizon = oldest;
         self.latest = current;
-        self.skip_empty_buckets();
-    }
-
-    /// Moves `first_live` to the oldest occupied bucket (or past `latest`).
-    fn skip_empty_buckets(&mut self) {
-        let size = self.slots.len() as u64;
-        self.first_live = self.first_live.max(self.horizon);
-        if self.total == 0 {
-            self.first_live = self.latest + 1;
-            return;
-        }
-        while self.first_live <= self.latest {
-            let (index, count) = self.slots[(self.first_live % size) as usize];
-            if index == self.first_live && count > 0 {
-                return;
-            }
-            self.first_live += 1;
-        }
     }
 
     /// Requests counted at `now_ms`; the same as [`Counter::count`].
@@ -169,25 +134,14 @@ impl Counter {
     }
 
     pub fn add(&mut self, rule: &Rule, now_ms: u64, cost: u64) {
-        let size = rule.span() + 1;
-        if self.slots.len() as u64 != size {
-            *self = Self {
-                slots: vec![(u64::MAX, 0); size as usize],
-                ..Self::default()
-            };
-        }
         self.advance(rule, now_ms);
-        let current = self.current(rule, now_ms);
-        self.latest = current;
-        // The slot's previous bucket is older than the window, so it already left `total`.
-        let slot = &mut self.slots[(current % size) as usize];
-        if slot.0 == current {
-            slot.1 += cost;
-        } else {
-            *slot = (current, cost);
+        if cost == 0 {
+            return;
         }
-        if self.total == 0 {
-            self.first_live = current;
+        let current = self.latest;
+        match self.buckets.back_mut() {
+            Some((index, count)) if *index == current => *count += cost,
+            _ => self.buckets.push_back((current, cost)),
         }
         self.total += cost;
     }
@@ -195,10 +149,10 @@ impl Counter {
     fn live_buckets(&self, rule: &Rule, now_ms: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         let current = self.current(rule, now_ms);
         let oldest = current.saturating_sub(rule.span());
-        self.slots
+        self.buckets
             .iter()
             .copied()
-            .filter(move |(index, count)| *index >= oldest && *index <= current && *count > 0)
+            .filter(move |(index, _)| *index >= oldest && *index <= current)
     }
 
     /// The earliest time at which `cost` more requests fit. `now_ms` if they fit now.
@@ -210,9 +164,8 @@ impl Counter {
         if cost > rule.requests {
             return u64::MAX;
         }
-        let mut live: Vec<(u64, u64)> = self.live_buckets(rule, now_ms).collect();
-        live.sort_unstable();
-        for (index, bucket_count) in live {
+        // Oldest first: the first buckets to leave the window.
+        for (index, bucket_count) in self.live_buckets(rule, now_ms) {
             count -= bucket_count;
             if count + cost <= rule.requests {
                 return self.leaves_at(rule, index);
@@ -227,7 +180,10 @@ impl Counter {
         if self.live(rule, now_ms) == 0 {
             return now_ms;
         }
-        self.leaves_at(rule, self.first_live)
+        match self.buckets.front() {
+            Some(&(oldest, _)) => self.leaves_at(rule, oldest),
+            None => now_ms,
+        }
     }
 
     /// Bucket `b` is counted while the current bucket is at most `b + N`.

@@ -1,0 +1,140 @@
+//! Memory per cached key (issue 18): the heap bytes the engine keeps for each
+//! key it has verified, counted by a global allocator that tallies live bytes.
+//!
+//!     cargo run --release -p keygate-engine --example cache_memory -- 100000 1000000
+//!
+//! For each count: that many keys are created through the engine (no HTTP)
+//! in one workspace on a SQLite store in a temporary directory, then each is
+//! verified once, as a node does when its traffic first arrives. The figure is
+//! the growth of live Rust heap bytes during the verifications, divided by the
+//! number of keys: the cache entry, the key and its workspace as cached, the
+//! usage tally, the limiter counter and the memoized limit checks. SQLite's
+//! own memory (C `malloc`) is not counted: the store is not what is measured.
+
+// A measurement tool: a failure should stop it where it happened.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keygate_core::limits::Plan;
+use keygate_core::throttle::FailurePolicy;
+use keygate_core::KeyFormat;
+use keygate_engine::admin::{NewKey, NewWorkspace};
+use keygate_engine::plans::PlanBook;
+use keygate_engine::{Actor, Engine, EngineSettings, SystemClock, VerifyRequest};
+use keygate_store::sqlite::SqliteStore;
+
+/// Live heap bytes: allocations minus frees.
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+struct Counting;
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn settings(capacity: u64) -> EngineSettings {
+    let plan: Plan = serde_json::from_value(serde_json::json!({
+        "limits": [{"requests": 100_000_000, "per": "1h"}]
+    }))
+    .unwrap();
+    EngineSettings {
+        key_format: KeyFormat::new("kg", &["live".into(), "test".into()]).unwrap(),
+        cache_capacity: capacity,
+        cache_ttl: Duration::from_secs(3600),
+        cache_ttl_unheard: Duration::from_secs(3600),
+        max_stale: Duration::from_secs(300),
+        store_timeout: Duration::from_secs(5),
+        negative_cache_ttl: Duration::from_secs(10),
+        failed_attempts: FailurePolicy {
+            max_failures: 1_000_000,
+            window: Duration::from_secs(60),
+        },
+        default_rotation_grace: Duration::from_secs(3600),
+        max_metadata_bytes: 4096,
+        plans: PlanBook::new([("bench".to_owned(), plan)].into_iter().collect(), None),
+        dashboard: Default::default(),
+        record_usage: true,
+        usage_retention: Default::default(),
+        events: Default::default(),
+        webhooks: Default::default(),
+    }
+}
+
+async fn measure(count: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&format!("sqlite://{}/k.db", dir.path().display()))
+            .await
+            .unwrap(),
+    );
+    let limiter = Arc::new(keygate_limiter::memory::MemoryLimiter::new(count as u64 * 2));
+    let engine = Engine::new(store, Arc::new(SystemClock), limiter, settings(count as u64));
+    let workspace = engine
+        .create_workspace(
+            &Actor::cli(),
+            NewWorkspace {
+                name: "bench".into(),
+                // `CACHE_MEMORY_PLAN=none`: no limits, to see what they cost.
+                plan: (std::env::var("CACHE_MEMORY_PLAN").as_deref() != Ok("none")).then(|| "bench".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut keys = Vec::with_capacity(count);
+    for index in 0..count {
+        let new = NewKey {
+            name: format!("k{index}"),
+            scopes: vec!["bench:read".into()],
+            ..Default::default()
+        };
+        let (_, plaintext) = engine.create_key(&Actor::cli(), &workspace.id, new).await.unwrap();
+        keys.push(plaintext.expose().to_owned());
+    }
+    let created_in = started.elapsed();
+    let scopes = ["bench:read".to_owned()];
+    let before = LIVE.load(Ordering::Relaxed);
+    for key in &keys {
+        let request = VerifyRequest {
+            required_scopes: &scopes,
+            ..VerifyRequest::new(key, Some([127, 0, 0, 1].into()))
+        };
+        assert!(engine.verify(request).await.is_ok());
+    }
+    let grown = LIVE.load(Ordering::Relaxed) - before;
+    println!(
+        "{count} keys (created in {:.0} s): {:.1} MiB for the cached keys, {} bytes per key",
+        created_in.as_secs_f64(),
+        grown as f64 / (1024.0 * 1024.0),
+        grown / count as isize
+    );
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let counts: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    for count in if counts.is_empty() { vec![100_000] } else { counts } {
+        measure(count).await;
+    }
+}
