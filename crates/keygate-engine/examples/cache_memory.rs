@@ -10,6 +10,8 @@
 //! number of keys: the cache entry, the key and its workspace as cached, the
 //! usage tally, the limiter counter and the memoized limit checks. SQLite's
 //! own memory (C `malloc`) is not counted: the store is not what is measured.
+//! The growth of the resident set over the same span is printed too: it adds
+//! the allocator's own overhead (and SQLite's page cache, which reads grow).
 
 // A measurement tool: a failure should stop it where it happened.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -114,7 +116,7 @@ async fn measure(count: usize) {
     }
     let created_in = started.elapsed();
     let scopes = ["bench:read".to_owned()];
-    let before = LIVE.load(Ordering::Relaxed);
+    let (before, resident_before) = (LIVE.load(Ordering::Relaxed), resident_bytes());
     for key in &keys {
         let request = VerifyRequest {
             required_scopes: &scopes,
@@ -123,17 +125,36 @@ async fn measure(count: usize) {
         assert!(engine.verify(request).await.is_ok());
     }
     let grown = LIVE.load(Ordering::Relaxed) - before;
+    let resident = resident_bytes() - resident_before;
     println!(
-        "{count} keys (created in {:.0} s): {:.1} MiB for the cached keys, {} bytes per key",
+        "{count} keys (created in {:.0} s): {:.1} MiB of heap for the cached keys, {} bytes per key; resident set {} bytes per key",
         created_in.as_secs_f64(),
         grown as f64 / (1024.0 * 1024.0),
-        grown / count as isize
+        grown / count as isize,
+        resident / count as isize
     );
+}
+
+/// The process's resident set (Linux), in bytes.
+fn resident_bytes() -> isize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: isize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let counts: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    println!(
+        "inline sizes: CachedKey {} bytes (ApiKey {}, Workspace {})",
+        std::mem::size_of::<keygate_engine::CachedKey>(),
+        std::mem::size_of::<keygate_core::model::ApiKey>(),
+        std::mem::size_of::<keygate_core::model::Workspace>()
+    );
     for count in if counts.is_empty() { vec![100_000] } else { counts } {
         measure(count).await;
     }

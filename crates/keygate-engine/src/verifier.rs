@@ -68,7 +68,8 @@ pub(crate) type MemoizedChecks = (Arc<str>, Arc<[LimitCheck]>);
 #[derive(Debug)]
 pub struct CachedKey {
     pub key: ApiKey,
-    pub workspace: Workspace,
+    /// Shared by the cached keys of one workspace (`WorkspaceShare`).
+    pub workspace: Arc<Workspace>,
     /// Shared ids, so recording usage and naming counters do not allocate.
     pub key_id: Arc<str>,
     pub workspace_id: Arc<str>,
@@ -82,7 +83,7 @@ pub struct CachedKey {
 }
 
 impl CachedKey {
-    pub fn new(key: ApiKey, workspace: Workspace, loaded_at: DateTime<Utc>) -> Self {
+    pub fn new(key: ApiKey, workspace: Arc<Workspace>, loaded_at: DateTime<Utc>) -> Self {
         let key_id = Arc::from(key.id.as_str());
         let workspace_id = Arc::from(workspace.id.as_str());
         let lineage_id = Arc::from(key.lineage_id.as_str());
@@ -97,6 +98,33 @@ impl CachedKey {
             limit_checks: Mutex::new((0, Vec::new())),
             usage,
         }
+    }
+}
+
+/// One copy of each workspace for all its cached keys: a workspace with
+/// 100,000 keys is held once, not 100,000 times (memory per cached key,
+/// issue 18). A read that returns the workspace as it is kept gets the kept
+/// copy; a changed workspace replaces it, and keys cached before the change
+/// keep the copy they were read with until they leave the cache, as before.
+pub(crate) struct WorkspaceShare(quick_cache::sync::Cache<String, Arc<Workspace>>);
+
+impl WorkspaceShare {
+    /// Workspaces kept at most; one beyond is read into a copy of its own.
+    const CAPACITY: usize = 65_536;
+
+    fn new() -> Self {
+        Self(quick_cache::sync::Cache::new(Self::CAPACITY))
+    }
+
+    fn share(&self, read: Workspace) -> Arc<Workspace> {
+        if let Some(kept) = self.0.get(&read.id) {
+            if *kept == read {
+                return kept;
+            }
+        }
+        let shared = Arc::new(read);
+        self.0.insert(shared.id.clone(), shared.clone());
+        shared
     }
 }
 
@@ -185,6 +213,7 @@ pub struct Engine {
     /// decided on the engine's clock (`is_fresh`, `reload`), and capacity
     /// bounds memory.
     cache: quick_cache::sync::Cache<KeyHash, Arc<CachedKey>>,
+    workspaces: WorkspaceShare,
     /// Bumped by every eviction, so a store read that raced with one is not cached.
     evictions: AtomicU64,
     unknown: Cache<KeyHash, ()>,
@@ -244,6 +273,7 @@ impl Engine {
             plans,
             limiter,
             cache,
+            workspaces: WorkspaceShare::new(),
             evictions: AtomicU64::new(0),
             unknown,
             failures,
@@ -481,7 +511,7 @@ impl Engine {
         let Some((key, workspace)) = found else {
             return Ok(None);
         };
-        let cached = Arc::new(CachedKey::new(key, workspace, now));
+        let cached = Arc::new(CachedKey::new(key, self.workspaces.share(workspace), now));
         self.cache.insert(hash, cached.clone());
         // An eviction since the read began may have been for this key: the read
         // may predate the change, so it must not stay cached.

@@ -292,3 +292,51 @@ async fn cached_keys_outlive_the_store_for_max_stale() {
         "past max_stale"
     );
 }
+
+#[tokio::test]
+async fn the_cached_keys_of_one_workspace_share_one_copy_of_it() {
+    let f = fixture().await;
+    let ws = f
+        .engine
+        .create_workspace(
+            &Actor::cli(),
+            keygate_engine::admin::NewWorkspace {
+                name: "Acme".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut keys = Vec::new();
+    for name in ["a", "b"] {
+        let new = NewKey {
+            name: name.into(),
+            ..Default::default()
+        };
+        let (_, plaintext) = f.engine.create_key(&Actor::cli(), &ws.id, new).await.unwrap();
+        keys.push(plaintext.expose().to_owned());
+    }
+    let first = cached_workspaces(&f.engine, &keys).await;
+    assert!(Arc::ptr_eq(&first[0], &first[1]), "one copy for both keys");
+    assert_eq!(first[0].name, "Acme");
+
+    let patch = keygate_engine::admin::WorkspacePatch {
+        name: Some("Acme Corp".into()),
+        ..Default::default()
+    };
+    f.engine.update_workspace(&Actor::cli(), &ws.id, patch).await.unwrap();
+    let renamed = cached_workspaces(&f.engine, &keys).await;
+    assert_eq!(renamed[0].name, "Acme Corp", "a changed workspace is read anew");
+    assert!(Arc::ptr_eq(&renamed[0], &renamed[1]), "and shared again");
+    assert!(!Arc::ptr_eq(&first[0], &renamed[0]));
+}
+
+/// The workspace each key was verified with.
+async fn cached_workspaces(engine: &Engine, keys: &[String]) -> Vec<Arc<keygate_core::model::Workspace>> {
+    let mut seen = Vec::new();
+    for key in keys {
+        let verified = engine.verify(request(key, None)).await.unwrap();
+        seen.push(verified.key.workspace.clone());
+    }
+    seen
+}
