@@ -365,6 +365,44 @@ async fn a_limit_is_exact_across_nodes_and_usage_adds_up() {
     assert_eq!(cluster.usage(2, &key_id).await, expected);
 }
 
+/// Issue 18: a limit of 10,000 a minute driven to exhaustion from 64 clients
+/// round-robin over 3 nodes admits exactly 10,000, with Redis decisions
+/// coalesced (many requests per script call, each all-or-nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_a_minute_driven_to_exhaustion_admit_exactly_ten_thousand() {
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let ws = cluster.workspace(1).await;
+    let (status, created) = cluster
+        .admin(
+            1,
+            Method::POST,
+            &format!("/v1/workspaces/{ws}/keys"),
+            Some(json!({"name": "busy key", "limits": [{"requests": 10_000, "per": "1m"}]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let counts = spread(&cluster, &key, 10_624, 64).await;
+    // The window is a minute: every request of the run must fall in it.
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        counts,
+        [
+            ((200, "OK".to_owned()), 10_000),
+            ((429, "RATE_LIMIT_EXCEEDED".to_owned()), 624)
+        ]
+        .into(),
+        "exactly the limit is admitted, across nodes"
+    );
+}
+
 /// Issue 6, point 4 (Redis): no 5xx while Redis is cut; `on_failure = "local"`
 /// enforces the limit per node; after Redis returns, the limit is shared again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
