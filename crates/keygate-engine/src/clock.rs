@@ -1,6 +1,6 @@
 //! Time as a parameter: pure code takes `now`; this is the one place that reads it.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -29,17 +29,17 @@ impl ManualClock {
     }
 
     pub fn advance(&self, by: Duration) {
-        let mut now = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut now = self.0.lock();
         *now += by;
     }
 
     pub fn set(&self, to: DateTime<Utc>) {
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = to;
+        *self.0.lock() = to;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self.0.lock()
     }
 }

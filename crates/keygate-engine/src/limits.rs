@@ -42,7 +42,7 @@ impl Engine {
     /// leaves the cache.
     pub fn limit_checks(&self, cached: &CachedKey, resource: &str) -> Arc<[LimitCheck]> {
         let plans = self.plans();
-        let mut memo = cached.limit_checks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut memo = cached.limit_checks.lock();
         let (generation, memoized) = &mut *memo;
         if *generation != plans.generation() {
             *generation = plans.generation();

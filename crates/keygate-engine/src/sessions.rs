@@ -9,9 +9,9 @@
 //! a deployment of several nodes routes a browser to one node (see
 //! `docs/decisions.md`). The table itself is pure: every method takes `now`.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 
 use chrono::{DateTime, Duration, Utc};
 use keygate_core::model::KeyStatus;
@@ -276,8 +276,8 @@ impl SessionTable {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
+    mutex.lock()
 }
 
 /// Why a browser has no usable session.

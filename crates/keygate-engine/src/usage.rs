@@ -9,7 +9,9 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use keygate_store::{LastUse, NewEvent, Store, StoreError, UsageBatch, UsageCount, UsageCutoffs};
@@ -86,7 +88,7 @@ impl KeyTally {
     }
 
     fn state(&self) -> MutexGuard<'_, TallyState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 }
 
@@ -128,7 +130,7 @@ impl UsageRecorder {
     /// remembered as written. A write older than the oldest use by the
     /// precision or more holds nothing back any more, so it is forgotten.
     fn worth_writing(&self, uses: LastUses) -> Vec<LastUse> {
-        let mut written = self.written_last_uses.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut written = self.written_last_uses.lock();
         if let Some(oldest) = uses.values().map(|(at, _)| *at).min() {
             written.retain(|_, (at, _)| oldest - *at < LAST_USE_PRECISION);
         }
@@ -171,11 +173,11 @@ impl UsageRecorder {
     }
 
     fn queued_tallies(&self) -> MutexGuard<'_, Vec<Arc<KeyTally>>> {
-        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
+        self.queued.lock()
     }
 
     fn events(&self) -> MutexGuard<'_, Vec<NewEvent>> {
-        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+        self.events.lock()
     }
 
     pub fn record_event(&self, event: NewEvent) {
@@ -352,13 +354,13 @@ mod tests {
         recorder.record(&two, ADMITTED, Some(ip), t0 + chrono::Duration::seconds(59));
         recorder.take("ub".into(), t0);
         assert_eq!(
-            recorder.written_last_uses.lock().unwrap().len(),
+            recorder.written_last_uses.lock().len(),
             2,
             "key_1's write still holds 59 s back"
         );
         recorder.record(&two, ADMITTED, Some(ip), t0 + LAST_USE_PRECISION);
         recorder.take("ub".into(), t0);
-        let written = recorder.written_last_uses.lock().unwrap();
+        let written = recorder.written_last_uses.lock();
         assert_eq!(
             written.keys().map(|k| &**k).collect::<Vec<_>>(),
             ["key_2"],

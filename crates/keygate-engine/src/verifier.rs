@@ -6,7 +6,9 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
@@ -301,7 +303,7 @@ impl Engine {
 
     /// A new object id, in creation order on this node.
     pub(crate) fn new_id(&self, prefix: &str, now: DateTime<Utc>) -> String {
-        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids = self.ids.lock();
         ids.next(prefix, now)
     }
 
@@ -532,7 +534,7 @@ impl Engine {
             let window = self
                 .failures
                 .get_with(ip, || Arc::new(Mutex::new(FailureWindow::new(now))));
-            let mut window = window.lock().unwrap_or_else(|p| p.into_inner());
+            let mut window = window.lock();
             if window.record_failure(&policy, now) {
                 self.failure_burst(ip, policy.max_failures, window.started(), now);
             }
@@ -548,10 +550,7 @@ impl Engine {
 
     fn throttled(&self, client_ip: Option<IpAddr>, now: DateTime<Utc>) -> Option<Rejection> {
         let window = self.failures.get(&client_ip?)?;
-        let blocked_for = window
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .blocked_for(&self.settings.failed_attempts, now)?;
+        let blocked_for = window.lock().blocked_for(&self.settings.failed_attempts, now)?;
         Some(Rejection {
             error: ErrorInstance::new(ErrorCode::TooManyFailedAttempts).with_data("retry_after", blocked_for),
             key: None,

@@ -2,7 +2,9 @@
 //! request has several limits, so the decision is atomic without a global lock.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -51,7 +53,7 @@ impl MemoryLimiter {
     pub fn sweep(&self, now_ms: u64) {
         self.counters.retain(|key, counter| {
             let rule = Rule::new(1, key.window_ms);
-            !counter.lock().unwrap_or_else(|p| p.into_inner()).is_idle(&rule, now_ms)
+            !counter.lock().is_idle(&rule, now_ms)
         });
     }
 
@@ -102,7 +104,7 @@ impl MemoryLimiter {
         order.sort_unstable_by_key(|&i| Arc::as_ptr(&shared[i]) as usize);
         let mut guards: Few<Option<MutexGuard<'_, Counter>>> = (0..shared.len()).map(|_| None).collect();
         for i in order {
-            guards[i] = Some(shared[i].lock().unwrap_or_else(|p| p.into_inner()));
+            guards[i] = Some(shared[i].lock());
         }
         let mut limits: Few<(Rule, &mut Counter)> = checks
             .iter()

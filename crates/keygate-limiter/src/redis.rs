@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keygate_core::ratelimit::{decide, Counter, Decision, Rule};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use tokio::sync::oneshot;
 
@@ -152,11 +152,11 @@ impl RedisLimiter {
     }
 
     fn current(&self) -> Option<MultiplexedConnection> {
-        self.connection.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.connection.read().clone()
     }
 
     fn reset(&self) {
-        *self.connection.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.connection.write() = None;
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, LimiterError> {
@@ -175,7 +175,7 @@ impl RedisLimiter {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(unavailable)?;
-        *self.connection.write().unwrap_or_else(|p| p.into_inner()) = Some(connection.clone());
+        *self.connection.write() = Some(connection.clone());
         Ok(connection)
     }
 
@@ -331,7 +331,7 @@ struct CoalescerState {
 
 impl Coalescer {
     fn state(&self) -> MutexGuard<'_, CoalescerState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// `None`: no call is in flight, and the caller makes the next one.

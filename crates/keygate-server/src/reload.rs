@@ -8,7 +8,9 @@
 //! running config stays; `/readyz` and the log say so.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
@@ -157,7 +159,7 @@ impl Reloader {
     /// Reads the source again; applies it if it validates and changes only
     /// live fields. Reloads run one at a time.
     pub fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let mut applied = self.applied.lock();
         let outcome = self.source.load().map_err(ReloadError::from).and_then(|loaded| {
             let fixed = changed_fields(&applied, &loaded.config, &LIVE_FIELDS);
             if fixed.is_empty() {
@@ -167,7 +169,7 @@ impl Reloader {
             }
         });
         let now = self.engine.now();
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut status = self.status.lock();
         match outcome {
             Ok(loaded) => {
                 let changed = LIVE_FIELDS
@@ -205,7 +207,7 @@ impl Reloader {
     }
 
     pub fn status(&self) -> ReloadStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status.lock().clone()
     }
 }
 

@@ -19,7 +19,9 @@
 //!   connection as it was taken, before its close was seen here;
 //! - connections end with the client connection that owns them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -191,7 +193,7 @@ impl UpstreamConnections {
     /// An open connection to target `id` that can take a request now;
     /// closed ones are dropped on the way.
     fn take_idle(&self, id: usize) -> Option<SendRequest<Body>> {
-        let mut idle = self.0.lock().ok()?;
+        let mut idle = self.0.lock();
         idle.retain(|(_, sender)| !sender.is_closed());
         let at = idle.iter().position(|(t, sender)| *t == id && sender.is_ready())?;
         Some(idle.swap_remove(at).1)
@@ -203,10 +205,9 @@ impl UpstreamConnections {
         if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS || sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.0.lock() {
-            if idle.len() < MAX_IDLE {
-                idle.push((id, sender));
-            }
+        let mut idle = self.0.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push((id, sender));
         }
     }
 }
