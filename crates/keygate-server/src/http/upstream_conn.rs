@@ -123,9 +123,10 @@ impl Replay {
 
 /// One per client connection of the data plane
 /// (crates/keygate-server/src/http/gateway.rs, `ClientConnection`); the
-/// proxy takes an idle connection from it and gives it back.
-#[derive(Clone, Default)]
-pub struct UpstreamConnections(Arc<Mutex<Vec<Idle>>>);
+/// proxy takes an idle connection from it and gives it back. The client
+/// connection is shared already, so this holds its list directly.
+#[derive(Default)]
+pub struct UpstreamConnections(Mutex<Vec<Idle>>);
 
 /// An idle connection and the target it goes to.
 type Idle = (usize, SendRequest<Body>);
