@@ -204,8 +204,11 @@ impl UsageRecorder {
                     .1 += count;
             }
             if let Some(last_use) = state.last_use.take() {
+                // On a tie the tally queued later wins: it is the newer cache
+                // entry of the key (a re-read replaces the entry, and the new
+                // one is queued on its first request), so its use came last.
                 let latest = last_uses.entry(Arc::clone(&tally.key_id)).or_insert(last_use);
-                if last_use.0 > latest.0 {
+                if last_use.0 >= latest.0 {
                     *latest = last_use;
                 }
             }
@@ -338,6 +341,20 @@ mod tests {
         assert_eq!(batch.counts[0].count, 2);
         let uses: Vec<_> = batch.last_uses.iter().map(|u| (u.at, u.ip.as_str())).collect();
         assert_eq!(uses, [(t0 + chrono::Duration::seconds(2), "192.0.2.2")]);
+    }
+
+    #[test]
+    fn at_the_same_instant_the_newer_tally_of_a_key_wins() {
+        let recorder = UsageRecorder::default();
+        let old = KeyTally::new(Arc::from("key_1"), Arc::from("ws_1"));
+        let new = KeyTally::new(Arc::from("key_1"), Arc::from("ws_1"));
+        let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let (before, after): (IpAddr, IpAddr) = ("203.0.113.9".parse().unwrap(), "127.0.0.1".parse().unwrap());
+        recorder.record(&old, ADMITTED, Some(before), t0);
+        recorder.record(&new, ADMITTED, Some(after), t0);
+        let batch = recorder.take("ub".into(), t0);
+        let uses: Vec<_> = batch.last_uses.iter().map(|u| u.ip.as_str()).collect();
+        assert_eq!(uses, ["127.0.0.1"]);
     }
 
     #[test]
