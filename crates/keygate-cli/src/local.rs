@@ -50,9 +50,10 @@ pub async fn serve(explicit: Option<&Path>, upstream: Option<String>) -> Result<
     let app = App::start(loaded, store, Arc::new(SystemClock))
         .await
         .map_err(|e| e.to_string())?;
-    let bootstrap_key = if app.engine.needs_bootstrap().await.map_err(|e| e.to_string())? {
+    let bootstrap_key = if app.engine.admin().needs_bootstrap().await.map_err(|e| e.to_string())? {
         let (key, plaintext) = app
             .engine
+            .admin()
             .create_admin_key("Bootstrap admin key")
             .await
             .map_err(|e| e.to_string())?;
@@ -169,7 +170,7 @@ pub async fn create_admin_key(explicit: Option<&Path>, name: &str, json: bool) -
     // Creating a key charges no limits; the memory limiter satisfies the engine.
     let limiter = Arc::new(keygate_limiter::memory::MemoryLimiter::new(1));
     let engine = Engine::new(store, Arc::new(SystemClock), limiter, settings.engine);
-    let (key, plaintext) = engine.create_admin_key(name).await.map_err(|e| e.to_string())?;
+    let (key, plaintext) = engine.admin().create_admin_key(name).await.map_err(|e| e.to_string())?;
     if json {
         println!(
             "{}",
@@ -203,9 +204,9 @@ pub fn check_config(explicit: Option<&Path>) -> Result<(), String> {
     );
     println!(
         "  key prefix `{}`, environments [{}], {} plans, {} routes, errors as {:?}",
-        settings.engine.key_format.prefix(),
-        settings.engine.key_format.environments().join(", "),
-        settings.engine.plans.names().count(),
+        settings.engine.verifier.key_format.prefix(),
+        settings.engine.verifier.key_format.environments().join(", "),
+        settings.engine.verifier.plans.names().count(),
         settings.routes.len(),
         settings.errors.format()
     );

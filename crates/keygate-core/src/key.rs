@@ -63,6 +63,16 @@ pub struct KeyFormat {
     environments: Vec<String>,
 }
 
+/// `kg` keys in `live` and `test`: the config's default (`[keys]`).
+impl Default for KeyFormat {
+    fn default() -> Self {
+        Self {
+            prefix: "kg".to_owned(),
+            environments: vec!["live".to_owned(), "test".to_owned()],
+        }
+    }
+}
+
 impl KeyFormat {
     pub fn new(prefix: &str, environments: &[String]) -> Result<Self, KeyFormatError> {
         if !is_label(prefix) {

@@ -48,23 +48,29 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
             ),
         ]);
         let settings = EngineSettings {
-            key_format: KeyFormat::new("kg", &["live".into()]).unwrap(),
-            cache_capacity: 100_000,
-            cache_ttl: Duration::from_secs(600),
-            cache_ttl_unheard: Duration::from_secs(1),
-            max_stale: Duration::from_secs(300),
-            store_timeout: Duration::from_secs(2),
-            negative_cache_ttl: Duration::from_secs(600),
-            failed_attempts: FailurePolicy {
-                max_failures: 20,
-                window: Duration::from_secs(60),
+            verifier: keygate_engine::VerifierSettings {
+                key_format: KeyFormat::new("kg", &["live".into()]).unwrap(),
+                cache_capacity: 100_000,
+                cache_ttl: Duration::from_secs(600),
+                cache_ttl_unheard: Duration::from_secs(1),
+                max_stale: Duration::from_secs(300),
+                store_timeout: Duration::from_secs(2),
+                negative_cache_ttl: Duration::from_secs(600),
+                failed_attempts: FailurePolicy {
+                    max_failures: 20,
+                    window: Duration::from_secs(60),
+                },
+                plans: keygate_engine::plans::PlanBook::new(plans, None),
             },
-            default_rotation_grace: Duration::from_secs(3600),
-            max_metadata_bytes: 4096,
-            plans: keygate_engine::plans::PlanBook::new(plans, None),
+            admin: keygate_engine::admin::AdminSettings {
+                default_rotation_grace: Duration::from_secs(3600),
+                max_metadata_bytes: 4096,
+            },
+            usage: keygate_engine::usage::UsageSettings {
+                enabled: true,
+                retention: Default::default(),
+            },
             dashboard: Default::default(),
-            record_usage: true,
-            usage_retention: Default::default(),
             events: Default::default(),
             webhooks: Default::default(),
         };
@@ -77,13 +83,13 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
                 plan: Some(plan.into()),
                 ..Default::default()
             };
-            let ws = engine.create_workspace(&Actor::cli(), input).await.unwrap();
+            let ws = engine.admin().create_workspace(&Actor::cli(), input).await.unwrap();
             let input = NewKey {
                 name: "bench".into(),
                 scopes: vec!["invoices:*".into()],
                 ..Default::default()
             };
-            let (_, key) = engine.create_key(&Actor::cli(), &ws.id, input).await.unwrap();
+            let (_, key) = engine.admin().create_key(&Actor::cli(), &ws.id, input).await.unwrap();
             keys.push(key.expose().to_owned());
         }
         (engine, keys.remove(0), keys.remove(0))
@@ -117,23 +123,26 @@ fn verify(c: &mut Criterion) {
 
     // Warm the caches: the benchmarks measure the steady state.
     runtime.block_on(async {
-        engine.verify(request(&unlimited)).await.unwrap();
-        engine.verify(request(&limited)).await.unwrap();
-        let _ = engine.verify(VerifyRequest::new(unknown.expose(), None)).await;
+        engine.verifier().verify(request(&unlimited)).await.unwrap();
+        engine.verifier().verify(request(&limited)).await.unwrap();
+        let _ = engine
+            .verifier()
+            .verify(VerifyRequest::new(unknown.expose(), None))
+            .await;
     });
 
     let mut group = c.benchmark_group("verify");
     group.bench_function("cached_valid_key", |b| {
-        b.iter(|| block_on(engine.verify(request(&unlimited))).unwrap())
+        b.iter(|| block_on(engine.verifier().verify(request(&unlimited))).unwrap())
     });
     group.bench_function("cached_valid_key_two_limits", |b| {
-        b.iter(|| block_on(engine.verify(request(&limited))).unwrap())
+        b.iter(|| block_on(engine.verifier().verify(request(&limited))).unwrap())
     });
     group.bench_function("unknown_key", |b| {
-        b.iter(|| block_on(engine.verify(VerifyRequest::new(unknown.expose(), None))).unwrap_err())
+        b.iter(|| block_on(engine.verifier().verify(VerifyRequest::new(unknown.expose(), None))).unwrap_err())
     });
     group.bench_function("malformed_key", |b| {
-        b.iter(|| block_on(engine.verify(VerifyRequest::new(&malformed, None))).unwrap_err())
+        b.iter(|| block_on(engine.verifier().verify(VerifyRequest::new(&malformed, None))).unwrap_err())
     });
     group.bench_function("sha256_of_a_key", |b| {
         b.iter(|| keygate_core::KeyHash::of(std::hint::black_box(&unlimited)))

@@ -60,23 +60,29 @@ fn settings(capacity: u64) -> EngineSettings {
     }))
     .unwrap();
     EngineSettings {
-        key_format: KeyFormat::new("kg", &["live".into(), "test".into()]).unwrap(),
-        cache_capacity: capacity,
-        cache_ttl: Duration::from_secs(3600),
-        cache_ttl_unheard: Duration::from_secs(3600),
-        max_stale: Duration::from_secs(300),
-        store_timeout: Duration::from_secs(5),
-        negative_cache_ttl: Duration::from_secs(10),
-        failed_attempts: FailurePolicy {
-            max_failures: 1_000_000,
-            window: Duration::from_secs(60),
+        verifier: keygate_engine::VerifierSettings {
+            key_format: KeyFormat::new("kg", &["live".into(), "test".into()]).unwrap(),
+            cache_capacity: capacity,
+            cache_ttl: Duration::from_secs(3600),
+            cache_ttl_unheard: Duration::from_secs(3600),
+            max_stale: Duration::from_secs(300),
+            store_timeout: Duration::from_secs(5),
+            negative_cache_ttl: Duration::from_secs(10),
+            failed_attempts: FailurePolicy {
+                max_failures: 1_000_000,
+                window: Duration::from_secs(60),
+            },
+            plans: PlanBook::new([("bench".to_owned(), plan)].into_iter().collect(), None),
         },
-        default_rotation_grace: Duration::from_secs(3600),
-        max_metadata_bytes: 4096,
-        plans: PlanBook::new([("bench".to_owned(), plan)].into_iter().collect(), None),
+        admin: keygate_engine::admin::AdminSettings {
+            default_rotation_grace: Duration::from_secs(3600),
+            max_metadata_bytes: 4096,
+        },
+        usage: keygate_engine::usage::UsageSettings {
+            enabled: true,
+            retention: Default::default(),
+        },
         dashboard: Default::default(),
-        record_usage: true,
-        usage_retention: Default::default(),
         events: Default::default(),
         webhooks: Default::default(),
     }
@@ -92,6 +98,7 @@ async fn measure(count: usize) {
     let limiter = Arc::new(keygate_limiter::memory::MemoryLimiter::new(count as u64 * 2));
     let engine = Engine::new(store, Arc::new(SystemClock), limiter, settings(count as u64));
     let workspace = engine
+        .admin()
         .create_workspace(
             &Actor::cli(),
             NewWorkspace {
@@ -111,7 +118,11 @@ async fn measure(count: usize) {
             scopes: vec!["bench:read".into()],
             ..Default::default()
         };
-        let (_, plaintext) = engine.create_key(&Actor::cli(), &workspace.id, new).await.unwrap();
+        let (_, plaintext) = engine
+            .admin()
+            .create_key(&Actor::cli(), &workspace.id, new)
+            .await
+            .unwrap();
         keys.push(plaintext.expose().to_owned());
     }
     let created_in = started.elapsed();
@@ -122,7 +133,7 @@ async fn measure(count: usize) {
             required_scopes: &scopes,
             ..VerifyRequest::new(key, Some([127, 0, 0, 1].into()))
         };
-        assert!(engine.verify(request).await.is_ok());
+        assert!(engine.verifier().verify(request).await.is_ok());
     }
     let grown = LIVE.load(Ordering::Relaxed) - before;
     let resident = resident_bytes() - resident_before;

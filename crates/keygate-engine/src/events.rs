@@ -21,7 +21,9 @@ use keygate_core::ratelimit::Decision;
 use keygate_store::{KeyActivity, KeyEventScan, NewEvent, StoreError};
 use serde_json::{json, Value};
 
-use crate::verifier::{CachedKey, Engine};
+use crate::context::Context;
+use crate::usage::Usage;
+use crate::verifier::CachedKey;
 
 /// Most keys one scan announces per lifecycle event type; the rest follow
 /// on the next scan.
@@ -67,7 +69,34 @@ fn refusal_window(decision: &Decision) -> Option<(u64, u64)> {
     Some((window_ms, decision.now_ms / window_ms * window_ms))
 }
 
-impl Engine {
+/// Deciding events: the gateway's, stored with the usage flush, and the
+/// periodic scan's.
+pub struct Events {
+    context: Arc<Context>,
+    settings: EventSettings,
+    usage: Arc<Usage>,
+    /// `(key, resource, window length, window start)` of the refusals this
+    /// node has announced, so a flood of 429s makes one event, not one each.
+    announced_refusals: moka::sync::Cache<(Arc<str>, Arc<str>, u64, u64), ()>,
+}
+
+impl Events {
+    pub(crate) fn new(context: Arc<Context>, settings: EventSettings, usage: Arc<Usage>) -> Self {
+        Self {
+            context,
+            settings,
+            usage,
+            announced_refusals: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+        }
+    }
+
+    pub fn settings(&self) -> &EventSettings {
+        &self.settings
+    }
+
     fn new_event(
         &self,
         kind: EventType,
@@ -77,7 +106,7 @@ impl Engine {
         data: Value,
     ) -> NewEvent {
         NewEvent {
-            id: self.new_id(EVENT_PREFIX, now),
+            id: self.context.new_id(EVENT_PREFIX, now),
             kind,
             at: now,
             workspace_id: workspace_id.map(str::to_owned),
@@ -97,7 +126,7 @@ impl Engine {
         decision: &Decision,
         now: DateTime<Utc>,
     ) {
-        if !self.settings.events.enabled {
+        if !self.settings.enabled {
             return;
         }
         let Some((window_ms, window_start)) = refusal_window(decision) else {
@@ -139,11 +168,17 @@ impl Engine {
 
     /// Called when a client's invalid keys reach the throttle's threshold:
     /// once per client and failure window on this node.
-    pub(crate) fn failure_burst(&self, ip: IpAddr, failures: u32, window_started: DateTime<Utc>, now: DateTime<Utc>) {
-        if !self.settings.events.enabled {
+    pub(crate) fn failure_burst(
+        &self,
+        ip: IpAddr,
+        failures: u32,
+        window: Duration,
+        window_started: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) {
+        if !self.settings.enabled {
             return;
         }
-        let window = self.settings.failed_attempts.window;
         let data = json!({
             "ip": ip.to_string(),
             "failures": failures,
@@ -161,18 +196,18 @@ impl Engine {
 
     /// The lifecycle and anomaly scan: stores the events that are due and
     /// returns how many were new.
-    pub async fn scan_for_events(&self) -> Result<u64, StoreError> {
-        let now = self.now();
+    pub async fn scan(&self) -> Result<u64, StoreError> {
+        let now = self.context.now();
         let mut events = self.lifecycle_events(now).await?;
         events.extend(self.anomaly_events(now).await?);
         if events.is_empty() {
             return Ok(0);
         }
-        self.background_store().insert_events(&events).await
+        self.context.background_store().insert_events(&events).await
     }
 
     async fn lifecycle_events(&self, now: DateTime<Utc>) -> Result<Vec<NewEvent>, StoreError> {
-        let settings = &self.settings.events;
+        let settings = &self.settings;
         let scan = KeyEventScan {
             now,
             expiring_before: now + settings.expiring_within,
@@ -180,7 +215,7 @@ impl Engine {
             created_before: settings.max_key_age.map(|age| now - age),
             limit: SCAN_LIMIT,
         };
-        let due = self.background_store().keys_due_for_events(&scan).await?;
+        let due = self.context.background_store().keys_due_for_events(&scan).await?;
         Ok(due
             .into_iter()
             .map(|(kind, key)| self.lifecycle_event(kind, &key, now))
@@ -200,7 +235,7 @@ impl Engine {
         });
         let dedup_key = match kind {
             EventType::KeyMaxAgeExceeded => {
-                if let Some(age) = self.settings.events.max_key_age {
+                if let Some(age) = self.settings.max_key_age {
                     data["max_age_days"] = json!(age.num_days());
                 }
                 format!("{kind}:{}", key.id)
@@ -219,15 +254,16 @@ impl Engine {
     /// Keys whose last minutes are anomalous (see [`AnomalyRule`]). Keys
     /// younger than the baseline window are left out: they have no baseline.
     async fn anomaly_events(&self, now: DateTime<Utc>) -> Result<Vec<NewEvent>, StoreError> {
-        let rule = self.settings.events.anomaly;
+        let rule = self.settings.anomaly;
         let this_minute = now.timestamp().div_euclid(60) * 60;
         let recent_from = this_minute - 60 * (i64::from(rule.recent_minutes) - 1);
         let baseline_from = recent_from - 60 * i64::from(rule.baseline_minutes);
         let active = self
+            .context
             .background_store()
             .key_activity(baseline_from, recent_from, this_minute + 60, rule.floor)
             .await?;
-        let quiet_since = now - self.settings.events.anomaly_cooldown;
+        let quiet_since = now - self.settings.anomaly_cooldown;
         Ok(active
             .into_iter()
             .filter(|key| key.key_created_at.timestamp() <= baseline_from)

@@ -20,8 +20,11 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use crate::admin::{Actor, ActorScope};
-use crate::verifier::{Engine, Rejection};
+use std::sync::Arc;
+
+use crate::admin::{Actor, ActorScope, Admin};
+use crate::context::Context;
+use crate::verifier::Rejection;
 use crate::AdminError;
 
 /// Most sessions (and, separately, unredeemed portal links) one node keeps;
@@ -289,9 +292,26 @@ pub enum SessionError {
     Admin(#[from] AdminError),
 }
 
-impl Engine {
-    pub fn sessions(&self) -> &SessionTable {
-        &self.sessions
+/// Dashboard sessions and portal links: the table, and the admin checks
+/// that open and keep a session. UI state, kept here until the store holds
+/// it (issue 18, docs/decisions.md).
+pub struct Sessions {
+    context: Arc<Context>,
+    table: SessionTable,
+    admin: Arc<Admin>,
+}
+
+impl Sessions {
+    pub(crate) fn new(context: Arc<Context>, settings: SessionSettings, admin: Arc<Admin>) -> Self {
+        Self {
+            context,
+            table: SessionTable::new(settings),
+            admin,
+        }
+    }
+
+    pub fn table(&self) -> &SessionTable {
+        &self.table
     }
 
     /// Signs in with an admin key, or a workspace key holding `keys:manage`.
@@ -300,26 +320,26 @@ impl Engine {
         presented: &str,
         client_ip: IpAddr,
     ) -> Result<(BrowserSecret, DashboardSession), Rejection> {
-        let actor = self.authenticate_admin(presented, client_ip).await?;
-        let now = self.now();
-        let session_id = self.new_id("sess", now);
+        let actor = self.admin.authenticate_admin(presented, client_ip).await?;
+        let now = self.context.now();
+        let session_id = self.context.new_id("sess", now);
         let key_id = actor.id.clone();
         let actor = Actor {
             id: format!("dashboard:{key_id}"),
             ..actor
         };
-        Ok(self.sessions.open(session_id, actor, Some(key_id), now))
+        Ok(self.table.open(session_id, actor, Some(key_id), now))
     }
 
     /// The session a cookie names, as seen from `client_ip`. A session opened
     /// with a key ends as soon as that key is revoked, expired or deleted.
     pub async fn session(&self, secret: &BrowserSecret, client_ip: IpAddr) -> Result<DashboardSession, SessionError> {
-        let now = self.now();
-        let mut session = self.sessions.find(secret, now).ok_or(SessionError::SignedOut)?;
+        let now = self.context.now();
+        let mut session = self.table.find(secret, now).ok_or(SessionError::SignedOut)?;
         if let Some(key_id) = &session.signed_in_with {
-            let key = self.store.get_key(key_id).await.map_err(AdminError::from)?;
+            let key = self.context.store().get_key(key_id).await.map_err(AdminError::from)?;
             if key.is_none_or(|key| key.status(now) != KeyStatus::Active) {
-                self.sessions.close(secret);
+                self.table.close(secret);
                 return Err(SessionError::SignedOut);
             }
         }
@@ -330,8 +350,8 @@ impl Engine {
     /// `POST /v1/portal-sessions`: a one-time link into one workspace's dashboard.
     pub async fn create_portal_link(&self, actor: &Actor, workspace_id: &str) -> Result<PortalLink, AdminError> {
         // Reading the workspace checks that it exists and that the caller may see it.
-        self.get_workspace(actor, workspace_id).await?;
-        Ok(self.sessions.issue_portal_link(workspace_id, self.now()))
+        self.admin.get_workspace(actor, workspace_id).await?;
+        Ok(self.table.issue_portal_link(workspace_id, self.context.now()))
     }
 
     /// Opens a session bound to the link's workspace; `None` if the link is
@@ -341,14 +361,14 @@ impl Engine {
         token: &BrowserSecret,
         client_ip: IpAddr,
     ) -> Result<Option<(BrowserSecret, DashboardSession)>, AdminError> {
-        let now = self.now();
-        let Some(workspace_id) = self.sessions.redeem_portal_link(token, now) else {
+        let now = self.context.now();
+        let Some(workspace_id) = self.table.redeem_portal_link(token, now) else {
             return Ok(None);
         };
-        if self.store.get_workspace(&workspace_id).await?.is_none() {
+        if self.context.store().get_workspace(&workspace_id).await?.is_none() {
             return Ok(None);
         }
-        let session_id = self.new_id("sess", now);
+        let session_id = self.context.new_id("sess", now);
         let actor = Actor {
             id: format!("portal:{session_id}"),
             ip: Some(client_ip.to_string()),
@@ -356,7 +376,7 @@ impl Engine {
             // The provider opened the link for the whole workspace.
             environment: None,
         };
-        Ok(Some(self.sessions.open(session_id, actor, None, now)))
+        Ok(Some(self.table.open(session_id, actor, None, now)))
     }
 }
 

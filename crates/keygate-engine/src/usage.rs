@@ -8,7 +8,7 @@
 //! lost does not count twice, and nothing is lost while the store is down.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -16,6 +16,9 @@ use parking_lot::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use keygate_store::{LastUse, NewEvent, Store, StoreError, UsageBatch, UsageCount, UsageCutoffs};
 use rustc_hash::FxHashMap;
+
+use crate::context::Context;
+use crate::metrics::StoreOperation;
 
 /// The outcome recorded for an admitted request; rejections use their error code.
 pub const ADMITTED: &str = "admitted";
@@ -275,6 +278,146 @@ impl UsageRecorder {
         let tallies = self.queued_tallies().clone();
         let counts: usize = tallies.iter().map(|tally| tally.state().counts.len()).sum();
         counts + events + self.unsent_rows.load(Ordering::Acquire)
+    }
+}
+
+/// `[usage]` of the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageSettings {
+    /// Off (`usage.enabled = false`): no usage counts and no last use.
+    pub enabled: bool,
+    pub retention: UsageRetention,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retention: UsageRetention::default(),
+        }
+    }
+}
+
+/// Usage of this node: what the verify path records, and the background
+/// passes that write it, roll it up and prune it.
+pub struct Usage {
+    context: Arc<Context>,
+    settings: UsageSettings,
+    recorder: UsageRecorder,
+    /// When this node last pruned old usage counts (Unix ms, engine clock).
+    last_prune_ms: AtomicI64,
+    /// The minute this node last rolled usage up to (Unix seconds).
+    last_roll_until: AtomicI64,
+}
+
+impl Usage {
+    pub(crate) fn new(context: Arc<Context>, settings: UsageSettings) -> Self {
+        Self {
+            context,
+            settings,
+            recorder: UsageRecorder::default(),
+            last_prune_ms: AtomicI64::new(i64::MIN),
+            last_roll_until: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Counts one request of a cached key, unless usage is off.
+    pub(crate) fn record(
+        &self,
+        tally: &Arc<KeyTally>,
+        outcome: &'static str,
+        client_ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) {
+        if self.settings.enabled {
+            self.recorder.record(tally, outcome, client_ip, now);
+        }
+    }
+
+    /// An event the gateway decided, stored with the next flush.
+    pub(crate) fn record_event(&self, event: NewEvent) {
+        self.recorder.record_event(event);
+    }
+
+    /// Counts not yet written to the store.
+    pub fn pending(&self) -> usize {
+        self.recorder.pending()
+    }
+
+    /// Writes recorded usage to the store; see [`UsageRecorder::flush`].
+    pub async fn flush(&self) -> Result<usize, StoreError> {
+        let context = &self.context;
+        let now = context.now();
+        let started = std::time::Instant::now();
+        let flushed = self
+            .recorder
+            .flush(context.background_store(), now, || context.new_id("ub", now))
+            .await;
+        match &flushed {
+            // Ok(0) may mean there was nothing to write, so the store was not asked.
+            Ok(0) => {}
+            Ok(_) => {
+                context.store_health().succeeded();
+                context
+                    .metrics()
+                    .store_call(StoreOperation::RecordUsage, started.elapsed(), false);
+            }
+            Err(_) => {
+                context.store_health().failed(now.timestamp_millis());
+                context
+                    .metrics()
+                    .store_call(StoreOperation::RecordUsage, started.elapsed(), true);
+            }
+        }
+        flushed
+    }
+
+    /// One background pass: the flush, then the roll-up once a minute and the
+    /// pruning once an hour. Failures are logged and retried by a later pass.
+    pub(crate) async fn flush_logged(&self) {
+        // How long each pass took is logged (debug) so a benchmark can line
+        // the data plane's latency up with it (scripts/bench/tail.sh).
+        let started = std::time::Instant::now();
+        match self.flush().await {
+            Ok(0) => {}
+            Ok(rows) => tracing::debug!(rows, took_us = started.elapsed().as_micros() as u64, "usage flushed"),
+            Err(err) => tracing::warn!(error = %err, pending = self.pending(), "usage flush failed; will retry"),
+        }
+        let until = self.context.now().timestamp().div_euclid(60) * 60;
+        if until > self.last_roll_until.load(Ordering::Relaxed) {
+            let started = std::time::Instant::now();
+            match self.roll_up().await {
+                Ok(rows) => {
+                    self.last_roll_until.store(until, Ordering::Relaxed);
+                    let took_us = started.elapsed().as_micros() as u64;
+                    tracing::debug!(rows, took_us, "usage rolled up to hours and days");
+                }
+                Err(err) => tracing::warn!(error = %err, "rolling usage up failed; will retry"),
+            }
+        }
+        let now_ms = self.context.now().timestamp_millis();
+        let last = self.last_prune_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= PRUNE_EVERY_MS {
+            self.last_prune_ms.store(now_ms, Ordering::Relaxed);
+            match self.prune().await {
+                Ok(rows) => tracing::debug!(rows, "old usage counts pruned"),
+                Err(err) => tracing::warn!(error = %err, "pruning old usage counts failed; will retry in an hour"),
+            }
+        }
+    }
+
+    /// Rolls the complete minutes not rolled up yet into hours and days (any
+    /// node; the store does it once). Reads never wait for it: they add the
+    /// minutes not rolled up. Returns the rollup rows written.
+    pub async fn roll_up(&self) -> Result<u64, StoreError> {
+        let until = self.context.now().timestamp().div_euclid(60) * 60;
+        self.context.background_store().roll_up_usage(until).await
+    }
+
+    /// Deletes usage counts older than `usage.keep_*`; returns how many rows.
+    pub async fn prune(&self) -> Result<u64, StoreError> {
+        let cutoffs = self.settings.retention.cutoffs(self.context.now());
+        self.context.background_store().prune_usage(&cutoffs).await
     }
 }
 

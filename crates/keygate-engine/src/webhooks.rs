@@ -14,17 +14,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use keygate_core::events::EventFilter;
-use keygate_core::id::{self, ADMIN_WORKSPACE_ID, WEBHOOK_PREFIX};
-use keygate_core::webhook::{retry_delay, WebhookSecret};
-use keygate_store::{
-    ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryNext, EventListFilter, Page, Paged, StoreError, StoredEvent,
-    WebhookEndpoint,
-};
-use serde_json::json;
+use keygate_core::webhook::retry_delay;
+use keygate_store::{ClaimedDelivery, DeliveryAttempt, DeliveryNext, StoreError};
 
-use crate::admin::{Actor, ActorScope};
-use crate::verifier::Engine;
+use crate::context::Context;
 use crate::AdminError;
 
 pub const MAX_URL_LEN: usize = 2_000;
@@ -103,7 +96,7 @@ impl DeliveryRound {
     }
 }
 
-fn validate_url(url: &str) -> Result<String, AdminError> {
+pub(crate) fn validate_url(url: &str) -> Result<String, AdminError> {
     let url = url.trim();
     if url.len() > MAX_URL_LEN {
         return Err(AdminError::validation(
@@ -121,7 +114,7 @@ fn validate_url(url: &str) -> Result<String, AdminError> {
     Ok(parsed.to_string())
 }
 
-fn validate_description(description: Option<String>) -> Result<Option<String>, AdminError> {
+pub(crate) fn validate_description(description: Option<String>) -> Result<Option<String>, AdminError> {
     let description = description.map(|d| d.trim().to_owned()).filter(|d| !d.is_empty());
     if description
         .as_ref()
@@ -135,133 +128,34 @@ fn validate_description(description: Option<String>) -> Result<Option<String>, A
     Ok(description)
 }
 
-impl Engine {
-    // ----- endpoints -----
+/// Webhook delivery: the rounds of the background work.
+pub struct Deliveries {
+    context: Arc<Context>,
+    settings: WebhookSettings,
+}
 
-    /// Creates an endpoint; its secret is in the result, to be shown once.
-    pub async fn create_webhook(&self, actor: &Actor, input: NewWebhook) -> Result<WebhookEndpoint, AdminError> {
-        match &input.workspace_id {
-            None if actor.scope != ActorScope::Admin => {
-                return Err(AdminError::Forbidden("a global webhook needs an admin key"))
-            }
-            None => {}
-            Some(workspace_id) => {
-                self.get_workspace(actor, workspace_id).await?;
-            }
-        }
-        let events = EventFilter::parse(&input.events).map_err(|e| AdminError::validation("events", e))?;
-        let now = self.now();
-        let endpoint = WebhookEndpoint {
-            id: self.new_id(WEBHOOK_PREFIX, now),
-            workspace_id: input.workspace_id,
-            url: validate_url(&input.url)?,
-            secret: WebhookSecret::generate(&mut rand::thread_rng()),
-            events,
-            description: validate_description(input.description)?,
-            created_at: now,
-            created_by: Some(actor.id.clone()),
-        };
-        let details = json!({"url": endpoint.url, "events": endpoint.events.names()});
-        let audit_ws = endpoint.workspace_id.as_deref().unwrap_or(ADMIN_WORKSPACE_ID);
-        let event = self.audit_event(actor, "webhook.created", &endpoint.id, audit_ws, details, now);
-        self.store.insert_webhook(&endpoint, &event).await?;
-        Ok(endpoint)
+impl Deliveries {
+    pub(crate) fn new(context: Arc<Context>, settings: WebhookSettings) -> Self {
+        Self { context, settings }
     }
 
-    /// An endpoint the caller may see: its workspace's, or any for an admin.
-    pub async fn get_webhook(&self, actor: &Actor, id: &str) -> Result<WebhookEndpoint, AdminError> {
-        if !id::looks_like(WEBHOOK_PREFIX, id) {
-            return Err(AdminError::NotFound);
-        }
-        match self.store.get_webhook(id).await? {
-            Some(endpoint) if self.may_see_webhook(actor, &endpoint) => Ok(endpoint),
-            _ => Err(AdminError::NotFound),
-        }
+    pub fn settings(&self) -> &WebhookSettings {
+        &self.settings
     }
-
-    fn may_see_webhook(&self, actor: &Actor, endpoint: &WebhookEndpoint) -> bool {
-        match (&actor.scope, &endpoint.workspace_id) {
-            (ActorScope::Admin, _) => true,
-            (ActorScope::Workspace(own), Some(workspace_id)) => own == workspace_id,
-            (ActorScope::Workspace(_), None) => false,
-        }
-    }
-
-    /// A workspace key lists its workspace's endpoints; an admin lists one
-    /// workspace's, or every endpoint.
-    pub async fn list_webhooks(
-        &self,
-        actor: &Actor,
-        workspace_id: Option<&str>,
-        page: &Page,
-    ) -> Result<Paged<WebhookEndpoint>, AdminError> {
-        let workspace_id = match (&actor.scope, workspace_id) {
-            (ActorScope::Workspace(own), Some(asked)) if own != asked => return Err(AdminError::NotFound),
-            (ActorScope::Workspace(own), _) => Some(own.as_str()),
-            (ActorScope::Admin, asked) => asked,
-        };
-        Ok(self.store.list_webhooks(workspace_id, page).await?)
-    }
-
-    /// Returns the endpoint as it was, for callers that show where it belonged.
-    pub async fn delete_webhook(&self, actor: &Actor, id: &str) -> Result<WebhookEndpoint, AdminError> {
-        let endpoint = self.get_webhook(actor, id).await?;
-        let now = self.now();
-        let audit_ws = endpoint.workspace_id.as_deref().unwrap_or(ADMIN_WORKSPACE_ID);
-        let event = self.audit_event(
-            actor,
-            "webhook.deleted",
-            id,
-            audit_ws,
-            json!({"url": endpoint.url}),
-            now,
-        );
-        self.store.delete_webhook(id, now, &event).await?;
-        Ok(endpoint)
-    }
-
-    pub async fn webhook_deliveries(
-        &self,
-        actor: &Actor,
-        id: &str,
-        page: &Page,
-    ) -> Result<Paged<Delivery>, AdminError> {
-        self.get_webhook(actor, id).await?;
-        Ok(self.store.list_deliveries(id, page).await?)
-    }
-
-    /// The outbox, newest first: a workspace's events, or a key's.
-    pub async fn list_events(
-        &self,
-        actor: &Actor,
-        mut filter: EventListFilter,
-        page: &Page,
-    ) -> Result<Paged<StoredEvent>, AdminError> {
-        if let Some(key_id) = &filter.subject {
-            if let Some(workspace_id) = self.workspace_of_filtered_key(actor, key_id).await? {
-                filter.workspace_id.get_or_insert(workspace_id);
-            }
-        }
-        if let ActorScope::Workspace(own) = &actor.scope {
-            if filter.workspace_id.as_ref().is_some_and(|ws| ws != own) {
-                return Err(AdminError::NotFound);
-            }
-            filter.workspace_id = Some(own.clone());
-        }
-        Ok(self.store.list_events(&filter, page).await?)
-    }
-
-    // ----- delivery -----
 
     /// One round: fan out new events, lease the due deliveries, send them
     /// concurrently and record every attempt.
-    pub async fn deliver_webhooks(&self, sender: &dyn WebhookSender) -> Result<DeliveryRound, StoreError> {
-        let now = self.now();
-        self.background_store().fan_out_events(now, FAN_OUT_BATCH).await?;
-        let settings = &self.settings.webhooks;
+    pub async fn deliver(&self, sender: &dyn WebhookSender) -> Result<DeliveryRound, StoreError> {
+        let now = self.context.now();
+        self.context
+            .background_store()
+            .fan_out_events(now, FAN_OUT_BATCH)
+            .await?;
+        let settings = &self.settings;
         let lease = chrono::Duration::from_std(settings.timeout + LEASE_MARGIN).unwrap_or(chrono::Duration::MAX);
-        let token = self.new_id("lease", now);
+        let token = self.context.new_id("lease", now);
         let claimed = self
+            .context
             .background_store()
             .claim_deliveries(now, now + lease, &token, settings.batch)
             .await?;
@@ -301,7 +195,7 @@ impl Engine {
         sender: &dyn WebhookSender,
         delivery: &ClaimedDelivery,
     ) -> Result<DeliveryNext, StoreError> {
-        let sent_at = self.now();
+        let sent_at = self.context.now();
         let timestamp = sent_at.timestamp();
         let request = WebhookRequest {
             url: delivery.url.clone(),
@@ -317,7 +211,7 @@ impl Engine {
             body: delivery.body.clone(),
         };
         let started = Instant::now();
-        let answer = sender.send(request, self.settings.webhooks.timeout).await;
+        let answer = sender.send(request, self.settings.timeout).await;
         let took = started.elapsed();
         let (status_code, error) = match answer {
             Ok(code) if (200..300).contains(&code) => (Some(code), None),
@@ -327,7 +221,7 @@ impl Engine {
         let next = if error.is_none() {
             DeliveryNext::Delivered
         } else {
-            self.next_try(delivery, self.now())
+            self.next_try(delivery, self.context.now())
         };
         let attempt = DeliveryAttempt {
             attempt: delivery.attempts + 1,
@@ -341,8 +235,9 @@ impl Engine {
             DeliveryNext::RetryAt(_) => "failed",
             DeliveryNext::GiveUp => "gave_up",
         };
-        self.metrics.webhook_attempt(result, took);
+        self.context.metrics().webhook_attempt(result, took);
         if !self
+            .context
             .background_store()
             .finish_delivery(&delivery.id, &delivery.lease_token, &attempt, next)
             .await?
@@ -354,7 +249,7 @@ impl Engine {
 
     /// Backoff after a failure, with one last try at the give-up time.
     fn next_try(&self, delivery: &ClaimedDelivery, now: DateTime<Utc>) -> DeliveryNext {
-        let settings = &self.settings.webhooks;
+        let settings = &self.settings;
         let give_up_at = delivery.event_at + settings.give_up_after;
         if now >= give_up_at {
             return DeliveryNext::GiveUp;
@@ -362,41 +257,6 @@ impl Engine {
         let wait = retry_delay(delivery.attempts + 1, settings.retry_base, settings.retry_max);
         let retry_at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
         DeliveryNext::RetryAt(retry_at.min(give_up_at))
-    }
-
-    /// Scans for events every `events.scan_interval` and delivers webhooks
-    /// every `webhooks.poll_interval`, until `shutdown` resolves.
-    pub async fn run_event_workers(
-        self: Arc<Self>,
-        sender: Arc<dyn WebhookSender>,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
-        if !self.settings.events.enabled {
-            return shutdown.await;
-        }
-        tokio::pin!(shutdown);
-        // The first round one interval after start, like every later one.
-        let poll = self.settings.webhooks.poll_interval;
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_scan: Option<Instant> = None;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                () = &mut shutdown => break,
-            }
-            if last_scan.is_none_or(|at| at.elapsed() >= self.settings.events.scan_interval) {
-                last_scan = Some(Instant::now());
-                if let Err(err) = self.scan_for_events().await {
-                    tracing::warn!(error = %err, "the event scan failed; will retry");
-                }
-            }
-            match self.deliver_webhooks(sender.as_ref()).await {
-                Ok(round) if round.attempts() > 0 => tracing::debug!(?round, "webhooks sent"),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "webhook delivery round failed; will retry"),
-            }
-        }
     }
 }
 

@@ -26,23 +26,29 @@ struct Fixture {
 
 fn settings() -> EngineSettings {
     EngineSettings {
-        key_format: KeyFormat::new("kg", &["live".into(), "test".into()]).unwrap(),
-        cache_capacity: 1_000,
-        cache_ttl: Duration::from_secs(60),
-        cache_ttl_unheard: Duration::from_secs(1),
-        max_stale: Duration::from_secs(300),
-        store_timeout: Duration::from_secs(2),
-        negative_cache_ttl: Duration::from_secs(10),
-        failed_attempts: FailurePolicy {
-            max_failures: 3,
-            window: Duration::from_secs(60),
+        verifier: keygate_engine::VerifierSettings {
+            key_format: KeyFormat::new("kg", &["live".into(), "test".into()]).unwrap(),
+            cache_capacity: 1_000,
+            cache_ttl: Duration::from_secs(60),
+            cache_ttl_unheard: Duration::from_secs(1),
+            max_stale: Duration::from_secs(300),
+            store_timeout: Duration::from_secs(2),
+            negative_cache_ttl: Duration::from_secs(10),
+            failed_attempts: FailurePolicy {
+                max_failures: 3,
+                window: Duration::from_secs(60),
+            },
+            plans: Default::default(),
         },
-        default_rotation_grace: Duration::from_secs(3600),
-        max_metadata_bytes: 4096,
-        plans: Default::default(),
+        admin: keygate_engine::admin::AdminSettings {
+            default_rotation_grace: Duration::from_secs(3600),
+            max_metadata_bytes: 4096,
+        },
+        usage: keygate_engine::usage::UsageSettings {
+            enabled: true,
+            retention: Default::default(),
+        },
         dashboard: Default::default(),
-        record_usage: true,
-        usage_retention: Default::default(),
         events: Default::default(),
         webhooks: Default::default(),
     }
@@ -68,6 +74,7 @@ async fn fixture() -> Fixture {
 
 async fn new_key(engine: &Engine) -> (String, String) {
     let ws = engine
+        .admin()
         .create_workspace(
             &Actor::cli(),
             keygate_engine::admin::NewWorkspace {
@@ -78,6 +85,7 @@ async fn new_key(engine: &Engine) -> (String, String) {
         .await
         .unwrap();
     let (key, plaintext) = engine
+        .admin()
         .create_key(
             &Actor::cli(),
             &ws.id,
@@ -103,9 +111,9 @@ fn code(result: Result<keygate_engine::Verified, keygate_engine::Rejection>) -> 
 async fn a_cached_key_needs_no_store() {
     let f = fixture().await;
     let (_, key) = new_key(&f.engine).await;
-    assert_eq!(code(f.engine.verify(request(&key, None)).await), None);
+    assert_eq!(code(f.engine.verifier().verify(request(&key, None)).await), None);
     f.store.close().await;
-    assert_eq!(code(f.engine.verify(request(&key, None)).await), None);
+    assert_eq!(code(f.engine.verifier().verify(request(&key, None)).await), None);
 }
 
 /// Plans of one limit, `requests` a minute, as the default plan.
@@ -123,19 +131,25 @@ fn default_plan_of(requests: u64) -> keygate_engine::plans::PlanBook {
 #[tokio::test]
 async fn replaced_plans_limit_a_cached_key_from_its_next_request() {
     let f = fixture().await;
-    f.engine.replace_plans(default_plan_of(100));
+    f.engine.verifier().replace_plans(default_plan_of(100));
     let (_, key) = new_key(&f.engine).await;
     let limit_of = |verified: keygate_engine::Verified| verified.limits.unwrap().checks[0].rule.requests;
-    assert_eq!(limit_of(f.engine.verify(request(&key, None)).await.unwrap()), 100);
-    f.engine.replace_plans(default_plan_of(2));
+    assert_eq!(
+        limit_of(f.engine.verifier().verify(request(&key, None)).await.unwrap()),
+        100
+    );
+    f.engine.verifier().replace_plans(default_plan_of(2));
     // The key is still cached; its checks are recomputed for the new plans,
     // and the counter it charged under the old ones counts on.
-    assert_eq!(limit_of(f.engine.verify(request(&key, None)).await.unwrap()), 2);
     assert_eq!(
-        code(f.engine.verify(request(&key, None)).await),
+        limit_of(f.engine.verifier().verify(request(&key, None)).await.unwrap()),
+        2
+    );
+    assert_eq!(
+        code(f.engine.verifier().verify(request(&key, None)).await),
         Some(ErrorCode::RateLimitExceeded)
     );
-    assert!(f.engine.plans().contains("free"));
+    assert!(f.engine.verifier().plans().contains("free"));
 }
 
 #[tokio::test]
@@ -146,12 +160,12 @@ async fn unknown_hashes_are_remembered() {
         .generate("live", &mut rand::thread_rng())
         .unwrap();
     assert_eq!(
-        code(f.engine.verify(request(unknown.expose(), None)).await),
+        code(f.engine.verifier().verify(request(unknown.expose(), None)).await),
         Some(ErrorCode::InvalidApiKey)
     );
     f.store.close().await;
     assert_eq!(
-        code(f.engine.verify(request(unknown.expose(), None)).await),
+        code(f.engine.verifier().verify(request(unknown.expose(), None)).await),
         Some(ErrorCode::InvalidApiKey),
         "answered from the negative cache, not the (closed) store"
     );
@@ -160,7 +174,7 @@ async fn unknown_hashes_are_remembered() {
         .generate("live", &mut rand::thread_rng())
         .unwrap();
     assert_eq!(
-        code(f.engine.verify(request(other.expose(), None)).await),
+        code(f.engine.verifier().verify(request(other.expose(), None)).await),
         Some(ErrorCode::ServiceUnavailable)
     );
 }
@@ -170,27 +184,38 @@ async fn failed_attempts_are_throttled_per_ip_and_spare_cached_keys() {
     let f = fixture().await;
     let (_, key) = new_key(&f.engine).await;
     assert_eq!(
-        code(f.engine.verify(request(&key, Some([10, 0, 0, 1].into()))).await),
+        code(
+            f.engine
+                .verifier()
+                .verify(request(&key, Some([10, 0, 0, 1].into())))
+                .await
+        ),
         None
     );
     let attacker: Option<IpAddr> = Some([10, 0, 0, 1].into());
     for _ in 0..3 {
         assert_eq!(
-            code(f.engine.verify(request("kg_live_garbage", attacker)).await),
+            code(f.engine.verifier().verify(request("kg_live_garbage", attacker)).await),
             Some(ErrorCode::InvalidApiKey)
         );
     }
-    let throttled = f.engine.verify(request("kg_live_garbage", attacker)).await.unwrap_err();
+    let throttled = f
+        .engine
+        .verifier()
+        .verify(request("kg_live_garbage", attacker))
+        .await
+        .unwrap_err();
     assert_eq!(throttled.error.code, ErrorCode::TooManyFailedAttempts);
     assert_eq!(throttled.error.retry_after(), Some(60));
     assert_eq!(
-        code(f.engine.verify(request(&key, attacker)).await),
+        code(f.engine.verifier().verify(request(&key, attacker)).await),
         None,
         "a cached valid key still passes"
     );
     assert_eq!(
         code(
             f.engine
+                .verifier()
                 .verify(request("kg_live_garbage", Some([10, 0, 0, 2].into())))
                 .await
         ),
@@ -249,14 +274,18 @@ async fn usage_survives_a_failed_flush() {
 async fn a_cached_key_is_read_again_after_the_ttl() {
     let f = fixture().await;
     let (key_id, key) = new_key(&f.engine).await;
-    assert_eq!(code(f.engine.verify(request(&key, None)).await), None);
+    assert_eq!(code(f.engine.verifier().verify(request(&key, None)).await), None);
     let event = keygate_store::testsuite::audit("key.revoked", &key_id, None);
     f.store.revoke_key(&key_id, Utc::now(), None, &event).await.unwrap();
     f.clock.advance(chrono::Duration::seconds(59));
-    assert_eq!(code(f.engine.verify(request(&key, None)).await), None, "still cached");
+    assert_eq!(
+        code(f.engine.verifier().verify(request(&key, None)).await),
+        None,
+        "still cached"
+    );
     f.clock.advance(chrono::Duration::seconds(2));
     assert_eq!(
-        code(f.engine.verify(request(&key, None)).await),
+        code(f.engine.verifier().verify(request(&key, None)).await),
         Some(ErrorCode::ApiKeyRevoked)
     );
 }
@@ -268,26 +297,30 @@ async fn cached_keys_outlive_the_store_for_max_stale() {
     let f = fixture().await;
     let (_, key) = new_key(&f.engine).await;
     let (_, never_used) = new_key(&f.engine).await;
-    assert_eq!(code(f.engine.verify(request(&key, None)).await), None);
+    assert_eq!(code(f.engine.verifier().verify(request(&key, None)).await), None);
     f.store.close().await;
     f.clock.advance(chrono::Duration::seconds(61));
     assert_eq!(
-        code(f.engine.verify(request(&key, None)).await),
+        code(f.engine.verifier().verify(request(&key, None)).await),
         None,
         "past the TTL, the store does not answer: the cached key still serves"
     );
     assert_eq!(
-        code(f.engine.verify(request(&never_used, None)).await),
+        code(f.engine.verifier().verify(request(&never_used, None)).await),
         Some(ErrorCode::ServiceUnavailable)
     );
-    let status = f.engine.store_status().await;
+    let status = f.engine.verifier().store_status().await;
     assert!(status.ping.is_err());
     assert!(status.down_since.is_some());
     f.clock.advance(chrono::Duration::seconds(300 - 61));
-    assert_eq!(code(f.engine.verify(request(&key, None)).await), None, "at max_stale");
+    assert_eq!(
+        code(f.engine.verifier().verify(request(&key, None)).await),
+        None,
+        "at max_stale"
+    );
     f.clock.advance(chrono::Duration::seconds(1));
     assert_eq!(
-        code(f.engine.verify(request(&key, None)).await),
+        code(f.engine.verifier().verify(request(&key, None)).await),
         Some(ErrorCode::ServiceUnavailable),
         "past max_stale"
     );
@@ -298,6 +331,7 @@ async fn the_cached_keys_of_one_workspace_share_one_copy_of_it() {
     let f = fixture().await;
     let ws = f
         .engine
+        .admin()
         .create_workspace(
             &Actor::cli(),
             keygate_engine::admin::NewWorkspace {
@@ -313,7 +347,7 @@ async fn the_cached_keys_of_one_workspace_share_one_copy_of_it() {
             name: name.into(),
             ..Default::default()
         };
-        let (_, plaintext) = f.engine.create_key(&Actor::cli(), &ws.id, new).await.unwrap();
+        let (_, plaintext) = f.engine.admin().create_key(&Actor::cli(), &ws.id, new).await.unwrap();
         keys.push(plaintext.expose().to_owned());
     }
     let first = cached_workspaces(&f.engine, &keys).await;
@@ -324,7 +358,11 @@ async fn the_cached_keys_of_one_workspace_share_one_copy_of_it() {
         name: Some("Acme Corp".into()),
         ..Default::default()
     };
-    f.engine.update_workspace(&Actor::cli(), &ws.id, patch).await.unwrap();
+    f.engine
+        .admin()
+        .update_workspace(&Actor::cli(), &ws.id, patch)
+        .await
+        .unwrap();
     let renamed = cached_workspaces(&f.engine, &keys).await;
     assert_eq!(renamed[0].name, "Acme Corp", "a changed workspace is read anew");
     assert!(Arc::ptr_eq(&renamed[0], &renamed[1]), "and shared again");
@@ -335,7 +373,7 @@ async fn the_cached_keys_of_one_workspace_share_one_copy_of_it() {
 async fn cached_workspaces(engine: &Engine, keys: &[String]) -> Vec<Arc<keygate_core::model::Workspace>> {
     let mut seen = Vec::new();
     for key in keys {
-        let verified = engine.verify(request(key, None)).await.unwrap();
+        let verified = engine.verifier().verify(request(key, None)).await.unwrap();
         seen.push(verified.key.workspace.clone());
     }
     seen

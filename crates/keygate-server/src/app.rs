@@ -126,7 +126,7 @@ impl App {
             },
             stop.clone(),
         ));
-        tasks.spawn(engine.clone().run_change_listener(stop.clone().cancelled_owned()));
+        tasks.spawn(engine.clone().run_change_listener(stop.clone()));
         let background = background::run(
             settings.background_priority,
             background_work(
@@ -171,7 +171,7 @@ impl App {
             .is_err()
         {
             tracing::warn!("shutdown timed out; flushing usage and exiting");
-            if let Err(err) = self.engine.flush_usage().await {
+            if let Err(err) = self.engine.usage().flush().await {
                 tracing::error!(error = %err, "final usage flush failed");
             }
         }
@@ -212,12 +212,7 @@ fn background_work(
                 }
                 Err(err) => tracing::warn!(error = %err, "background work shares the request path's store connections"),
             }
-            tokio::join!(
-                engine
-                    .clone()
-                    .run_usage_flusher(flush_interval, stop.clone().cancelled_owned()),
-                engine.run_event_workers(sender, stop.cancelled_owned()),
-            );
+            engine.run_background(flush_interval, sender, stop).await;
         })
     }
 }

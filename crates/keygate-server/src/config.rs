@@ -786,25 +786,31 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         shutdown_timeout: config.server.shutdown_timeout.get(),
         store_url: config.store.url.clone(),
         engine: EngineSettings {
-            key_format,
-            cache_capacity: config.cache.capacity,
-            cache_ttl: config.cache.ttl.get(),
-            cache_ttl_unheard: config.cache.ttl_unheard.get(),
-            max_stale: config.store.max_stale.get(),
-            store_timeout: config.store.timeout.get(),
-            negative_cache_ttl: config.cache.negative_ttl.get(),
-            failed_attempts: FailurePolicy {
-                max_failures: config.security.max_failed_attempts,
-                window: config.security.failed_attempts_window.get(),
+            verifier: keygate_engine::VerifierSettings {
+                key_format,
+                cache_capacity: config.cache.capacity,
+                cache_ttl: config.cache.ttl.get(),
+                cache_ttl_unheard: config.cache.ttl_unheard.get(),
+                max_stale: config.store.max_stale.get(),
+                store_timeout: config.store.timeout.get(),
+                negative_cache_ttl: config.cache.negative_ttl.get(),
+                failed_attempts: FailurePolicy {
+                    max_failures: config.security.max_failed_attempts,
+                    window: config.security.failed_attempts_window.get(),
+                },
+                plans: PlanBook::new(plans, config.limiter.default_plan.clone()),
             },
-            default_rotation_grace: config.keys.rotation_grace.get(),
-            max_metadata_bytes: config.keys.max_metadata_bytes,
-            plans: PlanBook::new(plans, config.limiter.default_plan.clone()),
-            record_usage: config.usage.enabled,
-            usage_retention: UsageRetention {
-                minutes: config.usage.keep_minutes.chrono(),
-                hours: config.usage.keep_hours.chrono(),
-                days: config.usage.keep_days.chrono(),
+            admin: keygate_engine::admin::AdminSettings {
+                default_rotation_grace: config.keys.rotation_grace.get(),
+                max_metadata_bytes: config.keys.max_metadata_bytes,
+            },
+            usage: keygate_engine::usage::UsageSettings {
+                enabled: config.usage.enabled,
+                retention: UsageRetention {
+                    minutes: config.usage.keep_minutes.chrono(),
+                    hours: config.usage.keep_hours.chrono(),
+                    days: config.usage.keep_days.chrono(),
+                },
             },
             events: validate_events(&config.events, config.keys.max_age)
                 .map_err(|(field, message)| invalid(&field, message))?,

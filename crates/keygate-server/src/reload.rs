@@ -176,7 +176,9 @@ impl Reloader {
                     .into_iter()
                     .filter(|field| field_value(&applied, field) != field_value(&loaded.config, field))
                     .collect();
-                self.engine.replace_plans(loaded.settings.engine.plans.clone());
+                self.engine
+                    .verifier()
+                    .replace_plans(loaded.settings.engine.verifier.plans.clone());
                 self.live.swap(&loaded.settings);
                 *applied = loaded.config;
                 status.reloads += 1;

@@ -21,7 +21,7 @@ fn defaults_are_valid() {
     let settings = validate(&Config::default(), None).unwrap();
     assert_eq!(settings.gateway_addr.port(), 8080);
     assert_eq!(settings.admin_addr.port(), 8081);
-    assert_eq!(settings.engine.key_format.prefix(), "kg");
+    assert_eq!(settings.engine.verifier.key_format.prefix(), "kg");
 }
 
 #[test]
@@ -99,11 +99,14 @@ fn bad_values_name_the_field() {
 #[test]
 fn store_outage_settings_have_defaults_and_refuse_zero() {
     let settings = validate(&Config::default(), None).unwrap();
-    assert_eq!(settings.engine.max_stale, Duration::from_secs(300));
-    assert_eq!(settings.engine.store_timeout, Duration::from_secs(2));
-    assert_eq!(settings.engine.cache_ttl_unheard, Duration::from_secs(1));
+    assert_eq!(settings.engine.verifier.max_stale, Duration::from_secs(300));
+    assert_eq!(settings.engine.verifier.store_timeout, Duration::from_secs(2));
+    assert_eq!(settings.engine.verifier.cache_ttl_unheard, Duration::from_secs(1));
     let (_, settings) = load_text("[store]\nmax_stale = \"0s\"\n").unwrap();
-    assert!(settings.engine.max_stale.is_zero(), "0: no serving from a stale cache");
+    assert!(
+        settings.engine.verifier.max_stale.is_zero(),
+        "0: no serving from a stale cache"
+    );
     for (text, field) in [
         ("[store]\ntimeout = \"0s\"\n", "store.timeout"),
         ("[cache]\nttl_unheard = \"0s\"\n", "cache.ttl_unheard"),
@@ -129,7 +132,7 @@ fn dashboard_settings_have_defaults_and_refuse_bad_values() {
     assert_eq!(settings.engine.dashboard.idle_timeout, chrono::Duration::minutes(30));
     assert_eq!(settings.engine.dashboard.lifetime, chrono::Duration::hours(12));
     assert_eq!(settings.engine.dashboard.portal_link_ttl, chrono::Duration::minutes(10));
-    let retention = settings.engine.usage_retention;
+    let retention = settings.engine.usage.retention;
     assert_eq!(
         (retention.minutes, retention.hours, retention.days),
         (
@@ -277,7 +280,7 @@ fn seed_style_config_loads() {
     .unwrap();
     assert_eq!(config.errors.format, ErrorFormat::Simple);
     assert_eq!(settings.routes[0].methods, vec![axum::http::Method::POST]);
-    assert_eq!(settings.engine.key_format.default_environment(), "dev");
+    assert_eq!(settings.engine.verifier.key_format.default_environment(), "dev");
 }
 
 #[test]

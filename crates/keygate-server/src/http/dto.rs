@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use keygate_core::limits::{LimitScope, LimitSpec};
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_engine::admin::UsageBucket;
-use keygate_store::{AuditEvent, Delivery, StoredEvent, WebhookEndpoint};
+use keygate_store::{AuditEvent, Delivery, Paged, StoredEvent, WebhookEndpoint};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -370,24 +370,6 @@ impl From<&AuditEvent> for AuditEventView {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct WorkspaceList {
-    pub data: Vec<WorkspaceView>,
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct KeyList {
-    pub data: Vec<KeyView>,
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditEventList {
-    pub data: Vec<AuditEventView>,
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct UsagePoint {
     pub start: DateTime<Utc>,
     pub total: u64,
@@ -463,6 +445,28 @@ pub struct ErrorEnvelope {
     pub data: Option<Value>,
 }
 
+/// One page of any list, and where the next one starts (`None` on the last).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct List<T: ToSchema> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T: ToSchema> List<T> {
+    /// The page the store returned, each item as the API shows it.
+    pub fn of<'a, S: 'a>(paged: &'a Paged<S>) -> Self
+    where
+        T: From<&'a S>,
+    {
+        Self {
+            data: paged.items.iter().map(T::from).collect(),
+            next_cursor: paged.next_cursor.clone(),
+        }
+    }
+}
+
+/// `limit` and `cursor` of every list call, read by the `Pagination` extractor
+/// (crates/keygate-server/src/http/extract.rs).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PageQuery {
     pub limit: Option<u32>,
@@ -471,8 +475,6 @@ pub struct PageQuery {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct KeyListQuery {
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
     /// `active`, `revoked`, `expired` or `deleted`; default all but deleted.
     pub status: Option<String>,
     pub environment: Option<String>,
@@ -480,8 +482,6 @@ pub struct KeyListQuery {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AuditQuery {
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
     pub workspace_id: Option<String>,
     pub key_id: Option<String>,
 }
@@ -557,16 +557,8 @@ pub struct CreatedWebhook {
     pub webhook: WebhookView,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WebhookList {
-    pub data: Vec<WebhookView>,
-    pub next_cursor: Option<String>,
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct WebhookListQuery {
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
     pub workspace_id: Option<String>,
 }
 
@@ -620,12 +612,6 @@ impl From<&Delivery> for DeliveryView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeliveryList {
-    pub data: Vec<DeliveryView>,
-    pub next_cursor: Option<String>,
-}
-
 /// An event from the outbox, as its webhooks receive it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
@@ -651,16 +637,8 @@ impl From<&StoredEvent> for EventView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventList {
-    pub data: Vec<EventView>,
-    pub next_cursor: Option<String>,
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct EventQuery {
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
     pub workspace_id: Option<String>,
     pub key_id: Option<String>,
 }

@@ -12,8 +12,10 @@ use keygate_core::credential::{select_credential, CredentialError};
 use keygate_core::error::ErrorInstance;
 use keygate_core::ErrorCode;
 use keygate_engine::Engine;
+use keygate_store::{Page, MAX_PAGE_SIZE};
 use serde::de::DeserializeOwned;
 
+use crate::http::dto::PageQuery;
 use crate::http::error::ApiError;
 
 /// Largest admin request body: far above any valid request, far below harm.
@@ -103,6 +105,31 @@ fn strip_position(message: &str) -> String {
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct QueryParams<T>(pub T);
 
+/// Items on a page when the call does not say (`limit`).
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+/// The page a list call asks for (`limit`, 1 to `MAX_PAGE_SIZE`, and
+/// `cursor`), checked the same way for every list: a `limit` out of range
+/// is a `VALIDATION_ERROR` naming it. The call's own filters come from its
+/// own query type, which leaves these two fields to this one.
+pub struct Pagination(pub Page);
+
+impl<S: Send + Sync> FromRequestParts<S> for Pagination {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let QueryParams(PageQuery { limit, cursor }) = QueryParams::from_request_parts(parts, state).await?;
+        let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
+        if limit == 0 || limit > MAX_PAGE_SIZE {
+            return Err(ApiError::validation(
+                "limit",
+                format!("must be between 1 and {MAX_PAGE_SIZE}"),
+            ));
+        }
+        Ok(Self(Page { limit, cursor }))
+    }
+}
+
 /// A path parameter; a malformed one is simply `NOT_FOUND`.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
@@ -122,7 +149,7 @@ pub fn credential_rejection(engine: &Engine, err: CredentialError, client: IpAdd
     match err {
         CredentialError::Missing => ErrorCode::MissingApiKey.into(),
         CredentialError::Ambiguous => ErrorCode::AmbiguousApiKey.into(),
-        CredentialError::Invalid => engine.reject_unreadable(Some(client)).error,
+        CredentialError::Invalid => engine.verifier().reject_unreadable(Some(client)).error,
     }
 }
 

@@ -445,7 +445,7 @@ async fn authenticate(
         ..VerifyRequest::new(presented, Some(exchange.client))
     };
     let started = Instant::now();
-    let verified = gw.engine.verify(request).await;
+    let verified = gw.engine.verifier().verify(request).await;
     gw.engine.metrics().verify_took(started.elapsed());
     verified.map_err(|rejection| {
         let response = exchange.with_limits(exchange.error(&rejection.error), rejection.limits.as_ref());

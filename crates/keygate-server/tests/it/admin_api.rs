@@ -430,12 +430,12 @@ async fn verify_api_gives_the_gateway_decision() {
         "a workspace cannot probe another's keys"
     );
 
-    app.app.engine.flush_usage().await.unwrap();
+    app.app.engine.usage().flush().await.unwrap();
     let before: Value = app
         .admin_ok(Method::GET, &format!("/v1/keys/{id}/usage"), None, 200)
         .await;
     verify(json!({"key": key, "ip": "203.0.113.5", "dry_run": true})).await;
-    app.app.engine.flush_usage().await.unwrap();
+    app.app.engine.usage().flush().await.unwrap();
     let after: Value = app
         .admin_ok(Method::GET, &format!("/v1/keys/{id}/usage"), None, 200)
         .await;
@@ -478,6 +478,13 @@ async fn health_readiness_and_openapi() {
         assert!(spec["paths"].get(path).is_some(), "{path} is documented");
     }
     assert!(spec["components"]["securitySchemes"].get("api_key").is_some());
+    // Security is declared once, for the whole API: either scheme, one at a
+    // time. Only the ops endpoints that need no key say otherwise.
+    assert_eq!(spec["security"], json!([{"api_key": []}, {"bearer": []}]));
+    assert!(spec["paths"]["/v1/workspaces"]["post"].get("security").is_none());
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(spec["paths"][open]["get"]["security"], json!([{}]), "{open} needs no key");
+    }
     assert!(spec["components"]["schemas"].get("CreatedKey").is_some());
 
     app.store.close().await;

@@ -172,7 +172,7 @@ async fn usage_counts_and_last_use_are_recorded_off_the_request_path() {
         "nothing is written on the request path"
     );
 
-    app.app.engine.flush_usage().await.unwrap();
+    app.app.engine.usage().flush().await.unwrap();
     let usage = app
         .admin_ok(Method::GET, &format!("/v1/keys/{id}/usage?granularity=hour"), None, 200)
         .await;
@@ -198,7 +198,7 @@ async fn usage_counts_and_last_use_are_recorded_off_the_request_path() {
     ] {
         if rolled_up {
             app.clock.advance(Duration::minutes(1));
-            app.app.engine.roll_up_usage().await.unwrap();
+            app.app.engine.usage().roll_up().await.unwrap();
         }
         let usage = app
             .admin_ok(
@@ -246,7 +246,7 @@ async fn workspace_usage_is_the_sum_of_its_keys_before_and_after_the_roll_up() {
     for key in [&reader, &plain, &plain, &theirs] {
         assert_eq!(app.whoami(key).await.status(), 200);
     }
-    app.app.engine.flush_usage().await.unwrap();
+    app.app.engine.usage().flush().await.unwrap();
     let expected: std::collections::BTreeMap<String, u64> = [("admitted".to_owned(), 3)].into_iter().collect();
     let read = |granularity: &'static str| {
         let app = &app;
@@ -271,12 +271,12 @@ async fn workspace_usage_is_the_sum_of_its_keys_before_and_after_the_roll_up() {
         assert_eq!(usage["workspace_id"], ws.as_str());
     }
     app.clock.advance(Duration::minutes(1));
-    assert!(app.app.engine.roll_up_usage().await.unwrap() > 0);
+    assert!(app.app.engine.usage().roll_up().await.unwrap() > 0);
     for granularity in ["minute", "hour", "day"] {
         let usage = read(granularity).await;
         assert_eq!(usage_sums(&usage), expected, "{granularity} after the roll-up: {usage}");
     }
-    assert_eq!(app.app.engine.roll_up_usage().await.unwrap(), 0, "nothing twice");
+    assert_eq!(app.app.engine.usage().roll_up().await.unwrap(), 0, "nothing twice");
 
     // Top keys: plain made 2 requests, reader 1; then reader is revoked and refused once.
     let top = |query: &'static str| {
@@ -311,7 +311,7 @@ async fn workspace_usage_is_the_sum_of_its_keys_before_and_after_the_roll_up() {
     )
     .await;
     assert_eq!(app.whoami(&reader).await.status(), 401);
-    app.app.engine.flush_usage().await.unwrap();
+    app.app.engine.usage().flush().await.unwrap();
     assert_eq!(top("window=7d&by=rejections").await, [row("reader", 2, 1)]);
     assert_eq!(
         top("window=7d&limit=1").await,

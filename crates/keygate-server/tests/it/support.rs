@@ -177,7 +177,7 @@ impl TestAppBuilder {
         let store = keygate_store::open(&settings_store_url).await.unwrap();
         let clock = Arc::new(ManualClock::new(Utc::now()));
         let app = App::start(loaded, store.clone(), clock.clone()).await.unwrap();
-        let (_, admin_key) = app.engine.create_admin_key("test admin").await.unwrap();
+        let (_, admin_key) = app.engine.admin().create_admin_key("test admin").await.unwrap();
         TestApp {
             gateway: format!("http://{}", app.gateway_addr),
             admin: format!("http://{}", app.admin_addr),

@@ -99,7 +99,7 @@ pub fn signature_is_valid(secret: &str, received: &Received) -> bool {
 
 async fn deliver(app: &TestApp) -> DeliveryRound {
     let sender = HttpWebhookSender::new().unwrap();
-    app.app.engine.deliver_webhooks(&sender).await.unwrap()
+    app.app.engine.deliveries().deliver(&sender).await.unwrap()
 }
 
 /// Creates an endpoint through the API; returns its id and secret.
@@ -310,9 +310,9 @@ async fn ratelimit_exceeded_is_announced_once_per_window_under_a_flood() {
         }
     };
     assert_eq!(flood(60).await, 55);
-    app.app.engine.flush_usage().await.unwrap();
+    app.app.engine.usage().flush().await.unwrap();
     assert_eq!(flood(20).await, 20);
-    app.app.engine.flush_usage().await.unwrap();
+    app.app.engine.usage().flush().await.unwrap();
     let events = events_of_key(&app, &key_id).await;
     assert_eq!(types_of(&events), ["ratelimit.exceeded", "key.created"]);
     let data = &events[0]["payload"]["data"];
@@ -323,7 +323,7 @@ async fn ratelimit_exceeded_is_announced_once_per_window_under_a_flood() {
     // The next window (past the last bucket of the first), another flood: one more.
     app.clock.advance(Duration::seconds(61));
     assert_eq!(flood(30).await, 25);
-    app.app.engine.flush_usage().await.unwrap();
+    app.app.engine.usage().flush().await.unwrap();
     let events = events_of_key(&app, &key_id).await;
     assert_eq!(
         types_of(&events),
@@ -340,8 +340,8 @@ async fn traffic_minute(app: &TestApp, spiky: &str, steady: &str, spike: usize) 
     for _ in 0..3 {
         assert_eq!(app.whoami(steady).await.status(), 200);
     }
-    app.app.engine.flush_usage().await.unwrap();
-    app.app.engine.scan_for_events().await.unwrap();
+    app.app.engine.usage().flush().await.unwrap();
+    app.app.engine.events().scan().await.unwrap();
     app.clock.advance(Duration::minutes(1));
 }
 
@@ -402,7 +402,7 @@ async fn many_invalid_keys_from_one_ip_are_one_failure_burst() {
             .status();
         assert!(status == 401 || status == 429, "{status}");
     }
-    app.app.engine.flush_usage().await.unwrap();
+    app.app.engine.usage().flush().await.unwrap();
     assert_eq!(deliver(&app).await.delivered, 1);
     let got = receiver.received();
     assert_eq!(got.len(), 1);
@@ -418,7 +418,7 @@ async fn expiry_and_age_are_announced_once_each() {
     let ws = app.workspace("Acme").await;
     let (expiring_id, _) = app.key(&ws, json!({"name": "short", "expires_in": "3d"})).await;
     let (old_id, _) = app.key(&ws, json!({"name": "forever"})).await;
-    let scan = || async { app.app.engine.scan_for_events().await.unwrap() };
+    let scan = || async { app.app.engine.events().scan().await.unwrap() };
     assert_eq!(scan().await, 1, "key.expiring, 3 days ahead");
     assert_eq!(scan().await, 0);
     app.clock.advance(Duration::days(3) + Duration::seconds(1));

@@ -6,28 +6,23 @@ use keygate_store::AuditFilter;
 
 use crate::http::dto::*;
 use crate::http::error::ApiError;
-use crate::http::extract::QueryParams;
+use crate::http::extract::{Pagination, QueryParams};
 
-use super::{page, AdminState, Caller};
+use super::{AdminState, Caller};
 
 #[utoipa::path(get, path = "/v1/audit-events", tag = "audit",
     params(("workspace_id" = Option<String>, Query), ("key_id" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
-    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = AuditEventList)))]
+    responses((status = 200, body = List<AuditEventView>)))]
 pub(super) async fn audit_events(
     State(state): State<AdminState>,
     Caller(actor): Caller,
     QueryParams(query): QueryParams<AuditQuery>,
-) -> Result<Json<AuditEventList>, ApiError> {
+    Pagination(page): Pagination,
+) -> Result<Json<List<AuditEventView>>, ApiError> {
     let filter = AuditFilter {
         workspace_id: query.workspace_id,
         key_id: query.key_id,
     };
-    let paged = state
-        .engine
-        .audit_events(&actor, filter, &page(query.limit, query.cursor)?)
-        .await?;
-    Ok(Json(AuditEventList {
-        data: paged.items.iter().map(AuditEventView::from).collect(),
-        next_cursor: paged.next_cursor,
-    }))
+    let paged = state.engine.admin().audit_events(&actor, filter, &page).await?;
+    Ok(Json(List::of(&paged)))
 }

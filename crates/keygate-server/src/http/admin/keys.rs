@@ -10,20 +10,24 @@ use secrecy::ExposeSecret;
 
 use crate::http::dto::*;
 use crate::http::error::{render, ApiError};
-use crate::http::extract::{JsonBody, PathParam, QueryParams};
+use crate::http::extract::{JsonBody, Pagination, PathParam, QueryParams};
 
-use super::{page, AdminState, Caller};
+use super::{AdminState, Caller};
 
 /// Creates a key. The response is the only place its plaintext ever appears.
 #[utoipa::path(post, path = "/v1/workspaces/{id}/keys", tag = "keys", params(("id" = String, Path)), request_body = CreateKey,
-    security(("api_key" = []), ("bearer" = [])), responses((status = 201, body = CreatedKey), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 201, body = CreatedKey), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub(super) async fn create_key(
     State(state): State<AdminState>,
     Caller(actor): Caller,
     PathParam(workspace_id): PathParam<String>,
     JsonBody(body): JsonBody<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let (key, plaintext) = state.engine.create_key(&actor, &workspace_id, body.into()).await?;
+    let (key, plaintext) = state
+        .engine
+        .admin()
+        .create_key(&actor, &workspace_id, body.into())
+        .await?;
     let details = KeyView::new(&key, state.engine.now());
     Ok((
         StatusCode::CREATED,
@@ -36,13 +40,14 @@ pub(super) async fn create_key(
 
 #[utoipa::path(get, path = "/v1/workspaces/{id}/keys", tag = "keys",
     params(("id" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("status" = Option<String>, Query), ("environment" = Option<String>, Query)),
-    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyList), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = List<KeyView>), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn list_keys(
     State(state): State<AdminState>,
     Caller(actor): Caller,
     PathParam(workspace_id): PathParam<String>,
     QueryParams(query): QueryParams<KeyListQuery>,
-) -> Result<Json<KeyList>, ApiError> {
+    Pagination(page): Pagination,
+) -> Result<Json<List<KeyView>>, ApiError> {
     let status = match query.status.as_deref() {
         None => None,
         Some(text) => Some(KeyStatus::parse(text).ok_or_else(|| {
@@ -58,73 +63,78 @@ pub(super) async fn list_keys(
     };
     let paged = state
         .engine
-        .list_keys(&actor, &workspace_id, &filter, &page(query.limit, query.cursor)?)
+        .admin()
+        .list_keys(&actor, &workspace_id, &filter, &page)
         .await?;
     let now = state.engine.now();
-    Ok(Json(KeyList {
+    Ok(Json(List {
         data: paged.items.iter().map(|k| KeyView::new(k, now)).collect(),
         next_cursor: paged.next_cursor,
     }))
 }
 
 #[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
-    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn get_key(
     State(state): State<AdminState>,
     Caller(actor): Caller,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let key = state.engine.get_key(&actor, &id).await?;
+    let key = state.engine.admin().get_key(&actor, &id).await?;
     Ok(Json(KeyView::new(&key, state.engine.now())))
 }
 
 #[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)), request_body = UpdateKey,
-    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub(super) async fn update_key(
     State(state): State<AdminState>,
     Caller(actor): Caller,
     PathParam(id): PathParam<String>,
     JsonBody(body): JsonBody<UpdateKey>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let key = state.engine.update_key(&actor, &id, body.into()).await?;
+    let key = state.engine.admin().update_key(&actor, &id, body.into()).await?;
     Ok(Json(KeyView::new(&key, state.engine.now())))
 }
 
 /// Revokes the key (idempotent) and hides it from lists; the row stays for the audit trail.
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
-    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn delete_key(
     State(state): State<AdminState>,
     Caller(actor): Caller,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let key = state.engine.delete_key(&actor, &id).await?;
+    let key = state.engine.admin().delete_key(&actor, &id).await?;
     Ok(Json(KeyView::new(&key, state.engine.now())))
 }
 
 /// Revokes the key. Takes effect on this node's next request. Revoking twice is harmless.
 #[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path)), request_body = RevokeKey,
-    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn revoke_key(
     State(state): State<AdminState>,
     Caller(actor): Caller,
     PathParam(id): PathParam<String>,
     JsonBody(body): JsonBody<RevokeKey>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let key = state.engine.revoke_key(&actor, &id, body.reason).await?;
+    let key = state.engine.admin().revoke_key(&actor, &id, body.reason).await?;
     Ok(Json(KeyView::new(&key, state.engine.now())))
 }
 
 /// Issues a successor key (shown once); the old key works until now + grace.
 #[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path)), request_body = RotateKey,
-    security(("api_key" = []), ("bearer" = [])), responses((status = 201, body = CreatedKey), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 201, body = CreatedKey), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub(super) async fn rotate_key(
     State(state): State<AdminState>,
     Caller(actor): Caller,
     PathParam(id): PathParam<String>,
     JsonBody(body): JsonBody<RotateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let (key, plaintext) = state.engine.rotate_key(&actor, &id, body.grace.as_deref()).await?;
+    let (key, plaintext) = state
+        .engine
+        .admin()
+        .rotate_key(&actor, &id, body.grace.as_deref())
+        .await?;
     let details = KeyView::new(&key, state.engine.now());
     Ok((
         StatusCode::CREATED,
@@ -137,7 +147,6 @@ pub(super) async fn rotate_key(
 
 /// The gateway's decision for a key, without sending a request through it.
 #[utoipa::path(post, path = "/v1/keys/verify", tag = "keys", request_body = VerifyKey,
-    security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = VerifyResult), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)))]
 pub(super) async fn verify_key(
     State(state): State<AdminState>,
@@ -159,6 +168,7 @@ pub(super) async fn verify_key(
         .map_err(|e| ApiError::validation("scopes", e.to_string()))?;
     match state
         .engine
+        .admin()
         .verify_for(&actor, body.key.0.expose_secret(), &scopes, ip, resource, body.dry_run)
         .await
     {

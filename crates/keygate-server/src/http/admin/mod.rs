@@ -11,7 +11,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ipnet::IpNet;
 use keygate_engine::{Actor, Engine};
-use keygate_store::{Page, MAX_PAGE_SIZE};
 use serde_json::json;
 use utoipa::OpenApi;
 
@@ -28,8 +27,6 @@ mod portal;
 mod usage;
 mod webhooks;
 mod workspaces;
-
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -53,7 +50,7 @@ impl AdminState {
     ) -> Self {
         let dashboard = DashboardContext {
             settings: dashboard,
-            environments: engine.settings().key_format.environments().to_vec(),
+            environments: engine.verifier().key_format().environments().to_vec(),
         };
         Self {
             engine,
@@ -66,7 +63,7 @@ impl AdminState {
 
     /// The plans the dashboard offers: those in force now.
     pub fn plan_names(&self) -> Vec<String> {
-        self.engine.plans().names().map(str::to_owned).collect()
+        self.engine.verifier().plans().names().map(str::to_owned).collect()
     }
 }
 
@@ -82,7 +79,7 @@ impl FromRequestParts<AdminState> for Caller {
             Ok(presented) => presented,
             Err(err) => return Err(ApiError(credential_rejection(&state.engine, err, ip))),
         };
-        let actor = state.engine.authenticate_admin(presented, ip).await?;
+        let actor = state.engine.admin().authenticate_admin(presented, ip).await?;
         Ok(Caller(actor))
     }
 }
@@ -172,17 +169,6 @@ fn loggable_path(path: &str) -> String {
     }
 }
 
-fn page(limit: Option<u32>, cursor: Option<String>) -> Result<Page, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    if limit == 0 || limit > MAX_PAGE_SIZE {
-        return Err(ApiError::validation(
-            "limit",
-            format!("must be between 1 and {MAX_PAGE_SIZE}"),
-        ));
-    }
-    Ok(Page { limit, cursor })
-}
-
 async fn index(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let dashboard = state.dashboard.settings.enabled.then_some("/dashboard");
     Json(json!({
@@ -201,7 +187,9 @@ struct SecuritySchemes;
 
 impl utoipa::Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",
@@ -211,6 +199,13 @@ impl utoipa::Modify for SecuritySchemes {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        // Declared once for the whole API: either scheme, one per call (a
+        // call with both is refused as AMBIGUOUS_API_KEY). The ops endpoints
+        // that need no key say so on their own path (`security(())`).
+        openapi.security = Some(vec![
+            SecurityRequirement::new("api_key", Vec::<String>::new()),
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+        ]);
     }
 }
 

@@ -15,21 +15,21 @@ use crate::http::proxy::Upstream;
 
 use super::{AdminState, ApiDoc, Caller};
 
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "The process is up")))]
 pub(super) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready when every dependency answers; the body names each and its state.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses(
     (status = 200, description = "Every dependency is reachable"),
     (status = 503, description = "A dependency is down; the body says which")))]
 pub(super) async fn readyz(State(state): State<AdminState>) -> Response {
-    let store = state.engine.store_status().await;
+    let store = state.engine.verifier().store_status().await;
     if let Err(error) = &store.ping {
         tracing::warn!(%error, "readiness: store is down");
     }
-    let limiter = state.engine.limiter_readiness().await;
+    let limiter = state.engine.verifier().limiter_readiness().await;
     let ready = store.ping.is_ok();
     // A degraded limiter or a node that cannot hear other nodes still serves
     // (by on_failure, with a short cache TTL): ready, but said so.
@@ -59,7 +59,7 @@ pub(super) async fn readyz(State(state): State<AdminState>) -> Response {
             "changes": {"state": store.hearing.as_str(), "cache_ttl_ms": millis(store.cache_ttl)},
             "limiter": {"state": limiter.state, "backend": limiter.backend, "detail": limiter.detail},
             // Kept in memory while the store is down, written when it returns.
-            "usage": {"state": if ready { "up" } else { "buffering" }, "pending_rows": state.engine.pending_usage()},
+            "usage": {"state": if ready { "up" } else { "buffering" }, "pending_rows": state.engine.usage().pending()},
         },
         // A refused reload leaves the running config serving: said, not a reason to leave rotation.
         "config": state.reloader.status(),
@@ -81,12 +81,13 @@ pub(super) async fn readyz(State(state): State<AdminState>) -> Response {
 
 /// Prometheus metrics (OpenMetrics text). Unauthenticated like `/readyz`:
 /// the control plane listens on a private address, and no label names a key.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses(
     (status = 200, description = "Requests by outcome, route and workspace; verify, limiter and store latency; cache lookups; limiter fallbacks; store errors", content_type = "application/openmetrics-text")))]
 pub(super) async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiError> {
     // Writing to a String cannot fail; the error is mapped rather than unwrapped.
     let text = state
         .engine
+        .verifier()
         .encode_metrics(&target_samples(&state.config.snapshot().upstreams))
         .map_err(|err| {
             tracing::error!(error = %err, "metrics could not be encoded");
@@ -126,7 +127,7 @@ pub(super) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 /// finish on the old ones. Refused whole, naming the field, when the file is
 /// invalid or changes a setting that needs a restart (crates/keygate-server/src/reload.rs).
 #[utoipa::path(post, path = "/v1/config/reload", tag = "operations",
-    security(("api_key" = []), ("bearer" = [])), responses(
+    responses(
         (status = 200, body = ConfigReloaded),
         (status = 403, description = "Not an admin key", body = ErrorEnvelope),
         (status = 409, description = "`CONFIG_NEEDS_RESTART`: `data.fields` names the settings", body = ErrorEnvelope),

@@ -13,14 +13,18 @@ use super::{AdminState, Caller};
 /// A one-time dashboard link for a customer: the provider's app calls this and
 /// sends its user to `url`.
 #[utoipa::path(post, path = "/v1/portal-sessions", tag = "dashboard", request_body = CreatePortalSession,
-    security(("api_key" = []), ("bearer" = [])), responses((status = 201, body = PortalSession), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 201, body = PortalSession), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn create_portal_session(
     State(state): State<AdminState>,
     Caller(actor): Caller,
     headers: axum::http::HeaderMap,
     JsonBody(body): JsonBody<CreatePortalSession>,
 ) -> Result<(StatusCode, Json<PortalSession>), ApiError> {
-    let link = state.engine.create_portal_link(&actor, &body.workspace_id).await?;
+    let link = state
+        .engine
+        .sessions()
+        .create_portal_link(&actor, &body.workspace_id)
+        .await?;
     let base = match &state.dashboard.settings.public_url {
         Some(url) => url.clone(),
         None => {

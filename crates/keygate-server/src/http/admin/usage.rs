@@ -12,7 +12,7 @@ use super::{AdminState, Caller};
 
 #[utoipa::path(get, path = "/v1/keys/{id}/usage", tag = "keys",
     params(("id" = String, Path), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("granularity" = Option<String>, Query)),
-    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = KeyUsage), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = KeyUsage), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn key_usage(
     State(state): State<AdminState>,
     Caller(actor): Caller,
@@ -22,6 +22,7 @@ pub(super) async fn key_usage(
     let range = UsageRange::of(query, &state)?;
     let buckets = state
         .engine
+        .admin()
         .key_usage(&actor, &id, range.from, range.to, range.granularity)
         .await?;
     Ok(Json(KeyUsage {
@@ -61,7 +62,7 @@ impl UsageRange {
 /// 1, 7 or 30 whole UTC days, today included.
 #[utoipa::path(get, path = "/v1/workspaces/{id}/top-keys", tag = "workspaces",
     params(("id" = String, Path), ("window" = Option<String>, Query), ("by" = Option<String>, Query), ("limit" = Option<u32>, Query)),
-    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = TopKeys), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 200, body = TopKeys), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub(super) async fn top_keys(
     State(state): State<AdminState>,
     Caller(actor): Caller,
@@ -83,6 +84,7 @@ pub(super) async fn top_keys(
     };
     let (since, keys) = state
         .engine
+        .admin()
         .top_keys(&actor, &id, days, by, query.limit.unwrap_or(10))
         .await?;
     Ok(Json(TopKeys {
@@ -105,7 +107,7 @@ pub(super) async fn top_keys(
 /// Requests of all of a workspace's keys per bucket, by outcome.
 #[utoipa::path(get, path = "/v1/workspaces/{id}/usage", tag = "workspaces",
     params(("id" = String, Path), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("granularity" = Option<String>, Query)),
-    security(("api_key" = []), ("bearer" = [])), responses((status = 200, body = WorkspaceUsage), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 200, body = WorkspaceUsage), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub(super) async fn workspace_usage(
     State(state): State<AdminState>,
     Caller(actor): Caller,
@@ -115,6 +117,7 @@ pub(super) async fn workspace_usage(
     let range = UsageRange::of(query, &state)?;
     let buckets = state
         .engine
+        .admin()
         .workspace_usage(&actor, &id, range.from, range.to, range.granularity)
         .await?;
     Ok(Json(WorkspaceUsage {

@@ -44,7 +44,7 @@ async fn alerts(
     let session = &signed_in.session;
     let workspace_id = optional(&query.workspace_id).or_else(|| session.workspace().map(str::to_owned));
     let workspace: Option<Workspace> = match &workspace_id {
-        Some(id) => Some(state.engine.get_workspace(&session.actor, id).await?),
+        Some(id) => Some(state.engine.admin().get_workspace(&session.actor, id).await?),
         None => None,
     };
     let filter = EventListFilter {
@@ -55,9 +55,10 @@ async fn alerts(
         limit: PAGE_SIZE,
         cursor: query.cursor,
     };
-    let events = state.engine.list_events(&session.actor, filter, &page).await?;
+    let events = state.engine.admin().list_events(&session.actor, filter, &page).await?;
     let endpoints = state
         .engine
+        .admin()
         .list_webhooks(&session.actor, workspace_id.as_deref(), &Page::first(ENDPOINTS_SHOWN))
         .await?;
     let next_page = events.next_cursor.as_deref().map(|cursor| {
@@ -109,26 +110,32 @@ async fn create_webhook(State(state): State<AdminState>, posted: Posted<WebhookF
             .collect(),
         description: optional(&form.description),
     };
-    let endpoint = state.engine.create_webhook(&signed_in.session.actor, input).await?;
+    let endpoint = state
+        .engine
+        .admin()
+        .create_webhook(&signed_in.session.actor, input)
+        .await?;
     state
         .engine
         .sessions()
+        .table()
         .hold_reveal(&signed_in.secret, &endpoint.id, endpoint.secret.clone());
     Ok(redirect(&format!("/dashboard/webhooks/{}", endpoint.id)))
 }
 
 async fn webhook(State(state): State<AdminState>, signed_in: SignedIn, PathParam(id): PathParam<String>) -> PageResult {
     let session = &signed_in.session;
-    let endpoint = state.engine.get_webhook(&session.actor, &id).await?;
+    let endpoint = state.engine.admin().get_webhook(&session.actor, &id).await?;
     let workspace = match &endpoint.workspace_id {
-        Some(ws) => Some(state.engine.get_workspace(&session.actor, ws).await?),
+        Some(ws) => Some(state.engine.admin().get_workspace(&session.actor, ws).await?),
         None => None,
     };
     let deliveries = state
         .engine
+        .admin()
         .webhook_deliveries(&session.actor, &id, &Page::first(PAGE_SIZE))
         .await?;
-    let revealed = state.engine.sessions().take_reveal(&signed_in.secret, &id);
+    let revealed = state.engine.sessions().table().take_reveal(&signed_in.secret, &id);
     html(&WebhookPage {
         layout: Layout::signed_in(
             &state.dashboard.settings.product_name,
@@ -160,7 +167,7 @@ async fn delete_webhook(
         ));
     }
     let actor = &posted.signed_in.session.actor;
-    let endpoint = state.engine.delete_webhook(actor, &id).await?;
+    let endpoint = state.engine.admin().delete_webhook(actor, &id).await?;
     let back = match endpoint.workspace_id {
         Some(ws) => format!("/dashboard/alerts?workspace_id={ws}"),
         None => "/dashboard/alerts".to_owned(),

@@ -216,7 +216,7 @@ async fn sign_in(State(state): State<AdminState>, parts: Parts, body: axum::body
     let form: SignInForm = serde_urlencoded::from_bytes(&body).map_err(|e| DashboardError::bad_form(e.to_string()))?;
     check_double_submit(&parts, &form.csrf)?;
     let ip = browser_ip(&parts, &state);
-    match state.engine.sign_in(form.key.trim(), ip).await {
+    match state.engine.sessions().sign_in(form.key.trim(), ip).await {
         Ok((secret, session)) => {
             tracing::info!(target: "keygate::dashboard", session = %session.id, actor = %session.actor.id, "signed in");
             Ok(redirect_with_cookie(
@@ -246,7 +246,7 @@ struct CsrfForm {
 }
 
 async fn sign_out(State(state): State<AdminState>, posted: Posted<Empty>) -> Response {
-    state.engine.sessions().close(&posted.signed_in.secret);
+    state.engine.sessions().table().close(&posted.signed_in.secret);
     redirect_with_cookie(
         SIGN_IN_PATH,
         set_cookie(session::SESSION_COOKIE, "", posted.signed_in.secure, Some(0)),
@@ -282,7 +282,7 @@ async fn portal(
     check_double_submit(&parts, &form.csrf)?;
     let ip = browser_ip(&parts, &state);
     let token = BrowserSecret::from_presented(&token);
-    let Some((secret, session)) = state.engine.redeem_portal_link(&token, ip).await? else {
+    let Some((secret, session)) = state.engine.sessions().redeem_portal_link(&token, ip).await? else {
         return Err(DashboardError::Page(
             keygate_core::error::ErrorInstance::new(keygate_core::ErrorCode::NotFound)
                 .with_message("This link has expired or was already used. Ask for a new one."),
@@ -318,7 +318,7 @@ async fn workspaces(
         limit: PAGE_SIZE,
         cursor: query.cursor,
     };
-    let listed = state.engine.list_workspaces(&session.actor, &page).await?;
+    let listed = state.engine.admin().list_workspaces(&session.actor, &page).await?;
     html(&WorkspacesPage {
         layout: Layout::signed_in(
             &state.dashboard.settings.product_name,
@@ -367,6 +367,7 @@ async fn create_workspace(State(state): State<AdminState>, posted: Posted<Worksp
     let form = posted.form;
     let created = state
         .engine
+        .admin()
         .create_workspace(
             &session.actor,
             NewWorkspace {
@@ -387,7 +388,7 @@ async fn workspace(
 ) -> PageResult {
     let session = &signed_in.session;
     require_operator(session)?;
-    let ws = state.engine.get_workspace(&session.actor, &id).await?;
+    let ws = state.engine.admin().get_workspace(&session.actor, &id).await?;
     html(&WorkspacePage {
         layout: Layout::signed_in(
             &state.dashboard.settings.product_name,
@@ -418,7 +419,11 @@ async fn update_workspace(
         limits: None,
         disabled: Some(form.disabled.is_some()),
     };
-    state.engine.update_workspace(&session.actor, &id, patch).await?;
+    state
+        .engine
+        .admin()
+        .update_workspace(&session.actor, &id, patch)
+        .await?;
     Ok(redirect(&format!("/dashboard/workspaces/{id}")))
 }
 
@@ -466,7 +471,11 @@ async fn keys(
         limit: PAGE_SIZE,
         cursor: query.cursor.clone(),
     };
-    let (ws, listed, total) = state.engine.key_list_page(&session.actor, &id, &filter, &page).await?;
+    let (ws, listed, total) = state
+        .engine
+        .admin()
+        .key_list_page(&session.actor, &id, &filter, &page)
+        .await?;
     let now = state.engine.now();
     let max_age = state.dashboard.settings.max_key_age;
     html(&KeysPage {
@@ -498,7 +507,7 @@ async fn keys(
 
 async fn new_key(State(state): State<AdminState>, signed_in: SignedIn, PathParam(id): PathParam<String>) -> PageResult {
     let session = &signed_in.session;
-    let ws = state.engine.get_workspace(&session.actor, &id).await?;
+    let ws = state.engine.admin().get_workspace(&session.actor, &id).await?;
     html(&NewKeyPage {
         layout: Layout::signed_in(
             &state.dashboard.settings.product_name,
@@ -544,10 +553,15 @@ async fn create_key(
         metadata: None,
         limits: Vec::new(),
     };
-    let (key, plaintext) = state.engine.create_key(&signed_in.session.actor, &id, input).await?;
+    let (key, plaintext) = state
+        .engine
+        .admin()
+        .create_key(&signed_in.session.actor, &id, input)
+        .await?;
     state
         .engine
         .sessions()
+        .table()
         .hold_reveal(&signed_in.secret, &key.id, plaintext);
     Ok(redirect(&format!("/dashboard/keys/{}", key.id)))
 }
@@ -558,12 +572,17 @@ async fn key_page(
     PathParam(id): PathParam<String>,
 ) -> PageResult {
     let session = &signed_in.session;
-    let key = state.engine.get_key(&session.actor, &id).await?;
-    let ws = state.engine.get_workspace(&session.actor, &key.workspace_id).await?;
+    let key = state.engine.admin().get_key(&session.actor, &id).await?;
+    let ws = state
+        .engine
+        .admin()
+        .get_workspace(&session.actor, &key.workspace_id)
+        .await?;
     let now = state.engine.now();
     let (hourly, daily) = usage_charts(&state, &key, now).await?;
     let events = state
         .engine
+        .admin()
         .audit_events(
             &session.actor,
             AuditFilter {
@@ -575,6 +594,7 @@ async fn key_page(
         .await?;
     let announced = state
         .engine
+        .admin()
         .list_events(
             &session.actor,
             EventListFilter {
@@ -584,7 +604,7 @@ async fn key_page(
             &Page::first(10),
         )
         .await?;
-    let revealed = state.engine.sessions().take_reveal(&signed_in.secret, &key.id);
+    let revealed = state.engine.sessions().table().take_reveal(&signed_in.secret, &key.id);
     let max_age = state.dashboard.settings.max_key_age;
     html(&KeyPage {
         layout: Layout::signed_in(
@@ -618,8 +638,8 @@ async fn usage_charts(
     let days_from = today - Duration::days(29);
     let to = now + Duration::seconds(1);
     let engine = &state.engine;
-    let hourly = engine.usage_of(key, hours_from, to, Granularity::Hour).await?;
-    let daily = engine.usage_of(key, days_from, to, Granularity::Day).await?;
+    let hourly = engine.admin().usage_of(key, hours_from, to, Granularity::Hour).await?;
+    let daily = engine.admin().usage_of(key, days_from, to, Granularity::Day).await?;
     Ok((
         chart::bars(&hourly, hours_from, Duration::hours(1), 24, |t| {
             t.format("%H:00").to_string()
@@ -651,6 +671,7 @@ async fn revoke_key(
     let actor = &posted.signed_in.session.actor;
     state
         .engine
+        .admin()
         .revoke_key(actor, &id, optional(&posted.form.reason))
         .await?;
     Ok(redirect(&format!("/dashboard/keys/{id}")))
@@ -671,7 +692,11 @@ async fn delete_key(
     if posted.form.confirm != "yes" {
         return Err(DashboardError::bad_form("Tick “I understand” to confirm the deletion."));
     }
-    let deleted = state.engine.delete_key(&posted.signed_in.session.actor, &id).await?;
+    let deleted = state
+        .engine
+        .admin()
+        .delete_key(&posted.signed_in.session.actor, &id)
+        .await?;
     Ok(redirect(&format!(
         "/dashboard/workspaces/{}/keys",
         deleted.workspace_id
@@ -695,11 +720,13 @@ async fn rotate_key(
     };
     let (new, plaintext) = state
         .engine
+        .admin()
         .rotate_key(&signed_in.session.actor, &id, Some(&grace))
         .await?;
     state
         .engine
         .sessions()
+        .table()
         .hold_reveal(&signed_in.secret, &new.id, plaintext);
     Ok(redirect(&format!("/dashboard/keys/{}", new.id)))
 }
@@ -726,14 +753,18 @@ async fn audit(
         key_id: optional(&query.key_id),
     };
     let workspace: Option<Workspace> = match &filter.workspace_id {
-        Some(id) => Some(state.engine.get_workspace(&session.actor, id).await?),
+        Some(id) => Some(state.engine.admin().get_workspace(&session.actor, id).await?),
         None => None,
     };
     let page = Page {
         limit: PAGE_SIZE,
         cursor: query.cursor,
     };
-    let listed = state.engine.audit_events(&session.actor, filter.clone(), &page).await?;
+    let listed = state
+        .engine
+        .admin()
+        .audit_events(&session.actor, filter.clone(), &page)
+        .await?;
     let next_page = listed.next_cursor.as_deref().map(|cursor| {
         let pairs = [
             ("workspace_id", filter.workspace_id.as_deref().unwrap_or_default()),

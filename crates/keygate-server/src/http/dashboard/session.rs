@@ -85,10 +85,15 @@ impl FromRequestParts<DashboardState> for SignedIn {
             .map(|value| BrowserSecret::from_presented(&value))
             .ok_or(DashboardError::SignedOut)?;
         let ip = browser_ip(parts, state);
-        let session = state.engine.session(&secret, ip).await.map_err(|err| match err {
-            SessionError::SignedOut => DashboardError::SignedOut,
-            SessionError::Admin(err) => DashboardError::from(err),
-        })?;
+        let session = state
+            .engine
+            .sessions()
+            .session(&secret, ip)
+            .await
+            .map_err(|err| match err {
+                SessionError::SignedOut => DashboardError::SignedOut,
+                SessionError::Admin(err) => DashboardError::from(err),
+            })?;
         Ok(Self {
             secret,
             session,

@@ -633,7 +633,7 @@ async fn the_usage_chart_shows_the_gateway_traffic() {
         statuses.push(call(ip).await.unwrap().status().as_u16());
     }
     assert_eq!(statuses, [200, 200, 429, 403]);
-    app.app.engine.flush_usage().await.unwrap();
+    app.app.engine.usage().flush().await.unwrap();
 
     browser.sign_in(&app, &app.admin_key).await;
     browser.goto(&app, &format!("/dashboard/keys/{key_id}")).await;

@@ -10,7 +10,7 @@ use keygate_core::ErrorCode;
 use keygate_limiter::{Charge, CounterKey, LimitCheck, LimiterError, Permit, PermitKey};
 use std::sync::Arc;
 
-use crate::verifier::{CachedKey, Engine, LimitMode, VerifyRequest};
+use super::{CachedKey, LimitMode, Verifier, VerifyRequest};
 
 /// How a request's rate limits stand, with the checks decided (same order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ fn millis(now: DateTime<Utc>) -> u64 {
     u64::try_from(now.timestamp_millis()).unwrap_or(0)
 }
 
-impl Engine {
+impl Verifier {
     /// The checks for `resource`, computed once per cached key and plan
     /// generation: plans come from the config (a reload bumps the generation)
     /// and overrides from the cached rows, which change only when the key
@@ -83,7 +83,7 @@ impl Engine {
         }
         let started = std::time::Instant::now();
         let decided = self.decide_limits(&checks, charge, now).await;
-        self.metrics.limiter_took(started.elapsed());
+        self.context.metrics().limiter_took(started.elapsed());
         let decision = match decided {
             Ok(decision) => decision,
             Err(err) => {

@@ -4,9 +4,17 @@
 //! lookup, the pure checks and the limiter, with no store round trip and no
 //! lock held across an await.
 
+mod changes;
+mod limits;
+pub(crate) mod store_health;
+
+pub use changes::Hearing;
+pub use limits::RateLimits;
+pub use store_health::StoreStatus;
+
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use std::time::Duration;
@@ -14,26 +22,23 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, Guard};
 use chrono::{DateTime, Utc};
 use keygate_core::error::ErrorInstance;
-use keygate_core::id::IdGenerator;
 use keygate_core::limits::DEFAULT_RESOURCE;
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::throttle::{FailurePolicy, FailureWindow};
 use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
 use keygate_limiter::{LimitCheck, Limiter, Permit};
-use keygate_store::Store;
 use moka::sync::Cache;
 
-use crate::changes::{Hearing, HearingState};
-use crate::clock::Clock;
-use crate::limits::RateLimits;
-use crate::metrics::{CacheResult, Metrics, ScrapeValues, StoreOperation, TargetSample};
+use crate::context::Context;
+use crate::events::Events;
+use crate::metrics::{CacheResult, ScrapeValues, StoreOperation, TargetSample};
 use crate::plans::PlanBook;
-use crate::store_health::StoreHealth;
-use crate::usage::{KeyTally, UsageRecorder, ADMITTED};
+use crate::usage::{KeyTally, Usage, ADMITTED};
+use changes::HearingState;
 
-/// Engine settings, from the deployment's config.
+/// What the verify path needs of the config.
 #[derive(Debug, Clone)]
-pub struct EngineSettings {
+pub struct VerifierSettings {
     pub key_format: KeyFormat,
     /// Most keys held in the positive cache.
     pub cache_capacity: u64,
@@ -50,17 +55,28 @@ pub struct EngineSettings {
     /// How long an unknown hash is remembered, so a flood of bad keys costs nothing.
     pub negative_cache_ttl: Duration,
     pub failed_attempts: FailurePolicy,
-    pub default_rotation_grace: Duration,
-    pub max_metadata_bytes: usize,
-    /// The plans of the config. Read by [`Engine::new`] only: from then on
-    /// [`Engine::plans`] holds them, and a config reload replaces them.
+    /// The plans of the config. Read by [`Verifier::new`] only: from then on
+    /// [`Verifier::plans`] holds them, and a config reload replaces them.
     pub plans: PlanBook,
-    pub dashboard: crate::sessions::SessionSettings,
-    /// Off (`usage.enabled = false`): no usage counts and no last use.
-    pub record_usage: bool,
-    pub usage_retention: crate::usage::UsageRetention,
-    pub events: crate::events::EventSettings,
-    pub webhooks: crate::webhooks::WebhookSettings,
+}
+
+impl Default for VerifierSettings {
+    fn default() -> Self {
+        Self {
+            key_format: KeyFormat::default(),
+            cache_capacity: 10_000,
+            cache_ttl: Duration::from_secs(60),
+            cache_ttl_unheard: Duration::from_secs(1),
+            max_stale: Duration::from_secs(300),
+            store_timeout: Duration::from_secs(2),
+            negative_cache_ttl: Duration::from_secs(10),
+            failed_attempts: FailurePolicy {
+                max_failures: 10,
+                window: Duration::from_secs(60),
+            },
+            plans: PlanBook::default(),
+        }
+    }
 }
 
 /// The limit checks of one resource for one cached key.
@@ -197,17 +213,15 @@ impl<'a> VerifyRequest<'a> {
     }
 }
 
-pub struct Engine {
-    pub(crate) store: Arc<dyn Store>,
-    /// The store of background work (usage flushes, roll-ups and pruning,
-    /// event scans, webhook delivery), when it has one of its own
-    /// ([`Engine::use_background_store`]); else `store`.
-    background_store: OnceLock<Arc<dyn Store>>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) settings: EngineSettings,
-    /// Swapped whole by a config reload ([`Engine::replace_plans`]).
+/// The verify path: a presented key to a decision, with the key cache, the
+/// negative cache, the failed-attempt throttle, the limits and what this node
+/// hears of other nodes' changes.
+pub struct Verifier {
+    context: Arc<Context>,
+    settings: VerifierSettings,
+    /// Swapped whole by a config reload ([`Verifier::replace_plans`]).
     plans: ArcSwap<PlanBook>,
-    pub(crate) limiter: Arc<dyn Limiter>,
+    limiter: Arc<dyn Limiter>,
     /// Every request reads it, so it is quick_cache (one shard read lock and
     /// a probe per hit) rather than moka, whose reads queue bookkeeping and
     /// cost about 1.3 µs a request in the gateway's profile (BENCHMARKS.md).
@@ -220,19 +234,9 @@ pub struct Engine {
     evictions: AtomicU64,
     unknown: Cache<KeyHash, ()>,
     failures: Cache<IpAddr, Arc<Mutex<FailureWindow>>>,
-    pub(crate) usage: UsageRecorder,
-    /// `(key, resource, window length, window start)` of the refusals this
-    /// node has announced, so a flood of 429s makes one event, not one each.
-    pub(crate) announced_refusals: Cache<(Arc<str>, Arc<str>, u64, u64), ()>,
-    ids: Mutex<IdGenerator>,
-    pub(crate) store_health: StoreHealth,
-    pub(crate) hearing: HearingState,
-    pub(crate) metrics: Metrics,
-    pub(crate) sessions: crate::sessions::SessionTable,
-    /// When this node last pruned old usage counts (Unix ms, engine clock).
-    last_prune_ms: AtomicI64,
-    /// The minute this node last rolled usage up to (Unix seconds).
-    last_roll_until: AtomicI64,
+    usage: Arc<Usage>,
+    events: Arc<Events>,
+    hearing: HearingState,
 }
 
 /// Holds up to `capacity` keys; memory for the first few thousand is set
@@ -249,12 +253,13 @@ fn key_cache(capacity: u64) -> quick_cache::sync::Cache<KeyHash, Arc<CachedKey>>
     )
 }
 
-impl Engine {
-    pub fn new(
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Clock>,
+impl Verifier {
+    pub(crate) fn new(
+        context: Arc<Context>,
         limiter: Arc<dyn Limiter>,
-        mut settings: EngineSettings,
+        mut settings: VerifierSettings,
+        usage: Arc<Usage>,
+        events: Arc<Events>,
     ) -> Self {
         let plans = ArcSwap::from_pointee(std::mem::take(&mut settings.plans));
         let cache = key_cache(settings.cache_capacity);
@@ -266,11 +271,8 @@ impl Engine {
             .max_capacity(100_000)
             .time_to_idle(settings.failed_attempts.window)
             .build();
-        let sessions = crate::sessions::SessionTable::new(settings.dashboard);
         Self {
-            store,
-            background_store: OnceLock::new(),
-            clock,
+            context,
             settings,
             plans,
             limiter,
@@ -279,36 +281,19 @@ impl Engine {
             evictions: AtomicU64::new(0),
             unknown,
             failures,
-            usage: UsageRecorder::default(),
-            announced_refusals: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(3600))
-                .build(),
-            ids: Mutex::new(IdGenerator::new()),
-            store_health: StoreHealth::default(),
+            usage,
+            events,
             hearing: HearingState::new(),
-            metrics: Metrics::default(),
-            sessions,
-            last_prune_ms: AtomicI64::new(i64::MIN),
-            last_roll_until: AtomicI64::new(i64::MIN),
         }
     }
 
-    /// Now, at the millisecond precision stores keep, so that what a write
-    /// returns equals what a later read returns.
-    pub fn now(&self) -> DateTime<Utc> {
-        let now = self.clock.now();
-        DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
-    }
-
-    /// A new object id, in creation order on this node.
-    pub(crate) fn new_id(&self, prefix: &str, now: DateTime<Utc>) -> String {
-        let mut ids = self.ids.lock();
-        ids.next(prefix, now)
-    }
-
-    pub fn settings(&self) -> &EngineSettings {
+    pub fn settings(&self) -> &VerifierSettings {
         &self.settings
+    }
+
+    /// The format keys are made and read in.
+    pub fn key_format(&self) -> &KeyFormat {
+        &self.settings.key_format
     }
 
     /// The plans now in force.
@@ -323,26 +308,10 @@ impl Engine {
         self.plans.rcu(|current| current.succeeded_by(plans.clone()));
     }
 
-    /// Gives background work a store of its own, opened where that work runs
-    /// (crates/keygate-server/src/background.rs: a low-priority thread, so a
-    /// flush's database work waits for the data plane, not the other way
-    /// round). Once only; false if one was set already.
-    pub fn use_background_store(&self, store: Arc<dyn Store>) -> bool {
-        self.background_store.set(store).is_ok()
-    }
-
-    pub(crate) fn background_store(&self) -> &dyn Store {
-        self.background_store.get().unwrap_or(&self.store).as_ref()
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     /// Decides one request. Never touches the store for a cached key or a
     /// malformed one.
     pub async fn verify(&self, request: VerifyRequest<'_>) -> Result<Verified, Rejection> {
-        let now = self.clock.now();
+        let now = self.context.clock_now();
         let parsed = match self.settings.key_format.parse(request.presented) {
             Ok(parsed) => parsed,
             Err(_) => return Err(self.invalid_key(request.client_ip, now)),
@@ -350,15 +319,15 @@ impl Engine {
         let hash = parsed.hash();
         let cached = match self.cache.get(&hash) {
             Some(cached) if self.is_fresh(&cached, now) => {
-                self.metrics.cache_lookup(CacheResult::Hit);
+                self.context.metrics().cache_lookup(CacheResult::Hit);
                 cached
             }
             Some(stale) => {
-                self.metrics.cache_lookup(CacheResult::Stale);
+                self.context.metrics().cache_lookup(CacheResult::Stale);
                 self.reload(hash, stale, now).await?
             }
             None => {
-                self.metrics.cache_lookup(CacheResult::Miss);
+                self.context.metrics().cache_lookup(CacheResult::Miss);
                 self.load(hash, request.client_ip, now).await?
             }
         };
@@ -419,7 +388,8 @@ impl Engine {
                     && request.record
                     && request.limits == LimitMode::Enforce;
                 if let Some(limits) = limits.as_ref().filter(|_| announce) {
-                    self.rate_limit_exceeded(&cached, request.resource, &limits.decision, now);
+                    self.events
+                        .rate_limit_exceeded(&cached, request.resource, &limits.decision, now);
                 }
                 Err(Rejection {
                     error,
@@ -431,7 +401,7 @@ impl Engine {
     }
 
     fn record(&self, cached: &CachedKey, request: &VerifyRequest<'_>, outcome: &'static str, now: DateTime<Utc>) {
-        if request.record && self.settings.record_usage {
+        if request.record {
             self.usage.record(&cached.usage, outcome, request.client_ip, now);
         }
     }
@@ -487,29 +457,34 @@ impl Engine {
     /// answer or is known to be down and this is not the request that probes it.
     async fn read_key(&self, hash: KeyHash, now: DateTime<Utc>) -> Result<Option<Arc<CachedKey>>, Unanswered> {
         let now_ms = now.timestamp_millis();
-        if !self.store_health.may_try(now_ms) {
+        if !self.context.store_health().may_try(now_ms) {
             return Err(Unanswered);
         }
         let evictions = self.evictions.load(Ordering::SeqCst);
         let started = std::time::Instant::now();
-        let read = tokio::time::timeout(self.settings.store_timeout, self.store.find_key_by_hash(&hash)).await;
+        let read = tokio::time::timeout(
+            self.settings.store_timeout,
+            self.context.store().find_key_by_hash(&hash),
+        )
+        .await;
         let failed = !matches!(read, Ok(Ok(_)));
-        self.metrics
+        self.context
+            .metrics()
             .store_call(StoreOperation::FindKey, started.elapsed(), failed);
         let found = match read {
             Ok(Ok(found)) => found,
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, key_hash = ?hash, "key lookup failed");
-                self.store_health.failed(now_ms);
+                self.context.store_health().failed(now_ms);
                 return Err(Unanswered);
             }
             Err(_) => {
                 tracing::warn!(key_hash = ?hash, timeout = ?self.settings.store_timeout, "key lookup timed out");
-                self.store_health.failed(now_ms);
+                self.context.store_health().failed(now_ms);
                 return Err(Unanswered);
             }
         };
-        self.store_health.succeeded();
+        self.context.store_health().succeeded();
         let Some((key, workspace)) = found else {
             return Ok(None);
         };
@@ -536,7 +511,8 @@ impl Engine {
                 .get_with(ip, || Arc::new(Mutex::new(FailureWindow::new(now))));
             let mut window = window.lock();
             if window.record_failure(&policy, now) {
-                self.failure_burst(ip, policy.max_failures, window.started(), now);
+                self.events
+                    .failure_burst(ip, policy.max_failures, policy.window, window.started(), now);
             }
         }
         Rejection::anonymous(ErrorCode::InvalidApiKey)
@@ -545,7 +521,7 @@ impl Engine {
     /// A credential that could not even be read (not UTF-8, oversized) counts
     /// as a failed attempt like any other invalid key.
     pub fn reject_unreadable(&self, client_ip: Option<IpAddr>) -> Rejection {
-        self.invalid_key(client_ip, self.clock.now())
+        self.invalid_key(client_ip, self.context.clock_now())
     }
 
     fn throttled(&self, client_ip: Option<IpAddr>, now: DateTime<Utc>) -> Option<Rejection> {
@@ -572,111 +548,12 @@ impl Engine {
         self.cache.clear();
     }
 
-    /// Writes recorded usage to the store; see [`UsageRecorder::flush`].
-    pub async fn flush_usage(&self) -> Result<usize, keygate_store::StoreError> {
-        let now = self.now();
-        let started = std::time::Instant::now();
-        let flushed = self
-            .usage
-            .flush(self.background_store(), now, || self.new_id("ub", now))
-            .await;
-        match &flushed {
-            // Ok(0) may mean there was nothing to write, so the store was not asked.
-            Ok(0) => {}
-            Ok(_) => {
-                self.store_health.succeeded();
-                self.metrics
-                    .store_call(StoreOperation::RecordUsage, started.elapsed(), false);
-            }
-            Err(_) => {
-                self.store_health.failed(now.timestamp_millis());
-                self.metrics
-                    .store_call(StoreOperation::RecordUsage, started.elapsed(), true);
-            }
-        }
-        flushed
-    }
-
-    /// The request counters the gateway records into, and the rest of `/metrics`.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// `/metrics` in the Prometheus text format.
     pub fn encode_metrics(&self, targets: &[TargetSample]) -> Result<String, std::fmt::Error> {
-        self.metrics.encode(ScrapeValues {
+        self.context.metrics().encode(ScrapeValues {
             limiter_fallbacks: self.limiter.fallbacks(),
             targets,
         })
-    }
-
-    /// Counts not yet written to the store.
-    pub fn pending_usage(&self) -> usize {
-        self.usage.pending()
-    }
-
-    /// Flushes usage every `interval` until `shutdown` resolves, then once more.
-    pub async fn run_usage_flusher(
-        self: Arc<Self>,
-        interval: Duration,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
-        tokio::pin!(shutdown);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => self.flush_logged().await,
-                () = &mut shutdown => break,
-            }
-        }
-        self.flush_logged().await;
-    }
-
-    async fn flush_logged(&self) {
-        // How long each pass took is logged (debug) so a benchmark can line
-        // the data plane's latency up with it (scripts/bench/tail.sh).
-        let started = std::time::Instant::now();
-        match self.flush_usage().await {
-            Ok(0) => {}
-            Ok(rows) => tracing::debug!(rows, took_us = started.elapsed().as_micros() as u64, "usage flushed"),
-            Err(err) => tracing::warn!(error = %err, pending = self.pending_usage(), "usage flush failed; will retry"),
-        }
-        let until = self.now().timestamp().div_euclid(60) * 60;
-        if until > self.last_roll_until.load(Ordering::Relaxed) {
-            let started = std::time::Instant::now();
-            match self.roll_up_usage().await {
-                Ok(rows) => {
-                    self.last_roll_until.store(until, Ordering::Relaxed);
-                    let took_us = started.elapsed().as_micros() as u64;
-                    tracing::debug!(rows, took_us, "usage rolled up to hours and days");
-                }
-                Err(err) => tracing::warn!(error = %err, "rolling usage up failed; will retry"),
-            }
-        }
-        let now_ms = self.now().timestamp_millis();
-        let last = self.last_prune_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) >= crate::usage::PRUNE_EVERY_MS {
-            self.last_prune_ms.store(now_ms, Ordering::Relaxed);
-            match self.prune_usage().await {
-                Ok(rows) => tracing::debug!(rows, "old usage counts pruned"),
-                Err(err) => tracing::warn!(error = %err, "pruning old usage counts failed; will retry in an hour"),
-            }
-        }
-    }
-
-    /// Rolls the complete minutes not rolled up yet into hours and days (any
-    /// node; the store does it once). Reads never wait for it: they add the
-    /// minutes not rolled up. Returns the rollup rows written.
-    pub async fn roll_up_usage(&self) -> Result<u64, keygate_store::StoreError> {
-        let until = self.now().timestamp().div_euclid(60) * 60;
-        self.background_store().roll_up_usage(until).await
-    }
-
-    /// Deletes usage counts older than `usage.keep_*`; returns how many rows.
-    pub async fn prune_usage(&self) -> Result<u64, keygate_store::StoreError> {
-        let cutoffs = self.settings.usage_retention.cutoffs(self.now());
-        self.background_store().prune_usage(&cutoffs).await
     }
 }
 

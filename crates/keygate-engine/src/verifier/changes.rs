@@ -8,12 +8,11 @@
 //! instead of `cache.ttl`, and drops its whole cache when it hears again.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_store::{Change, FeedEvent};
 
-use crate::Engine;
+use super::Verifier;
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const LAST_RETRY: Duration = Duration::from_secs(5);
@@ -43,7 +42,7 @@ impl Hearing {
 pub(crate) struct HearingState(AtomicU8);
 
 impl HearingState {
-    /// A node starts as if alone; [`Engine::run_change_listener`] says
+    /// A node starts as if alone; [`Verifier::run_change_listener`] says
     /// otherwise as soon as its store has a feed.
     pub fn new() -> Self {
         Self(AtomicU8::new(Hearing::NotNeeded as u8))
@@ -67,12 +66,12 @@ impl HearingState {
     }
 }
 
-impl Engine {
+impl Verifier {
     /// Follows the store's change feed until `shutdown` resolves. Returns at
     /// once for a single-node store.
-    pub async fn run_change_listener(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+    pub(crate) async fn run_change_listener(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut feed = match self.store.change_feed().await {
+        let mut feed = match self.context.store().change_feed().await {
             Ok(Some(feed)) => {
                 self.hearing.set(Hearing::NotListening);
                 feed
@@ -98,7 +97,7 @@ impl Engine {
                     // Whatever was announced while not listening is lost: start clean.
                     self.forget_all_keys();
                     self.hearing.set(Hearing::Listening);
-                    self.store_health.succeeded();
+                    self.context.store_health().succeeded();
                     retry = FIRST_RETRY;
                     tracing::info!("listening to other nodes' changes");
                 }

@@ -24,8 +24,15 @@ use keygate_core::{duration::parse_duration, ErrorCode, PlaintextKey};
 use keygate_store::{AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome, UsageGrain};
 use serde_json::{json, Map, Value};
 
-use crate::verifier::{Engine, LimitMode, Rejection, Verified, VerifyRequest};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::context::Context;
+use crate::usage::Usage;
+use crate::verifier::{LimitMode, Rejection, Verified, Verifier, VerifyRequest};
 use crate::AdminError;
+
+mod webhooks;
 
 /// The scope a workspace key needs to manage its workspace's keys.
 pub const MANAGE_SCOPE: &str = "keys:manage";
@@ -204,7 +211,48 @@ fn validate_limit_list(field: &str, limits: &[LimitSpec]) -> Result<Vec<LimitSpe
     validate_limits(limits).map_err(|e| AdminError::validation(field, e))
 }
 
-impl Engine {
+/// What the admin operations need of the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// A rotated key's old secret works this long unless the call says otherwise (`keys.rotation_grace`).
+    pub default_rotation_grace: Duration,
+    /// Largest key metadata, as JSON (`keys.max_metadata_bytes`).
+    pub max_metadata_bytes: usize,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            default_rotation_grace: Duration::from_secs(24 * 3600),
+            max_metadata_bytes: 4096,
+        }
+    }
+}
+
+/// The admin operations. A change evicts what the verifier cached of it
+/// (this node at once, other nodes through the store's change feed).
+pub struct Admin {
+    context: Arc<Context>,
+    settings: AdminSettings,
+    verifier: Arc<Verifier>,
+    usage: Arc<Usage>,
+}
+
+impl Admin {
+    pub(crate) fn new(
+        context: Arc<Context>,
+        settings: AdminSettings,
+        verifier: Arc<Verifier>,
+        usage: Arc<Usage>,
+    ) -> Self {
+        Self {
+            context,
+            settings,
+            verifier,
+            usage,
+        }
+    }
+
     /// Authenticates an admin API call: the key must be valid for the caller's
     /// address and be an admin key or hold `keys:manage`.
     pub async fn authenticate_admin(&self, presented: &str, client_ip: IpAddr) -> Result<Actor, Rejection> {
@@ -213,7 +261,7 @@ impl Engine {
             limits: LimitMode::Skip,
             ..VerifyRequest::new(presented, Some(client_ip))
         };
-        let verified = self.verify(request).await?;
+        let verified = self.verifier.verify(request).await?;
         let cached = &verified.key;
         let scope = if cached.workspace.is_admin() {
             ActorScope::Admin
@@ -257,7 +305,7 @@ impl Engine {
             record: !dry_run,
         };
         let visible = |workspace_id: &str| actor.can_see(workspace_id);
-        match self.verify(request).await {
+        match self.verifier.verify(request).await {
             Ok(verified) if visible(&verified.key.workspace.id) => Ok(verified),
             Err(rejection) if rejection.key.as_ref().is_none_or(|k| visible(&k.workspace.id)) => Err(rejection),
             _ => Err(Rejection {
@@ -278,7 +326,7 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> AuditEvent {
         AuditEvent {
-            id: self.new_id(AUDIT_PREFIX, now),
+            id: self.context.new_id(AUDIT_PREFIX, now),
             at: now,
             actor: actor.id.clone(),
             actor_ip: actor.ip.clone(),
@@ -292,8 +340,8 @@ impl Engine {
 
     fn validate_plan(&self, plan: Option<String>) -> Result<Option<String>, AdminError> {
         match plan {
-            Some(plan) if !self.plans().contains(&plan) => {
-                let plans = self.plans();
+            Some(plan) if !self.verifier.plans().contains(&plan) => {
+                let plans = self.verifier.plans();
                 let known: Vec<&str> = plans.names().collect();
                 Err(AdminError::validation(
                     "plan",
@@ -308,9 +356,9 @@ impl Engine {
 
     pub async fn create_workspace(&self, actor: &Actor, input: NewWorkspace) -> Result<Workspace, AdminError> {
         actor.require_admin()?;
-        let now = self.now();
+        let now = self.context.now();
         let workspace = Workspace {
-            id: self.new_id(WORKSPACE_PREFIX, now),
+            id: self.context.new_id(WORKSPACE_PREFIX, now),
             name: validate_name("name", &input.name)?,
             plan: self.validate_plan(input.plan)?,
             ip_allowlist: validate_allowlist("ip_allowlist", &input.ip_allowlist)?,
@@ -321,7 +369,7 @@ impl Engine {
         };
         let details = json!({"name": workspace.name, "plan": workspace.plan});
         let event = self.audit_event(actor, "workspace.created", &workspace.id, &workspace.id, details, now);
-        self.store.insert_workspace(&workspace, &event).await?;
+        self.context.store().insert_workspace(&workspace, &event).await?;
         Ok(workspace)
     }
 
@@ -329,14 +377,18 @@ impl Engine {
         if !id::looks_like(WORKSPACE_PREFIX, id) || !actor.can_see(id) {
             return Err(AdminError::NotFound);
         }
-        self.store.get_workspace(id).await?.ok_or(AdminError::NotFound)
+        self.context
+            .store()
+            .get_workspace(id)
+            .await?
+            .ok_or(AdminError::NotFound)
     }
 
     pub async fn list_workspaces(&self, actor: &Actor, page: &Page) -> Result<Paged<Workspace>, AdminError> {
         match &actor.scope {
-            ActorScope::Admin => Ok(self.store.list_workspaces(page).await?),
+            ActorScope::Admin => Ok(self.context.store().list_workspaces(page).await?),
             ActorScope::Workspace(own) => {
-                let items = self.store.get_workspace(own).await?.into_iter().collect();
+                let items = self.context.store().get_workspace(own).await?.into_iter().collect();
                 Ok(Paged {
                     items,
                     next_cursor: None,
@@ -353,7 +405,7 @@ impl Engine {
     ) -> Result<Workspace, AdminError> {
         let mut workspace = self.get_workspace(actor, id).await?;
         actor.require_admin()?;
-        let now = self.now();
+        let now = self.context.now();
         let mut changed = Vec::new();
         if let Some(name) = patch.name {
             workspace.name = validate_name("name", &name)?;
@@ -380,8 +432,8 @@ impl Engine {
         }
         workspace.updated_at = now;
         let event = self.audit_event(actor, "workspace.updated", id, id, json!({"changed": changed}), now);
-        self.store.update_workspace(&workspace, &event).await?;
-        self.forget_all_keys();
+        self.context.store().update_workspace(&workspace, &event).await?;
+        self.verifier.forget_all_keys();
         Ok(workspace)
     }
 
@@ -391,10 +443,10 @@ impl Engine {
         if id == ADMIN_WORKSPACE_ID {
             return Err(AdminError::Conflict("the admin workspace cannot be deleted".into()));
         }
-        let now = self.now();
+        let now = self.context.now();
         let event = self.audit_event(actor, "workspace.deleted", id, id, json!({}), now);
-        self.store.delete_workspace(id, now, &event).await?;
-        self.forget_all_keys();
+        self.context.store().delete_workspace(id, now, &event).await?;
+        self.verifier.forget_all_keys();
         Ok(())
     }
 
@@ -408,7 +460,7 @@ impl Engine {
         input: NewKey,
     ) -> Result<(ApiKey, PlaintextKey), AdminError> {
         let workspace = self.get_workspace(actor, workspace_id).await?;
-        let now = self.now();
+        let now = self.context.now();
         // A caller limited to one environment creates keys there unless it asks.
         let requested = input.environment.or_else(|| actor.environment.clone());
         let environment = self.key_environment(&workspace, requested)?;
@@ -431,11 +483,11 @@ impl Engine {
             return Err(AdminError::validation("expires_at", "must be in the future"));
         }
         let plaintext = self
-            .settings
-            .key_format
+            .verifier
+            .key_format()
             .generate(&environment, &mut rand::thread_rng())
             .map_err(|e| AdminError::validation("environment", e))?;
-        let id = self.new_id(KEY_PREFIX, now);
+        let id = self.context.new_id(KEY_PREFIX, now);
         let key = ApiKey {
             lineage_id: id.clone(),
             id,
@@ -461,14 +513,14 @@ impl Engine {
         };
         let details = json!({"name": key.name, "environment": key.environment, "scopes": key.scopes});
         let event = self.audit_event(actor, "key.created", &key.id, &key.workspace_id, details, now);
-        self.store.insert_key(&key, &event).await?;
-        self.forget_key(&key.hash);
+        self.context.store().insert_key(&key, &event).await?;
+        self.verifier.forget_key(&key.hash);
         Ok((key, plaintext))
     }
 
     /// Admin keys always live in the `admin` environment; other keys in a configured one.
     fn key_environment(&self, workspace: &Workspace, requested: Option<String>) -> Result<String, AdminError> {
-        let format = &self.settings.key_format;
+        let format = self.verifier.key_format();
         match (workspace.is_admin(), requested) {
             (true, None) => Ok(ADMIN_ENVIRONMENT.to_owned()),
             (true, Some(env)) if env == ADMIN_ENVIRONMENT => Ok(env),
@@ -503,7 +555,7 @@ impl Engine {
         if !id::looks_like(KEY_PREFIX, id) {
             return Err(AdminError::NotFound);
         }
-        match self.store.get_key(id).await? {
+        match self.context.store().get_key(id).await? {
             Some(key) if actor.can_see(&key.workspace_id) => Ok(key),
             _ => Err(AdminError::NotFound),
         }
@@ -518,7 +570,7 @@ impl Engine {
         actor: &Actor,
         key_id: &str,
     ) -> Result<Option<String>, AdminError> {
-        match self.store.get_key(key_id).await? {
+        match self.context.store().get_key(key_id).await? {
             Some(key) if actor.can_see(&key.workspace_id) => Ok(Some(key.workspace_id)),
             Some(_) => Err(AdminError::NotFound),
             None => Ok(None),
@@ -540,7 +592,11 @@ impl Engine {
         page: &Page,
     ) -> Result<Paged<ApiKey>, AdminError> {
         self.get_workspace(actor, workspace_id).await?;
-        Ok(self.store.list_keys(workspace_id, filter, page, self.now()).await?)
+        Ok(self
+            .context
+            .store()
+            .list_keys(workspace_id, filter, page, self.context.now())
+            .await?)
     }
 
     /// A page of a workspace's keys with the workspace and its key count, as
@@ -553,17 +609,21 @@ impl Engine {
         page: &Page,
     ) -> Result<(Workspace, Paged<ApiKey>, u64), AdminError> {
         let workspace = self.get_workspace(actor, workspace_id).await?;
-        let keys = self.store.list_keys(workspace_id, filter, page, self.now()).await?;
-        let total = self.store.count_keys(workspace_id).await?;
+        let keys = self
+            .context
+            .store()
+            .list_keys(workspace_id, filter, page, self.context.now())
+            .await?;
+        let total = self.context.store().count_keys(workspace_id).await?;
         Ok((workspace, keys, total))
     }
 
     pub async fn update_key(&self, actor: &Actor, id: &str, patch: KeyPatch) -> Result<ApiKey, AdminError> {
         let mut key = self.managed_key(actor, id).await?;
-        if key.status(self.now()) == KeyStatus::Deleted {
+        if key.status(self.context.now()) == KeyStatus::Deleted {
             return Err(AdminError::NotFound);
         }
-        let now = self.now();
+        let now = self.context.now();
         let mut changed = Vec::new();
         if let Some(name) = patch.name {
             key.name = validate_name("name", &name)?;
@@ -597,8 +657,8 @@ impl Engine {
             json!({"changed": changed}),
             now,
         );
-        self.store.update_key(&key, &event).await?;
-        self.forget_key(&key.hash);
+        self.context.store().update_key(&key, &event).await?;
+        self.verifier.forget_key(&key.hash);
         Ok(key)
     }
 
@@ -609,7 +669,7 @@ impl Engine {
         if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
             return Err(AdminError::validation("reason", "must be at most 500 characters"));
         }
-        let now = self.now();
+        let now = self.context.now();
         let event = self.audit_event(
             actor,
             "key.revoked",
@@ -618,8 +678,12 @@ impl Engine {
             json!({"reason": reason}),
             now,
         );
-        let outcome = self.store.revoke_key(id, now, reason.as_deref(), &event).await?;
-        self.forget_key(&key.hash);
+        let outcome = self
+            .context
+            .store()
+            .revoke_key(id, now, reason.as_deref(), &event)
+            .await?;
+        self.verifier.forget_key(&key.hash);
         Ok(match outcome {
             RevokeOutcome::Revoked(key) | RevokeOutcome::AlreadyRevoked(key) => key,
         })
@@ -628,10 +692,10 @@ impl Engine {
     /// Revokes if needed and hides the key from lists; the row stays for the audit trail.
     pub async fn delete_key(&self, actor: &Actor, id: &str) -> Result<ApiKey, AdminError> {
         let key = self.managed_key(actor, id).await?;
-        let now = self.now();
+        let now = self.context.now();
         let event = self.audit_event(actor, "key.deleted", id, &key.workspace_id, json!({}), now);
-        let deleted = self.store.delete_key(id, now, &event).await?;
-        self.forget_key(&key.hash);
+        let deleted = self.context.store().delete_key(id, now, &event).await?;
+        self.verifier.forget_key(&key.hash);
         Ok(deleted)
     }
 
@@ -648,15 +712,15 @@ impl Engine {
             Some(text) => parse_duration(text).map_err(|e| AdminError::validation("grace", e))?,
             None => self.settings.default_rotation_grace,
         };
-        let now = self.now();
+        let now = self.context.now();
         let grace_end = now + chrono::Duration::from_std(grace).map_err(|e| AdminError::validation("grace", e))?;
         let plaintext = self
-            .settings
-            .key_format
+            .verifier
+            .key_format()
             .generate(&old.environment, &mut rand::thread_rng())
             .map_err(|e| AdminError::validation("environment", e))?;
         let new = ApiKey {
-            id: self.new_id(KEY_PREFIX, now),
+            id: self.context.new_id(KEY_PREFIX, now),
             hash: plaintext.hash(),
             hint: plaintext.hint(),
             created_at: now,
@@ -672,8 +736,8 @@ impl Engine {
         };
         let details = json!({"new_key_id": new.id, "old_key_expires_at": grace_end});
         let event = self.audit_event(actor, "key.rotated", id, &old.workspace_id, details, now);
-        self.store.rotate_key(id, grace_end, &new, &event).await?;
-        self.forget_key(&old.hash);
+        self.context.store().rotate_key(id, grace_end, &new, &event).await?;
+        self.verifier.forget_key(&old.hash);
         Ok((new, plaintext))
     }
 
@@ -701,7 +765,8 @@ impl Engine {
     ) -> Result<Vec<UsageBucket>, AdminError> {
         let first_bucket = usage_range(from, to, granularity)?;
         let rows = self
-            .store
+            .context
+            .store()
             .key_usage(&key.id, granularity.grain(), first_bucket, to)
             .await?;
         Ok(bucket_usage(
@@ -732,9 +797,13 @@ impl Engine {
                 format!("must be between 1 and {MAX_TOP_KEYS}"),
             ));
         }
-        self.roll_up_usage().await?;
-        let today = UsageGrain::Day.bucket_of(self.now().timestamp());
-        let keys = self.store.top_keys(workspace_id, days, today, by, limit).await?;
+        self.usage.roll_up().await?;
+        let today = UsageGrain::Day.bucket_of(self.context.now().timestamp());
+        let keys = self
+            .context
+            .store()
+            .top_keys(workspace_id, days, today, by, limit)
+            .await?;
         let since = today - (i64::from(days) - 1) * 86_400;
         Ok((DateTime::from_timestamp(since, 0).unwrap_or_default(), keys))
     }
@@ -753,7 +822,8 @@ impl Engine {
         self.get_workspace(actor, workspace_id).await?;
         let first_bucket = usage_range(from, to, granularity)?;
         let rows = self
-            .store
+            .context
+            .store()
             .workspace_usage(workspace_id, granularity.grain(), first_bucket, to)
             .await?;
         Ok(bucket_usage(
@@ -779,7 +849,7 @@ impl Engine {
             }
             filter.workspace_id = Some(own.clone());
         }
-        Ok(self.store.list_audit_events(&filter, page).await?)
+        Ok(self.context.store().list_audit_events(&filter, page).await?)
     }
 
     /// Creates an admin key directly on the store: how automation and the
@@ -794,7 +864,7 @@ impl Engine {
 
     /// True when no admin key was ever created: the first start.
     pub async fn needs_bootstrap(&self) -> Result<bool, AdminError> {
-        Ok(self.store.count_keys(ADMIN_WORKSPACE_ID).await? == 0)
+        Ok(self.context.store().count_keys(ADMIN_WORKSPACE_ID).await? == 0)
     }
 }
 

@@ -83,13 +83,13 @@ pub struct StoreStatus {
     pub max_stale: std::time::Duration,
 }
 
-impl crate::Engine {
+impl super::Verifier {
     /// Pings the store (bounded by `store.timeout`), which also tells the
     /// verify path that a store that was down answers again.
     pub async fn store_status(&self) -> StoreStatus {
         let started = std::time::Instant::now();
-        let answer = tokio::time::timeout(self.settings.store_timeout, self.store.ping()).await;
-        self.metrics.store_call(
+        let answer = tokio::time::timeout(self.settings.store_timeout, self.context.store().ping()).await;
+        self.context.metrics().store_call(
             crate::metrics::StoreOperation::Ping,
             started.elapsed(),
             !matches!(answer, Ok(Ok(()))),
@@ -103,14 +103,18 @@ impl crate::Engine {
             )),
         };
         match &ping {
-            Ok(_) => self.store_health.succeeded(),
-            Err(_) => self.store_health.failed(self.now().timestamp_millis()),
+            Ok(_) => self.context.store_health().succeeded(),
+            Err(_) => self
+                .context
+                .store_health()
+                .failed(self.context.now().timestamp_millis()),
         }
         let hearing = self.hearing();
         StoreStatus {
             ping,
             down_since: self
-                .store_health
+                .context
+                .store_health()
                 .down_since_ms()
                 .and_then(chrono::DateTime::from_timestamp_millis),
             hearing,
