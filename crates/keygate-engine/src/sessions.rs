@@ -194,7 +194,7 @@ impl SessionTable {
             created_at: now,
             last_seen_at: now,
         };
-        let mut sessions = lock(&self.sessions);
+        let mut sessions = self.sessions.lock();
         sessions.retain(|_, entry| self.is_live(&entry.session, now));
         if sessions.len() >= MAX_ENTRIES {
             if let Some(oldest) = sessions
@@ -217,7 +217,7 @@ impl SessionTable {
 
     /// The live session a cookie names, marked as seen now. An expired one is removed.
     pub fn find(&self, secret: &BrowserSecret, now: DateTime<Utc>) -> Option<DashboardSession> {
-        let mut sessions = lock(&self.sessions);
+        let mut sessions = self.sessions.lock();
         let digest = secret.digest();
         let entry = sessions.get_mut(&digest)?;
         if !self.is_live(&entry.session, now) {
@@ -229,7 +229,7 @@ impl SessionTable {
     }
 
     pub fn close(&self, secret: &BrowserSecret) {
-        lock(&self.sessions).remove(&secret.digest());
+        self.sessions.lock().remove(&secret.digest());
     }
 
     fn is_live(&self, session: &DashboardSession, now: DateTime<Utc>) -> bool {
@@ -238,7 +238,7 @@ impl SessionTable {
 
     /// Keeps a new key's plaintext until the page that shows it once asks for it.
     pub fn hold_reveal(&self, secret: &BrowserSecret, key_id: &str, plaintext: impl Into<Revealed>) {
-        if let Some(entry) = lock(&self.sessions).get_mut(&secret.digest()) {
+        if let Some(entry) = self.sessions.lock().get_mut(&secret.digest()) {
             entry.reveals.retain(|(id, _)| id != key_id);
             entry.reveals.push((key_id.to_owned(), plaintext.into()));
         }
@@ -246,7 +246,7 @@ impl SessionTable {
 
     /// The held plaintext of `key_id`, removed: a second call (a reload) gets nothing.
     pub fn take_reveal(&self, secret: &BrowserSecret, key_id: &str) -> Option<Revealed> {
-        let mut sessions = lock(&self.sessions);
+        let mut sessions = self.sessions.lock();
         let entry = sessions.get_mut(&secret.digest())?;
         let position = entry.reveals.iter().position(|(id, _)| id == key_id)?;
         Some(entry.reveals.remove(position).1)
@@ -255,7 +255,7 @@ impl SessionTable {
     pub fn issue_portal_link(&self, workspace_id: &str, now: DateTime<Utc>) -> PortalLink {
         let token = BrowserSecret::generate();
         let expires_at = now + self.settings.portal_link_ttl;
-        let mut links = lock(&self.portal_links);
+        let mut links = self.portal_links.lock();
         links.retain(|_, grant| now < grant.expires_at);
         if links.len() >= MAX_ENTRIES {
             if let Some(first) = links.iter().min_by_key(|(_, g)| g.expires_at).map(|(k, _)| *k) {
@@ -274,13 +274,9 @@ impl SessionTable {
 
     /// The workspace of a live portal link, which is used up by this call.
     pub fn redeem_portal_link(&self, token: &BrowserSecret, now: DateTime<Utc>) -> Option<String> {
-        let grant = lock(&self.portal_links).remove(&token.digest())?;
+        let grant = self.portal_links.lock().remove(&token.digest())?;
         (now < grant.expires_at).then_some(grant.workspace_id)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
-    mutex.lock()
 }
 
 /// Why a browser has no usable session.

@@ -2,6 +2,7 @@
 //! each refusal names.
 
 use super::*;
+use keygate_core::ErrorFormat;
 use std::io::Write;
 
 fn file(text: &str) -> tempfile::NamedTempFile {

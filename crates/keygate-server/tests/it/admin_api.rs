@@ -483,7 +483,11 @@ async fn health_readiness_and_openapi() {
     assert_eq!(spec["security"], json!([{"api_key": []}, {"bearer": []}]));
     assert!(spec["paths"]["/v1/workspaces"]["post"].get("security").is_none());
     for open in ["/healthz", "/readyz", "/metrics"] {
-        assert_eq!(spec["paths"][open]["get"]["security"], json!([{}]), "{open} needs no key");
+        assert_eq!(
+            spec["paths"][open]["get"]["security"],
+            json!([{}]),
+            "{open} needs no key"
+        );
     }
     assert!(spec["components"]["schemas"].get("CreatedKey").is_some());
 
