@@ -91,6 +91,24 @@ ensure_python() {
   command -v python3 >/dev/null 2>&1
 }
 
+# The Standard Webhooks reference library (PyPI `standardwebhooks`), which
+# the webhook tests verify keygate's signatures with, in a virtual
+# environment of its own under target/ (made once, reused by later runs).
+STANDARD_WEBHOOKS_VERSION=1.3.0
+ensure_standard_webhooks() {
+  local venv="${KEYGATE_TEST_VENV:-$PWD/target/test-venv}"
+  local python="$venv/bin/python"
+  if ! "$python" -c "import standardwebhooks" >/dev/null 2>&1; then
+    log "installing standardwebhooks $STANDARD_WEBHOOKS_VERSION into $venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1 && can_install; then
+      apt_install python3-venv || true
+      python3 -m venv "$venv" >/dev/null 2>&1 || return 1
+    fi
+    "$venv/bin/pip" install -q --disable-pip-version-check "standardwebhooks==$STANDARD_WEBHOOKS_VERSION" >/dev/null 2>&1 || return 1
+  fi
+  export KEYGATE_TEST_WEBHOOK_PYTHON="$python"
+}
+
 ensure_services() {
   local missing=()
   ensure_postgres || missing+=("PostgreSQL on 127.0.0.1:5432")
@@ -98,6 +116,7 @@ ensure_services() {
   ensure_browser || missing+=("chromium + chromedriver")
   ensure_nginx || missing+=("nginx")
   ensure_python || missing+=("python3")
+  ensure_standard_webhooks || missing+=("the standardwebhooks Python library")
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "${KEYGATE_REQUIRE_SERVICES:-0}" = 1 ]; then
       log "missing: ${missing[*]} (KEYGATE_REQUIRE_SERVICES=1 forbids skipping)"

@@ -1,10 +1,13 @@
-//! Commands that run in this process: `serve`, `admin create-key`, `migrate`, `config check`.
+//! Commands that run in this process: `serve`, `admin create-key`, `migrate`,
+//! `config check`, `secrets generate-key` and `secrets rotate`.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use keygate_engine::{Engine, SystemClock};
+use keygate_core::secrets::Keyring;
+use keygate_engine::{Engine, EngineKeyring, EngineSettings, SystemClock};
 use keygate_server::config::{self, catch_all_route};
+use keygate_server::secrets::{self, KeyOrigin};
 use keygate_server::{App, ConfigSource, Loaded, Settings};
 use keygate_store::Store;
 use tracing_subscriber::EnvFilter;
@@ -183,6 +186,68 @@ pub async fn create_admin_key(explicit: Option<&Path>, name: &str, json: bool) -
         );
         println!();
         println!("    {}", plaintext.expose());
+    }
+    Ok(())
+}
+
+pub fn generate_secrets_key() -> Result<(), String> {
+    println!("{}", Keyring::generate_key(&mut rand::thread_rng()));
+    Ok(())
+}
+
+/// `keygate secrets rotate`: see crates/keygate-server/src/secrets.rs.
+pub async fn rotate_secrets(explicit: Option<&Path>, json: bool) -> Result<(), String> {
+    let (_, settings) = load_settings(explicit)?;
+    let key_file = settings.secrets_key_file.as_deref();
+    let (_, origin) = secrets::load_keyring(key_file, &settings.store_url).map_err(|e| e.to_string())?;
+    let added = match origin.file() {
+        Some(path) => Some(secrets::add_key_to_file(path).map_err(|e| e.to_string())?),
+        None if origin == KeyOrigin::Ephemeral => {
+            return Err("the store is SQLite in memory: nothing is kept to re-seal".into());
+        }
+        None => None,
+    };
+    let (keyring, _) = secrets::load_keyring(key_file, &settings.store_url).map_err(|e| e.to_string())?;
+    let key_id = keyring.sealing_key_id().to_owned();
+    let store = open_store(&settings.store_url).await?;
+    // Re-sealing charges no limits; the memory limiter satisfies the engine.
+    let limiter = Arc::new(keygate_limiter::memory::MemoryLimiter::new(1));
+    let engine_settings = EngineSettings {
+        keyring: EngineKeyring::new(keyring),
+        ..settings.engine
+    };
+    let engine = Engine::new(store, Arc::new(SystemClock), limiter, engine_settings);
+    let report = engine
+        .admin()
+        .reseal_webhook_secrets()
+        .await
+        .map_err(|e| format!("re-sealing failed: {e}"))?;
+    if json {
+        let file = origin.file().map(|path| path.display().to_string());
+        println!(
+            "{}",
+            serde_json::json!({"key_id": key_id, "key_file": file, "resealed": report.resealed,
+                "current": report.current, "unopened": report.unopened})
+        );
+    } else {
+        match (added.is_some(), origin.file()) {
+            (true, Some(path)) => println!(
+                "Added key {key_id} first in {}; older keys stay after it.",
+                path.display()
+            ),
+            _ => println!("Sealing with key {key_id}, the first of {}.", secrets::KEY_ENV),
+        }
+        println!(
+            "Webhook secrets: {} re-sealed, {} already under {key_id}, {} that no key here opens.",
+            report.resealed, report.current, report.unopened
+        );
+        println!("Reload running nodes (SIGHUP or `keygate config reload`) so they seal with {key_id} too.");
+    }
+    if report.unopened > 0 {
+        return Err(format!(
+            "{} webhook secrets were sealed with a key this keyring does not hold; they were left as they are",
+            report.unopened
+        ));
     }
     Ok(())
 }

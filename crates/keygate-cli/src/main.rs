@@ -56,6 +56,25 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The key that seals webhook secrets at rest.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Print a new key line (`<id>:<base64>`) for secrets.key_file or KEYGATE_SECRETS_KEY.
+    GenerateKey,
+    /// Put a new key first in the key file (the old ones stay, to open what
+    /// they sealed) and re-seal every stored webhook secret under it. With
+    /// KEYGATE_SECRETS_KEY, re-seal under its first key. Works on the store
+    /// directly; reload running nodes afterwards (SIGHUP or `keygate config reload`).
+    Rotate {
+        #[command(flatten)]
+        output: JsonFlag,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +126,12 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Reload(args),
             } => api::reload_config(args).await,
+            Command::Secrets {
+                command: SecretsCommand::GenerateKey,
+            } => local::generate_secrets_key(),
+            Command::Secrets {
+                command: SecretsCommand::Rotate { output },
+            } => local::rotate_secrets(config.as_deref(), output.json).await,
             Command::Keys(args) => api::keys(args).await,
             Command::Workspaces(args) => api::workspaces(args).await,
             Command::Webhooks(args) => api::webhooks(args).await,

@@ -16,6 +16,8 @@ use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::secrets::{Keyring, OpenError, StoredSecret};
+
 const SECRET_PREFIX: &str = "whsec_";
 /// 24 bytes, as the specification's examples use; more than HMAC-SHA256 needs
 /// to resist guessing.
@@ -23,8 +25,8 @@ const SECRET_BYTES: usize = 24;
 
 /// An endpoint's signing secret. Shown once when the endpoint is created;
 /// `Debug` never prints it and its memory is zeroed when dropped (secrecy).
-/// Unlike API keys it is stored as it is, because signing needs it, not
-/// just a check against it.
+/// Unlike API keys it cannot be stored as a hash, since signing needs it:
+/// it is stored sealed for its endpoint (crates/keygate-core/src/secrets.rs).
 #[derive(Clone, Debug)]
 pub struct WebhookSecret(SecretSlice<u8>);
 
@@ -57,9 +59,25 @@ impl WebhookSecret {
         Ok(Self(bytes.into()))
     }
 
-    /// The `whsec_...` form: what the endpoint's owner copies, and what is stored.
+    /// The `whsec_...` form: what the endpoint's owner copies.
     pub fn expose(&self) -> String {
         format!("{SECRET_PREFIX}{}", STANDARD.encode(self.0.expose_secret()))
+    }
+
+    /// What the store keeps: the secret sealed for the endpoint `endpoint_id`.
+    pub fn seal(&self, keyring: &Keyring, endpoint_id: &str, rng: &mut impl RngCore) -> StoredSecret {
+        keyring.seal(self.0.expose_secret(), endpoint_id, rng)
+    }
+
+    /// The secret of the endpoint `endpoint_id`, from what the store keeps.
+    /// A plaintext `whsec_...` written by a keygate from before sealing is
+    /// read as it is (the next start seals it).
+    pub fn open(stored: &StoredSecret, keyring: &Keyring, endpoint_id: &str) -> Result<Self, OpenError> {
+        match keyring.open(stored, endpoint_id) {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(OpenError::NotSealed) => Self::parse(stored.as_str()).map_err(|_| OpenError::Corrupt),
+            Err(other) => Err(other),
+        }
     }
 
     /// The `webhook-signature` header value for one delivery: `v1,` and the
@@ -100,6 +118,21 @@ mod tests {
             secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_for_its_endpoint_and_a_plaintext_one_still_reads() {
+        let keyring = Keyring::generate(&mut rand::thread_rng());
+        let secret = WebhookSecret::generate(&mut rand::thread_rng());
+        let stored = secret.seal(&keyring, "wh_1", &mut rand::thread_rng());
+        assert!(!stored.as_str().contains(&secret.expose()));
+        assert_eq!(WebhookSecret::open(&stored, &keyring, "wh_1").unwrap(), secret);
+        assert_eq!(
+            WebhookSecret::open(&stored, &keyring, "wh_2").unwrap_err(),
+            OpenError::Corrupt
+        );
+        let legacy = StoredSecret::new(secret.expose());
+        assert_eq!(WebhookSecret::open(&legacy, &keyring, "wh_1").unwrap(), secret);
     }
 
     #[test]

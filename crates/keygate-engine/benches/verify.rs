@@ -70,9 +70,7 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
                 enabled: true,
                 retention: Default::default(),
             },
-            dashboard: Default::default(),
-            events: Default::default(),
-            webhooks: Default::default(),
+            ..Default::default()
         };
         let limiter = Arc::new(MemoryLimiter::new(100_000));
         let engine = Engine::new(Arc::new(store), Arc::new(SystemClock), limiter, settings);

@@ -82,9 +82,7 @@ fn settings(capacity: u64) -> EngineSettings {
             enabled: true,
             retention: Default::default(),
         },
-        dashboard: Default::default(),
-        events: Default::default(),
-        webhooks: Default::default(),
+        ..Default::default()
     }
 }
 

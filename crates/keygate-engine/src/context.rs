@@ -8,8 +8,10 @@
 
 use std::sync::{Arc, OnceLock};
 
+use arc_swap::{ArcSwap, Guard};
 use chrono::{DateTime, Utc};
 use keygate_core::id::IdGenerator;
+use keygate_core::secrets::Keyring;
 use keygate_store::Store;
 use parking_lot::Mutex;
 
@@ -27,10 +29,13 @@ pub(crate) struct Context {
     ids: Mutex<IdGenerator>,
     metrics: Metrics,
     store_health: StoreHealth,
+    /// Seals and opens the secrets keygate must read back (webhook signing
+    /// secrets); swapped whole when the key file is read again.
+    keyring: ArcSwap<Keyring>,
 }
 
 impl Context {
-    pub(crate) fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, keyring: Arc<Keyring>) -> Self {
         Self {
             store,
             background_store: OnceLock::new(),
@@ -38,7 +43,16 @@ impl Context {
             ids: Mutex::new(IdGenerator::new()),
             metrics: Metrics::default(),
             store_health: StoreHealth::default(),
+            keyring: ArcSwap::new(keyring),
         }
+    }
+
+    pub(crate) fn keyring(&self) -> Guard<Arc<Keyring>> {
+        self.keyring.load()
+    }
+
+    pub(crate) fn replace_keyring(&self, keyring: Arc<Keyring>) {
+        self.keyring.store(keyring);
     }
 
     /// The clock as it is: the verify path compares times to the millisecond.

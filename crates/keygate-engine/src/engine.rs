@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use keygate_core::secrets::Keyring;
 use keygate_limiter::Limiter;
 use keygate_store::Store;
 
@@ -24,6 +25,10 @@ use crate::webhooks::{Deliveries, WebhookSettings};
 /// `Default`, so a test sets only what it is about.
 #[derive(Debug, Clone, Default)]
 pub struct EngineSettings {
+    /// The keys webhook secrets are sealed with. The default is a fresh
+    /// random key, which nothing sealed outlives: the server always passes
+    /// the deployment's (crates/keygate-server/src/secrets.rs).
+    pub keyring: EngineKeyring,
     pub verifier: VerifierSettings,
     pub admin: AdminSettings,
     pub usage: UsageSettings,
@@ -49,7 +54,7 @@ impl Engine {
         limiter: Arc<dyn Limiter>,
         settings: EngineSettings,
     ) -> Self {
-        let context = Arc::new(Context::new(store, clock));
+        let context = Arc::new(Context::new(store, clock, settings.keyring.0));
         let usage = Arc::new(Usage::new(context.clone(), settings.usage));
         let events = Arc::new(Events::new(context.clone(), settings.events, usage.clone()));
         let verifier = Arc::new(Verifier::new(
@@ -118,11 +123,33 @@ impl Engine {
         self.context.now()
     }
 
+    /// The keys read again (SIGHUP, `keygate config reload`): what is
+    /// sealed from now on uses the new first key.
+    pub fn replace_keyring(&self, keyring: Keyring) {
+        self.context.replace_keyring(Arc::new(keyring));
+    }
+
     /// Gives background work a store of its own, opened where that work runs
     /// (crates/keygate-server/src/background.rs: a low-priority thread, so a
     /// flush's database work waits for the data plane, not the other way
     /// round). Once only; false if one was set already.
     pub fn use_background_store(&self, store: Arc<dyn Store>) -> bool {
         self.context.use_background_store(store)
+    }
+}
+
+/// A keyring to hand to [`Engine::new`]; by default a fresh random one.
+#[derive(Debug, Clone)]
+pub struct EngineKeyring(Arc<Keyring>);
+
+impl EngineKeyring {
+    pub fn new(keyring: Keyring) -> Self {
+        Self(Arc::new(keyring))
+    }
+}
+
+impl Default for EngineKeyring {
+    fn default() -> Self {
+        Self::new(Keyring::generate(&mut rand::thread_rng()))
     }
 }

@@ -25,7 +25,7 @@ mod workers;
 
 pub use admin::{Actor, ActorScope};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{Engine, EngineSettings};
+pub use engine::{Engine, EngineKeyring, EngineSettings};
 pub use error::AdminError;
 pub use verifier::{
     CachedKey, Hearing, LimitMode, RateLimits, Rejection, StoreStatus, Verified, Verifier, VerifierSettings,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use keygate_core::webhook::retry_delay;
+use keygate_core::webhook::{retry_delay, WebhookSecret};
 use keygate_store::{ClaimedDelivery, DeliveryAttempt, DeliveryNext, StoreError};
 
 use crate::context::Context;
@@ -197,21 +197,18 @@ impl Deliveries {
     ) -> Result<DeliveryNext, StoreError> {
         let sent_at = self.context.now();
         let timestamp = sent_at.timestamp();
-        let request = WebhookRequest {
-            url: delivery.url.clone(),
-            headers: vec![
-                ("content-type", "application/json".to_owned()),
-                ("webhook-id", delivery.event_id.clone()),
-                ("webhook-timestamp", timestamp.to_string()),
-                (
-                    "webhook-signature",
-                    delivery.secret.sign(&delivery.event_id, timestamp, &delivery.body),
-                ),
-            ],
-            body: delivery.body.clone(),
-        };
+        // Opened here, not earlier: a key file read again since the claim
+        // (a rotation) is used at once.
+        let secret = WebhookSecret::open(&delivery.secret, &self.context.keyring(), &delivery.endpoint_id);
         let started = Instant::now();
-        let answer = sender.send(request, self.settings.timeout).await;
+        let answer = match secret {
+            Ok(secret) => {
+                let request = signed_request(delivery, &secret, timestamp);
+                sender.send(request, self.settings.timeout).await
+            }
+            // Retried like any failure: the keyring may hold the key by then.
+            Err(err) => Err(format!("not sent: the endpoint's signing secret does not open ({err})")),
+        };
         let took = started.elapsed();
         let (status_code, error) = match answer {
             Ok(code) if (200..300).contains(&code) => (Some(code), None),
@@ -257,6 +254,23 @@ impl Deliveries {
         let wait = retry_delay(delivery.attempts + 1, settings.retry_base, settings.retry_max);
         let retry_at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
         DeliveryNext::RetryAt(retry_at.min(give_up_at))
+    }
+}
+
+/// A delivery as Standard Webhooks receivers expect it, signed.
+fn signed_request(delivery: &ClaimedDelivery, secret: &WebhookSecret, timestamp: i64) -> WebhookRequest {
+    WebhookRequest {
+        url: delivery.url.clone(),
+        headers: vec![
+            ("content-type", "application/json".to_owned()),
+            ("webhook-id", delivery.event_id.clone()),
+            ("webhook-timestamp", timestamp.to_string()),
+            (
+                "webhook-signature",
+                secret.sign(&delivery.event_id, timestamp, &delivery.body),
+            ),
+        ],
+        body: delivery.body.clone(),
     }
 }
 

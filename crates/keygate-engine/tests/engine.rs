@@ -48,9 +48,7 @@ fn settings() -> EngineSettings {
             enabled: true,
             retention: Default::default(),
         },
-        dashboard: Default::default(),
-        events: Default::default(),
-        webhooks: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_engine::{Clock, Engine};
+use keygate_engine::{Clock, Engine, EngineKeyring, EngineSettings};
 use keygate_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,7 @@ use crate::http::gateway::Gateway;
 use crate::http::health;
 use crate::http::transport::{self, ServeOptions, TlsError};
 use crate::reload::{LiveConfig, Reloader};
+use crate::secrets::{self, KeyOrigin, SecretsError};
 use crate::webhook_sender::HttpWebhookSender;
 use keygate_engine::webhooks::WebhookSender;
 use keygate_limiter::memory::MemoryLimiter;
@@ -41,6 +42,8 @@ pub enum ServeError {
     },
     #[error("cannot start the webhook client: {0}")]
     WebhookClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
     #[error("cannot start the background thread: {0}")]
     Background(#[source] std::io::Error),
     #[error("cannot listen on {addr} ({plane}): {source}")]
@@ -85,7 +88,13 @@ impl App {
                 target: settings.access_log.clone(),
                 source,
             })?;
-        let engine = Arc::new(Engine::new(store, clock, limiter, settings.engine.clone()));
+        let (keyring, origin) = secrets::load_keyring(settings.secrets_key_file.as_deref(), &settings.store_url)?;
+        say_where_the_keys_are(&origin);
+        let engine_settings = EngineSettings {
+            keyring: EngineKeyring::new(keyring),
+            ..settings.engine.clone()
+        };
+        let engine = Arc::new(Engine::new(store, clock, limiter, engine_settings));
         let sender: Arc<dyn WebhookSender> = Arc::new(HttpWebhookSender::new()?);
         let gateway_listener = bind("gateway", settings.gateway_addr).await?;
         let admin_listener = bind("admin", settings.admin_addr).await?;
@@ -127,6 +136,7 @@ impl App {
             stop.clone(),
         ));
         tasks.spawn(engine.clone().run_change_listener(stop.clone()));
+        tasks.spawn(reseal_webhook_secrets(engine.clone()));
         let background = background::run(
             settings.background_priority,
             background_work(
@@ -178,6 +188,32 @@ impl App {
         // Flushes the access-log lines still queued.
         drop(self.access_log);
         tracing::info!("keygate stopped");
+    }
+}
+
+fn say_where_the_keys_are(origin: &KeyOrigin) {
+    match origin {
+        KeyOrigin::Generated(path) => tracing::info!(
+            path = %path.display(),
+            "generated the secrets key that seals webhook secrets at rest (mode 0600); back it up apart from the database: without it no webhook can be signed"
+        ),
+        KeyOrigin::File(path) => tracing::debug!(path = %path.display(), "secrets key read"),
+        KeyOrigin::Environment => tracing::debug!("secrets key read from {}", secrets::KEY_ENV),
+        KeyOrigin::Ephemeral => tracing::debug!("in-memory store: the secrets key lives as long as this process"),
+    }
+}
+
+/// Seals what a keygate from before sealing left in plaintext, and what an
+/// older key sealed (after a rotation), once per start.
+async fn reseal_webhook_secrets(engine: Arc<Engine>) {
+    match engine.admin().reseal_webhook_secrets().await {
+        Ok(report) if report.unopened > 0 => tracing::warn!(
+            ?report,
+            "some webhook secrets do not open with this node's secrets keys; their deliveries fail until the key that sealed them is back (secrets.key_file)"
+        ),
+        Ok(report) if report.resealed > 0 => tracing::info!(?report, "webhook secrets sealed under the current secrets key"),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "re-sealing webhook secrets failed; the next start tries again"),
     }
 }
 

@@ -149,6 +149,8 @@ pub struct Settings {
     pub path_rules: PathRules,
     pub background_priority: BackgroundPriority,
     pub dashboard: DashboardSettings,
+    /// `secrets.key_file`: read when a node starts and on every reload.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -385,6 +387,9 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         shutdown_timeout: config.server.shutdown_timeout.get(),
         store_url: config.store.url.clone(),
         engine: EngineSettings {
+            // The deployment's keys are read where a node starts (`App::start`,
+            // crates/keygate-server/src/secrets.rs), not while validating.
+            keyring: Default::default(),
             verifier: keygate_engine::VerifierSettings {
                 key_format,
                 cache_capacity: config.cache.capacity,
@@ -436,6 +441,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         },
         path_rules,
         background_priority: config.server.background_priority,
+        secrets_key_file: config.secrets.key_file.clone(),
         dashboard: DashboardSettings {
             enabled: config.dashboard.enabled,
             public_url: validate_public_url(config.dashboard.public_url.as_deref())

@@ -6,6 +6,7 @@ pub mod background;
 pub mod config;
 pub mod http;
 pub mod reload;
+pub mod secrets;
 pub mod webhook_sender;
 
 pub use app::{App, ServeError};

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, ConfigSource, Loaded, RateLimitHeaderStyle, Route, Settings};
 use crate::http::proxy::Upstream;
+use crate::secrets::{self, KeyOrigin, SecretsError};
 
 /// The fields of [`Config`] a reload applies; a change anywhere else is
 /// refused with the fields named. Plans are in the engine
@@ -112,6 +113,8 @@ pub enum ReloadError {
     Invalid(#[from] ConfigError),
     #[error("these settings cannot change while keygate runs: {}; restart to apply them", .0.join(", "))]
     NeedsRestart(Vec<String>),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
     #[error("the reload stopped before it finished")]
     Interrupted,
 }
@@ -162,16 +165,19 @@ impl Reloader {
         let mut applied = self.applied.lock();
         let outcome = self.source.load().map_err(ReloadError::from).and_then(|loaded| {
             let fixed = changed_fields(&applied, &loaded.config, &LIVE_FIELDS);
-            if fixed.is_empty() {
-                Ok(loaded)
-            } else {
-                Err(ReloadError::NeedsRestart(fixed))
+            if !fixed.is_empty() {
+                return Err(ReloadError::NeedsRestart(fixed));
             }
+            let settings = &loaded.settings;
+            let (keyring, origin) = secrets::load_keyring(settings.secrets_key_file.as_deref(), &settings.store_url)?;
+            // A key of this process alone is kept: a new one would open nothing sealed so far.
+            let keyring = (origin != KeyOrigin::Ephemeral).then_some(keyring);
+            Ok((loaded, keyring))
         });
         let now = self.engine.now();
         let mut status = self.status.lock();
         match outcome {
-            Ok(loaded) => {
+            Ok((loaded, keyring)) => {
                 let changed = LIVE_FIELDS
                     .into_iter()
                     .filter(|field| field_value(&applied, field) != field_value(&loaded.config, field))
@@ -179,6 +185,10 @@ impl Reloader {
                 self.engine
                     .verifier()
                     .replace_plans(loaded.settings.engine.verifier.plans.clone());
+                if let Some(keyring) = keyring {
+                    // A rotation's new first key seals from now on; the old ones still open.
+                    self.engine.replace_keyring(keyring);
+                }
                 self.live.swap(&loaded.settings);
                 *applied = loaded.config;
                 status.reloads += 1;

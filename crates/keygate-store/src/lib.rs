@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keygate_core::events::{EventFilter, EventType};
 use keygate_core::model::{ApiKey, KeyStatus, Workspace};
-use keygate_core::webhook::WebhookSecret;
+use keygate_core::secrets::StoredSecret;
 use keygate_core::KeyHash;
 
 pub use changes::{Change, ChangeFeed, FeedEvent};
@@ -233,7 +233,8 @@ pub struct WebhookEndpoint {
     pub id: String,
     pub workspace_id: Option<String>,
     pub url: String,
-    pub secret: WebhookSecret,
+    /// Sealed (crates/keygate-core/src/secrets.rs): the store never sees the secret itself.
+    pub secret: StoredSecret,
     pub events: EventFilter,
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -304,7 +305,8 @@ pub struct ClaimedDelivery {
     pub body: String,
     pub endpoint_id: String,
     pub url: String,
-    pub secret: WebhookSecret,
+    /// Sealed for the endpoint (`endpoint_id` is its context).
+    pub secret: StoredSecret,
 }
 
 /// What happens to a delivery after an attempt.
@@ -534,6 +536,17 @@ pub trait WebhookStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Newest first, each with its attempts.
     async fn list_deliveries(&self, endpoint_id: &str, page: &Page) -> Result<Paged<Delivery>, StoreError>;
+    /// Every endpoint's stored secret, deleted endpoints' too: what a
+    /// rotation of the secrets key re-seals.
+    async fn webhook_secrets(&self) -> Result<Vec<(String, StoredSecret)>, StoreError>;
+    /// Replaces an endpoint's stored secret if it is still `old`; false if
+    /// it changed meanwhile (another node re-sealed it first).
+    async fn replace_webhook_secret(
+        &self,
+        id: &str,
+        old: &StoredSecret,
+        new: &StoredSecret,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` or `postgres://...`.

@@ -22,7 +22,7 @@ pub(crate) use sqlx::Row;
 
 pub(crate) use crate::changes::Change;
 pub(crate) use keygate_core::events::{EventFilter, EventType};
-pub(crate) use keygate_core::webhook::WebhookSecret;
+pub(crate) use keygate_core::secrets::StoredSecret;
 
 pub(crate) use crate::{
     AuditEvent, AuditFilter, BucketCount, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus,
@@ -77,8 +77,7 @@ pub(crate) fn webhook_from_row<R: StoreRow>(row: &R) -> Result<WebhookEndpoint, 
         id: row.get_col("id")?,
         workspace_id: row.get_col("workspace_id")?,
         url: row.get_col("url")?,
-        secret: WebhookSecret::parse(&row.text("secret")?)
-            .map_err(|e| StoreError::Corrupt(format!("webhook_endpoints.secret: {e}")))?,
+        secret: StoredSecret::new(row.text("secret")?),
         events: EventFilter::parse(&names)
             .map_err(|e| StoreError::Corrupt(format!("webhook_endpoints.events: {e}")))?,
         description: row.get_col("description")?,
@@ -142,8 +141,7 @@ pub(crate) fn claimed_from_row<R: StoreRow>(row: &R, lease_token: &str) -> Resul
         body: row.get_col("body")?,
         endpoint_id: row.get_col("endpoint_id")?,
         url: row.get_col("url")?,
-        secret: WebhookSecret::parse(&row.text("secret")?)
-            .map_err(|e| StoreError::Corrupt(format!("webhook_endpoints.secret: {e}")))?,
+        secret: StoredSecret::new(row.text("secret")?),
     })
 }
 

@@ -18,6 +18,21 @@ pub struct SqliteStore {
 /// Connections to one SQLite file at most: it has one writer at a time.
 pub const MAX_CONNECTIONS: u32 = 8;
 
+/// The database file a `sqlite:` URL names, as [`SqliteStore::open`] reads
+/// it; `None` for an in-memory database or another scheme. Files that live
+/// next to the database (the secrets key) are found from it.
+pub fn database_file(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    let options = SqliteConnectOptions::from_str(url).ok()?;
+    let file = options.get_filename();
+    // sqlx names an in-memory database `file:sqlx-in-memory-...`.
+    let name = file.to_string_lossy();
+    let in_memory = name.is_empty() || name == ":memory:" || name.starts_with("file:");
+    (!in_memory).then(|| file.to_path_buf())
+}
+
 impl SqliteStore {
     /// Opens (creating the file and its folder if needed) and migrates.
     pub async fn open(url: &str) -> Result<Self, StoreError> {

@@ -225,6 +225,16 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
+/// `whsec_` followed by base64: a webhook secret in plaintext. (The table's
+/// schema, which SQLite keeps, names the column's old `whsec_...` content
+/// in a comment; that is not a secret.)
+fn contains_plaintext_webhook_secret(haystack: &[u8]) -> bool {
+    let prefix = b"whsec_";
+    haystack.windows(prefix.len() + 1).any(|w| {
+        w.starts_with(prefix) && (w[prefix.len()].is_ascii_alphanumeric() || matches!(w[prefix.len()], b'+' | b'/'))
+    })
+}
+
 /// The secret part of a key: everything after `{prefix}_{env}_`.
 fn secret_part(key: &str) -> &str {
     &key[key.len() - 38..]
@@ -407,6 +417,11 @@ async fn cli_drives_a_running_server_and_no_key_reaches_logs_or_the_database() {
     assert!(!unauthorized.status.success());
     assert!(String::from_utf8_lossy(&unauthorized.stderr).contains("INVALID_API_KEY"));
 
+    // Webhook signing secrets are stored sealed (issue 15, section 2).
+    let hook = deployment.ok_json(&["webhooks", "create", "http://127.0.0.1:9/hook", "--json"], key);
+    let hook_secret = hook["secret"].as_str().unwrap().to_owned();
+    let hook_part = hook_secret.strip_prefix("whsec_").unwrap();
+
     let (stdout, logs) = server.stop();
     assert!(logs.contains("keygate stopped"), "graceful shutdown: {logs}");
     assert!(logs.contains(key_id), "logs do mention key ids");
@@ -417,10 +432,93 @@ async fn cli_drives_a_running_server_and_no_key_reaches_logs_or_the_database() {
         assert!(!stdout.contains(part), "a key reached the server's stdout");
         assert!(!contains(&data, part), "a key reached the database files");
     }
+    assert!(!logs.contains(hook_part), "a webhook secret reached the logs");
+    assert!(
+        !stdout.contains(hook_part),
+        "a webhook secret reached the server's stdout"
+    );
+    assert!(
+        !contains(&data, hook_part),
+        "a webhook secret reached the database files"
+    );
+    assert!(
+        !contains_plaintext_webhook_secret(&data),
+        "no webhook secret is stored in plaintext"
+    );
+    assert!(
+        contains(&data, "kgs1."),
+        "sanity: the sealed secret is in the files the grep reads"
+    );
     assert!(
         contains(&data, &first[..12]),
         "sanity: the masked hint is stored, so the grep can find text"
     );
+}
+
+/// `keygate secrets rotate` beside a running node: a new key goes first in
+/// the key file, every stored webhook secret is re-sealed under it, and the
+/// node seals with it once reloaded.
+#[tokio::test]
+async fn secrets_rotate_adds_a_key_and_reseals_every_webhook_secret() {
+    let generated = Deployment::new("").ok_text(&["secrets", "generate-key"], None);
+    let line = generated.trim();
+    assert!(keygate_core::secrets::Keyring::parse(line).is_ok(), "{line}");
+
+    let mut deployment = Deployment::new("");
+    let server = deployment.serve("rotate");
+    let admin_key = server.printed_admin_key();
+    let key = Some(admin_key.as_str());
+    deployment.ok_json(&["webhooks", "create", "http://127.0.0.1:9/one", "--json"], key);
+    deployment.ok_json(&["webhooks", "create", "http://127.0.0.1:9/two", "--json"], key);
+    let key_file = deployment.dir.path().join("data/keygate.secrets.key");
+    let old_id = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let rotated = deployment.ok_json(&["secrets", "rotate", "--json"], None);
+    let new_id = rotated["key_id"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, old_id);
+    assert_eq!(
+        (rotated["resealed"].as_u64(), rotated["unopened"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let ids: Vec<String> = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .lines()
+        .map(|line| line.split(':').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        [new_id.clone(), old_id.clone()],
+        "the new key first, the old one kept"
+    );
+    let again = deployment.ok_json(&["secrets", "rotate", "--json"], None);
+    assert_eq!(
+        (again["resealed"].as_u64(), again["current"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let newest = again["key_id"].as_str().unwrap().to_owned();
+
+    deployment.ok_text(&["config", "reload"], key);
+    deployment.ok_json(&["webhooks", "create", "http://127.0.0.1:9/three", "--json"], key);
+    let url = format!("sqlite://{}/data/keygate.db", deployment.dir.path().display());
+    let store = keygate_store::open(&url).await.unwrap();
+    let sealed_by: Vec<String> = store
+        .webhook_secrets()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, secret)| format!("{secret:?}"))
+        .collect();
+    assert_eq!(
+        sealed_by,
+        vec![format!("StoredSecret(sealed by {newest})"); 3],
+        "the reloaded node seals with the new key"
+    );
+    server.stop();
 }
 
 /// SIGHUP and `keygate config reload` both make a running node re-read its

@@ -59,6 +59,8 @@ struct Cluster {
     http: reqwest::Client,
     postgres: TcpCut,
     redis: TcpCut,
+    /// The nodes' one secrets key file: on PostgreSQL a node needs one.
+    _secrets: tempfile::TempDir,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -77,6 +79,10 @@ impl Cluster {
         store_url.set_host(Some("127.0.0.1")).unwrap();
         store_url.set_port(Some(postgres.addr.port())).unwrap();
         let store = format!("url = \"{store_url}\"\ntimeout = \"1s\"");
+        let secrets = tempfile::tempdir().unwrap();
+        let key_file = secrets.path().join("keygate.secrets.key");
+        let key = keygate_core::secrets::Keyring::generate_key(&mut rand::thread_rng());
+        std::fs::write(&key_file, format!("{key}\n")).unwrap();
         // A 1 s limiter timeout, not the 50 ms default: with a dozen clusters
         // on two cores, a Redis round trip can take longer than 50 ms, and a
         // timed-out call is decided locally (`on_failure`), which is not what
@@ -84,8 +90,10 @@ impl Cluster {
         let extra = format!(
             "[limiter]\nurl = \"redis://{}\"\ntimeout = \"1s\"\ndefault_plan = \"standard\"\non_failure = \"local\"\n\
              [plans.standard]\nlimits = [{{ requests = 100, per = \"1m\" }}]\n\
-             [usage]\nflush_interval = \"200ms\"\n[access_log]\ntarget = \"off\"\n",
-            redis.addr
+             [usage]\nflush_interval = \"200ms\"\n[access_log]\ntarget = \"off\"\n\
+             [secrets]\nkey_file = \"{}\"\n",
+            redis.addr,
+            key_file.display()
         );
         let deployments: Vec<Deployment> = (0..nodes).map(|_| Deployment::with_store(&store, &extra)).collect();
         // Migrates and makes the admin key once, before any node starts.
@@ -108,6 +116,7 @@ impl Cluster {
             http: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
             postgres,
             redis,
+            _secrets: secrets,
             _turn: turn,
         };
         for node in 0..cluster.nodes.len() {

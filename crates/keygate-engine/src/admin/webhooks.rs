@@ -4,18 +4,34 @@
 use keygate_core::events::EventFilter;
 use keygate_core::id::{self, ADMIN_WORKSPACE_ID, WEBHOOK_PREFIX};
 use keygate_core::webhook::WebhookSecret;
-use keygate_store::{Delivery, EventListFilter, Page, Paged, StoredEvent, WebhookEndpoint};
+use keygate_store::{Delivery, EventListFilter, Page, Paged, StoreError, StoredEvent, WebhookEndpoint};
 use serde_json::json;
 
 use super::{Actor, ActorScope, Admin};
 use crate::webhooks::{validate_description, validate_url, NewWebhook};
 use crate::AdminError;
 
+/// What [`Admin::reseal_webhook_secrets`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resealed {
+    /// Sealed again under the first key (or sealed for the first time).
+    pub resealed: u64,
+    /// Already under the first key.
+    pub current: u64,
+    /// Sealed with a key this node does not hold, or damaged.
+    pub unopened: u64,
+}
+
 impl Admin {
     // ----- endpoints -----
 
-    /// Creates an endpoint; its secret is in the result, to be shown once.
-    pub async fn create_webhook(&self, actor: &Actor, input: NewWebhook) -> Result<WebhookEndpoint, AdminError> {
+    /// Creates an endpoint. Its secret is returned to be shown once; the
+    /// store keeps it sealed.
+    pub async fn create_webhook(
+        &self,
+        actor: &Actor,
+        input: NewWebhook,
+    ) -> Result<(WebhookEndpoint, WebhookSecret), AdminError> {
         match &input.workspace_id {
             None if actor.scope != ActorScope::Admin => {
                 return Err(AdminError::Forbidden("a global webhook needs an admin key"))
@@ -27,11 +43,13 @@ impl Admin {
         }
         let events = EventFilter::parse(&input.events).map_err(|e| AdminError::validation("events", e))?;
         let now = self.context.now();
+        let id = self.context.new_id(WEBHOOK_PREFIX, now);
+        let secret = WebhookSecret::generate(&mut rand::thread_rng());
         let endpoint = WebhookEndpoint {
-            id: self.context.new_id(WEBHOOK_PREFIX, now),
+            secret: secret.seal(&self.context.keyring(), &id, &mut rand::thread_rng()),
+            id,
             workspace_id: input.workspace_id,
             url: validate_url(&input.url)?,
-            secret: WebhookSecret::generate(&mut rand::thread_rng()),
             events,
             description: validate_description(input.description)?,
             created_at: now,
@@ -41,7 +59,43 @@ impl Admin {
         let audit_ws = endpoint.workspace_id.as_deref().unwrap_or(ADMIN_WORKSPACE_ID);
         let event = self.audit_event(actor, "webhook.created", &endpoint.id, audit_ws, details, now);
         self.context.store().insert_webhook(&endpoint, &event).await?;
-        Ok(endpoint)
+        Ok((endpoint, secret))
+    }
+
+    /// Seals every stored webhook secret under the keyring's first key:
+    /// plaintexts left by a keygate from before sealing, and values sealed
+    /// with an older key (`keygate secrets rotate`). A value another node
+    /// changed meanwhile is left to it; one that does not open with this
+    /// node's keys is counted and named in the log, never overwritten.
+    pub async fn reseal_webhook_secrets(&self) -> Result<Resealed, StoreError> {
+        let keyring = self.context.keyring();
+        let mut report = Resealed::default();
+        for (id, stored) in self.context.store().webhook_secrets().await? {
+            if keyring.is_current(&stored) {
+                report.current += 1;
+                continue;
+            }
+            let secret = match WebhookSecret::open(&stored, &keyring, &id) {
+                Ok(secret) => secret,
+                Err(err) => {
+                    tracing::warn!(endpoint = %id, error = %err, "a webhook secret does not open with this node's keys; left as it is");
+                    report.unopened += 1;
+                    continue;
+                }
+            };
+            let sealed = secret.seal(&keyring, &id, &mut rand::thread_rng());
+            if self
+                .context
+                .store()
+                .replace_webhook_secret(&id, &stored, &sealed)
+                .await?
+            {
+                report.resealed += 1;
+            } else {
+                report.current += 1;
+            }
+        }
+        Ok(report)
     }
 
     /// An endpoint the caller may see: its workspace's, or any for an admin.

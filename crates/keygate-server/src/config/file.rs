@@ -36,6 +36,7 @@ pub struct Config {
     pub headers: HeadersConfig,
     pub access_log: AccessLogConfig,
     pub dashboard: DashboardConfig,
+    pub secrets: SecretsConfig,
     pub plans: BTreeMap<String, Plan>,
     pub routes: Vec<RouteConfig>,
 }
@@ -390,6 +391,17 @@ impl Default for EventsConfig {
             scan_interval: PositiveDuration::secs(MINUTE),
         }
     }
+}
+
+/// `[secrets]`: the key that seals webhook secrets at rest
+/// (crates/keygate-server/src/secrets.rs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// A file of keys, one `<id>:<base64 of 32 bytes>` a line, the first
+    /// sealing. Unset: `KEYGATE_SECRETS_KEY`, else (SQLite only) a file next
+    /// to the database, made on the first start.
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[webhooks]`: how deliveries are sent and retried.

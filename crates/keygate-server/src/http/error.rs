@@ -103,6 +103,11 @@ impl From<ReloadError> for ApiError {
                     .with_data("field", field),
             ),
             ReloadError::Invalid(_) => Self(ErrorInstance::new(ErrorCode::InvalidConfig).with_message(message)),
+            ReloadError::Secrets(_) => Self(
+                ErrorInstance::new(ErrorCode::InvalidConfig)
+                    .with_message(message)
+                    .with_data("field", "secrets.key_file"),
+            ),
             ReloadError::NeedsRestart(fields) => Self(
                 ErrorInstance::new(ErrorCode::ConfigNeedsRestart)
                     .with_message(message)

@@ -16,6 +16,7 @@ mod proxy;
 mod ratelimits;
 mod real_upstreams;
 mod reload;
+mod secrets;
 mod seeds;
 mod support;
 mod webhooks;

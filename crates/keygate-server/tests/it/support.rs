@@ -170,6 +170,10 @@ impl TestAppBuilder {
             Some(shared) => shared,
             None => fresh_store_url(dir.path()).await,
         };
+        if !config.store.url.starts_with("sqlite:") && config.secrets.key_file.is_none() {
+            // On PostgreSQL a node needs a key; SQLite's is made next to the database.
+            config.secrets.key_file = Some(postgres_secrets_key_file());
+        }
         // The file holds the whole config, so a reload reads what the start did.
         write_config(&path, &config);
         let loaded = ConfigSource::file(Some(path.clone())).load().unwrap();
@@ -195,6 +199,23 @@ impl TestAppBuilder {
 
 fn write_config(path: &std::path::Path, config: &Config) {
     std::fs::write(path, toml::to_string(config).unwrap()).unwrap();
+}
+
+/// One secrets key file for every node of this test process on PostgreSQL:
+/// nodes that share a database share its key, as a deployment's do.
+fn postgres_secrets_key_file() -> std::path::PathBuf {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("keygate-test-secrets")
+            .tempdir()
+            .unwrap();
+        let path = dir.keep().join("keygate.secrets.key");
+        let key = keygate_core::secrets::Keyring::generate_key(&mut rand::thread_rng());
+        std::fs::write(&path, format!("{key}\n")).unwrap();
+        path
+    })
+    .clone()
 }
 
 /// SQLite in the test's folder, or with `KEYGATE_TEST_STORE=postgres` (the

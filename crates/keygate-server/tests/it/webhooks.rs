@@ -97,13 +97,13 @@ pub fn signature_is_valid(secret: &str, received: &Received) -> bool {
         .any(|signature| signature == expected)
 }
 
-async fn deliver(app: &TestApp) -> DeliveryRound {
+pub async fn deliver(app: &TestApp) -> DeliveryRound {
     let sender = HttpWebhookSender::new().unwrap();
     app.app.engine.deliveries().deliver(&sender).await.unwrap()
 }
 
 /// Creates an endpoint through the API; returns its id and secret.
-async fn webhook(app: &TestApp, body: Value) -> (String, String) {
+pub async fn webhook(app: &TestApp, body: Value) -> (String, String) {
     let created = app.admin_ok(Method::POST, "/v1/webhooks", Some(body), 201).await;
     (
         created["id"].as_str().unwrap().to_owned(),

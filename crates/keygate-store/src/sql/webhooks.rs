@@ -13,7 +13,7 @@ macro_rules! webhooks_sql {
             .bind(&endpoint.id)
             .bind(&endpoint.workspace_id)
             .bind(&endpoint.url)
-            .bind(endpoint.secret.expose())
+            .bind(endpoint.secret.as_str())
             .bind(to_json(&endpoint.events.names())?)
             .bind(&endpoint.description)
             .bind(ms(endpoint.created_at))
@@ -242,6 +242,25 @@ macro_rules! webhooks_sql {
                 }
             }
             Ok(page)
+        }
+
+        async fn webhook_secrets(&self) -> Result<Vec<(String, StoredSecret)>, StoreError> {
+            let rows = sqlx::query(&$sql("SELECT id, secret FROM webhook_endpoints ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|row| Ok((row.get_col("id")?, StoredSecret::new(row.text("secret")?))))
+                .collect()
+        }
+
+        async fn replace_webhook_secret(&self, id: &str, old: &StoredSecret, new: &StoredSecret) -> Result<bool, StoreError> {
+            let done = sqlx::query(&$sql("UPDATE webhook_endpoints SET secret = ? WHERE id = ? AND secret = ?"))
+                .bind(new.as_str())
+                .bind(id)
+                .bind(old.as_str())
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
         }
         }
     };

@@ -138,12 +138,20 @@ pub async fn events_are_deduplicated_and_quieted(store: Arc<dyn Store>) {
     assert_eq!(kinds, ["ratelimit.exceeded", "usage.anomaly", "usage.anomaly"]);
 }
 
+/// The store keeps what it is given; the engine seals secrets before.
+fn sealed_secret(endpoint_id: &str) -> StoredSecret {
+    let mut rng = rand::thread_rng();
+    let keyring = Keyring::parse(&Keyring::generate_key(&mut rng)).unwrap();
+    keyring.seal(b"whsec_dGVzdA==", endpoint_id, &mut rng)
+}
+
 fn endpoint(workspace_id: Option<&str>, events: &[&str], created_at: DateTime<Utc>) -> WebhookEndpoint {
+    let id = new_id("wh", created_at, &mut rand::thread_rng());
     WebhookEndpoint {
-        id: new_id("wh", created_at, &mut rand::thread_rng()),
+        secret: sealed_secret(&id),
+        id,
         workspace_id: workspace_id.map(str::to_owned),
         url: "http://127.0.0.1:9/hook".into(),
-        secret: WebhookSecret::generate(&mut rand::thread_rng()),
         events: EventFilter::parse(events).unwrap(),
         description: None,
         created_at,
@@ -352,6 +360,44 @@ pub async fn deleting_a_webhook_stops_its_deliveries(store: Arc<dyn Store>) {
         .delete_webhook(&hook.id, late, &audit("webhook.deleted", &hook.id, Some(&ws.id)))
         .await;
     assert!(matches!(again, Err(StoreError::NotFound)));
+}
+
+pub async fn webhook_secrets_are_listed_and_replaced_only_if_unchanged(store: Arc<dyn Store>) {
+    let (ws, _) = workspace_with_key(store.as_ref()).await;
+    let hook = endpoint(Some(&ws.id), &[], now());
+    store
+        .insert_webhook(&hook, &audit("webhook.created", &hook.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    let deleted = endpoint(Some(&ws.id), &[], now());
+    store
+        .insert_webhook(&deleted, &audit("webhook.created", &deleted.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    store
+        .delete_webhook(&deleted.id, now(), &audit("webhook.deleted", &deleted.id, Some(&ws.id)))
+        .await
+        .unwrap();
+    let listed = store.webhook_secrets().await.unwrap();
+    for endpoint in [&hook, &deleted] {
+        assert!(
+            listed.contains(&(endpoint.id.clone(), endpoint.secret.clone())),
+            "a deleted endpoint's secret is re-sealed too"
+        );
+    }
+    let resealed = sealed_secret(&hook.id);
+    assert!(store
+        .replace_webhook_secret(&hook.id, &hook.secret, &resealed)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .replace_webhook_secret(&hook.id, &hook.secret, &sealed_secret(&hook.id))
+            .await
+            .unwrap(),
+        "another node re-sealed it first"
+    );
+    assert_eq!(store.get_webhook(&hook.id).await.unwrap().unwrap().secret, resealed);
 }
 
 pub async fn lifecycle_events_are_due_once(store: Arc<dyn Store>) {

@@ -26,7 +26,7 @@ use crate::{
     WebhookEndpoint,
 };
 use keygate_core::events::{EventFilter, EventType};
-use keygate_core::webhook::WebhookSecret;
+use keygate_core::secrets::{Keyring, StoredSecret};
 
 mod events;
 mod keys;
@@ -59,6 +59,7 @@ macro_rules! store_suite {
             events_are_deduplicated_and_quieted,
             webhook_deliveries_fan_out_lease_and_finish_once,
             deleting_a_webhook_stops_its_deliveries,
+            webhook_secrets_are_listed_and_replaced_only_if_unchanged,
             lifecycle_events_are_due_once,
             key_activity_splits_recent_from_baseline,
             a_flush_larger_than_one_statement_is_written_whole,

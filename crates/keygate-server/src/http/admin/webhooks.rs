@@ -37,11 +37,11 @@ pub(super) async fn create_webhook(
     Caller(actor): Caller,
     JsonBody(body): JsonBody<CreateWebhook>,
 ) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
-    let endpoint = state.engine.admin().create_webhook(&actor, body.into()).await?;
+    let (endpoint, secret) = state.engine.admin().create_webhook(&actor, body.into()).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedWebhook {
-            secret: endpoint.secret.expose(),
+            secret: secret.expose(),
             webhook: WebhookView::from(&endpoint),
         }),
     ))

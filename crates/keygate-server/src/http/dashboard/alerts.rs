@@ -110,7 +110,7 @@ async fn create_webhook(State(state): State<AdminState>, posted: Posted<WebhookF
             .collect(),
         description: optional(&form.description),
     };
-    let endpoint = state
+    let (endpoint, secret) = state
         .engine
         .admin()
         .create_webhook(&signed_in.session.actor, input)
@@ -119,7 +119,7 @@ async fn create_webhook(State(state): State<AdminState>, posted: Posted<WebhookF
         .engine
         .sessions()
         .table()
-        .hold_reveal(&signed_in.secret, &endpoint.id, endpoint.secret.clone());
+        .hold_reveal(&signed_in.secret, &endpoint.id, secret);
     Ok(redirect(&format!("/dashboard/webhooks/{}", endpoint.id)))
 }
 
