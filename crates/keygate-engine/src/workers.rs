@@ -34,9 +34,12 @@ impl Engine {
         );
     }
 
-    /// Flushes usage every `interval` until `stop`, then once more.
+    /// Flushes usage every `interval` until `stop`, then once more. The
+    /// first flush is one interval after start: there is nothing to write
+    /// before, and a first tick that a busy CPU delays (this runs at low
+    /// priority) would otherwise land at an unforeseeable moment.
     async fn run_usage_flusher(&self, interval: Duration, stop: &CancellationToken) {
-        let mut ticker = tokio::time::interval(interval);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

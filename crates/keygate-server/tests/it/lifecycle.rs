@@ -137,6 +137,9 @@ async fn usage_counts_and_last_use_are_recorded_off_the_request_path() {
             upstream.url
         ))
         .config("[limiter]\ndefault_plan = \"three\"\n[plans.three]\nlimits = [{ requests = 3, per = \"1m\" }]")
+        // The test flushes: the node's own flusher must not split the requests
+        // between two batches.
+        .config("[usage]\nflush_interval = \"1h\"")
         .start()
         .await;
     let ws = app.workspace("Acme").await;

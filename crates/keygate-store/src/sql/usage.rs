@@ -124,8 +124,11 @@ macro_rules! usage_sql {
                 q.push_values(chunk, |mut row, used| {
                     row.push_bind(used.key_id.as_str()).push_bind(ms(used.at)).push_bind(used.ip.as_str());
                 });
+                // `<=`: a use at the same millisecond as the stored one comes
+                // from a later batch (a node writes its batches in order), so
+                // it is the later use and its address wins.
                 q.push(") UPDATE api_keys SET last_used_at = used.at, last_used_ip = used.ip FROM used \
-                     WHERE api_keys.id = used.id AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < used.at)");
+                     WHERE api_keys.id = used.id AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at <= used.at)");
                 q.build().execute(&mut *tx).await?;
             }
             for event in &batch.events {

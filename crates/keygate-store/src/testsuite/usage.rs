@@ -63,6 +63,21 @@ pub async fn usage_counts_add_up_and_last_use_moves_forward(store: Arc<dyn Store
     let stored = store.get_key(&key.id).await.unwrap().unwrap();
     assert_eq!(stored.last_used_at, Some(later));
     assert_eq!(stored.last_used_ip.as_deref(), Some("203.0.113.9"));
+    // A use at the same millisecond, written by a later batch, is the later use.
+    let same_instant = UsageBatch {
+        id: "ub_third".into(),
+        at: now(),
+        counts: vec![],
+        last_uses: vec![LastUse {
+            key_id: key.id.clone(),
+            at: later,
+            ip: "127.0.0.1".into(),
+        }],
+        events: vec![],
+    };
+    store.record_usage(&same_instant).await.unwrap();
+    let stored = store.get_key(&key.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_used_ip.as_deref(), Some("127.0.0.1"));
 }
 
 /// A flush whose commit succeeded but whose answer was lost is retried with
