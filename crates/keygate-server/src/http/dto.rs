@@ -31,12 +31,13 @@ pub struct Limit {
     /// What the limit counts; routes name their resource. Default `default`.
     #[serde(default = "default_resource")]
     pub resource: String,
+    #[schema(minimum = 1)]
     pub requests: u64,
     /// Window: `1s`, `1m`, `1h`, `1d`, `30d`.
     pub per: String,
     /// `key` (per key lineage, default) or `workspace` (shared).
     #[serde(default)]
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^(key|workspace)$")]
     pub scope: LimitScope,
 }
 
@@ -73,6 +74,12 @@ fn limits_in(limits: Option<Vec<Limit>>) -> Option<Vec<LimitSpec>> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspace {
+    /// 1 to 200 characters, not only spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     pub plan: Option<String>,
     #[serde(default)]
@@ -95,6 +102,11 @@ impl From<CreateWorkspace> for keygate_engine::admin::NewWorkspace {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWorkspace {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: Option<String>,
     /// A plan name, or null to clear it.
     #[serde(default, deserialize_with = "present")]
@@ -120,12 +132,18 @@ impl From<UpdateWorkspace> for keygate_engine::admin::WorkspacePatch {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
-    /// A descriptive name, e.g. "Production Server".
+    /// A descriptive name, e.g. "Production Server": 1 to 200 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// One of the configured environments; default the first.
     pub environment: Option<String>,
     /// Empty means full access to the workspace.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub scopes: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
     /// A duration such as `90d`; exclusive with `expires_at`.
@@ -156,7 +174,13 @@ impl From<CreateKey> for keygate_engine::admin::NewKey {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: Option<String>,
+    #[schema(max_items = 64)]
     pub scopes: Option<Vec<String>>,
     pub ip_allowlist: Option<Vec<String>>,
     /// A time, or null to remove the expiry.
@@ -217,6 +241,7 @@ pub struct VerifyKey {
     pub key: SecretKeyText,
     /// Scopes the operation needs.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub scopes: Vec<String>,
     /// The rate-limit resource the operation counts against.
     pub resource: Option<String>,
@@ -500,6 +525,7 @@ pub struct UsageQuery {
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     /// Where deliveries are POSTed: an `http://` or `https://` URL.
+    #[schema(max_length = 2000, pattern = "^https?://[^/?#@\\s]+")]
     pub url: String,
     /// The workspace whose events it receives; absent for every workspace's
     /// (admin keys only).

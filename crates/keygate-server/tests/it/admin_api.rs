@@ -489,6 +489,29 @@ async fn health_readiness_and_openapi() {
             "{open} needs no key"
         );
     }
+    // Every status the server answers with is declared (issue 15, section 5):
+    // the errors any admin call can get are on every operation that needs a key.
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let statuses = operation["responses"].as_object().unwrap();
+            if operation.get("security").is_some() {
+                assert!(!statuses.contains_key("401"), "{method} {path} needs no key");
+                continue;
+            }
+            for status in ["400", "401", "403", "422", "429", "503"] {
+                assert!(
+                    statuses.contains_key(status),
+                    "{method} {path} does not declare {status}"
+                );
+            }
+        }
+    }
+    let list = &spec["paths"]["/v1/workspaces"]["get"]["parameters"];
+    let limit = list.as_array().unwrap().iter().find(|p| p["name"] == "limit").unwrap();
+    assert_eq!(
+        (limit["schema"]["minimum"].as_u64(), limit["schema"]["maximum"].as_u64()),
+        (Some(1), Some(200))
+    );
     assert!(spec["components"]["schemas"].get("CreatedKey").is_some());
 
     app.store.close().await;

@@ -11,7 +11,7 @@ use crate::http::extract::{Pagination, QueryParams};
 use super::{AdminState, Caller};
 
 #[utoipa::path(get, path = "/v1/audit-events", tag = "audit",
-    params(("workspace_id" = Option<String>, Query), ("key_id" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    params(("workspace_id" = Option<String>, Query), ("key_id" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = List<AuditEventView>)))]
 pub(super) async fn audit_events(
     State(state): State<AdminState>,

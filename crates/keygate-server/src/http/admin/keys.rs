@@ -39,7 +39,7 @@ pub(super) async fn create_key(
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{id}/keys", tag = "keys",
-    params(("id" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("status" = Option<String>, Query), ("environment" = Option<String>, Query)),
+    params(("id" = String, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200), ("cursor" = Option<String>, Query), ("status" = Option<String>, Query, pattern = "^(active|revoked|expired|deleted)$"), ("environment" = Option<String>, Query)),
     responses((status = 200, body = List<KeyView>), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn list_keys(
     State(state): State<AdminState>,

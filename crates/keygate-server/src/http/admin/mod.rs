@@ -209,6 +209,73 @@ impl utoipa::Modify for SecuritySchemes {
     }
 }
 
+/// The errors any call of the admin API can get, whatever it does: declared
+/// once here for every operation that needs a key, so the document lists
+/// every status the server answers with (issue 15, section 5). An operation
+/// that declares one itself keeps its own description.
+struct CommonErrors;
+
+impl CommonErrors {
+    const STATUSES: [(&'static str, &'static str); 6] = [
+        (
+            "400",
+            "MALFORMED_REQUEST, INVALID_JSON, or AMBIGUOUS_API_KEY (both X-API-Key and Authorization sent)",
+        ),
+        (
+            "401",
+            "MISSING_API_KEY, INVALID_API_KEY, or a revoked, expired or disabled key",
+        ),
+        ("403", "FORBIDDEN: the key may not use the admin API, or not for this"),
+        (
+            "422",
+            "VALIDATION_ERROR: a parameter or field is out of range; `data.field` names it",
+        ),
+        (
+            "429",
+            "TOO_MANY_FAILED_ATTEMPTS: too many invalid keys from this address",
+        ),
+        (
+            "503",
+            "SERVICE_UNAVAILABLE: the store does not answer; nothing was changed",
+        ),
+    ];
+}
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                // `security(())`: an ops endpoint that needs no key.
+                let open = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+                if open {
+                    continue;
+                }
+                for (status, description) in Self::STATUSES {
+                    if operation.responses.responses.contains_key(status) {
+                        continue;
+                    }
+                    let content = ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                        .build();
+                    let response = ResponseBuilder::new()
+                        .description(description)
+                        .content("application/json", content)
+                        .build();
+                    operation.responses.responses.insert(status.to_owned(), response.into());
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "keygate admin API", description = "Workspaces, API keys, verification, audit events, events and webhooks."),
@@ -219,7 +286,7 @@ impl utoipa::Modify for SecuritySchemes {
         webhooks::webhook_deliveries, ops::reload_config
     ),
     components(schemas(ErrorEnvelope)),
-    modifiers(&SecuritySchemes)
+    modifiers(&SecuritySchemes, &CommonErrors)
 )]
 pub struct ApiDoc;
 

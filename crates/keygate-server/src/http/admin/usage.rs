@@ -11,7 +11,7 @@ use crate::http::extract::{PathParam, QueryParams};
 use super::{AdminState, Caller};
 
 #[utoipa::path(get, path = "/v1/keys/{id}/usage", tag = "keys",
-    params(("id" = String, Path), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("granularity" = Option<String>, Query)),
+    params(("id" = String, Path), ("from" = Option<DateTime<Utc>>, Query), ("to" = Option<DateTime<Utc>>, Query), ("granularity" = Option<String>, Query, pattern = "^(minute|hour|day)$")),
     responses((status = 200, body = KeyUsage), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn key_usage(
     State(state): State<AdminState>,
@@ -61,7 +61,7 @@ impl UsageRange {
 /// The workspace's keys with the most requests (or rejections) over the last
 /// 1, 7 or 30 whole UTC days, today included.
 #[utoipa::path(get, path = "/v1/workspaces/{id}/top-keys", tag = "workspaces",
-    params(("id" = String, Path), ("window" = Option<String>, Query), ("by" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    params(("id" = String, Path), ("window" = Option<String>, Query, pattern = "^(1d|7d|30d)$"), ("by" = Option<String>, Query, pattern = "^(requests|rejections)$"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100)),
     responses((status = 200, body = TopKeys), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub(super) async fn top_keys(
     State(state): State<AdminState>,
@@ -106,7 +106,7 @@ pub(super) async fn top_keys(
 
 /// Requests of all of a workspace's keys per bucket, by outcome.
 #[utoipa::path(get, path = "/v1/workspaces/{id}/usage", tag = "workspaces",
-    params(("id" = String, Path), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("granularity" = Option<String>, Query)),
+    params(("id" = String, Path), ("from" = Option<DateTime<Utc>>, Query), ("to" = Option<DateTime<Utc>>, Query), ("granularity" = Option<String>, Query, pattern = "^(minute|hour|day)$")),
     responses((status = 200, body = WorkspaceUsage), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub(super) async fn workspace_usage(
     State(state): State<AdminState>,

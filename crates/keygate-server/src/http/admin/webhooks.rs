@@ -13,7 +13,7 @@ use super::{AdminState, Caller};
 
 /// The outbox: what webhooks receive, newest first.
 #[utoipa::path(get, path = "/v1/events", tag = "webhooks",
-    params(("workspace_id" = Option<String>, Query), ("key_id" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    params(("workspace_id" = Option<String>, Query), ("key_id" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = List<EventView>), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn list_events(
     State(state): State<AdminState>,
@@ -48,7 +48,7 @@ pub(super) async fn create_webhook(
 }
 
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
-    params(("workspace_id" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    params(("workspace_id" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = List<WebhookView>)))]
 pub(super) async fn list_webhooks(
     State(state): State<AdminState>,
@@ -89,7 +89,7 @@ pub(super) async fn delete_webhook(
 
 /// Deliveries to the endpoint, newest first, each with every attempt.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
-    params(("id" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    params(("id" = String, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = List<DeliveryView>), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn webhook_deliveries(
     State(state): State<AdminState>,

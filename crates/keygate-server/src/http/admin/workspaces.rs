@@ -21,7 +21,7 @@ pub(super) async fn create_workspace(
     Ok((StatusCode::CREATED, Json(WorkspaceView::from(&workspace))))
 }
 
-#[utoipa::path(get, path = "/v1/workspaces", tag = "workspaces", params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+#[utoipa::path(get, path = "/v1/workspaces", tag = "workspaces", params(("limit" = Option<u32>, Query, minimum = 1, maximum = 200), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = List<WorkspaceView>)))]
 pub(super) async fn list_workspaces(
     State(state): State<AdminState>,
