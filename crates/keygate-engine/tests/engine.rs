@@ -27,26 +27,16 @@ struct Fixture {
 fn settings() -> EngineSettings {
     EngineSettings {
         verifier: keygate_engine::VerifierSettings {
-            key_format: KeyFormat::new("kg", &["live".into(), "test".into()]).unwrap(),
             cache_capacity: 1_000,
-            cache_ttl: Duration::from_secs(60),
-            cache_ttl_unheard: Duration::from_secs(1),
-            max_stale: Duration::from_secs(300),
-            store_timeout: Duration::from_secs(2),
-            negative_cache_ttl: Duration::from_secs(10),
             failed_attempts: FailurePolicy {
                 max_failures: 3,
                 window: Duration::from_secs(60),
             },
-            plans: Default::default(),
+            ..Default::default()
         },
         admin: keygate_engine::admin::AdminSettings {
             default_rotation_grace: Duration::from_secs(3600),
-            max_metadata_bytes: 4096,
-        },
-        usage: keygate_engine::usage::UsageSettings {
-            enabled: true,
-            retention: Default::default(),
+            ..Default::default()
         },
         ..Default::default()
     }

@@ -703,18 +703,34 @@ impl Admin {
         mut filter: AuditFilter,
         page: &Page,
     ) -> Result<Paged<AuditEvent>, AdminError> {
-        if let Some(key_id) = &filter.key_id {
-            if let Some(workspace_id) = self.workspace_of_filtered_key(actor, key_id).await? {
-                filter.workspace_id.get_or_insert(workspace_id);
+        let asked = filter.workspace_id.take();
+        filter.workspace_id = self.listed_workspace(actor, filter.key_id.as_deref(), asked).await?;
+        Ok(self.context.store().list_audit_events(&filter, page).await?)
+    }
+
+    /// The workspace a listing filtered by key and workspace shows: the
+    /// key's own (so another workspace's key finds nothing rather than
+    /// everything), and for a workspace key only its own; asking for
+    /// another is `NotFound`.
+    pub(crate) async fn listed_workspace(
+        &self,
+        actor: &Actor,
+        key_id: Option<&str>,
+        asked: Option<String>,
+    ) -> Result<Option<String>, AdminError> {
+        let mut workspace_id = asked;
+        if let Some(key_id) = key_id {
+            if let Some(of_key) = self.workspace_of_filtered_key(actor, key_id).await? {
+                workspace_id.get_or_insert(of_key);
             }
         }
         if let ActorScope::Workspace(own) = &actor.scope {
-            if filter.workspace_id.as_ref().is_some_and(|ws| ws != own) {
+            if workspace_id.as_ref().is_some_and(|ws| ws != own) {
                 return Err(AdminError::NotFound);
             }
-            filter.workspace_id = Some(own.clone());
+            workspace_id = Some(own.clone());
         }
-        Ok(self.context.store().list_audit_events(&filter, page).await?)
+        Ok(workspace_id)
     }
 
     /// Creates an admin key directly on the store: how automation and the

@@ -167,17 +167,8 @@ impl Admin {
         mut filter: EventListFilter,
         page: &Page,
     ) -> Result<Paged<StoredEvent>, AdminError> {
-        if let Some(key_id) = &filter.subject {
-            if let Some(workspace_id) = self.workspace_of_filtered_key(actor, key_id).await? {
-                filter.workspace_id.get_or_insert(workspace_id);
-            }
-        }
-        if let ActorScope::Workspace(own) = &actor.scope {
-            if filter.workspace_id.as_ref().is_some_and(|ws| ws != own) {
-                return Err(AdminError::NotFound);
-            }
-            filter.workspace_id = Some(own.clone());
-        }
+        let asked = filter.workspace_id.take();
+        filter.workspace_id = self.listed_workspace(actor, filter.subject.as_deref(), asked).await?;
         Ok(self.context.store().list_events(&filter, page).await?)
     }
 }
