@@ -117,7 +117,7 @@ impl Verifier {
         }
     }
 
-    pub fn hearing(&self) -> Hearing {
+    pub(crate) fn hearing(&self) -> Hearing {
         self.hearing.get()
     }
 }

@@ -40,7 +40,7 @@ impl Verifier {
     /// generation: plans come from the config (a reload bumps the generation)
     /// and overrides from the cached rows, which change only when the key
     /// leaves the cache.
-    pub fn limit_checks(&self, cached: &CachedKey, resource: &str) -> Arc<[LimitCheck]> {
+    pub(crate) fn limit_checks(&self, cached: &CachedKey, resource: &str) -> Arc<[LimitCheck]> {
         let plans = self.plans();
         let mut memo = cached.limit_checks.lock();
         let (generation, memoized) = &mut *memo;

@@ -287,10 +287,6 @@ impl Verifier {
         }
     }
 
-    pub fn settings(&self) -> &VerifierSettings {
-        &self.settings
-    }
-
     /// The format keys are made and read in.
     pub fn key_format(&self) -> &KeyFormat {
         &self.settings.key_format
