@@ -96,6 +96,18 @@ enum ConfigCommand {
     Reload(api::ReloadArgs),
 }
 
+/// `keygate keys list | head` ends when `head` has read enough, as Unix
+/// tools do, instead of panicking on the closed pipe (Rust ignores SIGPIPE,
+/// so printing fails). `serve` keeps it ignored: a reader of its access log
+/// that goes away must not stop a node.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: called at the start of `main`, before any other thread exists;
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[derive(Args, Clone, Copy)]
 pub struct JsonFlag {
     /// Print JSON instead of a table.
@@ -105,6 +117,9 @@ pub struct JsonFlag {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        end_quietly_on_a_closed_pipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

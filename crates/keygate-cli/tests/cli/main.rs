@@ -455,6 +455,24 @@ async fn cli_drives_a_running_server_and_no_key_reaches_logs_or_the_database() {
     );
 }
 
+/// A command whose reader has gone (`keygate ... | head`) ends quietly,
+/// killed by SIGPIPE like any Unix tool, instead of panicking.
+#[test]
+fn a_command_printing_into_a_closed_pipe_ends_without_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["secrets", "generate-key"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
+
 /// `keygate secrets rotate` beside a running node: a new key goes first in
 /// the key file, every stored webhook secret is re-sealed under it, and the
 /// node seals with it once reloaded.
