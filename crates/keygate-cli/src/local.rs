@@ -32,6 +32,14 @@ async fn open_store(url: &str) -> Result<Arc<dyn Store>, String> {
         .map_err(|e| format!("cannot open the store at {url}: {e}"))
 }
 
+/// An engine working directly on the configured store, for the commands that
+/// need no server. They charge no limits, so a memory limiter satisfies it.
+async fn engine_on_store(store_url: &str, settings: EngineSettings) -> Result<Engine, String> {
+    let store = open_store(store_url).await?;
+    let limiter = Arc::new(keygate_limiter::memory::MemoryLimiter::new(1));
+    Ok(Engine::new(store, Arc::new(SystemClock), limiter, settings))
+}
+
 /// Logs go to stderr; stdout carries only what a person or script asked for.
 fn init_logging() {
     let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -169,10 +177,7 @@ impl Signals {
 
 pub async fn create_admin_key(explicit: Option<&Path>, name: &str, json: bool) -> Result<(), String> {
     let (_, settings) = load_settings(explicit)?;
-    let store = open_store(&settings.store_url).await?;
-    // Creating a key charges no limits; the memory limiter satisfies the engine.
-    let limiter = Arc::new(keygate_limiter::memory::MemoryLimiter::new(1));
-    let engine = Engine::new(store, Arc::new(SystemClock), limiter, settings.engine);
+    let engine = engine_on_store(&settings.store_url, settings.engine).await?;
     let (key, plaintext) = engine.admin().create_admin_key(name).await.map_err(|e| e.to_string())?;
     if json {
         println!(
@@ -209,14 +214,11 @@ pub async fn rotate_secrets(explicit: Option<&Path>, json: bool) -> Result<(), S
     };
     let (keyring, _) = secrets::load_keyring(key_file, &settings.store_url).map_err(|e| e.to_string())?;
     let key_id = keyring.sealing_key_id().to_owned();
-    let store = open_store(&settings.store_url).await?;
-    // Re-sealing charges no limits; the memory limiter satisfies the engine.
-    let limiter = Arc::new(keygate_limiter::memory::MemoryLimiter::new(1));
     let engine_settings = EngineSettings {
         keyring: EngineKeyring::new(keyring),
         ..settings.engine
     };
-    let engine = Engine::new(store, Arc::new(SystemClock), limiter, engine_settings);
+    let engine = engine_on_store(&settings.store_url, engine_settings).await?;
     let report = engine
         .admin()
         .reseal_webhook_secrets()

@@ -1,6 +1,7 @@
 //! What every service of the engine shares: the store (and background
-//! work's own connection to it), the clock, object ids, the metrics and the
-//! store's health as this node last saw it.
+//! work's own connection to it), the clock, object ids, the metrics, the
+//! store's health as this node last saw it, and the keyring that seals
+//! webhook secrets.
 //!
 //! Each service (`Verifier`, `Admin`, `Usage`, `Events`, `Deliveries`,
 //! `Sessions`) holds an `Arc<Context>` and its own state; none reaches into

@@ -104,11 +104,18 @@ pub fn default_key_file(database: &Path) -> PathBuf {
 }
 
 fn read_key_file(path: &Path) -> Result<Keyring, SecretsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SecretsError::Read {
+    parse_key_file(path, &read_text(path)?)
+}
+
+fn read_text(path: &Path) -> Result<String, SecretsError> {
+    std::fs::read_to_string(path).map_err(|source| SecretsError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    Keyring::parse(&text).map_err(|error| SecretsError::Malformed {
+    })
+}
+
+fn parse_key_file(path: &Path, text: &str) -> Result<Keyring, SecretsError> {
+    Keyring::parse(text).map_err(|error| SecretsError::Malformed {
         path: path.to_owned(),
         error,
     })
@@ -118,16 +125,10 @@ fn read_key_file(path: &Path) -> Result<Keyring, SecretsError> {
 /// what they sealed still opens until it is re-sealed. The file is replaced
 /// whole (written aside, then renamed), mode 0600. Returns the new key's id.
 pub fn add_key_to_file(path: &Path) -> Result<String, SecretsError> {
-    let old = std::fs::read_to_string(path).map_err(|source| SecretsError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let old = read_text(path)?;
     let line = Keyring::generate_key(&mut rand::thread_rng());
     let text = format!("{line}\n{}", old.trim_start());
-    let keyring = Keyring::parse(&text).map_err(|error| SecretsError::Malformed {
-        path: path.to_owned(),
-        error,
-    })?;
+    let keyring = parse_key_file(path, &text)?;
     let aside = path.with_extension("key.new");
     // A leftover of an interrupted rotation is replaced.
     let _ = std::fs::remove_file(&aside);

@@ -68,7 +68,8 @@ impl Admin {
     /// changed meanwhile is left to it; one that does not open with this
     /// node's keys is counted and named in the log, never overwritten.
     pub async fn reseal_webhook_secrets(&self) -> Result<Resealed, StoreError> {
-        let keyring = self.context.keyring();
+        // Held across the store calls: an owned Arc, not a guard.
+        let keyring = arc_swap::Guard::into_inner(self.context.keyring());
         let mut report = Resealed::default();
         for (id, stored) in self.context.store().webhook_secrets().await? {
             if keyring.is_current(&stored) {
