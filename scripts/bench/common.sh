@@ -136,7 +136,11 @@ build_keygate() {
 # route to the upstream on $UPSTREAM_PORT that needs a scope, and `/open`, the
 # same upstream with `auth = false`.
 write_keygate_config() { # file, gateway port, admin port, store url, limiter url
+  # One sealing key for every node of a run (PostgreSQL requires one).
+  [ -s "$WORK/secrets.key" ] || "$KEYGATE" secrets generate-key >"$WORK/secrets.key"
   cat >"$1" <<EOF
+[secrets]
+key_file = "$WORK/secrets.key"
 [server]
 gateway_addr = "127.0.0.1:$2"
 admin_addr = "127.0.0.1:$3"

@@ -2,7 +2,9 @@
 # keygate on shared PostgreSQL and Redis, in one run, with wrk on loopback and
 # the same keys, route and Lua script as scripts/bench/gateway.sh:
 #   1. one node on the embedded defaults (SQLite, in-memory limiter);
-#   2. one node on PostgreSQL and Redis;
+#   2. one node on PostgreSQL and Redis (leases on, the default);
+#   2b. the same node deciding every request in Redis (`limiter.lease_max = 0`:
+#      coalesced calls only), the design leases are compared with;
 #   3. two nodes on PostgreSQL and Redis, one wrk per node at the same time;
 #   4. revocation propagation: REVOCATIONS revocations on a 3-node cluster
 #      (the cluster test `keys_are_shared_and_revocations_reach_every_node_within_a_second`,
@@ -74,6 +76,12 @@ create_keys $((BASE_PORT + 4)) "$ADMIN_KEY" "$KEYS" "$WORK/shared-keys.txt"
 KEYGATE_PID=$NODE_PID PROFILE_AS=2 BENCH_KEYS="$WORK/shared-keys.txt" run_wrk "2. one node, PostgreSQL + Redis" "http://127.0.0.1:$((BASE_PORT + 3))/bench" "$WORK/keys.lua"
 kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
 
+# 2b. The same node and keys, every request decided in Redis.
+sed 's/^default_plan = /lease_max = 0\ndefault_plan = /' "$WORK/shared-a.toml" >"$WORK/shared-nolease.toml"
+start_node shared-nolease $((BASE_PORT + 3)) $((BASE_PORT + 4)) "${PIN_PROXY[@]}"
+KEYGATE_PID=$NODE_PID PROFILE_AS=2b BENCH_KEYS="$WORK/shared-keys.txt" run_wrk "2b. one node, PostgreSQL + Redis, no leases" "http://127.0.0.1:$((BASE_PORT + 3))/bench" "$WORK/keys.lua"
+kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
+
 # 3. Two nodes, unpinned, each loaded by its own wrk with half the connections.
 start_node shared-a $((BASE_PORT + 3)) $((BASE_PORT + 4))
 start_node shared-b $((BASE_PORT + 5)) $((BASE_PORT + 6))
@@ -96,9 +104,10 @@ print_results
 awk -F'\t' '
   NR == 1 { embedded = $2 }
   NR == 2 { shared = $2 }
-  NR == 3 { two = $2 }
+  NR == 3 { coalesced = $2 }
+  NR == 4 { two = $2 }
   END {
-    if (embedded > 0) printf "\none node: PostgreSQL + Redis / SQLite + memory: %.2f\n", shared / embedded
+    if (embedded > 0) printf "\none node: PostgreSQL + Redis / SQLite + memory: %.2f (no leases: %.2f)\n", shared / embedded, coalesced / embedded
     if (shared > 0) printf "two nodes / one node (PostgreSQL + Redis): %.2f\n", two / shared
   }
 ' "$WORK/results.tsv"

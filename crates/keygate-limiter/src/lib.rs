@@ -3,7 +3,8 @@
 //! - [`memory::MemoryLimiter`]: one node; a mutex per counter, bounded memory,
 //!   idle counters evicted.
 //! - [`redis::RedisLimiter`]: many nodes; every limit of a request decided in one
-//!   Lua round trip, on Redis's clock.
+//!   Lua round trip, on Redis's clock, or admitted from a block of the key's
+//!   allowance that Redis leased to this node ([`lease`]).
 //! - [`resilient::ResilientLimiter`]: Redis with a short timeout and a circuit
 //!   breaker, falling back to the `on_failure` policy when Redis is unreachable.
 //!
@@ -11,6 +12,7 @@
 //! only stores and returns bucket counts, and the decision's details (remaining,
 //! reset, retry) are computed here from them.
 
+pub mod lease;
 pub mod memory;
 pub mod redis;
 pub mod resilient;
@@ -37,7 +39,7 @@ impl CounterKey {
 }
 
 /// One limit to decide: its counter and its rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LimitCheck {
     pub key: CounterKey,
     pub rule: Rule,

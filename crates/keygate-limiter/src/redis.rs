@@ -1,11 +1,14 @@
 //! The shared limiter: every limit of a request read, decided and charged in
 //! one Lua script, on Redis's clock (`TIME`), so nodes with skewed clocks agree.
 //!
-//! Decisions are coalesced ([`Coalescer`]): while one script call is in
-//! flight, the requests that arrive wait, and the next call decides all of
-//! them, one after the other inside the script, each still all-or-nothing. A
-//! node then makes one round trip per batch instead of one per request, and
-//! limits stay exact, since the script is atomic and decides in arrival order.
+//! Most requests of a busy key make no call at all: the node admits them
+//! from a block of the key's allowance that Redis granted it (a lease,
+//! lease.rs, `limiter.lease_max`). The rest are coalesced ([`Coalescer`]):
+//! while one script call is in flight, the requests that arrive wait, and
+//! the next call decides all of them, one after the other inside the script,
+//! each still all-or-nothing. A node then makes one round trip per batch
+//! instead of one per request, and limits stay exact, since the script is
+//! atomic and decides in arrival order.
 //!
 //! Each limit is a hash of `bucket index -> count`. The script prunes buckets
 //! that left the window, sums the live ones, admits only if every limit has
@@ -13,12 +16,13 @@
 //! from which the same core arithmetic as the memory backend derives
 //! remaining counts, reset times and `Retry-After`.
 
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use keygate_core::ratelimit::{decide, Counter, Decision, Rule};
 use parking_lot::{Mutex, MutexGuard, RwLock};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::oneshot;
 
@@ -26,25 +30,42 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use redis::{Script, Value};
 
+use crate::lease::{Grant, Leases, Return, SWEEP_EVERY};
 use crate::{Charge, LimitCheck, Limiter, LimiterError, LimiterHealth, Permit, PermitKey};
 
-/// Decides a batch of requests in order. ARGV: the number of requests, then
-/// per request its cost, whether to charge, its number of limits and each
-/// limit's (requests, window ms); KEYS: every limit's key, in the same order.
-/// Returns Redis's time, then per request 1 or 0 and each limit's live
-/// buckets as they were before the request was charged.
+/// Gives back what ended leases have left, then decides a batch of
+/// requests in order. ARGV: the number of returns and each one's (bucket,
+/// amount); the number of requests, then per request its cost, whether to
+/// charge, the block it asks for (`want`, at least its cost; see lease.rs)
+/// and its number of limits, then each limit's (requests, window ms). KEYS:
+/// each return's key, then every limit's key, in the same order. Returns
+/// Redis's time, then per request 1 or 0, what it was granted (its cost, or
+/// a block of at most 1/16 of the room left, never more than `want`), and
+/// each limit's live buckets as they were before the request was charged.
 const RATE_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {now}
-local k = 0
 local a = 2
+local k = 0
 for r = 1, tonumber(ARGV[1]) do
+  k = k + 1
+  if redis.call('HEXISTS', KEYS[k], ARGV[a]) == 1 then
+    if redis.call('HINCRBY', KEYS[k], ARGV[a], -tonumber(ARGV[a + 1])) <= 0 then
+      redis.call('HDEL', KEYS[k], ARGV[a])
+    end
+  end
+  a = a + 2
+end
+local requests_in_batch = tonumber(ARGV[a])
+a = a + 1
+for r = 1, requests_in_batch do
   local cost = tonumber(ARGV[a])
   local charge = ARGV[a + 1] == '1'
-  local m = tonumber(ARGV[a + 2])
-  a = a + 3
-  local allowed = true
+  local want = tonumber(ARGV[a + 2])
+  local m = tonumber(ARGV[a + 3])
+  a = a + 4
+  local room = nil
   local live = {}
   local current = {}
   local keys = {}
@@ -77,16 +98,23 @@ for r = 1, tonumber(ARGV[1]) do
     current[i] = cur
     keys[i] = key
     windows[i] = window
-    if count + cost > requests then allowed = false end
+    local left = requests - count
+    if room == nil or left < room then room = left end
+  end
+  local allowed = room == nil or room >= cost
+  local grant = cost
+  if allowed and charge and room ~= nil and want > cost then
+    grant = math.max(cost, math.min(want, math.floor(room / 16)))
   end
   if allowed and charge then
     for i = 1, m do
       local g = math.max(math.floor(windows[i] / 60), 1)
-      redis.call('HINCRBY', keys[i], string.format('%d', current[i]), cost)
+      redis.call('HINCRBY', keys[i], string.format('%d', current[i]), grant)
       redis.call('PEXPIRE', keys[i], windows[i] + 2 * g)
     end
   end
   out[#out + 1] = allowed and 1 or 0
+  out[#out + 1] = (allowed and charge) and grant or 0
   for i = 1, m do out[#out + 1] = live[i] end
 end
 return out
@@ -126,6 +154,10 @@ pub struct RedisLimiter {
     /// hung or half-open connection is replaced rather than waited on forever.
     connection: RwLock<Option<MultiplexedConnection>>,
     connecting: tokio::sync::Mutex<()>,
+    /// `None` with `limiter.lease_max = 0`: every request decided in Redis.
+    leases: Option<Arc<Leases>>,
+    /// Whether the task that gives back ended blocks' leftovers runs.
+    sweeping: AtomicBool,
     rate: Script,
     acquire: Script,
     refresh: Script,
@@ -145,10 +177,19 @@ impl RedisLimiter {
             connecting: tokio::sync::Mutex::new(()),
             coalescer: Coalescer::default(),
             calls: AtomicU64::new(0),
+            leases: None,
+            sweeping: AtomicBool::new(false),
             rate: Script::new(RATE_SCRIPT),
             acquire: Script::new(ACQUIRE_SCRIPT),
             refresh: Script::new(REFRESH_SCRIPT),
         })
+    }
+
+    /// Admits from leases of at most `max` requests a key (`limiter.lease_max`);
+    /// 0 turns leases off.
+    pub fn with_leases(mut self, max: u64) -> Self {
+        self.leases = (max > 1).then(|| Arc::new(Leases::new(max)));
+        self
     }
 
     fn current(&self) -> Option<MultiplexedConnection> {
@@ -213,6 +254,77 @@ impl RedisLimiter {
     }
 }
 
+/// The returns' keys and (bucket, amount) pairs, ahead of the requests.
+fn add_returns(invocation: &mut redis::ScriptInvocation<'_>, returns: &[Return]) {
+    invocation.arg(returns.len());
+    for given_back in returns {
+        invocation
+            .key(&given_back.key)
+            .arg(given_back.bucket)
+            .arg(given_back.amount);
+    }
+}
+
+/// Gives back, every [`SWEEP_EVERY`], what blocks whose bucket has ended
+/// have left, on a connection of its own. A return that fails is dropped:
+/// its allowance comes back when its bucket leaves the window.
+struct Sweeper {
+    leases: Weak<Leases>,
+    client: redis::Client,
+    timeout: Duration,
+    connection: Option<MultiplexedConnection>,
+    rate: Script,
+}
+
+impl Sweeper {
+    async fn run(mut self) {
+        let mut ticker = tokio::time::interval(SWEEP_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(leases) = self.leases.upgrade() else {
+                return;
+            };
+            leases.sweep(Instant::now());
+            let returns = leases.drain_returns();
+            drop(leases);
+            if returns.is_empty() {
+                continue;
+            }
+            if let Err(err) = tokio::time::timeout(self.timeout, self.give_back(&returns)).await {
+                tracing::warn!(error = %err, "giving back leased allowance timed out");
+                self.connection = None;
+            }
+        }
+    }
+
+    async fn give_back(&mut self, returns: &[Return]) {
+        if self.connection.is_none() {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(self.timeout)
+                .set_response_timeout(self.timeout);
+            match self.client.get_multiplexed_async_connection_with_config(&config).await {
+                Ok(connection) => self.connection = Some(connection),
+                Err(err) => {
+                    tracing::warn!(error = %err, "giving back leased allowance: no connection");
+                    return;
+                }
+            }
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            return;
+        };
+        let mut invocation = self.rate.prepare_invoke();
+        add_returns(&mut invocation, returns);
+        invocation.arg(0);
+        let given: Result<Value, _> = invocation.invoke_async(connection).await;
+        if let Err(err) = given {
+            tracing::warn!(error = %err, "giving back leased allowance failed");
+            self.connection = None;
+        }
+    }
+}
+
 fn int(value: &Value) -> Result<u64, LimiterError> {
     match value {
         Value::Int(n) => u64::try_from(*n).map_err(unavailable),
@@ -259,9 +371,30 @@ impl Limiter for RedisLimiter {
         checks: &[LimitCheck],
         cost: u64,
         charge: Charge,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<Decision, LimiterError> {
-        self.bounded(self.decide(Request { checks, cost, charge })).await
+        if let Some(decision) = self.check_now(checks, cost, charge, now_ms) {
+            return Ok(decision);
+        }
+        let want = match (&self.leases, charge) {
+            (Some(leases), Charge::Consume) => leases.ask(checks, cost, Instant::now()),
+            _ => cost,
+        };
+        self.bounded(self.decide(Request {
+            checks,
+            cost,
+            charge,
+            want,
+        }))
+        .await
+    }
+
+    /// A request admitted from this node's lease on its key: no round trip.
+    fn check_now(&self, checks: &[LimitCheck], cost: u64, charge: Charge, _now_ms: u64) -> Option<Decision> {
+        match charge {
+            Charge::Consume => self.leases.as_ref()?.take(checks, cost, Instant::now()),
+            Charge::DryRun => None,
+        }
     }
 
     async fn acquire(&self, key: &PermitKey, max: u32) -> Result<Option<Permit>, LimiterError> {
@@ -283,6 +416,8 @@ struct Request<'a> {
     checks: &'a [LimitCheck],
     cost: u64,
     charge: Charge,
+    /// The block asked for (lease.rs): `cost` for a plain decision.
+    want: u64,
 }
 
 /// A request that waits for the call in flight, and how it hears back.
@@ -290,6 +425,7 @@ struct Waiting {
     checks: Vec<LimitCheck>,
     cost: u64,
     charge: Charge,
+    want: u64,
     turn: oneshot::Sender<Turn>,
 }
 
@@ -299,6 +435,7 @@ impl Waiting {
             checks: &self.checks,
             cost: self.cost,
             charge: self.charge,
+            want: self.want,
         }
     }
 }
@@ -347,6 +484,7 @@ impl Coalescer {
             checks: request.checks.to_vec(),
             cost: request.cost,
             charge: request.charge,
+            want: request.want,
             turn,
         });
         Some(heard)
@@ -419,16 +557,32 @@ impl RedisLimiter {
         }
     }
 
-    /// One script call deciding `requests` in order.
+    /// One script call deciding `requests` in order, giving back what ended
+    /// leases have left first; each admitted request's block is recorded.
     async fn decide_batch(&self, requests: &[Request<'_>]) -> Result<Vec<Decision>, LimiterError> {
+        // Before the call: a block's end is counted from here, never later
+        // than Redis's clock reads it.
+        let sent = Instant::now();
+        let decided = self.call_script(requests).await;
+        if let Some(leases) = &self.leases {
+            self.record_grants(leases, requests, decided.as_ref().ok(), sent);
+        }
+        decided.map(|decided| decided.into_iter().map(|(decision, _)| decision).collect())
+    }
+
+    /// The script call itself: each request's decision and what it was granted.
+    async fn call_script(&self, requests: &[Request<'_>]) -> Result<Vec<(Decision, u64)>, LimiterError> {
         let mut connection = self.connection().await?;
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let returns = self.leases.as_ref().map(|l| l.drain_returns()).unwrap_or_default();
         let mut invocation = self.rate.prepare_invoke();
+        add_returns(&mut invocation, &returns);
         invocation.arg(requests.len());
         for request in requests {
             invocation
                 .arg(request.cost)
                 .arg(u8::from(request.charge == Charge::Consume))
+                .arg(request.want.max(request.cost))
                 .arg(request.checks.len());
             for check in request.checks {
                 invocation
@@ -444,15 +598,67 @@ impl RedisLimiter {
         };
         let mut decisions = Vec::with_capacity(requests.len());
         for request in requests {
-            let (allowed, live) = match rest.split_first() {
-                Some((allowed, after)) if after.len() >= request.checks.len() => (int(allowed)? == 1, after),
+            let (allowed, grant, live) = match rest {
+                [allowed, grant, after @ ..] if after.len() >= request.checks.len() => {
+                    (int(allowed)? == 1, int(grant)?, after)
+                }
                 _ => return Err(unavailable("reply has fewer limits than asked")),
             };
             let (buckets_of, after) = live.split_at(request.checks.len());
-            decisions.push(decision_of(*request, now, allowed, buckets_of)?);
+            decisions.push((decision_of(*request, now, allowed, buckets_of)?, grant));
             rest = after;
         }
         Ok(decisions)
+    }
+
+    /// Hands each admitted request's block to the leases, and frees the
+    /// claim of each request that asked for one and got none.
+    fn record_grants(
+        &self,
+        leases: &Arc<Leases>,
+        requests: &[Request<'_>],
+        decided: Option<&Vec<(Decision, u64)>>,
+        sent: Instant,
+    ) {
+        for (i, request) in requests.iter().enumerate() {
+            match decided.and_then(|decided| decided.get(i)) {
+                Some((decision, grant)) if decision.allowed && request.charge == Charge::Consume => {
+                    leases.granted(
+                        request.checks,
+                        Grant {
+                            cost: request.cost,
+                            grant: *grant,
+                            decision,
+                            sent,
+                        },
+                    );
+                    if *grant > request.cost {
+                        self.start_sweeping(leases);
+                    }
+                }
+                _ if request.want > request.cost => leases.not_granted(request.checks),
+                _ => {}
+            }
+        }
+    }
+
+    /// Starts the task that gives back ended blocks' leftovers, once: it
+    /// ends when the limiter is dropped.
+    fn start_sweeping(&self, leases: &Arc<Leases>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let sweeper = Sweeper {
+            leases: Arc::downgrade(leases),
+            client: self.client.clone(),
+            timeout: self.timeout,
+            connection: None,
+            rate: self.rate.clone(),
+        };
+        runtime.spawn(sweeper.run());
     }
 
     async fn take_permit(&self, key: &PermitKey, max: u32) -> Result<Option<Permit>, LimiterError> {

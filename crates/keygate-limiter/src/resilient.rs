@@ -154,6 +154,12 @@ impl Limiter for ResilientLimiter {
         }
     }
 
+    /// A block Redis leased to this node stays good while Redis is away:
+    /// it was charged there before any request was admitted from it.
+    fn check_now(&self, checks: &[LimitCheck], cost: u64, charge: Charge, now_ms: u64) -> Option<Decision> {
+        self.primary.check_now(checks, cost, charge, now_ms)
+    }
+
     async fn acquire(&self, key: &PermitKey, max: u32) -> Result<Option<Permit>, LimiterError> {
         if let Some(permit) = self.bounded(self.primary.acquire(key, max)).await {
             return Ok(permit);

@@ -178,6 +178,87 @@ async fn two_redis_limiters_share_one_limit() {
     assert_eq!(hammer(vec![a, b], vec![check(&owner, 100, MINUTE)], 4).await, 100);
 }
 
+/// Redis with leases of at most 64 requests a key, as `limiter.lease_max` defaults to.
+fn leasing(url: &str) -> RedisLimiter {
+    RedisLimiter::new(url, Duration::from_secs(2)).unwrap().with_leases(64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_with_leases_is_exact_under_concurrency() {
+    let Some(url) = redis_url().await else { return };
+    exact_under_concurrency(Arc::new(leasing(&url))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_leasing_limiters_share_one_limit_exactly() {
+    let Some(url) = redis_url().await else { return };
+    let a = Arc::new(leasing(&url));
+    let b = Arc::new(leasing(&url));
+    let owner = owner("leased");
+    let limiters: Vec<Arc<dyn Limiter>> = vec![a.clone(), b.clone()];
+    // 64 tasks over two nodes, 1,920 requests against a limit of 1,000.
+    assert_eq!(hammer(limiters, vec![check(&owner, 1000, MINUTE)], 30).await, 1000);
+}
+
+#[tokio::test]
+async fn a_busy_key_is_admitted_mostly_without_a_call() {
+    let Some(url) = redis_url().await else { return };
+    let limiter = leasing(&url);
+    let checks = vec![check(&owner("busy"), 1_000_000, MINUTE)];
+    for _ in 0..1000 {
+        let decision = limiter.check(&checks, 1, Charge::Consume, now_ms()).await.unwrap();
+        assert!(decision.allowed);
+    }
+    assert!(
+        limiter.calls() <= 100,
+        "blocks of up to 64: {} calls for 1,000 requests",
+        limiter.calls()
+    );
+    let after = limiter.check(&checks, 1, Charge::DryRun, now_ms()).await.unwrap();
+    assert!(
+        after.limits[0].remaining <= 1_000_000 - 1000,
+        "every admitted request was charged in Redis: {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_block_left_unused_is_given_back_when_its_bucket_ends() {
+    let Some(url) = redis_url().await else { return };
+    let leasing = leasing(&url);
+    let plain = RedisLimiter::new(&url, Duration::from_secs(2)).unwrap();
+    let checks = vec![check(&owner("given-back"), 1000, MINUTE)];
+    // A minute's buckets are 1 s: start early in one, so the blocks below
+    // are all taken in it.
+    let into_second = now_ms() % 1000;
+    if into_second > 300 {
+        tokio::time::sleep(Duration::from_millis(1010 - into_second)).await;
+    }
+    for _ in 0..20 {
+        assert!(
+            leasing
+                .check(&checks, 1, Charge::Consume, now_ms())
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    let held = plain.check(&checks, 1, Charge::DryRun, now_ms()).await.unwrap();
+    assert!(
+        held.limits[0].remaining < 980,
+        "the leasing node holds a block beyond the 20 it admitted: {held:?}"
+    );
+    // The bucket ends within a second; the sweep gives back within 250 ms more.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let now = plain.check(&checks, 1, Charge::DryRun, now_ms()).await.unwrap();
+        if now.limits[0].remaining == 980 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not given back: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn backends_agree_on_the_details() {
     let Some(url) = redis_url().await else { return };

@@ -259,7 +259,7 @@ pub fn build_limiter(settings: &LimiterSettings) -> Result<Arc<dyn Limiter>, Ser
     Ok(match &settings.redis_url {
         None => local,
         Some(url) => {
-            let redis = RedisLimiter::new(url, settings.timeout)?;
+            let redis = RedisLimiter::new(url, settings.timeout)?.with_leases(settings.lease_max);
             Arc::new(ResilientLimiter::new(
                 redis,
                 local,

@@ -51,6 +51,8 @@ pub struct LimiterSettings {
     pub on_failure: OnFailure,
     pub timeout: Duration,
     pub max_counters: u64,
+    /// 0: no leases.
+    pub lease_max: u64,
 }
 
 /// Where the access log goes: its target and, optionally, rotating files too.
@@ -533,6 +535,7 @@ fn validate_limiter(config: &LimiterConfig) -> Result<LimiterSettings, (String, 
         on_failure: config.on_failure,
         timeout,
         max_counters: config.max_counters,
+        lease_max: config.lease_max,
     })
 }
 

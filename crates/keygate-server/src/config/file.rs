@@ -52,6 +52,10 @@ pub struct LimiterConfig {
     pub timeout: PositiveDuration,
     /// Most counters held in memory (the memory backend, and the local fallback).
     pub max_counters: u64,
+    /// Redis only: the most requests of one key a node admits from one block
+    /// Redis leased it (crates/keygate-limiter/src/lease.rs); 0 decides
+    /// every request in Redis.
+    pub lease_max: u64,
     /// The plan of workspaces that name none.
     pub default_plan: Option<String>,
 }
@@ -63,6 +67,7 @@ impl Default for LimiterConfig {
             on_failure: OnFailure::Local,
             timeout: PositiveDuration::millis(50),
             max_counters: 1_000_000,
+            lease_max: 64,
             default_plan: None,
         }
     }

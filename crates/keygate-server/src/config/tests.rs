@@ -26,6 +26,15 @@ fn defaults_are_valid() {
 }
 
 #[test]
+fn leases_are_on_by_default_and_zero_turns_them_off() {
+    let (_, defaults) = load_text("").unwrap();
+    assert_eq!(defaults.limiter.lease_max, 64);
+    let (_, off) = load_text("[limiter]\nurl = \"redis://127.0.0.1:6379\"\nlease_max = 0\n").unwrap();
+    assert_eq!(off.limiter.lease_max, 0);
+    assert_eq!(off.limiter.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+}
+
+#[test]
 fn unknown_fields_name_the_field_and_file() {
     let err = load_text("[server]\ngateway_adr = \"127.0.0.1:1\"\n")
         .unwrap_err()
