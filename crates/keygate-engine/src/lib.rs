@@ -28,6 +28,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineKeyring, EngineSettings};
 pub use error::AdminError;
 pub use verifier::{
-    CachedKey, Hearing, LimitMode, RateLimits, Rejection, StoreStatus, Verified, Verifier, VerifierSettings,
-    VerifyRequest,
+    default_resources, CachedKey, Hearing, LimitMode, RateLimits, Rejection, StoreStatus, Verified, Verifier,
+    VerifierSettings, VerifyRequest,
 };

@@ -249,14 +249,14 @@ impl Admin {
         presented: &str,
         required_scopes: &[String],
         client_ip: Option<IpAddr>,
-        resource: &str,
+        resources: &[String],
         dry_run: bool,
     ) -> Result<Verified, Rejection> {
         let request = VerifyRequest {
             presented,
             client_ip,
             required_scopes,
-            resource,
+            resources,
             limits: if dry_run { LimitMode::DryRun } else { LimitMode::Enforce },
             record: !dry_run,
         };

@@ -26,9 +26,23 @@ impl RateLimits {
             checks: checks.clone(),
         }
     }
+
+    /// The resource of the limit a refusal names (the refusing limit that
+    /// admits last), or the first checked.
+    pub fn refusing_resource(&self) -> &str {
+        let refusing = self.decision.refusing().and_then(|refusing| {
+            self.decision
+                .limits
+                .iter()
+                .position(|limit| std::ptr::eq(limit, refusing))
+        });
+        self.checks
+            .get(refusing.unwrap_or(0))
+            .map_or(keygate_core::limits::DEFAULT_RESOURCE, |check| &check.key.resource)
+    }
 }
 
-/// Resources remembered per cached key; routes name a handful.
+/// Resource lists remembered per cached key; routes name a handful.
 const MAX_MEMOIZED_RESOURCES: usize = 16;
 
 fn millis(now: DateTime<Utc>) -> u64 {
@@ -36,11 +50,11 @@ fn millis(now: DateTime<Utc>) -> u64 {
 }
 
 impl Verifier {
-    /// The checks for `resource`, computed once per cached key and plan
-    /// generation: plans come from the config (a reload bumps the generation)
-    /// and overrides from the cached rows, which change only when the key
-    /// leaves the cache.
-    pub(crate) fn limit_checks(&self, cached: &CachedKey, resource: &str) -> Arc<[LimitCheck]> {
+    /// The checks for `resources` (every limit of each, once), computed once
+    /// per cached key and plan generation: plans come from the config (a
+    /// reload bumps the generation) and overrides from the cached rows, which
+    /// change only when the key leaves the cache.
+    pub(crate) fn limit_checks(&self, cached: &CachedKey, resources: &[String]) -> Arc<[LimitCheck]> {
         let plans = self.plans();
         let mut memo = cached.limit_checks.lock();
         let (generation, memoized) = &mut *memo;
@@ -48,13 +62,25 @@ impl Verifier {
             *generation = plans.generation();
             memoized.clear();
         }
-        if let Some((_, checks)) = memoized.iter().find(|(name, _)| &**name == resource) {
+        let same = |names: &[Box<str>]| names.iter().map(|n| &**n).eq(resources.iter().map(String::as_str));
+        if let Some((_, checks)) = memoized.iter().find(|(names, _)| same(names)) {
             return checks.clone();
         }
         let plan = plans.of(cached.workspace.plan.as_ref());
-        let checks: Arc<[LimitCheck]> = compute_limit_checks(plan, cached, resource).into();
+        let mut checks: Vec<LimitCheck> = Vec::new();
+        for resource in resources {
+            for check in compute_limit_checks(plan, cached, resource) {
+                // A resource without limits of its own falls back to
+                // `default`'s: stacked with `default`, they count once.
+                if !checks.iter().any(|c| c.key == check.key) {
+                    checks.push(check);
+                }
+            }
+        }
+        let checks: Arc<[LimitCheck]> = checks.into();
         if memoized.len() < MAX_MEMOIZED_RESOURCES {
-            memoized.push((Arc::from(resource), checks.clone()));
+            let names = resources.iter().map(|r| Box::from(r.as_str())).collect();
+            memoized.push((names, checks.clone()));
         }
         checks
     }
@@ -73,11 +99,11 @@ impl Verifier {
             LimitMode::Enforce => Charge::Consume,
         };
         let permit = if charge == Charge::Consume {
-            self.take_permit(cached, request.resource).await?
+            self.take_permits(cached, request.resources).await?
         } else {
             None
         };
-        let checks = self.limit_checks(cached, request.resource);
+        let checks = self.limit_checks(cached, request.resources);
         if checks.is_empty() {
             return Ok((None, permit));
         }
@@ -96,6 +122,27 @@ impl Verifier {
         } else {
             Err((rate_limited(&decision), Some(RateLimits::new(decision, &checks))))
         }
+    }
+
+    /// A permit of every resource that has a concurrency limit, held as one:
+    /// all or none.
+    async fn take_permits(
+        &self,
+        cached: &CachedKey,
+        resources: &[String],
+    ) -> Result<Option<Permit>, (ErrorInstance, Option<RateLimits>)> {
+        let mut held = Vec::new();
+        for resource in resources {
+            // A refusal drops (releases) the permits taken before it.
+            if let Some(permit) = self.take_permit(cached, resource).await? {
+                held.push(permit);
+            }
+        }
+        Ok(match held.len() {
+            0 => None,
+            1 => held.pop(),
+            _ => Some(Permit::new(move || drop(held))),
+        })
     }
 
     async fn take_permit(
@@ -134,10 +181,10 @@ impl Verifier {
     pub(crate) async fn peek_limits(
         &self,
         cached: &CachedKey,
-        resource: &str,
+        resources: &[String],
         now: DateTime<Utc>,
     ) -> Option<RateLimits> {
-        let checks = self.limit_checks(cached, resource);
+        let checks = self.limit_checks(cached, resources);
         if checks.is_empty() {
             return None;
         }

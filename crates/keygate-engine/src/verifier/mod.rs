@@ -28,6 +28,7 @@ use keygate_core::throttle::{FailurePolicy, FailureWindow};
 use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
 use keygate_limiter::{LimitCheck, Limiter, Permit};
 use moka::sync::Cache;
+use std::sync::LazyLock;
 
 use crate::context::Context;
 use crate::events::Events;
@@ -79,8 +80,16 @@ impl Default for VerifierSettings {
     }
 }
 
-/// The limit checks of one resource for one cached key.
-pub(crate) type MemoizedChecks = (Arc<str>, Arc<[LimitCheck]>);
+/// The limit checks of one list of resources for one cached key.
+pub(crate) type MemoizedChecks = (Box<[Box<str>]>, Arc<[LimitCheck]>);
+
+/// `["default"]`: what most routes count against.
+static DEFAULT_RESOURCES: LazyLock<[String; 1]> = LazyLock::new(|| [DEFAULT_RESOURCE.to_owned()]);
+
+/// The resources of a request that names none.
+pub fn default_resources() -> &'static [String] {
+    &*DEFAULT_RESOURCES
+}
 
 /// A key and its workspace as the verify path needs them.
 #[derive(Debug)]
@@ -192,8 +201,9 @@ pub struct VerifyRequest<'a> {
     /// The client's address: checked against allowlists and used for throttling.
     pub client_ip: Option<IpAddr>,
     pub required_scopes: &'a [String],
-    /// The rate-limit resource the request counts against (`default` for most routes).
-    pub resource: &'a str,
+    /// The rate-limit resources the request counts against (`default` for
+    /// most routes; a route may stack several, decided as one).
+    pub resources: &'a [String],
     pub limits: LimitMode,
     /// Record usage for this request (false for dry runs).
     pub record: bool,
@@ -206,7 +216,7 @@ impl<'a> VerifyRequest<'a> {
             presented,
             client_ip,
             required_scopes: &[],
-            resource: DEFAULT_RESOURCE,
+            resources: default_resources(),
             limits: LimitMode::Enforce,
             record: true,
         }
@@ -362,7 +372,7 @@ impl Verifier {
             self.record(&cached, request, denial.code().as_str(), now);
             let mut error = ErrorInstance::new(denial.code());
             error.scope = denial.missing_scope().map(str::to_owned);
-            let limits = self.peek_limits(&cached, request.resource, now).await;
+            let limits = self.peek_limits(&cached, request.resources, now).await;
             return Err(Rejection {
                 error,
                 key: Some(cached),
@@ -385,7 +395,7 @@ impl Verifier {
                     && request.limits == LimitMode::Enforce;
                 if let Some(limits) = limits.as_ref().filter(|_| announce) {
                     self.events
-                        .rate_limit_exceeded(&cached, request.resource, &limits.decision, now);
+                        .rate_limit_exceeded(&cached, limits.refusing_resource(), &limits.decision, now);
                 }
                 Err(Rejection {
                     error,

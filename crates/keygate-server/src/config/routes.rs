@@ -9,10 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use super::values::{ConfigDuration, ConfigSize, PositiveDuration};
 
-fn default_resource() -> String {
-    keygate_core::limits::DEFAULT_RESOURCE.to_owned()
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
@@ -30,8 +26,14 @@ pub struct RouteConfig {
     /// How long a left-out target stays out before one request tries it again.
     #[serde(default = "default_eject_for")]
     pub eject_for: ConfigDuration,
-    #[serde(default = "default_resource")]
-    pub resource: String,
+    /// The rate-limit resource requests count against (`default` if neither
+    /// this nor `resources` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// Several resources, every limit of each decided as one (an upload that
+    /// is also an API request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<String>>,
     #[serde(default)]
     pub scopes: Vec<String>,
     #[serde(default = "yes")]
@@ -137,7 +139,8 @@ pub struct Route {
     pub balance: Balance,
     pub eject_after: u32,
     pub eject_for: Duration,
-    pub resource: String,
+    /// At least one, no repeats.
+    pub resources: Vec<String>,
     pub scopes: Vec<String>,
     pub auth: bool,
     pub strip_prefix: bool,
@@ -195,6 +198,7 @@ pub(super) fn validate_route(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let scopes = validate_scopes(&route.scopes).map_err(|e| fail("scopes", e.to_string()))?;
+    let resources = route_resources(route).map_err(|(field, message)| fail(field, message))?;
     let health_check = route
         .health_check
         .as_ref()
@@ -216,7 +220,7 @@ pub(super) fn validate_route(
         balance: route.balance,
         eject_after: route.eject_after,
         eject_for: route.eject_for.get(),
-        resource: route.resource.clone(),
+        resources,
         scopes,
         auth: route.auth,
         strip_prefix: route.strip_prefix,
@@ -229,6 +233,33 @@ pub(super) fn validate_route(
     })
 }
 
+/// `resource = "x"` is `resources = ["x"]`; neither is `["default"]`.
+fn route_resources(route: &RouteConfig) -> Result<Vec<String>, (&'static str, String)> {
+    let resources = match (&route.resource, &route.resources) {
+        (Some(_), Some(_)) => return Err(("resources", "give `resource` or `resources`, not both".into())),
+        (Some(one), None) => vec![one.clone()],
+        (None, Some(several)) => several.clone(),
+        (None, None) => vec![keygate_core::limits::DEFAULT_RESOURCE.to_owned()],
+    };
+    let field = if route.resources.is_some() {
+        "resources"
+    } else {
+        "resource"
+    };
+    if resources.is_empty() {
+        return Err((field, "must name at least one resource".into()));
+    }
+    for (i, name) in resources.iter().enumerate() {
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err((field, format!("`{name}` is not a resource name")));
+        }
+        if resources[..i].contains(name) {
+            return Err((field, format!("`{name}` is named twice")));
+        }
+    }
+    Ok(resources)
+}
+
 /// The catch-all route `keygate serve --upstream URL` adds.
 pub fn catch_all_route(upstream: &str) -> RouteConfig {
     RouteConfig {
@@ -238,7 +269,8 @@ pub fn catch_all_route(upstream: &str) -> RouteConfig {
         balance: Balance::default(),
         eject_after: default_eject_after(),
         eject_for: default_eject_for(),
-        resource: default_resource(),
+        resource: None,
+        resources: None,
         scopes: vec![],
         auth: true,
         strip_prefix: false,

@@ -89,6 +89,31 @@ fn a_route_takes_one_upstream_or_several() {
 }
 
 #[test]
+fn a_route_names_one_resource_or_several() {
+    let route = |extra: &str| {
+        load_text(&format!(
+            "[[routes]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:9\"\n{extra}\n"
+        ))
+    };
+    let resources = |extra: &str| route(extra).unwrap().1.routes[0].resources.clone();
+    assert_eq!(resources(""), ["default"]);
+    assert_eq!(resources("resource = \"uploads\""), ["uploads"]);
+    assert_eq!(
+        resources("resources = [\"default\", \"uploads\"]"),
+        ["default", "uploads"]
+    );
+    for (bad, expected) in [
+        ("resource = \"a\"\nresources = [\"b\"]", "not both"),
+        ("resources = []", "at least one"),
+        ("resources = [\"a\", \"a\"]", "named twice"),
+        ("resource = \"\"", "not a resource name"),
+    ] {
+        let err = route(bad).unwrap_err().to_string();
+        assert!(err.contains("routes[0]") && err.contains(expected), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn bad_values_name_the_field() {
     let err = load_text("[plans.free]\nlimits = [{ requests = 100, per = \"5x\" }]\n")
         .unwrap_err()

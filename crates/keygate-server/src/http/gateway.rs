@@ -22,12 +22,11 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use keygate_core::error::ErrorInstance;
 use keygate_core::ip::is_trusted_proxy;
-use keygate_core::limits::DEFAULT_RESOURCE;
 use keygate_core::path::{canonicalize, InvalidPath, PathRules};
 use keygate_core::ErrorCode;
 use keygate_engine::metrics::{LabelText, RequestLabels};
 use keygate_engine::usage::ADMITTED;
-use keygate_engine::{CachedKey, Engine, RateLimits, Verified, VerifyRequest};
+use keygate_engine::{default_resources, CachedKey, Engine, RateLimits, Verified, VerifyRequest};
 use serde_json::json;
 
 use crate::config::Settings;
@@ -396,9 +395,9 @@ async fn process(
         }
     }
     let required_scopes: &[String] = upstream.map_or(&[], |u| &u.route.scopes);
-    let resource = upstream.map_or(DEFAULT_RESOURCE, |u| u.route.resource.as_str());
+    let resources = upstream.map_or(default_resources(), |u| &u.route.resources[..]);
     let verified = if upstream.is_none_or(|u| u.route.auth) {
-        match authenticate(gw, exchange, request.headers(), required_scopes, resource).await {
+        match authenticate(gw, exchange, request.headers(), required_scopes, resources).await {
             Ok(verified) => Some(verified),
             Err(refused) => return refused,
         }
@@ -430,7 +429,7 @@ async fn authenticate(
     exchange: &Exchange,
     headers: &HeaderMap,
     required_scopes: &[String],
-    resource: &str,
+    resources: &[String],
 ) -> Result<Verified, (Response, Option<Arc<CachedKey>>)> {
     let presented = match credential(headers) {
         Ok(presented) => presented,
@@ -441,7 +440,7 @@ async fn authenticate(
     };
     let request = VerifyRequest {
         required_scopes,
-        resource,
+        resources,
         ..VerifyRequest::new(presented, Some(exchange.client))
     };
     let started = Instant::now();

@@ -257,7 +257,7 @@ mod tests {
             balance,
             eject_after: 3,
             eject_for,
-            resource: "default".into(),
+            resources: vec!["default".into()],
             scopes: vec![],
             auth: true,
             strip_prefix: false,

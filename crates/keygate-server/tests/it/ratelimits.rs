@@ -205,6 +205,65 @@ async fn streaming_upstream() -> String {
     format!("http://{addr}")
 }
 
+/// EnvoyX read as "an upload is also an API request": the upload route
+/// stacks both resources, so uploads use up the general 100/minute too, and
+/// a refused upload charges neither.
+#[tokio::test]
+async fn envoyx_uploads_stacked_on_the_general_limit_count_against_both() {
+    let upstream = echo_upstream().await;
+    let app = TestApp::builder()
+        .config(&format!(
+            r#"
+            [limiter]
+            default_plan = "standard"
+            [plans.standard]
+            limits = [{{ requests = 100, per = "1m" }}, {{ resource = "uploads", requests = 100, per = "1h" }}]
+            [errors]
+            format = "envelope"
+            [[routes]]
+            path = "/api/v1/invoices/upload"
+            methods = ["POST"]
+            upstream = "{}"
+            resources = ["default", "uploads"]
+            "#,
+            upstream.url
+        ))
+        .start()
+        .await;
+    let ws = app.workspace("EnvoyX customer").await;
+    let (_, key) = app.key(&ws, json!({"name": "Production Server"})).await;
+    let upload = || {
+        app.http
+            .post(app.gateway_url("/api/v1/invoices/upload"))
+            .header("X-API-Key", &key)
+            .body("pdf")
+            .send()
+    };
+    for i in 0..100 {
+        assert_eq!(upload().await.unwrap().status(), 200, "upload {i}");
+    }
+    let general = app.whoami(&key).await;
+    assert_eq!(general.status(), 429, "100 uploads used up the general minute too");
+    let body: Value = general.json().await.unwrap();
+    assert_eq!(body["data"]["window"], "1m");
+
+    app.clock.advance(Span::seconds(61));
+    let refused = upload().await.unwrap();
+    assert_eq!(refused.status(), 429, "the hourly upload limit is used up");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(
+        (body["data"]["limit"].as_u64(), body["data"]["window"].as_str()),
+        (Some(100), Some("1h"))
+    );
+    let after = app.whoami(&key).await;
+    assert_eq!(after.status(), 200);
+    assert_eq!(
+        number(&after, "x-ratelimit-remaining"),
+        99,
+        "the refused upload charged the general minute nothing"
+    );
+}
+
 /// EnvoyX: 100/minute general, 100 uploads/hour, 5 WebSocket connections per key.
 #[tokio::test]
 async fn envoyx_resources_and_connections() {

@@ -160,16 +160,20 @@ pub(super) async fn verify_key(
                 .map_err(|_| ApiError::validation("ip", format!("`{text}` is not an IP address")))?,
         ),
     };
-    let resource = body
-        .resource
-        .as_deref()
-        .unwrap_or(keygate_core::limits::DEFAULT_RESOURCE);
+    let named;
+    let resources = match body.resource.clone() {
+        Some(resource) => {
+            named = [resource];
+            &named[..]
+        }
+        None => keygate_engine::default_resources(),
+    };
     let scopes = keygate_core::scope::validate_scopes(&body.scopes)
         .map_err(|e| ApiError::validation("scopes", e.to_string()))?;
     match state
         .engine
         .admin()
-        .verify_for(&actor, body.key.0.expose_secret(), &scopes, ip, resource, body.dry_run)
+        .verify_for(&actor, body.key.0.expose_secret(), &scopes, ip, resources, body.dry_run)
         .await
     {
         Ok(verified) => {
