@@ -74,6 +74,10 @@ pub struct ConcurrencySpec {
 pub struct Plan {
     pub limits: Vec<LimitSpec>,
     pub concurrency: Vec<ConcurrencySpec>,
+    /// Which limit the `X-RateLimit-*` headers describe for this plan's
+    /// keys; unset: `headers.describe`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub describe: Option<crate::ratelimit::Describe>,
 }
 
 impl Plan {
@@ -87,6 +91,7 @@ impl Plan {
         Ok(Plan {
             limits: validate_limits(&self.limits)?,
             concurrency: self.concurrency.clone(),
+            describe: self.describe,
         })
     }
 
@@ -231,6 +236,7 @@ mod tests {
                 resource: "websocket".into(),
                 max: 0,
             }],
+            describe: None,
         };
         assert!(matches!(plan.validate(), Err(LimitError::ZeroConcurrency(_))));
     }

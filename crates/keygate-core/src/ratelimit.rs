@@ -234,11 +234,72 @@ impl Decision {
             .map(|at| at.saturating_sub(self.now_ms).div_ceil(1000).max(1))
     }
 
-    /// The limit closest to exhaustion: the one the `X-RateLimit-*` headers describe.
+    /// The limit closest to exhaustion: the one the `X-RateLimit-*` headers
+    /// describe by default.
     pub fn tightest(&self) -> Option<&LimitState> {
-        self.limits
-            .iter()
-            .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset_ms.cmp(&a.reset_ms)))
+        tightest_of(self.limits.iter())
+    }
+
+    /// The limit the `X-RateLimit-*` headers describe under `describe`: the
+    /// tightest, the longest window (the tightest of those), or the limit of
+    /// one window (the tightest if none has it).
+    pub fn described(&self, describe: Describe) -> Option<&LimitState> {
+        match describe {
+            Describe::Tightest => self.tightest(),
+            Describe::Longest => {
+                let longest = self.limits.iter().map(|l| l.rule.window_ms).max()?;
+                tightest_of(self.limits.iter().filter(|l| l.rule.window_ms == longest))
+            }
+            Describe::Window(window_ms) => {
+                tightest_of(self.limits.iter().filter(|l| l.rule.window_ms == window_ms)).or_else(|| self.tightest())
+            }
+        }
+    }
+}
+
+fn tightest_of<'a>(limits: impl Iterator<Item = &'a LimitState>) -> Option<&'a LimitState> {
+    limits.min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset_ms.cmp(&a.reset_ms)))
+}
+
+/// Which limit `X-RateLimit-Limit`, `-Remaining` and `-Reset` describe when a
+/// request has several (`headers.describe`, and per plan): `"tightest"` (the
+/// closest to exhaustion, the default), `"longest"` (the longest window), or
+/// a window such as `"1h"` (a page that documents its hourly figure).
+/// `Retry-After` always tells when the request would be admitted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Describe {
+    #[default]
+    Tightest,
+    Longest,
+    /// Window length in milliseconds.
+    Window(u64),
+}
+
+impl TryFrom<String> for Describe {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.as_str() {
+            "tightest" => Ok(Self::Tightest),
+            "longest" => Ok(Self::Longest),
+            window => crate::duration::parse_duration(window)
+                .ok()
+                .and_then(|d| u64::try_from(d.as_millis()).ok())
+                .filter(|ms| *ms >= 1000)
+                .map(Self::Window)
+                .ok_or_else(|| format!("`{text}` must be \"tightest\", \"longest\" or a window such as \"1h\"")),
+        }
+    }
+}
+
+impl From<Describe> for String {
+    fn from(describe: Describe) -> Self {
+        match describe {
+            Describe::Tightest => "tightest".into(),
+            Describe::Longest => "longest".into(),
+            Describe::Window(ms) => crate::duration::format_duration(std::time::Duration::from_millis(ms)),
+        }
     }
 }
 
@@ -315,6 +376,42 @@ mod tests {
         );
         assert!(!decide(&mut [(rule, &mut counter)], retry - 1, 1, true).allowed);
         assert!(decide(&mut [(rule, &mut counter)], retry, 1, true).allowed);
+    }
+
+    #[test]
+    fn the_header_policy_picks_tightest_longest_or_a_window() {
+        let state = |requests, window_ms, remaining| LimitState {
+            rule: Rule::new(requests, window_ms),
+            remaining,
+            reset_ms: 0,
+        };
+        let decision = Decision {
+            allowed: true,
+            now_ms: 0,
+            limits: vec![state(1000, 60 * MINUTE, 950), state(100, MINUTE, 50)],
+            retry_at_ms: None,
+        };
+        let requests = |describe| decision.described(describe).map(|l| l.rule.requests);
+        assert_eq!(requests(Describe::Tightest), Some(100));
+        assert_eq!(requests(Describe::Longest), Some(1000));
+        assert_eq!(requests(Describe::Window(60 * MINUTE)), Some(1000));
+        assert_eq!(requests(Describe::Window(MINUTE)), Some(100));
+        assert_eq!(
+            requests(Describe::Window(24 * 60 * MINUTE)),
+            Some(100),
+            "no such window: the tightest"
+        );
+        for (text, parsed) in [
+            ("tightest", Describe::Tightest),
+            ("longest", Describe::Longest),
+            ("1h", Describe::Window(60 * MINUTE)),
+        ] {
+            assert_eq!(Describe::try_from(text.to_owned()), Ok(parsed));
+            assert_eq!(String::from(parsed), text);
+        }
+        for bad in ["widest", "0", "500ms", ""] {
+            assert!(Describe::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
     }
 
     #[test]

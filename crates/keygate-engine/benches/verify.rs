@@ -43,7 +43,7 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
                 "team".to_owned(),
                 Plan {
                     limits: vec![limit(u64::MAX / 2, "1h"), limit(u64::MAX / 4, "1m")],
-                    concurrency: vec![],
+                    ..Plan::default()
                 },
             ),
         ]);

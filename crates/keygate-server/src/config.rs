@@ -41,6 +41,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "keygate.toml";
 pub struct RateLimitHeaderStyle {
     pub x_ratelimit: bool,
     pub ietf: bool,
+    /// `headers.describe`; a plan may set its own.
+    pub describe: keygate_core::ratelimit::Describe,
 }
 
 /// The validated limiter settings.
@@ -339,6 +341,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
     let headers = RateLimitHeaderStyle {
         x_ratelimit: config.headers.ratelimit.contains(&HeaderStyle::XRateLimit),
         ietf: config.headers.ratelimit.contains(&HeaderStyle::Ietf),
+        describe: config.headers.describe,
     };
 
     let errors = ErrorCatalog::new(

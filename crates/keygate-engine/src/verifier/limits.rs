@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use keygate_core::duration::format_duration;
 use keygate_core::error::ErrorInstance;
 use keygate_core::limits::{effective_limits, LimitScope, Plan};
-use keygate_core::ratelimit::{Decision, Rule};
+use keygate_core::ratelimit::{Decision, Describe, Rule};
 use keygate_core::ErrorCode;
 use keygate_limiter::{Charge, CounterKey, LimitCheck, LimiterError, Permit, PermitKey};
 use std::sync::Arc;
@@ -17,13 +17,23 @@ use super::{CachedKey, LimitMode, Verifier, VerifyRequest};
 pub struct RateLimits {
     pub decision: Decision,
     pub checks: Arc<[LimitCheck]>,
+    /// The plan's header policy, if it sets one (else `headers.describe`).
+    pub describe: Option<Describe>,
+}
+
+/// A request's limit checks, and its plan's header policy.
+#[derive(Debug, Clone)]
+pub(crate) struct LimitSet {
+    checks: Arc<[LimitCheck]>,
+    describe: Option<Describe>,
 }
 
 impl RateLimits {
-    fn new(decision: Decision, checks: &Arc<[LimitCheck]>) -> Self {
+    fn new(decision: Decision, set: &LimitSet) -> Self {
         Self {
             decision,
-            checks: checks.clone(),
+            checks: set.checks.clone(),
+            describe: set.describe,
         }
     }
 
@@ -54,7 +64,7 @@ impl Verifier {
     /// per cached key and plan generation: plans come from the config (a
     /// reload bumps the generation) and overrides from the cached rows, which
     /// change only when the key leaves the cache.
-    pub(crate) fn limit_checks(&self, cached: &CachedKey, resources: &[String]) -> Arc<[LimitCheck]> {
+    pub(crate) fn limit_checks(&self, cached: &CachedKey, resources: &[String]) -> LimitSet {
         let plans = self.plans();
         let mut memo = cached.limit_checks.lock();
         let (generation, memoized) = &mut *memo;
@@ -77,12 +87,15 @@ impl Verifier {
                 }
             }
         }
-        let checks: Arc<[LimitCheck]> = checks.into();
+        let set = LimitSet {
+            checks: checks.into(),
+            describe: plan.and_then(|plan| plan.describe),
+        };
         if memoized.len() < MAX_MEMOIZED_RESOURCES {
             let names = resources.iter().map(|r| Box::from(r.as_str())).collect();
-            memoized.push((names, checks.clone()));
+            memoized.push((names, set.clone()));
         }
-        checks
+        set
     }
 
     /// The permit first (a refusal there charges nothing), then every rate
@@ -103,12 +116,12 @@ impl Verifier {
         } else {
             None
         };
-        let checks = self.limit_checks(cached, request.resources);
-        if checks.is_empty() {
+        let set = self.limit_checks(cached, request.resources);
+        if set.checks.is_empty() {
             return Ok((None, permit));
         }
         let started = std::time::Instant::now();
-        let decided = self.decide_limits(&checks, charge, now).await;
+        let decided = self.decide_limits(&set.checks, charge, now).await;
         self.context.metrics().limiter_took(started.elapsed());
         let decision = match decided {
             Ok(decision) => decision,
@@ -118,9 +131,9 @@ impl Verifier {
             }
         };
         if decision.allowed {
-            Ok((Some(RateLimits::new(decision, &checks)), permit))
+            Ok((Some(RateLimits::new(decision, &set)), permit))
         } else {
-            Err((rate_limited(&decision), Some(RateLimits::new(decision, &checks))))
+            Err((rate_limited(&decision), Some(RateLimits::new(decision, &set))))
         }
     }
 
@@ -184,12 +197,12 @@ impl Verifier {
         resources: &[String],
         now: DateTime<Utc>,
     ) -> Option<RateLimits> {
-        let checks = self.limit_checks(cached, resources);
-        if checks.is_empty() {
+        let set = self.limit_checks(cached, resources);
+        if set.checks.is_empty() {
             return None;
         }
-        let decision = self.decide_limits(&checks, Charge::DryRun, now).await.ok()?;
-        Some(RateLimits::new(decision, &checks))
+        let decision = self.decide_limits(&set.checks, Charge::DryRun, now).await.ok()?;
+        Some(RateLimits::new(decision, &set))
     }
 
     /// One decision over `checks`; a backend that decides without waiting

@@ -9,6 +9,7 @@ mod limits;
 pub(crate) mod store_health;
 
 pub use changes::Hearing;
+use limits::LimitSet;
 pub use limits::RateLimits;
 pub use store_health::StoreStatus;
 
@@ -26,7 +27,7 @@ use keygate_core::limits::DEFAULT_RESOURCE;
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::throttle::{FailurePolicy, FailureWindow};
 use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
-use keygate_limiter::{LimitCheck, Limiter, Permit};
+use keygate_limiter::{Limiter, Permit};
 use moka::sync::Cache;
 use std::sync::LazyLock;
 
@@ -81,7 +82,7 @@ impl Default for VerifierSettings {
 }
 
 /// The limit checks of one list of resources for one cached key.
-pub(crate) type MemoizedChecks = (Box<[Box<str>]>, Arc<[LimitCheck]>);
+pub(crate) type MemoizedChecks = (Box<[Box<str>]>, LimitSet);
 
 /// `["default"]`: what most routes count against.
 static DEFAULT_RESOURCES: LazyLock<[String; 1]> = LazyLock::new(|| [DEFAULT_RESOURCE.to_owned()]);

@@ -78,6 +78,8 @@ impl Default for LimiterConfig {
 pub struct HeadersConfig {
     /// Rate-limit header styles: `x-ratelimit` (X-RateLimit-*) and `ietf` (RateLimit-Policy, RateLimit).
     pub ratelimit: Vec<HeaderStyle>,
+    /// Which limit `X-RateLimit-*` describe: `tightest`, `longest` or a window (`1h`).
+    pub describe: keygate_core::ratelimit::Describe,
 }
 
 /// One style of rate-limit headers (`headers.ratelimit`).
@@ -95,6 +97,7 @@ impl Default for HeadersConfig {
     fn default() -> Self {
         Self {
             ratelimit: vec![HeaderStyle::XRateLimit],
+            describe: keygate_core::ratelimit::Describe::Tightest,
         }
     }
 }

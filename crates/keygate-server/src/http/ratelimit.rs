@@ -1,5 +1,5 @@
-//! Rate-limit headers and JSON: `X-RateLimit-*` for the limit closest to
-//! exhaustion, and optionally the IETF draft-11 `RateLimit-Policy` and
+//! Rate-limit headers and JSON: `X-RateLimit-*` for the limit the header
+//! policy picks (the closest to exhaustion by default), and optionally the IETF draft-11 `RateLimit-Policy` and
 //! `RateLimit` fields for every limit.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -35,12 +35,12 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: String) {
 pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: RateLimitHeaderStyle) {
     let decision = &limits.decision;
     if style.x_ratelimit {
-        if let Some(tightest) = decision.tightest() {
+        if let Some(described) = decision.described(limits.describe.unwrap_or(style.describe)) {
             // Every identified request gets these: numbers straight into the
             // header value, no `String` in between.
-            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(tightest.rule.requests));
-            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(tightest.remaining));
-            headers.insert(X_RATELIMIT_RESET, HeaderValue::from(tightest.reset_ms.div_ceil(1000)));
+            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(described.rule.requests));
+            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(described.remaining));
+            headers.insert(X_RATELIMIT_RESET, HeaderValue::from(described.reset_ms.div_ceil(1000)));
         }
     }
     if style.ietf && !decision.limits.is_empty() {

@@ -129,6 +129,58 @@ async fn echowin_hourly_and_burst() {
     );
 }
 
+/// echowin's page says `X-RateLimit-Limit` is the maximum per hour:
+/// `headers.describe = "1h"` makes the headers describe the hourly limit
+/// while the minute's burst still refuses (and `Retry-After` says when it
+/// admits); a plan may choose its own policy.
+#[tokio::test]
+async fn echowin_headers_describe_the_hourly_limit_as_its_page_does() {
+    let app = TestApp::builder()
+        .config(
+            "[headers]\ndescribe = \"1h\"\n\
+             [limiter]\ndefault_plan = \"team\"\n\
+             [plans.team]\nlimits = [{ requests = 1000, per = \"1h\" }, { requests = 100, per = \"1m\" }]\n\
+             [plans.burst]\ndescribe = \"tightest\"\nlimits = [{ requests = 1000, per = \"1h\" }, { requests = 100, per = \"1m\" }]",
+        )
+        .start()
+        .await;
+    let ws = app.workspace("Team").await;
+    let (_, key) = app.key(&ws, json!({"name": "portal key"})).await;
+    let first = app.whoami(&key).await;
+    assert_eq!(
+        number(&first, "x-ratelimit-limit"),
+        1000,
+        "the hourly maximum, as the page says"
+    );
+    assert_eq!(number(&first, "x-ratelimit-remaining"), 999);
+    let statuses = whoami_n(&app, &key, 99).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    let refused = app.whoami(&key).await;
+    assert_eq!(refused.status(), 429, "the burst limit still refuses");
+    assert_eq!(number(&refused, "x-ratelimit-limit"), 1000);
+    assert_eq!(number(&refused, "x-ratelimit-remaining"), 900);
+    let retry = number(&refused, "retry-after");
+    assert!(
+        (59..=61).contains(&retry),
+        "Retry-After tells when the minute admits: {retry}"
+    );
+
+    let burst = app
+        .admin_ok(
+            Method::POST,
+            "/v1/workspaces",
+            Some(json!({"name": "Burst", "plan": "burst"})),
+            201,
+        )
+        .await;
+    let (_, key) = app.key(burst["id"].as_str().unwrap(), json!({"name": "k"})).await;
+    assert_eq!(
+        number(&app.whoami(&key).await, "x-ratelimit-limit"),
+        100,
+        "the plan's own policy wins over headers.describe"
+    );
+}
+
 /// Evaligo: free 100/min, pro 1000/min, enterprise custom per workspace.
 #[tokio::test]
 async fn evaligo_plan_tiers() {
