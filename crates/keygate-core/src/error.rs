@@ -207,6 +207,123 @@ pub enum CatalogError {
     UnknownCode(String),
     #[error("errors.realm must be printable ASCII without quotes or backslashes")]
     Realm,
+    #[error("errors.bodies: unknown error code `{0}`")]
+    UnknownBodyCode(String),
+    #[error("errors.bodies.{code}: {reason}")]
+    Body { code: String, reason: String },
+}
+
+/// Which `data` fields error bodies carry (`errors.data`): all (`true`, the
+/// default), none (`false`: echowin's bare `{"error": ...}`), or the named
+/// ones (`["retry_after"]`: EnvoyX's 429).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum DataFields {
+    Switch(bool),
+    Only(Vec<String>),
+}
+
+impl Default for DataFields {
+    fn default() -> Self {
+        Self::Switch(true)
+    }
+}
+
+impl DataFields {
+    fn keeps(&self, field: &str) -> bool {
+        match self {
+            Self::Switch(true) => true,
+            Self::Switch(false) => false,
+            Self::Only(fields) => fields.iter().any(|f| f == field),
+        }
+    }
+}
+
+/// The variables a body template may name (`errors.bodies`).
+pub const BODY_VARIABLES: [&str; 8] = [
+    "message",
+    "code",
+    "status",
+    "retry_after",
+    "limit",
+    "window",
+    "scope",
+    "resource",
+];
+
+/// An operator's body for one code, byte for byte, with `{variable}`s.
+/// Strings are inserted JSON-escaped (without quotes: the template has
+/// them), numbers as they are, a variable the error lacks as `null`.
+#[derive(Debug, Clone, PartialEq)]
+struct BodyTemplate {
+    /// Literal text and variables, in order.
+    parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum TemplatePart {
+    Text(String),
+    Variable(&'static str),
+}
+
+impl BodyTemplate {
+    /// `{name}` with `name` of lowercase letters and `_` is a variable, and
+    /// must be one of [`BODY_VARIABLES`]; every other brace is JSON.
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            literal.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let name_len = after
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(after.len());
+            if name_len > 0 && after[name_len..].starts_with('}') {
+                let name = &after[..name_len];
+                let known = BODY_VARIABLES
+                    .iter()
+                    .find(|v| **v == name)
+                    .ok_or_else(|| format!("unknown variable {{{name}}}; known: {}", BODY_VARIABLES.join(", ")))?;
+                parts.push(TemplatePart::Text(std::mem::take(&mut literal)));
+                parts.push(TemplatePart::Variable(known));
+                rest = &after[name_len + 1..];
+            } else {
+                literal.push('{');
+                rest = after;
+            }
+        }
+        literal.push_str(rest);
+        parts.push(TemplatePart::Text(literal));
+        let template = Self { parts };
+        // Checked with sample values: a template that is not JSON fails at start.
+        let sample = template.render(|name| Some(if name == "status" { "429".into() } else { "1".into() }));
+        serde_json::from_slice::<Value>(&sample).map_err(|e| format!("is not JSON once filled in: {e}"))?;
+        Ok(template)
+    }
+
+    fn render(&self, value_of: impl Fn(&str) -> Option<String>) -> Vec<u8> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                TemplatePart::Text(text) => out.push_str(text),
+                TemplatePart::Variable(name) => out.push_str(&value_of(name).unwrap_or_else(|| "null".into())),
+            }
+        }
+        out.into_bytes()
+    }
+}
+
+/// A value as a template inserts it: a string's JSON escape without its
+/// quotes, anything else as JSON.
+fn template_value(value: &Value) -> String {
+    match value {
+        Value::String(text) => {
+            let quoted = Value::String(text.clone()).to_string();
+            quoted[1..quoted.len() - 1].to_owned()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// A deployment's error settings, validated once at start.
@@ -217,6 +334,8 @@ pub struct ErrorCatalog {
     invalid_key_status: u16,
     hide_key_state: bool,
     realm: String,
+    data: DataFields,
+    bodies: HashMap<ErrorCode, BodyTemplate>,
 }
 
 impl Default for ErrorCatalog {
@@ -227,6 +346,8 @@ impl Default for ErrorCatalog {
             invalid_key_status: 401,
             hide_key_state: false,
             realm: "keygate".to_owned(),
+            data: DataFields::default(),
+            bodies: HashMap::new(),
         }
     }
 }
@@ -263,7 +384,29 @@ impl ErrorCatalog {
             invalid_key_status,
             hide_key_state,
             realm: realm.to_owned(),
+            data: DataFields::default(),
+            bodies: HashMap::new(),
         })
+    }
+
+    /// Which `data` fields bodies carry (`errors.data`).
+    pub fn with_data_fields(mut self, data: DataFields) -> Self {
+        self.data = data;
+        self
+    }
+
+    /// Bodies given whole per code (`errors.bodies`), checked now: a known
+    /// code, known variables, JSON once filled in.
+    pub fn with_bodies(mut self, bodies: &HashMap<String, String>) -> Result<Self, CatalogError> {
+        for (code, text) in bodies {
+            let parsed = ErrorCode::parse(code).ok_or_else(|| CatalogError::UnknownBodyCode(code.clone()))?;
+            let template = BodyTemplate::parse(text).map_err(|reason| CatalogError::Body {
+                code: code.clone(),
+                reason,
+            })?;
+            self.bodies.insert(parsed, template);
+        }
+        Ok(self)
     }
 
     pub fn format(&self) -> ErrorFormat {
@@ -305,12 +448,32 @@ impl ErrorCatalog {
         let code = self.public_code(error.code);
         let status = self.status(code);
         let message = self.message(error);
-        let no_data = Map::new();
-        let data = error.data.as_deref().unwrap_or(&no_data);
-        let (content_type, body) = match self.format {
-            ErrorFormat::Envelope => ("application/json", envelope_body(status, code, &message, data)),
-            ErrorFormat::Simple => ("application/json", simple_body(&message, data)),
-            ErrorFormat::Problem => ("application/problem+json", problem_body(status, code, &message, data)),
+        let all_data = error.data.as_deref();
+        let kept: Map<String, Value> = all_data
+            .into_iter()
+            .flatten()
+            .filter(|(field, _)| self.data.keeps(field))
+            .map(|(field, value)| (field.clone(), value.clone()))
+            .collect();
+        let data = &kept;
+        let (content_type, body) = match (self.format, self.bodies.get(&code)) {
+            (format, Some(template)) => {
+                let content_type = match format {
+                    ErrorFormat::Problem => "application/problem+json",
+                    ErrorFormat::Envelope | ErrorFormat::Simple => "application/json",
+                };
+                let body = template.render(|name| match name {
+                    "message" => Some(template_value(&Value::String(message.clone()))),
+                    "code" => Some(code.as_str().to_owned()),
+                    "status" => Some(status.to_string()),
+                    "scope" => error.scope.clone().map(|s| template_value(&Value::String(s))),
+                    field => all_data.and_then(|d| d.get(field)).map(template_value),
+                });
+                (content_type, body)
+            }
+            (ErrorFormat::Envelope, None) => ("application/json", envelope_body(status, code, &message, data)),
+            (ErrorFormat::Simple, None) => ("application/json", simple_body(&message, data)),
+            (ErrorFormat::Problem, None) => ("application/problem+json", problem_body(status, code, &message, data)),
         };
         RenderedError {
             status,
@@ -452,6 +615,76 @@ mod tests {
             serde_json::json!({"success": false, "status": 429, "code": "TOO_MANY_FAILED_ATTEMPTS",
                 "message": ErrorCode::TooManyFailedAttempts.default_message(), "data": {"retry_after": 60}})
         );
+    }
+
+    fn rate_limited() -> ErrorInstance {
+        ErrorInstance::new(ErrorCode::RateLimitExceeded)
+            .with_data("retry_after", 60)
+            .with_data("limit", 100)
+            .with_data("window", "1m")
+    }
+
+    #[test]
+    fn data_fields_can_be_dropped_or_chosen() {
+        let messages = HashMap::from([(
+            "RATE_LIMIT_EXCEEDED".to_string(),
+            "Rate limit exceeded. Please try again later.".to_string(),
+        )]);
+        let bare = ErrorCatalog::new(ErrorFormat::Simple, &messages, 401, false, "k")
+            .unwrap()
+            .with_data_fields(DataFields::Switch(false));
+        let rendered = bare.render(&rate_limited());
+        assert_eq!(
+            String::from_utf8(rendered.body).unwrap(),
+            r#"{"error":"Rate limit exceeded. Please try again later."}"#
+        );
+        assert_eq!(rendered.retry_after, Some(60), "Retry-After stays");
+        let chosen = ErrorCatalog::default().with_data_fields(DataFields::Only(vec!["retry_after".into()]));
+        assert_eq!(
+            json(&chosen.render(&rate_limited()).body)["data"],
+            serde_json::json!({"retry_after": 60})
+        );
+    }
+
+    #[test]
+    fn a_body_template_gives_the_bytes_with_its_variables_filled_in() {
+        let bodies = HashMap::from([(
+            "RATE_LIMIT_EXCEEDED".to_string(),
+            "{\n  \"error\": \"{message}\", \"wait\": {retry_after}, \"scope\": \"{scope}\"\n}".to_string(),
+        )]);
+        let catalog = ErrorCatalog::default()
+            .with_bodies(&bodies)
+            .unwrap()
+            .with_data_fields(DataFields::Switch(false));
+        let rendered = catalog.render(&rate_limited().with_message("Slow \"down\""));
+        assert_eq!(
+            String::from_utf8(rendered.body).unwrap(),
+            "{\n  \"error\": \"Slow \\\"down\\\"\", \"wait\": 60, \"scope\": \"null\"\n}",
+            "strings escaped, numbers as they are, missing as null; data = false does not hide variables"
+        );
+        assert_eq!(rendered.content_type, "application/json");
+        // Another code keeps the format's body.
+        assert_eq!(
+            json(&catalog.render(&ErrorCode::MissingApiKey.into()).body)["code"],
+            "MISSING_API_KEY"
+        );
+    }
+
+    #[test]
+    fn bad_body_templates_are_refused_naming_the_code() {
+        let refused = |code: &str, text: &str| {
+            ErrorCatalog::default()
+                .with_bodies(&HashMap::from([(code.to_string(), text.to_string())]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused("NOT_A_CODE", "{}").contains("NOT_A_CODE"));
+        let unknown = refused("RATE_LIMIT_EXCEEDED", r#"{"e": "{mesage}"}"#);
+        assert!(
+            unknown.contains("RATE_LIMIT_EXCEEDED") && unknown.contains("{mesage}"),
+            "{unknown}"
+        );
+        assert!(refused("RATE_LIMIT_EXCEEDED", r#"{"e": {message}"#).contains("not JSON"));
     }
 
     #[test]

@@ -351,10 +351,14 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         config.errors.hide_key_state,
         &config.errors.realm,
     )
-    .map_err(|e| match e {
+    .and_then(|catalog| catalog.with_bodies(&config.errors.bodies))
+    .map(|catalog| catalog.with_data_fields(config.errors.data.clone()))
+    .map_err(|e| match &e {
         CatalogError::InvalidKeyStatus(_) => invalid("errors.invalid_key_status", e.to_string()),
         CatalogError::UnknownCode(_) => invalid("errors.messages", e.to_string()),
         CatalogError::Realm => invalid("errors.realm", e.to_string()),
+        CatalogError::UnknownBodyCode(_) => invalid("errors.bodies", e.to_string()),
+        CatalogError::Body { code, .. } => invalid(&format!("errors.bodies.{code}"), e.to_string()),
     })?;
 
     if config.security.max_failed_attempts == 0 {

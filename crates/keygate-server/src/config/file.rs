@@ -330,6 +330,10 @@ pub struct ErrorsConfig {
     /// Answer revoked and expired keys as `INVALID_API_KEY`.
     pub hide_key_state: bool,
     pub realm: String,
+    /// Which `data` fields bodies carry: `true`, `false` or a list of names.
+    pub data: keygate_core::error::DataFields,
+    /// Whole bodies by code, with `{message}`, `{retry_after}`... (byte for byte).
+    pub bodies: HashMap<String, String>,
 }
 
 impl Default for ErrorsConfig {
@@ -340,6 +344,8 @@ impl Default for ErrorsConfig {
             invalid_key_status: 401,
             hide_key_state: false,
             realm: "keygate".into(),
+            data: keygate_core::error::DataFields::default(),
+            bodies: HashMap::new(),
         }
     }
 }
