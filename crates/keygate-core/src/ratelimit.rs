@@ -3,54 +3,53 @@
 //! # Algorithm: a bucketed sliding window
 //!
 //! A limit of `L` requests per window `W` keeps its counts in buckets of
-//! `g = W / 60` (at least 1 ms). At time `t` the counted requests are those of
-//! every bucket that overlaps `(t - W, t]`, including the oldest bucket that has
-//! only partly left the window. A request is admitted when that count plus its
-//! cost is at most `L`.
+//! `g = W / 60` (at least 1 ms), each with the time of its newest request. At
+//! time `t` a bucket is counted while its newest request is in the window
+//! `(t - W, t]`; so it stops counting exactly when that request leaves. A
+//! request is admitted when the counted requests plus its cost are at most `L`.
 //!
 //! Error bound, in both directions:
-//! - **Never over-admits.** The counted region contains the whole rolling
-//!   window, so in every interval of length `W` at most `L` requests are
-//!   admitted. This is a hard guarantee, checked by a property test against an
-//!   exact log of timestamps.
-//! - **Under-admits by at most about one bucket.** Requests in the oldest
-//!   bucket are still counted for up to one bucket after they have left the
-//!   window. Precisely: with `N = ceil(W / g)`, every counted request is younger
-//!   than the lookback `(N + 1) * g`, which is `W + g` when 60 divides `W` (every
-//!   window in whole minutes: 1 s more for a minute, 1 min more for an hour) and
-//!   below `W + 2g` otherwise. A refusal is therefore always justified by at
-//!   least `L` requests within the lookback.
+//! - **Never over-admits.** Every request in the window belongs to a bucket
+//!   whose newest request is in the window too, so the counted requests
+//!   include the whole rolling window: in every interval of length `W` at
+//!   most `L` requests are admitted. A hard guarantee, checked by a property
+//!   test against an exact log of timestamps.
+//! - **Under-admits by at most one bucket.** Only the oldest counted bucket
+//!   can hold requests that have left the window, all younger than `W + g`
+//!   (the lookback). A refusal is therefore always justified by at least `L`
+//!   requests within the lookback, and the time a refusal names (when the
+//!   bucket that frees enough room loses its newest request) is at most `g`
+//!   after the exact log would admit: at most one second for windows up to a
+//!   minute. A burst that uses a minute's limit up at once is admitted again
+//!   60 s after its last request, not 61 (issue 19).
 //!
 //! The classic "previous window weighted plus current" counter needs only two
 //! numbers but can admit up to `2L` in a rolling window when traffic bunches at
 //! a window edge; the seeds promise a rolling window, so keygate spends up to
-//! 61 bucket counts per active limit (only the buckets that hold requests) to
-//! keep that promise exactly.
+//! 61 buckets per active limit (only the buckets that hold requests) to keep
+//! that promise exactly.
 
 use std::collections::VecDeque;
 
 /// Buckets per window: the granularity is 1/60 of the window.
 pub const BUCKETS: u64 = 60;
 
-/// One limit, ready for arithmetic. The bucket size and span are derived once
-/// here: divisions are the costliest part of a decision.
+/// One limit, ready for arithmetic. The bucket size is derived once here:
+/// divisions are the costliest part of a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Rule {
     pub requests: u64,
     pub window_ms: u64,
     bucket_ms: u64,
-    span: u64,
 }
 
 impl Rule {
     pub fn new(requests: u64, window_ms: u64) -> Self {
         let window_ms = window_ms.max(1);
-        let bucket_ms = (window_ms / BUCKETS).max(1);
         Self {
             requests,
             window_ms,
-            bucket_ms,
-            span: window_ms.div_ceil(bucket_ms),
+            bucket_ms: (window_ms / BUCKETS).max(1),
         }
     }
 
@@ -58,73 +57,84 @@ impl Rule {
         self.bucket_ms
     }
 
-    /// Whole buckets in one window (`N`); `N + 1` buckets are counted.
-    fn span(&self) -> u64 {
-        self.span
-    }
-
     /// How far back counted requests can lie: see the module's error bound.
     pub fn lookback_ms(&self) -> u64 {
-        (self.span() + 1) * self.bucket_ms()
+        self.window_ms + self.bucket_ms
     }
 
-    fn bucket_of(&self, now_ms: u64) -> u64 {
+    pub fn bucket_of(&self, now_ms: u64) -> u64 {
         now_ms / self.bucket_ms()
     }
+
+    /// When a bucket whose newest request came at `newest_ms` stops counting.
+    fn leaves_at(&self, newest_ms: u64) -> u64 {
+        newest_ms.saturating_add(self.window_ms)
+    }
+}
+
+/// One bucket's count and the time of its newest request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    pub index: u64,
+    pub count: u64,
+    pub newest_ms: u64,
 }
 
 /// The counts of one limit: its live buckets, oldest first, plus their
 /// running total, so a decision costs O(1) amortised instead of a scan. Only
 /// buckets that hold requests are kept: a key seen a few times an hour holds
-/// a few entries, not a slot for each of the window's `N + 1` buckets
-/// (memory per cached key, issue 18; BENCHMARKS.md).
+/// a few entries, not a slot for each of the window's buckets (memory per
+/// cached key, issue 18; BENCHMARKS.md).
 ///
 /// A counter's clock never runs backwards: a `now` earlier than the latest
-/// bucket it has seen is treated as that bucket's time.
+/// time it has seen is treated as that time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counter {
-    /// `(bucket index, count)`, indices increasing, every count above zero.
-    buckets: VecDeque<(u64, u64)>,
+    /// Indices and newest times increasing, every count above zero.
+    buckets: VecDeque<Bucket>,
     /// Sum of the counts in `buckets`.
     total: u64,
-    /// The newest bucket index seen.
-    latest: u64,
+    /// The latest time seen.
+    latest_ms: u64,
 }
 
 impl Counter {
-    /// Rebuilds a counter from `(bucket index, count)` pairs, as a shared store returns them.
-    pub fn from_buckets(rule: &Rule, buckets: impl IntoIterator<Item = (u64, u64)>) -> Self {
-        let mut buckets: Vec<(u64, u64)> = buckets.into_iter().collect();
-        buckets.sort_unstable();
+    /// Rebuilds a counter from its buckets, as a shared store returns them.
+    pub fn from_buckets(rule: &Rule, buckets: impl IntoIterator<Item = Bucket>) -> Self {
+        let mut buckets: Vec<Bucket> = buckets.into_iter().filter(|b| b.count > 0).collect();
+        buckets.sort_unstable_by_key(|b| b.index);
         let mut counter = Self::default();
-        for (index, count) in buckets {
-            counter.add(rule, index * rule.bucket_ms(), count);
+        for bucket in buckets {
+            counter.total += bucket.count;
+            counter.latest_ms = counter.latest_ms.max(bucket.newest_ms);
+            counter.buckets.push_back(bucket);
         }
+        let latest = counter.latest_ms;
+        counter.advance(rule, latest);
         counter
     }
 
-    fn current(&self, rule: &Rule, now_ms: u64) -> u64 {
-        rule.bucket_of(now_ms).max(self.latest)
+    fn now(&self, now_ms: u64) -> u64 {
+        now_ms.max(self.latest_ms)
     }
 
     /// Requests counted against the limit at `now_ms`, by scanning every bucket.
     /// [`Counter::live`] gives the same answer in O(1) amortised.
     pub fn count(&self, rule: &Rule, now_ms: u64) -> u64 {
-        self.live_buckets(rule, now_ms).map(|(_, count)| count).sum()
+        self.live_buckets(rule, now_ms).map(|b| b.count).sum()
     }
 
-    /// Drops the buckets that have left the window, and their counts from the total.
+    /// Drops the buckets whose newest request has left the window.
     fn advance(&mut self, rule: &Rule, now_ms: u64) {
-        let current = self.current(rule, now_ms);
-        let oldest = current.saturating_sub(rule.span());
-        while let Some(&(index, count)) = self.buckets.front() {
-            if index >= oldest {
+        let now = self.now(now_ms);
+        while let Some(front) = self.buckets.front() {
+            if rule.leaves_at(front.newest_ms) > now {
                 break;
             }
-            self.total -= count;
+            self.total -= front.count;
             self.buckets.pop_front();
         }
-        self.latest = current;
+        self.latest_ms = now;
     }
 
     /// Requests counted at `now_ms`; the same as [`Counter::count`].
@@ -138,21 +148,29 @@ impl Counter {
         if cost == 0 {
             return;
         }
-        let current = self.latest;
+        let now = self.latest_ms;
+        let index = rule.bucket_of(now);
         match self.buckets.back_mut() {
-            Some((index, count)) if *index == current => *count += cost,
-            _ => self.buckets.push_back((current, cost)),
+            Some(last) if last.index == index => {
+                last.count += cost;
+                last.newest_ms = now;
+            }
+            _ => self.buckets.push_back(Bucket {
+                index,
+                count: cost,
+                newest_ms: now,
+            }),
         }
         self.total += cost;
     }
 
-    fn live_buckets(&self, rule: &Rule, now_ms: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let current = self.current(rule, now_ms);
-        let oldest = current.saturating_sub(rule.span());
+    fn live_buckets(&self, rule: &Rule, now_ms: u64) -> impl Iterator<Item = Bucket> + '_ {
+        let now = self.now(now_ms);
+        let window_ms = rule.window_ms;
         self.buckets
             .iter()
             .copied()
-            .filter(move |(index, _)| *index >= oldest && *index <= current)
+            .filter(move |b| b.newest_ms.saturating_add(window_ms) > now)
     }
 
     /// The earliest time at which `cost` more requests fit. `now_ms` if they fit now.
@@ -165,30 +183,25 @@ impl Counter {
             return u64::MAX;
         }
         // Oldest first: the first buckets to leave the window.
-        for (index, bucket_count) in self.live_buckets(rule, now_ms) {
-            count -= bucket_count;
+        for bucket in self.live_buckets(rule, now_ms) {
+            count -= bucket.count;
             if count + cost <= rule.requests {
-                return self.leaves_at(rule, index);
+                return rule.leaves_at(bucket.newest_ms);
             }
         }
         now_ms
     }
 
-    /// When the oldest counted request stops counting (the limit regains
+    /// When the oldest counted bucket stops counting (the limit regains
     /// capacity), or `now_ms` if nothing is counted.
     pub fn next_release(&mut self, rule: &Rule, now_ms: u64) -> u64 {
         if self.live(rule, now_ms) == 0 {
             return now_ms;
         }
         match self.buckets.front() {
-            Some(&(oldest, _)) => self.leaves_at(rule, oldest),
+            Some(oldest) => rule.leaves_at(oldest.newest_ms),
             None => now_ms,
         }
-    }
-
-    /// Bucket `b` is counted while the current bucket is at most `b + N`.
-    fn leaves_at(&self, rule: &Rule, index: u64) -> u64 {
-        (index + rule.span() + 1) * rule.bucket_ms()
     }
 
     /// True when nothing is counted any more: the counter can be dropped.
@@ -360,20 +373,17 @@ mod tests {
     fn admits_exactly_the_limit_then_refuses() {
         let rule = Rule::new(100, MINUTE);
         let mut counter = Counter::default();
-        let t0 = 1_700_000_000_000;
+        let t0 = 1_700_000_000_300;
         for i in 0..100 {
             assert!(decide(&mut [(rule, &mut counter)], t0 + i, 1, true).allowed);
         }
         let refused = decide(&mut [(rule, &mut counter)], t0 + 100, 1, true);
         assert!(!refused.allowed);
         assert_eq!(refused.limits[0].remaining, 0);
-        // Everything was admitted within one bucket: it stops counting one
-        // bucket after the window has passed.
+        // The burst's newest request came at t0 + 99: it leaves a window later.
         let retry = refused.retry_at_ms.unwrap();
-        assert!(
-            retry >= t0 + MINUTE && retry <= t0 + MINUTE + rule.bucket_ms(),
-            "{retry}"
-        );
+        assert_eq!(retry, t0 + 99 + MINUTE);
+        assert_eq!(refused.retry_after_secs(), Some(60), "60 for a 60 s window, never 61");
         assert!(!decide(&mut [(rule, &mut counter)], retry - 1, 1, true).allowed);
         assert!(decide(&mut [(rule, &mut counter)], retry, 1, true).allowed);
     }
@@ -420,14 +430,19 @@ mod tests {
         let mut counter = Counter::default();
         counter.add(&rule, 5_000, 2);
         counter.add(&rule, 30_000, 3);
-        let rebuilt = Counter::from_buckets(&rule, [(5, 2), (30, 3)]);
-        for now in [30_000, 61_000, 65_999, 66_000, 91_000] {
+        let bucket = |index, count, newest_ms| Bucket {
+            index,
+            count,
+            newest_ms,
+        };
+        let rebuilt = Counter::from_buckets(&rule, [bucket(5, 2, 5_000), bucket(30, 3, 30_000)]);
+        for now in [30_000, 61_000, 64_999, 65_000, 89_999, 90_000, 91_000] {
             assert_eq!(rebuilt.count(&rule, now), counter.count(&rule, now), "{now}");
         }
     }
 
     #[test]
-    fn lookback_is_one_bucket_past_whole_minute_windows() {
+    fn lookback_is_one_bucket_past_the_window() {
         assert_eq!(Rule::new(1, MINUTE).lookback_ms(), MINUTE + 1_000);
         assert_eq!(Rule::new(1, 60 * MINUTE).lookback_ms(), 61 * MINUTE);
     }
@@ -454,13 +469,28 @@ mod tests {
         fn in_window(&self, window: u64, end: u64) -> usize {
             self.0.iter().filter(|&&t| t + window > end && t <= end).count()
         }
+
+        /// When one more request fits in a window of `limit`, exactly.
+        fn admits_at(&self, window: u64, limit: u64, now: u64) -> u64 {
+            let inside: Vec<u64> = self
+                .0
+                .iter()
+                .copied()
+                .filter(|&t| t + window > now && t <= now)
+                .collect();
+            let excess = (inside.len() as u64 + 1).saturating_sub(limit) as usize;
+            match excess {
+                0 => now,
+                n => inside[n - 1] + window,
+            }
+        }
     }
 
     proptest! {
         /// Never more than `L` admitted in any rolling window, and every refusal
         /// is justified by `L` requests within the lookback.
         #[test]
-        fn never_over_admits_and_under_admits_by_at_most_one_bucket(
+        fn never_over_admits_and_names_a_retry_time_never_early_and_at_most_a_bucket_late(
             requests in 1u64..20,
             window_s in 1u64..120,
             gaps in proptest::collection::vec(0u64..5_000, 1..400),
@@ -473,8 +503,8 @@ mod tests {
                 now += gap;
                 let decision = decide(&mut [(rule, &mut counter)], now, 1, true);
                 prop_assert_eq!(counter.live(&rule, now), counter.count(&rule, now), "running total = full scan");
-                let oldest_live = counter.live_buckets(&rule, now).map(|(index, _)| index).min();
-                let expected_release = oldest_live.map_or(now, |index| counter.leaves_at(&rule, index));
+                let oldest_live = counter.live_buckets(&rule, now).next();
+                let expected_release = oldest_live.map_or(now, |b| rule.leaves_at(b.newest_ms));
                 prop_assert_eq!(counter.next_release(&rule, now), expected_release, "first_live = oldest live bucket");
                 if decision.allowed {
                     log.0.push_back(now);
@@ -488,6 +518,14 @@ mod tests {
                     prop_assert!(retry > now);
                     let mut probe = counter.clone();
                     prop_assert!(decide(&mut [(rule, &mut probe)], retry, 1, true).allowed, "retry time admits");
+                    let mut early = counter.clone();
+                    prop_assert!(!decide(&mut [(rule, &mut early)], retry - 1, 1, false).allowed, "never early");
+                    // The exact log admits once enough of its in-window
+                    // entries have left; the named time is at most a bucket later.
+                    let exact = log.admits_at(rule.window_ms, requests, now);
+                    prop_assert!(retry <= exact + rule.bucket_ms(), "retry {retry} vs exact {exact}");
+                    let seconds = decision.retry_after_secs().unwrap();
+                    prop_assert!(seconds * 1000 >= retry - now && seconds * 1000 < retry - now + 1000);
                 }
             }
         }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use keygate_core::ratelimit::{decide, Counter, Decision, Rule};
+use keygate_core::ratelimit::{decide, Bucket, Counter, Decision, Rule};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -33,6 +33,11 @@ use redis::{Script, Value};
 use crate::lease::{Grant, Leases, Return, SWEEP_EVERY};
 use crate::{Charge, LimitCheck, Limiter, LimiterError, LimiterHealth, Permit, PermitKey};
 
+/// Each limit is a hash of `bucket index -> "count:newest"` (the newest
+/// request's time, ms; a bare count, from before it was kept, is read as the
+/// bucket's last millisecond). A bucket counts while its newest request is in
+/// the window (crates/keygate-core/src/ratelimit.rs).
+///
 /// Gives back what ended leases have left, then decides a batch of
 /// requests in order. ARGV: the number of returns and each one's (bucket,
 /// amount); the number of requests, then per request its cost, whether to
@@ -41,18 +46,34 @@ use crate::{Charge, LimitCheck, Limiter, LimiterError, LimiterHealth, Permit, Pe
 /// each return's key, then every limit's key, in the same order. Returns
 /// Redis's time, then per request 1 or 0, what it was granted (its cost, or
 /// a block of at most 1/16 of the room left, never more than `want`), and
-/// each limit's live buckets as they were before the request was charged.
+/// each limit's live buckets (index, count, newest) as they were before the
+/// request was charged. A block beyond the request's cost is stamped with the
+/// bucket's last millisecond: requests admitted from it come later than now.
 const RATE_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function parse(value)
+  local sep = string.find(value, ':', 1, true)
+  if sep then
+    return tonumber(string.sub(value, 1, sep - 1)), tonumber(string.sub(value, sep + 1))
+  end
+  return tonumber(value), nil
+end
 local out = {now}
 local a = 2
 local k = 0
 for r = 1, tonumber(ARGV[1]) do
   k = k + 1
-  if redis.call('HEXISTS', KEYS[k], ARGV[a]) == 1 then
-    if redis.call('HINCRBY', KEYS[k], ARGV[a], -tonumber(ARGV[a + 1])) <= 0 then
+  local value = redis.call('HGET', KEYS[k], ARGV[a])
+  if value then
+    local c, newest = parse(value)
+    c = c - tonumber(ARGV[a + 1])
+    if c <= 0 then
       redis.call('HDEL', KEYS[k], ARGV[a])
+    elseif newest then
+      redis.call('HSET', KEYS[k], ARGV[a], string.format('%d:%d', c, newest))
+    else
+      redis.call('HSET', KEYS[k], ARGV[a], string.format('%d', c))
     end
   end
   a = a + 2
@@ -68,6 +89,7 @@ for r = 1, requests_in_batch do
   local room = nil
   local live = {}
   local current = {}
+  local held = {}
   local keys = {}
   local windows = {}
   for i = 1, m do
@@ -77,21 +99,23 @@ for r = 1, requests_in_batch do
     local window = tonumber(ARGV[a + 1])
     a = a + 2
     local g = math.max(math.floor(window / 60), 1)
-    local span = math.ceil(window / g)
     local cur = math.floor(now / g)
-    local oldest = cur - span
     local flat = redis.call('HGETALL', key)
     local buckets = {}
     local count = 0
+    held[i] = {0, 0}
     for j = 1, #flat, 2 do
       local index = tonumber(flat[j])
-      if index < oldest then
+      local c, newest = parse(flat[j + 1])
+      if newest == nil then newest = (index + 1) * g - 1 end
+      if newest + window <= now then
         redis.call('HDEL', key, flat[j])
       elseif index <= cur then
-        local c = tonumber(flat[j + 1])
         count = count + c
         buckets[#buckets + 1] = index
         buckets[#buckets + 1] = c
+        buckets[#buckets + 1] = newest
+        if index == cur then held[i] = {c, newest} end
       end
     end
     live[i] = buckets
@@ -109,7 +133,11 @@ for r = 1, requests_in_batch do
   if allowed and charge then
     for i = 1, m do
       local g = math.max(math.floor(windows[i] / 60), 1)
-      redis.call('HINCRBY', keys[i], string.format('%d', current[i]), grant)
+      local newest = now
+      if grant > cost then newest = (current[i] + 1) * g - 1 end
+      newest = math.max(newest, held[i][2])
+      redis.call('HSET', keys[i], string.format('%d', current[i]),
+        string.format('%d:%d', held[i][1] + grant, newest))
       redis.call('PEXPIRE', keys[i], windows[i] + 2 * g)
     end
   end
@@ -332,14 +360,18 @@ fn int(value: &Value) -> Result<u64, LimiterError> {
     }
 }
 
-fn buckets(value: &Value) -> Result<Vec<(u64, u64)>, LimiterError> {
+fn buckets(value: &Value) -> Result<Vec<Bucket>, LimiterError> {
     let Value::Array(flat) = value else {
         return Err(unavailable(format!("unexpected reply {value:?}")));
     };
-    flat.chunks(2)
-        .map(|pair| match pair {
-            [index, count] => Ok((int(index)?, int(count)?)),
-            _ => Err(unavailable("odd bucket list")),
+    flat.chunks(3)
+        .map(|triple| match triple {
+            [index, count, newest] => Ok(Bucket {
+                index: int(index)?,
+                count: int(count)?,
+                newest_ms: int(newest)?,
+            }),
+            _ => Err(unavailable("bucket list not in threes")),
         })
         .collect()
 }

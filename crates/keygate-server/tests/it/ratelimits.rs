@@ -652,3 +652,117 @@ async fn a_429_in_problem_format_carries_the_limit() {
     assert_eq!((body["limit"].as_u64(), body["window"].as_str()), (Some(1), Some("1h")));
     assert!((3600..=3661).contains(&retry_after), "{retry_after}");
 }
+
+/// The limiter a seed test runs on: memory, or the local Redis (with leases
+/// off: a leased block is stamped with its bucket's end, which may make
+/// `Retry-After` one second later than a page's figure; docs/decisions.md).
+fn limiter_config(on_redis: bool) -> Option<String> {
+    if !on_redis {
+        return Some("url = \"memory://\"".into());
+    }
+    redis_url().map(|url| format!("url = \"{url}\"\nlease_max = 0"))
+}
+
+/// Status, the headers a page documents, and the body byte for byte.
+async fn exact_answer(response: reqwest::Response) -> String {
+    let shown = [
+        "content-type",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "retry-after",
+    ];
+    let mut text = format!("{}\n", response.status().as_u16());
+    for name in shown {
+        if let Some(value) = header(&response, name) {
+            text.push_str(&format!("{name}: {value}\n"));
+        }
+    }
+    text.push('\n');
+    text.push_str(&response.text().await.unwrap());
+    text
+}
+
+/// echowin's and EnvoyX's documented error bodies and headers, configured as
+/// their pages describe, byte for byte, on memory and on Redis.
+async fn seeds_answer_as_their_pages_say(on_redis: bool) {
+    let Some(limiter) = limiter_config(on_redis) else {
+        return;
+    };
+    let echowin = TestApp::builder()
+        .config(&format!(
+            r#"
+            [headers]
+            describe = "1h"
+            [errors]
+            format = "simple"
+            data = false
+            [errors.messages]
+            MISSING_API_KEY = "Missing X-API-Key header"
+            INVALID_API_KEY = "Invalid API key"
+            RATE_LIMIT_EXCEEDED = "Rate limit exceeded. Please try again later."
+            [limiter]
+            {limiter}
+            default_plan = "team"
+            [plans.team]
+            limits = [{{ requests = 1000, per = "1h" }}, {{ requests = 100, per = "1m" }}]
+            "#
+        ))
+        .start()
+        .await;
+    let ws = echowin.workspace("echowin team").await;
+    let (_, key) = echowin.key(&ws, json!({"name": "portal"})).await;
+    let missing = echowin
+        .http
+        .get(echowin.gateway_url("/v1/whoami"))
+        .send()
+        .await
+        .unwrap();
+    insta::assert_snapshot!("echowin_missing_key", exact_answer(missing).await);
+    insta::assert_snapshot!(
+        "echowin_invalid_key",
+        exact_answer(echowin.whoami("not-a-key").await).await
+    );
+    assert!(whoami_n(&echowin, &key, 100).await.iter().all(|s| *s == 200));
+    insta::assert_snapshot!("echowin_rate_limited", exact_answer(echowin.whoami(&key).await).await);
+
+    let envoyx = TestApp::builder()
+        .config(&format!(
+            r#"
+            [errors]
+            format = "envelope"
+            invalid_key_status = 403
+            hide_key_state = true
+            data = ["retry_after"]
+            [errors.messages]
+            MISSING_API_KEY = "API key is required. Include it in the X-API-Key header."
+            INVALID_API_KEY = "The provided API key is invalid or has been revoked."
+            [limiter]
+            {limiter}
+            default_plan = "standard"
+            [plans.standard]
+            limits = [{{ requests = 100, per = "1m" }}, {{ resource = "uploads", requests = 100, per = "1h" }}]
+            "#
+        ))
+        .start()
+        .await;
+    let ws = envoyx.workspace("EnvoyX customer").await;
+    let (_, key) = envoyx.key(&ws, json!({"name": "Production Server"})).await;
+    let missing = envoyx.http.get(envoyx.gateway_url("/v1/whoami")).send().await.unwrap();
+    insta::assert_snapshot!("envoyx_missing_key", exact_answer(missing).await);
+    insta::assert_snapshot!(
+        "envoyx_invalid_key",
+        exact_answer(envoyx.whoami("not-a-key").await).await
+    );
+    assert!(whoami_n(&envoyx, &key, 100).await.iter().all(|s| *s == 200));
+    insta::assert_snapshot!("envoyx_rate_limited", exact_answer(envoyx.whoami(&key).await).await);
+}
+
+#[tokio::test]
+async fn seeds_answer_as_their_pages_say_on_memory() {
+    seeds_answer_as_their_pages_say(false).await;
+}
+
+#[tokio::test]
+async fn seeds_answer_as_their_pages_say_on_redis() {
+    seeds_answer_as_their_pages_say(true).await;
+}
