@@ -257,6 +257,7 @@ impl Admin {
             client_ip,
             required_scopes,
             resources,
+            cost: 1,
             limits: if dry_run { LimitMode::DryRun } else { LimitMode::Enforce },
             record: !dry_run,
         };

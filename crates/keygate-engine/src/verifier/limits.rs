@@ -121,7 +121,7 @@ impl Verifier {
             return Ok((None, permit));
         }
         let started = std::time::Instant::now();
-        let decided = self.decide_limits(&set.checks, charge, now).await;
+        let decided = self.decide_limits(&set.checks, request.cost, charge, now).await;
         self.context.metrics().limiter_took(started.elapsed());
         let decision = match decided {
             Ok(decision) => decision,
@@ -201,7 +201,7 @@ impl Verifier {
         if set.checks.is_empty() {
             return None;
         }
-        let decision = self.decide_limits(&set.checks, Charge::DryRun, now).await.ok()?;
+        let decision = self.decide_limits(&set.checks, 1, Charge::DryRun, now).await.ok()?;
         Some(RateLimits::new(decision, &set))
     }
 
@@ -210,12 +210,13 @@ impl Verifier {
     async fn decide_limits(
         &self,
         checks: &[LimitCheck],
+        cost: u64,
         charge: Charge,
         now: DateTime<Utc>,
     ) -> Result<Decision, LimiterError> {
-        match self.limiter.check_now(checks, 1, charge, millis(now)) {
+        match self.limiter.check_now(checks, cost, charge, millis(now)) {
             Some(decision) => Ok(decision),
-            None => self.limiter.check(checks, 1, charge, millis(now)).await,
+            None => self.limiter.check(checks, cost, charge, millis(now)).await,
         }
     }
 

@@ -205,6 +205,8 @@ pub struct VerifyRequest<'a> {
     /// The rate-limit resources the request counts against (`default` for
     /// most routes; a route may stack several, decided as one).
     pub resources: &'a [String],
+    /// What the request spends of each rate limit (a route's `cost`; 1 by default).
+    pub cost: u64,
     pub limits: LimitMode,
     /// Record usage for this request (false for dry runs).
     pub record: bool,
@@ -218,6 +220,7 @@ impl<'a> VerifyRequest<'a> {
             client_ip,
             required_scopes: &[],
             resources: default_resources(),
+            cost: 1,
             limits: LimitMode::Enforce,
             record: true,
         }

@@ -34,6 +34,9 @@ pub struct RouteConfig {
     /// is also an API request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Vec<String>>,
+    /// What one request spends of each rate limit (an upload may cost 10).
+    #[serde(default = "default_cost")]
+    pub cost: u64,
     #[serde(default)]
     pub scopes: Vec<String>,
     #[serde(default = "yes")]
@@ -141,6 +144,8 @@ pub struct Route {
     pub eject_for: Duration,
     /// At least one, no repeats.
     pub resources: Vec<String>,
+    /// At least 1.
+    pub cost: u64,
     pub scopes: Vec<String>,
     pub auth: bool,
     pub strip_prefix: bool,
@@ -199,6 +204,9 @@ pub(super) fn validate_route(
         .collect::<Result<Vec<_>, _>>()?;
     let scopes = validate_scopes(&route.scopes).map_err(|e| fail("scopes", e.to_string()))?;
     let resources = route_resources(route).map_err(|(field, message)| fail(field, message))?;
+    if route.cost == 0 {
+        return Err(fail("cost", "must be at least 1 (a route that counts nothing needs no limits)".into()));
+    }
     let health_check = route
         .health_check
         .as_ref()
@@ -221,6 +229,7 @@ pub(super) fn validate_route(
         eject_after: route.eject_after,
         eject_for: route.eject_for.get(),
         resources,
+        cost: route.cost,
         scopes,
         auth: route.auth,
         strip_prefix: route.strip_prefix,
@@ -231,6 +240,10 @@ pub(super) fn validate_route(
         forward_key: route.forward_key,
         health_check,
     })
+}
+
+fn default_cost() -> u64 {
+    1
 }
 
 /// `resource = "x"` is `resources = ["x"]`; neither is `["default"]`.
@@ -271,6 +284,7 @@ pub fn catch_all_route(upstream: &str) -> RouteConfig {
         eject_for: default_eject_for(),
         resource: None,
         resources: None,
+        cost: default_cost(),
         scopes: vec![],
         auth: true,
         strip_prefix: false,

@@ -107,6 +107,7 @@ fn a_route_names_one_resource_or_several() {
         ("resources = []", "at least one"),
         ("resources = [\"a\", \"a\"]", "named twice"),
         ("resource = \"\"", "not a resource name"),
+        ("cost = 0", "cost"),
     ] {
         let err = route(bad).unwrap_err().to_string();
         assert!(err.contains("routes[0]") && err.contains(expected), "{bad}: {err}");

@@ -396,8 +396,9 @@ async fn process(
     }
     let required_scopes: &[String] = upstream.map_or(&[], |u| &u.route.scopes);
     let resources = upstream.map_or(default_resources(), |u| &u.route.resources[..]);
+    let cost = upstream.map_or(1, |u| u.route.cost);
     let verified = if upstream.is_none_or(|u| u.route.auth) {
-        match authenticate(gw, exchange, request.headers(), required_scopes, resources).await {
+        match authenticate(gw, exchange, request.headers(), required_scopes, resources, cost).await {
             Ok(verified) => Some(verified),
             Err(refused) => return refused,
         }
@@ -430,6 +431,7 @@ async fn authenticate(
     headers: &HeaderMap,
     required_scopes: &[String],
     resources: &[String],
+    cost: u64,
 ) -> Result<Verified, (Response, Option<Arc<CachedKey>>)> {
     let presented = match credential(headers) {
         Ok(presented) => presented,
@@ -441,6 +443,7 @@ async fn authenticate(
     let request = VerifyRequest {
         required_scopes,
         resources,
+        cost,
         ..VerifyRequest::new(presented, Some(exchange.client))
     };
     let started = Instant::now();

@@ -258,6 +258,7 @@ mod tests {
             eject_after: 3,
             eject_for,
             resources: vec!["default".into()],
+            cost: 1,
             scopes: vec![],
             auth: true,
             strip_prefix: false,

@@ -316,6 +316,41 @@ async fn envoyx_uploads_stacked_on_the_general_limit_count_against_both() {
     );
 }
 
+/// A route's `cost`: an upload spends 10 of the minute's 25; one that does
+/// not fit is refused whole and spends nothing.
+#[tokio::test]
+async fn a_route_cost_spends_that_much_of_every_limit() {
+    let upstream = echo_upstream().await;
+    let app = TestApp::builder()
+        .config(&format!(
+            r#"
+            [limiter]
+            default_plan = "p"
+            [plans.p]
+            limits = [{{ requests = 25, per = "1m" }}]
+            [[routes]]
+            path = "/upload"
+            upstream = "{}"
+            cost = 10
+            "#,
+            upstream.url
+        ))
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let upload = || app.http.post(app.gateway_url("/upload")).header("X-API-Key", &key).send();
+    let first = upload().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(number(&first, "x-ratelimit-remaining"), 15);
+    assert_eq!(upload().await.unwrap().status(), 200);
+    let refused = upload().await.unwrap();
+    assert_eq!(refused.status(), 429, "10 more do not fit in the 5 left");
+    let cheap = app.whoami(&key).await;
+    assert_eq!(cheap.status(), 200, "a request of cost 1 still fits");
+    assert_eq!(number(&cheap, "x-ratelimit-remaining"), 4, "the refused upload spent nothing");
+}
+
 /// EnvoyX: 100/minute general, 100 uploads/hour, 5 WebSocket connections per key.
 #[tokio::test]
 async fn envoyx_resources_and_connections() {
