@@ -24,12 +24,14 @@ pub enum EventType {
     KeyExpired,
     KeyMaxAgeExceeded,
     RateLimitExceeded,
+    /// A shadow limit would have refused a request (it was admitted).
+    RateLimitShadowExceeded,
     UsageAnomaly,
     AuthFailureBurst,
 }
 
 impl EventType {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::KeyCreated,
         Self::KeyRevoked,
         Self::KeyRotated,
@@ -38,6 +40,7 @@ impl EventType {
         Self::KeyExpired,
         Self::KeyMaxAgeExceeded,
         Self::RateLimitExceeded,
+        Self::RateLimitShadowExceeded,
         Self::UsageAnomaly,
         Self::AuthFailureBurst,
     ];
@@ -52,6 +55,7 @@ impl EventType {
             Self::KeyExpired => "key.expired",
             Self::KeyMaxAgeExceeded => "key.max_age_exceeded",
             Self::RateLimitExceeded => "ratelimit.exceeded",
+            Self::RateLimitShadowExceeded => "ratelimit.shadow_exceeded",
             Self::UsageAnomaly => "usage.anomaly",
             Self::AuthFailureBurst => "auth.failure_burst",
         }

@@ -24,6 +24,22 @@ pub enum LimitScope {
     Workspace,
 }
 
+/// Whether a limit refuses (`enforce`) or is only counted and reported
+/// (`shadow`: an operator watches a stricter limit before switching it on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+impl Enforcement {
+    pub fn is_enforce(&self) -> bool {
+        *self == Self::Enforce
+    }
+}
+
 /// A limit as written by people: `per` is a duration string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +50,8 @@ pub struct LimitSpec {
     pub per: String,
     #[serde(default)]
     pub scope: LimitScope,
+    #[serde(default, skip_serializing_if = "Enforcement::is_enforce")]
+    pub mode: Enforcement,
 }
 
 fn default_resource() -> String {
@@ -159,7 +177,7 @@ pub fn validate_limits(limits: &[LimitSpec]) -> Result<Vec<LimitSpec>, LimitErro
     for (i, a) in validated.iter().enumerate() {
         if validated[..i]
             .iter()
-            .any(|b| a.resource == b.resource && a.per == b.per && a.scope == b.scope)
+            .any(|b| a.resource == b.resource && a.per == b.per && a.scope == b.scope && a.mode == b.mode)
         {
             return Err(LimitError::Duplicate {
                 resource: a.resource.clone(),
@@ -187,6 +205,7 @@ mod tests {
             requests,
             per: per.into(),
             scope: LimitScope::Key,
+            mode: Enforcement::Enforce,
         }
     }
 

@@ -41,6 +41,8 @@ pub struct Rule {
     pub requests: u64,
     pub window_ms: u64,
     bucket_ms: u64,
+    /// Counted and reported, never refusing (`mode = "shadow"`).
+    pub shadow: bool,
 }
 
 impl Rule {
@@ -50,7 +52,13 @@ impl Rule {
             requests,
             window_ms,
             bucket_ms: (window_ms / BUCKETS).max(1),
+            shadow: false,
         }
+    }
+
+    /// The same limit in shadow mode.
+    pub fn in_shadow(self) -> Self {
+        Self { shadow: true, ..self }
     }
 
     pub fn bucket_ms(&self) -> u64 {
@@ -214,6 +222,8 @@ impl Counter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitState {
     pub rule: Rule,
+    /// A shadow limit that would have refused this request (and was not charged).
+    pub shadow_refused: bool,
     /// Requests that still fit now.
     pub remaining: u64,
     /// When the limit next admits a request (if exhausted) or regains capacity.
@@ -235,10 +245,17 @@ pub struct Decision {
 impl Decision {
     /// The refusing limit that admits last: the one a 429 names.
     pub fn refusing(&self) -> Option<&LimitState> {
-        self.limits
-            .iter()
-            .filter(|l| l.remaining == 0)
-            .max_by_key(|l| l.reset_ms)
+        self.enforced().filter(|l| l.remaining == 0).max_by_key(|l| l.reset_ms)
+    }
+
+    /// The limits that refuse: every one but the shadow ones.
+    pub fn enforced(&self) -> impl Iterator<Item = &LimitState> {
+        self.limits.iter().filter(|l| !l.rule.shadow)
+    }
+
+    /// The shadow limits that would have refused this request.
+    pub fn shadow_refusals(&self) -> impl Iterator<Item = &LimitState> {
+        self.limits.iter().filter(|l| l.shadow_refused)
     }
 
     /// Whole seconds to wait, rounded up so a client never retries too early.
@@ -250,7 +267,7 @@ impl Decision {
     /// The limit closest to exhaustion: the one the `X-RateLimit-*` headers
     /// describe by default.
     pub fn tightest(&self) -> Option<&LimitState> {
-        tightest_of(self.limits.iter())
+        tightest_of(self.enforced())
     }
 
     /// The limit the `X-RateLimit-*` headers describe under `describe`: the
@@ -260,11 +277,11 @@ impl Decision {
         match describe {
             Describe::Tightest => self.tightest(),
             Describe::Longest => {
-                let longest = self.limits.iter().map(|l| l.rule.window_ms).max()?;
-                tightest_of(self.limits.iter().filter(|l| l.rule.window_ms == longest))
+                let longest = self.enforced().map(|l| l.rule.window_ms).max()?;
+                tightest_of(self.enforced().filter(|l| l.rule.window_ms == longest))
             }
             Describe::Window(window_ms) => {
-                tightest_of(self.limits.iter().filter(|l| l.rule.window_ms == window_ms)).or_else(|| self.tightest())
+                tightest_of(self.enforced().filter(|l| l.rule.window_ms == window_ms)).or_else(|| self.tightest())
             }
         }
     }
@@ -316,17 +333,24 @@ impl From<Describe> for String {
     }
 }
 
-/// Decides a request against several limits as one: either every limit admits
-/// and (when `charge`) every counter is charged, or nothing is charged. Without
-/// `charge` it only reports, for dry runs and for the headers of requests
-/// refused for another reason.
+/// Decides a request against several limits as one: either every enforced
+/// limit admits and (when `charge`) every counter is charged, or nothing is
+/// charged. A shadow limit never refuses: it is charged with the request
+/// when it would have admitted it alone, and otherwise marked
+/// `shadow_refused` and left uncharged, so its counts are exactly those of
+/// the limit enforced. Without `charge` it only reports, for dry runs and for
+/// the headers of requests refused for another reason.
 pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charge: bool) -> Decision {
-    let allowed = limits
+    let fits: SmallFits = limits
         .iter_mut()
-        .all(|(rule, counter)| counter.live(rule, now_ms) + cost <= rule.requests);
+        .map(|(rule, counter)| counter.live(rule, now_ms) + cost <= rule.requests)
+        .collect();
+    let allowed = limits.iter().zip(&fits).all(|((rule, _), fits)| rule.shadow || *fits);
     if allowed && charge {
-        for (rule, counter) in limits.iter_mut() {
-            counter.add(rule, now_ms, cost);
+        for ((rule, counter), fits) in limits.iter_mut().zip(&fits) {
+            if *fits {
+                counter.add(rule, now_ms, cost);
+            }
         }
     }
     let retry_at_ms = if allowed {
@@ -334,12 +358,14 @@ pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charg
     } else {
         limits
             .iter()
+            .filter(|(rule, _)| !rule.shadow)
             .map(|(rule, counter)| counter.admits_at(rule, now_ms, cost))
             .max()
     };
     let states = limits
         .iter_mut()
-        .map(|(rule, counter)| {
+        .zip(&fits)
+        .map(|((rule, counter), fits)| {
             let remaining = rule.requests.saturating_sub(counter.live(rule, now_ms));
             let reset_ms = if remaining == 0 {
                 counter.admits_at(rule, now_ms, 1)
@@ -348,6 +374,7 @@ pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charg
             };
             LimitState {
                 rule: *rule,
+                shadow_refused: rule.shadow && allowed && !fits,
                 remaining,
                 reset_ms,
             }
@@ -360,6 +387,9 @@ pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charg
         retry_at_ms,
     }
 }
+
+/// Whether each limit fits the request: a handful, on the stack.
+type SmallFits = smallvec::SmallVec<[bool; 8]>;
 
 #[cfg(test)]
 mod tests {
@@ -392,6 +422,7 @@ mod tests {
     fn the_header_policy_picks_tightest_longest_or_a_window() {
         let state = |requests, window_ms, remaining| LimitState {
             rule: Rule::new(requests, window_ms),
+            shadow_refused: false,
             remaining,
             reset_ms: 0,
         };
@@ -445,6 +476,34 @@ mod tests {
     fn lookback_is_one_bucket_past_the_window() {
         assert_eq!(Rule::new(1, MINUTE).lookback_ms(), MINUTE + 1_000);
         assert_eq!(Rule::new(1, 60 * MINUTE).lookback_ms(), 61 * MINUTE);
+    }
+
+    #[test]
+    fn a_shadow_limit_never_refuses_and_counts_as_if_enforced() {
+        let enforced = Rule::new(100, MINUTE);
+        let shadow = Rule::new(3, MINUTE).in_shadow();
+        let (mut e, mut s) = (Counter::default(), Counter::default());
+        let t = 5 * 60 * MINUTE;
+        let mut would_refuse = 0;
+        for _ in 0..10 {
+            let decision = decide(&mut [(enforced, &mut e), (shadow, &mut s)], t, 1, true);
+            assert!(decision.allowed);
+            would_refuse += decision.shadow_refusals().count();
+            assert_eq!(
+                decision.tightest().unwrap().rule,
+                enforced,
+                "headers never describe a shadow limit"
+            );
+        }
+        assert_eq!(would_refuse, 7);
+        assert_eq!(s.count(&shadow, t), 3, "charged only when it would have admitted");
+        assert_eq!(e.count(&enforced, t), 10);
+        // Refused by an enforced limit: the shadow one is neither charged nor marked.
+        let tight = Rule::new(10, MINUTE);
+        let refused = decide(&mut [(tight, &mut e), (shadow, &mut s)], t, 1, true);
+        assert!(!refused.allowed);
+        assert_eq!(refused.shadow_refusals().count(), 0);
+        assert_eq!(refused.refusing().unwrap().rule, tight);
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn limit(requests: u64, per: &str) -> LimitSpec {
         requests,
         per: per.into(),
         scope: LimitScope::Key,
+        mode: Default::default(),
     }
 }
 

@@ -17,7 +17,7 @@ use keygate_core::duration::format_duration;
 use keygate_core::events::{event_body, AnomalyRule, EventType};
 use keygate_core::id::EVENT_PREFIX;
 use keygate_core::model::ApiKey;
-use keygate_core::ratelimit::Decision;
+use keygate_core::ratelimit::{Decision, LimitState};
 use keygate_store::{KeyActivity, KeyEventScan, NewEvent, StoreError};
 use serde_json::{json, Value};
 
@@ -63,10 +63,14 @@ impl Default for EventSettings {
 
 /// The fixed window of a limit that a refusal falls in: `ratelimit.exceeded`
 /// is announced once per key, limit and window.
-fn refusal_window(decision: &Decision) -> Option<(u64, u64)> {
-    let limit = decision.refusing()?;
-    let window_ms = limit.rule.window_ms.max(1);
-    Some((window_ms, decision.now_ms / window_ms * window_ms))
+/// A limit that refused (or, in shadow, would have): which event, the
+/// counter's resource (deduplication) and the configured one (the event's).
+struct Refusal<'a> {
+    kind: EventType,
+    counter: &'a str,
+    resource: &'a str,
+    limit: &'a LimitState,
+    decided_at_ms: u64,
 }
 
 /// Deciding events: the gateway's, stored with the usage flush, and the
@@ -126,15 +130,47 @@ impl Events {
         decision: &Decision,
         now: DateTime<Utc>,
     ) {
+        if let Some(limit) = decision.refusing() {
+            let refusal = Refusal {
+                kind: EventType::RateLimitExceeded,
+                counter: resource,
+                resource,
+                limit,
+                decided_at_ms: decision.now_ms,
+            };
+            self.limit_refused(cached, refusal, now);
+        }
+    }
+
+    /// Called for every request a shadow limit would have refused (it was
+    /// admitted): one `ratelimit.shadow_exceeded` per limit and window.
+    pub(crate) fn shadow_limit_exceeded(
+        &self,
+        cached: &CachedKey,
+        (counter, resource): (&str, &str),
+        limit: &LimitState,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) {
+        let refusal = Refusal {
+            kind: EventType::RateLimitShadowExceeded,
+            counter,
+            resource,
+            limit,
+            decided_at_ms: decision.now_ms,
+        };
+        self.limit_refused(cached, refusal, now);
+    }
+
+    fn limit_refused(&self, cached: &CachedKey, refusal: Refusal<'_>, now: DateTime<Utc>) {
         if !self.settings.enabled {
             return;
         }
-        let Some((window_ms, window_start)) = refusal_window(decision) else {
-            return;
-        };
+        let window_ms = refusal.limit.rule.window_ms.max(1);
+        let window_start = refusal.decided_at_ms / window_ms * window_ms;
         let seen = (
             cached.key_id.clone(),
-            Arc::<str>::from(resource),
+            Arc::<str>::from(refusal.counter),
             window_ms,
             window_start,
         );
@@ -142,25 +178,19 @@ impl Events {
             return;
         }
         self.announced_refusals.insert(seen, ());
-        let limit = decision.refusing().map_or(0, |limit| limit.rule.requests);
-        let window = format_duration(Duration::from_millis(window_ms));
+        let resource = refusal.resource;
         let data = json!({
             "key_id": &*cached.key_id,
             "workspace_id": &*cached.workspace_id,
             "resource": resource,
-            "limit": limit,
-            "window": window,
+            "limit": refusal.limit.rule.requests,
+            "window": format_duration(Duration::from_millis(window_ms)),
             "window_start": DateTime::from_timestamp_millis(window_start as i64),
         });
-        let mut event = self.new_event(
-            EventType::RateLimitExceeded,
-            now,
-            Some(&cached.workspace_id),
-            &cached.key_id,
-            data,
-        );
+        let mut event = self.new_event(refusal.kind, now, Some(&cached.workspace_id), &cached.key_id, data);
         event.dedup_key = Some(format!(
-            "ratelimit.exceeded:{}:{resource}:{window_ms}:{window_start}",
+            "{}:{}:{resource}:{window_ms}:{window_start}",
+            refusal.kind.as_str(),
             cached.key_id
         ));
         self.usage.record_event(event);

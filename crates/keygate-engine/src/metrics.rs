@@ -110,6 +110,7 @@ pub struct Metrics {
     store_errors: Family<OperationLabels, Counter>,
     webhook_attempts: Family<WebhookLabels, Counter>,
     webhook_seconds: Histogram,
+    shadow_refusals: Counter,
 }
 
 impl Default for Metrics {
@@ -148,6 +149,7 @@ impl Default for Metrics {
             limiter_seconds: latency_histogram(),
             store_seconds: Family::new_with_constructor(latency_histogram),
             store_errors,
+            shadow_refusals: Counter::default(),
         }
     }
 }
@@ -244,6 +246,11 @@ impl Metrics {
         self.webhook_seconds.observe(took.as_secs_f64());
     }
 
+    /// A request a shadow limit would have refused (it was admitted).
+    pub(crate) fn shadow_refusal(&self) {
+        self.shadow_refusals.inc();
+    }
+
     /// The text format, as Prometheus scrapes it.
     pub fn encode(&self, values: ScrapeValues) -> Result<String, fmt::Error> {
         let mut registry = Registry::with_prefix("keygate");
@@ -291,6 +298,11 @@ impl Metrics {
             "webhook_attempt_duration_seconds",
             "Time from sending a webhook to the receiver's answer (or the error)",
             self.webhook_seconds.clone(),
+        );
+        registry.register(
+            "shadow_refusals",
+            "Requests a limit in shadow mode would have refused; they were admitted",
+            self.shadow_refusals.clone(),
         );
         let (target_up, target_requests) = target_families(values.targets);
         registry.register(

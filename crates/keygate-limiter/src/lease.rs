@@ -282,6 +282,7 @@ mod tests {
             now_ms,
             limits: vec![LimitState {
                 rule: Rule::new(1_000, MINUTE),
+                shadow_refused: false,
                 remaining,
                 reset_ms: now_ms + MINUTE,
             }],

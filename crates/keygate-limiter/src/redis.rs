@@ -42,7 +42,8 @@ use crate::{Charge, LimitCheck, Limiter, LimiterError, LimiterHealth, Permit, Pe
 /// requests in order. ARGV: the number of returns and each one's (bucket,
 /// amount); the number of requests, then per request its cost, whether to
 /// charge, the block it asks for (`want`, at least its cost; see lease.rs)
-/// and its number of limits, then each limit's (requests, window ms). KEYS:
+/// and its number of limits, then each limit's (requests, window ms, 1 for a
+/// shadow limit: never refuses, charged only when it would admit). KEYS:
 /// each return's key, then every limit's key, in the same order. Returns
 /// Redis's time, then per request 1 or 0, what it was granted (its cost, or
 /// a block of at most 1/16 of the room left, never more than `want`), and
@@ -87,6 +88,9 @@ for r = 1, requests_in_batch do
   local m = tonumber(ARGV[a + 3])
   a = a + 4
   local room = nil
+  local fits = {}
+  local shadow = {}
+  local has_shadow = false
   local live = {}
   local current = {}
   local held = {}
@@ -97,7 +101,8 @@ for r = 1, requests_in_batch do
     local key = KEYS[k]
     local requests = tonumber(ARGV[a])
     local window = tonumber(ARGV[a + 1])
-    a = a + 2
+    shadow[i] = ARGV[a + 2] == '1'
+    a = a + 3
     local g = math.max(math.floor(window / 60), 1)
     local cur = math.floor(now / g)
     local flat = redis.call('HGETALL', key)
@@ -123,22 +128,29 @@ for r = 1, requests_in_batch do
     keys[i] = key
     windows[i] = window
     local left = requests - count
-    if room == nil or left < room then room = left end
+    fits[i] = left >= cost
+    if shadow[i] then
+      has_shadow = true
+    elseif room == nil or left < room then
+      room = left
+    end
   end
   local allowed = room == nil or room >= cost
   local grant = cost
-  if allowed and charge and room ~= nil and want > cost then
+  if allowed and charge and room ~= nil and want > cost and not has_shadow then
     grant = math.max(cost, math.min(want, math.floor(room / 16)))
   end
   if allowed and charge then
     for i = 1, m do
-      local g = math.max(math.floor(windows[i] / 60), 1)
-      local newest = now
-      if grant > cost then newest = (current[i] + 1) * g - 1 end
-      newest = math.max(newest, held[i][2])
-      redis.call('HSET', keys[i], string.format('%d', current[i]),
-        string.format('%d:%d', held[i][1] + grant, newest))
-      redis.call('PEXPIRE', keys[i], windows[i] + 2 * g)
+      if fits[i] then
+        local g = math.max(math.floor(windows[i] / 60), 1)
+        local newest = now
+        if grant > cost then newest = (current[i] + 1) * g - 1 end
+        newest = math.max(newest, held[i][2])
+        redis.call('HSET', keys[i], string.format('%d', current[i]),
+          string.format('%d:%d', held[i][1] + grant, newest))
+        redis.call('PEXPIRE', keys[i], windows[i] + 2 * g)
+      end
     end
   end
   out[#out + 1] = allowed and 1 or 0
@@ -620,7 +632,8 @@ impl RedisLimiter {
                 invocation
                     .key(check.key.redis_key())
                     .arg(check.rule.requests)
-                    .arg(check.rule.window_ms);
+                    .arg(check.rule.window_ms)
+                    .arg(u8::from(check.rule.shadow));
             }
         }
         let reply: Vec<Value> = invocation.invoke_async(&mut connection).await.map_err(unavailable)?;

@@ -259,6 +259,36 @@ async fn a_block_left_unused_is_given_back_when_its_bucket_ends() {
     }
 }
 
+/// A shadow limit decided the same way by both backends: never refusing,
+/// charged only when it would have admitted.
+#[tokio::test]
+async fn backends_agree_on_shadow_limits() {
+    let Some(url) = redis_url().await else { return };
+    let owner = owner("shadow");
+    let memory = MemoryLimiter::new(100);
+    let redis = leasing(&url);
+    let enforced = check(&owner, 100, MINUTE);
+    let mut shadow = check(&owner, 3, MINUTE);
+    shadow.key.resource = Arc::from("default~shadow");
+    shadow.rule = shadow.rule.in_shadow();
+    let checks = vec![enforced, shadow];
+    for limiter in [&memory as &dyn Limiter, &redis] {
+        let mut would_refuse = 0;
+        for _ in 0..10 {
+            let decision = limiter.check(&checks, 1, Charge::Consume, now_ms()).await.unwrap();
+            assert!(decision.allowed);
+            would_refuse += decision.shadow_refusals().count();
+        }
+        assert_eq!(would_refuse, 7);
+        let after = limiter.check(&checks, 1, Charge::DryRun, now_ms()).await.unwrap();
+        assert_eq!(
+            (after.limits[0].remaining, after.limits[1].remaining),
+            (90, 0),
+            "10 charged to the enforced limit, 3 to the shadow one"
+        );
+    }
+}
+
 #[tokio::test]
 async fn backends_agree_on_the_details() {
     let Some(url) = redis_url().await else { return };

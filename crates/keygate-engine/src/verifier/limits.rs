@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use keygate_core::duration::format_duration;
 use keygate_core::error::ErrorInstance;
-use keygate_core::limits::{effective_limits, LimitScope, Plan};
+use keygate_core::limits::{effective_limits, Enforcement, LimitScope, Plan};
 use keygate_core::ratelimit::{Decision, Describe, Rule};
 use keygate_core::ErrorCode;
 use keygate_limiter::{Charge, CounterKey, LimitCheck, LimiterError, Permit, PermitKey};
@@ -51,6 +51,10 @@ impl RateLimits {
             .map_or(keygate_core::limits::DEFAULT_RESOURCE, |check| &check.key.resource)
     }
 }
+
+/// Appended to a shadow limit's resource in its counter's name (never a
+/// resource name character, so it cannot collide with a configured one).
+pub const SHADOW_SUFFIX: &str = "~shadow";
 
 /// Resource lists remembered per cached key; routes name a handful.
 const MAX_MEMOIZED_RESOURCES: usize = 16;
@@ -220,6 +224,22 @@ impl Verifier {
         }
     }
 
+    /// Shadow limits that would have refused an admitted request: counted
+    /// in `/metrics`, announced once per limit and window.
+    pub(crate) fn report_shadow_refusals(&self, cached: &CachedKey, limits: &RateLimits, now: DateTime<Utc>) {
+        let decision = &limits.decision;
+        for (state, check) in decision.limits.iter().zip(limits.checks.iter()) {
+            if !state.shadow_refused {
+                continue;
+            }
+            self.context.metrics().shadow_refusal();
+            let counter = &*check.key.resource;
+            let resource = counter.strip_suffix(SHADOW_SUFFIX).unwrap_or(counter);
+            self.events
+                .shadow_limit_exceeded(cached, (counter, resource), state, decision, now);
+        }
+    }
+
     /// Readiness of the rate-limit backend, for `/readyz`.
     pub async fn limiter_readiness(&self) -> keygate_limiter::LimiterHealth {
         self.limiter.readiness().await
@@ -254,13 +274,20 @@ fn compute_limit_checks(plan: Option<&Plan>, cached: &CachedKey, resource: &str)
                 LimitScope::Workspace => cached.workspace_id.clone(),
             };
             let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+            let rule = Rule::new(spec.requests, window_ms);
+            // A shadow limit counts on a counter of its own: beside an
+            // enforced limit of the same window, sharing would mix their counts.
+            let (resource, rule) = match spec.mode {
+                Enforcement::Enforce => (Arc::from(spec.resource.as_str()), rule),
+                Enforcement::Shadow => (Arc::from(format!("{}{SHADOW_SUFFIX}", spec.resource)), rule.in_shadow()),
+            };
             Some(LimitCheck {
                 key: CounterKey {
                     owner,
-                    resource: Arc::from(spec.resource.as_str()),
+                    resource,
                     window_ms,
                 },
-                rule: Rule::new(spec.requests, window_ms),
+                rule,
             })
         })
         .collect()

@@ -5,7 +5,7 @@
 //! lock held across an await.
 
 mod changes;
-mod limits;
+pub(crate) mod limits;
 pub(crate) mod store_health;
 
 pub use changes::Hearing;
@@ -386,6 +386,9 @@ impl Verifier {
         match self.apply_limits(&cached, request, now).await {
             Ok((limits, permit)) => {
                 self.record(&cached, request, ADMITTED, now);
+                if let Some(limits) = limits.as_ref().filter(|_| request.limits == LimitMode::Enforce) {
+                    self.report_shadow_refusals(&cached, limits, now);
+                }
                 Ok(Verified {
                     key: cached,
                     limits,

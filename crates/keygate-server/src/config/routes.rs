@@ -205,7 +205,10 @@ pub(super) fn validate_route(
     let scopes = validate_scopes(&route.scopes).map_err(|e| fail("scopes", e.to_string()))?;
     let resources = route_resources(route).map_err(|(field, message)| fail(field, message))?;
     if route.cost == 0 {
-        return Err(fail("cost", "must be at least 1 (a route that counts nothing needs no limits)".into()));
+        return Err(fail(
+            "cost",
+            "must be at least 1 (a route that counts nothing needs no limits)".into(),
+        ));
     }
     let health_check = route
         .health_check

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use keygate_core::limits::{LimitScope, LimitSpec};
+use keygate_core::limits::{Enforcement, LimitScope, LimitSpec};
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_engine::admin::UsageBucket;
 use keygate_store::{AuditEvent, Delivery, Paged, StoredEvent, WebhookEndpoint};
@@ -39,6 +39,10 @@ pub struct Limit {
     #[serde(default)]
     #[schema(value_type = String, pattern = "^(key|workspace)$")]
     pub scope: LimitScope,
+    /// `enforce` (default) or `shadow`: counted and reported, never refusing.
+    #[serde(default, skip_serializing_if = "Enforcement::is_enforce")]
+    #[schema(value_type = String, pattern = "^(enforce|shadow)$")]
+    pub mode: Enforcement,
 }
 
 fn default_resource() -> String {
@@ -52,6 +56,7 @@ impl From<Limit> for LimitSpec {
             requests: l.requests,
             per: l.per,
             scope: l.scope,
+            mode: l.mode,
         }
     }
 }
@@ -63,6 +68,7 @@ impl From<&LimitSpec> for Limit {
             requests: l.requests,
             per: l.per.clone(),
             scope: l.scope,
+            mode: l.mode,
         }
     }
 }

@@ -43,12 +43,14 @@ pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: RateLimi
             headers.insert(X_RATELIMIT_RESET, HeaderValue::from(described.reset_ms.div_ceil(1000)));
         }
     }
-    if style.ietf && !decision.limits.is_empty() {
+    if style.ietf && decision.enforced().next().is_some() {
+        // Shadow limits are not the client's business: only enforced ones are listed.
         let named = || {
             decision
                 .limits
                 .iter()
                 .zip(limits.checks.iter().map(|c| &c.key.resource))
+                .filter(|(limit, _)| !limit.rule.shadow)
         };
         let policy: Vec<String> = named()
             .map(|(l, r)| {
@@ -85,6 +87,9 @@ pub struct LimitView {
     pub remaining: u64,
     /// Unix seconds at which the limit next regains capacity.
     pub reset: u64,
+    /// `shadow` for a limit that is counted but never refuses; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
 }
 
 pub fn views(limits: &RateLimits) -> Vec<LimitView> {
@@ -94,7 +99,11 @@ pub fn views(limits: &RateLimits) -> Vec<LimitView> {
         .iter()
         .zip(limits.checks.iter().map(|c| &c.key.resource))
         .map(|(l, resource)| LimitView {
-            resource: resource.to_string(),
+            resource: resource
+                .strip_suffix(keygate_engine::SHADOW_SUFFIX)
+                .unwrap_or(resource)
+                .to_string(),
+            mode: l.rule.shadow.then_some("shadow"),
             limit: l.rule.requests,
             window: format_duration(std::time::Duration::from_millis(l.rule.window_ms)),
             remaining: l.remaining,

@@ -339,7 +339,12 @@ async fn a_route_cost_spends_that_much_of_every_limit() {
         .await;
     let ws = app.workspace("Acme").await;
     let (_, key) = app.key(&ws, json!({"name": "k"})).await;
-    let upload = || app.http.post(app.gateway_url("/upload")).header("X-API-Key", &key).send();
+    let upload = || {
+        app.http
+            .post(app.gateway_url("/upload"))
+            .header("X-API-Key", &key)
+            .send()
+    };
     let first = upload().await.unwrap();
     assert_eq!(first.status(), 200);
     assert_eq!(number(&first, "x-ratelimit-remaining"), 15);
@@ -348,7 +353,11 @@ async fn a_route_cost_spends_that_much_of_every_limit() {
     assert_eq!(refused.status(), 429, "10 more do not fit in the 5 left");
     let cheap = app.whoami(&key).await;
     assert_eq!(cheap.status(), 200, "a request of cost 1 still fits");
-    assert_eq!(number(&cheap, "x-ratelimit-remaining"), 4, "the refused upload spent nothing");
+    assert_eq!(
+        number(&cheap, "x-ratelimit-remaining"),
+        4,
+        "the refused upload spent nothing"
+    );
 }
 
 /// EnvoyX: 100/minute general, 100 uploads/hour, 5 WebSocket connections per key.

@@ -646,3 +646,51 @@ async fn one_endpoint_gets_its_first_attempts_in_event_order_one_at_a_time() {
         "the second delivery waited for the answer to the first"
     );
 }
+
+/// A limit in shadow mode (issue 19): a stricter 5 a minute watched beside
+/// the enforced 100. Nothing is refused; the 15 requests it would have
+/// refused are counted exactly in `/metrics`, it is announced once per
+/// window, and it never reaches the rate-limit headers.
+#[tokio::test]
+async fn a_shadow_limit_counts_and_announces_but_never_refuses() {
+    let app = TestApp::builder()
+        .config(DRIVEN)
+        .config(
+            "[limiter]\ndefault_plan = \"watched\"\n[plans.watched]\n\
+             limits = [{ requests = 100, per = \"1m\" }, { requests = 5, per = \"1m\", mode = \"shadow\" }]",
+        )
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (key_id, key) = app.key(&ws, json!({"name": "watched"})).await;
+    let now = app.clock.now();
+    app.clock.advance(Duration::seconds(60 - now.timestamp() % 60));
+    for i in 0..20 {
+        let response = app.whoami(&key).await;
+        assert_eq!(response.status(), 200, "request {i}: a shadow limit never refuses");
+        assert_eq!(
+            response.headers()["x-ratelimit-limit"],
+            "100",
+            "the headers describe the enforced limit"
+        );
+        if i == 19 {
+            let body: Value = response.json().await.unwrap();
+            let shadow = &body["ratelimit"]["limits"][1];
+            assert_eq!(
+                (&shadow["mode"], &shadow["resource"], &shadow["remaining"]),
+                (&json!("shadow"), &json!("default"), &json!(0)),
+                "{body}"
+            );
+        }
+    }
+    let (text, _) = crate::metrics::scrape(&app).await;
+    assert!(
+        text.lines().any(|line| line == "keygate_shadow_refusals_total 15"),
+        "{text}"
+    );
+    app.app.engine.usage().flush().await.unwrap();
+    let events = events_of_key(&app, &key_id).await;
+    assert_eq!(types_of(&events), ["ratelimit.shadow_exceeded", "key.created"]);
+    let data = &events[0]["payload"]["data"];
+    assert_eq!((data["limit"].as_u64(), data["window"].as_str()), (Some(5), Some("1m")));
+}
