@@ -388,6 +388,15 @@ pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charg
     }
 }
 
+/// Charges `cost` to every counter whatever room it has (a cost reported
+/// after the request was admitted: it happened), then reports how they stand.
+pub fn charge_anyway(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64) -> Decision {
+    for (rule, counter) in limits.iter_mut() {
+        counter.add(rule, now_ms, cost);
+    }
+    decide(limits, now_ms, 0, false)
+}
+
 /// Whether each limit fits the request: a handful, on the stack.
 type SmallFits = smallvec::SmallVec<[bool; 8]>;
 

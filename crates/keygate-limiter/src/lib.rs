@@ -51,6 +51,9 @@ pub struct LimitCheck {
 pub enum Charge {
     Consume,
     DryRun,
+    /// Charge every counter whatever room it has: a cost the upstream
+    /// reported after the request was admitted (`cost_header`).
+    Force,
 }
 
 /// Whose permits a concurrency limit counts.

@@ -8,7 +8,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use keygate_core::ratelimit::{decide, Counter, Decision, Rule};
+use keygate_core::ratelimit::{charge_anyway, decide, Counter, Decision, Rule};
 use rustc_hash::FxBuildHasher;
 use smallvec::SmallVec;
 
@@ -111,7 +111,10 @@ impl MemoryLimiter {
             .zip(guards.iter_mut())
             .filter_map(|(check, guard)| guard.as_deref_mut().map(|counter| (check.rule, counter)))
             .collect();
-        decide(&mut limits, now_ms, cost, charge == Charge::Consume)
+        match charge {
+            Charge::Force => charge_anyway(&mut limits, now_ms, cost),
+            Charge::Consume | Charge::DryRun => decide(&mut limits, now_ms, cost, charge == Charge::Consume),
+        }
     }
 
     pub fn acquire_now(&self, key: &PermitKey, max: u32) -> Option<Permit> {

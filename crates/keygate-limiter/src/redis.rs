@@ -41,7 +41,7 @@ use crate::{Charge, LimitCheck, Limiter, LimiterError, LimiterHealth, Permit, Pe
 /// Gives back what ended leases have left, then decides a batch of
 /// requests in order. ARGV: the number of returns and each one's (bucket,
 /// amount); the number of requests, then per request its cost, whether to
-/// charge, the block it asks for (`want`, at least its cost; see lease.rs)
+/// charge (0 no, 1 if every enforced limit has room, 2 whatever room), the block it asks for (`want`, at least its cost; see lease.rs)
 /// and its number of limits, then each limit's (requests, window ms, 1 for a
 /// shadow limit: never refuses, charged only when it would admit). KEYS:
 /// each return's key, then every limit's key, in the same order. Returns
@@ -83,7 +83,8 @@ local requests_in_batch = tonumber(ARGV[a])
 a = a + 1
 for r = 1, requests_in_batch do
   local cost = tonumber(ARGV[a])
-  local charge = ARGV[a + 1] == '1'
+  local charge = ARGV[a + 1] ~= '0'
+  local force = ARGV[a + 1] == '2'
   local want = tonumber(ARGV[a + 2])
   local m = tonumber(ARGV[a + 3])
   a = a + 4
@@ -135,14 +136,14 @@ for r = 1, requests_in_batch do
       room = left
     end
   end
-  local allowed = room == nil or room >= cost
+  local allowed = force or room == nil or room >= cost
   local grant = cost
-  if allowed and charge and room ~= nil and want > cost and not has_shadow then
+  if allowed and charge and not force and room ~= nil and want > cost and not has_shadow then
     grant = math.max(cost, math.min(want, math.floor(room / 16)))
   end
   if allowed and charge then
     for i = 1, m do
-      if fits[i] then
+      if fits[i] or force then
         local g = math.max(math.floor(windows[i] / 60), 1)
         local newest = now
         if grant > cost then newest = (current[i] + 1) * g - 1 end
@@ -437,7 +438,7 @@ impl Limiter for RedisLimiter {
     fn check_now(&self, checks: &[LimitCheck], cost: u64, charge: Charge, _now_ms: u64) -> Option<Decision> {
         match charge {
             Charge::Consume => self.leases.as_ref()?.take(checks, cost, Instant::now()),
-            Charge::DryRun => None,
+            Charge::DryRun | Charge::Force => None,
         }
     }
 
@@ -625,7 +626,11 @@ impl RedisLimiter {
         for request in requests {
             invocation
                 .arg(request.cost)
-                .arg(u8::from(request.charge == Charge::Consume))
+                .arg(match request.charge {
+                    Charge::DryRun => 0u8,
+                    Charge::Consume => 1,
+                    Charge::Force => 2,
+                })
                 .arg(request.want.max(request.cost))
                 .arg(request.checks.len());
             for check in request.checks {

@@ -289,6 +289,33 @@ async fn backends_agree_on_shadow_limits() {
     }
 }
 
+/// A forced charge (a cost the upstream reported) is charged whatever room
+/// is left, on both backends.
+#[tokio::test]
+async fn backends_agree_on_forced_charges() {
+    let Some(url) = redis_url().await else { return };
+    let memory = MemoryLimiter::new(100);
+    let redis = leasing(&url);
+    for limiter in [&memory as &dyn Limiter, &redis] {
+        let checks = vec![check(&owner("forced"), 10, MINUTE)];
+        for _ in 0..3 {
+            assert!(
+                limiter
+                    .check(&checks, 1, Charge::Consume, now_ms())
+                    .await
+                    .unwrap()
+                    .allowed
+            );
+        }
+        limiter.check(&checks, 5, Charge::Force, now_ms()).await.unwrap();
+        let after = limiter.check(&checks, 1, Charge::DryRun, now_ms()).await.unwrap();
+        assert_eq!(after.limits[0].remaining, 2);
+        limiter.check(&checks, 5, Charge::Force, now_ms()).await.unwrap();
+        let over = limiter.check(&checks, 1, Charge::Consume, now_ms()).await.unwrap();
+        assert!(!over.allowed, "charged past the limit: nothing fits");
+    }
+}
+
 #[tokio::test]
 async fn backends_agree_on_the_details() {
     let Some(url) = redis_url().await else { return };

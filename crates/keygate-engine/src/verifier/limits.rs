@@ -224,6 +224,21 @@ impl Verifier {
         }
     }
 
+    /// Charges a cost the upstream reported for an admitted request
+    /// (`cost_header`) to every limit the request counted against, whatever
+    /// room they have: it was spent. Later requests see it; the request
+    /// itself was already answered (docs/decisions.md: the race it allows).
+    pub async fn charge_reported_cost(&self, cached: &CachedKey, resources: &[String], cost: u64) {
+        let set = self.limit_checks(cached, resources);
+        if set.checks.is_empty() || cost == 0 {
+            return;
+        }
+        let now = self.context.clock_now();
+        if let Err(err) = self.decide_limits(&set.checks, cost, Charge::Force, now).await {
+            tracing::warn!(error = %err, cost, "a reported cost could not be charged");
+        }
+    }
+
     /// Shadow limits that would have refused an admitted request: counted
     /// in `/metrics`, announced once per limit and window.
     pub(crate) fn report_shadow_refusals(&self, cached: &CachedKey, limits: &RateLimits, now: DateTime<Utc>) {

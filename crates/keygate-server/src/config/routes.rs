@@ -37,6 +37,10 @@ pub struct RouteConfig {
     /// What one request spends of each rate limit (an upload may cost 10).
     #[serde(default = "default_cost")]
     pub cost: u64,
+    /// A response header in which the upstream reports what the request
+    /// cost besides `cost`; charged to the limits, stripped from the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_header: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
     #[serde(default = "yes")]
@@ -146,6 +150,7 @@ pub struct Route {
     pub resources: Vec<String>,
     /// At least 1.
     pub cost: u64,
+    pub cost_header: Option<axum::http::HeaderName>,
     pub scopes: Vec<String>,
     pub auth: bool,
     pub strip_prefix: bool,
@@ -204,6 +209,14 @@ pub(super) fn validate_route(
         .collect::<Result<Vec<_>, _>>()?;
     let scopes = validate_scopes(&route.scopes).map_err(|e| fail("scopes", e.to_string()))?;
     let resources = route_resources(route).map_err(|(field, message)| fail(field, message))?;
+    let cost_header = route
+        .cost_header
+        .as_deref()
+        .map(|name| {
+            axum::http::HeaderName::try_from(name)
+                .map_err(|_| fail("cost_header", format!("`{name}` is not a header name")))
+        })
+        .transpose()?;
     if route.cost == 0 {
         return Err(fail(
             "cost",
@@ -233,6 +246,7 @@ pub(super) fn validate_route(
         eject_for: route.eject_for.get(),
         resources,
         cost: route.cost,
+        cost_header,
         scopes,
         auth: route.auth,
         strip_prefix: route.strip_prefix,
@@ -288,6 +302,7 @@ pub fn catch_all_route(upstream: &str) -> RouteConfig {
         resource: None,
         resources: None,
         cost: default_cost(),
+        cost_header: None,
         scopes: vec![],
         auth: true,
         strip_prefix: false,

@@ -409,7 +409,11 @@ async fn process(
     let response = match (upstream, verified) {
         (Some(upstream), Some(Verified { key, limits, permit })) => {
             let forwarded = proxy::forward(upstream, connections, exchange, request, Some(&key), permit).await;
-            exchange.with_limits(exchange.answer(forwarded), limits.as_ref())
+            let mut response = exchange.answer(forwarded);
+            if let Some(name) = &upstream.route.cost_header {
+                charge_reported_cost(gw, &key, &upstream.route.resources, name, &mut response);
+            }
+            exchange.with_limits(response, limits.as_ref())
         }
         (Some(upstream), None) => {
             let forwarded = proxy::forward(upstream, connections, exchange, request, None, None).await;
@@ -419,6 +423,30 @@ async fn process(
         (None, None) => exchange.error(&ErrorCode::RouteNotFound.into()),
     };
     (response, key)
+}
+
+/// The upstream's report of what a request cost (`cost_header`): taken out
+/// of the response, so the client never sees it, and charged once, off the
+/// response's path (a Redis round trip must not delay the answer).
+fn charge_reported_cost(
+    gw: &Gateway,
+    key: &Arc<CachedKey>,
+    resources: &[String],
+    name: &axum::http::HeaderName,
+    response: &mut Response,
+) {
+    let Some(reported) = response.headers_mut().remove(name) else {
+        return;
+    };
+    let cost = reported.to_str().ok().and_then(|text| text.trim().parse::<u64>().ok());
+    let Some(cost) = cost.filter(|cost| *cost > 0) else {
+        tracing::debug!(header = %name, "the upstream's cost header is not a positive whole number; ignored");
+        return;
+    };
+    let (engine, key, resources) = (gw.engine.clone(), key.clone(), resources.to_vec());
+    tokio::spawn(async move {
+        engine.verifier().charge_reported_cost(&key, &resources, cost).await;
+    });
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

@@ -259,6 +259,7 @@ mod tests {
             eject_for,
             resources: vec!["default".into()],
             cost: 1,
+            cost_header: None,
             scopes: vec![],
             auth: true,
             strip_prefix: false,

@@ -360,6 +360,104 @@ async fn a_route_cost_spends_that_much_of_every_limit() {
     );
 }
 
+/// An upstream that reports each request's cost as `?cost=N` asked.
+async fn metering_upstream() -> String {
+    async fn metered(uri: axum::http::Uri) -> axum::response::Response {
+        let cost = uri
+            .query()
+            .and_then(|q| q.strip_prefix("cost="))
+            .unwrap_or("0")
+            .to_owned();
+        axum::response::Response::builder()
+            .header("x-keygate-cost", cost)
+            .body(axum::body::Body::from("metered"))
+            .unwrap()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().fallback(metered))
+            .await
+            .unwrap()
+    });
+    format!("http://{addr}")
+}
+
+/// Kong's response-ratelimiting model: the upstream reports a cost after
+/// the fact; it is charged once, to the next requests, and the client never
+/// sees the header.
+#[tokio::test]
+async fn an_upstream_reported_cost_is_charged_once_and_never_shown() {
+    let upstream = metering_upstream().await;
+    let app = TestApp::builder()
+        .config(&format!(
+            r#"
+            [limiter]
+            default_plan = "p"
+            [plans.p]
+            limits = [{{ requests = 25, per = "1m" }}]
+            [[routes]]
+            path = "/metered"
+            upstream = "{upstream}"
+            cost_header = "X-Keygate-Cost"
+            "#
+        ))
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let call = |cost: u64| {
+        app.http
+            .get(app.gateway_url(&format!("/metered?cost={cost}")))
+            .header("X-API-Key", &key)
+            .send()
+    };
+    let remaining = || async {
+        let checked = app
+            .admin_call(
+                Method::POST,
+                "/v1/keys/verify",
+                Some(json!({"key": key, "dry_run": true})),
+            )
+            .await;
+        if checked.status() == 429 {
+            return 0;
+        }
+        let body: Value = checked.json().await.unwrap();
+        body["ratelimit"]["limits"][0]["remaining"].as_u64().unwrap()
+    };
+    let settled = |expected: u64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while remaining().await != expected {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "remaining never reached {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(remaining().await, expected, "charged once, not again");
+    };
+
+    let first = call(10).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(
+        first.headers().get("x-keygate-cost").is_none(),
+        "stripped before the client"
+    );
+    assert_eq!(
+        number(&first, "x-ratelimit-remaining"),
+        24,
+        "the request's own cost, decided before"
+    );
+    settled(25 - 1 - 10).await;
+
+    // A report larger than what is left is charged all the same: it was spent.
+    assert_eq!(call(20).await.unwrap().status(), 200);
+    settled(0).await;
+    assert_eq!(call(0).await.unwrap().status(), 429);
+}
+
 /// EnvoyX: 100/minute general, 100 uploads/hour, 5 WebSocket connections per key.
 #[tokio::test]
 async fn envoyx_resources_and_connections() {
