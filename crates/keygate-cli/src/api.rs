@@ -29,6 +29,12 @@ pub struct KeysArgs {
 
 #[derive(Subcommand)]
 enum KeysCommand {
+    /// Print rules that find this deployment's keys in leaked text (its prefix
+    /// and environments, from the config; no server needed).
+    Patterns {
+        #[arg(long, value_enum, default_value = "regex")]
+        format: crate::patterns::PatternFormat,
+    },
     /// Create a key; its plaintext is printed once.
     Create {
         #[arg(long)]
@@ -268,10 +274,21 @@ fn print_created_key(value: &Value, json: bool) {
     println!();
 }
 
+impl KeysArgs {
+    /// `keys patterns` runs without a server: the format it was asked for.
+    pub fn patterns(&self) -> Option<crate::patterns::PatternFormat> {
+        match self.command {
+            KeysCommand::Patterns { format } => Some(format),
+            _ => None,
+        }
+    }
+}
+
 pub async fn keys(args: KeysArgs) -> Result<(), String> {
     let api = Api::new(&args.connection)?;
     let json = args.connection.json;
     match args.command {
+        KeysCommand::Patterns { .. } => return Err("`keys patterns` runs without a server".into()),
         KeysCommand::Create {
             workspace,
             name,

@@ -51,6 +51,16 @@ fn init_logging() {
         .try_init();
 }
 
+/// `keygate keys patterns`: leak-scanner rules for the configured key format.
+pub fn print_patterns(explicit: Option<&Path>, format: crate::patterns::PatternFormat) -> Result<(), String> {
+    let (_, settings) = load_settings(explicit)?;
+    print!(
+        "{}",
+        crate::patterns::render(format, &settings.engine.verifier.key_format)
+    );
+    Ok(())
+}
+
 pub async fn serve(explicit: Option<&Path>, upstream: Option<String>) -> Result<(), String> {
     init_logging();
     let mut signals = Signals::install()?;

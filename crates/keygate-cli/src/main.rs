@@ -3,6 +3,7 @@
 mod api;
 mod local;
 mod output;
+mod patterns;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -147,7 +148,10 @@ fn main() -> ExitCode {
             Command::Secrets {
                 command: SecretsCommand::Rotate { output },
             } => local::rotate_secrets(config.as_deref(), output.json).await,
-            Command::Keys(args) => api::keys(args).await,
+            Command::Keys(args) => match args.patterns() {
+                Some(format) => local::print_patterns(config.as_deref(), format),
+                None => api::keys(args).await,
+            },
             Command::Workspaces(args) => api::workspaces(args).await,
             Command::Webhooks(args) => api::webhooks(args).await,
             Command::Events(args) => api::events(args).await,

@@ -130,6 +130,27 @@ impl KeyFormat {
         Ok(PlaintextKey(SecretString::from(key)))
     }
 
+    /// A regular expression for every key this deployment issues, admin keys
+    /// included, for leak scanners (`keygate keys patterns`). Labels are
+    /// lowercase letters and digits, so nothing needs escaping; it is in the
+    /// common subset of RE2 (gitleaks, GitHub), Go and PCRE. The checksum
+    /// (the last 6 characters, a base62 CRC32 of what precedes them) is
+    /// beyond a regex: a scanner that can run code should also check it.
+    pub fn detection_regex(&self) -> String {
+        let environments: Vec<&str> = self
+            .environments
+            .iter()
+            .map(String::as_str)
+            .chain([ADMIN_ENVIRONMENT])
+            .collect();
+        format!(
+            "{}_(?:{})_[0-9A-Za-z]{{{}}}",
+            self.prefix,
+            environments.join("|"),
+            RANDOM_LEN + CHECKSUM_LEN
+        )
+    }
+
     /// Checks shape, prefix, environment and checksum without allocating.
     pub fn parse<'a>(&self, presented: &'a str) -> Result<ParsedKey<'a>, MalformedKey> {
         if presented.len() > MAX_KEY_LEN {
