@@ -57,10 +57,12 @@ pub struct Return {
 }
 
 /// What the script granted one request: `grant` charged (its own cost
-/// included), to `buckets` (one per check), on Redis's clock `now_ms`.
+/// included), on Redis's clock (`decision.now_ms`).
 #[derive(Debug)]
 pub struct Grant<'a> {
     pub cost: u64,
+    /// The request asked for a block ([`Leases::ask`] gave more than its cost).
+    pub asked: bool,
     pub grant: u64,
     pub decision: &'a Decision,
     /// When the call was sent, on this node's clock.
@@ -194,7 +196,8 @@ impl Leases {
         };
         let mut lease = entry.lock();
         let extra = grant.grant.saturating_sub(grant.cost);
-        if extra > 0 {
+        if grant.asked {
+            // Answered, with a block or without (too little room): another may ask.
             lease.asking_until = None;
         }
         if extra == 0 && grant.sent < lease.until && lease.left > 0 {
@@ -296,6 +299,7 @@ mod tests {
             checks,
             Grant {
                 cost: 1,
+                asked: grant > 1,
                 grant,
                 decision: &decision,
                 sent,

@@ -677,6 +677,7 @@ impl RedisLimiter {
                         request.checks,
                         Grant {
                             cost: request.cost,
+                            asked: request.want > request.cost,
                             grant: *grant,
                             decision,
                             sent,

@@ -249,8 +249,12 @@ pub struct VerifyKey {
     #[serde(default)]
     #[schema(max_items = 64)]
     pub scopes: Vec<String>,
-    /// The rate-limit resource the operation counts against.
+    /// The rate-limit resource the operation counts against (`default`).
     pub resource: Option<String>,
+    /// Several resources, every limit of each decided as one (as a route's
+    /// `resources`); instead of `resource`.
+    #[schema(min_items = 1, max_items = 16)]
+    pub resources: Option<Vec<String>>,
     /// The client's IP, checked against allowlists. Without it, keys with an allowlist are refused.
     pub ip: Option<String>,
     /// Check without recording usage.

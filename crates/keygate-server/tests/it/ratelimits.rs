@@ -360,6 +360,33 @@ async fn a_route_cost_spends_that_much_of_every_limit() {
     );
 }
 
+/// The verify API stacks resources as a route does.
+#[tokio::test]
+async fn the_verify_api_stacks_resources_as_a_route_does() {
+    let app = TestApp::builder()
+        .config(
+            "[limiter]\ndefault_plan = \"p\"\n[plans.p]\n\
+             limits = [{ requests = 100, per = \"1m\" }, { resource = \"uploads\", requests = 2, per = \"1h\" }]",
+        )
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let verify = |body: Value| app.admin_call(Method::POST, "/v1/keys/verify", Some(body));
+    let stacked = json!({"key": key, "resources": ["default", "uploads"]});
+    for _ in 0..2 {
+        assert_eq!(verify(stacked.clone()).await.status(), 200);
+    }
+    assert_eq!(verify(stacked).await.status(), 429, "the uploads limit refuses");
+    let general: Value = verify(json!({"key": key, "dry_run": true})).await.json().await.unwrap();
+    assert_eq!(
+        general["ratelimit"]["limits"][0]["remaining"], 98,
+        "two admitted uploads counted as requests too, the refused one did not"
+    );
+    let both = verify(json!({"key": key, "resource": "uploads", "resources": ["default"]})).await;
+    assert_eq!(both.status(), 422);
+}
+
 /// An upstream that reports each request's cost as `?cost=N` asked.
 async fn metering_upstream() -> String {
     async fn metered(uri: axum::http::Uri) -> axum::response::Response {

@@ -160,14 +160,20 @@ pub(super) async fn verify_key(
                 .map_err(|_| ApiError::validation("ip", format!("`{text}` is not an IP address")))?,
         ),
     };
-    let named;
-    let resources = match body.resource.clone() {
-        Some(resource) => {
-            named = [resource];
-            &named[..]
+    let named = match (body.resource.clone(), body.resources.clone()) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::validation(
+                "resources",
+                "give `resource` or `resources`, not both",
+            ));
         }
-        None => keygate_engine::default_resources(),
+        (Some(resource), None) => Some(vec![resource]),
+        (None, Some(resources)) if resources.is_empty() || resources.len() > 16 => {
+            return Err(ApiError::validation("resources", "name 1 to 16 resources"));
+        }
+        (None, resources) => resources,
     };
+    let resources = named.as_deref().unwrap_or(keygate_engine::default_resources());
     let scopes = keygate_core::scope::validate_scopes(&body.scopes)
         .map_err(|e| ApiError::validation("scopes", e.to_string()))?;
     match state
