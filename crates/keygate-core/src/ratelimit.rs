@@ -163,11 +163,18 @@ impl Counter {
                 last.count += cost;
                 last.newest_ms = now;
             }
-            _ => self.buckets.push_back(Bucket {
-                index,
-                count: cost,
-                newest_ms: now,
-            }),
+            _ => {
+                // A key seen now and then holds one bucket: room for one,
+                // not the default four (memory per cached key, issue 18).
+                if self.buckets.capacity() == 0 {
+                    self.buckets.reserve_exact(1);
+                }
+                self.buckets.push_back(Bucket {
+                    index,
+                    count: cost,
+                    newest_ms: now,
+                });
+            }
         }
         self.total += cost;
     }

@@ -162,7 +162,14 @@ impl UsageRecorder {
         let mut state = tally.state();
         match state.counts.iter_mut().find(|(m, o, _)| *m == minute && *o == outcome) {
             Some((_, _, count)) => *count += 1,
-            None => state.counts.push((minute, outcome, 1)),
+            None => {
+                // Usually the only entry until the next flush: room for one,
+                // not the default four (memory per cached key, issue 18).
+                if state.counts.capacity() == 0 {
+                    state.counts.reserve_exact(1);
+                }
+                state.counts.push((minute, outcome, 1));
+            }
         }
         if let Some(ip) = client_ip {
             if state.last_use.is_none_or(|(at, _)| now >= at) {

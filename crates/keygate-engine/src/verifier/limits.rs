@@ -97,6 +97,9 @@ impl Verifier {
         };
         if memoized.len() < MAX_MEMOIZED_RESOURCES {
             let names = resources.iter().map(|r| Box::from(r.as_str())).collect();
+            // Most keys see one route's resources: room for one, not the
+            // default four (memory per cached key, issue 18).
+            memoized.reserve_exact(1);
             memoized.push((names, set.clone()));
         }
         set
