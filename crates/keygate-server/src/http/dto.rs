@@ -542,8 +542,20 @@ pub struct CreateWebhook {
     pub workspace_id: Option<String>,
     /// Event types to receive (`key.revoked`, `usage.anomaly`, ...); empty or absent for all.
     #[serde(default)]
+    #[schema(schema_with = event_types_schema)]
     pub events: Vec<String>,
     pub description: Option<String>,
+}
+
+/// The event type names, listed in the document, so a client (or a fuzzer
+/// such as schemathesis) knows exactly which the API accepts.
+fn event_types_schema() -> utoipa::openapi::schema::Array {
+    use keygate_core::events::EventType;
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let names = EventType::ALL.iter().map(|kind| kind.as_str());
+    ArrayBuilder::new()
+        .items(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)))
+        .build()
 }
 
 impl From<CreateWebhook> for keygate_engine::webhooks::NewWebhook {

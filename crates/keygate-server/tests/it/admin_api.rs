@@ -478,6 +478,16 @@ async fn health_readiness_and_openapi() {
         assert!(spec["paths"].get(path).is_some(), "{path} is documented");
     }
     assert!(spec["components"]["securitySchemes"].get("api_key").is_some());
+    let event_types = &spec["components"]["schemas"]["CreateWebhook"]["properties"]["events"]["items"]["enum"];
+    assert_eq!(
+        event_types.as_array().map(Vec::len),
+        Some(keygate_core::events::EventType::ALL.len()),
+        "every event type is listed: {event_types}"
+    );
+    assert!(event_types
+        .as_array()
+        .unwrap()
+        .contains(&json!("ratelimit.shadow_exceeded")));
     // Security is declared once, for the whole API: either scheme, one at a
     // time. Only the ops endpoints that need no key say otherwise.
     assert_eq!(spec["security"], json!([{"api_key": []}, {"bearer": []}]));
