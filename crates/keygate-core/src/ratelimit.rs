@@ -252,7 +252,17 @@ pub struct Decision {
 impl Decision {
     /// The refusing limit that admits last: the one a 429 names.
     pub fn refusing(&self) -> Option<&LimitState> {
-        self.enforced().filter(|l| l.remaining == 0).max_by_key(|l| l.reset_ms)
+        self.refusing_index().map(|i| &self.limits[i])
+    }
+
+    /// Where [`Decision::refusing`] is among the limits (the checks' order).
+    pub fn refusing_index(&self) -> Option<usize> {
+        self.limits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.rule.shadow && l.remaining == 0)
+            .max_by_key(|(_, l)| l.reset_ms)
+            .map(|(i, _)| i)
     }
 
     /// The limits that refuse: every one but the shadow ones.

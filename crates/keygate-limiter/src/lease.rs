@@ -109,7 +109,14 @@ impl Lease {
 
     /// The leftovers of a block whose bucket has ended, to give back.
     fn expire(&mut self, checks: &[LimitCheck], now: Instant, returns: &mut Vec<Return>) {
-        if now < self.until || self.left == 0 {
+        if now >= self.until {
+            self.give_back(checks, returns);
+        }
+    }
+
+    /// Whatever the block has left, to be given back; the next block is smaller.
+    fn give_back(&mut self, checks: &[LimitCheck], returns: &mut Vec<Return>) {
+        if self.left == 0 {
             return;
         }
         returns.extend(checks.iter().zip(&self.buckets).map(|(check, &bucket)| Return {
@@ -205,8 +212,7 @@ impl Leases {
             return;
         }
         // Whatever the block it replaces has left is given back.
-        let ended = Instant::max(grant.sent, lease.until);
-        lease.expire(checks, ended, &mut self.returns.lock());
+        lease.give_back(checks, &mut self.returns.lock());
         let now_ms = grant.decision.now_ms;
         lease.buckets = checks.iter().map(|check| now_ms / check.rule.bucket_ms()).collect();
         let ends_in_ms = checks
@@ -246,12 +252,9 @@ impl Leases {
         std::mem::take(&mut *self.returns.lock())
     }
 
-    /// Leases held, for tests and `/metrics`.
-    pub fn len(&self) -> usize {
-        self.table.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    /// No lease held (idle ones are forgotten by the sweep).
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
 }

@@ -204,6 +204,13 @@ pub struct RedisLimiter {
     refresh: Script,
 }
 
+/// A connection whose connecting and every answer are bounded by `timeout`.
+fn bounded_by(timeout: Duration) -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout)
+}
+
 fn unavailable(err: impl std::fmt::Display) -> LimiterError {
     LimiterError::Unavailable(err.to_string())
 }
@@ -249,9 +256,7 @@ impl RedisLimiter {
         if let Some(connection) = self.current() {
             return Ok(connection);
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout);
+        let config = bounded_by(self.timeout);
         let connection = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
@@ -341,9 +346,7 @@ impl Sweeper {
 
     async fn give_back(&mut self, returns: &[Return]) {
         if self.connection.is_none() {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(self.timeout)
-                .set_response_timeout(self.timeout);
+            let config = bounded_by(self.timeout);
             match self.client.get_multiplexed_async_connection_with_config(&config).await {
                 Ok(connection) => self.connection = Some(connection),
                 Err(err) => {

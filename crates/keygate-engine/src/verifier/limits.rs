@@ -40,14 +40,8 @@ impl RateLimits {
     /// The resource of the limit a refusal names (the refusing limit that
     /// admits last), or the first checked.
     pub fn refusing_resource(&self) -> &str {
-        let refusing = self.decision.refusing().and_then(|refusing| {
-            self.decision
-                .limits
-                .iter()
-                .position(|limit| std::ptr::eq(limit, refusing))
-        });
         self.checks
-            .get(refusing.unwrap_or(0))
+            .get(self.decision.refusing_index().unwrap_or(0))
             .map_or(keygate_core::limits::DEFAULT_RESOURCE, |check| &check.key.resource)
     }
 }
