@@ -12,6 +12,7 @@
 //! only stores and returns bucket counts, and the decision's details (remaining,
 //! reset, retry) are computed here from them.
 
+mod coalesce;
 pub mod lease;
 pub mod memory;
 pub mod redis;

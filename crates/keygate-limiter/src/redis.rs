@@ -3,7 +3,7 @@
 //!
 //! Most requests of a busy key make no call at all: the node admits them
 //! from a block of the key's allowance that Redis granted it (a lease,
-//! lease.rs, `limiter.lease_max`). The rest are coalesced ([`Coalescer`]):
+//! lease.rs, `limiter.lease_max`). The rest are coalesced (coalesce.rs):
 //! while one script call is in flight, the requests that arrive wait, and
 //! the next call decides all of them, one after the other inside the script,
 //! each still all-or-nothing. A node then makes one round trip per batch
@@ -21,15 +21,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use keygate_core::ratelimit::{decide, Bucket, Counter, Decision, Rule};
-use parking_lot::{Mutex, MutexGuard, RwLock};
+use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use tokio::sync::oneshot;
 
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use redis::{Script, Value};
 
+use crate::coalesce::{Coalescer, Request, Turn, Waiting};
 use crate::lease::{Grant, Leases, Return, SWEEP_EVERY};
 use crate::{Charge, LimitCheck, Limiter, LimiterError, LimiterHealth, Permit, PermitKey};
 
@@ -186,7 +185,7 @@ pub const PERMIT_LEASE: Duration = Duration::from_secs(30);
 
 pub struct RedisLimiter {
     client: redis::Client,
-    coalescer: Coalescer,
+    coalescer: Arc<Coalescer>,
     /// Script calls made for rate limits: fewer than the requests decided
     /// when they were coalesced.
     calls: AtomicU64,
@@ -223,7 +222,7 @@ impl RedisLimiter {
             timeout,
             connection: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
-            coalescer: Coalescer::default(),
+            coalescer: Arc::default(),
             calls: AtomicU64::new(0),
             leases: None,
             sweeping: AtomicBool::new(false),
@@ -458,147 +457,34 @@ impl Limiter for RedisLimiter {
     }
 }
 
-/// One request's limits, as [`Limiter::check`] was given them.
-#[derive(Clone, Copy)]
-struct Request<'a> {
-    checks: &'a [LimitCheck],
-    cost: u64,
-    charge: Charge,
-    /// The block asked for (lease.rs): `cost` for a plain decision.
-    want: u64,
-}
-
-/// A request that waits for the call in flight, and how it hears back.
-struct Waiting {
-    checks: Vec<LimitCheck>,
-    cost: u64,
-    charge: Charge,
-    want: u64,
-    turn: oneshot::Sender<Turn>,
-}
-
-impl Waiting {
-    fn request(&self) -> Request<'_> {
-        Request {
-            checks: &self.checks,
-            cost: self.cost,
-            charge: self.charge,
-            want: self.want,
-        }
-    }
-}
-
-/// What a waiting request hears: its decision, or that it makes the next
-/// call, for itself and for the requests that queued behind it.
-enum Turn {
-    Decided(Result<Decision, LimiterError>),
-    Lead(Vec<Waiting>),
-}
-
-/// Requests per script call, so one call stays short.
-const MAX_BATCH: usize = 128;
-
-/// At most one script call in flight per node; the requests that arrive
-/// meanwhile queue here. No task of its own: the request that finds no call
-/// in flight makes it, and hands the next one to the first request queued
-/// behind it ([`Coalescer::hand_over`]), so each call is made by a request
-/// that waits for it anyway.
-#[derive(Default)]
-struct Coalescer {
-    state: Mutex<CoalescerState>,
-}
-
-#[derive(Default)]
-struct CoalescerState {
-    calling: bool,
-    waiting: Vec<Waiting>,
-}
-
-impl Coalescer {
-    fn state(&self) -> MutexGuard<'_, CoalescerState> {
-        self.state.lock()
-    }
-
-    /// `None`: no call is in flight, and the caller makes the next one.
-    /// Otherwise the receiver of the caller's turn.
-    fn join(&self, request: Request<'_>) -> Option<oneshot::Receiver<Turn>> {
-        let mut state = self.state();
-        if !state.calling {
-            state.calling = true;
-            return None;
-        }
-        let (turn, heard) = oneshot::channel();
-        state.waiting.push(Waiting {
-            checks: request.checks.to_vec(),
-            cost: request.cost,
-            charge: request.charge,
-            want: request.want,
-            turn,
-        });
-        Some(heard)
-    }
-
-    /// After a call: the first request still waiting makes the next call,
-    /// with up to `MAX_BATCH - 1` of those behind it; with none waiting,
-    /// the next request to arrive does.
-    fn hand_over(&self) {
-        let mut state = self.state();
-        while !state.waiting.is_empty() {
-            let take = state.waiting.len().min(MAX_BATCH);
-            let mut batch: Vec<Waiting> = state.waiting.drain(..take).collect();
-            let leader = batch.remove(0);
-            match leader.turn.send(Turn::Lead(batch)) {
-                Ok(()) => return,
-                // That request went away (its client, or its timeout): the
-                // next one leads, and the rest wait as they were.
-                Err(Turn::Lead(rest)) => {
-                    let queued = std::mem::take(&mut state.waiting);
-                    state.waiting = rest;
-                    state.waiting.extend(queued);
-                }
-                Err(Turn::Decided(_)) => {}
-            }
-        }
-        state.calling = false;
-    }
-}
-
-/// Hands the next call over when the call that holds it ends, even if the
-/// request making it is dropped half-way (its client left, or a timeout).
-struct Leading<'a>(&'a Coalescer);
-
-impl Drop for Leading<'_> {
-    fn drop(&mut self) {
-        self.0.hand_over();
-    }
-}
-
 impl RedisLimiter {
     /// This request's decision: made in the next call, by this request or
     /// by one queued ahead of it.
     async fn decide(&self, request: Request<'_>) -> Result<Decision, LimiterError> {
-        let others = match self.coalescer.join(request) {
-            None => Vec::new(),
-            Some(heard) => match heard.await {
+        let mut lead = match Coalescer::join(&self.coalescer, request) {
+            Ok(lead) => lead,
+            Err(heard) => match heard.await {
                 Ok(Turn::Decided(decided)) => return decided,
-                Ok(Turn::Lead(others)) => others,
+                Ok(Turn::Lead(lead)) => lead,
                 Err(_) => return Err(unavailable("the call carrying this decision was dropped")),
             },
         };
-        let _leading = Leading(&self.coalescer);
+        // `lead` hands the next call over when it goes out of scope, even if
+        // this request is dropped half-way (its client left, or a timeout).
+        let others = lead.take_others();
         let mut requests = Vec::with_capacity(others.len() + 1);
         requests.push(request);
         requests.extend(others.iter().map(Waiting::request));
         match self.decide_batch(&requests).await {
             Ok(mut decisions) => {
                 for (waiting, decision) in others.into_iter().zip(decisions.drain(1..)) {
-                    let _ = waiting.turn.send(Turn::Decided(Ok(decision)));
+                    waiting.answer(Ok(decision));
                 }
                 decisions.pop().ok_or_else(|| unavailable("empty reply"))
             }
             Err(err) => {
                 for waiting in others {
-                    let _ = waiting.turn.send(Turn::Decided(Err(err.clone())));
+                    waiting.answer(Err(err.clone()));
                 }
                 Err(err)
             }
