@@ -109,6 +109,20 @@ ensure_standard_webhooks() {
   export KEYGATE_TEST_WEBHOOK_PYTHON="$python"
 }
 
+# schemathesis (PyPI), which checks the admin API against its OpenAPI
+# document (crates/keygate-server/tests/it/openapi.rs), in the same
+# virtual environment.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+  local venv="${KEYGATE_TEST_VENV:-$PWD/target/test-venv}"
+  if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    log "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+    [ -x "$venv/bin/pip" ] || return 1
+    "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >/dev/null 2>&1 || return 1
+  fi
+  export KEYGATE_TEST_SCHEMATHESIS="$venv/bin/st"
+}
+
 ensure_services() {
   local missing=()
   ensure_postgres || missing+=("PostgreSQL on 127.0.0.1:5432")
@@ -117,6 +131,7 @@ ensure_services() {
   ensure_nginx || missing+=("nginx")
   ensure_python || missing+=("python3")
   ensure_standard_webhooks || missing+=("the standardwebhooks Python library")
+  ensure_schemathesis || missing+=("schemathesis")
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "${KEYGATE_REQUIRE_SERVICES:-0}" = 1 ]; then
       log "missing: ${missing[*]} (KEYGATE_REQUIRE_SERVICES=1 forbids skipping)"

@@ -10,6 +10,7 @@ pub mod decision;
 pub mod duration;
 pub mod error;
 pub mod events;
+pub mod grammar;
 pub mod id;
 pub mod ip;
 pub mod key;

@@ -12,6 +12,9 @@ use crate::duration::{format_duration, parse_duration};
 pub const DEFAULT_RESOURCE: &str = "default";
 /// Most limits one workspace or key override may hold.
 pub const MAX_LIMITS: usize = 32;
+/// Most requests one limit may allow: the largest integer PostgreSQL and the
+/// OpenAPI document (`int64`) hold.
+pub const MAX_REQUESTS: u64 = i64::MAX as u64;
 
 /// Who shares a limit's counter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +65,8 @@ fn default_resource() -> String {
 pub enum LimitError {
     #[error("`requests` must be at least 1")]
     ZeroRequests,
+    #[error("`requests` must be at most 9223372036854775807")]
+    TooManyRequests,
     #[error("{0}")]
     Window(#[from] crate::duration::DurationError),
     #[error("`per` must be at least 1s")]
@@ -164,6 +169,9 @@ pub fn validate_limits(limits: &[LimitSpec]) -> Result<Vec<LimitSpec>, LimitErro
             if limit.requests == 0 {
                 return Err(LimitError::ZeroRequests);
             }
+            if limit.requests > MAX_REQUESTS {
+                return Err(LimitError::TooManyRequests);
+            }
             if !is_resource_name(&limit.resource) {
                 return Err(LimitError::Resource(limit.resource.clone()));
             }
@@ -264,6 +272,11 @@ mod tests {
     fn validates_and_normalises() {
         assert_eq!(validate_limits(&[spec(100, "60m")]).unwrap()[0].per, "1h");
         assert_eq!(validate_limits(&[spec(0, "1m")]), Err(LimitError::ZeroRequests));
+        assert!(validate_limits(&[spec(MAX_REQUESTS, "1m")]).is_ok());
+        assert_eq!(
+            validate_limits(&[spec(MAX_REQUESTS + 1, "1m")]),
+            Err(LimitError::TooManyRequests)
+        );
         assert!(matches!(validate_limits(&[spec(1, "5x")]), Err(LimitError::Window(_))));
         assert_eq!(validate_limits(&[spec(1, "0s")]), Err(LimitError::WindowTooShort));
         let bad_resource = LimitSpec {

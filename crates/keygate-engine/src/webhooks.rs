@@ -9,13 +9,14 @@
 //! between the receiver's answer and recording it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keygate_core::webhook::{retry_delay, WebhookSecret};
 use keygate_store::{ClaimedDelivery, DeliveryAttempt, DeliveryNext, StoreError};
+use regex::Regex;
 
 use crate::context::Context;
 use crate::AdminError;
@@ -96,12 +97,26 @@ impl DeliveryRound {
     }
 }
 
-pub(crate) fn validate_url(url: &str) -> Result<String, AdminError> {
-    let url = url.trim();
-    if url.len() > MAX_URL_LEN {
+/// The URL grammar of [`keygate_core::grammar::webhook_url`], compiled once.
+static WEBHOOK_URL: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(&keygate_core::grammar::webhook_url()).ok());
+
+/// The URL a webhook endpoint is created with, normalised. It must fit the
+/// grammar the OpenAPI document states, and parse as a URL: a client that
+/// follows the document is never refused, and one that does not is.
+pub fn validate_url(url: &str) -> Result<String, AdminError> {
+    // Characters as sent, as the document's `maxLength` counts them.
+    if url.chars().count() > MAX_URL_LEN {
         return Err(AdminError::validation(
             "url",
             format!("must be at most {MAX_URL_LEN} characters"),
+        ));
+    }
+    let url = url.trim();
+    if !WEBHOOK_URL.as_ref().is_some_and(|grammar| grammar.is_match(url)) {
+        return Err(AdminError::validation(
+            "url",
+            "must be http:// or https://, a host name (ASCII letters, digits and single hyphens), \
+             an IPv4 or [IPv6] address, an optional port, then a path; no user or password",
         ));
     }
     let parsed = url::Url::parse(url).map_err(|e| AdminError::validation("url", format!("not a URL: {e}")))?;
@@ -115,7 +130,7 @@ pub(crate) fn validate_url(url: &str) -> Result<String, AdminError> {
 }
 
 pub(crate) fn validate_description(description: Option<String>) -> Result<Option<String>, AdminError> {
-    let description = description.map(|d| d.trim().to_owned()).filter(|d| !d.is_empty());
+    // Counted as sent, as the document's `maxLength` counts.
     if description
         .as_ref()
         .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_LEN)
@@ -125,7 +140,7 @@ pub(crate) fn validate_description(description: Option<String>) -> Result<Option
             format!("must be at most {MAX_DESCRIPTION_LEN} characters"),
         ));
     }
-    Ok(description)
+    Ok(description.map(|d| d.trim().to_owned()).filter(|d| !d.is_empty()))
 }
 
 /// Webhook delivery: the rounds of the background work.

@@ -142,11 +142,18 @@ fn to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
 }
 
+/// `after` from `now`: a duration past the calendar's end is the caller's
+/// mistake (`field`), never an overflow.
+fn later(field: &str, now: DateTime<Utc>, after: Duration) -> Result<DateTime<Utc>, AdminError> {
+    chrono::Duration::from_std(after)
+        .ok()
+        .and_then(|after| now.checked_add_signed(after))
+        .ok_or_else(|| AdminError::validation(field, "is too far in the future"))
+}
+
+/// Length and characters are checked as sent, as the OpenAPI document states
+/// them (crates/keygate-core/src/grammar.rs); the name kept is trimmed.
 fn validate_name(field: &str, name: &str) -> Result<String, AdminError> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(AdminError::validation(field, "must not be empty"));
-    }
     if name.chars().count() > MAX_NAME_LEN {
         return Err(AdminError::validation(
             field,
@@ -155,6 +162,10 @@ fn validate_name(field: &str, name: &str) -> Result<String, AdminError> {
     }
     if name.chars().any(char::is_control) {
         return Err(AdminError::validation(field, "must not contain control characters"));
+    }
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(AdminError::validation(field, "must not be empty"));
     }
     Ok(name.to_owned())
 }
@@ -432,7 +443,7 @@ impl Admin {
             (Some(at), None) => Some(to_millis(at)),
             (None, Some(text)) => {
                 let after = parse_duration(&text).map_err(|e| AdminError::validation("expires_in", e))?;
-                Some(now + chrono::Duration::from_std(after).map_err(|e| AdminError::validation("expires_in", e))?)
+                Some(later("expires_in", now, after)?)
             }
             (None, None) => None,
         };
@@ -508,7 +519,20 @@ impl Admin {
         Ok(metadata)
     }
 
+    /// A key the caller may see. A deleted key is gone from here (and so
+    /// from every call that reads, changes or deletes it), as its `DELETE`
+    /// said; its record stays for `?status=deleted` lists and
+    /// [`Self::key_record`].
     pub async fn get_key(&self, actor: &Actor, id: &str) -> Result<ApiKey, AdminError> {
+        match self.key_record(actor, id).await? {
+            key if key.deleted_at.is_some() => Err(AdminError::NotFound),
+            key => Ok(key),
+        }
+    }
+
+    /// A key the caller may see, deleted or not: its dashboard page (with its
+    /// usage) stays readable after a `DELETE`, as its audit trail does.
+    pub async fn key_record(&self, actor: &Actor, id: &str) -> Result<ApiKey, AdminError> {
         if !id::looks_like(KEY_PREFIX, id) {
             return Err(AdminError::NotFound);
         }
@@ -622,10 +646,10 @@ impl Admin {
     /// Revokes a key; revoking a revoked key returns it unchanged.
     pub async fn revoke_key(&self, actor: &Actor, id: &str, reason: Option<String>) -> Result<ApiKey, AdminError> {
         let key = self.managed_key(actor, id).await?;
-        let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
         if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
             return Err(AdminError::validation("reason", "must be at most 500 characters"));
         }
+        let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
         let now = self.context.now();
         let event = self.audit_event(
             actor,
@@ -670,7 +694,7 @@ impl Admin {
             None => self.settings.default_rotation_grace,
         };
         let now = self.context.now();
-        let grace_end = now + chrono::Duration::from_std(grace).map_err(|e| AdminError::validation("grace", e))?;
+        let grace_end = later("grace", now, grace)?;
         let plaintext = self
             .verifier
             .key_format()

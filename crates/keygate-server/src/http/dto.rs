@@ -2,6 +2,7 @@
 //! never carry a plaintext key except `CreatedKey`, the one response that creates it.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use chrono::{DateTime, Utc};
 use keygate_core::limits::{Enforcement, LimitScope, LimitSpec};
@@ -9,13 +10,47 @@ use keygate_core::model::{ApiKey, Workspace};
 use keygate_engine::admin::UsageBucket;
 use keygate_store::{AuditEvent, Delivery, Paged, StoredEvent, WebhookEndpoint};
 use secrecy::SecretString;
+use serde::de::{self, Unexpected, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use crate::http::grammar;
+
 /// Distinguishes "absent" (`None`) from "null" (`Some(None)`) in PATCH bodies.
 fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// A count, also when written with a fraction (`10.0`): JSON Schema, and so
+/// the OpenAPI document, counts that as the integer it equals.
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Whole;
+    impl Visitor<'_> for Whole {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a whole number")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            // 2^64: the first float past u64::MAX.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_any(Whole)
 }
 
 /// A key sent in a request body; `Debug` never prints it and its memory is
@@ -30,10 +65,12 @@ pub struct SecretKeyText(pub SecretString);
 pub struct Limit {
     /// What the limit counts; routes name their resource. Default `default`.
     #[serde(default = "default_resource")]
+    #[schema(schema_with = grammar::resource)]
     pub resource: String,
-    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
     pub requests: u64,
-    /// Window: `1s`, `1m`, `1h`, `1d`, `30d`.
+    #[schema(schema_with = grammar::window)]
     pub per: String,
     /// `key` (per key lineage, default) or `workspace` (shared).
     #[serde(default)]
@@ -81,16 +118,16 @@ fn limits_in(limits: Option<Vec<Limit>>) -> Option<Vec<LimitSpec>> {
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspace {
     /// 1 to 200 characters, not only spaces, no control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = grammar::name)]
     pub name: String,
+    /// One of the configured plans (listed here by the running server).
     pub plan: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = grammar::ip_allowlist)]
     pub ip_allowlist: Vec<String>,
     #[serde(default)]
+    /// At most 32, no two on one counter (the same resource, window, scope and mode).
+    #[schema(max_items = 32)]
     pub limits: Vec<Limit>,
 }
 
@@ -108,17 +145,16 @@ impl From<CreateWorkspace> for keygate_engine::admin::NewWorkspace {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWorkspace {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = grammar::name_or_null)]
     pub name: Option<String>,
     /// A plan name, or null to clear it.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub plan: Option<Option<String>>,
+    #[schema(schema_with = grammar::ip_allowlist_or_null)]
     pub ip_allowlist: Option<Vec<String>>,
+    /// At most 32, no two on one counter (the same resource, window, scope and mode).
+    #[schema(max_items = 32)]
     pub limits: Option<Vec<Limit>>,
     pub disabled: Option<bool>,
 }
@@ -139,26 +175,26 @@ impl From<UpdateWorkspace> for keygate_engine::admin::WorkspacePatch {
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// A descriptive name, e.g. "Production Server": 1 to 200 characters, no control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = grammar::name)]
     pub name: String,
     /// One of the configured environments; default the first.
     pub environment: Option<String>,
-    /// Empty means full access to the workspace.
     #[serde(default)]
-    #[schema(max_items = 64)]
+    #[schema(schema_with = grammar::scopes)]
     pub scopes: Vec<String>,
+    /// In the future; exclusive with `expires_in`.
     pub expires_at: Option<DateTime<Utc>>,
-    /// A duration such as `90d`; exclusive with `expires_at`.
+    #[schema(schema_with = grammar::expires_in_or_null)]
     pub expires_in: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = grammar::ip_allowlist)]
     pub ip_allowlist: Vec<String>,
+    /// Yours to use: at most `keys.max_metadata_bytes` (4096) bytes as JSON, no NUL character.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
     #[serde(default)]
+    /// At most 32, no two on one counter (the same resource, window, scope and mode).
+    #[schema(max_items = 32)]
     pub limits: Vec<Limit>,
 }
 
@@ -180,21 +216,21 @@ impl From<CreateKey> for keygate_engine::admin::NewKey {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = grammar::name_or_null)]
     pub name: Option<String>,
-    #[schema(max_items = 64)]
+    #[schema(schema_with = grammar::scopes_or_null)]
     pub scopes: Option<Vec<String>>,
+    #[schema(schema_with = grammar::ip_allowlist_or_null)]
     pub ip_allowlist: Option<Vec<String>>,
     /// A time, or null to remove the expiry.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// Yours to use: at most `keys.max_metadata_bytes` (4096) bytes as JSON, no NUL character.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
+    /// At most 32, no two on one counter (the same resource, window, scope and mode).
+    #[schema(max_items = 32)]
     pub limits: Option<Vec<Limit>>,
 }
 
@@ -214,13 +250,15 @@ impl From<UpdateKey> for keygate_engine::admin::KeyPatch {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeKey {
+    /// Kept in the key's record and its audit event.
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
-    /// How long the old key keeps working: `0`, `1h`, `24h` (default), `7d`.
+    #[schema(schema_with = grammar::grace_or_null)]
     pub grace: Option<String>,
 }
 
@@ -247,15 +285,14 @@ pub struct VerifyKey {
     pub key: SecretKeyText,
     /// Scopes the operation needs.
     #[serde(default)]
-    #[schema(max_items = 64)]
+    #[schema(schema_with = grammar::scopes)]
     pub scopes: Vec<String>,
     /// The rate-limit resource the operation counts against (`default`).
+    #[schema(schema_with = grammar::resource_or_null)]
     pub resource: Option<String>,
-    /// Several resources, every limit of each decided as one (as a route's
-    /// `resources`); instead of `resource`.
-    #[schema(min_items = 1, max_items = 16)]
+    #[schema(schema_with = grammar::resources_or_null)]
     pub resources: Option<Vec<String>>,
-    /// The client's IP, checked against allowlists. Without it, keys with an allowlist are refused.
+    #[schema(schema_with = grammar::ip_or_null)]
     pub ip: Option<String>,
     /// Check without recording usage.
     #[serde(default)]
@@ -534,28 +571,16 @@ pub struct UsageQuery {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
-    /// Where deliveries are POSTed: an `http://` or `https://` URL.
-    #[schema(max_length = 2000, pattern = "^https?://[^/?#@\\s]+")]
+    #[schema(schema_with = grammar::webhook_url_text)]
     pub url: String,
     /// The workspace whose events it receives; absent for every workspace's
     /// (admin keys only).
     pub workspace_id: Option<String>,
-    /// Event types to receive (`key.revoked`, `usage.anomaly`, ...); empty or absent for all.
     #[serde(default)]
-    #[schema(schema_with = event_types_schema)]
+    #[schema(schema_with = grammar::event_types)]
     pub events: Vec<String>,
+    #[schema(max_length = 500)]
     pub description: Option<String>,
-}
-
-/// The event type names, listed in the document, so a client (or a fuzzer
-/// such as schemathesis) knows exactly which the API accepts.
-fn event_types_schema() -> utoipa::openapi::schema::Array {
-    use keygate_core::events::EventType;
-    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
-    let names = EventType::ALL.iter().map(|kind| kind.as_str());
-    ArrayBuilder::new()
-        .items(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)))
-        .build()
 }
 
 impl From<CreateWebhook> for keygate_engine::webhooks::NewWebhook {

@@ -14,6 +14,8 @@ use keygate_core::ErrorCode;
 use keygate_engine::Engine;
 use keygate_store::{Page, MAX_PAGE_SIZE};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::http::dto::PageQuery;
 use crate::http::error::ApiError;
@@ -48,31 +50,58 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// Why text with NUL is refused: PostgreSQL cannot store it, and a value one
+/// store keeps and another refuses would make the stores disagree.
+const NUL_REFUSED: &str = "must not contain the NUL character (U+0000)";
+
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    let value = Value::deserialize(&mut deserializer).map_err(|err| invalid_json(&err.to_string()))?;
+    deserializer
+        .end()
+        .map_err(|_| invalid_json("it has trailing characters after the JSON value"))?;
+    if let Some(field) = nul_in(&value, "") {
+        return Err(ApiError::validation(&field, NUL_REFUSED));
+    }
+    serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
-        let inner = err.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let message = strip_position(&inner.to_string());
-                ApiError::validation(&field_name(&path, &message), message)
-            }
-            _ => ApiError(
-                keygate_core::error::ErrorInstance::new(ErrorCode::InvalidJson).with_message(format!(
-                    "The request body is not valid JSON: {}.",
-                    strip_position(&inner.to_string())
-                )),
-            ),
+        let message = strip_position(&err.into_inner().to_string());
+        ApiError::validation(&field_name(&path, &message), message)
+    })
+}
+
+fn invalid_json(cause: &str) -> ApiError {
+    ApiError(ErrorInstance::new(ErrorCode::InvalidJson).with_message(format!(
+        "The request body is not valid JSON: {}.",
+        strip_position(cause)
+    )))
+}
+
+/// The path (`metadata.note`, `scopes[2]`) of the first string or object key
+/// in `value` that holds a NUL character, if one does.
+fn nul_in(value: &Value, path: &str) -> Option<String> {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
         }
-    })?;
-    deserializer.end().map_err(|_| {
-        ApiError(
-            keygate_core::error::ErrorInstance::new(ErrorCode::InvalidJson)
-                .with_message("The request body has trailing characters after the JSON value."),
-        )
-    })?;
-    Ok(value)
+    };
+    match value {
+        Value::String(text) if text.contains('\0') => Some(if path.is_empty() { "body".into() } else { path.into() }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_in(item, &format!("{path}[{i}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(key, field)| {
+            if key.contains('\0') {
+                Some(join(&key.replace('\0', "\\0")))
+            } else {
+                nul_in(field, &join(key))
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// The field an error is about: the path, or for unknown and missing fields
@@ -100,10 +129,30 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-/// A query string whose errors are `VALIDATION_ERROR`s.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+/// A query string whose errors are `VALIDATION_ERROR`s; a value with NUL
+/// is refused as in JSON bodies.
 pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        if let Some(field) = parts.uri.query().and_then(nul_in_query) {
+            return Err(ApiError::validation(&field, NUL_REFUSED));
+        }
+        let axum::extract::Query(value) = axum::extract::Query::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// The name of the first query parameter whose value (or name) decodes to
+/// text with NUL, if one does.
+fn nul_in_query(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let has_nul = pair.as_bytes().windows(3).any(|w| w == b"%00");
+        has_nul.then(|| pair.split('=').next().unwrap_or_default().replace("%00", "\\0"))
+    })
+}
 
 /// Items on a page when the call does not say (`limit`).
 pub const DEFAULT_PAGE_SIZE: u32 = 50;

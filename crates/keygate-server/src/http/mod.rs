@@ -8,6 +8,7 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod gateway;
+pub mod grammar;
 pub mod health;
 pub mod pool;
 pub mod proxy;

@@ -169,6 +169,17 @@ async fn keys_crud_filters_and_the_plaintext_appears_once() {
 
     let deleted = app.admin_ok(Method::DELETE, &format!("/v1/keys/{id}"), None, 200).await;
     assert_eq!(deleted["status"], "deleted");
+    // Gone from its own address, as a DELETE says; still listed as deleted.
+    for (method, path) in [
+        (Method::GET, format!("/v1/keys/{id}")),
+        (Method::GET, format!("/v1/keys/{id}/usage")),
+        (Method::PATCH, format!("/v1/keys/{id}")),
+        (Method::POST, format!("/v1/keys/{id}/revoke")),
+        (Method::DELETE, format!("/v1/keys/{id}")),
+    ] {
+        let body = (method == Method::PATCH).then(|| json!({"name": "back"}));
+        app.admin_ok(method, &path, body, 404).await;
+    }
     let active = app
         .admin_ok(
             Method::GET,

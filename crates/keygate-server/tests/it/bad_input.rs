@@ -171,6 +171,10 @@ async fn admin_json_is_validated_field_by_field() {
         (json!({}), 422, "name"),
         (json!({"name": "   "}), 422, "name"),
         (json!({"name": "x".repeat(201)}), 422, "name"),
+        // Checked as sent, as the document states it: a control character
+        // is refused even where trimming would drop it.
+        (json!({"name": "\tk"}), 422, "name"),
+        (json!({"name": format!(" {}", "x".repeat(200))}), 422, "name"),
         (
             json!({"name": "k", "ip_allowlist": ["10.0.0.0/33"]}),
             422,
@@ -181,6 +185,8 @@ async fn admin_json_is_validated_field_by_field() {
         (json!({"name": "k", "environment": "prod"}), 422, "environment"),
         (json!({"name": "k", "environment": "admin"}), 422, "environment"),
         (json!({"name": "k", "expires_in": "5x"}), 422, "expires_in"),
+        // Past the calendar's end: refused, not an overflow.
+        (json!({"name": "k", "expires_in": "100000000d"}), 422, "expires_in"),
         (json!({"name": "k", "expires_at": "yesterday"}), 422, "expires_at"),
         (
             json!({"name": "k", "expires_at": "2001-01-01T00:00:00Z"}),
@@ -188,6 +194,13 @@ async fn admin_json_is_validated_field_by_field() {
             "expires_at",
         ),
         (json!({"name": "k", "metadata": [1, 2]}), 422, "metadata"),
+        // NUL anywhere (PostgreSQL cannot store it): refused on every store alike.
+        (
+            json!({"name": "k", "metadata": {"note": "a\u{0}b"}}),
+            422,
+            "metadata.note",
+        ),
+        (json!({"name": "k", "scopes": ["a", "b\u{0}"]}), 422, "scopes[1]"),
         (
             json!({"name": "k", "metadata": {"blob": "x".repeat(5000)}}),
             422,
@@ -195,6 +208,11 @@ async fn admin_json_is_validated_field_by_field() {
         ),
         (
             json!({"name": "k", "limits": [{"requests": -1, "per": "1m"}]}),
+            422,
+            "limits[0].requests",
+        ),
+        (
+            json!({"name": "k", "limits": [{"requests": 10.5, "per": "1m"}]}),
             422,
             "limits[0].requests",
         ),
@@ -235,6 +253,20 @@ async fn admin_json_is_validated_field_by_field() {
         0,
         "no refused request created anything"
     );
+
+    // A whole number written with a fraction (as JSON Schema counts
+    // integers, and as some clients write numbers) is that number.
+    let (status, created) = post(json!({"name": "k", "limits": [{"requests": 10.0, "per": "1m"}]})).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["limits"][0]["requests"], 10);
+    let rotate = format!("/v1/keys/{}/rotate", created["id"].as_str().unwrap());
+    let body = json!({"grace": "100000000d"}).to_string().into_bytes();
+    let (status, answer) = admin_raw(&app, Method::POST, &rotate, "application/json", body).await;
+    assert_eq!(
+        (status, answer["data"]["field"].as_str()),
+        (422, Some("grace")),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
@@ -268,6 +300,19 @@ async fn admin_paths_queries_and_methods() {
         (
             Method::GET,
             format!("/v1/workspaces/{ws}/keys?status=sleeping"),
+            422,
+            "VALIDATION_ERROR",
+        ),
+        // A cursor or filter with NUL (PostgreSQL cannot hold it): 422 on every store.
+        (
+            Method::GET,
+            format!("/v1/workspaces/{ws}/keys?limit=5&cursor=key_%00"),
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            Method::GET,
+            format!("/v1/workspaces/{ws}/keys?environment=li%00ve"),
             422,
             "VALIDATION_ERROR",
         ),

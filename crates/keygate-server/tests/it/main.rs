@@ -10,6 +10,7 @@ mod error_catalog;
 mod forwarding;
 mod lifecycle;
 mod metrics;
+mod openapi;
 mod paths;
 mod pools;
 mod proxy;

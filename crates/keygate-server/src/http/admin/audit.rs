@@ -12,7 +12,8 @@ use super::{AdminState, Caller};
 
 #[utoipa::path(get, path = "/v1/audit-events", tag = "audit",
     params(("workspace_id" = Option<String>, Query), ("key_id" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = List<AuditEventView>)))]
+    responses((status = 200, body = List<AuditEventView>),
+        (status = 404, description = "The workspace or key filtered by is not one the caller can see", body = ErrorEnvelope)))]
 pub(super) async fn audit_events(
     State(state): State<AdminState>,
     Caller(actor): Caller,

@@ -12,16 +12,15 @@ use axum::{Json, Router};
 use ipnet::IpNet;
 use keygate_engine::{Actor, Engine};
 use serde_json::json;
-use utoipa::OpenApi;
 
 use crate::http::dashboard::DashboardContext;
-use crate::http::dto::*;
 use crate::http::error::{self, ApiError};
 use crate::http::extract::{client_ip, credential, credential_rejection, peer_of};
 use crate::reload::{LiveConfig, Reloader};
 
 mod audit;
 mod keys;
+mod openapi;
 mod ops;
 mod portal;
 mod usage;
@@ -182,113 +181,6 @@ async fn index(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "dashboard": dashboard,
     }))
 }
-
-struct SecuritySchemes;
-
-impl utoipa::Modify for SecuritySchemes {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{
-            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
-        };
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "api_key",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
-        );
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-        // Declared once for the whole API: either scheme, one per call (a
-        // call with both is refused as AMBIGUOUS_API_KEY). The ops endpoints
-        // that need no key say so on their own path (`security(())`).
-        openapi.security = Some(vec![
-            SecurityRequirement::new("api_key", Vec::<String>::new()),
-            SecurityRequirement::new("bearer", Vec::<String>::new()),
-        ]);
-    }
-}
-
-/// The errors any call of the admin API can get, whatever it does: declared
-/// once here for every operation that needs a key, so the document lists
-/// every status the server answers with (issue 15, section 5). An operation
-/// that declares one itself keeps its own description.
-struct CommonErrors;
-
-impl CommonErrors {
-    const STATUSES: [(&'static str, &'static str); 6] = [
-        (
-            "400",
-            "MALFORMED_REQUEST, INVALID_JSON, or AMBIGUOUS_API_KEY (both X-API-Key and Authorization sent)",
-        ),
-        (
-            "401",
-            "MISSING_API_KEY, INVALID_API_KEY, or a revoked, expired or disabled key",
-        ),
-        ("403", "FORBIDDEN: the key may not use the admin API, or not for this"),
-        (
-            "422",
-            "VALIDATION_ERROR: a parameter or field is out of range; `data.field` names it",
-        ),
-        (
-            "429",
-            "TOO_MANY_FAILED_ATTEMPTS: too many invalid keys from this address",
-        ),
-        (
-            "503",
-            "SERVICE_UNAVAILABLE: the store does not answer; nothing was changed",
-        ),
-    ];
-}
-
-impl utoipa::Modify for CommonErrors {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.patch,
-                &mut item.delete,
-            ];
-            for operation in operations.into_iter().flatten() {
-                // `security(())`: an ops endpoint that needs no key.
-                let open = operation.security.as_ref().is_some_and(|s| !s.is_empty());
-                if open {
-                    continue;
-                }
-                for (status, description) in Self::STATUSES {
-                    if operation.responses.responses.contains_key(status) {
-                        continue;
-                    }
-                    let content = ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
-                        .build();
-                    let response = ResponseBuilder::new()
-                        .description(description)
-                        .content("application/json", content)
-                        .build();
-                    operation.responses.responses.insert(status.to_owned(), response.into());
-                }
-            }
-        }
-    }
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "keygate admin API", description = "Workspaces, API keys, verification, audit events, events and webhooks."),
-    paths(
-        ops::healthz, ops::readyz, ops::metrics, workspaces::create_workspace, workspaces::list_workspaces, workspaces::get_workspace, workspaces::update_workspace, workspaces::delete_workspace,
-        keys::create_key, keys::list_keys, keys::get_key, keys::update_key, keys::delete_key, keys::revoke_key, keys::rotate_key, usage::key_usage, usage::workspace_usage, usage::top_keys, keys::verify_key,
-        audit::audit_events, portal::create_portal_session, webhooks::list_events, webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
-        webhooks::webhook_deliveries, ops::reload_config
-    ),
-    components(schemas(ErrorEnvelope)),
-    modifiers(&SecuritySchemes, &CommonErrors)
-)]
-pub struct ApiDoc;
 
 #[cfg(test)]
 mod tests {

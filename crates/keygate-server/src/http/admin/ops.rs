@@ -7,13 +7,12 @@ use axum::Json;
 use keygate_engine::metrics::{LabelText, TargetSample};
 use keygate_engine::Hearing;
 use serde_json::json;
-use utoipa::OpenApi;
 
 use crate::http::dto::*;
 use crate::http::error::ApiError;
 use crate::http::proxy::Upstream;
 
-use super::{AdminState, ApiDoc, Caller};
+use super::{AdminState, Caller};
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "The process is up")))]
 pub(super) async fn healthz() -> Json<serde_json::Value> {
@@ -118,8 +117,15 @@ fn target_samples(upstreams: &[Upstream]) -> Vec<TargetSample> {
         .collect()
 }
 
-pub(super) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// The document as this server answers now: its configured plans and key
+/// environments included (crates/keygate-server/src/http/admin/openapi.rs).
+pub(super) async fn openapi_json(State(state): State<AdminState>) -> Json<utoipa::openapi::OpenApi> {
+    let plans = state.engine.verifier().plans();
+    let format = state.engine.verifier().key_format();
+    Json(super::openapi::for_deployment(
+        plans.names(),
+        format.environments().iter().map(String::as_str),
+    ))
 }
 
 /// Re-reads the config file (as SIGHUP does): routes, targets, plans, error

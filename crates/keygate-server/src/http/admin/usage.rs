@@ -11,7 +11,7 @@ use crate::http::extract::{PathParam, QueryParams};
 use super::{AdminState, Caller};
 
 #[utoipa::path(get, path = "/v1/keys/{id}/usage", tag = "keys",
-    params(("id" = String, Path), ("from" = Option<DateTime<Utc>>, Query), ("to" = Option<DateTime<Utc>>, Query), ("granularity" = Option<String>, Query, pattern = "^(minute|hour|day)$")),
+    params(("id" = String, Path), ("from" = Option<DateTime<Utc>>, Query, description = "Before `to`, and at most 31 days earlier (366 per `day`); default `to` minus 24 hours"), ("to" = Option<DateTime<Utc>>, Query, description = "Default now"), ("granularity" = Option<String>, Query, pattern = "^(minute|hour|day)$")),
     responses((status = 200, body = KeyUsage), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn key_usage(
     State(state): State<AdminState>,
@@ -106,7 +106,7 @@ pub(super) async fn top_keys(
 
 /// Requests of all of a workspace's keys per bucket, by outcome.
 #[utoipa::path(get, path = "/v1/workspaces/{id}/usage", tag = "workspaces",
-    params(("id" = String, Path), ("from" = Option<DateTime<Utc>>, Query), ("to" = Option<DateTime<Utc>>, Query), ("granularity" = Option<String>, Query, pattern = "^(minute|hour|day)$")),
+    params(("id" = String, Path), ("from" = Option<DateTime<Utc>>, Query, description = "Before `to`, and at most 31 days earlier (366 per `day`); default `to` minus 24 hours"), ("to" = Option<DateTime<Utc>>, Query, description = "Default now"), ("granularity" = Option<String>, Query, pattern = "^(minute|hour|day)$")),
     responses((status = 200, body = WorkspaceUsage), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub(super) async fn workspace_usage(
     State(state): State<AdminState>,

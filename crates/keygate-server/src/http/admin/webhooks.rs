@@ -49,7 +49,8 @@ pub(super) async fn create_webhook(
 
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
     params(("workspace_id" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = List<WebhookView>)))]
+    responses((status = 200, body = List<WebhookView>),
+        (status = 404, description = "The workspace filtered by is not one the caller can see", body = ErrorEnvelope)))]
 pub(super) async fn list_webhooks(
     State(state): State<AdminState>,
     Caller(actor): Caller,

@@ -57,7 +57,8 @@ pub(super) async fn update_workspace(
 
 /// Hides the workspace and revokes all its keys.
 #[utoipa::path(delete, path = "/v1/workspaces/{id}", tag = "workspaces", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 204), (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "`CONFLICT`: the admin workspace cannot be deleted", body = ErrorEnvelope)))]
 pub(super) async fn delete_workspace(
     State(state): State<AdminState>,
     Caller(actor): Caller,

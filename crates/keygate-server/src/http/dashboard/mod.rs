@@ -572,7 +572,7 @@ async fn key_page(
     PathParam(id): PathParam<String>,
 ) -> PageResult {
     let session = &signed_in.session;
-    let key = state.engine.admin().get_key(&session.actor, &id).await?;
+    let key = state.engine.admin().key_record(&session.actor, &id).await?;
     let ws = state
         .engine
         .admin()

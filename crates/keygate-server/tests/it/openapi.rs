@@ -1,0 +1,106 @@
+//! The OpenAPI document says what the server does (issue 15, section 5):
+//! schemathesis, every check, against a real node, once with an admin key and
+//! once with a workspace key. Any failure it finds fails the test.
+//!
+//! The rules JSON Schema cannot state (a range's length, one limit per
+//! counter, ...) are in the document's descriptions and in
+//! scripts/schemathesis/hooks.py, which keeps generated valid requests
+//! within them; requests generated to break the schema are sent as they are.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use serde_json::json;
+
+use crate::support::TestApp;
+
+/// Examples per operation and phase: bounded, so a run takes about a minute.
+const EXAMPLES: &str = "30";
+
+/// The `st` command of the virtual environment `scripts/test.sh` makes
+/// (scripts/lib/services.sh).
+fn schemathesis() -> Option<String> {
+    match std::env::var("KEYGATE_TEST_SCHEMATHESIS") {
+        Ok(st) => Some(st),
+        Err(_) => {
+            assert!(
+                std::env::var("KEYGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "schemathesis is required (KEYGATE_REQUIRE_SERVICES=1); scripts/test.sh installs it"
+            );
+            eprintln!("skipped: KEYGATE_TEST_SCHEMATHESIS is not set (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+fn hooks_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/schemathesis")
+}
+
+/// Runs schemathesis with `key` in whichever header the document's scheme
+/// it picks names; returns whether it passed, and what it printed.
+async fn run(st: &str, app: &TestApp, key: &str) -> (bool, String) {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        "[auth.openapi.api_key]\napi_key = \"${KEYGATE_ST_KEY}\"\n\
+         [auth.openapi.bearer]\nbearer = \"${KEYGATE_ST_KEY}\"\n",
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(st)
+        .arg("--config-file")
+        .arg(&config)
+        .args(["run", &format!("{}/openapi.json", app.admin)])
+        .args(["--checks", "all", "--max-examples", EXAMPLES, "--no-color"])
+        .env("KEYGATE_ST_KEY", key)
+        .env("SCHEMATHESIS_HOOKS", "hooks")
+        .env("PYTHONPATH", hooks_dir())
+        .current_dir(work.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("schemathesis runs");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), printed)
+}
+
+/// The requests a run generated, from its summary (`2618 generated, ...`).
+fn generated(printed: &str) -> u64 {
+    printed
+        .lines()
+        .find_map(|line| line.trim().split_once(" generated"))
+        .and_then(|(count, _)| count.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing_the_document_does_not_say() {
+    let Some(st) = schemathesis() else { return };
+    let app = TestApp::builder()
+        .config(
+            r#"
+[security]
+# Generated requests send many invalid keys on purpose (in /v1/keys/verify).
+max_failed_attempts = 1000000
+
+[plans.free]
+limits = [{ requests = 100, per = "1m" }]
+
+[plans.pro]
+limits = [{ requests = 5000, per = "1m" }]
+"#,
+        )
+        .start()
+        .await;
+    let ws = app.workspace("Schemathesis").await;
+    let (_, manager) = app
+        .key(&ws, json!({"name": "manager", "scopes": ["keys:manage"]}))
+        .await;
+    for (who, key) in [("an admin key", app.admin_key.clone()), ("a workspace key", manager)] {
+        let (passed, printed) = run(&st, &app, &key).await;
+        assert!(passed, "schemathesis with {who} found failures:\n{printed}");
+        // A run that tested next to nothing would pass too: it did not.
+        assert!(generated(&printed) >= 500, "{printed}");
+    }
+}
