@@ -70,7 +70,16 @@ def in_the_future(body, now):
         body["expires_at"] = iso(now + timedelta(days=1))
 
 
-def within_rules(path, method, body, now):
+def admin_keys_apart(workspace, body):
+    """Keys of the admin workspace are of environment `admin`, and no other's are."""
+    admin = workspace == "ws_admin"
+    if admin and body.get("environment") not in (None, "admin"):
+        body["environment"] = "admin"
+    elif not admin and body.get("environment") == "admin":
+        body["environment"] = None
+
+
+def within_rules(path, method, body, now, parameters):
     if isinstance(body.get("limits"), list):
         body["limits"] = one_limit_per_counter(body["limits"])
     metadata = body.get("metadata")
@@ -78,8 +87,9 @@ def within_rules(path, method, body, now):
         metadata = body["metadata"] = without_nul(metadata)
     if isinstance(metadata, dict) and len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
         body["metadata"] = {}
-    if "expires_at" in body and (path, method) == ("/v1/workspaces/{id}/keys", "POST"):
+    if (path, method) == ("/v1/workspaces/{id}/keys", "POST"):
         in_the_future(body, now)
+        admin_keys_apart(parameters.get("id"), body)
     # `resource` or `resources`, not both.
     if path == "/v1/keys/verify" and body.get("resource") is not None and body.get("resources") is not None:
         body.pop("resources")
@@ -128,7 +138,8 @@ def map_case(context, case):
     now = datetime.now(timezone.utc)
     path, method = case.operation.path, case.operation.method.upper()
     if isinstance(case.body, dict):
-        case.body = within_rules(path, method, dict(case.body), now)
+        parameters = case.path_parameters if isinstance(case.path_parameters, dict) else {}
+        case.body = within_rules(path, method, dict(case.body), now, parameters)
     if isinstance(case.query, dict) and path.endswith("/usage"):
         case.query = usage_range(dict(case.query))
     return case

@@ -177,7 +177,8 @@ pub struct CreateKey {
     /// A descriptive name, e.g. "Production Server": 1 to 200 characters, no control characters.
     #[schema(schema_with = grammar::name)]
     pub name: String,
-    /// One of the configured environments; default the first.
+    /// One of the configured environments; default the first. In the admin
+    /// workspace (`ws_admin`) only `admin`, its default, and `admin` nowhere else.
     pub environment: Option<String>,
     #[serde(default)]
     #[schema(schema_with = grammar::scopes)]

@@ -122,9 +122,11 @@ fn target_samples(upstreams: &[Upstream]) -> Vec<TargetSample> {
 pub(super) async fn openapi_json(State(state): State<AdminState>) -> Json<utoipa::openapi::OpenApi> {
     let plans = state.engine.verifier().plans();
     let format = state.engine.verifier().key_format();
+    // The admin workspace's keys are of their own environment.
+    let environments = format.environments().iter().map(String::as_str);
     Json(super::openapi::for_deployment(
         plans.names(),
-        format.environments().iter().map(String::as_str),
+        environments.chain([keygate_core::key::ADMIN_ENVIRONMENT]),
     ))
 }
 
