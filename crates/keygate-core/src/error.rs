@@ -104,6 +104,8 @@ error_codes! {
         "The config file is not valid; the running config is unchanged.";
     ConfigNeedsRestart => "CONFIG_NEEDS_RESTART", 409,
         "Settings that cannot change while keygate runs were changed; the running config is unchanged. Restart to apply them.";
+    InvalidSignature => "INVALID_SIGNATURE", 401,
+        "The request's signature does not verify with any key this deployment trusts for it.";
     InternalError => "INTERNAL_ERROR", 500,
         "An unexpected error occurred. It has been logged.";
 }

@@ -23,6 +23,8 @@ pub enum EventType {
     KeyExpiring,
     KeyExpired,
     KeyMaxAgeExceeded,
+    /// A key was reported found in public (GitHub secret scanning, or anyone).
+    KeyLeaked,
     RateLimitExceeded,
     /// A shadow limit would have refused a request (it was admitted).
     RateLimitShadowExceeded,
@@ -31,7 +33,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::KeyCreated,
         Self::KeyRevoked,
         Self::KeyRotated,
@@ -39,6 +41,7 @@ impl EventType {
         Self::KeyExpiring,
         Self::KeyExpired,
         Self::KeyMaxAgeExceeded,
+        Self::KeyLeaked,
         Self::RateLimitExceeded,
         Self::RateLimitShadowExceeded,
         Self::UsageAnomaly,
@@ -54,6 +57,7 @@ impl EventType {
             Self::KeyExpiring => "key.expiring",
             Self::KeyExpired => "key.expired",
             Self::KeyMaxAgeExceeded => "key.max_age_exceeded",
+            Self::KeyLeaked => "key.leaked",
             Self::RateLimitExceeded => "ratelimit.exceeded",
             Self::RateLimitShadowExceeded => "ratelimit.shadow_exceeded",
             Self::UsageAnomaly => "usage.anomaly",
@@ -69,6 +73,7 @@ impl EventType {
             "key.revoked" => Some(Self::KeyRevoked),
             "key.rotated" => Some(Self::KeyRotated),
             "key.deleted" => Some(Self::KeyDeleted),
+            "key.leaked" => Some(Self::KeyLeaked),
             _ => None,
         }
     }

@@ -56,7 +56,7 @@ pub fn ip_or_cidr() -> String {
 
 /// A webhook URL: `http` or `https`, then a host (a name, an IPv4 address
 /// or a bracketed IPv6 address), an optional port up to 65535, and then
-/// anything (path, query). The last label of a name starts with a letter
+/// anything but NUL (path, query). The last label of a name starts with a letter
 /// (one of digits only reads as an IPv4 address, and fails as one); no
 /// label has `--`, so `xn--` names (which must be valid punycode) are out;
 /// no user or password, which would be stored and shown in plain text.
@@ -66,7 +66,7 @@ pub fn webhook_url() -> String {
     let last_label = "[A-Za-z][A-Za-z0-9]*(-[A-Za-z0-9]+)*";
     let port = "0*([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])";
     format!(
-        r"^\s*[Hh][Tt][Tt][Pp]([Ss])?://({IPV4}|\[({})\]|({label}\.)*{last_label})(:({port})?)?([/?#][\s\S]*)?\s*$",
+        r"^\s*[Hh][Tt][Tt][Pp]([Ss])?://({IPV4}|\[({})\]|({label}\.)*{last_label})(:({port})?)?([/?#][^\x00]*)?\s*$",
         ipv6()
     )
 }

@@ -123,6 +123,7 @@ impl App {
             reloader.clone(),
             settings.trusted_proxies.clone(),
             settings.dashboard.clone(),
+            settings.github_keys_file.clone(),
         ));
 
         tasks.spawn(transport::serve(

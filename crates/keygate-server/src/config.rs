@@ -15,6 +15,7 @@ use keygate_core::events::AnomalyRule;
 use keygate_core::path::PathRules;
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCatalog, KeyFormat};
+use keygate_engine::admin::LeakPolicy;
 use keygate_engine::events::EventSettings;
 use keygate_engine::plans::PlanBook;
 use keygate_engine::sessions::SessionSettings;
@@ -153,6 +154,8 @@ pub struct Settings {
     pub path_rules: PathRules,
     pub background_priority: BackgroundPriority,
     pub dashboard: DashboardSettings,
+    /// `leaks.github_keys_file`: GitHub's secret-scanning public keys.
+    pub github_keys_file: Option<PathBuf>,
     /// `secrets.key_file`: read when a node starts and on every reload.
     pub secrets_key_file: Option<PathBuf>,
 }
@@ -416,6 +419,11 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             admin: keygate_engine::admin::AdminSettings {
                 default_rotation_grace: config.keys.rotation_grace.get(),
                 max_metadata_bytes: config.keys.max_metadata_bytes,
+                leak_policy: match config.leaks.on_report {
+                    OnReport::Revoke => LeakPolicy::Revoke,
+                    OnReport::Expire => LeakPolicy::Expire(config.leaks.grace.get()),
+                    OnReport::Notify => LeakPolicy::Notify,
+                },
             },
             usage: keygate_engine::usage::UsageSettings {
                 enabled: config.usage.enabled,
@@ -451,6 +459,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         path_rules,
         background_priority: config.server.background_priority,
         secrets_key_file: config.secrets.key_file.clone(),
+        github_keys_file: config.leaks.github_keys_file.clone(),
         dashboard: DashboardSettings {
             enabled: config.dashboard.enabled,
             public_url: validate_public_url(config.dashboard.public_url.as_deref())

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod background;
 pub mod config;
+pub mod github;
 pub mod http;
 pub mod reload;
 pub mod secrets;

@@ -31,9 +31,11 @@ use crate::usage::Usage;
 use crate::verifier::{LimitMode, Rejection, Verified, Verifier, VerifyRequest};
 use crate::AdminError;
 
+mod leaks;
 mod usage;
 mod webhooks;
 
+pub use leaks::{LeakPolicy, LeakReport, LeakVerdict};
 pub use usage::{Granularity, UsageBucket, MAX_DAILY_USAGE_RANGE_DAYS, MAX_TOP_KEYS, MAX_USAGE_RANGE_DAYS};
 pub use webhooks::Resealed;
 
@@ -185,6 +187,8 @@ pub struct AdminSettings {
     pub default_rotation_grace: Duration,
     /// Largest key metadata, as JSON (`keys.max_metadata_bytes`).
     pub max_metadata_bytes: usize,
+    /// What a report of a leaked key does (`leaks.on_report`).
+    pub leak_policy: LeakPolicy,
 }
 
 impl Default for AdminSettings {
@@ -192,6 +196,7 @@ impl Default for AdminSettings {
         Self {
             default_rotation_grace: Duration::from_secs(24 * 3600),
             max_metadata_bytes: 4096,
+            leak_policy: LeakPolicy::Revoke,
         }
     }
 }

@@ -37,6 +37,7 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     pub dashboard: DashboardConfig,
     pub secrets: SecretsConfig,
+    pub leaks: LeaksConfig,
     pub plans: BTreeMap<String, Plan>,
     pub routes: Vec<RouteConfig>,
 }
@@ -416,6 +417,42 @@ pub struct SecretsConfig {
     /// sealing. Unset: `KEYGATE_SECRETS_KEY`, else (SQLite only) a file next
     /// to the database, made on the first start.
     pub key_file: Option<PathBuf>,
+}
+
+/// `[leaks]`: reports of keys found in public
+/// (crates/keygate-engine/src/admin/leaks.rs, crates/keygate-server/src/github.rs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaksConfig {
+    /// GitHub's secret-scanning public keys, the JSON document GitHub
+    /// publishes. Read at each report, so a replaced file applies at once.
+    /// Unset: `POST /v1/leaks/github` answers 404.
+    pub github_keys_file: Option<PathBuf>,
+    /// What a report of a live key does.
+    pub on_report: OnReport,
+    /// With `on_report = "expire"`: how long a reported key keeps working.
+    pub grace: PositiveDuration,
+}
+
+impl Default for LeaksConfig {
+    fn default() -> Self {
+        Self {
+            github_keys_file: None,
+            on_report: OnReport::Revoke,
+            grace: PositiveDuration::secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnReport {
+    /// Revoke the key at once.
+    Revoke,
+    /// Let it work for `leaks.grace`, then it expires.
+    Expire,
+    /// Change nothing; the audit and webhook events only.
+    Notify,
 }
 
 /// `[webhooks]`: how deliveries are sent and retried.

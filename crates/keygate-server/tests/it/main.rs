@@ -8,6 +8,7 @@ mod bad_input;
 mod dashboard;
 mod error_catalog;
 mod forwarding;
+mod leaks;
 mod lifecycle;
 mod metrics;
 mod openapi;

@@ -20,6 +20,7 @@ use crate::reload::{LiveConfig, Reloader};
 
 mod audit;
 mod keys;
+mod leaks;
 mod openapi;
 mod ops;
 mod portal;
@@ -36,6 +37,8 @@ pub struct AdminState {
     pub config: LiveConfig,
     pub trusted_proxies: Arc<Vec<IpNet>>,
     pub dashboard: Arc<DashboardContext>,
+    /// `leaks.github_keys_file`: `None` turns GitHub's partner endpoint off.
+    pub github_keys_file: Option<Arc<std::path::Path>>,
     reloader: Arc<Reloader>,
 }
 
@@ -46,6 +49,7 @@ impl AdminState {
         reloader: Arc<Reloader>,
         trusted_proxies: Vec<IpNet>,
         dashboard: crate::config::DashboardSettings,
+        github_keys_file: Option<std::path::PathBuf>,
     ) -> Self {
         let dashboard = DashboardContext {
             settings: dashboard,
@@ -56,6 +60,7 @@ impl AdminState {
             config,
             trusted_proxies: Arc::new(trusted_proxies),
             dashboard: Arc::new(dashboard),
+            github_keys_file: github_keys_file.map(Arc::from),
             reloader,
         }
     }
@@ -128,6 +133,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::webhook_deliveries))
         .route("/v1/config/reload", post(ops::reload_config))
+        .route("/v1/leaks/github", post(leaks::github_report))
         .merge(dashboard)
         .fallback(not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

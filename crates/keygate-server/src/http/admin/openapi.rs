@@ -18,16 +18,20 @@ use utoipa::openapi::schema::{ArrayItems, Schema, SchemaType, Type};
 use utoipa::openapi::{Components, RefOr, Required};
 use utoipa::OpenApi;
 
-use super::{audit, keys, ops, portal, usage, webhooks, workspaces};
+use super::{audit, keys, leaks, ops, portal, usage, webhooks, workspaces};
 use crate::http::dto::ErrorEnvelope;
 
-/// The document for this deployment: `plans` and `environments` are the
-/// values the `plan` and `environment` fields accept (each also `null`).
+/// The document for this deployment: its plans and environments listed
+/// where they are taken, and no path this node does not serve.
 pub fn for_deployment<'a>(
     plans: impl IntoIterator<Item = &'a str>,
     environments: impl IntoIterator<Item = &'a str>,
+    github_leaks: bool,
 ) -> utoipa::openapi::OpenApi {
     let mut document = ApiDoc::openapi();
+    if !github_leaks {
+        document.paths.paths.remove("/v1/leaks/github");
+    }
     let (plans, environments) = (or_null(plans), or_null(environments));
     if let Some(components) = document.components.as_mut() {
         for schema in ["CreateWorkspace", "UpdateWorkspace"] {
@@ -151,7 +155,7 @@ impl utoipa::Modify for CommonErrors {
         ops::healthz, ops::readyz, ops::metrics, workspaces::create_workspace, workspaces::list_workspaces, workspaces::get_workspace, workspaces::update_workspace, workspaces::delete_workspace,
         keys::create_key, keys::list_keys, keys::get_key, keys::update_key, keys::delete_key, keys::revoke_key, keys::rotate_key, usage::key_usage, usage::workspace_usage, usage::top_keys, keys::verify_key,
         audit::audit_events, portal::create_portal_session, webhooks::list_events, webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
-        webhooks::webhook_deliveries, ops::reload_config
+        webhooks::webhook_deliveries, ops::reload_config, leaks::github_report
     ),
     components(schemas(ErrorEnvelope)),
     modifiers(&SecuritySchemes, &CommonErrors, &OptionalBodies, &TextWithoutNul)

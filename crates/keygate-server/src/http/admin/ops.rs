@@ -127,6 +127,7 @@ pub(super) async fn openapi_json(State(state): State<AdminState>) -> Json<utoipa
     Json(super::openapi::for_deployment(
         plans.names(),
         environments.chain([keygate_core::key::ADMIN_ENVIRONMENT]),
+        state.github_keys_file.is_some(),
     ))
 }
 

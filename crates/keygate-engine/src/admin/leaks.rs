@@ -1,0 +1,110 @@
+//! Leak reports: a key found in public (by GitHub's secret scanning, or by
+//! anyone) is acted on at once, as `leaks.on_report` says, with a trail: the
+//! audit event `key.leaked` names the report's source and URL, and the same
+//! transaction publishes it to webhooks.
+
+use std::time::Duration;
+
+use keygate_core::id::AUDIT_PREFIX;
+use keygate_core::model::KeyStatus;
+use keygate_store::AuditEvent;
+use serde_json::json;
+
+use super::{later, Admin};
+use crate::AdminError;
+
+/// What a report of one of this deployment's live keys does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeakPolicy {
+    /// Revoke the key at once (the default).
+    Revoke,
+    /// Let it work for this long (teams that need minutes to roll a key),
+    /// unless it expires sooner anyway.
+    Expire(Duration),
+    /// Change nothing: the audit event and the webhook event only.
+    Notify,
+}
+
+impl LeakPolicy {
+    fn action(self) -> &'static str {
+        match self {
+            Self::Revoke => "revoked",
+            Self::Expire(_) => "expiring",
+            Self::Notify => "notified",
+        }
+    }
+}
+
+/// Who reports, and where the key was found.
+#[derive(Debug, Clone, Copy)]
+pub struct LeakReport<'a> {
+    /// The audit event's actor: `github` for GitHub's secret scanning.
+    pub reporter: &'a str,
+    /// Where the key was seen (a commit, a gist, an issue), if said.
+    pub url: Option<&'a str>,
+    /// The reporter's own word for where it looked (GitHub's `source`).
+    pub source: Option<&'a str>,
+}
+
+/// What a reported token turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeakVerdict {
+    /// A key of this deployment that worked until the report; the policy was applied.
+    Live,
+    /// A key of this deployment that no longer worked (revoked, expired, deleted).
+    Dead,
+    /// Not a key of this deployment: another prefix, a bad checksum, or no such key.
+    Unknown,
+}
+
+impl LeakVerdict {
+    /// Whether the token was one of this deployment's keys (GitHub's `true_positive`).
+    pub fn is_ours(self) -> bool {
+        self != Self::Unknown
+    }
+}
+
+impl Admin {
+    /// Acts on a report that `presented` was found in public. Only a live
+    /// key changes; a report of anything else is answered, and changes nothing.
+    pub async fn report_leak(&self, presented: &str, report: LeakReport<'_>) -> Result<LeakVerdict, AdminError> {
+        let Ok(parsed) = self.verifier.key_format().parse(presented) else {
+            return Ok(LeakVerdict::Unknown);
+        };
+        let Some((key, _)) = self.context.store().find_key_by_hash(&parsed.hash()).await? else {
+            return Ok(LeakVerdict::Unknown);
+        };
+        let now = self.context.now();
+        if key.status(now) != KeyStatus::Active {
+            return Ok(LeakVerdict::Dead);
+        }
+        let policy = self.settings.leak_policy;
+        let event = AuditEvent {
+            id: self.context.new_id(AUDIT_PREFIX, now),
+            at: now,
+            actor: report.reporter.to_owned(),
+            actor_ip: None,
+            action: "key.leaked".to_owned(),
+            object_type: "key".to_owned(),
+            object_id: key.id.clone(),
+            workspace_id: Some(key.workspace_id.clone()),
+            details: json!({"url": report.url, "source": report.source, "action": policy.action()}),
+        };
+        let store = self.context.store();
+        match policy {
+            LeakPolicy::Revoke => {
+                let reason = format!("leaked: reported by {}", report.reporter);
+                store.revoke_key(&key.id, now, Some(&reason), &event).await?;
+            }
+            LeakPolicy::Expire(grace) => {
+                let until = later("leaks.grace", now, grace)?;
+                let mut expiring = key.clone();
+                expiring.expires_at = Some(key.expires_at.map_or(until, |at| at.min(until)));
+                store.update_key(&expiring, &event).await?;
+            }
+            LeakPolicy::Notify => store.update_key(&key, &event).await?,
+        }
+        self.verifier.forget_key(&key.hash);
+        Ok(LeakVerdict::Live)
+    }
+}

@@ -1,0 +1,280 @@
+//! Leak reports through GitHub's secret-scanning partner protocol
+//! (crates/keygate-server/src/github.rs), signed in the test with a P-256
+//! key pair whose public half is in the configured keys file, as GitHub's is.
+
+use axum::http::Method;
+use base64::prelude::{Engine as _, BASE64_STANDARD};
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::pkcs8::{EncodePublicKey, LineEnding};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::support::TestApp;
+
+const KEY_ID: &str = "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a";
+
+/// A node trusting one GitHub key, the key's signing half, and the folder
+/// that holds the keys file.
+async fn node(on_report: &str) -> (TestApp, SigningKey, tempfile::TempDir) {
+    let signing = SigningKey::random(&mut rand::thread_rng());
+    let pem = signing.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("github-keys.json");
+    let published = json!({"public_keys": [{"key_identifier": KEY_ID, "key": pem, "is_current": true}]});
+    std::fs::write(&keys_file, published.to_string()).unwrap();
+    let app = TestApp::builder()
+        .config(&format!(
+            "[leaks]\ngithub_keys_file = \"{}\"\non_report = \"{on_report}\"\ngrace = \"10m\"\n",
+            keys_file.display()
+        ))
+        .start()
+        .await;
+    (app, signing, dir)
+}
+
+/// POSTs `body` as GitHub does: signed by `signing`, naming `key_id`.
+async fn report(app: &TestApp, signing: &SigningKey, key_id: &str, body: &[u8]) -> (u16, Value) {
+    let signature: Signature = signing.sign(body);
+    let response = app
+        .http
+        .post(format!("{}/v1/leaks/github", app.admin))
+        .header("Content-Type", "application/json")
+        .header("Github-Public-Key-Identifier", key_id)
+        .header(
+            "Github-Public-Key-Signature",
+            BASE64_STANDARD.encode(signature.to_der()),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn found(token: &str, url: &str) -> Value {
+    json!({"token": token, "type": "keygate_api_key", "url": url, "source": "content"})
+}
+
+fn sha256_hex(text: &str) -> String {
+    format!("{:x}", Sha256::digest(text.as_bytes()))
+}
+
+#[tokio::test]
+async fn a_signed_report_revokes_the_key_within_the_request_with_a_trail() {
+    let (app, signing, _keys) = node("revoke").await;
+    let ws = app.workspace("Acme").await;
+    let (leaked_id, leaked) = app.key(&ws, json!({"name": "leaked"})).await;
+    let (_, other) = app.key(&ws, json!({"name": "other"})).await;
+    assert_eq!(app.whoami(&leaked).await.status(), 200);
+    let url = "https://github.com/acme/app/blob/main/config.py";
+    let fake = "kg_live_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let body = json!([found(&leaked, url), found(fake, url)]).to_string();
+
+    let (status, feedback) = report(&app, &signing, KEY_ID, body.as_bytes()).await;
+    assert_eq!(status, 200, "{feedback}");
+    assert_eq!(
+        feedback,
+        json!([
+            {"token_hash": sha256_hex(&leaked), "token_type": "keygate_api_key", "label": "true_positive"},
+            {"token_hash": sha256_hex(fake), "token_type": "keygate_api_key", "label": "false_positive"},
+        ])
+    );
+    assert!(!feedback.to_string().contains(&leaked), "the token is not sent back");
+
+    let refused: Value = app.whoami(&leaked).await.json().await.unwrap();
+    assert_eq!(refused["code"], "API_KEY_REVOKED");
+    assert_eq!(app.whoami(&other).await.status(), 200, "only the reported key");
+
+    let audit = app
+        .admin_ok(Method::GET, &format!("/v1/audit-events?key_id={leaked_id}"), None, 200)
+        .await;
+    let leak = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["action"] == "key.leaked")
+        .expect("a key.leaked audit event");
+    assert_eq!(
+        (leak["actor"].as_str(), leak["details"]["url"].as_str()),
+        (Some("github"), Some(url))
+    );
+    assert_eq!(leak["details"]["action"], "revoked");
+    let events = app
+        .admin_ok(Method::GET, &format!("/v1/events?key_id={leaked_id}"), None, 200)
+        .await;
+    let published = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["type"] == "key.leaked")
+        .expect("a key.leaked event for webhooks");
+    assert_eq!(published["payload"]["data"]["url"], url);
+
+    // Reported again: still ours (true_positive), nothing more to do.
+    let (status, again) = report(
+        &app,
+        &signing,
+        KEY_ID,
+        json!([found(&leaked, url)]).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!((status, again[0]["label"].as_str()), (200, Some("true_positive")));
+}
+
+#[tokio::test]
+async fn reports_that_are_not_github_s_or_not_well_formed_change_nothing() {
+    let (app, signing, _keys) = node("revoke").await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let body = json!([found(&key, "https://gist.github.com/x")]).to_string();
+    let send = |key_id: &'static str, signature: Option<String>, body: Vec<u8>| {
+        let mut request = app
+            .http
+            .post(format!("{}/v1/leaks/github", app.admin))
+            .header("Content-Type", "application/json")
+            .header("Github-Public-Key-Identifier", key_id)
+            .body(body);
+        if let Some(signature) = signature {
+            request = request.header("Github-Public-Key-Signature", signature);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let signed_other: Signature = signing.sign(b"[]");
+    let stranger = SigningKey::random(&mut rand::thread_rng());
+    let signed_by_stranger: Signature = stranger.sign(body.as_bytes());
+    let refusals = [
+        ("unsigned", send(KEY_ID, None, body.clone().into_bytes()).await),
+        (
+            "signature of another body",
+            send(
+                KEY_ID,
+                Some(BASE64_STANDARD.encode(signed_other.to_der())),
+                body.clone().into_bytes(),
+            )
+            .await,
+        ),
+        (
+            "signed by a key GitHub does not hold",
+            send(
+                KEY_ID,
+                Some(BASE64_STANDARD.encode(signed_by_stranger.to_der())),
+                body.clone().into_bytes(),
+            )
+            .await,
+        ),
+        (
+            "not base64",
+            send(KEY_ID, Some("%%%".into()), body.clone().into_bytes()).await,
+        ),
+    ];
+    for (case, (status, answer)) in refusals {
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (401, Some("INVALID_SIGNATURE")),
+            "{case}"
+        );
+    }
+    let (status, answer) = report(&app, &signing, "another-key-id", body.as_bytes()).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (401, Some("INVALID_SIGNATURE")),
+        "unknown key id"
+    );
+
+    // Signed, but not a report.
+    let (status, answer) = report(&app, &signing, KEY_ID, b"[{\"token\": ").await;
+    assert_eq!((status, answer["code"].as_str()), (400, Some("INVALID_JSON")));
+    let (status, answer) = report(&app, &signing, KEY_ID, br#"{"token": "x"}"#).await;
+    assert_eq!((status, answer["code"].as_str()), (422, Some("VALIDATION_ERROR")));
+    let (status, answer) = report(&app, &signing, KEY_ID, br#"[{"token": "x"}]"#).await;
+    assert_eq!(
+        (status, answer["data"]["field"].as_str()),
+        (422, Some("[0].type")),
+        "{answer}"
+    );
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"token": i.to_string(), "type": "t"}))
+        .collect();
+    let (status, answer) = report(&app, &signing, KEY_ID, json!(many).to_string().as_bytes()).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (422, Some("VALIDATION_ERROR")),
+        "1,001 tokens"
+    );
+    let flood: Vec<Value> = (0..10_000).map(|_| found(&key, "https://github.com/x")).collect();
+    let (status, answer) = report(&app, &signing, KEY_ID, json!(flood).to_string().as_bytes()).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (413, Some("PAYLOAD_TOO_LARGE")),
+        "10,000 tokens"
+    );
+
+    // Another deployment's key, and a key of ours with a broken checksum.
+    let mut broken = key.clone();
+    broken.pop();
+    broken.push(if key.ends_with('A') { 'B' } else { 'A' });
+    let strangers = json!([found("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "u"), found(&broken, "u")]).to_string();
+    let (status, feedback) = report(&app, &signing, KEY_ID, strangers.as_bytes()).await;
+    assert_eq!(status, 200);
+    assert!(
+        feedback
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["label"] == "false_positive"),
+        "{feedback}"
+    );
+
+    assert_eq!(
+        app.whoami(&key).await.status(),
+        200,
+        "no refused report changed the key"
+    );
+}
+
+#[tokio::test]
+async fn the_policy_can_expire_after_a_grace_or_only_notify() {
+    let (app, signing, _keys) = node("expire").await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let body = json!([found(&key, "https://github.com/x")]).to_string();
+    assert_eq!(report(&app, &signing, KEY_ID, body.as_bytes()).await.0, 200);
+    assert_eq!(app.whoami(&key).await.status(), 200, "works through the grace");
+    app.clock.advance(chrono::Duration::minutes(11));
+    let refused: Value = app.whoami(&key).await.json().await.unwrap();
+    assert_eq!(refused["code"], "API_KEY_EXPIRED");
+
+    let (app, signing, _keys) = node("notify").await;
+    let ws = app.workspace("Acme").await;
+    let (id, key) = app.key(&ws, json!({"name": "k"})).await;
+    let body = json!([found(&key, "https://github.com/y")]).to_string();
+    assert_eq!(report(&app, &signing, KEY_ID, body.as_bytes()).await.0, 200);
+    assert_eq!(app.whoami(&key).await.status(), 200, "notify changes nothing");
+    let audit = app
+        .admin_ok(Method::GET, &format!("/v1/audit-events?key_id={id}"), None, 200)
+        .await;
+    assert!(audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "key.leaked"));
+}
+
+#[tokio::test]
+async fn without_a_keys_file_the_endpoint_is_not_there() {
+    let app = TestApp::start().await;
+    let response = app
+        .http
+        .post(format!("{}/v1/leaks/github", app.admin))
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
