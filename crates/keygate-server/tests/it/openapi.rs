@@ -12,7 +12,7 @@ use std::process::Stdio;
 
 use serde_json::json;
 
-use crate::support::TestApp;
+use crate::support::{installed_tool, TestApp};
 
 /// A keys document in the shape GitHub publishes; nothing here is signed for it.
 const GITHUB_KEYS: &str = r#"{"public_keys": [{"key_identifier": "kid", "is_current": true,
@@ -24,17 +24,7 @@ const EXAMPLES: &str = "30";
 /// The `st` command of the virtual environment `scripts/test.sh` makes
 /// (scripts/lib/services.sh).
 fn schemathesis() -> Option<String> {
-    match std::env::var("KEYGATE_TEST_SCHEMATHESIS") {
-        Ok(st) => Some(st),
-        Err(_) => {
-            assert!(
-                std::env::var("KEYGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "schemathesis is required (KEYGATE_REQUIRE_SERVICES=1); scripts/test.sh installs it"
-            );
-            eprintln!("skipped: KEYGATE_TEST_SCHEMATHESIS is not set (scripts/test.sh sets it)");
-            None
-        }
-    }
+    installed_tool("KEYGATE_TEST_SCHEMATHESIS", "schemathesis")
 }
 
 fn hooks_dir() -> PathBuf {

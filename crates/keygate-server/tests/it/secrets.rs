@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use keygate_server::secrets::{add_key_to_file, default_key_file};
 use serde_json::json;
 
-use crate::support::TestApp;
+use crate::support::{installed_tool, TestApp};
 use crate::webhooks::{deliver, webhook, Received, Receiver};
 
 /// The test drives deliveries itself: the node's own worker polls hourly.
@@ -17,17 +17,7 @@ const DRIVEN: &str = "[webhooks]\npoll_interval = \"1h\"\n";
 /// The Python of the virtual environment `scripts/test.sh` makes with the
 /// `standardwebhooks` library (scripts/lib/services.sh).
 fn standard_webhooks_python() -> Option<String> {
-    match std::env::var("KEYGATE_TEST_WEBHOOK_PYTHON") {
-        Ok(python) => Some(python),
-        Err(_) => {
-            assert!(
-                std::env::var("KEYGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "the standardwebhooks library is required (KEYGATE_REQUIRE_SERVICES=1); scripts/test.sh installs it"
-            );
-            eprintln!("skipped: KEYGATE_TEST_WEBHOOK_PYTHON is not set (scripts/test.sh sets it)");
-            None
-        }
-    }
+    installed_tool("KEYGATE_TEST_WEBHOOK_PYTHON", "the standardwebhooks library")
 }
 
 /// Whether the reference library accepts the delivery as signed with `secret`.

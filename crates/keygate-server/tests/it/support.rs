@@ -232,6 +232,23 @@ async fn fresh_store_url(dir: &std::path::Path) -> String {
     }
 }
 
+/// A tool `scripts/test.sh` installs (scripts/lib/services.sh) and names in
+/// `variable`. Without it the test is skipped, unless CI requires every
+/// service (`KEYGATE_REQUIRE_SERVICES=1`).
+pub fn installed_tool(variable: &str, what: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(path) => Some(path),
+        Err(_) => {
+            assert!(
+                std::env::var("KEYGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "{what} is required (KEYGATE_REQUIRE_SERVICES=1); scripts/test.sh installs it"
+            );
+            eprintln!("skipped: {variable} is not set (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
 /// An upstream that answers every request with what it received, as JSON.
 pub struct EchoUpstream {
     pub url: String,

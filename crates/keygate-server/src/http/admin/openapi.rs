@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use keygate_core::grammar::NO_NUL;
 use serde_json::Value;
-use utoipa::openapi::path::ParameterIn;
+use utoipa::openapi::path::{Operation, ParameterIn, Paths};
 use utoipa::openapi::request_body::RequestBody;
 use utoipa::openapi::schema::{ArrayItems, Schema, SchemaType, Type};
 use utoipa::openapi::{Components, RefOr, Required};
@@ -40,6 +40,21 @@ pub fn for_deployment<'a>(
         list_values(components, "CreateKey", "environment", environments);
     }
     document
+}
+
+/// Every operation of the document, whatever its method.
+fn operations_mut(paths: &mut Paths) -> impl Iterator<Item = &mut Operation> {
+    paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+    })
 }
 
 fn or_null<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Value> {
@@ -116,33 +131,24 @@ impl CommonErrors {
 impl utoipa::Modify for CommonErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.patch,
-                &mut item.delete,
-            ];
-            for operation in operations.into_iter().flatten() {
-                // `security(())`: an ops endpoint that needs no key.
-                let open = operation.security.as_ref().is_some_and(|s| !s.is_empty());
-                if open {
+        for operation in operations_mut(&mut openapi.paths) {
+            // `security(())`: an endpoint that needs no key.
+            let open = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+            if open {
+                continue;
+            }
+            for (status, description) in Self::STATUSES {
+                if operation.responses.responses.contains_key(status) {
                     continue;
                 }
-                for (status, description) in Self::STATUSES {
-                    if operation.responses.responses.contains_key(status) {
-                        continue;
-                    }
-                    let content = ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
-                        .build();
-                    let response = ResponseBuilder::new()
-                        .description(description)
-                        .content("application/json", content)
-                        .build();
-                    operation.responses.responses.insert(status.to_owned(), response.into());
-                }
+                let content = ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                    .build();
+                let response = ResponseBuilder::new()
+                    .description(description)
+                    .content("application/json", content)
+                    .build();
+                operation.responses.responses.insert(status.to_owned(), response.into());
             }
         }
     }
@@ -184,13 +190,10 @@ impl utoipa::Modify for OptionalBodies {
         let Some(components) = openapi.components.as_ref() else {
             return;
         };
-        for item in openapi.paths.paths.values_mut() {
-            let operations = [&mut item.post, &mut item.put, &mut item.patch];
-            for operation in operations.into_iter().flatten() {
-                if let Some(body) = operation.request_body.as_mut() {
-                    if Self::all_optional(components, body) {
-                        body.required = Some(Required::False);
-                    }
+        for operation in operations_mut(&mut openapi.paths) {
+            if let Some(body) = operation.request_body.as_mut() {
+                if Self::all_optional(components, body) {
+                    body.required = Some(Required::False);
                 }
             }
         }
@@ -280,20 +283,11 @@ impl utoipa::Modify for TextWithoutNul {
                 }
             }
         }
-        for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.patch,
-                &mut item.delete,
-            ];
-            for operation in operations.into_iter().flatten() {
-                let parameters = operation.parameters.iter_mut().flatten();
-                for parameter in parameters.filter(|p| p.parameter_in == ParameterIn::Query) {
-                    if let Some(schema) = parameter.schema.as_mut() {
-                        Self::state(schema);
-                    }
+        for operation in operations_mut(&mut openapi.paths) {
+            let parameters = operation.parameters.iter_mut().flatten();
+            for parameter in parameters.filter(|p| p.parameter_in == ParameterIn::Query) {
+                if let Some(schema) = parameter.schema.as_mut() {
+                    Self::state(schema);
                 }
             }
         }
