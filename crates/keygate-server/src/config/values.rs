@@ -48,10 +48,19 @@ impl Serialize for ConfigDuration {
     }
 }
 
+/// The longest duration a setting takes: far past any sensible lifetime,
+/// and short enough that adding it to any time of day stays on the calendar
+/// (a longer one would overflow where it is added to `now`).
+const LONGEST: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        parse_duration(&text).map(Self).map_err(D::Error::custom)
+        let duration = parse_duration(&text).map_err(D::Error::custom)?;
+        if duration > LONGEST {
+            return Err(D::Error::custom(format!("`{text}` is longer than 100 years")));
+        }
+        Ok(Self(duration))
     }
 }
 
@@ -177,6 +186,9 @@ mod tests {
             read("any = \"90\"\npositive = \"1s\"\nsize = 1").is_err(),
             "a number needs a unit"
         );
+        let err = read("any = \"1000000000d\"\npositive = \"1s\"\nsize = 1").unwrap_err();
+        assert!(err.contains("longer than 100 years") && err.contains("any"), "{err}");
+        assert!(read("any = \"36500d\"\npositive = \"1s\"\nsize = 1").is_ok());
     }
 
     proptest! {
