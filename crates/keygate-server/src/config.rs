@@ -156,6 +156,8 @@ pub struct Settings {
     pub dashboard: DashboardSettings,
     /// `leaks.github_keys_file`: GitHub's secret-scanning public keys.
     pub github_keys_file: Option<PathBuf>,
+    /// `leaks.report_path`: `None` turns public leak reports off.
+    pub leak_report_path: Option<String>,
     /// `secrets.key_file`: read when a node starts and on every reload.
     pub secrets_key_file: Option<PathBuf>,
 }
@@ -460,6 +462,16 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         background_priority: config.server.background_priority,
         secrets_key_file: config.secrets.key_file.clone(),
         github_keys_file: config.leaks.github_keys_file.clone(),
+        leak_report_path: match config.leaks.report_path.as_str() {
+            "" => None,
+            path if path.starts_with('/') => Some(path.to_owned()),
+            _ => {
+                return Err(invalid(
+                    "leaks.report_path",
+                    "must start with `/`, or be empty to turn it off".into(),
+                ))
+            }
+        },
         dashboard: DashboardSettings {
             enabled: config.dashboard.enabled,
             public_url: validate_public_url(config.dashboard.public_url.as_deref())

@@ -3,10 +3,14 @@
 //! audit event `key.leaked` names the report's source and URL, and the same
 //! transaction publishes it to webhooks.
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_core::id::AUDIT_PREFIX;
 use keygate_core::model::KeyStatus;
+use keygate_core::ratelimit::Rule;
+use keygate_limiter::{Charge, CounterKey, LimitCheck};
 use keygate_store::AuditEvent;
 use serde_json::json;
 
@@ -44,6 +48,8 @@ pub struct LeakReport<'a> {
     pub url: Option<&'a str>,
     /// The reporter's own word for where it looked (GitHub's `source`).
     pub source: Option<&'a str>,
+    /// The address the report came from, when it is not a known reporter's.
+    pub ip: Option<IpAddr>,
 }
 
 /// What a reported token turned out to be.
@@ -64,7 +70,62 @@ impl LeakVerdict {
     }
 }
 
+/// Reports one client address may send a minute to the public endpoint.
+pub const PUBLIC_REPORTS_PER_MINUTE: u64 = 20;
+
+/// What the public endpoint answers: the same for every key, live, dead or
+/// unknown, so it tells nobody which keys exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicReport {
+    Received,
+    /// Over [`PUBLIC_REPORTS_PER_MINUTE`]; nothing was looked at.
+    TooMany {
+        retry_after_secs: u64,
+    },
+}
+
 impl Admin {
+    /// A report from anyone (`leaks.report_path` on the data plane), counted
+    /// per client address on the rate limiter (shared by every node on
+    /// Redis), then acted on as GitHub's are. If the limiter cannot decide,
+    /// the report is taken: losing one costs more than one more report.
+    pub async fn report_leak_publicly(
+        &self,
+        presented: &str,
+        url: Option<&str>,
+        client: IpAddr,
+    ) -> Result<PublicReport, AdminError> {
+        let minute = 60_000;
+        let check = LimitCheck {
+            key: CounterKey {
+                owner: Arc::from(format!("leak-report:{client}")),
+                resource: Arc::from("leak-reports"),
+                window_ms: minute,
+            },
+            rule: Rule::new(PUBLIC_REPORTS_PER_MINUTE, minute),
+        };
+        let now_ms = u64::try_from(self.context.now().timestamp_millis()).unwrap_or_default();
+        let decided = self
+            .verifier
+            .limiter()
+            .check(&[check], 1, Charge::Consume, now_ms)
+            .await;
+        if let Ok(decision) = decided {
+            if !decision.allowed {
+                let retry_after_secs = decision.retry_after_secs().unwrap_or(60);
+                return Ok(PublicReport::TooMany { retry_after_secs });
+            }
+        }
+        let report = LeakReport {
+            reporter: "public report",
+            url,
+            source: None,
+            ip: Some(client),
+        };
+        self.report_leak(presented, report).await?;
+        Ok(PublicReport::Received)
+    }
+
     /// Acts on a report that `presented` was found in public. Only a live
     /// key changes; a report of anything else is answered, and changes nothing.
     pub async fn report_leak(&self, presented: &str, report: LeakReport<'_>) -> Result<LeakVerdict, AdminError> {
@@ -83,7 +144,7 @@ impl Admin {
             id: self.context.new_id(AUDIT_PREFIX, now),
             at: now,
             actor: report.reporter.to_owned(),
-            actor_ip: None,
+            actor_ip: report.ip.map(|ip| ip.to_string()),
             action: "key.leaked".to_owned(),
             object_type: "key".to_owned(),
             object_id: key.id.clone(),

@@ -35,7 +35,7 @@ mod leaks;
 mod usage;
 mod webhooks;
 
-pub use leaks::{LeakPolicy, LeakReport, LeakVerdict};
+pub use leaks::{LeakPolicy, LeakReport, LeakVerdict, PublicReport, PUBLIC_REPORTS_PER_MINUTE};
 pub use usage::{Granularity, UsageBucket, MAX_DAILY_USAGE_RANGE_DAYS, MAX_TOP_KEYS, MAX_USAGE_RANGE_DAYS};
 pub use webhooks::Resealed;
 

@@ -302,6 +302,11 @@ impl Verifier {
     }
 
     /// The format keys are made and read in.
+    /// The rate limiter, for counters that are not a key's (crates/keygate-engine/src/admin/leaks.rs).
+    pub(crate) fn limiter(&self) -> &dyn Limiter {
+        self.limiter.as_ref()
+    }
+
     pub fn key_format(&self) -> &KeyFormat {
         &self.settings.key_format
     }

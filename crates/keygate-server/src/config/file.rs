@@ -432,6 +432,9 @@ pub struct LeaksConfig {
     pub on_report: OnReport,
     /// With `on_report = "expire"`: how long a reported key keeps working.
     pub grace: PositiveDuration,
+    /// Where anyone may report a key on the data plane (taken before the
+    /// routes); `""` turns it off.
+    pub report_path: String,
 }
 
 impl Default for LeaksConfig {
@@ -440,6 +443,7 @@ impl Default for LeaksConfig {
             github_keys_file: None,
             on_report: OnReport::Revoke,
             grace: PositiveDuration::secs(3600),
+            report_path: "/v1/leaks/report".to_owned(),
         }
     }
 }

@@ -56,11 +56,14 @@ pub struct Gateway {
     path_rules: PathRules,
     access_log: AccessLog,
     labels: FixedLabels,
+    /// `leaks.report_path`: public leak reports, taken before the routes.
+    leak_report_path: Option<Arc<str>>,
 }
 
 /// Label values made once, so recording a request does not allocate.
 struct FixedLabels {
     whoami: LabelText,
+    leak_report: LabelText,
     empty: LabelText,
 }
 
@@ -81,8 +84,10 @@ impl Gateway {
             access_log,
             labels: FixedLabels {
                 whoami: LabelText(Arc::from(WHOAMI_PATH)),
+                leak_report: LabelText(Arc::from(settings.leak_report_path.as_deref().unwrap_or_default())),
                 empty: LabelText(Arc::from("")),
             },
+            leak_report_path: settings.leak_report_path.as_deref().map(Arc::from),
         })
     }
 
@@ -93,6 +98,15 @@ impl Gateway {
             None if path == WHOAMI_PATH => self.labels.whoami.clone(),
             None => self.labels.empty.clone(),
         }
+    }
+
+    /// A public leak report (crates/keygate-server/src/http/leak_report.rs)?
+    fn is_leak_report(&self, request: &Request) -> bool {
+        request.method() == Method::POST
+            && self
+                .leak_report_path
+                .as_deref()
+                .is_some_and(|path| request.uri().path() == path)
     }
 }
 
@@ -189,7 +203,7 @@ impl Exchange {
 
     /// Every error response of the data plane is made here, and says which
     /// error it is for `/metrics`.
-    fn error(&self, error: &ErrorInstance) -> Response {
+    pub(crate) fn error(&self, error: &ErrorInstance) -> Response {
         let mut response = render(&self.live.catalog, error);
         response.extensions_mut().insert(Outcome(error.code.as_str()));
         response
@@ -295,6 +309,10 @@ async fn handle(gw: &Gateway, connection: &ClientConnection, mut request: Reques
         .enabled()
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
     let (mut response, key, route) = match refused {
+        None if gw.is_leak_report(&request) => {
+            let response = crate::http::leak_report::answer(&gw.engine, &exchange, request).await;
+            (response, None, gw.labels.leak_report.clone())
+        }
         None => {
             // Matched once: the route decides the flow and names the metrics label.
             let upstream = exchange.route(request.method(), request.uri().path());

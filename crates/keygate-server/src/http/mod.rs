@@ -10,6 +10,7 @@ pub mod extract;
 pub mod gateway;
 pub mod grammar;
 pub mod health;
+pub mod leak_report;
 pub mod pool;
 pub mod proxy;
 pub mod ratelimit;

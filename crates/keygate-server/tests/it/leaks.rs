@@ -278,3 +278,99 @@ async fn without_a_keys_file_the_endpoint_is_not_there() {
         .unwrap();
     assert_eq!(response.status(), 404);
 }
+
+/// POSTs a public report to the data plane, as the client `ip` (through the
+/// trusted proxy every `TestApp` believes).
+async fn report_publicly(app: &TestApp, ip: &str, body: &str) -> (u16, Option<String>, Value) {
+    let response = app
+        .http
+        .post(app.gateway_url("/v1/leaks/report"))
+        .header("Content-Type", "application/json")
+        .header("X-Forwarded-For", ip)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, retry_after, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn anyone_may_report_a_key_and_learns_nothing_about_which_keys_exist() {
+    let app = TestApp::start().await;
+    let ws = app.workspace("Acme").await;
+    let (id, key) = app.key(&ws, json!({"name": "k"})).await;
+    let format = keygate_core::KeyFormat::new("kg", &["live".to_owned(), "test".to_owned()]).unwrap();
+    let never_issued = format.generate("live", &mut rand::thread_rng()).unwrap();
+    let mut broken = key.clone();
+    broken.pop();
+    broken.push(if key.ends_with('A') { 'B' } else { 'A' });
+
+    let url = "https://pastebin.example/x";
+    let mut answers = Vec::new();
+    for reported in [never_issued.expose(), broken.as_str(), "hello", key.as_str()] {
+        let (status, _, body) =
+            report_publicly(&app, "203.0.113.5", &json!({"key": reported, "url": url}).to_string()).await;
+        answers.push((status, body));
+    }
+    assert!(
+        answers.iter().all(|answer| *answer == (202, json!({"received": true}))),
+        "{answers:?}"
+    );
+    let refused: Value = app.whoami(&key).await.json().await.unwrap();
+    assert_eq!(refused["code"], "API_KEY_REVOKED", "the live key reported is revoked");
+    let audit = app
+        .admin_ok(Method::GET, &format!("/v1/audit-events?key_id={id}"), None, 200)
+        .await;
+    let leak = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["action"] == "key.leaked")
+        .expect("a key.leaked audit event");
+    assert_eq!(
+        (leak["actor_ip"].as_str(), leak["details"]["url"].as_str()),
+        (Some("203.0.113.5"), Some(url))
+    );
+
+    let (status, _, body) = report_publicly(&app, "203.0.113.5", "{\"key\": ").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("INVALID_JSON")));
+}
+
+#[tokio::test]
+async fn one_address_may_report_twenty_times_a_minute() {
+    let app = TestApp::start().await;
+    let report = json!({"key": "kg_live_nothing"}).to_string();
+    for _ in 0..20 {
+        assert_eq!(report_publicly(&app, "198.51.100.7", &report).await.0, 202);
+    }
+    let (status, retry_after, body) = report_publicly(&app, "198.51.100.7", &report).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("RATE_LIMIT_EXCEEDED")),
+        "the 21st"
+    );
+    assert!(retry_after.is_some_and(|secs| secs.parse::<u64>().unwrap() <= 60));
+    assert_eq!(
+        report_publicly(&app, "198.51.100.8", &report).await.0,
+        202,
+        "another address"
+    );
+    app.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(
+        report_publicly(&app, "198.51.100.7", &report).await.0,
+        202,
+        "the next minute"
+    );
+}
+
+#[tokio::test]
+async fn the_report_path_moves_or_turns_off() {
+    let app = TestApp::builder().config("[leaks]\nreport_path = \"\"\n").start().await;
+    let (status, _, body) = report_publicly(&app, "203.0.113.9", "{\"key\": \"x\"}").await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("ROUTE_NOT_FOUND")));
+}

@@ -74,6 +74,7 @@ pub(super) async fn github_report(
             reporter: "github",
             url: reported.url.as_deref(),
             source: reported.source.as_deref(),
+            ip: None,
         };
         let verdict = state.engine.admin().report_leak(token, report).await?;
         feedback.push(Feedback::new(token, &reported.kind, verdict.is_ours()));
