@@ -57,6 +57,19 @@ fn found(token: &str, url: &str) -> Value {
     json!({"token": token, "type": "keygate_api_key", "url": url, "source": "content"})
 }
 
+/// The key's `key.leaked` audit event, if it has one.
+async fn leak_audited(app: &TestApp, key_id: &str) -> Option<Value> {
+    let audit = app
+        .admin_ok(Method::GET, &format!("/v1/audit-events?key_id={key_id}"), None, 200)
+        .await;
+    audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["action"] == "key.leaked")
+        .cloned()
+}
+
 fn sha256_hex(text: &str) -> String {
     format!("{:x}", Sha256::digest(text.as_bytes()))
 }
@@ -87,15 +100,7 @@ async fn a_signed_report_revokes_the_key_within_the_request_with_a_trail() {
     assert_eq!(refused["code"], "API_KEY_REVOKED");
     assert_eq!(app.whoami(&other).await.status(), 200, "only the reported key");
 
-    let audit = app
-        .admin_ok(Method::GET, &format!("/v1/audit-events?key_id={leaked_id}"), None, 200)
-        .await;
-    let leak = audit["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|event| event["action"] == "key.leaked")
-        .expect("a key.leaked audit event");
+    let leak = leak_audited(&app, &leaked_id).await.expect("a key.leaked audit event");
     assert_eq!(
         (leak["actor"].as_str(), leak["details"]["url"].as_str()),
         (Some("github"), Some(url))
@@ -256,14 +261,7 @@ async fn the_policy_can_expire_after_a_grace_or_only_notify() {
     let body = json!([found(&key, "https://github.com/y")]).to_string();
     assert_eq!(report(&app, &signing, KEY_ID, body.as_bytes()).await.0, 200);
     assert_eq!(app.whoami(&key).await.status(), 200, "notify changes nothing");
-    let audit = app
-        .admin_ok(Method::GET, &format!("/v1/audit-events?key_id={id}"), None, 200)
-        .await;
-    assert!(audit["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["action"] == "key.leaked"));
+    assert!(leak_audited(&app, &id).await.is_some(), "notify audits");
 }
 
 #[tokio::test]
@@ -323,15 +321,7 @@ async fn anyone_may_report_a_key_and_learns_nothing_about_which_keys_exist() {
     );
     let refused: Value = app.whoami(&key).await.json().await.unwrap();
     assert_eq!(refused["code"], "API_KEY_REVOKED", "the live key reported is revoked");
-    let audit = app
-        .admin_ok(Method::GET, &format!("/v1/audit-events?key_id={id}"), None, 200)
-        .await;
-    let leak = audit["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|event| event["action"] == "key.leaked")
-        .expect("a key.leaked audit event");
+    let leak = leak_audited(&app, &id).await.expect("a key.leaked audit event");
     assert_eq!(
         (leak["actor_ip"].as_str(), leak["details"]["url"].as_str()),
         (Some("203.0.113.5"), Some(url))
