@@ -14,12 +14,12 @@
 use std::path::Path;
 
 use base64::prelude::{Engine as _, BASE64_STANDARD};
+use keygate_core::key::KeyHash;
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Tokens one report may carry: GitHub sends far fewer at a time.
 pub const MAX_TOKENS: usize = 1000;
@@ -106,7 +106,8 @@ pub struct Feedback {
 impl Feedback {
     pub fn new(token: &str, kind: &str, ours: bool) -> Self {
         Self {
-            token_hash: format!("{:x}", Sha256::digest(token.as_bytes())),
+            // The SHA-256 keygate already names keys by.
+            token_hash: KeyHash::of(token).to_hex(),
             token_type: kind.to_owned(),
             label: if ours { "true_positive" } else { "false_positive" },
         }
