@@ -259,6 +259,14 @@ async fn admin_json_is_validated_field_by_field() {
     let (status, created) = post(json!({"name": "k", "limits": [{"requests": 10.0, "per": "1m"}]})).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["limits"][0]["requests"], 10);
+    // Read exactly, however large (schemathesis sent this one).
+    let big = r#"{"name": "k2", "limits": [{"requests": 4336808333203146.0, "per": "1m"}]}"#;
+    let (status, big) = admin_raw(&app, Method::POST, &keys, "application/json", big.as_bytes().to_vec()).await;
+    assert_eq!(
+        (status, big["limits"][0]["requests"].as_u64()),
+        (201, Some(4_336_808_333_203_146)),
+        "{big}"
+    );
     let rotate = format!("/v1/keys/{}/rotate", created["id"].as_str().unwrap());
     let body = json!({"grace": "100000000d"}).to_string().into_bytes();
     let (status, answer) = admin_raw(&app, Method::POST, &rotate, "application/json", body).await;
