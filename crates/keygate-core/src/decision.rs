@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 
 use crate::error::ErrorCode;
+use crate::ip::IpAllowlist;
 use crate::model::{ApiKey, Workspace};
 use crate::scope::first_missing;
 
@@ -38,18 +39,74 @@ impl Denial {
     }
 }
 
+/// What the checks read of a key. A cached key keeps this instead of its
+/// whole row (crates/keygate-engine/src/verifier/cached_key.rs), so a
+/// request reads a few cache lines, not the row's twenty fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAccess {
+    /// Revoked or deleted: either way it answers `API_KEY_REVOKED`.
+    revoked: bool,
+    expires_at: Option<DateTime<Utc>>,
+    ip_allowlist: IpAllowlist,
+    scopes: Box<[String]>,
+}
+
+impl KeyAccess {
+    /// Takes the parts of a row it needs, without copying them.
+    pub fn new(
+        revoked: bool,
+        expires_at: Option<DateTime<Utc>>,
+        ip_allowlist: IpAllowlist,
+        scopes: Vec<String>,
+    ) -> Self {
+        Self {
+            revoked,
+            expires_at,
+            ip_allowlist,
+            scopes: scopes.into_boxed_slice(),
+        }
+    }
+
+    /// A copy of what `key` says.
+    pub fn of(key: &ApiKey) -> Self {
+        Self::new(
+            key.revoked_at.is_some() || key.deleted_at.is_some(),
+            key.expires_at,
+            key.ip_allowlist.clone(),
+            key.scopes.clone(),
+        )
+    }
+
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
+    pub fn ip_allowlist(&self) -> &IpAllowlist {
+        &self.ip_allowlist
+    }
+
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.expires_at
+    }
+
+    /// A key expires at `expires_at` exactly, as [`ApiKey::is_expired`] says.
+    fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
 /// State first (revoked, expired, disabled), then where the request comes from,
 /// then what it asks for: the cheapest and most fundamental answer wins.
 /// An unknown client IP (`None`, e.g. a verify call without `ip`) passes only
 /// empty allowlists, so forgetting to pass it never opens an allowlist.
 pub fn check_access(
-    key: &ApiKey,
+    key: &KeyAccess,
     workspace: &Workspace,
     client_ip: Option<IpAddr>,
     required_scopes: &[String],
     now: DateTime<Utc>,
 ) -> Result<(), Denial> {
-    if key.revoked_at.is_some() || key.deleted_at.is_some() {
+    if key.revoked {
         return Err(Denial::Revoked);
     }
     if key.is_expired(now) {
@@ -70,7 +127,6 @@ pub fn check_access(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ip::IpAllowlist;
     use crate::key::KeyHash;
     use chrono::Duration;
 
@@ -128,7 +184,13 @@ mod tests {
     #[test]
     fn a_plain_key_passes() {
         assert_eq!(
-            check_access(&key(), &workspace(), ip("1.2.3.4"), &["x:y".into()], t(1)),
+            check_access(
+                &KeyAccess::of(&key()),
+                &workspace(),
+                ip("1.2.3.4"),
+                &["x:y".into()],
+                t(1)
+            ),
             Ok(())
         );
     }
@@ -140,11 +202,17 @@ mod tests {
             ..key()
         };
         assert_eq!(
-            check_access(&k, &workspace(), ip("1.2.3.4"), &[], t(60) - Duration::milliseconds(1)),
+            check_access(
+                &KeyAccess::of(&k),
+                &workspace(),
+                ip("1.2.3.4"),
+                &[],
+                t(60) - Duration::milliseconds(1)
+            ),
             Ok(())
         );
         assert_eq!(
-            check_access(&k, &workspace(), ip("1.2.3.4"), &[], t(60)),
+            check_access(&KeyAccess::of(&k), &workspace(), ip("1.2.3.4"), &[], t(60)),
             Err(Denial::Expired)
         );
     }
@@ -160,7 +228,10 @@ mod tests {
             disabled: true,
             ..workspace()
         };
-        assert_eq!(check_access(&k, &ws, ip("1.2.3.4"), &[], t(5)), Err(Denial::Revoked));
+        assert_eq!(
+            check_access(&KeyAccess::of(&k), &ws, ip("1.2.3.4"), &[], t(5)),
+            Err(Denial::Revoked)
+        );
     }
 
     #[test]
@@ -173,20 +244,23 @@ mod tests {
             ip_allowlist: allow(&["10.1.0.0/16"]),
             ..workspace()
         };
-        assert_eq!(check_access(&k, &ws, ip("10.1.2.3"), &[], t(0)), Ok(()));
+        assert_eq!(check_access(&KeyAccess::of(&k), &ws, ip("10.1.2.3"), &[], t(0)), Ok(()));
         assert_eq!(
-            check_access(&k, &ws, ip("10.2.2.3"), &[], t(0)),
+            check_access(&KeyAccess::of(&k), &ws, ip("10.2.2.3"), &[], t(0)),
             Err(Denial::IpNotAllowed)
         );
         assert_eq!(
-            check_access(&k, &workspace(), ip("11.0.0.1"), &[], t(0)),
+            check_access(&KeyAccess::of(&k), &workspace(), ip("11.0.0.1"), &[], t(0)),
             Err(Denial::IpNotAllowed)
         );
         assert_eq!(
-            check_access(&k, &workspace(), None, &[], t(0)),
+            check_access(&KeyAccess::of(&k), &workspace(), None, &[], t(0)),
             Err(Denial::IpNotAllowed)
         );
-        assert_eq!(check_access(&key(), &workspace(), None, &[], t(0)), Ok(()));
+        assert_eq!(
+            check_access(&KeyAccess::of(&key()), &workspace(), None, &[], t(0)),
+            Ok(())
+        );
     }
 
     #[test]
@@ -195,7 +269,14 @@ mod tests {
             scopes: vec!["invoices:read".into()],
             ..key()
         };
-        let denial = check_access(&k, &workspace(), ip("1.2.3.4"), &["invoices:write".into()], t(0)).unwrap_err();
+        let denial = check_access(
+            &KeyAccess::of(&k),
+            &workspace(),
+            ip("1.2.3.4"),
+            &["invoices:write".into()],
+            t(0),
+        )
+        .unwrap_err();
         assert_eq!(denial.missing_scope(), Some("invoices:write"));
         assert_eq!(denial.code(), ErrorCode::InsufficientScope);
     }

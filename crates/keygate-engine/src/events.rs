@@ -169,7 +169,7 @@ impl Events {
         let window_ms = refusal.limit.rule.window_ms.max(1);
         let window_start = refusal.decided_at_ms / window_ms * window_ms;
         let seen = (
-            cached.key_id.clone(),
+            cached.id().clone(),
             Arc::<str>::from(refusal.counter),
             window_ms,
             window_start,
@@ -180,18 +180,18 @@ impl Events {
         self.announced_refusals.insert(seen, ());
         let resource = refusal.resource;
         let data = json!({
-            "key_id": &*cached.key_id,
-            "workspace_id": &*cached.workspace_id,
+            "key_id": &**cached.id(),
+            "workspace_id": &**cached.workspace_id(),
             "resource": resource,
             "limit": refusal.limit.rule.requests,
             "window": format_duration(Duration::from_millis(window_ms)),
             "window_start": DateTime::from_timestamp_millis(window_start as i64),
         });
-        let mut event = self.new_event(refusal.kind, now, Some(&cached.workspace_id), &cached.key_id, data);
+        let mut event = self.new_event(refusal.kind, now, Some(cached.workspace_id()), cached.id(), data);
         event.dedup_key = Some(format!(
             "{}:{}:{resource}:{window_ms}:{window_start}",
             refusal.kind.as_str(),
-            cached.key_id
+            cached.id()
         ));
         self.usage.record_event(event);
     }

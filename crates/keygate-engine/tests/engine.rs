@@ -362,7 +362,7 @@ async fn cached_workspaces(engine: &Engine, keys: &[String]) -> Vec<Arc<keygate_
     let mut seen = Vec::new();
     for key in keys {
         let verified = engine.verifier().verify(request(key, None)).await.unwrap();
-        seen.push(verified.key.workspace.clone());
+        seen.push(verified.key.workspace().clone());
     }
     seen
 }

@@ -235,10 +235,10 @@ impl Admin {
         };
         let verified = self.verifier.verify(request).await?;
         let cached = &verified.key;
-        let scope = if cached.workspace.is_admin() {
+        let scope = if cached.workspace().is_admin() {
             ActorScope::Admin
-        } else if grants_explicitly(&cached.key.scopes, MANAGE_SCOPE) {
-            ActorScope::Workspace(cached.workspace.id.clone())
+        } else if grants_explicitly(cached.scopes(), MANAGE_SCOPE) {
+            ActorScope::Workspace(cached.workspace().id.clone())
         } else {
             return Err(Rejection {
                 error: ErrorInstance::new(ErrorCode::Forbidden)
@@ -248,12 +248,12 @@ impl Admin {
             });
         };
         let all_environments =
-            matches!(scope, ActorScope::Admin) || grants_explicitly(&cached.key.scopes, MANAGE_ALL_SCOPE);
+            matches!(scope, ActorScope::Admin) || grants_explicitly(cached.scopes(), MANAGE_ALL_SCOPE);
         Ok(Actor {
-            id: cached.key.id.clone(),
+            id: cached.id().to_string(),
             ip: Some(client_ip.to_string()),
             scope,
-            environment: (!all_environments).then(|| cached.key.environment.clone()),
+            environment: (!all_environments).then(|| cached.environment().to_owned()),
         })
     }
 
@@ -279,8 +279,8 @@ impl Admin {
         };
         let visible = |workspace_id: &str| actor.can_see(workspace_id);
         match self.verifier.verify(request).await {
-            Ok(verified) if visible(&verified.key.workspace.id) => Ok(verified),
-            Err(rejection) if rejection.key.as_ref().is_none_or(|k| visible(&k.workspace.id)) => Err(rejection),
+            Ok(verified) if visible(verified.key.workspace_id()) => Ok(verified),
+            Err(rejection) if rejection.key.as_ref().is_none_or(|k| visible(k.workspace_id())) => Err(rejection),
             _ => Err(Rejection {
                 error: ErrorInstance::new(ErrorCode::InvalidApiKey),
                 key: None,

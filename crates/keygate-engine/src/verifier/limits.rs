@@ -4,13 +4,13 @@
 use chrono::{DateTime, Utc};
 use keygate_core::duration::format_duration;
 use keygate_core::error::ErrorInstance;
-use keygate_core::limits::{effective_limits, Enforcement, LimitScope, Plan};
+use keygate_core::limits::{effective_limits, Enforcement, LimitScope, Plan, DEFAULT_RESOURCE};
 use keygate_core::ratelimit::{Decision, Describe, Rule};
 use keygate_core::ErrorCode;
 use keygate_limiter::{Charge, CounterKey, LimitCheck, LimiterError, Permit, PermitKey};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use super::{CachedKey, LimitMode, Verifier, VerifyRequest};
+use super::{default_resources, CachedKey, LimitMode, Verifier, VerifyRequest};
 
 /// How a request's rate limits stand, with the checks decided (same order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl RateLimits {
     pub fn refusing_resource(&self) -> &str {
         self.checks
             .get(self.decision.refusing_index().unwrap_or(0))
-            .map_or(keygate_core::limits::DEFAULT_RESOURCE, |check| &check.key.resource)
+            .map_or(DEFAULT_RESOURCE, |check| &check.key.resource)
     }
 }
 
@@ -70,11 +70,15 @@ impl Verifier {
             *generation = plans.generation();
             memoized.clear();
         }
-        let same = |names: &[Box<str>]| names.iter().map(|n| &**n).eq(resources.iter().map(String::as_str));
+        let is_default = resources == default_resources();
+        let same = |names: &Option<Box<[Box<str>]>>| match names {
+            None => is_default,
+            Some(names) => names.iter().map(|n| &**n).eq(resources.iter().map(String::as_str)),
+        };
         if let Some((_, checks)) = memoized.iter().find(|(names, _)| same(names)) {
             return checks.clone();
         }
-        let plan = plans.of(cached.workspace.plan.as_ref());
+        let plan = plans.of(cached.workspace().plan.as_ref());
         let mut checks: Vec<LimitCheck> = Vec::new();
         for resource in resources {
             for check in compute_limit_checks(plan, cached, resource) {
@@ -90,7 +94,8 @@ impl Verifier {
             describe: plan.and_then(|plan| plan.describe),
         };
         if memoized.len() < MAX_MEMOIZED_RESOURCES {
-            let names = resources.iter().map(|r| Box::from(r.as_str())).collect();
+            // The default list, which most keys see, is kept as `None`.
+            let names = (!is_default).then(|| resources.iter().map(|r| Box::from(r.as_str())).collect());
             // Most keys see one route's resources: room for one, not the
             // default four (memory per cached key, issue 18).
             memoized.reserve_exact(1);
@@ -166,13 +171,13 @@ impl Verifier {
     ) -> Result<Option<Permit>, (ErrorInstance, Option<RateLimits>)> {
         let max = self
             .plans()
-            .of(cached.workspace.plan.as_ref())
+            .of(cached.workspace().plan.as_ref())
             .and_then(|plan| plan.concurrency_for(resource));
         let Some(max) = max else {
             return Ok(None);
         };
         let key = PermitKey {
-            owner: cached.lineage_id.clone(),
+            owner: cached.lineage_id().clone(),
             resource: Arc::from(resource),
         };
         match self.limiter.acquire(&key, max).await {
@@ -258,6 +263,17 @@ impl Verifier {
     }
 }
 
+/// A counter's resource name: `default`, which most limits count on, is
+/// one shared `Arc` rather than an allocation per cached key.
+fn counter_resource(resource: &str) -> Arc<str> {
+    static DEFAULT: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(DEFAULT_RESOURCE));
+    if resource == DEFAULT_RESOURCE {
+        DEFAULT.clone()
+    } else {
+        Arc::from(resource)
+    }
+}
+
 /// `RATE_LIMIT_EXCEEDED` naming the limit that admits last and when.
 fn rate_limited(decision: &Decision) -> ErrorInstance {
     let mut error = ErrorInstance::new(ErrorCode::RateLimitExceeded);
@@ -277,20 +293,20 @@ fn rate_limited(decision: &Decision) -> ErrorInstance {
 /// rotation keeps them) or per workspace for `scope = "workspace"` limits.
 fn compute_limit_checks(plan: Option<&Plan>, cached: &CachedKey, resource: &str) -> Vec<LimitCheck> {
     let plan_limits = plan.map_or(&[][..], |plan| &plan.limits[..]);
-    effective_limits(plan_limits, &cached.workspace.limits, &cached.key.limits, resource)
+    effective_limits(plan_limits, &cached.workspace().limits, cached.limits(), resource)
         .into_iter()
         .filter_map(|spec| {
             let window = spec.window().ok()?;
             let owner = match spec.scope {
-                LimitScope::Key => cached.lineage_id.clone(),
-                LimitScope::Workspace => cached.workspace_id.clone(),
+                LimitScope::Key => cached.lineage_id().clone(),
+                LimitScope::Workspace => cached.workspace_id().clone(),
             };
             let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
             let rule = Rule::new(spec.requests, window_ms);
             // A shadow limit counts on a counter of its own: beside an
             // enforced limit of the same window, sharing would mix their counts.
             let (resource, rule) = match spec.mode {
-                Enforcement::Enforce => (Arc::from(spec.resource.as_str()), rule),
+                Enforcement::Enforce => (counter_resource(&spec.resource), rule),
                 Enforcement::Shadow => (Arc::from(format!("{}{SHADOW_SUFFIX}", spec.resource)), rule.in_shadow()),
             };
             Some(LimitCheck {

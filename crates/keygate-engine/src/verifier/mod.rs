@@ -4,10 +4,13 @@
 //! lookup, the pure checks and the limiter, with no store round trip and no
 //! lock held across an await.
 
+mod cached_key;
 mod changes;
 pub(crate) mod limits;
 pub(crate) mod store_health;
 
+pub use cached_key::CachedKey;
+use cached_key::SharedWorkspace;
 pub use changes::Hearing;
 use limits::LimitSet;
 pub use limits::RateLimits;
@@ -24,7 +27,7 @@ use arc_swap::{ArcSwap, Guard};
 use chrono::{DateTime, Utc};
 use keygate_core::error::ErrorInstance;
 use keygate_core::limits::DEFAULT_RESOURCE;
-use keygate_core::model::{ApiKey, Workspace};
+use keygate_core::model::Workspace;
 use keygate_core::throttle::{FailurePolicy, FailureWindow};
 use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
 use keygate_limiter::{Limiter, Permit};
@@ -35,7 +38,7 @@ use crate::context::Context;
 use crate::events::Events;
 use crate::metrics::{CacheResult, ScrapeValues, StoreOperation, TargetSample};
 use crate::plans::PlanBook;
-use crate::usage::{KeyTally, Usage, ADMITTED};
+use crate::usage::{Usage, ADMITTED};
 use changes::HearingState;
 
 /// What the verify path needs of the config.
@@ -82,7 +85,8 @@ impl Default for VerifierSettings {
 }
 
 /// The limit checks of one list of resources for one cached key.
-pub(crate) type MemoizedChecks = (Box<[Box<str>]>, LimitSet);
+/// The list is `None` for the default resources (`["default"]`).
+pub(crate) type MemoizedChecks = (Option<Box<[Box<str>]>>, LimitSet);
 
 /// `["default"]`: what most routes count against.
 static DEFAULT_RESOURCES: LazyLock<[String; 1]> = LazyLock::new(|| [DEFAULT_RESOURCE.to_owned()]);
@@ -92,49 +96,12 @@ pub fn default_resources() -> &'static [String] {
     &*DEFAULT_RESOURCES
 }
 
-/// A key and its workspace as the verify path needs them.
-#[derive(Debug)]
-pub struct CachedKey {
-    pub key: ApiKey,
-    /// Shared by the cached keys of one workspace (`WorkspaceShare`).
-    pub workspace: Arc<Workspace>,
-    /// Shared ids, so recording usage and naming counters do not allocate.
-    pub key_id: Arc<str>,
-    pub workspace_id: Arc<str>,
-    pub lineage_id: Arc<str>,
-    /// When the store last confirmed this key (Unix ms, engine clock).
-    pub loaded_at_ms: i64,
-    /// Limit checks per resource, computed on first use for one generation of plans.
-    pub(crate) limit_checks: Mutex<(u64, Vec<MemoizedChecks>)>,
-    /// Usage counted since the last flush.
-    pub(crate) usage: Arc<KeyTally>,
-}
-
-impl CachedKey {
-    pub fn new(key: ApiKey, workspace: Arc<Workspace>, loaded_at: DateTime<Utc>) -> Self {
-        let key_id = Arc::from(key.id.as_str());
-        let workspace_id = Arc::from(workspace.id.as_str());
-        let lineage_id = Arc::from(key.lineage_id.as_str());
-        let usage = KeyTally::new(Arc::clone(&key_id), Arc::clone(&workspace_id));
-        Self {
-            key,
-            workspace,
-            key_id,
-            workspace_id,
-            lineage_id,
-            loaded_at_ms: loaded_at.timestamp_millis(),
-            limit_checks: Mutex::new((0, Vec::new())),
-            usage,
-        }
-    }
-}
-
 /// One copy of each workspace for all its cached keys: a workspace with
 /// 100,000 keys is held once, not 100,000 times (memory per cached key,
 /// issue 18). A read that returns the workspace as it is kept gets the kept
 /// copy; a changed workspace replaces it, and keys cached before the change
 /// keep the copy they were read with until they leave the cache, as before.
-pub(crate) struct WorkspaceShare(quick_cache::sync::Cache<String, Arc<Workspace>>);
+pub(crate) struct WorkspaceShare(quick_cache::sync::Cache<String, SharedWorkspace>);
 
 impl WorkspaceShare {
     /// Workspaces kept at most; one beyond is read into a copy of its own.
@@ -144,14 +111,14 @@ impl WorkspaceShare {
         Self(quick_cache::sync::Cache::new(Self::CAPACITY))
     }
 
-    fn share(&self, read: Workspace) -> Arc<Workspace> {
+    fn share(&self, read: Workspace) -> SharedWorkspace {
         if let Some(kept) = self.0.get(&read.id) {
-            if *kept == read {
+            if *kept.workspace == read {
                 return kept;
             }
         }
-        let shared = Arc::new(read);
-        self.0.insert(shared.id.clone(), shared.clone());
+        let shared = SharedWorkspace::new(read);
+        self.0.insert(shared.workspace.id.clone(), shared.clone());
         shared
     }
 }
@@ -352,7 +319,7 @@ impl Verifier {
     /// Read from the store less than a TTL ago: `cache.ttl` while this node
     /// hears other nodes' changes (or needs not), `cache.ttl_unheard` otherwise.
     fn is_fresh(&self, cached: &CachedKey, now: DateTime<Utc>) -> bool {
-        now.timestamp_millis() - cached.loaded_at_ms < millis_of(self.current_cache_ttl())
+        now.timestamp_millis() - cached.loaded_at_ms() < millis_of(self.current_cache_ttl())
     }
 
     pub(crate) fn current_cache_ttl(&self) -> Duration {
@@ -371,8 +338,8 @@ impl Verifier {
         now: DateTime<Utc>,
     ) -> Result<Verified, Rejection> {
         let checked = check_access(
-            &cached.key,
-            &cached.workspace,
+            cached.access(),
+            cached.workspace(),
             request.client_ip,
             request.required_scopes,
             now,
@@ -463,7 +430,7 @@ impl Verifier {
                 self.forget_key(&hash);
                 Err(Rejection::anonymous(ErrorCode::InvalidApiKey))
             }
-            Err(Unanswered) if now.timestamp_millis() - stale.loaded_at_ms <= millis_of(self.settings.max_stale) => {
+            Err(Unanswered) if now.timestamp_millis() - stale.loaded_at_ms() <= millis_of(self.settings.max_stale) => {
                 Ok(stale)
             }
             Err(Unanswered) => Err(Rejection::anonymous(ErrorCode::ServiceUnavailable)),

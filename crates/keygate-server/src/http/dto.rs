@@ -6,8 +6,9 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use keygate_core::limits::{Enforcement, LimitScope, LimitSpec};
-use keygate_core::model::{ApiKey, Workspace};
+use keygate_core::model::{ApiKey, KeyStatus, Workspace};
 use keygate_engine::admin::UsageBucket;
+use keygate_engine::CachedKey;
 use keygate_store::{AuditEvent, Delivery, Paged, StoredEvent, WebhookEndpoint};
 use secrecy::SecretString;
 use serde::de::{self, Unexpected, Visitor};
@@ -377,6 +378,36 @@ impl KeyView {
             rotated_from: k.rotated_from.clone(),
             rotated_to: k.rotated_to.clone(),
             deleted_at: k.deleted_at,
+        }
+    }
+
+    /// A key the verify path has just admitted, from what its cache entry
+    /// keeps (crates/keygate-engine/src/verifier/cached_key.rs): active, so
+    /// never revoked or deleted.
+    pub fn admitted(key: &CachedKey) -> Self {
+        let (last_used_at, last_used_ip) = key.last_used();
+        let (rotated_from, rotated_to) = key.rotation();
+        Self {
+            id: key.id().to_string(),
+            workspace_id: key.workspace_id().to_string(),
+            name: key.name().to_owned(),
+            environment: key.environment().to_owned(),
+            masked: key.hint().to_owned(),
+            status: KeyStatus::Active.as_str().to_owned(),
+            scopes: key.scopes().to_vec(),
+            ip_allowlist: key.access().ip_allowlist().to_strings(),
+            expires_at: key.access().expires_at(),
+            metadata: key.metadata().clone(),
+            limits: key.limits().iter().map(Limit::from).collect(),
+            created_at: key.created_at(),
+            created_by: key.created_by().map(str::to_owned),
+            last_used_at,
+            last_used_ip: last_used_ip.map(str::to_owned),
+            revoked_at: None,
+            revoked_reason: None,
+            rotated_from: rotated_from.map(str::to_owned),
+            rotated_to: rotated_to.map(str::to_owned),
+            deleted_at: None,
         }
     }
 }

@@ -332,7 +332,7 @@ async fn handle(gw: &Gateway, connection: &ClientConnection, mut request: Reques
         route,
         workspace: key
             .as_ref()
-            .map_or_else(|| gw.labels.empty.clone(), |k| LabelText(k.workspace_id.clone())),
+            .map_or_else(|| gw.labels.empty.clone(), |k| LabelText(k.workspace_id().clone())),
     });
     if let Some((method, path)) = logged {
         gw.access_log.record(&AccessEntry {
@@ -342,8 +342,8 @@ async fn handle(gw: &Gateway, connection: &ClientConnection, mut request: Reques
             path: &path,
             status: response.status().as_u16(),
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            key_id: key.as_ref().map(|k| k.key.id.as_str()),
-            workspace_id: key.as_ref().map(|k| k.key.workspace_id.as_str()),
+            key_id: key.as_ref().map(|k| &**k.id()),
+            workspace_id: key.as_ref().map(|k| &**k.workspace_id()),
             client_ip: exchange.client,
         });
     }
@@ -503,17 +503,17 @@ async fn authenticate(
 
 /// `GET /v1/whoami`: the key's workspace and metadata, the "test your key" call.
 fn whoami(verified: &Verified) -> Response {
-    let key = &verified.key.key;
-    let workspace = &verified.key.workspace;
+    let key = &verified.key;
+    let workspace = key.workspace();
     Json(json!({
         "key": {
-            "id": key.id,
-            "name": key.name,
-            "environment": key.environment,
-            "masked": key.hint,
-            "scopes": key.scopes,
-            "expires_at": key.expires_at,
-            "created_at": key.created_at,
+            "id": &**key.id(),
+            "name": key.name(),
+            "environment": key.environment(),
+            "masked": key.hint(),
+            "scopes": key.scopes(),
+            "expires_at": key.access().expires_at(),
+            "created_at": key.created_at(),
         },
         "workspace": {"id": workspace.id, "name": workspace.name, "plan": workspace.plan},
         "ratelimit": {"limits": verified.limits.as_ref().map(views).unwrap_or_default()},

@@ -190,8 +190,7 @@ fn upstream_headers(route: &Route, exchange: &Exchange, headers: &mut HeaderMap,
         headers.remove(name);
     }
     if let Some(cached) = identity {
-        let key = &cached.key;
-        let values = [key.id.as_str(), key.workspace_id.as_str(), key.environment.as_str()];
+        let values = [&**cached.id(), &**cached.workspace_id(), cached.environment()];
         for (name, value) in IDENTITY_HEADERS.iter().zip(values) {
             if let Ok(value) = HeaderValue::from_str(value) {
                 headers.insert(name, value);

@@ -186,11 +186,11 @@ pub(super) async fn verify_key(
             let cached = &verified.key;
             let result = VerifyResult {
                 valid: true,
-                key: KeyView::new(&cached.key, state.engine.now()),
+                key: KeyView::admitted(cached),
                 workspace: WorkspaceSummary {
-                    id: cached.workspace.id.clone(),
-                    name: cached.workspace.name.clone(),
-                    plan: cached.workspace.plan.clone(),
+                    id: cached.workspace().id.clone(),
+                    name: cached.workspace().name.clone(),
+                    plan: cached.workspace().plan.clone(),
                 },
                 ratelimit: RateLimitView {
                     limits: verified
