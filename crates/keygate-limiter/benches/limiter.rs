@@ -25,13 +25,15 @@ fn two_limits(owner: &str) -> Vec<LimitCheck> {
     let owner: Arc<str> = Arc::from(owner);
     [(3_600_000, u64::MAX / 2), (60_000, u64::MAX / 4)]
         .into_iter()
-        .map(|(window_ms, requests)| LimitCheck {
-            key: CounterKey {
-                owner: owner.clone(),
-                resource: Arc::from("default"),
-                window_ms,
-            },
-            rule: Rule::new(requests, window_ms),
+        .map(|(window_ms, requests)| {
+            LimitCheck::new(
+                CounterKey {
+                    owner: owner.clone(),
+                    resource: Arc::from("default"),
+                    window_ms,
+                },
+                Rule::new(requests, window_ms),
+            )
         })
         .collect()
 }

@@ -271,14 +271,14 @@ mod tests {
     const MINUTE: u64 = 60_000;
 
     fn checks() -> Vec<LimitCheck> {
-        vec![LimitCheck {
-            key: CounterKey {
+        vec![LimitCheck::new(
+            CounterKey {
                 owner: Arc::from("lineage"),
                 resource: Arc::from("default"),
                 window_ms: MINUTE,
             },
-            rule: Rule::new(1_000, MINUTE),
-        }]
+            Rule::new(1_000, MINUTE),
+        )]
     }
 
     /// The decision the script's reply gives a request, at Redis time `now_ms`.

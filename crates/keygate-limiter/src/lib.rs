@@ -44,6 +44,21 @@ impl CounterKey {
 pub struct LimitCheck {
     pub key: CounterKey,
     pub rule: Rule,
+    /// Where [`memory::MemoryLimiter`] last found this check's counter: a
+    /// check memoized with a cached key goes straight to it, without hashing
+    /// `key` into the counter table (a cold table slot and a cold owner
+    /// string on every request). Not part of the check's identity.
+    counter: memory::CounterCell,
+}
+
+impl LimitCheck {
+    pub fn new(key: CounterKey, rule: Rule) -> Self {
+        Self {
+            key,
+            rule,
+            counter: memory::CounterCell::default(),
+        }
+    }
 }
 
 /// Charge the counters (a real request) or only look (a dry run, or headers

@@ -14,7 +14,58 @@ use smallvec::SmallVec;
 
 use crate::{Charge, CounterKey, LimitCheck, Limiter, LimiterError, LimiterHealth, Permit, PermitKey};
 
-type Shared = Arc<Mutex<Counter>>;
+type Shared = Arc<Mutex<Slot>>;
+
+/// A counter in the table, or one taken out of it.
+#[derive(Debug, Default)]
+struct Slot {
+    counter: Counter,
+    /// Set, under the slot's lock, when the table drops it (idle, or evicted
+    /// when full): a [`CounterCell`] that still points here must look the
+    /// counter up again, or it would count where no one else does.
+    retired: bool,
+}
+
+/// A check's handle on its counter in a [`MemoryLimiter`] (see
+/// [`LimitCheck`]): empty until the first decision, and again after its
+/// counter is retired. A clone starts empty; it is a cache, so every cell
+/// equals every other.
+#[derive(Default)]
+pub struct CounterCell(Mutex<Option<Shared>>);
+
+impl CounterCell {
+    fn get(&self) -> Option<Shared> {
+        self.0.lock().clone()
+    }
+
+    fn set(&self, shared: Option<Shared>) {
+        *self.0.lock() = shared;
+    }
+}
+
+impl Clone for CounterCell {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for CounterCell {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for CounterCell {}
+
+impl std::hash::Hash for CounterCell {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl std::fmt::Debug for CounterCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CounterCell")
+    }
+}
 /// Requests have a handful of limits: keep them on the stack.
 type Few<T> = SmallVec<[T; 4]>;
 
@@ -51,10 +102,23 @@ impl MemoryLimiter {
 
     /// Drops every counter with nothing left in its window at `now_ms`.
     pub fn sweep(&self, now_ms: u64) {
-        self.counters.retain(|key, counter| {
+        self.counters.retain(|key, slot| {
             let rule = Rule::new(1, key.window_ms);
-            !counter.lock().is_idle(&rule, now_ms)
+            let mut slot = slot.lock();
+            slot.retired = slot.counter.is_idle(&rule, now_ms);
+            !slot.retired
         });
+    }
+
+    /// The check's counter: from its cell, or from the table (and then kept
+    /// in the cell).
+    fn resolve(&self, check: &LimitCheck, now_ms: u64) -> Shared {
+        if let Some(shared) = check.counter.get() {
+            return shared;
+        }
+        let shared = self.counter(&check.key, now_ms);
+        check.counter.set(Some(shared.clone()));
+        shared
     }
 
     fn counter(&self, key: &CounterKey, now_ms: u64) -> Shared {
@@ -76,7 +140,9 @@ impl MemoryLimiter {
                     max = self.max_counters,
                     "rate-limit counters full; dropping one (raise limiter.max_counters)"
                 );
-                self.counters.remove(&victim);
+                if let Some((_, slot)) = self.counters.remove(&victim) {
+                    slot.lock().retired = true;
+                }
             }
         }
         self.counters.entry(key.clone()).or_default().clone()
@@ -98,22 +164,27 @@ impl MemoryLimiter {
             }
             return self.decide_now(&unique, cost, charge, now_ms);
         }
-        let shared: Few<Shared> = checks.iter().map(|check| self.counter(&check.key, now_ms)).collect();
-        // Lock in address order so concurrent multi-limit decisions never deadlock.
-        let mut order: Few<usize> = (0..shared.len()).collect();
-        order.sort_unstable_by_key(|&i| Arc::as_ptr(&shared[i]) as usize);
-        let mut guards: Few<Option<MutexGuard<'_, Counter>>> = (0..shared.len()).map(|_| None).collect();
-        for i in order {
-            guards[i] = Some(shared[i].lock());
-        }
-        let mut limits: Few<(Rule, &mut Counter)> = checks
-            .iter()
-            .zip(guards.iter_mut())
-            .filter_map(|(check, guard)| guard.as_deref_mut().map(|counter| (check.rule, counter)))
-            .collect();
-        match charge {
-            Charge::Force => charge_anyway(&mut limits, now_ms, cost),
-            Charge::Consume | Charge::DryRun => decide(&mut limits, now_ms, cost, charge == Charge::Consume),
+        loop {
+            let shared: Few<Shared> = checks.iter().map(|check| self.resolve(check, now_ms)).collect();
+            // Lock in address order so concurrent multi-limit decisions never deadlock.
+            let mut order: Few<usize> = (0..shared.len()).collect();
+            order.sort_unstable_by_key(|&i| Arc::as_ptr(&shared[i]) as usize);
+            let mut guards: Few<Option<MutexGuard<'_, Slot>>> = (0..shared.len()).map(|_| None).collect();
+            for i in order {
+                guards[i] = Some(shared[i].lock());
+            }
+            let mut retired = false;
+            for (check, guard) in checks.iter().zip(&guards) {
+                if guard.as_ref().is_some_and(|slot| slot.retired) {
+                    check.counter.set(None);
+                    retired = true;
+                }
+            }
+            if retired {
+                // Dropped from the table since the cell was filled: look again.
+                continue;
+            }
+            return decide_locked(checks, &mut guards, cost, charge, now_ms);
         }
     }
 
@@ -126,6 +197,25 @@ impl MemoryLimiter {
         Some(Permit::new(move || {
             slot.fetch_sub(1, Ordering::AcqRel);
         }))
+    }
+}
+
+/// The decision over counters locked in the checks' order.
+fn decide_locked(
+    checks: &[LimitCheck],
+    guards: &mut [Option<MutexGuard<'_, Slot>>],
+    cost: u64,
+    charge: Charge,
+    now_ms: u64,
+) -> Decision {
+    let mut limits: Few<(Rule, &mut Counter)> = checks
+        .iter()
+        .zip(guards.iter_mut())
+        .filter_map(|(check, guard)| guard.as_deref_mut().map(|slot| (check.rule, &mut slot.counter)))
+        .collect();
+    match charge {
+        Charge::Force => charge_anyway(&mut limits, now_ms, cost),
+        Charge::Consume | Charge::DryRun => decide(&mut limits, now_ms, cost, charge == Charge::Consume),
     }
 }
 

@@ -44,14 +44,14 @@ fn owner(name: &str) -> Arc<str> {
 }
 
 fn check(owner: &Arc<str>, requests: u64, window_ms: u64) -> LimitCheck {
-    LimitCheck {
-        key: CounterKey {
+    LimitCheck::new(
+        CounterKey {
             owner: owner.clone(),
             resource: Arc::from("default"),
             window_ms,
         },
-        rule: Rule::new(requests, window_ms),
-    }
+        Rule::new(requests, window_ms),
+    )
 }
 
 /// 64 tasks hammer the same limits; returns how many requests were admitted.
@@ -566,4 +566,45 @@ async fn memory_is_bounded() {
         limiter.check(&checks, 1, Charge::Consume, now_ms()).await.unwrap();
     }
     assert!(limiter.counters() <= 100, "{}", limiter.counters());
+}
+
+/// A check keeps a handle on its counter (a cached key's memoized checks).
+/// When the table drops that counter, the handle must not go on counting
+/// alone: a second holder of the same counter key has to see its counts.
+#[test]
+fn a_kept_check_follows_its_counter_after_a_sweep() {
+    let limiter = MemoryLimiter::new(10_000);
+    let owner = owner("kept-swept");
+    let kept = [check(&owner, 2, MINUTE)];
+    let now = now_ms();
+    assert!(limiter.decide_now(&kept, 1, Charge::Consume, now).allowed);
+    limiter.sweep(now + MINUTE);
+    assert_eq!(limiter.counters(), 0, "idle: dropped from the table");
+    let later = now + MINUTE + 1;
+    let fresh = [check(&owner, 2, MINUTE)];
+    assert!(limiter.decide_now(&fresh, 1, Charge::Consume, later).allowed);
+    assert!(limiter.decide_now(&kept, 1, Charge::Consume, later).allowed);
+    let third = limiter.decide_now(&fresh, 1, Charge::Consume, later);
+    assert!(!third.allowed, "both holders count on one counter: 2 of 2 used");
+}
+
+#[test]
+fn a_kept_check_follows_its_counter_after_an_eviction() {
+    let limiter = MemoryLimiter::new(1);
+    let (first, second) = (owner("kept-evicted-1"), owner("kept-evicted-2"));
+    let kept = [check(&first, 1, MINUTE)];
+    let now = now_ms();
+    // Not yet counted: the kept handle points at an empty counter.
+    assert!(limiter.decide_now(&kept, 1, Charge::DryRun, now).allowed);
+    // The table is full: the first owner's counter is dropped for the second's.
+    limiter.decide_now(&[check(&second, 1, MINUTE)], 1, Charge::Consume, now);
+    assert!(
+        limiter
+            .decide_now(&[check(&first, 1, MINUTE)], 1, Charge::Consume, now)
+            .allowed
+    );
+    assert!(
+        !limiter.decide_now(&kept, 1, Charge::Consume, now).allowed,
+        "the kept handle sees the count made through the table"
+    );
 }

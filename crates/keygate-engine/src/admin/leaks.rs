@@ -96,14 +96,14 @@ impl Admin {
         client: IpAddr,
     ) -> Result<PublicReport, AdminError> {
         let minute = 60_000;
-        let check = LimitCheck {
-            key: CounterKey {
+        let check = LimitCheck::new(
+            CounterKey {
                 owner: Arc::from(format!("leak-report:{client}")),
                 resource: Arc::from("leak-reports"),
                 window_ms: minute,
             },
-            rule: Rule::new(PUBLIC_REPORTS_PER_MINUTE, minute),
-        };
+            Rule::new(PUBLIC_REPORTS_PER_MINUTE, minute),
+        );
         let now_ms = u64::try_from(self.context.now().timestamp_millis()).unwrap_or_default();
         let decided = self
             .verifier

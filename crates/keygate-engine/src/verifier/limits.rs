@@ -309,14 +309,14 @@ fn compute_limit_checks(plan: Option<&Plan>, cached: &CachedKey, resource: &str)
                 Enforcement::Enforce => (counter_resource(&spec.resource), rule),
                 Enforcement::Shadow => (Arc::from(format!("{}{SHADOW_SUFFIX}", spec.resource)), rule.in_shadow()),
             };
-            Some(LimitCheck {
-                key: CounterKey {
+            Some(LimitCheck::new(
+                CounterKey {
                     owner,
                     resource,
                     window_ms,
                 },
                 rule,
-            })
+            ))
         })
         .collect()
 }
