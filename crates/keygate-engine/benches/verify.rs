@@ -153,11 +153,11 @@ fn verify(c: &mut Criterion) {
 /// Recording a request's usage, with 10,000 keys in turn as in the gateway
 /// benchmark: every key's counter is touched again before the next flush.
 fn usage(c: &mut Criterion) {
-    use keygate_engine::usage::{KeyTally, UsageRecorder, ADMITTED};
+    use keygate_engine::usage::{LoneTally, UsageRecorder, ADMITTED};
     let recorder = UsageRecorder::default();
     let workspace: Arc<str> = Arc::from("ws_01J9ZK3Q4W8X2V5N7M0000AAAA");
-    let tallies: Vec<Arc<KeyTally>> = (0..10_000)
-        .map(|i| KeyTally::new(Arc::from(format!("key_01J9ZK3Q4W8X2V5N7M{i:08}")), workspace.clone()))
+    let tallies: Vec<Arc<LoneTally>> = (0..10_000)
+        .map(|i| LoneTally::new(Arc::from(format!("key_01J9ZK3Q4W8X2V5N7M{i:08}")), workspace.clone()))
         .collect();
     let ip = Some([203, 0, 113, 7].into());
     let now = chrono::Utc::now();

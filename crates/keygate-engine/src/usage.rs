@@ -61,16 +61,13 @@ pub const PRUNE_EVERY_MS: i64 = 3_600_000;
 /// BENCHMARKS.md). "Last used" is therefore exact to the minute.
 pub const LAST_USE_PRECISION: chrono::Duration = chrono::Duration::seconds(60);
 
-/// One key's usage since the last flush. It lives in the key's cache entry,
-/// which the request already holds, so recording locks memory that is in
-/// hand instead of hashing ids into a map shared by every key (174 ns a
-/// request with 10,000 keys in turn, against 32 ns: docs/decisions.md).
-#[derive(Debug)]
-pub struct KeyTally {
-    key_id: Arc<str>,
-    workspace_id: Arc<str>,
-    state: Mutex<TallyState>,
-}
+/// One key's usage since the last flush. It lives inline in the key's cache
+/// entry, which the request already holds, so recording locks memory that
+/// is in hand instead of hashing ids into a map shared by every key (174 ns
+/// a request with 10,000 keys in turn, against 32 ns: docs/decisions.md),
+/// and brings in no line of its own.
+#[derive(Debug, Default)]
+pub struct KeyTally(Mutex<TallyState>);
 
 #[derive(Debug, Default)]
 struct TallyState {
@@ -82,16 +79,51 @@ struct TallyState {
 }
 
 impl KeyTally {
+    fn state(&self) -> MutexGuard<'_, TallyState> {
+        self.0.lock()
+    }
+}
+
+/// What holds a key's tally, with the ids its rows are written under: the
+/// key's cache entry (crates/keygate-engine/src/verifier/cached_key.rs).
+/// The flush list keeps the holder alive until the flush, even if the key
+/// has left the cache meanwhile.
+pub trait Tallied: std::fmt::Debug + Send + Sync + 'static {
+    fn tally(&self) -> &KeyTally;
+    fn key_id(&self) -> &Arc<str>;
+    fn workspace_id(&self) -> &Arc<str>;
+}
+
+/// A tally with its ids and nothing else, for usage recorded outside the
+/// key cache: the recorder's tests and benchmark.
+#[derive(Debug)]
+pub struct LoneTally {
+    key_id: Arc<str>,
+    workspace_id: Arc<str>,
+    tally: KeyTally,
+}
+
+impl LoneTally {
     pub fn new(key_id: Arc<str>, workspace_id: Arc<str>) -> Arc<Self> {
         Arc::new(Self {
             key_id,
             workspace_id,
-            state: Mutex::new(TallyState::default()),
+            tally: KeyTally::default(),
         })
     }
+}
 
-    fn state(&self) -> MutexGuard<'_, TallyState> {
-        self.state.lock()
+impl Tallied for LoneTally {
+    fn tally(&self) -> &KeyTally {
+        &self.tally
+    }
+
+    fn key_id(&self) -> &Arc<str> {
+        &self.key_id
+    }
+
+    fn workspace_id(&self) -> &Arc<str> {
+        &self.workspace_id
     }
 }
 
@@ -104,7 +136,7 @@ type LastUses = FxHashMap<Arc<str>, (DateTime<Utc>, IpAddr)>;
 #[derive(Debug)]
 pub struct UsageRecorder {
     /// Tallies with something recorded since the last flush, each once.
-    queued: Mutex<Vec<Arc<KeyTally>>>,
+    queued: Mutex<Vec<Arc<dyn Tallied>>>,
     /// What this node last wrote per key, while it can still hold a use
     /// back (see [`UsageRecorder::worth_writing`]).
     written_last_uses: Mutex<LastUses>,
@@ -157,9 +189,15 @@ impl UsageRecorder {
     /// Counts one request of the tally's key. The tally joins the flush list
     /// on its first count since the last flush, under its own lock, so a
     /// flush taking the list either sees the count or leaves it queued.
-    pub fn record(&self, tally: &Arc<KeyTally>, outcome: &'static str, client_ip: Option<IpAddr>, now: DateTime<Utc>) {
+    pub fn record<T: Tallied>(
+        &self,
+        holder: &Arc<T>,
+        outcome: &'static str,
+        client_ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) {
         let minute = now.timestamp().div_euclid(60) * 60;
-        let mut state = tally.state();
+        let mut state = holder.tally().state();
         match state.counts.iter_mut().find(|(m, o, _)| *m == minute && *o == outcome) {
             Some((_, _, count)) => *count += 1,
             None => {
@@ -178,11 +216,11 @@ impl UsageRecorder {
         }
         if !state.queued {
             state.queued = true;
-            self.queued_tallies().push(Arc::clone(tally));
+            self.queued_tallies().push(Arc::clone(holder) as Arc<dyn Tallied>);
         }
     }
 
-    fn queued_tallies(&self) -> MutexGuard<'_, Vec<Arc<KeyTally>>> {
+    fn queued_tallies(&self) -> MutexGuard<'_, Vec<Arc<dyn Tallied>>> {
         self.queued.lock()
     }
 
@@ -204,20 +242,20 @@ impl UsageRecorder {
         let mut counts: FxHashMap<Slot, (Arc<str>, u64)> =
             FxHashMap::with_capacity_and_hasher(tallies.len(), Default::default());
         let mut last_uses: LastUses = FxHashMap::with_capacity_and_hasher(tallies.len(), Default::default());
-        for tally in tallies {
-            let mut state = tally.state();
+        for holder in tallies {
+            let mut state = holder.tally().state();
             for (minute, outcome, count) in state.counts.drain(..) {
-                let key = (Arc::clone(&tally.key_id), minute, outcome);
+                let key = (Arc::clone(holder.key_id()), minute, outcome);
                 counts
                     .entry(key)
-                    .or_insert_with(|| (Arc::clone(&tally.workspace_id), 0))
+                    .or_insert_with(|| (Arc::clone(holder.workspace_id()), 0))
                     .1 += count;
             }
             if let Some(last_use) = state.last_use.take() {
                 // On a tie the tally queued later wins: it is the newer cache
                 // entry of the key (a re-read replaces the entry, and the new
                 // one is queued on its first request), so its use came last.
-                let latest = last_uses.entry(Arc::clone(&tally.key_id)).or_insert(last_use);
+                let latest = last_uses.entry(Arc::clone(holder.key_id())).or_insert(last_use);
                 if last_use.0 >= latest.0 {
                     *latest = last_use;
                 }
@@ -283,7 +321,7 @@ impl UsageRecorder {
         // A copy of the list, so that no tally is locked under the list's
         // lock (`record` takes them the other way round).
         let tallies = self.queued_tallies().clone();
-        let counts: usize = tallies.iter().map(|tally| tally.state().counts.len()).sum();
+        let counts: usize = tallies.iter().map(|holder| holder.tally().state().counts.len()).sum();
         counts + events + self.unsent_rows.load(Ordering::Acquire)
     }
 }
@@ -329,15 +367,15 @@ impl Usage {
     }
 
     /// Counts one request of a cached key, unless usage is off.
-    pub(crate) fn record(
+    pub(crate) fn record<T: Tallied>(
         &self,
-        tally: &Arc<KeyTally>,
+        holder: &Arc<T>,
         outcome: &'static str,
         client_ip: Option<IpAddr>,
         now: DateTime<Utc>,
     ) {
         if self.settings.enabled {
-            self.recorder.record(tally, outcome, client_ip, now);
+            self.recorder.record(holder, outcome, client_ip, now);
         }
     }
 
@@ -437,6 +475,11 @@ mod tests {
 
     const OUTCOMES: [&str; 3] = [ADMITTED, "INSUFFICIENT_SCOPE", "RATE_LIMIT_EXCEEDED"];
 
+    /// A new cache entry's tally of `key_id` in workspace `ws_1`.
+    fn entry(key_id: &str) -> Arc<LoneTally> {
+        LoneTally::new(Arc::from(key_id), Arc::from("ws_1"))
+    }
+
     proptest! {
         /// Against a plain map of every request: the batches together hold
         /// each request once, and each batch has one row per key, minute and
@@ -447,8 +490,8 @@ mod tests {
             steps in proptest::collection::vec((0usize..4, 0usize..2, 0usize..3, 0i64..3, any::<bool>()), 1..200)
         ) {
             let recorder = UsageRecorder::default();
-            let tallies: Vec<Vec<Arc<KeyTally>>> = (0..4)
-                .map(|key| (0..2).map(|_| KeyTally::new(Arc::from(format!("key_{key}")), Arc::from("ws_1"))).collect())
+            let tallies: Vec<Vec<Arc<LoneTally>>> = (0..4)
+                .map(|key| (0..2).map(|_| entry(&format!("key_{key}"))).collect())
                 .collect();
             let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
             let mut expected: BTreeMap<(String, i64, String), u64> = BTreeMap::new();
@@ -480,8 +523,8 @@ mod tests {
     #[test]
     fn the_latest_last_use_of_a_key_wins_across_its_tallies() {
         let recorder = UsageRecorder::default();
-        let old = KeyTally::new(Arc::from("key_1"), Arc::from("ws_1"));
-        let new = KeyTally::new(Arc::from("key_1"), Arc::from("ws_1"));
+        let old = entry("key_1");
+        let new = entry("key_1");
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let (here, there): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         recorder.record(&new, ADMITTED, Some(there), t0 + chrono::Duration::seconds(2));
@@ -496,8 +539,8 @@ mod tests {
     #[test]
     fn at_the_same_instant_the_newer_tally_of_a_key_wins() {
         let recorder = UsageRecorder::default();
-        let old = KeyTally::new(Arc::from("key_1"), Arc::from("ws_1"));
-        let new = KeyTally::new(Arc::from("key_1"), Arc::from("ws_1"));
+        let old = entry("key_1");
+        let new = entry("key_1");
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let (before, after): (IpAddr, IpAddr) = ("203.0.113.9".parse().unwrap(), "127.0.0.1".parse().unwrap());
         recorder.record(&old, ADMITTED, Some(before), t0);
@@ -510,10 +553,7 @@ mod tests {
     #[test]
     fn a_write_that_holds_nothing_back_is_forgotten() {
         let recorder = UsageRecorder::default();
-        let (one, two) = (
-            KeyTally::new(Arc::from("key_1"), Arc::from("ws_1")),
-            KeyTally::new(Arc::from("key_2"), Arc::from("ws_1")),
-        );
+        let (one, two) = (entry("key_1"), entry("key_2"));
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         recorder.record(&one, ADMITTED, Some(ip), t0);
@@ -538,7 +578,7 @@ mod tests {
     #[test]
     fn a_last_use_is_written_when_a_minute_later_or_from_another_address() {
         let recorder = UsageRecorder::default();
-        let tally = KeyTally::new(Arc::from("key_1"), Arc::from("ws_1"));
+        let tally = entry("key_1");
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let here: IpAddr = "192.0.2.1".parse().unwrap();
         let there: IpAddr = "192.0.2.2".parse().unwrap();

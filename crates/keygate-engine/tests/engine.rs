@@ -12,7 +12,7 @@ use chrono::Utc;
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCode, KeyFormat};
 use keygate_engine::admin::NewKey;
-use keygate_engine::usage::{KeyTally, UsageRecorder, ADMITTED};
+use keygate_engine::usage::{LoneTally, UsageRecorder, ADMITTED};
 use keygate_engine::{Actor, Engine, EngineSettings, ManualClock, VerifyRequest};
 use keygate_store::sqlite::SqliteStore;
 use keygate_store::{KeyStore, Store, UsageStore};
@@ -214,7 +214,7 @@ async fn failed_attempts_are_throttled_per_ip_and_spare_cached_keys() {
 #[tokio::test]
 async fn usage_survives_a_failed_flush() {
     let recorder = UsageRecorder::default();
-    let tally = KeyTally::new(Arc::from("key_1"), Arc::from("ws_1"));
+    let tally = LoneTally::new(Arc::from("key_1"), Arc::from("ws_1"));
     let now = Utc::now();
     for _ in 0..4 {
         recorder.record(&tally, ADMITTED, Some([10, 0, 0, 9].into()), now);

@@ -14,9 +14,10 @@ use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::KeyAccess;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use super::MemoizedChecks;
-use crate::usage::KeyTally;
+use crate::usage::{KeyTally, Tallied};
 
 /// A key and its workspace as the verify path needs them.
 #[derive(Debug)]
@@ -32,9 +33,10 @@ pub struct CachedKey {
     loaded_at_ms: i64,
     /// Limit checks per resource list, computed on first use for one
     /// generation of plans (crates/keygate-engine/src/verifier/limits.rs).
-    pub(crate) limit_checks: Mutex<(u64, Vec<MemoizedChecks>)>,
+    /// Most keys see one list: it is kept inline.
+    pub(crate) limit_checks: Mutex<(u64, SmallVec<[MemoizedChecks; 1]>)>,
     /// Usage counted since the last flush.
-    pub(crate) usage: Arc<KeyTally>,
+    usage: KeyTally,
     profile: Box<KeyProfile>,
 }
 
@@ -86,7 +88,6 @@ impl CachedKey {
         } else {
             Arc::from(key.lineage_id)
         };
-        let usage = KeyTally::new(id.clone(), workspace.id.clone());
         let revoked = key.revoked_at.is_some() || key.deleted_at.is_some();
         Self {
             id,
@@ -96,8 +97,8 @@ impl CachedKey {
             access: KeyAccess::new(revoked, key.expires_at, key.ip_allowlist, key.scopes),
             limits: key.limits.into_boxed_slice(),
             loaded_at_ms: loaded_at.timestamp_millis(),
-            limit_checks: Mutex::new((0, Vec::new())),
-            usage,
+            limit_checks: Mutex::new((0, SmallVec::new())),
+            usage: KeyTally::default(),
             profile: Box::new(KeyProfile {
                 name: key.name.into_boxed_str(),
                 hint: key.hint.into_boxed_str(),
@@ -181,6 +182,20 @@ impl CachedKey {
     /// The key it replaced and the key that replaced it (rotation).
     pub fn rotation(&self) -> (Option<&str>, Option<&str>) {
         (self.profile.rotated_from.as_deref(), self.profile.rotated_to.as_deref())
+    }
+}
+
+impl Tallied for CachedKey {
+    fn tally(&self) -> &KeyTally {
+        &self.usage
+    }
+
+    fn key_id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    fn workspace_id(&self) -> &Arc<str> {
+        &self.workspace.id
     }
 }
 

@@ -96,9 +96,6 @@ impl Verifier {
         if memoized.len() < MAX_MEMOIZED_RESOURCES {
             // The default list, which most keys see, is kept as `None`.
             let names = (!is_default).then(|| resources.iter().map(|r| Box::from(r.as_str())).collect());
-            // Most keys see one route's resources: room for one, not the
-            // default four (memory per cached key, issue 18).
-            memoized.reserve_exact(1);
             memoized.push((names, set.clone()));
         }
         set

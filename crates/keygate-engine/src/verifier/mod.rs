@@ -385,9 +385,9 @@ impl Verifier {
         }
     }
 
-    fn record(&self, cached: &CachedKey, request: &VerifyRequest<'_>, outcome: &'static str, now: DateTime<Utc>) {
+    fn record(&self, cached: &Arc<CachedKey>, request: &VerifyRequest<'_>, outcome: &'static str, now: DateTime<Utc>) {
         if request.record {
-            self.usage.record(&cached.usage, outcome, request.client_ip, now);
+            self.usage.record(cached, outcome, request.client_ip, now);
         }
     }
 
