@@ -4,7 +4,9 @@
 //!     cargo run --release -p keygate-engine --example cache_memory -- 100000 1000000
 //!
 //! For each count: that many keys are created through the engine (no HTTP)
-//! in one workspace on a SQLite store in a temporary directory, then each is
+//! in one workspace on a SQLite store in a temporary directory (on `/dev/shm`
+//! when there is one: a million commits at `synchronous = FULL` take minutes
+//! on a disk, and the store is not what is measured), then each is
 //! verified once, as a node does when its traffic first arrives. The figure is
 //! the growth of live Rust heap bytes during the verifications, divided by the
 //! number of keys: the cache entry, the key and its workspace as cached, the
@@ -88,7 +90,12 @@ fn settings(capacity: u64) -> EngineSettings {
 }
 
 async fn measure(count: usize) {
-    let dir = tempfile::tempdir().unwrap();
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
     let store = Arc::new(
         SqliteStore::open(&format!("sqlite://{}/k.db", dir.path().display()))
             .await
