@@ -34,6 +34,12 @@ use std::collections::VecDeque;
 /// Buckets per window: the granularity is 1/60 of the window.
 pub const BUCKETS: u64 = 60;
 
+/// The largest cost one request may spend (a route's `cost`, the verify
+/// API's, an upstream's report): the largest integer every JSON client and
+/// Redis's Lua (doubles) count exactly. Counts add up saturating, so even
+/// many such costs in one window only fill a counter.
+pub const MAX_COST: u64 = (1 << 53) - 1;
+
 /// One limit, ready for arithmetic. The bucket size is derived once here:
 /// divisions are the costliest part of a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,7 +119,7 @@ impl Counter {
         buckets.sort_unstable_by_key(|b| b.index);
         let mut counter = Self::default();
         for bucket in buckets {
-            counter.total += bucket.count;
+            counter.total = counter.total.saturating_add(bucket.count);
             counter.latest_ms = counter.latest_ms.max(bucket.newest_ms);
             counter.buckets.push_back(bucket);
         }
@@ -129,7 +135,8 @@ impl Counter {
     /// Requests counted against the limit at `now_ms`, by scanning every bucket.
     /// [`Counter::live`] gives the same answer in O(1) amortised.
     pub fn count(&self, rule: &Rule, now_ms: u64) -> u64 {
-        self.live_buckets(rule, now_ms).map(|b| b.count).sum()
+        self.live_buckets(rule, now_ms)
+            .fold(0, |sum, b| sum.saturating_add(b.count))
     }
 
     /// Drops the buckets whose newest request has left the window.
@@ -139,7 +146,7 @@ impl Counter {
             if rule.leaves_at(front.newest_ms) > now {
                 break;
             }
-            self.total -= front.count;
+            self.total = self.total.saturating_sub(front.count);
             self.buckets.pop_front();
         }
         self.latest_ms = now;
@@ -160,7 +167,7 @@ impl Counter {
         let index = rule.bucket_of(now);
         match self.buckets.back_mut() {
             Some(last) if last.index == index => {
-                last.count += cost;
+                last.count = last.count.saturating_add(cost);
                 last.newest_ms = now;
             }
             _ => {
@@ -176,7 +183,7 @@ impl Counter {
                 });
             }
         }
-        self.total += cost;
+        self.total = self.total.saturating_add(cost);
     }
 
     fn live_buckets(&self, rule: &Rule, now_ms: u64) -> impl Iterator<Item = Bucket> + '_ {
@@ -191,7 +198,7 @@ impl Counter {
     /// The earliest time at which `cost` more requests fit. `now_ms` if they fit now.
     pub fn admits_at(&self, rule: &Rule, now_ms: u64, cost: u64) -> u64 {
         let mut count = self.count(rule, now_ms);
-        if count + cost <= rule.requests {
+        if count.saturating_add(cost) <= rule.requests {
             return now_ms;
         }
         if cost > rule.requests {
@@ -199,8 +206,8 @@ impl Counter {
         }
         // Oldest first: the first buckets to leave the window.
         for bucket in self.live_buckets(rule, now_ms) {
-            count -= bucket.count;
-            if count + cost <= rule.requests {
+            count = count.saturating_sub(bucket.count);
+            if count.saturating_add(cost) <= rule.requests {
                 return rule.leaves_at(bucket.newest_ms);
             }
         }
@@ -360,7 +367,7 @@ impl From<Describe> for String {
 pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charge: bool) -> Decision {
     let fits: SmallFits = limits
         .iter_mut()
-        .map(|(rule, counter)| counter.live(rule, now_ms) + cost <= rule.requests)
+        .map(|(rule, counter)| counter.live(rule, now_ms).saturating_add(cost) <= rule.requests)
         .collect();
     let allowed = limits.iter().zip(&fits).all(|((rule, _), fits)| rule.shadow || *fits);
     if allowed && charge {
@@ -424,6 +431,21 @@ mod tests {
     use std::collections::VecDeque;
 
     const MINUTE: u64 = 60_000;
+
+    /// Costs an upstream reports are charged whatever room is left; however
+    /// large, the counter fills up and refuses, and never wraps to empty.
+    #[test]
+    fn huge_costs_fill_a_counter_and_never_wrap() {
+        let rule = Rule::new(i64::MAX as u64, MINUTE);
+        let mut counter = Counter::default();
+        let t0 = 1_700_000_000_000;
+        for at in [t0, t0 + 1, t0 + MINUTE / 2] {
+            charge_anyway(&mut [(rule, &mut counter)], at, u64::MAX);
+        }
+        assert_eq!(counter.live(&rule, t0 + MINUTE / 2), u64::MAX);
+        assert!(!decide(&mut [(rule, &mut counter)], t0 + MINUTE / 2, 1, true).allowed);
+        assert!(counter.admits_at(&rule, t0 + MINUTE / 2, 1) > t0 + MINUTE / 2);
+    }
 
     #[test]
     fn admits_exactly_the_limit_then_refuses() {

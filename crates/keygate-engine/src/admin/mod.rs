@@ -259,24 +259,7 @@ impl Admin {
 
     /// The verify API: the gateway's decision for a key, seen by a caller that
     /// may only learn about keys of the workspaces it can see.
-    pub async fn verify_for(
-        &self,
-        actor: &Actor,
-        presented: &str,
-        required_scopes: &[String],
-        client_ip: Option<IpAddr>,
-        resources: &[String],
-        dry_run: bool,
-    ) -> Result<Verified, Rejection> {
-        let request = VerifyRequest {
-            presented,
-            client_ip,
-            required_scopes,
-            resources,
-            cost: 1,
-            limits: if dry_run { LimitMode::DryRun } else { LimitMode::Enforce },
-            record: !dry_run,
-        };
+    pub async fn verify_for(&self, actor: &Actor, request: VerifyRequest<'_>) -> Result<Verified, Rejection> {
         let visible = |workspace_id: &str| actor.can_see(workspace_id);
         match self.verifier.verify(request).await {
             Ok(verified) if visible(verified.key.workspace_id()) => Ok(verified),

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use keygate_core::path::{canonicalize, PathRules};
+use keygate_core::ratelimit::MAX_COST;
 use keygate_core::scope::validate_scopes;
 use serde::{Deserialize, Serialize};
 
@@ -222,6 +223,9 @@ pub(super) fn validate_route(
             "cost",
             "must be at least 1 (a route that counts nothing needs no limits)".into(),
         ));
+    }
+    if route.cost > MAX_COST {
+        return Err(fail("cost", format!("must be at most {MAX_COST}")));
     }
     let health_check = route
         .health_check

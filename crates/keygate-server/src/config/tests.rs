@@ -108,6 +108,7 @@ fn a_route_names_one_resource_or_several() {
         ("resources = [\"a\", \"a\"]", "named twice"),
         ("resource = \"\"", "not a resource name"),
         ("cost = 0", "cost"),
+        ("cost = 9007199254740992", "at most 9007199254740991"),
     ] {
         let err = route(bad).unwrap_err().to_string();
         assert!(err.contains("routes[0]") && err.contains(expected), "{bad}: {err}");

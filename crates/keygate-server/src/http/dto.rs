@@ -54,6 +54,13 @@ fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     d.deserialize_any(Whole)
 }
 
+/// [`whole_number`], or nothing (`null` or absent).
+fn optional_whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole_number")] u64);
+    Ok(Option::<Whole>::deserialize(d)?.map(|Whole(n)| n))
+}
+
 /// A key sent in a request body; `Debug` never prints it and its memory is
 /// zeroed when dropped (secrecy).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -299,6 +306,11 @@ pub struct VerifyKey {
     /// Check without recording usage.
     #[serde(default)]
     pub dry_run: bool,
+    /// What the operation spends of each rate limit, all or nothing, as a
+    /// route's `cost` does (1 when absent).
+    #[serde(default, deserialize_with = "optional_whole_number")]
+    #[schema(minimum = 1_f64, maximum = 9007199254740991_f64)]
+    pub cost: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

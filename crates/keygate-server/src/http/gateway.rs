@@ -461,6 +461,7 @@ fn charge_reported_cost(
         tracing::debug!(header = %name, "the upstream's cost header is not a positive whole number; ignored");
         return;
     };
+    let cost = cost.min(keygate_core::ratelimit::MAX_COST);
     let (engine, key, resources) = (gw.engine.clone(), key.clone(), resources.to_vec());
     tokio::spawn(async move {
         engine.verifier().charge_reported_cost(&key, &resources, cost).await;

@@ -731,6 +731,56 @@ async fn verify_api_applies_the_same_limits() {
     assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
 }
 
+/// An operation that costs more than one request (Unkey's `cost`): spent of
+/// every limit, all or nothing, like a route's `cost`.
+#[tokio::test]
+async fn the_verify_api_spends_the_cost_it_is_given() {
+    let app = TestApp::builder()
+        .config("[limiter]\ndefault_plan = \"p\"\n[plans.p]\nlimits = [{ requests = 10, per = \"1m\" }]")
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let verify = |body: Value| app.admin_call(Method::POST, "/v1/keys/verify", Some(body));
+    let remaining = |body: &Value| body["ratelimit"]["limits"][0]["remaining"].clone();
+    let dry: Value = verify(json!({"key": key, "cost": 4, "dry_run": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        remaining(&dry),
+        10,
+        "a dry run spends nothing (and shows the limits as they stand)"
+    );
+    let first: Value = verify(json!({"key": key, "cost": 4})).await.json().await.unwrap();
+    assert_eq!(remaining(&first), 6);
+    let second: Value = verify(json!({"key": key, "cost": 4})).await.json().await.unwrap();
+    assert_eq!(remaining(&second), 2);
+    let refused = verify(json!({"key": key, "cost": 4})).await;
+    assert_eq!(refused.status(), 429, "4 more do not fit in the 2 left");
+    let one: Value = verify(json!({"key": key, "cost": 1.0})).await.json().await.unwrap();
+    assert_eq!(
+        remaining(&one),
+        1,
+        "the refused call spent nothing; 1.0 is the integer 1"
+    );
+    let default: Value = verify(json!({"key": key})).await.json().await.unwrap();
+    assert_eq!(remaining(&default), 0, "no cost is 1");
+    for bad in [
+        json!(0),
+        json!(9_007_199_254_740_992_u64),
+        json!(-1),
+        json!(1.5),
+        json!("4"),
+    ] {
+        let response = verify(json!({"key": key, "cost": bad})).await;
+        assert_eq!(response.status(), 422, "cost {bad}");
+    }
+    let zero: Value = verify(json!({"key": key, "cost": 0})).await.json().await.unwrap();
+    assert_eq!(zero["data"]["field"], "cost", "{zero}");
+}
+
 fn redis_url() -> Option<String> {
     let url = std::env::var("KEYGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let address = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keygate_core::model::KeyStatus;
+use keygate_engine::{LimitMode, VerifyRequest};
 use keygate_store::KeyFilter;
 use secrecy::ExposeSecret;
 
@@ -176,12 +177,27 @@ pub(super) async fn verify_key(
     let resources = named.as_deref().unwrap_or(keygate_engine::default_resources());
     let scopes = keygate_core::scope::validate_scopes(&body.scopes)
         .map_err(|e| ApiError::validation("scopes", e.to_string()))?;
-    match state
-        .engine
-        .admin()
-        .verify_for(&actor, body.key.0.expose_secret(), &scopes, ip, resources, body.dry_run)
-        .await
-    {
+    let cost = body.cost.unwrap_or(1);
+    if !(1..=keygate_core::ratelimit::MAX_COST).contains(&cost) {
+        return Err(ApiError::validation(
+            "cost",
+            format!("`cost` must be from 1 to {}", keygate_core::ratelimit::MAX_COST),
+        ));
+    }
+    let request = VerifyRequest {
+        presented: body.key.0.expose_secret(),
+        client_ip: ip,
+        required_scopes: &scopes,
+        resources,
+        cost,
+        limits: if body.dry_run {
+            LimitMode::DryRun
+        } else {
+            LimitMode::Enforce
+        },
+        record: !body.dry_run,
+    };
+    match state.engine.admin().verify_for(&actor, request).await {
         Ok(verified) => {
             let cached = &verified.key;
             let result = VerifyResult {
