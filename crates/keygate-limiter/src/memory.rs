@@ -27,21 +27,32 @@ struct Slot {
 }
 
 /// A check's handle on its counter in a [`MemoryLimiter`] (see
-/// [`LimitCheck`]): empty until the first decision, and again after its
-/// counter is retired. A clone starts empty; it is a cache, so every cell
-/// equals every other.
+/// [`LimitCheck`]), named by the limiter it came from: empty until the first
+/// decision, and again after its counter is retired. Another limiter given
+/// the same check finds nothing here and uses its own table. A clone starts
+/// empty; it is a cache, so every cell equals every other.
 #[derive(Default)]
-pub struct CounterCell(Mutex<Option<Shared>>);
+pub struct CounterCell(Mutex<Option<(u64, Shared)>>);
 
 impl CounterCell {
-    fn get(&self) -> Option<Shared> {
-        self.0.lock().clone()
+    fn get(&self, limiter: u64) -> Option<Shared> {
+        match &*self.0.lock() {
+            Some((id, shared)) if *id == limiter => Some(shared.clone()),
+            _ => None,
+        }
     }
 
-    fn set(&self, shared: Option<Shared>) {
-        *self.0.lock() = shared;
+    fn set(&self, limiter: u64, shared: Shared) {
+        *self.0.lock() = Some((limiter, shared));
+    }
+
+    fn clear(&self) {
+        *self.0.lock() = None;
     }
 }
+
+/// Names each [`MemoryLimiter`] for the cells that point into it.
+static NEXT_LIMITER_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Clone for CounterCell {
     fn clone(&self) -> Self {
@@ -73,6 +84,8 @@ type Few<T> = SmallVec<[T; 4]>;
 const SWEEP_EVERY: u64 = 1024;
 
 pub struct MemoryLimiter {
+    /// Process-wide unique: which limiter a [`CounterCell`] points into.
+    id: u64,
     /// FxHash: counter keys are server-generated ids and configured resource
     /// names, not attacker-chosen strings, so HashDoS resistance buys nothing here.
     counters: DashMap<CounterKey, Shared, FxBuildHasher>,
@@ -88,6 +101,7 @@ impl MemoryLimiter {
     /// dropped, which forgets its counts (logged).
     pub fn new(max_counters: u64) -> Self {
         Self {
+            id: NEXT_LIMITER_ID.fetch_add(1, Ordering::Relaxed),
             counters: DashMap::with_hasher(FxBuildHasher),
             max_counters: usize::try_from(max_counters).unwrap_or(usize::MAX).max(1),
             created: AtomicU64::new(0),
@@ -113,11 +127,11 @@ impl MemoryLimiter {
     /// The check's counter: from its cell, or from the table (and then kept
     /// in the cell).
     fn resolve(&self, check: &LimitCheck, now_ms: u64) -> Shared {
-        if let Some(shared) = check.counter.get() {
+        if let Some(shared) = check.counter.get(self.id) {
             return shared;
         }
         let shared = self.counter(&check.key, now_ms);
-        check.counter.set(Some(shared.clone()));
+        check.counter.set(self.id, shared.clone());
         shared
     }
 
@@ -176,7 +190,7 @@ impl MemoryLimiter {
             let mut retired = false;
             for (check, guard) in checks.iter().zip(&guards) {
                 if guard.as_ref().is_some_and(|slot| slot.retired) {
-                    check.counter.set(None);
+                    check.counter.clear();
                     retired = true;
                 }
             }

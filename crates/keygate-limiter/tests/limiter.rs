@@ -608,3 +608,21 @@ fn a_kept_check_follows_its_counter_after_an_eviction() {
         "the kept handle sees the count made through the table"
     );
 }
+
+/// Two limiters given the same check value count apart: a handle one of
+/// them kept in the check is not the other's counter.
+#[test]
+fn two_memory_limiters_sharing_a_check_count_apart() {
+    let (one, two) = (MemoryLimiter::new(100), MemoryLimiter::new(100));
+    let shared = [check(&owner("two-limiters"), 1, MINUTE)];
+    let now = now_ms();
+    assert!(one.decide_now(&shared, 1, Charge::Consume, now).allowed);
+    assert!(
+        two.decide_now(&shared, 1, Charge::Consume, now).allowed,
+        "its own counter is empty"
+    );
+    assert!(
+        !one.decide_now(&shared, 1, Charge::Consume, now).allowed,
+        "and the first still has its count"
+    );
+}
