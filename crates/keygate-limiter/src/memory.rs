@@ -51,9 +51,6 @@ impl CounterCell {
     }
 }
 
-/// Names each [`MemoryLimiter`] for the cells that point into it.
-static NEXT_LIMITER_ID: AtomicU64 = AtomicU64::new(1);
-
 impl Clone for CounterCell {
     fn clone(&self) -> Self {
         Self::default()
@@ -77,6 +74,10 @@ impl std::fmt::Debug for CounterCell {
         f.write_str("CounterCell")
     }
 }
+
+/// Names each [`MemoryLimiter`] for the cells that point into it.
+static NEXT_LIMITER_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Requests have a handful of limits: keep them on the stack.
 type Few<T> = SmallVec<[T; 4]>;
 
@@ -154,9 +155,12 @@ impl MemoryLimiter {
                     max = self.max_counters,
                     "rate-limit counters full; dropping one (raise limiter.max_counters)"
                 );
-                if let Some((_, slot)) = self.counters.remove(&victim) {
+                // Retired while the table's shard is locked, as a sweep does:
+                // no holder charges it between its removal and the mark.
+                self.counters.remove_if(&victim, |_, slot| {
                     slot.lock().retired = true;
-                }
+                    true
+                });
             }
         }
         self.counters.entry(key.clone()).or_default().clone()
