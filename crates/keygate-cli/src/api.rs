@@ -46,6 +46,9 @@ enum KeysCommand {
         /// Repeat for several scopes. None means full access to the workspace.
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        /// A role of the config's `[roles]`; repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<String>,
         /// e.g. 90d
         #[arg(long)]
         expires_in: Option<String>,
@@ -56,7 +59,7 @@ enum KeysCommand {
         #[arg(long = "limit", value_parser = parse_limit)]
         limits: Vec<Value>,
     },
-    /// Change a key's name, scopes or limit overrides.
+    /// Change a key's name, scopes, roles or limit overrides.
     Update {
         id: String,
         #[arg(long)]
@@ -64,6 +67,9 @@ enum KeysCommand {
         /// Replaces the scopes; repeat for several.
         #[arg(long = "scope")]
         scopes: Option<Vec<String>>,
+        /// Replaces the roles; repeat for several.
+        #[arg(long = "role")]
+        roles: Option<Vec<String>>,
         /// Replaces the limit overrides; repeat for several (`100/1m`, `uploads:100/1h`).
         #[arg(long = "limit", value_parser = parse_limit)]
         limits: Option<Vec<Value>>,
@@ -96,6 +102,25 @@ enum KeysCommand {
         /// 0, 1h, 24h (default), 7d
         #[arg(long)]
         grace: Option<String>,
+    },
+    /// Check a key as the gateway would (`POST /v1/keys/verify`). The key is
+    /// read from standard input, so it stays out of shell history and process lists.
+    Verify {
+        /// A scope the operation needs; repeat for several.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A rate-limit resource it counts against; repeat to stack several (default: `default`).
+        #[arg(long = "resource")]
+        resources: Vec<String>,
+        /// What it spends of each limit (default 1).
+        #[arg(long)]
+        cost: Option<u64>,
+        /// The client's IP, checked against allowlists.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Decide without charging limits or recording usage.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Requests per bucket, by outcome.
     Usage {
@@ -166,6 +191,7 @@ const KEY_COLUMNS: &[&str] = &[
     "environment",
     "masked",
     "scopes",
+    "roles",
     "status",
     "created_at",
     "last_used_at",
@@ -227,6 +253,19 @@ impl Api {
         let message = value.get("message").and_then(Value::as_str).unwrap_or("request failed");
         Err(format!("{} {code}: {message}", status.as_u16()))
     }
+}
+
+/// The first line of standard input, trimmed: the key `keys verify` checks.
+fn read_key_from_stdin() -> Result<String, String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
+    let key = line.trim();
+    if key.is_empty() {
+        return Err("give the key to verify on standard input, e.g. `keygate keys verify < key.txt`".into());
+    }
+    Ok(key.to_owned())
 }
 
 /// `[scope:][resource:]REQUESTS/PER`, e.g. `100/1m`, `uploads:100/1h`,
@@ -294,6 +333,7 @@ pub async fn keys(args: KeysArgs) -> Result<(), String> {
             name,
             environment,
             scopes,
+            roles,
             expires_in,
             ip_allowlist,
             limits,
@@ -302,6 +342,7 @@ pub async fn keys(args: KeysArgs) -> Result<(), String> {
                 ("name", Some(json!(name))),
                 ("environment", environment.map(Value::from)),
                 ("scopes", Some(json!(scopes))),
+                ("roles", Some(json!(roles))),
                 ("expires_in", expires_in.map(Value::from)),
                 ("ip_allowlist", Some(json!(ip_allowlist))),
                 ("limits", Some(json!(limits))),
@@ -338,11 +379,13 @@ pub async fn keys(args: KeysArgs) -> Result<(), String> {
             id,
             name,
             scopes,
+            roles,
             limits,
         } => {
             let body = object(vec![
                 ("name", name.map(Value::from)),
                 ("scopes", scopes.map(|s| json!(s))),
+                ("roles", roles.map(|r| json!(r))),
                 ("limits", limits.map(|l| json!(l))),
             ]);
             output::print(
@@ -372,6 +415,28 @@ pub async fn keys(args: KeysArgs) -> Result<(), String> {
                 .call(Method::POST, &format!("/v1/keys/{id}/rotate"), &[], Some(body))
                 .await?;
             print_created_key(&created, json);
+        }
+        KeysCommand::Verify {
+            scopes,
+            resources,
+            cost,
+            ip,
+            dry_run,
+        } => {
+            let presented = read_key_from_stdin()?;
+            let body = object(vec![
+                ("key", Some(json!(presented))),
+                ("scopes", Some(json!(scopes))),
+                ("resources", (!resources.is_empty()).then(|| json!(resources))),
+                ("cost", cost.map(Value::from)),
+                ("ip", ip.map(Value::from)),
+                ("dry_run", Some(json!(dry_run))),
+            ]);
+            output::print(
+                &api.call(Method::POST, "/v1/keys/verify", &[], Some(body)).await?,
+                json,
+                &[],
+            );
         }
         KeysCommand::Usage {
             id,

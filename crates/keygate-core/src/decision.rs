@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use crate::error::ErrorCode;
 use crate::ip::IpAllowlist;
 use crate::model::{ApiKey, Workspace};
-use crate::scope::first_missing;
+use crate::role::{Grants, Roles};
 
 /// Why a known key may not make this request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,8 @@ pub struct KeyAccess {
     expires_at: Option<DateTime<Utc>>,
     ip_allowlist: IpAllowlist,
     scopes: Box<[String]>,
+    /// Role names; what they grant is the config's (crates/keygate-core/src/role.rs).
+    roles: Box<[String]>,
 }
 
 impl KeyAccess {
@@ -58,12 +60,14 @@ impl KeyAccess {
         expires_at: Option<DateTime<Utc>>,
         ip_allowlist: IpAllowlist,
         scopes: Vec<String>,
+        roles: Vec<String>,
     ) -> Self {
         Self {
             revoked,
             expires_at,
             ip_allowlist,
             scopes: scopes.into_boxed_slice(),
+            roles: roles.into_boxed_slice(),
         }
     }
 
@@ -74,11 +78,21 @@ impl KeyAccess {
             key.expires_at,
             key.ip_allowlist.clone(),
             key.scopes.clone(),
+            key.roles.clone(),
         )
     }
 
     pub fn scopes(&self) -> &[String] {
         &self.scopes
+    }
+
+    pub fn roles(&self) -> &[String] {
+        &self.roles
+    }
+
+    /// What the key is granted under `roles`, the config's roles now.
+    pub fn grants<'a>(&'a self, roles: &'a Roles) -> Grants<'a> {
+        Grants::new(&self.scopes, &self.roles, roles)
     }
 
     pub fn ip_allowlist(&self) -> &IpAllowlist {
@@ -99,11 +113,13 @@ impl KeyAccess {
 /// then what it asks for: the cheapest and most fundamental answer wins.
 /// An unknown client IP (`None`, e.g. a verify call without `ip`) passes only
 /// empty allowlists, so forgetting to pass it never opens an allowlist.
+/// Scopes are the key's own and its roles' under `roles`.
 pub fn check_access(
     key: &KeyAccess,
     workspace: &Workspace,
     client_ip: Option<IpAddr>,
     required_scopes: &[String],
+    roles: &Roles,
     now: DateTime<Utc>,
 ) -> Result<(), Denial> {
     if key.revoked {
@@ -118,7 +134,7 @@ pub fn check_access(
     if !key.ip_allowlist.allows_opt(client_ip) || !workspace.ip_allowlist.allows_opt(client_ip) {
         return Err(Denial::IpNotAllowed);
     }
-    if let Some(missing) = first_missing(&key.scopes, required_scopes) {
+    if let Some(missing) = key.grants(roles).first_missing(required_scopes) {
         return Err(Denial::InsufficientScope(missing.to_owned()));
     }
     Ok(())
@@ -128,6 +144,7 @@ pub fn check_access(
 mod tests {
     use super::*;
     use crate::key::KeyHash;
+    use crate::role::Roles;
     use chrono::Duration;
 
     fn t(secs: i64) -> DateTime<Utc> {
@@ -157,6 +174,7 @@ mod tests {
             hash: KeyHash::of("x"),
             hint: "kg_live_abcd...wxyz".into(),
             scopes: vec![],
+            roles: vec![],
             ip_allowlist: IpAllowlist::default(),
             expires_at: None,
             metadata: Default::default(),
@@ -189,6 +207,7 @@ mod tests {
                 &workspace(),
                 ip("1.2.3.4"),
                 &["x:y".into()],
+                &Roles::default(),
                 t(1)
             ),
             Ok(())
@@ -207,12 +226,20 @@ mod tests {
                 &workspace(),
                 ip("1.2.3.4"),
                 &[],
+                &Roles::default(),
                 t(60) - Duration::milliseconds(1)
             ),
             Ok(())
         );
         assert_eq!(
-            check_access(&KeyAccess::of(&k), &workspace(), ip("1.2.3.4"), &[], t(60)),
+            check_access(
+                &KeyAccess::of(&k),
+                &workspace(),
+                ip("1.2.3.4"),
+                &[],
+                &Roles::default(),
+                t(60)
+            ),
             Err(Denial::Expired)
         );
     }
@@ -229,7 +256,7 @@ mod tests {
             ..workspace()
         };
         assert_eq!(
-            check_access(&KeyAccess::of(&k), &ws, ip("1.2.3.4"), &[], t(5)),
+            check_access(&KeyAccess::of(&k), &ws, ip("1.2.3.4"), &[], &Roles::default(), t(5)),
             Err(Denial::Revoked)
         );
     }
@@ -244,21 +271,31 @@ mod tests {
             ip_allowlist: allow(&["10.1.0.0/16"]),
             ..workspace()
         };
-        assert_eq!(check_access(&KeyAccess::of(&k), &ws, ip("10.1.2.3"), &[], t(0)), Ok(()));
         assert_eq!(
-            check_access(&KeyAccess::of(&k), &ws, ip("10.2.2.3"), &[], t(0)),
+            check_access(&KeyAccess::of(&k), &ws, ip("10.1.2.3"), &[], &Roles::default(), t(0)),
+            Ok(())
+        );
+        assert_eq!(
+            check_access(&KeyAccess::of(&k), &ws, ip("10.2.2.3"), &[], &Roles::default(), t(0)),
             Err(Denial::IpNotAllowed)
         );
         assert_eq!(
-            check_access(&KeyAccess::of(&k), &workspace(), ip("11.0.0.1"), &[], t(0)),
+            check_access(
+                &KeyAccess::of(&k),
+                &workspace(),
+                ip("11.0.0.1"),
+                &[],
+                &Roles::default(),
+                t(0)
+            ),
             Err(Denial::IpNotAllowed)
         );
         assert_eq!(
-            check_access(&KeyAccess::of(&k), &workspace(), None, &[], t(0)),
+            check_access(&KeyAccess::of(&k), &workspace(), None, &[], &Roles::default(), t(0)),
             Err(Denial::IpNotAllowed)
         );
         assert_eq!(
-            check_access(&KeyAccess::of(&key()), &workspace(), None, &[], t(0)),
+            check_access(&KeyAccess::of(&key()), &workspace(), None, &[], &Roles::default(), t(0)),
             Ok(())
         );
     }
@@ -274,6 +311,7 @@ mod tests {
             &workspace(),
             ip("1.2.3.4"),
             &["invoices:write".into()],
+            &Roles::default(),
             t(0),
         )
         .unwrap_err();

@@ -8,6 +8,9 @@
 /// A scope: `invoices:read`, `invoices:*` or `*`; at most 128 characters.
 pub const SCOPE: &str = r"^(\*|[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)*(:\*)?)$";
 
+/// A role name from the config's `[roles]` (crates/keygate-core/src/role.rs).
+pub const ROLE: &str = "^[A-Za-z0-9_.-]{1,64}$";
+
 /// A rate-limit resource: `default`, `uploads`, `search-v2`.
 pub const RESOURCE: &str = "^[a-z0-9_-]{1,64}$";
 

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod model;
 pub mod path;
 pub mod ratelimit;
+pub mod role;
 pub mod scope;
 pub mod secrets;
 pub mod throttle;

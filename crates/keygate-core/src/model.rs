@@ -40,6 +40,8 @@ pub struct ApiKey {
     /// `kg_live_AbCd...wxyz`.
     pub hint: String,
     pub scopes: Vec<String>,
+    /// Role names from the config's `[roles]` (crates/keygate-core/src/role.rs).
+    pub roles: Vec<String>,
     pub ip_allowlist: IpAllowlist,
     pub expires_at: Option<DateTime<Utc>>,
     pub metadata: serde_json::Map<String, serde_json::Value>,

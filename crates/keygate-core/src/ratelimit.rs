@@ -294,6 +294,11 @@ impl Decision {
         tightest_of(self.enforced())
     }
 
+    /// The shadow limit closest to exhaustion, for `headers.shadow`.
+    pub fn tightest_shadow(&self) -> Option<&LimitState> {
+        tightest_of(self.limits.iter().filter(|l| l.rule.shadow))
+    }
+
     /// The limit the `X-RateLimit-*` headers describe under `describe`: the
     /// tightest, the longest window (the tightest of those), or the limit of
     /// one window (the tightest if none has it).

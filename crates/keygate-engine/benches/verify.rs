@@ -62,6 +62,7 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
                     window: Duration::from_secs(60),
                 },
                 plans: keygate_engine::plans::PlanBook::new(plans, None),
+                roles: Default::default(),
             },
             admin: keygate_engine::admin::AdminSettings {
                 default_rotation_grace: Duration::from_secs(3600),

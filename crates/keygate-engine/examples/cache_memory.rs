@@ -75,6 +75,7 @@ fn settings(capacity: u64) -> EngineSettings {
                 window: Duration::from_secs(60),
             },
             plans: PlanBook::new([("bench".to_owned(), plan)].into_iter().collect(), None),
+            roles: Default::default(),
         },
         admin: keygate_engine::admin::AdminSettings {
             default_rotation_grace: Duration::from_secs(3600),

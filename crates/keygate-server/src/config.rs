@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use keygate_core::error::CatalogError;
 use keygate_core::events::AnomalyRule;
 use keygate_core::path::PathRules;
+use keygate_core::role::{RoleError, Roles};
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCatalog, KeyFormat};
 use keygate_engine::admin::LeakPolicy;
@@ -44,6 +45,8 @@ pub struct RateLimitHeaderStyle {
     pub ietf: bool,
     /// `headers.describe`; a plan may set its own.
     pub describe: keygate_core::ratelimit::Describe,
+    /// `headers.shadow`: `X-RateLimit-Shadow-*` for the tightest shadow limit.
+    pub shadow: bool,
 }
 
 /// The validated limiter settings.
@@ -342,11 +345,16 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             ));
         }
     }
+    let roles = Roles::new(config.roles.clone()).map_err(|e| match &e {
+        RoleError::Scope { role, .. } => invalid(&format!("roles.{role}"), e.to_string()),
+        _ => invalid("roles", e.to_string()),
+    })?;
     let limiter = validate_limiter(&config.limiter).map_err(|(field, message)| invalid(&field, message))?;
     let headers = RateLimitHeaderStyle {
         x_ratelimit: config.headers.ratelimit.contains(&HeaderStyle::XRateLimit),
         ietf: config.headers.ratelimit.contains(&HeaderStyle::Ietf),
         describe: config.headers.describe,
+        shadow: config.headers.shadow,
     };
 
     let errors = ErrorCatalog::new(
@@ -417,6 +425,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
                     window: config.security.failed_attempts_window.get(),
                 },
                 plans: PlanBook::new(plans, config.limiter.default_plan.clone()),
+                roles,
             },
             admin: keygate_engine::admin::AdminSettings {
                 default_rotation_grace: config.keys.rotation_grace.get(),

@@ -2,7 +2,7 @@
 //! `POST /v1/config/reload` re-reads the node's config the way the start did
 //! ([`ConfigSource`]). What may change live, [`Live`], is swapped whole for
 //! new requests: routes and their targets, error messages and format, and the
-//! rate-limit header policy, with the plans in the engine. A request in
+//! rate-limit header policy, with the plans and roles in the engine. A request in
 //! flight keeps the `Live` it started with. A file that does not validate, or
 //! that changes a setting only a restart can apply, is refused whole and the
 //! running config stays; `/readyz` and the log say so.
@@ -26,8 +26,8 @@ use crate::secrets::{self, KeyOrigin, SecretsError};
 
 /// The fields of [`Config`] a reload applies; a change anywhere else is
 /// refused with the fields named. Plans are in the engine
-/// ([`Engine::replace_plans`]).
-pub const LIVE_FIELDS: [&str; 5] = ["routes", "plans", "limiter.default_plan", "errors", "headers"];
+/// ([`Engine::replace_plans`]), as are roles.
+pub const LIVE_FIELDS: [&str; 6] = ["routes", "plans", "roles", "limiter.default_plan", "errors", "headers"];
 
 /// What requests read from the config that a reload may change.
 pub struct Live {
@@ -185,6 +185,9 @@ impl Reloader {
                 self.engine
                     .verifier()
                     .replace_plans(loaded.settings.engine.verifier.plans.clone());
+                self.engine
+                    .verifier()
+                    .replace_roles(loaded.settings.engine.verifier.roles.clone());
                 if let Some(keyring) = keyring {
                     // A rotation's new first key seals from now on; the old ones still open.
                     self.engine.replace_keyring(keyring);

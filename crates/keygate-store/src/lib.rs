@@ -398,7 +398,7 @@ pub trait KeyStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Paged<ApiKey>, StoreError>;
     async fn count_keys(&self, workspace_id: &str) -> Result<u64, StoreError>;
-    /// Writes only what a PATCH may change: name, scopes, allowlist, expiry,
+    /// Writes only what a PATCH may change: name, scopes, roles, allowlist, expiry,
     /// metadata, limits. Never touches revocation, so it cannot undo a concurrent revoke.
     async fn update_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Idempotent: a second revoke changes nothing and writes no audit event.
@@ -439,6 +439,18 @@ pub trait UsageStore: Send + Sync {
     async fn key_usage(
         &self,
         key_id: &str,
+        grain: UsageGrain,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageCount>, StoreError> {
+        self.keys_usage(std::slice::from_ref(&key_id.to_owned()), grain, from, to)
+            .await
+    }
+    /// [`UsageStore::key_usage`] of several keys in one statement (a page of
+    /// the dashboard's key list): oldest first, one row per bucket, key and outcome.
+    async fn keys_usage(
+        &self,
+        key_ids: &[String],
         grain: UsageGrain,
         from: DateTime<Utc>,
         to: DateTime<Utc>,

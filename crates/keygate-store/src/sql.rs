@@ -220,8 +220,8 @@ pub(crate) fn seconds_rounded_up(at: DateTime<Utc>) -> i64 {
 }
 
 pub(crate) const KEY_COLUMNS: &str = "k.id, k.workspace_id, k.lineage_id, k.name, k.environment, k.key_hash, k.hint, \
-    k.scopes, k.ip_allowlist, k.expires_at, k.metadata, k.limits, k.created_at, k.created_by, k.last_used_at, \
-    k.last_used_ip, k.revoked_at, k.revoked_reason, k.rotated_from, k.rotated_to, k.deleted_at";
+    k.scopes, k.roles, k.ip_allowlist, k.expires_at, k.metadata, k.limits, k.created_at, k.created_by, \
+    k.last_used_at, k.last_used_ip, k.revoked_at, k.revoked_reason, k.rotated_from, k.rotated_to, k.deleted_at";
 pub(crate) const WORKSPACE_COLUMNS: &str = "w.id AS w_id, w.name AS w_name, w.plan AS w_plan, \
     w.ip_allowlist AS w_ip_allowlist, w.limits AS w_limits, w.disabled AS w_disabled, \
     w.created_at AS w_created_at, w.updated_at AS w_updated_at";
@@ -347,6 +347,7 @@ pub(crate) fn key_from_row<R: StoreRow>(row: &R) -> Result<ApiKey, StoreError> {
         hash: KeyHash::from_bytes(hash),
         hint: row.get_col("hint")?,
         scopes: from_json(row.get_col("scopes")?, "api_keys.scopes")?,
+        roles: from_json(row.get_col("roles")?, "api_keys.roles")?,
         ip_allowlist: allowlist_from_json(row.get_col("ip_allowlist")?, "api_keys.ip_allowlist")?,
         expires_at: opt_from_ms(row.get_col("expires_at")?)?,
         metadata: from_json(row.get_col("metadata")?, "api_keys.metadata")?,

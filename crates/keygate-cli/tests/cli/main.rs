@@ -97,6 +97,23 @@ impl Deployment {
         command.output().unwrap()
     }
 
+    /// `keygate` with `input` on its standard input.
+    fn keygate_reading(&self, args: &[&str], admin_key: &str, input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("KEYGATE_CONFIG", &self.config)
+            .env("KEYGATE_URL", &self.admin_url)
+            .env("KEYGATE_ADMIN_KEY", admin_key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     fn ok_json(&self, args: &[&str], admin_key: Option<&str>) -> Value {
         let out = self.keygate(args, admin_key);
         assert!(
@@ -733,4 +750,88 @@ async fn a_256_mib_multipart_upload_streams_through_in_bounded_memory() {
         peak / (1024 * 1024)
     );
     server.stop();
+}
+
+/// `--role` on create and update, and `keys verify` with the key on standard
+/// input: scopes (the key's and its roles'), resources, a cost, a dry run.
+#[tokio::test]
+async fn keys_take_roles_and_are_verified_from_standard_input() {
+    let mut deployment = Deployment::new(
+        "[roles]\nreader = [\"invoices:read\"]\nwriter = [\"invoices:write\"]\n\
+         [plans.small]\nlimits = [{ requests = 10, per = \"1h\" }]\n[limiter]\ndefault_plan = \"small\"\n",
+    );
+    let admin = deployment.ok_json(&["admin", "create-key", "--name", "automation", "--json"], None);
+    let admin_key = admin["key"].as_str().unwrap().to_owned();
+    let _server = deployment.serve("roles");
+    let key = Some(admin_key.as_str());
+    let workspace = deployment.ok_json(&["workspaces", "create", "--name", "Acme", "--json"], key);
+    let ws = workspace["id"].as_str().unwrap();
+    let created = deployment.ok_json(
+        &[
+            "keys",
+            "create",
+            "--workspace",
+            ws,
+            "--name",
+            "Reader",
+            "--role",
+            "reader",
+            "--json",
+        ],
+        key,
+    );
+    assert_eq!(created["roles"], serde_json::json!(["reader"]));
+    let (key_id, plaintext) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    );
+    let verify = |args: &[&str]| {
+        let mut all = vec!["keys", "verify", "--json"];
+        all.extend_from_slice(args);
+        deployment.keygate_reading(&all, &admin_key, &format!("{plaintext}\n"))
+    };
+
+    let read = verify(&["--scope", "invoices:read", "--cost", "3"]);
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    let answer: Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(answer["valid"], true);
+    assert_eq!(
+        answer["ratelimit"]["limits"][0]["remaining"], 7,
+        "the cost was spent: {answer}"
+    );
+    let dry = verify(&["--dry-run", "--cost", "7", "--resource", "default"]);
+    let answer: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(
+        answer["ratelimit"]["limits"][0]["remaining"], 7,
+        "fits, spends nothing: {answer}"
+    );
+    let too_dear = verify(&["--dry-run", "--cost", "8"]);
+    assert!(!too_dear.status.success());
+    assert!(String::from_utf8_lossy(&too_dear.stderr).contains("429 RATE_LIMIT_EXCEEDED"));
+
+    let refused = verify(&["--scope", "invoices:write"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("403 INSUFFICIENT_SCOPE"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    deployment.ok_json(
+        &[
+            "keys", "update", &key_id, "--role", "reader", "--role", "writer", "--json",
+        ],
+        key,
+    );
+    assert!(
+        verify(&["--scope", "invoices:write"]).status.success(),
+        "the new role counts at once"
+    );
+
+    let empty = deployment.keygate_reading(&["keys", "verify"], &admin_key, "");
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("standard input"));
+    assert!(
+        !String::from_utf8_lossy(&verify(&[]).stdout).contains(&plaintext),
+        "never echoed"
+    );
 }

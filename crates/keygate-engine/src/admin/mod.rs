@@ -18,11 +18,12 @@ use keygate_core::ip::IpAllowlist;
 use keygate_core::key::ADMIN_ENVIRONMENT;
 use keygate_core::limits::{validate_limits, LimitSpec};
 use keygate_core::model::{ApiKey, KeyStatus, Workspace};
-use keygate_core::scope::{grants_explicitly, validate_scopes};
+use keygate_core::scope::validate_scopes;
 use keygate_core::{duration::parse_duration, ErrorCode, PlaintextKey};
 use keygate_store::{AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome};
 use serde_json::{json, Map, Value};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,9 @@ mod usage;
 mod webhooks;
 
 pub use leaks::{LeakPolicy, LeakReport, LeakVerdict, PublicReport, PUBLIC_REPORTS_PER_MINUTE};
-pub use usage::{Granularity, UsageBucket, MAX_DAILY_USAGE_RANGE_DAYS, MAX_TOP_KEYS, MAX_USAGE_RANGE_DAYS};
+pub use usage::{
+    Granularity, HourlyRequests, UsageBucket, MAX_DAILY_USAGE_RANGE_DAYS, MAX_TOP_KEYS, MAX_USAGE_RANGE_DAYS,
+};
 pub use webhooks::Resealed;
 
 /// The scope a workspace key needs to manage its workspace's keys.
@@ -122,6 +125,8 @@ pub struct NewKey {
     pub name: String,
     pub environment: Option<String>,
     pub scopes: Vec<String>,
+    /// Names of the config's `[roles]`.
+    pub roles: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub expires_in: Option<String>,
     pub ip_allowlist: Vec<String>,
@@ -133,10 +138,23 @@ pub struct NewKey {
 pub struct KeyPatch {
     pub name: Option<String>,
     pub scopes: Option<Vec<String>>,
+    pub roles: Option<Vec<String>>,
     pub ip_allowlist: Option<Vec<String>>,
     pub expires_at: Option<Option<DateTime<Utc>>>,
     pub metadata: Option<Map<String, Value>>,
     pub limits: Option<Vec<LimitSpec>>,
+}
+
+/// What the dashboard's key list shows of one page of keys.
+#[derive(Debug, Clone)]
+pub struct KeyListPage {
+    pub workspace: Workspace,
+    pub keys: Paged<ApiKey>,
+    /// Keys in the workspace, whatever the filter.
+    pub total: u64,
+    /// Requests of each listed key per hour, the last 24 hours up to now;
+    /// keys without any are absent.
+    pub last_day: HashMap<String, HourlyRequests>,
 }
 
 /// Stores keep milliseconds; truncating first makes responses equal later reads.
@@ -235,9 +253,11 @@ impl Admin {
         };
         let verified = self.verifier.verify(request).await?;
         let cached = &verified.key;
+        let roles = self.verifier.roles();
+        let grants = cached.access().grants(&roles);
         let scope = if cached.workspace().is_admin() {
             ActorScope::Admin
-        } else if grants_explicitly(cached.scopes(), MANAGE_SCOPE) {
+        } else if grants.grants_explicitly(MANAGE_SCOPE) {
             ActorScope::Workspace(cached.workspace().id.clone())
         } else {
             return Err(Rejection {
@@ -247,8 +267,7 @@ impl Admin {
                 limits: None,
             });
         };
-        let all_environments =
-            matches!(scope, ActorScope::Admin) || grants_explicitly(cached.scopes(), MANAGE_ALL_SCOPE);
+        let all_environments = matches!(scope, ActorScope::Admin) || grants.grants_explicitly(MANAGE_ALL_SCOPE);
         Ok(Actor {
             id: cached.id().to_string(),
             ip: Some(client_ip.to_string()),
@@ -453,6 +472,7 @@ impl Admin {
             hash: plaintext.hash(),
             hint: plaintext.hint(),
             scopes: validate_scopes(&input.scopes).map_err(|e| AdminError::validation("scopes", e))?,
+            roles: self.validate_roles(&input.roles)?,
             ip_allowlist: validate_allowlist("ip_allowlist", &input.ip_allowlist)?,
             expires_at,
             metadata: self.validate_metadata(input.metadata.unwrap_or_default())?,
@@ -467,7 +487,12 @@ impl Admin {
             rotated_to: None,
             deleted_at: None,
         };
-        let details = json!({"name": key.name, "environment": key.environment, "scopes": key.scopes});
+        let details = json!({
+            "name": key.name,
+            "environment": key.environment,
+            "scopes": key.scopes,
+            "roles": key.roles,
+        });
         let event = self.audit_event(actor, "key.created", &key.id, &key.workspace_id, details, now);
         self.context.store().insert_key(&key, &event).await?;
         self.verifier.forget_key(&key.hash);
@@ -494,6 +519,15 @@ impl Admin {
                 ),
             )),
         }
+    }
+
+    /// Roles a key may be given: configured now (a role removed later grants
+    /// nothing, crates/keygate-core/src/role.rs).
+    fn validate_roles(&self, names: &[String]) -> Result<Vec<String>, AdminError> {
+        self.verifier
+            .roles()
+            .validate_key_roles(names)
+            .map_err(|e| AdminError::validation("roles", e))
     }
 
     fn validate_metadata(&self, metadata: Map<String, Value>) -> Result<Map<String, Value>, AdminError> {
@@ -568,23 +602,27 @@ impl Admin {
             .await?)
     }
 
-    /// A page of a workspace's keys with the workspace and its key count, as
-    /// the dashboard shows them: one authorization, one workspace read.
+    /// A page of a workspace's keys with the workspace, its key count and
+    /// each listed key's requests per hour over the last day, as the
+    /// dashboard shows them: one authorization, one workspace read, one usage read.
     pub async fn key_list_page(
         &self,
         actor: &Actor,
         workspace_id: &str,
         filter: &KeyFilter,
         page: &Page,
-    ) -> Result<(Workspace, Paged<ApiKey>, u64), AdminError> {
+    ) -> Result<KeyListPage, AdminError> {
         let workspace = self.get_workspace(actor, workspace_id).await?;
-        let keys = self
-            .context
-            .store()
-            .list_keys(workspace_id, filter, page, self.context.now())
-            .await?;
+        let now = self.context.now();
+        let keys = self.context.store().list_keys(workspace_id, filter, page, now).await?;
         let total = self.context.store().count_keys(workspace_id).await?;
-        Ok((workspace, keys, total))
+        let last_day = self.last_day_by_hour(&keys.items, now).await?;
+        Ok(KeyListPage {
+            workspace,
+            keys,
+            total,
+            last_day,
+        })
     }
 
     pub async fn update_key(&self, actor: &Actor, id: &str, patch: KeyPatch) -> Result<ApiKey, AdminError> {
@@ -601,6 +639,10 @@ impl Admin {
         if let Some(scopes) = patch.scopes {
             key.scopes = validate_scopes(&scopes).map_err(|e| AdminError::validation("scopes", e))?;
             changed.push("scopes");
+        }
+        if let Some(roles) = patch.roles {
+            key.roles = self.validate_roles(&roles)?;
+            changed.push("roles");
         }
         if let Some(entries) = patch.ip_allowlist {
             key.ip_allowlist = validate_allowlist("ip_allowlist", &entries)?;
@@ -668,7 +710,7 @@ impl Admin {
         Ok(deleted)
     }
 
-    /// Issues a successor with the same name, scopes, limits and metadata; the
+    /// Issues a successor with the same name, scopes, roles, limits and metadata; the
     /// old key keeps working until now + `grace`. Returns the new key and its plaintext.
     pub async fn rotate_key(
         &self,

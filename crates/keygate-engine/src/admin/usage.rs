@@ -1,11 +1,11 @@
 //! Usage reports of the admin API: one key's, one workspace's, and the
 //! workspace's top keys, each checked against what the caller may see.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use keygate_core::model::ApiKey;
-use keygate_store::UsageGrain;
+use keygate_store::{UsageCount, UsageGrain};
 
 use super::{Actor, Admin};
 use crate::AdminError;
@@ -57,7 +57,45 @@ pub struct UsageBucket {
     pub outcomes: BTreeMap<String, u64>,
 }
 
+/// One key's requests (every outcome) in each of the last 24 hours, oldest
+/// first; the last is the hour `now` is in, so far.
+pub type HourlyRequests = [u64; 24];
+
+/// Sums `rows` (hourly buckets) into each key's last 24 hours ending with
+/// the hour of `now` (Unix seconds); rows outside them are left out.
+fn hourly_by_key(rows: &[UsageCount], now: i64) -> HashMap<String, HourlyRequests> {
+    let first = UsageGrain::Hour.bucket_of(now) - 23 * 3_600;
+    let mut by_key: HashMap<String, HourlyRequests> = HashMap::new();
+    for row in rows {
+        let Ok(hour) = usize::try_from((row.minute - first).div_euclid(3_600)) else {
+            continue;
+        };
+        if let Some(slot) = by_key.entry(row.key_id.clone()).or_default().get_mut(hour) {
+            *slot = slot.saturating_add(row.count);
+        }
+    }
+    by_key
+}
+
 impl Admin {
+    /// [`HourlyRequests`] of each of `keys`, which the caller has already
+    /// read (and so may see), in one store read.
+    pub(super) async fn last_day_by_hour(
+        &self,
+        keys: &[ApiKey],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, HourlyRequests>, AdminError> {
+        let first = UsageGrain::Hour.bucket_of(now.timestamp()) - 23 * 3_600;
+        let from = DateTime::from_timestamp(first, 0).unwrap_or(now);
+        let ids: Vec<String> = keys.iter().map(|key| key.id.clone()).collect();
+        let rows = self
+            .context
+            .store()
+            .keys_usage(&ids, UsageGrain::Hour, from, now)
+            .await?;
+        Ok(hourly_by_key(&rows, now.timestamp()))
+    }
+
     /// Usage of a key in the buckets that overlap `[from, to)`; empty buckets are omitted.
     /// The caller resolves defaults, since it reports the range it used.
     pub async fn key_usage(
@@ -185,4 +223,39 @@ fn bucket_usage<'a>(rows: impl Iterator<Item = (i64, &'a str, u64)>, granularity
             outcomes,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key_id: &str, minute: i64, count: u64) -> UsageCount {
+        UsageCount {
+            key_id: key_id.into(),
+            workspace_id: "ws_1".into(),
+            minute,
+            outcome: "admitted".into(),
+            count,
+        }
+    }
+
+    #[test]
+    fn the_last_day_ends_with_the_hour_of_now_and_sums_outcomes() {
+        let hour = 1_800_000_000 / 3_600 * 3_600;
+        let now = hour + 1_234;
+        let rows = [
+            row("key_a", hour, 3),
+            row("key_a", hour, 2),
+            row("key_a", hour - 23 * 3_600, 7),
+            row("key_a", hour - 24 * 3_600, 100),
+            row("key_a", hour + 3_600, 100),
+            row("key_b", hour - 3_600, 1),
+        ];
+        let by_key = hourly_by_key(&rows, now);
+        let a = by_key["key_a"];
+        assert_eq!((a[0], a[23]), (7, 5), "oldest first, the current hour last");
+        assert_eq!(a.iter().sum::<u64>(), 12, "hours outside the day are left out");
+        assert_eq!(by_key["key_b"][22], 1);
+        assert!(!by_key.contains_key("key_c"));
+    }
 }

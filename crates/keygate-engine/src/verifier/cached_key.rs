@@ -94,7 +94,7 @@ impl CachedKey {
             lineage_id,
             workspace,
             environment: key.environment.into_boxed_str(),
-            access: KeyAccess::new(revoked, key.expires_at, key.ip_allowlist, key.scopes),
+            access: KeyAccess::new(revoked, key.expires_at, key.ip_allowlist, key.scopes, key.roles),
             limits: key.limits.into_boxed_slice(),
             loaded_at_ms: loaded_at.timestamp_millis(),
             limit_checks: Mutex::new((0, SmallVec::new())),
@@ -141,6 +141,10 @@ impl CachedKey {
 
     pub fn scopes(&self) -> &[String] {
         self.access.scopes()
+    }
+
+    pub fn roles(&self) -> &[String] {
+        self.access.roles()
     }
 
     /// The key's own limit overrides.
@@ -221,6 +225,7 @@ mod tests {
             hash: KeyHash::of("kg_live_x"),
             hint: "kg_live_abcd...wxyz".into(),
             scopes: vec!["invoices:read".into()],
+            roles: vec!["reader".into()],
             ip_allowlist: IpAllowlist::parse(&["10.0.0.0/8".into()]).unwrap(),
             expires_at: Some(at(100)),
             metadata,

@@ -28,6 +28,7 @@ use chrono::{DateTime, Utc};
 use keygate_core::error::ErrorInstance;
 use keygate_core::limits::DEFAULT_RESOURCE;
 use keygate_core::model::Workspace;
+use keygate_core::role::Roles;
 use keygate_core::throttle::{FailurePolicy, FailureWindow};
 use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
 use keygate_limiter::{Limiter, Permit};
@@ -63,6 +64,9 @@ pub struct VerifierSettings {
     /// The plans of the config. Read by [`Verifier::new`] only: from then on
     /// [`Verifier::plans`] holds them, and a config reload replaces them.
     pub plans: PlanBook,
+    /// The config's roles; like `plans`, [`Verifier::roles`] holds them from
+    /// [`Verifier::new`] on.
+    pub roles: Roles,
 }
 
 impl Default for VerifierSettings {
@@ -80,6 +84,7 @@ impl Default for VerifierSettings {
                 window: Duration::from_secs(60),
             },
             plans: PlanBook::default(),
+            roles: Roles::default(),
         }
     }
 }
@@ -202,6 +207,9 @@ pub struct Verifier {
     settings: VerifierSettings,
     /// Swapped whole by a config reload ([`Verifier::replace_plans`]).
     plans: ArcSwap<PlanBook>,
+    /// Swapped whole by a config reload ([`Verifier::replace_roles`]); read
+    /// at each scope check, so a changed role applies from the next request.
+    roles: ArcSwap<Roles>,
     limiter: Arc<dyn Limiter>,
     /// Every request reads it, so it is quick_cache (one shard read lock and
     /// a probe per hit) rather than moka, whose reads queue bookkeeping and
@@ -243,6 +251,7 @@ impl Verifier {
         events: Arc<Events>,
     ) -> Self {
         let plans = ArcSwap::from_pointee(std::mem::take(&mut settings.plans));
+        let roles = ArcSwap::from_pointee(std::mem::take(&mut settings.roles));
         let cache = key_cache(settings.cache_capacity);
         let unknown = Cache::builder()
             .max_capacity(100_000)
@@ -256,6 +265,7 @@ impl Verifier {
             context,
             settings,
             plans,
+            roles,
             limiter,
             cache,
             workspaces: WorkspaceShare::new(),
@@ -288,6 +298,17 @@ impl Verifier {
     /// already past their limit check are not.
     pub fn replace_plans(&self, plans: PlanBook) {
         self.plans.rcu(|current| current.succeeded_by(plans.clone()));
+    }
+
+    /// The roles now in force.
+    pub fn roles(&self) -> Guard<Arc<Roles>> {
+        self.roles.load()
+    }
+
+    /// A config reload's roles: every key holding a role is checked against
+    /// them from the next request on.
+    pub fn replace_roles(&self, roles: Roles) {
+        self.roles.store(Arc::new(roles));
     }
 
     /// Decides one request. Never touches the store for a cached key or a
@@ -342,6 +363,7 @@ impl Verifier {
             cached.workspace(),
             request.client_ip,
             request.required_scopes,
+            &self.roles.load(),
             now,
         );
         if let Err(denial) = checked {

@@ -39,6 +39,8 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub leaks: LeaksConfig,
     pub plans: BTreeMap<String, Plan>,
+    /// Named bundles of scopes a key may hold: `reader = ["invoices:read"]`.
+    pub roles: BTreeMap<String, Vec<String>>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -81,6 +83,8 @@ pub struct HeadersConfig {
     pub ratelimit: Vec<HeaderStyle>,
     /// Which limit `X-RateLimit-*` describe: `tightest`, `longest` or a window (`1h`).
     pub describe: keygate_core::ratelimit::Describe,
+    /// Also describe the tightest shadow limit in `X-RateLimit-Shadow-*`.
+    pub shadow: bool,
 }
 
 /// One style of rate-limit headers (`headers.ratelimit`).
@@ -99,6 +103,7 @@ impl Default for HeadersConfig {
         Self {
             ratelimit: vec![HeaderStyle::XRateLimit],
             describe: keygate_core::ratelimit::Describe::Tightest,
+            shadow: false,
         }
     }
 }

@@ -191,6 +191,9 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(schema_with = grammar::scopes)]
     pub scopes: Vec<String>,
+    #[serde(default)]
+    #[schema(schema_with = grammar::roles)]
+    pub roles: Vec<String>,
     /// In the future; exclusive with `expires_in`.
     pub expires_at: Option<DateTime<Utc>>,
     #[schema(schema_with = grammar::expires_in_or_null)]
@@ -213,6 +216,7 @@ impl From<CreateKey> for keygate_engine::admin::NewKey {
             name: r.name,
             environment: r.environment,
             scopes: r.scopes,
+            roles: r.roles,
             expires_at: r.expires_at,
             expires_in: r.expires_in,
             ip_allowlist: r.ip_allowlist,
@@ -229,6 +233,8 @@ pub struct UpdateKey {
     pub name: Option<String>,
     #[schema(schema_with = grammar::scopes_or_null)]
     pub scopes: Option<Vec<String>>,
+    #[schema(schema_with = grammar::roles_or_null)]
+    pub roles: Option<Vec<String>>,
     #[schema(schema_with = grammar::ip_allowlist_or_null)]
     pub ip_allowlist: Option<Vec<String>>,
     /// A time, or null to remove the expiry.
@@ -248,6 +254,7 @@ impl From<UpdateKey> for keygate_engine::admin::KeyPatch {
         Self {
             name: r.name,
             scopes: r.scopes,
+            roles: r.roles,
             ip_allowlist: r.ip_allowlist,
             expires_at: r.expires_at,
             metadata: r.metadata,
@@ -351,6 +358,8 @@ pub struct KeyView {
     /// `active`, `revoked`, `expired` or `deleted`.
     pub status: String,
     pub scopes: Vec<String>,
+    /// Role names; what each grants is the config's `[roles]`.
+    pub roles: Vec<String>,
     pub ip_allowlist: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
     #[schema(value_type = Object)]
@@ -377,6 +386,7 @@ impl KeyView {
             masked: k.hint.clone(),
             status: k.status(now).as_str().to_owned(),
             scopes: k.scopes.clone(),
+            roles: k.roles.clone(),
             ip_allowlist: k.ip_allowlist.to_strings(),
             expires_at: k.expires_at,
             metadata: k.metadata.clone(),
@@ -407,6 +417,7 @@ impl KeyView {
             masked: key.hint().to_owned(),
             status: KeyStatus::Active.as_str().to_owned(),
             scopes: key.scopes().to_vec(),
+            roles: key.roles().to_vec(),
             ip_allowlist: key.access().ip_allowlist().to_strings(),
             expires_at: key.access().expires_at(),
             metadata: key.metadata().clone(),

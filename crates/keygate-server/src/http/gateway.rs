@@ -513,6 +513,7 @@ fn whoami(verified: &Verified) -> Response {
             "environment": key.environment(),
             "masked": key.hint(),
             "scopes": key.scopes(),
+            "roles": key.roles(),
             "expires_at": key.access().expires_at(),
             "created_at": key.created_at(),
         },

@@ -110,6 +110,23 @@ fn scope_list() -> ArrayBuilder {
         ))
 }
 
+fn role_list() -> ArrayBuilder {
+    ArrayBuilder::new()
+        .items(ObjectBuilder::new().schema_type(Type::String).pattern(Some(ROLE)))
+        .max_items(Some(keygate_core::role::MAX_KEY_ROLES))
+        .description(Some(
+            "Names of the config's `[roles]`; the key is granted its scopes and every scope of its roles.",
+        ))
+}
+
+pub fn roles() -> Array {
+    role_list().build()
+}
+
+pub fn roles_or_null() -> Array {
+    list_or_null(role_list())
+}
+
 pub fn scopes() -> Array {
     scope_list().build()
 }

@@ -14,6 +14,9 @@ use crate::config::RateLimitHeaderStyle;
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const X_SHADOW_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-shadow-limit");
+const X_SHADOW_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-shadow-remaining");
+const X_SHADOW_RESET: HeaderName = HeaderName::from_static("x-ratelimit-shadow-reset");
 
 fn seconds_until(at_ms: u64, now_ms: u64) -> u64 {
     at_ms.saturating_sub(now_ms).div_ceil(1000)
@@ -42,6 +45,12 @@ pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: RateLimi
             headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(described.remaining));
             headers.insert(X_RATELIMIT_RESET, HeaderValue::from(described.reset_ms.div_ceil(1000)));
         }
+    }
+    // Opt-in (`headers.shadow`): a client trying a stricter plan sees where it would stand.
+    if let Some(shadow) = decision.tightest_shadow().filter(|_| style.shadow) {
+        headers.insert(X_SHADOW_LIMIT, HeaderValue::from(shadow.rule.requests));
+        headers.insert(X_SHADOW_REMAINING, HeaderValue::from(shadow.remaining));
+        headers.insert(X_SHADOW_RESET, HeaderValue::from(shadow.reset_ms.div_ceil(1000)));
     }
     if style.ietf && decision.enforced().next().is_some() {
         // Shadow limits are not the client's business: only enforced ones are listed.

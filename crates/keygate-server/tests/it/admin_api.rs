@@ -499,6 +499,13 @@ async fn health_readiness_and_openapi() {
         .as_array()
         .unwrap()
         .contains(&json!("ratelimit.shadow_exceeded")));
+    // No roles configured: a key can be given none, and the document says so.
+    for schema in ["CreateKey", "UpdateKey"] {
+        assert_eq!(
+            spec["components"]["schemas"][schema]["properties"]["roles"]["maxItems"],
+            0
+        );
+    }
     // Security is declared once, for the whole API: either scheme, one at a
     // time. Only the ops endpoints that need no key say otherwise.
     assert_eq!(spec["security"], json!([{"api_key": []}, {"bearer": []}]));

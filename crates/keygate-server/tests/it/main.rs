@@ -18,6 +18,7 @@ mod proxy;
 mod ratelimits;
 mod real_upstreams;
 mod reload;
+mod roles;
 mod secrets;
 mod seeds;
 mod support;

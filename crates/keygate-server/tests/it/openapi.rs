@@ -89,6 +89,10 @@ limits = [{ requests = 100, per = "1m" }]
 
 [plans.pro]
 limits = [{ requests = 5000, per = "1m" }]
+
+[roles]
+reader = ["invoices:read"]
+ops = ["keys:manage"]
 "#,
         )
         .start()

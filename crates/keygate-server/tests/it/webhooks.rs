@@ -650,7 +650,7 @@ async fn one_endpoint_gets_its_first_attempts_in_event_order_one_at_a_time() {
 /// A limit in shadow mode (issue 19): a stricter 5 a minute watched beside
 /// the enforced 100. Nothing is refused; the 15 requests it would have
 /// refused are counted exactly in `/metrics`, it is announced once per
-/// window, and it never reaches the rate-limit headers.
+/// window, and it reaches the rate-limit headers only with `headers.shadow`.
 #[tokio::test]
 async fn a_shadow_limit_counts_and_announces_but_never_refuses() {
     let app = TestApp::builder()
@@ -673,6 +673,7 @@ async fn a_shadow_limit_counts_and_announces_but_never_refuses() {
             "100",
             "the headers describe the enforced limit"
         );
+        assert!(!response.headers().contains_key("x-ratelimit-shadow-limit"), "opt-in");
         if i == 19 {
             let body: Value = response.json().await.unwrap();
             let shadow = &body["ratelimit"]["limits"][1];
@@ -693,4 +694,21 @@ async fn a_shadow_limit_counts_and_announces_but_never_refuses() {
     assert_eq!(types_of(&events), ["ratelimit.shadow_exceeded", "key.created"]);
     let data = &events[0]["payload"]["data"];
     assert_eq!((data["limit"].as_u64(), data["window"].as_str()), (Some(5), Some("1m")));
+
+    // `headers.shadow`: the client sees where it would stand, and is still admitted.
+    app.edit_config(|config| config.headers.shadow = true);
+    assert_eq!(app.reload().await.0, 200);
+    let response = app.whoami(&key).await;
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(
+        (header("x-ratelimit-limit"), header("x-ratelimit-shadow-limit")),
+        ("100".to_owned(), "5".to_owned())
+    );
+    assert_eq!(header("x-ratelimit-shadow-remaining"), "0");
+    assert_eq!(
+        header("x-ratelimit-shadow-reset"),
+        header("x-ratelimit-reset"),
+        "the same minute"
+    );
 }

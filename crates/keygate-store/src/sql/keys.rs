@@ -90,10 +90,11 @@ macro_rules! keys_sql {
 
         async fn update_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError> {
             let mut tx = self.pool.begin_with(self.begin_write()).await?;
-            let done = sqlx::query(&$sql("UPDATE api_keys SET name = ?, scopes = ?, ip_allowlist = ?, expires_at = ?, metadata = ?, limits = ? \
+            let done = sqlx::query(&$sql("UPDATE api_keys SET name = ?, scopes = ?, roles = ?, ip_allowlist = ?, expires_at = ?, metadata = ?, limits = ? \
                  WHERE id = ? AND deleted_at IS NULL"))
             .bind(&key.name)
             .bind(to_json(&key.scopes)?)
+            .bind(to_json(&key.roles)?)
             .bind(to_json(&key.ip_allowlist.to_strings())?)
             .bind(key.expires_at.map(ms))
             .bind(to_json(&key.metadata)?)
@@ -195,8 +196,8 @@ macro_rules! keys_sql {
 
         async fn insert_key_row(tx: &mut sqlx::Transaction<'_, $db>, key: &ApiKey) -> Result<(), StoreError> {
             sqlx::query(&$sql("INSERT INTO api_keys (id, workspace_id, lineage_id, name, environment, key_hash, hint, scopes, \
-                 ip_allowlist, expires_at, metadata, limits, created_at, created_by, rotated_from) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+                 roles, ip_allowlist, expires_at, metadata, limits, created_at, created_by, rotated_from) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&key.id)
             .bind(&key.workspace_id)
             .bind(&key.lineage_id)
@@ -205,6 +206,7 @@ macro_rules! keys_sql {
             .bind(&key.hash.as_bytes()[..])
             .bind(&key.hint)
             .bind(to_json(&key.scopes)?)
+            .bind(to_json(&key.roles)?)
             .bind(to_json(&key.ip_allowlist.to_strings())?)
             .bind(key.expires_at.map(ms))
             .bind(to_json(&key.metadata)?)

@@ -138,45 +138,55 @@ macro_rules! usage_sql {
             Ok(())
         }
 
-        async fn key_usage(
+        async fn keys_usage(
             &self,
-            key_id: &str,
+            key_ids: &[String],
             grain: UsageGrain,
             from: DateTime<Utc>,
             to: DateTime<Utc>,
         ) -> Result<Vec<UsageCount>, StoreError> {
+            if key_ids.is_empty() {
+                return Ok(Vec::new());
+            }
             let size = grain.seconds();
             let to = seconds_rounded_up(to);
-            let rows = match grain {
-                UsageGrain::Minute => sqlx::query(&$sql("SELECT key_id, workspace_id, minute, outcome, count FROM usage_minutes \
-                     WHERE key_id = ? AND minute >= ? AND minute < ?"))
-                    .bind(key_id)
-                    .bind(from.timestamp())
-                    .bind(to)
-                    .fetch_all(&self.pool)
-                    .await?,
+            let in_keys = |q: &mut sqlx::QueryBuilder<'_, $db>| {
+                let mut ids = q.separated(", ");
+                for id in key_ids {
+                    ids.push_bind(id.clone());
+                }
+                ids.push_unseparated(")");
+            };
+            let mut q = sqlx::QueryBuilder::<$db>::new("");
+            match grain {
+                UsageGrain::Minute => {
+                    q.push("SELECT key_id, workspace_id, minute, outcome, count FROM usage_minutes WHERE key_id IN (");
+                    in_keys(&mut q);
+                    q.push(" AND minute >= ").push_bind(from.timestamp()).push(" AND minute < ").push_bind(to);
+                }
                 // The rollups, and the minutes not rolled up yet, in one
                 // statement: one snapshot, so a job committing meanwhile
                 // is seen in neither or in both.
-                UsageGrain::Hour | UsageGrain::Day => sqlx::query(&$sql(&format!(
-                    "SELECT key_id, workspace_id, start AS minute, outcome, count FROM usage_rollups \
-                     WHERE grain = ? AND key_id = ? AND start >= ? AND start < ? \
-                     UNION ALL \
-                     SELECT key_id, workspace_id, minute - minute % {size} AS minute, outcome, count FROM usage_minutes \
-                     WHERE key_id = ? AND minute >= (SELECT rolled_until FROM usage_rollup_progress WHERE id = 1) \
-                     AND minute >= ? AND minute - minute % {size} < ?"
-                )))
-                .bind(size)
-                .bind(key_id)
-                .bind(from.timestamp())
-                .bind(to)
-                .bind(key_id)
-                .bind(from.timestamp())
-                .bind(to)
-                .fetch_all(&self.pool)
-                .await?,
-            };
-            let mut summed: std::collections::BTreeMap<(i64, String), UsageCount> = std::collections::BTreeMap::new();
+                UsageGrain::Hour | UsageGrain::Day => {
+                    q.push("SELECT key_id, workspace_id, start AS minute, outcome, count FROM usage_rollups WHERE grain = ")
+                        .push_bind(size)
+                        .push(" AND key_id IN (");
+                    in_keys(&mut q);
+                    q.push(" AND start >= ").push_bind(from.timestamp()).push(" AND start < ").push_bind(to);
+                    q.push(format!(
+                        " UNION ALL SELECT key_id, workspace_id, minute - minute % {size} AS minute, outcome, count \
+                         FROM usage_minutes WHERE key_id IN ("
+                    ));
+                    in_keys(&mut q);
+                    q.push(" AND minute >= (SELECT rolled_until FROM usage_rollup_progress WHERE id = 1) AND minute >= ")
+                        .push_bind(from.timestamp())
+                        .push(format!(" AND minute - minute % {size} < "))
+                        .push_bind(to);
+                }
+            }
+            let rows = q.build().fetch_all(&self.pool).await?;
+            let mut summed: std::collections::BTreeMap<(i64, String, String), UsageCount> =
+                std::collections::BTreeMap::new();
             for row in &rows {
                 let count = UsageCount {
                     key_id: row.try_get("key_id")?,
@@ -186,7 +196,7 @@ macro_rules! usage_sql {
                     count: row.try_get::<i64, _>("count")?.unsigned_abs(),
                 };
                 summed
-                    .entry((count.minute, count.outcome.clone()))
+                    .entry((count.minute, count.key_id.clone(), count.outcome.clone()))
                     .and_modify(|sum| sum.count += count.count)
                     .or_insert(count);
             }

@@ -222,6 +222,7 @@ pub async fn update_never_undoes_a_revoke(store: Arc<dyn Store>) {
     let stale = ApiKey {
         name: "renamed".into(),
         scopes: vec![],
+        roles: vec!["writer".into(), "reader".into()],
         ..key.clone()
     };
     store
@@ -230,6 +231,7 @@ pub async fn update_never_undoes_a_revoke(store: Arc<dyn Store>) {
         .unwrap();
     let stored = store.get_key(&key.id).await.unwrap().unwrap();
     assert_eq!(stored.name, "renamed");
+    assert_eq!(stored.roles, ["writer", "reader"], "roles are written, in order");
     assert!(stored.revoked_at.is_some());
 }
 

@@ -65,7 +65,8 @@ macro_rules! store_suite {
             a_flush_larger_than_one_statement_is_written_whole,
             the_roll_up_job_rolls_each_minute_once_and_reads_stay_exact,
             workspace_usage_sums_its_keys_before_and_after_the_roll_up,
-            top_keys_are_exact_before_and_after_the_roll_up_and_as_days_pass
+            top_keys_are_exact_before_and_after_the_roll_up_and_as_days_pass,
+            usage_of_several_keys_is_read_in_one_call
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -210,6 +211,7 @@ pub fn sample_key(workspace_id: &str, name: &str) -> ApiKey {
         hash: KeyHash::from_bytes(hash),
         hint: "kg_live_AbCd...wxyz".into(),
         scopes: vec!["invoices:*".into()],
+        roles: vec!["reader".into()],
         ip_allowlist: IpAllowlist::parse(&["2001:db8::/32".into()]).unwrap_or_default(),
         expires_at: None,
         metadata: serde_json::from_str(r#"{"team":"billing","n":1}"#).unwrap_or_default(),

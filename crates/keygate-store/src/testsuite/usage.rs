@@ -613,3 +613,88 @@ pub async fn top_keys_are_exact_before_and_after_the_roll_up_and_as_days_pass(st
     store.roll_up_usage(today + 31 * 86_400).await.unwrap();
     assert_eq!(top(30, today + 31 * 86_400 - 60, TopBy::Requests, 10).await, []);
 }
+
+/// A page of keys' usage in one call: each key's own rows, nothing of keys
+/// not asked for, the same before and after the roll-up; no keys, no rows.
+pub async fn usage_of_several_keys_is_read_in_one_call(store: Arc<dyn Store>) {
+    let (ws, first) = workspace_with_key(store.as_ref()).await;
+    let mut second = sample_key(&ws.id, "second");
+    let mut other = sample_key(&ws.id, "not asked for");
+    for key in [&mut second, &mut other] {
+        store
+            .insert_key(key, &audit("key.created", &key.id, Some(&ws.id)))
+            .await
+            .unwrap();
+    }
+    let hour = UsageGrain::Hour.bucket_of(now().timestamp()) - 3_600;
+    let count = |key: &ApiKey, minute: i64, outcome: &str, count| UsageCount {
+        key_id: key.id.clone(),
+        workspace_id: ws.id.clone(),
+        minute: hour + minute * 60,
+        outcome: outcome.into(),
+        count,
+    };
+    let batch = UsageBatch {
+        id: "ub_keys".into(),
+        at: now(),
+        counts: vec![
+            count(&first, 1, "admitted", 3),
+            count(&first, 61, "admitted", 2),
+            count(&second, 2, "admitted", 4),
+            count(&second, 2, "RATE_LIMIT_EXCEEDED", 1),
+            count(&other, 1, "admitted", 9),
+        ],
+        last_uses: vec![],
+        events: vec![],
+    };
+    store.record_usage(&batch).await.unwrap();
+    let from = DateTime::from_timestamp(hour, 0).unwrap();
+    let to = from + Duration::hours(3);
+    let asked = [first.id.clone(), second.id.clone()];
+    let read = |grain| {
+        let store = store.clone();
+        let asked = asked.clone();
+        async move {
+            let mut rows: Vec<_> = store
+                .keys_usage(&asked, grain, from, to)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|row| (row.key_id, row.minute - hour, row.outcome, row.count))
+                .collect();
+            rows.sort();
+            rows
+        }
+    };
+    let expected = |rows: &[(&ApiKey, i64, &str, u64)]| {
+        let mut rows: Vec<_> = rows
+            .iter()
+            .map(|(key, m, o, c)| (key.id.clone(), *m, (*o).to_owned(), *c))
+            .collect();
+        rows.sort();
+        rows
+    };
+    let hourly = expected(&[
+        (&first, 0, "admitted", 3),
+        (&first, 3_600, "admitted", 2),
+        (&second, 0, "RATE_LIMIT_EXCEEDED", 1),
+        (&second, 0, "admitted", 4),
+    ]);
+    assert_eq!(read(UsageGrain::Hour).await, hourly, "from the minutes");
+    assert_eq!(
+        read(UsageGrain::Minute).await,
+        expected(&[
+            (&first, 60, "admitted", 3),
+            (&first, 3_660, "admitted", 2),
+            (&second, 120, "RATE_LIMIT_EXCEEDED", 1),
+            (&second, 120, "admitted", 4),
+        ])
+    );
+    store.roll_up_usage(hour + 3_600).await.unwrap();
+    assert_eq!(read(UsageGrain::Hour).await, hourly, "the first hour from its rollup");
+    assert!(store
+        .keys_usage(&[], UsageGrain::Hour, from, to)
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -6,7 +6,7 @@
 //! Most of it is derived from the handlers and crates/keygate-server/src/http/dto.rs;
 //! the field grammars are in crates/keygate-server/src/http/grammar.rs. The
 //! modifiers here add what applies to every call, and [`for_deployment`] what
-//! only the running server knows: its plans and key environments.
+//! only the running server knows: its plans, key environments and roles.
 
 use std::collections::BTreeSet;
 
@@ -21,11 +21,12 @@ use utoipa::OpenApi;
 use super::{audit, keys, leaks, ops, portal, usage, webhooks, workspaces};
 use crate::http::dto::ErrorEnvelope;
 
-/// The document for this deployment: its plans and environments listed
-/// where they are taken, and no path this node does not serve.
+/// The document for this deployment: its plans, environments and roles
+/// listed where they are taken, and no path this node does not serve.
 pub fn for_deployment<'a>(
     plans: impl IntoIterator<Item = &'a str>,
     environments: impl IntoIterator<Item = &'a str>,
+    roles: impl IntoIterator<Item = &'a str>,
     github_leaks: bool,
 ) -> utoipa::openapi::OpenApi {
     let mut document = ApiDoc::openapi();
@@ -38,6 +39,10 @@ pub fn for_deployment<'a>(
             list_values(components, schema, "plan", plans.clone());
         }
         list_values(components, "CreateKey", "environment", environments);
+        let roles: Vec<Value> = roles.into_iter().map(Value::from).collect();
+        for schema in ["CreateKey", "UpdateKey"] {
+            list_item_values(components, schema, "roles", roles.clone());
+        }
     }
     document
 }
@@ -66,6 +71,24 @@ fn list_values(components: &mut Components, schema: &str, property: &str, values
     if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema) {
         if let Some(RefOr::T(Schema::Object(field))) = object.properties.get_mut(property) {
             field.enum_values = Some(values);
+        }
+    }
+}
+
+/// Sets the values the items of a component's list property take; with
+/// none, the list must be empty (an empty `enum` is not valid JSON Schema).
+fn list_item_values(components: &mut Components, schema: &str, property: &str, values: Vec<Value>) {
+    let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema) else {
+        return;
+    };
+    let Some(RefOr::T(Schema::Array(list))) = object.properties.get_mut(property) else {
+        return;
+    };
+    if values.is_empty() {
+        list.max_items = Some(0);
+    } else if let ArrayItems::RefOrSchema(items) = &mut list.items {
+        if let RefOr::T(Schema::Object(item)) = items.as_mut() {
+            item.enum_values = Some(values);
         }
     }
 }

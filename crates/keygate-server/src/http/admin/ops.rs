@@ -117,16 +117,18 @@ fn target_samples(upstreams: &[Upstream]) -> Vec<TargetSample> {
         .collect()
 }
 
-/// The document as this server answers now: its configured plans and key
-/// environments included (crates/keygate-server/src/http/admin/openapi.rs).
+/// The document as this server answers now: its configured plans, key
+/// environments and roles included (crates/keygate-server/src/http/admin/openapi.rs).
 pub(super) async fn openapi_json(State(state): State<AdminState>) -> Json<utoipa::openapi::OpenApi> {
     let plans = state.engine.verifier().plans();
+    let roles = state.engine.verifier().roles();
     let format = state.engine.verifier().key_format();
     // The admin workspace's keys are of their own environment.
     let environments = format.environments().iter().map(String::as_str);
     Json(super::openapi::for_deployment(
         plans.names(),
         environments.chain([keygate_core::key::ADMIN_ENVIRONMENT]),
+        roles.names(),
         state.github_keys_file.is_some(),
     ))
 }

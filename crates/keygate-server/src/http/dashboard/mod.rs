@@ -18,7 +18,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use keygate_core::model::{KeyStatus, Workspace};
-use keygate_engine::admin::{Granularity, NewKey, NewWorkspace, WorkspacePatch};
+use keygate_core::role::Roles;
+use keygate_engine::admin::{Granularity, KeyListPage, NewKey, NewWorkspace, WorkspacePatch};
 use keygate_engine::sessions::{BrowserSecret, DashboardSession, Revealed};
 use keygate_store::{AuditFilter, EventListFilter, KeyFilter, Page};
 use serde::Deserialize;
@@ -471,7 +472,12 @@ async fn keys(
         limit: PAGE_SIZE,
         cursor: query.cursor.clone(),
     };
-    let (ws, listed, total) = state
+    let KeyListPage {
+        workspace: ws,
+        keys: listed,
+        total,
+        last_day,
+    } = state
         .engine
         .admin()
         .key_list_page(&session.actor, &id, &filter, &page)
@@ -487,7 +493,11 @@ async fn keys(
             "keys",
         ),
         workspace_id: id.clone(),
-        rows: listed.items.iter().map(|key| KeyRow::of(key, now, max_age)).collect(),
+        rows: listed
+            .items
+            .iter()
+            .map(|key| KeyRow::of(key, now, max_age).with_last_day(last_day.get(&key.id)))
+            .collect(),
         total,
         next_page: listed
             .next_cursor
@@ -502,6 +512,8 @@ async fn keys(
         environments: state.dashboard.environments.clone(),
         max_age_days: max_age.map(|age| age.num_days()),
         create_label: state.dashboard.settings.create_key_label.clone(),
+        spark_width: Sparkline::WIDTH,
+        spark_height: Sparkline::HEIGHT,
     })
 }
 
@@ -519,7 +531,16 @@ async fn new_key(State(state): State<AdminState>, signed_in: SignedIn, PathParam
         workspace_id: id,
         environments: state.dashboard.environments.clone(),
         create_label: state.dashboard.settings.create_key_label.clone(),
+        roles: role_choices(&state.engine.verifier().roles()),
     })
+}
+
+/// Each configured role with the scopes it grants, for the create form.
+fn role_choices(roles: &Roles) -> Vec<(String, String)> {
+    roles
+        .names()
+        .map(|name| (name.to_owned(), roles.scopes_of(name).unwrap_or_default().join(" ")))
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -529,6 +550,9 @@ struct NewKeyForm {
     environment: String,
     #[serde(default)]
     scopes: String,
+    /// One field per ticked role checkbox.
+    #[serde(default)]
+    roles: Vec<String>,
     #[serde(default)]
     expires_in: String,
     #[serde(default)]
@@ -547,6 +571,7 @@ async fn create_key(
         name: form.name,
         environment: optional(&form.environment),
         scopes: entries(&form.scopes),
+        roles: form.roles,
         expires_at: None,
         expires_in: optional(&form.expires_in),
         ip_allowlist: entries(&form.ip_allowlist),

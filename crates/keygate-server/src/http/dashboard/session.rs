@@ -122,7 +122,7 @@ impl<T: DeserializeOwned + Send> FromRequest<DashboardState> for Posted<T> {
         if !csrf.is_some_and(|token| tokens_match(&token, &signed_in.session.csrf_token)) {
             return Err(DashboardError::CsrfRejected);
         }
-        let form = serde_urlencoded::from_bytes(&bytes).map_err(|e| DashboardError::bad_form(e.to_string()))?;
+        let form = serde_html_form::from_bytes(&bytes).map_err(|e| DashboardError::bad_form(e.to_string()))?;
         Ok(Self { signed_in, form })
     }
 }

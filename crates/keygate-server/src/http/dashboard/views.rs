@@ -5,6 +5,7 @@
 use askama::Template;
 use chrono::{DateTime, Duration, Utc};
 use keygate_core::model::{ApiKey, KeyStatus, Workspace};
+use keygate_engine::admin::HourlyRequests;
 use keygate_engine::sessions::DashboardSession;
 use keygate_store::{AuditEvent, Delivery, StoredEvent, WebhookEndpoint};
 
@@ -142,12 +143,128 @@ pub struct KeyRow {
     pub environment: String,
     pub hint: String,
     pub scopes: String,
-    pub created: String,
-    pub last_used: String,
-    pub expires: String,
+    /// Role names, separated by spaces; empty for a key without roles.
+    pub roles: String,
+    pub created: Moment,
+    pub last_used: Option<Moment>,
+    pub expires: Option<Moment>,
+    /// Requests per hour over the last day; empty where not shown (the key page).
+    pub last_day: Sparkline,
     pub status: &'static str,
     /// Older than `keys.max_age` and still active: time to rotate.
     pub needs_rotation: bool,
+}
+
+/// A time as the dashboard shows it: how long ago or until (the key list),
+/// and the exact UTC time (the key page, and the list's hover).
+pub struct Moment {
+    pub relative: String,
+    pub exact: String,
+    /// RFC 3339, for `<time datetime>`.
+    pub iso: String,
+}
+
+impl Moment {
+    pub fn of(at: DateTime<Utc>, now: DateTime<Utc>) -> Self {
+        Self {
+            relative: relative(at, now),
+            exact: when(Some(at)),
+            iso: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+    }
+}
+
+/// "just now", "5 minutes ago", "in 3 days": the largest whole unit, so a
+/// list reads at a glance; the exact time is one hover away.
+pub fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let seconds = (now - at).num_seconds();
+    let span = seconds.unsigned_abs();
+    if span < 60 {
+        return "just now".to_owned();
+    }
+    let (count, unit) = [
+        (31_536_000, "year"),
+        (2_592_000, "month"),
+        (86_400, "day"),
+        (3_600, "hour"),
+        (60, "minute"),
+    ]
+    .into_iter()
+    .find(|(size, _)| span >= *size)
+    .map(|(size, unit)| (span / size, unit))
+    .unwrap_or((span / 60, "minute"));
+    let plural = if count == 1 { "" } else { "s" };
+    if seconds >= 0 {
+        format!("{count} {unit}{plural} ago")
+    } else {
+        format!("in {count} {unit}{plural}")
+    }
+}
+
+/// A key's requests per hour over the last day as an inline SVG bar chart,
+/// drawn by the template from these numbers (nothing typed by a user).
+#[derive(Default)]
+pub struct Sparkline {
+    /// The day's total, as a person reads it: `0`, `950`, `1.2k`, `27k`, `4.1M`.
+    pub total: String,
+    pub exact_total: u64,
+    pub bars: Vec<Bar>,
+}
+
+/// One hour's bar: `x` from the left, `y` from the top, both in pixels.
+pub struct Bar {
+    pub x: u32,
+    pub y: u32,
+    pub height: u32,
+}
+
+impl Sparkline {
+    /// Pixels high; each of the 24 hours is a 2-pixel bar and a 1-pixel gap.
+    pub const HEIGHT: u32 = 18;
+    pub const WIDTH: u32 = 72;
+
+    pub fn of(hours: &HourlyRequests) -> Self {
+        let max = hours.iter().copied().max().unwrap_or(0);
+        let bars = hours
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| **count > 0)
+            .map(|(hour, count)| {
+                // At least a pixel, so one request in a busy day still shows.
+                let scaled = u128::from(*count) * u128::from(Self::HEIGHT) / u128::from(max.max(1));
+                let height = u32::try_from(scaled).unwrap_or(Self::HEIGHT).clamp(1, Self::HEIGHT);
+                Bar {
+                    x: u32::try_from(hour).unwrap_or(0) * 3,
+                    y: Self::HEIGHT - height,
+                    height,
+                }
+            })
+            .collect();
+        let exact_total = hours.iter().fold(0u64, |sum, count| sum.saturating_add(*count));
+        Self {
+            total: compact(exact_total),
+            exact_total,
+            bars,
+        }
+    }
+}
+
+/// `950`, `1.2k`, `27k`, `4.1M`: a tenth shown below 10 of a unit, whole units above.
+fn compact(count: u64) -> String {
+    let shown = |value: u64, unit: u64, suffix: &str| {
+        let tenths = value.saturating_mul(10) / unit;
+        if tenths >= 100 {
+            format!("{}{suffix}", tenths / 10)
+        } else {
+            format!("{}.{}{suffix}", tenths / 10, tenths % 10)
+        }
+    };
+    match count {
+        0..1_000 => count.to_string(),
+        1_000..1_000_000 => shown(count, 1_000, "k"),
+        1_000_000..1_000_000_000 => shown(count, 1_000_000, "M"),
+        _ => shown(count, 1_000_000_000, "G"),
+    }
 }
 
 impl KeyRow {
@@ -158,16 +275,27 @@ impl KeyRow {
             name: key.name.clone(),
             environment: key.environment.clone(),
             hint: key.hint.clone(),
-            scopes: if key.scopes.is_empty() {
-                "full access".into()
-            } else {
-                key.scopes.join(" ")
+            scopes: match (key.scopes.is_empty(), key.roles.is_empty()) {
+                (true, true) => "full access".into(),
+                // A key with roles is scoped (crates/keygate-core/src/role.rs).
+                (true, false) => "from its roles".into(),
+                (false, _) => key.scopes.join(" "),
             },
-            created: when(Some(key.created_at)),
-            last_used: when(key.last_used_at),
-            expires: key.expires_at.map_or_else(|| "never".to_owned(), |at| when(Some(at))),
+            roles: key.roles.join(" "),
+            created: Moment::of(key.created_at, now),
+            last_used: key.last_used_at.map(|at| Moment::of(at, now)),
+            expires: key.expires_at.map(|at| Moment::of(at, now)),
+            last_day: Sparkline::default(),
             status: status.as_str(),
             needs_rotation: status == KeyStatus::Active && max_age.is_some_and(|age| now - key.created_at > age),
+        }
+    }
+
+    /// The row as the key list shows it, with its last day of requests.
+    pub fn with_last_day(self, hours: Option<&HourlyRequests>) -> Self {
+        Self {
+            last_day: Sparkline::of(hours.unwrap_or(&[0; 24])),
+            ..self
         }
     }
 }
@@ -200,6 +328,8 @@ pub struct KeysPage {
     pub first_page: Option<String>,
     pub max_age_days: Option<i64>,
     pub create_label: String,
+    pub spark_width: u32,
+    pub spark_height: u32,
 }
 
 #[derive(Template)]
@@ -209,6 +339,8 @@ pub struct NewKeyPage {
     pub create_label: String,
     pub workspace_id: String,
     pub environments: Vec<String>,
+    /// The config's role names, offered as checkboxes; what each grants, as text.
+    pub roles: Vec<(String, String)>,
 }
 
 pub struct AuditRow {
@@ -436,6 +568,7 @@ mod tests {
         let key = |age: Duration| ApiKey {
             created_at: now - age,
             scopes: vec![],
+            roles: vec![],
             last_used_at: None,
             ..sample_key("ws_1", "n")
         };
@@ -449,6 +582,56 @@ mod tests {
         };
         assert!(!KeyRow::of(&revoked, now, max_age).needs_rotation, "nothing to rotate");
         assert_eq!(KeyRow::of(&old, now, max_age).scopes, "full access");
-        assert_eq!(KeyRow::of(&old, now, max_age).last_used, "—");
+        let with_role = ApiKey {
+            roles: vec!["reader".into()],
+            ..old.clone()
+        };
+        let row = KeyRow::of(&with_role, now, max_age);
+        assert_eq!((row.scopes.as_str(), row.roles.as_str()), ("from its roles", "reader"));
+        assert!(KeyRow::of(&old, now, max_age).last_used.is_none());
+    }
+
+    #[test]
+    fn times_read_in_their_largest_whole_unit() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let cases = [
+            (Duration::seconds(59), "just now"),
+            (Duration::seconds(-30), "just now"),
+            (Duration::seconds(60), "1 minute ago"),
+            (Duration::minutes(59), "59 minutes ago"),
+            (Duration::hours(1), "1 hour ago"),
+            (Duration::days(3) + Duration::hours(23), "3 days ago"),
+            (Duration::days(45), "1 month ago"),
+            (Duration::days(800), "2 years ago"),
+            (-Duration::days(30), "in 1 month"),
+            (-Duration::hours(5), "in 5 hours"),
+        ];
+        for (ago, expected) in cases {
+            assert_eq!(relative(now - ago, now), expected, "{ago:?}");
+        }
+        let moment = Moment::of(now - Duration::days(3), now);
+        assert_eq!(
+            (moment.exact.as_str(), moment.iso.as_str()),
+            ("2027-01-12 08:00 UTC", "2027-01-12T08:00:00Z")
+        );
+    }
+
+    #[test]
+    fn the_last_day_is_drawn_to_scale_and_one_request_still_shows() {
+        let mut hours = [0u64; 24];
+        hours[0] = 1;
+        hours[23] = 18_000;
+        hours[12] = 9_000;
+        let spark = Sparkline::of(&hours);
+        let drawn: Vec<(u32, u32, u32)> = spark.bars.iter().map(|b| (b.x, b.y, b.height)).collect();
+        assert_eq!(drawn, [(0, 17, 1), (36, 9, 9), (69, 0, 18)]);
+        assert_eq!((spark.total.as_str(), spark.exact_total), ("27k", 27_001));
+        assert!(Sparkline::of(&[0; 24]).bars.is_empty());
+        assert_eq!(Sparkline::of(&[u64::MAX; 24]).exact_total, u64::MAX, "saturates");
+        let totals: Vec<String> = [0, 999, 1_000, 12_345, 999_999, 4_100_000, 7_000_000_000]
+            .into_iter()
+            .map(compact)
+            .collect();
+        assert_eq!(totals, ["0", "999", "1.0k", "12k", "999k", "4.1M", "7.0G"]);
     }
 }

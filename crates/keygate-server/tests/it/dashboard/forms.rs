@@ -533,3 +533,39 @@ async fn alerts_and_webhooks_add_an_endpoint_that_receives_signed_events() {
     assert!(hooks["data"].as_array().unwrap().is_empty());
     browser.close().await;
 }
+
+#[tokio::test]
+async fn the_create_form_offers_the_configured_roles_and_gives_the_ticked_ones() {
+    let app = TestApp::builder()
+        .config("[roles]\nreader = [\"invoices:read\", \"contacts:read\"]\nops = [\"keys:manage\"]\n")
+        .start()
+        .await;
+    let workspace = app.workspace("Roles").await;
+    let client = FormClient::sign_in(&app).await;
+    let keys = format!("/dashboard/workspaces/{workspace}/keys");
+    let form = client.get(&format!("{keys}/new")).await.text().await.unwrap();
+    for name in ["reader", "ops"] {
+        assert!(form.contains(&format!(r#"name="roles" value="{name}""#)), "{form}");
+    }
+    assert!(
+        form.contains("invoices:read contacts:read"),
+        "what a role grants is shown"
+    );
+
+    let csrf = &client.csrf;
+    let created = client
+        .post(&keys, format!("csrf={csrf}&name=Two+roles&roles=reader&roles=ops"))
+        .await;
+    assert_eq!(created.status(), 303);
+    let key_page = created.headers()["location"].to_str().unwrap().to_owned();
+    let key_id = key_page.rsplit('/').next().unwrap();
+    let key = app
+        .admin_ok(reqwest::Method::GET, &format!("/v1/keys/{key_id}"), None, 200)
+        .await;
+    assert_eq!(key["roles"], json!(["reader", "ops"]), "{key}");
+    let page = client.get(&key_page).await.text().await.unwrap();
+    assert!(page.contains(r#"<dd class="roles">reader ops</dd>"#), "{page}");
+
+    let unknown = client.post(&keys, format!("csrf={csrf}&name=Bogus&roles=bogus")).await;
+    assert_eq!(page_error(unknown).await, (422, "VALIDATION_ERROR".to_owned()));
+}

@@ -732,3 +732,117 @@ async fn sessions_end_at_sign_out_when_idle_and_when_their_key_is_revoked() {
     assert_eq!(page(cookie).await.unwrap().status(), 303);
     browser.close().await;
 }
+
+/// What a script reads of the key list's layout: does the page or the table
+/// scroll sideways, and is every row's status inside the window.
+const KEY_LIST_LAYOUT: &str = r#"
+    const wrap = document.querySelector('.table-wrap');
+    const statuses = [...document.querySelectorAll('.keys td.status')].map(cell => {
+        const box = cell.getBoundingClientRect();
+        return box.width > 0 && box.left >= 0 && box.right <= window.innerWidth;
+    });
+    return {
+        page_fits: document.documentElement.scrollWidth <= window.innerWidth,
+        table_fits: wrap.scrollWidth <= wrap.clientWidth,
+        statuses_in_view: statuses,
+    };
+"#;
+
+#[tokio::test]
+async fn the_key_list_fits_1280_px_and_a_phone_with_status_times_and_last_day_in_view() {
+    let Some(browser) = browser().await else { return };
+    let app = TestApp::builder()
+        .config("[roles]\nreader = [\"invoices:read\"]\n")
+        .start()
+        .await;
+    let workspace = app.workspace("Layout").await;
+    let (busy_id, busy) = app.key(&workspace, json!({"name": "Busy worker"})).await;
+    let long_name = "A key with a very long descriptive name that nobody would want to read in a table ".repeat(2);
+    let many_scopes: Vec<String> = (0..12).map(|i| format!("service{i}:resource:read")).collect();
+    let (wide_id, _) = app
+        .key(
+            &workspace,
+            json!({"name": long_name.trim(), "scopes": many_scopes, "roles": ["reader"], "expires_in": "30d"}),
+        )
+        .await;
+    let (revoked_id, _) = app.key(&workspace, json!({"name": "Old"})).await;
+    app.admin_ok(
+        reqwest::Method::POST,
+        &format!("/v1/keys/{revoked_id}/revoke"),
+        None,
+        200,
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(app.whoami(&busy).await.status(), 200);
+    }
+    app.app.engine.usage().flush().await.unwrap();
+
+    browser.client.set_window_size(1280, 900).await.unwrap();
+    browser.sign_in(&app, &app.admin_key).await;
+    let list = format!("/dashboard/workspaces/{workspace}/keys");
+    browser.goto(&app, &list).await;
+    let layout = browser.client.execute(KEY_LIST_LAYOUT, vec![]).await.unwrap();
+    assert_eq!(
+        layout,
+        json!({"page_fits": true, "table_fits": true, "statuses_in_view": [true, true, true]}),
+        "at 1280 px"
+    );
+    browser.screenshot("key-list-1280").await;
+
+    // The last day's requests: one bar for the hour they came in, and the total.
+    let busy_row = format!("tr[data-key-id='{busy_id}']");
+    let bars = browser
+        .client
+        .find_all(Locator::Css(&format!("{busy_row} .spark rect:not(.base)")))
+        .await
+        .unwrap();
+    assert_eq!(bars.len(), 1);
+    assert_eq!(browser.text(&format!("{busy_row} .activity .count")).await, "5");
+    let idle_bars = browser
+        .client
+        .find_all(Locator::Css(&format!(
+            "tr[data-key-id='{wide_id}'] .spark rect:not(.base)"
+        )))
+        .await
+        .unwrap();
+    assert!(idle_bars.is_empty());
+
+    // Relative times, the exact UTC time on hover.
+    let wide_row = format!("tr[data-key-id='{wide_id}']");
+    let times = browser
+        .client
+        .find_all(Locator::Css(&format!("{wide_row} time")))
+        .await
+        .unwrap();
+    let mut shown = Vec::new();
+    for time in &times {
+        let title = time.attr("title").await.unwrap().unwrap();
+        assert!(
+            title.ends_with(" UTC") && title.len() == "2026-12-05 01:00 UTC".len(),
+            "{title}"
+        );
+        shown.push(time.text().await.unwrap());
+    }
+    assert_eq!(shown, ["just now", "in 1 month"], "created and expires; never used");
+    app.clock.advance(chrono::Duration::days(3));
+    browser.sign_in(&app, &app.admin_key).await; // the session has ended meanwhile
+    browser.goto(&app, &list).await;
+    assert_eq!(browser.text(&format!("{wide_row} time")).await, "3 days ago");
+    assert!(
+        browser.text(&format!("{busy_row} .activity .count")).await == "0",
+        "a day has passed"
+    );
+
+    // A phone: one card per key, the status of each in view, nothing wider than the screen.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    browser.goto(&app, &list).await;
+    let layout = browser.client.execute(KEY_LIST_LAYOUT, vec![]).await.unwrap();
+    assert_eq!(
+        layout,
+        json!({"page_fits": true, "table_fits": true, "statuses_in_view": [true, true, true]}),
+        "at 390 px"
+    );
+    browser.screenshot("key-list-phone").await;
+    browser.close().await;
+}
