@@ -103,6 +103,18 @@ enum KeysCommand {
         #[arg(long)]
         grace: Option<String>,
     },
+    /// Find this deployment's keys in files (a pre-commit hook, a CI step):
+    /// `.gitignore` respected, binaries skipped, checksums verified offline,
+    /// keys printed masked. Exits non-zero when a key that may be live is found.
+    Scan {
+        /// Files and folders to scan (default: the current folder).
+        #[arg(default_value = ".")]
+        paths: Vec<std::path::PathBuf>,
+        /// Ask the server which found keys are live (sends their SHA-256
+        /// hashes only); then only live keys fail the run.
+        #[arg(long)]
+        check: bool,
+    },
     /// Check a key as the gateway would (`POST /v1/keys/verify`). The key is
     /// read from standard input, so it stays out of shell history and process lists.
     Verify {
@@ -313,13 +325,45 @@ fn print_created_key(value: &Value, json: bool) {
     println!();
 }
 
+/// The `keys` commands that read the local config: patterns (no server at
+/// all) and scan (the server only with `--check`).
+pub enum LocalKeys<'a> {
+    Patterns(crate::patterns::PatternFormat),
+    Scan {
+        paths: &'a [std::path::PathBuf],
+        check: bool,
+    },
+}
+
 impl KeysArgs {
-    /// `keys patterns` runs without a server: the format it was asked for.
-    pub fn patterns(&self) -> Option<crate::patterns::PatternFormat> {
-        match self.command {
-            KeysCommand::Patterns { format } => Some(format),
+    pub fn local(&self) -> Option<LocalKeys<'_>> {
+        match &self.command {
+            KeysCommand::Patterns { format } => Some(LocalKeys::Patterns(*format)),
+            KeysCommand::Scan { paths, check } => Some(LocalKeys::Scan { paths, check: *check }),
             _ => None,
         }
+    }
+
+    pub fn json(&self) -> bool {
+        self.connection.json
+    }
+
+    /// The keys among `hashes` the server knows, in calls of at most 500.
+    pub async fn lookup(&self, hashes: &[String]) -> Result<Vec<Value>, String> {
+        let api = Api::new(&self.connection)?;
+        let mut found = Vec::new();
+        for batch in hashes.chunks(keygate_engine::admin::MAX_HASHES_PER_LOOKUP) {
+            let answer = api
+                .call(
+                    Method::POST,
+                    "/v1/keys/lookup",
+                    &[],
+                    Some(crate::scan::lookup_body(batch)),
+                )
+                .await?;
+            found.extend(answer["data"].as_array().cloned().unwrap_or_default());
+        }
+        Ok(found)
     }
 }
 
@@ -327,7 +371,9 @@ pub async fn keys(args: KeysArgs) -> Result<(), String> {
     let api = Api::new(&args.connection)?;
     let json = args.connection.json;
     match args.command {
-        KeysCommand::Patterns { .. } => return Err("`keys patterns` runs without a server".into()),
+        KeysCommand::Patterns { .. } | KeysCommand::Scan { .. } => {
+            return Err("`keys patterns` and `keys scan` read the local config".into())
+        }
         KeysCommand::Create {
             workspace,
             name,

@@ -61,6 +61,26 @@ pub fn print_patterns(explicit: Option<&Path>, format: crate::patterns::PatternF
     Ok(())
 }
 
+/// `keys scan`: the deployment's keys in `paths`, checked against the
+/// server with `--check` (crates/keygate-cli/src/scan.rs).
+pub async fn scan_keys(
+    explicit: Option<&Path>,
+    args: &crate::api::KeysArgs,
+    paths: &[std::path::PathBuf],
+    check: bool,
+) -> Result<(), String> {
+    let (_, settings) = load_settings(explicit)?;
+    let progress = crate::scan::spinner();
+    let scanned = crate::scan::scan(paths, &settings.engine.verifier.key_format, &progress);
+    progress.finish_and_clear();
+    let mut scanned = scanned?;
+    if check {
+        let found = args.lookup(&crate::scan::hashes(&scanned)).await?;
+        crate::scan::apply_statuses(&mut scanned, &found);
+    }
+    crate::scan::report(&scanned, args.json(), check)
+}
+
 pub async fn serve(explicit: Option<&Path>, upstream: Option<String>) -> Result<(), String> {
     init_logging();
     let mut signals = Signals::install()?;

@@ -4,6 +4,7 @@ mod api;
 mod local;
 mod output;
 mod patterns;
+mod scan;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -148,8 +149,11 @@ fn main() -> ExitCode {
             Command::Secrets {
                 command: SecretsCommand::Rotate { output },
             } => local::rotate_secrets(config.as_deref(), output.json).await,
-            Command::Keys(args) => match args.patterns() {
-                Some(format) => local::print_patterns(config.as_deref(), format),
+            Command::Keys(args) => match args.local() {
+                Some(api::LocalKeys::Patterns(format)) => local::print_patterns(config.as_deref(), format),
+                Some(api::LocalKeys::Scan { paths, check }) => {
+                    local::scan_keys(config.as_deref(), &args, paths, check).await
+                }
                 None => api::keys(args).await,
             },
             Command::Workspaces(args) => api::workspaces(args).await,

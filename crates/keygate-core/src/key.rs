@@ -248,6 +248,11 @@ impl<'a> ParsedKey<'a> {
     pub fn hash(&self) -> KeyHash {
         KeyHash::of(self.full)
     }
+
+    /// `kg_live_AbCd...wxyz`: how a scanner's report names a found key.
+    pub fn hint(&self) -> String {
+        hint_of(self.full)
+    }
 }
 
 impl fmt::Debug for ParsedKey<'_> {
@@ -281,6 +286,16 @@ impl KeyHash {
 
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
+    }
+
+    /// 64 lowercase hex digits, as [`KeyHash::to_hex`] writes them.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Self(bytes))
     }
 }
 
@@ -324,6 +339,16 @@ mod tests {
         let key = format().generate("live", &mut StdRng::seed_from_u64(3)).unwrap();
         let random = &key.expose()[8..40];
         assert_eq!(key.hint(), format!("kg_live_{}...{}", &random[..4], &random[28..]));
+        assert_eq!(format().parse(key.expose()).unwrap().hint(), key.hint());
+    }
+
+    #[test]
+    fn a_hash_reads_back_from_its_hex_only() {
+        let hash = KeyHash::of("kg_live_x");
+        assert_eq!(KeyHash::from_hex(&hash.to_hex()), Some(hash));
+        for bad in [&hash.to_hex()[..63], &hash.to_hex().to_uppercase(), &"g".repeat(64), ""] {
+            assert_eq!(KeyHash::from_hex(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -835,3 +835,98 @@ async fn keys_take_roles_and_are_verified_from_standard_input() {
         "never echoed"
     );
 }
+
+/// `keys scan` on a fixture tree: a live key in source, a revoked one in a
+/// dotfile, a fake (bad checksum), one in an ignored file, one in a binary,
+/// one in `.git`. Offline, both real keys fail the run; `--check` learns
+/// which is live from hashes alone; no output ever holds a whole key.
+#[tokio::test]
+async fn a_scan_finds_keys_as_git_sees_the_tree_and_only_live_ones_fail_a_check() {
+    let mut deployment = Deployment::new("");
+    let admin = deployment.ok_json(&["admin", "create-key", "--name", "automation", "--json"], None);
+    let admin_key = admin["key"].as_str().unwrap().to_owned();
+    let _server = deployment.serve("scan");
+    let key = Some(admin_key.as_str());
+    let workspace = deployment.ok_json(&["workspaces", "create", "--name", "Acme", "--json"], key);
+    let ws = workspace["id"].as_str().unwrap();
+    let create = |name: &str| {
+        let created = deployment.ok_json(&["keys", "create", "--workspace", ws, "--name", name, "--json"], key);
+        (
+            created["id"].as_str().unwrap().to_owned(),
+            created["key"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (live_id, live) = create("live");
+    let (revoked_id, revoked) = create("revoked");
+    deployment.ok_text(&["keys", "revoke", &revoked_id], key);
+    let mut fake = live.clone();
+    let last = fake.pop().unwrap();
+    fake.push(if last == 'a' { 'b' } else { 'a' });
+
+    let tree = tempfile::tempdir().unwrap();
+    let write = |path: &str, bytes: &[u8]| {
+        let path = tree.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    };
+    write(
+        "src/config.rs",
+        format!("// setup\nconst KEY: &str = \"{live}\";\n").as_bytes(),
+    );
+    write(".env", format!("KEYGATE_KEY={revoked}\n").as_bytes());
+    write("notes.txt", format!("almost: {fake}\n").as_bytes());
+    write(".gitignore", b"ignored/\n");
+    write("ignored/secret.txt", live.as_bytes());
+    write("blob.bin", &[b"\0\0\0".as_slice(), live.as_bytes()].concat());
+    write(".git/config", live.as_bytes());
+    let root = tree.path().to_str().unwrap();
+
+    let offline = deployment.keygate(&["keys", "scan", root, "--json"], None);
+    assert!(!offline.status.success(), "unchecked keys fail a pre-commit hook");
+    let report: Value = serde_json::from_slice(&offline.stdout).unwrap();
+    let places: Vec<(String, u64)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let path = f["path"].as_str().unwrap();
+            let relative = path.strip_prefix(root).unwrap().trim_start_matches('/');
+            (relative.to_owned(), f["line"].as_u64().unwrap())
+        })
+        .collect();
+    let mut sorted = places.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [(".env".to_owned(), 1), ("src/config.rs".to_owned(), 2)],
+        "{report}"
+    );
+    assert_eq!(report["not_keys"], 1, "the fake: {report}");
+    assert_eq!(report["files_skipped"], 1, "the binary: {report}");
+
+    let checked = deployment.keygate(&["keys", "scan", root, "--check"], key);
+    let text = String::from_utf8(checked.stdout.clone()).unwrap();
+    assert!(!checked.status.success(), "a live key fails the run: {text}");
+    assert!(
+        text.contains("config.rs:2: kg_live_") && text.contains("(active)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(".env:1: kg_live_") && text.contains("(revoked)"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&checked.stderr).contains("1 live key(s) found"));
+
+    deployment.ok_text(&["keys", "revoke", &live_id], key);
+    let clean = deployment.keygate(&["keys", "scan", root, "--check", "--json"], key);
+    assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
+    for output in [&offline, &checked, &clean] {
+        for stream in [&output.stdout, &output.stderr] {
+            let text = String::from_utf8_lossy(stream);
+            assert!(
+                !text.contains(secret_part(&live)) && !text.contains(secret_part(&revoked)),
+                "{text}"
+            );
+        }
+    }
+}

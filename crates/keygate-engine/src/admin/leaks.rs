@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_core::id::AUDIT_PREFIX;
-use keygate_core::model::KeyStatus;
+use keygate_core::model::{ApiKey, KeyStatus};
 use keygate_core::ratelimit::Rule;
+use keygate_core::KeyHash;
 use keygate_limiter::{Charge, CounterKey, LimitCheck};
 use keygate_store::AuditEvent;
 use serde_json::json;
 
-use super::{later, Admin};
+use super::{later, Actor, Admin};
 use crate::AdminError;
 
 /// What a report of one of this deployment's live keys does.
@@ -73,6 +74,10 @@ impl LeakVerdict {
 /// Reports one client address may send a minute to the public endpoint.
 pub const PUBLIC_REPORTS_PER_MINUTE: u64 = 20;
 
+/// Most hashes one `POST /v1/keys/lookup` may ask about: 500 fit the admin
+/// API's 64 KiB body limit with room to spare.
+pub const MAX_HASHES_PER_LOOKUP: usize = 500;
+
 /// What the public endpoint answers: the same for every key, live, dead or
 /// unknown, so it tells nobody which keys exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +90,28 @@ pub enum PublicReport {
 }
 
 impl Admin {
+    /// The keys whose hashes are `hashes`, among those the caller may see:
+    /// how `keygate keys scan --check` learns which found keys are live
+    /// without sending a key over the wire. Deleted keys are listed too
+    /// (as `deleted`); a hash of nothing the caller may see is left out.
+    pub async fn keys_by_hash(&self, actor: &Actor, hashes: &[KeyHash]) -> Result<Vec<ApiKey>, AdminError> {
+        if hashes.len() > MAX_HASHES_PER_LOOKUP {
+            return Err(AdminError::validation(
+                "hashes",
+                format!("at most {MAX_HASHES_PER_LOOKUP} hashes per call"),
+            ));
+        }
+        let mut found = Vec::new();
+        for hash in hashes {
+            if let Some((key, _)) = self.context.store().find_key_by_hash(hash).await? {
+                if actor.can_see(&key.workspace_id) {
+                    found.push(key);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// A report from anyone (`leaks.report_path` on the data plane), counted
     /// per client address on the rate limiter (shared by every node on
     /// Redis), then acted on as GitHub's are. If the limiter cannot decide,

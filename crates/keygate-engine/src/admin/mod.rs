@@ -36,7 +36,7 @@ mod leaks;
 mod usage;
 mod webhooks;
 
-pub use leaks::{LeakPolicy, LeakReport, LeakVerdict, PublicReport, PUBLIC_REPORTS_PER_MINUTE};
+pub use leaks::{LeakPolicy, LeakReport, LeakVerdict, PublicReport, MAX_HASHES_PER_LOOKUP, PUBLIC_REPORTS_PER_MINUTE};
 pub use usage::{
     Granularity, HourlyRequests, UsageBucket, MAX_DAILY_USAGE_RANGE_DAYS, MAX_TOP_KEYS, MAX_USAGE_RANGE_DAYS,
 };

@@ -320,6 +320,32 @@ pub struct VerifyKey {
     pub cost: Option<u64>,
 }
 
+/// `POST /v1/keys/lookup`: which of these key hashes are keys the caller may see.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LookupKeys {
+    /// SHA-256 of each key, as 64 lowercase hex digits: the keys themselves never travel.
+    #[schema(max_items = 500, min_items = 1, inline)]
+    pub hashes: Vec<HashText>,
+}
+
+/// A key's SHA-256, 64 lowercase hex digits.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
+pub struct HashText(pub String);
+
+/// A key found by its hash: enough to tell whether it is live, and which it is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FoundKey {
+    pub hash: String,
+    pub id: String,
+    pub workspace_id: String,
+    pub name: String,
+    /// `active`, `revoked`, `expired` or `deleted`.
+    pub status: String,
+    pub masked: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkspaceView {
     pub id: String,

@@ -499,6 +499,12 @@ async fn health_readiness_and_openapi() {
         .as_array()
         .unwrap()
         .contains(&json!("ratelimit.shadow_exceeded")));
+    let hashes = &spec["components"]["schemas"]["LookupKeys"]["properties"]["hashes"];
+    assert_eq!(
+        (&hashes["maxItems"], &hashes["items"]["pattern"]),
+        (&json!(500), &json!("^[0-9a-f]{64}$")),
+        "{hashes}"
+    );
     // No roles configured: a key can be given none, and the document says so.
     for schema in ["CreateKey", "UpdateKey"] {
         assert_eq!(

@@ -364,3 +364,59 @@ async fn the_report_path_moves_or_turns_off() {
     let (status, _, body) = report_publicly(&app, "203.0.113.9", "{\"key\": \"x\"}").await;
     assert_eq!((status, body["code"].as_str()), (404, Some("ROUTE_NOT_FOUND")));
 }
+
+/// `POST /v1/keys/lookup` (what `keygate keys scan --check` asks): hashes in,
+/// the keys the caller may see out; a workspace key sees its own workspace
+/// only, and bad hashes are 422 naming `hashes`.
+#[tokio::test]
+async fn keys_are_looked_up_by_hash_only_where_the_caller_may_see() {
+    let app = TestApp::start().await;
+    let mine = app.workspace("Mine").await;
+    let theirs = app.workspace("Theirs").await;
+    let (own_id, own) = app.key(&mine, json!({"name": "own"})).await;
+    let (_, other) = app.key(&theirs, json!({"name": "other"})).await;
+    let (_, manager) = app
+        .key(&mine, json!({"name": "manager", "scopes": ["keys:manage"]}))
+        .await;
+    let hex = |key: &str| keygate_core::KeyHash::of(key).to_hex();
+    let unknown = hex("kg_live_nothing");
+    let body = json!({"hashes": [hex(&own), hex(&other), unknown]});
+
+    let app = &app;
+    let lookup = |key: String, body: Value| async move {
+        let response = app
+            .admin_call_as(&key, Method::POST, "/v1/keys/lookup", Some(body))
+            .await;
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    let (status, all) = lookup(app.admin_key.clone(), body.clone()).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["own", "other"], "{all}");
+    assert_eq!(all["data"][0]["hash"], hex(&own));
+    assert_eq!(all["data"][0]["status"], "active");
+    assert!(!all.to_string().contains(&own[8..]), "no key in the answer");
+
+    let (_, visible) = lookup(manager.clone(), body).await;
+    assert_eq!(visible["data"].as_array().unwrap().len(), 1, "{visible}");
+    assert_eq!(visible["data"][0]["id"], own_id.as_str());
+
+    let too_many: Vec<String> = (0..501).map(|i| hex(&i.to_string())).collect();
+    for bad in [
+        json!({"hashes": []}),
+        json!({"hashes": [hex(&own).to_uppercase()]}),
+        json!({"hashes": ["abc"]}),
+        json!({"hashes": too_many}),
+        json!({"keys": [own]}),
+    ] {
+        let (status, answer) = lookup(app.admin_key.clone(), bad).await;
+        assert_eq!(status, 422, "{answer}");
+        assert_eq!(answer["code"], "VALIDATION_ERROR");
+    }
+}

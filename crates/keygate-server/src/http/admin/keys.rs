@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keygate_core::model::KeyStatus;
+use keygate_core::KeyHash;
 use keygate_engine::{LimitMode, VerifyRequest};
 use keygate_store::KeyFilter;
 use secrecy::ExposeSecret;
@@ -147,6 +148,45 @@ pub(super) async fn rotate_key(
 }
 
 /// The gateway's decision for a key, without sending a request through it.
+/// The keys behind these hashes, among those the caller may see; a hash of
+/// anything else is left out. `keygate keys scan --check` asks this.
+#[utoipa::path(post, path = "/v1/keys/lookup", tag = "keys", request_body = LookupKeys,
+    responses((status = 200, body = List<FoundKey>), (status = 422, body = ErrorEnvelope)))]
+pub(super) async fn lookup_keys(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    JsonBody(body): JsonBody<LookupKeys>,
+) -> Result<Json<List<FoundKey>>, ApiError> {
+    if body.hashes.is_empty() || body.hashes.len() > keygate_engine::admin::MAX_HASHES_PER_LOOKUP {
+        return Err(ApiError::validation("hashes", "give 1 to 500 hashes"));
+    }
+    let hashes = body
+        .hashes
+        .iter()
+        .map(|HashText(text)| {
+            KeyHash::from_hex(text)
+                .ok_or_else(|| ApiError::validation("hashes", format!("`{text}` is not 64 lowercase hex digits")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let found = state.engine.admin().keys_by_hash(&actor, &hashes).await?;
+    let now = state.engine.now();
+    let data = found
+        .iter()
+        .map(|key| FoundKey {
+            hash: key.hash.to_hex(),
+            id: key.id.clone(),
+            workspace_id: key.workspace_id.clone(),
+            name: key.name.clone(),
+            status: key.status(now).as_str().to_owned(),
+            masked: key.hint.clone(),
+        })
+        .collect();
+    Ok(Json(List {
+        data,
+        next_cursor: None,
+    }))
+}
+
 #[utoipa::path(post, path = "/v1/keys/verify", tag = "keys", request_body = VerifyKey,
     responses((status = 200, body = VerifyResult), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)))]
 pub(super) async fn verify_key(
