@@ -426,6 +426,10 @@ pub trait KeyStore: Send + Sync {
 #[async_trait]
 pub trait AuditStore: Send + Sync {
     async fn list_audit_events(&self, filter: &AuditFilter, page: &Page) -> Result<Paged<AuditEvent>, StoreError>;
+    /// An event that goes with no change of its own (a leak report of a key
+    /// that is already dead, or of none), published like any other
+    /// (`EventType::published_for_action`).
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
 }
 
 /// Usage counts and their roll-ups (crates/keygate-store/src/sql/usage.rs).

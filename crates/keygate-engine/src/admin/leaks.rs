@@ -154,30 +154,32 @@ impl Admin {
     }
 
     /// Acts on a report that `presented` was found in public. Only a live
-    /// key changes; a report of anything else is answered, and changes nothing.
+    /// key changes; every report is audited with its URL: a key of this
+    /// deployment as `key.leaked` (published to webhooks), anything else as
+    /// `leak.reported` (no workspace: the operator's).
     pub async fn report_leak(&self, presented: &str, report: LeakReport<'_>) -> Result<LeakVerdict, AdminError> {
-        let Ok(parsed) = self.verifier.key_format().parse(presented) else {
-            return Ok(LeakVerdict::Unknown);
-        };
-        let Some((key, _)) = self.context.store().find_key_by_hash(&parsed.hash()).await? else {
-            return Ok(LeakVerdict::Unknown);
-        };
         let now = self.context.now();
+        let parsed = self.verifier.key_format().parse(presented).ok();
+        let found = match parsed {
+            Some(parsed) => self.context.store().find_key_by_hash(&parsed.hash()).await?,
+            None => None,
+        };
+        let Some((key, _)) = found else {
+            let token = parsed.map(|parsed| parsed.hash().to_hex());
+            let details = json!({"url": report.url, "source": report.source, "token_sha256": token});
+            let event = self.leak_event(&report, "leak.reported", None, details, now);
+            self.context.store().record_audit(&event).await?;
+            return Ok(LeakVerdict::Unknown);
+        };
         if key.status(now) != KeyStatus::Active {
+            let details = json!({"url": report.url, "source": report.source, "action": "none"});
+            let event = self.leak_event(&report, "key.leaked", Some(&key), details, now);
+            self.context.store().record_audit(&event).await?;
             return Ok(LeakVerdict::Dead);
         }
         let policy = self.settings.leak_policy;
-        let event = AuditEvent {
-            id: self.context.new_id(AUDIT_PREFIX, now),
-            at: now,
-            actor: report.reporter.to_owned(),
-            actor_ip: report.ip.map(|ip| ip.to_string()),
-            action: "key.leaked".to_owned(),
-            object_type: "key".to_owned(),
-            object_id: key.id.clone(),
-            workspace_id: Some(key.workspace_id.clone()),
-            details: json!({"url": report.url, "source": report.source, "action": policy.action()}),
-        };
+        let details = json!({"url": report.url, "source": report.source, "action": policy.action()});
+        let event = self.leak_event(&report, "key.leaked", Some(&key), details, now);
         let store = self.context.store();
         match policy {
             LeakPolicy::Revoke => {
@@ -194,5 +196,28 @@ impl Admin {
         }
         self.verifier.forget_key(&key.hash);
         Ok(LeakVerdict::Live)
+    }
+
+    /// The audit event of one reported token, by the reporter: about the
+    /// key it is, or (no key) about the report alone, in no workspace.
+    fn leak_event(
+        &self,
+        report: &LeakReport<'_>,
+        action: &str,
+        key: Option<&ApiKey>,
+        details: serde_json::Value,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> AuditEvent {
+        AuditEvent {
+            id: self.context.new_id(AUDIT_PREFIX, now),
+            at: now,
+            actor: report.reporter.to_owned(),
+            actor_ip: report.ip.map(|ip| ip.to_string()),
+            action: action.to_owned(),
+            object_type: if key.is_some() { "key" } else { "leak" }.to_owned(),
+            object_id: key.map(|key| key.id.clone()).unwrap_or_default(),
+            workspace_id: key.map(|key| key.workspace_id.clone()),
+            details,
+        }
     }
 }

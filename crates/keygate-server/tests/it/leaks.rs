@@ -327,6 +327,41 @@ async fn anyone_may_report_a_key_and_learns_nothing_about_which_keys_exist() {
         (Some("203.0.113.5"), Some(url))
     );
 
+    // Every report is audited with its URL: the three that are no key of
+    // this deployment as `leak.reported` (the operator's, in no workspace),
+    // never with the token itself.
+    let audit = app.admin_ok(Method::GET, "/v1/audit-events?limit=200", None, 200).await;
+    let reported: Vec<&Value> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["action"] == "leak.reported")
+        .collect();
+    assert_eq!(reported.len(), 3, "{audit}");
+    assert!(reported
+        .iter()
+        .all(|e| e["details"]["url"] == url && e["workspace_id"].is_null()));
+    let hashes: Vec<&Value> = reported.iter().map(|e| &e["details"]["token_sha256"]).collect();
+    let issued_hash = json!(keygate_core::KeyHash::of(never_issued.expose()).to_hex());
+    assert_eq!(hashes.iter().filter(|h| ***h == issued_hash).count(), 1, "{hashes:?}");
+    assert_eq!(hashes.iter().filter(|h| h.is_null()).count(), 2, "no checksum, no hash");
+    for secret in [never_issued.expose(), &broken, &key] {
+        assert!(!audit.to_string().contains(&secret[8..]), "no token in the audit log");
+    }
+    // The key again, now revoked: a true report still, audited and announced, acting on nothing.
+    report_publicly(&app, "203.0.113.5", &json!({"key": key, "url": url}).to_string()).await;
+    let audit = app
+        .admin_ok(Method::GET, &format!("/v1/audit-events?key_id={id}"), None, 200)
+        .await;
+    let actions: Vec<&Value> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "key.leaked")
+        .map(|e| &e["details"]["action"])
+        .collect();
+    assert_eq!(actions, [&json!("none"), &json!("revoked")], "newest first");
+
     let (status, _, body) = report_publicly(&app, "203.0.113.5", "{\"key\": ").await;
     assert_eq!((status, body["code"].as_str()), (400, Some("INVALID_JSON")));
 }

@@ -30,6 +30,13 @@ macro_rules! audit_sql {
                 let items = rows.iter().map(audit_from_row).collect::<Result<Vec<_>, _>>()?;
                 Ok(paged(items, size, |e| &e.id))
             }
+
+            async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin_with(self.begin_write()).await?;
+                Self::insert_audit(&mut tx, event).await?;
+                tx.commit().await?;
+                Ok(())
+            }
         }
     };
 }

@@ -76,6 +76,29 @@ pub async fn published_changes_enter_the_outbox_with_them(store: Arc<dyn Store>)
     );
 }
 
+/// An audit event on its own: stored, and published when its action is.
+pub async fn a_lone_audit_event_is_stored_and_published_as_its_action_says(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    let mut leaked = audit("key.leaked", &key.id, Some(&ws.id));
+    leaked.details = serde_json::json!({"url": "https://example.com/x", "action": "none"});
+    store.record_audit(&leaked).await.unwrap();
+    store.record_audit(&audit("leak.reported", "", None)).await.unwrap();
+    let all = store
+        .list_audit_events(&AuditFilter::default(), &Page::first(50))
+        .await
+        .unwrap()
+        .items;
+    let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
+    assert!(actions.starts_with(&["leak.reported", "key.leaked"]), "{actions:?}");
+    let filter = EventListFilter {
+        workspace_id: Some(ws.id.clone()),
+        subject: None,
+    };
+    let events = store.list_events(&filter, &Page::first(50)).await.unwrap().items;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["key.leaked", "key.created"]);
+}
+
 fn new_event(kind: EventType, subject: &str, at: DateTime<Utc>) -> NewEvent {
     NewEvent {
         id: new_id("msg", at, &mut rand::thread_rng()),

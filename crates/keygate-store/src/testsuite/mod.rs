@@ -56,6 +56,7 @@ macro_rules! store_suite {
             pruning_drops_old_minutes_and_keeps_their_rollups,
             audit_events_filter_by_workspace_and_key,
             published_changes_enter_the_outbox_with_them,
+            a_lone_audit_event_is_stored_and_published_as_its_action_says,
             events_are_deduplicated_and_quieted,
             webhook_deliveries_fan_out_lease_and_finish_once,
             deleting_a_webhook_stops_its_deliveries,
