@@ -61,6 +61,8 @@ pub struct Paged<T> {
 pub struct KeyFilter {
     pub status: Option<KeyStatus>,
     pub environment: Option<String>,
+    /// Only keys reported leaked (a `key.leaked` audit event).
+    pub leaked: bool,
 }
 
 /// Who did what to which object, when, from where.
@@ -412,7 +414,8 @@ pub trait KeyStore: Send + Sync {
     /// Revokes if needed and hides the key from default lists.
     async fn delete_key(&self, id: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<ApiKey, StoreError>;
     /// Links `old` to `new`, shortens `old`'s expiry to `old_expires_at` and
-    /// inserts `new`, atomically. `Conflict` if `old` was revoked or already rotated.
+    /// inserts `new`, atomically. A revoked `old` stays as it is, linked (its
+    /// replacement, after a leak). `Conflict` if `old` was already rotated.
     async fn rotate_key(
         &self,
         old_id: &str,
@@ -430,6 +433,8 @@ pub trait AuditStore: Send + Sync {
     /// that is already dead, or of none), published like any other
     /// (`EventType::published_for_action`).
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// The newest event of `action` about `object_id` (a key's last leak report, say).
+    async fn last_audit_event(&self, object_id: &str, action: &str) -> Result<Option<AuditEvent>, StoreError>;
 }
 
 /// Usage counts and their roll-ups (crates/keygate-store/src/sql/usage.rs).

@@ -112,6 +112,12 @@ impl Admin {
         Ok(found)
     }
 
+    /// The newest leak report of a key the caller has already read (and so
+    /// may see): its `key.leaked` audit event, for the key page's banner.
+    pub async fn last_leak_report(&self, key: &ApiKey) -> Result<Option<AuditEvent>, AdminError> {
+        Ok(self.context.store().last_audit_event(&key.id, "key.leaked").await?)
+    }
+
     /// A report from anyone (`leaks.report_path` on the data plane), counted
     /// per client address on the rate limiter (shared by every node on
     /// Redis), then acted on as GitHub's are. If the limiter cannot decide,

@@ -31,6 +31,18 @@ macro_rules! audit_sql {
                 Ok(paged(items, size, |e| &e.id))
             }
 
+            async fn last_audit_event(&self, object_id: &str, action: &str) -> Result<Option<AuditEvent>, StoreError> {
+                let row = sqlx::query(&$sql(
+                    "SELECT id, at, actor, actor_ip, action, object_type, object_id, workspace_id, details \
+                     FROM audit_events WHERE object_id = ? AND action = ? ORDER BY id DESC LIMIT 1",
+                ))
+                .bind(object_id)
+                .bind(action)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.as_ref().map(audit_from_row).transpose()
+            }
+
             async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin_with(self.begin_write()).await?;
                 Self::insert_audit(&mut tx, event).await?;

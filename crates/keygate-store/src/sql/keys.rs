@@ -71,6 +71,9 @@ macro_rules! keys_sql {
             if let Some(env) = &filter.environment {
                 q.push(" AND k.environment = ").push_bind(env);
             }
+            if filter.leaked {
+                q.push(" AND EXISTS (SELECT 1 FROM audit_events a WHERE a.object_id = k.id AND a.action = 'key.leaked')");
+            }
             if let Some(cursor) = &page.cursor {
                 q.push(" AND k.id < ").push_bind(cursor);
             }
@@ -163,9 +166,11 @@ macro_rules! keys_sql {
             audit: &AuditEvent,
         ) -> Result<(), StoreError> {
             let mut tx = self.pool.begin_with(self.begin_write()).await?;
+            // A revoked key may be rotated too (its replacement after a leak):
+            // it stays revoked, and its expiry is left as it is.
             let done = sqlx::query(&$sql("UPDATE api_keys SET rotated_to = ?, \
-                 expires_at = CASE WHEN expires_at IS NULL OR expires_at > ? THEN ? ELSE expires_at END \
-                 WHERE id = ? AND rotated_to IS NULL AND revoked_at IS NULL AND deleted_at IS NULL"))
+                 expires_at = CASE WHEN revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) THEN ? ELSE expires_at END \
+                 WHERE id = ? AND rotated_to IS NULL AND deleted_at IS NULL"))
             .bind(&new.id)
             .bind(ms(old_expires_at))
             .bind(ms(old_expires_at))
@@ -174,7 +179,7 @@ macro_rules! keys_sql {
             .await?;
             let old = Self::fetch_key(&mut tx, old_id).await?;
             if done.rows_affected() == 0 {
-                return Err(StoreError::Conflict("the key is revoked or was already rotated".into()));
+                return Err(StoreError::Conflict("the key was already rotated".into()));
             }
             Self::insert_key_row(&mut tx, new).await?;
             Self::insert_audit(&mut tx, audit).await?;

@@ -148,6 +148,7 @@ pub async fn list_keys_filters_and_pages(store: Arc<dyn Store>) {
         let filter = KeyFilter {
             status,
             environment: env.map(str::to_owned),
+            leaked: false,
         };
         async move {
             let page = store.list_keys(&ws_id, &filter, &Page::first(50), t).await.unwrap();
@@ -267,6 +268,32 @@ pub async fn rotation_links_keys_and_refuses_twice(store: Arc<dyn Store>) {
         )
         .await;
     assert!(matches!(missing, Err(StoreError::NotFound)));
+
+    // A revoked key is replaced: linked, still revoked, its expiry untouched.
+    let (_, revoked) = workspace_with_key(store.as_ref()).await;
+    store
+        .revoke_key(
+            &revoked.id,
+            now(),
+            Some("leaked"),
+            &audit("key.revoked", &revoked.id, None),
+        )
+        .await
+        .unwrap();
+    let replacement = sample_key(&revoked.workspace_id, "replacement");
+    store
+        .rotate_key(
+            &revoked.id,
+            grace_end,
+            &replacement,
+            &audit("key.rotated", &revoked.id, None),
+        )
+        .await
+        .unwrap();
+    let revoked_now = store.get_key(&revoked.id).await.unwrap().unwrap();
+    assert_eq!(revoked_now.rotated_to.as_deref(), Some(replacement.id.as_str()));
+    assert!(revoked_now.revoked_at.is_some());
+    assert_eq!(revoked_now.expires_at, revoked.expires_at);
 
     // A grace beyond an existing, earlier expiry never extends the key's life.
     let short = ApiKey {

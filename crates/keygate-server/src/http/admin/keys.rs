@@ -62,6 +62,7 @@ pub(super) async fn list_keys(
     let filter = KeyFilter {
         status,
         environment: query.environment,
+        leaked: false,
     };
     let paged = state
         .engine

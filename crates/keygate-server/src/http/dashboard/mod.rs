@@ -439,6 +439,9 @@ struct KeysQuery {
     cursor: Option<String>,
 }
 
+/// The key list's filter value for keys reported leaked.
+const LEAKED_FILTER: &str = "leaked";
+
 /// A page URL of the key list with the current filters.
 fn keys_url(workspace_id: &str, status: &str, environment: &str, cursor: Option<&str>) -> String {
     let mut pairs = vec![("status", status), ("environment", environment)];
@@ -460,13 +463,19 @@ async fn keys(
     QueryParam(query): QueryParam<KeysQuery>,
 ) -> PageResult {
     let session = &signed_in.session;
-    let status = match query.status.as_str() {
-        "" => None,
-        other => Some(KeyStatus::parse(other).ok_or_else(|| DashboardError::bad_form("Unknown status filter."))?),
+    // "Reported leaked" sits among the statuses in the filter, though any key may have been.
+    let (status, leaked) = match query.status.as_str() {
+        "" => (None, false),
+        LEAKED_FILTER => (None, true),
+        other => (
+            Some(KeyStatus::parse(other).ok_or_else(|| DashboardError::bad_form("Unknown status filter."))?),
+            false,
+        ),
     };
     let filter = KeyFilter {
         status,
         environment: optional(&query.environment),
+        leaked,
     };
     let page = Page {
         limit: PAGE_SIZE,
@@ -629,6 +638,7 @@ async fn key_page(
             &Page::first(10),
         )
         .await?;
+    let leak = state.engine.admin().last_leak_report(&key).await?;
     let revealed = state.engine.sessions().table().take_reveal(&signed_in.secret, &key.id);
     let max_age = state.dashboard.settings.max_key_age;
     html(&KeyPage {
@@ -648,6 +658,7 @@ async fn key_page(
         events: events.items.iter().map(AuditRow::of).collect(),
         announced: announced.items.iter().map(EventRow::of).collect(),
         max_age_days: max_age.map(|age| age.num_days()),
+        leak: leak.map(|event| LeakBanner::of(&event, &key, now)),
     })
 }
 

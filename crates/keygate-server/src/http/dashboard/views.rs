@@ -307,6 +307,7 @@ pub fn status_options(selected: &str) -> Vec<(&'static str, &'static str, bool)>
         ("revoked", "Revoked"),
         ("expired", "Expired"),
         ("deleted", "Deleted"),
+        ("leaked", "Reported leaked"),
     ]
     .into_iter()
     .map(|(value, label)| (value, label, value == selected))
@@ -426,6 +427,42 @@ pub struct KeyPage {
     /// What was announced about the key (webhook events), newest first.
     pub announced: Vec<EventRow>,
     pub max_age_days: Option<i64>,
+    /// The key's last leak report, shown as a banner with a one-click rotate.
+    pub leak: Option<LeakBanner>,
+}
+
+/// "This key was reported leaked": when, by whom, where, what was done, and
+/// whether it can still be rotated from here.
+pub struct LeakBanner {
+    pub when: Moment,
+    pub reporter: String,
+    /// Linked only if it is an `http(s)` URL; a reporter's text is not trusted.
+    pub url: String,
+    pub linkable: bool,
+    pub outcome: &'static str,
+    /// Not rotated yet and not deleted: the banner offers "Rotate now".
+    pub can_rotate: bool,
+}
+
+impl LeakBanner {
+    pub fn of(event: &AuditEvent, key: &ApiKey, now: DateTime<Utc>) -> Self {
+        let url = event.details["url"].as_str().unwrap_or_default().to_owned();
+        let linkable = url.starts_with("https://") || url.starts_with("http://");
+        let outcome = match event.details["action"].as_str() {
+            Some("revoked") => "It was revoked at once: rotate it to issue a replacement with the same settings.",
+            Some("expiring") => "It stops working soon (see Expires): rotate it now.",
+            Some("notified") => "It still works: rotate it now.",
+            _ => "It had already stopped working when it was reported.",
+        };
+        Self {
+            when: Moment::of(event.at, now),
+            reporter: event.actor.clone(),
+            url,
+            linkable,
+            outcome,
+            can_rotate: key.rotated_to.is_none() && key.deleted_at.is_none(),
+        }
+    }
 }
 
 #[derive(Template)]

@@ -569,3 +569,87 @@ async fn the_create_form_offers_the_configured_roles_and_gives_the_ticked_ones()
     let unknown = client.post(&keys, format!("csrf={csrf}&name=Bogus&roles=bogus")).await;
     assert_eq!(page_error(unknown).await, (422, "VALIDATION_ERROR".to_owned()));
 }
+
+/// A key reported leaked (issue 20): the list filters it, its page says
+/// when, by whom and where (linked only if it is a web address), and one
+/// click issues its replacement, even though the report revoked it.
+#[tokio::test]
+async fn a_leaked_key_is_flagged_filtered_and_replaced_in_one_click() {
+    let app = TestApp::start().await;
+    let workspace = app.workspace("Leaks").await;
+    let (leaked_id, leaked) = app
+        .key(
+            &workspace,
+            json!({"name": "Leaked worker", "scopes": ["invoices:read"]}),
+        )
+        .await;
+    let (_, other) = app.key(&workspace, json!({"name": "Quiet worker"})).await;
+    let (odd_id, odd) = app.key(&workspace, json!({"name": "Odd report"})).await;
+    let report = |key: &str, url: &str| {
+        app.http
+            .post(app.gateway_url("/v1/leaks/report"))
+            .json(&json!({"key": key, "url": url}))
+            .send()
+    };
+    assert_eq!(report(&leaked, "https://gist.example/abc").await.unwrap().status(), 202);
+    assert_eq!(report(&odd, "javascript:alert(1)").await.unwrap().status(), 202);
+    assert_eq!(app.whoami(&other).await.status(), 200);
+
+    let client = FormClient::sign_in(&app).await;
+    let keys = format!("/dashboard/workspaces/{workspace}/keys");
+    let list = client.get(&format!("{keys}?status=leaked")).await.text().await.unwrap();
+    assert!(list.contains("Leaked worker") && list.contains("Odd report"), "{list}");
+    assert!(!list.contains("Quiet worker"), "only reported keys");
+    assert!(list.contains(r#"<option value="leaked" selected>"#));
+
+    let page = client
+        .get(&format!("/dashboard/keys/{leaked_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(r#"id="leak-banner""#), "{page}");
+    assert!(page.contains(r#"<a href="https://gist.example/abc" rel="noopener noreferrer nofollow">"#));
+    assert!(page.contains("by public report") && page.contains("It was revoked at once"));
+    let odd_page = client
+        .get(&format!("/dashboard/keys/{odd_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(odd_page.contains("<code>javascript:alert(1)</code>") && !odd_page.contains(r#"href="javascript"#));
+
+    let csrf = &client.csrf;
+    let rotated = client
+        .post(
+            &format!("/dashboard/keys/{leaked_id}/rotate"),
+            format!("csrf={csrf}&grace=0s"),
+        )
+        .await;
+    assert_eq!(rotated.status(), 303);
+    let new_page = rotated.headers()["location"].to_str().unwrap().to_owned();
+    let revealed = client.get(&new_page).await.text().await.unwrap();
+    let plaintext = revealed
+        .split(r#"id="revealed-key" class="mono" readonly value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let whoami: serde_json::Value = app.whoami(&plaintext).await.json().await.unwrap();
+    assert_eq!(
+        (&whoami["key"]["name"], &whoami["key"]["scopes"]),
+        (&json!("Leaked worker"), &json!(["invoices:read"])),
+        "the replacement has the same settings"
+    );
+    assert_eq!(app.whoami(&leaked).await.status(), 401, "the leaked key stays revoked");
+    let after = client
+        .get(&format!("/dashboard/keys/{leaked_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        after.contains(r#"id="leak-banner""#) && !after.contains(r#"id="leak-rotate""#),
+        "replaced once"
+    );
+}
