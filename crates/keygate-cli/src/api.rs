@@ -167,6 +167,9 @@ enum WorkspacesCommand {
         /// Workspace limit override ("enterprise: custom"): `5000/1m`, `uploads:1000/1h`. Repeatable.
         #[arg(long = "limit", value_parser = parse_limit)]
         limits: Vec<Value>,
+        /// What a leak report of one of its live keys does (default: `leaks.on_report`).
+        #[arg(long, value_parser = ["revoke", "expire", "notify"])]
+        leak_policy: Option<String>,
     },
     List {
         #[arg(long)]
@@ -191,6 +194,9 @@ enum WorkspacesCommand {
         /// Replaces the limit overrides; repeat for several.
         #[arg(long = "limit", value_parser = parse_limit)]
         limits: Option<Vec<Value>>,
+        /// `revoke`, `expire` or `notify`; `default` follows `leaks.on_report` again.
+        #[arg(long, value_parser = ["revoke", "expire", "notify", "default"])]
+        leak_policy: Option<String>,
     },
     Delete {
         id: String,
@@ -511,12 +517,14 @@ pub async fn workspaces(args: WorkspacesArgs) -> Result<(), String> {
             plan,
             ip_allowlist,
             limits,
+            leak_policy,
         } => {
             let body = object(vec![
                 ("name", Some(json!(name))),
                 ("plan", plan.map(Value::from)),
                 ("ip_allowlist", Some(json!(ip_allowlist))),
                 ("limits", Some(json!(limits))),
+                ("leak_policy", leak_policy.map(Value::from)),
             ]);
             output::print(
                 &api.call(Method::POST, "/v1/workspaces", &[], Some(body)).await?,
@@ -545,13 +553,17 @@ pub async fn workspaces(args: WorkspacesArgs) -> Result<(), String> {
             disabled,
             ip_allowlist,
             limits,
+            leak_policy,
         } => {
+            // `default` is null on the wire: the workspace follows the config again.
+            let leak_policy = leak_policy.map(|p| if p == "default" { Value::Null } else { Value::from(p) });
             let body = object(vec![
                 ("name", name.map(Value::from)),
                 ("plan", plan.map(Value::from)),
                 ("disabled", disabled.map(Value::from)),
                 ("ip_allowlist", ip_allowlist.map(|l| json!(l))),
                 ("limits", limits.map(|l| json!(l))),
+                ("leak_policy", leak_policy),
             ]);
             output::print(
                 &api.call(Method::PATCH, &format!("/v1/workspaces/{id}"), &[], Some(body))

@@ -159,6 +159,7 @@ mod tests {
             ip_allowlist: IpAllowlist::default(),
             limits: vec![],
             disabled: false,
+            leak_policy: None,
             created_at: t(0),
             updated_at: t(0),
         }

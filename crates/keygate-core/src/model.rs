@@ -17,8 +17,37 @@ pub struct Workspace {
     pub ip_allowlist: IpAllowlist,
     pub limits: Vec<LimitSpec>,
     pub disabled: bool,
+    /// What a leak report of one of its live keys does; `None`: the config's.
+    pub leak_policy: Option<OnLeak>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What a report that a live key leaked does (`leaks.on_report`, and per
+/// workspace): revoke it at once, let it expire after `leaks.grace`, or only
+/// notify (the audit and webhook events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLeak {
+    Revoke,
+    Expire,
+    Notify,
+}
+
+impl OnLeak {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoke => "revoke",
+            Self::Expire => "expire",
+            Self::Notify => "notify",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Revoke, Self::Expire, Self::Notify]
+            .into_iter()
+            .find(|policy| policy.as_str() == text)
+    }
 }
 
 impl Workspace {

@@ -1,7 +1,8 @@
 //! Scopes: `invoices:write`; `invoices:*` grants every `invoices:` scope; `*`
-//! grants everything. A key with no scopes has full access to its workspace
-//! (the echowin model), except for admin scopes, which must be granted
-//! explicitly (see [`grants_explicitly`]).
+//! grants everything. A key with no scopes (and no roles,
+//! crates/keygate-core/src/role.rs) has full access to its workspace (the
+//! echowin model), except for admin scopes, which must be granted explicitly
+//! (see [`grants_explicitly`]).
 
 /// Longest accepted scope string.
 pub const MAX_SCOPE_LEN: usize = 128;
@@ -74,11 +75,6 @@ fn scope_matches(granted: &str, required: &str) -> bool {
     }
 }
 
-/// The first required scope the key lacks, for the error message.
-pub fn first_missing<'a>(granted: &[String], required: &'a [String]) -> Option<&'a str> {
-    required.iter().map(String::as_str).find(|r| !grants(granted, r))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,16 +94,6 @@ mod tests {
         assert!(!grants(&s(&["invoices:*"]), "invoices"));
         assert!(!grants(&s(&["invoices:read"]), "invoices:write"));
         assert!(grants(&s(&["invoices:read", "invoices:write"]), "invoices:write"));
-    }
-
-    #[test]
-    fn first_missing_names_the_scope() {
-        let granted = s(&["contacts:read"]);
-        assert_eq!(
-            first_missing(&granted, &s(&["contacts:read", "contacts:write"])),
-            Some("contacts:write")
-        );
-        assert_eq!(first_missing(&granted, &s(&["contacts:read"])), None);
     }
 
     #[test]

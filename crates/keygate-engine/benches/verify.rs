@@ -68,6 +68,7 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
                 default_rotation_grace: Duration::from_secs(3600),
                 max_metadata_bytes: 4096,
                 leak_policy: keygate_engine::admin::LeakPolicy::Revoke,
+                leak_grace: Duration::from_secs(3600),
             },
             usage: keygate_engine::usage::UsageSettings {
                 enabled: true,

@@ -430,11 +430,8 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             admin: keygate_engine::admin::AdminSettings {
                 default_rotation_grace: config.keys.rotation_grace.get(),
                 max_metadata_bytes: config.keys.max_metadata_bytes,
-                leak_policy: match config.leaks.on_report {
-                    OnReport::Revoke => LeakPolicy::Revoke,
-                    OnReport::Expire => LeakPolicy::Expire(config.leaks.grace.get()),
-                    OnReport::Notify => LeakPolicy::Notify,
-                },
+                leak_policy: LeakPolicy::of(config.leaks.on_report, config.leaks.grace.get()),
+                leak_grace: config.leaks.grace.get(),
             },
             usage: keygate_engine::usage::UsageSettings {
                 enabled: config.usage.enabled,

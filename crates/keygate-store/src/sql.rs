@@ -16,7 +16,7 @@ pub(crate) mod workspaces;
 
 pub(crate) use chrono::{DateTime, Utc};
 pub(crate) use keygate_core::ip::IpAllowlist;
-pub(crate) use keygate_core::model::{ApiKey, KeyStatus, Workspace};
+pub(crate) use keygate_core::model::{ApiKey, KeyStatus, OnLeak, Workspace};
 pub(crate) use keygate_core::KeyHash;
 pub(crate) use sqlx::Row;
 
@@ -224,7 +224,7 @@ pub(crate) const KEY_COLUMNS: &str = "k.id, k.workspace_id, k.lineage_id, k.name
     k.last_used_at, k.last_used_ip, k.revoked_at, k.revoked_reason, k.rotated_from, k.rotated_to, k.deleted_at";
 pub(crate) const WORKSPACE_COLUMNS: &str = "w.id AS w_id, w.name AS w_name, w.plan AS w_plan, \
     w.ip_allowlist AS w_ip_allowlist, w.limits AS w_limits, w.disabled AS w_disabled, \
-    w.created_at AS w_created_at, w.updated_at AS w_updated_at";
+    w.leak_policy AS w_leak_policy, w.created_at AS w_created_at, w.updated_at AS w_updated_at";
 
 /// The column reads the row mappers need, for any backend's row type.
 pub(crate) trait StoreRow {
@@ -320,6 +320,13 @@ pub(crate) fn allowlist_from_json(text: String, column: &str) -> Result<IpAllowl
     IpAllowlist::parse(&entries).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
 }
 
+fn leak_policy_from(text: Option<String>) -> Result<Option<OnLeak>, StoreError> {
+    text.map(|text| {
+        OnLeak::parse(&text).ok_or_else(|| StoreError::Corrupt(format!("workspaces.leak_policy: `{text}`")))
+    })
+    .transpose()
+}
+
 pub(crate) fn workspace_from_row<R: StoreRow>(row: &R) -> Result<Workspace, StoreError> {
     Ok(Workspace {
         id: row.get_col("w_id")?,
@@ -328,6 +335,7 @@ pub(crate) fn workspace_from_row<R: StoreRow>(row: &R) -> Result<Workspace, Stor
         ip_allowlist: allowlist_from_json(row.get_col("w_ip_allowlist")?, "workspaces.ip_allowlist")?,
         limits: from_json(row.get_col("w_limits")?, "workspaces.limits")?,
         disabled: row.int("w_disabled")? != 0,
+        leak_policy: leak_policy_from(row.opt_text("w_leak_policy")?)?,
         created_at: from_ms(row.get_col("w_created_at")?)?,
         updated_at: from_ms(row.get_col("w_updated_at")?)?,
     })

@@ -764,8 +764,22 @@ async fn keys_take_roles_and_are_verified_from_standard_input() {
     let admin_key = admin["key"].as_str().unwrap().to_owned();
     let _server = deployment.serve("roles");
     let key = Some(admin_key.as_str());
-    let workspace = deployment.ok_json(&["workspaces", "create", "--name", "Acme", "--json"], key);
+    let workspace = deployment.ok_json(
+        &[
+            "workspaces",
+            "create",
+            "--name",
+            "Acme",
+            "--leak-policy",
+            "notify",
+            "--json",
+        ],
+        key,
+    );
+    assert_eq!(workspace["leak_policy"], "notify");
     let ws = workspace["id"].as_str().unwrap();
+    let cleared = deployment.ok_json(&["workspaces", "update", ws, "--leak-policy", "default", "--json"], key);
+    assert!(cleared["leak_policy"].is_null(), "{cleared}");
     let created = deployment.ok_json(
         &[
             "keys",

@@ -230,14 +230,36 @@ impl Cluster {
         Value::Object(outcomes)
     }
 
+    /// A public leak report of `key` on `node`'s data plane (issue 20): the
+    /// default policy revokes it within the request.
+    async fn report_leak(&self, node: usize, key: &str, url: &str) {
+        let response = self
+            .http
+            .post(format!("{}/v1/leaks/report", self.nodes[node].deployment.gateway_url))
+            .json(&json!({"key": key, "url": url}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+
     fn others(&self, node: usize) -> impl Iterator<Item = usize> {
         (0..self.nodes.len()).filter(move |&other| other != node)
     }
 }
 
+/// How a key is revoked in [`revocation_propagation`].
+#[derive(Clone, Copy)]
+enum Revocation {
+    /// `POST /v1/keys/{id}/revoke`.
+    AdminApi,
+    /// A public leak report on the data plane.
+    LeakReport,
+}
+
 /// Revokes a key (cached on every node) through `via` and returns how long
 /// after the revoke's answer the last other node first refused it.
-async fn revocation_propagation(cluster: &Cluster, workspace: &str, via: usize) -> Duration {
+async fn revocation_propagation(cluster: &Cluster, workspace: &str, via: usize, how: Revocation) -> Duration {
     let (key_id, key) = cluster.key(via, workspace).await;
     for node in 0..cluster.nodes.len() {
         assert_eq!(
@@ -246,7 +268,10 @@ async fn revocation_propagation(cluster: &Cluster, workspace: &str, via: usize) 
             "node {node}"
         );
     }
-    cluster.revoke(via, &key_id).await;
+    match how {
+        Revocation::AdminApi => cluster.revoke(via, &key_id).await,
+        Revocation::LeakReport => cluster.report_leak(via, &key, "https://gist.example/leaked").await,
+    }
     let revoked = Instant::now();
     let mut slowest = Duration::ZERO;
     for node in cluster.others(via) {
@@ -285,6 +310,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Issue 6, points 1 and 2: created on A, it works on B and C; revoked on B,
 /// A and C refuse it within a second. `KEYGATE_REVOCATIONS` (default 10)
 /// sets how many revocations are measured; the benchmark script asks for 100.
+/// Issue 20: a key reported leaked on one node's data plane is refused by
+/// every node the same way, and the audit trail names where it was found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_shared_and_revocations_reach_every_node_within_a_second() {
     let Some(cluster) = Cluster::start(3).await else {
@@ -306,8 +333,22 @@ async fn keys_are_shared_and_revocations_reach_every_node_within_a_second() {
         .unwrap_or(10);
     let mut times = Vec::with_capacity(rounds);
     for round in 0..rounds {
-        times.push(revocation_propagation(&cluster, &ws, round % 3).await);
+        times.push(revocation_propagation(&cluster, &ws, round % 3, Revocation::AdminApi).await);
     }
+    // A leak report on one node's data plane reaches every node the same way,
+    // and its trail names the URL (issue 20).
+    revocation_propagation(&cluster, &ws, 2, Revocation::LeakReport).await;
+    let (_, audit) = cluster
+        .admin(0, Method::GET, &format!("/v1/audit-events?workspace_id={ws}"), None)
+        .await;
+    let leaked: Vec<&Value> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["action"] == "key.leaked")
+        .collect();
+    assert_eq!(leaked.len(), 1, "{audit}");
+    assert_eq!(leaked[0]["details"]["url"], "https://gist.example/leaked");
     times.sort();
     println!(
         "revocation propagation over {rounds} revocations (3 nodes): p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
@@ -547,7 +588,7 @@ async fn losing_postgres_keeps_cached_keys_working_and_recovers_by_itself() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let after = revocation_propagation(&cluster, &ws, 2).await;
+    let after = revocation_propagation(&cluster, &ws, 2, Revocation::AdminApi).await;
     assert!(after < PROPAGATION_BOUND);
     let outage_workspaces = cluster.admin(0, Method::GET, "/v1/workspaces?limit=200", None).await.1;
     assert!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_core::id::AUDIT_PREFIX;
-use keygate_core::model::{ApiKey, KeyStatus};
+use keygate_core::model::{ApiKey, KeyStatus, OnLeak, Workspace};
 use keygate_core::ratelimit::Rule;
 use keygate_core::KeyHash;
 use keygate_limiter::{Charge, CounterKey, LimitCheck};
@@ -31,6 +31,15 @@ pub enum LeakPolicy {
 }
 
 impl LeakPolicy {
+    /// The policy `on` names, expiring after `grace` where it expires.
+    pub fn of(on: OnLeak, grace: Duration) -> Self {
+        match on {
+            OnLeak::Revoke => Self::Revoke,
+            OnLeak::Expire => Self::Expire(grace),
+            OnLeak::Notify => Self::Notify,
+        }
+    }
+
     fn action(self) -> &'static str {
         match self {
             Self::Revoke => "revoked",
@@ -170,7 +179,7 @@ impl Admin {
             Some(parsed) => self.context.store().find_key_by_hash(&parsed.hash()).await?,
             None => None,
         };
-        let Some((key, _)) = found else {
+        let Some((key, workspace)) = found else {
             let token = parsed.map(|parsed| parsed.hash().to_hex());
             let details = json!({"url": report.url, "source": report.source, "token_sha256": token});
             let event = self.leak_event(&report, "leak.reported", None, details, now);
@@ -183,7 +192,7 @@ impl Admin {
             self.context.store().record_audit(&event).await?;
             return Ok(LeakVerdict::Dead);
         }
-        let policy = self.settings.leak_policy;
+        let policy = self.leak_policy_of(&workspace);
         let details = json!({"url": report.url, "source": report.source, "action": policy.action()});
         let event = self.leak_event(&report, "key.leaked", Some(&key), details, now);
         let store = self.context.store();
@@ -202,6 +211,13 @@ impl Admin {
         }
         self.verifier.forget_key(&key.hash);
         Ok(LeakVerdict::Live)
+    }
+
+    /// The workspace's own policy, else the config's (`leaks.on_report`).
+    fn leak_policy_of(&self, workspace: &Workspace) -> LeakPolicy {
+        workspace.leak_policy.map_or(self.settings.leak_policy, |on| {
+            LeakPolicy::of(on, self.settings.leak_grace)
+        })
     }
 
     /// The audit event of one reported token, by the reporter: about the

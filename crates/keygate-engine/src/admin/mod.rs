@@ -17,7 +17,7 @@ use keygate_core::id::{self, ADMIN_WORKSPACE_ID, AUDIT_PREFIX, KEY_PREFIX, WORKS
 use keygate_core::ip::IpAllowlist;
 use keygate_core::key::ADMIN_ENVIRONMENT;
 use keygate_core::limits::{validate_limits, LimitSpec};
-use keygate_core::model::{ApiKey, KeyStatus, Workspace};
+use keygate_core::model::{ApiKey, KeyStatus, OnLeak, Workspace};
 use keygate_core::scope::validate_scopes;
 use keygate_core::{duration::parse_duration, ErrorCode, PlaintextKey};
 use keygate_store::{AuditEvent, AuditFilter, KeyFilter, Page, Paged, RevokeOutcome};
@@ -108,6 +108,8 @@ pub struct NewWorkspace {
     pub plan: Option<String>,
     pub ip_allowlist: Vec<String>,
     pub limits: Vec<LimitSpec>,
+    /// Overrides `leaks.on_report` for this workspace's keys.
+    pub leak_policy: Option<OnLeak>,
 }
 
 /// Fields a PATCH may change; `None` leaves a field as it is.
@@ -118,6 +120,8 @@ pub struct WorkspacePatch {
     pub ip_allowlist: Option<Vec<String>>,
     pub limits: Option<Vec<LimitSpec>>,
     pub disabled: Option<bool>,
+    /// `Some(None)` goes back to the config's `leaks.on_report`.
+    pub leak_policy: Option<Option<OnLeak>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -205,8 +209,11 @@ pub struct AdminSettings {
     pub default_rotation_grace: Duration,
     /// Largest key metadata, as JSON (`keys.max_metadata_bytes`).
     pub max_metadata_bytes: usize,
-    /// What a report of a leaked key does (`leaks.on_report`).
+    /// What a report of a leaked key does (`leaks.on_report`), unless its
+    /// workspace says otherwise.
     pub leak_policy: LeakPolicy,
+    /// How long a reported key keeps working where the policy is to expire it (`leaks.grace`).
+    pub leak_grace: Duration,
 }
 
 impl Default for AdminSettings {
@@ -215,6 +222,7 @@ impl Default for AdminSettings {
             default_rotation_grace: Duration::from_secs(24 * 3600),
             max_metadata_bytes: 4096,
             leak_policy: LeakPolicy::Revoke,
+            leak_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -339,6 +347,7 @@ impl Admin {
             ip_allowlist: validate_allowlist("ip_allowlist", &input.ip_allowlist)?,
             limits: validate_limit_list("limits", &input.limits)?,
             disabled: false,
+            leak_policy: input.leak_policy,
             created_at: now,
             updated_at: now,
         };
@@ -404,6 +413,10 @@ impl Admin {
             }
             workspace.disabled = disabled;
             changed.push("disabled");
+        }
+        if let Some(leak_policy) = patch.leak_policy {
+            workspace.leak_policy = leak_policy;
+            changed.push("leak_policy");
         }
         workspace.updated_at = now;
         let event = self.audit_event(actor, "workspace.updated", id, id, json!({"changed": changed}), now);

@@ -250,6 +250,7 @@ mod tests {
             ip_allowlist: IpAllowlist::default(),
             limits: vec![],
             disabled: false,
+            leak_policy: None,
             created_at: at(0),
             updated_at: at(0),
         })

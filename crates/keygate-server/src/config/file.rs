@@ -433,8 +433,9 @@ pub struct LeaksConfig {
     /// publishes. Read at each report, so a replaced file applies at once.
     /// Unset: `POST /v1/leaks/github` answers 404.
     pub github_keys_file: Option<PathBuf>,
-    /// What a report of a live key does.
-    pub on_report: OnReport,
+    /// What a report of a live key does: `revoke`, `expire` (after `grace`)
+    /// or `notify`; a workspace may set its own.
+    pub on_report: keygate_core::model::OnLeak,
     /// With `on_report = "expire"`: how long a reported key keeps working.
     pub grace: PositiveDuration,
     /// Where anyone may report a key on the data plane (taken before the
@@ -446,22 +447,11 @@ impl Default for LeaksConfig {
     fn default() -> Self {
         Self {
             github_keys_file: None,
-            on_report: OnReport::Revoke,
+            on_report: keygate_core::model::OnLeak::Revoke,
             grace: PositiveDuration::secs(3600),
             report_path: "/v1/leaks/report".to_owned(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnReport {
-    /// Revoke the key at once.
-    Revoke,
-    /// Let it work for `leaks.grace`, then it expires.
-    Expire,
-    /// Change nothing; the audit and webhook events only.
-    Notify,
 }
 
 /// `[webhooks]`: how deliveries are sent and retried.

@@ -6,7 +6,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use keygate_core::limits::{Enforcement, LimitScope, LimitSpec};
-use keygate_core::model::{ApiKey, KeyStatus, Workspace};
+use keygate_core::model::{ApiKey, KeyStatus, OnLeak, Workspace};
 use keygate_engine::admin::UsageBucket;
 use keygate_engine::CachedKey;
 use keygate_store::{AuditEvent, Delivery, Paged, StoredEvent, WebhookEndpoint};
@@ -137,6 +137,10 @@ pub struct CreateWorkspace {
     /// At most 32, no two on one counter (the same resource, window, scope and mode).
     #[schema(max_items = 32)]
     pub limits: Vec<Limit>,
+    /// What a leak report of one of its live keys does: `revoke`, `expire`
+    /// (after `leaks.grace`) or `notify`; absent or null: the config's `leaks.on_report`.
+    #[schema(value_type = Option<String>, pattern = "^(revoke|expire|notify)$")]
+    pub leak_policy: Option<OnLeak>,
 }
 
 impl From<CreateWorkspace> for keygate_engine::admin::NewWorkspace {
@@ -146,6 +150,7 @@ impl From<CreateWorkspace> for keygate_engine::admin::NewWorkspace {
             plan: r.plan,
             ip_allowlist: r.ip_allowlist,
             limits: r.limits.into_iter().map(Into::into).collect(),
+            leak_policy: r.leak_policy,
         }
     }
 }
@@ -165,6 +170,10 @@ pub struct UpdateWorkspace {
     #[schema(max_items = 32)]
     pub limits: Option<Vec<Limit>>,
     pub disabled: Option<bool>,
+    /// `revoke`, `expire` or `notify`, or null to follow `leaks.on_report` again.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = "^(revoke|expire|notify)$")]
+    pub leak_policy: Option<Option<OnLeak>>,
 }
 
 impl From<UpdateWorkspace> for keygate_engine::admin::WorkspacePatch {
@@ -175,6 +184,7 @@ impl From<UpdateWorkspace> for keygate_engine::admin::WorkspacePatch {
             ip_allowlist: r.ip_allowlist,
             limits: limits_in(r.limits),
             disabled: r.disabled,
+            leak_policy: r.leak_policy,
         }
     }
 }
@@ -354,6 +364,9 @@ pub struct WorkspaceView {
     pub ip_allowlist: Vec<String>,
     pub limits: Vec<Limit>,
     pub disabled: bool,
+    /// `revoke`, `expire` or `notify`; null: the config's `leaks.on_report`.
+    #[schema(value_type = Option<String>)]
+    pub leak_policy: Option<OnLeak>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -367,6 +380,7 @@ impl From<&Workspace> for WorkspaceView {
             ip_allowlist: w.ip_allowlist.to_strings(),
             limits: w.limits.iter().map(Limit::from).collect(),
             disabled: w.disabled,
+            leak_policy: w.leak_policy,
             created_at: w.created_at,
             updated_at: w.updated_at,
         }

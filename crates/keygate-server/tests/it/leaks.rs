@@ -455,3 +455,57 @@ async fn keys_are_looked_up_by_hash_only_where_the_caller_may_see() {
         assert_eq!(answer["code"], "VALIDATION_ERROR");
     }
 }
+
+/// A workspace may set its own leak policy over `leaks.on_report` (issue
+/// 20): here the config revokes, one workspace only wants to be told, one
+/// needs minutes to roll, and clearing the override follows the config again.
+#[tokio::test]
+async fn a_workspace_may_set_its_own_leak_policy() {
+    let app = TestApp::builder().config("[leaks]\ngrace = \"10m\"\n").start().await;
+    let report = |key: &str| {
+        app.http
+            .post(app.gateway_url("/v1/leaks/report"))
+            .json(&json!({"key": key, "url": "https://paste.example/1"}))
+            .send()
+    };
+    let create = |body: Value| app.admin_call(Method::POST, "/v1/workspaces", Some(body));
+    let created = |body: Value| async move {
+        let response = create(body).await;
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()
+    };
+    let told = created(json!({"name": "Tell me", "leak_policy": "notify"})).await;
+    assert_eq!(told["leak_policy"], "notify");
+    let rolling = created(json!({"name": "Rolling", "leak_policy": "expire"})).await;
+    let (_, told_key) = app.key(told["id"].as_str().unwrap(), json!({"name": "k"})).await;
+    let (_, rolling_key) = app.key(rolling["id"].as_str().unwrap(), json!({"name": "k"})).await;
+    for key in [&told_key, &rolling_key] {
+        assert_eq!(report(key).await.unwrap().status(), 202);
+        assert_eq!(app.whoami(key).await.status(), 200, "neither is revoked");
+    }
+    app.clock.advance(chrono::Duration::minutes(11));
+    assert_eq!(app.whoami(&told_key).await.status(), 200, "notify only");
+    let expired: Value = app.whoami(&rolling_key).await.json().await.unwrap();
+    assert_eq!(expired["code"], "API_KEY_EXPIRED", "after leaks.grace");
+
+    // Cleared, the workspace follows the config again: revoke.
+    let told_id = told["id"].as_str().unwrap();
+    let cleared = app
+        .admin_ok(
+            Method::PATCH,
+            &format!("/v1/workspaces/{told_id}"),
+            Some(json!({"leak_policy": null})),
+            200,
+        )
+        .await;
+    assert!(cleared["leak_policy"].is_null());
+    let (_, next) = app.key(told_id, json!({"name": "next"})).await;
+    assert_eq!(report(&next).await.unwrap().status(), 202);
+    let revoked: Value = app.whoami(&next).await.json().await.unwrap();
+    assert_eq!(revoked["code"], "API_KEY_REVOKED");
+
+    let bad = create(json!({"name": "Bad", "leak_policy": "delete"})).await;
+    assert_eq!(bad.status(), 422);
+    let bad: Value = bad.json().await.unwrap();
+    assert_eq!(bad["data"]["field"], "leak_policy", "{bad}");
+}

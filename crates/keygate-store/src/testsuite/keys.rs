@@ -16,6 +16,7 @@ pub async fn workspace_round_trip(store: Arc<dyn Store>) {
 
     ws.name = "Acme Inc".into();
     ws.disabled = true;
+    ws.leak_policy = Some(keygate_core::model::OnLeak::Expire);
     ws.plan = None;
     ws.updated_at = now() + Duration::seconds(1);
     store

@@ -194,6 +194,7 @@ pub fn sample_workspace(name: &str) -> Workspace {
         ip_allowlist: IpAllowlist::parse(&["10.0.0.0/8".into()]).unwrap_or_default(),
         limits: vec![],
         disabled: false,
+        leak_policy: Some(keygate_core::model::OnLeak::Notify),
         created_at: now(),
         updated_at: now(),
     }

@@ -148,7 +148,6 @@ pub(super) async fn rotate_key(
     ))
 }
 
-/// The gateway's decision for a key, without sending a request through it.
 /// The keys behind these hashes, among those the caller may see; a hash of
 /// anything else is left out. `keygate keys scan --check` asks this.
 #[utoipa::path(post, path = "/v1/keys/lookup", tag = "keys", request_body = LookupKeys,
@@ -188,6 +187,7 @@ pub(super) async fn lookup_keys(
     }))
 }
 
+/// The gateway's decision for a key, without sending a request through it.
 #[utoipa::path(post, path = "/v1/keys/verify", tag = "keys", request_body = VerifyKey,
     responses((status = 200, body = VerifyResult), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)))]
 pub(super) async fn verify_key(

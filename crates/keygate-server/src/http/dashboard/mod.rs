@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use keygate_core::model::{KeyStatus, Workspace};
+use keygate_core::model::{KeyStatus, OnLeak, Workspace};
 use keygate_core::role::Roles;
 use keygate_engine::admin::{Granularity, KeyListPage, NewKey, NewWorkspace, WorkspacePatch};
 use keygate_engine::sessions::{BrowserSecret, DashboardSession, Revealed};
@@ -348,6 +348,9 @@ struct WorkspaceForm {
     ip_allowlist: String,
     #[serde(default)]
     disabled: Option<String>,
+    /// `""` for the config's policy.
+    #[serde(default)]
+    leak_policy: String,
 }
 
 /// Entries separated by lines, commas or spaces.
@@ -376,6 +379,7 @@ async fn create_workspace(State(state): State<AdminState>, posted: Posted<Worksp
                 plan: optional(&form.plan),
                 ip_allowlist: entries(&form.ip_allowlist),
                 limits: Vec::new(),
+                leak_policy: None,
             },
         )
         .await?;
@@ -402,6 +406,8 @@ async fn workspace(
         plan: ws.plan.clone(),
         plans: state.plan_names(),
         allowlist_lines: ws.ip_allowlist.to_strings().join("\n"),
+        leak_policy: ws.leak_policy.map_or("", OnLeak::as_str),
+        leak_policies: LEAK_POLICIES,
     })
 }
 
@@ -413,12 +419,19 @@ async fn update_workspace(
     let session = &posted.signed_in.session;
     require_operator(session)?;
     let form = posted.form;
+    let leak_policy = match form.leak_policy.as_str() {
+        "" => None,
+        text => {
+            Some(OnLeak::parse(text).ok_or_else(|| DashboardError::bad_form("Choose a leak policy from the list."))?)
+        }
+    };
     let patch = WorkspacePatch {
         name: Some(form.name),
         plan: Some(optional(&form.plan)),
         ip_allowlist: Some(entries(&form.ip_allowlist)),
         limits: None,
         disabled: Some(form.disabled.is_some()),
+        leak_policy: Some(leak_policy),
     };
     state
         .engine

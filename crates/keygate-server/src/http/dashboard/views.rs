@@ -135,7 +135,18 @@ pub struct WorkspacePage {
     pub plans: Vec<String>,
     /// One CIDR per line, for the textarea.
     pub allowlist_lines: String,
+    /// The workspace's leak policy (`""`: the config's) and the choices.
+    pub leak_policy: &'static str,
+    pub leak_policies: [(&'static str, &'static str); 4],
 }
+
+/// The choices of a workspace's leak policy: value and label.
+pub const LEAK_POLICIES: [(&str, &str); 4] = [
+    ("", "As configured (leaks.on_report)"),
+    ("revoke", "Revoke it at once"),
+    ("expire", "Let it expire after leaks.grace"),
+    ("notify", "Only notify (audit and webhooks)"),
+];
 
 pub struct KeyRow {
     pub id: String,

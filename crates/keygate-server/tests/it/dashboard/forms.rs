@@ -653,3 +653,37 @@ async fn a_leaked_key_is_flagged_filtered_and_replaced_in_one_click() {
         "replaced once"
     );
 }
+
+/// The workspace settings page sets what a leak report does, or goes back
+/// to the config's policy; a value not offered is a clear 422.
+#[tokio::test]
+async fn a_workspace_s_leak_policy_is_set_from_its_settings_page() {
+    let app = TestApp::start().await;
+    let workspace = app.workspace("Policy").await;
+    let client = FormClient::sign_in(&app).await;
+    let path = format!("/dashboard/workspaces/{workspace}");
+    let page = client.get(&path).await.text().await.unwrap();
+    assert!(
+        page.contains(r#"<option value="" selected>As configured (leaks.on_report)</option>"#),
+        "{page}"
+    );
+    let csrf = &client.csrf;
+    let save = |policy: &str| {
+        client.post(
+            &path,
+            format!("csrf={csrf}&name=Policy&plan=&ip_allowlist=&leak_policy={policy}"),
+        )
+    };
+    assert_eq!(save("expire").await.status(), 303);
+    let api_path = format!("/v1/workspaces/{workspace}");
+    let read = || app.admin_ok(reqwest::Method::GET, &api_path, None, 200);
+    assert_eq!(read().await["leak_policy"], "expire");
+    let page = client.get(&path).await.text().await.unwrap();
+    assert!(page.contains(r#"<option value="expire" selected>"#));
+    assert_eq!(
+        page_error(save("delete").await).await,
+        (422, "VALIDATION_ERROR".to_owned())
+    );
+    assert_eq!(save("").await.status(), 303);
+    assert!(read().await["leak_policy"].is_null());
+}
