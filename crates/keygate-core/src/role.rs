@@ -40,6 +40,10 @@ fn is_valid_name(name: &str) -> bool {
 pub struct Roles(BTreeMap<String, Vec<String>>);
 
 impl Roles {
+    /// No roles: what the checks of a key that holds none read, without
+    /// loading the config's (crates/keygate-engine/src/verifier/mod.rs).
+    pub const NONE: Roles = Roles(BTreeMap::new());
+
     /// Checks every name and scope; a role may grant no scope at all (it then
     /// grants nothing, see [`Grants`]).
     pub fn new(roles: BTreeMap<String, Vec<String>>) -> Result<Self, RoleError> {

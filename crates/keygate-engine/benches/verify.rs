@@ -67,7 +67,7 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
             admin: keygate_engine::admin::AdminSettings {
                 default_rotation_grace: Duration::from_secs(3600),
                 max_metadata_bytes: 4096,
-                leak_policy: keygate_engine::admin::LeakPolicy::Revoke,
+                on_leak: keygate_core::model::OnLeak::Revoke,
                 leak_grace: Duration::from_secs(3600),
             },
             usage: keygate_engine::usage::UsageSettings {

@@ -80,7 +80,7 @@ fn settings(capacity: u64) -> EngineSettings {
         admin: keygate_engine::admin::AdminSettings {
             default_rotation_grace: Duration::from_secs(3600),
             max_metadata_bytes: 4096,
-            leak_policy: keygate_engine::admin::LeakPolicy::Revoke,
+            on_leak: keygate_core::model::OnLeak::Revoke,
             leak_grace: Duration::from_secs(3600),
         },
         usage: keygate_engine::usage::UsageSettings {

@@ -16,7 +16,6 @@ use keygate_core::path::PathRules;
 use keygate_core::role::{RoleError, Roles};
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCatalog, KeyFormat};
-use keygate_engine::admin::LeakPolicy;
 use keygate_engine::events::EventSettings;
 use keygate_engine::plans::PlanBook;
 use keygate_engine::sessions::SessionSettings;
@@ -430,7 +429,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             admin: keygate_engine::admin::AdminSettings {
                 default_rotation_grace: config.keys.rotation_grace.get(),
                 max_metadata_bytes: config.keys.max_metadata_bytes,
-                leak_policy: LeakPolicy::of(config.leaks.on_report, config.leaks.grace.get()),
+                on_leak: config.leaks.on_report,
                 leak_grace: config.leaks.grace.get(),
             },
             usage: keygate_engine::usage::UsageSettings {

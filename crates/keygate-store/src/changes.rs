@@ -40,9 +40,7 @@ impl Change {
     /// as "anything may have changed".
     pub fn decode(payload: &str) -> Option<Self> {
         if let Some(hex) = payload.strip_prefix("key:") {
-            let mut bytes = [0u8; 32];
-            hex::decode_to_slice(hex, &mut bytes).ok()?;
-            return Some(Self::Key(KeyHash::from_bytes(bytes)));
+            return KeyHash::from_hex(hex).map(Self::Key);
         }
         payload
             .strip_prefix("workspace:")

@@ -5,10 +5,9 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use keygate_core::id::AUDIT_PREFIX;
-use keygate_core::model::{ApiKey, KeyStatus, OnLeak, Workspace};
+use keygate_core::model::{ApiKey, KeyStatus, OnLeak};
 use keygate_core::ratelimit::Rule;
 use keygate_core::KeyHash;
 use keygate_limiter::{Charge, CounterKey, LimitCheck};
@@ -18,34 +17,13 @@ use serde_json::json;
 use super::{later, Actor, Admin};
 use crate::AdminError;
 
-/// What a report of one of this deployment's live keys does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeakPolicy {
-    /// Revoke the key at once (the default).
-    Revoke,
-    /// Let it work for this long (teams that need minutes to roll a key),
-    /// unless it expires sooner anyway.
-    Expire(Duration),
-    /// Change nothing: the audit event and the webhook event only.
-    Notify,
-}
-
-impl LeakPolicy {
-    /// The policy `on` names, expiring after `grace` where it expires.
-    pub fn of(on: OnLeak, grace: Duration) -> Self {
-        match on {
-            OnLeak::Revoke => Self::Revoke,
-            OnLeak::Expire => Self::Expire(grace),
-            OnLeak::Notify => Self::Notify,
-        }
-    }
-
-    fn action(self) -> &'static str {
-        match self {
-            Self::Revoke => "revoked",
-            Self::Expire(_) => "expiring",
-            Self::Notify => "notified",
-        }
+/// The action a live key's report took, as the audit event and the
+/// `key.leaked` webhook event name it.
+fn action_of(policy: OnLeak) -> &'static str {
+    match policy {
+        OnLeak::Revoke => "revoked",
+        OnLeak::Expire => "expiring",
+        OnLeak::Notify => "notified",
     }
 }
 
@@ -104,10 +82,10 @@ impl Admin {
     /// without sending a key over the wire. Deleted keys are listed too
     /// (as `deleted`); a hash of nothing the caller may see is left out.
     pub async fn keys_by_hash(&self, actor: &Actor, hashes: &[KeyHash]) -> Result<Vec<ApiKey>, AdminError> {
-        if hashes.len() > MAX_HASHES_PER_LOOKUP {
+        if hashes.is_empty() || hashes.len() > MAX_HASHES_PER_LOOKUP {
             return Err(AdminError::validation(
                 "hashes",
-                format!("at most {MAX_HASHES_PER_LOOKUP} hashes per call"),
+                format!("give 1 to {MAX_HASHES_PER_LOOKUP} hashes"),
             ));
         }
         let mut found = Vec::new();
@@ -192,32 +170,26 @@ impl Admin {
             self.context.store().record_audit(&event).await?;
             return Ok(LeakVerdict::Dead);
         }
-        let policy = self.leak_policy_of(&workspace);
-        let details = json!({"url": report.url, "source": report.source, "action": policy.action()});
+        // The workspace's own policy, else the config's (`leaks.on_report`).
+        let policy = workspace.leak_policy.unwrap_or(self.settings.on_leak);
+        let details = json!({"url": report.url, "source": report.source, "action": action_of(policy)});
         let event = self.leak_event(&report, "key.leaked", Some(&key), details, now);
         let store = self.context.store();
         match policy {
-            LeakPolicy::Revoke => {
+            OnLeak::Revoke => {
                 let reason = format!("leaked: reported by {}", report.reporter);
                 store.revoke_key(&key.id, now, Some(&reason), &event).await?;
             }
-            LeakPolicy::Expire(grace) => {
-                let until = later("leaks.grace", now, grace)?;
+            OnLeak::Expire => {
+                let until = later("leaks.grace", now, self.settings.leak_grace)?;
                 let mut expiring = key.clone();
                 expiring.expires_at = Some(key.expires_at.map_or(until, |at| at.min(until)));
                 store.update_key(&expiring, &event).await?;
             }
-            LeakPolicy::Notify => store.update_key(&key, &event).await?,
+            OnLeak::Notify => store.update_key(&key, &event).await?,
         }
         self.verifier.forget_key(&key.hash);
         Ok(LeakVerdict::Live)
-    }
-
-    /// The workspace's own policy, else the config's (`leaks.on_report`).
-    fn leak_policy_of(&self, workspace: &Workspace) -> LeakPolicy {
-        workspace.leak_policy.map_or(self.settings.leak_policy, |on| {
-            LeakPolicy::of(on, self.settings.leak_grace)
-        })
     }
 
     /// The audit event of one reported token, by the reporter: about the

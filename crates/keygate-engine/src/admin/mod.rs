@@ -36,7 +36,7 @@ mod leaks;
 mod usage;
 mod webhooks;
 
-pub use leaks::{LeakPolicy, LeakReport, LeakVerdict, PublicReport, MAX_HASHES_PER_LOOKUP, PUBLIC_REPORTS_PER_MINUTE};
+pub use leaks::{LeakReport, LeakVerdict, PublicReport, MAX_HASHES_PER_LOOKUP, PUBLIC_REPORTS_PER_MINUTE};
 pub use usage::{
     Granularity, HourlyRequests, UsageBucket, MAX_DAILY_USAGE_RANGE_DAYS, MAX_TOP_KEYS, MAX_USAGE_RANGE_DAYS,
 };
@@ -211,7 +211,7 @@ pub struct AdminSettings {
     pub max_metadata_bytes: usize,
     /// What a report of a leaked key does (`leaks.on_report`), unless its
     /// workspace says otherwise.
-    pub leak_policy: LeakPolicy,
+    pub on_leak: OnLeak,
     /// How long a reported key keeps working where the policy is to expire it (`leaks.grace`).
     pub leak_grace: Duration,
 }
@@ -221,7 +221,7 @@ impl Default for AdminSettings {
         Self {
             default_rotation_grace: Duration::from_secs(24 * 3600),
             max_metadata_bytes: 4096,
-            leak_policy: LeakPolicy::Revoke,
+            on_leak: OnLeak::Revoke,
             leak_grace: Duration::from_secs(3600),
         }
     }

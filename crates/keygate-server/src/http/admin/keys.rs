@@ -157,9 +157,6 @@ pub(super) async fn lookup_keys(
     Caller(actor): Caller,
     JsonBody(body): JsonBody<LookupKeys>,
 ) -> Result<Json<List<FoundKey>>, ApiError> {
-    if body.hashes.is_empty() || body.hashes.len() > keygate_engine::admin::MAX_HASHES_PER_LOOKUP {
-        return Err(ApiError::validation("hashes", "give 1 to 500 hashes"));
-    }
     let hashes = body
         .hashes
         .iter()
