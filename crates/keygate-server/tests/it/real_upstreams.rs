@@ -84,12 +84,15 @@ fn nginx_binary() -> String {
         .to_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `count` distinct ports that were free a moment ago. Every listener is held
+/// until all are chosen: binding and dropping one at a time can hand out the
+/// same port twice, and nginx then serves two names on one port (its first
+/// `server` answering for both).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 async fn wait_until_listening(port: u16) {
@@ -103,14 +106,33 @@ async fn wait_until_listening(port: u16) {
 }
 
 /// nginx, one `server` per name, in the foreground as a single process.
+/// Started again on other ports if one was taken between choosing and binding
+/// it (nginx then exits at once).
 pub async fn nginx(names: &[&str]) -> Option<RealUpstream> {
     let binary = nginx_binary();
     if !available(&binary) {
         return None;
     }
+    for _ in 0..4 {
+        let mut upstream = start_nginx(&binary, names);
+        for (_, port) in &upstream.ports {
+            wait_until_listening(*port).await;
+        }
+        if upstream.child.try_wait().unwrap().is_none() {
+            return Some(upstream);
+        }
+    }
+    panic!("nginx did not start on four sets of free ports");
+}
+
+fn start_nginx(binary: &str, names: &[&str]) -> RealUpstream {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    let ports: Vec<(String, u16)> = names.iter().map(|n| ((*n).to_owned(), free_port())).collect();
+    let ports: Vec<(String, u16)> = names
+        .iter()
+        .map(|n| (*n).to_owned())
+        .zip(free_ports(names.len()))
+        .collect();
     let servers: String = ports
         .iter()
         .map(|(name, port)| {
@@ -140,15 +162,12 @@ pub async fn nginx(names: &[&str]) -> Option<RealUpstream> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    for (_, port) in &ports {
-        wait_until_listening(*port).await;
-    }
-    Some(RealUpstream {
+    RealUpstream {
         child,
         ports,
         command,
         _dir: dir,
-    })
+    }
 }
 
 const WSGI_APP: &str = r#"
