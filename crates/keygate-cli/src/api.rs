@@ -58,8 +58,12 @@ enum KeysCommand {
         /// Per-key limit override: `100/1m`, `uploads:100/1h`, `workspace:1000/1d`... Repeatable.
         #[arg(long = "limit", value_parser = parse_limit)]
         limits: Vec<Value>,
+        /// Usage credits: `1000` (spent, never refilled) or `1000+1000/30d`
+        /// (set back to 1000 every 30 days).
+        #[arg(long, value_parser = parse_credits)]
+        credits: Option<Value>,
     },
-    /// Change a key's name, scopes, roles or limit overrides.
+    /// Change a key's name, scopes, roles, limit overrides or credits.
     Update {
         id: String,
         #[arg(long)]
@@ -73,6 +77,10 @@ enum KeysCommand {
         /// Replaces the limit overrides; repeat for several (`100/1m`, `uploads:100/1h`).
         #[arg(long = "limit", value_parser = parse_limit)]
         limits: Option<Vec<Value>>,
+        /// Sets the credits, a new balance from now: `1000`, `1000+1000/30d`,
+        /// or `none` to follow the workspace's or plan's again.
+        #[arg(long, value_parser = parse_credits)]
+        credits: Option<Value>,
     },
     /// List a workspace's keys.
     List {
@@ -167,6 +175,9 @@ enum WorkspacesCommand {
         /// Workspace limit override ("enterprise: custom"): `5000/1m`, `uploads:1000/1h`. Repeatable.
         #[arg(long = "limit", value_parser = parse_limit)]
         limits: Vec<Value>,
+        /// Credits for each of its keys, overriding the plan's: `1000` or `1000+1000/30d`.
+        #[arg(long, value_parser = parse_credits)]
+        credits: Option<Value>,
         /// What a leak report of one of its live keys does (default: `leaks.on_report`).
         #[arg(long, value_parser = ["revoke", "expire", "notify"])]
         leak_policy: Option<String>,
@@ -194,6 +205,10 @@ enum WorkspacesCommand {
         /// Replaces the limit overrides; repeat for several.
         #[arg(long = "limit", value_parser = parse_limit)]
         limits: Option<Vec<Value>>,
+        /// Credits for each of its keys: `1000`, `1000+1000/30d`, or `none`
+        /// to follow the plan's again.
+        #[arg(long, value_parser = parse_credits)]
+        credits: Option<Value>,
         /// `revoke`, `expire` or `notify`; `default` follows `leaks.on_report` again.
         #[arg(long, value_parser = ["revoke", "expire", "notify", "default"])]
         leak_policy: Option<String>,
@@ -307,6 +322,27 @@ fn parse_limit(text: &str) -> Result<Value, String> {
     Ok(limit)
 }
 
+/// `REMAINING[+AMOUNT/EVERY]`, e.g. `1000` or `1000+1000/30d`; `none` is
+/// null (no credits of its own). The server validates the values.
+fn parse_credits(text: &str) -> Result<Value, String> {
+    if text == "none" {
+        return Ok(Value::Null);
+    }
+    let number = |n: &str| {
+        n.parse::<u64>()
+            .map_err(|_| format!("`{n}` is not a number of credits"))
+    };
+    match text.split_once('+') {
+        None => Ok(json!({"remaining": number(text)?})),
+        Some((remaining, refill)) => {
+            let (amount, every) = refill
+                .split_once('/')
+                .ok_or("expected REMAINING+AMOUNT/EVERY, e.g. 1000+1000/30d")?;
+            Ok(json!({"remaining": number(remaining)?, "refill": {"amount": number(amount)?, "every": every}}))
+        }
+    }
+}
+
 fn object(pairs: Vec<(&str, Option<Value>)>) -> Value {
     let map: Map<String, Value> = pairs
         .into_iter()
@@ -389,9 +425,11 @@ pub async fn keys(args: KeysArgs) -> Result<(), String> {
             expires_in,
             ip_allowlist,
             limits,
+            credits,
         } => {
             let body = object(vec![
                 ("name", Some(json!(name))),
+                ("credits", credits),
                 ("environment", environment.map(Value::from)),
                 ("scopes", Some(json!(scopes))),
                 ("roles", Some(json!(roles))),
@@ -433,9 +471,11 @@ pub async fn keys(args: KeysArgs) -> Result<(), String> {
             scopes,
             roles,
             limits,
+            credits,
         } => {
             let body = object(vec![
                 ("name", name.map(Value::from)),
+                ("credits", credits),
                 ("scopes", scopes.map(|s| json!(s))),
                 ("roles", roles.map(|r| json!(r))),
                 ("limits", limits.map(|l| json!(l))),
@@ -517,10 +557,12 @@ pub async fn workspaces(args: WorkspacesArgs) -> Result<(), String> {
             plan,
             ip_allowlist,
             limits,
+            credits,
             leak_policy,
         } => {
             let body = object(vec![
                 ("name", Some(json!(name))),
+                ("credits", credits),
                 ("plan", plan.map(Value::from)),
                 ("ip_allowlist", Some(json!(ip_allowlist))),
                 ("limits", Some(json!(limits))),
@@ -553,6 +595,7 @@ pub async fn workspaces(args: WorkspacesArgs) -> Result<(), String> {
             disabled,
             ip_allowlist,
             limits,
+            credits,
             leak_policy,
         } => {
             // `default` is null on the wire: the workspace follows the config again.
@@ -563,6 +606,7 @@ pub async fn workspaces(args: WorkspacesArgs) -> Result<(), String> {
                 ("disabled", disabled.map(Value::from)),
                 ("ip_allowlist", ip_allowlist.map(|l| json!(l))),
                 ("limits", limits.map(|l| json!(l))),
+                ("credits", credits),
                 ("leak_policy", leak_policy),
             ]);
             output::print(

@@ -67,6 +67,8 @@ error_codes! {
         "Too many requests. Please try again later.";
     ConcurrencyLimitExceeded => "CONCURRENCY_LIMIT_EXCEEDED", 429,
         "Too many open connections for this API key. Close one and retry.";
+    UsageExceeded => "USAGE_EXCEEDED", 429,
+        "This API key has used all its credits. They refill at the time given, or ask for more.";
     TooManyFailedAttempts => "TOO_MANY_FAILED_ATTEMPTS", 429,
         "Too many requests with invalid API keys from this address. Wait before retrying.";
     RouteNotFound => "ROUTE_NOT_FOUND", 404,
@@ -205,6 +207,8 @@ pub struct RenderedError {
 pub enum CatalogError {
     #[error("errors.invalid_key_status must be 401 or 403, not {0}")]
     InvalidKeyStatus(u16),
+    #[error("errors.usage_exceeded_status must be 402, 403 or 429, not {0}")]
+    UsageExceededStatus(u16),
     #[error("errors.messages: unknown error code `{0}`")]
     UnknownCode(String),
     #[error("errors.realm must be printable ASCII without quotes or backslashes")]
@@ -334,6 +338,7 @@ pub struct ErrorCatalog {
     format: ErrorFormat,
     messages: HashMap<ErrorCode, String>,
     invalid_key_status: u16,
+    usage_exceeded_status: u16,
     hide_key_state: bool,
     realm: String,
     data: DataFields,
@@ -346,6 +351,7 @@ impl Default for ErrorCatalog {
             format: ErrorFormat::Envelope,
             messages: HashMap::new(),
             invalid_key_status: 401,
+            usage_exceeded_status: 429,
             hide_key_state: false,
             realm: "keygate".to_owned(),
             data: DataFields::default(),
@@ -384,11 +390,22 @@ impl ErrorCatalog {
             format,
             messages,
             invalid_key_status,
+            usage_exceeded_status: 429,
             hide_key_state,
             realm: realm.to_owned(),
             data: DataFields::default(),
             bodies: HashMap::new(),
         })
+    }
+
+    /// `USAGE_EXCEEDED`'s status (`errors.usage_exceeded_status`): 429, or
+    /// 402 (Payment Required) or 403 for a page that documents those.
+    pub fn with_usage_exceeded_status(mut self, status: u16) -> Result<Self, CatalogError> {
+        if ![402, 403, 429].contains(&status) {
+            return Err(CatalogError::UsageExceededStatus(status));
+        }
+        self.usage_exceeded_status = status;
+        Ok(self)
     }
 
     /// Which `data` fields bodies carry (`errors.data`).
@@ -433,6 +450,7 @@ impl ErrorCatalog {
     pub fn status(&self, code: ErrorCode) -> u16 {
         match code {
             ErrorCode::InvalidApiKey => self.invalid_key_status,
+            ErrorCode::UsageExceeded => self.usage_exceeded_status,
             other => other.default_status(),
         }
     }

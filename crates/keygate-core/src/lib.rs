@@ -6,6 +6,7 @@
 //! verify API and in-process users.
 
 pub mod credential;
+pub mod credits;
 pub mod decision;
 pub mod duration;
 pub mod error;

@@ -79,6 +79,8 @@ pub enum LimitError {
     Duplicate { resource: String, per: String },
     #[error("concurrency `max` for `{0}` must be at least 1")]
     ZeroConcurrency(String),
+    #[error("credits: {0}")]
+    Credits(#[from] crate::credits::CreditError),
 }
 
 /// At most `max` requests of `resource` in flight per key lineage (WebSocket
@@ -101,6 +103,10 @@ pub struct Plan {
     /// keys; unset: `headers.describe`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub describe: Option<crate::ratelimit::Describe>,
+    /// Credits for each key of a workspace on this plan
+    /// (crates/keygate-core/src/credits.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits: Option<crate::credits::CreditSpec>,
 }
 
 impl Plan {
@@ -115,6 +121,7 @@ impl Plan {
             limits: validate_limits(&self.limits)?,
             concurrency: self.concurrency.clone(),
             describe: self.describe,
+            credits: self.credits.as_ref().map(|c| c.validate()).transpose()?,
         })
     }
 
@@ -264,6 +271,7 @@ mod tests {
                 max: 0,
             }],
             describe: None,
+            credits: None,
         };
         assert!(matches!(plan.validate(), Err(LimitError::ZeroConcurrency(_))));
     }

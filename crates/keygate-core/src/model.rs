@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::credits::CreditSpec;
 use crate::id::ADMIN_WORKSPACE_ID;
 use crate::ip::IpAllowlist;
 use crate::key::KeyHash;
@@ -16,6 +17,8 @@ pub struct Workspace {
     pub plan: Option<String>,
     pub ip_allowlist: IpAllowlist,
     pub limits: Vec<LimitSpec>,
+    /// Credits for each of its keys, overriding the plan's; a key's own win.
+    pub credits: Option<CreditSpec>,
     pub disabled: bool,
     /// What a leak report of one of its live keys does; `None`: the config's.
     pub leak_policy: Option<OnLeak>,
@@ -75,6 +78,11 @@ pub struct ApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub limits: Vec<LimitSpec>,
+    /// The key's own credits, overriding its workspace's and plan's.
+    pub credits: Option<CreditSpec>,
+    /// When the credits were last set; `None`: when the lineage began. The
+    /// balance's refill periods count from here (crates/keygate-core/src/credits.rs).
+    pub credits_set_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub created_by: Option<String>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -124,6 +132,12 @@ impl ApiKey {
         } else {
             KeyStatus::Active
         }
+    }
+
+    /// Where the key's credit periods start: when its credits were set, or
+    /// else when it was created.
+    pub fn credits_origin(&self) -> DateTime<Utc> {
+        self.credits_set_at.unwrap_or(self.created_at)
     }
 
     /// A key expires at `expires_at` exactly: at that instant it no longer works.

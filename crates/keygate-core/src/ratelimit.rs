@@ -42,6 +42,14 @@ pub const MAX_COST: u64 = (1 << 53) - 1;
 
 /// One limit, ready for arithmetic. The bucket size is derived once here:
 /// divisions are the costliest part of a decision.
+///
+/// Two kinds share the counter and the decision:
+/// - a **rolling** limit: `requests` per sliding `window_ms` (above);
+/// - a **balance** (credits, crates/keygate-core/src/credits.rs): fixed
+///   periods of `window_ms` counted from `origin_ms`, one bucket each. The
+///   first period allows `requests`, every later one `refill` (the balance
+///   is set to the refill amount; what was left does not roll over). A
+///   balance that never refills has a period of `u64::MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Rule {
     pub requests: u64,
@@ -49,6 +57,15 @@ pub struct Rule {
     bucket_ms: u64,
     /// Counted and reported, never refusing (`mode = "shadow"`).
     pub shadow: bool,
+    balance: Option<Balance>,
+}
+
+/// What makes a [`Rule`] a balance: where its periods start and what each
+/// period after the first allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Balance {
+    origin_ms: u64,
+    refill: u64,
 }
 
 impl Rule {
@@ -59,6 +76,20 @@ impl Rule {
             window_ms,
             bucket_ms: (window_ms / BUCKETS).max(1),
             shadow: false,
+            balance: None,
+        }
+    }
+
+    /// A balance of `first` from `origin_ms`, set to `refill` at every
+    /// `period_ms` after it (`u64::MAX`: never).
+    pub fn balance(first: u64, origin_ms: u64, refill: u64, period_ms: u64) -> Self {
+        let period_ms = period_ms.max(1);
+        Self {
+            requests: first,
+            window_ms: period_ms,
+            bucket_ms: period_ms,
+            shadow: false,
+            balance: Some(Balance { origin_ms, refill }),
         }
     }
 
@@ -67,22 +98,56 @@ impl Rule {
         Self { shadow: true, ..self }
     }
 
+    /// Whether this is a balance (credits) rather than a rolling limit.
+    pub fn is_balance(&self) -> bool {
+        self.balance.is_some()
+    }
+
+    /// A balance's origin and refill amount, for a backend that stores it.
+    pub fn balance_terms(&self) -> Option<(u64, u64)> {
+        self.balance.map(|b| (b.origin_ms, b.refill))
+    }
+
     pub fn bucket_ms(&self) -> u64 {
         self.bucket_ms
     }
 
     /// How far back counted requests can lie: see the module's error bound.
     pub fn lookback_ms(&self) -> u64 {
-        self.window_ms + self.bucket_ms
+        self.window_ms.saturating_add(self.bucket_ms)
     }
 
     pub fn bucket_of(&self, now_ms: u64) -> u64 {
-        now_ms / self.bucket_ms()
+        match self.balance {
+            None => now_ms / self.bucket_ms(),
+            Some(b) => now_ms.saturating_sub(b.origin_ms) / self.bucket_ms,
+        }
     }
 
-    /// When a bucket whose newest request came at `newest_ms` stops counting.
+    /// What the limit allows at `now_ms`: `requests`, or for a balance after
+    /// its first period, its refill.
+    pub fn capacity_at(&self, now_ms: u64) -> u64 {
+        match self.balance {
+            Some(b) if self.bucket_of(now_ms) > 0 => b.refill,
+            _ => self.requests,
+        }
+    }
+
+    /// When a bucket whose newest request came at `newest_ms` stops
+    /// counting: a window later, or for a balance when its period ends.
     fn leaves_at(&self, newest_ms: u64) -> u64 {
-        newest_ms.saturating_add(self.window_ms)
+        match self.balance {
+            None => newest_ms.saturating_add(self.window_ms),
+            Some(b) => (self.bucket_of(newest_ms).saturating_add(1))
+                .saturating_mul(self.bucket_ms)
+                .saturating_add(b.origin_ms),
+        }
+    }
+
+    /// A balance's next refill after `now_ms`, if it refills.
+    pub fn refills_at(&self, now_ms: u64) -> Option<u64> {
+        let at = self.leaves_at(now_ms);
+        (self.is_balance() && at != u64::MAX).then_some(at)
     }
 }
 
@@ -186,32 +251,41 @@ impl Counter {
         self.total = self.total.saturating_add(cost);
     }
 
-    fn live_buckets(&self, rule: &Rule, now_ms: u64) -> impl Iterator<Item = Bucket> + '_ {
+    fn live_buckets<'a>(&'a self, rule: &'a Rule, now_ms: u64) -> impl Iterator<Item = Bucket> + 'a {
         let now = self.now(now_ms);
-        let window_ms = rule.window_ms;
         self.buckets
             .iter()
             .copied()
-            .filter(move |b| b.newest_ms.saturating_add(window_ms) > now)
+            .filter(move |b| rule.leaves_at(b.newest_ms) > now)
     }
 
-    /// The earliest time at which `cost` more requests fit. `now_ms` if they fit now.
+    /// The earliest time at which `cost` more requests fit. `now_ms` if they
+    /// fit now; `u64::MAX` if they never will.
     pub fn admits_at(&self, rule: &Rule, now_ms: u64, cost: u64) -> u64 {
         let mut count = self.count(rule, now_ms);
-        if count.saturating_add(cost) <= rule.requests {
+        if count.saturating_add(cost) <= rule.capacity_at(now_ms) {
             return now_ms;
-        }
-        if cost > rule.requests {
-            return u64::MAX;
         }
         // Oldest first: the first buckets to leave the window.
         for bucket in self.live_buckets(rule, now_ms) {
             count = count.saturating_sub(bucket.count);
-            if count.saturating_add(cost) <= rule.requests {
-                return rule.leaves_at(bucket.newest_ms);
+            let at = rule.leaves_at(bucket.newest_ms);
+            if count.saturating_add(cost) <= rule.capacity_at(at) {
+                return at;
             }
         }
-        now_ms
+        if rule.is_balance() {
+            // Nothing left to free: only the next period can make room.
+            return match rule.refills_at(now_ms) {
+                Some(at) if cost <= rule.capacity_at(at) => at,
+                _ => u64::MAX,
+            };
+        }
+        if cost > rule.requests {
+            u64::MAX
+        } else {
+            now_ms
+        }
     }
 
     /// When the oldest counted bucket stops counting (the limit regains
@@ -238,6 +312,8 @@ pub struct LimitState {
     pub rule: Rule,
     /// A shadow limit that would have refused this request (and was not charged).
     pub shadow_refused: bool,
+    /// An enforced limit that had no room for this request.
+    pub refused: bool,
     /// Requests that still fit now.
     pub remaining: u64,
     /// When the limit next admits a request (if exhausted) or regains capacity.
@@ -267,14 +343,26 @@ impl Decision {
         self.limits
             .iter()
             .enumerate()
-            .filter(|(_, l)| !l.rule.shadow && l.remaining == 0)
+            .filter(|(_, l)| !l.rule.shadow && !l.rule.is_balance() && l.remaining == 0)
             .max_by_key(|(_, l)| l.reset_ms)
             .map(|(i, _)| i)
     }
 
-    /// The limits that refuse: every one but the shadow ones.
+    /// The rolling limits that refuse, which the `X-RateLimit-*` headers
+    /// describe: every one but the shadow ones and the credit balance.
     pub fn enforced(&self) -> impl Iterator<Item = &LimitState> {
-        self.limits.iter().filter(|l| !l.rule.shadow)
+        self.limits.iter().filter(|l| !l.rule.shadow && !l.rule.is_balance())
+    }
+
+    /// The credit balance, if the request has one.
+    pub fn balance(&self) -> Option<&LimitState> {
+        self.limits.iter().find(|l| l.rule.is_balance())
+    }
+
+    /// Whether the request was refused because its credits ran out (whatever
+    /// the rolling limits said: waiting for them would not help).
+    pub fn out_of_credits(&self) -> bool {
+        !self.allowed && self.balance().is_some_and(|b| b.refused)
     }
 
     /// The shadow limits that would have refused this request.
@@ -282,9 +370,11 @@ impl Decision {
         self.limits.iter().filter(|l| l.shadow_refused)
     }
 
-    /// Whole seconds to wait, rounded up so a client never retries too early.
+    /// Whole seconds to wait, rounded up so a client never retries too early;
+    /// `None` when waiting will not help (credits that never refill).
     pub fn retry_after_secs(&self) -> Option<u64> {
         self.retry_at_ms
+            .filter(|at| *at != u64::MAX)
             .map(|at| at.saturating_sub(self.now_ms).div_ceil(1000).max(1))
     }
 
@@ -372,7 +462,7 @@ impl From<Describe> for String {
 pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charge: bool) -> Decision {
     let fits: SmallFits = limits
         .iter_mut()
-        .map(|(rule, counter)| counter.live(rule, now_ms).saturating_add(cost) <= rule.requests)
+        .map(|(rule, counter)| counter.live(rule, now_ms).saturating_add(cost) <= rule.capacity_at(now_ms))
         .collect();
     let allowed = limits.iter().zip(&fits).all(|((rule, _), fits)| rule.shadow || *fits);
     if allowed && charge {
@@ -395,7 +485,7 @@ pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charg
         .iter_mut()
         .zip(&fits)
         .map(|((rule, counter), fits)| {
-            let remaining = rule.requests.saturating_sub(counter.live(rule, now_ms));
+            let remaining = rule.capacity_at(now_ms).saturating_sub(counter.live(rule, now_ms));
             let reset_ms = if remaining == 0 {
                 counter.admits_at(rule, now_ms, 1)
             } else {
@@ -404,6 +494,7 @@ pub fn decide(limits: &mut [(Rule, &mut Counter)], now_ms: u64, cost: u64, charg
             LimitState {
                 rule: *rule,
                 shadow_refused: rule.shadow && allowed && !fits,
+                refused: !rule.shadow && !fits,
                 remaining,
                 reset_ms,
             }
@@ -476,6 +567,7 @@ mod tests {
         let state = |requests, window_ms, remaining| LimitState {
             rule: Rule::new(requests, window_ms),
             shadow_refused: false,
+            refused: false,
             remaining,
             reset_ms: 0,
         };

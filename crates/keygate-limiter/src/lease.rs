@@ -214,7 +214,7 @@ impl Leases {
         // Whatever the block it replaces has left is given back.
         lease.give_back(checks, &mut self.returns.lock());
         let now_ms = grant.decision.now_ms;
-        lease.buckets = checks.iter().map(|check| now_ms / check.rule.bucket_ms()).collect();
+        lease.buckets = checks.iter().map(|check| check.rule.bucket_of(now_ms)).collect();
         let ends_in_ms = checks
             .iter()
             .zip(&lease.buckets)
@@ -289,6 +289,7 @@ mod tests {
             limits: vec![LimitState {
                 rule: Rule::new(1_000, MINUTE),
                 shadow_refused: false,
+                refused: false,
                 remaining,
                 reset_ms: now_ms + MINUTE,
             }],

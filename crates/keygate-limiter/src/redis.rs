@@ -41,8 +41,11 @@ use crate::{Charge, LimitCheck, Limiter, LimiterError, LimiterHealth, Permit, Pe
 /// requests in order. ARGV: the number of returns and each one's (bucket,
 /// amount); the number of requests, then per request its cost, whether to
 /// charge (0 no, 1 if every enforced limit has room, 2 whatever room), the block it asks for (`want`, at least its cost; see lease.rs)
-/// and its number of limits, then each limit's (requests, window ms, 1 for a
-/// shadow limit: never refuses, charged only when it would admit). KEYS:
+/// and its number of limits, then each limit's (requests, window ms, flags,
+/// origin ms, refill). Flags: 1 for a shadow limit (never refuses, charged
+/// only when it would admit), 2 for a balance (credits: one bucket per
+/// period of `window` from `origin`; `requests` in the first period, `refill`
+/// in every later one; never leased). KEYS:
 /// each return's key, then every limit's key, in the same order. Returns
 /// Redis's time, then per request 1 or 0, what it was granted (its cost, or
 /// a block of at most 1/16 of the room left, never more than `want`), and
@@ -91,6 +94,8 @@ for r = 1, requests_in_batch do
   local fits = {}
   local shadow = {}
   local has_shadow = false
+  local has_balance = false
+  local ttls = {}
   local live = {}
   local current = {}
   local held = {}
@@ -101,10 +106,28 @@ for r = 1, requests_in_batch do
     local key = KEYS[k]
     local requests = tonumber(ARGV[a])
     local window = tonumber(ARGV[a + 1])
-    shadow[i] = ARGV[a + 2] == '1'
-    a = a + 3
+    local flags = tonumber(ARGV[a + 2])
+    local origin = tonumber(ARGV[a + 3])
+    local refill = tonumber(ARGV[a + 4])
+    shadow[i] = flags % 2 == 1
+    local balance = flags >= 2
+    a = a + 5
     local g = math.max(math.floor(window / 60), 1)
-    local cur = math.floor(now / g)
+    if balance then
+      g = window
+      has_balance = true
+    end
+    local cur = math.floor(math.max(now - origin, 0) / g)
+    local function leaves(newest)
+      if balance then return (math.floor(math.max(newest - origin, 0) / g) + 1) * g + origin end
+      return newest + window
+    end
+    if balance then
+      if cur > 0 then requests = refill end
+      ttls[i] = leaves(now) - now + 60000
+    else
+      ttls[i] = window + 2 * g
+    end
     local flat = redis.call('HGETALL', key)
     local buckets = {}
     local count = 0
@@ -113,7 +136,7 @@ for r = 1, requests_in_batch do
       local index = tonumber(flat[j])
       local c, newest = parse(flat[j + 1])
       if newest == nil then newest = (index + 1) * g - 1 end
-      if newest + window <= now then
+      if leaves(newest) <= now then
         redis.call('HDEL', key, flat[j])
       elseif index <= cur then
         count = count + c
@@ -137,19 +160,22 @@ for r = 1, requests_in_batch do
   end
   local allowed = force or room == nil or room >= cost
   local grant = cost
-  if allowed and charge and not force and room ~= nil and want > cost and not has_shadow then
+  if allowed and charge and not force and room ~= nil and want > cost and not has_shadow and not has_balance then
     grant = math.max(cost, math.min(want, math.floor(room / 16)))
   end
   if allowed and charge then
     for i = 1, m do
       if fits[i] or force then
-        local g = math.max(math.floor(windows[i] / 60), 1)
         local newest = now
-        if grant > cost then newest = (current[i] + 1) * g - 1 end
+        if grant > cost then newest = (current[i] + 1) * math.max(math.floor(windows[i] / 60), 1) - 1 end
         newest = math.max(newest, held[i][2])
         redis.call('HSET', keys[i], string.format('%d', current[i]),
           string.format('%d:%d', held[i][1] + grant, newest))
-        redis.call('PEXPIRE', keys[i], windows[i] + 2 * g)
+        if ttls[i] < 1e15 then
+          redis.call('PEXPIRE', keys[i], math.floor(ttls[i]))
+        else
+          redis.call('PERSIST', keys[i])
+        end
       end
     end
   end
@@ -527,7 +553,9 @@ impl RedisLimiter {
                     .key(check.key.redis_key())
                     .arg(check.rule.requests)
                     .arg(check.rule.window_ms)
-                    .arg(u8::from(check.rule.shadow));
+                    .arg(u8::from(check.rule.shadow) | (u8::from(check.rule.is_balance()) << 1))
+                    .arg(check.rule.balance_terms().map_or(0, |(origin, _)| origin))
+                    .arg(check.rule.balance_terms().map_or(0, |(_, refill)| refill));
             }
         }
         let reply: Vec<Value> = invocation.invoke_async(&mut connection).await.map_err(unavailable)?;

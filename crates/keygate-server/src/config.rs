@@ -38,7 +38,7 @@ pub use values::{ConfigDuration, ConfigSize, PositiveDuration};
 pub const DEFAULT_CONFIG_FILE: &str = "keygate.toml";
 
 /// Which rate-limit headers responses carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitHeaderStyle {
     pub x_ratelimit: bool,
     pub ietf: bool,
@@ -46,6 +46,8 @@ pub struct RateLimitHeaderStyle {
     pub describe: keygate_core::ratelimit::Describe,
     /// `headers.shadow`: `X-RateLimit-Shadow-*` for the tightest shadow limit.
     pub shadow: bool,
+    /// `headers.credits`: the header that tells a key with credits its balance.
+    pub credits: axum::http::HeaderName,
 }
 
 /// The validated limiter settings.
@@ -354,6 +356,12 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         ietf: config.headers.ratelimit.contains(&HeaderStyle::Ietf),
         describe: config.headers.describe,
         shadow: config.headers.shadow,
+        credits: axum::http::HeaderName::from_bytes(config.headers.credits.as_bytes()).map_err(|_| {
+            invalid(
+                "headers.credits",
+                "must be a header name, such as X-Credits-Remaining".into(),
+            )
+        })?,
     };
 
     let errors = ErrorCatalog::new(
@@ -364,9 +372,11 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         &config.errors.realm,
     )
     .and_then(|catalog| catalog.with_bodies(&config.errors.bodies))
+    .and_then(|catalog| catalog.with_usage_exceeded_status(config.errors.usage_exceeded_status))
     .map(|catalog| catalog.with_data_fields(config.errors.data.clone()))
     .map_err(|e| match &e {
         CatalogError::InvalidKeyStatus(_) => invalid("errors.invalid_key_status", e.to_string()),
+        CatalogError::UsageExceededStatus(_) => invalid("errors.usage_exceeded_status", e.to_string()),
         CatalogError::UnknownCode(_) => invalid("errors.messages", e.to_string()),
         CatalogError::Realm => invalid("errors.realm", e.to_string()),
         CatalogError::UnknownBodyCode(_) => invalid("errors.bodies", e.to_string()),

@@ -59,7 +59,7 @@ impl Live {
             upstreams,
             catalog: Arc::new(settings.errors.clone()),
             verify_catalog: Arc::new(settings.errors.clone().with_format(ErrorFormat::Envelope)),
-            headers: settings.headers,
+            headers: settings.headers.clone(),
         }
     }
 }

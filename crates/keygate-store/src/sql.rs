@@ -220,10 +220,10 @@ pub(crate) fn seconds_rounded_up(at: DateTime<Utc>) -> i64 {
 }
 
 pub(crate) const KEY_COLUMNS: &str = "k.id, k.workspace_id, k.lineage_id, k.name, k.environment, k.key_hash, k.hint, \
-    k.scopes, k.roles, k.ip_allowlist, k.expires_at, k.metadata, k.limits, k.created_at, k.created_by, \
+    k.scopes, k.roles, k.ip_allowlist, k.expires_at, k.metadata, k.limits, k.credits, k.credits_set_at, k.created_at, k.created_by, \
     k.last_used_at, k.last_used_ip, k.revoked_at, k.revoked_reason, k.rotated_from, k.rotated_to, k.deleted_at";
 pub(crate) const WORKSPACE_COLUMNS: &str = "w.id AS w_id, w.name AS w_name, w.plan AS w_plan, \
-    w.ip_allowlist AS w_ip_allowlist, w.limits AS w_limits, w.disabled AS w_disabled, \
+    w.ip_allowlist AS w_ip_allowlist, w.limits AS w_limits, w.credits AS w_credits, w.disabled AS w_disabled, \
     w.leak_policy AS w_leak_policy, w.created_at AS w_created_at, w.updated_at AS w_updated_at";
 
 /// The column reads the row mappers need, for any backend's row type.
@@ -315,6 +315,18 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: String, column: &s
     serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
 }
 
+pub(crate) fn opt_from_json<T: serde::de::DeserializeOwned>(
+    text: Option<String>,
+    column: &str,
+) -> Result<Option<T>, StoreError> {
+    text.map(|text| from_json(text, column)).transpose()
+}
+
+/// `value` as JSON, or NULL.
+pub(crate) fn opt_to_json<T: serde::Serialize>(value: Option<&T>) -> Result<Option<String>, StoreError> {
+    value.map(to_json).transpose()
+}
+
 pub(crate) fn allowlist_from_json(text: String, column: &str) -> Result<IpAllowlist, StoreError> {
     let entries: Vec<String> = from_json(text, column)?;
     IpAllowlist::parse(&entries).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
@@ -334,6 +346,7 @@ pub(crate) fn workspace_from_row<R: StoreRow>(row: &R) -> Result<Workspace, Stor
         plan: row.get_col("w_plan")?,
         ip_allowlist: allowlist_from_json(row.get_col("w_ip_allowlist")?, "workspaces.ip_allowlist")?,
         limits: from_json(row.get_col("w_limits")?, "workspaces.limits")?,
+        credits: opt_from_json(row.get_col("w_credits")?, "workspaces.credits")?,
         disabled: row.int("w_disabled")? != 0,
         leak_policy: leak_policy_from(row.opt_text("w_leak_policy")?)?,
         created_at: from_ms(row.get_col("w_created_at")?)?,
@@ -360,6 +373,8 @@ pub(crate) fn key_from_row<R: StoreRow>(row: &R) -> Result<ApiKey, StoreError> {
         expires_at: opt_from_ms(row.get_col("expires_at")?)?,
         metadata: from_json(row.get_col("metadata")?, "api_keys.metadata")?,
         limits: from_json(row.get_col("limits")?, "api_keys.limits")?,
+        credits: opt_from_json(row.get_col("credits")?, "api_keys.credits")?,
+        credits_set_at: opt_from_ms(row.get_col("credits_set_at")?)?,
         created_at: from_ms(row.get_col("created_at")?)?,
         created_by: row.get_col("created_by")?,
         last_used_at: opt_from_ms(row.get_col("last_used_at")?)?,

@@ -841,6 +841,30 @@ async fn keys_take_roles_and_are_verified_from_standard_input() {
         "the new role counts at once"
     );
 
+    // Credits: set on the key, spent by the verify API, refused at zero.
+    let set = deployment.ok_json(&["keys", "update", &key_id, "--credits", "1+5/30d", "--json"], key);
+    assert_eq!(
+        set["credits"],
+        serde_json::json!({"remaining": 1, "refill": {"amount": 5, "every": "30d"}})
+    );
+    let spent: Value = serde_json::from_slice(&verify(&[]).stdout).unwrap();
+    assert_eq!(spent["credits"]["remaining"], 0, "{spent}");
+    let out = verify(&[]);
+    assert!(!out.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("USAGE_EXCEEDED"), "{said}");
+    let ws_credits = deployment.ok_json(&["workspaces", "update", ws, "--credits", "100", "--json"], key);
+    assert_eq!(ws_credits["credits"], serde_json::json!({"remaining": 100}));
+    let cleared = deployment.ok_json(&["keys", "update", &key_id, "--credits", "none", "--json"], key);
+    assert!(cleared["credits"].is_null(), "{cleared}");
+    let bad = deployment.keygate(&["keys", "update", &key_id, "--credits", "lots"], key);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a number of credits"));
+
     let empty = deployment.keygate_reading(&["keys", "verify"], &admin_key, "");
     assert!(!empty.status.success());
     assert!(String::from_utf8_lossy(&empty.stderr).contains("standard input"));

@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
+use keygate_core::credits::CreditSpec;
 use keygate_core::error::ErrorInstance;
 use keygate_core::id::{self, ADMIN_WORKSPACE_ID, AUDIT_PREFIX, KEY_PREFIX, WORKSPACE_PREFIX};
 use keygate_core::ip::IpAllowlist;
@@ -108,6 +109,8 @@ pub struct NewWorkspace {
     pub plan: Option<String>,
     pub ip_allowlist: Vec<String>,
     pub limits: Vec<LimitSpec>,
+    /// Credits for each of its keys, overriding the plan's.
+    pub credits: Option<CreditSpec>,
     /// Overrides `leaks.on_report` for this workspace's keys.
     pub leak_policy: Option<OnLeak>,
 }
@@ -119,6 +122,8 @@ pub struct WorkspacePatch {
     pub plan: Option<Option<String>>,
     pub ip_allowlist: Option<Vec<String>>,
     pub limits: Option<Vec<LimitSpec>>,
+    /// `Some(None)` goes back to the plan's credits.
+    pub credits: Option<Option<CreditSpec>>,
     pub disabled: Option<bool>,
     /// `Some(None)` goes back to the config's `leaks.on_report`.
     pub leak_policy: Option<Option<OnLeak>>,
@@ -136,6 +141,7 @@ pub struct NewKey {
     pub ip_allowlist: Vec<String>,
     pub metadata: Option<Map<String, Value>>,
     pub limits: Vec<LimitSpec>,
+    pub credits: Option<CreditSpec>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -147,6 +153,9 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<DateTime<Utc>>>,
     pub metadata: Option<Map<String, Value>>,
     pub limits: Option<Vec<LimitSpec>>,
+    /// Sets the key's credits, a new balance from now; `Some(None)` goes
+    /// back to its workspace's or plan's, also from now.
+    pub credits: Option<Option<CreditSpec>>,
 }
 
 /// What the dashboard's key list shows of one page of keys.
@@ -192,6 +201,12 @@ fn validate_name(field: &str, name: &str) -> Result<String, AdminError> {
         return Err(AdminError::validation(field, "must not be empty"));
     }
     Ok(name.to_owned())
+}
+
+fn validate_credits(field: &str, credits: Option<CreditSpec>) -> Result<Option<CreditSpec>, AdminError> {
+    credits
+        .map(|spec| spec.validate().map_err(|e| AdminError::validation(field, e)))
+        .transpose()
 }
 
 fn validate_allowlist(field: &str, entries: &[String]) -> Result<IpAllowlist, AdminError> {
@@ -346,6 +361,7 @@ impl Admin {
             plan: self.validate_plan(input.plan)?,
             ip_allowlist: validate_allowlist("ip_allowlist", &input.ip_allowlist)?,
             limits: validate_limit_list("limits", &input.limits)?,
+            credits: validate_credits("credits", input.credits)?,
             disabled: false,
             leak_policy: input.leak_policy,
             created_at: now,
@@ -406,6 +422,10 @@ impl Admin {
         if let Some(limits) = patch.limits {
             workspace.limits = validate_limit_list("limits", &limits)?;
             changed.push("limits");
+        }
+        if let Some(credits) = patch.credits {
+            workspace.credits = validate_credits("credits", credits)?;
+            changed.push("credits");
         }
         if let Some(disabled) = patch.disabled {
             if workspace.is_admin() && disabled {
@@ -490,6 +510,8 @@ impl Admin {
             expires_at,
             metadata: self.validate_metadata(input.metadata.unwrap_or_default())?,
             limits: validate_limit_list("limits", &input.limits)?,
+            credits: validate_credits("credits", input.credits)?,
+            credits_set_at: None,
             created_at: now,
             created_by: Some(actor.id.clone()),
             last_used_at: None,
@@ -673,6 +695,11 @@ impl Admin {
             key.limits = validate_limit_list("limits", &limits)?;
             changed.push("limits");
         }
+        if let Some(credits) = patch.credits {
+            key.credits = validate_credits("credits", credits)?;
+            key.credits_set_at = Some(now);
+            changed.push("credits");
+        }
         let event = self.audit_event(
             actor,
             "key.updated",
@@ -723,7 +750,8 @@ impl Admin {
         Ok(deleted)
     }
 
-    /// Issues a successor with the same name, scopes, roles, limits and metadata; the
+    /// Issues a successor with the same name, scopes, roles, limits, credits
+    /// and metadata; the
     /// old key keeps working until now + `grace`. Returns the new key and its plaintext.
     pub async fn rotate_key(
         &self,
@@ -756,6 +784,8 @@ impl Admin {
             rotated_from: Some(old.id.clone()),
             rotated_to: None,
             deleted_at: None,
+            // The same balance: its periods still count from the lineage's.
+            credits_set_at: Some(old.credits_origin()),
             ..old.clone()
         };
         let details = json!({"new_key_id": new.id, "old_key_expires_at": grace_end});

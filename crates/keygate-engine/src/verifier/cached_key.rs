@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use keygate_core::credits::CreditSpec;
 use keygate_core::limits::LimitSpec;
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::KeyAccess;
@@ -73,6 +74,10 @@ struct KeyProfile {
     last_used_ip: Option<Box<str>>,
     rotated_from: Option<Box<str>>,
     rotated_to: Option<Box<str>>,
+    /// The key's own credits (read once per memoized limit set).
+    credits: Option<Box<CreditSpec>>,
+    /// Where its credit periods start (`ApiKey::credits_origin`), Unix ms.
+    credits_origin_ms: i64,
 }
 
 fn boxed(text: Option<String>) -> Option<Box<str>> {
@@ -82,6 +87,7 @@ fn boxed(text: Option<String>) -> Option<Box<str>> {
 impl CachedKey {
     /// Takes the row apart; `workspace` is the shared copy of its workspace.
     pub(crate) fn new(key: ApiKey, workspace: SharedWorkspace, loaded_at: DateTime<Utc>) -> Self {
+        let credits_origin_ms = key.credits_origin().timestamp_millis();
         let id: Arc<str> = Arc::from(key.id);
         let lineage_id = if *key.lineage_id == *id {
             id.clone()
@@ -109,6 +115,8 @@ impl CachedKey {
                 last_used_ip: boxed(key.last_used_ip),
                 rotated_from: boxed(key.rotated_from),
                 rotated_to: boxed(key.rotated_to),
+                credits: key.credits.map(Box::new),
+                credits_origin_ms,
             }),
         }
     }
@@ -163,6 +171,16 @@ impl CachedKey {
 
     pub fn created_at(&self) -> DateTime<Utc> {
         self.profile.created_at
+    }
+
+    /// The key's own credits, if it has them (not its workspace's or plan's).
+    pub fn own_credits(&self) -> Option<&CreditSpec> {
+        self.profile.credits.as_deref()
+    }
+
+    /// Where the key's credit periods start, Unix ms.
+    pub fn credits_origin_ms(&self) -> u64 {
+        u64::try_from(self.profile.credits_origin_ms).unwrap_or(0)
     }
 
     pub(crate) fn loaded_at_ms(&self) -> i64 {
@@ -230,6 +248,8 @@ mod tests {
             expires_at: Some(at(100)),
             metadata,
             limits: vec![serde_json::from_value(serde_json::json!({"requests": 5, "per": "1m"})).unwrap()],
+            credits: None,
+            credits_set_at: None,
             created_at: at(0),
             created_by: Some("cli".into()),
             last_used_at: Some(at(10)),
@@ -249,6 +269,7 @@ mod tests {
             plan: None,
             ip_allowlist: IpAllowlist::default(),
             limits: vec![],
+            credits: None,
             disabled: false,
             leak_policy: None,
             created_at: at(0),

@@ -89,6 +89,7 @@ impl Verifier {
                 }
             }
         }
+        checks.extend(credits_check(plan, cached));
         let set = LimitSet {
             checks: checks.into(),
             describe: plan.and_then(|plan| plan.describe),
@@ -135,6 +136,8 @@ impl Verifier {
         };
         if decision.allowed {
             Ok((Some(RateLimits::new(decision, &set)), permit))
+        } else if decision.out_of_credits() {
+            Err((usage_exceeded(&decision), Some(RateLimits::new(decision, &set))))
         } else {
             Err((rate_limited(&decision), Some(RateLimits::new(decision, &set))))
         }
@@ -284,6 +287,47 @@ fn rate_limited(decision: &Decision) -> ErrorInstance {
             .with_data("window", format_duration(window));
     }
     error
+}
+
+/// `USAGE_EXCEEDED`: the key's credits are spent. `data` says when they
+/// refill, if they do.
+fn usage_exceeded(decision: &Decision) -> ErrorInstance {
+    let mut error = ErrorInstance::new(ErrorCode::UsageExceeded).with_data("remaining", 0);
+    let refill = decision
+        .balance()
+        .and_then(|balance| balance.rule.refills_at(decision.now_ms));
+    if let Some(at) = refill.and_then(|ms| DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).ok()?)) {
+        error = error.with_data("refill_at", at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    }
+    if let Some(seconds) = decision.retry_after_secs() {
+        error = error.with_data("retry_after", seconds);
+    }
+    error
+}
+
+/// Counter names of credit balances start with this (never a resource name
+/// character); the origin and the spec follow, so credits set again, or
+/// changed in the workspace or plan, start a new count (docs/decisions.md).
+pub const CREDITS_RESOURCE: &str = "~credits@";
+
+/// The key's credit balance, if it has credits: its own, else its
+/// workspace's, else its plan's. One balance per key lineage (rotation
+/// keeps it), whatever the resource.
+fn credits_check(plan: Option<&Plan>, cached: &CachedKey) -> Option<LimitCheck> {
+    let spec = cached
+        .own_credits()
+        .or(cached.workspace().credits.as_ref())
+        .or_else(|| plan.and_then(|plan| plan.credits.as_ref()))?;
+    let origin_ms = cached.credits_origin_ms();
+    let rule = spec.rule(origin_ms);
+    Some(LimitCheck::new(
+        CounterKey {
+            owner: cached.lineage_id().clone(),
+            resource: Arc::from(format!("{CREDITS_RESOURCE}{origin_ms}:{}", spec.tag())),
+            window_ms: rule.window_ms,
+        },
+        rule,
+    ))
 }
 
 /// The counters a request to `resource` charges: per key lineage (so

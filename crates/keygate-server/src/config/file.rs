@@ -85,6 +85,8 @@ pub struct HeadersConfig {
     pub describe: keygate_core::ratelimit::Describe,
     /// Also describe the tightest shadow limit in `X-RateLimit-Shadow-*`.
     pub shadow: bool,
+    /// The header carrying a key's credit balance, when it has credits.
+    pub credits: String,
 }
 
 /// One style of rate-limit headers (`headers.ratelimit`).
@@ -104,6 +106,7 @@ impl Default for HeadersConfig {
             ratelimit: vec![HeaderStyle::XRateLimit],
             describe: keygate_core::ratelimit::Describe::Tightest,
             shadow: false,
+            credits: "X-Credits-Remaining".into(),
         }
     }
 }
@@ -333,6 +336,8 @@ pub struct ErrorsConfig {
     /// Replacement messages by code, so a deployment matches its own documentation.
     pub messages: HashMap<String, String>,
     pub invalid_key_status: u16,
+    /// `USAGE_EXCEEDED`'s status: 429 (default), 402 or 403.
+    pub usage_exceeded_status: u16,
     /// Answer revoked and expired keys as `INVALID_API_KEY`.
     pub hide_key_state: bool,
     pub realm: String,
@@ -348,6 +353,7 @@ impl Default for ErrorsConfig {
             format: ErrorFormat::Envelope,
             messages: HashMap::new(),
             invalid_key_status: 401,
+            usage_exceeded_status: 429,
             hide_key_state: false,
             realm: "keygate".into(),
             data: keygate_core::error::DataFields::default(),

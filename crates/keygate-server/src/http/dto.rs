@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+use keygate_core::credits::{CreditSpec, RefillSpec};
 use keygate_core::limits::{Enforcement, LimitScope, LimitSpec};
 use keygate_core::model::{ApiKey, KeyStatus, OnLeak, Workspace};
 use keygate_engine::admin::UsageBucket;
@@ -118,6 +119,55 @@ impl From<&LimitSpec> for Limit {
     }
 }
 
+/// Usage credits: a balance each admitted request spends its cost from
+/// (`USAGE_EXCEEDED` at zero), set back to `refill.amount` every `refill.every`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credits {
+    /// The balance from when they are set.
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(minimum = 0, maximum = 9_223_372_036_854_775_807_u64)]
+    pub remaining: u64,
+    /// Absent or null: never refilled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<Refill>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Refill {
+    /// What the balance is set to at each refill (unspent credits do not roll over).
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
+    pub amount: u64,
+    #[schema(schema_with = grammar::window)]
+    pub every: String,
+}
+
+impl From<Credits> for CreditSpec {
+    fn from(c: Credits) -> Self {
+        CreditSpec {
+            remaining: c.remaining,
+            refill: c.refill.map(|r| RefillSpec {
+                amount: r.amount,
+                every: r.every,
+            }),
+        }
+    }
+}
+
+impl From<&CreditSpec> for Credits {
+    fn from(c: &CreditSpec) -> Self {
+        Credits {
+            remaining: c.remaining,
+            refill: c.refill.as_ref().map(|r| Refill {
+                amount: r.amount,
+                every: r.every.clone(),
+            }),
+        }
+    }
+}
+
 fn limits_in(limits: Option<Vec<Limit>>) -> Option<Vec<LimitSpec>> {
     limits.map(|l| l.into_iter().map(LimitSpec::from).collect())
 }
@@ -137,6 +187,8 @@ pub struct CreateWorkspace {
     /// At most 32, no two on one counter (the same resource, window, scope and mode).
     #[schema(max_items = 32)]
     pub limits: Vec<Limit>,
+    /// Credits for each of its keys, overriding the plan's.
+    pub credits: Option<Credits>,
     /// What a leak report of one of its live keys does: `revoke`, `expire`
     /// (after `leaks.grace`) or `notify`; absent or null: the config's `leaks.on_report`.
     #[schema(value_type = Option<String>, pattern = "^(revoke|expire|notify)$")]
@@ -150,6 +202,7 @@ impl From<CreateWorkspace> for keygate_engine::admin::NewWorkspace {
             plan: r.plan,
             ip_allowlist: r.ip_allowlist,
             limits: r.limits.into_iter().map(Into::into).collect(),
+            credits: r.credits.map(Into::into),
             leak_policy: r.leak_policy,
         }
     }
@@ -169,6 +222,9 @@ pub struct UpdateWorkspace {
     /// At most 32, no two on one counter (the same resource, window, scope and mode).
     #[schema(max_items = 32)]
     pub limits: Option<Vec<Limit>>,
+    /// Credits for each of its keys, or null to follow the plan's again.
+    #[serde(default, deserialize_with = "present")]
+    pub credits: Option<Option<Credits>>,
     pub disabled: Option<bool>,
     /// `revoke`, `expire` or `notify`, or null to follow `leaks.on_report` again.
     #[serde(default, deserialize_with = "present")]
@@ -183,6 +239,7 @@ impl From<UpdateWorkspace> for keygate_engine::admin::WorkspacePatch {
             plan: r.plan,
             ip_allowlist: r.ip_allowlist,
             limits: limits_in(r.limits),
+            credits: r.credits.map(|c| c.map(Into::into)),
             disabled: r.disabled,
             leak_policy: r.leak_policy,
         }
@@ -218,6 +275,8 @@ pub struct CreateKey {
     /// At most 32, no two on one counter (the same resource, window, scope and mode).
     #[schema(max_items = 32)]
     pub limits: Vec<Limit>,
+    /// The key's own credits, overriding its workspace's and plan's.
+    pub credits: Option<Credits>,
 }
 
 impl From<CreateKey> for keygate_engine::admin::NewKey {
@@ -232,6 +291,7 @@ impl From<CreateKey> for keygate_engine::admin::NewKey {
             ip_allowlist: r.ip_allowlist,
             metadata: r.metadata,
             limits: r.limits.into_iter().map(Into::into).collect(),
+            credits: r.credits.map(Into::into),
         }
     }
 }
@@ -257,6 +317,10 @@ pub struct UpdateKey {
     /// At most 32, no two on one counter (the same resource, window, scope and mode).
     #[schema(max_items = 32)]
     pub limits: Option<Vec<Limit>>,
+    /// Sets the key's credits, a new balance from now; null goes back to its
+    /// workspace's or plan's, also from now.
+    #[serde(default, deserialize_with = "present")]
+    pub credits: Option<Option<Credits>>,
 }
 
 impl From<UpdateKey> for keygate_engine::admin::KeyPatch {
@@ -269,6 +333,7 @@ impl From<UpdateKey> for keygate_engine::admin::KeyPatch {
             expires_at: r.expires_at,
             metadata: r.metadata,
             limits: limits_in(r.limits),
+            credits: r.credits.map(|c| c.map(Into::into)),
         }
     }
 }
@@ -363,6 +428,8 @@ pub struct WorkspaceView {
     pub plan: Option<String>,
     pub ip_allowlist: Vec<String>,
     pub limits: Vec<Limit>,
+    /// Credits for each of its keys; null: the plan's.
+    pub credits: Option<Credits>,
     pub disabled: bool,
     /// `revoke`, `expire` or `notify`; null: the config's `leaks.on_report`.
     #[schema(value_type = Option<String>)]
@@ -379,6 +446,7 @@ impl From<&Workspace> for WorkspaceView {
             plan: w.plan.clone(),
             ip_allowlist: w.ip_allowlist.to_strings(),
             limits: w.limits.iter().map(Limit::from).collect(),
+            credits: w.credits.as_ref().map(Credits::from),
             disabled: w.disabled,
             leak_policy: w.leak_policy,
             created_at: w.created_at,
@@ -405,6 +473,9 @@ pub struct KeyView {
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     pub limits: Vec<Limit>,
+    /// The key's own credits as set; null: its workspace's or plan's. Its
+    /// balance now is in `whoami` and the verify API.
+    pub credits: Option<Credits>,
     pub created_at: DateTime<Utc>,
     pub created_by: Option<String>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -431,6 +502,7 @@ impl KeyView {
             expires_at: k.expires_at,
             metadata: k.metadata.clone(),
             limits: k.limits.iter().map(Limit::from).collect(),
+            credits: k.credits.as_ref().map(Credits::from),
             created_at: k.created_at,
             created_by: k.created_by.clone(),
             last_used_at: k.last_used_at,
@@ -462,6 +534,7 @@ impl KeyView {
             expires_at: key.access().expires_at(),
             metadata: key.metadata().clone(),
             limits: key.limits().iter().map(Limit::from).collect(),
+            credits: key.own_credits().map(Credits::from),
             created_at: key.created_at(),
             created_by: key.created_by().map(str::to_owned),
             last_used_at,
@@ -497,6 +570,9 @@ pub struct VerifyResult {
     pub key: KeyView,
     pub workspace: WorkspaceSummary,
     pub ratelimit: RateLimitView,
+    /// The key's balance after this check; absent when it has no credits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits: Option<crate::http::ratelimit::CreditsView>,
 }
 
 /// The key's limits for the checked resource, after this check.

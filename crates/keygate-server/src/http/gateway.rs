@@ -222,7 +222,7 @@ impl Exchange {
     /// Adds the rate-limit headers of an identified key to any response.
     fn with_limits(&self, mut response: Response, limits: Option<&RateLimits>) -> Response {
         if let Some(limits) = limits {
-            add_headers(response.headers_mut(), limits, self.live.headers);
+            add_headers(response.headers_mut(), limits, &self.live.headers);
         }
         response
     }
@@ -519,6 +519,7 @@ fn whoami(verified: &Verified) -> Response {
         },
         "workspace": {"id": workspace.id, "name": workspace.name, "plan": workspace.plan},
         "ratelimit": {"limits": verified.limits.as_ref().map(views).unwrap_or_default()},
+        "credits": verified.limits.as_ref().and_then(crate::http::ratelimit::credits_view),
     }))
     .into_response()
 }

@@ -35,8 +35,11 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: String) {
     }
 }
 
-pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: RateLimitHeaderStyle) {
+pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: &RateLimitHeaderStyle) {
     let decision = &limits.decision;
+    if let Some(balance) = decision.balance() {
+        headers.insert(style.credits.clone(), HeaderValue::from(balance.remaining));
+    }
     if style.x_ratelimit {
         if let Some(described) = decision.described(limits.describe.unwrap_or(style.describe)) {
             // Every identified request gets these: numbers straight into the
@@ -59,7 +62,7 @@ pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: RateLimi
                 .limits
                 .iter()
                 .zip(limits.checks.iter().map(|c| &c.key.resource))
-                .filter(|(limit, _)| !limit.rule.shadow)
+                .filter(|(limit, _)| !limit.rule.shadow && !limit.rule.is_balance())
         };
         let policy: Vec<String> = named()
             .map(|(l, r)| {
@@ -107,6 +110,7 @@ pub fn views(limits: &RateLimits) -> Vec<LimitView> {
         .limits
         .iter()
         .zip(limits.checks.iter().map(|c| &c.key.resource))
+        .filter(|(l, _)| !l.rule.is_balance())
         .map(|(l, resource)| LimitView {
             resource: resource
                 .strip_suffix(keygate_engine::SHADOW_SUFFIX)
@@ -119,4 +123,26 @@ pub fn views(limits: &RateLimits) -> Vec<LimitView> {
             reset: l.reset_ms.div_ceil(1000),
         })
         .collect()
+}
+
+/// A key's credits as `whoami` and the verify API show them, after this request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreditsView {
+    /// What is left to spend now.
+    pub remaining: u64,
+    /// When the balance is next set back to its refill amount; absent when it never refills.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refill_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The key's balance, if it has credits.
+pub fn credits_view(limits: &RateLimits) -> Option<CreditsView> {
+    let balance = limits.decision.balance()?;
+    Some(CreditsView {
+        remaining: balance.remaining,
+        refill_at: balance
+            .rule
+            .refills_at(limits.decision.now_ms)
+            .and_then(|ms| chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)),
+    })
 }

@@ -5,6 +5,7 @@
 
 mod admin_api;
 mod bad_input;
+mod credits;
 mod dashboard;
 mod error_catalog;
 mod forwarding;

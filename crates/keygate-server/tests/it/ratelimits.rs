@@ -781,7 +781,7 @@ async fn the_verify_api_spends_the_cost_it_is_given() {
     assert_eq!(zero["data"]["field"], "cost", "{zero}");
 }
 
-fn redis_url() -> Option<String> {
+pub(crate) fn redis_url() -> Option<String> {
     let url = std::env::var("KEYGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let address = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
     match std::net::TcpStream::connect(&address) {

@@ -93,8 +93,8 @@ macro_rules! keys_sql {
 
         async fn update_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError> {
             let mut tx = self.pool.begin_with(self.begin_write()).await?;
-            let done = sqlx::query(&$sql("UPDATE api_keys SET name = ?, scopes = ?, roles = ?, ip_allowlist = ?, expires_at = ?, metadata = ?, limits = ? \
-                 WHERE id = ? AND deleted_at IS NULL"))
+            let done = sqlx::query(&$sql("UPDATE api_keys SET name = ?, scopes = ?, roles = ?, ip_allowlist = ?, expires_at = ?, metadata = ?, limits = ?, \
+                 credits = ?, credits_set_at = ? WHERE id = ? AND deleted_at IS NULL"))
             .bind(&key.name)
             .bind(to_json(&key.scopes)?)
             .bind(to_json(&key.roles)?)
@@ -102,6 +102,8 @@ macro_rules! keys_sql {
             .bind(key.expires_at.map(ms))
             .bind(to_json(&key.metadata)?)
             .bind(to_json(&key.limits)?)
+            .bind(opt_to_json(key.credits.as_ref())?)
+            .bind(key.credits_set_at.map(ms))
             .bind(&key.id)
             .execute(&mut *tx)
             .await?;
@@ -201,8 +203,8 @@ macro_rules! keys_sql {
 
         async fn insert_key_row(tx: &mut sqlx::Transaction<'_, $db>, key: &ApiKey) -> Result<(), StoreError> {
             sqlx::query(&$sql("INSERT INTO api_keys (id, workspace_id, lineage_id, name, environment, key_hash, hint, scopes, \
-                 roles, ip_allowlist, expires_at, metadata, limits, created_at, created_by, rotated_from) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+                 roles, ip_allowlist, expires_at, metadata, limits, credits, credits_set_at, created_at, created_by, rotated_from) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&key.id)
             .bind(&key.workspace_id)
             .bind(&key.lineage_id)
@@ -216,6 +218,8 @@ macro_rules! keys_sql {
             .bind(key.expires_at.map(ms))
             .bind(to_json(&key.metadata)?)
             .bind(to_json(&key.limits)?)
+            .bind(opt_to_json(key.credits.as_ref())?)
+            .bind(key.credits_set_at.map(ms))
             .bind(ms(key.created_at))
             .bind(&key.created_by)
             .bind(&key.rotated_from)

@@ -8,13 +8,14 @@ macro_rules! workspaces_sql {
         impl $crate::WorkspaceStore for $store {
         async fn insert_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> Result<(), StoreError> {
             let mut tx = self.pool.begin_with(self.begin_write()).await?;
-            sqlx::query(&$sql("INSERT INTO workspaces (id, name, plan, ip_allowlist, limits, disabled, leak_policy, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+            sqlx::query(&$sql("INSERT INTO workspaces (id, name, plan, ip_allowlist, limits, credits, disabled, leak_policy, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&ws.id)
             .bind(&ws.name)
             .bind(&ws.plan)
             .bind(to_json(&ws.ip_allowlist.to_strings())?)
             .bind(to_json(&ws.limits)?)
+            .bind(opt_to_json(ws.credits.as_ref())?)
             .bind(i64::from(ws.disabled))
             .bind(ws.leak_policy.map(OnLeak::as_str))
             .bind(ms(ws.created_at))
@@ -52,12 +53,13 @@ macro_rules! workspaces_sql {
 
         async fn update_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> Result<(), StoreError> {
             let mut tx = self.pool.begin_with(self.begin_write()).await?;
-            let done = sqlx::query(&$sql("UPDATE workspaces SET name = ?, plan = ?, ip_allowlist = ?, limits = ?, disabled = ?, \
+            let done = sqlx::query(&$sql("UPDATE workspaces SET name = ?, plan = ?, ip_allowlist = ?, limits = ?, credits = ?, disabled = ?, \
                  leak_policy = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL"))
             .bind(&ws.name)
             .bind(&ws.plan)
             .bind(to_json(&ws.ip_allowlist.to_strings())?)
             .bind(to_json(&ws.limits)?)
+            .bind(opt_to_json(ws.credits.as_ref())?)
             .bind(i64::from(ws.disabled))
             .bind(ws.leak_policy.map(OnLeak::as_str))
             .bind(ms(ws.updated_at))

@@ -193,6 +193,10 @@ pub fn sample_workspace(name: &str) -> Workspace {
         plan: Some("free".into()),
         ip_allowlist: IpAllowlist::parse(&["10.0.0.0/8".into()]).unwrap_or_default(),
         limits: vec![],
+        credits: Some(keygate_core::credits::CreditSpec {
+            remaining: 100,
+            refill: None,
+        }),
         disabled: false,
         leak_policy: Some(keygate_core::model::OnLeak::Notify),
         created_at: now(),
@@ -218,6 +222,14 @@ pub fn sample_key(workspace_id: &str, name: &str) -> ApiKey {
         expires_at: None,
         metadata: serde_json::from_str(r#"{"team":"billing","n":1}"#).unwrap_or_default(),
         limits: vec![],
+        credits: Some(keygate_core::credits::CreditSpec {
+            remaining: 1_000,
+            refill: Some(keygate_core::credits::RefillSpec {
+                amount: 500,
+                every: "30d".into(),
+            }),
+        }),
+        credits_set_at: Some(now()),
         created_at: now(),
         created_by: Some("key_creator".into()),
         last_used_at: None,

@@ -253,6 +253,7 @@ pub(super) async fn verify_key(
                         .map(crate::http::ratelimit::views)
                         .unwrap_or_default(),
                 },
+                credits: verified.limits.as_ref().and_then(crate::http::ratelimit::credits_view),
             };
             Ok(Json(result).into_response())
         }
@@ -260,7 +261,7 @@ pub(super) async fn verify_key(
             let live = state.config.snapshot();
             let mut response = render(&live.verify_catalog, &rejection.error);
             if let Some(limits) = &rejection.limits {
-                crate::http::ratelimit::add_headers(response.headers_mut(), limits, live.headers);
+                crate::http::ratelimit::add_headers(response.headers_mut(), limits, &live.headers);
             }
             Ok(response)
         }

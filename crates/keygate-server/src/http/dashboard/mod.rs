@@ -379,6 +379,7 @@ async fn create_workspace(State(state): State<AdminState>, posted: Posted<Worksp
                 plan: optional(&form.plan),
                 ip_allowlist: entries(&form.ip_allowlist),
                 limits: Vec::new(),
+                credits: None,
                 leak_policy: None,
             },
         )
@@ -430,6 +431,7 @@ async fn update_workspace(
         plan: Some(optional(&form.plan)),
         ip_allowlist: Some(entries(&form.ip_allowlist)),
         limits: None,
+        credits: None,
         disabled: Some(form.disabled.is_some()),
         leak_policy: Some(leak_policy),
     };
@@ -599,6 +601,7 @@ async fn create_key(
         ip_allowlist: entries(&form.ip_allowlist),
         metadata: None,
         limits: Vec::new(),
+        credits: None,
     };
     let (key, plaintext) = state
         .engine

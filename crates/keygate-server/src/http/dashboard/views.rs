@@ -156,6 +156,9 @@ pub struct KeyRow {
     pub scopes: String,
     /// Role names, separated by spaces; empty for a key without roles.
     pub roles: String,
+    /// The key's own credits as set (`1000, refilled to 1000 every 30d`);
+    /// empty when it follows its workspace's or plan's.
+    pub credits: String,
     pub created: Moment,
     pub last_used: Option<Moment>,
     pub expires: Option<Moment>,
@@ -278,6 +281,17 @@ fn compact(count: u64) -> String {
     }
 }
 
+/// Credits as a person reads them.
+fn credits_text(credits: &keygate_core::credits::CreditSpec) -> String {
+    match &credits.refill {
+        None => format!("{}, never refilled", credits.remaining),
+        Some(refill) => format!(
+            "{}, refilled to {} every {}",
+            credits.remaining, refill.amount, refill.every
+        ),
+    }
+}
+
 impl KeyRow {
     pub fn of(key: &ApiKey, now: DateTime<Utc>, max_age: Option<Duration>) -> Self {
         let status = key.status(now);
@@ -293,6 +307,7 @@ impl KeyRow {
                 (false, _) => key.scopes.join(" "),
             },
             roles: key.roles.join(" "),
+            credits: key.credits.as_ref().map(credits_text).unwrap_or_default(),
             created: Moment::of(key.created_at, now),
             last_used: key.last_used_at.map(|at| Moment::of(at, now)),
             expires: key.expires_at.map(|at| Moment::of(at, now)),
@@ -636,6 +651,16 @@ mod tests {
         };
         let row = KeyRow::of(&with_role, now, max_age);
         assert_eq!((row.scopes.as_str(), row.roles.as_str()), ("from its roles", "reader"));
+        assert_eq!(row.credits, "1000, refilled to 500 every 30d");
+        let plan_credits = ApiKey {
+            credits: None,
+            ..old.clone()
+        };
+        assert_eq!(
+            KeyRow::of(&plan_credits, now, max_age).credits,
+            "",
+            "its workspace's or plan's"
+        );
         assert!(KeyRow::of(&old, now, max_age).last_used.is_none());
     }
 

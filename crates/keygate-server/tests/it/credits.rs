@@ -1,0 +1,252 @@
+//! Usage credits (issue 19) on real nodes: spent in the same atomic decision
+//! as the rate limits, on memory and on Redis, refilled on the manual clock,
+//! kept by rotation, shown in headers, `whoami` and the verify API.
+
+use axum::http::Method;
+use chrono::Duration as Span;
+use serde_json::{json, Value};
+
+use crate::ratelimits::redis_url;
+use crate::support::{error_snapshot, TestApp};
+
+fn remaining(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get("x-credits-remaining")
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+/// 64 clients at once against 100 credits: exactly 100 admitted.
+async fn exactly_the_credits_under_concurrency(limiter: &str) {
+    let app = TestApp::builder()
+        .config(&format!("[limiter]\n{limiter}\n"))
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app
+        .key(&ws, json!({"name": "metered", "credits": {"remaining": 100}}))
+        .await;
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (http, url, key) = (reqwest::Client::new(), app.gateway_url("/v1/whoami"), key.clone());
+        clients.spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..3 {
+                let response = http.get(&url).header("X-API-Key", &key).send().await.unwrap();
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap();
+                statuses.push((status, body["code"].as_str().map(str::to_owned)));
+            }
+            statuses
+        });
+    }
+    let mut admitted = 0;
+    let mut refused = 0;
+    while let Some(statuses) = clients.join_next().await {
+        for (status, code) in statuses.unwrap() {
+            match status {
+                200 => admitted += 1,
+                429 => {
+                    assert_eq!(code.as_deref(), Some("USAGE_EXCEEDED"));
+                    refused += 1;
+                }
+                other => panic!("status {other}"),
+            }
+        }
+    }
+    assert_eq!((admitted, refused), (100, 92), "never below zero, never short");
+    let after = app.whoami(&key).await;
+    assert_eq!(after.status(), 429);
+    assert_eq!(remaining(&after), Some(0));
+    assert!(
+        after.headers().get("retry-after").is_none(),
+        "credits that never refill"
+    );
+}
+
+#[tokio::test]
+async fn exactly_the_credits_are_spent_under_concurrency_in_memory() {
+    exactly_the_credits_under_concurrency("").await;
+}
+
+#[tokio::test]
+async fn exactly_the_credits_are_spent_under_concurrency_on_redis() {
+    let Some(url) = redis_url() else { return };
+    exactly_the_credits_under_concurrency(&format!("url = \"{url}\"")).await;
+}
+
+#[tokio::test]
+async fn credits_refill_at_the_right_time_and_rotation_keeps_them() {
+    let app = TestApp::builder()
+        .config("[limiter]\ndefault_plan = \"metered\"\n[plans.metered]\nlimits = [{ requests = 1000, per = \"1m\" }]\ncredits = { remaining = 3, refill = { amount = 2, every = \"1d\" } }")
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (id, key) = app.key(&ws, json!({"name": "plan credits"})).await;
+    let created = app.clock_now();
+
+    let first = app.whoami(&key).await;
+    assert_eq!(remaining(&first), Some(2));
+    assert_eq!(
+        first.headers()["x-ratelimit-limit"],
+        "1000",
+        "credits are not a rate limit"
+    );
+    let body: Value = first.json().await.unwrap();
+    assert_eq!(body["credits"]["remaining"], 2);
+    let refill_at: chrono::DateTime<chrono::Utc> = body["credits"]["refill_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        refill_at.timestamp_millis(),
+        (created + Span::days(1)).timestamp_millis()
+    );
+    assert_eq!(body["ratelimit"]["limits"].as_array().unwrap().len(), 1);
+
+    // Rotation: the successor spends the same balance.
+    let rotated = app
+        .admin_ok(
+            Method::POST,
+            &format!("/v1/keys/{id}/rotate"),
+            Some(json!({"grace": "0s"})),
+            201,
+        )
+        .await;
+    let successor = rotated["key"].as_str().unwrap().to_owned();
+    assert_eq!(remaining(&app.whoami(&successor).await), Some(1));
+    assert_eq!(remaining(&app.whoami(&successor).await), Some(0));
+    let out = app.whoami(&successor).await;
+    assert_eq!(out.status(), 429);
+    let retry_after: i64 = out.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let snapshot = error_snapshot(out).await;
+    assert_eq!(snapshot["body"]["code"], "USAGE_EXCEEDED");
+    assert_eq!(
+        snapshot["body"]["data"]["refill_at"],
+        json!(refill_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    );
+    let now = app.clock_now();
+    assert_eq!(retry_after, (refill_at - now).num_milliseconds().div_euclid(1000) + 1);
+
+    // A refused request spends nothing; the refill sets the balance to 2.
+    app.clock
+        .advance(Span::days(1) - Span::milliseconds(1) - (now - created));
+    assert_eq!(app.whoami(&successor).await.status(), 429, "a millisecond early");
+    app.clock.advance(Span::milliseconds(1));
+    assert_eq!(
+        remaining(&app.whoami(&successor).await),
+        Some(1),
+        "refilled to 2, not 2 + what was left"
+    );
+    assert_eq!(remaining(&app.whoami(&successor).await), Some(0));
+    assert_eq!(app.whoami(&successor).await.status(), 429);
+}
+
+#[tokio::test]
+async fn a_key_and_a_workspace_override_the_plan_and_bad_values_name_the_field() {
+    let app = TestApp::builder()
+        .config("[limiter]\ndefault_plan = \"metered\"\n[plans.metered]\ncredits = { remaining = 1000 }\n[errors]\nusage_exceeded_status = 402")
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (id, key) = app.key(&ws, json!({"name": "k"})).await;
+    assert_eq!(remaining(&app.whoami(&key).await), Some(999));
+    // The workspace's credits replace the plan's for its keys.
+    let patched = app
+        .admin_ok(
+            Method::PATCH,
+            &format!("/v1/workspaces/{ws}"),
+            Some(json!({"credits": {"remaining": 10}})),
+            200,
+        )
+        .await;
+    assert_eq!(patched["credits"], json!({"remaining": 10}));
+    assert_eq!(
+        remaining(&app.whoami(&key).await),
+        Some(9),
+        "changed credits start a new count"
+    );
+    // The key's own: a new balance from now.
+    app.clock.advance(Span::seconds(1));
+    let key_view = app
+        .admin_ok(
+            Method::PATCH,
+            &format!("/v1/keys/{id}"),
+            Some(json!({"credits": {"remaining": 1, "refill": {"amount": 5, "every": "720h"}}})),
+            200,
+        )
+        .await;
+    assert_eq!(
+        key_view["credits"],
+        json!({"remaining": 1, "refill": {"amount": 5, "every": "30d"}})
+    );
+    assert_eq!(remaining(&app.whoami(&key).await), Some(0));
+    let refused = app.whoami(&key).await;
+    assert_eq!(refused.status(), 402, "errors.usage_exceeded_status");
+    insta::assert_json_snapshot!("usage_exceeded_402", error_snapshot(refused).await, {
+        ".retry_after" => "[seconds]",
+        ".body.data.refill_at" => "[time]",
+        ".body.data.retry_after" => "[seconds]",
+    });
+    // The verify API shows the balance too, and spends it.
+    let verify = |body: Value| app.admin_call(Method::POST, "/v1/keys/verify", Some(body));
+    let verified = verify(json!({"key": key, "dry_run": true})).await;
+    assert_eq!(verified.status(), 402);
+    for (credits, field) in [
+        (json!({"remaining": -1}), "credits"),
+        (
+            json!({"remaining": 1, "refill": {"amount": 0, "every": "1d"}}),
+            "credits",
+        ),
+        (
+            json!({"remaining": 1, "refill": {"amount": 1, "every": "soon"}}),
+            "credits",
+        ),
+        (json!({"remaining": 1, "refil": {}}), "credits"),
+    ] {
+        let response = app
+            .admin_call(
+                Method::PATCH,
+                &format!("/v1/keys/{id}"),
+                Some(json!({"credits": credits})),
+            )
+            .await;
+        assert!([400, 422].contains(&response.status().as_u16()), "{credits}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body.to_string().contains(field), "{credits}: {body}");
+    }
+    // Back to the workspace's: null clears the key's own.
+    app.clock.advance(Span::seconds(1));
+    let cleared = app
+        .admin_ok(
+            Method::PATCH,
+            &format!("/v1/keys/{id}"),
+            Some(json!({"credits": null})),
+            200,
+        )
+        .await;
+    assert_eq!(cleared["credits"], Value::Null);
+    let verified: Value = verify(json!({"key": key})).await.json().await.unwrap();
+    assert_eq!(
+        verified["credits"]["remaining"], 9,
+        "a new balance of the workspace's 10"
+    );
+}
+
+#[tokio::test]
+async fn bad_credit_settings_are_refused_at_start() {
+    for (text, field) in [
+        (
+            "[plans.p]\ncredits = { remaining = 1, refill = { amount = 0, every = \"1d\" } }",
+            "plans.p",
+        ),
+        ("[errors]\nusage_exceeded_status = 500", "errors.usage_exceeded_status"),
+        ("[headers]\ncredits = \"Bad Header\"", "headers.credits"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, text).unwrap();
+        let err = keygate_server::config::ConfigSource::file(Some(path))
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field), "{text}: {err}");
+    }
+}
