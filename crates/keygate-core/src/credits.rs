@@ -188,6 +188,26 @@ mod tests {
         assert_eq!(refused.retry_at_ms, Some(u64::MAX), "a refill of 4 never fits 5");
     }
 
+    #[test]
+    fn a_saved_spend_merges_into_a_counter_and_a_past_period_does_not() {
+        use crate::ratelimit::Bucket;
+        let rule = spec(10, Some((10, "1d"))).rule(0);
+        let mut counter = Counter::default();
+        let saved = |index, count| Bucket {
+            index,
+            count,
+            newest_ms: index * DAY + 5,
+        };
+        counter.merge(&rule, saved(1, 6));
+        assert_eq!(counter.live(&rule, DAY + 10), 6);
+        assert!(decide(&mut [(rule, &mut counter)], DAY + 11, 1, true).allowed);
+        counter.merge(&rule, saved(1, 3));
+        assert_eq!(counter.live(&rule, DAY + 12), 7, "the larger count of the period stays");
+        counter.merge(&rule, saved(0, 9));
+        assert_eq!(counter.live(&rule, DAY + 12), 7, "a past period is not counted");
+        assert_eq!(counter.live(&rule, 2 * DAY), 0, "the next period starts empty");
+    }
+
     proptest::proptest! {
         /// Whatever the requests, the spend in each period never exceeds what
         /// that period allows, and a refusal is only ever for want of room.

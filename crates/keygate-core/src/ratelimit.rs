@@ -300,6 +300,23 @@ impl Counter {
         }
     }
 
+    /// Takes in a bucket saved elsewhere (a credit balance's spend, kept in
+    /// the store across a restart): the bucket of that index keeps the
+    /// larger count, and one that has left the window is dropped.
+    pub fn merge(&mut self, rule: &Rule, saved: Bucket) {
+        let mut buckets: Vec<Bucket> = self.buckets.iter().copied().collect();
+        match buckets.iter_mut().find(|b| b.index == saved.index) {
+            Some(bucket) => {
+                bucket.count = bucket.count.max(saved.count);
+                bucket.newest_ms = bucket.newest_ms.max(saved.newest_ms);
+            }
+            None => buckets.push(saved),
+        }
+        let latest_ms = self.latest_ms;
+        *self = Self::from_buckets(rule, buckets);
+        self.advance(rule, latest_ms);
+    }
+
     /// True when nothing is counted any more: the counter can be dropped.
     pub fn is_idle(&self, rule: &Rule, now_ms: u64) -> bool {
         self.count(rule, now_ms) == 0

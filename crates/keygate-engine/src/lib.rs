@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod clock;
 mod context;
+mod credits;
 mod engine;
 mod error;
 pub mod events;

@@ -43,11 +43,17 @@ impl Engine {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticker.tick() => self.usage().flush_logged().await,
+                _ = ticker.tick() => self.flush_usage().await,
                 () = stop.cancelled() => break,
             }
         }
+        self.flush_usage().await;
+    }
+
+    /// Usage counts and credit balances' spending, written together.
+    async fn flush_usage(&self) {
         self.usage().flush_logged().await;
+        self.verifier().flush_credits().await;
     }
 
     /// Scans for events every `events.scan_interval` and delivers webhooks

@@ -22,7 +22,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keygate_core::ratelimit::{Decision, Rule};
+use keygate_core::ratelimit::{Bucket, Decision, Rule};
 
 /// Whose counter a limit charges, for which resource and window.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -161,4 +161,16 @@ pub trait Limiter: Send + Sync + 'static {
     fn fallbacks(&self) -> u64 {
         0
     }
+
+    /// Whether counts outlive this process (Redis keeps them). Where they do
+    /// not, the engine keeps credit balances in the store and hands them
+    /// back with [`Limiter::restore`] (crates/keygate-engine/src/credits.rs).
+    fn keeps_counts(&self) -> bool {
+        false
+    }
+
+    /// Brings back one bucket of a check's counter, saved before a restart:
+    /// the counter keeps the larger count of that bucket. Nothing to do for
+    /// a backend that keeps its counts.
+    fn restore(&self, _check: &LimitCheck, _bucket: Bucket, _now_ms: u64) {}
 }

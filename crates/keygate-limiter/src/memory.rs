@@ -8,7 +8,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use keygate_core::ratelimit::{charge_anyway, decide, Counter, Decision, Rule};
+use keygate_core::ratelimit::{charge_anyway, decide, Bucket, Counter, Decision, Rule};
 use rustc_hash::FxBuildHasher;
 use smallvec::SmallVec;
 
@@ -251,6 +251,19 @@ impl Limiter for MemoryLimiter {
 
     fn check_now(&self, checks: &[LimitCheck], cost: u64, charge: Charge, now_ms: u64) -> Option<Decision> {
         Some(self.decide_now(checks, cost, charge, now_ms))
+    }
+
+    fn restore(&self, check: &LimitCheck, bucket: Bucket, now_ms: u64) {
+        loop {
+            let shared = self.resolve(check, now_ms);
+            let mut slot = shared.lock();
+            if slot.retired {
+                check.counter.clear();
+                continue;
+            }
+            slot.counter.merge(&check.rule, bucket);
+            return;
+        }
     }
 
     async fn acquire(&self, key: &PermitKey, max: u32) -> Result<Option<Permit>, LimiterError> {

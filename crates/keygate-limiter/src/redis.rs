@@ -474,6 +474,10 @@ impl Limiter for RedisLimiter {
         self.bounded(self.take_permit(key, max)).await
     }
 
+    fn keeps_counts(&self) -> bool {
+        true
+    }
+
     fn health(&self) -> LimiterHealth {
         LimiterHealth {
             backend: "redis",

@@ -174,6 +174,12 @@ impl Limiter for ResilientLimiter {
         }
     }
 
+    /// Redis keeps them; what the local fallback counts while Redis is away
+    /// is the degraded mode's, and is not kept either way.
+    fn keeps_counts(&self) -> bool {
+        true
+    }
+
     fn fallbacks(&self) -> u64 {
         self.fallbacks.load(Ordering::Relaxed)
     }

@@ -357,7 +357,7 @@ pub enum RevokeOutcome {
 /// store imports the aggregate traits it calls (`use keygate_store::KeyStore`).
 #[async_trait]
 pub trait Store:
-    WorkspaceStore + KeyStore + AuditStore + UsageStore + EventStore + WebhookStore + Send + Sync + 'static
+    WorkspaceStore + KeyStore + AuditStore + UsageStore + CreditStore + EventStore + WebhookStore + Send + Sync + 'static
 {
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -435,6 +435,31 @@ pub trait AuditStore: Send + Sync {
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// The newest event of `action` about `object_id` (a key's last leak report, say).
     async fn last_audit_event(&self, object_id: &str, action: &str) -> Result<Option<AuditEvent>, StoreError>;
+}
+
+/// What one credit balance has spent in its current refill period, kept so
+/// that a node whose limiter counts in memory still knows it after a restart
+/// (crates/keygate-engine/src/credits.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditSpend {
+    /// The key lineage.
+    pub owner: String,
+    /// The balance's counter name: its origin and spec.
+    pub counter: String,
+    /// The refill period it was spent in.
+    pub period: u64,
+    pub spent: u64,
+    /// The time of the newest spending, Unix ms.
+    pub newest_ms: u64,
+}
+
+/// Credit balances' spending (crates/keygate-store/src/sql/credits.rs).
+#[async_trait]
+pub trait CreditStore: Send + Sync {
+    /// Keeps each spend, unless the one stored is of a later period or of the
+    /// same period and larger: a late or repeated write never lowers it.
+    async fn save_credit_spends(&self, spends: &[CreditSpend]) -> Result<(), StoreError>;
+    async fn credit_spend(&self, owner: &str, counter: &str) -> Result<Option<CreditSpend>, StoreError>;
 }
 
 /// Usage counts and their roll-ups (crates/keygate-store/src/sql/usage.rs).

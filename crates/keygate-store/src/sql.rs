@@ -1,13 +1,14 @@
 //! What the SQL stores share: the schema's column lists, the mapping between
 //! rows and the domain types, and [`sql_store!`], which writes the `Store`
 //! implementation once for every sqlx database: one file per aggregate in
-//! `sql/` (workspaces, keys, audit, usage, events, webhooks), each method with
+//! `sql/` (workspaces, keys, audit, usage, credits, events, webhooks), each method with
 //! its SQL, and here what they share. The SQL is the same on
 //! SQLite and PostgreSQL (timestamps as Unix milliseconds, lists as JSON
 //! text); only the placeholder syntax differs, which each backend's `sql_text`
 //! translates.
 
 pub(crate) mod audit;
+pub(crate) mod credits;
 pub(crate) mod events;
 pub(crate) mod keys;
 pub(crate) mod usage;
@@ -25,9 +26,10 @@ pub(crate) use keygate_core::events::{EventFilter, EventType};
 pub(crate) use keygate_core::secrets::StoredSecret;
 
 pub(crate) use crate::{
-    AuditEvent, AuditFilter, BucketCount, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus,
-    EventListFilter, KeyActivity, KeyEventScan, KeyFilter, KeyTotals, NewEvent, Page, Paged, RevokeOutcome, StoreError,
-    StoredEvent, TopBy, UsageBatch, UsageCount, UsageCutoffs, UsageGrain, WebhookEndpoint, TOP_KEY_WINDOWS,
+    AuditEvent, AuditFilter, BucketCount, ClaimedDelivery, CreditSpend, Delivery, DeliveryAttempt, DeliveryNext,
+    DeliveryStatus, EventListFilter, KeyActivity, KeyEventScan, KeyFilter, KeyTotals, NewEvent, Page, Paged,
+    RevokeOutcome, StoreError, StoredEvent, TopBy, UsageBatch, UsageCount, UsageCutoffs, UsageGrain, WebhookEndpoint,
+    TOP_KEY_WINDOWS,
 };
 
 /// The outbox event of an audited change that is published (see
@@ -498,6 +500,7 @@ macro_rules! sql_store {
             $crate::sql::keys::keys_sql!($store, $db, $sql);
             $crate::sql::audit::audit_sql!($store, $db, $sql);
             $crate::sql::usage::usage_sql!($store, $db, $sql);
+            $crate::sql::credits::credits_sql!($store, $db, $sql);
             $crate::sql::events::events_sql!($store, $db, $sql);
             $crate::sql::webhooks::webhooks_sql!($store, $db, $sql);
         }

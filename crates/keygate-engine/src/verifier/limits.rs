@@ -8,6 +8,8 @@ use keygate_core::limits::{effective_limits, Enforcement, LimitScope, Plan, DEFA
 use keygate_core::ratelimit::{Decision, Describe, Rule};
 use keygate_core::ErrorCode;
 use keygate_limiter::{Charge, CounterKey, LimitCheck, LimiterError, Permit, PermitKey};
+
+use crate::credits::CreditLedger;
 use std::sync::{Arc, LazyLock};
 
 use super::{default_resources, CachedKey, LimitMode, Verifier, VerifyRequest};
@@ -134,6 +136,9 @@ impl Verifier {
                 return Err((ErrorInstance::new(ErrorCode::ServiceUnavailable), None));
             }
         };
+        if decision.allowed && charge == Charge::Consume {
+            self.credits.record(&set.checks, &decision);
+        }
         if decision.allowed {
             Ok((Some(RateLimits::new(decision, &set)), permit))
         } else if decision.out_of_credits() {
@@ -236,8 +241,9 @@ impl Verifier {
             return;
         }
         let now = self.context.clock_now();
-        if let Err(err) = self.decide_limits(&set.checks, cost, Charge::Force, now).await {
-            tracing::warn!(error = %err, cost, "a reported cost could not be charged");
+        match self.decide_limits(&set.checks, cost, Charge::Force, now).await {
+            Ok(decision) => self.credits.record(&set.checks, &decision),
+            Err(err) => tracing::warn!(error = %err, cost, "a reported cost could not be charged"),
         }
     }
 
@@ -254,6 +260,49 @@ impl Verifier {
             let resource = counter.strip_suffix(SHADOW_SUFFIX).unwrap_or(counter);
             self.events
                 .shadow_limit_exceeded(cached, (counter, resource), state, decision, now);
+        }
+    }
+
+    /// Brings a key's credit balance back from the store, once per process,
+    /// where the limiter does not keep counts (crates/keygate-engine/src/credits.rs).
+    /// A store that does not answer leaves it for the next load: the
+    /// balance then counts from what this node has seen.
+    pub(crate) async fn restore_credits(&self, cached: &CachedKey, now: DateTime<Utc>) {
+        let plans = self.plans();
+        let Some(check) = credits_check(plans.of(cached.workspace().plan.as_ref()), cached) else {
+            return;
+        };
+        if !self.credits.needs_restore(&check) {
+            return;
+        }
+        let read = tokio::time::timeout(
+            self.settings.store_timeout,
+            self.context.store().credit_spend(&check.key.owner, &check.key.resource),
+        )
+        .await;
+        match read {
+            Ok(Ok(saved)) => {
+                if let Some(saved) = saved {
+                    self.limiter
+                        .restore(&check, CreditLedger::bucket_of(&saved), millis(now));
+                }
+                self.credits.mark_restored(&check);
+            }
+            Ok(Err(err)) => tracing::warn!(error = %err, key_id = %cached.id(), "a credit balance could not be read"),
+            Err(_) => tracing::warn!(key_id = %cached.id(), "reading a credit balance timed out"),
+        }
+    }
+
+    /// Writes what credit balances have spent since the last flush; kept
+    /// for the next one if the store does not take it.
+    pub async fn flush_credits(&self) {
+        let spends = self.credits.drain();
+        if spends.is_empty() {
+            return;
+        }
+        if let Err(err) = self.context.store().save_credit_spends(&spends).await {
+            tracing::warn!(error = %err, balances = spends.len(), "credit balances could not be saved; will retry");
+            self.credits.put_back(spends);
         }
     }
 

@@ -36,6 +36,7 @@ use moka::sync::Cache;
 use std::sync::LazyLock;
 
 use crate::context::Context;
+use crate::credits::CreditLedger;
 use crate::events::Events;
 use crate::metrics::{CacheResult, ScrapeValues, StoreOperation, TargetSample};
 use crate::plans::PlanBook;
@@ -226,6 +227,8 @@ pub struct Verifier {
     usage: Arc<Usage>,
     events: Arc<Events>,
     hearing: HearingState,
+    /// Credit balances kept in the store where the limiter forgets them.
+    credits: CreditLedger,
 }
 
 /// Holds up to `capacity` keys; memory for the first few thousand is set
@@ -266,6 +269,7 @@ impl Verifier {
             settings,
             plans,
             roles,
+            credits: CreditLedger::new(!limiter.keeps_counts()),
             limiter,
             cache,
             workspaces: WorkspaceShare::new(),
@@ -504,6 +508,9 @@ impl Verifier {
             return Ok(None);
         };
         let cached = Arc::new(CachedKey::new(key, self.workspaces.share(workspace), now));
+        // Before the key is cached, so no request spends from a balance
+        // that is not back yet.
+        self.restore_credits(&cached, now).await;
         self.cache.insert(hash, cached.clone());
         // An eviction since the read began may have been for this key: the read
         // may predate the change, so it must not stay cached.

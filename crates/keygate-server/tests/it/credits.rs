@@ -250,3 +250,46 @@ async fn bad_credit_settings_are_refused_at_start() {
         assert!(err.contains(field), "{text}: {err}");
     }
 }
+
+/// The memory limiter forgets counts when its node stops; credits must not
+/// come back with a restart. The stopping node writes what was spent, and a
+/// new node on the same store takes it up before the key's first request.
+#[tokio::test]
+async fn a_restart_does_not_give_spent_credits_back() {
+    let first = TestApp::builder().start().await;
+    let ws = first.workspace("Acme").await;
+    let (id, key) = first
+        .key(
+            &ws,
+            json!({"name": "k", "credits": {"remaining": 5, "refill": {"amount": 5, "every": "30d"}}}),
+        )
+        .await;
+    for left in [4, 3, 2] {
+        assert_eq!(remaining(&first.whoami(&key).await), Some(left));
+    }
+    let second = TestApp::builder().store_of(&first);
+    let _database = first.stop().await;
+    let second = second.start().await;
+    assert_eq!(
+        remaining(&second.whoami(&key).await),
+        Some(1),
+        "2 left before the restart"
+    );
+    assert_eq!(remaining(&second.whoami(&key).await), Some(0));
+    assert_eq!(second.whoami(&key).await.status(), 429);
+    // Set again: a new balance, whatever was spent before.
+    second
+        .admin_ok(
+            Method::PATCH,
+            &format!("/v1/keys/{id}"),
+            Some(json!({"credits": {"remaining": 2}})),
+            200,
+        )
+        .await;
+    assert_eq!(remaining(&second.whoami(&key).await), Some(1));
+    let third = TestApp::builder().store_of(&second);
+    let _database_again = second.stop().await;
+    let third = third.start().await;
+    assert_eq!(remaining(&third.whoami(&key).await), Some(0));
+    assert_eq!(third.whoami(&key).await.status(), 429);
+}

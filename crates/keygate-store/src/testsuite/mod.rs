@@ -20,6 +20,7 @@ use keygate_core::KeyHash;
 use rand::RngCore;
 
 use crate::AuditEvent;
+use crate::CreditSpend;
 use crate::{
     AuditFilter, DeliveryAttempt, DeliveryNext, DeliveryStatus, EventListFilter, KeyEventScan, KeyFilter, LastUse,
     NewEvent, Page, RevokeOutcome, Store, StoreError, TopBy, UsageBatch, UsageCount, UsageCutoffs, UsageGrain,
@@ -67,7 +68,8 @@ macro_rules! store_suite {
             the_roll_up_job_rolls_each_minute_once_and_reads_stay_exact,
             workspace_usage_sums_its_keys_before_and_after_the_roll_up,
             top_keys_are_exact_before_and_after_the_roll_up_and_as_days_pass,
-            usage_of_several_keys_is_read_in_one_call
+            usage_of_several_keys_is_read_in_one_call,
+            credit_spends_only_move_forward
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -254,4 +256,66 @@ async fn workspace_with_key(store: &dyn Store) -> (Workspace, ApiKey) {
         .await
         .unwrap();
     (ws, key)
+}
+
+/// A credit balance's stored spend moves forward only: a later period
+/// replaces it, a larger spend in the same period raises it, and a stale or
+/// smaller write (another node's, or a retry) changes nothing.
+pub async fn credit_spends_only_move_forward(store: Arc<dyn Store>) {
+    let spend = |counter: &str, period: u64, spent: u64| CreditSpend {
+        owner: "key_lineage".into(),
+        counter: counter.into(),
+        period,
+        spent,
+        newest_ms: 1_700_000_000_000 + period,
+    };
+    let read = |counter: &'static str| {
+        let store = store.clone();
+        async move { store.credit_spend("key_lineage", counter).await.unwrap() }
+    };
+    assert_eq!(read("~credits@1:100").await, None);
+    store
+        .save_credit_spends(&[spend("~credits@1:100", 0, 40), spend("~credits@2:5", 3, u64::MAX)])
+        .await
+        .unwrap();
+    assert_eq!(read("~credits@1:100").await, Some(spend("~credits@1:100", 0, 40)));
+    let huge = read("~credits@2:5").await.unwrap();
+    assert_eq!(
+        (huge.period, huge.spent),
+        (3, i64::MAX as u64),
+        "clamped, never wrapped"
+    );
+    store
+        .save_credit_spends(&[spend("~credits@1:100", 0, 30)])
+        .await
+        .unwrap();
+    assert_eq!(
+        read("~credits@1:100").await.unwrap().spent,
+        40,
+        "never lowered in a period"
+    );
+    store
+        .save_credit_spends(&[spend("~credits@1:100", 0, 55)])
+        .await
+        .unwrap();
+    assert_eq!(read("~credits@1:100").await.unwrap().spent, 55);
+    store
+        .save_credit_spends(&[spend("~credits@1:100", 1, 2)])
+        .await
+        .unwrap();
+    assert_eq!(
+        read("~credits@1:100").await,
+        Some(spend("~credits@1:100", 1, 2)),
+        "a new period"
+    );
+    store
+        .save_credit_spends(&[spend("~credits@1:100", 0, 99)])
+        .await
+        .unwrap();
+    assert_eq!(
+        read("~credits@1:100").await.unwrap().period,
+        1,
+        "an old period never comes back"
+    );
+    store.save_credit_spends(&[]).await.unwrap();
 }
