@@ -28,7 +28,7 @@ pub use admin::{Actor, ActorScope};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineKeyring, EngineSettings};
 pub use error::AdminError;
-pub use verifier::limits::SHADOW_SUFFIX;
+pub use verifier::limits::{CreditBalance, SHADOW_SUFFIX};
 pub use verifier::{
     default_resources, CachedKey, Hearing, LimitMode, RateLimits, Rejection, StoreStatus, Verified, Verifier,
     VerifierSettings, VerifyRequest,

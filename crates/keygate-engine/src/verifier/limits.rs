@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use keygate_core::duration::format_duration;
 use keygate_core::error::ErrorInstance;
 use keygate_core::limits::{effective_limits, Enforcement, LimitScope, Plan, DEFAULT_RESOURCE};
+use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::ratelimit::{Decision, Describe, Rule};
 use keygate_core::ErrorCode;
 use keygate_limiter::{Charge, CounterKey, LimitCheck, LimiterError, Permit, PermitKey};
@@ -12,7 +13,16 @@ use keygate_limiter::{Charge, CounterKey, LimitCheck, LimiterError, Permit, Perm
 use crate::credits::CreditLedger;
 use std::sync::{Arc, LazyLock};
 
+use super::cached_key::SharedWorkspace;
 use super::{default_resources, CachedKey, LimitMode, Verifier, VerifyRequest};
+
+/// A key's credits as they stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditBalance {
+    pub remaining: u64,
+    /// When they are next set back to the refill amount; `None`: never.
+    pub refill_at: Option<DateTime<Utc>>,
+}
 
 /// How a request's rate limits stand, with the checks decided (same order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,6 +301,28 @@ impl Verifier {
             Ok(Err(err)) => tracing::warn!(error = %err, key_id = %cached.id(), "a credit balance could not be read"),
             Err(_) => tracing::warn!(key_id = %cached.id(), "reading a credit balance timed out"),
         }
+    }
+
+    /// A key's credit balance now, without spending it: for the dashboard's
+    /// key page. `None` for a key without credits, or when the limiter did
+    /// not answer.
+    pub async fn credit_balance(&self, key: ApiKey, workspace: Workspace) -> Option<CreditBalance> {
+        let now = self.context.clock_now();
+        let cached = CachedKey::new(key, SharedWorkspace::new(workspace), now);
+        let check = credits_check(self.plans().of(cached.workspace().plan.as_ref()), &cached)?;
+        self.restore_credits(&cached, now).await;
+        let decision = self
+            .decide_limits(std::slice::from_ref(&check), 1, Charge::DryRun, now)
+            .await
+            .ok()?;
+        let balance = decision.balance()?;
+        Some(CreditBalance {
+            remaining: balance.remaining,
+            refill_at: balance
+                .rule
+                .refills_at(decision.now_ms)
+                .and_then(|ms| DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).ok()?)),
+        })
     }
 
     /// Writes what credit balances have spent since the last flush; kept

@@ -293,3 +293,59 @@ async fn a_restart_does_not_give_spent_credits_back() {
     assert_eq!(remaining(&third.whoami(&key).await), Some(0));
     assert_eq!(third.whoami(&key).await.status(), 429);
 }
+
+/// A cost the upstream reports after the fact spends credits too, once, and
+/// a balance it overdraws shows zero, never less.
+#[tokio::test]
+async fn an_upstream_reported_cost_spends_credits_once() {
+    let upstream = crate::ratelimits::metering_upstream().await;
+    let app = TestApp::builder()
+        .config(&format!(
+            "[[routes]]\npath = \"/metered\"\nupstream = \"{upstream}\"\ncost_header = \"X-Keygate-Cost\"\n"
+        ))
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k", "credits": {"remaining": 30}})).await;
+    let call = |cost: u64| {
+        app.http
+            .get(app.gateway_url(&format!("/metered?cost={cost}")))
+            .header("X-API-Key", &key)
+            .send()
+    };
+    let balance = || async {
+        let checked = app
+            .admin_call(
+                Method::POST,
+                "/v1/keys/verify",
+                Some(json!({"key": key, "dry_run": true})),
+            )
+            .await;
+        let body: Value = checked.json().await.unwrap();
+        body["credits"]["remaining"]
+            .as_u64()
+            .or_else(|| body["data"]["remaining"].as_u64())
+            .unwrap()
+    };
+    let settled = |expected: u64| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while balance().await != expected {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the balance never reached {expected}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(balance().await, expected, "charged once, not again");
+    };
+    let first = call(10).await.unwrap();
+    assert_eq!(remaining(&first), Some(29), "the request's own cost, decided before");
+    assert!(first.headers().get("x-keygate-cost").is_none());
+    settled(19).await;
+    assert_eq!(call(25).await.unwrap().status(), 200, "19 left: admitted");
+    settled(0).await;
+    let out = call(0).await.unwrap();
+    assert_eq!(out.status(), 429);
+    assert_eq!(remaining(&out), Some(0));
+}

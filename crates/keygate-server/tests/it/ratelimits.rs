@@ -388,7 +388,7 @@ async fn the_verify_api_stacks_resources_as_a_route_does() {
 }
 
 /// An upstream that reports each request's cost as `?cost=N` asked.
-async fn metering_upstream() -> String {
+pub(crate) async fn metering_upstream() -> String {
     async fn metered(uri: axum::http::Uri) -> axum::response::Response {
         let cost = uri
             .query()

@@ -655,6 +655,7 @@ async fn key_page(
         )
         .await?;
     let leak = state.engine.admin().last_leak_report(&key).await?;
+    let credits = state.engine.verifier().credit_balance(key.clone(), ws.clone()).await;
     let revealed = state.engine.sessions().table().take_reveal(&signed_in.secret, &key.id);
     let max_age = state.dashboard.settings.max_key_age;
     html(&KeyPage {
@@ -675,6 +676,7 @@ async fn key_page(
         announced: announced.items.iter().map(EventRow::of).collect(),
         max_age_days: max_age.map(|age| age.num_days()),
         leak: leak.map(|event| LeakBanner::of(&event, &key, now)),
+        credits: credits.map(|balance| CreditsLeft::of(balance, now)),
     })
 }
 

@@ -455,6 +455,23 @@ pub struct KeyPage {
     pub max_age_days: Option<i64>,
     /// The key's last leak report, shown as a banner with a one-click rotate.
     pub leak: Option<LeakBanner>,
+    /// Its credit balance now, its own or its workspace's or plan's.
+    pub credits: Option<CreditsLeft>,
+}
+
+/// A key's credits as they stand: what is left and when they refill.
+pub struct CreditsLeft {
+    pub remaining: String,
+    pub refill: Option<Moment>,
+}
+
+impl CreditsLeft {
+    pub fn of(balance: keygate_engine::CreditBalance, now: DateTime<Utc>) -> Self {
+        Self {
+            remaining: compact(balance.remaining),
+            refill: balance.refill_at.map(|at| Moment::of(at, now)),
+        }
+    }
 }
 
 /// "This key was reported leaked": when, by whom, where, what was done, and

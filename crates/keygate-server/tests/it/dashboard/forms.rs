@@ -687,3 +687,55 @@ async fn a_workspace_s_leak_policy_is_set_from_its_settings_page() {
     assert_eq!(save("").await.status(), 303);
     assert!(read().await["leak_policy"].is_null());
 }
+
+/// The key page shows what a key's credits have left and when they refill,
+/// whether they are its own or its plan's.
+#[tokio::test]
+async fn the_key_page_shows_the_credits_left() {
+    let app = TestApp::builder()
+        .config("[limiter]\ndefault_plan = \"metered\"\n[plans.metered]\ncredits = { remaining = 5, refill = { amount = 5, every = \"30d\" } }")
+        .start()
+        .await;
+    let workspace = app.workspace("Metered").await;
+    let (plan_id, plan_key) = app.key(&workspace, json!({"name": "Plan credits"})).await;
+    let (own_id, _) = app
+        .key(
+            &workspace,
+            json!({"name": "Own credits", "credits": {"remaining": 1200}}),
+        )
+        .await;
+    for _ in 0..2 {
+        assert_eq!(app.whoami(&plan_key).await.status(), 200);
+    }
+    let client = FormClient::sign_in(&app).await;
+    let page = |id: String| {
+        let client = &client;
+        async move { client.get(&format!("/dashboard/keys/{id}")).await.text().await.unwrap() }
+    };
+    let plan_page = page(plan_id).await;
+    let credits = plan_page
+        .split(r#"<dd id="credits">"#)
+        .nth(1)
+        .unwrap()
+        .split("</dd>")
+        .next()
+        .unwrap();
+    assert!(credits.contains("<strong>3 left</strong>, refilled"), "{credits}");
+    assert!(
+        credits.contains("in 1 month") && credits.contains("from its workspace or plan"),
+        "{credits}"
+    );
+    let own_page = page(own_id).await;
+    assert!(
+        own_page.contains("<strong>1.2k left</strong>, never refilled"),
+        "{own_page}"
+    );
+    assert!(own_page.contains("(set on this key: 1200, never refilled)"));
+    let list = client
+        .get(&format!("/dashboard/workspaces/{workspace}/keys"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains("credits: 1200, never refilled"), "{list}");
+}
