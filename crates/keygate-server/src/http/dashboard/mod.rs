@@ -16,8 +16,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use std::collections::HashMap;
+
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use keygate_core::model::{KeyStatus, OnLeak, Workspace};
+use keygate_core::model::{ApiKey, KeyStatus, OnLeak, Workspace};
 use keygate_core::role::Roles;
 use keygate_engine::admin::{Granularity, KeyListPage, NewKey, NewWorkspace, WorkspacePatch};
 use keygate_engine::sessions::{BrowserSecret, DashboardSession, Revealed};
@@ -508,6 +510,7 @@ async fn keys(
         .await?;
     let now = state.engine.now();
     let max_age = state.dashboard.settings.max_key_age;
+    let credits = credits_of_active(&state, &listed.items, &ws, now).await;
     html(&KeysPage {
         layout: Layout::signed_in(
             &state.dashboard.settings.product_name,
@@ -520,7 +523,11 @@ async fn keys(
         rows: listed
             .items
             .iter()
-            .map(|key| KeyRow::of(key, now, max_age).with_last_day(last_day.get(&key.id)))
+            .map(|key| {
+                KeyRow::of(key, now, max_age)
+                    .with_last_day(last_day.get(&key.id))
+                    .with_credits(credits.get(&key.id))
+            })
             .collect(),
         total,
         next_page: listed
@@ -614,6 +621,27 @@ async fn create_key(
         .table()
         .hold_reveal(&signed_in.secret, &key.id, plaintext);
     Ok(redirect(&format!("/dashboard/keys/{}", key.id)))
+}
+
+/// The credit balances of the listed keys that are active and have credits.
+async fn credits_of_active(
+    state: &AdminState,
+    keys: &[ApiKey],
+    workspace: &Workspace,
+    now: DateTime<Utc>,
+) -> HashMap<String, keygate_engine::CreditBalance> {
+    let mut balances = HashMap::new();
+    for key in keys.iter().filter(|key| key.status(now) == KeyStatus::Active) {
+        let balance = state
+            .engine
+            .verifier()
+            .credit_balance(key.clone(), workspace.clone())
+            .await;
+        if let Some(balance) = balance {
+            balances.insert(key.id.clone(), balance);
+        }
+    }
+    balances
 }
 
 async fn key_page(

@@ -164,6 +164,8 @@ pub struct KeyRow {
     pub expires: Option<Moment>,
     /// Requests per hour over the last day; empty where not shown (the key page).
     pub last_day: Sparkline,
+    /// What its credits have left (`1.2k`), where it has credits; in the list.
+    pub credits_left: Option<String>,
     pub status: &'static str,
     /// Older than `keys.max_age` and still active: time to rotate.
     pub needs_rotation: bool,
@@ -312,6 +314,7 @@ impl KeyRow {
             last_used: key.last_used_at.map(|at| Moment::of(at, now)),
             expires: key.expires_at.map(|at| Moment::of(at, now)),
             last_day: Sparkline::default(),
+            credits_left: None,
             status: status.as_str(),
             needs_rotation: status == KeyStatus::Active && max_age.is_some_and(|age| now - key.created_at > age),
         }
@@ -321,6 +324,14 @@ impl KeyRow {
     pub fn with_last_day(self, hours: Option<&HourlyRequests>) -> Self {
         Self {
             last_day: Sparkline::of(hours.unwrap_or(&[0; 24])),
+            ..self
+        }
+    }
+
+    /// The row with what its credits have left, if it has credits.
+    pub fn with_credits(self, balance: Option<&keygate_engine::CreditBalance>) -> Self {
+        Self {
+            credits_left: balance.map(|b| compact(b.remaining)),
             ..self
         }
     }

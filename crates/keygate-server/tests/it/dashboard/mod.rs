@@ -762,7 +762,7 @@ async fn the_key_list_fits_1280_px_and_a_phone_with_status_times_and_last_day_in
     let (wide_id, _) = app
         .key(
             &workspace,
-            json!({"name": long_name.trim(), "scopes": many_scopes, "roles": ["reader"], "expires_in": "30d"}),
+            json!({"name": long_name.trim(), "scopes": many_scopes, "roles": ["reader"], "expires_in": "30d", "credits": {"remaining": 1_000_000, "refill": {"amount": 1_000_000, "every": "30d"}}}),
         )
         .await;
     let (revoked_id, _) = app.key(&workspace, json!({"name": "Old"})).await;
@@ -789,6 +789,11 @@ async fn the_key_list_fits_1280_px_and_a_phone_with_status_times_and_last_day_in
         "at 1280 px"
     );
     browser.screenshot("key-list-1280").await;
+    let source = browser.client.source().await.unwrap();
+    assert!(
+        source.contains("1.0M credits left"),
+        "the long key's credits, in view at 1280 px"
+    );
 
     // The last day's requests: one bar for the hour they came in, and the total.
     let busy_row = format!("tr[data-key-id='{busy_id}']");
