@@ -751,8 +751,8 @@ impl Admin {
     }
 
     /// Issues a successor with the same name, scopes, roles, limits, credits
-    /// and metadata; the
-    /// old key keeps working until now + `grace`. Returns the new key and its plaintext.
+    /// and metadata; the old key keeps working until now + `grace`. Returns
+    /// the new key and its plaintext.
     pub async fn rotate_key(
         &self,
         actor: &Actor,

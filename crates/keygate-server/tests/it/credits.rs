@@ -7,7 +7,7 @@ use chrono::Duration as Span;
 use serde_json::{json, Value};
 
 use crate::ratelimits::redis_url;
-use crate::support::{error_snapshot, TestApp};
+use crate::support::{error_snapshot, settles_at, TestApp};
 
 fn remaining(response: &reqwest::Response) -> Option<u64> {
     response
@@ -327,24 +327,12 @@ async fn an_upstream_reported_cost_spends_credits_once() {
             .or_else(|| body["data"]["remaining"].as_u64())
             .unwrap()
     };
-    let settled = |expected: u64| async move {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while balance().await != expected {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the balance never reached {expected}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        assert_eq!(balance().await, expected, "charged once, not again");
-    };
     let first = call(10).await.unwrap();
     assert_eq!(remaining(&first), Some(29), "the request's own cost, decided before");
     assert!(first.headers().get("x-keygate-cost").is_none());
-    settled(19).await;
+    settles_at(balance, 19).await;
     assert_eq!(call(25).await.unwrap().status(), 200, "19 left: admitted");
-    settled(0).await;
+    settles_at(balance, 0).await;
     let out = call(0).await.unwrap();
     assert_eq!(out.status(), 429);
     assert_eq!(remaining(&out), Some(0));

@@ -8,7 +8,7 @@ use axum::http::Method;
 use chrono::Duration as Span;
 use serde_json::{json, Value};
 
-use crate::support::{echo_upstream, TestApp};
+use crate::support::{echo_upstream, settles_at, TestApp};
 
 fn header(response: &reqwest::Response, name: &str) -> Option<String> {
     response.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
@@ -453,18 +453,6 @@ async fn an_upstream_reported_cost_is_charged_once_and_never_shown() {
         let body: Value = checked.json().await.unwrap();
         body["ratelimit"]["limits"][0]["remaining"].as_u64().unwrap()
     };
-    let settled = |expected: u64| async move {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while remaining().await != expected {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "remaining never reached {expected}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(remaining().await, expected, "charged once, not again");
-    };
 
     let first = call(10).await.unwrap();
     assert_eq!(first.status(), 200);
@@ -477,11 +465,11 @@ async fn an_upstream_reported_cost_is_charged_once_and_never_shown() {
         24,
         "the request's own cost, decided before"
     );
-    settled(25 - 1 - 10).await;
+    settles_at(remaining, 25 - 1 - 10).await;
 
     // A report larger than what is left is charged all the same: it was spent.
     assert_eq!(call(20).await.unwrap().status(), 200);
-    settled(0).await;
+    settles_at(remaining, 0).await;
     assert_eq!(call(0).await.unwrap().status(), 429);
 }
 

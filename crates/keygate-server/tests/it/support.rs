@@ -302,3 +302,20 @@ pub async fn error_snapshot(response: Response) -> Value {
     snapshot["body"] = body;
     snapshot
 }
+
+/// Polls `probe` until it reads `expected` (for at most 5 s), then checks
+/// that it stays there: for what is charged after a response was sent (a
+/// cost the upstream reports), which must land once, not again.
+pub async fn settles_at<F, Fut>(mut probe: F, expected: u64)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while probe().await != expected {
+        assert!(std::time::Instant::now() < deadline, "never reached {expected}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(probe().await, expected, "charged once, not again");
+}
