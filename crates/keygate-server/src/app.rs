@@ -123,7 +123,11 @@ impl App {
             reloader.clone(),
             settings.trusted_proxies.clone(),
             settings.dashboard.clone(),
-            settings.github_keys_file.clone(),
+            crate::github::GithubKeys::new(
+                settings.github_keys_file.clone(),
+                settings.github_keys_url.clone(),
+                settings.github_keys_refresh,
+            ),
         ));
 
         tasks.spawn(transport::serve(

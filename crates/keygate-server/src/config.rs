@@ -160,6 +160,10 @@ pub struct Settings {
     pub dashboard: DashboardSettings,
     /// `leaks.github_keys_file`: GitHub's secret-scanning public keys.
     pub github_keys_file: Option<PathBuf>,
+    /// `leaks.github_keys_url`: where they are fetched from.
+    pub github_keys_url: Option<reqwest::Url>,
+    /// `leaks.github_keys_refresh`: how long a fetched document is kept.
+    pub github_keys_refresh: Duration,
     /// `leaks.report_path`: `None` turns public leak reports off.
     pub leak_report_path: Option<String>,
     /// `secrets.key_file`: read when a node starts and on every reload.
@@ -477,6 +481,14 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         background_priority: config.server.background_priority,
         secrets_key_file: config.secrets.key_file.clone(),
         github_keys_file: config.leaks.github_keys_file.clone(),
+        github_keys_url: config
+            .leaks
+            .github_keys_url
+            .as_deref()
+            .map(github_keys_url)
+            .transpose()
+            .map_err(|message| invalid("leaks.github_keys_url", message))?,
+        github_keys_refresh: config.leaks.github_keys_refresh.get(),
         leak_report_path: match config.leaks.report_path.as_str() {
             "" => None,
             path if path.starts_with('/') => Some(path.to_owned()),
@@ -580,6 +592,15 @@ fn validate_limiter(config: &LimiterConfig) -> Result<LimiterSettings, (String, 
         max_counters: config.max_counters,
         lease_max: config.lease_max,
     })
+}
+
+/// `leaks.github_keys_url`: an `http(s)` URL.
+fn github_keys_url(text: &str) -> Result<reqwest::Url, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "https" | "http") => Ok(url),
+        Ok(url) => Err(format!("must be an http(s) URL, not {}:", url.scheme())),
+        Err(err) => Err(format!("`{text}` is not a URL: {err}")),
+    }
 }
 
 #[cfg(test)]

@@ -45,8 +45,8 @@ async fn open_by_url_migrates_once_and_reopens() {
         .await
         .unwrap();
     assert_eq!(
-        tables, 14,
-        "thirteen tables and sqlx's migration table, in the test's own schema"
+        tables, 15,
+        "fourteen tables and sqlx's migration table, in the test's own schema"
     );
 }
 

@@ -439,6 +439,13 @@ pub struct LeaksConfig {
     /// publishes. Read at each report, so a replaced file applies at once.
     /// Unset: `POST /v1/leaks/github` answers 404.
     pub github_keys_file: Option<PathBuf>,
+    /// Where GitHub publishes those keys
+    /// (`https://api.github.com/meta/public_keys/secret_scanning`), fetched
+    /// when a report needs them, kept for `github_keys_refresh`; the file,
+    /// if also set, is read first. Unset (and no file): 404.
+    pub github_keys_url: Option<String>,
+    /// How long a fetched keys document is used before it is fetched again.
+    pub github_keys_refresh: PositiveDuration,
     /// What a report of a live key does: `revoke`, `expire` (after `grace`)
     /// or `notify`; a workspace may set its own.
     pub on_report: keygate_core::model::OnLeak,
@@ -453,6 +460,8 @@ impl Default for LeaksConfig {
     fn default() -> Self {
         Self {
             github_keys_file: None,
+            github_keys_url: None,
+            github_keys_refresh: PositiveDuration::secs(3600),
             on_report: keygate_core::model::OnLeak::Revoke,
             grace: PositiveDuration::secs(3600),
             report_path: "/v1/leaks/report".to_owned(),

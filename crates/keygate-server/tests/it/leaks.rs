@@ -509,3 +509,115 @@ async fn a_workspace_may_set_its_own_leak_policy() {
     let bad: Value = bad.json().await.unwrap();
     assert_eq!(bad["data"]["field"], "leak_policy", "{bad}");
 }
+
+/// A stand-in for GitHub's keys endpoint: serves `document`, counts fetches.
+struct PublishedKeys {
+    url: String,
+    document: std::sync::Arc<std::sync::Mutex<Value>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn published_keys(document: Value) -> PublishedKeys {
+    let document = std::sync::Arc::new(std::sync::Mutex::new(document));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (served, counted) = (document.clone(), fetches.clone());
+    let router = axum::Router::new().route(
+        "/meta/public_keys/secret_scanning",
+        axum::routing::get(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = served.lock().unwrap().clone();
+            async move { axum::Json(body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    PublishedKeys {
+        url: format!("http://{addr}/meta/public_keys/secret_scanning"),
+        document,
+        fetches,
+    }
+}
+
+fn published(keys: &[(&str, &SigningKey)]) -> Value {
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|(id, signing)| {
+            let pem = signing.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+            json!({"key_identifier": id, "key": pem, "is_current": true})
+        })
+        .collect();
+    json!({"public_keys": keys})
+}
+
+/// `leaks.github_keys_url`: GitHub's keys fetched when a report needs them,
+/// kept for `github_keys_refresh`, fetched again for a key GitHub rotated
+/// in, never more than once per pause whatever key ids reports name, and a
+/// 503 (GitHub retries) when they cannot be had at all.
+#[tokio::test]
+async fn github_s_keys_are_fetched_kept_and_refetched_for_a_rotated_key() {
+    let first = SigningKey::random(&mut rand::thread_rng());
+    let server = published_keys(published(&[(KEY_ID, &first)])).await;
+    let app = TestApp::builder()
+        .config(&format!(
+            "[leaks]\ngithub_keys_url = \"{}\"\ngithub_keys_refresh = \"3s\"\n",
+            server.url
+        ))
+        .start()
+        .await;
+    let fetches = || server.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    let ws = app.workspace("Acme").await;
+    let (key_id, key) = app.key(&ws, json!({"name": "leaked"})).await;
+    let body = json!([found(&key, "https://github.com/acme/app")]).to_string();
+    assert_eq!(fetches(), 0, "fetched when a report needs them, not before");
+    let (status, feedback) = report(&app, &first, KEY_ID, body.as_bytes()).await;
+    assert_eq!((status, &feedback[0]["label"]), (200, &json!("true_positive")));
+    assert!(leak_audited(&app, &key_id).await.is_some());
+    assert_eq!(report(&app, &first, KEY_ID, body.as_bytes()).await.0, 200);
+    assert_eq!(fetches(), 1, "kept");
+
+    // GitHub rotates: a report signed by the new key fetches the document again.
+    let second = SigningKey::random(&mut rand::thread_rng());
+    *server.document.lock().unwrap() = published(&[(KEY_ID, &first), ("rotated-in", &second)]);
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    assert_eq!(report(&app, &second, "rotated-in", body.as_bytes()).await.0, 200);
+    assert_eq!(fetches(), 2);
+    // Key ids nobody knows: refused, and at most one fetch per pause (3 s
+    // here) however many there are; none if they come within it, as here
+    // unless this machine stalls.
+    let before = fetches();
+    for forged in ["forged-1", "forged-2", "forged-3"] {
+        assert_eq!(report(&app, &second, forged, body.as_bytes()).await.0, 401);
+    }
+    assert!(
+        fetches() - before <= 1,
+        "forged key ids do not make keygate hammer GitHub"
+    );
+
+    // Nothing to verify with: 503, nothing changed.
+    let unreachable = TestApp::builder()
+        .config("[leaks]\ngithub_keys_url = \"http://127.0.0.1:1/meta/public_keys/secret_scanning\"\n")
+        .start()
+        .await;
+    let ws = unreachable.workspace("Acme").await;
+    let (live_id, live) = unreachable.key(&ws, json!({"name": "live"})).await;
+    let body = json!([found(&live, "https://github.com/acme/app")]).to_string();
+    let (status, error) = report(&unreachable, &first, KEY_ID, body.as_bytes()).await;
+    assert_eq!((status, &error["code"]), (503, &json!("SERVICE_UNAVAILABLE")));
+    assert!(leak_audited(&unreachable, &live_id).await.is_none());
+    assert_eq!(unreachable.whoami(&live).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_keys_url_that_is_not_http_is_refused_at_start() {
+    for bad in ["ftp://example.com/keys", "not a url"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, format!("[leaks]\ngithub_keys_url = \"{bad}\"\n")).unwrap();
+        let err = keygate_server::config::ConfigSource::file(Some(path))
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("leaks.github_keys_url"), "{bad}: {err}");
+    }
+}

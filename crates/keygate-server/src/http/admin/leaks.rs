@@ -32,33 +32,40 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, git
 #[utoipa::path(post, path = "/v1/leaks/github", tag = "leaks", security(()),
     request_body = Vec<ReportedToken>,
     params(
-        ("Github-Public-Key-Identifier" = String, Header, description = "The id of the key in `leaks.github_keys_file` that signed the body"),
+        ("Github-Public-Key-Identifier" = String, Header, description = "The id of GitHub's key (`leaks.github_keys_file` or `_url`) that signed the body"),
         ("Github-Public-Key-Signature" = String, Header, description = "Base64 DER ECDSA P-256 signature of the body")),
     responses(
         (status = 200, body = Vec<Feedback>),
         (status = 400, description = "`INVALID_JSON`", body = ErrorEnvelope),
         (status = 401, description = "`INVALID_SIGNATURE`: unsigned, an unknown key id, or a signature that does not verify; nothing changed", body = ErrorEnvelope),
-        (status = 404, description = "`leaks.github_keys_file` is not set", body = ErrorEnvelope),
+        (status = 404, description = "neither `leaks.github_keys_file` nor `leaks.github_keys_url` is set", body = ErrorEnvelope),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`: over 64 KiB", body = ErrorEnvelope),
         (status = 422, description = "`VALIDATION_ERROR`: not an array of `{token, type, url?, source?}`, or over 1,000 tokens", body = ErrorEnvelope),
-        (status = 503, description = "`SERVICE_UNAVAILABLE`: the store does not answer", body = ErrorEnvelope)))]
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: the store does not answer, or GitHub's keys could not be fetched; nothing changed, send it again", body = ErrorEnvelope)))]
 pub(super) async fn github_report(
     State(state): State<AdminState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Vec<Feedback>>, ApiError> {
-    let Some(keys_file) = state.github_keys_file.as_deref() else {
+    let Some(keys) = state.github_keys.as_deref() else {
         return Err(ApiError::new(ErrorCode::NotFound));
     };
     let body = body?;
     let signed = async {
         let key_id = header(&headers, "github-public-key-identifier")?;
         let signature = header(&headers, "github-public-key-signature")?;
-        github::verify(keys_file, key_id, signature, &body).await
+        keys.verify(key_id, signature, &body).await
     };
-    if let Err(err) = signed.await {
-        tracing::warn!(error = %err, "a GitHub leak report was refused");
-        return Err(ApiError::new(ErrorCode::InvalidSignature));
+    match signed.await {
+        Ok(()) => {}
+        Err(err @ github::SignatureError::KeysUnavailable(_)) => {
+            tracing::warn!(error = %err, "a GitHub leak report could not be checked; GitHub will send it again");
+            return Err(ApiError::new(ErrorCode::ServiceUnavailable));
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "a GitHub leak report was refused");
+            return Err(ApiError::new(ErrorCode::InvalidSignature));
+        }
     }
     let tokens: Vec<ReportedToken> = parse(&body)?;
     if tokens.len() > MAX_TOKENS {

@@ -37,8 +37,8 @@ pub struct AdminState {
     pub config: LiveConfig,
     pub trusted_proxies: Arc<Vec<IpNet>>,
     pub dashboard: Arc<DashboardContext>,
-    /// `leaks.github_keys_file`: `None` turns GitHub's partner endpoint off.
-    pub github_keys_file: Option<Arc<std::path::Path>>,
+    /// `leaks.github_keys_file` and `_url`: `None` turns GitHub's partner endpoint off.
+    pub github_keys: Option<Arc<crate::github::GithubKeys>>,
     reloader: Arc<Reloader>,
 }
 
@@ -49,7 +49,7 @@ impl AdminState {
         reloader: Arc<Reloader>,
         trusted_proxies: Vec<IpNet>,
         dashboard: crate::config::DashboardSettings,
-        github_keys_file: Option<std::path::PathBuf>,
+        github_keys: Option<crate::github::GithubKeys>,
     ) -> Self {
         let dashboard = DashboardContext {
             settings: dashboard,
@@ -60,7 +60,7 @@ impl AdminState {
             config,
             trusted_proxies: Arc::new(trusted_proxies),
             dashboard: Arc::new(dashboard),
-            github_keys_file: github_keys_file.map(Arc::from),
+            github_keys: github_keys.map(Arc::new),
             reloader,
         }
     }

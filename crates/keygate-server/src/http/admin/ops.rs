@@ -129,7 +129,7 @@ pub(super) async fn openapi_json(State(state): State<AdminState>) -> Json<utoipa
         plans.names(),
         environments.chain([keygate_core::key::ADMIN_ENVIRONMENT]),
         roles.names(),
-        state.github_keys_file.is_some(),
+        state.github_keys.is_some(),
     ))
 }
 
