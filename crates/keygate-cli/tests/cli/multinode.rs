@@ -18,6 +18,9 @@ use crate::{Deployment, Server};
 /// run one at a time so that they do not starve each other of the 2 cores.
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
+/// The id of the GitHub key the cluster trusts.
+const GITHUB_KEY_ID: &str = "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a";
+
 /// Longest acceptable propagation of a revocation (the product's promise).
 const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
 
@@ -59,8 +62,11 @@ struct Cluster {
     http: reqwest::Client,
     postgres: TcpCut,
     redis: TcpCut,
-    /// The nodes' one secrets key file: on PostgreSQL a node needs one.
+    /// The nodes' one secrets key file (on PostgreSQL a node needs one) and
+    /// the GitHub keys file (`leaks.github_keys_file`).
     _secrets: tempfile::TempDir,
+    /// Signs leak reports as GitHub would: its public half is in the keys file.
+    github: p256::ecdsa::SigningKey,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -83,6 +89,12 @@ impl Cluster {
         let key_file = secrets.path().join("keygate.secrets.key");
         let key = keygate_core::secrets::Keyring::generate_key(&mut rand::thread_rng());
         std::fs::write(&key_file, format!("{key}\n")).unwrap();
+        let github = p256::ecdsa::SigningKey::random(&mut rand::thread_rng());
+        let github_keys = secrets.path().join("github-keys.json");
+        let pem = p256::pkcs8::EncodePublicKey::to_public_key_pem(github.verifying_key(), p256::pkcs8::LineEnding::LF)
+            .unwrap();
+        let published = json!({"public_keys": [{"key_identifier": GITHUB_KEY_ID, "key": pem, "is_current": true}]});
+        std::fs::write(&github_keys, published.to_string()).unwrap();
         // A 1 s limiter timeout, not the 50 ms default: with a dozen clusters
         // on two cores, a Redis round trip can take longer than 50 ms, and a
         // timed-out call is decided locally (`on_failure`), which is not what
@@ -91,9 +103,10 @@ impl Cluster {
             "[limiter]\nurl = \"redis://{}\"\ntimeout = \"1s\"\ndefault_plan = \"standard\"\non_failure = \"local\"\n\
              [plans.standard]\nlimits = [{{ requests = 100, per = \"1m\" }}]\n\
              [usage]\nflush_interval = \"200ms\"\n[access_log]\ntarget = \"off\"\n\
-             [secrets]\nkey_file = \"{}\"\n",
+             [secrets]\nkey_file = \"{}\"\n[leaks]\ngithub_keys_file = \"{}\"\n",
             redis.addr,
-            key_file.display()
+            key_file.display(),
+            github_keys.display()
         );
         let deployments: Vec<Deployment> = (0..nodes).map(|_| Deployment::with_store(&store, &extra)).collect();
         // Migrates and makes the admin key once, before any node starts.
@@ -117,6 +130,7 @@ impl Cluster {
             postgres,
             redis,
             _secrets: secrets,
+            github,
             _turn: turn,
         };
         for node in 0..cluster.nodes.len() {
@@ -243,6 +257,31 @@ impl Cluster {
         assert_eq!(response.status(), StatusCode::ACCEPTED);
     }
 
+    /// A report of `key` by GitHub's secret scanning to `node`'s control
+    /// plane, signed as GitHub signs: revoked within the request.
+    async fn report_to_github_endpoint(&self, node: usize, key: &str, url: &str) {
+        use base64::prelude::{Engine as _, BASE64_STANDARD};
+        use p256::ecdsa::signature::Signer;
+        let body = json!([{"token": key, "type": "keygate_api_key", "url": url, "source": "content"}]).to_string();
+        let signature: p256::ecdsa::Signature = self.github.sign(body.as_bytes());
+        let response = self
+            .http
+            .post(format!("{}/v1/leaks/github", self.nodes[node].deployment.admin_url))
+            .header("Content-Type", "application/json")
+            .header("Github-Public-Key-Identifier", GITHUB_KEY_ID)
+            .header(
+                "Github-Public-Key-Signature",
+                BASE64_STANDARD.encode(signature.to_der()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let feedback: Value = response.json().await.unwrap();
+        assert_eq!(feedback[0]["label"], "true_positive", "{feedback}");
+    }
+
     fn others(&self, node: usize) -> impl Iterator<Item = usize> {
         (0..self.nodes.len()).filter(move |&other| other != node)
     }
@@ -255,6 +294,8 @@ enum Revocation {
     AdminApi,
     /// A public leak report on the data plane.
     LeakReport,
+    /// A signed report from GitHub's secret scanning (`POST /v1/leaks/github`).
+    GithubReport,
 }
 
 /// Revokes a key (cached on every node) through `via` and returns how long
@@ -271,6 +312,11 @@ async fn revocation_propagation(cluster: &Cluster, workspace: &str, via: usize, 
     match how {
         Revocation::AdminApi => cluster.revoke(via, &key_id).await,
         Revocation::LeakReport => cluster.report_leak(via, &key, "https://gist.example/leaked").await,
+        Revocation::GithubReport => {
+            cluster
+                .report_to_github_endpoint(via, &key, "https://github.com/acme/app/blob/main/.env")
+                .await
+        }
     }
     let revoked = Instant::now();
     let mut slowest = Duration::ZERO;
@@ -310,8 +356,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Issue 6, points 1 and 2: created on A, it works on B and C; revoked on B,
 /// A and C refuse it within a second. `KEYGATE_REVOCATIONS` (default 10)
 /// sets how many revocations are measured; the benchmark script asks for 100.
-/// Issue 20: a key reported leaked on one node's data plane is refused by
-/// every node the same way, and the audit trail names where it was found.
+/// Issue 20: a key reported leaked, publicly on one node's data plane or by
+/// a report signed as GitHub signs to another node's control plane, is
+/// refused by every node the same way, and the audit and webhook events name
+/// where it was found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_shared_and_revocations_reach_every_node_within_a_second() {
     let Some(cluster) = Cluster::start(3).await else {
@@ -335,20 +383,49 @@ async fn keys_are_shared_and_revocations_reach_every_node_within_a_second() {
     for round in 0..rounds {
         times.push(revocation_propagation(&cluster, &ws, round % 3, Revocation::AdminApi).await);
     }
-    // A leak report on one node's data plane reaches every node the same way,
-    // and its trail names the URL (issue 20).
+    // A leak report, public on one node's data plane or signed by GitHub to
+    // another's control plane, reaches every node the same way, and its
+    // audit event and webhook event name the URL (issue 20).
     revocation_propagation(&cluster, &ws, 2, Revocation::LeakReport).await;
+    revocation_propagation(&cluster, &ws, 1, Revocation::GithubReport).await;
     let (_, audit) = cluster
         .admin(0, Method::GET, &format!("/v1/audit-events?workspace_id={ws}"), None)
         .await;
-    let leaked: Vec<&Value> = audit["data"]
+    let mut audited: Vec<(&Value, &Value)> = audit["data"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|event| event["action"] == "key.leaked")
+        .map(|event| (&event["actor"], &event["details"]["url"]))
         .collect();
-    assert_eq!(leaked.len(), 1, "{audit}");
-    assert_eq!(leaked[0]["details"]["url"], "https://gist.example/leaked");
+    audited.sort_by_key(|(actor, _)| actor.to_string());
+    assert_eq!(
+        audited,
+        [
+            (&json!("github"), &json!("https://github.com/acme/app/blob/main/.env")),
+            (&json!("public report"), &json!("https://gist.example/leaked")),
+        ],
+        "{audit}"
+    );
+    let (_, events) = cluster
+        .admin(2, Method::GET, &format!("/v1/events?workspace_id={ws}&limit=200"), None)
+        .await;
+    let mut published: Vec<&Value> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["type"] == "key.leaked")
+        .map(|event| &event["payload"]["data"]["url"])
+        .collect();
+    published.sort_by_key(|url| url.to_string());
+    assert_eq!(
+        published,
+        [
+            &json!("https://gist.example/leaked"),
+            &json!("https://github.com/acme/app/blob/main/.env")
+        ],
+        "{events}"
+    );
     times.sort();
     println!(
         "revocation propagation over {rounds} revocations (3 nodes): p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
