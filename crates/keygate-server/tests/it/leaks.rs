@@ -621,3 +621,33 @@ async fn a_keys_url_that_is_not_http_is_refused_at_start() {
         assert!(err.contains("leaks.github_keys_url"), "{bad}: {err}");
     }
 }
+
+/// GitHub's `type` names the pattern as the partner registered it; keygate
+/// echoes it and lets the token decide: an unknown type with no key of ours
+/// changes nothing, and a live key is revoked whatever GitHub calls it
+/// (docs/decisions.md).
+#[tokio::test]
+async fn the_token_decides_whatever_type_github_names() {
+    let (app, signing, _keys) = node("revoke").await;
+    let ws = app.workspace("Acme").await;
+    let (_, key) = app.key(&ws, json!({"name": "k"})).await;
+    let (_, bystander) = app.key(&ws, json!({"name": "bystander"})).await;
+    let typed = |token: &str, kind: &str| json!({"token": token, "type": kind, "url": "https://github.com/x"});
+    let body = json!([typed("kg_live_notakeyatall", "someone_elses_token")]).to_string();
+    let (status, feedback) = report(&app, &signing, KEY_ID, body.as_bytes()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&feedback[0]["label"], &feedback[0]["token_type"]),
+        (&json!("false_positive"), &json!("someone_elses_token"))
+    );
+    assert_eq!(app.whoami(&bystander).await.status(), 200, "nothing changed");
+    let body = json!([typed(&key, "renamed_pattern")]).to_string();
+    let (status, feedback) = report(&app, &signing, KEY_ID, body.as_bytes()).await;
+    assert_eq!((status, &feedback[0]["label"]), (200, &json!("true_positive")));
+    let refused: Value = app.whoami(&key).await.json().await.unwrap();
+    assert_eq!(
+        refused["code"], "API_KEY_REVOKED",
+        "a leaked key is revoked whatever its type"
+    );
+    assert_eq!(app.whoami(&bystander).await.status(), 200);
+}
