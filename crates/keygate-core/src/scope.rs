@@ -54,13 +54,10 @@ fn is_valid_scope(scope: &str) -> bool {
     })
 }
 
-/// Does a key holding `granted` have `required`? No scopes means full access.
-pub fn grants(granted: &[String], required: &str) -> bool {
-    granted.is_empty() || grants_explicitly(granted, required)
-}
-
-/// Like [`grants`], but an empty scope list grants nothing. Used for admin
-/// scopes such as `keys:manage`, which a plain workspace key must not get by default.
+/// Does one of `granted` match `required`? An empty list grants nothing:
+/// "no scopes means full access" is the key's rule, with its roles
+/// (`Grants`, crates/keygate-core/src/role.rs), and never holds for admin
+/// scopes such as `keys:manage`.
 pub fn grants_explicitly(granted: &[String], required: &str) -> bool {
     granted.iter().any(|g| scope_matches(g, required))
 }
@@ -85,15 +82,17 @@ mod tests {
 
     #[test]
     fn wildcards_and_empty_lists() {
-        assert!(grants(&[], "invoices:write"));
         assert!(!grants_explicitly(&[], "keys:manage"));
-        assert!(grants(&s(&["*"]), "anything:at:all"));
-        assert!(grants(&s(&["invoices:*"]), "invoices:write"));
-        assert!(grants(&s(&["invoices:*"]), "invoices:line:read"));
-        assert!(!grants(&s(&["invoices:*"]), "invoicesx:write"));
-        assert!(!grants(&s(&["invoices:*"]), "invoices"));
-        assert!(!grants(&s(&["invoices:read"]), "invoices:write"));
-        assert!(grants(&s(&["invoices:read", "invoices:write"]), "invoices:write"));
+        assert!(grants_explicitly(&s(&["*"]), "anything:at:all"));
+        assert!(grants_explicitly(&s(&["invoices:*"]), "invoices:write"));
+        assert!(grants_explicitly(&s(&["invoices:*"]), "invoices:line:read"));
+        assert!(!grants_explicitly(&s(&["invoices:*"]), "invoicesx:write"));
+        assert!(!grants_explicitly(&s(&["invoices:*"]), "invoices"));
+        assert!(!grants_explicitly(&s(&["invoices:read"]), "invoices:write"));
+        assert!(grants_explicitly(
+            &s(&["invoices:read", "invoices:write"]),
+            "invoices:write"
+        ));
     }
 
     #[test]

@@ -24,6 +24,20 @@ pub struct CreditBalance {
     pub refill_at: Option<DateTime<Utc>>,
 }
 
+impl CreditBalance {
+    /// The balance among `decision`'s limits, if the request has one.
+    pub fn of(decision: &Decision) -> Option<Self> {
+        let balance = decision.balance()?;
+        Some(Self {
+            remaining: balance.remaining,
+            refill_at: balance
+                .rule
+                .refills_at(decision.now_ms)
+                .and_then(|ms| DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).ok()?)),
+        })
+    }
+}
+
 /// How a request's rate limits stand, with the checks decided (same order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimits {
@@ -315,14 +329,7 @@ impl Verifier {
             .decide_limits(std::slice::from_ref(&check), 1, Charge::DryRun, now)
             .await
             .ok()?;
-        let balance = decision.balance()?;
-        Some(CreditBalance {
-            remaining: balance.remaining,
-            refill_at: balance
-                .rule
-                .refills_at(decision.now_ms)
-                .and_then(|ms| DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).ok()?)),
-        })
+        CreditBalance::of(&decision)
     }
 
     /// Writes what credit balances have spent since the last flush; kept
@@ -374,10 +381,7 @@ fn rate_limited(decision: &Decision) -> ErrorInstance {
 /// refill, if they do.
 fn usage_exceeded(decision: &Decision) -> ErrorInstance {
     let mut error = ErrorInstance::new(ErrorCode::UsageExceeded).with_data("remaining", 0);
-    let refill = decision
-        .balance()
-        .and_then(|balance| balance.rule.refills_at(decision.now_ms));
-    if let Some(at) = refill.and_then(|ms| DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).ok()?)) {
+    if let Some(at) = CreditBalance::of(decision).and_then(|balance| balance.refill_at) {
         error = error.with_data("refill_at", at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     }
     if let Some(seconds) = decision.retry_after_secs() {

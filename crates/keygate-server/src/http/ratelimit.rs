@@ -137,12 +137,9 @@ pub struct CreditsView {
 
 /// The key's balance, if it has credits.
 pub fn credits_view(limits: &RateLimits) -> Option<CreditsView> {
-    let balance = limits.decision.balance()?;
+    let balance = keygate_engine::CreditBalance::of(&limits.decision)?;
     Some(CreditsView {
         remaining: balance.remaining,
-        refill_at: balance
-            .rule
-            .refills_at(limits.decision.now_ms)
-            .and_then(|ms| chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)),
+        refill_at: balance.refill_at,
     })
 }
