@@ -20,6 +20,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     humantime::parse_duration(trimmed).map_err(|_| DurationError(text.to_owned()))
 }
 
+/// The longest a change may wait for its receipt.
+pub const MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// A receipt's wait, exactly as [`crate::grammar::WAIT`] states it: `0`,
+/// `1ms` to `9999ms`, or `1s` to `10s`; no leading zeros, no spaces.
+pub fn parse_wait(text: &str) -> Option<Duration> {
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let (digits, unit) = match text.strip_suffix("ms") {
+        Some(digits) => (digits, Duration::from_millis(1)),
+        None => (text.strip_suffix('s')?, Duration::from_secs(1)),
+    };
+    let well_formed = !digits.is_empty() && digits.len() <= 4 && !digits.starts_with('0');
+    if !well_formed || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let wait = unit * digits.parse::<u32>().ok()?;
+    (wait <= MAX_WAIT).then_some(wait)
+}
+
 /// The shortest exact form: 86400s -> `1d`, 5400s -> `90m`.
 pub fn format_duration(duration: Duration) -> String {
     let secs = duration.as_secs();
@@ -34,6 +55,18 @@ pub fn format_duration(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_is_zero_milliseconds_or_seconds_up_to_ten() {
+        for (text, millis) in [("0", 0), ("1ms", 1), ("9999ms", 9_999), ("1s", 1_000), ("10s", 10_000)] {
+            assert_eq!(parse_wait(text), Some(Duration::from_millis(millis)), "{text}");
+        }
+        for text in [
+            "", "11s", "10000ms", "01s", "0s", "0ms", "1m", "1.5s", " 1s", "1 s", "-1s", "s", "ms", "1h",
+        ] {
+            assert_eq!(parse_wait(text), None, "{text}");
+        }
+    }
 
     #[test]
     fn parses_the_documented_units() {

@@ -17,6 +17,10 @@ pub const RESOURCE: &str = "^[a-z0-9_-]{1,64}$";
 /// A duration of at least a second in whole units: `90s`, `15m`, `24h`, `90d`.
 pub const POSITIVE_DURATION: &str = "^[1-9][0-9]{0,5}[smhd]$";
 
+/// How long a change waits for its receipt (`?wait=`): `0`, 1 to 9999
+/// milliseconds, or 1 to 10 seconds (crates/keygate-core/src/duration.rs, `parse_wait`).
+pub const WAIT: &str = "^(0|[1-9][0-9]{0,3}ms|[1-9]s|10s)$";
+
 /// A duration that may be nothing: `0`, or one of [`POSITIVE_DURATION`].
 pub const DURATION: &str = "^(0|[1-9][0-9]{0,5}[smhd])$";
 

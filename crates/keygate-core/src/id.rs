@@ -13,6 +13,10 @@ pub const AUDIT_PREFIX: &str = "evt";
 /// Outbox events: `msg_` as Standard Webhooks message ids are commonly named.
 pub const EVENT_PREFIX: &str = "msg";
 pub const WEBHOOK_PREFIX: &str = "wh";
+/// A node of the deployment, new at every start.
+pub const NODE_PREFIX: &str = "node";
+/// A receipt: the marker nodes confirm (crates/keygate-engine/src/nodes.rs).
+pub const RECEIPT_PREFIX: &str = "rcp";
 /// The built-in workspace whose keys administer every workspace.
 pub const ADMIN_WORKSPACE_ID: &str = "ws_admin";
 

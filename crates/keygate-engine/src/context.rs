@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, Guard};
 use chrono::{DateTime, Utc};
-use keygate_core::id::IdGenerator;
+use keygate_core::id::{IdGenerator, NODE_PREFIX};
 use keygate_core::secrets::Keyring;
 use keygate_store::Store;
 use parking_lot::Mutex;
@@ -28,6 +28,9 @@ pub(crate) struct Context {
     background_store: OnceLock<Arc<dyn Store>>,
     clock: Arc<dyn Clock>,
     ids: Mutex<IdGenerator>,
+    /// This node's id (`node_<ulid>`), new at every start: the list of nodes
+    /// and receipts name it (crates/keygate-engine/src/nodes.rs).
+    node_id: String,
     metrics: Metrics,
     store_health: StoreHealth,
     /// Seals and opens the secrets keygate must read back (webhook signing
@@ -37,11 +40,14 @@ pub(crate) struct Context {
 
 impl Context {
     pub(crate) fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, keyring: Arc<Keyring>) -> Self {
+        let mut ids = IdGenerator::new();
+        let node_id = ids.next(NODE_PREFIX, clock.now());
         Self {
             store,
             background_store: OnceLock::new(),
             clock,
-            ids: Mutex::new(IdGenerator::new()),
+            ids: Mutex::new(ids),
+            node_id,
             metrics: Metrics::default(),
             store_health: StoreHealth::default(),
             keyring: ArcSwap::new(keyring),
@@ -71,6 +77,10 @@ impl Context {
     /// A new object id, in creation order on this node.
     pub(crate) fn new_id(&self, prefix: &str, now: DateTime<Utc>) -> String {
         self.ids.lock().next(prefix, now)
+    }
+
+    pub(crate) fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {

@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::context::Context;
 use crate::events::{EventSettings, Events};
 use crate::metrics::Metrics;
+use crate::nodes::Nodes;
 use crate::sessions::{SessionSettings, Sessions};
 use crate::usage::{Usage, UsageSettings};
 use crate::verifier::{Verifier, VerifierSettings};
@@ -45,6 +46,7 @@ pub struct Engine {
     events: Arc<Events>,
     deliveries: Deliveries,
     sessions: Sessions,
+    nodes: Nodes,
 }
 
 impl Engine {
@@ -72,6 +74,7 @@ impl Engine {
         ));
         let sessions = Sessions::new(context.clone(), settings.dashboard, admin.clone());
         let deliveries = Deliveries::new(context.clone(), settings.webhooks);
+        let nodes = Nodes::new(context.clone(), verifier.clone());
         Self {
             context,
             verifier,
@@ -80,6 +83,7 @@ impl Engine {
             events,
             deliveries,
             sessions,
+            nodes,
         }
     }
 
@@ -111,6 +115,11 @@ impl Engine {
     /// Dashboard sessions and portal links.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
+    }
+
+    /// The nodes of the deployment, and receipts of changes.
+    pub fn nodes(&self) -> &Nodes {
+        &self.nodes
     }
 
     /// The request counters the gateway records into, and the rest of `/metrics`.

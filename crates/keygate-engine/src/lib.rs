@@ -6,7 +6,8 @@
 //! operations of the admin API with their authorization and audit events;
 //! [`usage::Usage`] records usage off the request path; [`events::Events`]
 //! decides events and [`webhooks::Deliveries`] sends them; [`sessions::Sessions`]
-//! keeps dashboard sessions. `workers` runs the background loops. Only
+//! keeps dashboard sessions; [`nodes::Nodes`] lists the deployment's nodes
+//! and gives receipts of changes. `workers` runs the background loops. Only
 //! [`clock::SystemClock`] reads the clock.
 
 pub mod admin;
@@ -17,6 +18,7 @@ mod engine;
 mod error;
 pub mod events;
 pub mod metrics;
+pub mod nodes;
 pub mod plans;
 pub mod sessions;
 pub mod usage;

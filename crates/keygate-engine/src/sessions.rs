@@ -3,33 +3,31 @@
 //! A session is opened by signing in with an admin key (or a workspace key
 //! holding `keys:manage`), or by redeeming a portal link that the provider's
 //! own app created for one workspace. The browser holds a random secret in a
-//! cookie; this table holds only its SHA-256, like keys in the store.
+//! cookie; the store holds only its SHA-256, like keys, and the session's
+//! CSRF token is derived from the secret, so it is not stored either.
 //!
-//! Sessions live in this node's memory: they end when the node restarts, and
-//! a deployment of several nodes routes a browser to one node (see
-//! `docs/decisions.md`). The table itself is pure: every method takes `now`.
+//! Sessions, the secrets a session shows once (sealed with the secrets key)
+//! and portal links live in the store (issue 18): any node serves any
+//! browser, a restart signs nobody out, and a portal link is used up by its
+//! first redemption on any node. Liveness is pure: [`SessionSettings::is_live`]
+//! takes `now`.
 
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use keygate_core::model::KeyStatus;
+use keygate_core::ErrorCode;
 use keygate_core::PlaintextKey;
+use keygate_store::{SessionRecord, StoreError};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-
-use std::sync::Arc;
 
 use crate::admin::{Actor, ActorScope, Admin};
 use crate::context::Context;
 use crate::verifier::Rejection;
 use crate::AdminError;
-
-/// Most sessions (and, separately, unredeemed portal links) one node keeps;
-/// the oldest is dropped first, so a flood of sign-ins cannot exhaust memory.
-const MAX_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionSettings {
@@ -48,6 +46,14 @@ impl Default for SessionSettings {
             lifetime: Duration::hours(12),
             portal_link_ttl: Duration::minutes(10),
         }
+    }
+}
+
+impl SessionSettings {
+    /// A session opened at `created_at` and last used at `last_seen_at` is
+    /// still open at `now`.
+    pub fn is_live(&self, created_at: DateTime<Utc>, last_seen_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        now < last_seen_at + self.idle_timeout && now < created_at + self.lifetime
     }
 }
 
@@ -78,8 +84,18 @@ impl BrowserSecret {
         self.0.expose_secret()
     }
 
-    fn digest(&self) -> [u8; 32] {
-        Sha256::digest(self.expose().as_bytes()).into()
+    /// What the store keeps: the SHA-256 of the secret, hex.
+    fn hash(&self) -> String {
+        hex::encode(Sha256::digest(self.expose().as_bytes()))
+    }
+
+    /// The CSRF token of the session this secret opens: derived, never
+    /// stored, and no help in finding the secret.
+    fn csrf_token(&self) -> String {
+        let mut digest = Sha256::new();
+        digest.update(b"keygate dashboard csrf\0");
+        digest.update(self.expose().as_bytes());
+        hex::encode(digest.finalize())
     }
 }
 
@@ -111,44 +127,27 @@ impl DashboardSession {
     }
 }
 
-struct SessionEntry {
-    session: DashboardSession,
-    /// Plaintext keys waiting to be shown once, by key id.
-    reveals: Vec<(String, Revealed)>,
-}
-
 /// A secret shown once, on the next view of its page: a new key's
 /// plaintext or a new webhook's signing secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Revealed {
-    Key(PlaintextKey),
-    WebhookSecret(keygate_core::webhook::WebhookSecret),
-}
+#[derive(Debug, Clone)]
+pub struct Revealed(SecretString);
 
 impl Revealed {
     pub fn expose(&self) -> String {
-        match self {
-            Self::Key(plaintext) => plaintext.expose().to_owned(),
-            Self::WebhookSecret(secret) => secret.expose(),
-        }
+        self.0.expose_secret().to_owned()
     }
 }
 
 impl From<PlaintextKey> for Revealed {
     fn from(plaintext: PlaintextKey) -> Self {
-        Self::Key(plaintext)
+        Self(plaintext.expose().into())
     }
 }
 
 impl From<keygate_core::webhook::WebhookSecret> for Revealed {
     fn from(secret: keygate_core::webhook::WebhookSecret) -> Self {
-        Self::WebhookSecret(secret)
+        Self(secret.expose().into())
     }
-}
-
-struct PortalGrant {
-    workspace_id: String,
-    expires_at: DateTime<Utc>,
 }
 
 /// A portal link as the API returns it.
@@ -156,127 +155,6 @@ struct PortalGrant {
 pub struct PortalLink {
     pub token: BrowserSecret,
     pub expires_at: DateTime<Utc>,
-}
-
-/// The session table of one node. Pure: time comes in as `now`.
-pub struct SessionTable {
-    settings: SessionSettings,
-    sessions: Mutex<HashMap<[u8; 32], SessionEntry>>,
-    portal_links: Mutex<HashMap<[u8; 32], PortalGrant>>,
-}
-
-impl SessionTable {
-    pub fn new(settings: SessionSettings) -> Self {
-        Self {
-            settings,
-            sessions: Mutex::new(HashMap::new()),
-            portal_links: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub fn settings(&self) -> SessionSettings {
-        self.settings
-    }
-
-    pub fn open(
-        &self,
-        id: String,
-        actor: Actor,
-        signed_in_with: Option<String>,
-        now: DateTime<Utc>,
-    ) -> (BrowserSecret, DashboardSession) {
-        let secret = BrowserSecret::generate();
-        let session = DashboardSession {
-            id,
-            actor,
-            signed_in_with,
-            csrf_token: random_token(),
-            created_at: now,
-            last_seen_at: now,
-        };
-        let mut sessions = self.sessions.lock();
-        sessions.retain(|_, entry| self.is_live(&entry.session, now));
-        if sessions.len() >= MAX_ENTRIES {
-            if let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, e)| e.session.created_at)
-                .map(|(k, _)| *k)
-            {
-                sessions.remove(&oldest);
-            }
-        }
-        sessions.insert(
-            secret.digest(),
-            SessionEntry {
-                session: session.clone(),
-                reveals: Vec::new(),
-            },
-        );
-        (secret, session)
-    }
-
-    /// The live session a cookie names, marked as seen now. An expired one is removed.
-    pub fn find(&self, secret: &BrowserSecret, now: DateTime<Utc>) -> Option<DashboardSession> {
-        let mut sessions = self.sessions.lock();
-        let digest = secret.digest();
-        let entry = sessions.get_mut(&digest)?;
-        if !self.is_live(&entry.session, now) {
-            sessions.remove(&digest);
-            return None;
-        }
-        entry.session.last_seen_at = now;
-        Some(entry.session.clone())
-    }
-
-    pub fn close(&self, secret: &BrowserSecret) {
-        self.sessions.lock().remove(&secret.digest());
-    }
-
-    fn is_live(&self, session: &DashboardSession, now: DateTime<Utc>) -> bool {
-        now < session.last_seen_at + self.settings.idle_timeout && now < session.created_at + self.settings.lifetime
-    }
-
-    /// Keeps a new key's plaintext until the page that shows it once asks for it.
-    pub fn hold_reveal(&self, secret: &BrowserSecret, key_id: &str, plaintext: impl Into<Revealed>) {
-        if let Some(entry) = self.sessions.lock().get_mut(&secret.digest()) {
-            entry.reveals.retain(|(id, _)| id != key_id);
-            entry.reveals.push((key_id.to_owned(), plaintext.into()));
-        }
-    }
-
-    /// The held plaintext of `key_id`, removed: a second call (a reload) gets nothing.
-    pub fn take_reveal(&self, secret: &BrowserSecret, key_id: &str) -> Option<Revealed> {
-        let mut sessions = self.sessions.lock();
-        let entry = sessions.get_mut(&secret.digest())?;
-        let position = entry.reveals.iter().position(|(id, _)| id == key_id)?;
-        Some(entry.reveals.remove(position).1)
-    }
-
-    pub fn issue_portal_link(&self, workspace_id: &str, now: DateTime<Utc>) -> PortalLink {
-        let token = BrowserSecret::generate();
-        let expires_at = now + self.settings.portal_link_ttl;
-        let mut links = self.portal_links.lock();
-        links.retain(|_, grant| now < grant.expires_at);
-        if links.len() >= MAX_ENTRIES {
-            if let Some(first) = links.iter().min_by_key(|(_, g)| g.expires_at).map(|(k, _)| *k) {
-                links.remove(&first);
-            }
-        }
-        links.insert(
-            token.digest(),
-            PortalGrant {
-                workspace_id: workspace_id.to_owned(),
-                expires_at,
-            },
-        );
-        PortalLink { token, expires_at }
-    }
-
-    /// The workspace of a live portal link, which is used up by this call.
-    pub fn redeem_portal_link(&self, token: &BrowserSecret, now: DateTime<Utc>) -> Option<String> {
-        let grant = self.portal_links.lock().remove(&token.digest())?;
-        (now < grant.expires_at).then_some(grant.workspace_id)
-    }
 }
 
 /// Why a browser has no usable session.
@@ -288,12 +166,11 @@ pub enum SessionError {
     Admin(#[from] AdminError),
 }
 
-/// Dashboard sessions and portal links: the table, and the admin checks
-/// that open and keep a session. UI state, kept here until the store holds
-/// it (issue 18, docs/decisions.md).
+/// Dashboard sessions and portal links, in the store, and the admin checks
+/// that open and keep a session.
 pub struct Sessions {
     context: Arc<Context>,
-    table: SessionTable,
+    settings: SessionSettings,
     admin: Arc<Admin>,
 }
 
@@ -301,13 +178,13 @@ impl Sessions {
     pub(crate) fn new(context: Arc<Context>, settings: SessionSettings, admin: Arc<Admin>) -> Self {
         Self {
             context,
-            table: SessionTable::new(settings),
+            settings,
             admin,
         }
     }
 
-    pub fn table(&self) -> &SessionTable {
-        &self.table
+    pub fn settings(&self) -> SessionSettings {
+        self.settings
     }
 
     /// Signs in with an admin key, or a workspace key holding `keys:manage`.
@@ -324,44 +201,148 @@ impl Sessions {
             id: format!("dashboard:{key_id}"),
             ..actor
         };
-        Ok(self.table.open(session_id, actor, Some(key_id), now))
+        self.open(session_id, actor, Some(key_id), now).await.map_err(|err| {
+            tracing::error!(error = %err, "session not stored");
+            Rejection::anonymous(ErrorCode::ServiceUnavailable)
+        })
     }
 
-    /// The session a cookie names, as seen from `client_ip`. A session opened
-    /// with a key ends as soon as that key is revoked, expired or deleted.
+    /// Stores a new session (and forgets ended ones).
+    async fn open(
+        &self,
+        id: String,
+        actor: Actor,
+        signed_in_with: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(BrowserSecret, DashboardSession), StoreError> {
+        self.prune(now).await?;
+        let secret = BrowserSecret::generate();
+        let record = SessionRecord {
+            id,
+            actor_id: actor.id.clone(),
+            workspace_id: match &actor.scope {
+                ActorScope::Admin => None,
+                ActorScope::Workspace(id) => Some(id.clone()),
+            },
+            environment: actor.environment.clone(),
+            signed_in_with,
+            created_at: now,
+            last_seen_at: now,
+        };
+        self.context.store().insert_session(&secret.hash(), &record).await?;
+        let session = session_of(record, &secret, actor.ip);
+        Ok((secret, session))
+    }
+
+    /// Deletes ended sessions, what they had yet to show, and expired portal links.
+    async fn prune(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.context
+            .store()
+            .prune_sessions(now - self.settings.idle_timeout, now - self.settings.lifetime, now)
+            .await
+    }
+
+    /// The session a cookie names, as seen from `client_ip`, marked as seen
+    /// now. A session opened with a key ends as soon as that key is revoked,
+    /// expired or deleted.
     pub async fn session(&self, secret: &BrowserSecret, client_ip: IpAddr) -> Result<DashboardSession, SessionError> {
         let now = self.context.now();
-        let mut session = self.table.find(secret, now).ok_or(SessionError::SignedOut)?;
-        if let Some(key_id) = &session.signed_in_with {
-            let key = self.context.store().get_key(key_id).await.map_err(AdminError::from)?;
+        let hash = secret.hash();
+        let store = self.context.store();
+        let record = store
+            .session(&hash)
+            .await
+            .map_err(AdminError::from)?
+            .ok_or(SessionError::SignedOut)?;
+        if !self.settings.is_live(record.created_at, record.last_seen_at, now) {
+            store.delete_session(&hash).await.map_err(AdminError::from)?;
+            return Err(SessionError::SignedOut);
+        }
+        if let Some(key_id) = &record.signed_in_with {
+            let key = store.get_key(key_id).await.map_err(AdminError::from)?;
             if key.is_none_or(|key| key.status(now) != KeyStatus::Active) {
-                self.table.close(secret);
+                store.delete_session(&hash).await.map_err(AdminError::from)?;
                 return Err(SessionError::SignedOut);
             }
         }
-        session.actor.ip = Some(client_ip.to_string());
-        Ok(session)
+        store.touch_session(&hash, now).await.map_err(AdminError::from)?;
+        let record = SessionRecord {
+            last_seen_at: now,
+            ..record
+        };
+        Ok(session_of(record, secret, Some(client_ip.to_string())))
+    }
+
+    /// Ends the session on every node.
+    pub async fn sign_out(&self, secret: &BrowserSecret) -> Result<(), AdminError> {
+        Ok(self.context.store().delete_session(&secret.hash()).await?)
+    }
+
+    /// Keeps a new key's plaintext (or a webhook's secret), sealed, until the
+    /// page that shows it once asks for it, on whichever node that is.
+    pub async fn hold_reveal(
+        &self,
+        secret: &BrowserSecret,
+        object_id: &str,
+        revealed: impl Into<Revealed>,
+    ) -> Result<(), AdminError> {
+        let hash = secret.hash();
+        let revealed = revealed.into();
+        let sealed = self.context.keyring().seal(
+            revealed.0.expose_secret().as_bytes(),
+            &reveal_context(&hash, object_id),
+            &mut rand::thread_rng(),
+        );
+        Ok(self.context.store().hold_reveal(&hash, object_id, &sealed).await?)
+    }
+
+    /// The held secret of `object_id`, removed: a second call (a reload) gets nothing.
+    pub async fn take_reveal(&self, secret: &BrowserSecret, object_id: &str) -> Result<Option<Revealed>, AdminError> {
+        let hash = secret.hash();
+        let Some(sealed) = self.context.store().take_reveal(&hash, object_id).await? else {
+            return Ok(None);
+        };
+        let opened = self.context.keyring().open(&sealed, &reveal_context(&hash, object_id));
+        match opened
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes.expose_secret().to_vec()).ok())
+        {
+            Some(text) => Ok(Some(Revealed(text.into()))),
+            None => {
+                // Sealed with a key this node no longer has: shown as gone.
+                tracing::warn!(object = %object_id, "a secret to show once could not be opened");
+                Ok(None)
+            }
+        }
     }
 
     /// `POST /v1/portal-sessions`: a one-time link into one workspace's dashboard.
     pub async fn create_portal_link(&self, actor: &Actor, workspace_id: &str) -> Result<PortalLink, AdminError> {
         // Reading the workspace checks that it exists and that the caller may see it.
         self.admin.get_workspace(actor, workspace_id).await?;
-        Ok(self.table.issue_portal_link(workspace_id, self.context.now()))
+        let now = self.context.now();
+        self.prune(now).await?;
+        let token = BrowserSecret::generate();
+        let expires_at = now + self.settings.portal_link_ttl;
+        self.context
+            .store()
+            .insert_portal_link(&token.hash(), workspace_id, expires_at)
+            .await?;
+        Ok(PortalLink { token, expires_at })
     }
 
     /// Opens a session bound to the link's workspace; `None` if the link is
-    /// unknown, used or expired, or its workspace is gone.
+    /// unknown, used (on any node) or expired, or its workspace is gone.
     pub async fn redeem_portal_link(
         &self,
         token: &BrowserSecret,
         client_ip: IpAddr,
     ) -> Result<Option<(BrowserSecret, DashboardSession)>, AdminError> {
         let now = self.context.now();
-        let Some(workspace_id) = self.table.redeem_portal_link(token, now) else {
+        let Some((workspace_id, expires_at)) = self.context.store().redeem_portal_link(&token.hash()).await? else {
             return Ok(None);
         };
-        if self.context.store().get_workspace(&workspace_id).await?.is_none() {
+        if now >= expires_at || self.context.store().get_workspace(&workspace_id).await?.is_none() {
             return Ok(None);
         }
         let session_id = self.context.new_id("sess", now);
@@ -372,7 +353,29 @@ impl Sessions {
             // The provider opened the link for the whole workspace.
             environment: None,
         };
-        Ok(Some(self.table.open(session_id, actor, None, now)))
+        Ok(Some(self.open(session_id, actor, None, now).await?))
+    }
+}
+
+/// What seals a secret to show once: it opens only for the same session and object.
+fn reveal_context(session_hash: &str, object_id: &str) -> String {
+    format!("reveal:{session_hash}:{object_id}")
+}
+
+/// The session a stored record and the browser's secret describe.
+fn session_of(record: SessionRecord, secret: &BrowserSecret, ip: Option<String>) -> DashboardSession {
+    DashboardSession {
+        id: record.id,
+        actor: Actor {
+            id: record.actor_id,
+            ip,
+            scope: record.workspace_id.map_or(ActorScope::Admin, ActorScope::Workspace),
+            environment: record.environment,
+        },
+        signed_in_with: record.signed_in_with,
+        csrf_token: secret.csrf_token(),
+        created_at: record.created_at,
+        last_seen_at: record.last_seen_at,
     }
 }
 
@@ -381,87 +384,48 @@ impl Sessions {
 mod tests {
     use super::*;
 
-    fn table() -> SessionTable {
-        SessionTable::new(SessionSettings::default())
-    }
-
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
     }
 
-    fn operator() -> Actor {
-        Actor {
-            id: "dashboard:key_1".into(),
-            ip: None,
-            scope: ActorScope::Admin,
-            environment: None,
-        }
-    }
-
     #[test]
     fn a_session_ends_after_the_idle_timeout_unless_used() {
-        let sessions = table();
-        let (secret, _) = sessions.open("sess_1".into(), operator(), None, t0());
+        let settings = SessionSettings::default();
         let used = t0() + Duration::minutes(29);
-        assert!(sessions.find(&secret, used).is_some());
+        assert!(settings.is_live(t0(), t0(), used));
         // Each use restarts the idle clock.
-        assert!(sessions.find(&secret, used + Duration::minutes(29)).is_some());
-        assert!(sessions
-            .find(&secret, used + Duration::minutes(29) + Duration::minutes(30))
-            .is_none());
-        // Once ended, it stays ended.
-        assert!(sessions.find(&secret, used).is_none());
+        assert!(settings.is_live(t0(), used, used + Duration::minutes(29)));
+        assert!(!settings.is_live(t0(), used, used + Duration::minutes(30)));
     }
 
     #[test]
     fn a_busy_session_still_ends_at_its_lifetime() {
-        let sessions = table();
-        let (secret, _) = sessions.open("sess_1".into(), operator(), None, t0());
+        let settings = SessionSettings::default();
         let mut now = t0();
         while now < t0() + Duration::hours(12) - Duration::minutes(10) {
             now += Duration::minutes(10);
-            assert!(sessions.find(&secret, now).is_some(), "{now}");
+            assert!(settings.is_live(t0(), now - Duration::minutes(10), now), "{now}");
         }
-        assert!(sessions.find(&secret, t0() + Duration::hours(12)).is_none());
+        let end = t0() + Duration::hours(12);
+        assert!(!settings.is_live(t0(), end - Duration::minutes(1), end));
     }
 
     #[test]
-    fn only_the_secret_finds_a_session_and_closing_ends_it() {
-        let sessions = table();
-        let (secret, session) = sessions.open("sess_1".into(), operator(), None, t0());
-        assert_eq!(sessions.find(&secret, t0()).unwrap().id, session.id);
-        assert!(sessions
-            .find(&BrowserSecret::from_presented(&session.csrf_token), t0())
-            .is_none());
-        assert!(sessions.find(&BrowserSecret::from_presented(""), t0()).is_none());
-        sessions.close(&secret);
-        assert!(sessions.find(&secret, t0()).is_none());
-    }
-
-    #[test]
-    fn a_reveal_is_taken_once() {
-        let sessions = table();
-        let (secret, _) = sessions.open("sess_1".into(), operator(), None, t0());
-        let (other, _) = sessions.open("sess_2".into(), operator(), None, t0());
-        let format = keygate_core::KeyFormat::new("kg", &["live".to_owned()]).unwrap();
-        let plaintext = format.generate("live", &mut rand::thread_rng()).unwrap();
-        sessions.hold_reveal(&secret, "key_1", plaintext.clone());
-        assert!(sessions.take_reveal(&other, "key_1").is_none());
-        assert!(sessions.take_reveal(&secret, "key_2").is_none());
-        assert_eq!(sessions.take_reveal(&secret, "key_1"), Some(Revealed::Key(plaintext)));
-        assert!(sessions.take_reveal(&secret, "key_1").is_none());
-    }
-
-    #[test]
-    fn a_portal_link_is_redeemed_once_and_only_before_it_expires() {
-        let sessions = table();
-        let link = sessions.issue_portal_link("ws_1", t0());
-        assert_eq!(link.expires_at, t0() + Duration::minutes(10));
-        assert_eq!(sessions.redeem_portal_link(&link.token, t0()).as_deref(), Some("ws_1"));
-        assert_eq!(sessions.redeem_portal_link(&link.token, t0()), None);
-
-        let late = sessions.issue_portal_link("ws_1", t0());
-        assert_eq!(sessions.redeem_portal_link(&late.token, link.expires_at), None);
+    fn the_csrf_token_is_the_secret_s_own_and_reveals_nothing_of_it() {
+        let secret = BrowserSecret::generate();
+        let other = BrowserSecret::generate();
+        assert_eq!(
+            secret.csrf_token(),
+            BrowserSecret::from_presented(secret.expose()).csrf_token()
+        );
+        assert_ne!(secret.csrf_token(), other.csrf_token());
+        assert_ne!(
+            secret.csrf_token(),
+            secret.hash(),
+            "the token is not what the store keeps"
+        );
+        assert!(!secret.csrf_token().contains(secret.expose()));
+        assert_eq!(secret.hash().len(), 64);
     }
 
     #[test]
@@ -469,5 +433,7 @@ mod tests {
         let secret = BrowserSecret::generate();
         assert_eq!(secret.expose().len(), 64);
         assert!(!format!("{secret:?}").contains(secret.expose()));
+        let revealed = Revealed("kg_live_secret".to_owned().into());
+        assert!(!format!("{revealed:?}").contains("kg_live_secret"));
     }
 }

@@ -21,6 +21,11 @@ impl Engine {
         self.verifier().run_change_listener(stop.cancelled()).await;
     }
 
+    /// Heartbeats in the list of nodes until `stop`, then leaves it.
+    pub async fn run_heartbeats(self: Arc<Self>, addresses: crate::nodes::NodeAddresses, stop: CancellationToken) {
+        self.nodes().run_heartbeats(addresses, stop).await;
+    }
+
     /// The usage flusher and the event workers, until `stop`.
     pub async fn run_background(
         self: Arc<Self>,

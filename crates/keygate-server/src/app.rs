@@ -141,6 +141,11 @@ impl App {
             stop.clone(),
         ));
         tasks.spawn(engine.clone().run_change_listener(stop.clone()));
+        let addresses = keygate_engine::nodes::NodeAddresses {
+            gateway: gateway_addr.to_string(),
+            admin: admin_addr.to_string(),
+        };
+        tasks.spawn(engine.clone().run_heartbeats(addresses, stop.clone()));
         tasks.spawn(reseal_webhook_secrets(engine.clone()));
         let background = background::run(
             settings.background_priority,

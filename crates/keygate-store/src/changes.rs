@@ -25,6 +25,11 @@ pub enum Change {
     /// A workspace's plan, allowlist, limits or state changed, or it was
     /// deleted: any key of it may decide differently.
     Workspace(String),
+    /// Not a change: a marker that asks every node to confirm it heard
+    /// everything committed before it (a revocation receipt,
+    /// crates/keygate-engine/src/nodes.rs). A node hears it only after those
+    /// changes, since the feed keeps commit order.
+    Receipt(String),
 }
 
 impl Change {
@@ -33,6 +38,7 @@ impl Change {
         match self {
             Self::Key(hash) => format!("key:{}", hash.to_hex()),
             Self::Workspace(id) => format!("workspace:{id}"),
+            Self::Receipt(id) => format!("receipt:{id}"),
         }
     }
 
@@ -42,10 +48,15 @@ impl Change {
         if let Some(hex) = payload.strip_prefix("key:") {
             return KeyHash::from_hex(hex).map(Self::Key);
         }
-        payload
-            .strip_prefix("workspace:")
-            .filter(|id| !id.is_empty())
-            .map(|id| Self::Workspace(id.to_owned()))
+        let named = |prefix: &str| {
+            payload
+                .strip_prefix(prefix)
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+        };
+        named("workspace:")
+            .map(Self::Workspace)
+            .or_else(|| named("receipt:").map(Self::Receipt))
     }
 }
 
@@ -74,10 +85,14 @@ mod tests {
     #[test]
     fn changes_round_trip_and_unknown_payloads_are_refused() {
         let hash = KeyHash::of("kg_live_example");
-        for change in [Change::Key(hash), Change::Workspace("ws_01".into())] {
+        for change in [
+            Change::Key(hash),
+            Change::Workspace("ws_01".into()),
+            Change::Receipt("rcp_01".into()),
+        ] {
             assert_eq!(Change::decode(&change.encode()), Some(change));
         }
-        for bad in ["", "key:", "key:zz", "key:abcd", "workspace:", "tenant:1"] {
+        for bad in ["", "key:", "key:zz", "key:abcd", "workspace:", "receipt:", "tenant:1"] {
             assert_eq!(Change::decode(bad), None, "{bad:?}");
         }
     }

@@ -357,7 +357,18 @@ pub enum RevokeOutcome {
 /// store imports the aggregate traits it calls (`use keygate_store::KeyStore`).
 #[async_trait]
 pub trait Store:
-    WorkspaceStore + KeyStore + AuditStore + UsageStore + CreditStore + EventStore + WebhookStore + Send + Sync + 'static
+    WorkspaceStore
+    + KeyStore
+    + AuditStore
+    + UsageStore
+    + CreditStore
+    + EventStore
+    + WebhookStore
+    + NodeStore
+    + SessionStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -460,6 +471,100 @@ pub trait CreditStore: Send + Sync {
     /// same period and larger: a late or repeated write never lowers it.
     async fn save_credit_spends(&self, spends: &[CreditSpend]) -> Result<(), StoreError>;
     async fn credit_spend(&self, owner: &str, counter: &str) -> Result<Option<CreditSpend>, StoreError>;
+}
+
+/// A node of the deployment as it last described itself (its heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// `node_<ulid>`, new at every start.
+    pub id: String,
+    pub version: String,
+    pub gateway_addr: String,
+    pub admin_addr: String,
+    pub started_at: DateTime<Utc>,
+    pub last_heartbeat: DateTime<Utc>,
+    /// Whether it hears the other nodes' changes (`listening`, ...).
+    pub hearing: String,
+    /// Keys in its cache.
+    pub cache_size: u64,
+}
+
+/// One node's confirmation of a receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmation {
+    pub node_id: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The nodes of a deployment and their receipts (crates/keygate-store/src/sql/nodes.rs).
+#[async_trait]
+pub trait NodeStore: Send + Sync {
+    /// Adds the node, or replaces what it said before.
+    async fn record_heartbeat(&self, node: &NodeRecord) -> Result<(), StoreError>;
+    /// Nodes whose last heartbeat is at or after `since`, oldest start first.
+    async fn nodes_seen_since(&self, since: DateTime<Utc>) -> Result<Vec<NodeRecord>, StoreError>;
+    /// A node that stops says so, so that nobody waits for it.
+    async fn remove_node(&self, id: &str) -> Result<(), StoreError>;
+    /// Announces [`Change::Receipt`] after every change committed so far.
+    /// False for a store with no feed (one node, which evicts its own cache).
+    async fn announce_receipt(&self, receipt_id: &str) -> Result<bool, StoreError>;
+    /// Idempotent: the first confirmation of a node counts.
+    async fn confirm_receipt(&self, receipt_id: &str, node_id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+    async fn receipt_confirmations(&self, receipt_id: &str) -> Result<Vec<Confirmation>, StoreError>;
+    /// Forgets nodes not heard from, and confirmations made, before `before`.
+    async fn prune_nodes(&self, before: DateTime<Utc>) -> Result<(), StoreError>;
+}
+
+/// A dashboard session as stored: who, since when, last seen when. The
+/// browser's secret is the row's key, as a SHA-256 hex; its CSRF token is
+/// derived from that secret, so it is not stored either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Public id (`sess_...`).
+    pub id: String,
+    /// The audit trail's actor (`dashboard:<key id>`, `portal:<session id>`).
+    pub actor_id: String,
+    /// The one workspace it may see; `None` for an operator.
+    pub workspace_id: Option<String>,
+    /// The one environment whose keys it may manage; `None`: all.
+    pub environment: Option<String>,
+    /// The key used to sign in; the session ends when that key stops being active.
+    pub signed_in_with: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// Dashboard sessions, their reveal-once secrets and portal links
+/// (crates/keygate-store/src/sql/sessions.rs). Secrets of browsers arrive
+/// here as SHA-256 hex only.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn insert_session(&self, secret_hash: &str, session: &SessionRecord) -> Result<(), StoreError>;
+    async fn session(&self, secret_hash: &str) -> Result<Option<SessionRecord>, StoreError>;
+    async fn touch_session(&self, secret_hash: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Ends the session and drops what it had yet to show.
+    async fn delete_session(&self, secret_hash: &str) -> Result<(), StoreError>;
+    /// Deletes sessions idle since `idle_before` or opened before
+    /// `opened_before`, what they had yet to show, and portal links expired by `now`.
+    async fn prune_sessions(
+        &self,
+        idle_before: DateTime<Utc>,
+        opened_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Keeps a sealed secret for the session to show once (replacing one for the same object).
+    async fn hold_reveal(&self, secret_hash: &str, object_id: &str, sealed: &StoredSecret) -> Result<(), StoreError>;
+    /// The held secret, deleted in the same statement: of two concurrent calls one gets it.
+    async fn take_reveal(&self, secret_hash: &str, object_id: &str) -> Result<Option<StoredSecret>, StoreError>;
+    async fn insert_portal_link(
+        &self,
+        token_hash: &str,
+        workspace_id: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// The link's workspace and expiry, deleted in the same statement: a link
+    /// is used up by its first redemption on any node, even an expired one.
+    async fn redeem_portal_link(&self, token_hash: &str) -> Result<Option<(String, DateTime<Utc>)>, StoreError>;
 }
 
 /// Usage counts and their roll-ups (crates/keygate-store/src/sql/usage.rs).

@@ -1,7 +1,7 @@
 //! What the SQL stores share: the schema's column lists, the mapping between
 //! rows and the domain types, and [`sql_store!`], which writes the `Store`
 //! implementation once for every sqlx database: one file per aggregate in
-//! `sql/` (workspaces, keys, audit, usage, credits, events, webhooks), each method with
+//! `sql/` (workspaces, keys, audit, usage, credits, events, webhooks, nodes, sessions), each method with
 //! its SQL, and here what they share. The SQL is the same on
 //! SQLite and PostgreSQL (timestamps as Unix milliseconds, lists as JSON
 //! text); only the placeholder syntax differs, which each backend's `sql_text`
@@ -11,6 +11,8 @@ pub(crate) mod audit;
 pub(crate) mod credits;
 pub(crate) mod events;
 pub(crate) mod keys;
+pub(crate) mod nodes;
+pub(crate) mod sessions;
 pub(crate) mod usage;
 pub(crate) mod webhooks;
 pub(crate) mod workspaces;
@@ -26,10 +28,10 @@ pub(crate) use keygate_core::events::{EventFilter, EventType};
 pub(crate) use keygate_core::secrets::StoredSecret;
 
 pub(crate) use crate::{
-    AuditEvent, AuditFilter, BucketCount, ClaimedDelivery, CreditSpend, Delivery, DeliveryAttempt, DeliveryNext,
-    DeliveryStatus, EventListFilter, KeyActivity, KeyEventScan, KeyFilter, KeyTotals, NewEvent, Page, Paged,
-    RevokeOutcome, StoreError, StoredEvent, TopBy, UsageBatch, UsageCount, UsageCutoffs, UsageGrain, WebhookEndpoint,
-    TOP_KEY_WINDOWS,
+    AuditEvent, AuditFilter, BucketCount, ClaimedDelivery, Confirmation, CreditSpend, Delivery, DeliveryAttempt,
+    DeliveryNext, DeliveryStatus, EventListFilter, KeyActivity, KeyEventScan, KeyFilter, KeyTotals, NewEvent,
+    NodeRecord, Page, Paged, RevokeOutcome, SessionRecord, StoreError, StoredEvent, TopBy, UsageBatch, UsageCount,
+    UsageCutoffs, UsageGrain, WebhookEndpoint, TOP_KEY_WINDOWS,
 };
 
 /// The outbox event of an audited change that is published (see
@@ -503,6 +505,8 @@ macro_rules! sql_store {
             $crate::sql::credits::credits_sql!($store, $db, $sql);
             $crate::sql::events::events_sql!($store, $db, $sql);
             $crate::sql::webhooks::webhooks_sql!($store, $db, $sql);
+            $crate::sql::nodes::nodes_sql!($store, $db, $sql);
+            $crate::sql::sessions::sessions_sql!($store, $db, $sql);
         }
     };
 }

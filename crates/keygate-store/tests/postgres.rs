@@ -45,8 +45,8 @@ async fn open_by_url_migrates_once_and_reopens() {
         .await
         .unwrap();
     assert_eq!(
-        tables, 15,
-        "fourteen tables and sqlx's migration table, in the test's own schema"
+        tables, 20,
+        "nineteen tables and sqlx's migration table, in the test's own schema"
     );
 }
 
@@ -83,6 +83,11 @@ async fn committed_changes_are_announced_to_the_feed_of_the_same_schema_only() {
         .insert_key(&key, &audit("key.created", &key.id, None))
         .await
         .unwrap();
+    let key2 = sample_key(&ws.id, "announced too");
+    store
+        .insert_key(&key2, &audit("key.created", &key2.id, None))
+        .await
+        .unwrap();
     let other_ws = sample_workspace("Elsewhere");
     other
         .insert_workspace(&other_ws, &audit("workspace.created", &other_ws.id, None))
@@ -113,6 +118,22 @@ async fn committed_changes_are_announced_to_the_feed_of_the_same_schema_only() {
     assert_eq!(
         next_event(&mut feed).await,
         FeedEvent::Changed(Change::Workspace(ws.id.clone()))
+    );
+    // A receipt is heard after every change committed before it.
+    store
+        .revoke_key(
+            &key2.id,
+            chrono::Utc::now(),
+            None,
+            &audit("key.revoked", &key2.id, None),
+        )
+        .await
+        .unwrap();
+    assert!(store.announce_receipt("rcp_1").await.unwrap());
+    assert_eq!(next_event(&mut feed).await, FeedEvent::Changed(Change::Key(key2.hash)));
+    assert_eq!(
+        next_event(&mut feed).await,
+        FeedEvent::Changed(Change::Receipt("rcp_1".into()))
     );
 }
 

@@ -40,3 +40,10 @@ async fn data_survives_reopening() {
     let reopened = SqliteStore::open(&url).await.unwrap();
     assert_eq!(reopened.get_workspace(&ws.id).await.unwrap(), Some(ws));
 }
+
+/// One node, no feed: a receipt is not announced, since the writer evicted its own cache.
+#[tokio::test]
+async fn sqlite_announces_no_receipt() {
+    let store = fresh_sqlite().await.unwrap();
+    assert!(!store.announce_receipt("rcp_1").await.unwrap());
+}

@@ -60,7 +60,8 @@ struct Cluster {
     nodes: Vec<Node>,
     admin_key: String,
     http: reqwest::Client,
-    postgres: TcpCut,
+    /// Each node's own way to PostgreSQL, so that one node can lose it alone.
+    postgres: Vec<TcpCut>,
     redis: TcpCut,
     /// The nodes' one secrets key file (on PostgreSQL a node needs one) and
     /// the GitHub keys file (`leaks.github_keys_file`).
@@ -79,12 +80,17 @@ impl Cluster {
         let redis_target = redis_addr()?;
         let schema = keygate_store::testsuite::fresh_postgres_schema().await?;
         let postgres_target = socket_of(&keygate_store::testsuite::postgres_url(), 5432);
-        let postgres = TcpCut::start(postgres_target).await;
+        let mut postgres = Vec::new();
+        for _ in 0..nodes {
+            postgres.push(TcpCut::start(postgres_target).await);
+        }
         let redis = TcpCut::start(redis_target).await;
-        let mut store_url = reqwest::Url::parse(&keygate_store::testsuite::postgres_url_for_schema(&schema)).unwrap();
-        store_url.set_host(Some("127.0.0.1")).unwrap();
-        store_url.set_port(Some(postgres.addr.port())).unwrap();
-        let store = format!("url = \"{store_url}\"\ntimeout = \"1s\"");
+        let store_through = |cut: &TcpCut| {
+            let mut url = reqwest::Url::parse(&keygate_store::testsuite::postgres_url_for_schema(&schema)).unwrap();
+            url.set_host(Some("127.0.0.1")).unwrap();
+            url.set_port(Some(cut.addr.port())).unwrap();
+            format!("url = \"{url}\"\ntimeout = \"1s\"")
+        };
         let secrets = tempfile::tempdir().unwrap();
         let key_file = secrets.path().join("keygate.secrets.key");
         let key = keygate_core::secrets::Keyring::generate_key(&mut rand::thread_rng());
@@ -108,7 +114,10 @@ impl Cluster {
             key_file.display(),
             github_keys.display()
         );
-        let deployments: Vec<Deployment> = (0..nodes).map(|_| Deployment::with_store(&store, &extra)).collect();
+        let deployments: Vec<Deployment> = postgres
+            .iter()
+            .map(|cut| Deployment::with_store(&store_through(cut), &extra))
+            .collect();
         // Migrates and makes the admin key once, before any node starts.
         let admin = deployments[0].ok_json(&["admin", "create-key", "--name", "cluster", "--json"], None);
         let admin_key = admin["key"].as_str().unwrap().to_owned();
@@ -282,6 +291,58 @@ impl Cluster {
         assert_eq!(feedback[0]["label"], "true_positive", "{feedback}");
     }
 
+    /// Each node's id, in node order, once `GET /v1/nodes` lists them all.
+    async fn node_ids(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, listed) = self.admin(0, Method::GET, "/v1/nodes", None).await;
+            assert_eq!(status, 200, "{listed}");
+            let id_of = |node: &Node| {
+                let admin = node.deployment.admin_url.trim_start_matches("http://");
+                listed["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|listed| listed["admin_addr"] == admin)
+                    .map(|listed| listed["id"].as_str().unwrap().to_owned())
+            };
+            if let Some(ids) = self.nodes.iter().map(id_of).collect::<Option<Vec<String>>>() {
+                return ids;
+            }
+            assert!(Instant::now() < deadline, "not every node is listed: {listed}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Revokes `key_id` through `node` with `?wait={wait}`: the receipt, and how long the answer took.
+    async fn revoke_and_wait(&self, node: usize, key_id: &str, wait: &str) -> (Value, Duration) {
+        let started = Instant::now();
+        let (status, body) = self
+            .admin(
+                node,
+                Method::POST,
+                &format!("/v1/keys/{key_id}/revoke?wait={wait}"),
+                Some(json!({})),
+            )
+            .await;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{body}");
+        (body["propagation"].clone(), took)
+    }
+
+    /// Waits until `/readyz` of `node` shows the change feed in this state.
+    async fn wait_for_changes(&self, node: usize, changes: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready = self.readiness(node).await;
+            if ready["dependencies"]["changes"]["state"] == changes {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {node} never {changes}: {ready}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn others(&self, node: usize) -> impl Iterator<Item = usize> {
         (0..self.nodes.len()).filter(move |&other| other != node)
     }
@@ -433,6 +494,60 @@ async fn keys_are_shared_and_revocations_reach_every_node_within_a_second() {
         percentile(&times, 0.9).as_secs_f64() * 1000.0,
         times[times.len() - 1].as_secs_f64() * 1000.0,
     );
+}
+
+/// Issue 18: `?wait` answers once every live node confirmed the revocation,
+/// so the key is refused everywhere when the answer comes; a node that has
+/// lost its change feed (here: its PostgreSQL) is named, the answer comes
+/// when the wait ends, and after recovery every node confirms again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_with_wait_is_confirmed_by_every_node_or_names_the_one_that_cannot_hear() {
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let ids = cluster.node_ids().await;
+    let ws = cluster.workspace(0).await;
+    let (id, key) = cluster.key(0, &ws).await;
+    for node in 0..3 {
+        assert_eq!(cluster.call(node, &key).await.0, StatusCode::OK, "node {node}");
+    }
+    let (receipt, took) = cluster.revoke_and_wait(1, &id, "2s").await;
+    assert_eq!(
+        (&receipt["nodes"], &receipt["confirmed"], &receipt["unconfirmed"]),
+        (&json!(3), &json!(3), &json!([])),
+        "{receipt}"
+    );
+    assert!(receipt["slowest_ms"].as_u64().unwrap() < 1_000, "{receipt}");
+    println!("receipt of a revocation on 3 nodes: {receipt}, answered in {took:?}");
+    for node in 0..3 {
+        assert_eq!(
+            cluster.call(node, &key).await.0,
+            StatusCode::UNAUTHORIZED,
+            "confirmed, so refused on node {node}"
+        );
+    }
+
+    // Node 2 loses PostgreSQL, and with it the change feed; its last
+    // heartbeat is still recent, so it is waited for and named.
+    let (id, _) = cluster.key(0, &ws).await;
+    cluster.postgres[2].cut();
+    cluster.wait_for_changes(2, "not_listening").await;
+    let (receipt, took) = cluster.revoke_and_wait(0, &id, "1500ms").await;
+    assert_eq!(
+        (&receipt["nodes"], &receipt["confirmed"], &receipt["unconfirmed"]),
+        (&json!(3), &json!(2), &json!([ids[2]])),
+        "{receipt}"
+    );
+    assert!(
+        took >= Duration::from_millis(1_500) && took < Duration::from_secs(5),
+        "answered when the wait ended: {took:?}"
+    );
+
+    cluster.postgres[2].restore().await;
+    cluster.wait_for_readiness(2, "listening", "up").await;
+    let (id, _) = cluster.key(0, &ws).await;
+    let (receipt, _) = cluster.revoke_and_wait(2, &id, "2s").await;
+    assert_eq!(receipt["confirmed"], 3, "{receipt}");
 }
 
 /// Sends `total` requests for `key` from `clients` concurrent clients, each
@@ -599,7 +714,9 @@ async fn losing_postgres_keeps_cached_keys_working_and_recovers_by_itself() {
         assert_eq!(cluster.admin(node, Method::GET, "/v1/workspaces", None).await.0, 200);
     }
 
-    cluster.postgres.cut();
+    for cut in &cluster.postgres {
+        cut.cut();
+    }
     for node in 0..3 {
         cluster.wait_for_readiness(node, "not_listening", "down").await;
     }
@@ -649,7 +766,9 @@ async fn losing_postgres_keeps_cached_keys_working_and_recovers_by_itself() {
         assert_eq!(ready["status"], "not_ready", "{ready}");
     }
 
-    cluster.postgres.restore().await;
+    for cut in &cluster.postgres {
+        cut.restore().await;
+    }
     for node in 0..3 {
         cluster.wait_for_readiness(node, "listening", "up").await;
     }

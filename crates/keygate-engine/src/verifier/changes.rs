@@ -102,6 +102,7 @@ impl Verifier {
                     tracing::info!("listening to other nodes' changes");
                 }
                 Ok(FeedEvent::Changed(Change::Key(hash))) => self.forget_key(&hash),
+                Ok(FeedEvent::Changed(Change::Receipt(id))) => self.confirm_receipt(id),
                 Ok(FeedEvent::Changed(Change::Workspace(_)) | FeedEvent::Unreadable) => self.forget_all_keys(),
                 Err(err) => {
                     if self.hearing.set(Hearing::NotListening) == Hearing::Listening {
@@ -115,6 +116,20 @@ impl Verifier {
                 }
             }
         }
+    }
+
+    /// Everything announced before receipt `id` has been applied here (the
+    /// feed keeps commit order): says so in the store, off the listener, so
+    /// that the next change is not held up by the write.
+    fn confirm_receipt(&self, id: String) {
+        let store = self.context.store().clone();
+        let node = self.context.node_id().to_owned();
+        let now = self.context.now();
+        tokio::spawn(async move {
+            if let Err(err) = store.confirm_receipt(&id, &node, now).await {
+                tracing::warn!(error = %err, receipt = %id, "receipt not confirmed");
+            }
+        });
     }
 
     pub(crate) fn hearing(&self) -> Hearing {

@@ -570,6 +570,11 @@ impl Verifier {
         self.cache.clear();
     }
 
+    /// Keys in this node's cache now.
+    pub(crate) fn cached_keys(&self) -> u64 {
+        self.cache.len() as u64
+    }
+
     /// `/metrics` in the Prometheus text format.
     pub fn encode_metrics(&self, targets: &[TargetSample]) -> Result<String, std::fmt::Error> {
         self.context.metrics().encode(ScrapeValues {

@@ -897,3 +897,93 @@ pub struct ConfigReloaded {
     /// How many routes the gateway has now.
     pub routes: usize,
 }
+
+// ----- nodes and receipts -----
+
+/// `?wait=2s` on a change that can make a cached key decide differently
+/// (revoke, rotate, delete; a workspace's change or deletion): answer once
+/// every live node has confirmed it, or when the wait ends.
+#[derive(Debug, Default, Deserialize)]
+pub struct WaitQuery {
+    #[serde(default, deserialize_with = "wait_duration")]
+    pub wait: Option<std::time::Duration>,
+}
+
+/// `0`, `1ms` to `9999ms`, or `1s` to `10s` (crates/keygate-core/src/grammar.rs, `WAIT`).
+fn wait_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    keygate_core::duration::parse_wait(&text)
+        .map(Some)
+        .ok_or_else(|| de::Error::custom("must be 0, 1ms to 9999ms, or 1s to 10s"))
+}
+
+/// Which live nodes confirmed a change: `confirmed` of `nodes`, the slowest
+/// in `slowest_ms` from when the change was answered (this node's is 0),
+/// and the ids of those that did not confirm within the wait.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PropagationView {
+    pub nodes: usize,
+    pub confirmed: usize,
+    pub slowest_ms: u64,
+    pub unconfirmed: Vec<String>,
+}
+
+impl From<keygate_engine::nodes::Receipt> for PropagationView {
+    fn from(receipt: keygate_engine::nodes::Receipt) -> Self {
+        Self {
+            nodes: receipt.nodes,
+            confirmed: receipt.confirmed,
+            slowest_ms: receipt.slowest_ms,
+            unconfirmed: receipt.unconfirmed,
+        }
+    }
+}
+
+/// A change's answer, with its receipt when `?wait` asked for one.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Propagated<T: ToSchema> {
+    #[serde(flatten)]
+    pub result: T,
+    /// Present when the call had `?wait`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<PropagationView>,
+}
+
+/// The answer of a workspace deletion with `?wait` (without it: 204).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PropagationOnly {
+    pub propagation: PropagationView,
+}
+
+/// A node of the deployment, as its last heartbeat described it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    pub version: String,
+    pub gateway_addr: String,
+    pub admin_addr: String,
+    pub started_at: DateTime<Utc>,
+    pub last_heartbeat: DateTime<Utc>,
+    /// `listening`, `not_listening` or `not_needed` (one node on SQLite).
+    pub hearing: String,
+    /// Keys in its cache.
+    pub cache_size: u64,
+    /// The node that answered this call.
+    pub this_node: bool,
+}
+
+impl NodeView {
+    pub fn new(node: keygate_store::NodeRecord, this_node: &str) -> Self {
+        Self {
+            this_node: node.id == this_node,
+            id: node.id,
+            version: node.version,
+            gateway_addr: node.gateway_addr,
+            admin_addr: node.admin_addr,
+            started_at: node.started_at,
+            last_heartbeat: node.last_heartbeat,
+            hearing: node.hearing,
+            cache_size: node.cache_size,
+        }
+    }
+}

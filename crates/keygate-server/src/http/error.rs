@@ -148,13 +148,21 @@ impl From<PathRejection> for ApiError {
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        let detail = rejection.body_text();
+        let text = rejection.body_text();
+        let detail = text.trim_start_matches("Failed to deserialize query string: ");
+        // `wait: must be ...`: the parameter's path, then what is wrong with it.
+        if let Some((field, message)) = detail.split_once(": ") {
+            if !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Self::validation(field, message);
+            }
+        }
+        // `unknown variant `x``: the name in backticks.
         let field = detail
             .split('`')
             .nth(1)
             .map(str::to_owned)
             .unwrap_or_else(|| "query".to_owned());
-        Self::validation(&field, detail.replace("Failed to deserialize query string: ", ""))
+        Self::validation(&field, detail)
     }
 }
 

@@ -217,6 +217,17 @@ mod tests {
         }
 
         #[test]
+        fn a_wait_parses_exactly_when_the_document_allows_it(text in "[0-9]{0,6}(m?s)?") {
+            let allowed = regex::Regex::new(WAIT).unwrap().is_match(&text);
+            prop_assert_eq!(keygate_core::duration::parse_wait(&text).is_some(), allowed, "{}", text);
+        }
+
+        #[test]
+        fn every_wait_the_document_allows_parses(text in from(WAIT)) {
+            prop_assert!(keygate_core::duration::parse_wait(&text).is_some(), "{}", text);
+        }
+
+        #[test]
         fn every_duration_the_document_allows_parses(duration in from(DURATION)) {
             prop_assert!(keygate_core::duration::parse_duration(&duration).is_ok(), "{}", duration);
         }

@@ -12,6 +12,7 @@ mod forwarding;
 mod leaks;
 mod lifecycle;
 mod metrics;
+mod nodes;
 mod openapi;
 mod paths;
 mod pools;

@@ -288,6 +288,59 @@ pub async fn echo_upstream() -> EchoUpstream {
     }
 }
 
+/// An HTTP proxy that sends each request to the next of its targets in
+/// turn (not each connection), so one browser's consecutive requests reach
+/// different nodes. `served[i]` counts the requests target `i` answered.
+pub struct RoundRobin {
+    pub url: String,
+    pub served: Arc<Vec<std::sync::atomic::AtomicUsize>>,
+}
+
+pub async fn round_robin(targets: Vec<String>) -> RoundRobin {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let served: Arc<Vec<AtomicUsize>> = Arc::new(targets.iter().map(|_| AtomicUsize::new(0)).collect());
+    let next = Arc::new(AtomicUsize::new(0));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (counts, targets) = (served.clone(), Arc::new(targets));
+    let forward = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (http, counts, targets) = (http.clone(), counts.clone(), targets.clone());
+        let turn = next.fetch_add(1, Ordering::SeqCst) % targets.len();
+        async move {
+            let mut headers = headers;
+            headers.remove("host");
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            let answer = http
+                .request(method, format!("{}{path}", targets[turn]))
+                .headers(headers)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            counts[turn].fetch_add(1, Ordering::SeqCst);
+            let mut response = axum::response::Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                if name != "transfer-encoding" && name != "connection" {
+                    response = response.header(name, value);
+                }
+            }
+            response
+                .body(axum::body::Body::from(answer.bytes().await.unwrap()))
+                .unwrap()
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let router = axum::Router::new().fallback(forward);
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    RoundRobin {
+        url: format!("http://{addr}"),
+        served,
+    }
+}
+
 /// Status, the headers clients rely on, and the body: what error snapshots hold.
 pub async fn error_snapshot(response: Response) -> Value {
     let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());

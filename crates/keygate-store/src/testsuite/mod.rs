@@ -20,12 +20,12 @@ use keygate_core::KeyHash;
 use rand::RngCore;
 
 use crate::AuditEvent;
-use crate::CreditSpend;
 use crate::{
     AuditFilter, DeliveryAttempt, DeliveryNext, DeliveryStatus, EventListFilter, KeyEventScan, KeyFilter, LastUse,
     NewEvent, Page, RevokeOutcome, Store, StoreError, TopBy, UsageBatch, UsageCount, UsageCutoffs, UsageGrain,
     WebhookEndpoint,
 };
+use crate::{Confirmation, CreditSpend, NodeRecord, SessionRecord};
 use keygate_core::events::{EventFilter, EventType};
 use keygate_core::secrets::{Keyring, StoredSecret};
 
@@ -69,7 +69,9 @@ macro_rules! store_suite {
             workspace_usage_sums_its_keys_before_and_after_the_roll_up,
             top_keys_are_exact_before_and_after_the_roll_up_and_as_days_pass,
             usage_of_several_keys_is_read_in_one_call,
-            credit_spends_only_move_forward
+            credit_spends_only_move_forward,
+            nodes_are_listed_while_they_heartbeat_and_receipts_count_each_node_once,
+            sessions_reveals_and_portal_links_are_kept_and_used_up_once
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -318,4 +320,138 @@ pub async fn credit_spends_only_move_forward(store: Arc<dyn Store>) {
         "an old period never comes back"
     );
     store.save_credit_spends(&[]).await.unwrap();
+}
+
+/// A node is listed from its first heartbeat until it is not heard from or
+/// removes itself; a heartbeat updates what changes and keeps when it
+/// started. A receipt counts each node's first confirmation only, and
+/// pruning forgets old nodes and confirmations.
+pub async fn nodes_are_listed_while_they_heartbeat_and_receipts_count_each_node_once(store: Arc<dyn Store>) {
+    let t0 = chrono::DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
+    let at = |secs: i64| t0 + chrono::Duration::seconds(secs);
+    let node = |id: &str, heartbeat: i64| NodeRecord {
+        id: id.into(),
+        version: "0.1.0".into(),
+        gateway_addr: "127.0.0.1:8080".into(),
+        admin_addr: "127.0.0.1:8081".into(),
+        started_at: t0,
+        last_heartbeat: at(heartbeat),
+        hearing: "listening".into(),
+        cache_size: 3,
+    };
+    store.record_heartbeat(&node("node_a", 0)).await.unwrap();
+    store.record_heartbeat(&node("node_b", 0)).await.unwrap();
+    let later = NodeRecord {
+        started_at: at(5),
+        hearing: "not_listening".into(),
+        cache_size: 7,
+        ..node("node_a", 10)
+    };
+    store.record_heartbeat(&later).await.unwrap();
+    let live = store.nodes_seen_since(at(5)).await.unwrap();
+    assert_eq!(
+        live,
+        vec![NodeRecord {
+            started_at: t0,
+            ..later.clone()
+        }],
+        "node_b is not heard from; node_a still started at t0"
+    );
+    assert_eq!(store.nodes_seen_since(at(0)).await.unwrap().len(), 2);
+    store.remove_node("node_b").await.unwrap();
+    assert_eq!(store.nodes_seen_since(at(0)).await.unwrap().len(), 1);
+
+    assert_eq!(store.receipt_confirmations("rcp_1").await.unwrap(), vec![]);
+    store.confirm_receipt("rcp_1", "node_a", at(1)).await.unwrap();
+    store.confirm_receipt("rcp_1", "node_a", at(2)).await.unwrap();
+    store.confirm_receipt("rcp_1", "node_c", at(3)).await.unwrap();
+    store.confirm_receipt("rcp_2", "node_a", at(20)).await.unwrap();
+    let confirmation = |node_id: &str, secs: i64| Confirmation {
+        node_id: node_id.into(),
+        at: at(secs),
+    };
+    assert_eq!(
+        store.receipt_confirmations("rcp_1").await.unwrap(),
+        vec![confirmation("node_a", 1), confirmation("node_c", 3)]
+    );
+    store.prune_nodes(at(15)).await.unwrap();
+    assert_eq!(store.nodes_seen_since(at(0)).await.unwrap(), vec![]);
+    assert_eq!(store.receipt_confirmations("rcp_1").await.unwrap(), vec![]);
+    assert_eq!(
+        store.receipt_confirmations("rcp_2").await.unwrap(),
+        vec![confirmation("node_a", 20)]
+    );
+}
+
+/// A session is found by its secret's hash until it is deleted or pruned;
+/// touching it moves `last_seen_at` forward only. A reveal is taken once,
+/// and goes with its session. A portal link is redeemed once, also
+/// concurrently, and an expired one is pruned.
+pub async fn sessions_reveals_and_portal_links_are_kept_and_used_up_once(store: Arc<dyn Store>) {
+    let t0 = chrono::DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
+    let at = |minutes: i64| t0 + chrono::Duration::minutes(minutes);
+    let session = |id: &str, created: i64| SessionRecord {
+        id: id.into(),
+        actor_id: format!("dashboard:{id}"),
+        workspace_id: None,
+        environment: Some("test".into()),
+        signed_in_with: Some("key_1".into()),
+        created_at: at(created),
+        last_seen_at: at(created),
+    };
+    store.insert_session("hash_a", &session("sess_a", 0)).await.unwrap();
+    let portal = SessionRecord {
+        workspace_id: Some("ws_1".into()),
+        signed_in_with: None,
+        ..session("sess_b", 10)
+    };
+    store.insert_session("hash_b", &portal).await.unwrap();
+    assert_eq!(store.session("hash_a").await.unwrap(), Some(session("sess_a", 0)));
+    assert_eq!(store.session("hash_b").await.unwrap(), Some(portal.clone()));
+    assert_eq!(store.session("hash_c").await.unwrap(), None);
+    store.touch_session("hash_a", at(20)).await.unwrap();
+    store.touch_session("hash_a", at(5)).await.unwrap();
+    assert_eq!(
+        store.session("hash_a").await.unwrap().unwrap().last_seen_at,
+        at(20),
+        "never back"
+    );
+
+    let sealed = |text: &str| crate::StoredSecret::new(text.into());
+    store.hold_reveal("hash_a", "key_9", &sealed("first")).await.unwrap();
+    store.hold_reveal("hash_a", "key_9", &sealed("second")).await.unwrap();
+    store.hold_reveal("hash_b", "key_8", &sealed("other")).await.unwrap();
+    assert_eq!(store.take_reveal("hash_b", "key_9").await.unwrap(), None);
+    assert_eq!(
+        store.take_reveal("hash_a", "key_9").await.unwrap(),
+        Some(sealed("second"))
+    );
+    assert_eq!(store.take_reveal("hash_a", "key_9").await.unwrap(), None, "once");
+    store.hold_reveal("hash_a", "key_7", &sealed("kept")).await.unwrap();
+    store.delete_session("hash_a").await.unwrap();
+    assert_eq!(store.session("hash_a").await.unwrap(), None);
+    assert_eq!(
+        store.take_reveal("hash_a", "key_7").await.unwrap(),
+        None,
+        "gone with its session"
+    );
+
+    store.insert_portal_link("link_1", "ws_1", at(10)).await.unwrap();
+    store.insert_portal_link("link_2", "ws_2", at(10)).await.unwrap();
+    let (one, two) = tokio::join!(store.redeem_portal_link("link_1"), store.redeem_portal_link("link_1"));
+    let redeemed: Vec<_> = [one.unwrap(), two.unwrap()].into_iter().flatten().collect();
+    assert_eq!(
+        redeemed,
+        vec![("ws_1".to_owned(), at(10))],
+        "exactly one redemption wins"
+    );
+    // Pruned at 40 minutes: sessions idle since 30 or opened before -60, links expired by 40.
+    store.prune_sessions(at(30), at(-60), at(40)).await.unwrap();
+    assert_eq!(store.session("hash_b").await.unwrap(), None, "idle since 10");
+    assert_eq!(store.take_reveal("hash_b", "key_8").await.unwrap(), None);
+    assert_eq!(
+        store.redeem_portal_link("link_2").await.unwrap(),
+        None,
+        "expired and pruned"
+    );
 }

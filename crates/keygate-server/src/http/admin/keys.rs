@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keygate_core::model::KeyStatus;
 use keygate_core::KeyHash;
+use keygate_engine::nodes::Changed;
 use keygate_engine::{LimitMode, VerifyRequest};
 use keygate_store::KeyFilter;
 use secrecy::ExposeSecret;
@@ -14,6 +15,7 @@ use crate::http::dto::*;
 use crate::http::error::{render, ApiError};
 use crate::http::extract::{JsonBody, Pagination, PathParam, QueryParams};
 
+use super::nodes::receipt;
 use super::{AdminState, Caller};
 
 /// Creates a key. The response is the only place its plaintext ever appears.
@@ -100,50 +102,85 @@ pub(super) async fn update_key(
 }
 
 /// Revokes the key (idempotent) and hides it from lists; the row stays for the audit trail.
-#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
-    responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path), ("wait" = Option<String>, Query, pattern = "^(0|[1-9][0-9]{0,3}ms|[1-9]s|10s)$", description = "Wait up to this long (`2s`; `0`, `1ms` to `9999ms`, or `1s` to `10s`) for every live node to confirm the change; the answer then has `propagation`")),
+    responses((status = 200, body = Propagated<KeyView>), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn delete_key(
     State(state): State<AdminState>,
     Caller(actor): Caller,
     PathParam(id): PathParam<String>,
-) -> Result<Json<KeyView>, ApiError> {
+    QueryParams(wait): QueryParams<WaitQuery>,
+) -> Result<Json<Propagated<KeyView>>, ApiError> {
     let key = state.engine.admin().delete_key(&actor, &id).await?;
-    Ok(Json(KeyView::new(&key, state.engine.now())))
+    Ok(Json(key_with_receipt(&state, &actor, &wait, "key.deleted", &key).await))
 }
 
-/// Revokes the key. Takes effect on this node's next request. Revoking twice is harmless.
-#[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path)), request_body = RevokeKey,
-    responses((status = 200, body = KeyView), (status = 404, body = ErrorEnvelope)))]
+/// Revokes the key. Takes effect on this node's next request, and on every
+/// other node's within a second; `?wait` answers once they all confirmed.
+/// Revoking twice is harmless.
+#[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path), ("wait" = Option<String>, Query, pattern = "^(0|[1-9][0-9]{0,3}ms|[1-9]s|10s)$", description = "Wait up to this long (`2s`; `0`, `1ms` to `9999ms`, or `1s` to `10s`) for every live node to confirm the change; the answer then has `propagation`")), request_body = RevokeKey,
+    responses((status = 200, body = Propagated<KeyView>), (status = 404, body = ErrorEnvelope)))]
 pub(super) async fn revoke_key(
     State(state): State<AdminState>,
     Caller(actor): Caller,
     PathParam(id): PathParam<String>,
+    QueryParams(wait): QueryParams<WaitQuery>,
     JsonBody(body): JsonBody<RevokeKey>,
-) -> Result<Json<KeyView>, ApiError> {
+) -> Result<Json<Propagated<KeyView>>, ApiError> {
     let key = state.engine.admin().revoke_key(&actor, &id, body.reason).await?;
-    Ok(Json(KeyView::new(&key, state.engine.now())))
+    Ok(Json(key_with_receipt(&state, &actor, &wait, "key.revoked", &key).await))
+}
+
+/// The key's view, with the receipt of `action` if the call waits for one.
+async fn key_with_receipt(
+    state: &AdminState,
+    actor: &keygate_engine::Actor,
+    wait: &WaitQuery,
+    action: &str,
+    key: &keygate_core::model::ApiKey,
+) -> Propagated<KeyView> {
+    let changed = Changed {
+        action,
+        object_type: "key",
+        object_id: &key.id,
+        workspace_id: &key.workspace_id,
+    };
+    Propagated {
+        propagation: receipt(state, actor, wait, changed).await,
+        result: KeyView::new(key, state.engine.now()),
+    }
 }
 
 /// Issues a successor key (shown once); the old key works until now + grace.
-#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path)), request_body = RotateKey,
-    responses((status = 201, body = CreatedKey), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path), ("wait" = Option<String>, Query, pattern = "^(0|[1-9][0-9]{0,3}ms|[1-9]s|10s)$", description = "Wait up to this long (`2s`; `0`, `1ms` to `9999ms`, or `1s` to `10s`) for every live node to confirm the change; the answer then has `propagation`")), request_body = RotateKey,
+    responses((status = 201, body = Propagated<CreatedKey>), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub(super) async fn rotate_key(
     State(state): State<AdminState>,
     Caller(actor): Caller,
     PathParam(id): PathParam<String>,
+    QueryParams(wait): QueryParams<WaitQuery>,
     JsonBody(body): JsonBody<RotateKey>,
-) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+) -> Result<(StatusCode, Json<Propagated<CreatedKey>>), ApiError> {
     let (key, plaintext) = state
         .engine
         .admin()
         .rotate_key(&actor, &id, body.grace.as_deref())
         .await?;
+    let changed = Changed {
+        action: "key.rotated",
+        object_type: "key",
+        object_id: &id,
+        workspace_id: &key.workspace_id,
+    };
+    let propagation = receipt(&state, &actor, &wait, changed).await;
     let details = KeyView::new(&key, state.engine.now());
     Ok((
         StatusCode::CREATED,
-        Json(CreatedKey {
-            key: plaintext.expose().to_owned(),
-            details,
+        Json(Propagated {
+            result: CreatedKey {
+                key: plaintext.expose().to_owned(),
+                details,
+            },
+            propagation,
         }),
     ))
 }

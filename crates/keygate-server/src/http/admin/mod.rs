@@ -21,6 +21,7 @@ use crate::reload::{LiveConfig, Reloader};
 mod audit;
 mod keys;
 mod leaks;
+mod nodes;
 mod openapi;
 mod ops;
 mod portal;
@@ -134,6 +135,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::webhook_deliveries))
         .route("/v1/config/reload", post(ops::reload_config))
+        .route("/v1/nodes", get(nodes::list_nodes))
         .route("/v1/leaks/github", post(leaks::github_report))
         .merge(dashboard)
         .fallback(not_found)

@@ -18,7 +18,7 @@ use utoipa::openapi::schema::{ArrayItems, Schema, SchemaType, Type};
 use utoipa::openapi::{Components, RefOr, Required};
 use utoipa::OpenApi;
 
-use super::{audit, keys, leaks, ops, portal, usage, webhooks, workspaces};
+use super::{audit, keys, leaks, nodes, ops, portal, usage, webhooks, workspaces};
 use crate::http::dto::ErrorEnvelope;
 
 /// The document for this deployment: its plans, environments and roles
@@ -184,7 +184,7 @@ impl utoipa::Modify for CommonErrors {
         ops::healthz, ops::readyz, ops::metrics, workspaces::create_workspace, workspaces::list_workspaces, workspaces::get_workspace, workspaces::update_workspace, workspaces::delete_workspace,
         keys::create_key, keys::list_keys, keys::get_key, keys::update_key, keys::delete_key, keys::revoke_key, keys::rotate_key, usage::key_usage, usage::workspace_usage, usage::top_keys, keys::verify_key, keys::lookup_keys,
         audit::audit_events, portal::create_portal_session, webhooks::list_events, webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
-        webhooks::webhook_deliveries, ops::reload_config, leaks::github_report
+        webhooks::webhook_deliveries, ops::reload_config, leaks::github_report, nodes::list_nodes
     ),
     components(schemas(ErrorEnvelope)),
     modifiers(&SecuritySchemes, &CommonErrors, &OptionalBodies, &TextWithoutNul)

@@ -118,8 +118,8 @@ async fn create_webhook(State(state): State<AdminState>, posted: Posted<WebhookF
     state
         .engine
         .sessions()
-        .table()
-        .hold_reveal(&signed_in.secret, &endpoint.id, secret);
+        .hold_reveal(&signed_in.secret, &endpoint.id, secret)
+        .await?;
     Ok(redirect(&format!("/dashboard/webhooks/{}", endpoint.id)))
 }
 
@@ -135,7 +135,7 @@ async fn webhook(State(state): State<AdminState>, signed_in: SignedIn, PathParam
         .admin()
         .webhook_deliveries(&session.actor, &id, &Page::first(PAGE_SIZE))
         .await?;
-    let revealed = state.engine.sessions().table().take_reveal(&signed_in.secret, &id);
+    let revealed = state.engine.sessions().take_reveal(&signed_in.secret, &id).await?;
     html(&WebhookPage {
         layout: Layout::signed_in(
             &state.dashboard.settings.product_name,

@@ -72,6 +72,7 @@ pub fn routes() -> Router<AdminState> {
         .route("/dashboard/keys/{id}/rotate", post(rotate_key))
         .route("/dashboard/keys/{id}/delete", post(delete_key))
         .route("/dashboard/audit", get(audit))
+        .route("/dashboard/nodes", get(nodes))
         .merge(alerts::routes())
 }
 
@@ -248,12 +249,14 @@ struct CsrfForm {
     csrf: String,
 }
 
-async fn sign_out(State(state): State<AdminState>, posted: Posted<Empty>) -> Response {
-    state.engine.sessions().table().close(&posted.signed_in.secret);
-    redirect_with_cookie(
+/// Ends the session on every node (a store that does not answer gets the
+/// error page, and the session stays until the next try).
+async fn sign_out(State(state): State<AdminState>, posted: Posted<Empty>) -> PageResult {
+    state.engine.sessions().sign_out(&posted.signed_in.secret).await?;
+    Ok(redirect_with_cookie(
         SIGN_IN_PATH,
         set_cookie(session::SESSION_COOKIE, "", posted.signed_in.secure, Some(0)),
-    )
+    ))
 }
 
 /// `GET` a portal link: a page with one button, and the double-submit token
@@ -618,8 +621,8 @@ async fn create_key(
     state
         .engine
         .sessions()
-        .table()
-        .hold_reveal(&signed_in.secret, &key.id, plaintext);
+        .hold_reveal(&signed_in.secret, &key.id, plaintext)
+        .await?;
     Ok(redirect(&format!("/dashboard/keys/{}", key.id)))
 }
 
@@ -684,7 +687,7 @@ async fn key_page(
         .await?;
     let leak = state.engine.admin().last_leak_report(&key).await?;
     let credits = state.engine.verifier().credit_balance(key.clone(), ws.clone()).await;
-    let revealed = state.engine.sessions().table().take_reveal(&signed_in.secret, &key.id);
+    let revealed = state.engine.sessions().take_reveal(&signed_in.secret, &key.id).await?;
     let max_age = state.dashboard.settings.max_key_age;
     html(&KeyPage {
         layout: Layout::signed_in(
@@ -808,8 +811,8 @@ async fn rotate_key(
     state
         .engine
         .sessions()
-        .table()
-        .hold_reveal(&signed_in.secret, &new.id, plaintext);
+        .hold_reveal(&signed_in.secret, &new.id, plaintext)
+        .await?;
     Ok(redirect(&format!("/dashboard/keys/{}", new.id)))
 }
 
@@ -822,6 +825,19 @@ struct AuditQuery {
     #[serde(default)]
     key_id: String,
     cursor: Option<String>,
+}
+
+/// The live nodes (operators only), as `GET /v1/nodes` lists them.
+async fn nodes(State(state): State<AdminState>, signed_in: SignedIn) -> PageResult {
+    let session = &signed_in.session;
+    require_operator(session)?;
+    let nodes = state.engine.nodes().list(&session.actor).await?;
+    let this_node = state.engine.nodes().id();
+    html(&NodesPage {
+        layout: Layout::signed_in(&state.dashboard.settings.product_name, "Nodes", session, None, "nodes"),
+        rows: nodes.into_iter().map(|node| NodeRow::of(node, this_node)).collect(),
+        live_for_secs: keygate_engine::nodes::LIVE_FOR.as_secs(),
+    })
 }
 
 async fn audit(

@@ -22,7 +22,7 @@ pub struct Nav {
     pub csrf: String,
     /// The workspace being looked at: `(id, name)`.
     pub workspace: Option<(String, String)>,
-    /// Which entry is highlighted: `workspaces`, `keys`, `settings`, `audit`.
+    /// Which entry is highlighted: `workspaces`, `keys`, `settings`, `audit`, `nodes`.
     pub section: &'static str,
 }
 
@@ -527,6 +527,43 @@ pub struct AuditPage {
     pub workspace_filter: String,
     pub key_filter: String,
     pub next_page: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/nodes.html")]
+pub struct NodesPage {
+    pub layout: Layout,
+    pub rows: Vec<NodeRow>,
+    pub live_for_secs: u64,
+}
+
+/// A live node, as the operator's nodes page shows it.
+pub struct NodeRow {
+    pub id: String,
+    pub version: String,
+    pub gateway_addr: String,
+    pub admin_addr: String,
+    pub started_at: String,
+    pub last_heartbeat: String,
+    pub hearing: String,
+    pub cache_size: u64,
+    pub this_node: bool,
+}
+
+impl NodeRow {
+    pub fn of(node: keygate_store::NodeRecord, this_node: &str) -> Self {
+        Self {
+            this_node: node.id == this_node,
+            id: node.id,
+            version: node.version,
+            gateway_addr: node.gateway_addr,
+            admin_addr: node.admin_addr,
+            started_at: node.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            last_heartbeat: node.last_heartbeat.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            hearing: node.hearing.replace('_', " "),
+            cache_size: node.cache_size,
+        }
+    }
 }
 
 /// An event from the outbox, as the alerts list and the key page show it.

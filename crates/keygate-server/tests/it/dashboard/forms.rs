@@ -34,6 +34,10 @@ fn set_cookie_value(response: &reqwest::Response, name: &str) -> Option<String> 
 
 impl FormClient {
     async fn sign_in(app: &TestApp) -> Self {
+        Self::sign_in_as(app, &app.admin_key).await
+    }
+
+    async fn sign_in_as(app: &TestApp, key: &str) -> Self {
         let http = no_redirects();
         let form = http
             .get(format!("{}/dashboard/sign-in", app.admin))
@@ -46,14 +50,14 @@ impl FormClient {
             .post(format!("{}/dashboard/sign-in", app.admin))
             .header(COOKIE, &sign_in_cookie)
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("key={}&csrf={token}", app.admin_key))
+            .body(format!("key={key}&csrf={token}"))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 303);
         let cookie = set_cookie_value(&response, "kg_session").unwrap();
         let page = http
-            .get(format!("{}/dashboard/workspaces", app.admin))
+            .get(format!("{}/dashboard/audit", app.admin))
             .header(COOKIE, &cookie)
             .send()
             .await
@@ -329,6 +333,7 @@ async fn pages_read_without_javascript_and_fit_a_phone() {
     for path in [
         format!("/dashboard/workspaces/{workspace}/keys"),
         format!("/dashboard/keys/{key_id}"),
+        "/dashboard/nodes".to_owned(),
     ] {
         browser.goto(&app, &path).await;
         let fits = browser
@@ -741,4 +746,74 @@ async fn the_key_page_shows_the_credits_left() {
         list.contains("1.2k credits left") && list.contains("3 credits left"),
         "{list}"
     );
+}
+
+/// Issue 18: the operator's nodes page lists the live nodes, this one
+/// marked; a workspace's session neither sees the link nor the page (404,
+/// as every operator page).
+#[tokio::test]
+async fn the_operator_sees_the_live_nodes() {
+    let app = TestApp::start().await;
+    let second = TestApp::builder().store_of(&app).start().await;
+    let operator = FormClient::sign_in(&app).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let page = loop {
+        let page = operator.get("/dashboard/nodes").await.text().await.unwrap();
+        if page.matches("<tr>").count() == 3 {
+            break page;
+        }
+        assert!(std::time::Instant::now() < deadline, "two nodes never listed: {page}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    for node in [&app, &second] {
+        assert!(page.contains(node.admin.trim_start_matches("http://")), "{page}");
+    }
+    assert_eq!(page.matches("this node</span>").count(), 1, "{page}");
+    assert!(
+        page.contains(r#"<a href="/dashboard/nodes" aria-current="page">Nodes</a>"#),
+        "{page}"
+    );
+
+    let workspace = app.workspace("Tenant").await;
+    let (_, manager) = app
+        .key(&workspace, json!({"name": "manager", "scopes": ["keys:manage"]}))
+        .await;
+    let tenant = FormClient::sign_in_as(&app, &manager).await;
+    let own = tenant.get("/dashboard/audit").await.text().await.unwrap();
+    assert!(!own.contains("/dashboard/nodes"), "no link for a workspace");
+    assert_eq!(
+        page_error(tenant.get("/dashboard/nodes").await).await,
+        (404, "NOT_FOUND".into()),
+        "operator pages do not exist for a workspace (docs/decisions.md)"
+    );
+}
+
+/// Issue 18: a session lives in the store, not in the node that opened it:
+/// with that node stopped, another node on the same store serves the same
+/// cookie, and shows once the key created through it.
+#[tokio::test]
+async fn a_session_outlives_the_node_that_opened_it() {
+    let first = TestApp::start().await;
+    let second = TestApp::builder().store_of(&first).start().await;
+    let workspace = first.workspace("Restarts").await;
+    let client = FormClient::sign_in(&first).await;
+    let _database = first.stop().await;
+    let client = FormClient {
+        base: second.admin.clone(),
+        ..client
+    };
+    let page = client.get(&format!("/dashboard/workspaces/{workspace}/keys")).await;
+    assert_eq!(page.status(), 200, "still signed in on another node");
+    let created = client
+        .post(
+            &format!("/dashboard/workspaces/{workspace}/keys"),
+            format!("csrf={}&name=After+the+restart&environment=live", client.csrf),
+        )
+        .await;
+    assert_eq!(created.status(), 303);
+    let key_page = created.headers()["location"].to_str().unwrap().to_owned();
+    let shown = client.get(&key_page).await.text().await.unwrap();
+    assert!(shown.contains("id=\"revealed-key\""), "shown once");
+    let again = client.get(&key_page).await.text().await.unwrap();
+    assert!(!again.contains("id=\"revealed-key\""), "and not again");
 }

@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use keygate_engine::Clock;
 
-use crate::support::TestApp;
+use crate::support::{round_robin, TestApp};
 
 mod forms;
 
@@ -108,7 +108,12 @@ async fn browser_with(extra_args: &[&str]) -> Option<Browser> {
 
 impl Browser {
     async fn goto(&self, app: &TestApp, path: &str) {
-        self.client.goto(&format!("{}{path}", app.admin)).await.unwrap();
+        self.goto_at(&app.admin, path).await;
+    }
+
+    /// `path` on another control-plane address (a proxy in front of nodes).
+    async fn goto_at(&self, base: &str, path: &str) {
+        self.client.goto(&format!("{base}{path}")).await.unwrap();
     }
 
     async fn fill(&self, css: &str, text: &str) {
@@ -167,7 +172,11 @@ impl Browser {
     }
 
     async fn sign_in(&self, app: &TestApp, key: &str) {
-        self.goto(app, "/dashboard/sign-in").await;
+        self.sign_in_at(&app.admin, key).await;
+    }
+
+    async fn sign_in_at(&self, base: &str, key: &str) {
+        self.goto_at(base, "/dashboard/sign-in").await;
         self.fill("#key", key).await;
         self.click("form[action='/dashboard/sign-in'] button[type=submit]")
             .await;
@@ -459,6 +468,110 @@ async fn a_portal_link_opens_one_workspace_once() {
     assert_eq!(again.status(), 404);
     assert!(again.headers().get("set-cookie").is_none());
     browser.close().await;
+}
+
+/// Issue 18: two nodes on one store, behind a proxy that sends each request
+/// to the other node in turn. One browser signs in, creates a key that is
+/// shown once, revokes it and signs out, with every request alternating
+/// nodes; the session is then gone on both.
+#[tokio::test]
+async fn two_nodes_serve_one_dashboard_user_request_by_request() {
+    let Some(browser) = browser().await else { return };
+    let a = TestApp::start().await;
+    let b = TestApp::builder().store_of(&a).start().await;
+    let proxy = round_robin(vec![a.admin.clone(), b.admin.clone()]).await;
+    let workspace = a.workspace("Two nodes").await;
+
+    browser.sign_in_at(&proxy.url, &a.admin_key).await;
+    assert_eq!(browser.path().await, "/dashboard/workspaces");
+    browser
+        .goto_at(&proxy.url, &format!("/dashboard/workspaces/{workspace}/keys"))
+        .await;
+    browser.click("a.button.primary").await;
+    browser.wait_for("#key-name").await;
+    browser.fill("#key-name", "Across nodes").await;
+    browser.click("form button[type=submit].primary").await;
+    browser.wait_for("#revealed-key").await;
+    let plaintext = browser.value("#revealed-key").await;
+    let key_id = browser.path().await.rsplit('/').next().unwrap().to_owned();
+    assert_eq!(a.whoami(&plaintext).await.status(), 200);
+    // Shown once: reloaded on one node, then the other, it is gone.
+    for _ in 0..2 {
+        browser.client.refresh().await.unwrap();
+        assert_eq!(browser.text("h1").await, "Across nodes");
+        assert!(!browser.source().await.contains(&plaintext));
+    }
+
+    browser.fill("#reason", "Two nodes, one session").await;
+    browser.click("input[name=confirm]").await;
+    browser.click("button.danger").await;
+    browser.client.accept_alert().await.unwrap();
+    browser.wait_for(".page-head .badge.revoked").await;
+    let key = a
+        .admin_ok(reqwest::Method::GET, &format!("/v1/keys/{key_id}"), None, 200)
+        .await;
+    assert_eq!(key["status"], "revoked");
+
+    let cookie = browser.session_cookie().await;
+    browser.click(".signout button").await;
+    browser.wait_for("#key").await;
+    assert_eq!(browser.path().await, "/dashboard/sign-in");
+    let http = no_redirects();
+    for node in [&a, &b] {
+        let response = http
+            .get(format!("{}/dashboard/workspaces", node.admin))
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 303, "signed out on {}", node.admin);
+    }
+    let served: Vec<usize> = proxy
+        .served
+        .iter()
+        .map(|n| n.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    assert!(
+        served.iter().all(|&n| n >= 5),
+        "both nodes served the session: {served:?}"
+    );
+    browser.close().await;
+}
+
+/// Issue 18: a portal link made on one node opens on another, and when two
+/// nodes are asked to redeem it at the same moment exactly one session opens.
+#[tokio::test]
+async fn a_portal_link_raced_on_two_nodes_opens_exactly_one_session() {
+    let a = TestApp::start().await;
+    let b = TestApp::builder().store_of(&a).start().await;
+    let workspace = a.workspace("Raced").await;
+    let http = no_redirects();
+    for _ in 0..5 {
+        let on_a = portal_link(&a, &workspace).await;
+        let on_b = on_a.replace(&a.admin, &b.admin);
+        let (status, cookie, csrf) = portal_get(&http, &on_b).await;
+        assert_eq!(status, 200, "the link made on A opens on B");
+        let (first, second) = tokio::join!(
+            portal_post(&http, &on_a, &cookie, &csrf),
+            portal_post(&http, &on_b, &cookie, &csrf)
+        );
+        let mut outcomes: Vec<(u16, bool)> = [first, second]
+            .iter()
+            .map(|response| {
+                let session = response
+                    .headers()
+                    .get("set-cookie")
+                    .is_some_and(|c| c.to_str().unwrap().starts_with("kg_session="));
+                (response.status().as_u16(), session)
+            })
+            .collect();
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [(303, true), (404, false)],
+            "one wins, one is told the link is used"
+        );
+    }
 }
 
 /// A one-time portal link to `workspace`, from the admin API.
