@@ -120,7 +120,7 @@ impl Lease {
             return;
         }
         returns.extend(checks.iter().zip(&self.buckets).map(|(check, &bucket)| Return {
-            key: check.key.redis_key(),
+            key: check.redis_key(),
             bucket,
             amount: self.left,
         }));
@@ -351,7 +351,7 @@ mod tests {
         assert_eq!(
             leases.drain_returns(),
             vec![Return {
-                key: checks[0].key.redis_key(),
+                key: checks[0].redis_key(),
                 bucket: 10,
                 amount: 2
             }],

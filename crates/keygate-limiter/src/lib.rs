@@ -17,6 +17,8 @@ pub mod lease;
 pub mod memory;
 pub mod redis;
 pub mod resilient;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,8 +36,11 @@ pub struct CounterKey {
 }
 
 impl CounterKey {
-    pub fn redis_key(&self) -> String {
-        format!("kg:rl:{}:{}:{}", self.owner, self.resource, self.window_ms)
+    /// The counter's name in Redis, in the hash slot of `{tag}` (Redis
+    /// Cluster puts every key with the same braced tag on one node, so a
+    /// script may touch them all at once).
+    pub fn redis_key_in(&self, tag: &str) -> String {
+        format!("kg:rl:{{{tag}}}:{}:{}:{}", self.owner, self.resource, self.window_ms)
     }
 }
 
@@ -49,6 +54,9 @@ pub struct LimitCheck {
     /// `key` into the counter table (a cold table slot and a cold owner
     /// string on every request). Not part of the check's identity.
     counter: memory::CounterCell,
+    /// What puts this check's counter in the same Redis Cluster hash slot as
+    /// the other checks of its decisions; its owner when not set.
+    slot: Option<Arc<str>>,
 }
 
 impl LimitCheck {
@@ -57,7 +65,26 @@ impl LimitCheck {
             key,
             rule,
             counter: memory::CounterCell::default(),
+            slot: None,
         }
+    }
+
+    /// Puts the counter in the hash slot of `tag`: every check decided
+    /// together must share one, and a counter must keep it in every decision
+    /// it is part of (crates/keygate-engine/src/verifier/limits.rs chooses it).
+    pub fn in_slot_of(mut self, tag: Arc<str>) -> Self {
+        self.slot = Some(tag);
+        self
+    }
+
+    /// The hash tag of this check's counter in Redis.
+    pub fn slot_tag(&self) -> &str {
+        self.slot.as_deref().unwrap_or(&self.key.owner)
+    }
+
+    /// The counter's name in Redis.
+    pub fn redis_key(&self) -> String {
+        self.key.redis_key_in(self.slot_tag())
     }
 }
 

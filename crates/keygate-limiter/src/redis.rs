@@ -10,6 +10,11 @@
 //! instead of one per request, and limits stay exact, since the script is
 //! atomic and decides in arrival order.
 //!
+//! On a Redis Cluster (`redis+cluster://host1:6379,host2:6379,...`) every
+//! counter of one decision is in one hash slot (a braced tag in its name,
+//! `LimitCheck::slot_tag`), so a script still decides a request atomically;
+//! a batch is split into one call per tag, made at once.
+//!
 //! Each limit is a hash of `bucket index -> count`. The script prunes buckets
 //! that left the window, sums the live ones, admits only if every limit has
 //! room, then charges them all; it returns Redis's time and the live buckets,
@@ -24,9 +29,11 @@ use keygate_core::ratelimit::{decide, Bucket, Counter, Decision, Rule};
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::AsyncConnectionConfig;
-use redis::{Script, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::coalesce::{Coalescer, Request, Turn, Waiting};
 use crate::lease::{Grant, Leases, Return, SWEEP_EVERY};
@@ -209,8 +216,105 @@ return 1
 /// A permit's lease in Redis: a crashed node's permits free themselves after this.
 pub const PERMIT_LEASE: Duration = Duration::from_secs(30);
 
+/// The URL scheme of a Redis Cluster: `redis+cluster://host1:6379,host2:6379`.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// Where the counters live: one Redis server, or a Redis Cluster.
+#[derive(Clone)]
+enum Backend {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+impl Backend {
+    fn open(url: &str, timeout: Duration) -> Result<Self, LimiterError> {
+        let Some(nodes) = url.strip_prefix(CLUSTER_SCHEME) else {
+            return Ok(Self::Single(redis::Client::open(url).map_err(unavailable)?));
+        };
+        let nodes: Vec<String> = nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|node| !node.is_empty())
+            .map(|node| format!("redis://{node}"))
+            .collect();
+        if nodes.is_empty() {
+            return Err(unavailable("redis+cluster:// names no node"));
+        }
+        let client = ClusterClient::builder(nodes)
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            // A master that is down fails its slots' calls at once, for
+            // `on_failure` to answer, rather than after many retries.
+            .retries(1)
+            .build()
+            .map_err(unavailable)?;
+        Ok(Self::Cluster(client))
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<Connection, LimiterError> {
+        match self {
+            Self::Single(client) => client
+                .get_multiplexed_async_connection_with_config(&bounded_by(timeout))
+                .await
+                .map(Connection::Single),
+            Self::Cluster(client) => client
+                .get_async_connection()
+                .await
+                .map(|c| Connection::Cluster(Box::new(c))),
+        }
+        .map_err(unavailable)
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+/// A connection to either backend; Redis Cluster routes each call by its first key.
+#[derive(Clone)]
+enum Connection {
+    Single(MultiplexedConnection),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// The hash tag in a counter's name (`kg:rl:{tag}:...`).
+fn tag_of(redis_key: &str) -> &str {
+    redis_key
+        .split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map_or(redis_key, |(tag, _)| tag)
+}
+
 pub struct RedisLimiter {
-    client: redis::Client,
+    backend: Backend,
     coalescer: Arc<Coalescer>,
     /// Script calls made for rate limits: fewer than the requests decided
     /// when they were coalesced.
@@ -218,7 +322,7 @@ pub struct RedisLimiter {
     timeout: Duration,
     /// The shared multiplexed connection; dropped after any failure so that a
     /// hung or half-open connection is replaced rather than waited on forever.
-    connection: RwLock<Option<MultiplexedConnection>>,
+    connection: RwLock<Option<Connection>>,
     connecting: tokio::sync::Mutex<()>,
     /// `None` with `limiter.lease_max = 0`: every request decided in Redis.
     leases: Option<Arc<Leases>>,
@@ -241,10 +345,11 @@ fn unavailable(err: impl std::fmt::Display) -> LimiterError {
 }
 
 impl RedisLimiter {
-    /// Connects lazily: a node starts even while Redis is down.
+    /// Connects lazily: a node starts even while Redis is down. `url` is
+    /// `redis://host:port` or, for a Redis Cluster, `redis+cluster://host1:port,host2:port,...`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, LimiterError> {
         Ok(Self {
-            client: redis::Client::open(url).map_err(unavailable)?,
+            backend: Backend::open(url, timeout)?,
             timeout,
             connection: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
@@ -265,7 +370,7 @@ impl RedisLimiter {
         self
     }
 
-    fn current(&self) -> Option<MultiplexedConnection> {
+    fn current(&self) -> Option<Connection> {
         self.connection.read().clone()
     }
 
@@ -273,7 +378,7 @@ impl RedisLimiter {
         *self.connection.write() = None;
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, LimiterError> {
+    async fn connection(&self) -> Result<Connection, LimiterError> {
         if let Some(connection) = self.current() {
             return Ok(connection);
         }
@@ -281,12 +386,7 @@ impl RedisLimiter {
         if let Some(connection) = self.current() {
             return Ok(connection);
         }
-        let config = bounded_by(self.timeout);
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(unavailable)?;
+        let connection = self.backend.connect(self.timeout).await?;
         *self.connection.write() = Some(connection.clone());
         Ok(connection)
     }
@@ -341,9 +441,9 @@ fn add_returns(invocation: &mut redis::ScriptInvocation<'_>, returns: &[Return])
 /// its allowance comes back when its bucket leaves the window.
 struct Sweeper {
     leases: Weak<Leases>,
-    client: redis::Client,
+    backend: Backend,
     timeout: Duration,
-    connection: Option<MultiplexedConnection>,
+    connection: Option<Connection>,
     rate: Script,
 }
 
@@ -369,10 +469,10 @@ impl Sweeper {
         }
     }
 
+    /// One call for all of them; on a Redis Cluster, one per hash tag.
     async fn give_back(&mut self, returns: &[Return]) {
         if self.connection.is_none() {
-            let config = bounded_by(self.timeout);
-            match self.client.get_multiplexed_async_connection_with_config(&config).await {
+            match self.backend.connect(self.timeout).await {
                 Ok(connection) => self.connection = Some(connection),
                 Err(err) => {
                     tracing::warn!(error = %err, "giving back leased allowance: no connection");
@@ -383,15 +483,36 @@ impl Sweeper {
         let Some(connection) = self.connection.as_mut() else {
             return;
         };
-        let mut invocation = self.rate.prepare_invoke();
-        add_returns(&mut invocation, returns);
-        invocation.arg(0);
-        let given: Result<Value, _> = invocation.invoke_async(connection).await;
-        if let Err(err) = given {
-            tracing::warn!(error = %err, "giving back leased allowance failed");
-            self.connection = None;
+        let groups: Vec<Vec<Return>> = if self.backend.is_cluster() {
+            group_by(returns.to_vec(), |given_back| tag_of(&given_back.key).to_owned())
+        } else {
+            vec![returns.to_vec()]
+        };
+        for group in groups {
+            let mut invocation = self.rate.prepare_invoke();
+            add_returns(&mut invocation, &group);
+            invocation.arg(0);
+            let given: Result<Value, _> = invocation.invoke_async(connection).await;
+            if let Err(err) = given {
+                tracing::warn!(error = %err, "giving back leased allowance failed");
+                self.connection = None;
+                return;
+            }
         }
     }
+}
+
+/// `items` in groups of equal `key`, each in its first item's place, in order within.
+fn group_by<T, K: PartialEq>(items: Vec<T>, key: impl Fn(&T) -> K) -> Vec<Vec<T>> {
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
+    for item in items {
+        let k = key(&item);
+        match groups.iter_mut().find(|(group, _)| *group == k) {
+            Some((_, members)) => members.push(item),
+            None => groups.push((k, vec![item])),
+        }
+    }
+    groups.into_iter().map(|(_, members)| members).collect()
 }
 
 fn int(value: &Value) -> Result<u64, LimiterError> {
@@ -534,13 +655,46 @@ impl RedisLimiter {
         decided.map(|decided| decided.into_iter().map(|(decision, _)| decision).collect())
     }
 
-    /// The script call itself: each request's decision and what it was granted.
+    /// The script call itself: each request's decision and what it was
+    /// granted. On a Redis Cluster, one call per hash tag, made at once, and
+    /// ended leases are given back by the sweeper alone (their counters may
+    /// be in any slot).
     async fn call_script(&self, requests: &[Request<'_>]) -> Result<Vec<(Decision, u64)>, LimiterError> {
-        let mut connection = self.connection().await?;
+        let connection = self.connection().await?;
+        if !self.backend.is_cluster() {
+            let returns = self.leases.as_ref().map(|l| l.drain_returns()).unwrap_or_default();
+            return self.call_one(connection, &returns, requests).await;
+        }
+        let tag = |request: &(usize, Request<'_>)| request.1.checks.first().map(|c| c.slot_tag().to_owned());
+        let groups = group_by(requests.iter().copied().enumerate().collect(), tag);
+        let calls = groups.iter().map(|group| {
+            let batch: Vec<Request<'_>> = group.iter().map(|(_, request)| *request).collect();
+            let connection = connection.clone();
+            async move { self.call_one(connection, &[], &batch).await }
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let mut decided: Vec<Option<(Decision, u64)>> = vec![None; requests.len()];
+        for (group, answer) in groups.iter().zip(answers) {
+            for ((at, _), decision) in group.iter().zip(answer?) {
+                decided[*at] = Some(decision);
+            }
+        }
+        decided
+            .into_iter()
+            .map(|decision| decision.ok_or_else(|| unavailable("a request was left undecided")))
+            .collect()
+    }
+
+    /// One script call: gives back `returns`, then decides `requests` in order.
+    async fn call_one(
+        &self,
+        mut connection: Connection,
+        returns: &[Return],
+        requests: &[Request<'_>],
+    ) -> Result<Vec<(Decision, u64)>, LimiterError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let returns = self.leases.as_ref().map(|l| l.drain_returns()).unwrap_or_default();
         let mut invocation = self.rate.prepare_invoke();
-        add_returns(&mut invocation, &returns);
+        add_returns(&mut invocation, returns);
         invocation.arg(requests.len());
         for request in requests {
             invocation
@@ -554,7 +708,7 @@ impl RedisLimiter {
                 .arg(request.checks.len());
             for check in request.checks {
                 invocation
-                    .key(check.key.redis_key())
+                    .key(check.redis_key())
                     .arg(check.rule.requests)
                     .arg(check.rule.window_ms)
                     .arg(u8::from(check.rule.shadow) | (u8::from(check.rule.is_balance()) << 1))
@@ -625,7 +779,7 @@ impl RedisLimiter {
         }
         let sweeper = Sweeper {
             leases: Arc::downgrade(leases),
-            client: self.client.clone(),
+            backend: self.backend.clone(),
             timeout: self.timeout,
             connection: None,
             rate: self.rate.clone(),

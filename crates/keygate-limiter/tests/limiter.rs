@@ -626,3 +626,113 @@ fn two_memory_limiters_sharing_a_check_count_apart() {
         "and the first still has its count"
     );
 }
+
+/// Issue 18: on a real 3-master Redis Cluster, keys in different hash slots
+/// decided in the same batches are each admitted exactly their limit, by a
+/// leasing limiter and a non-leasing one sharing them; a key's and its
+/// workspace's counters, tagged into one slot, are decided atomically.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_cluster_is_exact_across_slots_and_limiters() {
+    let Some(cluster) = keygate_limiter::testsuite::RedisCluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    let leasing: Arc<dyn Limiter> = Arc::new(RedisLimiter::new(&url, Duration::from_secs(2)).unwrap().with_leases(64));
+    let plain: Arc<dyn Limiter> = Arc::new(RedisLimiter::new(&url, Duration::from_secs(2)).unwrap());
+    let owners: Vec<Arc<str>> = (0..12).map(|i| owner(&format!("slot{i}"))).collect();
+    let tasks: Vec<_> = (0..48)
+        .map(|task| {
+            let limiter = [&leasing, &plain][task % 2].clone();
+            let owner = owners[task % owners.len()].clone();
+            tokio::spawn(async move {
+                let checks = vec![check(&owner, 50, MINUTE)];
+                let mut admitted = 0;
+                for _ in 0..40 {
+                    let decision = limiter.check(&checks, 1, Charge::Consume, now_ms()).await.unwrap();
+                    admitted += usize::from(decision.allowed);
+                }
+                (owner, admitted)
+            })
+        })
+        .collect();
+    let mut per_owner = std::collections::HashMap::<Arc<str>, usize>::new();
+    for task in tasks {
+        let (owner, admitted) = task.await.unwrap();
+        *per_owner.entry(owner).or_default() += admitted;
+    }
+    assert_eq!(per_owner.len(), 12);
+    assert!(
+        per_owner.values().all(|&n| n == 50),
+        "each key exactly 50 of 160: {per_owner:?}"
+    );
+
+    // A key's own limit and its workspace's, in the workspace's slot: all or nothing.
+    let key = owner("key");
+    let workspace = owner("workspace");
+    let both = vec![
+        check(&key, 100, MINUTE).in_slot_of(workspace.clone()),
+        check(&workspace, 10, MINUTE),
+    ];
+    assert_eq!(hammer(vec![plain.clone(), leasing.clone()], both.clone(), 1).await, 10);
+    let after = plain.check(&both, 1, Charge::DryRun, now_ms()).await.unwrap();
+    assert_eq!(
+        after.limits[0].remaining, 90,
+        "refused requests charged neither counter"
+    );
+}
+
+/// Issue 18: a master of the cluster killed mid-run: no error reaches the
+/// caller (`on_failure = local` answers for the slots it served), and once
+/// it is back, every key is decided in the cluster again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_master_falls_back_and_recovers() {
+    let Some(mut cluster) = keygate_limiter::testsuite::RedisCluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    let timeout = Duration::from_millis(200);
+    let limiter = ResilientLimiter::new(
+        RedisLimiter::new(&url, timeout).unwrap(),
+        Arc::new(MemoryLimiter::new(1_000)),
+        OnFailure::Local,
+        timeout,
+    )
+    .with_cool_down(Duration::from_millis(300));
+    let direct = RedisLimiter::new(&url, Duration::from_secs(2)).unwrap();
+    // 30 keys: the chance that none is in the killed master's third of the slots is (2/3)^30.
+    let owners: Vec<Arc<str>> = (0..30).map(|i| owner(&format!("kill{i}"))).collect();
+    let consume = |owner: &Arc<str>| {
+        let checks = vec![check(owner, 1_000, MINUTE)];
+        let limiter = &limiter;
+        async move { limiter.check(&checks, 1, Charge::Consume, now_ms()).await }
+    };
+    for owner in &owners {
+        assert!(consume(owner).await.unwrap().allowed);
+    }
+    assert_eq!(limiter.fallbacks(), 0);
+
+    cluster.kill(0);
+    for owner in owners.iter().cycle().take(90) {
+        let decision = consume(owner).await.expect("never an error with on_failure = local");
+        assert!(decision.allowed, "the local limiter admits while a master is gone");
+    }
+    assert!(limiter.fallbacks() > 0, "some keys' slots were on the killed master");
+
+    cluster.restart(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let _ = consume(&owners[0]).await;
+        if limiter.readiness().await.state == "up" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery after the master came back");
+    }
+    for owner in &owners {
+        let checks = vec![check(owner, 1_000, MINUTE)];
+        let before = direct.check(&checks, 1, Charge::DryRun, now_ms()).await.unwrap().limits[0].remaining;
+        assert!(consume(owner).await.unwrap().allowed);
+        let after = direct.check(&checks, 1, Charge::DryRun, now_ms()).await.unwrap().limits[0].remaining;
+        assert_eq!(after + 1, before, "{owner}: decided in the cluster again");
+    }
+}

@@ -577,11 +577,14 @@ fn validate_limiter(config: &LimiterConfig) -> Result<LimiterSettings, (String, 
     }
     let redis_url = match config.url.split_once("://") {
         Some(("memory", "")) => None,
-        Some(("redis", rest)) if !rest.is_empty() => Some(config.url.clone()),
+        Some(("redis" | "redis+cluster", rest)) if !rest.is_empty() => Some(config.url.clone()),
         _ => {
             return Err(fail(
                 "url",
-                format!("`{}` must be memory:// or redis://HOST:PORT", config.url),
+                format!(
+                    "`{}` must be memory://, redis://HOST:PORT or redis+cluster://HOST:PORT,HOST:PORT,...",
+                    config.url
+                ),
             ))
         }
     };

@@ -115,6 +115,9 @@ impl Verifier {
                 }
             }
         }
+        if let Some(slot) = shared_slot(plan, cached) {
+            checks = checks.into_iter().map(|check| check.in_slot_of(slot.clone())).collect();
+        }
         checks.extend(credits_check(plan, cached));
         let set = LimitSet {
             checks: checks.into(),
@@ -395,6 +398,22 @@ fn usage_exceeded(decision: &Decision) -> ErrorInstance {
 /// changed in the workspace or plan, start a new count (docs/decisions.md).
 pub const CREDITS_RESOURCE: &str = "~credits@";
 
+/// The Redis Cluster hash tag of every counter of the key, when it is not
+/// the key's lineage: a key that any per-workspace limit applies to (for
+/// any resource) keeps all its counters in its workspace's slot, so that
+/// one script can decide its own and the workspace's counters together,
+/// and each counter has one name whichever resource is asked.
+fn shared_slot(plan: Option<&Plan>, cached: &CachedKey) -> Option<Arc<str>> {
+    let plan_limits = plan.map_or(&[][..], |plan| &plan.limits[..]);
+    let mut every = plan_limits
+        .iter()
+        .chain(&cached.workspace().limits)
+        .chain(cached.limits());
+    every
+        .any(|spec| spec.scope == LimitScope::Workspace)
+        .then(|| cached.workspace_id().clone())
+}
+
 /// The key's credit balance, if it has credits: its own, else its
 /// workspace's, else its plan's. One balance per key lineage (rotation
 /// keeps it), whatever the resource.
@@ -405,14 +424,18 @@ fn credits_check(plan: Option<&Plan>, cached: &CachedKey) -> Option<LimitCheck> 
         .or_else(|| plan.and_then(|plan| plan.credits.as_ref()))?;
     let origin_ms = cached.credits_origin_ms();
     let rule = spec.rule(origin_ms);
-    Some(LimitCheck::new(
+    let check = LimitCheck::new(
         CounterKey {
             owner: cached.lineage_id().clone(),
             resource: Arc::from(format!("{CREDITS_RESOURCE}{origin_ms}:{}", spec.tag())),
             window_ms: rule.window_ms,
         },
         rule,
-    ))
+    );
+    Some(match shared_slot(plan, cached) {
+        Some(slot) => check.in_slot_of(slot),
+        None => check,
+    })
 }
 
 /// The counters a request to `resource` charges: per key lineage (so

@@ -47,7 +47,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimiterConfig {
-    /// `memory://` (one node) or `redis://host:port` (shared by many nodes).
+    /// `memory://` (one node), `redis://host:port` (shared by many nodes), or
+    /// `redis+cluster://host1:port,host2:port,...` (a Redis Cluster).
     pub url: String,
     /// When Redis is unreachable: `local`, `allow` or `deny`.
     pub on_failure: OnFailure,

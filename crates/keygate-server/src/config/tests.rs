@@ -32,6 +32,11 @@ fn leases_are_on_by_default_and_zero_turns_them_off() {
     let (_, off) = load_text("[limiter]\nurl = \"redis://127.0.0.1:6379\"\nlease_max = 0\n").unwrap();
     assert_eq!(off.limiter.lease_max, 0);
     assert_eq!(off.limiter.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+    let (_, cluster) = load_text("[limiter]\nurl = \"redis+cluster://10.0.0.1:6379,10.0.0.2:6379\"\n").unwrap();
+    assert_eq!(
+        cluster.limiter.redis_url.as_deref(),
+        Some("redis+cluster://10.0.0.1:6379,10.0.0.2:6379")
+    );
 }
 
 #[test]
