@@ -840,3 +840,52 @@ impl RedisLimiter {
         })))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::CounterKey;
+
+    fn check(owner: &str) -> LimitCheck {
+        LimitCheck::new(
+            CounterKey {
+                owner: Arc::from(owner),
+                resource: Arc::from("default"),
+                window_ms: 60_000,
+            },
+            Rule::new(10, 60_000),
+        )
+    }
+
+    #[test]
+    fn a_counter_is_named_in_its_hash_slot_and_the_tag_is_read_back() {
+        let own = check("key_1");
+        assert_eq!(own.redis_key(), "kg:rl:{key_1}:key_1:default:60000");
+        let shared = check("key_1").in_slot_of(Arc::from("ws_1"));
+        assert_eq!(shared.redis_key(), "kg:rl:{ws_1}:key_1:default:60000");
+        assert_eq!(tag_of(&shared.redis_key()), "ws_1");
+        assert_eq!(tag_of("no-tag"), "no-tag");
+    }
+
+    #[test]
+    fn groups_keep_first_seen_order_and_order_within() {
+        let grouped = group_by(vec![(1, 'a'), (2, 'b'), (3, 'a'), (4, 'c'), (5, 'b')], |(_, tag)| *tag);
+        assert_eq!(
+            grouped,
+            vec![vec![(1, 'a'), (3, 'a')], vec![(2, 'b'), (5, 'b')], vec![(4, 'c')]]
+        );
+        assert!(group_by(Vec::<u8>::new(), |n| *n).is_empty());
+    }
+
+    #[test]
+    fn a_cluster_url_names_its_nodes() {
+        let timeout = Duration::from_secs(1);
+        assert!(Backend::open("redis+cluster://10.0.0.1:6379,10.0.0.2:6379", timeout)
+            .unwrap()
+            .is_cluster());
+        assert!(!Backend::open("redis://127.0.0.1:6379", timeout).unwrap().is_cluster());
+        assert!(Backend::open("redis+cluster://", timeout).is_err());
+        assert!(Backend::open("redis+cluster:// , ", timeout).is_err());
+    }
+}
