@@ -65,12 +65,6 @@ pub struct Receipt {
     pub unconfirmed: Vec<String>,
 }
 
-impl Receipt {
-    pub fn is_complete(&self) -> bool {
-        self.unconfirmed.is_empty()
-    }
-}
-
 pub struct Nodes {
     context: Arc<Context>,
     verifier: Arc<Verifier>,
