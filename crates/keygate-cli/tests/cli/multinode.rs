@@ -156,18 +156,22 @@ impl Cluster {
 
     /// Waits until `/readyz` of `node` shows the change feed and the store in these states.
     async fn wait_for_readiness(&self, node: usize, changes: &str, store: &str) -> Value {
+        self.wait_until_ready(node, &format!("{changes}/{store}"), |deps| {
+            deps["changes"]["state"] == changes && deps["store"]["state"] == store
+        })
+        .await
+    }
+
+    /// Polls `/readyz` of `node` (for at most 20 s) until its dependencies satisfy `reached`.
+    async fn wait_until_ready(&self, node: usize, what: &str, reached: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ready = self.readiness(node).await;
-            let deps = &ready["dependencies"];
-            if deps["changes"]["state"] == changes && deps["store"]["state"] == store {
+            if reached(&ready["dependencies"]) {
                 return ready;
             }
-            assert!(
-                Instant::now() < deadline,
-                "node {node} never reached {changes}/{store}: {ready}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(Instant::now() < deadline, "node {node} never reached {what}: {ready}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -338,15 +342,8 @@ impl Cluster {
 
     /// Waits until `/readyz` of `node` shows the change feed in this state.
     async fn wait_for_changes(&self, node: usize, changes: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ready = self.readiness(node).await;
-            if ready["dependencies"]["changes"]["state"] == changes {
-                return;
-            }
-            assert!(Instant::now() < deadline, "node {node} never {changes}: {ready}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.wait_until_ready(node, changes, |deps| deps["changes"]["state"] == changes)
+            .await;
     }
 
     fn others(&self, node: usize) -> impl Iterator<Item = usize> {
