@@ -87,6 +87,13 @@ def within_rules(path, method, body, now, parameters):
         metadata = body["metadata"] = without_nul(metadata)
     if isinstance(metadata, dict) and len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
         body["metadata"] = {}
+    if (path, method) == ("/v1/workspaces/{id}/keys/import", "POST") and isinstance(body.get("keys"), list):
+        # A row's own rules are the server's per-row refusals (200), but
+        # NUL is refused for the whole body, as everywhere.
+        body["keys"] = [
+            dict(row, metadata=without_nul(row["metadata"])) if isinstance(row, dict) and isinstance(row.get("metadata"), dict) else row
+            for row in body["keys"]
+        ]
     if (path, method) == ("/v1/workspaces/{id}/keys", "POST"):
         in_the_future(body, now)
         admin_keys_apart(parameters.get("id"), body)

@@ -82,6 +82,29 @@ enum KeysCommand {
         #[arg(long, value_parser = parse_credits)]
         credits: Option<Value>,
     },
+    /// Import keys that already exist (another gateway's export, your own
+    /// database): CSV with a header row, or JSON lines. Each row has `key`
+    /// (the key itself) or `hash` (its SHA-256, hex or base64), and
+    /// optionally `name`, `environment`, `scopes`, `expires_at`, `metadata`,
+    /// `hint`. Re-running adds nothing; an interrupted run resumes.
+    Import {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        workspace: String,
+        /// Default: from the extension (`.csv` is CSV, anything else JSON lines).
+        #[arg(long, value_enum)]
+        format: Option<crate::import::FileFormat>,
+        /// Take keys not in this deployment's format even where the server
+        /// does not verify them yet (`keys.legacy = false`).
+        #[arg(long)]
+        legacy: bool,
+        /// Rows per request, at most 1000.
+        #[arg(long, default_value_t = crate::import::DEFAULT_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        batch_size: u16,
+        /// Start from the first row, ignoring an interrupted run's state.
+        #[arg(long)]
+        restart: bool,
+    },
     /// List a workspace's keys.
     List {
         #[arg(long)]
@@ -446,6 +469,26 @@ pub async fn keys(args: KeysArgs) -> Result<(), String> {
                 )
                 .await?;
             print_created_key(&created, json);
+        }
+        KeysCommand::Import {
+            file,
+            workspace,
+            format,
+            legacy,
+            batch_size,
+            restart,
+        } => {
+            let path = format!("/v1/workspaces/{workspace}/keys/import");
+            let job = crate::import::ImportJob {
+                path: &file,
+                workspace: &workspace,
+                format: format.unwrap_or_else(|| crate::import::FileFormat::of(&file)),
+                legacy,
+                batch: usize::from(batch_size),
+                restart,
+                json,
+            };
+            crate::import::run(job, |body| api.call(Method::POST, &path, &[], Some(body))).await?;
         }
         KeysCommand::List {
             workspace,

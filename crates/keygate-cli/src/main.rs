@@ -1,6 +1,7 @@
 //! `keygate`: run a node, bootstrap admin keys, and drive the admin API from a terminal.
 
 mod api;
+mod import;
 mod local;
 mod output;
 mod patterns;

@@ -2,7 +2,7 @@
 //! `Authorization: Bearer`. The query string is never read (keys in URLs end up
 //! in logs). Works on raw header bytes so that invalid UTF-8 is an answer, not a panic.
 
-use crate::key::MAX_KEY_LEN;
+use crate::legacy::MAX_LEGACY_LEN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialError {
@@ -32,7 +32,7 @@ pub fn select_credential<'a>(
         }
     }
     let bytes = chosen.ok_or(CredentialError::Missing)?;
-    if bytes.len() > MAX_KEY_LEN {
+    if bytes.len() > MAX_LEGACY_LEN {
         return Err(CredentialError::Invalid);
     }
     std::str::from_utf8(bytes).map_err(|_| CredentialError::Invalid)

@@ -192,6 +192,7 @@ mod tests {
             rotated_from: None,
             rotated_to: None,
             deleted_at: None,
+            legacy: false,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod grammar;
 pub mod id;
 pub mod ip;
 pub mod key;
+pub mod legacy;
 pub mod limits;
 pub mod model;
 pub mod path;

@@ -92,6 +92,10 @@ pub struct ApiKey {
     pub rotated_from: Option<String>,
     pub rotated_to: Option<String>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Imported from another system and not in this deployment's format
+    /// (crates/keygate-core/src/legacy.rs): verified only with
+    /// `keys.legacy = true`, and worth rotating to a key of keygate's own.
+    pub legacy: bool,
 }
 
 /// What a person sees in the key list.

@@ -57,6 +57,7 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
                 max_stale: Duration::from_secs(300),
                 store_timeout: Duration::from_secs(2),
                 negative_cache_ttl: Duration::from_secs(600),
+                legacy_keys: false,
                 failed_attempts: FailurePolicy {
                     max_failures: 20,
                     window: Duration::from_secs(60),

@@ -70,6 +70,7 @@ fn settings(capacity: u64) -> EngineSettings {
             max_stale: Duration::from_secs(300),
             store_timeout: Duration::from_secs(5),
             negative_cache_ttl: Duration::from_secs(10),
+            legacy_keys: false,
             failed_attempts: FailurePolicy {
                 max_failures: 1_000_000,
                 window: Duration::from_secs(60),

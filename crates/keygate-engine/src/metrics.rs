@@ -111,6 +111,7 @@ pub struct Metrics {
     webhook_attempts: Family<WebhookLabels, Counter>,
     webhook_seconds: Histogram,
     shadow_refusals: Counter,
+    legacy_key_requests: Counter,
 }
 
 impl Default for Metrics {
@@ -150,6 +151,7 @@ impl Default for Metrics {
             store_seconds: Family::new_with_constructor(latency_histogram),
             store_errors,
             shadow_refusals: Counter::default(),
+            legacy_key_requests: Counter::default(),
         }
     }
 }
@@ -251,6 +253,13 @@ impl Metrics {
         self.shadow_refusals.inc();
     }
 
+    /// A request that presented an imported key in another system's format
+    /// (crates/keygate-core/src/legacy.rs): how much traffic still needs
+    /// rotating before `keys.legacy` can be turned off.
+    pub(crate) fn legacy_key_request(&self) {
+        self.legacy_key_requests.inc();
+    }
+
     /// The text format, as Prometheus scrapes it.
     pub fn encode(&self, values: ScrapeValues) -> Result<String, fmt::Error> {
         let mut registry = Registry::with_prefix("keygate");
@@ -303,6 +312,11 @@ impl Metrics {
             "shadow_refusals",
             "Requests a limit in shadow mode would have refused; they were admitted",
             self.shadow_refusals.clone(),
+        );
+        registry.register(
+            "legacy_key_requests",
+            "Requests with an imported key in another system's format (keys.legacy); rotate them to retire the setting",
+            self.legacy_key_requests.clone(),
         );
         let (target_up, target_requests) = target_families(values.targets);
         registry.register(

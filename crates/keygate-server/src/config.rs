@@ -433,6 +433,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
                 max_stale: config.store.max_stale.get(),
                 store_timeout: config.store.timeout.get(),
                 negative_cache_ttl: config.cache.negative_ttl.get(),
+                legacy_keys: config.keys.legacy,
                 failed_attempts: FailurePolicy {
                     max_failures: config.security.max_failed_attempts,
                     window: config.security.failed_attempts_window.get(),

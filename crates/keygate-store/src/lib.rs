@@ -399,6 +399,13 @@ pub trait WorkspaceStore: Send + Sync {
 #[async_trait]
 pub trait KeyStore: Send + Sync {
     async fn insert_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Which of `hashes` are stored, each with the workspace that holds it
+    /// (an import's check before it writes, crates/keygate-engine/src/admin/import.rs).
+    async fn stored_key_hashes(&self, hashes: &[KeyHash]) -> Result<Vec<(KeyHash, String)>, StoreError>;
+    /// Inserts the keys whose hash is not stored yet, and `audit` if any was,
+    /// in one transaction; returns how many were inserted. A key already
+    /// stored (a re-run, or a concurrent import) is left as it is.
+    async fn import_keys(&self, keys: &[ApiKey], audit: &AuditEvent) -> Result<u64, StoreError>;
     /// Returns deleted keys too; they stay for the audit trail.
     async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
     /// The verify path's lookup: the key and its workspace in one query.

@@ -225,7 +225,7 @@ pub(crate) fn seconds_rounded_up(at: DateTime<Utc>) -> i64 {
 
 pub(crate) const KEY_COLUMNS: &str = "k.id, k.workspace_id, k.lineage_id, k.name, k.environment, k.key_hash, k.hint, \
     k.scopes, k.roles, k.ip_allowlist, k.expires_at, k.metadata, k.limits, k.credits, k.credits_set_at, k.created_at, k.created_by, \
-    k.last_used_at, k.last_used_ip, k.revoked_at, k.revoked_reason, k.rotated_from, k.rotated_to, k.deleted_at";
+    k.last_used_at, k.last_used_ip, k.revoked_at, k.revoked_reason, k.rotated_from, k.rotated_to, k.deleted_at, k.legacy";
 pub(crate) const WORKSPACE_COLUMNS: &str = "w.id AS w_id, w.name AS w_name, w.plan AS w_plan, \
     w.ip_allowlist AS w_ip_allowlist, w.limits AS w_limits, w.credits AS w_credits, w.disabled AS w_disabled, \
     w.leak_policy AS w_leak_policy, w.created_at AS w_created_at, w.updated_at AS w_updated_at";
@@ -358,18 +358,23 @@ pub(crate) fn workspace_from_row<R: StoreRow>(row: &R) -> Result<Workspace, Stor
     })
 }
 
-pub(crate) fn key_from_row<R: StoreRow>(row: &R) -> Result<ApiKey, StoreError> {
-    let hash: Vec<u8> = row.bytes("key_hash")?;
-    let hash: [u8; 32] = hash
+pub(crate) fn hash_from_row<R: StoreRow>(row: &R) -> Result<KeyHash, StoreError> {
+    let hash: [u8; 32] = row
+        .bytes("key_hash")?
         .try_into()
         .map_err(|_| StoreError::Corrupt("api_keys.key_hash is not 32 bytes".into()))?;
+    Ok(KeyHash::from_bytes(hash))
+}
+
+pub(crate) fn key_from_row<R: StoreRow>(row: &R) -> Result<ApiKey, StoreError> {
+    let hash = hash_from_row(row)?;
     Ok(ApiKey {
         id: row.get_col("id")?,
         workspace_id: row.get_col("workspace_id")?,
         lineage_id: row.get_col("lineage_id")?,
         name: row.get_col("name")?,
         environment: row.get_col("environment")?,
-        hash: KeyHash::from_bytes(hash),
+        hash,
         hint: row.get_col("hint")?,
         scopes: from_json(row.get_col("scopes")?, "api_keys.scopes")?,
         roles: from_json(row.get_col("roles")?, "api_keys.roles")?,
@@ -388,6 +393,7 @@ pub(crate) fn key_from_row<R: StoreRow>(row: &R) -> Result<ApiKey, StoreError> {
         rotated_from: row.get_col("rotated_from")?,
         rotated_to: row.get_col("rotated_to")?,
         deleted_at: opt_from_ms(row.get_col("deleted_at")?)?,
+        legacy: row.int("legacy")? != 0,
     })
 }
 

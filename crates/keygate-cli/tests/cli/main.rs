@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod import;
 mod multinode;
 mod tcp_cut;
 mod webhooks;

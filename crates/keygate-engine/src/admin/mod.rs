@@ -33,10 +33,12 @@ use crate::usage::Usage;
 use crate::verifier::{LimitMode, Rejection, Verified, Verifier, VerifyRequest};
 use crate::AdminError;
 
+mod import;
 mod leaks;
 mod usage;
 mod webhooks;
 
+pub use import::{ImportReport, ImportRow, RowRefusal, MAX_IMPORT_ROWS};
 pub use leaks::{LeakReport, LeakVerdict, PublicReport, MAX_HASHES_PER_LOOKUP, PUBLIC_REPORTS_PER_MINUTE};
 pub use usage::{
     Granularity, HourlyRequests, UsageBucket, MAX_DAILY_USAGE_RANGE_DAYS, MAX_TOP_KEYS, MAX_USAGE_RANGE_DAYS,
@@ -521,6 +523,7 @@ impl Admin {
             rotated_from: None,
             rotated_to: None,
             deleted_at: None,
+            legacy: false,
         };
         let details = json!({
             "name": key.name,
@@ -784,6 +787,7 @@ impl Admin {
             rotated_from: Some(old.id.clone()),
             rotated_to: None,
             deleted_at: None,
+            legacy: false,
             // The same balance: its periods still count from the lineage's.
             credits_set_at: Some(old.credits_origin()),
             ..old.clone()

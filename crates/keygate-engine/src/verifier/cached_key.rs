@@ -78,6 +78,8 @@ struct KeyProfile {
     credits: Option<Box<CreditSpec>>,
     /// Where its credit periods start (`ApiKey::credits_origin`), Unix ms.
     credits_origin_ms: i64,
+    /// Imported, not in this deployment's format (`ApiKey::legacy`).
+    legacy: bool,
 }
 
 fn boxed(text: Option<String>) -> Option<Box<str>> {
@@ -117,6 +119,7 @@ impl CachedKey {
                 rotated_to: boxed(key.rotated_to),
                 credits: key.credits.map(Box::new),
                 credits_origin_ms,
+                legacy: key.legacy,
             }),
         }
     }
@@ -167,6 +170,11 @@ impl CachedKey {
     /// `kg_live_AbCd...wxyz`.
     pub fn hint(&self) -> &str {
         &self.profile.hint
+    }
+
+    /// Imported from another system (crates/keygate-core/src/legacy.rs).
+    pub fn is_legacy(&self) -> bool {
+        self.profile.legacy
     }
 
     pub fn created_at(&self) -> DateTime<Utc> {
@@ -259,6 +267,7 @@ mod tests {
             rotated_from: Some("key_1".into()),
             rotated_to: Some("key_3".into()),
             deleted_at: Some(at(30)),
+            legacy: true,
         }
     }
 
@@ -290,6 +299,7 @@ mod tests {
         assert_eq!(cached.metadata(), &key.metadata);
         assert_eq!(cached.limits(), &key.limits[..]);
         assert_eq!((cached.created_at(), cached.created_by()), (at(0), Some("cli")));
+        assert!(cached.is_legacy());
         assert_eq!(cached.last_used(), (Some(at(10)), Some("10.1.2.3")));
         assert_eq!(cached.rotation(), (Some("key_1"), Some("key_3")));
         assert_eq!(cached.loaded_at_ms(), at(40).timestamp_millis());

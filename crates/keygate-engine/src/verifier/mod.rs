@@ -26,11 +26,12 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, Guard};
 use chrono::{DateTime, Utc};
 use keygate_core::error::ErrorInstance;
+use keygate_core::legacy::LegacyKey;
 use keygate_core::limits::DEFAULT_RESOURCE;
 use keygate_core::model::Workspace;
 use keygate_core::role::Roles;
 use keygate_core::throttle::{FailurePolicy, FailureWindow};
-use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
+use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash, MalformedKey};
 use keygate_limiter::{Limiter, Permit};
 use moka::sync::Cache;
 use std::sync::LazyLock;
@@ -61,6 +62,10 @@ pub struct VerifierSettings {
     pub store_timeout: Duration,
     /// How long an unknown hash is remembered, so a flood of bad keys costs nothing.
     pub negative_cache_ttl: Duration,
+    /// Look up credentials that are not in `key_format` by the hash of the
+    /// whole string: imported keys of another system (`keys.legacy`,
+    /// crates/keygate-core/src/legacy.rs).
+    pub legacy_keys: bool,
     pub failed_attempts: FailurePolicy,
     /// The plans of the config. Read by [`Verifier::new`] only: from then on
     /// [`Verifier::plans`] holds them, and a config reload replaces them.
@@ -80,6 +85,7 @@ impl Default for VerifierSettings {
             max_stale: Duration::from_secs(300),
             store_timeout: Duration::from_secs(2),
             negative_cache_ttl: Duration::from_secs(10),
+            legacy_keys: false,
             failed_attempts: FailurePolicy {
                 max_failures: 10,
                 window: Duration::from_secs(60),
@@ -319,11 +325,15 @@ impl Verifier {
     /// malformed one.
     pub async fn verify(&self, request: VerifyRequest<'_>) -> Result<Verified, Rejection> {
         let now = self.context.clock_now();
-        let parsed = match self.settings.key_format.parse(request.presented) {
-            Ok(parsed) => parsed,
-            Err(_) => return Err(self.invalid_key(request.client_ip, now)),
+        let (hash, legacy) = match self.settings.key_format.parse(request.presented) {
+            Ok(parsed) => (parsed.hash(), false),
+            // A bad checksum on a key of this format is a typo, never an import.
+            Err(MalformedKey::Checksum) => return Err(self.invalid_key(request.client_ip, now)),
+            Err(_) => match self.legacy_key(request.presented) {
+                Some(legacy) => (legacy.hash(), true),
+                None => return Err(self.invalid_key(request.client_ip, now)),
+            },
         };
-        let hash = parsed.hash();
         let cached = match self.cache.get(&hash) {
             Some(cached) if self.is_fresh(&cached, now) => {
                 self.context.metrics().cache_lookup(CacheResult::Hit);
@@ -338,7 +348,21 @@ impl Verifier {
                 self.load(hash, request.client_ip, now).await?
             }
         };
+        if legacy {
+            self.context.metrics().legacy_key_request();
+        }
         self.decide(cached, &request, now).await
+    }
+
+    /// A credential outside the key format that may be an imported key, when
+    /// this deployment takes them.
+    fn legacy_key<'a>(&self, presented: &'a str) -> Option<LegacyKey<'a>> {
+        self.settings.legacy_keys.then(|| LegacyKey::parse(presented)).flatten()
+    }
+
+    /// Whether credentials outside the key format are looked up (`keys.legacy`).
+    pub fn takes_legacy_keys(&self) -> bool {
+        self.settings.legacy_keys
     }
 
     /// Read from the store less than a TTL ago: `cache.ttl` while this node

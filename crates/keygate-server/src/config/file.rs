@@ -240,6 +240,9 @@ pub struct KeysConfig {
     pub max_metadata_bytes: usize,
     /// Keys older than this are flagged for rotation in the dashboard; `0s` never flags.
     pub max_age: ConfigDuration,
+    /// Verify imported keys that are not in this format, by the hash of the
+    /// whole string (crates/keygate-core/src/legacy.rs).
+    pub legacy: bool,
 }
 
 impl Default for KeysConfig {
@@ -250,6 +253,7 @@ impl Default for KeysConfig {
             rotation_grace: ConfigDuration::secs(DAY),
             max_metadata_bytes: 4096,
             max_age: ConfigDuration::secs(90 * DAY),
+            legacy: false,
         }
     }
 }

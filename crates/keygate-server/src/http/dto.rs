@@ -485,6 +485,9 @@ pub struct KeyView {
     pub rotated_from: Option<String>,
     pub rotated_to: Option<String>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Imported in another system's format: it works with `keys.legacy =
+    /// true` only, and is worth rotating to a key of this deployment's.
+    pub legacy: bool,
 }
 
 impl KeyView {
@@ -512,6 +515,7 @@ impl KeyView {
             rotated_from: k.rotated_from.clone(),
             rotated_to: k.rotated_to.clone(),
             deleted_at: k.deleted_at,
+            legacy: k.legacy,
         }
     }
 
@@ -544,6 +548,109 @@ impl KeyView {
             rotated_from: rotated_from.map(str::to_owned),
             rotated_to: rotated_to.map(str::to_owned),
             deleted_at: None,
+            legacy: key.is_legacy(),
+        }
+    }
+}
+
+/// `POST /v1/workspaces/{id}/keys/import`: keys that already exist
+/// elsewhere. Each row is checked on its own: a row that is not valid is
+/// refused in the answer's `refused`, with its index, and the others are
+/// imported. A key the workspace already holds is counted in `existing`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportKeys {
+    /// Take keys that are not in this deployment's format even if this node
+    /// does not verify them yet (`keys.legacy = false`): for importing before
+    /// switching legacy keys on.
+    #[serde(default)]
+    pub legacy: bool,
+    #[schema(min_items = 1, max_items = 1000)]
+    pub keys: Vec<ImportKey>,
+}
+
+/// One key to import: `key` or `hash`, not both.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportKey {
+    /// The key as clients send it: this deployment's format, or (a legacy
+    /// key) 8 to 256 printable ASCII characters without spaces.
+    #[schema(value_type = Option<String>)]
+    pub key: Option<SecretKeyText>,
+    /// The key's SHA-256, when only that is known: 64 hex digits, or base64
+    /// (standard or URL-safe, padded or not). Imported as a legacy key.
+    pub hash: Option<String>,
+    /// How lists show a hash-only key: 1 to 64 printable ASCII characters.
+    /// Default: `sha256:` and the start of the hash.
+    pub hint: Option<String>,
+    /// 1 to 200 characters, no control characters.
+    pub name: String,
+    /// One of the configured environments; a key in this deployment's format has its own.
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// A key whose expiry has passed is imported as expired.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// At most `keys.max_metadata_bytes` (4096) bytes as JSON.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+impl From<ImportKey> for keygate_engine::admin::ImportRow {
+    fn from(r: ImportKey) -> Self {
+        Self {
+            key: r.key.map(|key| key.0),
+            hash: r.hash,
+            hint: r.hint,
+            name: r.name,
+            environment: r.environment,
+            scopes: r.scopes,
+            expires_at: r.expires_at,
+            metadata: r.metadata,
+        }
+    }
+}
+
+/// What an import call did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImportedKeys {
+    /// Keys added.
+    pub imported: u64,
+    /// Of those, keys in another system's format.
+    pub legacy: u64,
+    /// Rows whose key the workspace already held: a re-run adds nothing.
+    pub existing: u64,
+    /// Rows not imported, by their index in `keys`.
+    pub refused: Vec<RefusedRow>,
+    /// Whether this node verifies legacy keys now (`keys.legacy`).
+    pub legacy_keys_verified: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RefusedRow {
+    /// Index in the request's `keys`, from 0.
+    pub row: usize,
+    /// The row's field at fault.
+    pub field: String,
+    pub message: String,
+}
+
+impl ImportedKeys {
+    pub fn new(report: keygate_engine::admin::ImportReport, legacy_keys_verified: bool) -> Self {
+        Self {
+            imported: report.imported,
+            legacy: report.legacy,
+            existing: report.existing,
+            refused: report
+                .refused
+                .into_iter()
+                .map(|r| RefusedRow {
+                    row: r.row,
+                    field: r.field,
+                    message: r.message,
+                })
+                .collect(),
+            legacy_keys_verified,
         }
     }
 }

@@ -131,8 +131,9 @@ impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self(ErrorInstance::new(ErrorCode::PayloadTooLarge).with_message(format!(
-                "The request body is too large; the admin API accepts at most {} bytes.",
-                crate::http::extract::MAX_ADMIN_BODY
+                "The request body is too large; the admin API accepts at most {} bytes ({} for a key import).",
+                crate::http::extract::MAX_ADMIN_BODY,
+                crate::http::extract::MAX_IMPORT_BODY
             )))
         } else {
             Self(ErrorInstance::new(ErrorCode::InvalidJson).with_message("The request body could not be read."))

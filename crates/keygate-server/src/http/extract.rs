@@ -22,6 +22,9 @@ use crate::http::error::ApiError;
 
 /// Largest admin request body: far above any valid request, far below harm.
 pub const MAX_ADMIN_BODY: usize = 64 * 1024;
+/// Largest key import body: 1,000 rows of at most 4 KiB of metadata each,
+/// with room for their other fields (crates/keygate-engine/src/admin/import.rs).
+pub const MAX_IMPORT_BODY: usize = 8 * 1024 * 1024;
 
 /// A JSON body. An empty body reads as `{}`, so optional-only bodies may be omitted.
 pub struct JsonBody<T>(pub T);

@@ -516,6 +516,7 @@ fn whoami(verified: &Verified) -> Response {
             "roles": key.roles(),
             "expires_at": key.access().expires_at(),
             "created_at": key.created_at(),
+            "legacy": key.is_legacy(),
         },
         "workspace": {"id": workspace.id, "name": workspace.name, "plan": workspace.plan},
         "ratelimit": {"limits": verified.limits.as_ref().map(views).unwrap_or_default()},

@@ -9,6 +9,7 @@ mod credits;
 mod dashboard;
 mod error_catalog;
 mod forwarding;
+mod import;
 mod leaks;
 mod lifecycle;
 mod metrics;

@@ -14,6 +14,74 @@ macro_rules! keys_sql {
             Ok(())
         }
 
+        async fn stored_key_hashes(&self, hashes: &[KeyHash]) -> Result<Vec<(KeyHash, String)>, StoreError> {
+            let mut found = Vec::new();
+            for chunk in hashes.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT key_hash, workspace_id FROM api_keys WHERE key_hash IN (");
+                let mut list = q.separated(", ");
+                for hash in chunk {
+                    list.push_bind(&hash.as_bytes()[..]);
+                }
+                q.push(")");
+                for row in q.build().fetch_all(&self.pool).await? {
+                    found.push((hash_from_row(&row)?, row.get_col("workspace_id")?));
+                }
+            }
+            Ok(found)
+        }
+
+        async fn import_keys(&self, keys: &[ApiKey], audit: &AuditEvent) -> Result<u64, StoreError> {
+            let mut tx = self.pool.begin_with(self.begin_write()).await?;
+            let mut inserted = 0;
+            for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO api_keys (id, workspace_id, lineage_id, name, environment, key_hash, hint, scopes, \
+                     roles, ip_allowlist, expires_at, metadata, limits, credits, credits_set_at, created_at, created_by, \
+                     rotated_from, legacy) ",
+                );
+                let mut encoded = Vec::with_capacity(chunk.len());
+                for key in chunk {
+                    encoded.push((
+                        to_json(&key.scopes)?,
+                        to_json(&key.roles)?,
+                        to_json(&key.ip_allowlist.to_strings())?,
+                        to_json(&key.metadata)?,
+                        to_json(&key.limits)?,
+                        opt_to_json(key.credits.as_ref())?,
+                    ));
+                }
+                q.push_values(chunk.iter().zip(&encoded), |mut row, (key, json)| {
+                    row.push_bind(key.id.as_str())
+                        .push_bind(key.workspace_id.as_str())
+                        .push_bind(key.lineage_id.as_str())
+                        .push_bind(key.name.as_str())
+                        .push_bind(key.environment.as_str())
+                        .push_bind(&key.hash.as_bytes()[..])
+                        .push_bind(key.hint.as_str())
+                        .push_bind(json.0.as_str())
+                        .push_bind(json.1.as_str())
+                        .push_bind(json.2.as_str())
+                        .push_bind(key.expires_at.map(ms))
+                        .push_bind(json.3.as_str())
+                        .push_bind(json.4.as_str())
+                        .push_bind(json.5.as_deref())
+                        .push_bind(key.credits_set_at.map(ms))
+                        .push_bind(ms(key.created_at))
+                        .push_bind(key.created_by.as_deref())
+                        .push_bind(key.rotated_from.as_deref())
+                        .push_bind(i64::from(key.legacy));
+                });
+                // A concurrent import of the same key: the first one keeps it.
+                q.push(" ON CONFLICT (key_hash) DO NOTHING");
+                inserted += q.build().execute(&mut *tx).await?.rows_affected();
+            }
+            if inserted > 0 {
+                Self::insert_audit(&mut tx, audit).await?;
+            }
+            tx.commit().await?;
+            Ok(inserted)
+        }
+
         async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
             let row = sqlx::query(&$sql(&format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = ?")))
                 .bind(id)
@@ -203,8 +271,8 @@ macro_rules! keys_sql {
 
         async fn insert_key_row(tx: &mut sqlx::Transaction<'_, $db>, key: &ApiKey) -> Result<(), StoreError> {
             sqlx::query(&$sql("INSERT INTO api_keys (id, workspace_id, lineage_id, name, environment, key_hash, hint, scopes, \
-                 roles, ip_allowlist, expires_at, metadata, limits, credits, credits_set_at, created_at, created_by, rotated_from) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+                 roles, ip_allowlist, expires_at, metadata, limits, credits, credits_set_at, created_at, created_by, rotated_from, legacy) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&key.id)
             .bind(&key.workspace_id)
             .bind(&key.lineage_id)
@@ -223,6 +291,7 @@ macro_rules! keys_sql {
             .bind(ms(key.created_at))
             .bind(&key.created_by)
             .bind(&key.rotated_from)
+            .bind(i64::from(key.legacy))
             .execute(&mut **tx)
             .await?;
             Ok(())

@@ -55,6 +55,58 @@ pub async fn workspace_round_trip(store: Arc<dyn Store>) {
     assert!(first.items[0].id > first.items[1].id, "newest first");
 }
 
+/// An import batch (crates/keygate-engine/src/admin/import.rs): stored
+/// hashes are reported with their workspace, a batch of more rows than one
+/// statement holds is written whole with one audit event, and a key that is
+/// already stored is left exactly as it was.
+pub async fn an_import_inserts_what_is_new_and_leaves_the_rest(store: Arc<dyn Store>) {
+    let (ws, existing) = workspace_with_key(store.as_ref()).await;
+    let mut batch: Vec<ApiKey> = (0..1_000)
+        .map(|i| sample_key(&ws.id, &format!("imported {i}")))
+        .collect();
+    for key in &mut batch[..10] {
+        key.legacy = true;
+    }
+    let mut again = existing.clone();
+    again.id = "key_other_id".into();
+    again.name = "renamed by the import".into();
+    batch.push(again);
+
+    let hashes: Vec<KeyHash> = batch.iter().map(|k| k.hash).collect();
+    assert_eq!(
+        store.stored_key_hashes(&hashes).await.unwrap(),
+        vec![(existing.hash, ws.id.clone())]
+    );
+    let event = audit("keys.imported", &ws.id, Some(&ws.id));
+    assert_eq!(store.import_keys(&batch, &event).await.unwrap(), 1_000);
+    assert_eq!(store.count_keys(&ws.id).await.unwrap(), 1_001);
+    assert_eq!(store.get_key(&existing.id).await.unwrap(), Some(existing.clone()));
+    assert_eq!(store.get_key("key_other_id").await.unwrap(), None);
+    let (found, _) = store.find_key_by_hash(&batch[0].hash).await.unwrap().unwrap();
+    assert_eq!(found, batch[0]);
+    assert!(found.legacy);
+    assert!(!store.find_key_by_hash(&batch[10].hash).await.unwrap().unwrap().0.legacy);
+    assert_eq!(store.stored_key_hashes(&hashes).await.unwrap().len(), 1_001);
+
+    // A re-run inserts nothing and writes no event.
+    let rerun = audit("keys.imported", &ws.id, Some(&ws.id));
+    assert_eq!(store.import_keys(&batch, &rerun).await.unwrap(), 0);
+    let filter = AuditFilter {
+        workspace_id: Some(ws.id.clone()),
+        ..AuditFilter::default()
+    };
+    let actions: Vec<String> = store
+        .list_audit_events(&filter, &Page::first(50))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| e.action)
+        .filter(|a| a == "keys.imported")
+        .collect();
+    assert_eq!(actions.len(), 1);
+}
+
 pub async fn deleting_a_workspace_revokes_its_keys(store: Arc<dyn Store>) {
     let (ws, key) = workspace_with_key(store.as_ref()).await;
     store

@@ -46,6 +46,7 @@ macro_rules! store_suite {
             deleting_a_workspace_revokes_its_keys,
             key_round_trip_and_lookup_by_hash,
             duplicate_hash_is_a_conflict,
+            an_import_inserts_what_is_new_and_leaves_the_rest,
             list_keys_filters_and_pages,
             concurrent_revokes_apply_once,
             update_never_undoes_a_revoke,
@@ -243,6 +244,7 @@ pub fn sample_key(workspace_id: &str, name: &str) -> ApiKey {
         rotated_from: None,
         rotated_to: None,
         deleted_at: None,
+        legacy: false,
     }
 }
 

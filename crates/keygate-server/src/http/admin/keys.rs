@@ -42,6 +42,25 @@ pub(super) async fn create_key(
     ))
 }
 
+/// Imports keys that already exist elsewhere (crates/keygate-engine/src/admin/import.rs).
+#[utoipa::path(post, path = "/v1/workspaces/{id}/keys/import", tag = "keys", params(("id" = String, Path)), request_body = ImportKeys,
+    responses((status = 200, body = ImportedKeys), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+pub(super) async fn import_keys(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    PathParam(workspace_id): PathParam<String>,
+    JsonBody(body): JsonBody<ImportKeys>,
+) -> Result<Json<ImportedKeys>, ApiError> {
+    let rows = body.keys.into_iter().map(Into::into).collect();
+    let report = state
+        .engine
+        .admin()
+        .import_keys(&actor, &workspace_id, rows, body.legacy)
+        .await?;
+    let verified = state.engine.verifier().takes_legacy_keys();
+    Ok(Json(ImportedKeys::new(report, verified)))
+}
+
 #[utoipa::path(get, path = "/v1/workspaces/{id}/keys", tag = "keys",
     params(("id" = String, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200), ("cursor" = Option<String>, Query), ("status" = Option<String>, Query, pattern = "^(active|revoked|expired|deleted)$"), ("environment" = Option<String>, Query)),
     responses((status = 200, body = List<KeyView>), (status = 404, body = ErrorEnvelope)))]

@@ -112,6 +112,12 @@ pub fn router(state: AdminState) -> Router {
                 .delete(workspaces::delete_workspace),
         )
         .route("/v1/workspaces/{id}/keys", post(keys::create_key).get(keys::list_keys))
+        .route(
+            "/v1/workspaces/{id}/keys/import",
+            post(keys::import_keys).layer(axum::extract::DefaultBodyLimit::max(
+                crate::http::extract::MAX_IMPORT_BODY,
+            )),
+        )
         .route("/v1/workspaces/{id}/usage", get(usage::workspace_usage))
         .route("/v1/workspaces/{id}/top-keys", get(usage::top_keys))
         .route("/v1/keys/verify", post(keys::verify_key))

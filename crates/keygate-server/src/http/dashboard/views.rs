@@ -169,6 +169,9 @@ pub struct KeyRow {
     pub status: &'static str,
     /// Older than `keys.max_age` and still active: time to rotate.
     pub needs_rotation: bool,
+    /// Imported in another system's format and still active: rotating it
+    /// moves its holder to a key with a checksum (crates/keygate-core/src/legacy.rs).
+    pub legacy: bool,
 }
 
 /// A time as the dashboard shows it: how long ago or until (the key list),
@@ -317,6 +320,7 @@ impl KeyRow {
             credits_left: None,
             status: status.as_str(),
             needs_rotation: status == KeyStatus::Active && max_age.is_some_and(|age| now - key.created_at > age),
+            legacy: key.legacy && status == KeyStatus::Active,
         }
     }
 

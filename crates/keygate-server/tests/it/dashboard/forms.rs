@@ -817,3 +817,70 @@ async fn a_session_outlives_the_node_that_opened_it() {
     let again = client.get(&key_page).await.text().await.unwrap();
     assert!(!again.contains("id=\"revealed-key\""), "and not again");
 }
+
+/// Issue 21: an imported key in another system's format is badged "legacy"
+/// in the list and its page nudges to rotate it; a key of this
+/// deployment's format imported alongside it is not.
+#[tokio::test]
+async fn an_imported_legacy_key_is_badged_and_nudged_to_rotate() {
+    let app = TestApp::builder().config("[keys]\nlegacy = true\n").start().await;
+    let workspace = app.workspace("Migrated").await;
+    let own = keygate_core::KeyFormat::default()
+        .generate("live", &mut rand::thread_rng())
+        .unwrap();
+    let rows = json!({"keys": [
+        {"key": "sk_live_51HxAbCdEfGhIjKl", "name": "From Kong"},
+        {"key": own.expose(), "name": "From keygate"},
+    ]});
+    let imported = app
+        .admin_ok(
+            axum::http::Method::POST,
+            &format!("/v1/workspaces/{workspace}/keys/import"),
+            Some(rows),
+            200,
+        )
+        .await;
+    assert_eq!(imported["imported"], 2, "{imported}");
+    let id_of = |key: &str| {
+        let app = &app;
+        let key = key.to_owned();
+        async move {
+            let me: Value = app.whoami(&key).await.json().await.unwrap();
+            me["key"]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let (legacy_id, own_id) = (id_of("sk_live_51HxAbCdEfGhIjKl").await, id_of(own.expose()).await);
+    let client = FormClient::sign_in(&app).await;
+    let list = client
+        .get(&format!("/dashboard/workspaces/{workspace}/keys"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let row_of = |id: &str| {
+        list.split(&format!(r#"data-key-id="{id}""#))
+            .nth(1)
+            .unwrap()
+            .split("</tr>")
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(row_of(&legacy_id).contains(">legacy</span>"), "{list}");
+    assert!(!row_of(&own_id).contains(">legacy</span>"));
+    let nudge = "imported in another system's format";
+    let legacy_page = client
+        .get(&format!("/dashboard/keys/{legacy_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(legacy_page.contains(nudge), "{legacy_page}");
+    let own_page = client
+        .get(&format!("/dashboard/keys/{own_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!own_page.contains(nudge));
+}

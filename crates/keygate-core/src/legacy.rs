@@ -1,0 +1,148 @@
+//! Keys issued elsewhere (issue 21): a team moving from Kong, Tyk, Unkey or
+//! its own code imports the keys its customers already hold, so nobody has
+//! to change keys on a given day. Such a key is not in this deployment's
+//! format ([`crate::key`]), so it has no checksum to refuse garbage with:
+//! it is looked up by the SHA-256 of the whole string, as keygate's own keys
+//! are, but only where `keys.legacy = true` (a flood of random strings then
+//! costs a store read each, bounded by the negative cache and the failed
+//! attempt throttle).
+//!
+//! Imports may also bring only a hash, as Unkey stores its keys: SHA-256 of
+//! the key as 64 hex digits or as base64.
+
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+
+use crate::key::KeyHash;
+
+/// Shorter strings are refused: a key of 7 characters is guessable.
+pub const MIN_LEGACY_LEN: usize = 8;
+/// The longest key accepted from anyone (Stripe's secret keys are 107
+/// characters); also the bound on any presented credential
+/// (crates/keygate-core/src/credential.rs).
+pub const MAX_LEGACY_LEN: usize = 256;
+
+/// A presented string that may be a legacy key: 8 to 256 printable ASCII
+/// characters without spaces. Anything else is refused before hashing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct LegacyKey<'a>(&'a str);
+
+impl<'a> LegacyKey<'a> {
+    pub fn parse(presented: &'a str) -> Option<Self> {
+        let fits = (MIN_LEGACY_LEN..=MAX_LEGACY_LEN).contains(&presented.len());
+        (fits && presented.bytes().all(|b| b.is_ascii_graphic())).then_some(Self(presented))
+    }
+
+    pub fn hash(&self) -> KeyHash {
+        KeyHash::of(self.0)
+    }
+
+    /// `sk_li...wxyz`: at most a quarter of the key, and never more than
+    /// four characters at either end, so a short key is not half shown.
+    pub fn hint(&self) -> String {
+        let shown = (self.0.len() / 8).min(4);
+        let (start, end) = (&self.0[..shown], &self.0[self.0.len() - shown..]);
+        format!("{start}...{end}")
+    }
+}
+
+impl std::fmt::Debug for LegacyKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LegacyKey(<redacted>)")
+    }
+}
+
+/// An imported key's SHA-256: 64 hex digits (either case), or the 32 bytes
+/// in base64 (standard or URL-safe alphabet, with or without padding).
+pub fn parse_imported_hash(text: &str) -> Result<KeyHash, &'static str> {
+    let text = text.trim();
+    let mut bytes = [0u8; 32];
+    if text.len() == 64 && hex::decode_to_slice(text, &mut bytes).is_ok() {
+        return Ok(KeyHash::from_bytes(bytes));
+    }
+    let decoded = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok());
+    match decoded.map(<[u8; 32]>::try_from) {
+        Some(Ok(bytes)) => Ok(KeyHash::from_bytes(bytes)),
+        _ => Err("must be a SHA-256: 64 hex digits, or 32 bytes in base64"),
+    }
+}
+
+/// How a hash-only import is shown in lists: the start of its hash, since
+/// nothing of the key itself is known.
+pub fn hash_hint(hash: &KeyHash) -> String {
+    format!("sha256:{}...", &hash.to_hex()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_legacy_key_is_printable_ascii_of_bounded_length() {
+        assert!(LegacyKey::parse("sk_live_51H8xYz").is_some());
+        assert!(LegacyKey::parse(&"a".repeat(MAX_LEGACY_LEN)).is_some());
+        for bad in ["short12", "with space in it", "tab\there12", "ünicode-key-1234", ""] {
+            assert!(LegacyKey::parse(bad).is_none(), "{bad}");
+        }
+        assert!(LegacyKey::parse(&"a".repeat(MAX_LEGACY_LEN + 1)).is_none());
+    }
+
+    #[test]
+    fn a_legacy_hint_shows_little_of_a_short_key() {
+        assert_eq!(LegacyKey::parse("abcdefghij").unwrap().hint(), "a...j");
+        assert_eq!(
+            LegacyKey::parse("sk_live_51H8xYzAbCdEfGhIjKlMnOpQ").unwrap().hint(),
+            "sk_l...nOpQ"
+        );
+        assert_eq!(LegacyKey::parse("key12345").unwrap().hint(), "k...5");
+    }
+
+    #[test]
+    fn the_hash_of_a_legacy_key_is_the_hash_of_the_whole_string() {
+        assert_eq!(
+            LegacyKey::parse("sk_live_abc").unwrap().hash(),
+            KeyHash::of("sk_live_abc")
+        );
+    }
+
+    #[test]
+    fn debug_never_prints_a_legacy_key() {
+        assert!(!format!("{:?}", LegacyKey::parse("sk_live_secret").unwrap()).contains("secret"));
+    }
+
+    #[test]
+    fn malformed_hashes_are_refused() {
+        for bad in ["", "abc", &"g".repeat(64), &"a".repeat(63), "AAAA", &"A".repeat(43)] {
+            assert!(parse_imported_hash(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_encoding_of_a_hash_reads_back(bytes in any::<[u8; 32]>()) {
+            let hash = KeyHash::from_bytes(bytes);
+            let encodings = [
+                hex::encode(bytes),
+                hex::encode_upper(bytes),
+                STANDARD.encode(bytes),
+                STANDARD_NO_PAD.encode(bytes),
+                URL_SAFE.encode(bytes),
+                URL_SAFE_NO_PAD.encode(bytes),
+            ];
+            for text in encodings {
+                prop_assert_eq!(parse_imported_hash(&text), Ok(hash), "{}", text);
+            }
+        }
+
+        #[test]
+        fn what_a_legacy_key_accepts_is_printable_and_bounded(text in "\\PC{0,300}") {
+            if LegacyKey::parse(&text).is_some() {
+                prop_assert!((MIN_LEGACY_LEN..=MAX_LEGACY_LEN).contains(&text.len()));
+                prop_assert!(text.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+            }
+        }
+    }
+}
