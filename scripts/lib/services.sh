@@ -123,6 +123,20 @@ ensure_schemathesis() {
   export KEYGATE_TEST_SCHEMATHESIS="$venv/bin/st"
 }
 
+# openapi-python-client (PyPI), which generates a Python client from the
+# admin API's document for crates/keygate-server/tests/it/generated_client.rs,
+# in the same virtual environment (its httpx and attrs run the client).
+OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
+ensure_openapi_python_client() {
+  local venv="${KEYGATE_TEST_VENV:-$PWD/target/test-venv}"
+  if ! "$venv/bin/openapi-python-client" --version 2>/dev/null | grep -q "$OPENAPI_PYTHON_CLIENT_VERSION"; then
+    log "installing openapi-python-client $OPENAPI_PYTHON_CLIENT_VERSION into $venv"
+    [ -x "$venv/bin/pip" ] || return 1
+    "$venv/bin/pip" install -q --disable-pip-version-check "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION" >/dev/null 2>&1 || return 1
+  fi
+  export KEYGATE_TEST_OPENAPI_PYTHON_CLIENT="$venv/bin/openapi-python-client"
+}
+
 ensure_services() {
   local missing=()
   ensure_postgres || missing+=("PostgreSQL on 127.0.0.1:5432")
@@ -132,6 +146,7 @@ ensure_services() {
   ensure_python || missing+=("python3")
   ensure_standard_webhooks || missing+=("the standardwebhooks Python library")
   ensure_schemathesis || missing+=("schemathesis")
+  ensure_openapi_python_client || missing+=("openapi-python-client")
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "${KEYGATE_REQUIRE_SERVICES:-0}" = 1 ]; then
       log "missing: ${missing[*]} (KEYGATE_REQUIRE_SERVICES=1 forbids skipping)"

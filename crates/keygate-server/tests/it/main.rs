@@ -9,6 +9,7 @@ mod credits;
 mod dashboard;
 mod error_catalog;
 mod forwarding;
+mod generated_client;
 mod import;
 mod leaks;
 mod lifecycle;

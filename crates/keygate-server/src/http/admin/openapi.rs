@@ -187,9 +187,38 @@ impl utoipa::Modify for CommonErrors {
         webhooks::webhook_deliveries, ops::reload_config, leaks::github_report, nodes::list_nodes
     ),
     components(schemas(ErrorEnvelope)),
-    modifiers(&SecuritySchemes, &CommonErrors, &OptionalBodies, &TextWithoutNul)
+    modifiers(&SecuritySchemes, &CommonErrors, &OptionalBodies, &TextWithoutNul, &FlatGenerics)
 )]
 pub struct ApiDoc;
+
+/// `Propagated<T>` (crates/keygate-server/src/http/dto.rs) flattens `T`;
+/// utoipa writes `T`'s schema inline into each instance, an `allOf` inside
+/// an `allOf` that client generators (openapi-python-client among them)
+/// cannot merge, so they lose every field of `T`. Each instance refers to
+/// `T`'s own component instead: the same schema, one level deep.
+struct FlatGenerics;
+
+impl utoipa::Modify for FlatGenerics {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        let names: Vec<String> = components.schemas.keys().cloned().collect();
+        for name in names {
+            let Some(inner) = name.strip_prefix("Propagated_") else {
+                continue;
+            };
+            if !components.schemas.contains_key(inner) {
+                continue;
+            }
+            if let Some(RefOr::T(Schema::AllOf(all_of))) = components.schemas.get_mut(&name) {
+                if let Some(first) = all_of.items.first_mut() {
+                    *first = RefOr::Ref(utoipa::openapi::Ref::from_schema_name(inner));
+                }
+            }
+        }
+    }
+}
 
 /// A body whose fields are all optional may be left out: the server reads an
 /// empty body as `{}` (crates/keygate-server/src/http/extract.rs), so `PATCH`
