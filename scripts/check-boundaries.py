@@ -23,6 +23,8 @@ MAY_IMPORT = {
     "keygate-engine": {"keygate-core", "keygate-store", "keygate-limiter"},
     "keygate-server": {"keygate-core", "keygate-store", "keygate-engine", "keygate-limiter"},
     "keygate-cli": {"keygate-core", "keygate-store", "keygate-engine", "keygate-limiter", "keygate-server"},
+    # Publishable on its own: services embed it without the server.
+    "keygate-client": {"keygate-core"},
 }
 # Crates that do I/O, reach the clock's runtime or a network: never in the core.
 IO_CRATES = {

@@ -1,0 +1,153 @@
+//! The example service (`examples/axum-service/`) behind `KeygateLayer`, with
+//! a real keygate node: admitted keys reach the handler with their id,
+//! refusals are keygate's own answers, a revocation holds from the next
+//! request, and with keygate stopped a key admitted before keeps working
+//! for `max_stale` while any other gets 503.
+
+#[path = "../../examples/axum-service/service.rs"]
+mod service;
+
+use std::time::{Duration, Instant};
+
+use keygate_client::tower::KeygateLayer;
+use keygate_client::NewKey;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+use crate::Node;
+
+/// The example's router on a free loopback port, behind `layer`.
+async fn serve(layer: KeygateLayer) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, service::router(layer)).await });
+    url
+}
+
+async fn get(service: &str, key: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = reqwest::Client::new().get(format!("{service}/invoices"));
+    if let Some(key) = key {
+        request = request.header("X-API-Key", key);
+    }
+    let response = request.send().await.unwrap();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, headers, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_example_service_checks_every_key_with_keygate() {
+    let node = Node::start().await;
+    let client = node.client();
+    let ws = client
+        .create_workspace(&keygate_client::NewWorkspace {
+            name: "Acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    let key = |name: &str, scopes: &[&str], limits: Option<Value>| {
+        let (client, ws, node) = (client.clone(), ws.clone(), &node);
+        let (name, scopes) = (
+            name.to_owned(),
+            scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        );
+        async move {
+            match limits {
+                // Limits are not in `NewKey`: set through the API directly.
+                Some(limits) => {
+                    let body = json!({"name": name, "scopes": scopes, "limits": limits});
+                    let created: Value = reqwest::Client::new()
+                        .post(format!("{}/v1/workspaces/{ws}/keys", node.admin))
+                        .header("X-API-Key", &node.admin_key)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    (
+                        created["id"].as_str().unwrap().to_owned(),
+                        created["key"].as_str().unwrap().to_owned(),
+                    )
+                }
+                None => {
+                    let new = NewKey {
+                        name,
+                        scopes,
+                        ..Default::default()
+                    };
+                    let created = client.create_key(&ws, &new).await.unwrap();
+                    (created.details.id, created.key.expose_secret().to_owned())
+                }
+            }
+        }
+    };
+    let (reader_id, reader) = key("Reader", &["invoices:read"], None).await;
+    let (_, never_used) = key("Never used", &["invoices:read"], None).await;
+    let (_, unscoped) = key("Writer", &["invoices:write"], None).await;
+    let (leaked_id, leaked) = key("Leaked", &["invoices:read"], None).await;
+    let (_, limited) = key(
+        "Limited",
+        &["invoices:read"],
+        Some(json!([{"requests": 1, "per": "1m"}])),
+    )
+    .await;
+
+    let service = serve(KeygateLayer::remote(client.clone())).await;
+    let strict = serve(KeygateLayer::remote(client.clone()).max_stale(Duration::ZERO)).await;
+
+    let (status, _, body) = get(&service, Some(&reader)).await;
+    assert_eq!(
+        (status, body["key_id"].as_str(), body["stale"].as_bool()),
+        (200, Some(reader_id.as_str()), Some(false))
+    );
+    assert_eq!(body["workspace_id"], ws.as_str());
+
+    let (status, headers, body) = get(&service, None).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("MISSING_API_KEY")));
+    assert!(headers.contains_key("www-authenticate"));
+    let (status, _, body) = get(&service, Some("kg_live_typo")).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("INVALID_API_KEY")));
+    let (status, _, body) = get(&service, Some(&unscoped)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("INSUFFICIENT_SCOPE")),
+        "{body}"
+    );
+    assert_eq!(
+        body["message"],
+        "The API key lacks the scope this request needs: invoices:read."
+    );
+
+    assert_eq!(get(&service, Some(&limited)).await.0, 200);
+    let (status, headers, body) = get(&service, Some(&limited)).await;
+    assert_eq!((status, body["code"].as_str()), (429, Some("RATE_LIMIT_EXCEEDED")));
+    assert!(
+        headers.contains_key("retry-after") && headers.contains_key("x-ratelimit-limit"),
+        "{headers:?}"
+    );
+
+    assert_eq!(get(&service, Some(&leaked)).await.0, 200);
+    client.revoke_key(&leaked_id, Some("leaked")).await.unwrap();
+    let revoked_at = Instant::now();
+    let (status, _, body) = get(&service, Some(&leaked)).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("API_KEY_REVOKED")));
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
+
+    assert_eq!(get(&strict, Some(&reader)).await.0, 200);
+    node.app.shutdown().await;
+    let (status, _, body) = get(&service, Some(&reader)).await;
+    assert_eq!(
+        (status, body["stale"].as_bool()),
+        (200, Some(true)),
+        "admitted before: {body}"
+    );
+    let (status, _, body) = get(&service, Some(&never_used)).await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("SERVICE_UNAVAILABLE")));
+    let (status, _, _) = get(&service, Some(&leaked)).await;
+    assert_eq!(status, 503, "a key refused before is not let in from an older answer");
+    let (status, _, _) = get(&strict, Some(&reader)).await;
+    assert_eq!(status, 503, "max_stale 0: no last good answer is used");
+}
