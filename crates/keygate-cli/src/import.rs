@@ -484,8 +484,12 @@ fn summarize(
         println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
     } else {
         println!(
-            "Imported {} keys into {} ({} legacy); {} were there already; {} rows refused. {:.1} s, {:.0} keys/s.",
-            progress.imported, job.workspace, progress.legacy, progress.existing, progress.refused, elapsed, rate
+            "Imported {} into {} ({} legacy); {} there already; {} refused. {elapsed:.1} s, {rate:.0} keys/s.",
+            counted(progress.imported, "key"),
+            job.workspace,
+            progress.legacy,
+            progress.existing,
+            counted(progress.refused, "row"),
         );
     }
     if progress.legacy > 0 && !legacy_verified {
@@ -494,8 +498,18 @@ fn summarize(
     match progress.refused {
         0 => Ok(()),
         n => Err(format!(
-            "{n} rows were refused (see above); every other row was imported"
+            "{} refused (see above); every other row was imported",
+            counted(n, "row")
         )),
+    }
+}
+
+/// `1 key`, `2 keys`.
+fn counted(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
