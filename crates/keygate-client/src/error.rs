@@ -66,9 +66,9 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-/// Headers of a refusal that a caller passes on to its own client.
+/// Headers of a refusal that a caller passes on to its own client (`name`
+/// as the `http` crate keeps it: lowercase).
 pub(crate) fn is_passed_on(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
     name == "retry-after"
         || name == "www-authenticate"
         || name.starts_with("x-ratelimit-")

@@ -13,7 +13,7 @@
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 
-use crate::key::KeyHash;
+use crate::key::{KeyFormat, KeyHash, MalformedKey, ParsedKey};
 
 /// Shorter strings are refused: a key of 7 characters is guessable.
 pub const MIN_LEGACY_LEN: usize = 8;
@@ -21,6 +21,31 @@ pub const MIN_LEGACY_LEN: usize = 8;
 /// characters); also the bound on any presented credential
 /// (crates/keygate-core/src/credential.rs).
 pub const MAX_LEGACY_LEN: usize = 256;
+
+/// What a presented credential is by its shape alone: the one rule the
+/// verify path and an import share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// A key of this deployment's format.
+    Own(ParsedKey<'a>),
+    /// This deployment's shape with a wrong checksum: a key copied wrongly,
+    /// never one from another system.
+    Mistyped,
+    /// Not this deployment's format, but it may be an imported key.
+    Legacy(LegacyKey<'a>),
+    /// Nothing that can be a key.
+    Invalid,
+}
+
+impl<'a> Presented<'a> {
+    pub fn of(format: &KeyFormat, presented: &'a str) -> Self {
+        match format.parse(presented) {
+            Ok(parsed) => Self::Own(parsed),
+            Err(MalformedKey::Checksum) => Self::Mistyped,
+            Err(_) => LegacyKey::parse(presented).map_or(Self::Invalid, Self::Legacy),
+        }
+    }
+}
 
 /// A presented string that may be a legacy key: 8 to 256 printable ASCII
 /// characters without spaces. Anything else is refused before hashing.
@@ -111,6 +136,22 @@ mod tests {
     #[test]
     fn debug_never_prints_a_legacy_key() {
         assert!(!format!("{:?}", LegacyKey::parse("sk_live_secret").unwrap()).contains("secret"));
+    }
+
+    #[test]
+    fn a_credential_is_told_apart_by_its_shape() {
+        let format = KeyFormat::default();
+        let own = format.generate("live", &mut rand::thread_rng()).unwrap();
+        let own = own.expose();
+        assert!(matches!(Presented::of(&format, own), Presented::Own(_)));
+        let last = if own.ends_with('A') { "B" } else { "A" };
+        let mistyped = format!("{}{last}", &own[..own.len() - 1]);
+        assert_eq!(Presented::of(&format, &mistyped), Presented::Mistyped);
+        assert!(matches!(
+            Presented::of(&format, "sk_live_51HxAbCdEf"),
+            Presented::Legacy(_)
+        ));
+        assert_eq!(Presented::of(&format, "short"), Presented::Invalid);
     }
 
     #[test]

@@ -12,10 +12,10 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use keygate_core::id::KEY_PREFIX;
 use keygate_core::key::ADMIN_ENVIRONMENT;
-use keygate_core::legacy::{hash_hint, parse_imported_hash, LegacyKey};
+use keygate_core::legacy::{hash_hint, parse_imported_hash, Presented};
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::scope::validate_scopes;
-use keygate_core::{KeyHash, MalformedKey};
+use keygate_core::KeyHash;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 
@@ -214,37 +214,32 @@ impl Admin {
         match (&row.key, &row.hash) {
             (Some(_), Some(_)) => Err(AdminError::validation("hash", "give the key or its hash, not both")),
             (None, None) => Err(AdminError::validation("key", "give the key or its hash")),
-            (Some(key), None) => {
-                let key = key.expose_secret();
-                match self.verifier.key_format().parse(key) {
-                    Ok(parsed) if parsed.environment() == ADMIN_ENVIRONMENT => {
-                        Err(AdminError::validation("key", "admin keys cannot be imported"))
-                    }
-                    Ok(parsed) => Ok(Identity {
-                        hash: parsed.hash(),
-                        hint: parsed.hint(),
-                        environment: Some(parsed.environment().to_owned()),
-                        legacy: false,
-                    }),
-                    Err(MalformedKey::Checksum) => Err(AdminError::validation(
-                        "key",
-                        "has this deployment's key format but a wrong checksum: a key copied wrongly",
-                    )),
-                    Err(_) => match LegacyKey::parse(key) {
-                        Some(_) if !allow_legacy => Err(legacy_refused()),
-                        Some(legacy) => Ok(Identity {
-                            hash: legacy.hash(),
-                            hint: legacy.hint(),
-                            environment: None,
-                            legacy: true,
-                        }),
-                        None => Err(AdminError::validation(
-                            "key",
-                            "must be 8 to 256 printable ASCII characters without spaces",
-                        )),
-                    },
+            (Some(key), None) => match Presented::of(self.verifier.key_format(), key.expose_secret()) {
+                Presented::Own(parsed) if parsed.environment() == ADMIN_ENVIRONMENT => {
+                    Err(AdminError::validation("key", "admin keys cannot be imported"))
                 }
-            }
+                Presented::Own(parsed) => Ok(Identity {
+                    hash: parsed.hash(),
+                    hint: parsed.hint(),
+                    environment: Some(parsed.environment().to_owned()),
+                    legacy: false,
+                }),
+                Presented::Mistyped => Err(AdminError::validation(
+                    "key",
+                    "has this deployment's key format but a wrong checksum: a key copied wrongly",
+                )),
+                Presented::Legacy(_) if !allow_legacy => Err(legacy_refused()),
+                Presented::Legacy(legacy) => Ok(Identity {
+                    hash: legacy.hash(),
+                    hint: legacy.hint(),
+                    environment: None,
+                    legacy: true,
+                }),
+                Presented::Invalid => Err(AdminError::validation(
+                    "key",
+                    "must be 8 to 256 printable ASCII characters without spaces",
+                )),
+            },
             (None, Some(text)) => {
                 let hash = parse_imported_hash(text).map_err(|e| AdminError::validation("hash", e))?;
                 if !allow_legacy {

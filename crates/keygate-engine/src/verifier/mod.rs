@@ -26,12 +26,12 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, Guard};
 use chrono::{DateTime, Utc};
 use keygate_core::error::ErrorInstance;
-use keygate_core::legacy::LegacyKey;
+use keygate_core::legacy::Presented;
 use keygate_core::limits::DEFAULT_RESOURCE;
 use keygate_core::model::Workspace;
 use keygate_core::role::Roles;
 use keygate_core::throttle::{FailurePolicy, FailureWindow};
-use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash, MalformedKey};
+use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
 use keygate_limiter::{Limiter, Permit};
 use moka::sync::Cache;
 use std::sync::LazyLock;
@@ -325,14 +325,10 @@ impl Verifier {
     /// malformed one.
     pub async fn verify(&self, request: VerifyRequest<'_>) -> Result<Verified, Rejection> {
         let now = self.context.clock_now();
-        let (hash, legacy) = match self.settings.key_format.parse(request.presented) {
-            Ok(parsed) => (parsed.hash(), false),
-            // A bad checksum on a key of this format is a typo, never an import.
-            Err(MalformedKey::Checksum) => return Err(self.invalid_key(request.client_ip, now)),
-            Err(_) => match self.legacy_key(request.presented) {
-                Some(legacy) => (legacy.hash(), true),
-                None => return Err(self.invalid_key(request.client_ip, now)),
-            },
+        let (hash, legacy) = match Presented::of(&self.settings.key_format, request.presented) {
+            Presented::Own(parsed) => (parsed.hash(), false),
+            Presented::Legacy(key) if self.settings.legacy_keys => (key.hash(), true),
+            _ => return Err(self.invalid_key(request.client_ip, now)),
         };
         let cached = match self.cache.get(&hash) {
             Some(cached) if self.is_fresh(&cached, now) => {
@@ -352,12 +348,6 @@ impl Verifier {
             self.context.metrics().legacy_key_request();
         }
         self.decide(cached, &request, now).await
-    }
-
-    /// A credential outside the key format that may be an imported key, when
-    /// this deployment takes them.
-    fn legacy_key<'a>(&self, presented: &'a str) -> Option<LegacyKey<'a>> {
-        self.settings.legacy_keys.then(|| LegacyKey::parse(presented)).flatten()
     }
 
     /// Whether credentials outside the key format are looked up (`keys.legacy`).
