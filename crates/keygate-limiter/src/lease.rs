@@ -247,6 +247,12 @@ impl Leases {
         self.returns.lock().extend(returns);
     }
 
+    /// Allowance a call could not take along (another slot's, on a
+    /// cluster): the sweeper or a later call gives it back.
+    pub fn give_back_later(&self, returns: Vec<Return>) {
+        self.returns.lock().extend(returns);
+    }
+
     /// The allowance to give back with the next call.
     pub fn drain_returns(&self) -> Vec<Return> {
         std::mem::take(&mut *self.returns.lock())

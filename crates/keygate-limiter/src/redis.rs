@@ -656,21 +656,33 @@ impl RedisLimiter {
     }
 
     /// The script call itself: each request's decision and what it was
-    /// granted. On a Redis Cluster, one call per hash tag, made at once, and
-    /// ended leases are given back by the sweeper alone (their counters may
-    /// be in any slot).
+    /// granted, after giving back what ended leases have left. On a Redis
+    /// Cluster, one call per hash tag, made at once, each giving back the
+    /// leftovers of its own tag; the sweeper gives back the others.
     async fn call_script(&self, requests: &[Request<'_>]) -> Result<Vec<(Decision, u64)>, LimiterError> {
         let connection = self.connection().await?;
+        let mut returns = self.leases.as_ref().map(|l| l.drain_returns()).unwrap_or_default();
         if !self.backend.is_cluster() {
-            let returns = self.leases.as_ref().map(|l| l.drain_returns()).unwrap_or_default();
             return self.call_one(connection, &returns, requests).await;
         }
         let tag = |request: &(usize, Request<'_>)| request.1.checks.first().map(|c| c.slot_tag().to_owned());
         let groups = group_by(requests.iter().copied().enumerate().collect(), tag);
-        let calls = groups.iter().map(|group| {
+        let given_back: Vec<Vec<Return>> = groups
+            .iter()
+            .map(|group| {
+                let tag = group[0].1.checks.first().map_or("", |c| c.slot_tag());
+                let (mine, others) = returns.drain(..).partition(|r: &Return| tag_of(&r.key) == tag);
+                returns = others;
+                mine
+            })
+            .collect();
+        if let Some(leases) = self.leases.as_ref().filter(|_| !returns.is_empty()) {
+            leases.give_back_later(returns);
+        }
+        let calls = groups.iter().zip(&given_back).map(|(group, given_back)| {
             let batch: Vec<Request<'_>> = group.iter().map(|(_, request)| *request).collect();
             let connection = connection.clone();
-            async move { self.call_one(connection, &[], &batch).await }
+            async move { self.call_one(connection, given_back, &batch).await }
         });
         let answers = futures_util::future::join_all(calls).await;
         let mut decided: Vec<Option<(Decision, u64)>> = vec![None; requests.len()];
