@@ -18,3 +18,8 @@ cargo test --workspace --locked "$@"
 echo "== keygate-server integration tests on PostgreSQL (KEYGATE_TEST_STORE=postgres)"
 # `--workspace` keeps the feature set of the first run, so nothing is rebuilt.
 KEYGATE_TEST_STORE=postgres cargo test --workspace --locked --test it "$@"
+
+# keygate-client's embedded layer (feature `embedded`, off by default so a
+# service using only the remote layer does not build keygate's server).
+echo "== keygate-client with the embedded layer"
+cargo test -p keygate-client --features embedded --locked --test client "$@"

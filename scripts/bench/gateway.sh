@@ -30,13 +30,18 @@
 # auth and limits cost: two copies of this binary, one loaded on the route
 # that checks keys (case 4), the other on the `auth = false` route (case 4a).
 # Its median is case 4 / case 4a without the drift between two sequential cases.
+# With TELEMETRY=compare (issue 21), the same side-by-side method for what
+# tracing costs when on: two copies of this binary, one exporting a span per
+# request over OTLP/HTTP (to the upstream nginx, which answers 200), the
+# other with `[telemetry]` unset, as shipped. "No cost when off" is
+# SIDE_BY_SIDE against the binary from before tracing existed.
 # With PROFILE_DIR=dir, `perf record` samples keygate during cases 4 and 4a
 # (dir/4.data, dir/4a.data; `perf report -i dir/4.data --sort dso,sym`);
 # PERF_ARGS replaces `record -q -F 1999`, e.g. `stat -e raw_syscalls:sys_enter`.
 #
 # Usage: bash scripts/bench/gateway.sh        (DURATION=10s CONNECTIONS=64 KEYS=10000;
 #        BASELINE=path/to/keygate; EVENTS=compare ROUNDS=3; SIDE_BY_SIDE=path/to/keygate;
-#        AUTH_COST=compare; PROFILE_DIR=dir)
+#        AUTH_COST=compare; TELEMETRY=compare; PROFILE_DIR=dir)
 # Everything it starts listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 
@@ -56,7 +61,7 @@ install_missing
 build_keygate
 
 # The tiny upstream, shared by every case.
-start_nginx upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'ok\n'; } }" "${PIN_LOAD[@]}"
+start_nginx upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'ok\n'; } location = /v1/traces { return 200; } }" "${PIN_LOAD[@]}"
 wait_for_port "$UPSTREAM_PORT"
 
 # keygate: one plan with a limit that is never reached, a route that needs a scope.
@@ -140,6 +145,10 @@ if [ -n "${SIDE_BY_SIDE:-}" ]; then
   EVENTS=compare
   TWIN_BINARY=$SIDE_BY_SIDE
   PAIR_WHAT="this binary / $SIDE_BY_SIDE"
+elif [ "${TELEMETRY:-}" = compare ]; then
+  EVENTS=compare
+  TWIN_BINARY=$KEYGATE
+  PAIR_WHAT="tracing (telemetry.otlp_endpoint set) / no tracing"
 elif [ "${AUTH_COST:-}" = compare ]; then
   EVENTS=compare
   TWIN_BINARY=$KEYGATE
@@ -153,7 +162,11 @@ if [ "${EVENTS:-}" = compare ]; then
   stop_keygate # the twin's store is a copy, taken while nothing writes
   cp -r "$WORK/keygate" "$WORK/keygate-off"
   write_keygate_config "$WORK/keygate-off.toml" $((BASE_PORT + 5)) $((BASE_PORT + 6)) "sqlite://$WORK/keygate-off/keygate.db" "memory://"
-  [ -n "${SIDE_BY_SIDE:-}${TWIN_PATH:-}" ] || printf '[usage]\nenabled = false\n[events]\nenabled = false\n' >>"$WORK/keygate-off.toml"
+  if [ "${TELEMETRY:-}" = compare ]; then
+    printf '[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\n' "$UPSTREAM_PORT" >>"$WORK/keygate.toml"
+  elif [ -z "${SIDE_BY_SIDE:-}${TWIN_PATH:-}" ]; then
+    printf '[usage]\nenabled = false\n[events]\nenabled = false\n' >>"$WORK/keygate-off.toml"
+  fi
   start_keygate "$KEYGATE"
   ON_PID=$KEYGATE_PID
   KEYGATE_PORT=$((BASE_PORT + 5)) KEYGATE_ADMIN_PORT=$((BASE_PORT + 6)) start_keygate "$TWIN_BINARY" "$WORK/keygate-off.toml"

@@ -66,6 +66,16 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// A refusal as the gateway sends it (`Client::verify_as_gateway`), in the
+/// deployment's error format, for a middleware to pass on as it is.
+#[derive(Debug, Clone)]
+pub struct GatewayRefusal {
+    pub status: u16,
+    /// `Content-Type` and the headers a client acts on.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
 /// Headers of a refusal that a caller passes on to its own client (`name`
 /// as the `http` crate keeps it: lowercase).
 pub(crate) fn is_passed_on(name: &str) -> bool {

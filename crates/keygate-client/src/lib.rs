@@ -18,7 +18,7 @@ mod models;
 #[cfg(feature = "tower")]
 pub mod tower;
 
-pub use error::{ApiError, Error};
+pub use error::{ApiError, Error, GatewayRefusal};
 pub use keygate_core::ErrorCode;
 pub use models::*;
 
@@ -132,6 +132,24 @@ impl Client {
         self.call(Method::POST, "/v1/keys/verify", &[], Some(request)).await
     }
 
+    /// The same decision, a refusal as the gateway would send it (in the
+    /// deployment's error format), to be passed on unread: `Ok(Err(..))`.
+    /// `Err` when keygate did not answer (or answered 5xx).
+    pub async fn verify_as_gateway(&self, request: &Verify) -> Result<Result<Verified, GatewayRefusal>, Error> {
+        let mut request = request.clone();
+        request.gateway_errors = true;
+        let answer = self.send(Method::POST, "/v1/keys/verify", &[], Some(&request)).await?;
+        match answer.status {
+            200..=299 => answer.read().map(Ok).ok_or(Error::Unreadable { status: answer.status }),
+            500.. => Err(Error::Unreadable { status: answer.status }),
+            status => Ok(Err(GatewayRefusal {
+                status,
+                headers: answer.headers(|name| name == "content-type" || error::is_passed_on(name)),
+                body: answer.bytes.to_vec(),
+            })),
+        }
+    }
+
     async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -139,27 +157,13 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<&B>,
     ) -> Result<T, Error> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("X-API-Key", self.key.expose_secret())
-            .query(query);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.map_err(Error::Unreachable)?;
-        let status = response.status().as_u16();
-        let headers: Vec<(String, String)> = response
-            .headers()
-            .iter()
-            .filter(|(name, _)| error::is_passed_on(name.as_str()))
-            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
-            .collect();
-        let bytes = response.bytes().await.map_err(Error::Unreachable)?;
+        let answer = self.send(method, path, query, body).await?;
+        let status = answer.status;
         if (200..300).contains(&status) {
-            return serde_json::from_slice(&bytes).map_err(|_| Error::Unreadable { status });
+            return answer.read().ok_or(Error::Unreadable { status });
         }
-        let body: Value = serde_json::from_slice(&bytes).map_err(|_| Error::Unreadable { status })?;
+        let headers = answer.headers(error::is_passed_on);
+        let body: Value = serde_json::from_slice(&answer.bytes).map_err(|_| Error::Unreadable { status })?;
         let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
         match (text("code"), text("message")) {
             (Some(code), Some(message)) => Err(Error::Api(ApiError {
@@ -171,5 +175,50 @@ impl Client {
             })),
             _ => Err(Error::Unreadable { status }),
         }
+    }
+
+    async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&B>,
+    ) -> Result<Answer, Error> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-API-Key", self.key.expose_secret())
+            .query(query);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(Error::Unreachable)?;
+        let status = response.status().as_u16();
+        let head = response.headers().clone();
+        let bytes = response.bytes().await.map_err(Error::Unreachable)?;
+        Ok(Answer { status, head, bytes })
+    }
+}
+
+/// keygate's answer, read whole.
+struct Answer {
+    status: u16,
+    head: reqwest::header::HeaderMap,
+    bytes: bytes::Bytes,
+}
+
+impl Answer {
+    /// The body as `T`; `None` if it is not one.
+    fn read<T: DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_slice(&self.bytes).ok()
+    }
+
+    /// The headers whose (lowercase) names `keep` keeps, as text.
+    fn headers(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+        self.head
+            .iter()
+            .filter(|(name, _)| keep(name.as_str()))
+            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+            .collect()
     }
 }

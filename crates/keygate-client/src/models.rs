@@ -117,6 +117,10 @@ pub struct Verify {
     /// Decide without charging limits or recording usage.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// Refusals in the deployment's error format instead of the envelope
+    /// (set by [`crate::Client::verify_as_gateway`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gateway_errors: bool,
 }
 
 impl Verify {
@@ -128,6 +132,7 @@ impl Verify {
             resource: None,
             ip: None,
             dry_run: false,
+            gateway_errors: false,
         }
     }
 }

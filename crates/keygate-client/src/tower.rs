@@ -4,12 +4,22 @@
 //! gateway, and a revocation holds from the next request.
 //!
 //! The verified key goes into the request's extensions ([`Authenticated`]).
-//! A refusal is keygate's own answer, passed on: its status, its body (the
-//! catalog's error in the deployment's words) and its `Retry-After` and
-//! rate-limit headers. While keygate cannot be reached, a key admitted in
+//! A refusal is keygate's own answer, passed on as the gateway would send
+//! it: its status, its body (the catalog's error in the deployment's words
+//! and `errors.format`) and its `Retry-After` and rate-limit headers. While keygate cannot be reached, a key admitted in
 //! the last `max_stale` is admitted again from the last answer (marked
 //! `stale`), and any other key gets `503 SERVICE_UNAVAILABLE`: a key nobody
 //! can check is never let in.
+//!
+//! With the `embedded` feature, [`KeygateLayer::embedded`] decides in this
+//! process instead, on an [`EmbeddedNode`]: one more keygate node on the
+//! deployment's store and limiter (crates/keygate-server/src/embedded.rs),
+//! with no network call per request, and the rate-limit headers on
+//! admitted responses too.
+//!
+//! A key with an IP allowlist needs the end client's address: put a
+//! [`ClientIp`] in the request's extensions (e.g. from axum's
+//! `ConnectInfo`), else such a key is refused.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,7 +33,15 @@ use keygate_core::credential::{select_credential, CredentialError};
 use keygate_core::{ErrorCode, KeyHash};
 use serde_json::json;
 
-use crate::{Client, Error, Verified, Verify};
+use crate::{Client, GatewayRefusal, Verified, Verify};
+
+#[cfg(feature = "embedded")]
+pub use keygate_server::embedded::EmbeddedNode;
+
+/// The end client's address, for keys with an IP allowlist: insert it into
+/// the request's extensions before the layer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub std::net::IpAddr);
 
 /// What a handler finds in the request's extensions once a key was admitted.
 #[derive(Debug, Clone)]
@@ -42,10 +60,21 @@ struct Settings {
 }
 
 struct Shared {
-    client: Client,
+    checker: Checker,
     settings: Settings,
-    /// The last admitted answer per key hash, and when it came.
-    last_good: quick_cache::sync::Cache<KeyHash, (Arc<Verified>, Instant)>,
+}
+
+type LastGood = quick_cache::sync::Cache<KeyHash, (Arc<Verified>, Instant)>;
+
+/// Who decides.
+#[derive(Clone)]
+enum Checker {
+    /// keygate's verify API; the last admitted answer per key hash, and
+    /// when it came, for when keygate cannot be reached.
+    Remote { client: Client, last_good: Arc<LastGood> },
+    /// A node in this process.
+    #[cfg(feature = "embedded")]
+    Embedded(Arc<EmbeddedNode>),
 }
 
 /// Checks every request's API key with keygate (remote mode).
@@ -60,32 +89,38 @@ impl KeygateLayer {
     /// whose keys it checks. Defaults: no scope, the `default` resource,
     /// last good answers kept for 5 minutes, for up to 100,000 keys.
     pub fn remote(client: Client) -> Self {
-        Self::build(
+        Self::build(Checker::Remote {
             client,
-            Settings {
-                scopes: Vec::new(),
-                resource: None,
-                max_stale: Duration::from_secs(300),
-            },
-            100_000,
-        )
+            last_good: Arc::new(quick_cache::sync::Cache::new(100_000)),
+        })
     }
 
-    fn build(client: Client, settings: Settings, capacity: usize) -> Self {
+    /// Decides in this process, on `node` (see the module's doc). The
+    /// `max_stale` setting does not apply: the node has its own
+    /// (`store.max_stale`).
+    #[cfg(feature = "embedded")]
+    pub fn embedded(node: Arc<EmbeddedNode>) -> Self {
+        Self::build(Checker::Embedded(node))
+    }
+
+    fn build(checker: Checker) -> Self {
+        let settings = Settings {
+            scopes: Vec::new(),
+            resource: None,
+            max_stale: Duration::from_secs(300),
+        };
         Self {
-            shared: Arc::new(Shared {
-                client,
-                settings,
-                last_good: quick_cache::sync::Cache::new(capacity),
-            }),
+            shared: Arc::new(Shared { checker, settings }),
         }
     }
 
     fn with(self, change: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = self.shared.settings.clone();
         change(&mut settings);
-        let capacity = self.shared.last_good.capacity() as usize;
-        Self::build(self.shared.client.clone(), settings, capacity)
+        let checker = self.shared.checker.clone();
+        Self {
+            shared: Arc::new(Shared { checker, settings }),
+        }
     }
 
     /// Scopes every request needs (all of them).
@@ -147,10 +182,15 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
         Box::pin(async move {
-            match shared.decide(request.headers()).await {
-                Ok(authenticated) => {
-                    request.extensions_mut().insert(authenticated);
-                    inner.call(request).await
+            let client = request.extensions().get::<ClientIp>().map(|ip| ip.0);
+            match shared.decide(request.headers(), client).await {
+                Ok(admission) => {
+                    request.extensions_mut().insert(admission.authenticated);
+                    let mut response = inner.call(request).await?;
+                    response.headers_mut().extend(admission.headers);
+                    // A concurrency permit ends with the service's answer.
+                    drop(admission.permit);
+                    Ok(response)
                 }
                 Err(refusal) => Ok(refusal.into_response()),
             }
@@ -158,11 +198,30 @@ where
     }
 }
 
+/// An admitted request: what the handler sees, the headers its response
+/// gets, and a concurrency permit held until it has answered.
+struct Admission {
+    authenticated: Authenticated,
+    headers: HeaderMap,
+    permit: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl Admission {
+    fn of(authenticated: Authenticated) -> Self {
+        Self {
+            authenticated,
+            headers: HeaderMap::new(),
+            permit: None,
+        }
+    }
+}
+
 /// A response the layer answers with instead of the service's.
 struct Refusal {
-    status: u16,
-    body: serde_json::Value,
-    headers: Vec<(String, String)>,
+    status: StatusCode,
+    /// Boxed: a refusal travels in `Err`, which stays small.
+    headers: Box<HeaderMap>,
+    body: String,
 }
 
 impl Refusal {
@@ -174,29 +233,102 @@ impl Refusal {
         if status == 401 {
             headers.push(("www-authenticate".to_owned(), "Bearer realm=\"keygate\"".to_owned()));
         }
+        let body =
+            json!({"success": false, "status": status, "code": code.as_str(), "message": code.default_message()});
+        Self::json(status, &body, headers)
+    }
+
+    /// A JSON answer of the layer's own.
+    fn json(status: u16, body: &serde_json::Value, passed_on: Vec<(String, String)>) -> Self {
+        let mut headers = headers_of(passed_on);
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Self {
-            status,
-            body: json!({"success": false, "status": status, "code": code.as_str(), "message": code.default_message()}),
-            headers,
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            headers: Box::new(headers),
+            body: body.to_string(),
+        }
+    }
+
+    /// keygate's refusal, as the gateway would have sent it.
+    fn passed_on(refused: GatewayRefusal) -> Self {
+        Self {
+            status: StatusCode::from_u16(refused.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            headers: Box::new(headers_of(refused.headers)),
+            body: String::from_utf8_lossy(&refused.body).into_owned(),
         }
     }
 
     fn into_response<B: From<String>>(self) -> Response<B> {
-        let mut response = Response::new(B::from(self.body.to_string()));
-        *response.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        let headers = response.headers_mut();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        for (name, value) in self.headers {
-            if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-                headers.append(name, value);
-            }
-        }
+        let mut response = Response::new(B::from(self.body));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = *self.headers;
         response
     }
 }
 
+fn headers_of(pairs: Vec<(String, String)>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            headers.append(name, value);
+        }
+    }
+    headers
+}
+
 impl Shared {
-    async fn decide(&self, headers: &HeaderMap) -> Result<Authenticated, Refusal> {
+    async fn decide(&self, headers: &HeaderMap, client: Option<std::net::IpAddr>) -> Result<Admission, Refusal> {
+        match &self.checker {
+            Checker::Remote { client: api, last_good } => self
+                .ask_keygate(api, last_good, headers, client)
+                .await
+                .map(Admission::of),
+            #[cfg(feature = "embedded")]
+            Checker::Embedded(node) => self.ask_node(node, headers, client).await,
+        }
+    }
+
+    #[cfg(feature = "embedded")]
+    async fn ask_node(
+        &self,
+        node: &EmbeddedNode,
+        headers: &HeaderMap,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Admission, Refusal> {
+        use keygate_server::embedded::Checked;
+        let resources = self.settings.resource.as_ref().map(std::slice::from_ref);
+        match node.check(headers, client, &self.settings.scopes, resources).await {
+            Checked::Admitted(admitted) => {
+                // The verify API's answer, read as its client reads it: one shape for both modes.
+                let verified = serde_json::to_value(&admitted.result)
+                    .and_then(serde_json::from_value::<Verified>)
+                    .map_err(|_| Refusal::of(ErrorCode::ServiceUnavailable))?;
+                Ok(Admission {
+                    authenticated: Authenticated {
+                        verified: Arc::new(verified),
+                        stale: false,
+                    },
+                    headers: admitted.headers,
+                    permit: admitted
+                        .permit
+                        .map(|permit| Box::new(permit) as Box<dyn std::any::Any + Send>),
+                })
+            }
+            Checked::Refused(refusal) => Err(Refusal {
+                status: refusal.status,
+                headers: Box::new(refusal.headers),
+                body: String::from_utf8_lossy(&refusal.body).into_owned(),
+            }),
+        }
+    }
+
+    async fn ask_keygate(
+        &self,
+        api: &Client,
+        last_good: &LastGood,
+        headers: &HeaderMap,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Authenticated, Refusal> {
         let api_keys = headers.get_all("x-api-key").iter().map(HeaderValue::as_bytes);
         let authorization = headers
             .get_all(http::header::AUTHORIZATION)
@@ -213,28 +345,25 @@ impl Shared {
         let mut check = Verify::new(presented);
         check.scopes.clone_from(&self.settings.scopes);
         check.resource.clone_from(&self.settings.resource);
-        match self.client.verify(&check).await {
-            Ok(verified) => {
+        check.ip = client.map(|ip| ip.to_string());
+        match api.verify_as_gateway(&check).await {
+            Ok(Ok(verified)) => {
                 let verified = Arc::new(verified);
-                self.last_good.insert(hash, (verified.clone(), Instant::now()));
+                last_good.insert(hash, (verified.clone(), Instant::now()));
                 Ok(Authenticated { verified, stale: false })
             }
-            Err(error) if error.is_unavailable() => self.last_good_answer(&hash),
-            Err(Error::Api(refused)) => {
+            Ok(Err(refused)) => {
                 // Refused now: an earlier answer must not let it in later.
-                self.last_good.remove(&hash);
-                Err(Refusal {
-                    status: refused.status,
-                    body: refused.body,
-                    headers: refused.headers,
-                })
+                last_good.remove(&hash);
+                Err(Refusal::passed_on(refused))
             }
-            Err(_) => self.last_good_answer(&hash),
+            // Not reachable, a 5xx, or an answer this client cannot read.
+            Err(_) => self.last_good_answer(last_good, &hash),
         }
     }
 
-    fn last_good_answer(&self, hash: &KeyHash) -> Result<Authenticated, Refusal> {
-        match self.last_good.get(hash) {
+    fn last_good_answer(&self, last_good: &LastGood, hash: &KeyHash) -> Result<Authenticated, Refusal> {
+        match last_good.get(hash) {
             Some((verified, at)) if at.elapsed() <= self.settings.max_stale => {
                 Ok(Authenticated { verified, stale: true })
             }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::background;
-use crate::config::{LimiterSettings, Loaded};
+use crate::config::{LimiterSettings, Loaded, Settings};
 use crate::http::access_log::{AccessLog, AccessLogGuard};
 use crate::http::admin::{self, AdminState};
 use crate::http::gateway::Gateway;
@@ -21,6 +21,7 @@ use crate::http::health;
 use crate::http::transport::{self, ServeOptions, TlsError};
 use crate::reload::{LiveConfig, Reloader};
 use crate::secrets::{self, KeyOrigin, SecretsError};
+use crate::telemetry::Telemetry;
 use crate::webhook_sender::HttpWebhookSender;
 use keygate_engine::webhooks::WebhookSender;
 use keygate_limiter::memory::MemoryLimiter;
@@ -44,6 +45,8 @@ pub enum ServeError {
     WebhookClient(#[from] reqwest::Error),
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     #[error("cannot start the background thread: {0}")]
     Background(#[source] std::io::Error),
     #[error("cannot listen on {addr} ({plane}): {source}")]
@@ -73,12 +76,12 @@ pub struct App {
     tasks: TaskTracker,
     shutdown_timeout: Duration,
     access_log: AccessLogGuard,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl App {
     pub async fn start(loaded: Loaded, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self, ServeError> {
         let settings = &loaded.settings;
-        let limiter = build_limiter(&settings.limiter)?;
         let tls = match &settings.tls {
             Some(files) => Some(transport::tls_acceptor(&files.cert, &files.key)?),
             None => None,
@@ -88,14 +91,11 @@ impl App {
                 target: settings.access_log.clone(),
                 source,
             })?;
-        let (keyring, origin) = secrets::load_keyring(settings.secrets_key_file.as_deref(), &settings.store_url)?;
-        say_where_the_keys_are(&origin);
-        let engine_settings = EngineSettings {
-            keyring: EngineKeyring::new(keyring),
-            ..settings.engine.clone()
+        let engine = start_engine(settings, store, clock)?;
+        let telemetry = match &settings.telemetry {
+            Some(telemetry) => Some(Arc::new(Telemetry::start(telemetry, engine.nodes().id())?)),
+            None => None,
         };
-        let engine = Arc::new(Engine::new(store, clock, limiter, engine_settings));
-        let sender: Arc<dyn WebhookSender> = Arc::new(HttpWebhookSender::new()?);
         let gateway_listener = bind("gateway", settings.gateway_addr).await?;
         let admin_listener = bind("admin", settings.admin_addr).await?;
         let gateway_addr = local_addr(&gateway_listener, settings.gateway_addr);
@@ -108,7 +108,15 @@ impl App {
             "gateway",
             gateway_listener.into_std().map_err(gateway_error(gateway_addr))?,
             settings.gateway_threads,
-            || Gateway::new(engine.clone(), settings, config.clone(), access_log.clone()),
+            || {
+                Gateway::new(
+                    engine.clone(),
+                    settings,
+                    config.clone(),
+                    access_log.clone(),
+                    telemetry.clone(),
+                )
+            },
             ServeOptions {
                 tls,
                 max_header_bytes: settings.max_header_bytes,
@@ -140,27 +148,13 @@ impl App {
             },
             stop.clone(),
         ));
-        tasks.spawn(engine.clone().run_change_listener(stop.clone()));
         let addresses = keygate_engine::nodes::NodeAddresses {
             gateway: gateway_addr.to_string(),
             admin: admin_addr.to_string(),
         };
-        tasks.spawn(engine.clone().run_heartbeats(addresses, stop.clone()));
-        tasks.spawn(reseal_webhook_secrets(engine.clone()));
-        let background = background::run(
-            settings.background_priority,
-            background_work(
-                engine.clone(),
-                settings.store_url.clone(),
-                settings.usage_flush_interval,
-                sender,
-                stop.clone(),
-            ),
-        )
-        .map_err(|err| {
+        let background = run_node_work(&engine, settings, addresses, &stop, &tasks).inspect_err(|_| {
             // The planes started above stop with it.
             stop.cancel();
-            ServeError::Background(err)
         })?;
         // Threads are waited for through the channel each closes when done.
         for finished in gateway_threads.into_iter().chain([background]) {
@@ -179,6 +173,7 @@ impl App {
             tasks,
             shutdown_timeout: settings.shutdown_timeout,
             access_log: access_log_guard,
+            telemetry,
         })
     }
 
@@ -197,8 +192,56 @@ impl App {
         }
         // Flushes the access-log lines still queued.
         drop(self.access_log);
+        if let Some(telemetry) = self.telemetry {
+            // Sends the spans still queued; it blocks, so off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        }
         tracing::info!("keygate stopped");
     }
+}
+
+/// A node's engine: its limiter, its secrets keys and the store.
+pub(crate) fn start_engine(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<Engine>, ServeError> {
+    let limiter = build_limiter(&settings.limiter)?;
+    let (keyring, origin) = secrets::load_keyring(settings.secrets_key_file.as_deref(), &settings.store_url)?;
+    say_where_the_keys_are(&origin);
+    let engine_settings = EngineSettings {
+        keyring: EngineKeyring::new(keyring),
+        ..settings.engine.clone()
+    };
+    Ok(Arc::new(Engine::new(store, clock, limiter, engine_settings)))
+}
+
+/// What every node runs besides its HTTP planes, until `stop`: hearing the
+/// other nodes' changes, heartbeats (so it is listed and confirms
+/// receipts), re-sealing webhook secrets once, and the background thread
+/// (usage, events, webhooks), whose end the returned channel tells.
+pub(crate) fn run_node_work(
+    engine: &Arc<Engine>,
+    settings: &Settings,
+    addresses: keygate_engine::nodes::NodeAddresses,
+    stop: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<tokio::sync::oneshot::Receiver<()>, ServeError> {
+    let sender: Arc<dyn WebhookSender> = Arc::new(HttpWebhookSender::new()?);
+    tasks.spawn(engine.clone().run_change_listener(stop.clone()));
+    tasks.spawn(engine.clone().run_heartbeats(addresses, stop.clone()));
+    tasks.spawn(reseal_webhook_secrets(engine.clone()));
+    background::run(
+        settings.background_priority,
+        background_work(
+            engine.clone(),
+            settings.store_url.clone(),
+            settings.usage_flush_interval,
+            sender,
+            stop.clone(),
+        ),
+    )
+    .map_err(ServeError::Background)
 }
 
 fn say_where_the_keys_are(origin: &KeyOrigin) {
@@ -229,7 +272,7 @@ async fn reseal_webhook_secrets(engine: Arc<Engine>) {
 
 /// Cancels its token when dropped, so a node dropped without
 /// [`App::shutdown`] (a test that ends) leaves no thread running.
-struct StopOnDrop(CancellationToken);
+pub(crate) struct StopOnDrop(pub(crate) CancellationToken);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {

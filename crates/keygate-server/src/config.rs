@@ -24,6 +24,8 @@ use keygate_engine::webhooks::WebhookSettings;
 use keygate_engine::EngineSettings;
 use keygate_limiter::resilient::OnFailure;
 
+use crate::telemetry::TelemetrySettings;
+
 mod file;
 mod routes;
 mod values;
@@ -32,7 +34,7 @@ pub use file::*;
 
 pub use routes::{catch_all_route, Balance, HealthCheck, HealthCheckConfig, Route, RouteConfig, UpstreamUrls};
 use routes::{route_name, validate_route};
-pub use values::{ConfigDuration, ConfigSize, PositiveDuration};
+pub use values::{ConfigDuration, ConfigSize, OtlpEndpoint, PositiveDuration};
 
 /// The file read when no `--config` or `KEYGATE_CONFIG` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "keygate.toml";
@@ -168,6 +170,8 @@ pub struct Settings {
     pub leak_report_path: Option<String>,
     /// `secrets.key_file`: read when a node starts and on every reload.
     pub secrets_key_file: Option<PathBuf>,
+    /// `[telemetry]`: `None` unless `otlp_endpoint` is set.
+    pub telemetry: Option<crate::telemetry::TelemetrySettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -500,6 +504,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
                 ))
             }
         },
+        telemetry: validate_telemetry(&config.telemetry).map_err(|(field, message)| invalid(&field, message))?,
         dashboard: DashboardSettings {
             enabled: config.dashboard.enabled,
             public_url: validate_public_url(config.dashboard.public_url.as_deref())
@@ -513,6 +518,21 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
 
 /// A field's error: its name and what is wrong.
 type FieldError = (String, String);
+
+fn validate_telemetry(telemetry: &TelemetryConfig) -> Result<Option<TelemetrySettings>, FieldError> {
+    if !(0.0..=1.0).contains(&telemetry.sample_ratio) {
+        return Err(("telemetry.sample_ratio".into(), "must be a number from 0 to 1".into()));
+    }
+    if telemetry.service_name.trim().is_empty() {
+        return Err(("telemetry.service_name".into(), "must not be empty".into()));
+    }
+    Ok(telemetry.otlp_endpoint.as_ref().map(|endpoint| TelemetrySettings {
+        traces_url: endpoint.traces_url(),
+        service_name: telemetry.service_name.clone(),
+        sample_ratio: telemetry.sample_ratio,
+        export_interval: telemetry.export_interval.get(),
+    }))
+}
 
 fn validate_events(events: &EventsConfig, max_key_age: ConfigDuration) -> Result<EventSettings, FieldError> {
     if !(events.anomaly_factor.is_finite() && events.anomaly_factor >= 1.0) {

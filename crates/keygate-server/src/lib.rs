@@ -4,10 +4,12 @@
 pub mod app;
 pub mod background;
 pub mod config;
+pub mod embedded;
 pub mod github;
 pub mod http;
 pub mod reload;
 pub mod secrets;
+pub mod telemetry;
 pub mod webhook_sender;
 
 pub use app::{App, ServeError};

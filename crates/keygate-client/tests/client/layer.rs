@@ -17,14 +17,14 @@ use serde_json::{json, Value};
 use crate::Node;
 
 /// The example's router on a free loopback port, behind `layer`.
-async fn serve(layer: KeygateLayer) -> String {
+pub(crate) async fn serve(layer: KeygateLayer) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, service::router(layer)).await });
     url
 }
 
-async fn get(service: &str, key: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+pub(crate) async fn get(service: &str, key: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
     let mut request = reqwest::Client::new().get(format!("{service}/invoices"));
     if let Some(key) = key {
         request = request.header("X-API-Key", key);
@@ -150,4 +150,59 @@ async fn the_example_service_checks_every_key_with_keygate() {
     assert_eq!(status, 503, "a key refused before is not let in from an older answer");
     let (status, _, _) = get(&strict, Some(&reader)).await;
     assert_eq!(status, 503, "max_stale 0: no last good answer is used");
+}
+
+#[tokio::test]
+async fn the_remote_layer_refuses_in_the_deployments_error_format() {
+    let node = Node::start_with("[errors]\nformat = \"problem\"\n").await;
+    let client = node.client();
+    let ws = client
+        .create_workspace(&keygate_client::NewWorkspace {
+            name: "Acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    let unscoped = client
+        .create_key(
+            &ws,
+            &NewKey {
+                name: "Writer".into(),
+                scopes: vec!["invoices:write".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let service = serve(KeygateLayer::remote(client.clone())).await;
+    // keygate's refusal, as its gateway sends it: RFC 9457 with the code as an extension.
+    let (status, headers, body) = get(&service, Some(unscoped.key.expose_secret())).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(
+        (body["status"].as_u64(), body["code"].as_str()),
+        (Some(403), Some("INSUFFICIENT_SCOPE"))
+    );
+    assert!(body["title"].is_string() && body.get("success").is_none(), "{body}");
+    assert!(headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("insufficient_scope"));
+    let (status, headers, body) = get(&service, Some("kg_live_typo")).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("INVALID_API_KEY")));
+    assert_eq!(headers["content-type"], "application/problem+json");
+    // The verify API's own clients still get the envelope.
+    let refused = client
+        .verify(&keygate_client::Verify::new(unscoped.key.expose_secret().to_owned()))
+        .await;
+    assert!(refused.is_ok(), "no scope asked: admitted");
+    let mut check = keygate_client::Verify::new("kg_live_typo");
+    check.scopes = vec!["invoices:read".into()];
+    let refused = client.verify(&check).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(keygate_client::ErrorCode::InvalidApiKey),
+        "{refused}"
+    );
 }

@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod document;
+#[cfg(feature = "embedded")]
+mod embedded;
 mod layer;
 
 use std::sync::Arc;
@@ -25,11 +27,16 @@ pub struct Node {
 
 impl Node {
     pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// A node whose config file ends with `toml`.
+    pub async fn start_with(toml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("keygate.toml");
         let text = format!(
             "[server]\ngateway_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\n\
-             [store]\nurl = \"sqlite://{}/keygate.db\"\n[access_log]\ntarget = \"off\"\n",
+             [store]\nurl = \"sqlite://{}/keygate.db\"\n[access_log]\ntarget = \"off\"\n{toml}",
             dir.path().display()
         );
         std::fs::write(&config, text).unwrap();

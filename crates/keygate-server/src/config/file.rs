@@ -13,7 +13,7 @@ use keygate_limiter::resilient::OnFailure;
 use serde::{Deserialize, Serialize};
 
 use super::routes::RouteConfig;
-use super::values::{ConfigDuration, ConfigSize, PositiveDuration};
+use super::values::{ConfigDuration, ConfigSize, OtlpEndpoint, PositiveDuration};
 
 /// Time spans the defaults are written in.
 const MINUTE: u64 = 60;
@@ -38,6 +38,7 @@ pub struct Config {
     pub dashboard: DashboardConfig,
     pub secrets: SecretsConfig,
     pub leaks: LeaksConfig,
+    pub telemetry: TelemetryConfig,
     pub plans: BTreeMap<String, Plan>,
     /// Named bundles of scopes a key may hold: `reader = ["invoices:read"]`.
     pub roles: BTreeMap<String, Vec<String>>,
@@ -470,6 +471,35 @@ impl Default for LeaksConfig {
             on_report: keygate_core::model::OnLeak::Revoke,
             grace: PositiveDuration::secs(3600),
             report_path: "/v1/leaks/report".to_owned(),
+        }
+    }
+}
+
+/// `[telemetry]`: OpenTelemetry traces of data-plane requests
+/// (crates/keygate-server/src/telemetry.rs). Off unless an endpoint is set;
+/// a restart applies a change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// An OTLP/HTTP collector (`http://127.0.0.1:4318`): one span per
+    /// data-plane request is sent to its `/v1/traces`.
+    pub otlp_endpoint: Option<OtlpEndpoint>,
+    /// `service.name` on every span.
+    pub service_name: String,
+    /// The share of traces started here that are recorded (0 to 1). A
+    /// trusted proxy's `traceparent` brings its own decision, which is kept.
+    pub sample_ratio: f64,
+    /// How often gathered spans are sent.
+    pub export_interval: PositiveDuration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "keygate".to_owned(),
+            sample_ratio: 1.0,
+            export_interval: PositiveDuration::secs(5),
         }
     }
 }

@@ -143,6 +143,49 @@ impl<'de> Deserialize<'de> for ConfigSize {
     }
 }
 
+/// Where an OTLP/HTTP collector listens (`telemetry.otlp_endpoint`): its
+/// base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` names it; spans are posted to
+/// `/v1/traces` under it. Plain `http` only: the exporter has no TLS, and
+/// a collector is expected next to the node (docs/decisions.md,
+/// "OpenTelemetry").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpEndpoint(url::Url);
+
+impl OtlpEndpoint {
+    /// The URL spans are posted to: `…/v1/traces`, unless the endpoint already names it.
+    pub fn traces_url(&self) -> url::Url {
+        if self.0.path().ends_with("/v1/traces") {
+            return self.0.clone();
+        }
+        let mut url = self.0.clone();
+        let path = format!("{}/v1/traces", self.0.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url
+    }
+}
+
+impl Serialize for OtlpEndpoint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for OtlpEndpoint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let url = url::Url::parse(&text).map_err(|e| D::Error::custom(format!("`{text}` is not a URL: {e}")))?;
+        if url.scheme() != "http" {
+            return Err(D::Error::custom(format!(
+                "`{text}`: only http:// is supported; run the collector next to the node"
+            )));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(D::Error::custom(format!("`{text}` must not have a query or fragment")));
+        }
+        Ok(Self(url))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +232,40 @@ mod tests {
         let err = read("any = \"1000000000d\"\npositive = \"1s\"\nsize = 1").unwrap_err();
         assert!(err.contains("longer than 100 years") && err.contains("any"), "{err}");
         assert!(read("any = \"36500d\"\npositive = \"1s\"\nsize = 1").is_ok());
+    }
+
+    #[test]
+    fn an_otlp_endpoint_is_a_plain_http_base_url_and_names_its_traces_path() {
+        #[derive(Debug, Deserialize)]
+        struct Endpoint {
+            url: OtlpEndpoint,
+        }
+        let traces = |text: &str| {
+            toml::from_str::<Endpoint>(&format!("url = {text:?}"))
+                .map(|e| e.url.traces_url().to_string())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            traces("http://127.0.0.1:4318").unwrap(),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(
+            traces("http://collector:4318/otlp/").unwrap(),
+            "http://collector:4318/otlp/v1/traces"
+        );
+        assert_eq!(
+            traces("http://collector/v1/traces").unwrap(),
+            "http://collector/v1/traces"
+        );
+        for (bad, says) in [
+            ("https://collector:4318", "only http://"),
+            ("collector:4318", "only http://"),
+            ("not a url", "is not a URL"),
+            ("http://collector:4318/?x=1", "query"),
+        ] {
+            let err = traces(bad).unwrap_err();
+            assert!(err.contains(says) && err.contains("url"), "{bad}: {err}");
+        }
     }
 
     proptest! {

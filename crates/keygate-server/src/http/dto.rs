@@ -393,6 +393,11 @@ pub struct VerifyKey {
     #[serde(default, deserialize_with = "optional_whole_number")]
     #[schema(minimum = 1_f64, maximum = 9007199254740991_f64)]
     pub cost: Option<u64>,
+    /// Refuse as the gateway would: the data plane's error format
+    /// (`errors.format`) instead of the envelope, with the same statuses and
+    /// headers. For a middleware that passes refusals on to its own clients.
+    #[serde(default)]
+    pub gateway_errors: bool,
 }
 
 /// `POST /v1/keys/lookup`: which of these key hashes are keys the caller may see.
@@ -680,6 +685,31 @@ pub struct VerifyResult {
     /// The key's balance after this check; absent when it has no credits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credits: Option<crate::http::ratelimit::CreditsView>,
+}
+
+impl VerifyResult {
+    /// The verify API's answer for an admitted key (and the embedded
+    /// layer's, crates/keygate-server/src/embedded.rs).
+    pub fn of(verified: &keygate_engine::Verified) -> Self {
+        let cached = &verified.key;
+        Self {
+            valid: true,
+            key: KeyView::admitted(cached),
+            workspace: WorkspaceSummary {
+                id: cached.workspace().id.clone(),
+                name: cached.workspace().name.clone(),
+                plan: cached.workspace().plan.clone(),
+            },
+            ratelimit: RateLimitView {
+                limits: verified
+                    .limits
+                    .as_ref()
+                    .map(crate::http::ratelimit::views)
+                    .unwrap_or_default(),
+            },
+            credits: verified.limits.as_ref().and_then(crate::http::ratelimit::credits_view),
+        }
+    }
 }
 
 /// The key's limits for the checked resource, after this check.

@@ -198,11 +198,11 @@ pub fn credential(headers: &HeaderMap) -> Result<&str, CredentialError> {
 
 /// The error for a credential that could not be selected. An unreadable one
 /// (not UTF-8, oversized) counts as a failed attempt, like any invalid key.
-pub fn credential_rejection(engine: &Engine, err: CredentialError, client: IpAddr) -> ErrorInstance {
+pub fn credential_rejection(engine: &Engine, err: CredentialError, client: Option<IpAddr>) -> ErrorInstance {
     match err {
         CredentialError::Missing => ErrorCode::MissingApiKey.into(),
         CredentialError::Ambiguous => ErrorCode::AmbiguousApiKey.into(),
-        CredentialError::Invalid => engine.verifier().reject_unreadable(Some(client)).error,
+        CredentialError::Invalid => engine.verifier().reject_unreadable(client).error,
     }
 }
 

@@ -35,10 +35,11 @@ use crate::http::client_body::discard_rest;
 use crate::http::error::render;
 use crate::http::extract::{client_ip, credential, credential_rejection};
 use crate::http::proxy::{self, ProxyError, Upstream};
-use crate::http::ratelimit::{add_headers, views};
+use crate::http::ratelimit::{add_headers, tightest, views};
 use crate::http::transport::{Plane, Transport};
 use crate::http::upstream_conn::UpstreamConnections;
 use crate::reload::{Live, LiveConfig};
+use crate::telemetry::{Finished, RequestSpan, Telemetry, Tightest};
 
 pub const WHOAMI_PATH: &str = "/v1/whoami";
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -58,6 +59,8 @@ pub struct Gateway {
     labels: FixedLabels,
     /// `leaks.report_path`: public leak reports, taken before the routes.
     leak_report_path: Option<Arc<str>>,
+    /// `[telemetry]`: `None` (the default) and no request is traced.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 /// Label values made once, so recording a request does not allocate.
@@ -74,7 +77,13 @@ struct Outcome(&'static str);
 
 impl Gateway {
     /// `config` is shared by every gateway thread and the control plane.
-    pub fn new(engine: Arc<Engine>, settings: &Settings, config: LiveConfig, access_log: AccessLog) -> Arc<Self> {
+    pub fn new(
+        engine: Arc<Engine>,
+        settings: &Settings,
+        config: LiveConfig,
+        access_log: AccessLog,
+        telemetry: Option<Arc<Telemetry>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             trusted_proxies: settings.trusted_proxies.clone(),
@@ -88,6 +97,7 @@ impl Gateway {
                 empty: LabelText(Arc::from("")),
             },
             leak_report_path: settings.leak_report_path.as_deref().map(Arc::from),
+            telemetry,
         })
     }
 
@@ -166,6 +176,10 @@ pub(crate) struct Exchange {
     /// The routes, catalog and header policy of this request: a reload
     /// never changes a request half-way.
     live: Arc<Live>,
+    /// The request's span, when `[telemetry]` is on; boxed, so that with
+    /// it off every request's future stays as small as before (the span is
+    /// a few hundred bytes).
+    pub trace: Option<Box<RequestSpan>>,
 }
 
 impl Exchange {
@@ -179,6 +193,7 @@ impl Exchange {
             transport: connection.transport,
             request_id: request_id(from_trusted_proxy, headers),
             live: gw.config.snapshot(),
+            trace: None,
         }
     }
 
@@ -219,10 +234,16 @@ impl Exchange {
         }
     }
 
-    /// Adds the rate-limit headers of an identified key to any response.
+    /// Adds the rate-limit headers of an identified key to any response
+    /// (and, when traced, what they say to its span).
     fn with_limits(&self, mut response: Response, limits: Option<&RateLimits>) -> Response {
         if let Some(limits) = limits {
             add_headers(response.headers_mut(), limits, &self.live.headers);
+            if self.trace.is_some() {
+                if let Some(tightest) = tightest(limits, &self.live.headers) {
+                    response.extensions_mut().insert(tightest);
+                }
+            }
         }
         response
     }
@@ -261,6 +282,7 @@ impl Exchange {
             transport: Transport::default(),
             request_id: HeaderValue::from_static("req_test"),
             live,
+            trace: None,
         }
     }
 }
@@ -293,7 +315,11 @@ fn new_request_id() -> HeaderValue {
 /// route, then [`process`] it; count it and log it.
 async fn handle(gw: &Gateway, connection: &ClientConnection, mut request: Request) -> Response {
     let started = Instant::now();
-    let exchange = Exchange::read(gw, connection, request.headers());
+    let mut exchange = Exchange::read(gw, connection, request.headers());
+    if let Some(telemetry) = &gw.telemetry {
+        let span = telemetry.request(request.headers(), exchange.from_trusted_proxy, request.method());
+        exchange.trace = Some(Box::new(span));
+    }
     // First, before anything reads the head: its framing, then the path,
     // which is canonical from here on.
     let refused = if !has_one_host(&request) {
@@ -304,6 +330,11 @@ async fn handle(gw: &Gateway, connection: &ClientConnection, mut request: Reques
     } else {
         None
     };
+    if let Some(trace) = &mut exchange.trace {
+        let request_id = exchange.request_id.to_str().unwrap_or_default();
+        trace.arrived(request.uri().path(), exchange.client, request_id);
+    }
+    let exchange = exchange;
     let logged = gw
         .access_log
         .enabled()
@@ -323,12 +354,25 @@ async fn handle(gw: &Gateway, connection: &ClientConnection, mut request: Reques
         Some(ErrorCode::MalformedRequest) => (exchange.malformed_request(), None, gw.labels.empty.clone()),
         Some(code) => (exchange.error(&code.into()), None, gw.labels.empty.clone()),
     };
+    let outcome = match response.extensions().get::<Outcome>() {
+        Some(Outcome(code)) => code,
+        None if key.is_some() => ADMITTED,
+        None => "unauthenticated",
+    };
+    if let Some(trace) = exchange.trace {
+        trace.finish(&Finished {
+            // No route matched: the label is `labels.empty` itself (the root
+            // route's own label is empty too, but another value).
+            route: (!Arc::ptr_eq(&route.0, &gw.labels.empty.0)).then_some(&*route.0),
+            status: response.status().as_u16(),
+            outcome,
+            workspace_id: key.as_ref().map(|k| &**k.workspace_id()),
+            key_id: key.as_ref().map(|k| &**k.id()),
+            limit: response.extensions().get::<Tightest>().copied(),
+        });
+    }
     gw.engine.metrics().request(&RequestLabels {
-        outcome: match response.extensions().get::<Outcome>() {
-            Some(Outcome(code)) => code,
-            None if key.is_some() => ADMITTED,
-            None => "unauthenticated",
-        },
+        outcome,
         route,
         workspace: key
             .as_ref()
@@ -483,7 +527,7 @@ async fn authenticate(
     let presented = match credential(headers) {
         Ok(presented) => presented,
         Err(err) => {
-            let rejection = credential_rejection(&gw.engine, err, exchange.client);
+            let rejection = credential_rejection(&gw.engine, err, Some(exchange.client));
             return Err((exchange.error(&rejection), None));
         }
     };

@@ -207,6 +207,9 @@ fn upstream_headers(route: &Route, exchange: &Exchange, headers: &mut HeaderMap,
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     headers.insert(X_REQUEST_ID, exchange.request_id.clone());
+    if let Some(trace) = &exchange.trace {
+        trace.propagate(headers);
+    }
 }
 
 /// Points a request at one target: its URI, and the target's own `Host`

@@ -35,6 +35,15 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: String) {
     }
 }
 
+/// The limit the `X-RateLimit-*` headers describe, for a request's span.
+pub fn tightest(limits: &RateLimits, style: &RateLimitHeaderStyle) -> Option<crate::telemetry::Tightest> {
+    let described = limits.decision.described(limits.describe.unwrap_or(style.describe))?;
+    Some(crate::telemetry::Tightest {
+        limit: described.rule.requests,
+        remaining: described.remaining,
+    })
+}
+
 pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: &RateLimitHeaderStyle) {
     let decision = &limits.decision;
     if let Some(balance) = decision.balance() {

@@ -26,4 +26,5 @@ mod roles;
 mod secrets;
 mod seeds;
 mod support;
+mod telemetry;
 mod webhooks;

@@ -241,6 +241,9 @@ pub(super) async fn lookup_keys(
 }
 
 /// The gateway's decision for a key, without sending a request through it.
+///
+/// Refusals come in the envelope described here; with `gateway_errors`
+/// they come as the gateway sends them, in the deployment's `errors.format`.
 #[utoipa::path(post, path = "/v1/keys/verify", tag = "keys", request_body = VerifyKey,
     responses((status = 200, body = VerifyResult), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)))]
 pub(super) async fn verify_key(
@@ -292,30 +295,15 @@ pub(super) async fn verify_key(
         record: !body.dry_run,
     };
     match state.engine.admin().verify_for(&actor, request).await {
-        Ok(verified) => {
-            let cached = &verified.key;
-            let result = VerifyResult {
-                valid: true,
-                key: KeyView::admitted(cached),
-                workspace: WorkspaceSummary {
-                    id: cached.workspace().id.clone(),
-                    name: cached.workspace().name.clone(),
-                    plan: cached.workspace().plan.clone(),
-                },
-                ratelimit: RateLimitView {
-                    limits: verified
-                        .limits
-                        .as_ref()
-                        .map(crate::http::ratelimit::views)
-                        .unwrap_or_default(),
-                },
-                credits: verified.limits.as_ref().and_then(crate::http::ratelimit::credits_view),
-            };
-            Ok(Json(result).into_response())
-        }
+        Ok(verified) => Ok(Json(VerifyResult::of(&verified)).into_response()),
         Err(rejection) => {
             let live = state.config.snapshot();
-            let mut response = render(&live.verify_catalog, &rejection.error);
+            let catalog = if body.gateway_errors {
+                &live.catalog
+            } else {
+                &live.verify_catalog
+            };
+            let mut response = render(catalog, &rejection.error);
             if let Some(limits) = &rejection.limits {
                 crate::http::ratelimit::add_headers(response.headers_mut(), limits, &live.headers);
             }

@@ -82,7 +82,7 @@ impl FromRequestParts<AdminState> for Caller {
         let ip = client_ip(peer_of(parts), &parts.headers, &state.trusted_proxies);
         let presented = match credential(&parts.headers) {
             Ok(presented) => presented,
-            Err(err) => return Err(ApiError(credential_rejection(&state.engine, err, ip))),
+            Err(err) => return Err(ApiError(credential_rejection(&state.engine, err, Some(ip)))),
         };
         let actor = state.engine.admin().authenticate_admin(presented, ip).await?;
         Ok(Caller(actor))
