@@ -14,6 +14,8 @@
 //! ```
 
 mod error;
+#[cfg(feature = "tower")]
+mod follow;
 mod models;
 #[cfg(feature = "tower")]
 pub mod tower;
@@ -30,7 +32,7 @@ use serde_json::{json, Value};
 
 /// Every call this client makes, as the OpenAPI document names it; the
 /// tests check each against the document a node serves.
-pub const OPERATIONS: [(&str, &str); 9] = [
+pub const OPERATIONS: [(&str, &str); 10] = [
     ("post", "/v1/workspaces"),
     ("get", "/v1/workspaces/{id}"),
     ("post", "/v1/workspaces/{id}/keys"),
@@ -40,6 +42,7 @@ pub const OPERATIONS: [(&str, &str); 9] = [
     ("post", "/v1/keys/{id}/revoke"),
     ("get", "/v1/keys/{id}/usage"),
     ("post", "/v1/keys/verify"),
+    ("get", "/v1/keys/changes"),
 ];
 
 /// keygate's admin API, called with one key (an admin key, or a workspace
@@ -148,6 +151,17 @@ impl Client {
                 body: answer.bytes.to_vec(),
             })),
         }
+    }
+
+    /// The keys keygate's node dropped from its cache after `after` (a
+    /// previous answer's `cursor`; `None` to start), waiting up to `wait`
+    /// (`10s` at most) for one. Needs an admin key.
+    pub async fn key_changes(&self, after: Option<&str>, wait: &str) -> Result<KeyChanges, Error> {
+        let mut query = vec![("wait", wait)];
+        if let Some(after) = after {
+            query.push(("after", after));
+        }
+        self.call(Method::GET, "/v1/keys/changes", &query, None::<&()>).await
     }
 
     async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(

@@ -186,3 +186,15 @@ pub struct LimitState {
     /// Unix seconds at which it next regains capacity.
     pub reset: u64,
 }
+
+/// What keygate's node dropped from its cache since a cursor
+/// (`GET /v1/keys/changes`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeyChanges {
+    /// Ask with this next.
+    pub cursor: String,
+    /// Drop every cached answer: the changes cannot be told key by key.
+    pub reset: bool,
+    /// SHA-256 of each changed key, as 64 lowercase hex digits.
+    pub key_hashes: Vec<String>,
+}

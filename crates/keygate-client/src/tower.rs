@@ -23,7 +23,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use keygate_core::credential::{select_credential, CredentialError};
 use keygate_core::{ErrorCode, KeyHash};
 use serde_json::json;
 
+use crate::follow::{Answers, Fresh};
 use crate::{Client, GatewayRefusal, Verified, Verify};
 
 #[cfg(feature = "embedded")]
@@ -49,6 +50,9 @@ pub struct Authenticated {
     pub verified: Arc<Verified>,
     /// Admitted from the last good answer while keygate was unreachable.
     pub stale: bool,
+    /// Admitted from an answer keygate gave within `cache_for`, without
+    /// asking: this request was not charged to limits or usage.
+    pub cached: bool,
 }
 
 /// Settings of a [`KeygateLayer`].
@@ -57,14 +61,21 @@ struct Settings {
     scopes: Vec<String>,
     resource: Option<String>,
     max_stale: Duration,
+    cache_for: Option<Duration>,
 }
 
 struct Shared {
     checker: Checker,
     settings: Settings,
+    /// With `cache_for`: the answers reused and their follower, started by
+    /// the first request (it needs the runtime).
+    fresh: OnceLock<Arc<Fresh>>,
 }
 
-type LastGood = quick_cache::sync::Cache<KeyHash, (Arc<Verified>, Instant)>;
+type LastGood = Answers;
+
+/// Keys whose answers the layer keeps (last good, and fresh with `cache_for`).
+const CAPACITY: usize = 100_000;
 
 /// Who decides.
 #[derive(Clone)]
@@ -91,7 +102,7 @@ impl KeygateLayer {
     pub fn remote(client: Client) -> Self {
         Self::build(Checker::Remote {
             client,
-            last_good: Arc::new(quick_cache::sync::Cache::new(100_000)),
+            last_good: Arc::new(Answers::new(CAPACITY)),
         })
     }
 
@@ -108,19 +119,25 @@ impl KeygateLayer {
             scopes: Vec::new(),
             resource: None,
             max_stale: Duration::from_secs(300),
+            cache_for: None,
         };
+        Self::of(checker, settings)
+    }
+
+    fn of(checker: Checker, settings: Settings) -> Self {
         Self {
-            shared: Arc::new(Shared { checker, settings }),
+            shared: Arc::new(Shared {
+                checker,
+                settings,
+                fresh: OnceLock::new(),
+            }),
         }
     }
 
     fn with(self, change: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = self.shared.settings.clone();
         change(&mut settings);
-        let checker = self.shared.checker.clone();
-        Self {
-            shared: Arc::new(Shared { checker, settings }),
-        }
+        Self::of(self.shared.checker.clone(), settings)
     }
 
     /// Scopes every request needs (all of them).
@@ -138,6 +155,18 @@ impl KeygateLayer {
     /// How long a key admitted before keeps working while keygate cannot be reached.
     pub fn max_stale(self, max_stale: Duration) -> Self {
         self.with(|s| s.max_stale = max_stale)
+    }
+
+    /// Remote mode: reuses an admitted answer for up to `ttl` without asking
+    /// keygate, while following what keygate drops from its cache
+    /// (`GET /v1/keys/changes`), so a key revoked or changed on any node is
+    /// asked about again within a second. Requests answered from this cache
+    /// are not charged to limits or recorded in usage: for keys whose
+    /// limits are loose. Following needs an admin key (the changes of every
+    /// workspace go out); with another key, or while keygate does not
+    /// answer the follower, every request is asked.
+    pub fn cache_for(self, ttl: Duration) -> Self {
+        self.with(|s| s.cache_for = Some(ttl).filter(|ttl| !ttl.is_zero()))
     }
 }
 
@@ -279,10 +308,12 @@ fn headers_of(pairs: Vec<(String, String)>) -> HeaderMap {
 impl Shared {
     async fn decide(&self, headers: &HeaderMap, client: Option<std::net::IpAddr>) -> Result<Admission, Refusal> {
         match &self.checker {
-            Checker::Remote { client: api, last_good } => self
-                .ask_keygate(api, last_good, headers, client)
-                .await
-                .map(Admission::of),
+            Checker::Remote { client: api, last_good } => {
+                let fresh = self.fresh(api, last_good);
+                self.ask_keygate(api, last_good, fresh, headers, client)
+                    .await
+                    .map(Admission::of)
+            }
             #[cfg(feature = "embedded")]
             Checker::Embedded(node) => self.ask_node(node, headers, client).await,
         }
@@ -307,6 +338,7 @@ impl Shared {
                     authenticated: Authenticated {
                         verified: Arc::new(verified),
                         stale: false,
+                        cached: false,
                     },
                     headers: admitted.headers,
                     permit: admitted
@@ -322,10 +354,20 @@ impl Shared {
         }
     }
 
+    /// The `cache_for` answers, once there is a runtime to follow changes on.
+    fn fresh(&self, api: &Client, last_good: &Arc<LastGood>) -> Option<&Fresh> {
+        let ttl = self.settings.cache_for?;
+        Some(
+            self.fresh
+                .get_or_init(|| Fresh::start(api.clone(), ttl, CAPACITY, last_good)),
+        )
+    }
+
     async fn ask_keygate(
         &self,
         api: &Client,
         last_good: &LastGood,
+        fresh: Option<&Fresh>,
         headers: &HeaderMap,
         client: Option<std::net::IpAddr>,
     ) -> Result<Authenticated, Refusal> {
@@ -342,6 +384,14 @@ impl Shared {
             })
         })?;
         let hash = KeyHash::of(presented);
+        if let Some(verified) = fresh.and_then(|fresh| fresh.get(&hash)) {
+            return Ok(Authenticated {
+                verified,
+                stale: false,
+                cached: true,
+            });
+        }
+        let generation = fresh.map(Fresh::generation);
         let mut check = Verify::new(presented);
         check.scopes.clone_from(&self.settings.scopes);
         check.resource.clone_from(&self.settings.resource);
@@ -350,11 +400,21 @@ impl Shared {
             Ok(Ok(verified)) => {
                 let verified = Arc::new(verified);
                 last_good.insert(hash, (verified.clone(), Instant::now()));
-                Ok(Authenticated { verified, stale: false })
+                if let (Some(fresh), Some(generation)) = (fresh, generation) {
+                    fresh.insert(hash, verified.clone(), generation);
+                }
+                Ok(Authenticated {
+                    verified,
+                    stale: false,
+                    cached: false,
+                })
             }
             Ok(Err(refused)) => {
                 // Refused now: an earlier answer must not let it in later.
                 last_good.remove(&hash);
+                if let Some(fresh) = fresh {
+                    fresh.remove(&hash);
+                }
                 Err(Refusal::passed_on(refused))
             }
             // Not reachable, a 5xx, or an answer this client cannot read.
@@ -364,9 +424,11 @@ impl Shared {
 
     fn last_good_answer(&self, last_good: &LastGood, hash: &KeyHash) -> Result<Authenticated, Refusal> {
         match last_good.get(hash) {
-            Some((verified, at)) if at.elapsed() <= self.settings.max_stale => {
-                Ok(Authenticated { verified, stale: true })
-            }
+            Some((verified, at)) if at.elapsed() <= self.settings.max_stale => Ok(Authenticated {
+                verified,
+                stale: true,
+                cached: false,
+            }),
             _ => Err(Refusal::of(ErrorCode::ServiceUnavailable)),
         }
     }

@@ -19,6 +19,7 @@ async fn invoices(Extension(caller): Extension<Authenticated>) -> Json<Value> {
         "key_id": verified.key.id,
         "workspace_id": verified.workspace.id,
         "stale": caller.stale,
+        "cached": caller.cached,
         "invoices": [],
     }))
 }

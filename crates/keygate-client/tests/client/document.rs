@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use keygate_client::{Key, LimitState, NewKey, NewWorkspace, Verified, VerifiedKey, Workspace, OPERATIONS};
+use keygate_client::{Key, KeyChanges, LimitState, NewKey, NewWorkspace, Verified, VerifiedKey, Workspace, OPERATIONS};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -164,7 +164,18 @@ async fn the_client_matches_the_served_document() {
     verify.resource = Some("r".into());
     verify.ip = Some("10.0.0.1".into());
     verify.dry_run = true;
+    verify.gateway_errors = true;
     assert_within("Verify", fields_of(&verify), component(&document, "VerifyKey"));
+    let changes = KeyChanges {
+        cursor: String::new(),
+        reset: true,
+        key_hashes: vec![],
+    };
+    assert_within(
+        "KeyChanges",
+        fields_of(&changes),
+        component(&document, "KeyChangesView"),
+    );
     assert_within(
         "rotate",
         BTreeSet::from(["grace".to_owned()]),

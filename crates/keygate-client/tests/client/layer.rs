@@ -206,3 +206,97 @@ async fn the_remote_layer_refuses_in_the_deployments_error_format() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn with_cache_for_answers_are_reused_and_a_revocation_still_reaches_the_layer_within_a_second() {
+    let node = Node::start().await;
+    let client = node.client();
+    let ws = client
+        .create_workspace(&keygate_client::NewWorkspace {
+            name: "Acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    let created = client
+        .create_key(
+            &ws,
+            &NewKey {
+                name: "Reader".into(),
+                scopes: vec!["invoices:read".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let key = created.key.expose_secret().to_owned();
+    let service = serve(KeygateLayer::remote(client.clone()).cache_for(Duration::from_secs(60))).await;
+
+    let (status, _, body) = get(&service, Some(&key)).await;
+    assert_eq!(
+        (status, body["cached"].as_bool()),
+        (200, Some(false)),
+        "the first is asked: {body}"
+    );
+    // The follower starts with the first request; once it hears from keygate, answers are reused.
+    let started = Instant::now();
+    loop {
+        let (status, _, body) = get(&service, Some(&key)).await;
+        assert_eq!(status, 200);
+        if body["cached"] == true {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "never served from the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.revoke_key(&created.details.id, Some("leaked")).await.unwrap();
+    let revoked_at = Instant::now();
+    loop {
+        let (status, _, body) = get(&service, Some(&key)).await;
+        if status == 401 {
+            assert_eq!(body["code"], "API_KEY_REVOKED");
+            break;
+        }
+        assert_eq!((status, body["cached"].as_bool()), (200, Some(true)));
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "still admitted a second after the revoke"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A layer whose key may not follow (a workspace key) caches nothing.
+    let manager = client
+        .create_key(
+            &ws,
+            &NewKey {
+                name: "Manager".into(),
+                scopes: vec!["keys:manage".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let other = client
+        .create_key(
+            &ws,
+            &NewKey {
+                name: "Other".into(),
+                scopes: vec!["invoices:read".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let workspace_client = keygate_client::Client::new(&node.admin, manager.key.expose_secret());
+    let service = serve(KeygateLayer::remote(workspace_client).cache_for(Duration::from_secs(60))).await;
+    for _ in 0..20 {
+        let (status, _, body) = get(&service, Some(other.key.expose_secret())).await;
+        assert_eq!((status, body["cached"].as_bool()), (200, Some(false)), "{body}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -34,11 +34,13 @@ use crate::verifier::{LimitMode, Rejection, Verified, Verifier, VerifyRequest};
 use crate::AdminError;
 
 mod import;
+mod key_changes;
 mod leaks;
 mod usage;
 mod webhooks;
 
 pub use import::{ImportReport, ImportRow, RowRefusal, MAX_IMPORT_ROWS};
+pub use key_changes::{parse_cursor, KeyChanges, CURSOR_PATTERN};
 pub use leaks::{LeakReport, LeakVerdict, PublicReport, MAX_HASHES_PER_LOOKUP, PUBLIC_REPORTS_PER_MINUTE};
 pub use usage::{
     Granularity, HourlyRequests, UsageBucket, MAX_DAILY_USAGE_RANGE_DAYS, MAX_TOP_KEYS, MAX_USAGE_RANGE_DAYS,

@@ -150,7 +150,10 @@ mod tests {
         log.key(hash(1));
         log.key(hash(2));
         let next = log.since(Some(start.cursor));
-        assert_eq!((next.cursor, next.reset, next.keys.clone()), (2, false, vec![hash(1), hash(2)]));
+        assert_eq!(
+            (next.cursor, next.reset, next.keys.clone()),
+            (2, false, vec![hash(1), hash(2)])
+        );
         assert_eq!(log.since(Some(2)).keys, Vec::<KeyHash>::new(), "nothing new");
         assert_eq!(log.since(Some(1)).keys, vec![hash(2)]);
         log.all();
@@ -170,15 +173,18 @@ mod tests {
         let current = log.since(None).cursor;
         assert_eq!(current, (KEPT + 10) as u64);
         let kept_from = current - KEPT as u64;
-        assert!(!log.since(Some(kept_from)).reset, "the oldest kept change is still told");
+        assert!(
+            !log.since(Some(kept_from)).reset,
+            "the oldest kept change is still told"
+        );
         assert!(log.since(Some(kept_from - 1)).reset);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_waiting_follower_hears_the_next_change_at_once_and_else_waits_out_its_wait() {
         let log = std::sync::Arc::new(ForgetLog::new());
         let cursor = log.since(None).cursor;
-        let quiet = log.wait_since(Some(cursor), Duration::from_secs(10)).await;
+        let quiet = log.wait_since(Some(cursor), Duration::from_millis(50)).await;
         assert_eq!((quiet.cursor, quiet.reset, quiet.keys.len()), (cursor, false, 0));
         let waiting = tokio::spawn({
             let log = log.clone();
@@ -186,7 +192,10 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(5)).await;
         log.key(hash(7));
-        let heard = waiting.await.unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the change, not by its 10 s wait")
+            .unwrap();
         assert_eq!(heard.keys, vec![hash(7)]);
     }
 }

@@ -6,6 +6,7 @@
 
 mod cached_key;
 mod changes;
+mod forgotten;
 pub(crate) mod limits;
 pub(crate) mod store_health;
 
@@ -228,6 +229,9 @@ pub struct Verifier {
     workspaces: WorkspaceShare,
     /// Bumped by every eviction, so a store read that raced with one is not cached.
     evictions: AtomicU64,
+    /// What this cache dropped, numbered, for followers outside the node
+    /// (`GET /v1/keys/changes`).
+    forgotten: forgotten::ForgetLog,
     unknown: Cache<KeyHash, ()>,
     failures: Cache<IpAddr, Arc<Mutex<FailureWindow>>>,
     usage: Arc<Usage>,
@@ -280,6 +284,7 @@ impl Verifier {
             cache,
             workspaces: WorkspaceShare::new(),
             evictions: AtomicU64::new(0),
+            forgotten: forgotten::ForgetLog::new(),
             unknown,
             failures,
             usage,
@@ -575,6 +580,7 @@ impl Verifier {
         self.evictions.fetch_add(1, Ordering::SeqCst);
         self.cache.remove(hash);
         self.unknown.invalidate(hash);
+        self.forgotten.key(*hash);
     }
 
     /// Workspace changes affect every cached key of the workspace; they are rare,
@@ -582,6 +588,16 @@ impl Verifier {
     pub(crate) fn forget_all_keys(&self) {
         self.evictions.fetch_add(1, Ordering::SeqCst);
         self.cache.clear();
+        self.forgotten.all();
+    }
+
+    /// The keys dropped after `after` (crates/keygate-engine/src/verifier/forgotten.rs).
+    pub(crate) async fn forgotten_since(
+        &self,
+        after: Option<u64>,
+        wait: std::time::Duration,
+    ) -> forgotten::ForgottenSince {
+        self.forgotten.wait_since(after, wait).await
     }
 
     /// Keys in this node's cache now.

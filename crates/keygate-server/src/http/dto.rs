@@ -400,6 +400,35 @@ pub struct VerifyKey {
     pub gateway_errors: bool,
 }
 
+/// `GET /v1/keys/changes`: where to start, and how long to wait for a change.
+#[derive(Debug, Default, Deserialize)]
+pub struct ChangesQuery {
+    pub after: Option<String>,
+    #[serde(default, deserialize_with = "wait_duration")]
+    pub wait: Option<std::time::Duration>,
+}
+
+/// The keys whose cached answers must go, since the cursor asked with.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyChangesView {
+    /// Ask with this next (`after`).
+    pub cursor: String,
+    /// Drop every cached answer: the changes cannot be told key by key.
+    pub reset: bool,
+    /// SHA-256 of each changed key, 64 lowercase hex digits.
+    pub key_hashes: Vec<String>,
+}
+
+impl From<keygate_engine::admin::KeyChanges> for KeyChangesView {
+    fn from(changes: keygate_engine::admin::KeyChanges) -> Self {
+        Self {
+            cursor: changes.cursor,
+            reset: changes.reset,
+            key_hashes: changes.keys.iter().map(|hash| hash.to_hex()).collect(),
+        }
+    }
+}
+
 /// `POST /v1/keys/lookup`: which of these key hashes are keys the caller may see.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -228,6 +228,17 @@ mod tests {
         }
 
         #[test]
+        fn a_changes_cursor_parses_exactly_when_the_document_allows_it(text in "[a-z0-9_.A-]{0,8}\\.?[0-9x]{0,21}") {
+            let allowed = regex::Regex::new(keygate_engine::admin::CURSOR_PATTERN).unwrap().is_match(&text);
+            prop_assert_eq!(keygate_engine::admin::parse_cursor(&text).is_some(), allowed, "{}", text);
+        }
+
+        #[test]
+        fn every_changes_cursor_the_document_allows_parses(text in from(keygate_engine::admin::CURSOR_PATTERN)) {
+            prop_assert!(keygate_engine::admin::parse_cursor(&text).is_some(), "{}", text);
+        }
+
+        #[test]
         fn every_duration_the_document_allows_parses(duration in from(DURATION)) {
             prop_assert!(keygate_core::duration::parse_duration(&duration).is_ok(), "{}", duration);
         }

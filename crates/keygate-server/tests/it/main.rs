@@ -11,6 +11,7 @@ mod error_catalog;
 mod forwarding;
 mod generated_client;
 mod import;
+mod key_changes;
 mod leaks;
 mod lifecycle;
 mod metrics;

@@ -131,6 +131,7 @@ async fn a_wait_that_is_no_duration_or_too_long_is_refused_and_nothing_changes()
         ("/v1/keys/{id}", "delete"),
         ("/v1/workspaces/{id}", "patch"),
         ("/v1/workspaces/{id}", "delete"),
+        ("/v1/keys/changes", "get"),
     ] {
         let params = document["paths"][path][method]["parameters"].as_array().unwrap();
         let wait = params.iter().find(|p| p["name"] == "wait").unwrap();

@@ -240,6 +240,28 @@ pub(super) async fn lookup_keys(
     }))
 }
 
+/// The keys this node has dropped from its cache since `after` (revoked,
+/// rotated, changed, deleted, here or on another node), for a service that
+/// caches keygate's answers and must drop them too. Without `after`, or
+/// with a cursor this node cannot continue (another node's, one from before
+/// a restart, one too far behind), the answer is a reset: drop everything.
+/// Waits up to `wait` for a change when there is none. Admin keys only.
+#[utoipa::path(get, path = "/v1/keys/changes", tag = "keys", params(("after" = Option<String>, Query, pattern = "^[a-z0-9_]{1,64}\\.[0-9]{1,19}$", description = "The `cursor` of the previous answer"), ("wait" = Option<String>, Query, pattern = "^(0|[1-9][0-9]{0,3}ms|[1-9]s|10s)$", description = "Wait up to this long (`0`, `1ms` to `9999ms`, or `1s` to `10s`; default `0`) for a change")),
+    responses((status = 200, body = KeyChangesView), (status = 403, body = ErrorEnvelope)))]
+pub(super) async fn key_changes(
+    State(state): State<AdminState>,
+    Caller(actor): Caller,
+    QueryParams(query): QueryParams<ChangesQuery>,
+) -> Result<Json<KeyChangesView>, ApiError> {
+    let wait = query.wait.unwrap_or_default();
+    let changes = state
+        .engine
+        .admin()
+        .key_changes(&actor, query.after.as_deref(), wait)
+        .await?;
+    Ok(Json(changes.into()))
+}
+
 /// The gateway's decision for a key, without sending a request through it.
 ///
 /// Refusals come in the envelope described here; with `gateway_errors`

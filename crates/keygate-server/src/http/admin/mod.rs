@@ -121,6 +121,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/workspaces/{id}/usage", get(usage::workspace_usage))
         .route("/v1/workspaces/{id}/top-keys", get(usage::top_keys))
         .route("/v1/keys/verify", post(keys::verify_key))
+        .route("/v1/keys/changes", get(keys::key_changes))
         .route("/v1/keys/lookup", post(keys::lookup_keys))
         .route(
             "/v1/keys/{id}",

@@ -182,7 +182,7 @@ impl utoipa::Modify for CommonErrors {
     info(title = "keygate admin API", description = "Workspaces, API keys, verification, audit events, events and webhooks."),
     paths(
         ops::healthz, ops::readyz, ops::metrics, workspaces::create_workspace, workspaces::list_workspaces, workspaces::get_workspace, workspaces::update_workspace, workspaces::delete_workspace,
-        keys::create_key, keys::import_keys, keys::list_keys, keys::get_key, keys::update_key, keys::delete_key, keys::revoke_key, keys::rotate_key, usage::key_usage, usage::workspace_usage, usage::top_keys, keys::verify_key, keys::lookup_keys,
+        keys::create_key, keys::import_keys, keys::list_keys, keys::get_key, keys::update_key, keys::delete_key, keys::revoke_key, keys::rotate_key, usage::key_usage, usage::workspace_usage, usage::top_keys, keys::verify_key, keys::key_changes, keys::lookup_keys,
         audit::audit_events, portal::create_portal_session, webhooks::list_events, webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
         webhooks::webhook_deliveries, ops::reload_config, leaks::github_report, nodes::list_nodes
     ),
