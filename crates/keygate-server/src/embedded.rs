@@ -44,8 +44,9 @@ pub enum EmbeddedError {
     Start(#[from] ServeError),
 }
 
-/// A running embedded node. [`EmbeddedNode::shutdown`] flushes its usage;
-/// dropping it stops its work without waiting.
+/// A running embedded node. [`EmbeddedNode::shutdown`] flushes its usage
+/// (it takes `&self`: the layer holds the node too); dropping it stops its
+/// work without waiting.
 pub struct EmbeddedNode {
     engine: Arc<Engine>,
     config: LiveConfig,
@@ -157,8 +158,9 @@ impl EmbeddedNode {
     }
 
     /// Stops hearing changes and heartbeating (the node leaves the list),
-    /// and flushes usage.
-    pub async fn shutdown(self) {
+    /// and flushes usage. Requests checked after it still decide, from the
+    /// cache and the store, but nothing tells this node of changes anymore.
+    pub async fn shutdown(&self) {
         self.stop.0.cancel();
         self.tasks.wait().await;
     }

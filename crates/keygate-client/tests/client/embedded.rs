@@ -145,5 +145,17 @@ async fn the_embedded_layer_decides_in_process_as_one_more_node() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Stopped, it leaves the list.
+    node.shutdown().await;
+    let nodes: Value = reqwest::Client::new()
+        .get(format!("{admin}/v1/nodes"))
+        .bearer_auth(admin_key.expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(nodes["data"].as_array().unwrap().len(), 1, "{nodes}");
     app.shutdown().await;
 }
