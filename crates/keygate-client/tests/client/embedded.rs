@@ -31,6 +31,17 @@ async fn postgres() -> Option<String> {
     schema.map(|schema| postgres_url_for_schema(&schema))
 }
 
+/// `GET /v1/nodes` of the node at `admin`.
+async fn listed_nodes(admin: &str, key: &str) -> Value {
+    let response = reqwest::Client::new()
+        .get(format!("{admin}/v1/nodes"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    response.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn the_embedded_layer_decides_in_process_as_one_more_node() {
     let Some(store_url) = postgres().await else { return };
@@ -113,15 +124,7 @@ async fn the_embedded_layer_decides_in_process_as_one_more_node() {
     assert_eq!(headers["x-ratelimit-remaining"], "0");
 
     // One more node: listed next to the keygate node.
-    let nodes: Value = reqwest::Client::new()
-        .get(format!("{admin}/v1/nodes"))
-        .bearer_auth(admin_key.expose())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes = listed_nodes(&admin, admin_key.expose()).await;
     let listed = nodes["data"].as_array().unwrap();
     assert_eq!(listed.len(), 2, "{nodes}");
     assert!(listed.iter().any(|n| n["id"] == node.engine().nodes().id()), "{nodes}");
@@ -147,15 +150,7 @@ async fn the_embedded_layer_decides_in_process_as_one_more_node() {
 
     // Stopped, it leaves the list.
     node.shutdown().await;
-    let nodes: Value = reqwest::Client::new()
-        .get(format!("{admin}/v1/nodes"))
-        .bearer_auth(admin_key.expose())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes = listed_nodes(&admin, admin_key.expose()).await;
     assert_eq!(nodes["data"].as_array().unwrap().len(), 1, "{nodes}");
     app.shutdown().await;
 }

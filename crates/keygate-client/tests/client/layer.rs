@@ -152,29 +152,31 @@ async fn the_example_service_checks_every_key_with_keygate() {
     assert_eq!(status, 503, "max_stale 0: no last good answer is used");
 }
 
+/// A workspace for a test of its own.
+async fn workspace(client: &keygate_client::Client) -> String {
+    let new = keygate_client::NewWorkspace {
+        name: "Acme".into(),
+        ..Default::default()
+    };
+    client.create_workspace(&new).await.unwrap().id
+}
+
+/// A key of `ws` with one scope.
+async fn new_key(client: &keygate_client::Client, ws: &str, name: &str, scope: &str) -> keygate_client::CreatedKey {
+    let new = NewKey {
+        name: name.into(),
+        scopes: vec![scope.into()],
+        ..Default::default()
+    };
+    client.create_key(ws, &new).await.unwrap()
+}
+
 #[tokio::test]
 async fn the_remote_layer_refuses_in_the_deployments_error_format() {
     let node = Node::start_with("[errors]\nformat = \"problem\"\n").await;
     let client = node.client();
-    let ws = client
-        .create_workspace(&keygate_client::NewWorkspace {
-            name: "Acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .id;
-    let unscoped = client
-        .create_key(
-            &ws,
-            &NewKey {
-                name: "Writer".into(),
-                scopes: vec!["invoices:write".into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let ws = workspace(&client).await;
+    let unscoped = new_key(&client, &ws, "Writer", "invoices:write").await;
     let service = serve(KeygateLayer::remote(client.clone())).await;
     // keygate's refusal, as its gateway sends it: RFC 9457 with the code as an extension.
     let (status, headers, body) = get(&service, Some(unscoped.key.expose_secret())).await;
@@ -211,25 +213,8 @@ async fn the_remote_layer_refuses_in_the_deployments_error_format() {
 async fn with_cache_for_answers_are_reused_and_a_revocation_still_reaches_the_layer_within_a_second() {
     let node = Node::start().await;
     let client = node.client();
-    let ws = client
-        .create_workspace(&keygate_client::NewWorkspace {
-            name: "Acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .id;
-    let created = client
-        .create_key(
-            &ws,
-            &NewKey {
-                name: "Reader".into(),
-                scopes: vec!["invoices:read".into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let ws = workspace(&client).await;
+    let created = new_key(&client, &ws, "Reader", "invoices:read").await;
     let key = created.key.expose_secret().to_owned();
     let service = serve(KeygateLayer::remote(client.clone()).cache_for(Duration::from_secs(60))).await;
 
@@ -270,28 +255,8 @@ async fn with_cache_for_answers_are_reused_and_a_revocation_still_reaches_the_la
     }
 
     // A layer whose key may not follow (a workspace key) caches nothing.
-    let manager = client
-        .create_key(
-            &ws,
-            &NewKey {
-                name: "Manager".into(),
-                scopes: vec!["keys:manage".into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let other = client
-        .create_key(
-            &ws,
-            &NewKey {
-                name: "Other".into(),
-                scopes: vec!["invoices:read".into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let manager = new_key(&client, &ws, "Manager", "keys:manage").await;
+    let other = new_key(&client, &ws, "Other", "invoices:read").await;
     let workspace_client = keygate_client::Client::new(&node.admin, manager.key.expose_secret());
     let service = serve(KeygateLayer::remote(workspace_client).cache_for(Duration::from_secs(60))).await;
     for _ in 0..20 {

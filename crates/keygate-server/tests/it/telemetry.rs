@@ -116,6 +116,18 @@ async fn traced_app(receiver: &Receiver, upstream: &str, extra: &str) -> TestApp
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 
+/// A request with `key` that says it is part of trace [`TRACE_ID`].
+async fn traced_get(app: &TestApp, path: &str, key: &str, tracestate: &str) -> reqwest::Response {
+    app.http
+        .get(app.gateway_url(path))
+        .header("X-API-Key", key)
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+        .header("tracestate", tracestate)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn each_request_has_a_span_with_its_decision_that_continues_a_trusted_trace_and_never_holds_the_key() {
     let receiver = Receiver::start().await;
@@ -125,15 +137,7 @@ async fn each_request_has_a_span_with_its_decision_that_continues_a_trusted_trac
     let (key_id, key) = app.key(&ws, json!({"name": "k", "scopes": ["read"]})).await;
 
     // Admitted, from a trusted proxy (127.0.0.1 in TestApp) that started the trace.
-    let admitted = app
-        .http
-        .get(app.gateway_url("/api/items?token=hidden"))
-        .header("X-API-Key", &key)
-        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
-        .header("tracestate", "vendor=abc")
-        .send()
-        .await
-        .unwrap();
+    let admitted = traced_get(&app, "/api/items?token=hidden", &key, "vendor=abc").await;
     assert_eq!(admitted.status(), 200);
     let seen: Value = admitted.json().await.unwrap();
     // Refused: a wrong key, and no key on the same route.
@@ -235,15 +239,7 @@ async fn an_untrusted_clients_traceparent_is_replaced_and_a_5xx_is_an_error_span
     .await;
     let ws = app.workspace("Acme").await;
     let (_, key) = app.key(&ws, json!({"name": "k", "scopes": ["read"]})).await;
-    let response = app
-        .http
-        .get(app.gateway_url("/api/items"))
-        .header("X-API-Key", &key)
-        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
-        .header("tracestate", "planted=1")
-        .send()
-        .await
-        .unwrap();
+    let response = traced_get(&app, "/api/items", &key, "planted=1").await;
     let seen: Value = response.json().await.unwrap();
     let down = app.http.get(app.gateway_url("/down/x")).send().await.unwrap();
     assert_eq!(down.status(), 502);
