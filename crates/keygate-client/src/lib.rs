@@ -142,14 +142,16 @@ impl Client {
         let mut request = request.clone();
         request.gateway_errors = true;
         let answer = self.send(Method::POST, "/v1/keys/verify", &[], Some(&request)).await?;
-        match answer.status {
-            200..=299 => answer.read().map(Ok).ok_or(Error::Unreadable { status: answer.status }),
-            500.. => Err(Error::Unreadable { status: answer.status }),
-            status => Ok(Err(GatewayRefusal {
+        let verdict = answer.head.get("keygate-verdict").and_then(|v| v.to_str().ok());
+        match (answer.status, verdict) {
+            (200..=299, _) => answer.read().map(Ok).ok_or(Error::Unreadable { status: answer.status }),
+            // The checked key refused, not this client's own key.
+            (status @ 400..=499, Some("refused")) => Ok(Err(GatewayRefusal {
                 status,
                 headers: answer.headers(|name| name == "content-type" || error::is_passed_on(name)),
                 body: answer.bytes.to_vec(),
             })),
+            _ => Err(answer.error()),
         }
     }
 
@@ -172,23 +174,10 @@ impl Client {
         body: Option<&B>,
     ) -> Result<T, Error> {
         let answer = self.send(method, path, query, body).await?;
-        let status = answer.status;
-        if (200..300).contains(&status) {
-            return answer.read().ok_or(Error::Unreadable { status });
+        if (200..300).contains(&answer.status) {
+            return answer.read().ok_or(Error::Unreadable { status: answer.status });
         }
-        let headers = answer.headers(error::is_passed_on);
-        let body: Value = serde_json::from_slice(&answer.bytes).map_err(|_| Error::Unreadable { status })?;
-        let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
-        match (text("code"), text("message")) {
-            (Some(code), Some(message)) => Err(Error::Api(ApiError {
-                status,
-                code,
-                message,
-                body,
-                headers,
-            })),
-            _ => Err(Error::Unreadable { status }),
-        }
+        Err(answer.error())
     }
 
     async fn send<B: Serialize + ?Sized>(
@@ -225,6 +214,25 @@ impl Answer {
     /// The body as `T`; `None` if it is not one.
     fn read<T: DeserializeOwned>(&self) -> Option<T> {
         serde_json::from_slice(&self.bytes).ok()
+    }
+
+    /// keygate's refusal in its envelope, with its code; or a body this client cannot read.
+    fn error(&self) -> Error {
+        let status = self.status;
+        let Ok(body) = serde_json::from_slice::<Value>(&self.bytes) else {
+            return Error::Unreadable { status };
+        };
+        let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
+        match (text("code"), text("message")) {
+            (Some(code), Some(message)) => Error::Api(ApiError {
+                status,
+                code,
+                message,
+                headers: self.headers(error::is_passed_on),
+                body,
+            }),
+            _ => Error::Unreadable { status },
+        }
     }
 
     /// The headers whose (lowercase) names `keep` keeps, as text.

@@ -6,10 +6,12 @@
 //! The verified key goes into the request's extensions ([`Authenticated`]).
 //! A refusal is keygate's own answer, passed on as the gateway would send
 //! it: its status, its body (the catalog's error in the deployment's words
-//! and `errors.format`) and its `Retry-After` and rate-limit headers. While keygate cannot be reached, a key admitted in
-//! the last `max_stale` is admitted again from the last answer (marked
-//! `stale`), and any other key gets `503 SERVICE_UNAVAILABLE`: a key nobody
-//! can check is never let in.
+//! and `errors.format`) and its `Retry-After` and rate-limit headers.
+//! While keygate cannot be reached, a key admitted in the last `max_stale`
+//! is admitted again from the last answer (marked `stale`), and any other
+//! key gets `503 SERVICE_UNAVAILABLE`: a key nobody can check is never let
+//! in. With [`KeygateLayer::cache_for`], admitted answers are reused for a
+//! while, and keygate's change feed drops them when a key changes.
 //!
 //! With the `embedded` feature, [`KeygateLayer::embedded`] decides in this
 //! process instead, on an [`EmbeddedNode`]: one more keygate node on the
@@ -23,6 +25,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -34,7 +37,7 @@ use keygate_core::{ErrorCode, KeyHash};
 use serde_json::json;
 
 use crate::follow::{Answers, Fresh};
-use crate::{Client, GatewayRefusal, Verified, Verify};
+use crate::{Client, Error, GatewayRefusal, Verified, Verify};
 
 #[cfg(feature = "embedded")]
 pub use keygate_server::embedded::EmbeddedNode;
@@ -70,6 +73,8 @@ struct Shared {
     /// With `cache_for`: the answers reused and their follower, started by
     /// the first request (it needs the runtime).
     fresh: OnceLock<Arc<Fresh>>,
+    /// Whether the log already says that keygate refused the layer's own key.
+    warned: AtomicBool,
 }
 
 type LastGood = Answers;
@@ -130,6 +135,7 @@ impl KeygateLayer {
                 checker,
                 settings,
                 fresh: OnceLock::new(),
+                warned: AtomicBool::new(false),
             }),
         }
     }
@@ -416,6 +422,14 @@ impl Shared {
                     fresh.remove(&hash);
                 }
                 Err(Refusal::passed_on(refused))
+            }
+            // keygate refused the layer's own key: a misconfiguration, not
+            // the caller's fault, so the caller is not told its key is bad.
+            Err(Error::Api(own)) if own.status < 500 => {
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::error!(code = %own.code, status = own.status, "keygate refused the layer's own key; keys are served from last good answers, then refused with 503");
+                }
+                self.last_good_answer(last_good, &hash)
             }
             // Not reachable, a 5xx, or an answer this client cannot read.
             Err(_) => self.last_good_answer(last_good, &hash),

@@ -194,6 +194,18 @@ async fn the_remote_layer_refuses_in_the_deployments_error_format() {
     let (status, headers, body) = get(&service, Some("kg_live_typo")).await;
     assert_eq!((status, body["code"].as_str()), (401, Some("INVALID_API_KEY")));
     assert_eq!(headers["content-type"], "application/problem+json");
+    // A layer whose own key keygate refuses does not tell callers their key is bad.
+    let misconfigured = serve(KeygateLayer::remote(keygate_client::Client::new(
+        &node.admin,
+        "kg_admin_wrong",
+    )))
+    .await;
+    let (status, _, body) = get(&misconfigured, Some(unscoped.key.expose_secret())).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("SERVICE_UNAVAILABLE")),
+        "{body}"
+    );
     // The verify API's own clients still get the envelope.
     let refused = client
         .verify(&keygate_client::Verify::new(unscoped.key.expose_secret().to_owned()))

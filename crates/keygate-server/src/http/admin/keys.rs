@@ -1,7 +1,7 @@
 //! API keys: a workspace's keys, and `/v1/keys` to read, change, revoke, rotate and verify one.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keygate_core::model::KeyStatus;
@@ -262,6 +262,10 @@ pub(super) async fn key_changes(
     Ok(Json(changes.into()))
 }
 
+/// On a refusal of the checked key (never on one of the caller's own key):
+/// `Keygate-Verdict: refused`, so a middleware passes on only those.
+const KEYGATE_VERDICT: HeaderName = HeaderName::from_static("keygate-verdict");
+
 /// The gateway's decision for a key, without sending a request through it.
 ///
 /// Refusals come in the envelope described here; with `gateway_errors`
@@ -329,6 +333,11 @@ pub(super) async fn verify_key(
             if let Some(limits) = &rejection.limits {
                 crate::http::ratelimit::add_headers(response.headers_mut(), limits, &live.headers);
             }
+            // Tells a refusal of the checked key from one of the caller's own
+            // (a wrong or unauthorized key, which the API answers before this).
+            response
+                .headers_mut()
+                .insert(KEYGATE_VERDICT, HeaderValue::from_static("refused"));
             Ok(response)
         }
     }
