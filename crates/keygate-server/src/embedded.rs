@@ -93,23 +93,25 @@ impl EmbeddedNode {
         Ok(Self::start(&loaded, store, Arc::new(SystemClock))?)
     }
 
-    /// Starts on `store` with `loaded`'s settings; its HTTP settings
-    /// (addresses, routes, TLS) are not used.
+    /// Starts on `store` with `loaded`'s settings, on the current tokio
+    /// runtime; its HTTP settings (addresses, routes, TLS) are not used.
     pub fn start(loaded: &Loaded, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self, ServeError> {
         let settings = &loaded.settings;
         let engine = start_engine(settings, store, clock)?;
-        let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
+        // Cancelled if the start fails half-way: what it started stops with it.
+        let stop = StopOnDrop(CancellationToken::new());
+        let tasks = TaskTracker::new();
         let addresses = keygate_engine::nodes::NodeAddresses {
             gateway: "embedded".to_owned(),
             admin: String::new(),
         };
-        let background = run_node_work(&engine, settings, addresses, &stop, &tasks)?;
+        let background = run_node_work(&engine, settings, addresses, &stop.0, &tasks)?;
         tasks.spawn(background);
         tasks.close();
         Ok(Self {
             engine,
             config: LiveConfig::new(settings),
-            stop: StopOnDrop(stop),
+            stop,
             tasks,
         })
     }
