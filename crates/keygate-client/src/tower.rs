@@ -77,8 +77,6 @@ struct Shared {
     warned: AtomicBool,
 }
 
-type LastGood = Answers;
-
 /// Keys whose answers the layer keeps (last good, and fresh with `cache_for`).
 const CAPACITY: usize = 100_000;
 
@@ -87,7 +85,7 @@ const CAPACITY: usize = 100_000;
 enum Checker {
     /// keygate's verify API; the last admitted answer per key hash, and
     /// when it came, for when keygate cannot be reached.
-    Remote { client: Client, last_good: Arc<LastGood> },
+    Remote { client: Client, last_good: Arc<Answers> },
     /// A node in this process.
     #[cfg(feature = "embedded")]
     Embedded(Arc<EmbeddedNode>),
@@ -286,10 +284,16 @@ impl Refusal {
 
     /// keygate's refusal, as the gateway would have sent it.
     fn passed_on(refused: GatewayRefusal) -> Self {
+        let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        Self::as_sent(status, headers_of(refused.headers), &refused.body)
+    }
+
+    /// A refusal made elsewhere (keygate, or an embedded node), unchanged.
+    fn as_sent(status: StatusCode, headers: HeaderMap, body: &[u8]) -> Self {
         Self {
-            status: StatusCode::from_u16(refused.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            headers: Box::new(headers_of(refused.headers)),
-            body: String::from_utf8_lossy(&refused.body).into_owned(),
+            status,
+            headers: Box::new(headers),
+            body: String::from_utf8_lossy(body).into_owned(),
         }
     }
 
@@ -352,16 +356,12 @@ impl Shared {
                         .map(|permit| Box::new(permit) as Box<dyn std::any::Any + Send>),
                 })
             }
-            Checked::Refused(refusal) => Err(Refusal {
-                status: refusal.status,
-                headers: Box::new(refusal.headers),
-                body: String::from_utf8_lossy(&refusal.body).into_owned(),
-            }),
+            Checked::Refused(refusal) => Err(Refusal::as_sent(refusal.status, refusal.headers, &refusal.body)),
         }
     }
 
     /// The `cache_for` answers, once there is a runtime to follow changes on.
-    fn fresh(&self, api: &Client, last_good: &Arc<LastGood>) -> Option<&Fresh> {
+    fn fresh(&self, api: &Client, last_good: &Arc<Answers>) -> Option<&Fresh> {
         let ttl = self.settings.cache_for?;
         Some(
             self.fresh
@@ -372,7 +372,7 @@ impl Shared {
     async fn ask_keygate(
         &self,
         api: &Client,
-        last_good: &LastGood,
+        last_good: &Answers,
         fresh: Option<&Fresh>,
         headers: &HeaderMap,
         client: Option<std::net::IpAddr>,
@@ -436,7 +436,7 @@ impl Shared {
         }
     }
 
-    fn last_good_answer(&self, last_good: &LastGood, hash: &KeyHash) -> Result<Authenticated, Refusal> {
+    fn last_good_answer(&self, last_good: &Answers, hash: &KeyHash) -> Result<Authenticated, Refusal> {
         match last_good.get(hash) {
             Some((verified, at)) if at.elapsed() <= self.settings.max_stale => Ok(Authenticated {
                 verified,
