@@ -1,6 +1,7 @@
 //! The checks of a request against a known key: steps 4 to 6 of the request flow.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -47,56 +48,65 @@ pub struct KeyAccess {
     /// Revoked or deleted: either way it answers `API_KEY_REVOKED`.
     revoked: bool,
     expires_at: Option<DateTime<Utc>>,
+    lists: Arc<AccessLists>,
+}
+
+/// A key's allowlist, scopes and roles. Many keys have the same ones, so a
+/// node's key cache keeps one copy of each distinct set
+/// (crates/keygate-engine/src/verifier/shares.rs; memory per cached key).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct AccessLists {
     ip_allowlist: IpAllowlist,
     scopes: Box<[String]>,
     /// Role names; what they grant is the config's (crates/keygate-core/src/role.rs).
     roles: Box<[String]>,
 }
 
-impl KeyAccess {
-    /// Takes the parts of a row it needs, without copying them.
-    pub fn new(
-        revoked: bool,
-        expires_at: Option<DateTime<Utc>>,
-        ip_allowlist: IpAllowlist,
-        scopes: Vec<String>,
-        roles: Vec<String>,
-    ) -> Self {
+impl AccessLists {
+    /// Takes the lists of a row, without copying them.
+    pub fn new(ip_allowlist: IpAllowlist, scopes: Vec<String>, roles: Vec<String>) -> Self {
         Self {
-            revoked,
-            expires_at,
             ip_allowlist,
             scopes: scopes.into_boxed_slice(),
             roles: roles.into_boxed_slice(),
         }
     }
+}
+
+impl KeyAccess {
+    pub fn new(revoked: bool, expires_at: Option<DateTime<Utc>>, lists: Arc<AccessLists>) -> Self {
+        Self {
+            revoked,
+            expires_at,
+            lists,
+        }
+    }
 
     /// A copy of what `key` says.
     pub fn of(key: &ApiKey) -> Self {
+        let lists = AccessLists::new(key.ip_allowlist.clone(), key.scopes.clone(), key.roles.clone());
         Self::new(
             key.revoked_at.is_some() || key.deleted_at.is_some(),
             key.expires_at,
-            key.ip_allowlist.clone(),
-            key.scopes.clone(),
-            key.roles.clone(),
+            Arc::new(lists),
         )
     }
 
     pub fn scopes(&self) -> &[String] {
-        &self.scopes
+        &self.lists.scopes
     }
 
     pub fn roles(&self) -> &[String] {
-        &self.roles
+        &self.lists.roles
     }
 
     /// What the key is granted under `roles`, the config's roles now.
     pub fn grants<'a>(&'a self, roles: &'a Roles) -> Grants<'a> {
-        Grants::new(&self.scopes, &self.roles, roles)
+        Grants::new(&self.lists.scopes, &self.lists.roles, roles)
     }
 
     pub fn ip_allowlist(&self) -> &IpAllowlist {
-        &self.ip_allowlist
+        &self.lists.ip_allowlist
     }
 
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
@@ -131,7 +141,7 @@ pub fn check_access(
     if workspace.disabled {
         return Err(Denial::WorkspaceDisabled);
     }
-    if !key.ip_allowlist.allows_opt(client_ip) || !workspace.ip_allowlist.allows_opt(client_ip) {
+    if !key.ip_allowlist().allows_opt(client_ip) || !workspace.ip_allowlist.allows_opt(client_ip) {
         return Err(Denial::IpNotAllowed);
     }
     if let Some(missing) = key.grants(roles).first_missing(required_scopes) {

@@ -16,7 +16,7 @@ pub enum AllowlistError {
 }
 
 /// Networks a client IP must fall into. Empty means "any address".
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct IpAllowlist(Vec<IpNet>);
 
 impl IpAllowlist {

@@ -26,7 +26,7 @@ pub mod secrets;
 pub mod throttle;
 pub mod webhook;
 
-pub use decision::{check_access, Denial, KeyAccess};
+pub use decision::{check_access, AccessLists, Denial, KeyAccess};
 pub use error::{ErrorCatalog, ErrorCode, ErrorFormat, ErrorInstance, RenderedError};
 pub use key::{KeyFormat, KeyHash, MalformedKey, ParsedKey, PlaintextKey};
 pub use model::{ApiKey, KeyStatus, Workspace};

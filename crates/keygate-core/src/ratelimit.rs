@@ -29,7 +29,7 @@
 //! 61 buckets per active limit (only the buckets that hold requests) to keep
 //! that promise exactly.
 
-use std::collections::VecDeque;
+use smallvec::SmallVec;
 
 /// Buckets per window: the granularity is 1/60 of the window.
 pub const BUCKETS: u64 = 60;
@@ -171,8 +171,11 @@ pub struct Bucket {
 /// time it has seen is treated as that time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counter {
-    /// Indices and newest times increasing, every count above zero.
-    buckets: VecDeque<Bucket>,
+    /// Indices and newest times increasing, every count above zero. A key
+    /// seen now and then holds one bucket: it is kept inline, with no
+    /// allocation of its own. At most 61 (a window's buckets plus the one
+    /// leaving), so dropping the oldest by moving the rest down is cheap.
+    buckets: SmallVec<[Bucket; 1]>,
     /// Sum of the counts in `buckets`.
     total: u64,
     /// The latest time seen.
@@ -188,7 +191,7 @@ impl Counter {
         for bucket in buckets {
             counter.total = counter.total.saturating_add(bucket.count);
             counter.latest_ms = counter.latest_ms.max(bucket.newest_ms);
-            counter.buckets.push_back(bucket);
+            counter.buckets.push(bucket);
         }
         let latest = counter.latest_ms;
         counter.advance(rule, latest);
@@ -209,12 +212,16 @@ impl Counter {
     /// Drops the buckets whose newest request has left the window.
     fn advance(&mut self, rule: &Rule, now_ms: u64) {
         let now = self.now(now_ms);
-        while let Some(front) = self.buckets.front() {
-            if rule.leaves_at(front.newest_ms) > now {
-                break;
-            }
-            self.total = self.total.saturating_sub(front.count);
-            self.buckets.pop_front();
+        let left = self
+            .buckets
+            .iter()
+            .take_while(|bucket| rule.leaves_at(bucket.newest_ms) <= now)
+            .fold((0, 0u64), |(n, count), bucket| {
+                (n + 1, count.saturating_add(bucket.count))
+            });
+        if left.0 > 0 {
+            self.buckets.drain(..left.0);
+            self.total = self.total.saturating_sub(left.1);
         }
         self.latest_ms = now;
     }
@@ -232,18 +239,13 @@ impl Counter {
         }
         let now = self.latest_ms;
         let index = rule.bucket_of(now);
-        match self.buckets.back_mut() {
+        match self.buckets.last_mut() {
             Some(last) if last.index == index => {
                 last.count = last.count.saturating_add(cost);
                 last.newest_ms = now;
             }
             _ => {
-                // A key seen now and then holds one bucket: room for one,
-                // not the default four (memory per cached key, issue 18).
-                if self.buckets.capacity() == 0 {
-                    self.buckets.reserve_exact(1);
-                }
-                self.buckets.push_back(Bucket {
+                self.buckets.push(Bucket {
                     index,
                     count: cost,
                     newest_ms: now,
@@ -296,7 +298,7 @@ impl Counter {
         if self.live(rule, now_ms) == 0 {
             return now_ms;
         }
-        match self.buckets.front() {
+        match self.buckets.first() {
             Some(oldest) => rule.leaves_at(oldest.newest_ms),
             None => now_ms,
         }
@@ -546,6 +548,15 @@ mod tests {
     #[test]
     fn a_rule_stays_small() {
         assert_eq!(std::mem::size_of::<Rule>(), 40, "copied into every decision");
+    }
+
+    #[test]
+    fn a_counter_holds_its_one_bucket_inline() {
+        let rule = Rule::new(10, MINUTE);
+        let mut counter = Counter::default();
+        counter.add(&rule, 1_000, 1);
+        assert!(!counter.buckets.spilled(), "no allocation for a key seen now and then");
+        assert_eq!(std::mem::size_of::<Counter>(), 48);
     }
     use proptest::prelude::*;
     use std::collections::VecDeque;

@@ -34,21 +34,34 @@ use keygate_store::sqlite::SqliteStore;
 /// Live heap bytes: allocations minus frees.
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
+/// Live allocations by size (the last slot counts every larger one), for
+/// the breakdown `CACHE_MEMORY_SIZES=1` prints: which allocations each key adds.
+static BY_SIZE: [AtomicIsize; SIZES] = [const { AtomicIsize::new(0) }; SIZES];
+const SIZES: usize = 2049;
+
+fn count_size(size: usize, delta: isize) {
+    BY_SIZE[size.min(SIZES - 1)].fetch_add(delta, Ordering::Relaxed);
+}
+
 struct Counting;
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        count_size(layout.size(), 1);
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        count_size(layout.size(), -1);
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        count_size(layout.size(), -1);
+        count_size(new_size, 1);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -137,6 +150,7 @@ async fn measure(count: usize) {
     let created_in = started.elapsed();
     let scopes = ["bench:read".to_owned()];
     let (before, resident_before) = (LIVE.load(Ordering::Relaxed), resident_bytes());
+    let sizes_before: Vec<isize> = BY_SIZE.iter().map(|n| n.load(Ordering::Relaxed)).collect();
     for key in &keys {
         let request = VerifyRequest {
             required_scopes: &scopes,
@@ -153,6 +167,24 @@ async fn measure(count: usize) {
         grown / count as isize,
         resident / count as isize
     );
+    if std::env::var_os("CACHE_MEMORY_SIZES").is_some() {
+        print_sizes(&sizes_before, count);
+    }
+}
+
+/// Each allocation size that grew by at least one in ten keys: how many per
+/// key, and the bytes per key they make.
+fn print_sizes(before: &[isize], count: usize) {
+    for (size, (now, before)) in BY_SIZE.iter().zip(before).enumerate() {
+        let grown = now.load(Ordering::Relaxed) - before;
+        if grown.unsigned_abs() * 10 >= count {
+            let per_key = grown as f64 / count as f64;
+            println!(
+                "  {size:>5} bytes x {per_key:.2} per key = {:.0} bytes",
+                per_key * size as f64
+            );
+        }
+    }
 }
 
 /// The process's resident set (Linux), in bytes.

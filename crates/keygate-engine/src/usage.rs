@@ -16,6 +16,7 @@ use parking_lot::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use keygate_store::{LastUse, NewEvent, Store, StoreError, UsageBatch, UsageCount, UsageCutoffs};
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use crate::context::Context;
 use crate::metrics::StoreOperation;
@@ -71,8 +72,9 @@ pub struct KeyTally(Mutex<TallyState>);
 
 #[derive(Debug, Default)]
 struct TallyState {
-    /// (minute, outcome, count): one or two entries between flushes.
-    counts: Vec<(i64, &'static str, u64)>,
+    /// (minute, outcome, count): usually one entry between flushes, kept
+    /// inline with no allocation of its own (memory per cached key, issue 18).
+    counts: SmallVec<[(i64, &'static str, u64); 1]>,
     last_use: Option<(DateTime<Utc>, IpAddr)>,
     /// In the recorder's list of tallies to flush.
     queued: bool,
@@ -200,14 +202,7 @@ impl UsageRecorder {
         let mut state = holder.tally().state();
         match state.counts.iter_mut().find(|(m, o, _)| *m == minute && *o == outcome) {
             Some((_, _, count)) => *count += 1,
-            None => {
-                // Usually the only entry until the next flush: room for one,
-                // not the default four (memory per cached key, issue 18).
-                if state.counts.capacity() == 0 {
-                    state.counts.reserve_exact(1);
-                }
-                state.counts.push((minute, outcome, 1));
-            }
+            None => state.counts.push((minute, outcome, 1)),
         }
         if let Some(ip) = client_ip {
             if state.last_use.is_none_or(|(at, _)| now >= at) {

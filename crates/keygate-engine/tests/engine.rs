@@ -338,9 +338,9 @@ async fn the_cached_keys_of_one_workspace_share_one_copy_of_it() {
         let (_, plaintext) = f.engine.admin().create_key(&Actor::cli(), &ws.id, new).await.unwrap();
         keys.push(plaintext.expose().to_owned());
     }
-    let first = cached_workspaces(&f.engine, &keys).await;
-    assert!(Arc::ptr_eq(&first[0], &first[1]), "one copy for both keys");
-    assert_eq!(first[0].name, "Acme");
+    let first = cached_keys(&f.engine, &keys).await;
+    assert!(std::ptr::eq(first[0].workspace(), first[1].workspace()), "one copy for both keys");
+    assert_eq!(first[0].workspace().name, "Acme");
 
     let patch = keygate_engine::admin::WorkspacePatch {
         name: Some("Acme Corp".into()),
@@ -351,18 +351,18 @@ async fn the_cached_keys_of_one_workspace_share_one_copy_of_it() {
         .update_workspace(&Actor::cli(), &ws.id, patch)
         .await
         .unwrap();
-    let renamed = cached_workspaces(&f.engine, &keys).await;
-    assert_eq!(renamed[0].name, "Acme Corp", "a changed workspace is read anew");
-    assert!(Arc::ptr_eq(&renamed[0], &renamed[1]), "and shared again");
-    assert!(!Arc::ptr_eq(&first[0], &renamed[0]));
+    let renamed = cached_keys(&f.engine, &keys).await;
+    assert_eq!(renamed[0].workspace().name, "Acme Corp", "a changed workspace is read anew");
+    assert!(std::ptr::eq(renamed[0].workspace(), renamed[1].workspace()), "and shared again");
+    assert!(!std::ptr::eq(first[0].workspace(), renamed[0].workspace()));
 }
 
-/// The workspace each key was verified with.
-async fn cached_workspaces(engine: &Engine, keys: &[String]) -> Vec<Arc<keygate_core::model::Workspace>> {
+/// Each key as it was verified, with the workspace it was verified with.
+async fn cached_keys(engine: &Engine, keys: &[String]) -> Vec<Arc<keygate_engine::CachedKey>> {
     let mut seen = Vec::new();
     for key in keys {
         let verified = engine.verifier().verify(request(key, None)).await.unwrap();
-        seen.push(verified.key.workspace().clone());
+        seen.push(verified.key);
     }
     seen
 }

@@ -6,7 +6,7 @@
 //! request reads one. The whole `ApiKey` row was 504 bytes inline plus about
 //! ten strings; a decision reads five of its fields.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
 use keygate_core::credits::CreditSpec;
@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use smallvec::SmallVec;
 
+use super::shares::{SharedWorkspace, Shares};
 use super::MemoizedChecks;
 use crate::usage::{KeyTally, Tallied};
 
@@ -27,7 +28,7 @@ pub struct CachedKey {
     /// The same `Arc` as `id` for a key that was never rotated.
     lineage_id: Arc<str>,
     workspace: SharedWorkspace,
-    environment: Box<str>,
+    environment: Arc<str>,
     access: KeyAccess,
     limits: Box<[LimitSpec]>,
     /// When the store last confirmed this key (Unix ms, engine clock).
@@ -41,55 +42,64 @@ pub struct CachedKey {
     profile: Box<KeyProfile>,
 }
 
-/// A workspace and its id as an `Arc<str>`, both shared by the cached keys
-/// of the workspace (`WorkspaceShare` in crates/keygate-engine/src/verifier/mod.rs).
-#[derive(Debug, Clone)]
-pub(crate) struct SharedWorkspace {
-    pub(crate) workspace: Arc<Workspace>,
-    pub(crate) id: Arc<str>,
-}
-
-impl SharedWorkspace {
-    pub(crate) fn new(workspace: Workspace) -> Self {
-        let id = Arc::from(workspace.id.as_str());
-        Self {
-            workspace: Arc::new(workspace),
-            id,
-        }
-    }
-}
-
 /// The fields of the row no decision reads, shown by `whoami` and the
 /// verify API's key view. A view is only made of an admitted key, so the
 /// revocation and deletion times (always empty there) and the hash (never
-/// shown) are not kept.
+/// shown) are not kept. What most keys have is kept here; what few have is
+/// boxed apart, so a key without it pays one empty pointer (memory per
+/// cached key, BENCHMARKS.md).
 #[derive(Debug)]
 struct KeyProfile {
     name: Box<str>,
     hint: Box<str>,
-    metadata: Map<String, Value>,
+    created_by: Option<Arc<str>>,
+    last_used_ip: Option<Box<str>>,
     created_at: DateTime<Utc>,
     last_used_at: Option<DateTime<Utc>>,
-    created_by: Option<Box<str>>,
-    last_used_ip: Option<Box<str>>,
+    /// Imported, not in this deployment's format (`ApiKey::legacy`).
+    legacy: bool,
+    rare: Option<Box<RareProfile>>,
+}
+
+/// Metadata, rotation and a key's own credits: empty for most keys.
+#[derive(Debug, Default, PartialEq)]
+struct RareProfile {
+    metadata: Map<String, Value>,
     rotated_from: Option<Box<str>>,
     rotated_to: Option<Box<str>>,
     /// The key's own credits (read once per memoized limit set).
-    credits: Option<Box<CreditSpec>>,
-    /// Where its credit periods start (`ApiKey::credits_origin`), Unix ms.
-    credits_origin_ms: i64,
-    /// Imported, not in this deployment's format (`ApiKey::legacy`).
-    legacy: bool,
+    credits: Option<CreditSpec>,
+    /// When its credits were last set (`ApiKey::credits_set_at`); its
+    /// credit periods start there, or at its creation when never set.
+    credits_set_at: Option<DateTime<Utc>>,
 }
+
+impl RareProfile {
+    /// `None` when the key has none of it.
+    fn of(key: &mut ApiKey) -> Option<Box<Self>> {
+        let rare = Self {
+            metadata: std::mem::take(&mut key.metadata),
+            rotated_from: boxed(key.rotated_from.take()),
+            rotated_to: boxed(key.rotated_to.take()),
+            credits: key.credits.take(),
+            credits_set_at: key.credits_set_at,
+        };
+        (rare != Self::default()).then(|| Box::new(rare))
+    }
+}
+
+/// What [`CachedKey::metadata`] shows of a key without metadata.
+static NO_METADATA: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
 
 fn boxed(text: Option<String>) -> Option<Box<str>> {
     text.map(String::into_boxed_str)
 }
 
 impl CachedKey {
-    /// Takes the row apart; `workspace` is the shared copy of its workspace.
-    pub(crate) fn new(key: ApiKey, workspace: SharedWorkspace, loaded_at: DateTime<Utc>) -> Self {
-        let credits_origin_ms = key.credits_origin().timestamp_millis();
+    /// Takes the row apart; what other keys share comes from `shares`.
+    pub(crate) fn new(mut key: ApiKey, workspace: Workspace, shares: &Shares, loaded_at: DateTime<Utc>) -> Self {
+        let rare = RareProfile::of(&mut key);
+        let lists = shares.access_lists(&mut key);
         let id: Arc<str> = Arc::from(key.id);
         let lineage_id = if *key.lineage_id == *id {
             id.clone()
@@ -100,9 +110,9 @@ impl CachedKey {
         Self {
             id,
             lineage_id,
-            workspace,
-            environment: key.environment.into_boxed_str(),
-            access: KeyAccess::new(revoked, key.expires_at, key.ip_allowlist, key.scopes, key.roles),
+            workspace: shares.workspace(workspace),
+            environment: shares.name(key.environment),
+            access: KeyAccess::new(revoked, key.expires_at, lists),
             limits: key.limits.into_boxed_slice(),
             loaded_at_ms: loaded_at.timestamp_millis(),
             limit_checks: Mutex::new((0, SmallVec::new())),
@@ -110,16 +120,12 @@ impl CachedKey {
             profile: Box::new(KeyProfile {
                 name: key.name.into_boxed_str(),
                 hint: key.hint.into_boxed_str(),
-                metadata: key.metadata,
+                created_by: key.created_by.map(|actor| shares.name(actor)),
+                last_used_ip: boxed(key.last_used_ip),
                 created_at: key.created_at,
                 last_used_at: key.last_used_at,
-                created_by: boxed(key.created_by),
-                last_used_ip: boxed(key.last_used_ip),
-                rotated_from: boxed(key.rotated_from),
-                rotated_to: boxed(key.rotated_to),
-                credits: key.credits.map(Box::new),
-                credits_origin_ms,
                 legacy: key.legacy,
+                rare,
             }),
         }
     }
@@ -133,12 +139,12 @@ impl CachedKey {
         &self.lineage_id
     }
 
-    pub fn workspace(&self) -> &Arc<Workspace> {
-        &self.workspace.workspace
+    pub fn workspace(&self) -> &Workspace {
+        self.workspace.workspace()
     }
 
     pub fn workspace_id(&self) -> &Arc<str> {
-        &self.workspace.id
+        self.workspace.id()
     }
 
     pub fn environment(&self) -> &str {
@@ -183,12 +189,17 @@ impl CachedKey {
 
     /// The key's own credits, if it has them (not its workspace's or plan's).
     pub fn own_credits(&self) -> Option<&CreditSpec> {
-        self.profile.credits.as_deref()
+        self.rare()?.credits.as_ref()
     }
 
-    /// Where the key's credit periods start, Unix ms.
+    /// Where the key's credit periods start, Unix ms (`ApiKey::credits_origin`).
     pub fn credits_origin_ms(&self) -> u64 {
-        u64::try_from(self.profile.credits_origin_ms).unwrap_or(0)
+        let origin = self.rare().and_then(|rare| rare.credits_set_at);
+        u64::try_from(origin.unwrap_or(self.profile.created_at).timestamp_millis()).unwrap_or(0)
+    }
+
+    fn rare(&self) -> Option<&RareProfile> {
+        self.profile.rare.as_deref()
     }
 
     pub(crate) fn loaded_at_ms(&self) -> i64 {
@@ -196,7 +207,7 @@ impl CachedKey {
     }
 
     pub fn metadata(&self) -> &Map<String, Value> {
-        &self.profile.metadata
+        self.rare().map_or(&*NO_METADATA, |rare| &rare.metadata)
     }
 
     /// Who created it: an admin key's id, `cli` or a dashboard user.
@@ -211,7 +222,10 @@ impl CachedKey {
 
     /// The key it replaced and the key that replaced it (rotation).
     pub fn rotation(&self) -> (Option<&str>, Option<&str>) {
-        (self.profile.rotated_from.as_deref(), self.profile.rotated_to.as_deref())
+        match self.rare() {
+            Some(rare) => (rare.rotated_from.as_deref(), rare.rotated_to.as_deref()),
+            None => (None, None),
+        }
     }
 }
 
@@ -225,7 +239,7 @@ impl Tallied for CachedKey {
     }
 
     fn workspace_id(&self) -> &Arc<str> {
-        &self.workspace.id
+        self.workspace.id()
     }
 }
 
@@ -271,8 +285,8 @@ mod tests {
         }
     }
 
-    fn workspace() -> SharedWorkspace {
-        SharedWorkspace::new(Workspace {
+    fn workspace() -> Workspace {
+        Workspace {
             id: "ws_1".into(),
             name: "Acme".into(),
             plan: None,
@@ -283,13 +297,17 @@ mod tests {
             leak_policy: None,
             created_at: at(0),
             updated_at: at(0),
-        })
+        }
+    }
+
+    fn cache_row(key: ApiKey, loaded_at: DateTime<Utc>) -> CachedKey {
+        CachedKey::new(key, workspace(), &Shares::default(), loaded_at)
     }
 
     #[test]
     fn what_a_view_shows_is_kept() {
-        let cached = CachedKey::new(row(), workspace(), at(40));
         let key = row();
+        let cached = cache_row(row(), at(40));
         assert_eq!(cached.access(), &KeyAccess::of(&key));
         assert_eq!((&**cached.id(), &**cached.workspace_id()), ("key_2", "ws_1"));
         assert_eq!(
@@ -306,12 +324,63 @@ mod tests {
     }
 
     #[test]
+    fn a_key_with_no_metadata_rotation_or_credits_keeps_none_of_them() {
+        let mut plain = row();
+        plain.metadata = Map::new();
+        (plain.rotated_from, plain.rotated_to) = (None, None);
+        let cached = cache_row(plain, at(40));
+        assert!(cached.profile.rare.is_none());
+        assert!(cached.metadata().is_empty());
+        assert_eq!(cached.rotation(), (None, None));
+        assert_eq!(cached.own_credits(), None);
+        assert_eq!(cached.credits_origin_ms(), 1_700_000_000_000);
+    }
+
+    #[test]
+    fn credit_periods_start_when_credits_were_set() {
+        let mut key = row();
+        key.credits = Some(serde_json::from_value(serde_json::json!({"remaining": 100})).unwrap());
+        key.credits_set_at = Some(at(5));
+        let cached = cache_row(key.clone(), at(40));
+        assert_eq!(cached.own_credits(), key.credits.as_ref());
+        assert_eq!(cached.credits_origin_ms(), 1_700_000_005_000);
+    }
+
+    #[test]
+    fn keys_of_one_workspace_with_the_same_lists_share_them() {
+        let shares = Shares::default();
+        let other_scopes = ApiKey {
+            scopes: vec!["invoices:write".into()],
+            ..row()
+        };
+        let [a, b, c] = [row(), row(), other_scopes].map(|key| CachedKey::new(key, workspace(), &shares, at(0)));
+        assert!(std::ptr::eq(a.scopes(), b.scopes()));
+        assert!(std::ptr::eq(a.workspace(), c.workspace()));
+        assert!(std::ptr::eq(a.environment(), c.environment()));
+        assert!(std::ptr::eq(a.created_by().unwrap(), c.created_by().unwrap()));
+        assert!(!std::ptr::eq(a.scopes(), c.scopes()));
+        assert_eq!(
+            (a.access(), c.scopes()),
+            (&KeyAccess::of(&row()), &["invoices:write".to_owned()][..])
+        );
+    }
+
+    /// Every cached key pays these (memory per cached key, BENCHMARKS.md):
+    /// a field added here should be worth its bytes.
+    #[test]
+    fn a_cached_key_stays_small() {
+        assert!(std::mem::size_of::<CachedKey>() <= 272);
+        assert!(std::mem::size_of::<KeyProfile>() <= 104);
+        assert!(std::mem::size_of::<KeyAccess>() <= 24);
+    }
+
+    #[test]
     fn a_key_never_rotated_shares_its_id_as_its_lineage() {
         let mut first = row();
         first.lineage_id = first.id.clone();
-        let cached = CachedKey::new(first, workspace(), at(0));
-        assert!(Arc::ptr_eq(cached.id(), cached.lineage_id()));
-        let rotated = CachedKey::new(row(), workspace(), at(0));
+        let first = cache_row(first, at(0));
+        assert!(Arc::ptr_eq(first.id(), first.lineage_id()));
+        let rotated = cache_row(row(), at(0));
         assert_eq!(&**rotated.lineage_id(), "key_1");
     }
 }

@@ -13,7 +13,6 @@ use keygate_limiter::{Charge, CounterKey, LimitCheck, LimiterError, Permit, Perm
 use crate::credits::CreditLedger;
 use std::sync::{Arc, LazyLock};
 
-use super::cached_key::SharedWorkspace;
 use super::{default_resources, CachedKey, LimitMode, Verifier, VerifyRequest};
 
 /// A key's credits as they stand.
@@ -325,7 +324,7 @@ impl Verifier {
     /// not answer.
     pub async fn credit_balance(&self, key: ApiKey, workspace: Workspace) -> Option<CreditBalance> {
         let now = self.context.clock_now();
-        let cached = CachedKey::new(key, SharedWorkspace::new(workspace), now);
+        let cached = CachedKey::new(key, workspace, &self.shares, now);
         let check = credits_check(self.plans().of(cached.workspace().plan.as_ref()), &cached)?;
         self.restore_credits(&cached, now).await;
         let decision = self

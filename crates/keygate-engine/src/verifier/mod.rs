@@ -8,13 +8,14 @@ mod cached_key;
 mod changes;
 mod forgotten;
 pub(crate) mod limits;
+mod shares;
 pub(crate) mod store_health;
 
 pub use cached_key::CachedKey;
-use cached_key::SharedWorkspace;
 pub use changes::Hearing;
 use limits::LimitSet;
 pub use limits::RateLimits;
+use shares::Shares;
 pub use store_health::StoreStatus;
 
 use std::net::IpAddr;
@@ -29,7 +30,6 @@ use chrono::{DateTime, Utc};
 use keygate_core::error::ErrorInstance;
 use keygate_core::legacy::Presented;
 use keygate_core::limits::DEFAULT_RESOURCE;
-use keygate_core::model::Workspace;
 use keygate_core::role::Roles;
 use keygate_core::throttle::{FailurePolicy, FailureWindow};
 use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
@@ -107,33 +107,6 @@ static DEFAULT_RESOURCES: LazyLock<[String; 1]> = LazyLock::new(|| [DEFAULT_RESO
 /// The resources of a request that names none.
 pub fn default_resources() -> &'static [String] {
     &*DEFAULT_RESOURCES
-}
-
-/// One copy of each workspace for all its cached keys: a workspace with
-/// 100,000 keys is held once, not 100,000 times (memory per cached key,
-/// issue 18). A read that returns the workspace as it is kept gets the kept
-/// copy; a changed workspace replaces it, and keys cached before the change
-/// keep the copy they were read with until they leave the cache, as before.
-pub(crate) struct WorkspaceShare(quick_cache::sync::Cache<String, SharedWorkspace>);
-
-impl WorkspaceShare {
-    /// Workspaces kept at most; one beyond is read into a copy of its own.
-    const CAPACITY: usize = 65_536;
-
-    fn new() -> Self {
-        Self(quick_cache::sync::Cache::new(Self::CAPACITY))
-    }
-
-    fn share(&self, read: Workspace) -> SharedWorkspace {
-        if let Some(kept) = self.0.get(&read.id) {
-            if *kept.workspace == read {
-                return kept;
-            }
-        }
-        let shared = SharedWorkspace::new(read);
-        self.0.insert(shared.workspace.id.clone(), shared.clone());
-        shared
-    }
 }
 
 /// An admitted request: who it is, how its limits stand, and the concurrency
@@ -226,7 +199,8 @@ pub struct Verifier {
     /// decided on the engine's clock (`is_fresh`, `reload`), and capacity
     /// bounds memory.
     cache: quick_cache::sync::Cache<KeyHash, Arc<CachedKey>>,
-    workspaces: WorkspaceShare,
+    /// Workspaces and access lists, one copy each for the cached keys.
+    shares: Shares,
     /// Bumped by every eviction, so a store read that raced with one is not cached.
     evictions: AtomicU64,
     /// What this cache dropped, numbered, for followers outside the node
@@ -283,7 +257,7 @@ impl Verifier {
             credits: CreditLedger::new(!limiter.keeps_counts()),
             limiter,
             cache,
-            workspaces: WorkspaceShare::new(),
+            shares: Shares::default(),
             evictions: AtomicU64::new(0),
             forgotten: Box::new(forgotten::ForgetLog::new()),
             unknown,
@@ -527,7 +501,7 @@ impl Verifier {
         let Some((key, workspace)) = found else {
             return Ok(None);
         };
-        let cached = Arc::new(CachedKey::new(key, self.workspaces.share(workspace), now));
+        let cached = Arc::new(CachedKey::new(key, workspace, &self.shares, now));
         // Before the key is cached, so no request spends from a balance
         // that is not back yet.
         self.restore_credits(&cached, now).await;
