@@ -151,7 +151,7 @@ mod tests {
     }
 
     fn spend(ledger: &CreditLedger, checks: &[LimitCheck], counters: &mut [Counter], at: u64, cost: u64) {
-        let mut limits: Vec<(Rule, &mut Counter)> = checks.iter().map(|c| c.rule).zip(counters.iter_mut()).collect();
+        let mut limits: Vec<(Rule, &mut Counter)> = checks.iter().map(|c| *c.rule).zip(counters.iter_mut()).collect();
         let decision = decide(&mut limits, at, cost, true);
         ledger.record(checks, &decision);
     }

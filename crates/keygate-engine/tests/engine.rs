@@ -141,6 +141,24 @@ async fn replaced_plans_limit_a_cached_key_from_its_next_request() {
 }
 
 #[tokio::test]
+async fn the_keys_of_one_plan_share_its_rules_and_count_apart() {
+    let f = fixture().await;
+    f.engine.verifier().replace_plans(default_plan_of(1));
+    let ((_, a), (_, b)) = (new_key(&f.engine).await, new_key(&f.engine).await);
+    let checks_of = |verified: keygate_engine::Verified| verified.limits.unwrap().checks;
+    let a_checks = checks_of(f.engine.verifier().verify(request(&a, None)).await.unwrap());
+    let b_checks = checks_of(f.engine.verifier().verify(request(&b, None)).await.unwrap());
+    assert!(Arc::ptr_eq(&a_checks[0].rule, &b_checks[0].rule), "one copy of the rule");
+    assert_ne!(a_checks[0].key, b_checks[0].key, "a counter each");
+    for key in [&a, &b] {
+        assert_eq!(
+            code(f.engine.verifier().verify(request(key, None)).await),
+            Some(ErrorCode::RateLimitExceeded)
+        );
+    }
+}
+
+#[tokio::test]
 async fn unknown_hashes_are_remembered() {
     let f = fixture().await;
     let unknown = KeyFormat::new("kg", &["live".into()])

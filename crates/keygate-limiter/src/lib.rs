@@ -48,7 +48,9 @@ impl CounterKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LimitCheck {
     pub key: CounterKey,
-    pub rule: Rule,
+    /// Shared by the checks of every key with the same limit (memory per
+    /// cached key: crates/keygate-engine/src/verifier/shares.rs).
+    pub rule: Arc<Rule>,
     /// Where [`memory::MemoryLimiter`] last found this check's counter: a
     /// check memoized with a cached key goes straight to it, without hashing
     /// `key` into the counter table (a cold table slot and a cold owner
@@ -60,10 +62,10 @@ pub struct LimitCheck {
 }
 
 impl LimitCheck {
-    pub fn new(key: CounterKey, rule: Rule) -> Self {
+    pub fn new(key: CounterKey, rule: impl Into<Arc<Rule>>) -> Self {
         Self {
             key,
-            rule,
+            rule: rule.into(),
             counter: memory::CounterCell::default(),
             slot: None,
         }

@@ -229,7 +229,7 @@ fn decide_locked(
     let mut limits: Few<(Rule, &mut Counter)> = checks
         .iter()
         .zip(guards.iter_mut())
-        .filter_map(|(check, guard)| guard.as_deref_mut().map(|slot| (check.rule, &mut slot.counter)))
+        .filter_map(|(check, guard)| guard.as_deref_mut().map(|slot| (*check.rule, &mut slot.counter)))
         .collect();
     match charge {
         Charge::Force => charge_anyway(&mut limits, now_ms, cost),

@@ -546,7 +546,7 @@ fn decision_of(request: Request<'_>, now_ms: u64, allowed: bool, live: &[Value])
         .checks
         .iter()
         .zip(live)
-        .map(|(check, live)| Ok((check.rule, Counter::from_buckets(&check.rule, buckets(live)?))))
+        .map(|(check, live)| Ok((*check.rule, Counter::from_buckets(&check.rule, buckets(live)?))))
         .collect::<Result<_, LimiterError>>()?;
     let mut limits: Vec<(Rule, &mut Counter)> = counters.iter_mut().map(|(rule, c)| (*rule, c)).collect();
     let decision = decide(

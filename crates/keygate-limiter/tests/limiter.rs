@@ -270,7 +270,7 @@ async fn backends_agree_on_shadow_limits() {
     let enforced = check(&owner, 100, MINUTE);
     let mut shadow = check(&owner, 3, MINUTE);
     shadow.key.resource = Arc::from("default~shadow");
-    shadow.rule = shadow.rule.in_shadow();
+    shadow.rule = shadow.rule.in_shadow().into();
     let checks = vec![enforced, shadow];
     for limiter in [&memory as &dyn Limiter, &redis] {
         let mut would_refuse = 0;

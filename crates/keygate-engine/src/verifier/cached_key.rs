@@ -30,7 +30,6 @@ pub struct CachedKey {
     workspace: SharedWorkspace,
     environment: Arc<str>,
     access: KeyAccess,
-    limits: Box<[LimitSpec]>,
     /// When the store last confirmed this key (Unix ms, engine clock).
     loaded_at_ms: i64,
     /// Limit checks per resource list, computed on first use for one
@@ -61,10 +60,12 @@ struct KeyProfile {
     rare: Option<Box<RareProfile>>,
 }
 
-/// Metadata, rotation and a key's own credits: empty for most keys.
+/// Metadata, rotation and a key's own limits and credits: empty for most
+/// keys. The limits are read once per memoized limit set, not per request.
 #[derive(Debug, Default, PartialEq)]
 struct RareProfile {
     metadata: Map<String, Value>,
+    limits: Box<[LimitSpec]>,
     rotated_from: Option<Box<str>>,
     rotated_to: Option<Box<str>>,
     /// The key's own credits (read once per memoized limit set).
@@ -79,6 +80,7 @@ impl RareProfile {
     fn of(key: &mut ApiKey) -> Option<Box<Self>> {
         let rare = Self {
             metadata: std::mem::take(&mut key.metadata),
+            limits: std::mem::take(&mut key.limits).into_boxed_slice(),
             rotated_from: boxed(key.rotated_from.take()),
             rotated_to: boxed(key.rotated_to.take()),
             credits: key.credits.take(),
@@ -113,7 +115,6 @@ impl CachedKey {
             workspace: shares.workspace(workspace),
             environment: shares.name(key.environment),
             access: KeyAccess::new(revoked, key.expires_at, lists),
-            limits: key.limits.into_boxed_slice(),
             loaded_at_ms: loaded_at.timestamp_millis(),
             limit_checks: Mutex::new((0, SmallVec::new())),
             usage: KeyTally::default(),
@@ -166,7 +167,7 @@ impl CachedKey {
 
     /// The key's own limit overrides.
     pub fn limits(&self) -> &[LimitSpec] {
-        &self.limits
+        self.rare().map_or(&[], |rare| &rare.limits)
     }
 
     pub fn name(&self) -> &str {
@@ -324,15 +325,16 @@ mod tests {
     }
 
     #[test]
-    fn a_key_with_no_metadata_rotation_or_credits_keeps_none_of_them() {
+    fn a_key_with_no_metadata_rotation_limits_or_credits_keeps_none_of_them() {
         let mut plain = row();
         plain.metadata = Map::new();
+        plain.limits = vec![];
         (plain.rotated_from, plain.rotated_to) = (None, None);
         let cached = cache_row(plain, at(40));
         assert!(cached.profile.rare.is_none());
         assert!(cached.metadata().is_empty());
         assert_eq!(cached.rotation(), (None, None));
-        assert_eq!(cached.own_credits(), None);
+        assert_eq!((cached.own_credits(), cached.limits()), (None, &[][..]));
         assert_eq!(cached.credits_origin_ms(), 1_700_000_000_000);
     }
 
@@ -369,7 +371,7 @@ mod tests {
     /// a field added here should be worth its bytes.
     #[test]
     fn a_cached_key_stays_small() {
-        assert!(std::mem::size_of::<CachedKey>() <= 272);
+        assert!(std::mem::size_of::<CachedKey>() <= 256);
         assert!(std::mem::size_of::<KeyProfile>() <= 104);
         assert!(std::mem::size_of::<KeyAccess>() <= 24);
     }

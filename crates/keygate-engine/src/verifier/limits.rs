@@ -13,6 +13,7 @@ use keygate_limiter::{Charge, CounterKey, LimitCheck, LimiterError, Permit, Perm
 use crate::credits::CreditLedger;
 use std::sync::{Arc, LazyLock};
 
+use super::shares::Shares;
 use super::{default_resources, CachedKey, LimitMode, Verifier, VerifyRequest};
 
 /// A key's credits as they stand.
@@ -106,7 +107,7 @@ impl Verifier {
         let plan = plans.of(cached.workspace().plan.as_ref());
         let mut checks: Vec<LimitCheck> = Vec::new();
         for resource in resources {
-            for check in compute_limit_checks(plan, cached, resource) {
+            for check in compute_limit_checks(plan, cached, resource, &self.shares) {
                 // A resource without limits of its own falls back to
                 // `default`'s: stacked with `default`, they count once.
                 if !checks.iter().any(|c| c.key == check.key) {
@@ -439,7 +440,13 @@ fn credits_check(plan: Option<&Plan>, cached: &CachedKey) -> Option<LimitCheck> 
 
 /// The counters a request to `resource` charges: per key lineage (so
 /// rotation keeps them) or per workspace for `scope = "workspace"` limits.
-fn compute_limit_checks(plan: Option<&Plan>, cached: &CachedKey, resource: &str) -> Vec<LimitCheck> {
+/// Their rules come from `shares`: the keys of a plan hold one copy.
+fn compute_limit_checks(
+    plan: Option<&Plan>,
+    cached: &CachedKey,
+    resource: &str,
+    shares: &Shares,
+) -> Vec<LimitCheck> {
     let plan_limits = plan.map_or(&[][..], |plan| &plan.limits[..]);
     effective_limits(plan_limits, &cached.workspace().limits, cached.limits(), resource)
         .into_iter()
@@ -463,7 +470,7 @@ fn compute_limit_checks(plan: Option<&Plan>, cached: &CachedKey, resource: &str)
                     resource,
                     window_ms,
                 },
-                rule,
+                shares.rule(rule),
             ))
         })
         .collect()

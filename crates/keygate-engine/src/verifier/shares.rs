@@ -7,9 +7,12 @@
 //! read with until they leave the cache, as before. Past each table's
 //! capacity a read gets a copy of its own: correct, only larger.
 
+use std::borrow::Borrow;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use keygate_core::model::{ApiKey, Workspace};
+use keygate_core::ratelimit::Rule;
 use keygate_core::AccessLists;
 
 /// A workspace and its id as an `Arc<str>` (usage rows and workspace-scoped
@@ -33,28 +36,49 @@ impl SharedWorkspace {
     }
 }
 
+/// One copy of each distinct value: keyed by the values themselves (an
+/// `Arc` hashes and compares as what it points to), so a value read again
+/// finds the kept copy.
+struct Kept<T: ?Sized>(quick_cache::sync::Cache<Arc<T>, Arc<T>>);
+
+impl<T: ?Sized + Hash + Eq> Kept<T> {
+    fn new() -> Self {
+        Self(quick_cache::sync::Cache::new(Shares::CAPACITY))
+    }
+
+    fn share<R: Borrow<T> + Into<Arc<T>>>(&self, read: R) -> Arc<T> {
+        if let Some(kept) = self.0.get(read.borrow()) {
+            return kept;
+        }
+        let shared: Arc<T> = read.into();
+        self.0.insert(shared.clone(), shared.clone());
+        shared
+    }
+}
+
 /// The tables of what is shared.
 pub(crate) struct Shares {
     workspaces: quick_cache::sync::Cache<String, SharedWorkspace>,
-    /// Keyed by the lists themselves: an `Arc` hashes and compares as what
-    /// it points to, so a row's lists find the kept copy.
-    access: quick_cache::sync::Cache<Arc<AccessLists>, Arc<AccessLists>>,
+    access: Kept<AccessLists>,
     /// Environments and creators: a handful of names for all the keys.
-    names: quick_cache::sync::Cache<Arc<str>, Arc<str>>,
+    names: Kept<str>,
+    /// The rules of limits: a plan's limit is one rule for all its keys.
+    rules: Kept<Rule>,
 }
 
 impl Default for Shares {
     fn default() -> Self {
         Self {
             workspaces: quick_cache::sync::Cache::new(Self::CAPACITY),
-            access: quick_cache::sync::Cache::new(Self::CAPACITY),
-            names: quick_cache::sync::Cache::new(Self::CAPACITY),
+            access: Kept::new(),
+            names: Kept::new(),
+            rules: Kept::new(),
         }
     }
 }
 
 impl Shares {
-    /// Distinct workspaces, access lists and names, kept at most.
+    /// Distinct workspaces, and distinct values of each other kind, kept at most.
     const CAPACITY: usize = 65_536;
 
     pub(crate) fn workspace(&self, read: Workspace) -> SharedWorkspace {
@@ -70,26 +94,19 @@ impl Shares {
 
     /// The key's allowlist, scopes and roles, taken out of its row.
     pub(crate) fn access_lists(&self, key: &mut ApiKey) -> Arc<AccessLists> {
-        let read = AccessLists::new(
+        self.access.share(AccessLists::new(
             std::mem::take(&mut key.ip_allowlist),
             std::mem::take(&mut key.scopes),
             std::mem::take(&mut key.roles),
-        );
-        if let Some(kept) = self.access.get(&read) {
-            return kept;
-        }
-        let shared = Arc::new(read);
-        self.access.insert(shared.clone(), shared.clone());
-        shared
+        ))
     }
 
     /// A key's environment or creator.
     pub(crate) fn name(&self, read: String) -> Arc<str> {
-        if let Some(kept) = self.names.get(read.as_str()) {
-            return kept;
-        }
-        let shared: Arc<str> = Arc::from(read);
-        self.names.insert(shared.clone(), shared.clone());
-        shared
+        self.names.share(read)
+    }
+
+    pub(crate) fn rule(&self, rule: Rule) -> Arc<Rule> {
+        self.rules.share(rule)
     }
 }
