@@ -14,6 +14,8 @@
 //! own memory (C `malloc`) is not counted: the store is not what is measured.
 //! The growth of the resident set over the same span is printed too: it adds
 //! the allocator's own overhead (and SQLite's page cache, which reads grow).
+//! With `CACHE_MEMORY_SIZES=1` it also prints, by allocation size, what each
+//! key added: which parts a key costs (BENCHMARKS.md lists them).
 
 // A measurement tool: a failure should stop it where it happened.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -148,7 +148,10 @@ async fn the_keys_of_one_plan_share_its_rules_and_count_apart() {
     let checks_of = |verified: keygate_engine::Verified| verified.limits.unwrap().checks;
     let a_checks = checks_of(f.engine.verifier().verify(request(&a, None)).await.unwrap());
     let b_checks = checks_of(f.engine.verifier().verify(request(&b, None)).await.unwrap());
-    assert!(Arc::ptr_eq(&a_checks[0].rule, &b_checks[0].rule), "one copy of the rule");
+    assert!(
+        Arc::ptr_eq(&a_checks[0].rule, &b_checks[0].rule),
+        "one copy of the rule"
+    );
     assert_ne!(a_checks[0].key, b_checks[0].key, "a counter each");
     for key in [&a, &b] {
         assert_eq!(
@@ -357,7 +360,10 @@ async fn the_cached_keys_of_one_workspace_share_one_copy_of_it() {
         keys.push(plaintext.expose().to_owned());
     }
     let first = cached_keys(&f.engine, &keys).await;
-    assert!(std::ptr::eq(first[0].workspace(), first[1].workspace()), "one copy for both keys");
+    assert!(
+        std::ptr::eq(first[0].workspace(), first[1].workspace()),
+        "one copy for both keys"
+    );
     assert_eq!(first[0].workspace().name, "Acme");
 
     let patch = keygate_engine::admin::WorkspacePatch {
@@ -370,8 +376,15 @@ async fn the_cached_keys_of_one_workspace_share_one_copy_of_it() {
         .await
         .unwrap();
     let renamed = cached_keys(&f.engine, &keys).await;
-    assert_eq!(renamed[0].workspace().name, "Acme Corp", "a changed workspace is read anew");
-    assert!(std::ptr::eq(renamed[0].workspace(), renamed[1].workspace()), "and shared again");
+    assert_eq!(
+        renamed[0].workspace().name,
+        "Acme Corp",
+        "a changed workspace is read anew"
+    );
+    assert!(
+        std::ptr::eq(renamed[0].workspace(), renamed[1].workspace()),
+        "and shared again"
+    );
     assert!(!std::ptr::eq(first[0].workspace(), renamed[0].workspace()));
 }
 

@@ -441,12 +441,7 @@ fn credits_check(plan: Option<&Plan>, cached: &CachedKey) -> Option<LimitCheck> 
 /// The counters a request to `resource` charges: per key lineage (so
 /// rotation keeps them) or per workspace for `scope = "workspace"` limits.
 /// Their rules come from `shares`: the keys of a plan hold one copy.
-fn compute_limit_checks(
-    plan: Option<&Plan>,
-    cached: &CachedKey,
-    resource: &str,
-    shares: &Shares,
-) -> Vec<LimitCheck> {
+fn compute_limit_checks(plan: Option<&Plan>, cached: &CachedKey, resource: &str, shares: &Shares) -> Vec<LimitCheck> {
     let plan_limits = plan.map_or(&[][..], |plan| &plan.limits[..]);
     effective_limits(plan_limits, &cached.workspace().limits, cached.limits(), resource)
         .into_iter()
