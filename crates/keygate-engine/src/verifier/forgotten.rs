@@ -10,7 +10,7 @@
 //! any change that drops the whole cache all answer "reset": drop
 //! everything.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use keygate_core::KeyHash;
@@ -119,10 +119,14 @@ impl Log {
         if after > current || after + 1 < oldest_kept {
             return reset;
         }
+        // A key is often forgotten twice: by this node's own change and
+        // again when the change feed brings it back. A follower hears it once.
         let mut keys = Vec::new();
+        let mut told = HashSet::new();
         for (_, change) in self.entries.iter().filter(|(number, _)| *number > after) {
             match change {
-                Forgotten::Key(hash) => keys.push(*hash),
+                Forgotten::Key(hash) if told.insert(*hash) => keys.push(*hash),
+                Forgotten::Key(_) => {}
                 Forgotten::All => return reset,
             }
         }
@@ -161,6 +165,17 @@ mod tests {
         assert!(log.since(Some(2)).reset, "a whole-cache change is a reset");
         assert_eq!(log.since(Some(3)).keys, vec![hash(3)], "after it, keys again");
         assert!(log.since(Some(99)).reset, "a cursor from the future (another node)");
+    }
+
+    #[test]
+    fn a_key_forgotten_twice_is_told_once() {
+        let log = ForgetLog::new();
+        let cursor = log.since(None).cursor;
+        for n in [1, 2, 1, 1] {
+            log.key(hash(n));
+        }
+        let heard = log.since(Some(cursor));
+        assert_eq!((heard.cursor, heard.keys), (4, vec![hash(1), hash(2)]));
     }
 
     #[test]
