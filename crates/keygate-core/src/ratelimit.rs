@@ -212,16 +212,13 @@ impl Counter {
     /// Drops the buckets whose newest request has left the window.
     fn advance(&mut self, rule: &Rule, now_ms: u64) {
         let now = self.now(now_ms);
-        let left = self
+        let gone = self
             .buckets
             .iter()
             .take_while(|bucket| rule.leaves_at(bucket.newest_ms) <= now)
-            .fold((0, 0u64), |(n, count), bucket| {
-                (n + 1, count.saturating_add(bucket.count))
-            });
-        if left.0 > 0 {
-            self.buckets.drain(..left.0);
-            self.total = self.total.saturating_sub(left.1);
+            .count();
+        for bucket in self.buckets.drain(..gone) {
+            self.total = self.total.saturating_sub(bucket.count);
         }
         self.latest_ms = now;
     }
