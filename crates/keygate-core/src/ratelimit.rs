@@ -183,18 +183,30 @@ pub struct Counter {
 }
 
 impl Counter {
-    /// Rebuilds a counter from its buckets, as a shared store returns them.
+    /// Rebuilds a counter from its buckets, its clock at their newest request.
     pub fn from_buckets(rule: &Rule, buckets: impl IntoIterator<Item = Bucket>) -> Self {
+        let buckets: Vec<Bucket> = buckets.into_iter().collect();
+        let latest = buckets.iter().map(|b| b.newest_ms).max().unwrap_or(0);
+        Self::from_buckets_at(rule, buckets, latest)
+    }
+
+    /// Rebuilds a counter from its buckets as a shared store returns them
+    /// at `now_ms`, its clock. A bucket stamped later than that (a leased
+    /// block, charged with its bucket's last millisecond:
+    /// crates/keygate-limiter/src/lease.rs) does not move the clock, so the
+    /// counter counts at `now_ms` exactly what the store counted.
+    pub fn from_buckets_at(rule: &Rule, buckets: impl IntoIterator<Item = Bucket>, now_ms: u64) -> Self {
         let mut buckets: Vec<Bucket> = buckets.into_iter().filter(|b| b.count > 0).collect();
         buckets.sort_unstable_by_key(|b| b.index);
-        let mut counter = Self::default();
+        let mut counter = Self {
+            latest_ms: now_ms,
+            ..Self::default()
+        };
         for bucket in buckets {
             counter.total = counter.total.saturating_add(bucket.count);
-            counter.latest_ms = counter.latest_ms.max(bucket.newest_ms);
             counter.buckets.push(bucket);
         }
-        let latest = counter.latest_ms;
-        counter.advance(rule, latest);
+        counter.advance(rule, now_ms);
         counter
     }
 
@@ -236,18 +248,29 @@ impl Counter {
         }
         let now = self.latest_ms;
         let index = rule.bucket_of(now);
+        let fresh = Bucket {
+            index,
+            count: cost,
+            newest_ms: now,
+        };
         match self.buckets.last_mut() {
             Some(last) if last.index == index => {
                 last.count = last.count.saturating_add(cost);
-                last.newest_ms = now;
+                last.newest_ms = last.newest_ms.max(now);
             }
-            _ => {
-                self.buckets.push(Bucket {
-                    index,
-                    count: cost,
-                    newest_ms: now,
-                });
+            // Only in a counter rebuilt from a store that holds a bucket
+            // charged ahead of now (`from_buckets_at`): keep the order.
+            Some(last) if last.index > index => {
+                let at = self.buckets.partition_point(|b| b.index < index);
+                match self.buckets.get_mut(at) {
+                    Some(bucket) if bucket.index == index => {
+                        bucket.count = bucket.count.saturating_add(cost);
+                        bucket.newest_ms = bucket.newest_ms.max(now);
+                    }
+                    _ => self.buckets.insert(at, fresh),
+                }
             }
+            _ => self.buckets.push(fresh),
         }
         self.total = self.total.saturating_add(cost);
     }
@@ -647,6 +670,38 @@ mod tests {
         for now in [30_000, 61_000, 64_999, 65_000, 89_999, 90_000, 91_000] {
             assert_eq!(rebuilt.count(&rule, now), counter.count(&rule, now), "{now}");
         }
+    }
+
+    /// A store may hold a bucket charged ahead of now (a leased block
+    /// reserved for the next bucket): rebuilt at the store's `now`, the
+    /// counter counts what the store counts then, and a request charged now
+    /// goes in its own bucket, in order.
+    #[test]
+    fn a_counter_rebuilt_at_now_counts_a_bucket_charged_ahead_and_keeps_order() {
+        let rule = Rule::new(10, MINUTE);
+        let bucket = |index, count, newest_ms| Bucket {
+            index,
+            count,
+            newest_ms,
+        };
+        // At 60.5 s: 4 requests of second 1 (they leave at 61 s), 3 of
+        // second 59, and a block of 2 charged ahead to second 61.
+        let now = 60_500;
+        let held = [bucket(1, 4, 1_000), bucket(59, 3, 59_999), bucket(61, 2, 61_999)];
+        let mut at_now = Counter::from_buckets_at(&rule, held, now);
+        assert_eq!(at_now.live(&rule, now), 9, "the block ahead counts from now");
+        let mut limits = [(rule, &mut at_now)];
+        let admitted = decide(&mut limits, now, 1, true);
+        assert!(admitted.allowed);
+        assert_eq!(admitted.limits[0].remaining, 0);
+        let refused = decide(&mut limits, now, 1, false);
+        assert!(!refused.allowed, "as full as the store says");
+        assert_eq!(refused.retry_at_ms, Some(61_000), "when second 1 leaves");
+        let indices: Vec<u64> = at_now.buckets.iter().map(|b| b.index).collect();
+        assert_eq!(indices, [1, 59, 60, 61], "the charge of now sits between");
+        // Rebuilt with its clock at the newest stamp, the counter would
+        // skip ahead and miss the 4 that the store still counts at 60.5 s.
+        assert_eq!(Counter::from_buckets(&rule, held).count(&rule, now), 5);
     }
 
     #[test]

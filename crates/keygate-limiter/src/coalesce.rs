@@ -18,6 +18,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
+use crate::lease::Target;
 use crate::{Charge, LimitCheck, LimiterError};
 use keygate_core::ratelimit::Decision;
 
@@ -29,6 +30,9 @@ pub(crate) struct Request<'a> {
     pub(crate) charge: Charge,
     /// The block asked for (lease.rs): `cost` for a plain decision.
     pub(crate) want: u64,
+    /// The bucket a block is charged to: the next one for a block reserved
+    /// ahead (lease.rs), which only the keeper asks for, never a waiting request.
+    pub(crate) target: Target,
 }
 
 /// A request that waits for the call in flight, and how it hears back.
@@ -47,6 +51,7 @@ impl Waiting {
             cost: self.cost,
             charge: self.charge,
             want: self.want,
+            target: Target::Current,
         }
     }
 
@@ -186,6 +191,7 @@ mod tests {
         cost: 1,
         charge: Charge::Consume,
         want: 1,
+        target: Target::Current,
     };
 
     fn leads(queue: &Arc<Coalescer>) -> Lead {

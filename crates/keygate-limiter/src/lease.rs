@@ -3,13 +3,25 @@
 //! (issue 18; the comparison with coalescing alone is in BENCHMARKS.md).
 //!
 //! # Exactness
-//! A block is charged in Redis, to the bucket of the moment it is granted,
-//! before any request is admitted from it, and the script grants it only
-//! from the room every limit has left: the blocks of all nodes never add up
-//! to more than a limit allows. A node admits from a block only until that
-//! bucket ends, on its own monotonic clock counted from before the call (so
-//! never later than Redis's clock): every request admitted from a block falls
-//! in the bucket it was charged to, exactly as if Redis had decided it.
+//! A block is charged in Redis before any request is admitted from it, and
+//! the script grants it only from the room every limit has left: the blocks
+//! of all nodes never add up to more than a limit allows. It is charged to a
+//! bucket with that bucket's last millisecond as its newest time, so it
+//! counts for as long as a request admitted up to then must. A node admits
+//! from a block only until that bucket ends, on its own monotonic clock
+//! counted from before the call (so never later than Redis's clock): every
+//! request admitted from a block counts in Redis at least as long as it
+//! would had Redis decided it.
+//!
+//! # The block ahead
+//! A block granted to a request is charged to the bucket of the moment. Once
+//! a key has used half of its block, or half of the block's life has gone,
+//! the node reserves the next block in the background ([`Leases::reserved`],
+//! from the keeper task in redis.rs), charged to the *next* bucket and good
+//! until that bucket ends. It takes over when the current block runs out or
+//! its bucket ends, so a key in steady use never waits for Redis. The price
+//! is holding that allowance up to a bucket early: under-admission, never
+//! over-admission, since it is counted from the moment it is charged.
 //!
 //! # What it costs
 //! What a block has left when its bucket ends is given back: with this
@@ -24,6 +36,7 @@
 //! Everything here is bookkeeping over `now` values; the Redis calls are in
 //! `redis.rs`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -31,6 +44,7 @@ use keygate_core::ratelimit::Decision;
 use parking_lot::Mutex;
 use rustc_hash::FxBuildHasher;
 use smallvec::SmallVec;
+use tokio::sync::Notify;
 
 use crate::LimitCheck;
 
@@ -69,13 +83,39 @@ pub struct Grant<'a> {
     pub sent: Instant,
 }
 
+/// A block to reserve ahead for one set of checks ([`Leases::drain_reservations`]).
 #[derive(Debug)]
-struct Lease {
-    /// Admitted locally from the current block since it was granted.
+pub struct Reservation {
+    pub checks: Box<[LimitCheck]>,
+    pub want: u64,
+}
+
+/// Which bucket a block is charged to: the one of the moment Redis decides,
+/// or the one after it (a block reserved ahead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Current,
+    Next,
+}
+
+impl Target {
+    /// Buckets after the current one (the script's `ahead` argument).
+    pub fn offset(self) -> u64 {
+        match self {
+            Self::Current => 0,
+            Self::Next => 1,
+        }
+    }
+}
+
+/// Allowance charged in Redis, admitted from locally until `until`.
+#[derive(Debug)]
+struct Block {
+    /// Admitted locally since it was granted.
     used: u64,
     /// Still to admit from it.
     left: u64,
-    /// The bucket the block was charged to, per check.
+    /// The bucket it was charged to, per check.
     buckets: SmallVec<[u64; 4]>,
     /// When the first of those buckets ends, on this node's clock.
     until: Instant,
@@ -83,13 +123,10 @@ struct Lease {
     /// count the block as free).
     granted_at: Instant,
     decision: Decision,
-    /// The block to ask for next.
-    want: u64,
-    asking_until: Option<Instant>,
 }
 
-impl Lease {
-    fn new(now: Instant) -> Self {
+impl Block {
+    fn none(now: Instant) -> Self {
         Self {
             used: 0,
             left: 0,
@@ -102,22 +139,47 @@ impl Lease {
                 limits: Vec::new(),
                 retry_at_ms: None,
             },
-            want: 1,
-            asking_until: None,
         }
     }
 
-    /// The leftovers of a block whose bucket has ended, to give back.
-    fn expire(&mut self, checks: &[LimitCheck], now: Instant, returns: &mut Vec<Return>) {
-        if now >= self.until {
-            self.give_back(checks, returns);
+    /// `amount` granted by Redis at `decision.now_ms` to the bucket `target`,
+    /// for the call sent at `sent`.
+    fn granted(checks: &[LimitCheck], amount: u64, target: Target, decision: &Decision, sent: Instant) -> Self {
+        let now_ms = decision.now_ms;
+        let buckets: SmallVec<[u64; 4]> = checks
+            .iter()
+            .map(|check| check.rule.bucket_of(now_ms) + target.offset())
+            .collect();
+        let ends_in_ms = checks
+            .iter()
+            .zip(&buckets)
+            .map(|(check, bucket)| ((bucket + 1) * check.rule.bucket_ms()).saturating_sub(now_ms))
+            .min()
+            .unwrap_or(0);
+        Self {
+            used: 0,
+            left: amount,
+            buckets,
+            until: sent + Duration::from_millis(ends_in_ms),
+            granted_at: sent,
+            decision: decision.clone(),
         }
     }
 
-    /// Whatever the block has left, to be given back; the next block is smaller.
-    fn give_back(&mut self, checks: &[LimitCheck], returns: &mut Vec<Return>) {
+    fn fits(&self, cost: u64, now: Instant) -> bool {
+        now < self.until && self.left >= cost
+    }
+
+    /// Half of it admitted, or half of its life gone: time to reserve the next.
+    fn half_spent(&self, now: Instant) -> bool {
+        let life = self.until.saturating_duration_since(self.granted_at);
+        self.used >= self.left || now >= self.granted_at + life / 2
+    }
+
+    /// Whatever it has left, to be given back; whether there was any.
+    fn give_back(&mut self, checks: &[LimitCheck], returns: &mut Vec<Return>) -> bool {
         if self.left == 0 {
-            return;
+            return false;
         }
         returns.extend(checks.iter().zip(&self.buckets).map(|(check, &bucket)| Return {
             key: check.redis_key(),
@@ -125,12 +187,14 @@ impl Lease {
             amount: self.left,
         }));
         self.left = 0;
-        self.want = (self.want / 2).max(1);
+        true
     }
 
-    /// A request admitted from the block: the decision as granted, less
-    /// what the block has admitted since.
-    fn admitted(&self, now: Instant) -> Decision {
+    /// Admits a request: the decision as granted, less what the block has
+    /// admitted since.
+    fn admit(&mut self, cost: u64, now: Instant) -> Decision {
+        self.left -= cost;
+        self.used += cost;
         let elapsed = u64::try_from(now.saturating_duration_since(self.granted_at).as_millis()).unwrap_or(u64::MAX);
         let mut decision = self.decision.clone();
         decision.now_ms = decision.now_ms.saturating_add(elapsed);
@@ -141,11 +205,89 @@ impl Lease {
     }
 }
 
+#[derive(Debug)]
+struct Lease {
+    block: Block,
+    /// The block reserved ahead, charged to the bucket after `block`'s.
+    ahead: Option<Block>,
+    /// The block to ask for next.
+    want: u64,
+    /// A block ahead was asked for since `block` was granted (granted or
+    /// not: one reservation per block).
+    reserved: bool,
+    asking_until: Option<Instant>,
+}
+
+impl Lease {
+    fn new(now: Instant) -> Self {
+        Self {
+            block: Block::none(now),
+            ahead: None,
+            want: 1,
+            reserved: false,
+            asking_until: None,
+        }
+    }
+
+    fn asking(&self, now: Instant) -> bool {
+        self.asking_until.is_some_and(|until| now < until)
+    }
+
+    /// When the last of its blocks ends.
+    fn until(&self) -> Instant {
+        self.ahead
+            .as_ref()
+            .map_or(self.block.until, |ahead| ahead.until.max(self.block.until))
+    }
+
+    /// Replaces the current block, giving back what it has left; the next
+    /// block asked for doubles if it ran out within its bucket and halves if
+    /// it ended with leftovers.
+    fn replace(&mut self, block: Block, checks: &[LimitCheck], now: Instant, max: u64, returns: &mut Vec<Return>) {
+        let ran_out = now < self.block.until;
+        let leftovers = self.block.give_back(checks, returns);
+        if ran_out {
+            self.want = self.want.saturating_mul(2).min(max);
+        } else if leftovers {
+            self.want = (self.want / 2).max(1);
+        }
+        self.block = block;
+        self.reserved = false;
+    }
+
+    /// Gives back the leftovers of blocks whose bucket has ended; the block
+    /// ahead takes over from an ended one.
+    fn expire(&mut self, checks: &[LimitCheck], now: Instant, returns: &mut Vec<Return>) {
+        if now < self.block.until {
+            return;
+        }
+        if self.block.give_back(checks, returns) {
+            self.want = (self.want / 2).max(1);
+        }
+        if let Some(mut ahead) = self.ahead.take() {
+            if now < ahead.until {
+                self.block = ahead;
+                self.reserved = false;
+            } else if ahead.give_back(checks, returns) {
+                self.want = (self.want / 2).max(1);
+            }
+        }
+    }
+
+    /// Whether to reserve the next block now.
+    fn wants_ahead(&self, now: Instant) -> bool {
+        !self.reserved && self.ahead.is_none() && self.want > 1 && !self.asking(now) && self.block.half_spent(now)
+    }
+}
+
 /// This node's leases, one per set of checks.
 pub struct Leases {
     max: u64,
     table: DashMap<Box<[LimitCheck]>, Mutex<Lease>, FxBuildHasher>,
     returns: Mutex<Vec<Return>>,
+    reservations: Mutex<Vec<Reservation>>,
+    /// Wakes the keeper task (redis.rs) when a reservation is queued.
+    wake: Arc<Notify>,
 }
 
 impl Leases {
@@ -156,19 +298,31 @@ impl Leases {
             max: max.max(2),
             table: DashMap::with_hasher(FxBuildHasher),
             returns: Mutex::new(Vec::new()),
+            reservations: Mutex::new(Vec::new()),
+            wake: Arc::default(),
         }
     }
 
-    /// Admits a request from a live block, without Redis; `None`: ask Redis.
+    /// Admits a request from a live block, without Redis; `None`: ask
+    /// Redis. May queue the reservation of the next block.
     pub fn take(&self, checks: &[LimitCheck], cost: u64, now: Instant) -> Option<Decision> {
         let entry = self.table.get(checks)?;
         let mut lease = entry.lock();
-        if now >= lease.until || lease.left < cost {
-            return None;
+        if !lease.block.fits(cost, now) {
+            let ahead = lease.ahead.take_if(|ahead| ahead.fits(cost, now))?;
+            lease.replace(ahead, checks, now, self.max, &mut self.returns.lock());
         }
-        lease.left -= cost;
-        lease.used += cost;
-        Some(lease.admitted(now))
+        let decision = lease.block.admit(cost, now);
+        if lease.wants_ahead(now) {
+            lease.reserved = true;
+            lease.asking_until = Some(now + ASKING_FOR);
+            self.reservations.lock().push(Reservation {
+                checks: checks.into(),
+                want: lease.want,
+            });
+            self.wake.notify_one();
+        }
+        Some(decision)
     }
 
     /// What a request that goes to Redis asks for: its cost, or (the first
@@ -180,10 +334,10 @@ impl Leases {
             .entry(checks.into())
             .or_insert_with(|| Mutex::new(Lease::new(now)));
         let mut lease = entry.lock();
-        if lease.asking_until.is_some_and(|until| now < until) {
+        if lease.asking(now) {
             return cost;
         }
-        if now < lease.until && lease.left < cost {
+        if now < lease.block.until && lease.block.left < cost {
             // It ran out within its bucket: the key wants more.
             lease.want = lease.want.saturating_mul(2).min(self.max);
         }
@@ -207,25 +361,39 @@ impl Leases {
             // Answered, with a block or without (too little room): another may ask.
             lease.asking_until = None;
         }
-        if extra == 0 && grant.sent < lease.until && lease.left > 0 {
+        if extra == 0 && grant.sent < lease.block.until && lease.block.left > 0 {
             // A plain decision while a block is live: the block stays.
             return;
         }
         // Whatever the block it replaces has left is given back.
-        lease.give_back(checks, &mut self.returns.lock());
-        let now_ms = grant.decision.now_ms;
-        lease.buckets = checks.iter().map(|check| check.rule.bucket_of(now_ms)).collect();
-        let ends_in_ms = checks
-            .iter()
-            .zip(&lease.buckets)
-            .map(|(check, bucket)| (bucket + 1) * check.rule.bucket_ms() - now_ms)
-            .min()
-            .unwrap_or(0);
-        lease.until = grant.sent + Duration::from_millis(ends_in_ms);
-        lease.granted_at = grant.sent;
-        lease.decision = grant.decision.clone();
-        lease.used = 0;
-        lease.left = extra;
+        if lease.block.give_back(checks, &mut self.returns.lock()) {
+            lease.want = (lease.want / 2).max(1);
+        }
+        lease.block = Block::granted(checks, extra, Target::Current, grant.decision, grant.sent);
+        lease.reserved = false;
+    }
+
+    /// Records the block reserved ahead (`grant` of it, perhaps none),
+    /// decided by Redis at `decision.now_ms` for the call sent at `sent`.
+    pub fn reserved(&self, checks: &[LimitCheck], grant: u64, decision: &Decision, sent: Instant) {
+        let Some(entry) = self.table.get(checks) else {
+            // Forgotten meanwhile: the grant goes straight back.
+            if grant > 0 {
+                let mut returns = self.returns.lock();
+                Block::granted(checks, grant, Target::Next, decision, sent).give_back(checks, &mut returns);
+            }
+            return;
+        };
+        let mut lease = entry.lock();
+        lease.asking_until = None;
+        if grant == 0 {
+            return;
+        }
+        let block = Block::granted(checks, grant, Target::Next, decision, sent);
+        let mut returns = self.returns.lock();
+        if let Some(mut old) = lease.ahead.replace(block) {
+            old.give_back(checks, &mut returns);
+        }
     }
 
     /// A request that asked was refused, or its call failed: another may ask.
@@ -241,14 +409,13 @@ impl Leases {
         self.table.retain(|checks, lease| {
             let lease = lease.get_mut();
             lease.expire(checks, now, &mut returns);
-            let asking = lease.asking_until.is_some_and(|until| now < until);
-            asking || now < lease.until + IDLE_AFTER
+            lease.asking(now) || now < lease.until() + IDLE_AFTER
         });
         self.returns.lock().extend(returns);
     }
 
     /// Allowance a call could not take along (another slot's, on a
-    /// cluster): the sweeper or a later call gives it back.
+    /// cluster): the keeper or a later call gives it back.
     pub fn give_back_later(&self, returns: Vec<Return>) {
         self.returns.lock().extend(returns);
     }
@@ -256,6 +423,17 @@ impl Leases {
     /// The allowance to give back with the next call.
     pub fn drain_returns(&self) -> Vec<Return> {
         std::mem::take(&mut *self.returns.lock())
+    }
+
+    /// The blocks to reserve ahead, queued since the last call.
+    pub fn drain_reservations(&self) -> Vec<Reservation> {
+        std::mem::take(&mut *self.reservations.lock())
+    }
+
+    /// What the keeper waits on: notified when a reservation is queued
+    /// (it holds this, not the leases, so they go when the limiter does).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// No lease held (idle ones are forgotten by the sweep).
@@ -317,6 +495,15 @@ mod tests {
         );
     }
 
+    /// Answers every queued reservation: `amount` granted at Redis time `now_ms`.
+    fn answer_reservations(leases: &Leases, sent: Instant, now_ms: u64, amount: u64) -> Vec<u64> {
+        let reservations = leases.drain_reservations();
+        for reservation in &reservations {
+            leases.reserved(&reservation.checks, amount, &decision(now_ms, 800), sent);
+        }
+        reservations.iter().map(|reservation| reservation.want).collect()
+    }
+
     #[test]
     fn a_block_grows_only_when_a_key_uses_it_up_within_its_bucket() {
         let leases = Leases::new(64);
@@ -331,6 +518,8 @@ mod tests {
         assert_eq!(leases.ask(&checks, 1, t0), 1, "one request asks at a time");
         grant(&leases, &checks, t0, 10_000, 2);
         assert!(leases.take(&checks, 1, t0).is_some());
+        // Half of the block is used: the next one is reserved ahead.
+        assert_eq!(answer_reservations(&leases, t0, 10_000, 0), [2], "no room for it");
         assert_eq!(leases.take(&checks, 1, t0), None, "the block of 2 held one more");
         assert_eq!(leases.ask(&checks, 1, t0), 4);
     }
@@ -348,10 +537,12 @@ mod tests {
         let admitted = leases.take(&checks, 1, t0 + Duration::from_millis(100)).unwrap();
         assert_eq!(admitted.now_ms, 10_400);
         assert_eq!(admitted.limits[0].remaining, 899, "the block's use counts down");
+        answer_reservations(&leases, t0, 10_300, 0);
         leases.ask(&checks, 1, t0);
         grant(&leases, &checks, t0, 10_300, 4);
         let end = t0 + Duration::from_millis(700);
         assert!(leases.take(&checks, 1, end - Duration::from_millis(1)).is_some());
+        answer_reservations(&leases, t0, 10_300, 0);
         assert_eq!(leases.take(&checks, 1, end), None, "not past the bucket's end");
         leases.sweep(end);
         assert_eq!(
@@ -369,6 +560,102 @@ mod tests {
     }
 
     #[test]
+    fn the_block_reserved_ahead_takes_over_when_the_bucket_ends() {
+        let leases = Leases::new(64);
+        let checks = checks();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        leases.ask(&checks, 1, t0);
+        grant(&leases, &checks, t0, 10_000, 1);
+        assert_eq!(leases.ask(&checks, 1, t0), 2);
+        // A block of 7 beyond the request, 300 ms into second 10.
+        grant(&leases, &checks, t0, 10_300, 8);
+        assert!(leases.take(&checks, 1, at(100)).is_some());
+        assert!(
+            leases.drain_reservations().is_empty(),
+            "a quarter used, a third of its life gone"
+        );
+        assert!(leases.take(&checks, 1, at(350)).is_some());
+        // Half of its life is gone: a block ahead is asked for, once.
+        assert!(leases.take(&checks, 1, at(360)).is_some());
+        assert_eq!(answer_reservations(&leases, at(360), 10_660, 8), [2]);
+        assert!(leases.take(&checks, 1, at(400)).is_some());
+        assert!(leases.drain_reservations().is_empty(), "one reservation per block");
+        // Second 10 ends 700 ms after the grant; the block ahead (charged to
+        // second 11) takes over, and its figures are those of its grant.
+        let admitted = leases.take(&checks, 1, at(700)).unwrap();
+        assert_eq!(admitted.now_ms, 11_000);
+        assert_eq!(admitted.limits[0].remaining, 799);
+        assert_eq!(
+            leases.drain_returns(),
+            vec![Return {
+                key: checks[0].redis_key(),
+                bucket: 10,
+                amount: 3
+            }],
+            "the block of second 10 admitted 4 of 7"
+        );
+        // It lives until second 11 ends: 1,340 ms after its call was sent.
+        for _ in 0..7 {
+            assert!(leases.take(&checks, 1, at(1_699)).is_some());
+        }
+        assert_eq!(leases.take(&checks, 1, at(1_699)), None, "all 8 admitted");
+        assert!(
+            leases.drain_reservations().is_empty(),
+            "second 10's block ended with leftovers: the next is 1, a plain decision"
+        );
+        assert_eq!(leases.ask(&checks, 1, at(1_699)), 2, "and this one ran out early");
+        leases.not_granted(&checks);
+        leases.sweep(at(1_700));
+        assert!(leases.drain_returns().is_empty(), "nothing left to give back");
+    }
+
+    #[test]
+    fn a_block_used_up_early_hands_over_to_the_one_ahead_and_the_next_is_larger() {
+        let leases = Leases::new(64);
+        let checks = checks();
+        let t0 = Instant::now();
+        leases.ask(&checks, 1, t0);
+        grant(&leases, &checks, t0, 10_000, 1);
+        leases.ask(&checks, 1, t0);
+        grant(&leases, &checks, t0, 10_000, 5);
+        for _ in 0..2 {
+            assert!(leases.take(&checks, 1, t0).is_some());
+        }
+        assert_eq!(answer_reservations(&leases, t0, 10_000, 2), [2]);
+        for _ in 0..4 {
+            assert!(
+                leases.take(&checks, 1, t0).is_some(),
+                "4 of the first block, then the one ahead"
+            );
+        }
+        assert!(leases.drain_returns().is_empty(), "the first block was used up");
+        assert_eq!(leases.take(&checks, 1, t0), None);
+        assert_eq!(
+            answer_reservations(&leases, t0, 10_000, 0),
+            [4],
+            "it ran out early: twice the size"
+        );
+        assert_eq!(leases.ask(&checks, 1, t0), 8);
+    }
+
+    #[test]
+    fn a_block_reserved_for_a_forgotten_lease_is_given_back() {
+        let leases = Leases::new(64);
+        let checks = checks();
+        let t0 = Instant::now();
+        leases.reserved(&checks, 5, &decision(10_000, 900), t0);
+        assert_eq!(
+            leases.drain_returns(),
+            vec![Return {
+                key: checks[0].redis_key(),
+                bucket: 11,
+                amount: 5
+            }]
+        );
+    }
+
+    #[test]
     fn blocks_are_bounded_and_idle_leases_are_forgotten() {
         let leases = Leases::new(8);
         let checks = checks();
@@ -380,6 +667,10 @@ mod tests {
             assert!(want <= 8, "{want}");
             grant(&leases, &checks, t0, 10_000, want);
             while leases.take(&checks, 1, t0).is_some() {}
+            for reservation in leases.drain_reservations() {
+                assert!(reservation.want <= 8, "{}", reservation.want);
+                leases.not_granted(&reservation.checks);
+            }
         }
         assert_eq!(leases.ask(&checks, 1, t0), 8);
         leases.not_granted(&checks);

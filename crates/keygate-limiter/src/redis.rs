@@ -36,7 +36,7 @@ use redis::AsyncConnectionConfig;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::coalesce::{Coalescer, Request, Turn, Waiting};
-use crate::lease::{Grant, Leases, Return, SWEEP_EVERY};
+use crate::lease::{Grant, Leases, Reservation, Return, Target, SWEEP_EVERY};
 use crate::{Charge, LimitCheck, Limiter, LimiterError, LimiterHealth, Permit, PermitKey};
 
 /// Each limit is a hash of `bucket index -> "count:newest"` (the newest
@@ -47,18 +47,21 @@ use crate::{Charge, LimitCheck, Limiter, LimiterError, LimiterHealth, Permit, Pe
 /// Gives back what ended leases have left, then decides a batch of
 /// requests in order. ARGV: the number of returns and each one's (bucket,
 /// amount); the number of requests, then per request its cost, whether to
-/// charge (0 no, 1 if every enforced limit has room, 2 whatever room), the block it asks for (`want`, at least its cost; see lease.rs)
-/// and its number of limits, then each limit's (requests, window ms, flags,
-/// origin ms, refill). Flags: 1 for a shadow limit (never refuses, charged
-/// only when it would admit), 2 for a balance (credits: one bucket per
-/// period of `window` from `origin`; `requests` in the first period, `refill`
-/// in every later one; never leased). KEYS:
-/// each return's key, then every limit's key, in the same order. Returns
+/// charge (0 no, 1 if every enforced limit has room, 2 whatever room), the
+/// block it asks for (`want`, at least its cost; see lease.rs), the bucket
+/// to charge (`ahead`: 0 the current one, 1 the next, for a block reserved
+/// ahead, whose cost is 0) and its number of limits, then each limit's
+/// (requests, window ms, flags, origin ms, refill). Flags: 1 for a shadow
+/// limit (never refuses, charged only when it would admit), 2 for a balance
+/// (credits: one bucket per period of `window` from `origin`; `requests` in
+/// the first period, `refill` in every later one; never leased). KEYS: each
+/// return's key, then every limit's key, in the same order. Returns
 /// Redis's time, then per request 1 or 0, what it was granted (its cost, or
 /// a block of at most 1/16 of the room left, never more than `want`), and
 /// each limit's live buckets (index, count, newest) as they were before the
 /// request was charged. A block beyond the request's cost is stamped with the
 /// bucket's last millisecond: requests admitted from it come later than now.
+/// Every bucket still in the window counts, a next bucket's block included.
 const RATE_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -95,8 +98,9 @@ for r = 1, requests_in_batch do
   local charge = ARGV[a + 1] ~= '0'
   local force = ARGV[a + 1] == '2'
   local want = tonumber(ARGV[a + 2])
-  local m = tonumber(ARGV[a + 3])
-  a = a + 4
+  local ahead = tonumber(ARGV[a + 3])
+  local m = tonumber(ARGV[a + 4])
+  a = a + 5
   local room = nil
   local fits = {}
   local shadow = {}
@@ -125,6 +129,7 @@ for r = 1, requests_in_batch do
       has_balance = true
     end
     local cur = math.floor(math.max(now - origin, 0) / g)
+    local target = cur + ahead
     local function leaves(newest)
       if balance then return (math.floor(math.max(newest - origin, 0) / g) + 1) * g + origin end
       return newest + window
@@ -133,7 +138,7 @@ for r = 1, requests_in_batch do
       if cur > 0 then requests = refill end
       ttls[i] = leaves(now) - now + 60000
     else
-      ttls[i] = window + 2 * g
+      ttls[i] = window + 3 * g
     end
     local flat = redis.call('HGETALL', key)
     local buckets = {}
@@ -145,16 +150,16 @@ for r = 1, requests_in_batch do
       if newest == nil then newest = (index + 1) * g - 1 end
       if leaves(newest) <= now then
         redis.call('HDEL', key, flat[j])
-      elseif index <= cur then
+      else
         count = count + c
         buckets[#buckets + 1] = index
         buckets[#buckets + 1] = c
         buckets[#buckets + 1] = newest
-        if index == cur then held[i] = {c, newest} end
+        if index == target then held[i] = {c, newest} end
       end
     end
     live[i] = buckets
-    current[i] = cur
+    current[i] = target
     keys[i] = key
     windows[i] = window
     local left = requests - count
@@ -170,7 +175,7 @@ for r = 1, requests_in_batch do
   if allowed and charge and not force and room ~= nil and want > cost and not has_shadow and not has_balance then
     grant = math.max(cost, math.min(want, math.floor(room / 16)))
   end
-  if allowed and charge then
+  if allowed and charge and grant > 0 then
     for i = 1, m do
       if fits[i] or force then
         local newest = now
@@ -316,9 +321,7 @@ fn tag_of(redis_key: &str) -> &str {
 pub struct RedisLimiter {
     backend: Backend,
     coalescer: Arc<Coalescer>,
-    /// Script calls made for rate limits: fewer than the requests decided
-    /// when they were coalesced.
-    calls: AtomicU64,
+    script: RateScript,
     timeout: Duration,
     /// The shared multiplexed connection; dropped after any failure so that a
     /// hung or half-open connection is replaced rather than waited on forever.
@@ -326,9 +329,9 @@ pub struct RedisLimiter {
     connecting: tokio::sync::Mutex<()>,
     /// `None` with `limiter.lease_max = 0`: every request decided in Redis.
     leases: Option<Arc<Leases>>,
-    /// Whether the task that gives back ended blocks' leftovers runs.
-    sweeping: AtomicBool,
-    rate: Script,
+    /// Whether the keeper task (gives back ended blocks' leftovers,
+    /// reserves blocks ahead) runs.
+    keeping: AtomicBool,
     acquire: Script,
     refresh: Script,
 }
@@ -348,16 +351,20 @@ impl RedisLimiter {
     /// Connects lazily: a node starts even while Redis is down. `url` is
     /// `redis://host:port` or, for a Redis Cluster, `redis+cluster://host1:port,host2:port,...`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, LimiterError> {
+        let backend = Backend::open(url, timeout)?;
         Ok(Self {
-            backend: Backend::open(url, timeout)?,
+            script: RateScript {
+                script: Script::new(RATE_SCRIPT),
+                cluster: backend.is_cluster(),
+                calls: Arc::default(),
+            },
+            backend,
             timeout,
             connection: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
             coalescer: Arc::default(),
-            calls: AtomicU64::new(0),
             leases: None,
-            sweeping: AtomicBool::new(false),
-            rate: Script::new(RATE_SCRIPT),
+            keeping: AtomicBool::new(false),
             acquire: Script::new(ACQUIRE_SCRIPT),
             refresh: Script::new(REFRESH_SCRIPT),
         })
@@ -408,7 +415,7 @@ impl RedisLimiter {
 
     /// Rate-limit script calls made so far (each decides one or more requests).
     pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
+        self.script.calls.load(Ordering::Relaxed)
     }
 
     /// Reachability, for `/readyz` and the breaker's recovery probe.
@@ -436,83 +443,210 @@ fn add_returns(invocation: &mut redis::ScriptInvocation<'_>, returns: &[Return])
     }
 }
 
-/// Gives back, every [`SWEEP_EVERY`], what blocks whose bucket has ended
-/// have left, on a connection of its own. A return that fails is dropped:
-/// its allowance comes back when its bucket leaves the window.
-struct Sweeper {
+/// The rate-limit script, as every call of this limiter makes it.
+#[derive(Clone)]
+struct RateScript {
+    script: Script,
+    cluster: bool,
+    /// Calls made that decided requests: fewer than the requests decided
+    /// when they were coalesced or admitted from leases.
+    calls: Arc<AtomicU64>,
+}
+
+impl RateScript {
+    /// Gives back `returns`, then decides `requests` in order. On a Redis
+    /// Cluster, one call per hash tag (of the requests and the returns),
+    /// made at once.
+    async fn call(
+        &self,
+        connection: &Connection,
+        returns: Vec<Return>,
+        requests: &[Request<'_>],
+    ) -> Result<Vec<(Decision, u64)>, LimiterError> {
+        if !self.cluster {
+            return self.call_one(connection.clone(), &returns, requests).await;
+        }
+        let mut tags: Vec<&str> = requests.iter().map(|request| request_tag(request)).collect();
+        tags.extend(returns.iter().map(|given_back| tag_of(&given_back.key)));
+        let mut seen = std::collections::HashSet::new();
+        tags.retain(|tag| seen.insert(*tag));
+        let calls = tags.iter().map(|tag| {
+            let batch: Vec<Request<'_>> = requests.iter().filter(|r| request_tag(r) == *tag).copied().collect();
+            let given_back: Vec<Return> = returns.iter().filter(|r| tag_of(&r.key) == *tag).cloned().collect();
+            let connection = connection.clone();
+            async move { self.call_one(connection, &given_back, &batch).await }
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let mut by_tag: Vec<(&str, std::vec::IntoIter<(Decision, u64)>)> = Vec::with_capacity(tags.len());
+        for (tag, answer) in tags.iter().zip(answers) {
+            by_tag.push((tag, answer?.into_iter()));
+        }
+        requests
+            .iter()
+            .map(|request| {
+                let tag = request_tag(request);
+                by_tag
+                    .iter_mut()
+                    .find(|(t, _)| *t == tag)
+                    .and_then(|(_, answers)| answers.next())
+                    .ok_or_else(|| unavailable("a request was left undecided"))
+            })
+            .collect()
+    }
+
+    /// One script call: gives back `returns`, then decides `requests` in order.
+    async fn call_one(
+        &self,
+        mut connection: Connection,
+        returns: &[Return],
+        requests: &[Request<'_>],
+    ) -> Result<Vec<(Decision, u64)>, LimiterError> {
+        if !requests.is_empty() {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut invocation = self.script.prepare_invoke();
+        add_returns(&mut invocation, returns);
+        invocation.arg(requests.len());
+        for request in requests {
+            invocation
+                .arg(request.cost)
+                .arg(match request.charge {
+                    Charge::DryRun => 0u8,
+                    Charge::Consume => 1,
+                    Charge::Force => 2,
+                })
+                .arg(request.want.max(request.cost))
+                .arg(request.target.offset())
+                .arg(request.checks.len());
+            for check in request.checks {
+                invocation
+                    .key(check.redis_key())
+                    .arg(check.rule.requests)
+                    .arg(check.rule.window_ms)
+                    .arg(u8::from(check.rule.shadow) | (u8::from(check.rule.is_balance()) << 1))
+                    .arg(check.rule.balance_terms().map_or(0, |(origin, _)| origin))
+                    .arg(check.rule.balance_terms().map_or(0, |(_, refill)| refill));
+            }
+        }
+        let reply: Vec<Value> = invocation.invoke_async(&mut connection).await.map_err(unavailable)?;
+        let (now, mut rest) = match reply.split_first() {
+            Some((now, rest)) => (int(now)?, rest),
+            None => return Err(unavailable("empty reply")),
+        };
+        let mut decisions = Vec::with_capacity(requests.len());
+        for request in requests {
+            let (allowed, grant, live) = match rest {
+                [allowed, grant, after @ ..] if after.len() >= request.checks.len() => {
+                    (int(allowed)? == 1, int(grant)?, after)
+                }
+                _ => return Err(unavailable("reply has fewer limits than asked")),
+            };
+            let (buckets_of, after) = live.split_at(request.checks.len());
+            decisions.push((decision_of(*request, now, allowed, buckets_of)?, grant));
+            rest = after;
+        }
+        Ok(decisions)
+    }
+}
+
+/// The hash tag of a request's counters (all of them share it).
+fn request_tag<'a>(request: &Request<'a>) -> &'a str {
+    request.checks.first().map_or("", LimitCheck::slot_tag)
+}
+
+/// At most this many reservations, and as many returns, in one keeper call:
+/// a call of 128 runs in Redis for well under a millisecond.
+const KEEPER_BATCH: usize = 128;
+
+/// Runs while this node holds leases, on a connection of its own: reserves
+/// the blocks ahead that [`Leases::take`] queued, as soon as they are
+/// queued, and gives back, every [`SWEEP_EVERY`], what blocks whose bucket
+/// has ended have left. A return that fails is dropped: its allowance comes
+/// back when its bucket leaves the window. A reservation that fails is
+/// dropped too: the key's next block is then asked for on the request path.
+struct Keeper {
     leases: Weak<Leases>,
+    wake: Arc<tokio::sync::Notify>,
     backend: Backend,
     timeout: Duration,
     connection: Option<Connection>,
-    rate: Script,
+    script: RateScript,
 }
 
-impl Sweeper {
+impl Keeper {
     async fn run(mut self) {
         let mut ticker = tokio::time::interval(SWEEP_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            let swept = tokio::select! {
+                _ = ticker.tick() => true,
+                () = self.wake.notified() => false,
+            };
             let Some(leases) = self.leases.upgrade() else {
                 return;
             };
-            leases.sweep(Instant::now());
-            let returns = leases.drain_returns();
-            drop(leases);
-            if returns.is_empty() {
-                continue;
+            if swept {
+                leases.sweep(Instant::now());
             }
-            if let Err(err) = tokio::time::timeout(self.timeout, self.give_back(&returns)).await {
-                tracing::warn!(error = %err, "giving back leased allowance timed out");
-                self.connection = None;
+            let reservations = leases.drain_reservations();
+            let mut returns = leases.drain_returns();
+            // In calls of a bounded size: Redis runs one script at a time,
+            // and the request path's calls wait behind each.
+            let mut reservations = reservations.chunks(KEEPER_BATCH);
+            while !returns.is_empty() || reservations.len() > 0 {
+                let these = returns.split_off(returns.len().saturating_sub(KEEPER_BATCH));
+                self.keep(&leases, these, reservations.next().unwrap_or_default()).await;
             }
         }
     }
 
-    /// One call for all of them; on a Redis Cluster, one per hash tag.
-    async fn give_back(&mut self, returns: &[Return]) {
-        if self.connection.is_none() {
-            match self.backend.connect(self.timeout).await {
-                Ok(connection) => self.connection = Some(connection),
-                Err(err) => {
-                    tracing::warn!(error = %err, "giving back leased allowance: no connection");
-                    return;
+    /// One call (one per hash tag on a cluster) for all of them.
+    async fn keep(&mut self, leases: &Leases, returns: Vec<Return>, reservations: &[Reservation]) {
+        let requests: Vec<Request<'_>> = reservations
+            .iter()
+            .map(|reservation| Request {
+                checks: &reservation.checks,
+                cost: 0,
+                charge: Charge::Consume,
+                want: reservation.want,
+                target: Target::Next,
+            })
+            .collect();
+        let sent = Instant::now();
+        let decided = match tokio::time::timeout(self.timeout, self.call(returns, &requests)).await {
+            Ok(decided) => decided,
+            Err(_) => Err(unavailable(format!("no answer within {:?}", self.timeout))),
+        };
+        match decided {
+            Ok(decided) => {
+                for (reservation, (decision, grant)) in reservations.iter().zip(&decided) {
+                    let grant = if decision.allowed { *grant } else { 0 };
+                    leases.reserved(&reservation.checks, grant, decision, sent);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "keeping leases: a call failed");
+                self.connection = None;
+                for reservation in reservations {
+                    leases.not_granted(&reservation.checks);
                 }
             }
         }
-        let Some(connection) = self.connection.as_mut() else {
-            return;
-        };
-        let groups: Vec<Vec<Return>> = if self.backend.is_cluster() {
-            group_by(returns.to_vec(), |given_back| tag_of(&given_back.key).to_owned())
-        } else {
-            vec![returns.to_vec()]
-        };
-        for group in groups {
-            let mut invocation = self.rate.prepare_invoke();
-            add_returns(&mut invocation, &group);
-            invocation.arg(0);
-            let given: Result<Value, _> = invocation.invoke_async(connection).await;
-            if let Err(err) = given {
-                tracing::warn!(error = %err, "giving back leased allowance failed");
-                self.connection = None;
-                return;
-            }
-        }
     }
-}
 
-/// `items` in groups of equal `key`, each in its first item's place, in order within.
-fn group_by<T, K: PartialEq>(items: Vec<T>, key: impl Fn(&T) -> K) -> Vec<Vec<T>> {
-    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
-    for item in items {
-        let k = key(&item);
-        match groups.iter_mut().find(|(group, _)| *group == k) {
-            Some((_, members)) => members.push(item),
-            None => groups.push((k, vec![item])),
+    async fn call(
+        &mut self,
+        returns: Vec<Return>,
+        requests: &[Request<'_>],
+    ) -> Result<Vec<(Decision, u64)>, LimiterError> {
+        if self.connection.is_none() {
+            self.connection = Some(self.backend.connect(self.timeout).await?);
         }
+        let Some(connection) = self.connection.as_ref() else {
+            return Err(unavailable("no connection"));
+        };
+        self.script.call(connection, returns, requests).await
     }
-    groups.into_iter().map(|(_, members)| members).collect()
 }
 
 fn int(value: &Value) -> Result<u64, LimiterError> {
@@ -546,7 +680,12 @@ fn decision_of(request: Request<'_>, now_ms: u64, allowed: bool, live: &[Value])
         .checks
         .iter()
         .zip(live)
-        .map(|(check, live)| Ok((*check.rule, Counter::from_buckets(&check.rule, buckets(live)?))))
+        .map(|(check, live)| {
+            Ok((
+                *check.rule,
+                Counter::from_buckets_at(&check.rule, buckets(live)?, now_ms),
+            ))
+        })
         .collect::<Result<_, LimiterError>>()?;
     let mut limits: Vec<(Rule, &mut Counter)> = counters.iter_mut().map(|(rule, c)| (*rule, c)).collect();
     let decision = decide(
@@ -579,6 +718,7 @@ impl Limiter for RedisLimiter {
             cost,
             charge,
             want,
+            target: Target::Current,
         }))
         .await
     }
@@ -658,94 +798,20 @@ impl RedisLimiter {
     /// The script call itself: each request's decision and what it was
     /// granted, after giving back what ended leases have left. On a Redis
     /// Cluster, one call per hash tag, made at once, each giving back the
-    /// leftovers of its own tag; the sweeper gives back the others.
+    /// leftovers of its own tag; the keeper gives back the others.
     async fn call_script(&self, requests: &[Request<'_>]) -> Result<Vec<(Decision, u64)>, LimiterError> {
         let connection = self.connection().await?;
         let mut returns = self.leases.as_ref().map(|l| l.drain_returns()).unwrap_or_default();
-        if !self.backend.is_cluster() {
-            return self.call_one(connection, &returns, requests).await;
-        }
-        let tag = |request: &(usize, Request<'_>)| request.1.checks.first().map(|c| c.slot_tag().to_owned());
-        let groups = group_by(requests.iter().copied().enumerate().collect(), tag);
-        let given_back: Vec<Vec<Return>> = groups
-            .iter()
-            .map(|group| {
-                let tag = group[0].1.checks.first().map_or("", |c| c.slot_tag());
-                let (mine, others) = returns.drain(..).partition(|r: &Return| tag_of(&r.key) == tag);
-                returns = others;
-                mine
-            })
-            .collect();
-        if let Some(leases) = self.leases.as_ref().filter(|_| !returns.is_empty()) {
-            leases.give_back_later(returns);
-        }
-        let calls = groups.iter().zip(&given_back).map(|(group, given_back)| {
-            let batch: Vec<Request<'_>> = group.iter().map(|(_, request)| *request).collect();
-            let connection = connection.clone();
-            async move { self.call_one(connection, given_back, &batch).await }
-        });
-        let answers = futures_util::future::join_all(calls).await;
-        let mut decided: Vec<Option<(Decision, u64)>> = vec![None; requests.len()];
-        for (group, answer) in groups.iter().zip(answers) {
-            for ((at, _), decision) in group.iter().zip(answer?) {
-                decided[*at] = Some(decision);
+        if let Some(leases) = self.leases.as_ref().filter(|_| self.backend.is_cluster()) {
+            let (mine, others): (Vec<Return>, Vec<Return>) = returns
+                .into_iter()
+                .partition(|r| requests.iter().any(|request| request_tag(request) == tag_of(&r.key)));
+            if !others.is_empty() {
+                leases.give_back_later(others);
             }
+            returns = mine;
         }
-        decided
-            .into_iter()
-            .map(|decision| decision.ok_or_else(|| unavailable("a request was left undecided")))
-            .collect()
-    }
-
-    /// One script call: gives back `returns`, then decides `requests` in order.
-    async fn call_one(
-        &self,
-        mut connection: Connection,
-        returns: &[Return],
-        requests: &[Request<'_>],
-    ) -> Result<Vec<(Decision, u64)>, LimiterError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let mut invocation = self.rate.prepare_invoke();
-        add_returns(&mut invocation, returns);
-        invocation.arg(requests.len());
-        for request in requests {
-            invocation
-                .arg(request.cost)
-                .arg(match request.charge {
-                    Charge::DryRun => 0u8,
-                    Charge::Consume => 1,
-                    Charge::Force => 2,
-                })
-                .arg(request.want.max(request.cost))
-                .arg(request.checks.len());
-            for check in request.checks {
-                invocation
-                    .key(check.redis_key())
-                    .arg(check.rule.requests)
-                    .arg(check.rule.window_ms)
-                    .arg(u8::from(check.rule.shadow) | (u8::from(check.rule.is_balance()) << 1))
-                    .arg(check.rule.balance_terms().map_or(0, |(origin, _)| origin))
-                    .arg(check.rule.balance_terms().map_or(0, |(_, refill)| refill));
-            }
-        }
-        let reply: Vec<Value> = invocation.invoke_async(&mut connection).await.map_err(unavailable)?;
-        let (now, mut rest) = match reply.split_first() {
-            Some((now, rest)) => (int(now)?, rest),
-            None => return Err(unavailable("empty reply")),
-        };
-        let mut decisions = Vec::with_capacity(requests.len());
-        for request in requests {
-            let (allowed, grant, live) = match rest {
-                [allowed, grant, after @ ..] if after.len() >= request.checks.len() => {
-                    (int(allowed)? == 1, int(grant)?, after)
-                }
-                _ => return Err(unavailable("reply has fewer limits than asked")),
-            };
-            let (buckets_of, after) = live.split_at(request.checks.len());
-            decisions.push((decision_of(*request, now, allowed, buckets_of)?, grant));
-            rest = after;
-        }
-        Ok(decisions)
+        self.script.call(&connection, returns, requests).await
     }
 
     /// Hands each admitted request's block to the leases, and frees the
@@ -771,7 +837,7 @@ impl RedisLimiter {
                         },
                     );
                     if *grant > request.cost {
-                        self.start_sweeping(leases);
+                        self.start_keeper(leases);
                     }
                 }
                 _ if request.want > request.cost => leases.not_granted(request.checks),
@@ -780,23 +846,24 @@ impl RedisLimiter {
         }
     }
 
-    /// Starts the task that gives back ended blocks' leftovers, once: it
-    /// ends when the limiter is dropped.
-    fn start_sweeping(&self, leases: &Arc<Leases>) {
+    /// Starts the keeper task (gives back ended blocks' leftovers, reserves
+    /// blocks ahead), once: it ends when the limiter is dropped.
+    fn start_keeper(&self, leases: &Arc<Leases>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if self.sweeping.swap(true, Ordering::AcqRel) {
+        if self.keeping.swap(true, Ordering::AcqRel) {
             return;
         }
-        let sweeper = Sweeper {
+        let keeper = Keeper {
             leases: Arc::downgrade(leases),
+            wake: leases.waker(),
             backend: self.backend.clone(),
             timeout: self.timeout,
             connection: None,
-            rate: self.rate.clone(),
+            script: self.script.clone(),
         };
-        runtime.spawn(sweeper.run());
+        runtime.spawn(keeper.run());
     }
 
     async fn take_permit(&self, key: &PermitKey, max: u32) -> Result<Option<Permit>, LimiterError> {
@@ -878,16 +945,6 @@ mod tests {
         assert_eq!(shared.redis_key(), "kg:rl:{ws_1}:key_1:default:60000");
         assert_eq!(tag_of(&shared.redis_key()), "ws_1");
         assert_eq!(tag_of("no-tag"), "no-tag");
-    }
-
-    #[test]
-    fn groups_keep_first_seen_order_and_order_within() {
-        let grouped = group_by(vec![(1, 'a'), (2, 'b'), (3, 'a'), (4, 'c'), (5, 'b')], |(_, tag)| *tag);
-        assert_eq!(
-            grouped,
-            vec![vec![(1, 'a'), (3, 'a')], vec![(2, 'b'), (5, 'b')], vec![(4, 'c')]]
-        );
-        assert!(group_by(Vec::<u8>::new(), |n| *n).is_empty());
     }
 
     #[test]

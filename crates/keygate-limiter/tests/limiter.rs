@@ -221,6 +221,42 @@ async fn a_busy_key_is_admitted_mostly_without_a_call() {
     );
 }
 
+/// Issue 18, the tail: a key in steady use is admitted from blocks reserved
+/// ahead, across its buckets' ends, without waiting for Redis; what was
+/// admitted is still all charged there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_in_steady_use_crosses_buckets_without_waiting_for_redis() {
+    let Some(url) = redis_url().await else { return };
+    let limiter = leasing(&url);
+    let plain = RedisLimiter::new(&url, Duration::from_secs(2)).unwrap();
+    let checks = vec![check(&owner("steady"), 100_000, MINUTE)];
+    let mut waited = [0u32; 2];
+    // 40 requests a second for 3 seconds: the first second ramps the block
+    // up; the last two cross two buckets' ends.
+    for sent in 0..120 {
+        let second = usize::from(sent >= 40);
+        let decision = match limiter.check_now(&checks, 1, Charge::Consume, now_ms()) {
+            Some(decision) => decision,
+            None => {
+                waited[second] += 1;
+                limiter.check(&checks, 1, Charge::Consume, now_ms()).await.unwrap()
+            }
+        };
+        assert!(decision.allowed);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(waited[0] >= 1, "the key's first request goes to Redis");
+    assert!(
+        waited[1] <= 2,
+        "after the ramp, blocks reserved ahead admit (waited per phase: {waited:?})"
+    );
+    let seen = plain.check(&checks, 1, Charge::DryRun, now_ms()).await.unwrap();
+    assert!(
+        seen.limits[0].remaining <= 100_000 - 120,
+        "every admitted request was charged in Redis: {seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_block_left_unused_is_given_back_when_its_bucket_ends() {
     let Some(url) = redis_url().await else { return };
