@@ -2,6 +2,8 @@
 # keygate on shared PostgreSQL and Redis, in one run, with wrk on loopback and
 # the same keys, route and Lua script as scripts/bench/gateway.sh:
 #   1. one node on the embedded defaults (SQLite, in-memory limiter);
+#   1b. the same node and keys on Redis (leases on): the limiter's own cost,
+#      apart from the store's;
 #   2. one node on PostgreSQL and Redis (leases on, the default);
 #   2b. the same node deciding every request in Redis (`limiter.lease_max = 0`:
 #      coalesced calls only), the design leases are compared with;
@@ -67,6 +69,12 @@ create_keys $((BASE_PORT + 2)) "$ADMIN_KEY" "$KEYS" "$WORK/embedded-keys.txt"
 KEYGATE_PID=$NODE_PID PROFILE_AS=1 BENCH_KEYS="$WORK/embedded-keys.txt" run_wrk "1. one node, SQLite + memory" "http://127.0.0.1:$((BASE_PORT + 1))/bench" "$WORK/keys.lua"
 kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
 
+# 1b. The same store and keys, the limiter on Redis.
+write_keygate_config "$WORK/embedded-redis.toml" $((BASE_PORT + 1)) $((BASE_PORT + 2)) "sqlite://$WORK/embedded/keygate.db" "$REDIS_URL"
+start_node embedded-redis $((BASE_PORT + 1)) $((BASE_PORT + 2)) "${PIN_PROXY[@]}"
+BENCH_KEYS="$WORK/embedded-keys.txt" run_wrk "1b. one node, SQLite + Redis" "http://127.0.0.1:$((BASE_PORT + 1))/bench" "$WORK/keys.lua"
+kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
+
 # 2. One node on PostgreSQL and Redis.
 write_keygate_config "$WORK/shared-a.toml" $((BASE_PORT + 3)) $((BASE_PORT + 4)) "$SHARED_STORE" "$REDIS_URL"
 write_keygate_config "$WORK/shared-b.toml" $((BASE_PORT + 5)) $((BASE_PORT + 6)) "$SHARED_STORE" "$REDIS_URL"
@@ -102,12 +110,15 @@ for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 
 print_results
 awk -F'\t' '
-  NR == 1 { embedded = $2 }
-  NR == 2 { shared = $2 }
-  NR == 3 { coalesced = $2 }
-  NR == 4 { two = $2 }
+  function ms(t) { return t ~ /us$/ ? t / 1000 : (t ~ /ms$/ ? t + 0 : t * 1000) }
+  NR == 1 { embedded = $2; p1 = ms($4) }
+  NR == 2 { redis_only = $2; p1b = ms($4) }
+  NR == 3 { shared = $2; p2 = ms($4) }
+  NR == 4 { coalesced = $2 }
+  NR == 5 { two = $2 }
   END {
-    if (embedded > 0) printf "\none node: PostgreSQL + Redis / SQLite + memory: %.2f (no leases: %.2f)\n", shared / embedded, coalesced / embedded
+    if (embedded > 0) printf "\none node: PostgreSQL + Redis / SQLite + memory: %.2f, p99 %.2fx (no leases: %.2f)\n", shared / embedded, p2 / p1, coalesced / embedded
+    if (embedded > 0) printf "one node: SQLite + Redis / SQLite + memory: %.2f, p99 %.2fx\n", redis_only / embedded, p1b / p1
     if (shared > 0) printf "two nodes / one node (PostgreSQL + Redis): %.2f\n", two / shared
   }
 ' "$WORK/results.tsv"

@@ -495,6 +495,19 @@ mod tests {
         );
     }
 
+    /// A key that asked twice in second 10: a plain decision, then a block
+    /// of `granted` (its own request included) at Redis time `now_ms`.
+    fn leased(granted: u64, now_ms: u64) -> (Leases, Vec<LimitCheck>, Instant) {
+        let leases = Leases::new(64);
+        let checks = checks();
+        let t0 = Instant::now();
+        leases.ask(&checks, 1, t0);
+        grant(&leases, &checks, t0, 10_000, 1);
+        assert_eq!(leases.ask(&checks, 1, t0), 2, "a second request in its bucket asks for a block");
+        grant(&leases, &checks, t0, now_ms, granted);
+        (leases, checks, t0)
+    }
+
     /// Answers every queued reservation: `amount` granted at Redis time `now_ms`.
     fn answer_reservations(leases: &Leases, sent: Instant, now_ms: u64, amount: u64) -> Vec<u64> {
         let reservations = leases.drain_reservations();
@@ -526,14 +539,8 @@ mod tests {
 
     #[test]
     fn a_block_admits_only_until_its_bucket_ends_and_then_gives_back_its_leftovers() {
-        let leases = Leases::new(64);
-        let checks = checks();
-        let t0 = Instant::now();
-        leases.ask(&checks, 1, t0);
-        grant(&leases, &checks, t0, 10_000, 1);
-        leases.ask(&checks, 1, t0);
         // Granted 300 ms into a 1 s bucket (a minute's buckets are 1 s).
-        grant(&leases, &checks, t0, 10_300, 2);
+        let (leases, checks, t0) = leased(2, 10_300);
         let admitted = leases.take(&checks, 1, t0 + Duration::from_millis(100)).unwrap();
         assert_eq!(admitted.now_ms, 10_400);
         assert_eq!(admitted.limits[0].remaining, 899, "the block's use counts down");
@@ -561,15 +568,9 @@ mod tests {
 
     #[test]
     fn the_block_reserved_ahead_takes_over_when_the_bucket_ends() {
-        let leases = Leases::new(64);
-        let checks = checks();
-        let t0 = Instant::now();
-        let at = |ms| t0 + Duration::from_millis(ms);
-        leases.ask(&checks, 1, t0);
-        grant(&leases, &checks, t0, 10_000, 1);
-        assert_eq!(leases.ask(&checks, 1, t0), 2);
         // A block of 7 beyond the request, 300 ms into second 10.
-        grant(&leases, &checks, t0, 10_300, 8);
+        let (leases, checks, t0) = leased(8, 10_300);
+        let at = |ms| t0 + Duration::from_millis(ms);
         assert!(leases.take(&checks, 1, at(100)).is_some());
         assert!(
             leases.drain_reservations().is_empty(),
@@ -612,13 +613,7 @@ mod tests {
 
     #[test]
     fn a_block_used_up_early_hands_over_to_the_one_ahead_and_the_next_is_larger() {
-        let leases = Leases::new(64);
-        let checks = checks();
-        let t0 = Instant::now();
-        leases.ask(&checks, 1, t0);
-        grant(&leases, &checks, t0, 10_000, 1);
-        leases.ask(&checks, 1, t0);
-        grant(&leases, &checks, t0, 10_000, 5);
+        let (leases, checks, t0) = leased(5, 10_000);
         for _ in 0..2 {
             assert!(leases.take(&checks, 1, t0).is_some());
         }
@@ -680,13 +675,7 @@ mod tests {
 
     #[test]
     fn a_plain_decision_leaves_a_live_block_alone() {
-        let leases = Leases::new(64);
-        let checks = checks();
-        let t0 = Instant::now();
-        leases.ask(&checks, 1, t0);
-        grant(&leases, &checks, t0, 10_000, 1);
-        leases.ask(&checks, 1, t0);
-        grant(&leases, &checks, t0, 10_000, 3);
+        let (leases, checks, t0) = leased(3, 10_000);
         // A request that went to Redis while the block was asked for.
         grant(&leases, &checks, t0, 10_000, 1);
         assert!(leases.take(&checks, 1, t0).is_some());
