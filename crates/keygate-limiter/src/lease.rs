@@ -503,7 +503,11 @@ mod tests {
         let t0 = Instant::now();
         leases.ask(&checks, 1, t0);
         grant(&leases, &checks, t0, 10_000, 1);
-        assert_eq!(leases.ask(&checks, 1, t0), 2, "a second request in its bucket asks for a block");
+        assert_eq!(
+            leases.ask(&checks, 1, t0),
+            2,
+            "a second request in its bucket asks for a block"
+        );
         grant(&leases, &checks, t0, now_ms, granted);
         (leases, checks, t0)
     }
