@@ -248,29 +248,27 @@ impl Counter {
         }
         let now = self.latest_ms;
         let index = rule.bucket_of(now);
-        let fresh = Bucket {
-            index,
-            count: cost,
-            newest_ms: now,
+        // The bucket of now is almost always the last (or a new one after
+        // it); only a counter rebuilt from a store that holds a bucket
+        // charged ahead of now (`from_buckets_at`) has one after it.
+        let at = match self.buckets.last() {
+            Some(last) if last.index < index => self.buckets.len(),
+            Some(last) if last.index == index => self.buckets.len() - 1,
+            _ => self.buckets.partition_point(|b| b.index < index),
         };
-        match self.buckets.last_mut() {
-            Some(last) if last.index == index => {
-                last.count = last.count.saturating_add(cost);
-                last.newest_ms = last.newest_ms.max(now);
+        match self.buckets.get_mut(at) {
+            Some(bucket) if bucket.index == index => {
+                bucket.count = bucket.count.saturating_add(cost);
+                bucket.newest_ms = bucket.newest_ms.max(now);
             }
-            // Only in a counter rebuilt from a store that holds a bucket
-            // charged ahead of now (`from_buckets_at`): keep the order.
-            Some(last) if last.index > index => {
-                let at = self.buckets.partition_point(|b| b.index < index);
-                match self.buckets.get_mut(at) {
-                    Some(bucket) if bucket.index == index => {
-                        bucket.count = bucket.count.saturating_add(cost);
-                        bucket.newest_ms = bucket.newest_ms.max(now);
-                    }
-                    _ => self.buckets.insert(at, fresh),
-                }
-            }
-            _ => self.buckets.push(fresh),
+            _ => self.buckets.insert(
+                at,
+                Bucket {
+                    index,
+                    count: cost,
+                    newest_ms: now,
+                },
+            ),
         }
         self.total = self.total.saturating_add(cost);
     }

@@ -255,15 +255,21 @@ impl Lease {
         self.reserved = false;
     }
 
+    /// Gives back what the current block has left; a block that ended with
+    /// leftovers was too large, so the next one is half the size.
+    fn retire_block(&mut self, checks: &[LimitCheck], returns: &mut Vec<Return>) {
+        if self.block.give_back(checks, returns) {
+            self.want = (self.want / 2).max(1);
+        }
+    }
+
     /// Gives back the leftovers of blocks whose bucket has ended; the block
     /// ahead takes over from an ended one.
     fn expire(&mut self, checks: &[LimitCheck], now: Instant, returns: &mut Vec<Return>) {
         if now < self.block.until {
             return;
         }
-        if self.block.give_back(checks, returns) {
-            self.want = (self.want / 2).max(1);
-        }
+        self.retire_block(checks, returns);
         if let Some(mut ahead) = self.ahead.take() {
             if now < ahead.until {
                 self.block = ahead;
@@ -366,9 +372,7 @@ impl Leases {
             return;
         }
         // Whatever the block it replaces has left is given back.
-        if lease.block.give_back(checks, &mut self.returns.lock()) {
-            lease.want = (lease.want / 2).max(1);
-        }
+        lease.retire_block(checks, &mut self.returns.lock());
         lease.block = Block::granted(checks, extra, Target::Current, grant.decision, grant.sent);
         lease.reserved = false;
     }
