@@ -83,7 +83,10 @@ run_wrk() { # label, url, [lua script]
     perf ${PERF_ARGS:-record -q -F 1999} -p "$KEYGATE_PID" -o "$PROFILE_DIR/$PROFILE_AS.data" -- sleep "${DURATION%s}" 2>/dev/null &
     perf_pid=$!
   fi
+  # The span in UTC, to line the run up with other logs (PostgreSQL's, keygate's).
+  echo "  $label: measuring from $(date -u +%T)" >&2
   "${PIN_LOAD[@]}" wrk "${args[@]}" "$url" >"$WORK/$label.wrk"
+  echo "  $label: measured until $(date -u +%T)" >&2
   [ -z "$perf_pid" ] || wait "$perf_pid" || true
   local rps p50 p99 non2xx
   rps=$(awk '/^Requests\/sec/ {print $2}' "$WORK/$label.wrk")
@@ -92,6 +95,10 @@ run_wrk() { # label, url, [lua script]
   non2xx=$(awk '/Non-2xx/ {print $NF}' "$WORK/$label.wrk")
   printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$rps" "$p50" "$p99" "${non2xx:-0}" >>"$WORK/results.tsv"
   echo "  $label: $rps req/s, p50 $p50, p99 $p99, non-2xx ${non2xx:-0}" >&2
+}
+
+cpu_seconds_of() { # process name: user + system CPU seconds of every live process of that name
+  awk -v name="($1)" -v hz="$(getconf CLK_TCK)" '$2 == name { ticks += $14 + $15 } END { printf "%.2f\n", ticks / hz }' /proc/[0-9]*/stat 2>/dev/null
 }
 
 create_keys() { # admin port, admin key, count, output file
@@ -126,7 +133,11 @@ end
 EOF
 }
 
-build_keygate() {
+build_keygate() { # KEYGATE_BINARY=path: that binary instead (another commit's, to compare)
+  if [ -n "${KEYGATE_BINARY:-}" ]; then
+    KEYGATE=$KEYGATE_BINARY
+    return
+  fi
   echo "building keygate (release)" >&2
   (cd "$ROOT" && cargo build --release --bin keygate -q)
   KEYGATE="$ROOT/target/release/keygate"

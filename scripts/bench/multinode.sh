@@ -18,7 +18,10 @@
 # With PROFILE_DIR=dir, `perf record` samples the node during cases 1 and 2
 # (dir/1.data, dir/2.data), as in scripts/bench/gateway.sh.
 #
-# Usage: bash scripts/bench/multinode.sh   (DURATION=10s CONNECTIONS=64 KEYS=10000 REVOCATIONS=100)
+# Usage: bash scripts/bench/multinode.sh   (DURATION=10s CONNECTIONS=64 KEYS=10000 REVOCATIONS=100;
+# REVOCATIONS=0 skips the revocation part; KEYGATE_BINARY=path runs that binary).
+# Each case prints its span in UTC: scripts/bench/pg_time.py sums PostgreSQL's
+# log over one (see its header).
 # Needs PostgreSQL (KEYGATE_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/test)
 # and Redis (KEYGATE_REDIS_URL, default redis://127.0.0.1:6379). It works in a
 # schema of its own, dropped on exit; everything it starts is stopped on exit.
@@ -81,7 +84,12 @@ write_keygate_config "$WORK/shared-b.toml" $((BASE_PORT + 5)) $((BASE_PORT + 6))
 ADMIN_KEY=$(admin_key_for "$WORK/shared-a.toml")
 start_node shared-a $((BASE_PORT + 3)) $((BASE_PORT + 4)) "${PIN_PROXY[@]}"
 create_keys $((BASE_PORT + 4)) "$ADMIN_KEY" "$KEYS" "$WORK/shared-keys.txt"
+# PostgreSQL's CPU over the case (its warm-up included): the usage flush and
+# the roll-up are most of it (scripts/bench/pg_time.py), on the cores the node uses.
+pg_before=$(cpu_seconds_of postgres)
 KEYGATE_PID=$NODE_PID PROFILE_AS=2 BENCH_KEYS="$WORK/shared-keys.txt" run_wrk "2. one node, PostgreSQL + Redis" "http://127.0.0.1:$((BASE_PORT + 3))/bench" "$WORK/keys.lua"
+pg_cpu=$(awk -v a="$pg_before" -v b="$(cpu_seconds_of postgres)" 'BEGIN { printf "%.2f", b - a }')
+echo "  PostgreSQL CPU during case 2: $pg_cpu s" >&2
 kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
 
 # 2b. The same node and keys, every request decided in Redis.
@@ -123,6 +131,7 @@ awk -F'\t' '
   }
 ' "$WORK/results.tsv"
 
+[ "$REVOCATIONS" = 0 ] && exit 0 # REVOCATIONS=0: the load cases only
 echo
 echo "revocation propagation ($REVOCATIONS revocations, 3 nodes, debug build of the cluster test):"
 (cd "$ROOT" && KEYGATE_REQUIRE_SERVICES=1 KEYGATE_REVOCATIONS="$REVOCATIONS" \

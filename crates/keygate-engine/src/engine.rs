@@ -59,13 +59,16 @@ impl Engine {
         let context = Arc::new(Context::new(store, clock, settings.keyring.0));
         let usage = Arc::new(Usage::new(context.clone(), settings.usage));
         let events = Arc::new(Events::new(context.clone(), settings.events, usage.clone()));
-        let verifier = Arc::new(Verifier::new(
-            context.clone(),
-            limiter,
-            settings.verifier,
-            usage.clone(),
-            events.clone(),
-        ));
+        let verifier = Arc::new_cyclic(|me| {
+            Verifier::new(
+                me.clone(),
+                context.clone(),
+                limiter,
+                settings.verifier,
+                usage.clone(),
+                events.clone(),
+            )
+        });
         let admin = Arc::new(Admin::new(
             context.clone(),
             settings.admin,

@@ -299,6 +299,33 @@ async fn a_cached_key_is_read_again_after_the_ttl() {
     );
 }
 
+/// A key in use is re-read late in its TTL with no request waiting for the
+/// read: the request that notices is answered from the cache, and what the
+/// read finds (a revocation made behind this engine's back) applies before
+/// the TTL ends. Earlier in the TTL nothing is read.
+#[tokio::test]
+async fn a_key_in_use_is_re_read_before_its_ttl_ends() {
+    let f = fixture().await;
+    let (key_id, key) = new_key(&f.engine).await;
+    let verify = || f.engine.verifier().verify(request(&key, None));
+    assert_eq!(code(verify().await), None);
+    let event = keygate_store::testsuite::audit("key.revoked", &key_id, None);
+    f.store.revoke_key(&key_id, Utc::now(), None, &event).await.unwrap();
+    // Before three quarters of the TTL (60 s), no key is due.
+    f.clock.advance(chrono::Duration::seconds(44));
+    assert_eq!(code(verify().await), None);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(code(verify().await), None, "not re-read this early");
+    // Past every key's point (95 % of the TTL), still before the TTL.
+    f.clock.advance(chrono::Duration::seconds(14));
+    assert_eq!(code(verify().await), None, "answered from the cache");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while code(verify().await) != Some(ErrorCode::ApiKeyRevoked) {
+        assert!(std::time::Instant::now() < deadline, "not re-read before the TTL");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// With the store down, a cached key keeps verifying for `max_stale` after
 /// its last read, then gets 503; an uncached key gets 503 at once.
 #[tokio::test]

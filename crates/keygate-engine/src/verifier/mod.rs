@@ -8,6 +8,7 @@ mod cached_key;
 mod changes;
 mod forgotten;
 pub(crate) mod limits;
+mod refresh;
 mod shares;
 pub(crate) mod store_health;
 
@@ -20,7 +21,7 @@ pub use store_health::StoreStatus;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use std::time::Duration;
@@ -196,7 +197,7 @@ pub struct Verifier {
     /// a probe per hit) rather than moka, whose reads queue bookkeeping and
     /// cost about 1.3 µs a request in the gateway's profile (BENCHMARKS.md).
     /// Entries carry no time-to-live: freshness and `store.max_stale` are
-    /// decided on the engine's clock (`is_fresh`, `reload`), and capacity
+    /// decided on the engine's clock (`age`, `reload`), and capacity
     /// bounds memory.
     cache: quick_cache::sync::Cache<KeyHash, Arc<CachedKey>>,
     /// Workspaces and access lists, one copy each for the cached keys.
@@ -214,6 +215,18 @@ pub struct Verifier {
     hearing: HearingState,
     /// Credit balances kept in the store where the limiter forgets them.
     credits: CreditLedger,
+    /// Keys being re-read ahead of their TTL (refresh.rs).
+    refreshes: Arc<refresh::Refreshes>,
+    /// This verifier, for the tasks that re-read keys ahead.
+    me: Weak<Verifier>,
+}
+
+/// Where a cached key stands in its TTL.
+enum Age {
+    Fresh,
+    /// Fresh, and due to be re-read ahead of its TTL (refresh.rs).
+    DueForRefresh,
+    Stale,
 }
 
 /// Holds up to `capacity` keys; memory for the first few thousand is set
@@ -231,7 +244,9 @@ fn key_cache(capacity: u64) -> quick_cache::sync::Cache<KeyHash, Arc<CachedKey>>
 }
 
 impl Verifier {
+    /// `me` is the `Arc` this verifier is made in (`Arc::new_cyclic`).
     pub(crate) fn new(
+        me: Weak<Verifier>,
         context: Arc<Context>,
         limiter: Arc<dyn Limiter>,
         mut settings: VerifierSettings,
@@ -265,6 +280,8 @@ impl Verifier {
             usage,
             events,
             hearing: HearingState::new(),
+            refreshes: Arc::default(),
+            me,
         }
     }
 
@@ -311,14 +328,21 @@ impl Verifier {
             _ => return Err(self.invalid_key(request.client_ip, now)),
         };
         let cached = match self.cache.get(&hash) {
-            Some(cached) if self.is_fresh(&cached, now) => {
-                self.context.metrics().cache_lookup(CacheResult::Hit);
-                cached
-            }
-            Some(stale) => {
-                self.context.metrics().cache_lookup(CacheResult::Stale);
-                self.reload(hash, stale, now).await?
-            }
+            Some(cached) => match self.age(&hash, &cached, now) {
+                Age::Fresh => {
+                    self.context.metrics().cache_lookup(CacheResult::Hit);
+                    cached
+                }
+                Age::DueForRefresh => {
+                    self.context.metrics().cache_lookup(CacheResult::Hit);
+                    self.refresh_in_background(hash);
+                    cached
+                }
+                Age::Stale => {
+                    self.context.metrics().cache_lookup(CacheResult::Stale);
+                    self.reload(hash, cached, now).await?
+                }
+            },
             None => {
                 self.context.metrics().cache_lookup(CacheResult::Miss);
                 self.load(hash, request.client_ip, now).await?
@@ -335,10 +359,42 @@ impl Verifier {
         self.settings.legacy_keys
     }
 
-    /// Read from the store less than a TTL ago: `cache.ttl` while this node
-    /// hears other nodes' changes (or needs not), `cache.ttl_unheard` otherwise.
-    fn is_fresh(&self, cached: &CachedKey, now: DateTime<Utc>) -> bool {
-        now.timestamp_millis() - cached.loaded_at_ms() < millis_of(self.current_cache_ttl())
+    /// Fresh while read from the store less than a TTL ago: `cache.ttl`
+    /// while this node hears other nodes' changes (or needs not),
+    /// `cache.ttl_unheard` otherwise. Due for a re-read from a point late
+    /// in the TTL that depends on the key (refresh.rs).
+    fn age(&self, hash: &KeyHash, cached: &CachedKey, now: DateTime<Utc>) -> Age {
+        let ttl_ms = millis_of(self.current_cache_ttl());
+        let age_ms = now.timestamp_millis() - cached.loaded_at_ms();
+        if age_ms >= ttl_ms {
+            Age::Stale
+        } else if age_ms >= refresh::refresh_from_ms(hash, ttl_ms) {
+            Age::DueForRefresh
+        } else {
+            Age::Fresh
+        }
+    }
+
+    /// Re-reads a key in a task of its own, unless it is being re-read
+    /// already or enough keys are (refresh.rs); the request goes on with the
+    /// cached key. Outside a Tokio runtime nothing is started, and the key
+    /// is re-read at its TTL.
+    fn refresh_in_background(&self, hash: KeyHash) {
+        let (Some(verifier), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let Some(claim) = self.refreshes.claim(hash) else {
+            return;
+        };
+        runtime.spawn(async move {
+            let now = verifier.context.clock_now();
+            // As a reload past the TTL does; a failed read leaves the
+            // cached key as it is, for the TTL and `store.max_stale`.
+            if let Ok(None) = verifier.read_key(hash, now).await {
+                verifier.forget_key(&hash);
+            }
+            drop(claim);
+        });
     }
 
     pub(crate) fn current_cache_ttl(&self) -> Duration {
