@@ -156,7 +156,7 @@ fn verify(c: &mut Criterion) {
 /// Recording a request's usage, with 10,000 keys in turn as in the gateway
 /// benchmark: every key's counter is touched again before the next flush.
 fn usage(c: &mut Criterion) {
-    use keygate_engine::usage::{LoneTally, UsageRecorder, ADMITTED};
+    use keygate_engine::usage::{LoneTally, Outcome, UsageRecorder};
     let recorder = UsageRecorder::default();
     let workspace: Arc<str> = Arc::from("ws_01J9ZK3Q4W8X2V5N7M0000AAAA");
     let tallies: Vec<Arc<LoneTally>> = (0..10_000)
@@ -167,7 +167,7 @@ fn usage(c: &mut Criterion) {
     let mut next = tallies.iter().cycle();
     let mut group = c.benchmark_group("usage");
     group.bench_function("record_10000_keys_in_turn", |b| {
-        b.iter(|| recorder.record(next.next().unwrap(), ADMITTED, ip, now))
+        b.iter(|| recorder.record(next.next().unwrap(), Outcome::Admitted, ip, now))
     });
     group.finish();
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
+use keygate_core::ErrorCode;
 use keygate_store::{LastUse, NewEvent, Store, StoreError, UsageBatch, UsageCount, UsageCutoffs};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -23,6 +24,25 @@ use crate::metrics::StoreOperation;
 
 /// The outcome recorded for an admitted request; rejections use their error code.
 pub const ADMITTED: &str = "admitted";
+
+/// What a request came to, as usage counts it. One byte, where the name
+/// it is stored under (`as_str`) is a 16-byte reference: a tally keeps one
+/// per entry (memory per cached key, BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Admitted,
+    Refused(ErrorCode),
+}
+
+impl Outcome {
+    /// `admitted`, or the refusal's error code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admitted => ADMITTED,
+            Self::Refused(code) => code.as_str(),
+        }
+    }
+}
 
 /// How long usage counts are kept at each grain (`usage.keep_*`). Old
 /// minutes go first; their hours and days stay for the longer views.
@@ -72,12 +92,22 @@ pub struct KeyTally(Mutex<TallyState>);
 
 #[derive(Debug, Default)]
 struct TallyState {
-    /// (minute, outcome, count): usually one entry between flushes, kept
-    /// inline with no allocation of its own (memory per cached key, issue 18).
-    counts: SmallVec<[(i64, &'static str, u64); 1]>,
+    /// Usually one entry between flushes, kept inline with no allocation of
+    /// its own (memory per cached key, issue 18).
+    counts: SmallVec<[Tally; 1]>,
     last_use: Option<(DateTime<Utc>, IpAddr)>,
     /// In the recorder's list of tallies to flush.
     queued: bool,
+}
+
+/// Requests of one minute and outcome. A count stops at `u32::MAX` and
+/// the next request starts another entry, which the flush adds up.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    /// Unix seconds at the start of the minute.
+    minute: i64,
+    outcome: Outcome,
+    count: u32,
 }
 
 impl KeyTally {
@@ -191,18 +221,17 @@ impl UsageRecorder {
     /// Counts one request of the tally's key. The tally joins the flush list
     /// on its first count since the last flush, under its own lock, so a
     /// flush taking the list either sees the count or leaves it queued.
-    pub fn record<T: Tallied>(
-        &self,
-        holder: &Arc<T>,
-        outcome: &'static str,
-        client_ip: Option<IpAddr>,
-        now: DateTime<Utc>,
-    ) {
+    pub fn record<T: Tallied>(&self, holder: &Arc<T>, outcome: Outcome, client_ip: Option<IpAddr>, now: DateTime<Utc>) {
         let minute = now.timestamp().div_euclid(60) * 60;
         let mut state = holder.tally().state();
-        match state.counts.iter_mut().find(|(m, o, _)| *m == minute && *o == outcome) {
-            Some((_, _, count)) => *count += 1,
-            None => state.counts.push((minute, outcome, 1)),
+        let same = |tally: &&mut Tally| tally.minute == minute && tally.outcome == outcome && tally.count < u32::MAX;
+        match state.counts.iter_mut().find(same) {
+            Some(tally) => tally.count += 1,
+            None => state.counts.push(Tally {
+                minute,
+                outcome,
+                count: 1,
+            }),
         }
         if let Some(ip) = client_ip {
             if state.last_use.is_none_or(|(at, _)| now >= at) {
@@ -239,12 +268,12 @@ impl UsageRecorder {
         let mut last_uses: LastUses = FxHashMap::with_capacity_and_hasher(tallies.len(), Default::default());
         for holder in tallies {
             let mut state = holder.tally().state();
-            for (minute, outcome, count) in state.counts.drain(..) {
-                let key = (Arc::clone(holder.key_id()), minute, outcome);
+            for Tally { minute, outcome, count } in state.counts.drain(..) {
+                let key = (Arc::clone(holder.key_id()), minute, outcome.as_str());
                 counts
                     .entry(key)
                     .or_insert_with(|| (Arc::clone(holder.workspace_id()), 0))
-                    .1 += count;
+                    .1 += u64::from(count);
             }
             if let Some(last_use) = state.last_use.take() {
                 // On a tie the tally queued later wins: it is the newer cache
@@ -365,7 +394,7 @@ impl Usage {
     pub(crate) fn record<T: Tallied>(
         &self,
         holder: &Arc<T>,
-        outcome: &'static str,
+        outcome: Outcome,
         client_ip: Option<IpAddr>,
         now: DateTime<Utc>,
     ) {
@@ -468,11 +497,37 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    const OUTCOMES: [&str; 3] = [ADMITTED, "INSUFFICIENT_SCOPE", "RATE_LIMIT_EXCEEDED"];
+    const OUTCOMES: [Outcome; 3] = [
+        Outcome::Admitted,
+        Outcome::Refused(ErrorCode::InsufficientScope),
+        Outcome::Refused(ErrorCode::RateLimitExceeded),
+    ];
 
     /// A new cache entry's tally of `key_id` in workspace `ws_1`.
     fn entry(key_id: &str) -> Arc<LoneTally> {
         LoneTally::new(Arc::from(key_id), Arc::from("ws_1"))
+    }
+
+    /// No count is lost to an overflow: a full entry makes room for another.
+    #[test]
+    fn a_count_past_u32_starts_another_entry_and_the_batch_adds_them_up() {
+        let recorder = UsageRecorder::default();
+        let tally = entry("key_1");
+        let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        recorder.record(&tally, Outcome::Admitted, None, t0);
+        tally.tally().state().counts[0].count = u32::MAX - 1;
+        recorder.record(&tally, Outcome::Admitted, None, t0);
+        recorder.record(&tally, Outcome::Admitted, None, t0);
+        assert_eq!(tally.tally().state().counts.len(), 2);
+        let batch = recorder.take("ub".into(), t0);
+        let counts: Vec<(&str, u64)> = batch.counts.iter().map(|c| (c.outcome.as_str(), c.count)).collect();
+        assert_eq!(counts, [(ADMITTED, u64::from(u32::MAX) + 1)]);
+    }
+
+    /// Every cached key holds one (memory per cached key, BENCHMARKS.md).
+    #[test]
+    fn a_tally_stays_small() {
+        assert!(std::mem::size_of::<KeyTally>() <= 72);
     }
 
     proptest! {
@@ -503,7 +558,7 @@ mod tests {
             for (key, generation, outcome, minute, flush) in steps {
                 let at = t0 + chrono::Duration::minutes(minute);
                 recorder.record(&tallies[key][generation], OUTCOMES[outcome], None, at);
-                let slot = (format!("key_{key}"), at.timestamp().div_euclid(60) * 60, OUTCOMES[outcome].to_owned());
+                let slot = (format!("key_{key}"), at.timestamp().div_euclid(60) * 60, OUTCOMES[outcome].as_str().to_owned());
                 *expected.entry(slot).or_insert(0) += 1;
                 if flush {
                     take(&recorder, &mut flushed);
@@ -522,8 +577,8 @@ mod tests {
         let new = entry("key_1");
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let (here, there): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
-        recorder.record(&new, ADMITTED, Some(there), t0 + chrono::Duration::seconds(2));
-        recorder.record(&old, ADMITTED, Some(here), t0);
+        recorder.record(&new, Outcome::Admitted, Some(there), t0 + chrono::Duration::seconds(2));
+        recorder.record(&old, Outcome::Admitted, Some(here), t0);
         let batch = recorder.take("ub".into(), t0);
         assert_eq!(batch.counts.len(), 1);
         assert_eq!(batch.counts[0].count, 2);
@@ -538,8 +593,8 @@ mod tests {
         let new = entry("key_1");
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let (before, after): (IpAddr, IpAddr) = ("203.0.113.9".parse().unwrap(), "127.0.0.1".parse().unwrap());
-        recorder.record(&old, ADMITTED, Some(before), t0);
-        recorder.record(&new, ADMITTED, Some(after), t0);
+        recorder.record(&old, Outcome::Admitted, Some(before), t0);
+        recorder.record(&new, Outcome::Admitted, Some(after), t0);
         let batch = recorder.take("ub".into(), t0);
         let uses: Vec<_> = batch.last_uses.iter().map(|u| u.ip.as_str()).collect();
         assert_eq!(uses, ["127.0.0.1"]);
@@ -551,16 +606,16 @@ mod tests {
         let (one, two) = (entry("key_1"), entry("key_2"));
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        recorder.record(&one, ADMITTED, Some(ip), t0);
+        recorder.record(&one, Outcome::Admitted, Some(ip), t0);
         recorder.take("ub".into(), t0);
-        recorder.record(&two, ADMITTED, Some(ip), t0 + chrono::Duration::seconds(59));
+        recorder.record(&two, Outcome::Admitted, Some(ip), t0 + chrono::Duration::seconds(59));
         recorder.take("ub".into(), t0);
         assert_eq!(
             recorder.written_last_uses.lock().len(),
             2,
             "key_1's write still holds 59 s back"
         );
-        recorder.record(&two, ADMITTED, Some(ip), t0 + LAST_USE_PRECISION);
+        recorder.record(&two, Outcome::Admitted, Some(ip), t0 + LAST_USE_PRECISION);
         recorder.take("ub".into(), t0);
         let written = recorder.written_last_uses.lock();
         assert_eq!(
@@ -578,7 +633,7 @@ mod tests {
         let here: IpAddr = "192.0.2.1".parse().unwrap();
         let there: IpAddr = "192.0.2.2".parse().unwrap();
         let written = |at: DateTime<Utc>, ip: IpAddr| {
-            recorder.record(&tally, ADMITTED, Some(ip), at);
+            recorder.record(&tally, Outcome::Admitted, Some(ip), at);
             let batch = recorder.take("ub".into(), at);
             assert_eq!(batch.counts.len(), 1, "every request is counted");
             batch.last_uses.iter().map(|u| (u.at, u.ip.clone())).collect::<Vec<_>>()

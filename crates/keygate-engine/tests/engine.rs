@@ -12,7 +12,7 @@ use chrono::Utc;
 use keygate_core::throttle::FailurePolicy;
 use keygate_core::{ErrorCode, KeyFormat};
 use keygate_engine::admin::NewKey;
-use keygate_engine::usage::{LoneTally, UsageRecorder, ADMITTED};
+use keygate_engine::usage::{LoneTally, Outcome, UsageRecorder};
 use keygate_engine::{Actor, Engine, EngineSettings, ManualClock, VerifyRequest};
 use keygate_store::sqlite::SqliteStore;
 use keygate_store::{KeyStore, Store, UsageStore};
@@ -238,9 +238,9 @@ async fn usage_survives_a_failed_flush() {
     let tally = LoneTally::new(Arc::from("key_1"), Arc::from("ws_1"));
     let now = Utc::now();
     for _ in 0..4 {
-        recorder.record(&tally, ADMITTED, Some([10, 0, 0, 9].into()), now);
+        recorder.record(&tally, Outcome::Admitted, Some([10, 0, 0, 9].into()), now);
     }
-    recorder.record(&tally, ErrorCode::IpNotAllowed.as_str(), None, now);
+    recorder.record(&tally, Outcome::Refused(ErrorCode::IpNotAllowed), None, now);
 
     let down = fixture().await;
     down.store.close().await;
@@ -249,7 +249,7 @@ async fn usage_survives_a_failed_flush() {
         .await
         .is_err());
     assert_eq!(recorder.pending(), 2, "the failed batch is kept");
-    recorder.record(&tally, ADMITTED, None, now);
+    recorder.record(&tally, Outcome::Admitted, None, now);
     assert!(recorder
         .flush(down.store.as_ref(), now, || "ub_2".into())
         .await

@@ -203,3 +203,15 @@ pub trait Limiter: Send + Sync + 'static {
     /// a backend that keeps its counts.
     fn restore(&self, _check: &LimitCheck, _bucket: Bucket, _now_ms: u64) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cached key holds one per limit (memory per cached key,
+    /// BENCHMARKS.md): a field added here should be worth its bytes.
+    #[test]
+    fn a_limit_check_stays_small() {
+        assert!(std::mem::size_of::<LimitCheck>() <= 72);
+    }
+}

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
+
 use parking_lot::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -17,37 +19,55 @@ use crate::{Charge, CounterKey, LimitCheck, Limiter, LimiterError, LimiterHealth
 type Shared = Arc<Mutex<Slot>>;
 
 /// A counter in the table, or one taken out of it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slot {
     counter: Counter,
     /// Set, under the slot's lock, when the table drops it (idle, or evicted
     /// when full): a [`CounterCell`] that still points here must look the
     /// counter up again, or it would count where no one else does.
     retired: bool,
+    /// The [`MemoryLimiter`] whose table holds it. Kept here, in the
+    /// counter's padding, rather than beside each cell's pointer (memory per
+    /// cached key, BENCHMARKS.md).
+    limiter: u32,
 }
 
-/// A check's handle on its counter in a [`MemoryLimiter`] (see
-/// [`LimitCheck`]), named by the limiter it came from: empty until the first
-/// decision, and again after its counter is retired. Another limiter given
-/// the same check finds nothing here and uses its own table. A clone starts
-/// empty; it is a cache, so every cell equals every other.
-#[derive(Default)]
-pub struct CounterCell(Mutex<Option<(u64, Shared)>>);
-
-impl CounterCell {
-    fn get(&self, limiter: u64) -> Option<Shared> {
-        match &*self.0.lock() {
-            Some((id, shared)) if *id == limiter => Some(shared.clone()),
-            _ => None,
+impl Slot {
+    fn new(limiter: u32) -> Self {
+        Self {
+            counter: Counter::default(),
+            retired: false,
+            limiter,
         }
     }
 
-    fn set(&self, limiter: u64, shared: Shared) {
-        *self.0.lock() = Some((limiter, shared));
+    /// Whether `limiter` counts here: a cell may point into another
+    /// limiter's table, or at a counter its table has dropped.
+    fn counts_for(&self, limiter: u32) -> bool {
+        !self.retired && self.limiter == limiter
+    }
+}
+
+/// A check's handle on its counter in a [`MemoryLimiter`] (see
+/// [`LimitCheck`]): empty until the first decision, and again after its
+/// counter is retired. One pointer, swapped without a lock: the counter
+/// names its limiter, and a limiter given a check whose cell points into
+/// another's table finds out under the counter's lock and uses its own. A
+/// clone starts empty; it is a cache, so every cell equals every other.
+#[derive(Default)]
+pub struct CounterCell(ArcSwapOption<Mutex<Slot>>);
+
+impl CounterCell {
+    fn get(&self) -> Option<Shared> {
+        self.0.load_full()
+    }
+
+    fn set(&self, shared: Shared) {
+        self.0.store(Some(shared));
     }
 
     fn clear(&self) {
-        *self.0.lock() = None;
+        self.0.store(None);
     }
 }
 
@@ -76,7 +96,7 @@ impl std::fmt::Debug for CounterCell {
 }
 
 /// Names each [`MemoryLimiter`] for the cells that point into it.
-static NEXT_LIMITER_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_LIMITER_ID: AtomicU32 = AtomicU32::new(1);
 
 /// Requests have a handful of limits: keep them on the stack.
 type Few<T> = SmallVec<[T; 4]>;
@@ -86,7 +106,7 @@ const SWEEP_EVERY: u64 = 1024;
 
 pub struct MemoryLimiter {
     /// Process-wide unique: which limiter a [`CounterCell`] points into.
-    id: u64,
+    id: u32,
     /// FxHash: counter keys are server-generated ids and configured resource
     /// names, not attacker-chosen strings, so HashDoS resistance buys nothing here.
     counters: DashMap<CounterKey, Shared, FxBuildHasher>,
@@ -128,11 +148,11 @@ impl MemoryLimiter {
     /// The check's counter: from its cell, or from the table (and then kept
     /// in the cell).
     fn resolve(&self, check: &LimitCheck, now_ms: u64) -> Shared {
-        if let Some(shared) = check.counter.get(self.id) {
+        if let Some(shared) = check.counter.get() {
             return shared;
         }
         let shared = self.counter(&check.key, now_ms);
-        check.counter.set(self.id, shared.clone());
+        check.counter.set(shared.clone());
         shared
     }
 
@@ -163,7 +183,10 @@ impl MemoryLimiter {
                 });
             }
         }
-        self.counters.entry(key.clone()).or_default().clone()
+        self.counters
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(Slot::new(self.id))))
+            .clone()
     }
 
     pub fn decide_now(&self, checks: &[LimitCheck], cost: u64, charge: Charge, now_ms: u64) -> Decision {
@@ -191,15 +214,16 @@ impl MemoryLimiter {
             for i in order {
                 guards[i] = Some(shared[i].lock());
             }
-            let mut retired = false;
+            let mut elsewhere = false;
             for (check, guard) in checks.iter().zip(&guards) {
-                if guard.as_ref().is_some_and(|slot| slot.retired) {
+                if guard.as_ref().is_some_and(|slot| !slot.counts_for(self.id)) {
                     check.counter.clear();
-                    retired = true;
+                    elsewhere = true;
                 }
             }
-            if retired {
-                // Dropped from the table since the cell was filled: look again.
+            if elsewhere {
+                // Dropped from the table since the cell was filled, or
+                // another limiter's: look again, in this one's table.
                 continue;
             }
             return decide_locked(checks, &mut guards, cost, charge, now_ms);
@@ -257,7 +281,7 @@ impl Limiter for MemoryLimiter {
         loop {
             let shared = self.resolve(check, now_ms);
             let mut slot = shared.lock();
-            if slot.retired {
+            if !slot.counts_for(self.id) {
                 check.counter.clear();
                 continue;
             }

@@ -15,10 +15,9 @@ use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::KeyAccess;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
-use smallvec::SmallVec;
 
+use super::limits::MemoizedLimits;
 use super::shares::{SharedWorkspace, Shares};
-use super::MemoizedChecks;
 use crate::usage::{KeyTally, Tallied};
 
 /// A key and its workspace as the verify path needs them.
@@ -34,8 +33,7 @@ pub struct CachedKey {
     loaded_at_ms: i64,
     /// Limit checks per resource list, computed on first use for one
     /// generation of plans (crates/keygate-engine/src/verifier/limits.rs).
-    /// Most keys see one list: it is kept inline.
-    pub(crate) limit_checks: Mutex<(u64, SmallVec<[MemoizedChecks; 1]>)>,
+    pub(crate) limit_checks: Mutex<MemoizedLimits>,
     /// Usage counted since the last flush.
     usage: KeyTally,
     profile: Box<KeyProfile>,
@@ -49,8 +47,9 @@ pub struct CachedKey {
 /// cached key, BENCHMARKS.md).
 #[derive(Debug)]
 struct KeyProfile {
-    name: Box<str>,
-    hint: Box<str>,
+    /// The name, then the hint: one allocation, not two.
+    name_and_hint: Box<str>,
+    name_len: u32,
     created_by: Option<Arc<str>>,
     last_used_ip: Option<Box<str>>,
     created_at: DateTime<Utc>,
@@ -73,6 +72,13 @@ struct RareProfile {
     /// When its credits were last set (`ApiKey::credits_set_at`); its
     /// credit periods start there, or at its creation when never set.
     credits_set_at: Option<DateTime<Utc>>,
+}
+
+impl KeyProfile {
+    /// Where the name ends: a character boundary, as it was a whole string.
+    fn name_len(&self) -> usize {
+        usize::try_from(self.name_len).unwrap_or(usize::MAX)
+    }
 }
 
 impl RareProfile {
@@ -116,11 +122,11 @@ impl CachedKey {
             environment: shares.name(key.environment),
             access: KeyAccess::new(revoked, key.expires_at, lists),
             loaded_at_ms: loaded_at.timestamp_millis(),
-            limit_checks: Mutex::new((0, SmallVec::new())),
+            limit_checks: Mutex::default(),
             usage: KeyTally::default(),
             profile: Box::new(KeyProfile {
-                name: key.name.into_boxed_str(),
-                hint: key.hint.into_boxed_str(),
+                name_len: u32::try_from(key.name.len()).unwrap_or(u32::MAX),
+                name_and_hint: (key.name + &key.hint).into_boxed_str(),
                 created_by: key.created_by.map(|actor| shares.name(actor)),
                 last_used_ip: boxed(key.last_used_ip),
                 created_at: key.created_at,
@@ -171,12 +177,18 @@ impl CachedKey {
     }
 
     pub fn name(&self) -> &str {
-        &self.profile.name
+        self.profile
+            .name_and_hint
+            .get(..self.profile.name_len())
+            .unwrap_or_default()
     }
 
     /// `kg_live_AbCd...wxyz`.
     pub fn hint(&self) -> &str {
-        &self.profile.hint
+        self.profile
+            .name_and_hint
+            .get(self.profile.name_len()..)
+            .unwrap_or_default()
     }
 
     /// Imported from another system (crates/keygate-core/src/legacy.rs).
@@ -371,8 +383,8 @@ mod tests {
     /// a field added here should be worth its bytes.
     #[test]
     fn a_cached_key_stays_small() {
-        assert!(std::mem::size_of::<CachedKey>() <= 256);
-        assert!(std::mem::size_of::<KeyProfile>() <= 104);
+        assert!(std::mem::size_of::<CachedKey>() <= 224);
+        assert!(std::mem::size_of::<KeyProfile>() <= 88);
         assert!(std::mem::size_of::<KeyAccess>() <= 24);
     }
 

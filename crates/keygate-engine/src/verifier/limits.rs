@@ -79,6 +79,56 @@ pub const SHADOW_SUFFIX: &str = "~shadow";
 /// Resource lists remembered per cached key; routes name a handful.
 const MAX_MEMOIZED_RESOURCES: usize = 16;
 
+/// A cached key's limit checks per resource list, computed on first use
+/// for one generation of plans. Most keys only ever see the default list:
+/// it has a field of its own, and the lists routes name are boxed apart, so
+/// a key that sees no other pays one empty pointer (memory per cached key,
+/// BENCHMARKS.md).
+#[derive(Debug, Default)]
+pub(crate) struct MemoizedLimits {
+    generation: u64,
+    default: Option<LimitSet>,
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer in every cached key, where a Vec is three"
+    )]
+    named: Option<Box<Vec<NamedLimits>>>,
+}
+
+/// A resource list a route names, and its checks.
+type NamedLimits = (Box<[Box<str>]>, LimitSet);
+
+impl MemoizedLimits {
+    /// The checks for `resources`, if computed under this `generation` of
+    /// plans; what an older generation computed is forgotten.
+    fn get(&mut self, generation: u64, resources: &[String]) -> Option<LimitSet> {
+        if self.generation != generation {
+            *self = Self {
+                generation,
+                ..Self::default()
+            };
+        }
+        if resources == default_resources() {
+            return self.default.clone();
+        }
+        let same = |names: &[Box<str>]| names.iter().map(|n| &**n).eq(resources.iter().map(String::as_str));
+        let named = self.named.as_deref()?;
+        named.iter().find(|(names, _)| same(names)).map(|(_, set)| set.clone())
+    }
+
+    /// Keeps the checks for `resources`, up to [`MAX_MEMOIZED_RESOURCES`] lists.
+    fn keep(&mut self, resources: &[String], set: LimitSet) {
+        if resources == default_resources() {
+            self.default = Some(set);
+            return;
+        }
+        let named = self.named.get_or_insert_with(Box::default);
+        if named.len() < MAX_MEMOIZED_RESOURCES {
+            named.push((resources.iter().map(|r| Box::from(r.as_str())).collect(), set));
+        }
+    }
+}
+
 fn millis(now: DateTime<Utc>) -> u64 {
     u64::try_from(now.timestamp_millis()).unwrap_or(0)
 }
@@ -91,18 +141,8 @@ impl Verifier {
     pub(crate) fn limit_checks(&self, cached: &CachedKey, resources: &[String]) -> LimitSet {
         let plans = self.plans();
         let mut memo = cached.limit_checks.lock();
-        let (generation, memoized) = &mut *memo;
-        if *generation != plans.generation() {
-            *generation = plans.generation();
-            memoized.clear();
-        }
-        let is_default = resources == default_resources();
-        let same = |names: &Option<Box<[Box<str>]>>| match names {
-            None => is_default,
-            Some(names) => names.iter().map(|n| &**n).eq(resources.iter().map(String::as_str)),
-        };
-        if let Some((_, checks)) = memoized.iter().find(|(names, _)| same(names)) {
-            return checks.clone();
+        if let Some(set) = memo.get(plans.generation(), resources) {
+            return set;
         }
         let plan = plans.of(cached.workspace().plan.as_ref());
         let mut checks: Vec<LimitCheck> = Vec::new();
@@ -123,11 +163,7 @@ impl Verifier {
             checks: checks.into(),
             describe: plan.and_then(|plan| plan.describe),
         };
-        if memoized.len() < MAX_MEMOIZED_RESOURCES {
-            // The default list, which most keys see, is kept as `None`.
-            let names = (!is_default).then(|| resources.iter().map(|r| Box::from(r.as_str())).collect());
-            memoized.push((names, set.clone()));
-        }
+        memo.keep(resources, set.clone());
         set
     }
 
@@ -469,4 +505,53 @@ fn compute_limit_checks(plan: Option<&Plan>, cached: &CachedKey, resource: &str,
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> LimitSet {
+        LimitSet {
+            checks: Arc::from(Vec::new()),
+            describe: None,
+        }
+    }
+
+    fn same(a: &Option<LimitSet>, b: &LimitSet) -> bool {
+        a.as_ref().is_some_and(|a| Arc::ptr_eq(&a.checks, &b.checks))
+    }
+
+    #[test]
+    fn checks_are_kept_per_resource_list_for_one_generation_of_plans() {
+        let mut memo = MemoizedLimits::default();
+        let (default, search) = (set(), set());
+        let searches = ["search".to_owned()];
+        assert!(memo.get(1, default_resources()).is_none());
+        memo.keep(default_resources(), default.clone());
+        memo.keep(&searches, search.clone());
+        assert!(same(&memo.get(1, default_resources()), &default));
+        assert!(same(&memo.get(1, &searches), &search));
+        assert!(memo.get(1, &["other".to_owned()]).is_none());
+        assert!(memo.get(2, &searches).is_none(), "a reload's plans start over");
+        assert!(memo.get(2, default_resources()).is_none());
+    }
+
+    #[test]
+    fn a_key_keeps_at_most_a_few_named_lists() {
+        let mut memo = MemoizedLimits::default();
+        let lists: Vec<[String; 1]> = (0..=MAX_MEMOIZED_RESOURCES).map(|n| [format!("r{n}")]).collect();
+        for list in &lists {
+            memo.get(1, list);
+            memo.keep(list, set());
+        }
+        assert!(memo.get(1, &lists[MAX_MEMOIZED_RESOURCES - 1]).is_some());
+        assert!(memo.get(1, &lists[MAX_MEMOIZED_RESOURCES]).is_none());
+    }
+
+    /// Every cached key holds one (memory per cached key, BENCHMARKS.md).
+    #[test]
+    fn memoized_limits_stay_small() {
+        assert!(std::mem::size_of::<MemoizedLimits>() <= 48);
+    }
 }

@@ -14,7 +14,6 @@ pub(crate) mod store_health;
 
 pub use cached_key::CachedKey;
 pub use changes::Hearing;
-use limits::LimitSet;
 pub use limits::RateLimits;
 use shares::Shares;
 pub use store_health::StoreStatus;
@@ -43,7 +42,7 @@ use crate::credits::CreditLedger;
 use crate::events::Events;
 use crate::metrics::{CacheResult, ScrapeValues, StoreOperation, TargetSample};
 use crate::plans::PlanBook;
-use crate::usage::{Usage, ADMITTED};
+use crate::usage::{Outcome, Usage};
 use changes::HearingState;
 
 /// What the verify path needs of the config.
@@ -97,10 +96,6 @@ impl Default for VerifierSettings {
         }
     }
 }
-
-/// The limit checks of one list of resources for one cached key.
-/// The list is `None` for the default resources (`["default"]`).
-pub(crate) type MemoizedChecks = (Option<Box<[Box<str>]>>, LimitSet);
 
 /// `["default"]`: what most routes count against.
 static DEFAULT_RESOURCES: LazyLock<[String; 1]> = LazyLock::new(|| [DEFAULT_RESOURCE.to_owned()]);
@@ -429,7 +424,7 @@ impl Verifier {
             now,
         );
         if let Err(denial) = checked {
-            self.record(&cached, request, denial.code().as_str(), now);
+            self.record(&cached, request, Outcome::Refused(denial.code()), now);
             let mut error = ErrorInstance::new(denial.code());
             error.scope = denial.missing_scope().map(str::to_owned);
             let limits = self.peek_limits(&cached, request.resources, now).await;
@@ -441,7 +436,7 @@ impl Verifier {
         }
         match self.apply_limits(&cached, request, now).await {
             Ok((limits, permit)) => {
-                self.record(&cached, request, ADMITTED, now);
+                self.record(&cached, request, Outcome::Admitted, now);
                 if let Some(limits) = limits.as_ref().filter(|_| request.limits == LimitMode::Enforce) {
                     self.report_shadow_refusals(&cached, limits, now);
                 }
@@ -452,7 +447,7 @@ impl Verifier {
                 })
             }
             Err((error, limits)) => {
-                self.record(&cached, request, error.code.as_str(), now);
+                self.record(&cached, request, Outcome::Refused(error.code), now);
                 let announce = error.code == ErrorCode::RateLimitExceeded
                     && request.record
                     && request.limits == LimitMode::Enforce;
@@ -469,7 +464,7 @@ impl Verifier {
         }
     }
 
-    fn record(&self, cached: &Arc<CachedKey>, request: &VerifyRequest<'_>, outcome: &'static str, now: DateTime<Utc>) {
+    fn record(&self, cached: &Arc<CachedKey>, request: &VerifyRequest<'_>, outcome: Outcome, now: DateTime<Utc>) {
         if request.record {
             self.usage.record(cached, outcome, request.client_ip, now);
         }
