@@ -75,7 +75,9 @@ run_wrk() { # label, url, [lua script]
   local label=$1 url=$2 script=${3:-}
   local args=(-t1 -c"$CONNECTIONS" -d"$DURATION" --latency)
   [ -n "$script" ] && args+=(-s "$script")
-  "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d2s ${script:+-s "$script"} "$url" >/dev/null # warm-up
+  # WARMUP (default 2s) before each case: a longer one lets a node that has
+  # just created the keys finish that work first (BENCHMARKS.md, issue 18).
+  "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP:-2s}" ${script:+-s "$script"} "$url" >/dev/null # warm-up
   local perf_pid=""
   if [ -n "${PROFILE_DIR:-}" ] && [ -n "${PROFILE_AS:-}" ] && [ -n "${KEYGATE_PID:-}" ]; then
     mkdir -p "$PROFILE_DIR"

@@ -18,7 +18,7 @@
 # With PROFILE_DIR=dir, `perf record` samples the node during cases 1 and 2
 # (dir/1.data, dir/2.data), as in scripts/bench/gateway.sh.
 #
-# Usage: bash scripts/bench/multinode.sh   (DURATION=10s CONNECTIONS=64 KEYS=10000 REVOCATIONS=100;
+# Usage: bash scripts/bench/multinode.sh   (DURATION=10s CONNECTIONS=64 KEYS=10000 REVOCATIONS=100 WARMUP=2s;
 # REVOCATIONS=0 skips the revocation part; KEYGATE_BINARY=path runs that binary).
 # Each case prints its span in UTC: scripts/bench/pg_time.py sums PostgreSQL's
 # log over one (see its header).

@@ -29,9 +29,10 @@
 //! [`SWEEP_EVERY`]). Until then another node may be refused an allowance
 //! this one holds: under-admission, never over-admission. A block is at most
 //! [`ROOM_SHARE`] of the room left, so a limit's last requests are decided in
-//! Redis one at a time, and it grows only with use (doubled after a block ran
-//! out within its bucket, halved after one ended with leftovers), so a key
-//! seen now and then takes no block at all.
+//! Redis one at a time, and it grows only with use (after a block ran out
+//! within its bucket, to twice its size or to what the key's rate over it
+//! asks for, [`Block::next_size`]; halved after one ended with leftovers),
+//! so a key seen now and then takes no block at all.
 //!
 //! Everything here is bookkeeping over `now` values; the Redis calls are in
 //! `redis.rs`.
@@ -57,6 +58,10 @@ pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// A lease whose bucket ended this long ago, and that nobody asks for, is dropped.
 const IDLE_AFTER: Duration = Duration::from_secs(10);
+
+/// A block used up sooner than this says nothing of its key's rate (a
+/// burst): the next is only twice its size.
+const RATE_AFTER: Duration = Duration::from_millis(10);
 
 /// How long a request that asked for a block keeps others from asking too,
 /// unless its answer comes first (a dropped request's claim runs out).
@@ -166,6 +171,25 @@ impl Block {
         }
     }
 
+    /// The block to ask for after this one ran out within its bucket: twice
+    /// `want`, or what the key would use at its rate over this block in
+    /// half of the life this block had, whichever is larger, and at most
+    /// `max`. A key in steady use so reaches its size in a step or two,
+    /// where doubling alone took a call per doubling (1, 2, 4, ... 64: the
+    /// first minute of every key, BENCHMARKS.md).
+    fn next_size(&self, want: u64, now: Instant, max: u64) -> u64 {
+        let doubled = want.saturating_mul(2);
+        let elapsed = now.saturating_duration_since(self.granted_at);
+        let at_rate = if elapsed < RATE_AFTER {
+            0
+        } else {
+            let life = self.until.saturating_duration_since(self.granted_at);
+            let size = u128::from(self.used) * life.as_millis() / (2 * elapsed.as_millis());
+            u64::try_from(size).unwrap_or(u64::MAX)
+        };
+        doubled.max(at_rate).min(max)
+    }
+
     fn fits(&self, cost: u64, now: Instant) -> bool {
         now < self.until && self.left >= cost
     }
@@ -241,13 +265,13 @@ impl Lease {
     }
 
     /// Replaces the current block, giving back what it has left; the next
-    /// block asked for doubles if it ran out within its bucket and halves if
-    /// it ended with leftovers.
+    /// block asked for grows if it ran out within its bucket
+    /// ([`Block::next_size`]) and halves if it ended with leftovers.
     fn replace(&mut self, block: Block, checks: &[LimitCheck], now: Instant, max: u64, returns: &mut Vec<Return>) {
         let ran_out = now < self.block.until;
         let leftovers = self.block.give_back(checks, returns);
         if ran_out {
-            self.want = self.want.saturating_mul(2).min(max);
+            self.want = self.block.next_size(self.want, now, max);
         } else if leftovers {
             self.want = (self.want / 2).max(1);
         }
@@ -280,6 +304,17 @@ impl Lease {
         }
     }
 
+    /// When a sweep next has work on this lease: its block or the block
+    /// ahead ends (leftovers to give back), or it is forgotten.
+    fn next_sweep(&self, now: Instant) -> Instant {
+        let forgotten = (self.until() + IDLE_AFTER).max(self.asking_until.unwrap_or(now));
+        [Some(self.block.until), self.ahead.as_ref().map(|ahead| ahead.until)]
+            .into_iter()
+            .flatten()
+            .filter(|&until| until > now)
+            .fold(forgotten, Instant::min)
+    }
+
     /// Whether to reserve the next block now.
     fn wants_ahead(&self, now: Instant) -> bool {
         !self.reserved && self.ahead.is_none() && self.want > 1 && !self.asking(now) && self.block.half_spent(now)
@@ -292,6 +327,11 @@ pub struct Leases {
     table: DashMap<Box<[LimitCheck]>, Mutex<Lease>, FxBuildHasher>,
     returns: Mutex<Vec<Return>>,
     reservations: Mutex<Vec<Reservation>>,
+    /// When [`Leases::sweep`] next has work (`None`: no lease). Blocks of a
+    /// rule end together, at its buckets' ends, so most sweeps have none,
+    /// and visiting every lease took 0.45 ms at 10,000 keys, on the thread
+    /// that serves requests (BENCHMARKS.md).
+    next_sweep: Mutex<Option<Instant>>,
     /// Wakes the keeper task (redis.rs) when a reservation is queued.
     wake: Arc<Notify>,
 }
@@ -305,6 +345,7 @@ impl Leases {
             table: DashMap::with_hasher(FxBuildHasher),
             returns: Mutex::new(Vec::new()),
             reservations: Mutex::new(Vec::new()),
+            next_sweep: Mutex::new(None),
             wake: Arc::default(),
         }
     }
@@ -335,17 +376,17 @@ impl Leases {
     /// to ask since the block ran out) a block. Gives back what an ended block
     /// has left, with this very call.
     pub fn ask(&self, checks: &[LimitCheck], cost: u64, now: Instant) -> u64 {
-        let entry = self
-            .table
-            .entry(checks.into())
-            .or_insert_with(|| Mutex::new(Lease::new(now)));
+        let entry = self.table.entry(checks.into()).or_insert_with(|| {
+            self.sweep_at(now + IDLE_AFTER);
+            Mutex::new(Lease::new(now))
+        });
         let mut lease = entry.lock();
         if lease.asking(now) {
             return cost;
         }
         if now < lease.block.until && lease.block.left < cost {
             // It ran out within its bucket: the key wants more.
-            lease.want = lease.want.saturating_mul(2).min(self.max);
+            lease.want = lease.block.next_size(lease.want, now, self.max);
         }
         lease.expire(checks, now, &mut self.returns.lock());
         if lease.want <= cost {
@@ -375,6 +416,7 @@ impl Leases {
         lease.retire_block(checks, &mut self.returns.lock());
         lease.block = Block::granted(checks, extra, Target::Current, grant.decision, grant.sent);
         lease.reserved = false;
+        self.sweep_at(lease.block.until);
     }
 
     /// Records the block reserved ahead (`grant` of it, perhaps none),
@@ -394,6 +436,7 @@ impl Leases {
             return;
         }
         let block = Block::granted(checks, grant, Target::Next, decision, sent);
+        self.sweep_at(block.until);
         let mut returns = self.returns.lock();
         if let Some(mut old) = lease.ahead.replace(block) {
             old.give_back(checks, &mut returns);
@@ -407,15 +450,40 @@ impl Leases {
         }
     }
 
-    /// Gives back what ended blocks have left, and forgets idle leases.
+    /// Gives back what ended blocks have left, and forgets idle leases;
+    /// returns at once while no block has ended and no lease is idle.
     pub fn sweep(&self, now: Instant) {
+        if self.next_sweep.lock().take_if(|at| *at <= now).is_none() {
+            return;
+        }
         let mut returns = Vec::new();
+        let mut next: Option<Instant> = None;
         self.table.retain(|checks, lease| {
             let lease = lease.get_mut();
             lease.expire(checks, now, &mut returns);
-            lease.asking(now) || now < lease.until() + IDLE_AFTER
+            let kept = lease.asking(now) || now < lease.until() + IDLE_AFTER;
+            if kept {
+                let at = lease.next_sweep(now);
+                next = Some(next.map_or(at, |next| next.min(at)));
+            }
+            kept
         });
+        if let Some(at) = next {
+            self.sweep_at(at);
+        }
         self.returns.lock().extend(returns);
+    }
+
+    /// A sweep has work at `at` (or earlier, if another lease's is).
+    fn sweep_at(&self, at: Instant) {
+        let mut next = self.next_sweep.lock();
+        *next = Some(next.map_or(at, |next| next.min(at)));
+    }
+
+    /// When the next sweep has work.
+    #[cfg(test)]
+    fn sweep_due(&self) -> Option<Instant> {
+        *self.next_sweep.lock()
     }
 
     /// Allowance a call could not take along (another slot's, on a
@@ -575,6 +643,79 @@ mod tests {
     }
 
     #[test]
+    fn a_key_in_steady_use_reaches_its_block_size_in_one_step() {
+        const HOUR: u64 = 60 * MINUTE;
+        // An hour's limit: buckets of a minute.
+        let hourly = |owner: &str| {
+            vec![LimitCheck::new(
+                CounterKey {
+                    owner: Arc::from(owner),
+                    resource: Arc::from("default"),
+                    window_ms: HOUR,
+                },
+                Rule::new(100_000, HOUR),
+            )]
+        };
+        let checks = hourly("steady");
+        let leases = Leases::new(64);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        leases.ask(&checks, 1, t0);
+        grant(&leases, &checks, t0, 10_000, 1);
+        assert_eq!(leases.ask(&checks, 1, at(200)), 2, "nothing was used yet: it doubles");
+        grant(&leases, &checks, at(200), 10_200, 2);
+        assert!(leases.take(&checks, 1, at(300)).is_some());
+        answer_reservations(&leases, at(300), 10_300, 0);
+        // Used up in 200 ms, 49.8 s before its bucket ends: half of that at
+        // 5 a second would be about 124; blocks are at most 64.
+        assert_eq!(leases.ask(&checks, 1, at(400)), 64);
+        // Another key, used up after 20 s: a rate that small only doubles.
+        let slow = hourly("slow");
+        leases.ask(&slow, 1, t0);
+        grant(&leases, &slow, t0, 10_000, 1);
+        assert_eq!(leases.ask(&slow, 1, at(100)), 2);
+        grant(&leases, &slow, at(100), 10_100, 2);
+        assert!(leases.take(&slow, 1, at(10_000)).is_some());
+        answer_reservations(&leases, at(10_000), 20_000, 0);
+        assert_eq!(leases.ask(&slow, 1, at(20_100)), 4);
+    }
+
+    #[test]
+    fn a_sweep_has_work_only_once_a_block_has_ended_or_a_lease_is_idle() {
+        // Granted 300 ms into a 1 s bucket: the block ends 700 ms later.
+        let (leases, checks, t0) = leased(2, 10_300);
+        let end = t0 + Duration::from_millis(700);
+        assert_eq!(leases.sweep_due(), Some(end));
+        leases.sweep(end - Duration::from_millis(1));
+        assert_eq!(leases.sweep_due(), Some(end), "nothing had ended");
+        assert!(leases.drain_returns().is_empty());
+        leases.sweep(end);
+        assert_eq!(leases.drain_returns().len(), 1, "the block's leftover");
+        assert_eq!(leases.sweep_due(), Some(end + IDLE_AFTER), "then the lease is idle");
+        // A block ahead for another key is due at its own end.
+        let other = vec![LimitCheck::new(
+            CounterKey {
+                owner: Arc::from("other"),
+                resource: Arc::from("default"),
+                window_ms: MINUTE,
+            },
+            Rule::new(1_000, MINUTE),
+        )];
+        leases.ask(&other, 1, end);
+        leases.reserved(&other, 3, &decision(11_000, 800), end);
+        assert_eq!(leases.sweep_due(), Some(end + Duration::from_millis(2_000)));
+        leases.sweep(end + IDLE_AFTER);
+        assert!(
+            leases.table.get(checks.as_slice()).is_none(),
+            "the idle lease is forgotten"
+        );
+        assert_eq!(leases.drain_returns().len(), 1, "the ended block ahead's 3");
+        leases.sweep(end + Duration::from_millis(2_000) + IDLE_AFTER);
+        assert!(leases.is_empty());
+        assert_eq!(leases.sweep_due(), None, "no lease, no sweep");
+    }
+
+    #[test]
     fn the_block_reserved_ahead_takes_over_when_the_bucket_ends() {
         // A block of 7 beyond the request, 300 ms into second 10.
         let (leases, checks, t0) = leased(8, 10_300);
@@ -613,7 +754,11 @@ mod tests {
             leases.drain_reservations().is_empty(),
             "second 10's block ended with leftovers: the next is 1, a plain decision"
         );
-        assert_eq!(leases.ask(&checks, 1, at(1_699)), 2, "and this one ran out early");
+        assert_eq!(
+            leases.ask(&checks, 1, at(1_699)),
+            4,
+            "this one ran out early: 8 used over its 1.34 s, so 4 in half of that, more than twice 1"
+        );
         leases.not_granted(&checks);
         leases.sweep(at(1_700));
         assert!(leases.drain_returns().is_empty(), "nothing left to give back");

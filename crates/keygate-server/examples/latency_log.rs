@@ -4,12 +4,16 @@
 //! a usage flush against the others, scripts/bench/tail.sh) needs each one.
 //! Like `wrk -t1`: one thread, `connections` keep-alive connections, each
 //! sending the next request as soon as the last answer is read, cycling
-//! through the keys in `X-API-Key`.
+//! through the keys in `X-API-Key`. The connections share one turn, as
+//! wrk's script in scripts/bench/common.sh does: each key is sent once per
+//! round. (A turn per connection sent each key 32 times within a
+//! millisecond, once per round: bursts that no other benchmark makes.)
 //!
 //! Usage: latency_log <host:port> <path> <keys file> <connections> <seconds> <output file>
 //! Output: one line per request, `sent_unix_us latency_us status`.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,9 +43,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let connections: usize = connections.parse().unwrap_or_else(|_| usage());
     let until = Instant::now() + Duration::from_secs(seconds.parse().unwrap_or_else(|_| usage()));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let turn = Arc::new(AtomicUsize::new(0));
     let samples = runtime.block_on(async {
         let tasks: Vec<_> = (0..connections)
-            .map(|n| tokio::spawn(connection(addr.clone(), path.clone(), keys.clone(), n, until)))
+            .map(|_| {
+                tokio::spawn(connection(
+                    addr.clone(),
+                    path.clone(),
+                    keys.clone(),
+                    turn.clone(),
+                    until,
+                ))
+            })
             .collect();
         let mut all = Vec::new();
         for task in tasks {
@@ -66,7 +79,7 @@ async fn connection(
     addr: String,
     path: String,
     keys: Arc<Vec<String>>,
-    n: usize,
+    turn: Arc<AtomicUsize>,
     until: Instant,
 ) -> Result<Vec<Sample>, Box<dyn std::error::Error + Send + Sync>> {
     let stream = TcpStream::connect(&addr).await?;
@@ -74,10 +87,8 @@ async fn connection(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut samples = Vec::with_capacity(200_000);
-    let mut turn = n;
     while Instant::now() < until {
-        let key = &keys[turn % keys.len().max(1)];
-        turn += 1;
+        let key = &keys[turn.fetch_add(1, Ordering::Relaxed) % keys.len().max(1)];
         let request = hyper::Request::get(path.as_str())
             .header(hyper::header::HOST, addr.as_str())
             .header("x-api-key", key.as_str())
