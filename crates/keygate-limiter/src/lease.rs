@@ -457,24 +457,21 @@ impl Leases {
             return;
         }
         let mut returns = Vec::new();
-        let mut next: Option<Instant> = None;
         self.table.retain(|checks, lease| {
             let lease = lease.get_mut();
             lease.expire(checks, now, &mut returns);
             let kept = lease.asking(now) || now < lease.until() + IDLE_AFTER;
             if kept {
-                let at = lease.next_sweep(now);
-                next = Some(next.map_or(at, |next| next.min(at)));
+                self.sweep_at(lease.next_sweep(now));
             }
             kept
         });
-        if let Some(at) = next {
-            self.sweep_at(at);
-        }
         self.returns.lock().extend(returns);
     }
 
-    /// A sweep has work at `at` (or earlier, if another lease's is).
+    /// A sweep has work at `at` (or earlier, if another lease's is). Taken
+    /// under a table shard's lock too (in `ask` and `sweep`), never the
+    /// other way round.
     fn sweep_at(&self, at: Instant) {
         let mut next = self.next_sweep.lock();
         *next = Some(next.map_or(at, |next| next.min(at)));
@@ -527,13 +524,18 @@ mod tests {
     const MINUTE: u64 = 60_000;
 
     fn checks() -> Vec<LimitCheck> {
+        checks_of("lineage", 1_000, MINUTE)
+    }
+
+    /// One limit of `limit` per `window_ms` on `owner`'s default resource.
+    fn checks_of(owner: &str, limit: u64, window_ms: u64) -> Vec<LimitCheck> {
         vec![LimitCheck::new(
             CounterKey {
-                owner: Arc::from("lineage"),
+                owner: Arc::from(owner),
                 resource: Arc::from("default"),
-                window_ms: MINUTE,
+                window_ms,
             },
-            Rule::new(1_000, MINUTE),
+            Rule::new(limit, window_ms),
         )]
     }
 
@@ -646,17 +648,7 @@ mod tests {
     fn a_key_in_steady_use_reaches_its_block_size_in_one_step() {
         const HOUR: u64 = 60 * MINUTE;
         // An hour's limit: buckets of a minute.
-        let hourly = |owner: &str| {
-            vec![LimitCheck::new(
-                CounterKey {
-                    owner: Arc::from(owner),
-                    resource: Arc::from("default"),
-                    window_ms: HOUR,
-                },
-                Rule::new(100_000, HOUR),
-            )]
-        };
-        let checks = hourly("steady");
+        let checks = checks_of("steady", 100_000, HOUR);
         let leases = Leases::new(64);
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
@@ -670,7 +662,7 @@ mod tests {
         // 5 a second would be about 124; blocks are at most 64.
         assert_eq!(leases.ask(&checks, 1, at(400)), 64);
         // Another key, used up after 20 s: a rate that small only doubles.
-        let slow = hourly("slow");
+        let slow = checks_of("slow", 100_000, HOUR);
         leases.ask(&slow, 1, t0);
         grant(&leases, &slow, t0, 10_000, 1);
         assert_eq!(leases.ask(&slow, 1, at(100)), 2);
@@ -693,14 +685,7 @@ mod tests {
         assert_eq!(leases.drain_returns().len(), 1, "the block's leftover");
         assert_eq!(leases.sweep_due(), Some(end + IDLE_AFTER), "then the lease is idle");
         // A block ahead for another key is due at its own end.
-        let other = vec![LimitCheck::new(
-            CounterKey {
-                owner: Arc::from("other"),
-                resource: Arc::from("default"),
-                window_ms: MINUTE,
-            },
-            Rule::new(1_000, MINUTE),
-        )];
+        let other = checks_of("other", 1_000, MINUTE);
         leases.ask(&other, 1, end);
         leases.reserved(&other, 3, &decision(11_000, 800), end);
         assert_eq!(leases.sweep_due(), Some(end + Duration::from_millis(2_000)));
