@@ -21,7 +21,17 @@
 # also prints the p99 by second of the minute: PostgreSQL's once-a-minute
 # work (the roll-up, the last uses) shares the 2 cores with the node (issue 18).
 #
-# Usage: bash scripts/bench/tail.sh   (DURATION=60 CONNECTIONS=32 KEYS=10000 RENICE= STORE=embedded LIMITER= LEASE_MAX=)
+# It also prints, per kind of keygate thread, the CPU time it ran and the
+# time it waited for a CPU while runnable during the run (/proc schedstat):
+# a flush that takes seconds at `SCHED_IDLE` is waiting, not working.
+#
+# GENERATORS=compare (issue 18): after the run, on the same node, ROUNDS
+# rounds (default 2) of wrk (gateway.sh's script) then latency_log, each for
+# DURATION, with each one's req/s, p50 and p99 and the CPU PostgreSQL used
+# meanwhile: the two load generators do not see the same tail.
+#
+# Usage: bash scripts/bench/tail.sh   (DURATION=60 CONNECTIONS=32 KEYS=10000 RENICE= STORE=embedded LIMITER= LEASE_MAX=
+#        BACKGROUND_PRIORITY=idle|low|normal GENERATORS=compare ROUNDS=2)
 # Everything it starts listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 
@@ -57,6 +67,9 @@ wait_for_port "$UPSTREAM_PORT"
 
 mkdir -p "$WORK/keygate"
 write_keygate_config "$WORK/keygate.toml" "$KEYGATE_PORT" "$KEYGATE_ADMIN_PORT" "$STORE_URL" "$LIMITER_URL"
+if [ -n "${BACKGROUND_PRIORITY:-}" ]; then # idle, low or normal: another server.background_priority
+  sed -i "s/^\[server\]$/[server]\nbackground_priority = \"$BACKGROUND_PRIORITY\"/" "$WORK/keygate.toml"
+fi
 if [ -n "${LEASE_MAX:-}" ]; then # LEASE_MAX=n: another limiter.lease_max (Redis only)
   sed -i "s/^default_plan = /lease_max = $LEASE_MAX\ndefault_plan = /" "$WORK/keygate.toml"
 fi
@@ -85,11 +98,26 @@ limiter_waits() {
          /^keygate_limiter_duration_seconds_count/ { total = $2 }
          END { print total + 0, total - n["0.0001"], total - n["0.0016"] }'
 }
+# Per thread of keygate: "tid name ran_ns waited_ns" (schedstat: time on a
+# CPU, time runnable but waiting for one).
+thread_times() {
+  for task in /proc/$KEYGATE_PID/task/*; do
+    echo "${task##*/} $(tr ' ' _ <"$task/comm") $(cut -d' ' -f1,2 "$task/schedstat")"
+  done 2>/dev/null
+}
+KEYGATE_PID=${PIDS[-1]}
 waits_before=$(limiter_waits)
+thread_times >"$WORK/threads-before.txt"
 echo "measuring: ${DURATION}s, $CONNECTIONS connections" >&2
 "${PIN_LOAD[@]}" "$LOADGEN" "127.0.0.1:$KEYGATE_PORT" /bench "$WORK/keys.txt" "$CONNECTIONS" "$DURATION" "$WORK/requests.log"
+thread_times >"$WORK/threads-after.txt"
 echo "$waits_before $(limiter_waits)" |
   awk '{ printf "limit decisions in the run: %d; over 100 us: %d, over 1.6 ms: %d\n", $4 - $1, $5 - $2, $6 - $3 }'
+awk 'NR == FNR { ran[$1] = $3; waited[$1] = $4; next }
+     { name[$2] = 1; r[$2] += ($3 - ran[$1]) / 1e9; w[$2] += ($4 - waited[$1]) / 1e9 }
+     END { printf "keygate threads in the run (s on a CPU / s runnable, waiting):"
+           for (n in name) if (r[n] + w[n] > 0.01) printf " %s %.2f / %.2f;", n, r[n], w[n]; print "" }' \
+  "$WORK/threads-before.txt" "$WORK/threads-after.txt"
 
 python3 - "$WORK/requests.log" "$WORK/keygate.err" <<'PYEOF'
 import datetime, re, sys
@@ -146,3 +174,22 @@ print("background passes (start, second of the minute, how long): " + ", ".join(
     f"{'roll-up' if kind.endswith('up') else 'flush'} s{start // 1_000_000 % 60:02d}+{(end - start) / 1000:.0f}ms"
     for start, end, kind in windows))
 PYEOF
+
+if [ "${GENERATORS:-}" = compare ]; then
+  # The same node, loaded in turn by wrk and by latency_log (issue 18).
+  write_keys_lua
+  pg_seconds() { cpu_seconds_of postgres; }
+  for round in $(seq 1 "${ROUNDS:-2}"); do
+    pg=$(pg_seconds)
+    BENCH_KEYS="$WORK/keys.txt" "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$WORK/keys.lua" \
+      "http://127.0.0.1:$KEYGATE_PORT/bench" >"$WORK/compare.wrk"
+    awk -v round="$round" -v pg="$(awk -v a="$pg" -v b="$(pg_seconds)" 'BEGIN { print b - a }')" '
+      /^Requests\/sec/ { rps = $2 } $1 == "50%" { p50 = $2 } $1 == "99%" { p99 = $2 }
+      END { printf "round %d, wrk:         %.0f req/s, p50 %s, p99 %s, PostgreSQL CPU %.2f s\n", round, rps, p50, p99, pg }' "$WORK/compare.wrk"
+    pg=$(pg_seconds)
+    "${PIN_LOAD[@]}" "$LOADGEN" "127.0.0.1:$KEYGATE_PORT" /bench "$WORK/keys.txt" "$CONNECTIONS" "$DURATION" "$WORK/compare.log" 2>/dev/null
+    sort -n -k2 "$WORK/compare.log" | awk -v round="$round" -v secs="$DURATION" -v pg="$(awk -v a="$pg" -v b="$(pg_seconds)" 'BEGIN { print b - a }')" '
+      { l[NR] = $2 } END { printf "round %d, latency_log: %.0f req/s, p50 %.3fms, p99 %.3fms, PostgreSQL CPU %.2f s\n",
+        round, NR / secs, l[int(NR * 0.5)] / 1000, l[int(NR * 0.99)] / 1000, pg }'
+  done
+fi

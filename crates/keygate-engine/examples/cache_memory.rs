@@ -15,7 +15,9 @@
 //! The growth of the resident set over the same span is printed too: it adds
 //! the allocator's own overhead (and SQLite's page cache, which reads grow).
 //! With `CACHE_MEMORY_SIZES=1` it also prints, by allocation size, what each
-//! key added: which parts a key costs (BENCHMARKS.md lists them).
+//! key added: which parts a key costs (BENCHMARKS.md lists them). Last, the
+//! same growth after one usage flush: what a node in use keeps per key
+//! between flushes.
 
 // A measurement tool: a failure should stop it where it happened.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -172,6 +174,11 @@ async fn measure(count: usize) {
     if std::env::var_os("CACHE_MEMORY_SIZES").is_some() {
         print_sizes(&sizes_before, count);
     }
+    // What a node in use keeps between flushes: the flush list is emptied,
+    // and whatever the recorder remembers per key stays.
+    engine.usage().flush().await.unwrap();
+    let after_flush = LIVE.load(Ordering::Relaxed) - before;
+    println!("after a usage flush: {} bytes per key", after_flush / count as isize);
 }
 
 /// Each allocation size that grew by at least one in ten keys: how many per

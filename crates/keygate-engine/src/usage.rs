@@ -77,9 +77,10 @@ impl UsageRetention {
 pub const PRUNE_EVERY_MS: i64 = 3_600_000;
 
 /// A key's last use is written again only once it is this much later than
-/// what this node last wrote, or from another address: a key in constant use
-/// costs one row update a minute, not one per flush (the events benchmark,
-/// BENCHMARKS.md). "Last used" is therefore exact to the minute.
+/// the last one written (by this node, or by any node before the key was
+/// read), or from another address: a key in constant use costs one row
+/// update a minute, not one per flush (the events benchmark, BENCHMARKS.md).
+/// "Last used" is therefore exact to the minute.
 pub const LAST_USE_PRECISION: chrono::Duration = chrono::Duration::seconds(60);
 
 /// One key's usage since the last flush. It lives inline in the key's cache
@@ -87,6 +88,11 @@ pub const LAST_USE_PRECISION: chrono::Duration = chrono::Duration::seconds(60);
 /// is in hand instead of hashing ids into a map shared by every key (174 ns
 /// a request with 10,000 keys in turn, against 32 ns: docs/decisions.md),
 /// and brings in no line of its own.
+///
+/// It also keeps what decides whether the key's last use is worth writing
+/// (see [`LAST_USE_PRECISION`]), in bytes its layout had spare: a map of
+/// what was written, beside the tallies, cost every key in use about 65
+/// bytes more (memory per cached key, BENCHMARKS.md).
 #[derive(Debug, Default)]
 pub struct KeyTally(Mutex<TallyState>);
 
@@ -95,9 +101,44 @@ struct TallyState {
     /// Usually one entry between flushes, kept inline with no allocation of
     /// its own (memory per cached key, issue 18).
     counts: SmallVec<[Tally; 1]>,
+    /// The latest use known: the store's when the key was read, then each
+    /// request's.
     last_use: Option<(DateTime<Utc>, IpAddr)>,
+    /// When the last use written was, in Unix seconds (0: none known).
+    written_at: u32,
+    /// `last_use` came after the last flush, which has not judged it yet.
+    unwritten: bool,
+    /// A use came from another address than the one before it, since the
+    /// last write: its address is news, whenever it came.
+    moved: bool,
     /// In the recorder's list of tallies to flush.
     queued: bool,
+}
+
+impl TallyState {
+    /// The use a flush should write, if there is news worth a row update,
+    /// taken as written.
+    fn take_last_use(&mut self) -> Option<(DateTime<Utc>, IpAddr)> {
+        if !std::mem::take(&mut self.unwritten) {
+            return None;
+        }
+        let (at, ip) = self.last_use?;
+        let held_back = self.written_at != 0
+            && !self.moved
+            && at.timestamp() - i64::from(self.written_at) < LAST_USE_PRECISION.num_seconds();
+        if held_back {
+            return None;
+        }
+        self.written_at = unix_seconds(at);
+        self.moved = false;
+        Some((at, ip))
+    }
+}
+
+/// Unix seconds in 32 bits: 1970 to 2106, clamped, and never 0, which
+/// stands for no use written.
+fn unix_seconds(at: DateTime<Utc>) -> u32 {
+    u32::try_from(at.timestamp().max(1)).unwrap_or(u32::MAX)
 }
 
 /// Requests of one minute and outcome. A count stops at `u32::MAX` and
@@ -111,6 +152,17 @@ struct Tally {
 }
 
 impl KeyTally {
+    /// The tally of a key as read from the store, with the last use the
+    /// store has: a use from the same address less than a minute after it
+    /// is not written again, whichever node wrote it.
+    pub fn known(last_used_at: Option<DateTime<Utc>>, last_used_ip: Option<IpAddr>) -> Self {
+        Self(Mutex::new(TallyState {
+            last_use: last_used_at.zip(last_used_ip),
+            written_at: last_used_at.map_or(0, unix_seconds),
+            ..TallyState::default()
+        }))
+    }
+
     fn state(&self) -> MutexGuard<'_, TallyState> {
         self.0.lock()
     }
@@ -162,16 +214,13 @@ impl Tallied for LoneTally {
 /// A usage row's identity: key, minute and outcome.
 type Slot = (Arc<str>, i64, &'static str);
 
-/// A key's last use (or last use written): when, and from where.
+/// A key's last use: when, and from where.
 type LastUses = FxHashMap<Arc<str>, (DateTime<Utc>, IpAddr)>;
 
 #[derive(Debug)]
 pub struct UsageRecorder {
     /// Tallies with something recorded since the last flush, each once.
     queued: Mutex<Vec<Arc<dyn Tallied>>>,
-    /// What this node last wrote per key, while it can still hold a use
-    /// back (see [`UsageRecorder::worth_writing`]).
-    written_last_uses: Mutex<LastUses>,
     /// Events the gateway decided, stored with the next flush.
     events: Mutex<Vec<NewEvent>>,
     /// The batch whose write failed, retried as it is. The lock also keeps
@@ -184,7 +233,6 @@ impl Default for UsageRecorder {
     fn default() -> Self {
         Self {
             queued: Mutex::new(Vec::new()),
-            written_last_uses: Mutex::new(FxHashMap::default()),
             events: Mutex::new(Vec::new()),
             unsent: tokio::sync::Mutex::new(None),
             unsent_rows: AtomicUsize::new(0),
@@ -193,31 +241,6 @@ impl Default for UsageRecorder {
 }
 
 impl UsageRecorder {
-    /// The last uses news enough to write (see [`LAST_USE_PRECISION`]),
-    /// remembered as written. A write older than the oldest use by the
-    /// precision or more holds nothing back any more, so it is forgotten.
-    fn worth_writing(&self, uses: LastUses) -> Vec<LastUse> {
-        let mut written = self.written_last_uses.lock();
-        if let Some(oldest) = uses.values().map(|(at, _)| *at).min() {
-            written.retain(|_, (at, _)| oldest - *at < LAST_USE_PRECISION);
-        }
-        let mut news = Vec::new();
-        for (key_id, (at, ip)) in uses {
-            let held_back = written
-                .get(&key_id)
-                .is_some_and(|(written_at, written_ip)| *written_ip == ip && at - *written_at < LAST_USE_PRECISION);
-            if !held_back {
-                news.push(LastUse {
-                    key_id: key_id.to_string(),
-                    at,
-                    ip: ip.to_string(),
-                });
-                written.insert(key_id, (at, ip));
-            }
-        }
-        news
-    }
-
     /// Counts one request of the tally's key. The tally joins the flush list
     /// on its first count since the last flush, under its own lock, so a
     /// flush taking the list either sees the count or leaves it queued.
@@ -235,7 +258,9 @@ impl UsageRecorder {
         }
         if let Some(ip) = client_ip {
             if state.last_use.is_none_or(|(at, _)| now >= at) {
+                state.moved |= state.last_use.is_none_or(|(_, before)| before != ip);
                 state.last_use = Some((now, ip));
+                state.unwritten = true;
             }
         }
         if !state.queued {
@@ -260,7 +285,7 @@ impl UsageRecorder {
     /// either in this batch or the next, never nowhere. A key re-read into
     /// the cache has a second tally; their counts are added up here, so the
     /// batch has one row per key, minute and outcome.
-    fn take(&self, id: String, at: DateTime<Utc>) -> UsageBatch {
+    pub(crate) fn take(&self, id: String, at: DateTime<Utc>) -> UsageBatch {
         let tallies = std::mem::take(&mut *self.queued_tallies());
         // (key, minute, outcome) -> (workspace, count)
         let mut counts: FxHashMap<Slot, (Arc<str>, u64)> =
@@ -275,7 +300,7 @@ impl UsageRecorder {
                     .or_insert_with(|| (Arc::clone(holder.workspace_id()), 0))
                     .1 += u64::from(count);
             }
-            if let Some(last_use) = state.last_use.take() {
+            if let Some(last_use) = state.take_last_use() {
                 // On a tie the tally queued later wins: it is the newer cache
                 // entry of the key (a re-read replaces the entry, and the new
                 // one is queued on its first request), so its use came last.
@@ -296,7 +321,14 @@ impl UsageRecorder {
                 count,
             })
             .collect();
-        let last_uses = self.worth_writing(last_uses);
+        let last_uses = last_uses
+            .into_iter()
+            .map(|(key_id, (at, ip))| LastUse {
+                key_id: key_id.to_string(),
+                at,
+                ip: ip.to_string(),
+            })
+            .collect();
         let events = std::mem::take(&mut *self.events());
         UsageBatch {
             id,
@@ -601,27 +633,69 @@ mod tests {
     }
 
     #[test]
-    fn a_write_that_holds_nothing_back_is_forgotten() {
+    fn a_use_the_store_already_has_is_not_written_again() {
         let recorder = UsageRecorder::default();
-        let (one, two) = (entry("key_1"), entry("key_2"));
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        recorder.record(&one, Outcome::Admitted, Some(ip), t0);
-        recorder.take("ub".into(), t0);
-        recorder.record(&two, Outcome::Admitted, Some(ip), t0 + chrono::Duration::seconds(59));
-        recorder.take("ub".into(), t0);
+        let (here, there): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        // As a key is read: another node wrote its use from `here` at t0.
+        let tally = Arc::new(LoneTally {
+            key_id: Arc::from("key_1"),
+            workspace_id: Arc::from("ws_1"),
+            tally: KeyTally::known(Some(t0), Some(here)),
+        });
+        let written = |at: DateTime<Utc>, ip: IpAddr| {
+            recorder.record(&tally, Outcome::Admitted, Some(ip), at);
+            let batch = recorder.take("ub".into(), at);
+            batch.last_uses.iter().map(|u| (u.at, u.ip.clone())).collect::<Vec<_>>()
+        };
         assert_eq!(
-            recorder.written_last_uses.lock().len(),
-            2,
-            "key_1's write still holds 59 s back"
+            written(t0 + chrono::Duration::seconds(30), here),
+            [],
+            "within the minute"
         );
-        recorder.record(&two, Outcome::Admitted, Some(ip), t0 + LAST_USE_PRECISION);
-        recorder.take("ub".into(), t0);
-        let written = recorder.written_last_uses.lock();
+        let moved = t0 + chrono::Duration::seconds(40);
         assert_eq!(
-            written.keys().map(|k| &**k).collect::<Vec<_>>(),
-            ["key_2"],
-            "key_1's write is a minute old"
+            written(moved, there),
+            [(moved, "192.0.2.2".to_owned())],
+            "another address"
+        );
+        let back = t0 + chrono::Duration::seconds(50);
+        assert_eq!(written(back, here), [(back, "192.0.2.1".to_owned())], "and back");
+        assert!(
+            recorder.take("ub".into(), back).last_uses.is_empty(),
+            "nothing new, nothing written"
+        );
+    }
+
+    /// The tally keeps no address written, only that one changed since: a
+    /// use from another address and back, between two flushes, costs one
+    /// write more than needed, never one less.
+    #[test]
+    fn a_flush_after_the_address_moved_and_came_back_writes_the_latest_use() {
+        let recorder = UsageRecorder::default();
+        let tally = entry("key_1");
+        let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let (here, there): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        recorder.record(&tally, Outcome::Admitted, Some(here), t0);
+        assert_eq!(recorder.take("ub".into(), t0).last_uses.len(), 1, "the first use");
+        let back = t0 + chrono::Duration::seconds(2);
+        recorder.record(
+            &tally,
+            Outcome::Admitted,
+            Some(there),
+            t0 + chrono::Duration::seconds(1),
+        );
+        recorder.record(&tally, Outcome::Admitted, Some(here), back);
+        let uses: Vec<_> = recorder
+            .take("ub".into(), back)
+            .last_uses
+            .iter()
+            .map(|u| (u.at, u.ip.clone()))
+            .collect();
+        assert_eq!(
+            uses,
+            [(back, "192.0.2.1".to_owned())],
+            "the latest use, since the address moved meanwhile"
         );
     }
 

@@ -24,8 +24,6 @@ use crate::usage::{KeyTally, Tallied};
 #[derive(Debug)]
 pub struct CachedKey {
     id: Arc<str>,
-    /// The same `Arc` as `id` for a key that was never rotated.
-    lineage_id: Arc<str>,
     workspace: SharedWorkspace,
     environment: Arc<str>,
     access: KeyAccess,
@@ -67,6 +65,10 @@ struct RareProfile {
     limits: Box<[LimitSpec]>,
     rotated_from: Option<Box<str>>,
     rotated_to: Option<Box<str>>,
+    /// The first key of its rotation chain, when that is another key. Read
+    /// once per memoized limit set (and per concurrency permit), not per
+    /// request, so a key never rotated pays nothing for it.
+    lineage_id: Option<Arc<str>>,
     /// The key's own credits (read once per memoized limit set).
     credits: Option<CreditSpec>,
     /// When its credits were last set (`ApiKey::credits_set_at`); its
@@ -84,11 +86,13 @@ impl KeyProfile {
 impl RareProfile {
     /// `None` when the key has none of it.
     fn of(key: &mut ApiKey) -> Option<Box<Self>> {
+        let lineage_id = (key.lineage_id != key.id).then(|| Arc::from(std::mem::take(&mut key.lineage_id)));
         let rare = Self {
             metadata: std::mem::take(&mut key.metadata),
             limits: std::mem::take(&mut key.limits).into_boxed_slice(),
             rotated_from: boxed(key.rotated_from.take()),
             rotated_to: boxed(key.rotated_to.take()),
+            lineage_id,
             credits: key.credits.take(),
             credits_set_at: key.credits_set_at,
         };
@@ -109,21 +113,18 @@ impl CachedKey {
         let rare = RareProfile::of(&mut key);
         let lists = shares.access_lists(&mut key);
         let id: Arc<str> = Arc::from(key.id);
-        let lineage_id = if *key.lineage_id == *id {
-            id.clone()
-        } else {
-            Arc::from(key.lineage_id)
-        };
         let revoked = key.revoked_at.is_some() || key.deleted_at.is_some();
         Self {
             id,
-            lineage_id,
             workspace: shares.workspace(workspace),
             environment: shares.name(key.environment),
             access: KeyAccess::new(revoked, key.expires_at, lists),
             loaded_at_ms: loaded_at.timestamp_millis(),
             limit_checks: Mutex::default(),
-            usage: KeyTally::default(),
+            usage: KeyTally::known(
+                key.last_used_at,
+                key.last_used_ip.as_deref().and_then(|ip| ip.parse().ok()),
+            ),
             profile: Box::new(KeyProfile {
                 name_len: u32::try_from(key.name.len()).unwrap_or(u32::MAX),
                 name_and_hint: (key.name + &key.hint).into_boxed_str(),
@@ -141,9 +142,12 @@ impl CachedKey {
         &self.id
     }
 
-    /// The first key of its rotation chain: rate-limit counters are kept per lineage.
+    /// The first key of its rotation chain: rate-limit counters are kept
+    /// per lineage. The key's own id (the same `Arc`) if it was never rotated.
     pub fn lineage_id(&self) -> &Arc<str> {
-        &self.lineage_id
+        self.rare()
+            .and_then(|rare| rare.lineage_id.as_ref())
+            .unwrap_or(&self.id)
     }
 
     pub fn workspace(&self) -> &Workspace {
@@ -342,6 +346,7 @@ mod tests {
         plain.metadata = Map::new();
         plain.limits = vec![];
         (plain.rotated_from, plain.rotated_to) = (None, None);
+        plain.lineage_id = plain.id.clone();
         let cached = cache_row(plain, at(40));
         assert!(cached.profile.rare.is_none());
         assert!(cached.metadata().is_empty());
@@ -383,9 +388,30 @@ mod tests {
     /// a field added here should be worth its bytes.
     #[test]
     fn a_cached_key_stays_small() {
-        assert!(std::mem::size_of::<CachedKey>() <= 224);
+        assert!(std::mem::size_of::<CachedKey>() <= 208);
         assert!(std::mem::size_of::<KeyProfile>() <= 88);
         assert!(std::mem::size_of::<KeyAccess>() <= 24);
+    }
+
+    #[test]
+    fn a_key_s_tally_starts_from_the_last_use_the_store_had() {
+        use crate::usage::{Outcome, UsageRecorder};
+        let recorder = UsageRecorder::default();
+        let (stored, other): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.1.2.3".parse().unwrap(), "10.9.9.9".parse().unwrap());
+        let cached = Arc::new(cache_row(row(), at(40)));
+        recorder.record(&cached, Outcome::Admitted, Some(stored), at(50));
+        let batch = recorder.take("ub".into(), at(50));
+        assert_eq!(batch.counts.len(), 1);
+        assert!(batch.last_uses.is_empty(), "the store has a use from there 40 s before");
+        recorder.record(&cached, Outcome::Admitted, Some(other), at(55));
+        let uses: Vec<_> = recorder
+            .take("ub".into(), at(55))
+            .last_uses
+            .into_iter()
+            .map(|u| u.ip)
+            .collect();
+        assert_eq!(uses, ["10.9.9.9"]);
     }
 
     #[test]
