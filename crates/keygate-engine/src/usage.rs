@@ -540,6 +540,16 @@ mod tests {
         LoneTally::new(Arc::from(key_id), Arc::from("ws_1"))
     }
 
+    /// Two client addresses, 192.0.2.1 and 192.0.2.2.
+    fn here_and_there() -> (IpAddr, IpAddr) {
+        ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap())
+    }
+
+    /// The last uses a batch writes: when, and from where.
+    fn uses_in(batch: &UsageBatch) -> Vec<(DateTime<Utc>, String)> {
+        batch.last_uses.iter().map(|u| (u.at, u.ip.clone())).collect()
+    }
+
     /// No count is lost to an overflow: a full entry makes room for another.
     #[test]
     fn a_count_past_u32_starts_another_entry_and_the_batch_adds_them_up() {
@@ -608,7 +618,7 @@ mod tests {
         let old = entry("key_1");
         let new = entry("key_1");
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let (here, there): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let (here, there) = here_and_there();
         recorder.record(&new, Outcome::Admitted, Some(there), t0 + chrono::Duration::seconds(2));
         recorder.record(&old, Outcome::Admitted, Some(here), t0);
         let batch = recorder.take("ub".into(), t0);
@@ -636,7 +646,7 @@ mod tests {
     fn a_use_the_store_already_has_is_not_written_again() {
         let recorder = UsageRecorder::default();
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let (here, there): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let (here, there) = here_and_there();
         // As a key is read: another node wrote its use from `here` at t0.
         let tally = Arc::new(LoneTally {
             key_id: Arc::from("key_1"),
@@ -645,8 +655,7 @@ mod tests {
         });
         let written = |at: DateTime<Utc>, ip: IpAddr| {
             recorder.record(&tally, Outcome::Admitted, Some(ip), at);
-            let batch = recorder.take("ub".into(), at);
-            batch.last_uses.iter().map(|u| (u.at, u.ip.clone())).collect::<Vec<_>>()
+            uses_in(&recorder.take("ub".into(), at))
         };
         assert_eq!(
             written(t0 + chrono::Duration::seconds(30), here),
@@ -675,7 +684,7 @@ mod tests {
         let recorder = UsageRecorder::default();
         let tally = entry("key_1");
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let (here, there): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let (here, there) = here_and_there();
         recorder.record(&tally, Outcome::Admitted, Some(here), t0);
         assert_eq!(recorder.take("ub".into(), t0).last_uses.len(), 1, "the first use");
         let back = t0 + chrono::Duration::seconds(2);
@@ -686,14 +695,8 @@ mod tests {
             t0 + chrono::Duration::seconds(1),
         );
         recorder.record(&tally, Outcome::Admitted, Some(here), back);
-        let uses: Vec<_> = recorder
-            .take("ub".into(), back)
-            .last_uses
-            .iter()
-            .map(|u| (u.at, u.ip.clone()))
-            .collect();
         assert_eq!(
-            uses,
+            uses_in(&recorder.take("ub".into(), back)),
             [(back, "192.0.2.1".to_owned())],
             "the latest use, since the address moved meanwhile"
         );
@@ -704,13 +707,12 @@ mod tests {
         let recorder = UsageRecorder::default();
         let tally = entry("key_1");
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let here: IpAddr = "192.0.2.1".parse().unwrap();
-        let there: IpAddr = "192.0.2.2".parse().unwrap();
+        let (here, there) = here_and_there();
         let written = |at: DateTime<Utc>, ip: IpAddr| {
             recorder.record(&tally, Outcome::Admitted, Some(ip), at);
             let batch = recorder.take("ub".into(), at);
             assert_eq!(batch.counts.len(), 1, "every request is counted");
-            batch.last_uses.iter().map(|u| (u.at, u.ip.clone())).collect::<Vec<_>>()
+            uses_in(&batch)
         };
         assert_eq!(written(t0, here), [(t0, "192.0.2.1".to_owned())], "the first use");
         assert_eq!(written(t0 + chrono::Duration::seconds(59), here), [], "59 s later");
