@@ -178,17 +178,19 @@ PYEOF
 if [ "${GENERATORS:-}" = compare ]; then
   # The same node, loaded in turn by wrk and by latency_log (issue 18).
   write_keys_lua
-  pg_seconds() { cpu_seconds_of postgres; }
+  postgres_since() { # PostgreSQL's CPU seconds since the figure given
+    awk -v a="$1" -v b="$(cpu_seconds_of postgres)" 'BEGIN { print b - a }'
+  }
   for round in $(seq 1 "${ROUNDS:-2}"); do
-    pg=$(pg_seconds)
+    pg=$(cpu_seconds_of postgres)
     BENCH_KEYS="$WORK/keys.txt" "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$WORK/keys.lua" \
       "http://127.0.0.1:$KEYGATE_PORT/bench" >"$WORK/compare.wrk"
-    awk -v round="$round" -v pg="$(awk -v a="$pg" -v b="$(pg_seconds)" 'BEGIN { print b - a }')" '
+    awk -v round="$round" -v pg="$(postgres_since "$pg")" '
       /^Requests\/sec/ { rps = $2 } $1 == "50%" { p50 = $2 } $1 == "99%" { p99 = $2 }
       END { printf "round %d, wrk:         %.0f req/s, p50 %s, p99 %s, PostgreSQL CPU %.2f s\n", round, rps, p50, p99, pg }' "$WORK/compare.wrk"
-    pg=$(pg_seconds)
+    pg=$(cpu_seconds_of postgres)
     "${PIN_LOAD[@]}" "$LOADGEN" "127.0.0.1:$KEYGATE_PORT" /bench "$WORK/keys.txt" "$CONNECTIONS" "$DURATION" "$WORK/compare.log" 2>/dev/null
-    sort -n -k2 "$WORK/compare.log" | awk -v round="$round" -v secs="$DURATION" -v pg="$(awk -v a="$pg" -v b="$(pg_seconds)" 'BEGIN { print b - a }')" '
+    sort -n -k2 "$WORK/compare.log" | awk -v round="$round" -v secs="$DURATION" -v pg="$(postgres_since "$pg")" '
       { l[NR] = $2 } END { printf "round %d, latency_log: %.0f req/s, p50 %.3fms, p99 %.3fms, PostgreSQL CPU %.2f s\n",
         round, NR / secs, l[int(NR * 0.5)] / 1000, l[int(NR * 0.99)] / 1000, pg }'
   done
