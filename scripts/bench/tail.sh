@@ -78,14 +78,15 @@ ADMIN_KEY=$(admin_key_for "$WORK/keygate.toml")
 KEYGATE_CONFIG="$WORK/keygate.toml" KEYGATE_LOG=warn,keygate_engine=debug "${PIN_PROXY[@]}" "$KEYGATE" serve \
   >"$WORK/keygate.out" 2>"$WORK/keygate.err" &
 PIDS+=($!)
+KEYGATE_PID=$!
 wait_for_port "$KEYGATE_ADMIN_PORT"
 wait_for_port "$KEYGATE_PORT"
 create_keys "$KEYGATE_ADMIN_PORT" "$ADMIN_KEY" "$KEYS" "$WORK/keys.txt"
 if [ -n "${RENICE:-}" ]; then
-  for task in /proc/${PIDS[-1]}/task/*; do
+  for task in /proc/$KEYGATE_PID/task/*; do
     case $(cat "$task/comm") in keygate-gateway*) ;; *) if [ "$RENICE" = idle ]; then chrt --idle -p 0 "${task##*/}"; else renice -n "$RENICE" -p "${task##*/}" >/dev/null; fi ;; esac
   done
-  for task in /proc/${PIDS[-1]}/task/*; do echo "$(cat $task/comm) $(awk '{print $19}' $task/stat)"; done >&2
+  for task in /proc/$KEYGATE_PID/task/*; do echo "$(cat $task/comm) $(awk '{print $19}' $task/stat)"; done >&2
 fi
 
 echo "warming up (every key cached, the set-up's events fanned out)" >&2
@@ -105,7 +106,6 @@ thread_times() {
     echo "${task##*/} $(tr ' ' _ <"$task/comm") $(cut -d' ' -f1,2 "$task/schedstat")"
   done 2>/dev/null
 }
-KEYGATE_PID=${PIDS[-1]}
 waits_before=$(limiter_waits)
 thread_times >"$WORK/threads-before.txt"
 echo "measuring: ${DURATION}s, $CONNECTIONS connections" >&2
