@@ -39,7 +39,7 @@ pub(crate) struct CreditLedger {
 }
 
 fn id_of(check: &LimitCheck) -> BalanceId {
-    (check.key.owner.clone(), check.key.resource.clone())
+    (check.key.owner.clone(), check.key.resource().clone())
 }
 
 impl CreditLedger {
@@ -141,11 +141,7 @@ mod tests {
         }
         .rule(0);
         LimitCheck::new(
-            CounterKey {
-                owner: Arc::from("key_lineage"),
-                resource: Arc::from("~credits@0:10"),
-                window_ms: rule.window_ms,
-            },
+            CounterKey::new(Arc::from("key_lineage"), Arc::from("~credits@0:10"), rule.window_ms),
             rule,
         )
     }
@@ -160,11 +156,7 @@ mod tests {
     fn notes_the_latest_spend_of_a_balance_and_nothing_else() {
         let ledger = CreditLedger::new(true);
         let rolling = LimitCheck::new(
-            CounterKey {
-                owner: Arc::from("key_lineage"),
-                resource: Arc::from("default"),
-                window_ms: 60_000,
-            },
+            CounterKey::new(Arc::from("key_lineage"), Arc::from("default"), 60_000),
             Rule::new(100, 60_000),
         );
         spend(&ledger, std::slice::from_ref(&rolling), &mut [Counter::default()], 5, 1);

@@ -103,7 +103,7 @@ struct TallyState {
     counts: SmallVec<[Tally; 1]>,
     /// The latest use known: the store's when the key was read, then each
     /// request's.
-    last_use: Option<(DateTime<Utc>, IpAddr)>,
+    last_use: Option<SeenUse>,
     /// When the last use written was, in Unix seconds (0: none known).
     written_at: u32,
     /// `last_use` came after the last flush, which has not judged it yet.
@@ -115,6 +115,41 @@ struct TallyState {
     queued: bool,
 }
 
+/// A use: when, to the millisecond, and from where. 24 bytes where
+/// `(DateTime<Utc>, IpAddr)` takes 32, in every cached key's tally (memory
+/// per cached key, BENCHMARKS.md); a last use is shown to the minute
+/// anyway ([`LAST_USE_PRECISION`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SeenUse {
+    /// Unix seconds, as [`unix_seconds`] keeps them.
+    seconds: u32,
+    millis: u16,
+    ip: IpAddr,
+}
+
+impl SeenUse {
+    fn new(at: DateTime<Utc>, ip: IpAddr) -> Self {
+        Self::at_seconds(at.timestamp(), at.timestamp_subsec_millis(), ip)
+    }
+
+    /// From a time already taken apart, as the request path has it.
+    fn at_seconds(seconds: i64, millis: u32, ip: IpAddr) -> Self {
+        Self {
+            seconds: unix_seconds_of(seconds),
+            millis: u16::try_from(millis).unwrap_or(999),
+            ip,
+        }
+    }
+
+    fn is_before(self, other: Self) -> bool {
+        (self.seconds, self.millis) < (other.seconds, other.millis)
+    }
+
+    fn at(self) -> DateTime<Utc> {
+        DateTime::from_timestamp(i64::from(self.seconds), u32::from(self.millis) * 1_000_000).unwrap_or_default()
+    }
+}
+
 impl TallyState {
     /// The use a flush should write, if there is news worth a row update,
     /// taken as written.
@@ -122,23 +157,27 @@ impl TallyState {
         if !std::mem::take(&mut self.unwritten) {
             return None;
         }
-        let (at, ip) = self.last_use?;
+        let seen = self.last_use?;
         let held_back = self.written_at != 0
             && !self.moved
-            && at.timestamp() - i64::from(self.written_at) < LAST_USE_PRECISION.num_seconds();
+            && i64::from(seen.seconds) - i64::from(self.written_at) < LAST_USE_PRECISION.num_seconds();
         if held_back {
             return None;
         }
-        self.written_at = unix_seconds(at);
+        self.written_at = seen.seconds;
         self.moved = false;
-        Some((at, ip))
+        Some((seen.at(), seen.ip))
     }
 }
 
 /// Unix seconds in 32 bits: 1970 to 2106, clamped, and never 0, which
 /// stands for no use written.
 fn unix_seconds(at: DateTime<Utc>) -> u32 {
-    u32::try_from(at.timestamp().max(1)).unwrap_or(u32::MAX)
+    unix_seconds_of(at.timestamp())
+}
+
+fn unix_seconds_of(timestamp: i64) -> u32 {
+    u32::try_from(timestamp.max(1)).unwrap_or(u32::MAX)
 }
 
 /// Requests of one minute and outcome. A count stops at `u32::MAX` and
@@ -157,7 +196,7 @@ impl KeyTally {
     /// is not written again, whichever node wrote it.
     pub fn known(last_used_at: Option<DateTime<Utc>>, last_used_ip: Option<IpAddr>) -> Self {
         Self(Mutex::new(TallyState {
-            last_use: last_used_at.zip(last_used_ip),
+            last_use: last_used_at.zip(last_used_ip).map(|(at, ip)| SeenUse::new(at, ip)),
             written_at: last_used_at.map_or(0, unix_seconds),
             ..TallyState::default()
         }))
@@ -245,7 +284,8 @@ impl UsageRecorder {
     /// on its first count since the last flush, under its own lock, so a
     /// flush taking the list either sees the count or leaves it queued.
     pub fn record<T: Tallied>(&self, holder: &Arc<T>, outcome: Outcome, client_ip: Option<IpAddr>, now: DateTime<Utc>) {
-        let minute = now.timestamp().div_euclid(60) * 60;
+        let seconds = now.timestamp();
+        let minute = seconds.div_euclid(60) * 60;
         let mut state = holder.tally().state();
         let same = |tally: &&mut Tally| tally.minute == minute && tally.outcome == outcome && tally.count < u32::MAX;
         match state.counts.iter_mut().find(same) {
@@ -257,9 +297,10 @@ impl UsageRecorder {
             }),
         }
         if let Some(ip) = client_ip {
-            if state.last_use.is_none_or(|(at, _)| now >= at) {
-                state.moved |= state.last_use.is_none_or(|(_, before)| before != ip);
-                state.last_use = Some((now, ip));
+            let seen = SeenUse::at_seconds(seconds, now.timestamp_subsec_millis(), ip);
+            if state.last_use.is_none_or(|last| !seen.is_before(last)) {
+                state.moved |= state.last_use.is_none_or(|last| last.ip != ip);
+                state.last_use = Some(seen);
                 state.unwritten = true;
             }
         }
@@ -566,10 +607,33 @@ mod tests {
         assert_eq!(counts, [(ADMITTED, u64::from(u32::MAX) + 1)]);
     }
 
+    /// A tally keeps a use in seconds and milliseconds (`SeenUse`): what a
+    /// flush writes is the request's time to the millisecond, and a use a
+    /// millisecond older does not replace it.
+    #[test]
+    fn a_last_use_is_written_to_the_millisecond() {
+        let recorder = UsageRecorder::default();
+        let tally = entry("key_1");
+        let at = DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
+        let (here, there) = here_and_there();
+        recorder.record(&tally, Outcome::Admitted, Some(here), at);
+        recorder.record(
+            &tally,
+            Outcome::Admitted,
+            Some(there),
+            at - chrono::Duration::milliseconds(1),
+        );
+        let written = DateTime::from_timestamp(1_700_000_000, 123_000_000).unwrap();
+        assert_eq!(
+            uses_in(&recorder.take("ub".into(), at)),
+            [(written, "192.0.2.1".to_owned())]
+        );
+    }
+
     /// Every cached key holds one (memory per cached key, BENCHMARKS.md).
     #[test]
     fn a_tally_stays_small() {
-        assert!(std::mem::size_of::<KeyTally>() <= 72);
+        assert!(std::mem::size_of::<KeyTally>() <= 64);
     }
 
     proptest! {

@@ -152,6 +152,10 @@ async fn the_keys_of_one_plan_share_its_rules_and_count_apart() {
         Arc::ptr_eq(&a_checks[0].rule, &b_checks[0].rule),
         "one copy of the rule"
     );
+    assert!(
+        Arc::ptr_eq(a_checks[0].key.limit(), b_checks[0].key.limit()),
+        "one copy of the resource and window"
+    );
     assert_ne!(a_checks[0].key, b_checks[0].key, "a counter each");
     for key in [&a, &b] {
         assert_eq!(

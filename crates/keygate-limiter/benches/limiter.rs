@@ -27,11 +27,7 @@ fn two_limits(owner: &str) -> Vec<LimitCheck> {
         .into_iter()
         .map(|(window_ms, requests)| {
             LimitCheck::new(
-                CounterKey {
-                    owner: owner.clone(),
-                    resource: Arc::from("default"),
-                    window_ms,
-                },
+                CounterKey::new(owner.clone(), Arc::from("default"), window_ms),
                 Rule::new(requests, window_ms),
             )
         })

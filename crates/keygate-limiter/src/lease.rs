@@ -530,11 +530,7 @@ mod tests {
     /// One limit of `limit` per `window_ms` on `owner`'s default resource.
     fn checks_of(owner: &str, limit: u64, window_ms: u64) -> Vec<LimitCheck> {
         vec![LimitCheck::new(
-            CounterKey {
-                owner: Arc::from(owner),
-                resource: Arc::from("default"),
-                window_ms,
-            },
+            CounterKey::new(Arc::from(owner), Arc::from("default"), window_ms),
             Rule::new(limit, window_ms),
         )]
     }

@@ -31,16 +31,64 @@ use keygate_core::ratelimit::{Bucket, Decision, Rule};
 pub struct CounterKey {
     /// A key lineage id (limits per key) or a workspace id (`scope = "workspace"`).
     pub owner: Arc<str>,
-    pub resource: Arc<str>,
-    pub window_ms: u64,
+    /// The same for every key a limit applies to: one pointer to a shared
+    /// copy rather than a name and a window in each check and each entry of
+    /// the counter table (memory per cached key, BENCHMARKS.md).
+    limit: Arc<CounterLimit>,
+}
+
+/// A counter's resource and window, whoever owns it. An `Arc` of it
+/// compares and hashes as what it holds, so a shared copy and a new one
+/// name the same counter
+/// (crates/keygate-engine/src/verifier/shares.rs keeps the shared copies).
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterLimit {
+    resource: Arc<str>,
+    window_ms: u64,
+}
+
+impl CounterLimit {
+    pub fn new(resource: impl Into<Arc<str>>, window_ms: u64) -> Self {
+        Self {
+            resource: resource.into(),
+            window_ms,
+        }
+    }
 }
 
 impl CounterKey {
+    pub fn new(owner: impl Into<Arc<str>>, resource: impl Into<Arc<str>>, window_ms: u64) -> Self {
+        Self::of(owner.into(), Arc::new(CounterLimit::new(resource, window_ms)))
+    }
+
+    /// `owner`'s counter of a shared resource and window.
+    pub fn of(owner: Arc<str>, limit: Arc<CounterLimit>) -> Self {
+        Self { owner, limit }
+    }
+
+    /// The resource and window, shared with every counter of the same limit.
+    pub fn limit(&self) -> &Arc<CounterLimit> {
+        &self.limit
+    }
+
+    pub fn resource(&self) -> &Arc<str> {
+        &self.limit.resource
+    }
+
+    pub fn window_ms(&self) -> u64 {
+        self.limit.window_ms
+    }
+
     /// The counter's name in Redis, in the hash slot of `{tag}` (Redis
     /// Cluster puts every key with the same braced tag on one node, so a
     /// script may touch them all at once).
     pub fn redis_key_in(&self, tag: &str) -> String {
-        format!("kg:rl:{{{tag}}}:{}:{}:{}", self.owner, self.resource, self.window_ms)
+        format!(
+            "kg:rl:{{{tag}}}:{}:{}:{}",
+            self.owner,
+            self.resource(),
+            self.window_ms()
+        )
     }
 }
 

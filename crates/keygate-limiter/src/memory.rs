@@ -138,7 +138,7 @@ impl MemoryLimiter {
     /// Drops every counter with nothing left in its window at `now_ms`.
     pub fn sweep(&self, now_ms: u64) {
         self.counters.retain(|key, slot| {
-            let rule = Rule::new(1, key.window_ms);
+            let rule = Rule::new(1, key.window_ms());
             let mut slot = slot.lock();
             slot.retired = slot.counter.is_idle(&rule, now_ms);
             !slot.retired

@@ -928,11 +928,7 @@ mod tests {
 
     fn check(owner: &str) -> LimitCheck {
         LimitCheck::new(
-            CounterKey {
-                owner: Arc::from(owner),
-                resource: Arc::from("default"),
-                window_ms: 60_000,
-            },
+            CounterKey::new(Arc::from(owner), Arc::from("default"), 60_000),
             Rule::new(10, 60_000),
         )
     }

@@ -45,11 +45,7 @@ fn owner(name: &str) -> Arc<str> {
 
 fn check(owner: &Arc<str>, requests: u64, window_ms: u64) -> LimitCheck {
     LimitCheck::new(
-        CounterKey {
-            owner: owner.clone(),
-            resource: Arc::from("default"),
-            window_ms,
-        },
+        CounterKey::new(owner.clone(), Arc::from("default"), window_ms),
         Rule::new(requests, window_ms),
     )
 }
@@ -305,7 +301,7 @@ async fn backends_agree_on_shadow_limits() {
     let redis = leasing(&url);
     let enforced = check(&owner, 100, MINUTE);
     let mut shadow = check(&owner, 3, MINUTE);
-    shadow.key.resource = Arc::from("default~shadow");
+    shadow.key = CounterKey::new(owner.clone(), "default~shadow", MINUTE);
     shadow.rule = shadow.rule.in_shadow().into();
     let checks = vec![enforced, shadow];
     for limiter in [&memory as &dyn Limiter, &redis] {

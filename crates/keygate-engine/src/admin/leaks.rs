@@ -117,11 +117,11 @@ impl Admin {
     ) -> Result<PublicReport, AdminError> {
         let minute = 60_000;
         let check = LimitCheck::new(
-            CounterKey {
-                owner: Arc::from(format!("leak-report:{client}")),
-                resource: Arc::from("leak-reports"),
-                window_ms: minute,
-            },
+            CounterKey::new(
+                Arc::from(format!("leak-report:{client}")),
+                Arc::from("leak-reports"),
+                minute,
+            ),
             Rule::new(PUBLIC_REPORTS_PER_MINUTE, minute),
         );
         let now_ms = u64::try_from(self.context.now().timestamp_millis()).unwrap_or_default();

@@ -6,6 +6,7 @@
 //! request reads one. The whole `ApiKey` row was 504 bytes inline plus about
 //! ten strings; a decision reads five of its fields.
 
+use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
@@ -25,7 +26,7 @@ use crate::usage::{KeyTally, Tallied};
 pub struct CachedKey {
     id: Arc<str>,
     workspace: SharedWorkspace,
-    environment: Arc<str>,
+    environment: Arc<String>,
     access: KeyAccess,
     /// When the store last confirmed this key (Unix ms, engine clock).
     loaded_at_ms: i64,
@@ -48,8 +49,10 @@ struct KeyProfile {
     /// The name, then the hint: one allocation, not two.
     name_and_hint: Box<str>,
     name_len: u32,
-    created_by: Option<Arc<str>>,
-    last_used_ip: Option<Box<str>>,
+    created_by: Option<Arc<String>>,
+    /// Parsed: the usage flush writes it from an address
+    /// (crates/keygate-engine/src/usage.rs), and an address is held inline.
+    last_used_ip: Option<IpAddr>,
     created_at: DateTime<Utc>,
     last_used_at: Option<DateTime<Utc>>,
     /// Imported, not in this deployment's format (`ApiKey::legacy`).
@@ -114,6 +117,7 @@ impl CachedKey {
         let lists = shares.access_lists(&mut key);
         let id: Arc<str> = Arc::from(key.id);
         let revoked = key.revoked_at.is_some() || key.deleted_at.is_some();
+        let last_used_ip = key.last_used_ip.as_deref().and_then(|ip| ip.parse().ok());
         Self {
             id,
             workspace: shares.workspace(workspace),
@@ -121,15 +125,12 @@ impl CachedKey {
             access: KeyAccess::new(revoked, key.expires_at, lists),
             loaded_at_ms: loaded_at.timestamp_millis(),
             limit_checks: Mutex::default(),
-            usage: KeyTally::known(
-                key.last_used_at,
-                key.last_used_ip.as_deref().and_then(|ip| ip.parse().ok()),
-            ),
+            usage: KeyTally::known(key.last_used_at, last_used_ip),
             profile: Box::new(KeyProfile {
                 name_len: u32::try_from(key.name.len()).unwrap_or(u32::MAX),
                 name_and_hint: (key.name + &key.hint).into_boxed_str(),
                 created_by: key.created_by.map(|actor| shares.name(actor)),
-                last_used_ip: boxed(key.last_used_ip),
+                last_used_ip,
                 created_at: key.created_at,
                 last_used_at: key.last_used_at,
                 legacy: key.legacy,
@@ -229,12 +230,12 @@ impl CachedKey {
 
     /// Who created it: an admin key's id, `cli` or a dashboard user.
     pub fn created_by(&self) -> Option<&str> {
-        self.profile.created_by.as_deref()
+        self.profile.created_by.as_deref().map(String::as_str)
     }
 
     /// The last use the store knew of when this key was read.
-    pub fn last_used(&self) -> (Option<DateTime<Utc>>, Option<&str>) {
-        (self.profile.last_used_at, self.profile.last_used_ip.as_deref())
+    pub fn last_used(&self) -> (Option<DateTime<Utc>>, Option<IpAddr>) {
+        (self.profile.last_used_at, self.profile.last_used_ip)
     }
 
     /// The key it replaced and the key that replaced it (rotation).
@@ -335,7 +336,7 @@ mod tests {
         assert_eq!(cached.limits(), &key.limits[..]);
         assert_eq!((cached.created_at(), cached.created_by()), (at(0), Some("cli")));
         assert!(cached.is_legacy());
-        assert_eq!(cached.last_used(), (Some(at(10)), Some("10.1.2.3")));
+        assert_eq!(cached.last_used(), (Some(at(10)), "10.1.2.3".parse().ok()));
         assert_eq!(cached.rotation(), (Some("key_1"), Some("key_3")));
         assert_eq!(cached.loaded_at_ms(), at(40).timestamp_millis());
     }
@@ -388,8 +389,8 @@ mod tests {
     /// a field added here should be worth its bytes.
     #[test]
     fn a_cached_key_stays_small() {
-        assert!(std::mem::size_of::<CachedKey>() <= 208);
-        assert!(std::mem::size_of::<KeyProfile>() <= 88);
+        assert!(std::mem::size_of::<CachedKey>() <= 184);
+        assert!(std::mem::size_of::<KeyProfile>() <= 80);
         assert!(std::mem::size_of::<KeyAccess>() <= 24);
     }
 

@@ -8,10 +8,10 @@ use keygate_core::limits::{effective_limits, Enforcement, LimitScope, Plan, DEFA
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::ratelimit::{Decision, Describe, Rule};
 use keygate_core::ErrorCode;
-use keygate_limiter::{Charge, CounterKey, LimitCheck, LimiterError, Permit, PermitKey};
+use keygate_limiter::{Charge, CounterKey, CounterLimit, LimitCheck, LimiterError, Permit, PermitKey};
 
 use crate::credits::CreditLedger;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use super::shares::Shares;
 use super::{default_resources, CachedKey, LimitMode, Verifier, VerifyRequest};
@@ -51,7 +51,40 @@ pub struct RateLimits {
 #[derive(Debug, Clone)]
 pub(crate) struct LimitSet {
     checks: Arc<[LimitCheck]>,
-    describe: Option<Describe>,
+    describe: PlanDescribe,
+}
+
+/// A plan's header policy (`Option<Describe>`) in 8 bytes where it takes
+/// 16: every cached key's memoized limits hold one (memory per cached key,
+/// BENCHMARKS.md). 0 is none, 1 `tightest`, 2 `longest`, and a window is
+/// its milliseconds plus 3: exact up to `u64::MAX - 3` ms, some 584
+/// million years.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PlanDescribe(u64);
+
+impl PlanDescribe {
+    const NONE: u64 = 0;
+    const TIGHTEST: u64 = 1;
+    const LONGEST: u64 = 2;
+    const FIRST_WINDOW: u64 = 3;
+
+    fn new(describe: Option<Describe>) -> Self {
+        Self(match describe {
+            None => Self::NONE,
+            Some(Describe::Tightest) => Self::TIGHTEST,
+            Some(Describe::Longest) => Self::LONGEST,
+            Some(Describe::Window(ms)) => ms.saturating_add(Self::FIRST_WINDOW),
+        })
+    }
+
+    fn get(self) -> Option<Describe> {
+        match self.0 {
+            Self::NONE => None,
+            Self::TIGHTEST => Some(Describe::Tightest),
+            Self::LONGEST => Some(Describe::Longest),
+            window => Some(Describe::Window(window - Self::FIRST_WINDOW)),
+        }
+    }
 }
 
 impl RateLimits {
@@ -59,7 +92,7 @@ impl RateLimits {
         Self {
             decision,
             checks: set.checks.clone(),
-            describe: set.describe,
+            describe: set.describe.get(),
         }
     }
 
@@ -68,7 +101,7 @@ impl RateLimits {
     pub fn refusing_resource(&self) -> &str {
         self.checks
             .get(self.decision.refusing_index().unwrap_or(0))
-            .map_or(DEFAULT_RESOURCE, |check| &check.key.resource)
+            .map_or(DEFAULT_RESOURCE, |check| &**check.key.resource())
     }
 }
 
@@ -161,7 +194,7 @@ impl Verifier {
         checks.extend(credits_check(plan, cached));
         let set = LimitSet {
             checks: checks.into(),
-            describe: plan.and_then(|plan| plan.describe),
+            describe: PlanDescribe::new(plan.and_then(|plan| plan.describe)),
         };
         memo.keep(resources, set.clone());
         set
@@ -319,7 +352,7 @@ impl Verifier {
                 continue;
             }
             self.context.metrics().shadow_refusal();
-            let counter = &*check.key.resource;
+            let counter = check.key.resource();
             let resource = counter.strip_suffix(SHADOW_SUFFIX).unwrap_or(counter);
             self.events
                 .shadow_limit_exceeded(cached, (counter, resource), state, decision, now);
@@ -340,7 +373,9 @@ impl Verifier {
         }
         let read = tokio::time::timeout(
             self.settings.store_timeout,
-            self.context.store().credit_spend(&check.key.owner, &check.key.resource),
+            self.context
+                .store()
+                .credit_spend(&check.key.owner, check.key.resource()),
         )
         .await;
         match read {
@@ -387,17 +422,6 @@ impl Verifier {
     /// Readiness of the rate-limit backend, for `/readyz`.
     pub async fn limiter_readiness(&self) -> keygate_limiter::LimiterHealth {
         self.limiter.readiness().await
-    }
-}
-
-/// A counter's resource name: `default`, which most limits count on, is
-/// one shared `Arc` rather than an allocation per cached key.
-fn counter_resource(resource: &str) -> Arc<str> {
-    static DEFAULT: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(DEFAULT_RESOURCE));
-    if resource == DEFAULT_RESOURCE {
-        DEFAULT.clone()
-    } else {
-        Arc::from(resource)
     }
 }
 
@@ -461,11 +485,11 @@ fn credits_check(plan: Option<&Plan>, cached: &CachedKey) -> Option<LimitCheck> 
     let origin_ms = cached.credits_origin_ms();
     let rule = spec.rule(origin_ms);
     let check = LimitCheck::new(
-        CounterKey {
-            owner: cached.lineage_id().clone(),
-            resource: Arc::from(format!("{CREDITS_RESOURCE}{origin_ms}:{}", spec.tag())),
-            window_ms: rule.window_ms,
-        },
+        CounterKey::new(
+            cached.lineage_id().clone(),
+            format!("{CREDITS_RESOURCE}{origin_ms}:{}", spec.tag()),
+            rule.window_ms,
+        ),
         rule,
     );
     Some(match shared_slot(plan, cached) {
@@ -492,17 +516,11 @@ fn compute_limit_checks(plan: Option<&Plan>, cached: &CachedKey, resource: &str,
             // A shadow limit counts on a counter of its own: beside an
             // enforced limit of the same window, sharing would mix their counts.
             let (resource, rule) = match spec.mode {
-                Enforcement::Enforce => (counter_resource(&spec.resource), rule),
+                Enforcement::Enforce => (Arc::from(spec.resource.as_str()), rule),
                 Enforcement::Shadow => (Arc::from(format!("{}{SHADOW_SUFFIX}", spec.resource)), rule.in_shadow()),
             };
-            Some(LimitCheck::new(
-                CounterKey {
-                    owner,
-                    resource,
-                    window_ms,
-                },
-                shares.rule(rule),
-            ))
+            let limit = shares.counter_limit(CounterLimit::new(resource, window_ms));
+            Some(LimitCheck::new(CounterKey::of(owner, limit), shares.rule(rule)))
         })
         .collect()
 }
@@ -514,7 +532,7 @@ mod tests {
     fn set() -> LimitSet {
         LimitSet {
             checks: Arc::from(Vec::new()),
-            describe: None,
+            describe: PlanDescribe::new(None),
         }
     }
 
@@ -552,6 +570,28 @@ mod tests {
     /// Every cached key holds one (memory per cached key, BENCHMARKS.md).
     #[test]
     fn memoized_limits_stay_small() {
-        assert!(std::mem::size_of::<MemoizedLimits>() <= 48);
+        assert!(std::mem::size_of::<MemoizedLimits>() <= 40);
+    }
+
+    #[test]
+    fn a_packed_header_policy_is_the_policy() {
+        let policies = [
+            None,
+            Some(Describe::Tightest),
+            Some(Describe::Longest),
+            Some(Describe::Window(1000)),
+            Some(Describe::Window(86_400_000)),
+        ];
+        for policy in policies {
+            assert_eq!(PlanDescribe::new(policy).get(), policy);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_window_survives_packing(ms in 0..=u64::MAX - PlanDescribe::FIRST_WINDOW) {
+            let policy = Some(Describe::Window(ms));
+            proptest::prop_assert_eq!(PlanDescribe::new(policy).get(), policy);
+        }
     }
 }

@@ -194,7 +194,7 @@ pub struct Verifier {
     /// Entries carry no time-to-live: freshness and `store.max_stale` are
     /// decided on the engine's clock (`age`, `reload`), and capacity
     /// bounds memory.
-    cache: quick_cache::sync::Cache<KeyHash, Arc<CachedKey>>,
+    cache: quick_cache::sync::Cache<CacheSlot, Arc<CachedKey>>,
     /// Workspaces and access lists, one copy each for the cached keys.
     shares: Shares,
     /// Bumped by every eviction, so a store read that raced with one is not cached.
@@ -224,9 +224,30 @@ enum Age {
     Stale,
 }
 
+/// Where the key cache keeps a key: the first 128 bits of its hash. The
+/// cache's slab holds every key it has, so half the hash is 16 bytes less
+/// per cached key (memory per cached key, BENCHMARKS.md). Only a secret
+/// whose SHA-256 shares those 128 bits with a cached key's could be taken
+/// for it: a second preimage of 128 bits, as hard as guessing a 128-bit
+/// secret. The store is still read by the whole hash. Two `u64`s, not a
+/// `u128`, whose 16-byte alignment would pad every slab entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct CacheSlot(u64, u64);
+
+impl CacheSlot {
+    fn of(hash: &KeyHash) -> Self {
+        let word = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&hash.as_bytes()[at..at + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        Self(word(0), word(8))
+    }
+}
+
 /// Holds up to `capacity` keys; memory for the first few thousand is set
 /// aside up front, the rest as keys arrive.
-fn key_cache(capacity: u64) -> quick_cache::sync::Cache<KeyHash, Arc<CachedKey>> {
+fn key_cache(capacity: u64) -> quick_cache::sync::Cache<CacheSlot, Arc<CachedKey>> {
     const PREALLOCATED: u64 = 4096;
     let estimated = usize::try_from(capacity.min(PREALLOCATED)).unwrap_or(4096);
     quick_cache::sync::Cache::with(
@@ -322,7 +343,7 @@ impl Verifier {
             Presented::Legacy(key) if self.settings.legacy_keys => (key.hash(), true),
             _ => return Err(self.invalid_key(request.client_ip, now)),
         };
-        let cached = match self.cache.get(&hash) {
+        let cached = match self.cache.get(&CacheSlot::of(&hash)) {
             Some(cached) => match self.age(&hash, &cached, now) {
                 Age::Fresh => {
                     self.context.metrics().cache_lookup(CacheResult::Hit);
@@ -556,11 +577,11 @@ impl Verifier {
         // Before the key is cached, so no request spends from a balance
         // that is not back yet.
         self.restore_credits(&cached, now).await;
-        self.cache.insert(hash, cached.clone());
+        self.cache.insert(CacheSlot::of(&hash), cached.clone());
         // An eviction since the read began may have been for this key: the read
         // may predate the change, so it must not stay cached.
         if self.evictions.load(Ordering::SeqCst) != evictions {
-            self.cache.remove(&hash);
+            self.cache.remove(&CacheSlot::of(&hash));
         }
         Ok(Some(cached))
     }
@@ -604,7 +625,7 @@ impl Verifier {
     /// Drops a key from this node's cache so its next request reads the store.
     pub(crate) fn forget_key(&self, hash: &KeyHash) {
         self.evictions.fetch_add(1, Ordering::SeqCst);
-        self.cache.remove(hash);
+        self.cache.remove(&CacheSlot::of(hash));
         self.unknown.invalidate(hash);
         self.forgotten.key(*hash);
     }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::ratelimit::Rule;
 use keygate_core::AccessLists;
+use keygate_limiter::CounterLimit;
 
 /// A workspace and its id as an `Arc<str>` (usage rows and workspace-scoped
 /// counters are written under it), behind one pointer shared by the cached
@@ -60,10 +61,13 @@ impl<T: ?Sized + Hash + Eq> Kept<T> {
 pub(crate) struct Shares {
     workspaces: quick_cache::sync::Cache<String, SharedWorkspace>,
     access: Kept<AccessLists>,
-    /// Environments and creators: a handful of names for all the keys.
-    names: Kept<str>,
+    /// Environments and creators: a handful of names for all the keys. An
+    /// `Arc<String>` is one pointer in each key where an `Arc<str>` is two.
+    names: Kept<String>,
     /// The rules of limits: a plan's limit is one rule for all its keys.
     rules: Kept<Rule>,
+    /// The resources and windows of limits, as the rules.
+    counter_limits: Kept<CounterLimit>,
 }
 
 impl Default for Shares {
@@ -73,6 +77,7 @@ impl Default for Shares {
             access: Kept::new(),
             names: Kept::new(),
             rules: Kept::new(),
+            counter_limits: Kept::new(),
         }
     }
 }
@@ -102,11 +107,15 @@ impl Shares {
     }
 
     /// A key's environment or creator.
-    pub(crate) fn name(&self, read: String) -> Arc<str> {
+    pub(crate) fn name(&self, read: String) -> Arc<String> {
         self.names.share(read)
     }
 
     pub(crate) fn rule(&self, rule: Rule) -> Arc<Rule> {
         self.rules.share(rule)
+    }
+
+    pub(crate) fn counter_limit(&self, limit: CounterLimit) -> Arc<CounterLimit> {
+        self.counter_limits.share(limit)
     }
 }

@@ -576,7 +576,7 @@ impl KeyView {
             created_at: key.created_at(),
             created_by: key.created_by().map(str::to_owned),
             last_used_at,
-            last_used_ip: last_used_ip.map(str::to_owned),
+            last_used_ip: last_used_ip.map(|ip| ip.to_string()),
             revoked_at: None,
             revoked_reason: None,
             rotated_from: rotated_from.map(str::to_owned),

@@ -70,7 +70,7 @@ pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: &RateLim
             decision
                 .limits
                 .iter()
-                .zip(limits.checks.iter().map(|c| &c.key.resource))
+                .zip(limits.checks.iter().map(|c| c.key.resource()))
                 .filter(|(limit, _)| !limit.rule.shadow && !limit.rule.is_balance())
         };
         let policy: Vec<String> = named()
@@ -118,7 +118,7 @@ pub fn views(limits: &RateLimits) -> Vec<LimitView> {
         .decision
         .limits
         .iter()
-        .zip(limits.checks.iter().map(|c| &c.key.resource))
+        .zip(limits.checks.iter().map(|c| c.key.resource()))
         .filter(|(l, _)| !l.rule.is_balance())
         .map(|(l, resource)| LimitView {
             resource: resource
