@@ -19,6 +19,7 @@ use keygate_core::KeyFormat;
 use keygate_engine::admin::{NewKey, NewWorkspace};
 use keygate_engine::{Actor, Engine, EngineSettings, SystemClock, VerifyRequest};
 use keygate_limiter::memory::MemoryLimiter;
+use keygate_limiter::ArcStr;
 use keygate_store::sqlite::SqliteStore;
 
 fn limit(requests: u64, per: &str) -> LimitSpec {
@@ -158,9 +159,9 @@ fn verify(c: &mut Criterion) {
 fn usage(c: &mut Criterion) {
     use keygate_engine::usage::{LoneTally, Outcome, UsageRecorder};
     let recorder = UsageRecorder::default();
-    let workspace: Arc<str> = Arc::from("ws_01J9ZK3Q4W8X2V5N7M0000AAAA");
+    let workspace = ArcStr::from("ws_01J9ZK3Q4W8X2V5N7M0000AAAA");
     let tallies: Vec<Arc<LoneTally>> = (0..10_000)
-        .map(|i| LoneTally::new(Arc::from(format!("key_01J9ZK3Q4W8X2V5N7M{i:08}")), workspace.clone()))
+        .map(|i| LoneTally::new(ArcStr::from(format!("key_01J9ZK3Q4W8X2V5N7M{i:08}")), workspace.clone()))
         .collect();
     let ip = Some([203, 0, 113, 7].into());
     let now = chrono::Utc::now();

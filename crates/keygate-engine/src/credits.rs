@@ -14,12 +14,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use keygate_core::ratelimit::{Bucket, Decision};
-use keygate_limiter::LimitCheck;
+use keygate_limiter::{ArcStr, LimitCheck};
 use keygate_store::CreditSpend;
 use parking_lot::Mutex;
 
 /// A balance: its owner (the key lineage) and counter name.
-type BalanceId = (Arc<str>, Arc<str>);
+type BalanceId = (ArcStr, Arc<str>);
 
 /// What a balance had spent in a period at its newest spending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -119,7 +119,7 @@ impl CreditLedger {
                 newest_ms: spend.newest_ms,
             };
             let entry = pending
-                .entry((Arc::from(spend.owner), Arc::from(spend.counter)))
+                .entry((ArcStr::from(spend.owner), Arc::from(spend.counter)))
                 .or_insert(spent);
             *entry = (*entry).max(spent);
         }
@@ -140,10 +140,7 @@ mod tests {
             refill: None,
         }
         .rule(0);
-        LimitCheck::new(
-            CounterKey::new(Arc::from("key_lineage"), Arc::from("~credits@0:10"), rule.window_ms),
-            rule,
-        )
+        LimitCheck::new(CounterKey::new("key_lineage", "~credits@0:10", rule.window_ms), rule)
     }
 
     fn spend(ledger: &CreditLedger, checks: &[LimitCheck], counters: &mut [Counter], at: u64, cost: u64) {
@@ -156,7 +153,7 @@ mod tests {
     fn notes_the_latest_spend_of_a_balance_and_nothing_else() {
         let ledger = CreditLedger::new(true);
         let rolling = LimitCheck::new(
-            CounterKey::new(Arc::from("key_lineage"), Arc::from("default"), 60_000),
+            CounterKey::new("key_lineage", "default", 60_000),
             Rule::new(100, 60_000),
         );
         spend(&ledger, std::slice::from_ref(&rolling), &mut [Counter::default()], 5, 1);

@@ -18,6 +18,7 @@ use keygate_core::events::{event_body, AnomalyRule, EventType};
 use keygate_core::id::EVENT_PREFIX;
 use keygate_core::model::ApiKey;
 use keygate_core::ratelimit::{Decision, LimitState};
+use keygate_limiter::ArcStr;
 use keygate_store::{KeyActivity, KeyEventScan, NewEvent, StoreError};
 use serde_json::{json, Value};
 
@@ -81,7 +82,7 @@ pub struct Events {
     usage: Arc<Usage>,
     /// `(key, resource, window length, window start)` of the refusals this
     /// node has announced, so a flood of 429s makes one event, not one each.
-    announced_refusals: moka::sync::Cache<(Arc<str>, Arc<str>, u64, u64), ()>,
+    announced_refusals: moka::sync::Cache<(ArcStr, Arc<str>, u64, u64), ()>,
 }
 
 impl Events {

@@ -6,9 +6,9 @@
 //! Recording is a few atomic increments; the text is built only when scraped.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
+use keygate_limiter::ArcStr;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 /// A label value shared with the data it names (a workspace id, a route path),
 /// so recording a request does not allocate.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct LabelText(pub Arc<str>);
+pub struct LabelText(pub ArcStr);
 
 impl EncodeLabelValue for LabelText {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {

@@ -15,6 +15,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use keygate_core::ErrorCode;
+use keygate_limiter::ArcStr;
 use keygate_store::{LastUse, NewEvent, Store, StoreError, UsageBatch, UsageCount, UsageCutoffs};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -213,21 +214,21 @@ impl KeyTally {
 /// has left the cache meanwhile.
 pub trait Tallied: std::fmt::Debug + Send + Sync + 'static {
     fn tally(&self) -> &KeyTally;
-    fn key_id(&self) -> &Arc<str>;
-    fn workspace_id(&self) -> &Arc<str>;
+    fn key_id(&self) -> &ArcStr;
+    fn workspace_id(&self) -> &ArcStr;
 }
 
 /// A tally with its ids and nothing else, for usage recorded outside the
 /// key cache: the recorder's tests and benchmark.
 #[derive(Debug)]
 pub struct LoneTally {
-    key_id: Arc<str>,
-    workspace_id: Arc<str>,
+    key_id: ArcStr,
+    workspace_id: ArcStr,
     tally: KeyTally,
 }
 
 impl LoneTally {
-    pub fn new(key_id: Arc<str>, workspace_id: Arc<str>) -> Arc<Self> {
+    pub fn new(key_id: ArcStr, workspace_id: ArcStr) -> Arc<Self> {
         Arc::new(Self {
             key_id,
             workspace_id,
@@ -241,20 +242,20 @@ impl Tallied for LoneTally {
         &self.tally
     }
 
-    fn key_id(&self) -> &Arc<str> {
+    fn key_id(&self) -> &ArcStr {
         &self.key_id
     }
 
-    fn workspace_id(&self) -> &Arc<str> {
+    fn workspace_id(&self) -> &ArcStr {
         &self.workspace_id
     }
 }
 
 /// A usage row's identity: key, minute and outcome.
-type Slot = (Arc<str>, i64, &'static str);
+type Slot = (ArcStr, i64, &'static str);
 
 /// A key's last use: when, and from where.
-type LastUses = FxHashMap<Arc<str>, (DateTime<Utc>, IpAddr)>;
+type LastUses = FxHashMap<ArcStr, (DateTime<Utc>, IpAddr)>;
 
 #[derive(Debug)]
 pub struct UsageRecorder {
@@ -329,23 +330,23 @@ impl UsageRecorder {
     pub(crate) fn take(&self, id: String, at: DateTime<Utc>) -> UsageBatch {
         let tallies = std::mem::take(&mut *self.queued_tallies());
         // (key, minute, outcome) -> (workspace, count)
-        let mut counts: FxHashMap<Slot, (Arc<str>, u64)> =
+        let mut counts: FxHashMap<Slot, (ArcStr, u64)> =
             FxHashMap::with_capacity_and_hasher(tallies.len(), Default::default());
         let mut last_uses: LastUses = FxHashMap::with_capacity_and_hasher(tallies.len(), Default::default());
         for holder in tallies {
             let mut state = holder.tally().state();
             for Tally { minute, outcome, count } in state.counts.drain(..) {
-                let key = (Arc::clone(holder.key_id()), minute, outcome.as_str());
+                let key = (holder.key_id().clone(), minute, outcome.as_str());
                 counts
                     .entry(key)
-                    .or_insert_with(|| (Arc::clone(holder.workspace_id()), 0))
+                    .or_insert_with(|| (holder.workspace_id().clone(), 0))
                     .1 += u64::from(count);
             }
             if let Some(last_use) = state.take_last_use() {
                 // On a tie the tally queued later wins: it is the newer cache
                 // entry of the key (a re-read replaces the entry, and the new
                 // one is queued on its first request), so its use came last.
-                let latest = last_uses.entry(Arc::clone(holder.key_id())).or_insert(last_use);
+                let latest = last_uses.entry(holder.key_id().clone()).or_insert(last_use);
                 if last_use.0 >= latest.0 {
                     *latest = last_use;
                 }
@@ -578,7 +579,7 @@ mod tests {
 
     /// A new cache entry's tally of `key_id` in workspace `ws_1`.
     fn entry(key_id: &str) -> Arc<LoneTally> {
-        LoneTally::new(Arc::from(key_id), Arc::from("ws_1"))
+        LoneTally::new(ArcStr::from(key_id), ArcStr::from("ws_1"))
     }
 
     /// Two client addresses, 192.0.2.1 and 192.0.2.2.
@@ -713,8 +714,8 @@ mod tests {
         let (here, there) = here_and_there();
         // As a key is read: another node wrote its use from `here` at t0.
         let tally = Arc::new(LoneTally {
-            key_id: Arc::from("key_1"),
-            workspace_id: Arc::from("ws_1"),
+            key_id: ArcStr::from("key_1"),
+            workspace_id: ArcStr::from("ws_1"),
             tally: KeyTally::known(Some(t0), Some(here)),
         });
         let written = |at: DateTime<Utc>, ip: IpAddr| {

@@ -14,6 +14,7 @@ use keygate_core::{ErrorCode, KeyFormat};
 use keygate_engine::admin::NewKey;
 use keygate_engine::usage::{LoneTally, Outcome, UsageRecorder};
 use keygate_engine::{Actor, Engine, EngineSettings, ManualClock, VerifyRequest};
+use keygate_limiter::ArcStr;
 use keygate_store::sqlite::SqliteStore;
 use keygate_store::{KeyStore, Store, UsageStore};
 
@@ -239,7 +240,7 @@ async fn failed_attempts_are_throttled_per_ip_and_spare_cached_keys() {
 #[tokio::test]
 async fn usage_survives_a_failed_flush() {
     let recorder = UsageRecorder::default();
-    let tally = LoneTally::new(Arc::from("key_1"), Arc::from("ws_1"));
+    let tally = LoneTally::new(ArcStr::from("key_1"), ArcStr::from("ws_1"));
     let now = Utc::now();
     for _ in 0..4 {
         recorder.record(&tally, Outcome::Admitted, Some([10, 0, 0, 9].into()), now);

@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use keygate_core::ratelimit::Rule;
 use keygate_limiter::memory::MemoryLimiter;
 use keygate_limiter::redis::RedisLimiter;
-use keygate_limiter::{Charge, CounterKey, LimitCheck, Limiter};
+use keygate_limiter::{ArcStr, Charge, CounterKey, LimitCheck, Limiter};
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
@@ -22,12 +22,12 @@ fn now_ms() -> u64 {
 /// 1000/hour and 100/minute with limits high enough never to refuse, so
 /// every iteration is a full admit-and-charge decision.
 fn two_limits(owner: &str) -> Vec<LimitCheck> {
-    let owner: Arc<str> = Arc::from(owner);
+    let owner = ArcStr::from(owner);
     [(3_600_000, u64::MAX / 2), (60_000, u64::MAX / 4)]
         .into_iter()
         .map(|(window_ms, requests)| {
             LimitCheck::new(
-                CounterKey::new(owner.clone(), Arc::from("default"), window_ms),
+                CounterKey::new(owner.clone(), "default", window_ms),
                 Rule::new(requests, window_ms),
             )
         })

@@ -514,8 +514,6 @@ impl Leases {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use keygate_core::ratelimit::{LimitState, Rule};
 
     use super::*;
@@ -530,7 +528,7 @@ mod tests {
     /// One limit of `limit` per `window_ms` on `owner`'s default resource.
     fn checks_of(owner: &str, limit: u64, window_ms: u64) -> Vec<LimitCheck> {
         vec![LimitCheck::new(
-            CounterKey::new(Arc::from(owner), Arc::from("default"), window_ms),
+            CounterKey::new(owner, "default", window_ms),
             Rule::new(limit, window_ms),
         )]
     }

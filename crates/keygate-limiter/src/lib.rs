@@ -23,6 +23,7 @@ pub mod testsuite;
 use std::fmt;
 use std::sync::Arc;
 
+pub use arcstr::ArcStr;
 use async_trait::async_trait;
 use keygate_core::ratelimit::{Bucket, Decision, Rule};
 
@@ -30,7 +31,7 @@ use keygate_core::ratelimit::{Bucket, Decision, Rule};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CounterKey {
     /// A key lineage id (limits per key) or a workspace id (`scope = "workspace"`).
-    pub owner: Arc<str>,
+    pub owner: ArcStr,
     /// The same for every key a limit applies to: one pointer to a shared
     /// copy rather than a name and a window in each check and each entry of
     /// the counter table (memory per cached key, BENCHMARKS.md).
@@ -57,12 +58,12 @@ impl CounterLimit {
 }
 
 impl CounterKey {
-    pub fn new(owner: impl Into<Arc<str>>, resource: impl Into<Arc<str>>, window_ms: u64) -> Self {
+    pub fn new(owner: impl Into<ArcStr>, resource: impl Into<Arc<str>>, window_ms: u64) -> Self {
         Self::of(owner.into(), Arc::new(CounterLimit::new(resource, window_ms)))
     }
 
     /// `owner`'s counter of a shared resource and window.
-    pub fn of(owner: Arc<str>, limit: Arc<CounterLimit>) -> Self {
+    pub fn of(owner: ArcStr, limit: Arc<CounterLimit>) -> Self {
         Self { owner, limit }
     }
 
@@ -106,7 +107,7 @@ pub struct LimitCheck {
     counter: memory::CounterCell,
     /// What puts this check's counter in the same Redis Cluster hash slot as
     /// the other checks of its decisions; its owner when not set.
-    slot: Option<Arc<str>>,
+    slot: Option<ArcStr>,
 }
 
 impl LimitCheck {
@@ -122,7 +123,7 @@ impl LimitCheck {
     /// Puts the counter in the hash slot of `tag`: every check decided
     /// together must share one, and a counter must keep it in every decision
     /// it is part of (crates/keygate-engine/src/verifier/limits.rs chooses it).
-    pub fn in_slot_of(mut self, tag: Arc<str>) -> Self {
+    pub fn in_slot_of(mut self, tag: ArcStr) -> Self {
         self.slot = Some(tag);
         self
     }
@@ -152,7 +153,7 @@ pub enum Charge {
 /// Whose permits a concurrency limit counts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PermitKey {
-    pub owner: Arc<str>,
+    pub owner: ArcStr,
     pub resource: Arc<str>,
 }
 

@@ -924,20 +924,17 @@ impl RedisLimiter {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::CounterKey;
+    use crate::{ArcStr, CounterKey};
 
     fn check(owner: &str) -> LimitCheck {
-        LimitCheck::new(
-            CounterKey::new(Arc::from(owner), Arc::from("default"), 60_000),
-            Rule::new(10, 60_000),
-        )
+        LimitCheck::new(CounterKey::new(owner, "default", 60_000), Rule::new(10, 60_000))
     }
 
     #[test]
     fn a_counter_is_named_in_its_hash_slot_and_the_tag_is_read_back() {
         let own = check("key_1");
         assert_eq!(own.redis_key(), "kg:rl:{key_1}:key_1:default:60000");
-        let shared = check("key_1").in_slot_of(Arc::from("ws_1"));
+        let shared = check("key_1").in_slot_of(ArcStr::from("ws_1"));
         assert_eq!(shared.redis_key(), "kg:rl:{ws_1}:key_1:default:60000");
         assert_eq!(tag_of(&shared.redis_key()), "ws_1");
         assert_eq!(tag_of("no-tag"), "no-tag");

@@ -13,7 +13,7 @@ use keygate_core::ratelimit::Rule;
 use keygate_limiter::memory::MemoryLimiter;
 use keygate_limiter::redis::RedisLimiter;
 use keygate_limiter::resilient::{OnFailure, ResilientLimiter};
-use keygate_limiter::{Charge, CounterKey, LimitCheck, Limiter, PermitKey};
+use keygate_limiter::{ArcStr, Charge, CounterKey, LimitCheck, Limiter, PermitKey};
 use tokio::net::{TcpListener, TcpStream};
 
 const MINUTE: u64 = 60_000;
@@ -39,13 +39,13 @@ async fn redis_url() -> Option<String> {
 }
 
 /// A fresh owner per test run, so runs never share counters.
-fn owner(name: &str) -> Arc<str> {
-    Arc::from(format!("test-{name}-{:x}", rand::random::<u64>()))
+fn owner(name: &str) -> ArcStr {
+    ArcStr::from(format!("test-{name}-{:x}", rand::random::<u64>()))
 }
 
-fn check(owner: &Arc<str>, requests: u64, window_ms: u64) -> LimitCheck {
+fn check(owner: &ArcStr, requests: u64, window_ms: u64) -> LimitCheck {
     LimitCheck::new(
-        CounterKey::new(owner.clone(), Arc::from("default"), window_ms),
+        CounterKey::new(owner.clone(), "default", window_ms),
         Rule::new(requests, window_ms),
     )
 }
@@ -88,7 +88,7 @@ async fn exact_under_concurrency(limiter: Arc<dyn Limiter>) {
     );
 
     let two = owner.to_string() + "-two";
-    let two: Arc<str> = Arc::from(two);
+    let two = ArcStr::from(two);
     let checks = vec![check(&two, 100, MINUTE), check(&two, 1000, 60 * MINUTE)];
     assert_eq!(
         hammer(vec![limiter.clone()], checks.clone(), 4).await,
@@ -581,7 +581,7 @@ async fn idle_counters_are_swept() {
     let owner = owner("idle");
     let now = now_ms();
     for i in 0..50 {
-        let checks = vec![check(&Arc::from(format!("{owner}-{i}")), 10, MINUTE)];
+        let checks = vec![check(&ArcStr::from(format!("{owner}-{i}")), 10, MINUTE)];
         limiter.check(&checks, 1, Charge::Consume, now).await.unwrap();
     }
     limiter.sweep(now + MINUTE - 1);
@@ -594,7 +594,7 @@ async fn idle_counters_are_swept() {
 async fn memory_is_bounded() {
     let limiter = MemoryLimiter::new(100);
     for i in 0..1_000 {
-        let checks = vec![check(&Arc::from(format!("bounded-{i}")), 10, MINUTE)];
+        let checks = vec![check(&ArcStr::from(format!("bounded-{i}")), 10, MINUTE)];
         limiter.check(&checks, 1, Charge::Consume, now_ms()).await.unwrap();
     }
     assert!(limiter.counters() <= 100, "{}", limiter.counters());
@@ -671,7 +671,7 @@ async fn a_redis_cluster_is_exact_across_slots_and_limiters() {
     let url = cluster.url();
     let leasing: Arc<dyn Limiter> = Arc::new(RedisLimiter::new(&url, Duration::from_secs(2)).unwrap().with_leases(64));
     let plain: Arc<dyn Limiter> = Arc::new(RedisLimiter::new(&url, Duration::from_secs(2)).unwrap());
-    let owners: Vec<Arc<str>> = (0..12).map(|i| owner(&format!("slot{i}"))).collect();
+    let owners: Vec<ArcStr> = (0..12).map(|i| owner(&format!("slot{i}"))).collect();
     let tasks: Vec<_> = (0..48)
         .map(|task| {
             let limiter = [&leasing, &plain][task % 2].clone();
@@ -687,7 +687,7 @@ async fn a_redis_cluster_is_exact_across_slots_and_limiters() {
             })
         })
         .collect();
-    let mut per_owner = std::collections::HashMap::<Arc<str>, usize>::new();
+    let mut per_owner = std::collections::HashMap::<ArcStr, usize>::new();
     for task in tasks {
         let (owner, admitted) = task.await.unwrap();
         *per_owner.entry(owner).or_default() += admitted;
@@ -732,8 +732,8 @@ async fn a_killed_cluster_master_falls_back_and_recovers() {
     .with_cool_down(Duration::from_millis(300));
     let direct = RedisLimiter::new(&url, Duration::from_secs(2)).unwrap();
     // 30 keys: the chance that none is in the killed master's third of the slots is (2/3)^30.
-    let owners: Vec<Arc<str>> = (0..30).map(|i| owner(&format!("kill{i}"))).collect();
-    let consume = |owner: &Arc<str>| {
+    let owners: Vec<ArcStr> = (0..30).map(|i| owner(&format!("kill{i}"))).collect();
+    let consume = |owner: &ArcStr| {
         let checks = vec![check(owner, 1_000, MINUTE)];
         let limiter = &limiter;
         async move { limiter.check(&checks, 1, Charge::Consume, now_ms()).await }

@@ -4,7 +4,6 @@
 //! transaction publishes it to webhooks.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use keygate_core::id::AUDIT_PREFIX;
 use keygate_core::model::{ApiKey, KeyStatus, OnLeak};
@@ -117,11 +116,7 @@ impl Admin {
     ) -> Result<PublicReport, AdminError> {
         let minute = 60_000;
         let check = LimitCheck::new(
-            CounterKey::new(
-                Arc::from(format!("leak-report:{client}")),
-                Arc::from("leak-reports"),
-                minute,
-            ),
+            CounterKey::new(format!("leak-report:{client}"), "leak-reports", minute),
             Rule::new(PUBLIC_REPORTS_PER_MINUTE, minute),
         );
         let now_ms = u64::try_from(self.context.now().timestamp_millis()).unwrap_or_default();

@@ -14,6 +14,7 @@ use keygate_core::credits::CreditSpec;
 use keygate_core::limits::LimitSpec;
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::KeyAccess;
+use keygate_limiter::ArcStr;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
@@ -24,7 +25,7 @@ use crate::usage::{KeyTally, Tallied};
 /// A key and its workspace as the verify path needs them.
 #[derive(Debug)]
 pub struct CachedKey {
-    id: Arc<str>,
+    id: ArcStr,
     workspace: SharedWorkspace,
     environment: Arc<String>,
     access: KeyAccess,
@@ -71,7 +72,7 @@ struct RareProfile {
     /// The first key of its rotation chain, when that is another key. Read
     /// once per memoized limit set (and per concurrency permit), not per
     /// request, so a key never rotated pays nothing for it.
-    lineage_id: Option<Arc<str>>,
+    lineage_id: Option<ArcStr>,
     /// The key's own credits (read once per memoized limit set).
     credits: Option<CreditSpec>,
     /// When its credits were last set (`ApiKey::credits_set_at`); its
@@ -89,7 +90,7 @@ impl KeyProfile {
 impl RareProfile {
     /// `None` when the key has none of it.
     fn of(key: &mut ApiKey) -> Option<Box<Self>> {
-        let lineage_id = (key.lineage_id != key.id).then(|| Arc::from(std::mem::take(&mut key.lineage_id)));
+        let lineage_id = (key.lineage_id != key.id).then(|| ArcStr::from(std::mem::take(&mut key.lineage_id)));
         let rare = Self {
             metadata: std::mem::take(&mut key.metadata),
             limits: std::mem::take(&mut key.limits).into_boxed_slice(),
@@ -115,7 +116,7 @@ impl CachedKey {
     pub(crate) fn new(mut key: ApiKey, workspace: Workspace, shares: &Shares, loaded_at: DateTime<Utc>) -> Self {
         let rare = RareProfile::of(&mut key);
         let lists = shares.access_lists(&mut key);
-        let id: Arc<str> = Arc::from(key.id);
+        let id = ArcStr::from(key.id);
         let revoked = key.revoked_at.is_some() || key.deleted_at.is_some();
         let last_used_ip = key.last_used_ip.as_deref().and_then(|ip| ip.parse().ok());
         Self {
@@ -139,13 +140,13 @@ impl CachedKey {
         }
     }
 
-    pub fn id(&self) -> &Arc<str> {
+    pub fn id(&self) -> &ArcStr {
         &self.id
     }
 
     /// The first key of its rotation chain: rate-limit counters are kept
     /// per lineage. The key's own id (the same `Arc`) if it was never rotated.
-    pub fn lineage_id(&self) -> &Arc<str> {
+    pub fn lineage_id(&self) -> &ArcStr {
         self.rare()
             .and_then(|rare| rare.lineage_id.as_ref())
             .unwrap_or(&self.id)
@@ -155,7 +156,7 @@ impl CachedKey {
         self.workspace.workspace()
     }
 
-    pub fn workspace_id(&self) -> &Arc<str> {
+    pub fn workspace_id(&self) -> &ArcStr {
         self.workspace.id()
     }
 
@@ -252,11 +253,11 @@ impl Tallied for CachedKey {
         &self.usage
     }
 
-    fn key_id(&self) -> &Arc<str> {
+    fn key_id(&self) -> &ArcStr {
         &self.id
     }
 
-    fn workspace_id(&self) -> &Arc<str> {
+    fn workspace_id(&self) -> &ArcStr {
         self.workspace.id()
     }
 }
@@ -389,7 +390,7 @@ mod tests {
     /// a field added here should be worth its bytes.
     #[test]
     fn a_cached_key_stays_small() {
-        assert!(std::mem::size_of::<CachedKey>() <= 184);
+        assert!(std::mem::size_of::<CachedKey>() <= 176);
         assert!(std::mem::size_of::<KeyProfile>() <= 80);
         assert!(std::mem::size_of::<KeyAccess>() <= 24);
     }
@@ -420,7 +421,7 @@ mod tests {
         let mut first = row();
         first.lineage_id = first.id.clone();
         let first = cache_row(first, at(0));
-        assert!(Arc::ptr_eq(first.id(), first.lineage_id()));
+        assert!(ArcStr::ptr_eq(first.id(), first.lineage_id()));
         let rotated = cache_row(row(), at(0));
         assert_eq!(&**rotated.lineage_id(), "key_1");
     }

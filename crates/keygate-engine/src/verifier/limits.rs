@@ -8,7 +8,7 @@ use keygate_core::limits::{effective_limits, Enforcement, LimitScope, Plan, DEFA
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::ratelimit::{Decision, Describe, Rule};
 use keygate_core::ErrorCode;
-use keygate_limiter::{Charge, CounterKey, CounterLimit, LimitCheck, LimiterError, Permit, PermitKey};
+use keygate_limiter::{ArcStr, Charge, CounterKey, CounterLimit, LimitCheck, LimiterError, Permit, PermitKey};
 
 use crate::credits::CreditLedger;
 use std::sync::Arc;
@@ -463,7 +463,7 @@ pub const CREDITS_RESOURCE: &str = "~credits@";
 /// any resource) keeps all its counters in its workspace's slot, so that
 /// one script can decide its own and the workspace's counters together,
 /// and each counter has one name whichever resource is asked.
-fn shared_slot(plan: Option<&Plan>, cached: &CachedKey) -> Option<Arc<str>> {
+fn shared_slot(plan: Option<&Plan>, cached: &CachedKey) -> Option<ArcStr> {
     let plan_limits = plan.map_or(&[][..], |plan| &plan.limits[..]);
     let mut every = plan_limits
         .iter()

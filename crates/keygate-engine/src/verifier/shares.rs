@@ -14,17 +14,17 @@ use std::sync::Arc;
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::ratelimit::Rule;
 use keygate_core::AccessLists;
-use keygate_limiter::CounterLimit;
+use keygate_limiter::{ArcStr, CounterLimit};
 
 /// A workspace and its id as an `Arc<str>` (usage rows and workspace-scoped
 /// counters are written under it), behind one pointer shared by the cached
 /// keys of the workspace.
 #[derive(Debug, Clone)]
-pub(crate) struct SharedWorkspace(Arc<(Workspace, Arc<str>)>);
+pub(crate) struct SharedWorkspace(Arc<(Workspace, ArcStr)>);
 
 impl SharedWorkspace {
     pub(crate) fn new(workspace: Workspace) -> Self {
-        let id = Arc::from(workspace.id.as_str());
+        let id = ArcStr::from(workspace.id.as_str());
         Self(Arc::new((workspace, id)))
     }
 
@@ -32,7 +32,7 @@ impl SharedWorkspace {
         &self.0 .0
     }
 
-    pub(crate) fn id(&self) -> &Arc<str> {
+    pub(crate) fn id(&self) -> &ArcStr {
         &self.0 .1
     }
 }

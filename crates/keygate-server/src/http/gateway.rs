@@ -27,6 +27,7 @@ use keygate_core::ErrorCode;
 use keygate_engine::metrics::{LabelText, RequestLabels};
 use keygate_engine::usage::ADMITTED;
 use keygate_engine::{default_resources, CachedKey, Engine, RateLimits, Verified, VerifyRequest};
+use keygate_limiter::ArcStr;
 use serde_json::json;
 
 use crate::config::Settings;
@@ -92,9 +93,9 @@ impl Gateway {
             path_rules: settings.path_rules,
             access_log,
             labels: FixedLabels {
-                whoami: LabelText(Arc::from(WHOAMI_PATH)),
-                leak_report: LabelText(Arc::from(settings.leak_report_path.as_deref().unwrap_or_default())),
-                empty: LabelText(Arc::from("")),
+                whoami: LabelText(ArcStr::from(WHOAMI_PATH)),
+                leak_report: LabelText(ArcStr::from(settings.leak_report_path.as_deref().unwrap_or_default())),
+                empty: LabelText(ArcStr::new()),
             },
             leak_report_path: settings.leak_report_path.as_deref().map(Arc::from),
             telemetry,
@@ -363,7 +364,7 @@ async fn handle(gw: &Gateway, connection: &ClientConnection, mut request: Reques
         trace.finish(&Finished {
             // No route matched: the label is `labels.empty` itself (the root
             // route's own label is empty too, but another value).
-            route: (!Arc::ptr_eq(&route.0, &gw.labels.empty.0)).then_some(&*route.0),
+            route: (!ArcStr::ptr_eq(&route.0, &gw.labels.empty.0)).then_some(&*route.0),
             status: response.status().as_u16(),
             outcome,
             workspace_id: key.as_ref().map(|k| &**k.workspace_id()),

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use keygate_core::ErrorCode;
 use keygate_engine::metrics::LabelText;
 use keygate_engine::CachedKey;
-use keygate_limiter::Permit;
+use keygate_limiter::{ArcStr, Permit};
 
 use crate::config::Route;
 use crate::http::client_body::{BodyTooLarge, CappedBody, ClientBodyError};
@@ -49,7 +49,7 @@ impl Upstream {
         let count = route.upstreams.len();
         let first_id = NEXT_TARGET_ID.fetch_add(count, Ordering::Relaxed);
         Self {
-            label: LabelText(Arc::from(route.path.as_str())),
+            label: LabelText(ArcStr::from(route.path.as_str())),
             targets: Arc::new(Targets::new(&route, first_id)),
             route,
         }

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keygate_engine::metrics::{LabelText, TargetSample};
 use keygate_engine::Hearing;
+use keygate_limiter::ArcStr;
 use serde_json::json;
 
 use crate::http::dto::*;
@@ -107,7 +108,7 @@ fn target_samples(upstreams: &[Upstream]) -> Vec<TargetSample> {
                 let (up, answered, failed) = target.counts();
                 TargetSample {
                     route: upstream.label.clone(),
-                    target: LabelText(target.target.address.clone()),
+                    target: LabelText(ArcStr::from(&*target.target.address)),
                     up,
                     answered,
                     failed,
