@@ -145,7 +145,8 @@ impl CachedKey {
     }
 
     /// The first key of its rotation chain: rate-limit counters are kept
-    /// per lineage. The key's own id (the same `Arc`) if it was never rotated.
+    /// per lineage. The key's own id (the same shared string) if it was
+    /// never rotated.
     pub fn lineage_id(&self) -> &ArcStr {
         self.rare()
             .and_then(|rare| rare.lineage_id.as_ref())

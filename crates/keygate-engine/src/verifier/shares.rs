@@ -16,7 +16,7 @@ use keygate_core::ratelimit::Rule;
 use keygate_core::AccessLists;
 use keygate_limiter::{ArcStr, CounterLimit};
 
-/// A workspace and its id as an `Arc<str>` (usage rows and workspace-scoped
+/// A workspace and its id as an `ArcStr` (usage rows and workspace-scoped
 /// counters are written under it), behind one pointer shared by the cached
 /// keys of the workspace.
 #[derive(Debug, Clone)]
