@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use keygate_core::ErrorCode;
@@ -94,11 +94,11 @@ pub const LAST_USE_PRECISION: chrono::Duration = chrono::Duration::seconds(60);
 /// (see [`LAST_USE_PRECISION`]), in bytes its layout had spare: a map of
 /// what was written, beside the tallies, cost every key in use about 65
 /// bytes more (memory per cached key, BENCHMARKS.md).
+///
+/// Its holder keeps it under a lock ([`Tallied::tally`]): a cached key
+/// shares one with its memoized limit checks (one lock word less a key).
 #[derive(Debug, Default)]
-pub struct KeyTally(Mutex<TallyState>);
-
-#[derive(Debug, Default)]
-struct TallyState {
+pub struct KeyTally {
     /// Usually one entry between flushes, kept inline with no allocation of
     /// its own (memory per cached key, issue 18).
     counts: SmallVec<[Tally; 1]>,
@@ -151,7 +151,7 @@ impl SeenUse {
     }
 }
 
-impl TallyState {
+impl KeyTally {
     /// The use a flush should write, if there is news worth a row update,
     /// taken as written.
     fn take_last_use(&mut self) -> Option<(DateTime<Utc>, IpAddr)> {
@@ -196,15 +196,11 @@ impl KeyTally {
     /// store has: a use from the same address less than a minute after it
     /// is not written again, whichever node wrote it.
     pub fn known(last_used_at: Option<DateTime<Utc>>, last_used_ip: Option<IpAddr>) -> Self {
-        Self(Mutex::new(TallyState {
+        Self {
             last_use: last_used_at.zip(last_used_ip).map(|(at, ip)| SeenUse::new(at, ip)),
             written_at: last_used_at.map_or(0, unix_seconds),
-            ..TallyState::default()
-        }))
-    }
-
-    fn state(&self) -> MutexGuard<'_, TallyState> {
-        self.0.lock()
+            ..Self::default()
+        }
     }
 }
 
@@ -213,7 +209,8 @@ impl KeyTally {
 /// The flush list keeps the holder alive until the flush, even if the key
 /// has left the cache meanwhile.
 pub trait Tallied: std::fmt::Debug + Send + Sync + 'static {
-    fn tally(&self) -> &KeyTally;
+    /// The tally, locked.
+    fn tally(&self) -> MappedMutexGuard<'_, KeyTally>;
     fn key_id(&self) -> &ArcStr;
     fn workspace_id(&self) -> &ArcStr;
 }
@@ -224,7 +221,7 @@ pub trait Tallied: std::fmt::Debug + Send + Sync + 'static {
 pub struct LoneTally {
     key_id: ArcStr,
     workspace_id: ArcStr,
-    tally: KeyTally,
+    tally: Mutex<KeyTally>,
 }
 
 impl LoneTally {
@@ -232,14 +229,14 @@ impl LoneTally {
         Arc::new(Self {
             key_id,
             workspace_id,
-            tally: KeyTally::default(),
+            tally: Mutex::default(),
         })
     }
 }
 
 impl Tallied for LoneTally {
-    fn tally(&self) -> &KeyTally {
-        &self.tally
+    fn tally(&self) -> MappedMutexGuard<'_, KeyTally> {
+        MutexGuard::map(self.tally.lock(), |tally| tally)
     }
 
     fn key_id(&self) -> &ArcStr {
@@ -287,7 +284,7 @@ impl UsageRecorder {
     pub fn record<T: Tallied>(&self, holder: &Arc<T>, outcome: Outcome, client_ip: Option<IpAddr>, now: DateTime<Utc>) {
         let seconds = now.timestamp();
         let minute = seconds.div_euclid(60) * 60;
-        let mut state = holder.tally().state();
+        let mut state = holder.tally();
         let same = |tally: &&mut Tally| tally.minute == minute && tally.outcome == outcome && tally.count < u32::MAX;
         match state.counts.iter_mut().find(same) {
             Some(tally) => tally.count += 1,
@@ -334,7 +331,7 @@ impl UsageRecorder {
             FxHashMap::with_capacity_and_hasher(tallies.len(), Default::default());
         let mut last_uses: LastUses = FxHashMap::with_capacity_and_hasher(tallies.len(), Default::default());
         for holder in tallies {
-            let mut state = holder.tally().state();
+            let mut state = holder.tally();
             for Tally { minute, outcome, count } in state.counts.drain(..) {
                 let key = (holder.key_id().clone(), minute, outcome.as_str());
                 counts
@@ -419,7 +416,7 @@ impl UsageRecorder {
         // A copy of the list, so that no tally is locked under the list's
         // lock (`record` takes them the other way round).
         let tallies = self.queued_tallies().clone();
-        let counts: usize = tallies.iter().map(|holder| holder.tally().state().counts.len()).sum();
+        let counts: usize = tallies.iter().map(|holder| holder.tally().counts.len()).sum();
         counts + events + self.unsent_rows.load(Ordering::Acquire)
     }
 }
@@ -599,10 +596,10 @@ mod tests {
         let tally = entry("key_1");
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         recorder.record(&tally, Outcome::Admitted, None, t0);
-        tally.tally().state().counts[0].count = u32::MAX - 1;
+        tally.tally().counts[0].count = u32::MAX - 1;
         recorder.record(&tally, Outcome::Admitted, None, t0);
         recorder.record(&tally, Outcome::Admitted, None, t0);
-        assert_eq!(tally.tally().state().counts.len(), 2);
+        assert_eq!(tally.tally().counts.len(), 2);
         let batch = recorder.take("ub".into(), t0);
         let counts: Vec<(&str, u64)> = batch.counts.iter().map(|c| (c.outcome.as_str(), c.count)).collect();
         assert_eq!(counts, [(ADMITTED, u64::from(u32::MAX) + 1)]);
@@ -634,7 +631,7 @@ mod tests {
     /// Every cached key holds one (memory per cached key, BENCHMARKS.md).
     #[test]
     fn a_tally_stays_small() {
-        assert!(std::mem::size_of::<KeyTally>() <= 64);
+        assert!(std::mem::size_of::<KeyTally>() <= 56);
     }
 
     proptest! {
@@ -716,7 +713,7 @@ mod tests {
         let tally = Arc::new(LoneTally {
             key_id: ArcStr::from("key_1"),
             workspace_id: ArcStr::from("ws_1"),
-            tally: KeyTally::known(Some(t0), Some(here)),
+            tally: Mutex::new(KeyTally::known(Some(t0), Some(here))),
         });
         let written = |at: DateTime<Utc>, ip: IpAddr| {
             recorder.record(&tally, Outcome::Admitted, Some(ip), at);

@@ -173,7 +173,7 @@ impl Verifier {
     /// change only when the key leaves the cache.
     pub(crate) fn limit_checks(&self, cached: &CachedKey, resources: &[String]) -> LimitSet {
         let plans = self.plans();
-        let mut memo = cached.limit_checks.lock();
+        let mut memo = cached.limit_checks();
         if let Some(set) = memo.get(plans.generation(), resources) {
             return set;
         }
