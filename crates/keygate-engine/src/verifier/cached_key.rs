@@ -32,8 +32,12 @@ pub struct CachedKey {
     /// When the store last confirmed this key (Unix ms, engine clock).
     loaded_at_ms: i64,
     /// What requests change, under one lock: one lock word a key, not
-    /// two (memory per cached key, BENCHMARKS.md). Each is held for a few
-    /// field updates, so sharing the lock costs no waiting worth the name.
+    /// two (memory per cached key, BENCHMARKS.md). It is held for a few
+    /// field updates, or to compute the key's checks once per plan
+    /// generation, so sharing it costs no waiting worth the name. Under it
+    /// only locks that never wait for a key's are taken: the usage flush
+    /// list's (`UsageRecorder::record`) and the shared tables'
+    /// (crates/keygate-engine/src/verifier/shares.rs).
     changing: Mutex<Changing>,
     profile: Box<KeyProfile>,
 }
