@@ -136,7 +136,7 @@ impl SeenUse {
     /// From a time already taken apart, as the request path has it.
     fn at_seconds(seconds: i64, millis: u32, ip: IpAddr) -> Self {
         Self {
-            seconds: unix_seconds_of(seconds),
+            seconds: unix_seconds(seconds),
             millis: u16::try_from(millis).unwrap_or(999),
             ip,
         }
@@ -173,11 +173,7 @@ impl KeyTally {
 
 /// Unix seconds in 32 bits: 1970 to 2106, clamped, and never 0, which
 /// stands for no use written.
-fn unix_seconds(at: DateTime<Utc>) -> u32 {
-    unix_seconds_of(at.timestamp())
-}
-
-fn unix_seconds_of(timestamp: i64) -> u32 {
+fn unix_seconds(timestamp: i64) -> u32 {
     u32::try_from(timestamp.max(1)).unwrap_or(u32::MAX)
 }
 
@@ -198,7 +194,7 @@ impl KeyTally {
     pub fn known(last_used_at: Option<DateTime<Utc>>, last_used_ip: Option<IpAddr>) -> Self {
         Self {
             last_use: last_used_at.zip(last_used_ip).map(|(at, ip)| SeenUse::new(at, ip)),
-            written_at: last_used_at.map_or(0, unix_seconds),
+            written_at: last_used_at.map_or(0, |at| unix_seconds(at.timestamp())),
             ..Self::default()
         }
     }
