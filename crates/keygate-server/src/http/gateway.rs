@@ -132,6 +132,7 @@ impl Plane for Arc<Gateway> {
             gateway: self.clone(),
             client: Arc::new(ClientConnection {
                 peer,
+                peer_address: address_value(peer.ip()),
                 transport,
                 upstreams: UpstreamConnections::default(),
             }),
@@ -148,6 +149,8 @@ pub struct GatewayConnection {
 /// What a client connection knows of itself, for each of its requests.
 struct ClientConnection {
     peer: SocketAddr,
+    /// The peer's address as a header value, made once for all its requests.
+    peer_address: HeaderValue,
     transport: Transport,
     /// Lives as long as the client connection: its upstream connections end with it.
     upstreams: UpstreamConnections,
@@ -174,6 +177,9 @@ pub(crate) struct Exchange {
     pub client: IpAddr,
     pub transport: Transport,
     pub request_id: HeaderValue,
+    /// The peer's canonical address, ready for `X-Forwarded-For`
+    /// (crates/keygate-server/src/http/proxy.rs, `upstream_headers`).
+    pub peer_address: HeaderValue,
     /// The routes, catalog and header policy of this request: a reload
     /// never changes a request half-way.
     live: Arc<Live>,
@@ -193,6 +199,7 @@ impl Exchange {
             client: client_ip(peer, headers, &gw.trusted_proxies),
             transport: connection.transport,
             request_id: request_id(from_trusted_proxy, headers),
+            peer_address: connection.peer_address.clone(),
             live: gw.config.snapshot(),
             trace: None,
         }
@@ -282,10 +289,18 @@ impl Exchange {
             client: peer.ip(),
             transport: Transport::default(),
             request_id: HeaderValue::from_static("req_test"),
+            peer_address: address_value(peer.ip()),
             live,
             trace: None,
         }
     }
+}
+
+/// An address as a header value, IPv4-mapped IPv6 addresses as IPv4.
+fn address_value(ip: IpAddr) -> HeaderValue {
+    let text = keygate_core::ip::canonical(ip).to_string();
+    // An address's text is digits, dots, colons and hex letters: always a valid value.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// A trusted proxy's id is kept so one id follows the request end to end;
@@ -315,7 +330,8 @@ fn new_request_id() -> HeaderValue {
 /// data plane"): read the head, check its framing and path, match the
 /// route, then [`process`] it; count it and log it.
 async fn handle(gw: &Gateway, connection: &ClientConnection, mut request: Request) -> Response {
-    let started = Instant::now();
+    // Only the access log reads it: no clock read per request without one.
+    let started = gw.access_log.enabled().then(Instant::now);
     let mut exchange = Exchange::read(gw, connection, request.headers());
     if let Some(telemetry) = &gw.telemetry {
         let span = telemetry.request(request.headers(), exchange.from_trusted_proxy, request.method());
@@ -336,10 +352,7 @@ async fn handle(gw: &Gateway, connection: &ClientConnection, mut request: Reques
         trace.arrived(request.uri().path(), exchange.client, request_id);
     }
     let exchange = exchange;
-    let logged = gw
-        .access_log
-        .enabled()
-        .then(|| (request.method().clone(), request.uri().path().to_owned()));
+    let logged = started.map(|started| (request.method().clone(), request.uri().path().to_owned(), started));
     let (mut response, key, route) = match refused {
         None if gw.is_leak_report(&request) => {
             let response = crate::http::leak_report::answer(&gw.engine, &exchange, request).await;
@@ -379,7 +392,7 @@ async fn handle(gw: &Gateway, connection: &ClientConnection, mut request: Reques
             .as_ref()
             .map_or_else(|| gw.labels.empty.clone(), |k| LabelText(k.workspace_id().clone())),
     });
-    if let Some((method, path)) = logged {
+    if let Some((method, path, started)) = logged {
         gw.access_log.record(&AccessEntry {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             request_id: exchange.request_id.to_str().unwrap_or_default(),

@@ -21,6 +21,7 @@ use keygate_core::ErrorCode;
 use keygate_engine::metrics::LabelText;
 use keygate_engine::CachedKey;
 use keygate_limiter::{ArcStr, Permit};
+use smallvec::SmallVec;
 
 use crate::config::Route;
 use crate::http::client_body::{BodyTooLarge, CappedBody, ClientBodyError};
@@ -127,18 +128,33 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .map(str::trim)
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+/// Whether a proxy drops `name` on the way through, whatever the message.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// The names of a message that `drop` picks, and every name a `Connection`
+/// header lists. Each name the message has is looked at once: most messages
+/// have none of the names a proxy drops, and looking each of those up was a
+/// hash and a probe apiece (BENCHMARKS.md, "Header work in one pass").
+fn names_to_drop(headers: &HeaderMap, drop: impl Fn(&HeaderName) -> bool) -> SmallVec<[HeaderName; 4]> {
+    let mut names: SmallVec<[HeaderName; 4]> = headers.keys().filter(|name| drop(name)).cloned().collect();
+    if names.contains(&header::CONNECTION) {
+        names.extend(connection_tokens(headers).filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()));
     }
-    for name in &HOP_BY_HOP {
+    names
+}
+
+fn remove_all(headers: &mut HeaderMap, names: SmallVec<[HeaderName; 4]>) {
+    for name in names {
         headers.remove(name);
     }
+}
+
+/// Removes the hop-by-hop headers, and the ones `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let names = names_to_drop(headers, is_hop_by_hop);
+    remove_all(headers, names);
 }
 
 /// The `Upgrade` protocol a client asks for, if it asks (HTTP/1.1 only).
@@ -151,19 +167,29 @@ fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 /// the client's path (less the route's, with `strip_prefix`), then the query.
 fn upstream_uri(route: &Route, base: &Uri, uri: &Uri) -> Option<Uri> {
     let path = uri.path();
+    let base = base.path().trim_end_matches('/');
+    if base.is_empty() && !route.strip_prefix && path.starts_with('/') {
+        // Most routes: the target gets the client's path and query as they
+        // are, shared rather than copied and parsed again.
+        return uri.path_and_query().cloned().map(Uri::from);
+    }
     let rest = if route.strip_prefix {
         path.strip_prefix(route.path.as_str()).unwrap_or(path)
     } else {
         path
     };
-    let base = base.path().trim_end_matches('/');
-    let mut target = String::with_capacity(base.len() + rest.len() + uri.query().map_or(0, |q| q.len() + 1) + 1);
+    joined_uri(base, rest, uri.query())
+}
+
+/// `base`, then `rest` (after a `/` if it has none), then the query.
+fn joined_uri(base: &str, rest: &str, query: Option<&str>) -> Option<Uri> {
+    let mut target = String::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
     target.push_str(base);
     if !rest.starts_with('/') {
         target.push('/');
     }
     target.push_str(rest);
-    if let Some(query) = uri.query() {
+    if let Some(query) = query {
         target.push('?');
         target.push_str(query);
     }
@@ -174,21 +200,20 @@ fn upstream_uri(route: &Route, base: &Uri, uri: &Uri) -> Option<Uri> {
 /// the route forwards it), no spoofed identity, and the forwarding headers.
 fn upstream_headers(route: &Route, exchange: &Exchange, headers: &mut HeaderMap, identity: Option<&CachedKey>) {
     let (peer, trusted, client) = (exchange.peer.ip(), exchange.from_trusted_proxy, exchange.client);
-    strip_hop_by_hop(headers);
-    if !route.forward_key {
-        headers.remove(X_API_KEY);
-        let is_bearer = headers.get(header::AUTHORIZATION).is_some_and(|v| {
+    let strip_key = !route.forward_key;
+    let is_bearer = strip_key
+        && headers.get(header::AUTHORIZATION).is_some_and(|v| {
             v.as_bytes()
                 .get(..7)
                 .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
         });
-        if is_bearer {
-            headers.remove(header::AUTHORIZATION);
-        }
-    }
-    for name in &IDENTITY_HEADERS {
-        headers.remove(name);
-    }
+    let names = names_to_drop(headers, |name| {
+        is_hop_by_hop(name)
+            || IDENTITY_HEADERS.contains(name)
+            || (strip_key && *name == X_API_KEY)
+            || (is_bearer && *name == header::AUTHORIZATION)
+    });
+    remove_all(headers, names);
     if let Some(cached) = identity {
         let values = [&**cached.id(), &**cached.workspace_id(), cached.environment()];
         for (name, value) in IDENTITY_HEADERS.iter().zip(values) {
@@ -197,8 +222,13 @@ fn upstream_headers(route: &Route, exchange: &Exchange, headers: &mut HeaderMap,
             }
         }
     }
-    let forwarded_for = forwarded_for(headers, trusted, peer, client);
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    // From anyone but a trusted proxy it is the peer's address, made once per connection.
+    let forwarded_for = if trusted {
+        HeaderValue::from_str(&forwarded_chain(headers, peer, client)).ok()
+    } else {
+        Some(exchange.peer_address.clone())
+    };
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
     let proto_from_proxy = trusted && headers.contains_key(&X_FORWARDED_PROTO);
@@ -236,18 +266,15 @@ fn aim(route: &Route, target: &TargetState, client_uri: &Uri, request: &mut axum
     true
 }
 
-/// A trusted proxy's chain is extended with the proxy itself; anyone else's
-/// is replaced by the address this node sees, so clients cannot plant hops.
-fn forwarded_for(headers: &HeaderMap, trusted: bool, peer: IpAddr, client: IpAddr) -> String {
-    let chain: Vec<&str> = if trusted {
-        headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect()
-    } else {
-        Vec::new()
-    };
+/// A trusted proxy's chain is extended with the proxy itself. Anyone
+/// else's is replaced by the address this node sees (the caller's
+/// `Exchange::peer_address`), so clients cannot plant hops.
+fn forwarded_chain(headers: &HeaderMap, peer: IpAddr, client: IpAddr) -> String {
+    let chain: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     if chain.is_empty() {
         return client.to_string();
     }
@@ -552,6 +579,85 @@ mod tests {
         assert_eq!(upstream_uri(&stripped, &base, &uri("/api")).unwrap(), "/v2/");
         let root: Uri = "http://127.0.0.1:9001".parse().unwrap();
         assert_eq!(upstream_uri(&kept, &root, &uri("/api/users")).unwrap(), "/api/users");
+        assert_eq!(
+            upstream_uri(&kept, &root, &uri("/api/users?page=2")).unwrap(),
+            "/api/users?page=2"
+        );
+        // An absolute-form target (a request to a proxy) gets only its path and query.
+        let absolute = uri("http://gateway.example/api/users?page=2");
+        assert_eq!(upstream_uri(&kept, &root, &absolute).unwrap(), "/api/users?page=2");
+        assert_eq!(upstream_uri(&kept, &root, &absolute).unwrap().authority(), None);
+    }
+
+    /// Hop-by-hop headers dropped as before the one-pass rewrite: each name
+    /// looked up and removed.
+    fn strip_by_lookup(headers: &mut HeaderMap) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in named.iter().chain(&HOP_BY_HOP) {
+            headers.remove(name);
+        }
+    }
+
+    /// Names a message may carry: hop-by-hop ones, end-to-end ones, and
+    /// ones only a `Connection` header makes hop-by-hop.
+    const VOCABULARY: [&str; 12] = [
+        "connection",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "expect",
+        "transfer-encoding",
+        "accept",
+        "x-api-key",
+        "x-hop",
+        "x-other",
+        "proxy-connection",
+        "cookie",
+    ];
+
+    proptest::proptest! {
+        /// Dropping in one pass drops what looking each name up did, and
+        /// nothing else, whatever `Connection` lists.
+        #[test]
+        fn one_pass_drops_what_a_lookup_per_name_dropped(
+            present in proptest::collection::vec((0..VOCABULARY.len(), "[a-z0-9]{0,3}"), 0..10),
+            listed in proptest::collection::vec(0..VOCABULARY.len(), 0..4),
+        ) {
+            let mut headers = HeaderMap::new();
+            for (name, value) in &present {
+                headers.append(VOCABULARY[*name], HeaderValue::from_str(value).unwrap());
+            }
+            if !listed.is_empty() {
+                let tokens: Vec<&str> = listed.iter().map(|i| VOCABULARY[*i]).collect();
+                headers.append(header::CONNECTION, HeaderValue::from_str(&tokens.join(", ")).unwrap());
+            }
+            let mut expected = headers.clone();
+            strip_by_lookup(&mut expected);
+            strip_hop_by_hop(&mut headers);
+            proptest::prop_assert_eq!(headers, expected);
+        }
+
+        /// The shared path and query of a route on a target's root is what
+        /// joining them as text gives.
+        #[test]
+        fn a_root_target_gets_the_path_and_query_joining_would_give(
+            path in "(/[a-zA-Z0-9._~%!$&'()*+,;=:@-]{0,8}){1,4}",
+            query in proptest::option::of("[a-zA-Z0-9._~%!$&'()*+,;=:@/?-]{0,12}"),
+        ) {
+            let kept = route_of("[[routes]]\npath = \"/\"\nupstream = \"http://127.0.0.1:9001\"\n");
+            let root: Uri = "http://127.0.0.1:9001/".parse().unwrap();
+            let target = match &query {
+                Some(query) => format!("{path}?{query}"),
+                None => path.clone(),
+            };
+            let client: Uri = target.parse().unwrap();
+            proptest::prop_assert_eq!(
+                upstream_uri(&kept, &root, &client),
+                joined_uri("", client.path(), client.query())
+            );
+        }
     }
 
     #[test]
@@ -560,8 +666,7 @@ mod tests {
         headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
         let proxy: IpAddr = "10.0.0.2".parse().unwrap();
         let client: IpAddr = "203.0.113.7".parse().unwrap();
-        assert_eq!(forwarded_for(&headers, true, proxy, client), "203.0.113.7, 10.0.0.2");
-        assert_eq!(forwarded_for(&headers, false, proxy, proxy), "10.0.0.2");
-        assert_eq!(forwarded_for(&HeaderMap::new(), true, proxy, proxy), "10.0.0.2");
+        assert_eq!(forwarded_chain(&headers, proxy, client), "203.0.113.7, 10.0.0.2");
+        assert_eq!(forwarded_chain(&HeaderMap::new(), proxy, proxy), "10.0.0.2");
     }
 }
