@@ -587,6 +587,13 @@ mod tests {
         let absolute = uri("http://gateway.example/api/users?page=2");
         assert_eq!(upstream_uri(&kept, &root, &absolute).unwrap(), "/api/users?page=2");
         assert_eq!(upstream_uri(&kept, &root, &absolute).unwrap().authority(), None);
+        // One without a path gets the root.
+        let bare = uri("http://gateway.example");
+        assert_eq!(upstream_uri(&kept, &root, &bare).unwrap().to_string(), "/");
+        assert_eq!(
+            upstream_uri(&kept, &root, &uri("http://gateway.example?x=1")).unwrap(),
+            "/?x=1"
+        );
     }
 
     /// Hop-by-hop headers dropped as before the one-pass rewrite: each name
