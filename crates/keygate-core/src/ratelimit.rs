@@ -29,7 +29,7 @@
 //! 61 buckets per active limit (only the buckets that hold requests) to keep
 //! that promise exactly.
 
-use smallvec::SmallVec;
+use std::num::NonZeroU64;
 
 /// Buckets per window: the granularity is 1/60 of the window.
 pub const BUCKETS: u64 = 60;
@@ -171,15 +171,158 @@ pub struct Bucket {
 /// time it has seen is treated as that time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counter {
-    /// Indices and newest times increasing, every count above zero. A key
-    /// seen now and then holds one bucket: it is kept inline, with no
-    /// allocation of its own. At most 61 (a window's buckets plus the one
-    /// leaving), so dropping the oldest by moving the rest down is cheap.
-    buckets: SmallVec<[Bucket; 1]>,
-    /// Sum of the counts in `buckets`.
-    total: u64,
+    buckets: Buckets,
     /// The latest time seen.
     latest_ms: u64,
+}
+
+/// A counter's buckets, with indices and newest times increasing and every
+/// count above zero, and their running total. At most 61 (a window's
+/// buckets plus the one leaving), so dropping the oldest by moving the rest
+/// down is cheap.
+///
+/// A key seen now and then holds one bucket: it is kept inline and is its
+/// own total. More are boxed with their total. The one bucket's count is
+/// never zero, which leaves room to tell it from the boxed kind: 24 bytes in
+/// every counter, where a `SmallVec` of one and a total beside it took 40
+/// (memory per cached key, BENCHMARKS.md). Each length has one form (none,
+/// one, many), so two equal counters are equal as values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Buckets {
+    One(OneBucket),
+    /// None (no allocation), or two buckets or more.
+    Many(Option<Box<ManyBuckets>>),
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Self::Many(None)
+    }
+}
+
+/// A [`Bucket`] whose count is known to be above zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OneBucket {
+    index: u64,
+    count: NonZeroU64,
+    newest_ms: u64,
+}
+
+impl OneBucket {
+    fn bucket(self) -> Bucket {
+        Bucket {
+            index: self.index,
+            count: self.count.get(),
+            newest_ms: self.newest_ms,
+        }
+    }
+}
+
+/// Two buckets or more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ManyBuckets {
+    buckets: Vec<Bucket>,
+    /// Sum of the counts, saturating.
+    total: u64,
+}
+
+impl Buckets {
+    /// From buckets in order, each count above zero.
+    fn from_sorted(buckets: Vec<Bucket>) -> Self {
+        match buckets[..] {
+            [] => Self::Many(None),
+            [only] => match NonZeroU64::new(only.count) {
+                Some(count) => Self::One(OneBucket {
+                    index: only.index,
+                    count,
+                    newest_ms: only.newest_ms,
+                }),
+                None => Self::Many(None),
+            },
+            _ => {
+                let total = buckets.iter().fold(0u64, |sum, b| sum.saturating_add(b.count));
+                Self::Many(Some(Box::new(ManyBuckets { buckets, total })))
+            }
+        }
+    }
+
+    /// Oldest first.
+    fn iter(&self) -> impl Iterator<Item = Bucket> + '_ {
+        let (one, many) = match self {
+            Self::One(one) => (Some(one.bucket()), &[][..]),
+            Self::Many(None) => (None, &[][..]),
+            Self::Many(Some(many)) => (None, &many.buckets[..]),
+        };
+        one.into_iter().chain(many.iter().copied())
+    }
+
+    /// Sum of the counts.
+    fn total(&self) -> u64 {
+        match self {
+            Self::One(one) => one.count.get(),
+            Self::Many(None) => 0,
+            Self::Many(Some(many)) => many.total,
+        }
+    }
+
+    /// Adds `cost` (above zero) requests at `now_ms`, in bucket `index`.
+    fn add(&mut self, index: u64, cost: u64, now_ms: u64) {
+        let fresh = Bucket {
+            index,
+            count: cost,
+            newest_ms: now_ms,
+        };
+        match self {
+            Self::One(one) if one.index == index => {
+                one.count = one.count.saturating_add(cost);
+                one.newest_ms = one.newest_ms.max(now_ms);
+            }
+            Self::Many(Some(many)) => {
+                let buckets = &mut many.buckets;
+                // The bucket of now is almost always the last (or a new one
+                // after it); only a counter rebuilt from a store that holds a
+                // bucket charged ahead of now (`from_buckets_at`) has one
+                // after it.
+                let at = match buckets.last() {
+                    Some(last) if last.index < index => buckets.len(),
+                    Some(last) if last.index == index => buckets.len() - 1,
+                    _ => buckets.partition_point(|b| b.index < index),
+                };
+                match buckets.get_mut(at) {
+                    Some(bucket) if bucket.index == index => {
+                        bucket.count = bucket.count.saturating_add(cost);
+                        bucket.newest_ms = bucket.newest_ms.max(now_ms);
+                    }
+                    _ => buckets.insert(at, fresh),
+                }
+                many.total = many.total.saturating_add(cost);
+            }
+            Self::One(_) | Self::Many(None) => {
+                let mut buckets: Vec<Bucket> = self.iter().collect();
+                let at = buckets.partition_point(|b| b.index < index);
+                buckets.insert(at, fresh);
+                *self = Self::from_sorted(buckets);
+            }
+        }
+    }
+
+    /// Drops the `gone` oldest buckets.
+    fn drop_oldest(&mut self, gone: usize) {
+        if gone == 0 {
+            return;
+        }
+        match self {
+            Self::One(_) | Self::Many(None) => *self = Self::Many(None),
+            Self::Many(Some(many)) => {
+                for bucket in many.buckets.drain(..gone.min(many.buckets.len())) {
+                    many.total = many.total.saturating_sub(bucket.count);
+                }
+                if many.buckets.len() < 2 {
+                    *self = Self::from_sorted(std::mem::take(&mut many.buckets));
+                }
+            }
+        }
+    }
 }
 
 impl Counter {
@@ -199,13 +342,9 @@ impl Counter {
         let mut buckets: Vec<Bucket> = buckets.into_iter().filter(|b| b.count > 0).collect();
         buckets.sort_unstable_by_key(|b| b.index);
         let mut counter = Self {
+            buckets: Buckets::from_sorted(buckets),
             latest_ms: now_ms,
-            ..Self::default()
         };
-        for bucket in buckets {
-            counter.total = counter.total.saturating_add(bucket.count);
-            counter.buckets.push(bucket);
-        }
         counter.advance(rule, now_ms);
         counter
     }
@@ -229,16 +368,14 @@ impl Counter {
             .iter()
             .take_while(|bucket| rule.leaves_at(bucket.newest_ms) <= now)
             .count();
-        for bucket in self.buckets.drain(..gone) {
-            self.total = self.total.saturating_sub(bucket.count);
-        }
+        self.buckets.drop_oldest(gone);
         self.latest_ms = now;
     }
 
     /// Requests counted at `now_ms`; the same as [`Counter::count`].
     pub fn live(&mut self, rule: &Rule, now_ms: u64) -> u64 {
         self.advance(rule, now_ms);
-        self.total
+        self.buckets.total()
     }
 
     pub fn add(&mut self, rule: &Rule, now_ms: u64, cost: u64) {
@@ -247,38 +384,12 @@ impl Counter {
             return;
         }
         let now = self.latest_ms;
-        let index = rule.bucket_of(now);
-        // The bucket of now is almost always the last (or a new one after
-        // it); only a counter rebuilt from a store that holds a bucket
-        // charged ahead of now (`from_buckets_at`) has one after it.
-        let at = match self.buckets.last() {
-            Some(last) if last.index < index => self.buckets.len(),
-            Some(last) if last.index == index => self.buckets.len() - 1,
-            _ => self.buckets.partition_point(|b| b.index < index),
-        };
-        match self.buckets.get_mut(at) {
-            Some(bucket) if bucket.index == index => {
-                bucket.count = bucket.count.saturating_add(cost);
-                bucket.newest_ms = bucket.newest_ms.max(now);
-            }
-            _ => self.buckets.insert(
-                at,
-                Bucket {
-                    index,
-                    count: cost,
-                    newest_ms: now,
-                },
-            ),
-        }
-        self.total = self.total.saturating_add(cost);
+        self.buckets.add(rule.bucket_of(now), cost, now);
     }
 
     fn live_buckets<'a>(&'a self, rule: &'a Rule, now_ms: u64) -> impl Iterator<Item = Bucket> + 'a {
         let now = self.now(now_ms);
-        self.buckets
-            .iter()
-            .copied()
-            .filter(move |b| rule.leaves_at(b.newest_ms) > now)
+        self.buckets.iter().filter(move |b| rule.leaves_at(b.newest_ms) > now)
     }
 
     /// The earliest time at which `cost` more requests fit. `now_ms` if they
@@ -316,7 +427,7 @@ impl Counter {
         if self.live(rule, now_ms) == 0 {
             return now_ms;
         }
-        match self.buckets.first() {
+        match self.buckets.iter().next() {
             Some(oldest) => rule.leaves_at(oldest.newest_ms),
             None => now_ms,
         }
@@ -326,7 +437,7 @@ impl Counter {
     /// the store across a restart): the bucket of that index keeps the
     /// larger count, and one that has left the window is dropped.
     pub fn merge(&mut self, rule: &Rule, saved: Bucket) {
-        let mut buckets: Vec<Bucket> = self.buckets.iter().copied().collect();
+        let mut buckets: Vec<Bucket> = self.buckets.iter().collect();
         match buckets.iter_mut().find(|b| b.index == saved.index) {
             Some(bucket) => {
                 bucket.count = bucket.count.max(saved.count);
@@ -573,8 +684,31 @@ mod tests {
         let rule = Rule::new(10, MINUTE);
         let mut counter = Counter::default();
         counter.add(&rule, 1_000, 1);
-        assert!(!counter.buckets.spilled(), "no allocation for a key seen now and then");
-        assert_eq!(std::mem::size_of::<Counter>(), 48);
+        counter.add(&rule, 1_001, 2);
+        assert!(
+            matches!(counter.buckets, Buckets::One(_)),
+            "no allocation for a key seen now and then"
+        );
+        assert_eq!(counter.live(&rule, 1_001), 3);
+        assert_eq!(std::mem::size_of::<Counter>(), 32);
+    }
+
+    #[test]
+    fn a_counter_back_to_one_bucket_is_the_counter_of_that_bucket() {
+        let rule = Rule::new(10, MINUTE);
+        let mut counter = Counter::default();
+        counter.add(&rule, 1_000, 1);
+        counter.add(&rule, 1_000 + MINUTE / 2, 2);
+        assert!(matches!(counter.buckets, Buckets::Many(Some(_))));
+        assert_eq!(counter.live(&rule, 1_000 + MINUTE / 2), 3);
+        let later = 1_000 + MINUTE + 1;
+        assert_eq!(counter.live(&rule, later), 2, "the first bucket left the window");
+        let mut alone = Counter::default();
+        alone.add(&rule, 1_000 + MINUTE / 2, 2);
+        alone.advance(&rule, later);
+        assert_eq!(counter, alone);
+        assert_eq!(counter.live(&rule, later + MINUTE), 0);
+        assert_eq!(counter.buckets, Buckets::Many(None));
     }
     use proptest::prelude::*;
     use std::collections::VecDeque;

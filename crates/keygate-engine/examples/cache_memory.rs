@@ -165,10 +165,10 @@ async fn measure(count: usize) {
     let grown = LIVE.load(Ordering::Relaxed) - before;
     let resident = resident_bytes() - resident_before;
     println!(
-        "{count} keys (created in {:.0} s): {:.1} MiB of heap for the cached keys, {} bytes per key; resident set {} bytes per key",
+        "{count} keys (created in {:.0} s): {:.1} MiB of heap for the cached keys, {:.1} bytes per key; resident set {} bytes per key",
         created_in.as_secs_f64(),
         grown as f64 / (1024.0 * 1024.0),
-        grown / count as isize,
+        grown as f64 / count as f64,
         resident / count as isize
     );
     if std::env::var_os("CACHE_MEMORY_SIZES").is_some() {
@@ -178,7 +178,10 @@ async fn measure(count: usize) {
     // and whatever the recorder remembers per key stays.
     engine.usage().flush().await.unwrap();
     let after_flush = LIVE.load(Ordering::Relaxed) - before;
-    println!("after a usage flush: {} bytes per key", after_flush / count as isize);
+    println!(
+        "after a usage flush: {:.1} bytes per key",
+        after_flush as f64 / count as f64
+    );
 }
 
 /// Each allocation size that grew by at least one in ten keys: how many per

@@ -22,6 +22,7 @@ use smallvec::SmallVec;
 
 use crate::context::Context;
 use crate::metrics::StoreOperation;
+use crate::verifier::CachedKey;
 
 /// The outcome recorded for an admitted request; rejections use their error code.
 pub const ADMITTED: &str = "admitted";
@@ -99,11 +100,10 @@ pub const LAST_USE_PRECISION: chrono::Duration = chrono::Duration::seconds(60);
 /// shares one with its memoized limit checks (one lock word less a key).
 #[derive(Debug, Default)]
 pub struct KeyTally {
-    /// Usually one entry between flushes, kept inline with no allocation of
-    /// its own (memory per cached key, issue 18).
-    counts: SmallVec<[Tally; 1]>,
+    counts: Counts,
     /// The latest use known: the store's when the key was read, then each
-    /// request's.
+    /// request's. The key's views show it too
+    /// (crates/keygate-engine/src/verifier/cached_key.rs).
     last_use: Option<SeenUse>,
     /// When the last use written was, in Unix seconds (0: none known).
     written_at: u32,
@@ -118,23 +118,24 @@ pub struct KeyTally {
 
 /// A use: when, to the millisecond, and from where. 24 bytes where
 /// `(DateTime<Utc>, IpAddr)` takes 32, in every cached key's tally (memory
-/// per cached key, BENCHMARKS.md); a last use is shown to the minute
-/// anyway ([`LAST_USE_PRECISION`]).
+/// per cached key, BENCHMARKS.md); a last use is written to the minute
+/// anyway ([`LAST_USE_PRECISION`]). A request's always has an address; a
+/// row read from the store might not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SeenUse {
     /// Unix seconds, as [`unix_seconds`] keeps them.
     seconds: u32,
     millis: u16,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
 }
 
 impl SeenUse {
-    fn new(at: DateTime<Utc>, ip: IpAddr) -> Self {
+    fn new(at: DateTime<Utc>, ip: Option<IpAddr>) -> Self {
         Self::at_seconds(at.timestamp(), at.timestamp_subsec_millis(), ip)
     }
 
     /// From a time already taken apart, as the request path has it.
-    fn at_seconds(seconds: i64, millis: u32, ip: IpAddr) -> Self {
+    fn at_seconds(seconds: i64, millis: u32, ip: Option<IpAddr>) -> Self {
         Self {
             seconds: unix_seconds(seconds),
             millis: u16::try_from(millis).unwrap_or(999),
@@ -159,6 +160,7 @@ impl KeyTally {
             return None;
         }
         let seen = self.last_use?;
+        let ip = seen.ip?;
         let held_back = self.written_at != 0
             && !self.moved
             && i64::from(seen.seconds) - i64::from(self.written_at) < LAST_USE_PRECISION.num_seconds();
@@ -167,7 +169,12 @@ impl KeyTally {
         }
         self.written_at = seen.seconds;
         self.moved = false;
-        Some((seen.at(), seen.ip))
+        Some((seen.at(), ip))
+    }
+
+    /// The latest use known, and where it came from.
+    pub fn last_use(&self) -> (Option<DateTime<Utc>>, Option<IpAddr>) {
+        self.last_use.map_or((None, None), |seen| (Some(seen.at()), seen.ip))
     }
 }
 
@@ -175,6 +182,70 @@ impl KeyTally {
 /// stands for no use written.
 fn unix_seconds(timestamp: i64) -> u32 {
     u32::try_from(timestamp.max(1)).unwrap_or(u32::MAX)
+}
+
+/// A tally's counts between flushes: usually one, held inline; more (the
+/// minute turned, or a refusal came beside the admissions) boxed apart.
+/// 16 bytes in every cached key where a `SmallVec` of one takes 24 (memory
+/// per cached key, BENCHMARKS.md).
+#[derive(Debug, Default)]
+enum Counts {
+    #[default]
+    None,
+    One(Tally),
+    #[expect(clippy::box_collection, reason = "one pointer beside a tally, where a Vec is three")]
+    Many(Box<Vec<Tally>>),
+}
+
+impl Counts {
+    /// One more request of `minute` and `outcome`.
+    fn count(&mut self, minute: i64, outcome: Outcome) {
+        let same = |tally: &&mut Tally| tally.minute == minute && tally.outcome == outcome && tally.count < u32::MAX;
+        match self.as_mut_slice().iter_mut().find(same) {
+            Some(tally) => tally.count += 1,
+            None => self.push(Tally {
+                minute,
+                outcome,
+                count: 1,
+            }),
+        }
+    }
+
+    fn push(&mut self, tally: Tally) {
+        *self = match std::mem::take(self) {
+            Self::None => Self::One(tally),
+            Self::One(first) => Self::Many(Box::new(vec![first, tally])),
+            Self::Many(mut all) => {
+                all.push(tally);
+                Self::Many(all)
+            }
+        };
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Tally] {
+        match self {
+            Self::None => &mut [],
+            Self::One(tally) => std::slice::from_mut(tally),
+            Self::Many(all) => all,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::None => 0,
+            Self::One(_) => 1,
+            Self::Many(all) => all.len(),
+        }
+    }
+
+    /// Every count, leaving none.
+    fn take(&mut self) -> SmallVec<[Tally; 1]> {
+        match std::mem::take(self) {
+            Self::None => SmallVec::new(),
+            Self::One(tally) => SmallVec::from_buf([tally]),
+            Self::Many(all) => SmallVec::from_vec(*all),
+        }
+    }
 }
 
 /// Requests of one minute and outcome. A count stops at `u32::MAX` and
@@ -193,7 +264,7 @@ impl KeyTally {
     /// is not written again, whichever node wrote it.
     pub fn known(last_used_at: Option<DateTime<Utc>>, last_used_ip: Option<IpAddr>) -> Self {
         Self {
-            last_use: last_used_at.zip(last_used_ip).map(|(at, ip)| SeenUse::new(at, ip)),
+            last_use: last_used_at.map(|at| SeenUse::new(at, last_used_ip)),
             written_at: last_used_at.map_or(0, |at| unix_seconds(at.timestamp())),
             ..Self::default()
         }
@@ -250,10 +321,15 @@ type Slot = (ArcStr, i64, &'static str);
 /// A key's last use: when, and from where.
 type LastUses = FxHashMap<ArcStr, (DateTime<Utc>, IpAddr)>;
 
+/// Usage recorded since the last flush, of tallies held by `T`: a cached
+/// key on the verify path (crates/keygate-engine/src/verifier/cached_key.rs).
+/// One kind of holder, not `dyn Tallied`: its list holds every key in use
+/// between flushes, and a plain `Arc` is half a `dyn` one (memory per
+/// cached key, BENCHMARKS.md).
 #[derive(Debug)]
-pub struct UsageRecorder {
+pub struct UsageRecorder<T> {
     /// Tallies with something recorded since the last flush, each once.
-    queued: Mutex<Vec<Arc<dyn Tallied>>>,
+    queued: Mutex<Vec<Arc<T>>>,
     /// Events the gateway decided, stored with the next flush.
     events: Mutex<Vec<NewEvent>>,
     /// The batch whose write failed, retried as it is. The lock also keeps
@@ -262,7 +338,7 @@ pub struct UsageRecorder {
     unsent_rows: AtomicUsize,
 }
 
-impl Default for UsageRecorder {
+impl<T> Default for UsageRecorder<T> {
     fn default() -> Self {
         Self {
             queued: Mutex::new(Vec::new()),
@@ -273,38 +349,30 @@ impl Default for UsageRecorder {
     }
 }
 
-impl UsageRecorder {
+impl<T: Tallied> UsageRecorder<T> {
     /// Counts one request of the tally's key. The tally joins the flush list
     /// on its first count since the last flush, under its own lock, so a
     /// flush taking the list either sees the count or leaves it queued.
-    pub fn record<T: Tallied>(&self, holder: &Arc<T>, outcome: Outcome, client_ip: Option<IpAddr>, now: DateTime<Utc>) {
+    pub fn record(&self, holder: &Arc<T>, outcome: Outcome, client_ip: Option<IpAddr>, now: DateTime<Utc>) {
         let seconds = now.timestamp();
         let minute = seconds.div_euclid(60) * 60;
         let mut state = holder.tally();
-        let same = |tally: &&mut Tally| tally.minute == minute && tally.outcome == outcome && tally.count < u32::MAX;
-        match state.counts.iter_mut().find(same) {
-            Some(tally) => tally.count += 1,
-            None => state.counts.push(Tally {
-                minute,
-                outcome,
-                count: 1,
-            }),
-        }
+        state.counts.count(minute, outcome);
         if let Some(ip) = client_ip {
-            let seen = SeenUse::at_seconds(seconds, now.timestamp_subsec_millis(), ip);
+            let seen = SeenUse::at_seconds(seconds, now.timestamp_subsec_millis(), Some(ip));
             if state.last_use.is_none_or(|last| !seen.is_before(last)) {
-                state.moved |= state.last_use.is_none_or(|last| last.ip != ip);
+                state.moved |= state.last_use.is_none_or(|last| last.ip != Some(ip));
                 state.last_use = Some(seen);
                 state.unwritten = true;
             }
         }
         if !state.queued {
             state.queued = true;
-            self.queued_tallies().push(Arc::clone(holder) as Arc<dyn Tallied>);
+            self.queued_tallies().push(Arc::clone(holder));
         }
     }
 
-    fn queued_tallies(&self) -> MutexGuard<'_, Vec<Arc<dyn Tallied>>> {
+    fn queued_tallies(&self) -> MutexGuard<'_, Vec<Arc<T>>> {
         self.queued.lock()
     }
 
@@ -328,7 +396,7 @@ impl UsageRecorder {
         let mut last_uses: LastUses = FxHashMap::with_capacity_and_hasher(tallies.len(), Default::default());
         for holder in tallies {
             let mut state = holder.tally();
-            for Tally { minute, outcome, count } in state.counts.drain(..) {
+            for Tally { minute, outcome, count } in state.counts.take() {
                 let key = (holder.key_id().clone(), minute, outcome.as_str());
                 counts
                     .entry(key)
@@ -439,7 +507,7 @@ impl Default for UsageSettings {
 pub struct Usage {
     context: Arc<Context>,
     settings: UsageSettings,
-    recorder: UsageRecorder,
+    recorder: UsageRecorder<CachedKey>,
     /// When this node last pruned old usage counts (Unix ms, engine clock).
     last_prune_ms: AtomicI64,
     /// The minute this node last rolled usage up to (Unix seconds).
@@ -458,9 +526,9 @@ impl Usage {
     }
 
     /// Counts one request of a cached key, unless usage is off.
-    pub(crate) fn record<T: Tallied>(
+    pub(crate) fn record(
         &self,
-        holder: &Arc<T>,
+        holder: &Arc<CachedKey>,
         outcome: Outcome,
         client_ip: Option<IpAddr>,
         now: DateTime<Utc>,
@@ -592,7 +660,7 @@ mod tests {
         let tally = entry("key_1");
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         recorder.record(&tally, Outcome::Admitted, None, t0);
-        tally.tally().counts[0].count = u32::MAX - 1;
+        tally.tally().counts.as_mut_slice()[0].count = u32::MAX - 1;
         recorder.record(&tally, Outcome::Admitted, None, t0);
         recorder.record(&tally, Outcome::Admitted, None, t0);
         assert_eq!(tally.tally().counts.len(), 2);
@@ -627,7 +695,7 @@ mod tests {
     /// Every cached key holds one (memory per cached key, BENCHMARKS.md).
     #[test]
     fn a_tally_stays_small() {
-        assert!(std::mem::size_of::<KeyTally>() <= 56);
+        assert!(std::mem::size_of::<KeyTally>() <= 48);
     }
 
     proptest! {
@@ -646,7 +714,7 @@ mod tests {
             let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
             let mut expected: BTreeMap<(String, i64, String), u64> = BTreeMap::new();
             let mut flushed: BTreeMap<(String, i64, String), u64> = BTreeMap::new();
-            let take = |recorder: &UsageRecorder, flushed: &mut BTreeMap<_, _>| {
+            let take = |recorder: &UsageRecorder<LoneTally>, flushed: &mut BTreeMap<_, _>| {
                 let batch = recorder.take("ub".into(), t0);
                 let mut slots = std::collections::BTreeSet::new();
                 for count in batch.counts {

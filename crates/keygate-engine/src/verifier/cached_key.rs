@@ -1,5 +1,6 @@
 //! A key as the verify path keeps it: what a decision reads, laid out
-//! together, and the rest of its row boxed apart for the views that show it.
+//! together first, and after it the rest of its row for the views that
+//! show it.
 //!
 //! Memory per cached key is a goal of its own (BENCHMARKS.md, "Memory per
 //! cached key"): a node holds up to `cache.capacity` of these, and every
@@ -22,12 +23,17 @@ use super::limits::MemoizedLimits;
 use super::shares::{SharedWorkspace, Shares};
 use crate::usage::{KeyTally, Tallied};
 
-/// A key and its workspace as the verify path needs them.
+/// A key and its workspace as the verify path needs them. In the order
+/// written (`repr(C)`): what a decision reads comes first, together, and the
+/// profile no decision reads last. The profile was boxed apart; inline it
+/// costs a decision no more memory lines, and every key 8 bytes less
+/// (memory per cached key, BENCHMARKS.md).
 #[derive(Debug)]
+#[repr(C)]
 pub struct CachedKey {
     id: ArcStr,
+    /// With the key's environment.
     workspace: SharedWorkspace,
-    environment: Arc<String>,
     access: KeyAccess,
     /// When the store last confirmed this key (Unix ms, engine clock).
     loaded_at_ms: i64,
@@ -39,7 +45,7 @@ pub struct CachedKey {
     /// list's (`UsageRecorder::record`) and the shared tables'
     /// (crates/keygate-engine/src/verifier/shares.rs).
     changing: Mutex<Changing>,
-    profile: Box<KeyProfile>,
+    profile: KeyProfile,
 }
 
 #[derive(Debug)]
@@ -63,20 +69,17 @@ struct KeyProfile {
     name_and_hint: Box<str>,
     name_len: u32,
     created_by: Option<Arc<String>>,
-    /// Parsed: the usage flush writes it from an address
-    /// (crates/keygate-engine/src/usage.rs), and an address is held inline.
-    last_used_ip: Option<IpAddr>,
     created_at: DateTime<Utc>,
-    last_used_at: Option<DateTime<Utc>>,
-    /// Imported, not in this deployment's format (`ApiKey::legacy`).
-    legacy: bool,
     rare: Option<Box<RareProfile>>,
 }
 
-/// Metadata, rotation and a key's own limits and credits: empty for most
-/// keys. The limits are read once per memoized limit set, not per request.
+/// Metadata, rotation, a key's own limits and credits, and whether it was
+/// imported: empty for most keys. The limits are read once per memoized
+/// limit set, not per request.
 #[derive(Debug, Default, PartialEq)]
 struct RareProfile {
+    /// Imported, not in this deployment's format (`ApiKey::legacy`).
+    legacy: bool,
     metadata: Map<String, Value>,
     limits: Box<[LimitSpec]>,
     rotated_from: Option<Box<str>>,
@@ -104,6 +107,7 @@ impl RareProfile {
     fn of(key: &mut ApiKey) -> Option<Box<Self>> {
         let lineage_id = (key.lineage_id != key.id).then(|| ArcStr::from(std::mem::take(&mut key.lineage_id)));
         let rare = Self {
+            legacy: key.legacy,
             metadata: std::mem::take(&mut key.metadata),
             limits: std::mem::take(&mut key.limits).into_boxed_slice(),
             rotated_from: boxed(key.rotated_from.take()),
@@ -133,24 +137,20 @@ impl CachedKey {
         let last_used_ip = key.last_used_ip.as_deref().and_then(|ip| ip.parse().ok());
         Self {
             id,
-            workspace: shares.workspace(workspace),
-            environment: shares.name(key.environment),
+            workspace: shares.workspace(workspace, key.environment),
             access: KeyAccess::new(revoked, key.expires_at, lists),
             loaded_at_ms: loaded_at.timestamp_millis(),
             changing: Mutex::new(Changing {
                 limit_checks: MemoizedLimits::default(),
                 usage: KeyTally::known(key.last_used_at, last_used_ip),
             }),
-            profile: Box::new(KeyProfile {
+            profile: KeyProfile {
                 name_len: u32::try_from(key.name.len()).unwrap_or(u32::MAX),
                 name_and_hint: (key.name + &key.hint).into_boxed_str(),
                 created_by: key.created_by.map(|actor| shares.name(actor)),
-                last_used_ip,
                 created_at: key.created_at,
-                last_used_at: key.last_used_at,
-                legacy: key.legacy,
                 rare,
-            }),
+            },
         }
     }
 
@@ -176,7 +176,7 @@ impl CachedKey {
     }
 
     pub fn environment(&self) -> &str {
-        &self.environment
+        self.workspace.environment()
     }
 
     /// What the access checks read: state, expiry, allowlist, scopes.
@@ -214,7 +214,7 @@ impl CachedKey {
 
     /// Imported from another system (crates/keygate-core/src/legacy.rs).
     pub fn is_legacy(&self) -> bool {
-        self.profile.legacy
+        self.rare().is_some_and(|rare| rare.legacy)
     }
 
     pub fn created_at(&self) -> DateTime<Utc> {
@@ -254,9 +254,12 @@ impl CachedKey {
         self.profile.created_by.as_deref().map(String::as_str)
     }
 
-    /// The last use the store knew of when this key was read.
+    /// The latest use known: the store's when this key was read, then each
+    /// request's this node counted (to the millisecond). Read from the usage
+    /// tally, which keeps it anyway, rather than kept twice (memory per
+    /// cached key, BENCHMARKS.md).
     pub fn last_used(&self) -> (Option<DateTime<Utc>>, Option<IpAddr>) {
-        (self.profile.last_used_at, self.profile.last_used_ip)
+        self.changing.lock().usage.last_use()
     }
 
     /// The key it replaced and the key that replaced it (rotation).
@@ -369,6 +372,7 @@ mod tests {
         plain.limits = vec![];
         (plain.rotated_from, plain.rotated_to) = (None, None);
         plain.lineage_id = plain.id.clone();
+        plain.legacy = false;
         let cached = cache_row(plain, at(40));
         assert!(cached.profile.rare.is_none());
         assert!(cached.metadata().is_empty());
@@ -399,6 +403,17 @@ mod tests {
         assert!(std::ptr::eq(a.workspace(), c.workspace()));
         assert!(std::ptr::eq(a.environment(), c.environment()));
         assert!(std::ptr::eq(a.created_by().unwrap(), c.created_by().unwrap()));
+        let test_key = CachedKey::new(
+            ApiKey {
+                environment: "test".into(),
+                ..row()
+            },
+            workspace(),
+            &shares,
+            at(0),
+        );
+        assert_eq!((test_key.environment(), a.environment()), ("test", "live"));
+        assert_eq!(test_key.workspace(), a.workspace());
         assert!(!std::ptr::eq(a.scopes(), c.scopes()));
         assert_eq!(
             (a.access(), c.scopes()),
@@ -410,8 +425,8 @@ mod tests {
     /// a field added here should be worth its bytes.
     #[test]
     fn a_cached_key_stays_small() {
-        assert!(std::mem::size_of::<CachedKey>() <= 168);
-        assert!(std::mem::size_of::<KeyProfile>() <= 80);
+        assert!(std::mem::size_of::<CachedKey>() <= 184);
+        assert!(std::mem::size_of::<KeyProfile>() <= 48);
         assert!(std::mem::size_of::<KeyAccess>() <= 24);
     }
 
@@ -434,6 +449,51 @@ mod tests {
             .map(|u| u.ip)
             .collect();
         assert_eq!(uses, ["10.9.9.9"]);
+    }
+
+    #[test]
+    fn a_key_shows_the_latest_use_known() {
+        use crate::usage::{Outcome, UsageRecorder};
+        let recorder = UsageRecorder::default();
+        let other: IpAddr = "10.9.9.9".parse().unwrap();
+        let cached = Arc::new(cache_row(row(), at(40)));
+        let later = at(50) + chrono::Duration::milliseconds(123);
+        recorder.record(&cached, Outcome::Admitted, Some(other), later);
+        assert_eq!(cached.last_used(), (Some(later), Some(other)));
+        recorder.record(&cached, Outcome::Admitted, "10.1.2.3".parse().ok(), at(49));
+        assert_eq!(
+            cached.last_used(),
+            (Some(later), Some(other)),
+            "an older use is not the latest"
+        );
+    }
+
+    #[test]
+    fn a_stored_use_without_an_address_is_shown() {
+        let key = ApiKey {
+            last_used_ip: None,
+            ..row()
+        };
+        assert_eq!(cache_row(key, at(40)).last_used(), (Some(at(10)), None));
+        let never = ApiKey {
+            last_used_at: None,
+            last_used_ip: None,
+            ..row()
+        };
+        assert_eq!(cache_row(never, at(40)).last_used(), (None, None));
+    }
+
+    #[test]
+    fn a_key_is_legacy_only_if_imported_so() {
+        let native = ApiKey { legacy: false, ..row() };
+        assert!(!cache_row(native, at(0)).is_legacy());
+        let mut plain_import = row();
+        plain_import.metadata = Map::new();
+        plain_import.limits = vec![];
+        (plain_import.rotated_from, plain_import.rotated_to) = (None, None);
+        plain_import.lineage_id = plain_import.id.clone();
+        let cached = cache_row(plain_import, at(0));
+        assert!(cached.is_legacy(), "a legacy key with nothing else rare keeps the flag");
     }
 
     #[test]

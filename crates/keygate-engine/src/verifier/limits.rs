@@ -51,40 +51,7 @@ pub struct RateLimits {
 #[derive(Debug, Clone)]
 pub(crate) struct LimitSet {
     checks: Arc<[LimitCheck]>,
-    describe: PlanDescribe,
-}
-
-/// A plan's header policy (`Option<Describe>`) in 8 bytes where it takes
-/// 16: every cached key's memoized limits hold one (memory per cached key,
-/// BENCHMARKS.md). 0 is none, 1 `tightest`, 2 `longest`, and a window is
-/// its milliseconds plus 3: exact up to `u64::MAX - 3` ms, some 584
-/// million years.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PlanDescribe(u64);
-
-impl PlanDescribe {
-    const NONE: u64 = 0;
-    const TIGHTEST: u64 = 1;
-    const LONGEST: u64 = 2;
-    const FIRST_WINDOW: u64 = 3;
-
-    fn new(describe: Option<Describe>) -> Self {
-        Self(match describe {
-            None => Self::NONE,
-            Some(Describe::Tightest) => Self::TIGHTEST,
-            Some(Describe::Longest) => Self::LONGEST,
-            Some(Describe::Window(ms)) => ms.saturating_add(Self::FIRST_WINDOW),
-        })
-    }
-
-    fn get(self) -> Option<Describe> {
-        match self.0 {
-            Self::NONE => None,
-            Self::TIGHTEST => Some(Describe::Tightest),
-            Self::LONGEST => Some(Describe::Longest),
-            window => Some(Describe::Window(window - Self::FIRST_WINDOW)),
-        }
-    }
+    describe: Option<Describe>,
 }
 
 impl RateLimits {
@@ -92,7 +59,7 @@ impl RateLimits {
         Self {
             decision,
             checks: set.checks.clone(),
-            describe: set.describe.get(),
+            describe: set.describe,
         }
     }
 
@@ -115,12 +82,14 @@ const MAX_MEMOIZED_RESOURCES: usize = 16;
 /// A cached key's limit checks per resource list, computed on first use
 /// for one generation of plans. Most keys only ever see the default list:
 /// it has a field of its own, and the lists routes name are boxed apart, so
-/// a key that sees no other pays one empty pointer (memory per cached key,
-/// BENCHMARKS.md).
+/// a key that sees no other pays one empty pointer. The plan's header
+/// policy is not kept here: a request reads it from its plan, one lookup
+/// among a few plans, where keeping it cost every cached key 8 bytes
+/// (memory per cached key, BENCHMARKS.md).
 #[derive(Debug, Default)]
 pub(crate) struct MemoizedLimits {
     generation: u64,
-    default: Option<LimitSet>,
+    default: Option<Checks>,
     #[expect(
         clippy::box_collection,
         reason = "one pointer in every cached key, where a Vec is three"
@@ -128,13 +97,16 @@ pub(crate) struct MemoizedLimits {
     named: Option<Box<Vec<NamedLimits>>>,
 }
 
+/// The checks of one resource list, shared by its requests.
+type Checks = Arc<[LimitCheck]>;
+
 /// A resource list a route names, and its checks.
-type NamedLimits = (Box<[Box<str>]>, LimitSet);
+type NamedLimits = (Box<[Box<str>]>, Checks);
 
 impl MemoizedLimits {
     /// The checks for `resources`, if computed under this `generation` of
     /// plans; what an older generation computed is forgotten.
-    fn get(&mut self, generation: u64, resources: &[String]) -> Option<LimitSet> {
+    fn get(&mut self, generation: u64, resources: &[String]) -> Option<Checks> {
         if self.generation != generation {
             *self = Self {
                 generation,
@@ -146,18 +118,21 @@ impl MemoizedLimits {
         }
         let same = |names: &[Box<str>]| names.iter().map(|n| &**n).eq(resources.iter().map(String::as_str));
         let named = self.named.as_deref()?;
-        named.iter().find(|(names, _)| same(names)).map(|(_, set)| set.clone())
+        named
+            .iter()
+            .find(|(names, _)| same(names))
+            .map(|(_, checks)| checks.clone())
     }
 
     /// Keeps the checks for `resources`, up to [`MAX_MEMOIZED_RESOURCES`] lists.
-    fn keep(&mut self, resources: &[String], set: LimitSet) {
+    fn keep(&mut self, resources: &[String], checks: Checks) {
         if resources == default_resources() {
-            self.default = Some(set);
+            self.default = Some(checks);
             return;
         }
         let named = self.named.get_or_insert_with(Box::default);
         if named.len() < MAX_MEMOIZED_RESOURCES {
-            named.push((resources.iter().map(|r| Box::from(r.as_str())).collect(), set));
+            named.push((resources.iter().map(|r| Box::from(r.as_str())).collect(), checks));
         }
     }
 }
@@ -173,11 +148,12 @@ impl Verifier {
     /// change only when the key leaves the cache.
     pub(crate) fn limit_checks(&self, cached: &CachedKey, resources: &[String]) -> LimitSet {
         let plans = self.plans();
-        let mut memo = cached.limit_checks();
-        if let Some(set) = memo.get(plans.generation(), resources) {
-            return set;
-        }
         let plan = plans.of(cached.workspace().plan.as_ref());
+        let describe = plan.and_then(|plan| plan.describe);
+        let mut memo = cached.limit_checks();
+        if let Some(checks) = memo.get(plans.generation(), resources) {
+            return LimitSet { checks, describe };
+        }
         let mut checks: Vec<LimitCheck> = Vec::new();
         for resource in resources {
             for check in compute_limit_checks(plan, cached, resource, &self.shares) {
@@ -192,12 +168,9 @@ impl Verifier {
             checks = checks.into_iter().map(|check| check.in_slot_of(slot.clone())).collect();
         }
         checks.extend(credits_check(plan, cached));
-        let set = LimitSet {
-            checks: checks.into(),
-            describe: PlanDescribe::new(plan.and_then(|plan| plan.describe)),
-        };
-        memo.keep(resources, set.clone());
-        set
+        let checks: Checks = checks.into();
+        memo.keep(resources, checks.clone());
+        LimitSet { checks, describe }
     }
 
     /// The permit first (a refusal there charges nothing), then every rate
@@ -529,15 +502,12 @@ fn compute_limit_checks(plan: Option<&Plan>, cached: &CachedKey, resource: &str,
 mod tests {
     use super::*;
 
-    fn set() -> LimitSet {
-        LimitSet {
-            checks: Arc::from(Vec::new()),
-            describe: PlanDescribe::new(None),
-        }
+    fn set() -> Checks {
+        Arc::from(Vec::new())
     }
 
-    fn same(a: &Option<LimitSet>, b: &LimitSet) -> bool {
-        a.as_ref().is_some_and(|a| Arc::ptr_eq(&a.checks, &b.checks))
+    fn same(a: &Option<Checks>, b: &Checks) -> bool {
+        a.as_ref().is_some_and(|a| Arc::ptr_eq(a, b))
     }
 
     #[test]
@@ -570,28 +540,6 @@ mod tests {
     /// Every cached key holds one (memory per cached key, BENCHMARKS.md).
     #[test]
     fn memoized_limits_stay_small() {
-        assert!(std::mem::size_of::<MemoizedLimits>() <= 40);
-    }
-
-    #[test]
-    fn a_packed_header_policy_is_the_policy() {
-        let policies = [
-            None,
-            Some(Describe::Tightest),
-            Some(Describe::Longest),
-            Some(Describe::Window(1000)),
-            Some(Describe::Window(86_400_000)),
-        ];
-        for policy in policies {
-            assert_eq!(PlanDescribe::new(policy).get(), policy);
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn every_window_survives_packing(ms in 0..=u64::MAX - PlanDescribe::FIRST_WINDOW) {
-            let policy = Some(Describe::Window(ms));
-            proptest::prop_assert_eq!(PlanDescribe::new(policy).get(), policy);
-        }
+        assert!(std::mem::size_of::<MemoizedLimits>() <= 32);
     }
 }
