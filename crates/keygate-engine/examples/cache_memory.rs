@@ -17,7 +17,11 @@
 //! With `CACHE_MEMORY_SIZES=1` it also prints, by allocation size, what each
 //! key added: which parts a key costs (BENCHMARKS.md lists them). Last, the
 //! same growth after one usage flush: what a node in use keeps per key
-//! between flushes.
+//! between flushes. With `CACHE_MEMORY_MINUTES=N` each key is then verified
+//! once a minute for N more minutes on the engine's clock, with a usage
+//! flush each minute, as under steady use: its counter holds a bucket for
+//! each minute of its window (the plan's limit is per hour) that saw a
+//! request, and the figure says what that costs.
 
 // A measurement tool: a failure should stop it where it happened.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -32,7 +36,7 @@ use keygate_core::throttle::FailurePolicy;
 use keygate_core::KeyFormat;
 use keygate_engine::admin::{NewKey, NewWorkspace};
 use keygate_engine::plans::PlanBook;
-use keygate_engine::{Actor, Engine, EngineSettings, SystemClock, VerifyRequest};
+use keygate_engine::{Actor, Engine, EngineSettings, ManualClock, VerifyRequest};
 use keygate_store::sqlite::SqliteStore;
 
 /// Live heap bytes: allocations minus frees.
@@ -82,8 +86,9 @@ fn settings(capacity: u64) -> EngineSettings {
         verifier: keygate_engine::VerifierSettings {
             key_format: KeyFormat::new("kg", &["live".into(), "test".into()]).unwrap(),
             cache_capacity: capacity,
-            cache_ttl: Duration::from_secs(3600),
-            cache_ttl_unheard: Duration::from_secs(3600),
+            // A day, so that no key is re-read during `CACHE_MEMORY_MINUTES`.
+            cache_ttl: Duration::from_secs(86_400),
+            cache_ttl_unheard: Duration::from_secs(86_400),
             max_stale: Duration::from_secs(300),
             store_timeout: Duration::from_secs(5),
             negative_cache_ttl: Duration::from_secs(10),
@@ -122,7 +127,8 @@ async fn measure(count: usize) {
             .unwrap(),
     );
     let limiter = Arc::new(keygate_limiter::memory::MemoryLimiter::new(count as u64 * 2));
-    let engine = Engine::new(store, Arc::new(SystemClock), limiter, settings(count as u64));
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let engine = Engine::new(store, clock.clone(), limiter, settings(count as u64));
     let workspace = engine
         .admin()
         .create_workspace(
@@ -152,16 +158,9 @@ async fn measure(count: usize) {
         keys.push(plaintext.expose().to_owned());
     }
     let created_in = started.elapsed();
-    let scopes = ["bench:read".to_owned()];
     let (before, resident_before) = (LIVE.load(Ordering::Relaxed), resident_bytes());
     let sizes_before: Vec<isize> = BY_SIZE.iter().map(|n| n.load(Ordering::Relaxed)).collect();
-    for key in &keys {
-        let request = VerifyRequest {
-            required_scopes: &scopes,
-            ..VerifyRequest::new(key, Some([127, 0, 0, 1].into()))
-        };
-        assert!(engine.verifier().verify(request).await.is_ok());
-    }
+    verify_each(&engine, &keys).await;
     let grown = LIVE.load(Ordering::Relaxed) - before;
     let resident = resident_bytes() - resident_before;
     println!(
@@ -182,6 +181,34 @@ async fn measure(count: usize) {
         "after a usage flush: {:.1} bytes per key",
         after_flush as f64 / count as f64
     );
+    let minutes: u32 = std::env::var("CACHE_MEMORY_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if minutes > 0 {
+        for _ in 0..minutes {
+            clock.advance(chrono::Duration::minutes(1));
+            verify_each(&engine, &keys).await;
+            engine.usage().flush().await.unwrap();
+        }
+        let in_use = LIVE.load(Ordering::Relaxed) - before;
+        println!(
+            "after {minutes} more minutes of a request a key each, flushed: {:.1} bytes per key",
+            in_use as f64 / count as f64
+        );
+    }
+}
+
+/// Verifies each key once, as a request from 127.0.0.1.
+async fn verify_each(engine: &Engine, keys: &[String]) {
+    let scopes = ["bench:read".to_owned()];
+    for key in keys {
+        let request = VerifyRequest {
+            required_scopes: &scopes,
+            ..VerifyRequest::new(key, Some([127, 0, 0, 1].into()))
+        };
+        assert!(engine.verifier().verify(request).await.is_ok());
+    }
 }
 
 /// Each allocation size that grew by at least one in ten keys: how many per
