@@ -9,6 +9,11 @@
 #   5. keygate rejecting invalid keys (bad checksum);
 #   4a. keygate on a route with `auth = false`, the same keys sent (and
 #       stripped), the same upstream: what auth and limits cost (issue 16).
+# With BARE=1, one more case:
+#   2b. crates/keygate-server/examples/bare_proxy.rs, a proxy on keygate's
+#       engine (hyper, one upstream connection per client connection) that
+#       does nothing else, loaded as case 4a is (the keys sent): case 4a /
+#       case 2b is what keygate's own work on the open route costs.
 # With BASELINE=/path/to/another/keygate (e.g. built from the commit before a
 # change), two more cases on the same store, config and CPU:
 #   6. case 4 with the baseline binary;
@@ -41,7 +46,7 @@
 #
 # Usage: bash scripts/bench/gateway.sh        (DURATION=10s CONNECTIONS=64 KEYS=10000;
 #        BASELINE=path/to/keygate; EVENTS=compare ROUNDS=3; SIDE_BY_SIDE=path/to/keygate;
-#        AUTH_COST=compare; TELEMETRY=compare; PROFILE_DIR=dir)
+#        AUTH_COST=compare; TELEMETRY=compare; PROFILE_DIR=dir; BARE=1)
 # Everything it starts listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 
@@ -59,6 +64,9 @@ source "$(dirname "$0")/common.sh"
 
 install_missing
 build_keygate
+if [ -n "${BARE:-}" ]; then
+  (cd "$ROOT" && cargo build --release -p keygate-server --example bare_proxy -q)
+fi
 
 # The tiny upstream, shared by every case.
 start_nginx upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'ok\n'; } location = /v1/traces { return 200; } }" "${PIN_LOAD[@]}"
@@ -126,6 +134,14 @@ echo "measuring: $DURATION per case, $CONNECTIONS connections, one wrk thread" >
 : >"$WORK/results.tsv"
 run_wrk "1. direct upstream" "http://127.0.0.1:$UPSTREAM_PORT/bench"
 run_wrk "2. nginx proxy" "http://127.0.0.1:$NGINX_PROXY_PORT/bench"
+if [ -n "${BARE:-}" ]; then
+  BARE_PORT=$((BASE_PORT + 7))
+  "${PIN_PROXY[@]}" "$ROOT/target/release/examples/bare_proxy" "$BARE_PORT" "$UPSTREAM_PORT" &
+  PIDS+=($!)
+  wait_for_port "$BARE_PORT"
+  BENCH_KEYS="$WORK/keys.txt" run_wrk "2b. bare hyper proxy" "http://127.0.0.1:$BARE_PORT/bench" "$WORK/keys.lua"
+  kill "${PIDS[-1]}"
+fi
 BENCH_KEYS="$WORK/keys.txt" run_wrk "3. nginx map+limit_req" "http://127.0.0.1:$NGINX_AUTH_PORT/bench" "$WORK/keys.lua"
 PROFILE_AS=4 BENCH_KEYS="$WORK/keys.txt" run_wrk "4. keygate valid keys" "http://127.0.0.1:$KEYGATE_PORT/bench" "$WORK/keys.lua"
 PROFILE_AS=4a BENCH_KEYS="$WORK/keys.txt" BENCH_PATH=/open/bench run_wrk "4a. keygate open route (auth = false)" "http://127.0.0.1:$KEYGATE_PORT/open/bench" "$WORK/keys.lua"
@@ -221,6 +237,7 @@ awk -F'\t' -v what="${PAIR_WHAT:-usage and events}" '
   $1 ~ /^3\./ { nginx = $2 }
   $1 ~ /^4\./ { keygate = $2 }
   $1 ~ /^4a\./ { open = $2 }
+  $1 ~ /^2b\./ { bare = $2 }
   $1 ~ /^6\./ { baseline = $2 }
   $1 ~ /^7\./ { again = $2 }
   $1 ~ /^8\./ { split($1, words, " "); r = words[3]; sub(/,/, "", r); if ($1 ~ / on$/) on[r] = $6; else off[r] = $6 }
@@ -234,6 +251,7 @@ awk -F'\t' -v what="${PAIR_WHAT:-usage and events}" '
     }
     if (nginx > 0) printf "\nkeygate (case 4) / nginx with auth (case 3): %.2f\n", keygate / nginx
     if (open > 0) printf "keygate with auth (case 4) / keygate open route (case 4a): %.3f\n", keygate / open
+    if (bare > 0) printf "keygate open route (case 4a) / bare hyper proxy (case 2b): %.3f\n", open / bare
     if (baseline > 0) printf "keygate (mean of cases 4 and 7) / baseline (case 6): %.3f\n", (keygate + again) / 2 / baseline
   }
 ' "$WORK/results.tsv"
