@@ -44,6 +44,9 @@
 # (dir/4.data, dir/4a.data; `perf report -i dir/4.data --sort dso,sym`);
 # PERF_ARGS replaces `record -q -F 1999`, e.g. `stat -e raw_syscalls:sys_enter`.
 #
+# The profile-guided build (scripts/build-pgo.sh) is measured with
+# KEYGATE_BINARY=$(bash scripts/build-pgo.sh).
+#
 # Usage: bash scripts/bench/gateway.sh        (DURATION=10s CONNECTIONS=64 KEYS=10000;
 #        BASELINE=path/to/keygate; EVENTS=compare ROUNDS=3; SIDE_BY_SIDE=path/to/keygate;
 #        AUTH_COST=compare; TELEMETRY=compare; PROFILE_DIR=dir; BARE=1)

@@ -9,7 +9,16 @@
 //! round. (A turn per connection sent each key 32 times within a
 //! millisecond, once per round: bursts that no other benchmark makes.)
 //!
-//! Usage: latency_log <host:port> <path> <keys file> <connections> <seconds> <output file>
+//! With a `rate` (requests per second, over all connections), each
+//! connection sends on a schedule instead: its share of the rate, the
+//! connections staggered. Below what the server can do, the server then has
+//! idle moments, as a node in service does; closed-loop, it has none. The
+//! schedule runs on tokio's timer, which has millisecond steps, so requests
+//! leave in small bursts once a millisecond, and a late request is sent at
+//! once, keeping the rate. Latency is counted from when the request went
+//! out, as without a rate.
+//!
+//! Usage: latency_log <host:port> <path> <keys file> <connections> <seconds> <output file> [rate]
 //! Output: one line per request, `sent_unix_us latency_us status`.
 
 use std::io::Write;
@@ -25,14 +34,31 @@ use tokio::net::TcpStream;
 type Sample = (u64, u32, u16);
 
 fn usage() -> ! {
-    eprintln!("usage: latency_log <host:port> <path> <keys file> <connections> <seconds> <output file>");
+    eprintln!("usage: latency_log <host:port> <path> <keys file> <connections> <seconds> <output file> [rate]");
     std::process::exit(2)
+}
+
+/// When one connection's requests are due: every `every`, from `first`.
+#[derive(Clone, Copy)]
+struct Schedule {
+    first: Instant,
+    every: Duration,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [addr, path, keys, connections, seconds, output] = args.as_slice() else {
+    let [addr, path, keys, connections, seconds, output, rest @ ..] = args.as_slice() else {
         usage()
+    };
+    let rate = match rest {
+        [] => None,
+        [rate] => Some(
+            rate.parse::<f64>()
+                .ok()
+                .filter(|rate| *rate > 0.0)
+                .unwrap_or_else(|| usage()),
+        ),
+        _ => usage(),
     };
     let keys: Arc<Vec<String>> = Arc::new(
         std::fs::read_to_string(keys)?
@@ -41,18 +67,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
     );
     let connections: usize = connections.parse().unwrap_or_else(|_| usage());
-    let until = Instant::now() + Duration::from_secs(seconds.parse().unwrap_or_else(|_| usage()));
+    let start = Instant::now();
+    let until = start + Duration::from_secs(seconds.parse().unwrap_or_else(|_| usage()));
+    let every = rate.map(|rate| Duration::from_secs_f64(connections as f64 / rate));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let turn = Arc::new(AtomicUsize::new(0));
     let samples = runtime.block_on(async {
         let tasks: Vec<_> = (0..connections)
-            .map(|_| {
+            .map(|index| {
+                let schedule = every.map(|every| Schedule {
+                    first: start + every.mul_f64(index as f64 / connections as f64),
+                    every,
+                });
                 tokio::spawn(connection(
                     addr.clone(),
                     path.clone(),
                     keys.clone(),
                     turn.clone(),
                     until,
+                    schedule,
                 ))
             })
             .collect();
@@ -81,13 +114,18 @@ async fn connection(
     keys: Arc<Vec<String>>,
     turn: Arc<AtomicUsize>,
     until: Instant,
+    schedule: Option<Schedule>,
 ) -> Result<Vec<Sample>, Box<dyn std::error::Error + Send + Sync>> {
     let stream = TcpStream::connect(&addr).await?;
     stream.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut samples = Vec::with_capacity(200_000);
+    let mut due = schedule.map(|schedule| schedule.first);
     while Instant::now() < until {
+        if let Some(due) = due {
+            tokio::time::sleep_until(due.into()).await;
+        }
         let key = &keys[turn.fetch_add(1, Ordering::Relaxed) % keys.len().max(1)];
         let request = hyper::Request::get(path.as_str())
             .header(hyper::header::HOST, addr.as_str())
@@ -101,6 +139,9 @@ async fn connection(
         response.into_body().collect().await?;
         let latency = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
         samples.push((sent, latency, status));
+        if let (Some(at), Some(schedule)) = (due.as_mut(), schedule) {
+            *at += schedule.every;
+        }
     }
     Ok(samples)
 }
