@@ -12,9 +12,10 @@
 # 4. builds keygate again with the profile (`-Cprofile-use`).
 #
 # The compiler then lays out and inlines the code the way that traffic runs
-# it. It takes two release builds (about 15 minutes on 2 cores) and prints
-# the binary's path: target/pgo/use/release/keygate. The builds have target
-# directories of their own, so the README's plain build is not disturbed.
+# it. It takes two release builds and the training (about 20 minutes on 2
+# cores) and prints the binary's path: target/pgo/use/release/keygate. The
+# builds have target directories of their own, so the README's plain build
+# is not disturbed.
 #
 # Usage: bash scripts/build-pgo.sh   (TRAIN_DURATION=5s)
 set -euo pipefail
@@ -30,7 +31,7 @@ if [ ! -x "$profdata" ]; then
   rustup component add llvm-tools
 fi
 
-rm -rf "$PGO_DIR/profiles"
+rm -rf "$PGO_DIR/profiles" "$PGO_DIR"/*.profdata
 mkdir -p "$PGO_DIR/profiles"
 echo "1/4 building keygate with instrumentation" >&2
 RUSTFLAGS="-Cprofile-generate=$PGO_DIR/profiles" \
@@ -38,9 +39,15 @@ RUSTFLAGS="-Cprofile-generate=$PGO_DIR/profiles" \
 
 echo "2/4 training on the gateway's traffic" >&2
 export KEYGATE_BINARY="$PGO_DIR/generate/release/keygate"
-DURATION=$TRAIN_DURATION CONNECTIONS=32 bash "$ROOT/scripts/bench/gateway.sh" >"$PGO_DIR/train-gateway.log" 2>&1
+train() { # name, script, settings...
+  local log="$PGO_DIR/train-$1.log" script=$2
+  shift 2
+  env "$@" DURATION="$TRAIN_DURATION" CONNECTIONS=32 bash "$ROOT/scripts/bench/$script" >"$log" 2>&1 ||
+    { echo "the training run failed; its output is in $log" >&2; exit 1; }
+}
+train gateway gateway.sh
 if (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
-  DURATION=$TRAIN_DURATION CONNECTIONS=32 REVOCATIONS=0 bash "$ROOT/scripts/bench/multinode.sh" >"$PGO_DIR/train-multinode.log" 2>&1
+  train multinode multinode.sh REVOCATIONS=0
 else
   echo "    PostgreSQL or Redis is not on its default port: trained on the embedded node only" >&2
 fi
