@@ -116,8 +116,9 @@ waits_before=$(limiter_waits)
 thread_times >"$WORK/threads-before.txt"
 RATE=()
 if [ -n "${LOAD:-}" ]; then # the warm-up ran closed-loop for 10 s
-  RATE=("$(awk -v share="$LOAD" 'END { printf "%.0f", NR / 10 * share }' "$WORK/warm-up.log")")
-  echo "the warm-up did $(awk 'END { printf "%.0f", NR / 10 }' "$WORK/warm-up.log") req/s; sending at $LOAD of it: ${RATE[0]} req/s" >&2
+  warm_rate=$(awk 'END { printf "%.0f", NR / 10 }' "$WORK/warm-up.log")
+  RATE=("$(awk -v rate="$warm_rate" -v share="$LOAD" 'BEGIN { printf "%.0f", rate * share }')")
+  echo "the warm-up did $warm_rate req/s; sending at $LOAD of it: ${RATE[0]} req/s" >&2
 fi
 echo "measuring: ${DURATION}s, $CONNECTIONS connections" >&2
 "${PIN_LOAD[@]}" "$LOADGEN" "127.0.0.1:$KEYGATE_PORT" /bench "$WORK/keys.txt" "$CONNECTIONS" "$DURATION" "$WORK/requests.log" "${RATE[@]}"

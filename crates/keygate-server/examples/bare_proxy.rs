@@ -8,6 +8,7 @@
 //! Usage: bare_proxy LISTEN_PORT UPSTREAM_PORT (both on 127.0.0.1)
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
@@ -44,7 +45,7 @@ async fn serve(listen: u16, upstream: u16) -> Result<(), Box<dyn std::error::Err
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let sender = std::sync::Arc::new(Mutex::new(None::<SendRequest<Incoming>>));
+            let sender = Arc::new(Mutex::new(None::<SendRequest<Incoming>>));
             let service = service_fn(move |request| forward(sender.clone(), upstream, request));
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -55,7 +56,7 @@ async fn serve(listen: u16, upstream: u16) -> Result<(), Box<dyn std::error::Err
 
 /// Sends `request` on the client connection's upstream connection, opened on first use.
 async fn forward(
-    sender: std::sync::Arc<Mutex<Option<SendRequest<Incoming>>>>,
+    sender: Arc<Mutex<Option<SendRequest<Incoming>>>>,
     upstream: u16,
     mut request: Request<Incoming>,
 ) -> Result<Response<Either<Incoming, Empty<Bytes>>>, Infallible> {

@@ -38,10 +38,10 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-/// When one connection's requests are due: every `every`, from `first`.
+/// When one connection's requests are due: the next at `next`, then every `every`.
 #[derive(Clone, Copy)]
 struct Schedule {
-    first: Instant,
+    next: Instant,
     every: Duration,
 }
 
@@ -76,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let tasks: Vec<_> = (0..connections)
             .map(|index| {
                 let schedule = every.map(|every| Schedule {
-                    first: start + every.mul_f64(index as f64 / connections as f64),
+                    next: start + every.mul_f64(index as f64 / connections as f64),
                     every,
                 });
                 tokio::spawn(connection(
@@ -114,17 +114,17 @@ async fn connection(
     keys: Arc<Vec<String>>,
     turn: Arc<AtomicUsize>,
     until: Instant,
-    schedule: Option<Schedule>,
+    mut schedule: Option<Schedule>,
 ) -> Result<Vec<Sample>, Box<dyn std::error::Error + Send + Sync>> {
     let stream = TcpStream::connect(&addr).await?;
     stream.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut samples = Vec::with_capacity(200_000);
-    let mut due = schedule.map(|schedule| schedule.first);
     while Instant::now() < until {
-        if let Some(due) = due {
-            tokio::time::sleep_until(due.into()).await;
+        if let Some(schedule) = schedule.as_mut() {
+            tokio::time::sleep_until(schedule.next.into()).await;
+            schedule.next += schedule.every;
         }
         let key = &keys[turn.fetch_add(1, Ordering::Relaxed) % keys.len().max(1)];
         let request = hyper::Request::get(path.as_str())
@@ -139,9 +139,6 @@ async fn connection(
         response.into_body().collect().await?;
         let latency = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
         samples.push((sent, latency, status));
-        if let (Some(at), Some(schedule)) = (due.as_mut(), schedule) {
-            *at += schedule.every;
-        }
     }
     Ok(samples)
 }
