@@ -509,6 +509,21 @@ impl Decision {
         self.limits.iter().find(|l| l.rule.is_balance())
     }
 
+    /// The credit balance's counter as this decision left it, with its
+    /// place among the limits (the checks' order): the bucket of the
+    /// current period and what that period has spent. A backend that keeps
+    /// a copy of the balance (the credit ledger, the Redis fallback) merges
+    /// this bucket into it.
+    pub fn balance_bucket(&self) -> Option<(usize, Bucket)> {
+        let (index, state) = self.limits.iter().enumerate().find(|(_, l)| l.rule.is_balance())?;
+        let bucket = Bucket {
+            index: state.rule.bucket_of(self.now_ms),
+            count: state.rule.capacity_at(self.now_ms).saturating_sub(state.remaining),
+            newest_ms: self.now_ms,
+        };
+        Some((index, bucket))
+    }
+
     /// Whether the request was refused because its credits ran out (whatever
     /// the rolling limits said: waiting for them would not help).
     pub fn out_of_credits(&self) -> bool {
@@ -834,6 +849,29 @@ mod tests {
         // Rebuilt with its clock at the newest stamp, the counter would
         // skip ahead and miss the 4 that the store still counts at 60.5 s.
         assert_eq!(Counter::from_buckets(&rule, held).count(&rule, now), 5);
+    }
+
+    #[test]
+    fn a_decision_names_its_balance_bucket_as_spent_so_far() {
+        let rolling = Rule::new(100, MINUTE);
+        let balance = Rule::balance(10, 1_000, 4, MINUTE);
+        let spent = |index, count, newest_ms| Bucket {
+            index,
+            count,
+            newest_ms,
+        };
+        let (mut r, mut b) = (Counter::default(), Counter::default());
+        let first = decide(&mut [(rolling, &mut r), (balance, &mut b)], 2_000, 3, true);
+        assert_eq!(
+            first.balance_bucket(),
+            Some((1, spent(0, 3, 2_000))),
+            "second of the limits, 3 of 10 spent in the first period"
+        );
+        // A later period is set to the refill: spent counts from it.
+        let later = decide(&mut [(rolling, &mut r), (balance, &mut b)], 62_000, 1, true);
+        assert_eq!(later.balance_bucket(), Some((1, spent(1, 1, 62_000))));
+        let none = decide(&mut [(rolling, &mut r)], 62_000, 1, true);
+        assert_eq!(none.balance_bucket(), None);
     }
 
     #[test]

@@ -57,18 +57,16 @@ impl CreditLedger {
         if !self.enabled {
             return;
         }
-        let now_ms = decision.now_ms;
-        let Some((check, state)) = checks
-            .iter()
-            .zip(&decision.limits)
-            .find(|(check, _)| check.rule.is_balance())
-        else {
+        let Some((index, bucket)) = decision.balance_bucket() else {
+            return;
+        };
+        let Some(check) = checks.get(index) else {
             return;
         };
         let spent = Spent {
-            period: check.rule.bucket_of(now_ms),
-            spent: check.rule.capacity_at(now_ms).saturating_sub(state.remaining),
-            newest_ms: now_ms,
+            period: bucket.index,
+            spent: bucket.count,
+            newest_ms: bucket.newest_ms,
         };
         let mut pending = self.pending.lock();
         let entry = pending.entry(id_of(check)).or_insert(spent);

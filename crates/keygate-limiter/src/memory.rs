@@ -181,6 +181,11 @@ impl MemoryLimiter {
         self.counters.len()
     }
 
+    /// Whether the table holds `key`'s counter, without making one.
+    pub fn holds(&self, key: &CounterKey) -> bool {
+        self.counters.contains_key(key)
+    }
+
     /// Drops every counter with nothing left in its window at `now_ms`.
     pub fn sweep(&self, now_ms: u64) {
         self.counters.retain(|Entry(node), ()| {

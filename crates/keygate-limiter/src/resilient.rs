@@ -26,7 +26,8 @@ pub const COOL_DOWN: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
-    /// Enforce the same limits with this node's own counters.
+    /// Enforce the same limits with this node's own counters; a credit
+    /// balance spends only what Redis last said was left.
     #[default]
     Local,
     /// Admit everything (no rate-limit headers) until Redis is back.
@@ -125,6 +126,41 @@ impl ResilientLimiter {
     fn fell_back(&self) {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Keeps the local copy of a credit balance at what Redis last said it
+    /// had spent (the larger count wins), so that while Redis is away this
+    /// node spends only what was left, not the whole balance again
+    /// (docs/decisions.md, "Credits while Redis is away").
+    fn mirror_balance(&self, checks: &[LimitCheck], decision: &Decision) {
+        let Some((index, bucket)) = decision.balance_bucket() else {
+            return;
+        };
+        if let Some(check) = checks.get(index) {
+            self.local.restore(check, bucket, decision.now_ms);
+        }
+    }
+
+    /// `on_failure = "local"`: this node's counters decide. A rate limit
+    /// counts from zero; a credit balance from its mirror, and one this node
+    /// has never seen from Redis is not decided at all: nothing here says
+    /// how much of it is left.
+    fn decide_locally(
+        &self,
+        checks: &[LimitCheck],
+        cost: u64,
+        charge: Charge,
+        now_ms: u64,
+    ) -> Result<Decision, LimiterError> {
+        let unseen_balance = checks
+            .iter()
+            .any(|check| check.rule.is_balance() && !self.local.holds(&check.key));
+        if unseen_balance {
+            return Err(LimiterError::Unavailable(
+                "redis is unreachable and this node has not seen the key's credit balance".into(),
+            ));
+        }
+        Ok(self.local.decide_now(checks, cost, charge, now_ms))
+    }
 }
 
 #[async_trait]
@@ -137,11 +173,12 @@ impl Limiter for ResilientLimiter {
         now_ms: u64,
     ) -> Result<Decision, LimiterError> {
         if let Some(decision) = self.bounded(self.primary.check(checks, cost, charge, now_ms)).await {
+            self.mirror_balance(checks, &decision);
             return Ok(decision);
         }
         self.fell_back();
         match self.policy {
-            OnFailure::Local => Ok(self.local.decide_now(checks, cost, charge, now_ms)),
+            OnFailure::Local => self.decide_locally(checks, cost, charge, now_ms),
             OnFailure::Allow => Ok(Decision {
                 allowed: true,
                 now_ms,

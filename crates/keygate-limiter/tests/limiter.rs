@@ -549,6 +549,56 @@ async fn a_cut_redis_falls_back_quickly_and_recovers() {
     assert_eq!(after + 1, before, "enforcement is back in Redis");
 }
 
+/// A balance of `credits` that never refills, as a key's credits are.
+fn balance(owner: &ArcStr, credits: u64) -> LimitCheck {
+    let rule = Rule::balance(credits, 0, 0, u64::MAX);
+    LimitCheck::new(
+        CounterKey::new(owner.clone(), format!("~credits@0:{credits}"), rule.window_ms),
+        rule,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_redis_spends_only_what_was_left_of_a_balance() {
+    let Some(url) = redis_url().await else { return };
+    let target = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    let proxy = cuttable_proxy(&target).await;
+    let timeout = Duration::from_millis(50);
+    let limiter = ResilientLimiter::new(
+        RedisLimiter::new(&format!("redis://{}", proxy.addr), timeout).unwrap(),
+        Arc::new(MemoryLimiter::new(1_000)),
+        OnFailure::Local,
+        timeout,
+    );
+    let key = owner("seen");
+    let seen = vec![check(&key, 1_000, MINUTE), balance(&key, 10)];
+    let unseen = vec![balance(&owner("unseen"), 10)];
+    for _ in 0..7 {
+        let decision = limiter.check(&seen, 1, Charge::Consume, now_ms()).await.unwrap();
+        assert!(decision.allowed);
+    }
+    assert_eq!(limiter.fallbacks(), 0, "spent in Redis");
+
+    proxy.set_cut(true).await;
+    let mut admitted = 0;
+    for _ in 0..10 {
+        let decision = limiter.check(&seen, 1, Charge::Consume, now_ms()).await.unwrap();
+        admitted += usize::from(decision.allowed);
+        assert_eq!(
+            decision.out_of_credits(),
+            !decision.allowed,
+            "refused for its credits only"
+        );
+    }
+    assert_eq!(admitted, 3, "only what Redis said was left, not the balance again");
+    let unknown = limiter.check(&unseen, 1, Charge::Consume, now_ms()).await;
+    assert!(
+        unknown.is_err(),
+        "a balance this node never saw is not decided from zero: {unknown:?}"
+    );
+    assert!(limiter.fallbacks() >= 11);
+}
+
 #[tokio::test]
 async fn allow_and_deny_policies() {
     let Some(_) = redis_url().await else { return };

@@ -81,6 +81,29 @@ async fn exactly_the_credits_are_spent_under_concurrency_on_redis() {
     exactly_the_credits_under_concurrency(&format!("url = \"{url}\"\ntimeout = \"10s\"\non_failure = \"deny\"")).await;
 }
 
+/// While Redis is away (`on_failure = "local"`, the default) a node spends
+/// no credits it cannot account for: a balance it never saw from Redis is
+/// answered with a readable 503, while a key without credits is still
+/// served. How a balance seen before the outage spends only what was left
+/// is tested in crates/keygate-limiter/tests/limiter.rs.
+#[tokio::test]
+async fn an_unreachable_redis_does_not_hand_out_credits_again() {
+    let app = TestApp::builder()
+        .config("[limiter]\nurl = \"redis://127.0.0.1:1\"\ntimeout = \"50ms\"\n")
+        .start()
+        .await;
+    let ws = app.workspace("Acme").await;
+    let (_, metered) = app
+        .key(&ws, json!({"name": "metered", "credits": {"remaining": 100}}))
+        .await;
+    let (_, plain) = app.key(&ws, json!({"name": "plain"})).await;
+    let refused = app.whoami(&metered).await;
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "SERVICE_UNAVAILABLE");
+    assert_eq!(app.whoami(&plain).await.status(), 200);
+}
+
 #[tokio::test]
 async fn credits_refill_at_the_right_time_and_rotation_keeps_them() {
     let app = TestApp::builder()
