@@ -5,53 +5,81 @@
 //! case of its own (`BARE=1`), so the gap between it and keygate's open route
 //! is keygate's own work, and the gap between it and nginx is the engine's.
 //!
-//! Usage: bare_proxy LISTEN_PORT UPSTREAM_PORT (both on 127.0.0.1)
+//! With `inline` it uses a hand-written HTTP/1 client instead of hyper's:
+//! the request head is written to the upstream socket and the response read
+//! back in the client connection's own task, with no dispatch channel and no
+//! task per upstream connection. It handles only what the benchmark sends
+//! (requests without a body, answers with a `Content-Length`); it is there to
+//! measure what such a client would save (`scripts/bench/bare.sh`), not to be
+//! used.
+//!
+//! Usage: bare_proxy LISTEN_PORT UPSTREAM_PORT [inline] (both on 127.0.0.1)
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
+use bytes::{Bytes, BytesMut};
+use http_body_util::{Either, Full};
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+type Answer = Response<Either<Incoming, Full<Bytes>>>;
+
+/// Response headers the inline client reads at most.
+const MAX_HEADERS: usize = 64;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    const USAGE: &str = "usage: bare_proxy LISTEN_PORT UPSTREAM_PORT [inline]";
     let mut args = std::env::args().skip(1);
-    let mut port = || -> Result<u16, Box<dyn std::error::Error>> {
-        Ok(args
-            .next()
-            .ok_or("usage: bare_proxy LISTEN_PORT UPSTREAM_PORT")?
-            .parse()?)
-    };
+    let mut port = || -> Result<u16, Box<dyn std::error::Error>> { Ok(args.next().ok_or(USAGE)?.parse()?) };
     let (listen, upstream) = (port()?, port()?);
+    let inline = match args.next().as_deref() {
+        None => false,
+        Some("inline") => true,
+        Some(_) => return Err(USAGE.into()),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(serve(listen, upstream))
+    runtime.block_on(serve(listen, upstream, inline))
 }
 
-async fn serve(listen: u16, upstream: u16) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(listen: u16, upstream: u16, inline: bool) -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(("127.0.0.1", listen)).await?;
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let builder = http1::Builder::new();
         tokio::spawn(async move {
-            let sender = Arc::new(Mutex::new(None::<SendRequest<Incoming>>));
-            let service = service_fn(move |request| forward(sender.clone(), upstream, request));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let io = TokioIo::new(stream);
+            if inline {
+                let upstream_conn = Arc::new(Mutex::new(None::<Inline>));
+                let service = service_fn(move |request| forward_inline(upstream_conn.clone(), upstream, request));
+                let _ = builder.serve_connection(io, service).await;
+            } else {
+                let sender = Arc::new(Mutex::new(None::<SendRequest<Incoming>>));
+                let service = service_fn(move |request| forward(sender.clone(), upstream, request));
+                let _ = builder.serve_connection(io, service).await;
+            }
         });
     }
+}
+
+async fn connect(upstream: u16) -> Option<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", upstream)).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    Some(stream)
 }
 
 /// Sends `request` on the client connection's upstream connection, opened on first use.
@@ -59,13 +87,12 @@ async fn forward(
     sender: Arc<Mutex<Option<SendRequest<Incoming>>>>,
     upstream: u16,
     mut request: Request<Incoming>,
-) -> Result<Response<Either<Incoming, Empty<Bytes>>>, Infallible> {
+) -> Result<Answer, Infallible> {
     let mut slot = sender.lock().await;
     if slot.as_ref().is_none_or(|s| s.is_closed()) {
-        let Ok(stream) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+        let Some(stream) = connect(upstream).await else {
             return Ok(bad_gateway());
         };
-        let _ = stream.set_nodelay(true);
         let Ok((send, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
             return Ok(bad_gateway());
         };
@@ -84,8 +111,130 @@ async fn forward(
     }
 }
 
-fn bad_gateway() -> Response<Either<Incoming, Empty<Bytes>>> {
-    let mut response = Response::new(Either::Right(Empty::new()));
+/// The inline client's upstream connection: the socket, what was read from
+/// it past the last response, and the buffer request heads are written from.
+struct Inline {
+    stream: TcpStream,
+    read: BytesMut,
+    head: Vec<u8>,
+}
+
+async fn forward_inline(
+    slot: Arc<Mutex<Option<Inline>>>,
+    upstream: u16,
+    request: Request<Incoming>,
+) -> Result<Answer, Infallible> {
+    if !request.body().is_end_stream() {
+        let mut refused = bad_gateway();
+        *refused.status_mut() = StatusCode::NOT_IMPLEMENTED;
+        return Ok(refused);
+    }
+    let mut slot = slot.lock().await;
+    if slot.is_none() {
+        let Some(stream) = connect(upstream).await else {
+            return Ok(bad_gateway());
+        };
+        *slot = Some(Inline {
+            stream,
+            read: BytesMut::with_capacity(8192),
+            head: Vec::with_capacity(1024),
+        });
+    }
+    let Some(conn) = slot.as_mut() else {
+        return Ok(bad_gateway());
+    };
+    match conn.exchange(&request).await {
+        Some(response) => Ok(response),
+        None => {
+            *slot = None;
+            Ok(bad_gateway())
+        }
+    }
+}
+
+impl Inline {
+    /// Writes the request's head and reads the whole answer; `None` if the
+    /// connection failed or answered something this client does not read.
+    async fn exchange(&mut self, request: &Request<Incoming>) -> Option<Answer> {
+        self.write_head(request);
+        self.stream.write_all(&self.head).await.ok()?;
+        let (mut response, length) = loop {
+            if let Some(parsed) = self.parse_head()? {
+                break parsed;
+            }
+            self.fill().await?;
+        };
+        while self.read.len() < length {
+            self.fill().await?;
+        }
+        let body = self.read.split_to(length).freeze();
+        *response.body_mut() = Either::Right(Full::new(body));
+        Some(response)
+    }
+
+    fn write_head(&mut self, request: &Request<Incoming>) {
+        let head = &mut self.head;
+        head.clear();
+        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        for part in [request.method().as_str(), " ", target, " HTTP/1.1\r\n"] {
+            head.extend_from_slice(part.as_bytes());
+        }
+        for (name, value) in request.headers() {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+    }
+
+    /// The response head, once it has all arrived, and its body's length.
+    /// Values are slices of the read buffer, as hyper makes them.
+    fn parse_head(&mut self) -> Option<Option<(Answer, usize)>> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let end = match parsed.parse(&self.read).ok()? {
+            httparse::Status::Partial => return Some(None),
+            httparse::Status::Complete(end) => end,
+        };
+        let status = StatusCode::from_u16(parsed.code?).ok()?;
+        // Where each name and value lies in the buffer, on the stack.
+        let base = self.read.as_ptr() as usize;
+        let mut spans: [_; MAX_HEADERS] = std::array::from_fn(|_| (0..0, 0..0));
+        let count = parsed.headers.len();
+        for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
+            let (name, value) = (
+                header.name.as_ptr() as usize - base,
+                header.value.as_ptr() as usize - base,
+            );
+            *span = (name..name + header.name.len(), value..value + header.value.len());
+        }
+        let head = self.read.split_to(end).freeze();
+        let mut response = Response::new(Either::Right(Full::default()));
+        *response.status_mut() = status;
+        let mut length = None;
+        for (name, value) in spans.into_iter().take(count) {
+            let name = HeaderName::from_bytes(&head[name]).ok()?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value)).ok()?;
+            if name == CONTENT_LENGTH {
+                length = Some(value.to_str().ok()?.parse::<usize>().ok()?);
+            }
+            response.headers_mut().append(name, value);
+        }
+        Some(Some((response, length?)))
+    }
+
+    async fn fill(&mut self) -> Option<()> {
+        self.read.reserve(4096);
+        match self.stream.read_buf(&mut self.read).await {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(()),
+        }
+    }
+}
+
+fn bad_gateway() -> Answer {
+    let mut response = Response::new(Either::Right(Full::default()));
     *response.status_mut() = StatusCode::BAD_GATEWAY;
     response
 }

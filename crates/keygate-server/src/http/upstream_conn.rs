@@ -138,35 +138,48 @@ impl UpstreamConnections {
     /// after it was written; a connect failure hands the request back to the
     /// caller, for another target. An upgraded connection is not kept: the
     /// tunnel owns it.
+    ///
+    /// A new connection's path is boxed: after a client connection's first
+    /// request it is rare, and inline it made every request's future about
+    /// 260 bytes larger, and every request's future is moved as it is built
+    /// (BENCHMARKS.md, "Smaller request futures").
     pub async fn send(
         &self,
         target: &Target,
         request: hyper::Request<Body>,
         replay: Option<&Replay>,
     ) -> Result<hyper::Response<Incoming>, SendFailure> {
-        let request = match self.take_idle(target.id) {
-            Some(mut sender) => {
-                let uri = replay.map(|_| request.uri().clone());
-                match sender.try_send_request(request).await {
-                    Ok(response) => {
-                        self.keep(target.id, sender, &response);
-                        return Ok(response);
-                    }
-                    Err(mut failed) => match (failed.take_message(), replay.zip(uri)) {
-                        (Some(unsent), _) => {
-                            tracing::debug!(error = %failed.error(), "stale upstream connection; sending on a new one");
-                            unsent
-                        }
-                        (None, Some((replay, uri))) => {
-                            tracing::debug!(error = %failed.error(), "a reused upstream connection failed; sending the idempotent request again on a new one");
-                            replay.request_to(uri)
-                        }
-                        (None, None) => return Err(SendError::from(failed.into_error()).into()),
-                    },
-                }
-            }
-            None => request,
+        let Some(mut sender) = self.take_idle(target.id) else {
+            return Box::pin(self.send_on_new(target, request)).await;
         };
+        let uri = replay.map(|_| request.uri().clone());
+        let again = match sender.try_send_request(request).await {
+            Ok(response) => {
+                self.keep(target.id, sender, &response);
+                return Ok(response);
+            }
+            Err(mut failed) => match (failed.take_message(), replay.zip(uri)) {
+                (Some(unsent), _) => {
+                    tracing::debug!(error = %failed.error(), "stale upstream connection; sending on a new one");
+                    unsent
+                }
+                (None, Some((replay, uri))) => {
+                    tracing::debug!(error = %failed.error(), "a reused upstream connection failed; sending the idempotent request again on a new one");
+                    replay.request_to(uri)
+                }
+                (None, None) => return Err(SendError::from(failed.into_error()).into()),
+            },
+        };
+        Box::pin(self.send_on_new(target, again)).await
+    }
+
+    /// `request` on a new connection to `target`, kept for the next
+    /// request if the answer leaves it open.
+    async fn send_on_new(
+        &self,
+        target: &Target,
+        request: hyper::Request<Body>,
+    ) -> Result<hyper::Response<Incoming>, SendFailure> {
         let mut sender = match connect(target).await {
             Ok(sender) => sender,
             Err(error) => {
