@@ -46,11 +46,10 @@ for port in "$HYPER_PORT" "$INLINE_PORT"; do
   [ "$answer" = ok ] || { echo "the proxy on port $port answered '$answer'" >&2; exit 1; }
 done
 
-cpu_ticks() { # pid: user + system ticks of the process and all its threads
-  awk '{print $14 + $15}' "/proc/$1/stat"
-}
-# nginx's worker is a child of the master that start_nginx started.
-NGINX_WORKER=$(pgrep -P "$NGINX_PROXY_PID" | head -1)
+# Each proxy's process and port; nginx's worker is a child of the master
+# that start_nginx started.
+declare -A PID=([hyper]=$HYPER_PID [inline]=$INLINE_PID [nginx]=$(pgrep -P "$NGINX_PROXY_PID" | head -1))
+declare -A PORT=([hyper]=$HYPER_PORT [inline]=$INLINE_PORT [nginx]=$NGINX_PORT)
 
 load() { # port, duration, output
   "${PIN_LOAD[@]}" wrk -t1 -c$((CONNECTIONS / 2)) -d"$2" --latency -H 'X-API-Key: kg_test' "http://127.0.0.1:$1/bench" >"$3"
@@ -58,28 +57,21 @@ load() { # port, duration, output
 
 for round in $(seq 1 "$ROUNDS"); do
   loads=()
-  for port in "$HYPER_PORT" "$INLINE_PORT" "$NGINX_PORT"; do
-    load "$port" 2s /dev/null &
+  for name in hyper inline nginx; do
+    load "${PORT[$name]}" 2s /dev/null &
     loads+=($!)
   done
   wait "${loads[@]}"
   declare -A start=()
-  for name in hyper inline nginx; do
-    pid_var=${name^^}_PID
-    [ "$name" = nginx ] && pid=$NGINX_WORKER || pid=${!pid_var}
-    start[$name]=$(cpu_ticks "$pid")
-  done
+  for name in hyper inline nginx; do start[$name]=$(cpu_ticks "${PID[$name]}"); done
   loads=()
   for name in hyper inline nginx; do
-    port_var=${name^^}_PORT
-    load "${!port_var}" "$DURATION" "$WORK/$name-$round.wrk" &
+    load "${PORT[$name]}" "$DURATION" "$WORK/$name-$round.wrk" &
     loads+=($!)
   done
   wait "${loads[@]}"
   for name in hyper inline nginx; do
-    pid_var=${name^^}_PID
-    [ "$name" = nginx ] && pid=$NGINX_WORKER || pid=${!pid_var}
-    awk -v name="$name" -v round="$round" -v ticks=$(($(cpu_ticks "$pid") - ${start[$name]})) -v hz="$(getconf CLK_TCK)" '
+    awk -v name="$name" -v round="$round" -v ticks=$(($(cpu_ticks "${PID[$name]}") - ${start[$name]})) -v hz="$(getconf CLK_TCK)" '
       /requests in/ { requests = $1 } /^Requests\/sec/ { rps = $2 } $1 == "99%" { p99 = $2 } /Non-2xx/ { bad = $NF }
       END { printf "%s\t%s\t%s\t%s\t%d\t%.3f\n", round, name, rps, p99, bad, ticks * 1e6 / hz / requests }
     ' "$WORK/$name-$round.wrk" >>"$WORK/bare.tsv"

@@ -99,6 +99,10 @@ run_wrk() { # label, url, [lua script]
   echo "  $label: $rps req/s, p50 $p50, p99 $p99, non-2xx ${non2xx:-0}" >&2
 }
 
+cpu_ticks() { # pid: user + system clock ticks of the process, all its threads
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
 cpu_seconds_of() { # process name: user + system CPU seconds of every live process of that name
   awk -v name="($1)" -v hz="$(getconf CLK_TCK)" '$2 == name { ticks += $14 + $15 } END { printf "%.2f\n", ticks / hz }' /proc/[0-9]*/stat 2>/dev/null
 }

@@ -204,7 +204,6 @@ refused, _, body = get({})
 assert ok == 200 and limit, f"twin with a key: {ok}, X-RateLimit-Limit {limit}"
 assert refused == 401 and b"MISSING_API_KEY" in body, f"twin without a key: {refused} {body!r}"
 PYCHECK
-  cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   run_pair() { # round
     local args=(-t1 -c$((CONNECTIONS / 2)) -s "$WORK/keys.lua" --latency) on_start off_start twin_path=${TWIN_PATH:-/bench}
     # Warm-up, both at once; before the first round, long enough for both
