@@ -19,6 +19,7 @@
 # (dir/1.data, dir/2.data), as in scripts/bench/gateway.sh.
 #
 # Usage: bash scripts/bench/multinode.sh   (DURATION=10s CONNECTIONS=64 KEYS=10000 REVOCATIONS=100 WARMUP=2s;
+# CASES="1 2" runs only those of the cases 1 1b 2 2b 3, and the ratios it can;
 # REVOCATIONS=0 skips the revocation part; KEYGATE_BINARY=path runs that binary).
 # Each case prints its span in UTC: scripts/bench/pg_time.py sums PostgreSQL's
 # log over one (see its header).
@@ -36,12 +37,15 @@ UPSTREAM_PORT=$BASE_PORT
 POSTGRES_URL=${KEYGATE_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 REDIS_URL=${KEYGATE_REDIS_URL:-redis://127.0.0.1:6379}
 
+CASES=${CASES:-1 1b 2 2b 3}
 source "$(dirname "$0")/common.sh"
+
+runs() { [[ " $CASES " == *" $1 "* ]]; }
 
 SCHEMA="kg_bench_$(date +%s)"
 psql "$POSTGRES_URL" -qc "CREATE SCHEMA $SCHEMA"
 trap 'psql "$POSTGRES_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true; cleanup' EXIT
-SHARED_STORE="$POSTGRES_URL?options=-c%20search_path%3D$SCHEMA"
+SHARED_STORE="$POSTGRES_URL?options=-c%20search_path%3D$SCHEMA${PG_OPTIONS:-}"
 
 install_missing
 build_keygate
@@ -63,20 +67,26 @@ write_keys_lua
 : >"$WORK/results.tsv"
 echo "measuring: $DURATION per case, $CONNECTIONS connections" >&2
 
-# 1. The embedded defaults.
+# 1. The embedded defaults (its store and keys serve case 1b too).
+if runs 1 || runs 1b; then
 mkdir -p "$WORK/embedded"
 write_keygate_config "$WORK/embedded.toml" $((BASE_PORT + 1)) $((BASE_PORT + 2)) "sqlite://$WORK/embedded/keygate.db" "memory://"
 ADMIN_KEY=$(admin_key_for "$WORK/embedded.toml")
 start_node embedded $((BASE_PORT + 1)) $((BASE_PORT + 2)) "${PIN_PROXY[@]}"
 create_keys $((BASE_PORT + 2)) "$ADMIN_KEY" "$KEYS" "$WORK/embedded-keys.txt"
-KEYGATE_PID=$NODE_PID PROFILE_AS=1 BENCH_KEYS="$WORK/embedded-keys.txt" run_wrk "1. one node, SQLite + memory" "http://127.0.0.1:$((BASE_PORT + 1))/bench" "$WORK/keys.lua"
+if runs 1; then
+  KEYGATE_PID=$NODE_PID PROFILE_AS=1 BENCH_KEYS="$WORK/embedded-keys.txt" run_wrk "1. one node, SQLite + memory" "http://127.0.0.1:$((BASE_PORT + 1))/bench" "$WORK/keys.lua"
+fi
 kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
+fi
 
 # 1b. The same store and keys, the limiter on Redis.
+if runs 1b; then
 write_keygate_config "$WORK/embedded-redis.toml" $((BASE_PORT + 1)) $((BASE_PORT + 2)) "sqlite://$WORK/embedded/keygate.db" "$REDIS_URL"
 start_node embedded-redis $((BASE_PORT + 1)) $((BASE_PORT + 2)) "${PIN_PROXY[@]}"
 BENCH_KEYS="$WORK/embedded-keys.txt" run_wrk "1b. one node, SQLite + Redis" "http://127.0.0.1:$((BASE_PORT + 1))/bench" "$WORK/keys.lua"
 kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
+fi
 
 # 2. One node on PostgreSQL and Redis.
 write_keygate_config "$WORK/shared-a.toml" $((BASE_PORT + 3)) $((BASE_PORT + 4)) "$SHARED_STORE" "$REDIS_URL"
@@ -86,19 +96,25 @@ start_node shared-a $((BASE_PORT + 3)) $((BASE_PORT + 4)) "${PIN_PROXY[@]}"
 create_keys $((BASE_PORT + 4)) "$ADMIN_KEY" "$KEYS" "$WORK/shared-keys.txt"
 # PostgreSQL's CPU over the case (its warm-up included): the usage flush and
 # the roll-up are most of it (scripts/bench/pg_time.py), on the cores the node uses.
-pg_before=$(cpu_seconds_of postgres)
-KEYGATE_PID=$NODE_PID PROFILE_AS=2 BENCH_KEYS="$WORK/shared-keys.txt" run_wrk "2. one node, PostgreSQL + Redis" "http://127.0.0.1:$((BASE_PORT + 3))/bench" "$WORK/keys.lua"
-pg_cpu=$(awk -v a="$pg_before" -v b="$(cpu_seconds_of postgres)" 'BEGIN { printf "%.2f", b - a }')
-echo "  PostgreSQL CPU during case 2: $pg_cpu s" >&2
+# (Its keys serve cases 2b and 3 too.)
+if runs 2; then
+  pg_before=$(cpu_seconds_of postgres)
+  KEYGATE_PID=$NODE_PID PROFILE_AS=2 BENCH_KEYS="$WORK/shared-keys.txt" run_wrk "2. one node, PostgreSQL + Redis" "http://127.0.0.1:$((BASE_PORT + 3))/bench" "$WORK/keys.lua"
+  pg_cpu=$(awk -v a="$pg_before" -v b="$(cpu_seconds_of postgres)" 'BEGIN { printf "%.2f", b - a }')
+  echo "  PostgreSQL CPU during case 2: $pg_cpu s" >&2
+fi
 kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
 
 # 2b. The same node and keys, every request decided in Redis.
+if runs 2b; then
 sed 's/^default_plan = /lease_max = 0\ndefault_plan = /' "$WORK/shared-a.toml" >"$WORK/shared-nolease.toml"
 start_node shared-nolease $((BASE_PORT + 3)) $((BASE_PORT + 4)) "${PIN_PROXY[@]}"
 KEYGATE_PID=$NODE_PID PROFILE_AS=2b BENCH_KEYS="$WORK/shared-keys.txt" run_wrk "2b. one node, PostgreSQL + Redis, no leases" "http://127.0.0.1:$((BASE_PORT + 3))/bench" "$WORK/keys.lua"
 kill "$NODE_PID" && wait "$NODE_PID" 2>/dev/null || true
+fi
 
 # 3. Two nodes, unpinned, each loaded by its own wrk with half the connections.
+if runs 3; then
 start_node shared-a $((BASE_PORT + 3)) $((BASE_PORT + 4))
 start_node shared-b $((BASE_PORT + 5)) $((BASE_PORT + 6))
 half=$((CONNECTIONS / 2))
@@ -114,20 +130,22 @@ p99s=$(awk '$1 == "99%" {printf "%s ", $2}' "$WORK/node-a.wrk" "$WORK/node-b.wrk
 non2xx=$(awk '/Non-2xx/ {sum += $NF} END {print sum + 0}' "$WORK/node-a.wrk" "$WORK/node-b.wrk")
 printf '%s\t%s\t%s\t%s\t%s\n' "3. two nodes, PostgreSQL + Redis (sum)" "$aggregate" "-" "$p99s" "$non2xx" >>"$WORK/results.tsv"
 echo "  3. two nodes: $aggregate req/s in total, p99 per node $p99s" >&2
+fi
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 
 print_results
 awk -F'\t' '
   function ms(t) { return t ~ /us$/ ? t / 1000 : (t ~ /ms$/ ? t + 0 : t * 1000) }
-  NR == 1 { embedded = $2; p1 = ms($4) }
-  NR == 2 { redis_only = $2; p1b = ms($4) }
-  NR == 3 { shared = $2; p2 = ms($4) }
-  NR == 4 { coalesced = $2 }
-  NR == 5 { two = $2 }
+  $1 ~ /^1\. / { embedded = $2; p1 = ms($4) }
+  $1 ~ /^1b\. / { redis_only = $2; p1b = ms($4) }
+  $1 ~ /^2\. / { shared = $2; p2 = ms($4) }
+  $1 ~ /^2b\. / { coalesced = $2 }
+  $1 ~ /^3\. / { two = $2 }
   END {
-    if (embedded > 0) printf "\none node: PostgreSQL + Redis / SQLite + memory: %.2f, p99 %.2fx (no leases: %.2f)\n", shared / embedded, p2 / p1, coalesced / embedded
-    if (embedded > 0) printf "one node: SQLite + Redis / SQLite + memory: %.2f, p99 %.2fx\n", redis_only / embedded, p1b / p1
-    if (shared > 0) printf "two nodes / one node (PostgreSQL + Redis): %.2f\n", two / shared
+    if (embedded > 0 && shared > 0) printf "\none node: PostgreSQL + Redis / SQLite + memory: %.2f, p99 %.2fx\n", shared / embedded, p2 / p1
+    if (embedded > 0 && coalesced > 0) printf "one node, no leases: %.2f\n", coalesced / embedded
+    if (embedded > 0 && redis_only > 0) printf "one node: SQLite + Redis / SQLite + memory: %.2f, p99 %.2fx\n", redis_only / embedded, p1b / p1
+    if (shared > 0 && two > 0) printf "two nodes / one node (PostgreSQL + Redis): %.2f\n", two / shared
   }
 ' "$WORK/results.tsv"
 

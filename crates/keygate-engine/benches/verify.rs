@@ -72,10 +72,7 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
                 on_leak: keygate_core::model::OnLeak::Revoke,
                 leak_grace: Duration::from_secs(3600),
             },
-            usage: keygate_engine::usage::UsageSettings {
-                enabled: true,
-                retention: Default::default(),
-            },
+            usage: keygate_engine::usage::UsageSettings::default(),
             ..Default::default()
         };
         let limiter = Arc::new(MemoryLimiter::new(100_000));

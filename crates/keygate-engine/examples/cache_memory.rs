@@ -106,10 +106,7 @@ fn settings(capacity: u64) -> EngineSettings {
             on_leak: keygate_core::model::OnLeak::Revoke,
             leak_grace: Duration::from_secs(3600),
         },
-        usage: keygate_engine::usage::UsageSettings {
-            enabled: true,
-            retention: Default::default(),
-        },
+        usage: keygate_engine::usage::UsageSettings::default(),
         ..Default::default()
     }
 }

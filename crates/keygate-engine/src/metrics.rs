@@ -78,6 +78,8 @@ impl CacheResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreOperation {
     FindKey,
+    /// Keys in use re-read ahead of their TTL, many in one call.
+    FindKeys,
     RecordUsage,
     Ping,
 }
@@ -86,6 +88,7 @@ impl StoreOperation {
     fn as_str(self) -> &'static str {
         match self {
             Self::FindKey => "find_key",
+            Self::FindKeys => "find_keys",
             Self::RecordUsage => "record_usage",
             Self::Ping => "ping",
         }

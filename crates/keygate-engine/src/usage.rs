@@ -490,6 +490,14 @@ impl<T: Tallied> UsageRecorder<T> {
 pub struct UsageSettings {
     /// Off (`usage.enabled = false`): no usage counts and no last use.
     pub enabled: bool,
+    /// How often the background pass rolls complete minutes up (whole
+    /// minutes; at the multiples of it since the epoch, so every node rolls
+    /// up at the same moments and the first one does the work). Reads add
+    /// the minutes not rolled up yet, so this is a cost, not a delay: the
+    /// roll-up's writes are per key and bucket, whatever the span, so ten
+    /// minutes at once cost about what one minute does
+    /// (docs/decisions.md, "Usage rolled up every ten minutes").
+    pub rollup_every: std::time::Duration,
     pub retention: UsageRetention,
 }
 
@@ -497,9 +505,18 @@ impl Default for UsageSettings {
     fn default() -> Self {
         Self {
             enabled: true,
+            rollup_every: std::time::Duration::from_secs(600),
             retention: UsageRetention::default(),
         }
     }
+}
+
+/// The latest multiple of `every` (whole minutes, at least one; Unix
+/// seconds) at or before `now`: a roll-up is due when it is later than the
+/// last one's.
+fn rollup_due(every: std::time::Duration, now: DateTime<Utc>) -> i64 {
+    let every = i64::try_from(every.as_secs() / 60 * 60).unwrap_or(i64::MAX).max(60);
+    now.timestamp().div_euclid(every) * every
 }
 
 /// Usage of this node: what the verify path records, and the background
@@ -510,8 +527,8 @@ pub struct Usage {
     recorder: UsageRecorder<CachedKey>,
     /// When this node last pruned old usage counts (Unix ms, engine clock).
     last_prune_ms: AtomicI64,
-    /// The minute this node last rolled usage up to (Unix seconds).
-    last_roll_until: AtomicI64,
+    /// The multiple of `rollup_every` this node last rolled usage up at (Unix seconds).
+    last_roll_at: AtomicI64,
 }
 
 impl Usage {
@@ -521,7 +538,7 @@ impl Usage {
             settings,
             recorder: UsageRecorder::default(),
             last_prune_ms: AtomicI64::new(i64::MIN),
-            last_roll_until: AtomicI64::new(i64::MIN),
+            last_roll_at: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -576,8 +593,9 @@ impl Usage {
         flushed
     }
 
-    /// One background pass: the flush, then the roll-up once a minute and the
-    /// pruning once an hour. Failures are logged and retried by a later pass.
+    /// One background pass: the flush, then the roll-up once every
+    /// `rollup_every` and the pruning once an hour. Failures are logged and
+    /// retried by a later pass.
     pub(crate) async fn flush_logged(&self) {
         // How long each pass took is logged (debug) so a benchmark can line
         // the data plane's latency up with it (scripts/bench/tail.sh).
@@ -587,12 +605,12 @@ impl Usage {
             Ok(rows) => tracing::debug!(rows, took_us = started.elapsed().as_micros() as u64, "usage flushed"),
             Err(err) => tracing::warn!(error = %err, pending = self.pending(), "usage flush failed; will retry"),
         }
-        let until = self.context.now().timestamp().div_euclid(60) * 60;
-        if until > self.last_roll_until.load(Ordering::Relaxed) {
+        let due = rollup_due(self.settings.rollup_every, self.context.now());
+        if due > self.last_roll_at.load(Ordering::Relaxed) {
             let started = std::time::Instant::now();
             match self.roll_up().await {
                 Ok(rows) => {
-                    self.last_roll_until.store(until, Ordering::Relaxed);
+                    self.last_roll_at.store(due, Ordering::Relaxed);
                     let took_us = started.elapsed().as_micros() as u64;
                     tracing::debug!(rows, took_us, "usage rolled up to hours and days");
                 }
@@ -651,6 +669,27 @@ mod tests {
     /// The last uses a batch writes: when, and from where.
     fn uses_in(batch: &UsageBatch) -> Vec<(DateTime<Utc>, String)> {
         batch.last_uses.iter().map(|u| (u.at, u.ip.clone())).collect()
+    }
+
+    /// Roll-ups fall at the multiples of the interval, the same on every node.
+    #[test]
+    fn a_rollup_is_due_at_each_multiple_of_its_interval() {
+        let at = |secs| DateTime::from_timestamp(secs, 0).unwrap();
+        let ten = std::time::Duration::from_secs(600);
+        assert_eq!(rollup_due(ten, at(1_800_000_000)), 1_800_000_000);
+        assert_eq!(rollup_due(ten, at(1_800_000_599)), 1_800_000_000);
+        assert_eq!(rollup_due(ten, at(1_800_000_600)), 1_800_000_600);
+        let minute = std::time::Duration::from_secs(60);
+        assert_eq!(rollup_due(minute, at(1_800_000_119)), 1_800_000_060);
+        // Less than a minute, or not whole minutes: rounded down, never below one.
+        assert_eq!(
+            rollup_due(std::time::Duration::from_secs(5), at(1_800_000_119)),
+            1_800_000_060
+        );
+        assert_eq!(
+            rollup_due(std::time::Duration::from_secs(90), at(1_800_000_119)),
+            1_800_000_060
+        );
     }
 
     /// No count is lost to an overflow: a full entry makes room for another.

@@ -331,6 +331,52 @@ async fn a_key_in_use_is_re_read_before_its_ttl_ends() {
     }
 }
 
+/// Keys falling due together are re-read together: 60 keys in use, each
+/// revoked behind the engine's back, are re-read in a few store calls
+/// (counted by `/metrics`), not 60, and each revocation applies before the
+/// TTL ends.
+#[tokio::test]
+async fn keys_due_together_are_re_read_in_one_call() {
+    let f = fixture().await;
+    let mut keys = Vec::new();
+    for _ in 0..60 {
+        keys.push(new_key(&f.engine).await);
+    }
+    for (_, key) in &keys {
+        assert_eq!(code(f.engine.verifier().verify(request(key, None)).await), None);
+    }
+    for (key_id, _) in &keys {
+        let event = keygate_store::testsuite::audit("key.revoked", key_id, None);
+        f.store.revoke_key(key_id, Utc::now(), None, &event).await.unwrap();
+    }
+    f.clock.advance(chrono::Duration::seconds(58));
+    for (_, key) in &keys {
+        assert_eq!(
+            code(f.engine.verifier().verify(request(key, None)).await),
+            None,
+            "from the cache"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for (_, key) in &keys {
+        while code(f.engine.verifier().verify(request(key, None)).await) != Some(ErrorCode::ApiKeyRevoked) {
+            assert!(std::time::Instant::now() < deadline, "not re-read before the TTL");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let metrics = f.engine.verifier().encode_metrics(&[]).unwrap();
+    let calls = |operation: &str| -> u64 {
+        let prefix = format!("keygate_store_duration_seconds_count{{operation=\"{operation}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .map_or(0, |count| count.parse().unwrap())
+    };
+    assert_eq!(calls("find_key"), 60, "each key read once when first used");
+    let batches = calls("find_keys");
+    assert!((1..=5).contains(&batches), "{batches} re-reads for 60 keys");
+}
+
 /// With the store down, a cached key keeps verifying for `max_stale` after
 /// its last read, then gets 503; an uncached key gets 503 at once.
 #[tokio::test]

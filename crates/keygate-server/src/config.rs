@@ -453,6 +453,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
             },
             usage: keygate_engine::usage::UsageSettings {
                 enabled: config.usage.enabled,
+                rollup_every: config.usage.rollup_every.get(),
                 retention: UsageRetention {
                     minutes: config.usage.keep_minutes.chrono(),
                     hours: config.usage.keep_hours.chrono(),

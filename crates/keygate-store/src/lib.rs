@@ -410,6 +410,10 @@ pub trait KeyStore: Send + Sync {
     async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
     /// The verify path's lookup: the key and its workspace in one query.
     async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<(ApiKey, Workspace)>, StoreError>;
+    /// The same lookup for many keys, a few statements for all of them: keys
+    /// in use re-read ahead of their TTL (crates/keygate-engine/src/verifier/refresh.rs).
+    /// A hash that is not stored is left out.
+    async fn find_keys_by_hashes(&self, hashes: &[KeyHash]) -> Result<Vec<(ApiKey, Workspace)>, StoreError>;
     async fn list_keys(
         &self,
         workspace_id: &str,

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
+use rustc_hash::FxHashSet;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
@@ -30,6 +31,7 @@ use chrono::{DateTime, Utc};
 use keygate_core::error::ErrorInstance;
 use keygate_core::legacy::Presented;
 use keygate_core::limits::DEFAULT_RESOURCE;
+use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::role::Roles;
 use keygate_core::throttle::{FailurePolicy, FailureWindow};
 use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
@@ -396,26 +398,70 @@ impl Verifier {
         }
     }
 
-    /// Re-reads a key in a task of its own, unless it is being re-read
-    /// already or enough keys are (refresh.rs); the request goes on with the
-    /// cached key. Outside a Tokio runtime nothing is started, and the key
-    /// is re-read at its TTL.
+    /// Queues a key for a re-read (refresh.rs); the request goes on with the
+    /// cached key. When no reader is at work, starts one in a task of its
+    /// own: it lets keys gather for a moment, then reads them many at a time
+    /// until none is left. Outside a Tokio runtime nothing is queued, and
+    /// the key is re-read at its TTL.
     fn refresh_in_background(&self, hash: KeyHash) {
         let (Some(verifier), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
             return;
         };
-        let Some(claim) = self.refreshes.claim(hash) else {
+        let Some(mut turn) = self.refreshes.queue(hash) else {
             return;
         };
         runtime.spawn(async move {
-            let now = verifier.context.clock_now();
-            // As a reload past the TTL does; a failed read leaves the
-            // cached key as it is, for the TTL and `store.max_stale`.
-            if let Ok(None) = verifier.read_key(hash, now).await {
-                verifier.forget_key(&hash);
+            tokio::time::sleep(refresh::GATHER).await;
+            while let Some(batch) = turn.next_batch() {
+                verifier.reread_keys(batch).await;
             }
-            drop(claim);
         });
+    }
+
+    /// Re-reads cached keys in one store call (bounded by `store.timeout`)
+    /// and caches each as [`Self::read_key`] does. A key the store no
+    /// longer has is forgotten; a failed read leaves the cached keys as
+    /// they are, for the TTL and `store.max_stale`.
+    async fn reread_keys(&self, hashes: &[KeyHash]) {
+        let now = self.context.clock_now();
+        let now_ms = now.timestamp_millis();
+        if !self.context.store_health().may_try(now_ms) {
+            return;
+        }
+        let evictions = self.evictions.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let read = tokio::time::timeout(
+            self.settings.store_timeout,
+            self.context.store().find_keys_by_hashes(hashes),
+        )
+        .await;
+        let failed = !matches!(read, Ok(Ok(_)));
+        self.context
+            .metrics()
+            .store_call(StoreOperation::FindKeys, started.elapsed(), failed);
+        let found = match read {
+            Ok(Ok(found)) => found,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, keys = hashes.len(), "re-reading keys failed");
+                self.context.store_health().failed(now_ms);
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(keys = hashes.len(), timeout = ?self.settings.store_timeout, "re-reading keys timed out");
+                self.context.store_health().failed(now_ms);
+                return;
+            }
+        };
+        self.context.store_health().succeeded();
+        let mut gone: FxHashSet<KeyHash> = hashes.iter().copied().collect();
+        for (key, workspace) in found {
+            gone.remove(&key.hash);
+            self.cache_read(key, workspace, evictions, now).await;
+        }
+        // Keys are never removed from the store, so this is a hand-edited database.
+        for hash in gone {
+            self.forget_key(&hash);
+        }
     }
 
     pub(crate) fn current_cache_ttl(&self) -> Duration {
@@ -578,17 +624,29 @@ impl Verifier {
         let Some((key, workspace)) = found else {
             return Ok(None);
         };
+        Ok(Some(self.cache_read(key, workspace, evictions, now).await))
+    }
+
+    /// Caches a key read from the store, unless an eviction since the read
+    /// began (`evictions` then) may have been for it: the read may predate
+    /// the change, so it must not stay cached.
+    async fn cache_read(
+        &self,
+        key: ApiKey,
+        workspace: Workspace,
+        evictions: u64,
+        now: DateTime<Utc>,
+    ) -> Arc<CachedKey> {
+        let slot = CacheSlot::of(&key.hash);
         let cached = Arc::new(CachedKey::new(key, workspace, &self.shares, now));
         // Before the key is cached, so no request spends from a balance
         // that is not back yet.
         self.restore_credits(&cached, now).await;
-        self.cache.insert(CacheSlot::of(&hash), cached.clone());
-        // An eviction since the read began may have been for this key: the read
-        // may predate the change, so it must not stay cached.
+        self.cache.insert(slot, cached.clone());
         if self.evictions.load(Ordering::SeqCst) != evictions {
-            self.cache.remove(&CacheSlot::of(&hash));
+            self.cache.remove(&slot);
         }
-        Ok(Some(cached))
+        cached
     }
 
     /// Counts a failure against the client and answers `INVALID_API_KEY`, or

@@ -13,7 +13,7 @@ use keygate_limiter::resilient::OnFailure;
 use serde::{Deserialize, Serialize};
 
 use super::routes::RouteConfig;
-use super::values::{ConfigDuration, ConfigSize, OtlpEndpoint, PositiveDuration};
+use super::values::{ConfigDuration, ConfigSize, OtlpEndpoint, PositiveDuration, WholeMinutes};
 
 /// Time spans the defaults are written in.
 const MINUTE: u64 = 60;
@@ -374,6 +374,11 @@ pub struct UsageConfig {
     /// Off: no usage counts and no last use are recorded (the benchmark's baseline).
     pub enabled: bool,
     pub flush_interval: PositiveDuration,
+    /// How often complete minutes are rolled up into hours, days and the
+    /// top keys' windows. Reads add the minutes not rolled up yet, so a
+    /// longer interval makes nothing late; it spreads the roll-up's writes
+    /// over more minutes (docs/decisions.md, "Usage rolled up every ten minutes").
+    pub rollup_every: WholeMinutes,
     /// How long per-minute counts are kept.
     pub keep_minutes: PositiveDuration,
     /// How long the hourly rollups are kept.
@@ -387,6 +392,7 @@ impl Default for UsageConfig {
         Self {
             enabled: true,
             flush_interval: PositiveDuration::secs(5),
+            rollup_every: WholeMinutes::minutes(10),
             keep_minutes: PositiveDuration::secs(7 * DAY),
             keep_hours: PositiveDuration::secs(90 * DAY),
             keep_days: PositiveDuration::secs(400 * DAY),

@@ -154,6 +154,7 @@ fn store_outage_settings_have_defaults_and_refuse_zero() {
         ("[cache]\nttl_unheard = \"0s\"\n", "cache.ttl_unheard"),
         ("[store]\nmax_stale = \"soon\"\n", "store.max_stale"),
         ("[usage]\nkeep_minutes = \"0s\"\n", "usage.keep_minutes"),
+        ("[usage]\nrollup_every = \"90s\"\n", "usage.rollup_every"),
         ("[usage]\nkeep_days = \"forever\"\n", "usage.keep_days"),
     ] {
         let err = load_text(text).unwrap_err().to_string();

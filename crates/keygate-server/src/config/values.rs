@@ -99,6 +99,37 @@ impl<'de> Deserialize<'de> for PositiveDuration {
     }
 }
 
+/// An interval of whole minutes, from one minute to an hour (`usage.rollup_every`):
+/// the usage roll-up works on complete minutes, and an hour bounds the
+/// minutes that reads add to the rollups (crates/keygate-store/src/sql/usage.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct WholeMinutes(ConfigDuration);
+
+impl WholeMinutes {
+    /// `minutes` must be from 1 to 60; the defaults are.
+    pub const fn minutes(minutes: u64) -> Self {
+        Self(ConfigDuration::secs(minutes * 60))
+    }
+
+    pub const fn get(self) -> Duration {
+        self.0.get()
+    }
+}
+
+impl<'de> Deserialize<'de> for WholeMinutes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let duration = ConfigDuration::deserialize(deserializer)?;
+        let (secs, nanos) = (duration.get().as_secs(), duration.get().subsec_nanos());
+        if nanos != 0 || secs % 60 != 0 || !(60..=3600).contains(&secs) {
+            return Err(D::Error::custom(format!(
+                "`{duration}` must be whole minutes, from 1m to 1h"
+            )));
+        }
+        Ok(Self(duration))
+    }
+}
+
 /// A size in bytes as the config writes it: `10MiB`, `1 GiB`, `512KB` or
 /// plain bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -196,6 +227,28 @@ mod tests {
         any: ConfigDuration,
         positive: PositiveDuration,
         size: ConfigSize,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Interval {
+        every: WholeMinutes,
+    }
+
+    fn interval(text: &str) -> Result<Duration, String> {
+        toml::from_str::<Interval>(&format!("every = {text:?}"))
+            .map(|i| i.every.get())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_rollup_interval_is_whole_minutes_up_to_an_hour() {
+        assert_eq!(interval("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(interval("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(interval("1h").unwrap(), Duration::from_secs(3600));
+        for bad in ["90s", "30s", "0s", "61m", "2h", "1m 500ms"] {
+            let err = interval(bad).unwrap_err();
+            assert!(err.contains("whole minutes, from 1m to 1h"), "{bad}: {err}");
+        }
     }
 
     fn read(text: &str) -> Result<Values, String> {

@@ -102,6 +102,25 @@ macro_rules! keys_sql {
                 .transpose()
         }
 
+        async fn find_keys_by_hashes(&self, hashes: &[KeyHash]) -> Result<Vec<(ApiKey, Workspace)>, StoreError> {
+            let mut found = Vec::with_capacity(hashes.len());
+            for chunk in hashes.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {KEY_COLUMNS}, {WORKSPACE_COLUMNS} FROM api_keys k \
+                     JOIN workspaces w ON w.id = k.workspace_id WHERE k.key_hash IN ("
+                ));
+                let mut list = q.separated(", ");
+                for hash in chunk {
+                    list.push_bind(&hash.as_bytes()[..]);
+                }
+                q.push(")");
+                for row in q.build().fetch_all(&self.pool).await? {
+                    found.push((key_from_row(&row)?, workspace_from_row(&row)?));
+                }
+            }
+            Ok(found)
+        }
+
         async fn list_keys(
             &self,
             workspace_id: &str,

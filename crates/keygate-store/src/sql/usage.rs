@@ -212,8 +212,9 @@ macro_rules! usage_sql {
         ) -> Result<Vec<BucketCount>, StoreError> {
             let size = grain.seconds();
             // The rollups and the minutes not rolled up yet, in one
-            // statement (one snapshot). The latter are the last minute
-            // or two, found by the minute index.
+            // statement (one snapshot). The latter are the minutes since
+            // the last roll-up (`usage.rollup_every`, ten by default),
+            // found by the minute index.
             let rows = sqlx::query(&$sql(&format!(
                 "SELECT start, outcome, count FROM usage_workspace_rollups \
                  WHERE workspace_id = ? AND grain = ? AND start >= ? AND start < ? \

@@ -133,6 +133,26 @@ pub async fn key_round_trip_and_lookup_by_hash(store: Arc<dyn Store>) {
     assert_eq!(store.count_keys(&ws.id).await.unwrap(), 1);
 }
 
+/// Many keys looked up at once, more than one statement holds: each stored
+/// one with its workspace, unknown hashes left out.
+pub async fn keys_are_looked_up_by_many_hashes_at_once(store: Arc<dyn Store>) {
+    let (ws, key) = workspace_with_key(store.as_ref()).await;
+    let others: Vec<ApiKey> = (0..600).map(|i| sample_key(&ws.id, &format!("other {i}"))).collect();
+    let event = audit("keys.imported", &ws.id, Some(&ws.id));
+    assert_eq!(store.import_keys(&others, &event).await.unwrap(), 600);
+    let mut hashes: Vec<KeyHash> = others.iter().map(|k| k.hash).collect();
+    hashes.push(KeyHash::of("unknown"));
+    hashes.push(key.hash);
+    let mut found = store.find_keys_by_hashes(&hashes).await.unwrap();
+    assert_eq!(found.len(), 601);
+    assert!(found.iter().all(|(_, w)| *w == ws));
+    found.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let mut expected: Vec<ApiKey> = others.into_iter().chain([key]).collect();
+    expected.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(found.into_iter().map(|(k, _)| k).collect::<Vec<_>>(), expected);
+    assert!(store.find_keys_by_hashes(&[]).await.unwrap().is_empty());
+}
+
 pub async fn duplicate_hash_is_a_conflict(store: Arc<dyn Store>) {
     let (ws, key) = workspace_with_key(store.as_ref()).await;
     let twin = ApiKey {

@@ -47,6 +47,7 @@ macro_rules! store_suite {
             key_round_trip_and_lookup_by_hash,
             duplicate_hash_is_a_conflict,
             an_import_inserts_what_is_new_and_leaves_the_rest,
+            keys_are_looked_up_by_many_hashes_at_once,
             list_keys_filters_and_pages,
             concurrent_revokes_apply_once,
             update_never_undoes_a_revoke,
