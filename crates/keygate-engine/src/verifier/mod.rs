@@ -36,6 +36,7 @@ use keygate_core::role::Roles;
 use keygate_core::throttle::{FailurePolicy, FailureWindow};
 use keygate_core::{check_access, ErrorCode, KeyFormat, KeyHash};
 use keygate_limiter::{Limiter, Permit};
+use keygate_store::StoreError;
 use moka::sync::Cache;
 use std::sync::LazyLock;
 
@@ -429,30 +430,13 @@ impl Verifier {
             return;
         }
         let evictions = self.evictions.load(Ordering::SeqCst);
-        let started = std::time::Instant::now();
-        let read = tokio::time::timeout(
-            self.settings.store_timeout,
-            self.context.store().find_keys_by_hashes(hashes),
-        )
-        .await;
-        let failed = !matches!(read, Ok(Ok(_)));
-        self.context
-            .metrics()
-            .store_call(StoreOperation::FindKeys, started.elapsed(), failed);
-        let found = match read {
-            Ok(Ok(found)) => found,
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, keys = hashes.len(), "re-reading keys failed");
-                self.context.store_health().failed(now_ms);
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(keys = hashes.len(), timeout = ?self.settings.store_timeout, "re-reading keys timed out");
-                self.context.store_health().failed(now_ms);
-                return;
-            }
+        let read = self.context.store().find_keys_by_hashes(hashes);
+        let Ok(found) = self
+            .ask_store(StoreOperation::FindKeys, read, now_ms, &hashes.len())
+            .await
+        else {
+            return;
         };
-        self.context.store_health().succeeded();
         let mut gone: FxHashSet<KeyHash> = hashes.iter().copied().collect();
         for (key, workspace) in found {
             gone.remove(&key.hash);
@@ -597,34 +581,41 @@ impl Verifier {
             return Err(Unanswered);
         }
         let evictions = self.evictions.load(Ordering::SeqCst);
-        let started = std::time::Instant::now();
-        let read = tokio::time::timeout(
-            self.settings.store_timeout,
-            self.context.store().find_key_by_hash(&hash),
-        )
-        .await;
-        let failed = !matches!(read, Ok(Ok(_)));
-        self.context
-            .metrics()
-            .store_call(StoreOperation::FindKey, started.elapsed(), failed);
-        let found = match read {
-            Ok(Ok(found)) => found,
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, key_hash = ?hash, "key lookup failed");
-                self.context.store_health().failed(now_ms);
-                return Err(Unanswered);
-            }
-            Err(_) => {
-                tracing::warn!(key_hash = ?hash, timeout = ?self.settings.store_timeout, "key lookup timed out");
-                self.context.store_health().failed(now_ms);
-                return Err(Unanswered);
-            }
-        };
-        self.context.store_health().succeeded();
+        let read = self.context.store().find_key_by_hash(&hash);
+        let found = self.ask_store(StoreOperation::FindKey, read, now_ms, &hash).await?;
         let Some((key, workspace)) = found else {
             return Ok(None);
         };
         Ok(Some(self.cache_read(key, workspace, evictions, now).await))
+    }
+
+    /// One key read from the store, bounded by `store.timeout`, timed for
+    /// `/metrics` and counted in the store's health; `about` (the key's
+    /// hash, or how many keys) goes to the log when it fails.
+    async fn ask_store<T>(
+        &self,
+        operation: StoreOperation,
+        read: impl std::future::Future<Output = Result<T, StoreError>>,
+        now_ms: i64,
+        about: &(dyn std::fmt::Debug + Sync),
+    ) -> Result<T, Unanswered> {
+        let started = std::time::Instant::now();
+        let read = tokio::time::timeout(self.settings.store_timeout, read).await;
+        let failed = !matches!(read, Ok(Ok(_)));
+        self.context.metrics().store_call(operation, started.elapsed(), failed);
+        match read {
+            Ok(Ok(found)) => {
+                self.context.store_health().succeeded();
+                return Ok(found);
+            }
+            Ok(Err(err)) => tracing::warn!(error = %err, ?operation, keys = ?about, "key read failed"),
+            Err(_) => {
+                let timeout = self.settings.store_timeout;
+                tracing::warn!(?operation, keys = ?about, ?timeout, "key read timed out");
+            }
+        }
+        self.context.store_health().failed(now_ms);
+        Err(Unanswered)
     }
 
     /// Caches a key read from the store, unless an eviction since the read
