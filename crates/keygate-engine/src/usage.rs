@@ -495,8 +495,8 @@ pub struct UsageSettings {
     /// up at the same moments and the first one does the work). Reads add
     /// the minutes not rolled up yet, so this is a cost, not a delay: the
     /// roll-up's writes are per key and bucket, whatever the span, so ten
-    /// minutes at once cost about what one minute does
-    /// (docs/decisions.md, "Usage rolled up every ten minutes").
+    /// minutes at once cost little more than one minute does (docs/decisions.md,
+    /// "Usage rolled up every ten minutes, and keys re-read in batches").
     pub rollup_every: std::time::Duration,
     pub retention: UsageRetention,
 }

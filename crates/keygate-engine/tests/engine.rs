@@ -336,7 +336,7 @@ async fn a_key_in_use_is_re_read_before_its_ttl_ends() {
 /// (counted by `/metrics`), not 60, and each revocation applies before the
 /// TTL ends.
 #[tokio::test]
-async fn keys_due_together_are_re_read_in_one_call() {
+async fn keys_due_together_are_re_read_in_a_few_calls() {
     let f = fixture().await;
     let mut keys = Vec::new();
     for _ in 0..60 {

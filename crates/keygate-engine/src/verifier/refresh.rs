@@ -13,9 +13,9 @@
 //!
 //! Keys falling due are queued, and one reader at a time reads what has
 //! gathered in one store call (`KeyStore::find_keys_by_hashes`): at 10,000
-//! keys in use that is about a hundred statements a minute instead of
-//! 10,000, which on PostgreSQL was a third of the database's work in
-//! steady state (BENCHMARKS.md, "Keys re-read in batches").
+//! keys in use that is about two hundred statements a minute instead of
+//! 10,000, which on PostgreSQL were a fifth of the database's work in
+//! steady state (BENCHMARKS.md, "PostgreSQL's work halved").
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -377,7 +377,8 @@ pub struct UsageConfig {
     /// How often complete minutes are rolled up into hours, days and the
     /// top keys' windows. Reads add the minutes not rolled up yet, so a
     /// longer interval makes nothing late; it spreads the roll-up's writes
-    /// over more minutes (docs/decisions.md, "Usage rolled up every ten minutes").
+    /// over more minutes (docs/decisions.md, "Usage rolled up every ten
+    /// minutes, and keys re-read in batches").
     pub rollup_every: WholeMinutes,
     /// How long per-minute counts are kept.
     pub keep_minutes: PositiveDuration,
