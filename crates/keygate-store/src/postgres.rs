@@ -71,6 +71,17 @@ impl PostgresStore {
         "LOCK TABLE usage_minutes IN SHARE ROW EXCLUSIVE MODE"
     }
 
+    /// Fresh statistics before the top keys' windows move to a new day.
+    /// Each moving window sums its key's leaving days, which the rollups'
+    /// primary key finds at once; but statistics taken while the tables
+    /// were small (a young deployment, its first midnight) make PostgreSQL
+    /// read every key's days for each window instead: 51 s for 10,000
+    /// keys, with the flushes waiting (BENCHMARKS.md, "PostgreSQL's work
+    /// halved"). Once a day, this costs a sample of each table.
+    fn before_windows_move(&self) -> Option<&'static str> {
+        Some("ANALYZE usage_rollups, usage_key_windows")
+    }
+
     async fn open_change_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
         Ok(Some(Box::new(PgChangeFeed {
             pool: self.pool.clone(),

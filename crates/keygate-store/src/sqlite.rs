@@ -86,6 +86,13 @@ impl SqliteStore {
     fn roll_up_lock(&self) -> &'static str {
         "UPDATE usage_rollup_progress SET rolled_until = rolled_until WHERE id = 1"
     }
+
+    /// Nothing: SQLite's planner picks the rollups' primary key for the
+    /// windows' sums by its equality columns, statistics or not
+    /// (PostgreSQL's does not: crates/keygate-store/src/postgres.rs).
+    fn before_windows_move(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// SQLite takes the `?` placeholders the shared SQL is written with.

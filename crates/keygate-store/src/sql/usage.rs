@@ -255,7 +255,13 @@ macro_rules! usage_sql {
             if until > from {
                 rows += Self::roll_up_minutes(&mut tx, from, until).await?;
             }
-            rows += Self::roll_key_windows_forward(&mut tx, UsageGrain::Day.bucket_of(until)).await?;
+            let today = UsageGrain::Day.bucket_of(until);
+            if let Some(refresh) = self.before_windows_move() {
+                if Self::windows_leave_a_day(&mut tx, today).await? {
+                    sqlx::query(refresh).execute(&mut *tx).await?;
+                }
+            }
+            rows += Self::roll_key_windows_forward(&mut tx, today).await?;
             tx.commit().await?;
             Ok(rows)
         }
@@ -451,6 +457,25 @@ macro_rules! usage_sql {
                 .execute(&mut **tx)
                 .await?;
             Ok(rows)
+        }
+
+        /// Whether any key window starts before its first day as of
+        /// `today`: once a day, when the windows move.
+        async fn windows_leave_a_day(tx: &mut sqlx::Transaction<'_, $db>, today: i64) -> Result<bool, StoreError> {
+            for window in TOP_KEY_WINDOWS {
+                let start = today - (i64::from(window) - 1) * 86_400;
+                let due: i64 = sqlx::query_scalar(&$sql(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM usage_key_windows WHERE days = ? AND since < ? LIMIT 1) AS due",
+                ))
+                .bind(i64::from(window))
+                .bind(start)
+                .fetch_one(&mut **tx)
+                .await?;
+                if due > 0 {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
         }
 
         /// Moves every key window to start `days - 1` days before
