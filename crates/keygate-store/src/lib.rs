@@ -147,6 +147,11 @@ pub struct BucketCount {
 /// that each key's totals are kept for, for top keys.
 pub const TOP_KEY_WINDOWS: [u32; 3] = [1, 7, 30];
 
+/// The first day (Unix seconds) of a window of `days` that ends with `today`.
+pub fn window_first_day(today: i64, days: u32) -> i64 {
+    today - (i64::from(days) - 1) * 86_400
+}
+
 /// What top keys are ranked by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopBy {

@@ -159,7 +159,7 @@ impl Admin {
             .store()
             .top_keys(workspace_id, days, today, by, limit)
             .await?;
-        let since = today - (i64::from(days) - 1) * 86_400;
+        let since = keygate_store::window_first_day(today, days);
         Ok((DateTime::from_timestamp(since, 0).unwrap_or_default(), keys))
     }
 

@@ -99,7 +99,7 @@ macro_rules! usage_sql {
             for (day, keys) in per_day_and_key(&late) {
                 let keys: Vec<_> = keys.into_iter().collect();
                 for days in TOP_KEY_WINDOWS {
-                    if day < rolled_today - (i64::from(days) - 1) * 86_400 {
+                    if day < $crate::window_first_day(rolled_today, days) {
                         continue;
                     }
                     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
@@ -274,7 +274,7 @@ macro_rules! usage_sql {
             by: TopBy,
             limit: u32,
         ) -> Result<Vec<KeyTotals>, StoreError> {
-            let window_start = today - (i64::from(days) - 1) * 86_400;
+            let window_start = $crate::window_first_day(today, days);
             let column = match by {
                 TopBy::Requests => "requests",
                 TopBy::Rejections => "rejected",
@@ -463,7 +463,7 @@ macro_rules! usage_sql {
         /// `today`: once a day, when the windows move.
         async fn windows_leave_a_day(tx: &mut sqlx::Transaction<'_, $db>, today: i64) -> Result<bool, StoreError> {
             for window in TOP_KEY_WINDOWS {
-                let start = today - (i64::from(window) - 1) * 86_400;
+                let start = $crate::window_first_day(today, window);
                 let due: i64 = sqlx::query_scalar(&$sql(
                     "SELECT COUNT(*) FROM (SELECT 1 FROM usage_key_windows WHERE days = ? AND since < ? LIMIT 1) AS due",
                 ))
@@ -484,7 +484,7 @@ macro_rules! usage_sql {
         async fn roll_key_windows_forward(tx: &mut sqlx::Transaction<'_, $db>, today: i64) -> Result<u64, StoreError> {
             let mut rows = 0;
             for window in TOP_KEY_WINDOWS {
-                let start = today - (i64::from(window) - 1) * 86_400;
+                let start = $crate::window_first_day(today, window);
                 let leaving = |rejected: &str| {
                     format!(
                         "CAST(COALESCE((SELECT SUM(r.count) FROM usage_rollups r \
