@@ -97,9 +97,11 @@ create_keys $((BASE_PORT + 4)) "$ADMIN_KEY" "$KEYS" "$WORK/shared-keys.txt"
 # PostgreSQL's and Redis's CPU over the case (its warm-up included), on the
 # cores the node and wrk use: the usage flush and the roll-up are most of
 # PostgreSQL's (scripts/bench/pg_time.py), the lease script most of Redis's.
-# The roll-up runs at each multiple of `usage.rollup_every` (10 minutes) and
-# its statements take about 2 s at 10,000 keys: a case whose minute holds one
-# says so in its CPU figure.
+# The roll-up runs at each multiple of `usage.rollup_every` (10 minutes), and
+# at a node's first background pass, one `usage.flush_interval` after it
+# starts (inside the measured minute if that interval is longer than the key
+# creation and warm-up). Its statements take about 2 s at 10,000 keys: a case
+# whose minute holds one says so in its CPU figure.
 # (Its keys serve cases 2b and 3 too.)
 if runs 2; then
   pg_before=$(cpu_seconds_of postgres)
