@@ -16,7 +16,7 @@ macro_rules! keys_sql {
 
         async fn stored_key_hashes(&self, hashes: &[KeyHash]) -> Result<Vec<(KeyHash, String)>, StoreError> {
             let mut found = Vec::new();
-            for chunk in hashes.chunks(ROWS_PER_STATEMENT) {
+            for chunk in hashes.chunks(IMPORT_ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::<$db>::new("SELECT key_hash, workspace_id FROM api_keys WHERE key_hash IN (");
                 let mut list = q.separated(", ");
                 for hash in chunk {
@@ -33,7 +33,7 @@ macro_rules! keys_sql {
         async fn import_keys(&self, keys: &[ApiKey], audit: &AuditEvent) -> Result<u64, StoreError> {
             let mut tx = self.pool.begin_with(self.begin_write()).await?;
             let mut inserted = 0;
-            for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            for chunk in keys.chunks(IMPORT_ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::<$db>::new(
                     "INSERT INTO api_keys (id, workspace_id, lineage_id, name, environment, key_hash, hint, scopes, \
                      roles, ip_allowlist, expires_at, metadata, limits, credits, credits_set_at, created_at, created_by, \

@@ -30,8 +30,9 @@ macro_rules! usage_sql {
             counts.sort_by(|a, b| (&a.key_id, a.minute, &a.outcome).cmp(&(&b.key_id, b.minute, &b.outcome)));
             let mut last_uses: Vec<&crate::LastUse> = batch.last_uses.iter().collect();
             last_uses.sort_by(|a, b| a.key_id.cmp(&b.key_id));
-            // Many rows per statement: a flush of 10,000 keys is a
-            // few dozen statements, not 40,000 round trips.
+            // Many rows per statement, but not too many: a flush of 10,000
+            // keys is a few hundred short statements, not 40,000 round
+            // trips, nor a few long ones (`ROWS_PER_STATEMENT`).
             for chunk in counts.chunks(ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::<$db>::new(
                     "INSERT INTO usage_minutes (key_id, workspace_id, minute, outcome, count) ",
