@@ -8,8 +8,9 @@ backend's own CPU (from /proc, so it runs on the database's machine) for
 that minute of flushes in a schema of its own, with the tables shaped as the
 migrations shape them (crates/keygate-store/migrations/postgres/), for:
 
-  1. the upsert as the store writes it (500 rows per statement, bound
-     values) against the same rows as five arrays (`UNNEST`);
+  1. the upsert as the store writes it (ROWS rows per statement, bound
+     values, as `ROWS_PER_STATEMENT` in crates/keygate-store/src/sql.rs)
+     against the same rows as five arrays (`UNNEST`);
   2. the upsert at `fillfactor` 100, 80 (migration 0017) and 50, over four
      minutes: how many updates stay on their page (HOT);
   3. a design not built: each flush as one row of arrays (a staging table),
@@ -17,7 +18,7 @@ migrations shape them (crates/keygate-store/migrations/postgres/), for:
      costs.
 
 Usage: pip install 'psycopg[binary]'; python3 scripts/bench/usage_writes.py
-(KEYS=10000, KEYGATE_POSTGRES_URL as the test suite reads it). The figures
+(KEYS=10000, ROWS=50, KEYGATE_POSTGRES_URL as the test suite reads it). The figures
 are in BENCHMARKS.md ("What in case 2's tail is usage's").
 """
 import os
@@ -26,6 +27,7 @@ import time
 import psycopg
 
 KEYS = int(os.environ.get("KEYS", "10000"))
+ROWS = int(os.environ.get("ROWS", "50"))
 URL = os.environ.get("KEYGATE_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 SCHEMA = f"kg_usage_writes_{os.getpid()}"
 WORKSPACE = "ws_01kbench0000000000000000"
@@ -73,8 +75,8 @@ def arrays(part, minute):
 
 def flush_as_values(minute=MINUTE):
     with conn.transaction():
-        for start in range(0, KEYS, 500):
-            part = keys[start : start + 500]
+        for start in range(0, KEYS, ROWS):
+            part = keys[start : start + ROWS]
             values = ",".join(["(%s,%s,%s,%s,%s)"] * len(part))
             params = [v for key in part for v in (key, WORKSPACE, minute, "admitted", 1)]
             cur.execute(
@@ -86,10 +88,10 @@ def flush_as_values(minute=MINUTE):
 
 def flush_as_arrays(minute=MINUTE):
     with conn.transaction():
-        for start in range(0, KEYS, 500):
+        for start in range(0, KEYS, ROWS):
             cur.execute(
                 f"INSERT INTO usage_minutes (key_id, workspace_id, minute, outcome, count) {ARRAYS}{UPSERT_END}",
-                arrays(keys[start : start + 500], minute),
+                arrays(keys[start : start + ROWS], minute),
                 binary=True,
             )
 
@@ -98,8 +100,8 @@ def statement_shapes():
     print(f"1. a minute of flushes ({FLUSHES_A_MINUTE} of {KEYS} keys), rows already there:")
     minutes_table(80)
     for _ in range(2):
-        measured("500 rows of bound values a statement (as the store writes)", flush_as_values, FLUSHES_A_MINUTE)
-        measured("500 rows as five arrays a statement (UNNEST)", flush_as_arrays, FLUSHES_A_MINUTE)
+        measured(f"{ROWS} rows of bound values a statement (as the store writes)", flush_as_values, FLUSHES_A_MINUTE)
+        measured(f"{ROWS} rows as five arrays a statement (UNNEST)", flush_as_arrays, FLUSHES_A_MINUTE)
 
 
 def fillfactors():

@@ -210,14 +210,14 @@ pub(crate) fn per_day_and_key(counts: &[UsageCount]) -> std::collections::BTreeM
 }
 
 /// Rows per multi-row statement of a node's bulk writes and reads (a usage
-/// or credit flush, keys re-read in batches, webhook fan-out): all of them
-/// run beside the data plane. Short statements, not few:
-/// when the database shares the node's machine, each statement holds a CPU
-/// the data plane wants for as long as it runs. At 500 rows an upsert of
-/// usage runs for milliseconds, and a node on PostgreSQL had a p99 of
-/// 3.54 to 4.47 ms; at 50 rows, 2.91 to 3.20 ms, with the database's CPU
-/// the same (BENCHMARKS.md, "Shorter statements"). 6 values a row stays
-/// far below SQLite's and PostgreSQL's limits on bound parameters.
+/// or credit flush, keys re-read in batches, webhook fan-out), which run
+/// beside the data plane. Short statements, not few: when the database
+/// shares the node's machine, each statement holds a CPU the data plane
+/// wants for as long as it runs. At 500 rows an upsert of usage ran for
+/// milliseconds, and a node on PostgreSQL had a p99 of 3.54 to 4.47 ms; at
+/// 50 rows, 2.91 to 3.20 ms, with the database's CPU the same
+/// (BENCHMARKS.md, "Shorter statements"). 6 values a row stays far below
+/// SQLite's and PostgreSQL's limits on bound parameters.
 pub(crate) const ROWS_PER_STATEMENT: usize = 50;
 
 /// Rows per statement of a key import (`keygate import`), which an
