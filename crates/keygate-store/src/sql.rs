@@ -215,7 +215,7 @@ pub(crate) fn per_day_and_key(counts: &[UsageCount]) -> std::collections::BTreeM
 /// shares the node's machine, each statement holds a CPU the data plane
 /// wants for as long as it runs. At 500 rows an upsert of usage ran for
 /// milliseconds, and a node on PostgreSQL had a p99 of 3.54 to 4.47 ms; at
-/// 50 rows, 2.91 to 3.20 ms, with the database's CPU the same
+/// 50 rows, 2.91 to 3.20 ms, for a little more of the database's CPU
 /// (BENCHMARKS.md, "Shorter statements"). 6 values a row stays far below
 /// SQLite's and PostgreSQL's limits on bound parameters.
 pub(crate) const ROWS_PER_STATEMENT: usize = 50;
