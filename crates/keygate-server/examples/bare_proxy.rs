@@ -13,9 +13,18 @@
 //! measure what such a client would save (`scripts/bench/bare.sh`), not to be
 //! used.
 //!
-//! Usage: bare_proxy LISTEN_PORT UPSTREAM_PORT [inline] (both on 127.0.0.1)
+//! With `raw` there is no hyper at all: each client connection's task reads
+//! request heads from its socket with `httparse`, writes each one, header by
+//! header, to its own upstream connection, and copies the answer back the
+//! same way (answers with a `Content-Length` only). It is the floor of any
+//! HTTP/1 proxy on tokio that reads every header it forwards: what a
+//! hand-written engine could at best save (BENCHMARKS.md, "The floor of a
+//! hand-written engine").
+//!
+//! Usage: bare_proxy LISTEN_PORT UPSTREAM_PORT [inline|raw] (both on 127.0.0.1)
 
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -44,16 +53,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut port = || -> Result<u16, Box<dyn std::error::Error>> { Ok(args.next().ok_or(USAGE)?.parse()?) };
     let (listen, upstream) = (port()?, port()?);
-    let inline = match args.next().as_deref() {
-        None => false,
-        Some("inline") => true,
+    let engine = match args.next().as_deref() {
+        None => Engine::Hyper,
+        Some("inline") => Engine::Inline,
+        Some("raw") => Engine::Raw,
         Some(_) => return Err(USAGE.into()),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(serve(listen, upstream, inline))
+    runtime.block_on(serve(listen, upstream, engine))
 }
 
-async fn serve(listen: u16, upstream: u16, inline: bool) -> Result<(), Box<dyn std::error::Error>> {
+#[derive(Clone, Copy, PartialEq)]
+enum Engine {
+    Hyper,
+    Inline,
+    Raw,
+}
+
+async fn serve(listen: u16, upstream: u16, engine: Engine) -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(("127.0.0.1", listen)).await?;
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -62,8 +79,12 @@ async fn serve(listen: u16, upstream: u16, inline: bool) -> Result<(), Box<dyn s
         let _ = stream.set_nodelay(true);
         let builder = http1::Builder::new();
         tokio::spawn(async move {
+            if engine == Engine::Raw {
+                let _ = Raw::serve(stream, upstream).await;
+                return;
+            }
             let io = TokioIo::new(stream);
-            if inline {
+            if engine == Engine::Inline {
                 let upstream_conn = Arc::new(Mutex::new(None::<Inline>));
                 let service = service_fn(move |request| forward_inline(upstream_conn.clone(), upstream, request));
                 let _ = builder.serve_connection(io, service).await;
@@ -225,11 +246,101 @@ impl Inline {
     }
 
     async fn fill(&mut self) -> Option<()> {
-        self.read.reserve(4096);
-        match self.stream.read_buf(&mut self.read).await {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(()),
+        fill(&mut self.stream, &mut self.read).await
+    }
+}
+
+/// One client connection of the `raw` engine and its upstream connection.
+struct Raw {
+    client: TcpStream,
+    upstream: TcpStream,
+    /// Read from the client, not yet forwarded.
+    requests: BytesMut,
+    /// Read from the upstream, not yet forwarded.
+    answers: BytesMut,
+    /// The head (and body) being written, reused.
+    out: Vec<u8>,
+}
+
+impl Raw {
+    async fn serve(client: TcpStream, upstream: u16) -> Option<()> {
+        let mut raw = Raw {
+            client,
+            upstream: connect(upstream).await?,
+            requests: BytesMut::with_capacity(8192),
+            answers: BytesMut::with_capacity(8192),
+            out: Vec::with_capacity(1024),
+        };
+        loop {
+            raw.forward_request().await?;
+            raw.forward_answer().await?;
         }
+    }
+
+    /// Reads one bodiless request head and writes it to the upstream.
+    async fn forward_request(&mut self) -> Option<()> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Request::new(&mut headers);
+            if let httparse::Status::Complete(end) = parsed.parse(&self.requests).ok()? {
+                let out = &mut self.out;
+                out.clear();
+                for part in [parsed.method?, " ", parsed.path?, " HTTP/1.1\r\n"] {
+                    out.extend_from_slice(part.as_bytes());
+                }
+                write_headers(out, parsed.headers);
+                let _ = self.requests.split_to(end);
+                return self.upstream.write_all(&self.out).await.ok();
+            }
+            fill(&mut self.client, &mut self.requests).await?;
+        }
+    }
+
+    /// Reads one answer with a `Content-Length` and writes it to the client.
+    async fn forward_answer(&mut self) -> Option<()> {
+        let (end, length) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(end) = parsed.parse(&self.answers).ok()? {
+                let length = parsed
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())?;
+                let out = &mut self.out;
+                out.clear();
+                write!(out, "HTTP/1.1 {} {}\r\n", parsed.code?, parsed.reason?).ok()?;
+                write_headers(out, parsed.headers);
+                break (end, length);
+            }
+            fill(&mut self.upstream, &mut self.answers).await?;
+        };
+        while self.answers.len() < end + length {
+            fill(&mut self.upstream, &mut self.answers).await?;
+        }
+        let answer = self.answers.split_to(end + length);
+        self.out.extend_from_slice(&answer[end..]);
+        self.client.write_all(&self.out).await.ok()
+    }
+}
+
+/// Each header as `name: value`, then the blank line.
+fn write_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
+    for header in headers {
+        out.extend_from_slice(header.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(header.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reads more from `stream`; `None` at its end.
+async fn fill(stream: &mut TcpStream, buffer: &mut BytesMut) -> Option<()> {
+    buffer.reserve(4096);
+    match stream.read_buf(buffer).await {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(()),
     }
 }
 
