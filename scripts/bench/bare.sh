@@ -3,15 +3,15 @@
 # crates/keygate-server/examples/bare_proxy.rs with hyper's client, with
 # its `inline` client (the request written and the answer read in the client
 # connection's own task: no dispatch channel, no task per upstream
-# connection), and as `raw` (no hyper at all: heads parsed with httparse and
-# written by hand on both sides), all on the proxy CPU at the same time, each
-# loaded by its own wrk with half the connections, against the same tiny
-# upstream nginx, in ROUNDS rounds. The figure is each proxy's CPU time per request (from
-# /proc): on one CPU, throughput is its inverse, and side by side both see
-# the machine's drift alike (as gateway.sh's SIDE_BY_SIDE does). A third
-# proxy, nginx as a plain proxy, runs beside them as the yardstick. Latency
-# is not reported: three processes sharing one CPU wait for each other, so
-# their tails say nothing about any one of them.
+# connection), and as `raw` (no hyper at all: heads parsed with httparse
+# and written by hand on both sides), all on the proxy CPU at the same time,
+# each loaded by its own wrk with half the connections, against the same
+# tiny upstream nginx, in ROUNDS rounds. The figure is each proxy's CPU time
+# per request (from /proc): on one CPU, throughput is its inverse, and side
+# by side all see the machine's drift alike (as gateway.sh's SIDE_BY_SIDE
+# does). A fourth proxy, nginx as a plain proxy, runs beside them as the
+# yardstick. Latency is not reported: four processes sharing one CPU wait
+# for each other, so their tails say nothing about any one of them.
 #
 # Usage: bash scripts/bench/bare.sh   (DURATION=8s CONNECTIONS=32 ROUNDS=3)
 # Everything it starts listens on 127.0.0.1 and is stopped on exit.

@@ -277,12 +277,20 @@ impl Raw {
         }
     }
 
-    /// Reads one bodiless request head and writes it to the upstream.
+    /// Reads one request head and writes it to the upstream; a request
+    /// with a body ends the connection (this engine forwards none).
     async fn forward_request(&mut self) -> Option<()> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut parsed = httparse::Request::new(&mut headers);
             if let httparse::Status::Complete(end) = parsed.parse(&self.requests).ok()? {
+                let has_body = parsed.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("transfer-encoding")
+                        || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
+                });
+                if has_body {
+                    return None;
+                }
                 let out = &mut self.out;
                 out.clear();
                 for part in [parsed.method?, " ", parsed.path?, " HTTP/1.1\r\n"] {
