@@ -183,10 +183,10 @@ impl Inline {
             if let Some(parsed) = self.parse_head()? {
                 break parsed;
             }
-            self.fill().await?;
+            fill(&mut self.stream, &mut self.read).await?;
         };
         while self.read.len() < length {
-            self.fill().await?;
+            fill(&mut self.stream, &mut self.read).await?;
         }
         let body = self.read.split_to(length).freeze();
         *response.body_mut() = Either::Right(Full::new(body));
@@ -243,10 +243,6 @@ impl Inline {
             response.headers_mut().append(name, value);
         }
         Some(Some((response, length?)))
-    }
-
-    async fn fill(&mut self) -> Option<()> {
-        fill(&mut self.stream, &mut self.read).await
     }
 }
 
