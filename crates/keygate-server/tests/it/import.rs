@@ -9,7 +9,7 @@ use keygate_core::KeyFormat;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::support::TestApp;
+use crate::support::{typo_of, TestApp};
 
 const LEGACY: &str = "sk_live_51HxAbCdEfGhIjKl";
 const HEX_SECRET: &str = "unkey_3ZZhexsecret";
@@ -49,12 +49,6 @@ async fn whoami(app: &TestApp, key: &str) -> (u16, Value) {
     let response = app.whoami(key).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
-}
-
-/// The key with its last character changed: its checksum no longer matches.
-fn typo_of(key: &str) -> String {
-    let last = if key.ends_with('A') { 'B' } else { 'A' };
-    format!("{}{last}", &key[..key.len() - 1])
 }
 
 fn mixed_rows(own: &str) -> Value {

@@ -232,6 +232,13 @@ async fn fresh_store_url(dir: &std::path::Path) -> String {
     }
 }
 
+/// The key with its last character changed, always to another one: its
+/// checksum no longer matches.
+pub fn typo_of(key: &str) -> String {
+    let last = if key.ends_with('A') { 'B' } else { 'A' };
+    format!("{}{last}", &key[..key.len() - 1])
+}
+
 /// A tool `scripts/test.sh` installs (scripts/lib/services.sh) and names in
 /// `variable`. Without it the test is skipped, unless CI requires every
 /// service (`KEYGATE_REQUIRE_SERVICES=1`).

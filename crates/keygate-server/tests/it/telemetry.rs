@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use prost::Message;
 use serde_json::{json, Value};
 
-use crate::support::{echo_upstream, TestApp};
+use crate::support::{echo_upstream, typo_of, TestApp};
 
 /// An OTLP/HTTP receiver: every export's raw bytes, and its spans decoded.
 struct Receiver {
@@ -141,7 +141,7 @@ async fn each_request_has_a_span_with_its_decision_that_continues_a_trusted_trac
     assert_eq!(admitted.status(), 200);
     let seen: Value = admitted.json().await.unwrap();
     // Refused: a wrong key, and no key on the same route.
-    let wrong = format!("{}x", &key[..key.len() - 1]);
+    let wrong = typo_of(&key);
     let refused = app
         .http
         .get(app.gateway_url("/api/other"))
