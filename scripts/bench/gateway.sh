@@ -41,7 +41,7 @@
 # other with `[telemetry]` unset, as shipped. "No cost when off" is
 # SIDE_BY_SIDE against the binary from before tracing existed.
 # With PROFILE_DIR=dir, `perf record` samples keygate during cases 4 and 4a
-# (dir/4.data, dir/4a.data; `perf report -i dir/4.data --sort dso,sym`);
+# and the bare proxy during case 2b (dir/4.data, dir/4a.data, dir/2b.data; `perf report -i dir/4.data --sort dso,sym`);
 # PERF_ARGS replaces `record -q -F 1999`, e.g. `stat -e raw_syscalls:sys_enter`.
 #
 # The profile-guided build (scripts/build-pgo.sh) is measured with
@@ -142,7 +142,8 @@ if [ -n "${BARE:-}" ]; then
   "${PIN_PROXY[@]}" "$ROOT/target/release/examples/bare_proxy" "$BARE_PORT" "$UPSTREAM_PORT" &
   PIDS+=($!)
   wait_for_port "$BARE_PORT"
-  BENCH_KEYS="$WORK/keys.txt" run_wrk "2b. bare hyper proxy" "http://127.0.0.1:$BARE_PORT/bench" "$WORK/keys.lua"
+  # With PROFILE_DIR, sampled as keygate is (dir/2b.data).
+  PROFILE_AS=2b KEYGATE_PID=${PIDS[-1]} BENCH_KEYS="$WORK/keys.txt" run_wrk "2b. bare hyper proxy" "http://127.0.0.1:$BARE_PORT/bench" "$WORK/keys.lua"
   kill "${PIDS[-1]}"
 fi
 BENCH_KEYS="$WORK/keys.txt" run_wrk "3. nginx map+limit_req" "http://127.0.0.1:$NGINX_AUTH_PORT/bench" "$WORK/keys.lua"

@@ -115,6 +115,7 @@ pub struct Metrics {
     webhook_seconds: Histogram,
     shadow_refusals: Counter,
     legacy_key_requests: Counter,
+    fast_path_requests: Counter,
 }
 
 impl Default for Metrics {
@@ -155,6 +156,7 @@ impl Default for Metrics {
             store_errors,
             shadow_refusals: Counter::default(),
             legacy_key_requests: Counter::default(),
+            fast_path_requests: Counter::default(),
         }
     }
 }
@@ -263,6 +265,12 @@ impl Metrics {
         self.legacy_key_requests.inc();
     }
 
+    /// A request the data plane's fast path answered
+    /// (crates/keygate-server/src/http/gateway/raw.rs), not hyper's.
+    pub fn fast_path_request(&self) {
+        self.fast_path_requests.inc();
+    }
+
     /// The text format, as Prometheus scrapes it.
     pub fn encode(&self, values: ScrapeValues) -> Result<String, fmt::Error> {
         let mut registry = Registry::with_prefix("keygate");
@@ -320,6 +328,11 @@ impl Metrics {
             "legacy_key_requests",
             "Requests with an imported key in another system's format (keys.legacy); rotate them to retire the setting",
             self.legacy_key_requests.clone(),
+        );
+        registry.register(
+            "fast_path_requests",
+            "Requests the data plane answered on its hand-written HTTP/1.1 path; the rest went through hyper",
+            self.fast_path_requests.clone(),
         );
         let (target_up, target_requests) = target_families(values.targets);
         registry.register(

@@ -151,6 +151,8 @@ pub struct Settings {
     pub headers: RateLimitHeaderStyle,
     pub routes: Vec<Route>,
     pub require_https: bool,
+    /// `server.fast_path`.
+    pub fast_path: bool,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
     pub tls: Option<TlsConfig>,
@@ -475,6 +477,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         headers,
         routes,
         require_https: config.server.require_https,
+        fast_path: config.server.fast_path,
         max_body_bytes,
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
         tls: config.server.tls.clone(),

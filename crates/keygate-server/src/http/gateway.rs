@@ -42,6 +42,8 @@ use crate::http::upstream_conn::UpstreamConnections;
 use crate::reload::{Live, LiveConfig};
 use crate::telemetry::{Finished, RequestSpan, Telemetry, Tightest};
 
+pub(crate) mod raw;
+
 pub const WHOAMI_PATH: &str = "/v1/whoami";
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// An incoming request id longer than this is replaced, not forwarded.
@@ -55,6 +57,10 @@ pub struct Gateway {
     /// Routes, targets, error catalog and header policy: swapped by a reload.
     config: LiveConfig,
     require_https: bool,
+    /// `server.fast_path`: the common request skips hyper ([`raw`]).
+    fast_path: bool,
+    /// `server.max_header_size`: a longer head goes to hyper, which answers 431.
+    max_header_bytes: usize,
     path_rules: PathRules,
     access_log: AccessLog,
     labels: FixedLabels,
@@ -90,6 +96,8 @@ impl Gateway {
             trusted_proxies: settings.trusted_proxies.clone(),
             config,
             require_https: settings.require_https,
+            max_header_bytes: settings.max_header_bytes,
+            fast_path: settings.fast_path,
             path_rules: settings.path_rules,
             access_log,
             labels: FixedLabels {
@@ -126,6 +134,16 @@ impl Gateway {
 /// without a router, so a request goes from hyper straight to [`handle`].
 impl Plane for Arc<Gateway> {
     type Connection = GatewayConnection;
+
+    fn raw(&self, connection: &GatewayConnection, transport: Transport) -> Option<crate::http::transport::RawServe> {
+        if transport.tls || !self.fast_path {
+            return None;
+        }
+        let (gw, client) = (connection.gateway.clone(), connection.client.clone());
+        Some(Box::new(move |stream, stop| {
+            Box::pin(raw::serve(gw, client, stream, stop))
+        }))
+    }
 
     fn connection(&self, peer: SocketAddr, transport: Transport) -> GatewayConnection {
         GatewayConnection {
@@ -210,15 +228,7 @@ impl Exchange {
     /// Longest path prefix wins (`/api` matches `/api` and `/api/x`, not
     /// `/apix`); a route with methods matches only those.
     fn route(&self, method: &Method, path: &str) -> Option<&Upstream> {
-        self.live
-            .upstreams
-            .iter()
-            .filter(|u| u.route.methods.is_empty() || u.route.methods.contains(method))
-            .filter(|u| {
-                path.strip_prefix(u.route.path.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            })
-            .max_by_key(|u| u.route.path.len())
+        route_in(&self.live, method, path)
     }
 
     /// TLS terminated here, or by a trusted proxy that says so.
@@ -296,6 +306,18 @@ impl Exchange {
             trace: None,
         }
     }
+}
+
+/// The route of `live` a request matches: the longest matching prefix.
+fn route_in<'l>(live: &'l Live, method: &Method, path: &str) -> Option<&'l Upstream> {
+    live.upstreams
+        .iter()
+        .filter(|u| u.route.methods.is_empty() || u.route.methods.contains(method))
+        .filter(|u| {
+            path.strip_prefix(u.route.path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .max_by_key(|u| u.route.path.len())
 }
 
 /// An address as a header value, IPv4-mapped IPv6 addresses as IPv4.

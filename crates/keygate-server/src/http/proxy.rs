@@ -270,7 +270,7 @@ fn aim(route: &Route, target: &TargetState, client_uri: &Uri, request: &mut axum
 /// A trusted proxy's chain is extended with the proxy itself. Anyone
 /// else's is replaced by the address this node sees (the caller's
 /// `Exchange::peer_address`), so clients cannot plant hops.
-fn forwarded_chain(headers: &HeaderMap, peer: IpAddr, client: IpAddr) -> String {
+pub(crate) fn forwarded_chain(headers: &HeaderMap, peer: IpAddr, client: IpAddr) -> String {
     let chain: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()

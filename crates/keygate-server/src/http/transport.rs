@@ -40,7 +40,23 @@ pub trait Plane: Clone + Send + 'static {
         + 'static;
 
     fn connection(&self, peer: SocketAddr, transport: Transport) -> Self::Connection;
+
+    /// EXPERIMENT (issue 16): a hand-written path that serves a plain
+    /// connection until a request needs hyper.
+    fn raw(&self, _connection: &Self::Connection, _transport: Transport) -> Option<RawServe> {
+        None
+    }
 }
+
+/// Serves a plain connection; hands back what hyper must go on with.
+pub type RawServe = Box<
+    dyn FnOnce(
+            TcpStream,
+            CancellationToken,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Option<crate::http::gateway::raw::Prefixed>> + Send>,
+        > + Send,
+>;
 
 /// The control plane: an axum router, which finds the peer and transport in
 /// each request's extensions.
@@ -188,6 +204,7 @@ pub async fn serve<P: Plane>(
 ) {
     let builder = connection_builder(options.max_header_bytes);
     let graceful = GracefulShutdown::new();
+    let stopping = stop.clone();
     let stop = stop.cancelled_owned();
     tokio::pin!(stop);
     loop {
@@ -195,10 +212,13 @@ pub async fn serve<P: Plane>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let transport = Transport { tls: options.tls.is_some() };
+                    let service = answers.connection(peer, transport);
                     let connection = Connection {
                         stream,
                         peer,
-                        service: answers.connection(peer, transport),
+                        raw: answers.raw(&service, transport),
+                        stop: stopping.clone(),
+                        service,
                         builder: builder.clone(),
                         tls: options.tls.clone(),
                     };
@@ -234,6 +254,8 @@ fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
 struct Connection<S> {
     stream: TcpStream,
     peer: SocketAddr,
+    raw: Option<RawServe>,
+    stop: CancellationToken,
     service: S,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
@@ -253,7 +275,13 @@ where
         let _ = self.stream.set_nodelay(true);
         let (peer, service) = (self.peer, self.service);
         let result = match self.tls {
-            None => serve_io(&self.builder, self.stream, service, watcher).await,
+            None => match self.raw {
+                Some(raw) => match raw(self.stream, self.stop).await {
+                    Some(rest) => serve_io(&self.builder, rest, service, watcher).await,
+                    None => Ok(()),
+                },
+                None => serve_io(&self.builder, self.stream, service, watcher).await,
+            },
             Some(acceptor) => {
                 let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(self.stream)).await {
                     Ok(Ok(stream)) => stream,

@@ -213,6 +213,24 @@ impl UpstreamConnections {
         Some(idle.swap_remove(at).1)
     }
 
+    /// Takes over an idle connection to target `id` that the fast path
+    /// (crates/keygate-server/src/http/gateway/raw.rs) opened, when hyper
+    /// takes over its client connection: the next request goes on it, as it
+    /// would have there.
+    pub async fn adopt(&self, id: usize, stream: TcpStream) {
+        let Ok(mut sender) = handshake(stream).await else {
+            return;
+        };
+        // Ready once its task has run: an idle connection is taken only then.
+        if sender.ready().await.is_err() {
+            return;
+        }
+        let mut idle = self.0.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push((id, sender));
+        }
+    }
+
     /// Keeps a connection for the next request, unless the response took it
     /// over (`101 Switching Protocols`) or it is closing.
     fn keep(&self, id: usize, sender: SendRequest<Body>, response: &hyper::Response<Incoming>) {
@@ -245,6 +263,11 @@ pub(crate) async fn connect(target: &Target) -> Result<SendRequest<Body>, SendEr
             })
         }
     };
+    handshake(stream).await
+}
+
+/// Hyper's client on a connected stream.
+async fn handshake(stream: TcpStream) -> Result<SendRequest<Body>, SendError> {
     let _ = stream.set_nodelay(true);
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))

@@ -8,6 +8,7 @@ mod bad_input;
 mod credits;
 mod dashboard;
 mod error_catalog;
+mod fast_path;
 mod forwarding;
 mod generated_client;
 mod import;
