@@ -3,15 +3,14 @@
 //! frames its answers, and a request it does not take goes to hyper on the
 //! same connection.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{echo_upstream, TestApp};
+use crate::support::{closing_upstream, echo_upstream, TestApp};
 
 /// `keygate_fast_path_requests_total` on `/metrics`.
 async fn fast_path_requests(app: &TestApp) -> u64 {
@@ -35,9 +34,14 @@ async fn fast_path_requests(app: &TestApp) -> u64 {
 /// here (as `TestApp` makes it by default), so requests from the test are a
 /// client's.
 async fn keyed_route_to(url: &str) -> (TestApp, String) {
+    keyed_route_with(url, true).await
+}
+
+/// The same, with `server.fast_path` as given.
+async fn keyed_route_with(url: &str, fast_path: bool) -> (TestApp, String) {
     let app = TestApp::builder()
         .config(&format!(
-            "[server]\ntrusted_proxies = [\"10.255.255.1\"]\n\
+            "[server]\ntrusted_proxies = [\"10.255.255.1\"]\nfast_path = {fast_path}\n\
              [plans.team]\nlimits = [{{ requests = 100000, per = \"1m\" }}]\n\
              [limiter]\ndefault_plan = \"team\"\n\
              [[routes]]\npath = \"/api\"\nupstream = \"{url}\"\n"
@@ -47,6 +51,16 @@ async fn keyed_route_to(url: &str) -> (TestApp, String) {
     let workspace = app.workspace("fast").await;
     let (_, key) = app.key(&workspace, json!({"name": "fast"})).await;
     (app, key)
+}
+
+/// `GET path` on the gateway with `key`.
+async fn get_with(app: &TestApp, path: &str, key: &str) -> reqwest::Response {
+    app.http
+        .get(app.gateway_url(path))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -255,34 +269,6 @@ async fn pipelined_requests_are_answered_in_order_and_hyper_takes_over_mid_conne
     assert_eq!(fast_path_requests(&app).await, before + 2);
 }
 
-/// Answers one request per connection, then closes it without saying so.
-async fn closing_upstream() -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .await;
-            });
-        }
-    });
-    (url, accepted)
-}
-
 #[tokio::test]
 async fn a_stale_upstream_connection_on_the_fast_path_is_replaced_without_a_5xx() {
     let (url, accepted) = closing_upstream().await;
@@ -309,13 +295,7 @@ async fn an_upstream_that_cannot_be_reached_is_a_502_in_the_catalogs_words() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
     let (app, key) = keyed_route_to(&url).await;
-    let response = app
-        .http
-        .get(app.gateway_url("/api/x"))
-        .header("X-API-Key", &key)
-        .send()
-        .await
-        .unwrap();
+    let response = get_with(&app, "/api/x", &key).await;
     assert_eq!(response.status(), 502);
     assert_eq!(response.json::<Value>().await.unwrap()["code"], "UPSTREAM_UNAVAILABLE");
 }
@@ -323,24 +303,9 @@ async fn an_upstream_that_cannot_be_reached_is_a_502_in_the_catalogs_words() {
 #[tokio::test]
 async fn with_the_fast_path_off_hyper_answers_every_request() {
     let upstream = echo_upstream().await;
-    let app = TestApp::builder()
-        .config(&format!(
-            "[server]\ntrusted_proxies = [\"10.255.255.1\"]\nfast_path = false\n\
-             [[routes]]\npath = \"/api\"\nupstream = \"{}\"\n",
-            upstream.url
-        ))
-        .start()
-        .await;
-    let workspace = app.workspace("slow").await;
-    let (_, key) = app.key(&workspace, json!({"name": "slow"})).await;
+    let (app, key) = keyed_route_with(&upstream.url, false).await;
     for _ in 0..3 {
-        let response = app
-            .http
-            .get(app.gateway_url("/api/x"))
-            .header("X-API-Key", &key)
-            .send()
-            .await
-            .unwrap();
+        let response = get_with(&app, "/api/x", &key).await;
         assert_eq!(response.status(), 200);
         assert!(response.headers().contains_key("x-request-id"));
     }

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{echo_upstream, TestApp};
+use crate::support::{closing_upstream, echo_upstream, read_head, TestApp};
 
 /// An upstream that reads every body to the end, counts its open
 /// connections and remembers the paths it served.
@@ -721,21 +721,6 @@ async fn a_client_that_sends_too_much_reads_the_413_and_its_body() {
     }
 }
 
-/// An upstream that answers one request per connection and then closes it,
-/// without saying so (no `Connection: close`): every idle connection a proxy
-/// keeps to it is stale by the time the next request comes. Counts connections.
-/// Reads one request head; false if the connection ended first.
-async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
-    let (mut head, mut buf) = (Vec::new(), [0u8; 4096]);
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    true
-}
-
 /// A node with one open route, `/api`, to `url`.
 async fn open_route_to(url: &str) -> TestApp {
     TestApp::builder()
@@ -744,29 +729,6 @@ async fn open_route_to(url: &str) -> TestApp {
         ))
         .start()
         .await
-}
-
-async fn closing_upstream() -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if !read_head(&mut stream).await {
-                    return;
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .await;
-                // Close at once, as an upstream whose keep-alive timeout fired would.
-            });
-        }
-    });
-    (url, accepted)
 }
 
 /// An upstream that answers the first request of each connection and, when

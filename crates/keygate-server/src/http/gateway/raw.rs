@@ -310,8 +310,6 @@ impl Client<'_> {
         target: &str,
         headers: &[httparse::Header<'_>],
     ) -> Step {
-        // Counted first: a client may ask `/metrics` as soon as it has its answer.
-        self.gw.engine.metrics().fast_path_request();
         let from = From::of(self.gw, self.conn, headers);
         let request_id = from.request_id.clone();
         let mut done = Done {
@@ -327,6 +325,7 @@ impl Client<'_> {
         if matches!(next, Next::ToHyper) {
             return Step::ToHyper;
         }
+        self.gw.engine.metrics().fast_path_request();
         self.gw.engine.metrics().request(&RequestLabels {
             outcome: done.outcome,
             route: upstream.label.clone(),
