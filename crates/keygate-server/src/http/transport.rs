@@ -41,8 +41,9 @@ pub trait Plane: Clone + Send + 'static {
 
     fn connection(&self, peer: SocketAddr, transport: Transport) -> Self::Connection;
 
-    /// EXPERIMENT (issue 16): a hand-written path that serves a plain
-    /// connection until a request needs hyper.
+    /// The data plane's fast path (crates/keygate-server/src/http/gateway/raw.rs):
+    /// it serves a plain connection until a request needs hyper, then hands
+    /// it back. The control plane has none.
     fn raw(&self, _connection: &Self::Connection, _transport: Transport) -> Option<RawServe> {
         None
     }
