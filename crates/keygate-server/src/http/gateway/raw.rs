@@ -42,8 +42,8 @@ use crate::http::access_log::AccessEntry;
 use crate::http::error::render;
 use crate::http::extract::client_ip;
 use crate::http::pool::{InFlight, TargetState, Tried};
-use crate::http::proxy::forwarded_chain;
 use crate::http::proxy::Upstream;
+use crate::http::proxy::{forwarded_chain, HOP_BY_HOP, IDENTITY_HEADERS};
 use crate::http::ratelimit::add_headers;
 use crate::reload::Live;
 
@@ -53,35 +53,27 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request headers that need hyper's path: framing, upgrades, `100 Continue`.
 const TO_HYPER: [&str; 4] = ["content-length", "transfer-encoding", "upgrade", "expect"];
 
-/// Request headers never forwarded: hop-by-hop ones, the identity and
-/// forwarding headers this node sets itself (a client's are dropped, as
-/// `proxy::upstream_headers` does for a peer that is not a trusted proxy).
-const DROPPED: [&str; 11] = [
-    "keep-alive",
-    "te",
-    "trailer",
-    "proxy-connection",
-    "proxy-authorization",
-    "x-keygate-key-id",
-    "x-keygate-workspace-id",
-    "x-keygate-environment",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-request-id",
-];
+/// The forwarding headers this node sets itself: a client's are dropped,
+/// as `proxy::upstream_headers` replaces them for a peer that is not a
+/// trusted proxy.
+const FORWARDING: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-request-id"];
 
-/// Response headers never forwarded (RFC 9110 section 7.6.1); framing is
-/// written by [`Framing`].
-const RESPONSE_DROPPED: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
-    "transfer-encoding",
-];
+/// One of `names`, whatever its case.
+fn is_one_of(name: &str, names: &[HeaderName]) -> bool {
+    names.iter().any(|n| name.eq_ignore_ascii_case(n.as_str()))
+}
+
+/// Never forwarded either way: hop-by-hop (the list hyper's path uses,
+/// `proxy::HOP_BY_HOP`); framing is written by [`Framing`].
+fn is_hop_by_hop(name: &str) -> bool {
+    is_one_of(name, &HOP_BY_HOP)
+}
+
+/// A request header the upstream does not get from the client: hop-by-hop,
+/// identity (`proxy::IDENTITY_HEADERS`) or forwarding.
+fn is_dropped(name: &str) -> bool {
+    is_hop_by_hop(name) || is_one_of(name, &IDENTITY_HEADERS) || FORWARDING.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
 
 /// A connection with bytes already read from it in front, for hyper.
 pub struct Prefixed {
@@ -147,6 +139,8 @@ struct Client<'a> {
     /// The bytes of the answer being written, reused from request to request.
     out: Vec<u8>,
     head: Vec<u8>,
+    /// This node's headers of the answer being written.
+    ours: Vec<u8>,
     scratch: HeaderMap,
 }
 
@@ -175,6 +169,7 @@ pub(super) async fn serve(
         upstream: None,
         out: Vec::with_capacity(2048),
         head: Vec::with_capacity(1024),
+        ours: Vec::with_capacity(256),
         scratch: HeaderMap::new(),
     };
     loop {
@@ -407,7 +402,8 @@ impl Client<'_> {
             upstream.targets.get(0),
         );
         // Ours go right after the upstream's status line, and replace any it sent.
-        let mut ours = Vec::with_capacity(256);
+        let mut ours = std::mem::take(&mut self.ours);
+        ours.clear();
         let mut names: SmallVec<[HeaderName; 4]> = SmallVec::new();
         if let Some(limits) = &limits {
             self.scratch.clear();
@@ -420,6 +416,7 @@ impl Client<'_> {
         push_header(&mut ours, b"x-request-id", request_id.as_bytes());
         names.push(super::X_REQUEST_ID);
         let sent = self.exchange(upstream, *method == Method::HEAD, &ours, &names).await;
+        self.ours = ours;
         let (framing, in_flight) = match sent {
             Ok((framing, status, in_flight)) => {
                 done.status = status;
@@ -492,9 +489,7 @@ impl Client<'_> {
                         .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer ")));
             // A trusted proxy's `X-Forwarded-Proto` stands, as on hyper's path.
             let kept_proto = from.proto_from_proxy && name.eq_ignore_ascii_case("x-forwarded-proto");
-            let dropped =
-                name.eq_ignore_ascii_case("connection") || DROPPED.iter().any(|n| name.eq_ignore_ascii_case(n));
-            if is_key || (dropped && !kept_proto) {
+            if is_key || (is_dropped(name) && !kept_proto) {
                 continue;
             }
             match &state.host {
@@ -854,9 +849,9 @@ fn answer_head(
                 (_, Some(value)) => length = Some(value),
             }
         }
-        let hop = RESPONSE_DROPPED.iter().any(|n| name.eq_ignore_ascii_case(n))
+        let hop = is_hop_by_hop(name)
             || named_by_connection.iter().any(|n| name.eq_ignore_ascii_case(n))
-            || names.iter().any(|n| name.eq_ignore_ascii_case(n.as_str()));
+            || is_one_of(name, names);
         if !hop {
             push_header(out, name.as_bytes(), header.value);
         }
