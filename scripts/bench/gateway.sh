@@ -35,6 +35,10 @@
 # auth and limits cost: two copies of this binary, one loaded on the route
 # that checks keys (case 4), the other on the `auth = false` route (case 4a).
 # Its median is case 4 / case 4a without the drift between two sequential cases.
+# ALONE=1 loads the two twins one after the other in each round, each with
+# all the connections and the proxy CPU to itself (no neighbour polluting
+# its caches or changing how many events a wakeup finds), still comparing
+# CPU per request, round by round.
 # With TELEMETRY=compare (issue 21), the same side-by-side method for what
 # tracing costs when on: two copies of this binary, one exporting a span per
 # request over OTLP/HTTP (to the upstream nginx, which answers 200), the
@@ -49,7 +53,7 @@
 #
 # Usage: bash scripts/bench/gateway.sh        (DURATION=10s CONNECTIONS=64 KEYS=10000;
 #        BASELINE=path/to/keygate; EVENTS=compare ROUNDS=3; SIDE_BY_SIDE=path/to/keygate;
-#        AUTH_COST=compare; TELEMETRY=compare; PROFILE_DIR=dir; BARE=1)
+#        AUTH_COST=compare [ALONE=1]; TELEMETRY=compare; PROFILE_DIR=dir; BARE=1)
 # Everything it starts listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 
@@ -206,7 +210,9 @@ assert ok == 200 and limit, f"twin with a key: {ok}, X-RateLimit-Limit {limit}"
 assert refused == 401 and b"MISSING_API_KEY" in body, f"twin without a key: {refused} {body!r}"
 PYCHECK
   run_pair() { # round
-    local args=(-t1 -c$((CONNECTIONS / 2)) -s "$WORK/keys.lua" --latency) on_start off_start twin_path=${TWIN_PATH:-/bench}
+    local connections=$((CONNECTIONS / 2)) on_start off_start twin_path=${TWIN_PATH:-/bench}
+    [ -n "${ALONE:-}" ] && connections=$CONNECTIONS
+    local args=(-t1 -c"$connections" -s "$WORK/keys.lua" --latency)
     # Warm-up, both at once; before the first round, long enough for both
     # caches to fill and for the on twin to fan out the set-up's 10,000
     # key.created events.
@@ -217,6 +223,8 @@ PYCHECK
     wait_jobs
     on_start=$(cpu_ticks "$ON_PID") off_start=$(cpu_ticks "$OFF_PID")
     BENCH_KEYS="$WORK/keys.txt" "${PIN_LOAD[@]}" wrk "${args[@]}" -d"$DURATION" "http://127.0.0.1:$KEYGATE_PORT/bench" >"$WORK/on-$1.wrk" &
+    # ALONE=1: one after the other, each with the proxy CPU to itself.
+    [ -n "${ALONE:-}" ] && wait_jobs
     BENCH_KEYS="$WORK/keys.txt" BENCH_PATH=$twin_path "${PIN_LOAD[@]}" wrk "${args[@]}" -d"$DURATION" "http://127.0.0.1:$((BASE_PORT + 5))$twin_path" >"$WORK/off-$1.wrk" &
     wait_jobs
     for mode in on off; do

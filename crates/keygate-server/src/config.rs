@@ -366,12 +366,7 @@ pub fn validate(config: &Config, file: Option<&Path>) -> Result<Settings, Config
         ietf: config.headers.ratelimit.contains(&HeaderStyle::Ietf),
         describe: config.headers.describe,
         shadow: config.headers.shadow,
-        credits: axum::http::HeaderName::from_bytes(config.headers.credits.as_bytes()).map_err(|_| {
-            invalid(
-                "headers.credits",
-                "must be a header name, such as X-Credits-Remaining".into(),
-            )
-        })?,
+        credits: credits_header(&config.headers.credits).map_err(|message| invalid("headers.credits", message))?,
     };
 
     let errors = ErrorCatalog::new(
@@ -593,6 +588,19 @@ fn validate_public_url(url: Option<&str>) -> Result<Option<String>, String> {
 /// hyper needs at least 8 KiB of read buffer; above 1 MiB a header block is an attack, not an API call.
 const MIN_HEADER_BYTES: u64 = 8 * 1024;
 const MAX_HEADER_BYTES: u64 = 1024 * 1024;
+
+/// `headers.credits`: a header name, and not one of the rate-limit
+/// headers, which it would hide or be hidden by.
+fn credits_header(name: &str) -> Result<axum::http::HeaderName, String> {
+    let name = axum::http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| "must be a header name, such as X-Credits-Remaining".to_owned())?;
+    if crate::http::ratelimit::is_rate_limit_header(&name) {
+        return Err(format!(
+            "{name} is a rate-limit header; name another, such as X-Credits-Remaining"
+        ));
+    }
+    Ok(name)
+}
 
 fn validate_limiter(config: &LimiterConfig) -> Result<LimiterSettings, (String, String)> {
     let fail = |field: &str, message: String| (format!("limiter.{field}"), message);

@@ -97,7 +97,7 @@ impl ProxyError {
 
 /// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
 /// `expect` is answered by this node's HTTP layer, not the upstream's.
-pub(crate) const HOP_BY_HOP: [HeaderName; 10] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -110,7 +110,7 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 10] = [
     header::EXPECT,
 ];
 
-pub(crate) const IDENTITY_HEADERS: [HeaderName; 3] = [
+pub(crate) static IDENTITY_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("x-keygate-key-id"),
     HeaderName::from_static("x-keygate-workspace-id"),
     HeaderName::from_static("x-keygate-environment"),

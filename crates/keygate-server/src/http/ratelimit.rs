@@ -29,9 +29,45 @@ fn policy_name(resource: &str, limit: &LimitState) -> String {
     )
 }
 
-fn insert(headers: &mut HeaderMap, name: &'static str, value: String) {
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(HeaderName::from_static(name), value);
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Whether `name` is one of the headers [`add_headers`] writes besides the
+/// credits one, which must not share a name with them (config.rs): one
+/// would hide the other.
+pub fn is_rate_limit_header(name: &HeaderName) -> bool {
+    [
+        X_RATELIMIT_LIMIT,
+        X_RATELIMIT_REMAINING,
+        X_RATELIMIT_RESET,
+        X_SHADOW_LIMIT,
+        X_SHADOW_REMAINING,
+        X_SHADOW_RESET,
+        RATELIMIT_POLICY,
+        RATELIMIT,
+    ]
+    .contains(name)
+}
+
+/// Where [`add_headers`] writes: a `HeaderMap` on hyper's path, or an
+/// answer head being written as bytes on the fast path
+/// (gateway/raw.rs), which then needs no allocation per header.
+pub trait HeaderSink {
+    /// Sets `name` to a number.
+    fn number(&mut self, name: &HeaderName, value: u64);
+    /// Sets `name` to a text, left out if it is not a valid header value.
+    fn text(&mut self, name: &HeaderName, value: &str);
+}
+
+impl HeaderSink for HeaderMap {
+    fn number(&mut self, name: &HeaderName, value: u64) {
+        self.insert(name.clone(), HeaderValue::from(value));
+    }
+
+    fn text(&mut self, name: &HeaderName, value: &str) {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            self.insert(name.clone(), value);
+        }
     }
 }
 
@@ -44,25 +80,25 @@ pub fn tightest(limits: &RateLimits, style: &RateLimitHeaderStyle) -> Option<cra
     })
 }
 
-pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: &RateLimitHeaderStyle) {
+pub fn add_headers(headers: &mut impl HeaderSink, limits: &RateLimits, style: &RateLimitHeaderStyle) {
     let decision = &limits.decision;
     if let Some(balance) = decision.balance() {
-        headers.insert(style.credits.clone(), HeaderValue::from(balance.remaining));
+        headers.number(&style.credits, balance.remaining);
     }
     if style.x_ratelimit {
         if let Some(described) = decision.described(limits.describe.unwrap_or(style.describe)) {
             // Every identified request gets these: numbers straight into the
             // header value, no `String` in between.
-            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(described.rule.requests));
-            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(described.remaining));
-            headers.insert(X_RATELIMIT_RESET, HeaderValue::from(described.reset_ms.div_ceil(1000)));
+            headers.number(&X_RATELIMIT_LIMIT, described.rule.requests);
+            headers.number(&X_RATELIMIT_REMAINING, described.remaining);
+            headers.number(&X_RATELIMIT_RESET, described.reset_ms.div_ceil(1000));
         }
     }
     // Opt-in (`headers.shadow`): a client trying a stricter plan sees where it would stand.
     if let Some(shadow) = decision.tightest_shadow().filter(|_| style.shadow) {
-        headers.insert(X_SHADOW_LIMIT, HeaderValue::from(shadow.rule.requests));
-        headers.insert(X_SHADOW_REMAINING, HeaderValue::from(shadow.remaining));
-        headers.insert(X_SHADOW_RESET, HeaderValue::from(shadow.reset_ms.div_ceil(1000)));
+        headers.number(&X_SHADOW_LIMIT, shadow.rule.requests);
+        headers.number(&X_SHADOW_REMAINING, shadow.remaining);
+        headers.number(&X_SHADOW_RESET, shadow.reset_ms.div_ceil(1000));
     }
     if style.ietf && decision.enforced().next().is_some() {
         // Shadow limits are not the client's business: only enforced ones are listed.
@@ -93,8 +129,8 @@ pub fn add_headers(headers: &mut HeaderMap, limits: &RateLimits, style: &RateLim
                 )
             })
             .collect();
-        insert(headers, "ratelimit-policy", policy.join(", "));
-        insert(headers, "ratelimit", current.join(", "));
+        headers.text(&RATELIMIT_POLICY, &policy.join(", "));
+        headers.text(&RATELIMIT, &current.join(", "));
     }
 }
 

@@ -16,7 +16,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,7 @@ use crate::http::extract::client_ip;
 use crate::http::pool::{InFlight, TargetState, Tried};
 use crate::http::proxy::Upstream;
 use crate::http::proxy::{forwarded_chain, HOP_BY_HOP, IDENTITY_HEADERS};
-use crate::http::ratelimit::add_headers;
+use crate::http::ratelimit::{add_headers, HeaderSink};
 use crate::reload::Live;
 
 /// Slow-loris protection, as hyper's `header_read_timeout` (transport.rs).
@@ -59,20 +59,37 @@ const TO_HYPER: [&str; 4] = ["content-length", "transfer-encoding", "upgrade", "
 const FORWARDING: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-request-id"];
 
 /// One of `names`, whatever its case.
-fn is_one_of(name: &str, names: &[HeaderName]) -> bool {
-    names.iter().any(|n| name.eq_ignore_ascii_case(n.as_str()))
+fn is_one_of(name: &str, names: &[&str]) -> bool {
+    names.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
+
+/// proxy.rs's lists as text, taken once: every header of every request
+/// and answer is compared with them, and a `HeaderName`'s text is looked up
+/// each time it is asked for.
+static HOP_BY_HOP_TEXT: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| HOP_BY_HOP.iter().map(HeaderName::as_str).collect());
+
+/// Hop-by-hop, identity (`proxy::IDENTITY_HEADERS`) and forwarding headers.
+static DROPPED_TEXT: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    let names = HOP_BY_HOP.iter().chain(&IDENTITY_HEADERS);
+    names.map(HeaderName::as_str).chain(FORWARDING).collect()
+});
 
 /// Never forwarded either way: hop-by-hop (the list hyper's path uses,
 /// `proxy::HOP_BY_HOP`); framing is written by [`Framing`].
 fn is_hop_by_hop(name: &str) -> bool {
-    is_one_of(name, &HOP_BY_HOP)
+    is_one_of(name, &HOP_BY_HOP_TEXT)
 }
 
 /// A request header the upstream does not get from the client: hop-by-hop,
-/// identity (`proxy::IDENTITY_HEADERS`) or forwarding.
+/// identity or forwarding.
 fn is_dropped(name: &str) -> bool {
-    is_hop_by_hop(name) || is_one_of(name, &IDENTITY_HEADERS) || FORWARDING.iter().any(|n| name.eq_ignore_ascii_case(n))
+    is_one_of(name, &DROPPED_TEXT)
+}
+
+/// A request target's path: up to its query.
+fn path_of(target: &str) -> &str {
+    memchr::memchr(b'?', target.as_bytes()).map_or(target, |at| &target[..at])
 }
 
 /// A connection with bytes already read from it in front, for hyper.
@@ -140,8 +157,51 @@ struct Client<'a> {
     out: Vec<u8>,
     head: Vec<u8>,
     /// This node's headers of the answer being written.
-    ours: Vec<u8>,
-    scratch: HeaderMap,
+    ours: Ours,
+}
+
+/// This node's headers of an answer: they go right after the upstream's
+/// status line, and replace any of the same name the upstream sent.
+#[derive(Default)]
+struct Ours {
+    bytes: Vec<u8>,
+    /// Where each name is in `bytes`.
+    names: SmallVec<[std::ops::Range<usize>; 4]>,
+}
+
+impl Ours {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.names.clear();
+    }
+
+    fn push(&mut self, name: &HeaderName, value: &[u8]) {
+        let at = self.bytes.len();
+        push_header(&mut self.bytes, name.as_str().as_bytes(), value);
+        self.names.push(at..at + name.as_str().len());
+    }
+
+    /// Whether `name` (in any case) is one of ours.
+    fn has(&self, name: &str) -> bool {
+        let name = name.as_bytes();
+        self.names
+            .iter()
+            .any(|at| self.bytes[at.clone()].eq_ignore_ascii_case(name))
+    }
+}
+
+/// The rate-limit headers straight into the answer's bytes (numbers by
+/// `itoa`), rather than through a `HeaderMap`'s allocations.
+impl HeaderSink for Ours {
+    fn number(&mut self, name: &HeaderName, value: u64) {
+        self.push(name, itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    fn text(&mut self, name: &HeaderName, value: &str) {
+        if HeaderValue::from_str(value).is_ok() {
+            self.push(name, value.as_bytes());
+        }
+    }
 }
 
 /// What became of one request.
@@ -169,8 +229,7 @@ pub(super) async fn serve(
         upstream: None,
         out: Vec::with_capacity(2048),
         head: Vec::with_capacity(1024),
-        ours: Vec::with_capacity(256),
-        scratch: HeaderMap::new(),
+        ours: Ours::default(),
     };
     loop {
         // An idle connection ends at shutdown; one with a request begun is answered first.
@@ -206,18 +265,20 @@ impl Client<'_> {
     }
 
     /// Reads until the buffer holds a whole head: `Ok(false)` when it is
-    /// malformed or too large, for hyper to answer.
+    /// too large, for hyper to answer 431 (`server.max_header_size`). The
+    /// head is parsed once, by [`Self::one`], which leaves a malformed one
+    /// to hyper.
     async fn read_head(&mut self) -> io::Result<bool> {
+        let mut scanned = 0;
         loop {
-            if !self.buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; 64];
-                match httparse::Request::new(&mut headers).parse(&self.buf) {
-                    // Longer than `server.max_header_size`: hyper answers 431.
-                    Ok(httparse::Status::Complete(len)) => return Ok(len <= self.gw.max_header_bytes),
-                    Ok(httparse::Status::Partial) if self.buf.len() <= self.gw.max_header_bytes => {}
-                    _ => return Ok(false),
-                }
+            if let Some(end) = head_end(&self.buf, scanned) {
+                return Ok(end <= self.gw.max_header_bytes);
             }
+            if self.buf.len() > self.gw.max_header_bytes {
+                return Ok(false);
+            }
+            // A line end may be split across reads: look again from just before it.
+            scanned = self.buf.len().saturating_sub(3);
             if self.stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
@@ -273,10 +334,10 @@ impl Client<'_> {
         if hosts != 1 || off {
             return None;
         }
-        let path = target.split_once('?').map_or(target, |(path, _)| path);
+        let path = path_of(target);
         let canonical = matches!(canonicalize(path, gw.path_rules), Ok(std::borrow::Cow::Borrowed(_)));
         // Origin form only; a fragment (which no client should send) is left to hyper's URI rules.
-        if !canonical || !path.starts_with('/') || target.contains('#') {
+        if !canonical || !path.starts_with('/') || memchr::memchr(b'#', target.as_bytes()).is_some() {
             return None;
         }
         let live = gw.config.snapshot();
@@ -330,7 +391,7 @@ impl Client<'_> {
                 .map_or_else(|| self.gw.labels.empty.clone(), |k| LabelText(k.workspace_id().clone())),
         });
         if let Some(started) = done.started {
-            let path = target.split_once('?').map_or(target, |(path, _)| path);
+            let path = path_of(target);
             self.gw.access_log.record(&AccessEntry {
                 time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 request_id: request_id.to_str().unwrap_or_default(),
@@ -401,21 +462,13 @@ impl Client<'_> {
             from,
             upstream.targets.get(0),
         );
-        // Ours go right after the upstream's status line, and replace any it sent.
         let mut ours = std::mem::take(&mut self.ours);
         ours.clear();
-        let mut names: SmallVec<[HeaderName; 4]> = SmallVec::new();
         if let Some(limits) = &limits {
-            self.scratch.clear();
-            add_headers(&mut self.scratch, limits, &live.headers);
-            for (name, value) in &self.scratch {
-                push_header(&mut ours, name.as_str().as_bytes(), value.as_bytes());
-                names.push(name.clone());
-            }
+            add_headers(&mut ours, limits, &live.headers);
         }
-        push_header(&mut ours, b"x-request-id", request_id.as_bytes());
-        names.push(super::X_REQUEST_ID);
-        let sent = self.exchange(upstream, *method == Method::HEAD, &ours, &names).await;
+        ours.push(&super::X_REQUEST_ID, request_id.as_bytes());
+        let sent = self.exchange(upstream, *method == Method::HEAD, &ours).await;
         self.ours = ours;
         let (framing, in_flight) = match sent {
             Ok((framing, status, in_flight)) => {
@@ -527,8 +580,7 @@ impl Client<'_> {
         &mut self,
         upstream: &Upstream,
         is_head: bool,
-        ours: &[u8],
-        names: &[HeaderName],
+        ours: &Ours,
     ) -> Result<(Framing, u16, Option<InFlight>), ErrorCode> {
         let targets = &upstream.targets;
         if targets.choose(&Tried::new()).is_none() {
@@ -537,7 +589,7 @@ impl Client<'_> {
         }
         let state = targets.get(0);
         let in_flight = targets.in_flight(0);
-        let sent = tokio::time::timeout(upstream.route.timeout, self.send(state, is_head, ours, names)).await;
+        let sent = tokio::time::timeout(upstream.route.timeout, self.send(state, is_head, ours)).await;
         match sent {
             Ok(Ok((framing, status))) => {
                 targets.succeeded(0);
@@ -560,13 +612,7 @@ impl Client<'_> {
         }
     }
 
-    async fn send(
-        &mut self,
-        state: &TargetState,
-        is_head: bool,
-        ours: &[u8],
-        names: &[HeaderName],
-    ) -> Result<(Framing, u16), Failure> {
+    async fn send(&mut self, state: &TargetState, is_head: bool, ours: &Ours) -> Result<(Framing, u16), Failure> {
         for attempt in 0..2 {
             let reused = self.upstream.as_ref().is_some_and(|u| u.target == state.target.id);
             if !reused {
@@ -576,7 +622,7 @@ impl Client<'_> {
                 return Err(Failure::io(io::ErrorKind::NotConnected.into()));
             };
             self.out.clear();
-            match read_answer_head(up, &self.head, is_head, (ours, names), &mut self.out).await {
+            match read_answer_head(up, &self.head, is_head, ours, &mut self.out).await {
                 Ok(Some(framing)) => return Ok(framing),
                 Ok(None) if reused && attempt == 0 => self.upstream = None,
                 Err(_) if reused && attempt == 0 => self.upstream = None,
@@ -757,6 +803,20 @@ fn status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Where a head that may begin before `from` ends: after its first empty
+/// line, `\r\n\r\n` or `\n\n` (httparse takes both; a lone `\r` is
+/// left to its parse to refuse).
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    memchr::memchr_iter(b'\n', &buf[from..]).find_map(|at| {
+        let rest = &buf[from + at + 1..];
+        match rest {
+            [b'\n', ..] => Some(from + at + 2),
+            [b'\r', b'\n', ..] => Some(from + at + 3),
+            _ => None,
+        }
+    })
+}
+
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -771,7 +831,7 @@ async fn read_answer_head(
     up: &mut UpConn,
     head: &[u8],
     is_head: bool,
-    ours: (&[u8], &[HeaderName]),
+    ours: &Ours,
     out: &mut Vec<u8>,
 ) -> io::Result<Option<(Framing, u16)>> {
     up.stream.write_all(head).await?;
@@ -802,7 +862,7 @@ async fn read_answer_head(
 fn answer_head(
     response: &httparse::Response<'_, '_>,
     is_head: bool,
-    (ours, names): (&[u8], &[HeaderName]),
+    ours: &Ours,
     out: &mut Vec<u8>,
     closing: &mut bool,
 ) -> io::Result<(Framing, u16)> {
@@ -812,7 +872,7 @@ fn answer_head(
         return Err(io::ErrorKind::Unsupported.into());
     }
     status_line(out, code, response.reason.unwrap_or(""));
-    out.extend_from_slice(ours);
+    out.extend_from_slice(&ours.bytes);
     let mut length: Option<usize> = None;
     let mut chunked = false;
     let mut named_by_connection: Vec<&str> = Vec::new();
@@ -849,9 +909,8 @@ fn answer_head(
                 (_, Some(value)) => length = Some(value),
             }
         }
-        let hop = is_hop_by_hop(name)
-            || named_by_connection.iter().any(|n| name.eq_ignore_ascii_case(n))
-            || is_one_of(name, names);
+        let hop =
+            is_hop_by_hop(name) || named_by_connection.iter().any(|n| name.eq_ignore_ascii_case(n)) || ours.has(name);
         if !hop {
             push_header(out, name.as_bytes(), header.value);
         }
@@ -1019,6 +1078,18 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    #[test]
+    fn a_head_ends_at_its_first_empty_line_wherever_the_search_starts() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next";
+        // raw.rs's `read_head` searches again from three bytes before the end of what it had.
+        for from in 0..=24 {
+            assert_eq!(head_end(head, from), Some(27), "from {from}");
+        }
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
     }
 
     #[test]
