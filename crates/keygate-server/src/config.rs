@@ -589,14 +589,15 @@ fn validate_public_url(url: Option<&str>) -> Result<Option<String>, String> {
 const MIN_HEADER_BYTES: u64 = 8 * 1024;
 const MAX_HEADER_BYTES: u64 = 1024 * 1024;
 
-/// `headers.credits`: a header name, and not one of the rate-limit
-/// headers, which it would hide or be hidden by.
+/// `headers.credits`: a header name, and not one of the other headers a
+/// node writes into every answer (the rate-limit ones, `X-Request-Id`),
+/// which it would hide or be hidden by.
 fn credits_header(name: &str) -> Result<axum::http::HeaderName, String> {
     let name = axum::http::HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| "must be a header name, such as X-Credits-Remaining".to_owned())?;
-    if crate::http::ratelimit::is_rate_limit_header(&name) {
+    if crate::http::ratelimit::is_rate_limit_header(&name) || name == crate::http::gateway::X_REQUEST_ID {
         return Err(format!(
-            "{name} is a rate-limit header; name another, such as X-Credits-Remaining"
+            "{name} is a header keygate writes itself; name another, such as X-Credits-Remaining"
         ));
     }
     Ok(name)

@@ -268,8 +268,9 @@ async fn bad_credit_settings_are_refused_at_start() {
         ),
         ("[errors]\nusage_exceeded_status = 500", "errors.usage_exceeded_status"),
         ("[headers]\ncredits = \"Bad Header\"", "headers.credits"),
-        // It would hide, or be hidden by, the rate-limit header of that name.
+        // Each would hide, or be hidden by, the header of that name.
         ("[headers]\ncredits = \"X-RateLimit-Remaining\"", "headers.credits"),
+        ("[headers]\ncredits = \"x-request-id\"", "headers.credits"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keygate.toml");
