@@ -197,17 +197,22 @@ fn joined_uri(base: &str, rest: &str, query: Option<&str>) -> Option<Uri> {
     Uri::try_from(target).ok()
 }
 
+/// An `Authorization` value of the Bearer scheme (any case): it carries a
+/// key, which an upstream does not get unless the route forwards it. Both
+/// request paths ask (gateway/raw.rs too).
+pub(crate) fn is_bearer(value: &[u8]) -> bool {
+    value.get(..7).is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
+}
+
 /// Rewrites the client's headers into the upstream's: no credential (unless
 /// the route forwards it), no spoofed identity, and the forwarding headers.
 fn upstream_headers(route: &Route, exchange: &Exchange, headers: &mut HeaderMap, identity: Option<&CachedKey>) {
     let (peer, trusted, client) = (exchange.peer.ip(), exchange.from_trusted_proxy, exchange.client);
     let strip_key = !route.forward_key;
     let is_bearer = strip_key
-        && headers.get(header::AUTHORIZATION).is_some_and(|v| {
-            v.as_bytes()
-                .get(..7)
-                .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
-        });
+        && headers
+            .get(header::AUTHORIZATION)
+            .is_some_and(|v| is_bearer(v.as_bytes()));
     let names = names_to_drop(headers, |name| {
         is_hop_by_hop(name)
             || IDENTITY_HEADERS.contains(name)

@@ -43,7 +43,7 @@ use crate::http::error::render;
 use crate::http::extract::client_ip;
 use crate::http::pool::{InFlight, TargetState, Tried};
 use crate::http::proxy::Upstream;
-use crate::http::proxy::{forwarded_chain, HOP_BY_HOP, IDENTITY_HEADERS};
+use crate::http::proxy::{forwarded_chain, is_bearer, HOP_BY_HOP, IDENTITY_HEADERS};
 use crate::http::ratelimit::{add_headers, HeaderSink};
 use crate::reload::Live;
 
@@ -535,11 +535,7 @@ impl Client<'_> {
         for header in headers {
             let name = header.name;
             let is_key = name.eq_ignore_ascii_case("x-api-key")
-                || (name.eq_ignore_ascii_case("authorization")
-                    && header
-                        .value
-                        .get(..7)
-                        .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer ")));
+                || (name.eq_ignore_ascii_case("authorization") && is_bearer(header.value));
             // A trusted proxy's `X-Forwarded-Proto` stands, as on hyper's path.
             let kept_proto = from.proto_from_proxy && name.eq_ignore_ascii_case("x-forwarded-proto");
             if is_key || (is_dropped(name) && !kept_proto) {
@@ -550,17 +546,13 @@ impl Client<'_> {
                 _ => push_header(head, name.as_bytes(), header.value),
             }
         }
-        let identity = key.map(|key| {
-            [
-                (&b"x-keygate-key-id"[..], key.id().as_bytes()),
-                (b"x-keygate-workspace-id", key.workspace_id().as_bytes()),
-                (b"x-keygate-environment", key.environment().as_bytes()),
-            ]
-        });
-        for (name, value) in identity.into_iter().flatten() {
-            // The store's own identifiers: checked anyway, a value must not end a line.
-            if value.iter().all(|b| b.is_ascii_graphic()) {
-                push_header(head, name, value);
+        if let Some(key) = key {
+            let values = [&**key.id(), &**key.workspace_id(), key.environment()];
+            for (name, value) in IDENTITY_HEADERS.iter().zip(values) {
+                // The store's own identifiers: checked anyway, a value must not end a line.
+                if value.bytes().all(|b| b.is_ascii_graphic()) {
+                    push_header(head, name.as_str().as_bytes(), value.as_bytes());
+                }
             }
         }
         push_header(head, b"x-forwarded-for", from.forwarded_for.as_bytes());
@@ -674,13 +666,17 @@ impl Client<'_> {
         for (name, value) in &parts.headers {
             push_header(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        push_header(out, b"x-request-id", request_id.as_bytes());
+        push_header(out, super::X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
         push_header(
             out,
             b"date",
             httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
         );
-        push_header(out, b"content-length", body.len().to_string().as_bytes());
+        push_header(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(body.len()).as_bytes(),
+        );
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body);
         Next::Written
