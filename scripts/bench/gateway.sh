@@ -39,6 +39,9 @@
 # all the connections and the proxy CPU to itself (no neighbour polluting
 # its caches or changing how many events a wakeup finds), still comparing
 # CPU per request, round by round.
+# AUTH_CONFIG='toml' is appended to the auth twin's config only, to find
+# what one part of auth costs: e.g. AUTH_CONFIG=$'[headers]\nratelimit = []'
+# leaves out the rate-limit headers, so the ratio moves by what they cost.
 # With TELEMETRY=compare (issue 21), the same side-by-side method for what
 # tracing costs when on: two copies of this binary, one exporting a span per
 # request over OTLP/HTTP (to the upstream nginx, which answers 200), the
@@ -53,7 +56,7 @@
 #
 # Usage: bash scripts/bench/gateway.sh        (DURATION=10s CONNECTIONS=64 KEYS=10000;
 #        BASELINE=path/to/keygate; EVENTS=compare ROUNDS=3; SIDE_BY_SIDE=path/to/keygate;
-#        AUTH_COST=compare [ALONE=1]; TELEMETRY=compare; PROFILE_DIR=dir; BARE=1)
+#        AUTH_COST=compare [ALONE=1] [AUTH_CONFIG=toml]; TELEMETRY=compare; PROFILE_DIR=dir; BARE=1)
 # Everything it starts listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 
@@ -188,6 +191,8 @@ if [ "${EVENTS:-}" = compare ]; then
   write_keygate_config "$WORK/keygate-off.toml" $((BASE_PORT + 5)) $((BASE_PORT + 6)) "sqlite://$WORK/keygate-off/keygate.db" "memory://"
   if [ "${TELEMETRY:-}" = compare ]; then
     printf '[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\n' "$UPSTREAM_PORT" >>"$WORK/keygate.toml"
+  elif [ "${AUTH_COST:-}" = compare ] && [ -n "${AUTH_CONFIG:-}" ]; then
+    printf '%s\n' "$AUTH_CONFIG" >>"$WORK/keygate.toml"
   elif [ -z "${SIDE_BY_SIDE:-}${TWIN_PATH:-}" ]; then
     printf '[usage]\nenabled = false\n[events]\nenabled = false\n' >>"$WORK/keygate-off.toml"
   fi

@@ -156,8 +156,8 @@ impl KeyFormat {
         if presented.len() > MAX_KEY_LEN {
             return Err(MalformedKey::TooLong);
         }
-        let (prefix, rest) = presented.split_once('_').ok_or(MalformedKey::Shape)?;
-        let (env, body) = rest.split_once('_').ok_or(MalformedKey::Shape)?;
+        let (prefix, rest) = split_at_underscore(presented).ok_or(MalformedKey::Shape)?;
+        let (env, body) = split_at_underscore(rest).ok_or(MalformedKey::Shape)?;
         if body.len() != RANDOM_LEN + CHECKSUM_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(MalformedKey::Shape);
         }
@@ -177,6 +177,15 @@ impl KeyFormat {
             environment: env,
         })
     }
+}
+
+/// `s.split_once('_')` by bytes: a `char` pattern searches with `memchr`
+/// and then compares each match with `memcmp`, which cost a cached verify
+/// more than the search itself (BENCHMARKS.md, "Fewer clock reads and one
+/// plan read per decision"). `_` is ASCII, so both sides are whole `str`s.
+fn split_at_underscore(s: &str) -> Option<(&str, &str)> {
+    let at = s.bytes().position(|b| b == b'_')?;
+    Some((s.get(..at)?, s.get(at + 1..)?))
 }
 
 fn is_label(s: &str) -> bool {
@@ -384,6 +393,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_key_splits_at_its_first_underscore_as_str_does(s in "[a-zé_]{0,12}") {
+            prop_assert_eq!(split_at_underscore(&s), s.split_once('_'));
+        }
+
         #[test]
         fn format_then_parse_round_trips(seed in any::<u64>(), env_index in 0usize..3) {
             let f = KeyFormat::new("evon", &["dev".into(), "staging".into(), "prod".into()]).unwrap();

@@ -11,6 +11,9 @@ use keygate_core::ErrorCode;
 use keygate_limiter::{ArcStr, Charge, CounterKey, CounterLimit, LimitCheck, LimiterError, Permit, PermitKey};
 
 use crate::credits::CreditLedger;
+use crate::metrics::Stopwatch;
+use crate::plans::PlanBook;
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 use super::shares::Shares;
@@ -137,6 +140,17 @@ impl MemoizedLimits {
     }
 }
 
+/// The resources of a request that its plan caps, with each cap; most
+/// requests name one resource, and most plans cap none.
+type Caps<'r> = SmallVec<[(&'r str, u32); 2]>;
+
+fn concurrency_caps<'r>(plan: &Plan, resources: &'r [String]) -> Caps<'r> {
+    resources
+        .iter()
+        .filter_map(|resource| Some((resource.as_str(), plan.concurrency_for(resource)?)))
+        .collect()
+}
+
 fn millis(now: DateTime<Utc>) -> u64 {
     u64::try_from(now.timestamp_millis()).unwrap_or(0)
 }
@@ -149,6 +163,18 @@ impl Verifier {
     pub(crate) fn limit_checks(&self, cached: &CachedKey, resources: &[String]) -> LimitSet {
         let plans = self.plans();
         let plan = plans.of(cached.workspace().plan.as_ref());
+        self.checks_under(&plans, plan, cached, resources)
+    }
+
+    /// [`Self::limit_checks`] with the plans already read: a decision reads
+    /// them once for its checks and its concurrency caps.
+    fn checks_under(
+        &self,
+        plans: &PlanBook,
+        plan: Option<&Plan>,
+        cached: &CachedKey,
+        resources: &[String],
+    ) -> LimitSet {
         let describe = plan.and_then(|plan| plan.describe);
         let mut memo = cached.limit_checks();
         if let Some(checks) = memo.get(plans.generation(), resources) {
@@ -186,16 +212,21 @@ impl Verifier {
             LimitMode::DryRun => Charge::DryRun,
             LimitMode::Enforce => Charge::Consume,
         };
-        let permit = if charge == Charge::Consume {
-            self.take_permits(cached, request.resources).await?
-        } else {
-            None
+        // One read of the plans: the guard is let go before any wait.
+        let (set, caps) = {
+            let plans = self.plans();
+            let plan = plans.of(cached.workspace().plan.as_ref());
+            let caps = match (charge, plan) {
+                (Charge::Consume, Some(plan)) => concurrency_caps(plan, request.resources),
+                _ => Caps::new(),
+            };
+            (self.checks_under(&plans, plan, cached, request.resources), caps)
         };
-        let set = self.limit_checks(cached, request.resources);
+        let permit = self.take_permits(cached, &caps).await?;
         if set.checks.is_empty() {
             return Ok((None, permit));
         }
-        let started = std::time::Instant::now();
+        let started = Stopwatch::start();
         let decided = self.decide_limits(&set.checks, request.cost, charge, now).await;
         self.context.metrics().limiter_took(started.elapsed());
         let decision = match decided {
@@ -217,19 +248,16 @@ impl Verifier {
         }
     }
 
-    /// A permit of every resource that has a concurrency limit, held as one:
-    /// all or none.
+    /// A permit of every capped resource, held as one: all or none.
     async fn take_permits(
         &self,
         cached: &CachedKey,
-        resources: &[String],
+        caps: &[(&str, u32)],
     ) -> Result<Option<Permit>, (ErrorInstance, Option<RateLimits>)> {
         let mut held = Vec::new();
-        for resource in resources {
+        for &(resource, max) in caps {
             // A refusal drops (releases) the permits taken before it.
-            if let Some(permit) = self.take_permit(cached, resource).await? {
-                held.push(permit);
-            }
+            held.push(self.take_permit(cached, resource, max).await?);
         }
         Ok(match held.len() {
             0 => None,
@@ -242,20 +270,14 @@ impl Verifier {
         &self,
         cached: &CachedKey,
         resource: &str,
-    ) -> Result<Option<Permit>, (ErrorInstance, Option<RateLimits>)> {
-        let max = self
-            .plans()
-            .of(cached.workspace().plan.as_ref())
-            .and_then(|plan| plan.concurrency_for(resource));
-        let Some(max) = max else {
-            return Ok(None);
-        };
+        max: u32,
+    ) -> Result<Permit, (ErrorInstance, Option<RateLimits>)> {
         let key = PermitKey {
             owner: cached.lineage_id().clone(),
             resource: Arc::from(resource),
         };
         match self.limiter.acquire(&key, max).await {
-            Ok(Some(permit)) => Ok(Some(permit)),
+            Ok(Some(permit)) => Ok(permit),
             Ok(None) => Err((
                 ErrorInstance::new(ErrorCode::ConcurrencyLimitExceeded)
                     .with_data("limit", max)

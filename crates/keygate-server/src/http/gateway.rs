@@ -24,7 +24,7 @@ use keygate_core::error::ErrorInstance;
 use keygate_core::ip::is_trusted_proxy;
 use keygate_core::path::{canonicalize, InvalidPath, PathRules};
 use keygate_core::ErrorCode;
-use keygate_engine::metrics::{LabelText, RequestLabels};
+use keygate_engine::metrics::{LabelText, RequestLabels, Stopwatch};
 use keygate_engine::usage::ADMITTED;
 use keygate_engine::{default_resources, CachedKey, Engine, RateLimits, Verified, VerifyRequest};
 use keygate_limiter::ArcStr;
@@ -584,7 +584,7 @@ async fn authenticate(
         cost,
         ..VerifyRequest::new(presented, Some(exchange.client))
     };
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let verified = gw.engine.verifier().verify(request).await;
     gw.engine.metrics().verify_took(started.elapsed());
     verified.map_err(|rejection| {

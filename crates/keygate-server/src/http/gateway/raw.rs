@@ -28,7 +28,7 @@ use keygate_core::credential::select_credential;
 use keygate_core::error::ErrorInstance;
 use keygate_core::path::canonicalize;
 use keygate_core::ErrorCode;
-use keygate_engine::metrics::{LabelText, RequestLabels};
+use keygate_engine::metrics::{LabelText, RequestLabels, Stopwatch};
 use keygate_engine::usage::ADMITTED;
 use keygate_engine::{CachedKey, Rejection, Verified, VerifyRequest};
 use keygate_limiter::Permit;
@@ -510,7 +510,7 @@ impl Client<'_> {
             cost: route.cost,
             ..VerifyRequest::new(presented, Some(client))
         };
-        let started = Instant::now();
+        let started = Stopwatch::start();
         let verified = gw.engine.verifier().verify(verify).await;
         gw.engine.metrics().verify_took(started.elapsed());
         verified.map(Some)
