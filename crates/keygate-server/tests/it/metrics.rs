@@ -82,7 +82,7 @@ async fn metrics_parse_and_count_a_scripted_burst_exactly() {
     assert_eq!(delta("keygate_cache_lookups_total", &[("result", "hit")]), 2.0);
     assert_eq!(delta("keygate_limiter_duration_seconds_count", &[]), 3.0);
     // Timed, not only counted (by the time-stamp counter: metrics.rs
-    // `Stopwatch`): some time, and well under a second each.
+    // `Stopwatch`): more than nothing, and under a second each on average.
     for (histogram, observed) in [
         ("keygate_verify_duration_seconds_sum", 4.0),
         ("keygate_limiter_duration_seconds_sum", 3.0),
