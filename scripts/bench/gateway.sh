@@ -50,6 +50,7 @@
 # With PROFILE_DIR=dir, `perf record` samples keygate during cases 4 and 4a
 # and the bare proxy during case 2b (dir/4.data, dir/4a.data, dir/2b.data; `perf report -i dir/4.data --sort dso,sym`);
 # PERF_ARGS replaces `record -q -F 1999`, e.g. `stat -e raw_syscalls:sys_enter`.
+# scripts/bench/perf_diff.py compares two such profiles in µs a request.
 #
 # The profile-guided build (scripts/build-pgo.sh) is measured with
 # KEYGATE_BINARY=$(bash scripts/build-pgo.sh).

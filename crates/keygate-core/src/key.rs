@@ -153,6 +153,14 @@ impl KeyFormat {
 
     /// Checks shape, prefix, environment and checksum without allocating.
     pub fn parse<'a>(&self, presented: &'a str) -> Result<ParsedKey<'a>, MalformedKey> {
+        self.parse_unchecked(presented)?.check()
+    }
+
+    /// Checks shape, prefix and environment, and leaves the checksum for
+    /// [`UncheckedKey::check`]: the verify path looks a key up in its cache
+    /// first and checks the sum only when the cache does not hold it
+    /// (crates/keygate-engine/src/verifier/mod.rs).
+    pub fn parse_unchecked<'a>(&self, presented: &'a str) -> Result<UncheckedKey<'a>, MalformedKey> {
         if presented.len() > MAX_KEY_LEN {
             return Err(MalformedKey::TooLong);
         }
@@ -167,15 +175,40 @@ impl KeyFormat {
         if !self.is_known_environment(env) {
             return Err(MalformedKey::Environment);
         }
+        Ok(UncheckedKey(ParsedKey {
+            full: presented,
+            environment: env,
+        }))
+    }
+}
+
+/// A presented credential of this deployment's shape whose checksum is not
+/// checked yet. Its hash finds a cached key: only keys whose checksum held
+/// are ever looked up in the store, so a hash the cache holds is one of a
+/// key that passed [`Self::check`] (a typo of it has another hash).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct UncheckedKey<'a>(ParsedKey<'a>);
+
+impl<'a> UncheckedKey<'a> {
+    pub fn hash(&self) -> KeyHash {
+        self.0.hash()
+    }
+
+    /// The checksum: the last 6 characters are a base62 CRC32 of the rest.
+    pub fn check(self) -> Result<ParsedKey<'a>, MalformedKey> {
+        let presented = self.0.full;
         let signed_len = presented.len() - CHECKSUM_LEN;
         let expected = encode_checksum(crc32fast::hash(&presented.as_bytes()[..signed_len]));
         if expected != presented.as_bytes()[signed_len..] {
             return Err(MalformedKey::Checksum);
         }
-        Ok(ParsedKey {
-            full: presented,
-            environment: env,
-        })
+        Ok(self.0)
+    }
+}
+
+impl fmt::Debug for UncheckedKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UncheckedKey(env={}, <redacted>)", self.0.environment)
     }
 }
 
@@ -396,6 +429,15 @@ mod tests {
         #[test]
         fn a_key_splits_at_its_first_underscore_as_str_does(s in "[a-zé_]{0,12}") {
             prop_assert_eq!(split_at_underscore(&s), s.split_once('_'));
+        }
+
+        #[test]
+        fn parse_is_parse_unchecked_then_check(s in "(kg|xx)_(live|test|nope)_[0-9A-Za-z]{36,40}", garbage in ".{0,60}") {
+            let f = format();
+            for presented in [s.as_str(), garbage.as_str()] {
+                let in_two_steps = f.parse_unchecked(presented).and_then(UncheckedKey::check);
+                prop_assert_eq!(f.parse(presented), in_two_steps);
+            }
         }
 
         #[test]

@@ -105,6 +105,30 @@ async fn a_cached_key_needs_no_store() {
     assert_eq!(code(f.engine.verifier().verify(request(&key, None)).await), None);
 }
 
+/// The verifier looks a key up in its cache before checking its checksum
+/// (crates/keygate-engine/src/verifier/mod.rs): a typo, which the cache
+/// does not hold, is still refused by its checksum, without the store.
+#[tokio::test]
+async fn a_typo_of_a_cached_key_is_refused_by_its_checksum() {
+    let f = fixture().await;
+    let (_, key) = new_key(&f.engine).await;
+    assert_eq!(code(f.engine.verifier().verify(request(&key, None)).await), None);
+    f.store.close().await;
+    let typo_at = |at: usize| {
+        let mut bytes = key.clone().into_bytes();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(bytes).unwrap()
+    };
+    for at in [key.len() - 20, key.len() - 1] {
+        assert_eq!(
+            code(f.engine.verifier().verify(request(&typo_at(at), None)).await),
+            Some(ErrorCode::InvalidApiKey),
+            "refused before the (closed) store, which would answer 503"
+        );
+    }
+    assert_eq!(code(f.engine.verifier().verify(request(&key, None)).await), None);
+}
+
 /// Plans of one limit, `requests` a minute, as the default plan.
 fn default_plan_of(requests: u64) -> keygate_engine::plans::PlanBook {
     let plan: keygate_core::limits::Plan = serde_json::from_value(serde_json::json!({

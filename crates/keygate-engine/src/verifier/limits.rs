@@ -58,10 +58,13 @@ pub(crate) struct LimitSet {
 }
 
 impl RateLimits {
-    fn new(decision: Decision, set: &LimitSet) -> Self {
+    /// Takes the set's checks rather than a second reference to them: each
+    /// reference is a write to the checks' counts, a line of the key's own
+    /// that a request would otherwise touch twice more.
+    fn new(decision: Decision, set: LimitSet) -> Self {
         Self {
             decision,
-            checks: set.checks.clone(),
+            checks: set.checks,
             describe: set.describe,
         }
     }
@@ -240,11 +243,11 @@ impl Verifier {
             self.credits.record(&set.checks, &decision);
         }
         if decision.allowed {
-            Ok((Some(RateLimits::new(decision, &set)), permit))
+            Ok((Some(RateLimits::new(decision, set)), permit))
         } else if decision.out_of_credits() {
-            Err((usage_exceeded(&decision), Some(RateLimits::new(decision, &set))))
+            Err((usage_exceeded(&decision), Some(RateLimits::new(decision, set))))
         } else {
-            Err((rate_limited(&decision), Some(RateLimits::new(decision, &set))))
+            Err((rate_limited(&decision), Some(RateLimits::new(decision, set))))
         }
     }
 
@@ -304,7 +307,7 @@ impl Verifier {
             return None;
         }
         let decision = self.decide_limits(&set.checks, 1, Charge::DryRun, now).await.ok()?;
-        Some(RateLimits::new(decision, &set))
+        Some(RateLimits::new(decision, set))
     }
 
     /// One decision over `checks`; a backend that decides without waiting
