@@ -14,7 +14,7 @@ which needs a build with line tables:
 Kernel figures move by tenths of a microsecond between two runs of the same
 binary (the machine's speed drifts, and cpu-clock samples land where
 interrupts are enabled again); user-space ones are steadier
-(BENCHMARKS.md, "Where auth's fixed cost is, line by line").
+(BENCHMARKS.md, "Where auth's cost is, line by line").
 
 Usage: perf_diff.py A.data RATE_A B.data RATE_B [--symbol NAME] [--top N]
 """

@@ -373,8 +373,8 @@ impl Verifier {
                 }
             },
             None => {
-                // A typo of a key: refused before the store, as a cached key's
-                // typo is (its hash is not the key's).
+                // The checksum, only now: a cached key's held when it was read
+                // (no other key is read), and a typo of one has another hash.
                 if own.is_some_and(|own| own.check().is_err()) {
                     return Err(self.invalid_key(request.client_ip, now));
                 }
