@@ -13,7 +13,7 @@
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 
-use crate::key::{KeyFormat, KeyHash, MalformedKey, ParsedKey};
+use crate::key::{KeyFormat, KeyHash, ParsedKey, UncheckedKey};
 
 /// Shorter strings are refused: a key of 7 characters is guessable.
 pub const MIN_LEGACY_LEN: usize = 8;
@@ -39,9 +39,31 @@ pub enum Presented<'a> {
 
 impl<'a> Presented<'a> {
     pub fn of(format: &KeyFormat, presented: &'a str) -> Self {
-        match format.parse(presented) {
-            Ok(parsed) => Self::Own(parsed),
-            Err(MalformedKey::Checksum) => Self::Mistyped,
+        match Shape::of(format, presented) {
+            Shape::Own(unchecked) => unchecked.check().map_or(Self::Mistyped, Self::Own),
+            Shape::Legacy(key) => Self::Legacy(key),
+            Shape::Invalid => Self::Invalid,
+        }
+    }
+}
+
+/// [`Presented`] before the checksum of a key in this deployment's format
+/// is checked: the verify path checks it only when its cache does not hold
+/// the key (crates/keygate-engine/src/verifier/mod.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape<'a> {
+    /// This deployment's format, its checksum not checked yet.
+    Own(UncheckedKey<'a>),
+    /// Not this deployment's format, but it may be an imported key.
+    Legacy(LegacyKey<'a>),
+    /// Nothing that can be a key.
+    Invalid,
+}
+
+impl<'a> Shape<'a> {
+    pub fn of(format: &KeyFormat, presented: &'a str) -> Self {
+        match format.parse_unchecked(presented) {
+            Ok(unchecked) => Self::Own(unchecked),
             Err(_) => LegacyKey::parse(presented).map_or(Self::Invalid, Self::Legacy),
         }
     }

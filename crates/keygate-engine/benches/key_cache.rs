@@ -71,6 +71,24 @@ fn pollute(buffer: &[u8], at: &mut usize) {
     }
 }
 
+/// Random lookups, each followed by the caches' pollution.
+struct Walk<'b> {
+    state: u64,
+    at: usize,
+    buffer: &'b [u8],
+}
+
+impl Walk<'_> {
+    /// Finds a random one of `among` with `find`, and reads its value as a
+    /// decision reads the cached key.
+    fn lookup(&mut self, among: &[Slot], find: impl Fn(&Slot) -> Arc<Value>) {
+        let slot = among[(xorshift(&mut self.state) % among.len() as u64) as usize];
+        let value = find(&slot);
+        black_box(value.first + value.rest[12]);
+        pollute(self.buffer, &mut self.at);
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let buffer = vec![1u8; 4 << 20];
     let mut group = c.benchmark_group("key_cache");
@@ -95,30 +113,19 @@ fn bench(c: &mut Criterion) {
         }
         let kept: Vec<Slot> = slots.iter().copied().filter(|slot| scc.contains_sync(slot)).collect();
         eprintln!("scc::HashCache kept {} of {keys} keys", kept.len());
-        let mut at = 0usize;
+        let mut walk = Walk {
+            state,
+            at: 0,
+            buffer: &buffer,
+        };
         group.bench_function(BenchmarkId::new("quick_cache", keys), |b| {
-            b.iter(|| {
-                let slot = slots[(xorshift(&mut state) % keys as u64) as usize];
-                let value = quick.get(&slot).unwrap();
-                black_box(value.first + value.rest[12]);
-                pollute(&buffer, &mut at);
-            })
+            b.iter(|| walk.lookup(&slots, |slot| quick.get(slot).unwrap()))
         });
         group.bench_function(BenchmarkId::new("dashmap", keys), |b| {
-            b.iter(|| {
-                let slot = slots[(xorshift(&mut state) % keys as u64) as usize];
-                let value = dash.get(&slot).unwrap().clone();
-                black_box(value.first + value.rest[12]);
-                pollute(&buffer, &mut at);
-            })
+            b.iter(|| walk.lookup(&slots, |slot| dash.get(slot).unwrap().clone()))
         });
         group.bench_function(BenchmarkId::new("scc", keys), |b| {
-            b.iter(|| {
-                let slot = kept[(xorshift(&mut state) % kept.len() as u64) as usize];
-                let value = scc.read_sync(&slot, |_, value| value.clone()).unwrap();
-                black_box(value.first + value.rest[12]);
-                pollute(&buffer, &mut at);
-            })
+            b.iter(|| walk.lookup(&kept, |slot| scc.read_sync(slot, |_, value| value.clone()).unwrap()))
         });
     }
     group.finish();

@@ -29,7 +29,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, Guard};
 use chrono::{DateTime, Utc};
 use keygate_core::error::ErrorInstance;
-use keygate_core::legacy::LegacyKey;
+use keygate_core::legacy::Shape;
 use keygate_core::limits::DEFAULT_RESOURCE;
 use keygate_core::model::{ApiKey, Workspace};
 use keygate_core::role::Roles;
@@ -346,15 +346,10 @@ impl Verifier {
     /// "Smaller request futures").
     pub async fn verify(&self, request: VerifyRequest<'_>) -> Result<Verified, Rejection> {
         let now = self.context.clock_now();
-        // Sorted as `Presented::of` (crates/keygate-core/src/legacy.rs) does,
-        // but a key of this deployment's shape has its checksum checked only
-        // when the cache does not hold it (`KeyFormat::parse_unchecked`).
-        let (hash, own) = match self.settings.key_format.parse_unchecked(request.presented) {
-            Ok(own) => (own.hash(), Some(own)),
-            Err(_) => match LegacyKey::parse(request.presented) {
-                Some(key) if self.settings.legacy_keys => (key.hash(), None),
-                _ => return Err(self.invalid_key(request.client_ip, now)),
-            },
+        let (hash, own) = match Shape::of(&self.settings.key_format, request.presented) {
+            Shape::Own(own) => (own.hash(), Some(own)),
+            Shape::Legacy(key) if self.settings.legacy_keys => (key.hash(), None),
+            _ => return Err(self.invalid_key(request.client_ip, now)),
         };
         let cached = match self.cache.get(&CacheSlot::of(&hash)) {
             Some(cached) => match self.age(&hash, &cached, now) {
