@@ -1,7 +1,8 @@
 //! The hot path: `Engine::verify` for a cached valid key (without limits, and
 //! with two memory-backed rate limits), an unknown key (answered by the
 //! negative cache) and a malformed key (answered by the checksum, before any
-//! hashing or lookup).
+//! hashing or lookup); and the gateway benchmark's decision (one limit, one
+//! scope) with its CPU caches cold, over 10,000 keys and over one.
 //!
 //! Run: `cargo bench -p keygate-engine --bench verify`
 
@@ -9,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::executor::block_on;
@@ -45,6 +46,13 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
                 "team".to_owned(),
                 Plan {
                     limits: vec![limit(u64::MAX / 2, "1h"), limit(u64::MAX / 4, "1m")],
+                    ..Plan::default()
+                },
+            ),
+            (
+                "bench".to_owned(),
+                Plan {
+                    limits: vec![limit(u64::MAX / 2, "1h")],
                     ..Plan::default()
                 },
             ),
@@ -94,6 +102,30 @@ fn engine(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Engine, 
             keys.push(key.expose().to_owned());
         }
         (engine, keys.remove(0), keys.remove(0))
+    })
+}
+
+/// `count` keys on the gateway benchmark's plan (one limit, never reached)
+/// with its scope, as scripts/bench/common.sh makes them.
+fn bench_keys(runtime: &tokio::runtime::Runtime, engine: &Engine, count: usize) -> Vec<String> {
+    runtime.block_on(async {
+        let input = NewWorkspace {
+            name: "bench".into(),
+            plan: Some("bench".into()),
+            ..Default::default()
+        };
+        let ws = engine.admin().create_workspace(&Actor::cli(), input).await.unwrap();
+        let mut keys = Vec::with_capacity(count);
+        for i in 0..count {
+            let input = NewKey {
+                name: format!("k{i}"),
+                scopes: vec!["bench:read".into()],
+                ..Default::default()
+            };
+            let (_, key) = engine.admin().create_key(&Actor::cli(), &ws.id, input).await.unwrap();
+            keys.push(key.expose().to_owned());
+        }
+        keys
     })
 }
 
@@ -151,6 +183,70 @@ fn verify(c: &mut Criterion) {
     group.finish();
 }
 
+/// Reads `lines` lines of `buffer`, a page and a line apart, from `at`: as
+/// the kernel's work between two requests through the gateway evicts the
+/// CPU's caches (about 20 µs of it a request, BENCHMARKS.md).
+const STRIDE: usize = 320;
+
+fn pollute(buffer: &[u8], at: &mut usize, lines: usize) {
+    for _ in 0..lines {
+        *at = (*at + STRIDE) % buffer.len();
+        std::hint::black_box(buffer[*at]);
+    }
+}
+
+/// The gateway benchmark's decision (case 4: a scope, one limit) with cold
+/// caches: each verify, of a random key among 10,000 or of one key, follows
+/// a walk over a buffer that evicts most of what the last one left in the
+/// CPU's caches. `pollution_only` is the walk alone: subtract it. The
+/// difference between the two key counts is what the keys' own state
+/// misses; one key's figure less a hot verify's is what the path's code
+/// and shared data miss.
+fn cold(c: &mut Criterion) {
+    let lines: usize = std::env::var("COLD_LINES").map_or(2048, |v| v.parse().unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _, _) = engine(&runtime, dir.path());
+    let keys = bench_keys(&runtime, &engine, 10_000);
+    let scopes = vec!["bench:read".to_owned()];
+    let ip = Some([203, 0, 113, 7].into());
+    runtime.block_on(async {
+        for key in &keys {
+            engine.verifier().verify(with_scopes(key, &scopes, ip)).await.unwrap();
+        }
+    });
+    let buffer = vec![1u8; 16 << 20];
+    let mut at = 0;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut presented = String::new();
+    let mut group = c.benchmark_group("cold");
+    for among in [keys.len(), 1] {
+        group.bench_function(format!("verify_among_{among}_keys"), |b| {
+            // Only the verify is timed; the walk between two is not.
+            b.iter_custom(|iterations| {
+                let mut took = Duration::ZERO;
+                for _ in 0..iterations {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    pollute(&buffer, &mut at, lines);
+                    // Copied as the kernel copies a request: hot when verified.
+                    presented.clear();
+                    presented.push_str(&keys[(state % among as u64) as usize]);
+                    let started = Instant::now();
+                    block_on(engine.verifier().verify(with_scopes(&presented, &scopes, ip))).unwrap();
+                    took += started.elapsed();
+                }
+                took
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Recording a request's usage, with 10,000 keys in turn as in the gateway
 /// benchmark: every key's counter is touched again before the next flush.
 fn usage(c: &mut Criterion) {
@@ -173,6 +269,6 @@ fn usage(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(2));
-    targets = verify, usage
+    targets = verify, cold, usage
 }
 criterion_main!(benches);

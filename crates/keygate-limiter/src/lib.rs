@@ -128,6 +128,14 @@ impl LimitCheck {
         self
     }
 
+    /// Starts reading the counter a memory limiter found for this check,
+    /// without waiting for it: a caller with other work to do before the
+    /// decision lets that line's miss overlap the work
+    /// (crates/keygate-engine/src/verifier/limits.rs, `touch_default`).
+    pub fn touch(&self) {
+        self.counter.touch();
+    }
+
     /// The hash tag of this check's counter in Redis.
     pub fn slot_tag(&self) -> &str {
         self.slot.as_deref().unwrap_or(&self.key.owner)
