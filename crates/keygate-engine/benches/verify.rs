@@ -183,11 +183,12 @@ fn verify(c: &mut Criterion) {
     group.finish();
 }
 
-/// Reads `lines` lines of `buffer`, a page and a line apart, from `at`: as
-/// the kernel's work between two requests through the gateway evicts the
-/// CPU's caches (about 20 µs of it a request, BENCHMARKS.md).
+/// Five lines apart, so a walk spans pages without a TLB miss on each line.
 const STRIDE: usize = 320;
 
+/// Reads `lines` lines of `buffer` from `at`, as the kernel's work between
+/// two requests through the gateway (about 20 µs of it) evicts the CPU's
+/// caches.
 fn pollute(buffer: &[u8], at: &mut usize, lines: usize) {
     for _ in 0..lines {
         *at = (*at + STRIDE) % buffer.len();
@@ -197,13 +198,13 @@ fn pollute(buffer: &[u8], at: &mut usize, lines: usize) {
 
 /// The gateway benchmark's decision (case 4: a scope, one limit) with cold
 /// caches: each verify, of a random key among 10,000 or of one key, follows
-/// a walk over a buffer that evicts most of what the last one left in the
-/// CPU's caches. `pollution_only` is the walk alone: subtract it. The
-/// difference between the two key counts is what the keys' own state
-/// misses; one key's figure less a hot verify's is what the path's code
-/// and shared data miss.
+/// a walk of `COLD_LINES` lines (1,024 unless set) over a 16 MiB buffer
+/// that evicts most of what the last one left in the CPU's caches. Only
+/// the verify is timed. The difference between the two key counts is what
+/// the keys' own state misses; one key's figure less a hot verify's is what
+/// the path's code and shared data miss (BENCHMARKS.md, "Misses overlapped").
 fn cold(c: &mut Criterion) {
-    let lines: usize = std::env::var("COLD_LINES").map_or(2048, |v| v.parse().unwrap());
+    let lines: usize = std::env::var("COLD_LINES").map_or(1024, |v| v.parse().unwrap());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -225,7 +226,6 @@ fn cold(c: &mut Criterion) {
     let mut group = c.benchmark_group("cold");
     for among in [keys.len(), 1] {
         group.bench_function(format!("verify_among_{among}_keys"), |b| {
-            // Only the verify is timed; the walk between two is not.
             b.iter_custom(|iterations| {
                 let mut took = Duration::ZERO;
                 for _ in 0..iterations {

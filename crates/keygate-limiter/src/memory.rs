@@ -116,7 +116,8 @@ impl CounterCell {
         self.0.store(None);
     }
 
-    /// Reads the node's first word: no count taken, nothing waits on it.
+    /// Reads a word of the node's first line: no count taken, and nothing
+    /// waits on the value.
     pub(crate) fn touch(&self) {
         if let Some(node) = &*self.0.load() {
             std::hint::black_box(Arc::as_ptr(&node.key.limit));

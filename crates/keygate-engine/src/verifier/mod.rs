@@ -7,7 +7,6 @@
 mod cached_key;
 mod changes;
 mod forgotten;
-mod key_cache;
 pub(crate) mod limits;
 mod refresh;
 mod shares;
@@ -48,7 +47,6 @@ use crate::metrics::{CacheResult, ScrapeValues, StoreOperation, TargetSample};
 use crate::plans::PlanBook;
 use crate::usage::{Outcome, Usage};
 use changes::HearingState;
-use key_cache::KeyCache;
 
 /// What the verify path needs of the config.
 #[derive(Debug, Clone)]
@@ -195,12 +193,11 @@ pub struct Verifier {
     limiter: Arc<dyn Limiter>,
     /// Every request reads it, so it is quick_cache (one shard read lock and
     /// a probe per hit) rather than moka, whose reads queue bookkeeping and
-    /// cost about 1.3 µs a request in the gateway's profile (BENCHMARKS.md),
-    /// with a table in front that finds a key in one memory line
-    /// (key_cache.rs). Entries carry no time-to-live: freshness and `store.max_stale` are
+    /// cost about 1.3 µs a request in the gateway's profile (BENCHMARKS.md).
+    /// Entries carry no time-to-live: freshness and `store.max_stale` are
     /// decided on the engine's clock (`age`, `reload`), and capacity
     /// bounds memory.
-    cache: KeyCache<CacheSlot, Arc<CachedKey>>,
+    cache: quick_cache::sync::Cache<CacheSlot, Arc<CachedKey>>,
     /// Workspaces and access lists, one copy each for the cached keys.
     shares: Shares,
     /// Bumped by every eviction, so a store read that raced with one is not cached.
@@ -251,10 +248,18 @@ impl CacheSlot {
     }
 }
 
-impl key_cache::Slot for CacheSlot {
-    fn line_bits(&self) -> u64 {
-        self.0
-    }
+/// Holds up to `capacity` keys; memory for the first few thousand is set
+/// aside up front, the rest as keys arrive.
+fn key_cache(capacity: u64) -> quick_cache::sync::Cache<CacheSlot, Arc<CachedKey>> {
+    const PREALLOCATED: u64 = 4096;
+    let estimated = usize::try_from(capacity.min(PREALLOCATED)).unwrap_or(4096);
+    quick_cache::sync::Cache::with(
+        estimated,
+        capacity,
+        quick_cache::UnitWeighter,
+        quick_cache::DefaultHashBuilder::default(),
+        quick_cache::sync::DefaultLifecycle::default(),
+    )
 }
 
 impl Verifier {
@@ -269,7 +274,7 @@ impl Verifier {
     ) -> Self {
         let plans = ArcSwap::from_pointee(std::mem::take(&mut settings.plans));
         let roles = ArcSwap::from_pointee(std::mem::take(&mut settings.roles));
-        let cache = KeyCache::new(settings.cache_capacity);
+        let cache = key_cache(settings.cache_capacity);
         let unknown = Cache::builder()
             .max_capacity(100_000)
             .time_to_live(settings.negative_cache_ttl)
@@ -463,6 +468,9 @@ impl Verifier {
         request: &VerifyRequest<'_>,
         now: DateTime<Utc>,
     ) -> Result<Verified, Rejection> {
+        // The checks and their counters are lines of their own, rarely in
+        // the CPU's caches with many keys: their reads start now and
+        // overlap the access checks (BENCHMARKS.md, "Misses overlapped").
         if request.resources == default_resources() {
             cached.limit_checks().touch_default();
         }
