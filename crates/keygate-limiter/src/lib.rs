@@ -131,7 +131,7 @@ impl LimitCheck {
     /// Starts reading the counter a memory limiter found for this check,
     /// without waiting for it: a caller with other work to do before the
     /// decision lets that line's miss overlap the work
-    /// (crates/keygate-engine/src/verifier/limits.rs, `touch_default`).
+    /// (crates/keygate-engine/src/verifier/limits.rs, `MemoizedLimits::touch`).
     pub fn touch(&self) {
         self.counter.touch();
     }

@@ -471,9 +471,7 @@ impl Verifier {
         // The checks and their counters are lines of their own, rarely in
         // the CPU's caches with many keys: their reads start now and
         // overlap the access checks (BENCHMARKS.md, "Misses overlapped").
-        if request.resources == default_resources() {
-            cached.limit_checks().touch_default();
-        }
+        cached.limit_checks().touch(request.resources);
         // Most keys hold no roles: they skip loading the config's.
         let loaded;
         let roles = if cached.roles().is_empty() {
