@@ -19,6 +19,7 @@ pub mod legacy;
 pub mod limits;
 pub mod model;
 pub mod path;
+pub mod prefetch;
 pub mod ratelimit;
 pub mod role;
 pub mod scope;

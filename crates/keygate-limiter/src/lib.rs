@@ -128,9 +128,9 @@ impl LimitCheck {
         self
     }
 
-    /// Starts reading the counter a memory limiter found for this check,
-    /// without waiting for it: a caller with other work to do before the
-    /// decision lets that line's miss overlap the work
+    /// Starts loading the counter a memory limiter found for this check
+    /// (a prefetch: nothing waits for it), so that its line arrives while
+    /// the caller does other work before the decision
     /// (crates/keygate-engine/src/verifier/limits.rs, `MemoizedLimits::touch`).
     pub fn touch(&self) {
         self.counter.touch();

@@ -4,14 +4,13 @@
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
-
-use arc_swap::ArcSwapOption;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+use keygate_core::prefetch::prefetch;
 use keygate_core::ratelimit::{charge_anyway, decide, Bucket, Counter, Decision, Rule};
 use rustc_hash::FxBuildHasher;
 use smallvec::SmallVec;
@@ -95,32 +94,50 @@ impl Slot {
 }
 
 /// A check's handle on its counter in a [`MemoryLimiter`] (see
-/// [`LimitCheck`]): empty until the first decision, and again after its
-/// counter is retired. One pointer, swapped without a lock: the counter
-/// names its limiter, and a limiter given a check whose cell points into
-/// another's table finds out under the counter's lock and uses its own. A
-/// clone starts empty; it is a cache, so every cell equals every other.
+/// [`LimitCheck`]): empty until the first decision, then set for good. It
+/// is read without a lock, a count or a store: a plain load of one pointer,
+/// which lets a caller prefetch the counter ([`Self::touch`]) and a
+/// decision lock it without an `Arc` count on its line. A counter its table
+/// has dropped since (idle, or evicted when full), or one of another
+/// limiter's table, is found out under the counter's lock; the decision
+/// then looks its counter up in the table, as it does until the check is
+/// made anew (a cached key's checks are at each re-read of the key,
+/// crates/keygate-engine/src/verifier/limits.rs). A clone starts empty; it
+/// is a cache, so every cell equals every other.
 #[derive(Default)]
-pub struct CounterCell(ArcSwapOption<Node>);
+pub struct CounterCell(OnceLock<Shared>);
 
 impl CounterCell {
-    fn get(&self) -> Option<Shared> {
-        self.0.load_full()
+    fn get(&self) -> Option<&Node> {
+        self.0.get().map(|shared| &**shared)
     }
 
     fn set(&self, shared: Shared) {
-        self.0.store(Some(shared));
+        // Another decision may have set it first: both found the table's.
+        let _ = self.0.set(shared);
     }
 
-    fn clear(&self) {
-        self.0.store(None);
-    }
-
-    /// Reads a word of the node's first line: no count taken, and nothing
-    /// waits on the value.
+    /// Starts loading the counter's line, without waiting for it.
     pub(crate) fn touch(&self) {
-        if let Some(node) = &*self.0.load() {
-            std::hint::black_box(Arc::as_ptr(&node.key.limit));
+        if let Some(node) = self.get() {
+            prefetch(node);
+        }
+    }
+}
+
+/// A counter held for one decision: the check's own, or one the table found.
+enum Held<'c> {
+    Cell(&'c Node),
+    Table(Shared),
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        match self {
+            Self::Cell(node) => node,
+            Self::Table(shared) => shared,
         }
     }
 }
@@ -205,14 +222,19 @@ impl MemoryLimiter {
     }
 
     /// The check's counter: from its cell, or from the table (and then kept
-    /// in the cell).
-    fn resolve(&self, check: &LimitCheck, now_ms: u64) -> Shared {
-        if let Some(shared) = check.counter.get() {
-            return shared;
+    /// in the cell if it is empty). `from_table` when the cell's counter
+    /// does not count here (see [`CounterCell`]).
+    fn resolve<'c>(&self, check: &'c LimitCheck, from_table: bool, now_ms: u64) -> Held<'c> {
+        if !from_table {
+            if let Some(node) = check.counter.get() {
+                return Held::Cell(node);
+            }
         }
         let shared = self.counter(&check.key, now_ms);
-        check.counter.set(shared.clone());
-        shared
+        if !from_table {
+            check.counter.set(shared.clone());
+        }
+        Held::Table(shared)
     }
 
     fn counter(&self, key: &CounterKey, now_ms: u64) -> Shared {
@@ -264,19 +286,24 @@ impl MemoryLimiter {
             }
             return self.decide_now(&unique, cost, charge, now_ms);
         }
+        let mut from_table: Few<bool> = checks.iter().map(|_| false).collect();
         loop {
-            let shared: Few<Shared> = checks.iter().map(|check| self.resolve(check, now_ms)).collect();
+            let held: Few<Held<'_>> = checks
+                .iter()
+                .zip(&from_table)
+                .map(|(check, &from_table)| self.resolve(check, from_table, now_ms))
+                .collect();
             // Lock in address order so concurrent multi-limit decisions never deadlock.
-            let mut order: Few<usize> = (0..shared.len()).collect();
-            order.sort_unstable_by_key(|&i| Arc::as_ptr(&shared[i]) as usize);
-            let mut guards: Few<Option<MutexGuard<'_, Slot>>> = (0..shared.len()).map(|_| None).collect();
+            let mut order: Few<usize> = (0..held.len()).collect();
+            order.sort_unstable_by_key(|&i| std::ptr::from_ref::<Node>(&held[i]) as usize);
+            let mut guards: Few<Option<MutexGuard<'_, Slot>>> = (0..held.len()).map(|_| None).collect();
             for i in order {
-                guards[i] = Some(shared[i].slot.lock());
+                guards[i] = Some(held[i].slot.lock());
             }
             let mut elsewhere = false;
-            for (check, guard) in checks.iter().zip(&guards) {
+            for (from_table, guard) in from_table.iter_mut().zip(&guards) {
                 if guard.as_ref().is_some_and(|slot| !slot.counts_for(self.id)) {
-                    check.counter.clear();
+                    *from_table = true;
                     elsewhere = true;
                 }
             }
@@ -337,11 +364,12 @@ impl Limiter for MemoryLimiter {
     }
 
     fn restore(&self, check: &LimitCheck, bucket: Bucket, now_ms: u64) {
+        let mut from_table = false;
         loop {
-            let shared = self.resolve(check, now_ms);
-            let mut slot = shared.slot.lock();
+            let held = self.resolve(check, from_table, now_ms);
+            let mut slot = held.slot.lock();
             if !slot.counts_for(self.id) {
-                check.counter.clear();
+                from_table = true;
                 continue;
             }
             slot.counter.merge(&check.rule, bucket);

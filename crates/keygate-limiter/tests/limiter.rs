@@ -672,6 +672,32 @@ fn a_kept_check_follows_its_counter_after_a_sweep() {
     assert!(!third.allowed, "both holders count on one counter: 2 of 2 used");
 }
 
+/// A kept handle is set once (crates/keygate-limiter/src/memory.rs,
+/// `CounterCell`): after its counter is dropped, each of its decisions finds
+/// the table's counter again, and they add up there exactly.
+#[test]
+fn a_kept_check_whose_counter_was_dropped_counts_exactly_from_then_on() {
+    let limiter = MemoryLimiter::new(10_000);
+    let owner = owner("kept-dropped-exact");
+    let kept = [check(&owner, 3, MINUTE)];
+    let now = now_ms();
+    assert!(limiter.decide_now(&kept, 1, Charge::Consume, now).allowed);
+    limiter.sweep(now + MINUTE);
+    let later = now + MINUTE + 1;
+    for n in 1..=3 {
+        let decision = limiter.decide_now(&kept, 1, Charge::Consume, later);
+        assert!(decision.allowed, "request {n} of 3 in the new window");
+        assert_eq!(decision.limits[0].remaining, 3 - n);
+    }
+    assert!(!limiter.decide_now(&kept, 1, Charge::Consume, later).allowed);
+    let fresh = [check(&owner, 3, MINUTE)];
+    assert!(
+        !limiter.decide_now(&fresh, 1, Charge::DryRun, later).allowed,
+        "a new holder sees the kept handle's counts"
+    );
+    assert_eq!(limiter.counters(), 1, "one counter in the table, not one per decision");
+}
+
 #[test]
 fn a_kept_check_follows_its_counter_after_an_eviction() {
     let limiter = MemoryLimiter::new(1);

@@ -130,11 +130,12 @@ impl MemoizedLimits {
             .map(|(_, checks)| checks.clone())
     }
 
-    /// Starts reading the checks of `resources` and their counters, each a
-    /// line of its own that 10,000 keys in turn rarely find in the CPU's
-    /// caches, so that their misses overlap the access checks rather than
-    /// follow them (BENCHMARKS.md, "Misses overlapped"). Only the default
-    /// list: a named one would need the search it saves.
+    /// Starts loading the counters of `resources`' checks, each a line of
+    /// its own that 10,000 keys in turn rarely find in the CPU's caches, so
+    /// that their misses overlap the access checks rather than follow them
+    /// (BENCHMARKS.md, "Misses overlapped" and "Prefetched lines"). The
+    /// checks themselves are read here. Only the default list: a named one
+    /// would need the search it saves.
     pub(crate) fn touch(&self, resources: &[String]) {
         if resources != default_resources() {
             return;
