@@ -286,7 +286,7 @@ impl MemoryLimiter {
             }
             return self.decide_now(&unique, cost, charge, now_ms);
         }
-        let mut from_table: Few<bool> = checks.iter().map(|_| false).collect();
+        let mut from_table: Few<bool> = Few::from_elem(false, checks.len());
         loop {
             let held: Few<Held<'_>> = checks
                 .iter()

@@ -249,12 +249,6 @@ impl CacheSlot {
     }
 }
 
-/// `cached`, whose lines past its first have started loading.
-fn prefetched(cached: &CachedKey) -> &CachedKey {
-    cached.prefetch();
-    cached
-}
-
 /// Holds up to `capacity` keys; memory for the first few thousand is set
 /// aside up front, the rest as keys arrive.
 fn key_cache(capacity: u64) -> quick_cache::sync::Cache<CacheSlot, Arc<CachedKey>> {
@@ -358,8 +352,12 @@ impl Verifier {
             Shape::Legacy(key) if self.settings.legacy_keys => (key.hash(), None),
             _ => return Err(self.invalid_key(request.client_ip, now)),
         };
-        let cached = match self.cache.get(&CacheSlot::of(&hash)) {
-            Some(cached) => match self.age(&hash, prefetched(&cached), now) {
+        let found = self
+            .cache
+            .get(&CacheSlot::of(&hash))
+            .inspect(|cached| cached.prefetch());
+        let cached = match found {
+            Some(cached) => match self.age(&hash, &cached, now) {
                 Age::Fresh => {
                     self.context.metrics().cache_lookup(CacheResult::Hit);
                     cached
